@@ -1,0 +1,6 @@
+//! The account store tier: the [`Store`](store::Store) trait and its SQLite implementation, the
+//! account-db server that serves a store over TCP, and the pooled client login-server uses.
+
+pub mod client;
+pub mod server;
+pub mod store;

@@ -1,0 +1,41 @@
+//! The [`Store`] trait: what the account store can do, whatever keeps the data.
+//!
+//! account-db serves a [`SqliteStore`]; login-server reaches it through
+//! [`RemoteStore`](crate::accountdb::client::RemoteStore), which implements the same trait.
+//! Names are unique without regard to case ([`fold`](crate::auth::names::fold)); an account
+//! keeps the spelling it registered with.
+
+mod sqlite;
+
+pub use crate::protocol::accountdb::Account;
+pub use sqlite::SqliteStore;
+
+/// What [`Store::create`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Created {
+    /// The account is stored, durably.
+    New,
+    /// The name was taken, in some spelling; nothing changed.
+    Exists,
+}
+
+/// Why the store could not answer. Never "no such account": that is `Ok(None)`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The store could not be reached, or did not answer in time.
+    #[error("account store unreachable: {0}")]
+    Unreachable(String),
+    /// The store answered, with an error.
+    #[error("account store failed: {0}")]
+    Failed(String),
+}
+
+/// An account store. Implementations are shared between threads.
+pub trait Store: Send + Sync {
+    /// The account named `username` in any case, if there is one.
+    fn find(&self, username: &str) -> Result<Option<Account>, StoreError>;
+    /// Store `account` unless its name is taken in any case; atomic and durable on `New`.
+    fn create(&self, account: &Account) -> Result<Created, StoreError>;
+    /// Check that the store answers.
+    fn ping(&self) -> Result<(), StoreError>;
+}

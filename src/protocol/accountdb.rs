@@ -1,0 +1,125 @@
+//! The account-db wire protocol, shared by its server and its client. Pure: no IO.
+//!
+//! Newline-delimited JSON over one persistent TCP connection. On connect the server sends a
+//! [`Greeting`]; then the client sends one [`DbRequest`] line and reads one [`DbResponse`] line,
+//! as often as it likes. A request the server cannot read is answered with
+//! [`DbResponse::Error`]; the connection stays open.
+//!
+//! The account store only ever sees password hashes, never passwords.
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+/// The protocol version this build speaks; the greeting carries it.
+pub const VERSION: u32 = 1;
+
+/// The name in the greeting, so a client that reached the wrong service says so.
+pub const SERVICE: &str = "account-db";
+
+/// The longest line either side accepts, newline included.
+pub const MAX_LINE: usize = 64 * 1024;
+
+/// The first line the server sends on every connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Greeting {
+    pub service: String,
+    pub version: u32,
+}
+
+impl Greeting {
+    /// This build's greeting.
+    pub fn current() -> Self {
+        Greeting {
+            service: SERVICE.to_string(),
+            version: VERSION,
+        }
+    }
+}
+
+/// One stored account: the spelling it registered with and its argon2id PHC hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Account {
+    pub username: String,
+    pub hash: String,
+}
+
+/// A request from login-server to account-db.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum DbRequest {
+    /// Liveness round trip; answered [`DbResponse::Pong`].
+    Ping,
+    /// Look an account up by name, without regard to case.
+    Find { username: String },
+    /// Create an account atomically; [`DbResponse::Exists`] when the name is taken in any case.
+    Create { account: Account },
+}
+
+/// A reply from account-db.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum DbResponse {
+    Pong,
+    Found {
+        account: Account,
+    },
+    NotFound,
+    Created,
+    Exists,
+    /// The request could not be served; the connection is still usable.
+    Error {
+        message: String,
+    },
+}
+
+/// Serialize `msg` as one line, newline included.
+pub fn encode_line<T: Serialize>(msg: &T) -> Vec<u8> {
+    // These message types hold only strings and numbers: serializing them cannot fail.
+    let mut line = serde_json::to_vec(msg).unwrap_or_default();
+    line.push(b'\n');
+    line
+}
+
+/// Parse one line (its newline optional).
+pub fn decode_line<T: DeserializeOwned>(line: &[u8]) -> Result<T, serde_json::Error> {
+    serde_json::from_slice(line)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip_as_single_lines() {
+        let requests = [
+            DbRequest::Ping,
+            DbRequest::Find {
+                username: "Ålice".into(),
+            },
+            DbRequest::Create {
+                account: Account {
+                    username: "bob".into(),
+                    hash: "$argon2id$v=19$m=8,t=1,p=1$c2FsdA$aGFzaA".into(),
+                },
+            },
+        ];
+        for request in requests {
+            let line = encode_line(&request);
+            assert_eq!(line.iter().filter(|&&b| b == b'\n').count(), 1);
+            assert_eq!(decode_line::<DbRequest>(&line).unwrap(), request);
+        }
+    }
+
+    #[test]
+    fn wire_shape_is_documented_form() {
+        assert_eq!(encode_line(&DbRequest::Ping), b"{\"op\":\"ping\"}\n");
+        assert_eq!(
+            encode_line(&DbResponse::NotFound),
+            b"{\"status\":\"not_found\"}\n"
+        );
+        assert_eq!(
+            encode_line(&Greeting::current()),
+            b"{\"service\":\"account-db\",\"version\":1}\n"
+        );
+        assert!(decode_line::<DbRequest>(b"{\"op\":\"drop_table\"}").is_err());
+    }
+}

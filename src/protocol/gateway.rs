@@ -1,0 +1,541 @@
+//! The gateway wire protocol: framing, requests and replies. Pure: no IO.
+//!
+//! A message is one JSON value. Two forms share one connection type:
+//! - **seed form**: `[{"OP":"login",...}]`, exactly what the seed's gateway sends (no newline
+//!   after it). The reply is `[{...}]` and the server then closes the connection.
+//! - **stream form**: `{"OP":"login",...}`. The reply is `{...}\n`, the connection stays open,
+//!   and an optional `"id"` is echoed back.
+//!
+//! [`Scanner`] finds where a message ends without parsing it, incrementally, so a client that
+//! trickles bytes costs one pass over them in total. [`parse`] turns one framed message into a
+//! [`Request`]; [`encode`] turns a [`Reply`] back into bytes.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Which of the two message forms a request came in, and so which form its reply takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Form {
+    /// `[{...}]`: one request, then the server closes the connection.
+    Seed,
+    /// `{...}` then `\n`: many requests on one connection, replies in order.
+    Stream,
+}
+
+/// What the scanner found in the bytes it has been given so far.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scan {
+    /// Only whitespace so far.
+    Empty,
+    /// A message has started but not ended.
+    Partial,
+    /// A whole message lies at `buf[start..end]`.
+    Complete {
+        form: Form,
+        start: usize,
+        end: usize,
+    },
+    /// The bytes cannot be a message; the connection cannot be resynchronised.
+    Invalid(FrameError),
+}
+
+/// Why a byte stream cannot be framed. Each is answered with code 6 and the connection closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// The first non-whitespace byte of a message is neither `[` nor `{`.
+    #[error("a message must be a JSON array (seed form) or object (stream form)")]
+    NotJson,
+    /// The message grew past the size limit before it ended.
+    #[error("message larger than {0} bytes")]
+    TooLarge(usize),
+    /// A closing bracket that does not match the open one.
+    #[error("mismatched brackets")]
+    Mismatched,
+}
+
+/// Incremental message framer. Feed it the connection's whole input buffer each time; it
+/// resumes where it stopped. Call [`Scanner::reset`] after removing a message from the buffer.
+#[derive(Debug, Clone)]
+pub struct Scanner {
+    max_len: usize,
+    pos: usize,
+    start: Option<usize>,
+    /// Open brackets, innermost last: `true` for `{`, `false` for `[`. Its length is bounded by
+    /// `max_len`, and serde_json refuses deep nesting when the message is parsed.
+    stack: Vec<bool>,
+    in_string: bool,
+    escaped: bool,
+    /// The message found, kept until `reset` so that scanning again is free.
+    found: Option<(Form, usize, usize)>,
+}
+
+impl Scanner {
+    /// A scanner that refuses messages longer than `max_len` bytes.
+    pub fn new(max_len: usize) -> Self {
+        Scanner {
+            max_len,
+            pos: 0,
+            start: None,
+            stack: Vec::new(),
+            in_string: false,
+            escaped: false,
+            found: None,
+        }
+    }
+
+    /// Forget all progress: call after the bytes scanned so far were removed from the buffer.
+    pub fn reset(&mut self) {
+        self.pos = 0;
+        self.start = None;
+        self.stack.clear();
+        self.in_string = false;
+        self.escaped = false;
+        self.found = None;
+    }
+
+    /// Whether a message has started (bytes other than whitespace have arrived).
+    pub fn in_message(&self) -> bool {
+        self.start.is_some()
+    }
+
+    /// Scan `buf`, which must begin with the bytes given before, and say what it holds.
+    pub fn scan(&mut self, buf: &[u8]) -> Scan {
+        if let Some((form, start, end)) = self.found {
+            return Scan::Complete { form, start, end };
+        }
+        while self.pos < buf.len() {
+            let byte = buf[self.pos];
+            let at = self.pos;
+            self.pos += 1;
+            let Some(start) = self.start else {
+                match byte {
+                    b' ' | b'\t' | b'\r' | b'\n' => continue,
+                    b'[' | b'{' => {
+                        self.start = Some(at);
+                        self.stack.push(byte == b'{');
+                        continue;
+                    }
+                    _ => return Scan::Invalid(FrameError::NotJson),
+                }
+            };
+            if at - start >= self.max_len {
+                return Scan::Invalid(FrameError::TooLarge(self.max_len));
+            }
+            if self.in_string {
+                match byte {
+                    _ if self.escaped => self.escaped = false,
+                    b'\\' => self.escaped = true,
+                    b'"' => self.in_string = false,
+                    _ => {}
+                }
+                continue;
+            }
+            match byte {
+                b'"' => self.in_string = true,
+                b'[' | b'{' => self.stack.push(byte == b'{'),
+                b']' | b'}' => {
+                    if self.stack.pop() != Some(byte == b'}') {
+                        return Scan::Invalid(FrameError::Mismatched);
+                    }
+                    if self.stack.is_empty() {
+                        let form = if buf[start] == b'[' {
+                            Form::Seed
+                        } else {
+                            Form::Stream
+                        };
+                        self.found = Some((form, start, self.pos));
+                        return Scan::Complete {
+                            form,
+                            start,
+                            end: self.pos,
+                        };
+                    }
+                }
+                _ => {}
+            }
+        }
+        match self.start {
+            None => Scan::Empty,
+            Some(start) if buf.len() - start > self.max_len => {
+                Scan::Invalid(FrameError::TooLarge(self.max_len))
+            }
+            Some(_) => Scan::Partial,
+        }
+    }
+}
+
+/// The operation a request asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Op {
+    Login,
+    Register,
+}
+
+impl Op {
+    /// The name the wire uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Login => "login",
+            Op::Register => "register",
+        }
+    }
+}
+
+/// One parsed gateway request. Its `Debug` form hides the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Request {
+    pub op: Op,
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Request")
+            .field("op", &self.op)
+            .field("username", &self.username)
+            .field("password", &"<hidden>")
+            .finish()
+    }
+}
+
+/// An `"id"` to echo: a JSON string or number, kept as it came.
+pub type Id = Value;
+
+/// A message that is well framed but is not a valid request: answered with code 6.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadRequest {
+    /// What is wrong, for the reply's `info`.
+    pub info: String,
+    /// The request's `"id"`, when it could be read.
+    pub id: Option<Id>,
+}
+
+/// A request as it stands on the wire: the request's fields plus an optional id.
+#[derive(Deserialize)]
+struct Wire {
+    #[serde(rename = "OP")]
+    op: Op,
+    username: String,
+    password: String,
+    #[serde(default)]
+    id: Option<Value>,
+}
+
+impl Wire {
+    fn split(self) -> (Request, Option<Id>) {
+        let Wire {
+            op,
+            username,
+            password,
+            id,
+        } = self;
+        (
+            Request {
+                op,
+                username,
+                password,
+            },
+            id,
+        )
+    }
+}
+
+/// Parse one framed message (as found by [`Scanner`]) into a request and its id.
+pub fn parse(form: Form, bytes: &[u8]) -> Result<(Request, Option<Id>), BadRequest> {
+    let bad = |info: String, id| BadRequest { info, id };
+    match form {
+        Form::Seed => {
+            let mut items: Vec<Wire> = serde_json::from_slice(bytes)
+                .map_err(|e| bad(format!("bad request: {}", describe(&e)), None))?;
+            match (items.pop(), items.is_empty()) {
+                (Some(wire), true) => Ok((wire.split().0, None)),
+                _ => Err(bad(
+                    "bad request: a seed-form message must hold exactly one object".into(),
+                    None,
+                )),
+            }
+        }
+        Form::Stream => match serde_json::from_slice::<Wire>(bytes).map(Wire::split) {
+            Ok((request, id)) => match id {
+                Some(Value::Number(_) | Value::String(_)) | None => Ok((request, id)),
+                Some(_) => Err(bad(
+                    "bad request: \"id\" must be a string or a number".into(),
+                    None,
+                )),
+            },
+            Err(e) => {
+                // Only on the error path: read the id, if any, so the client can match the reply.
+                let id = serde_json::from_slice::<Value>(bytes)
+                    .ok()
+                    .and_then(|v| v.get("id").cloned())
+                    .filter(|id| id.is_string() || id.is_number());
+                Err(bad(format!("bad request: {}", describe(&e)), id))
+            }
+        },
+    }
+}
+
+/// serde_json's message without its "at line 1 column N" suffix for single-line input.
+fn describe(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    match text.rfind(" at line ") {
+        Some(i) if e.line() <= 1 => text[..i].to_string(),
+        _ => text,
+    }
+}
+
+/// Every reply code of the gateway protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Code {
+    /// 1: no such user.
+    NoSuchUser = 1,
+    /// 2: wrong password.
+    WrongPassword = 2,
+    /// 3: login succeeded.
+    LoggedIn = 3,
+    /// 4: registration succeeded.
+    Registered = 4,
+    /// 5: registration failed; `reason` says why.
+    RegisterFailed = 5,
+    /// 6: the message was not a valid request.
+    BadRequest = 6,
+    /// 7: the service cannot answer now (busy, account store unreachable or slow): retry.
+    Unavailable = 7,
+}
+
+/// Why a registration failed (code 5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RegisterFailure {
+    UsernameTaken,
+    InvalidUsername,
+    InvalidPassword,
+}
+
+/// One reply, before it is given a form and an id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub code: Code,
+    pub info: String,
+    pub reason: Option<RegisterFailure>,
+    /// The account's spelling as registered, on codes 3 and 4.
+    pub username: Option<String>,
+}
+
+impl Reply {
+    fn new(code: Code, info: &str) -> Self {
+        Reply {
+            code,
+            info: info.to_string(),
+            reason: None,
+            username: None,
+        }
+    }
+
+    /// Code 1, the seed's text.
+    pub fn no_such_user() -> Self {
+        Reply::new(Code::NoSuchUser, "Failed for error username!")
+    }
+
+    /// Code 2, the seed's text.
+    pub fn wrong_password() -> Self {
+        Reply::new(Code::WrongPassword, "Failed for error password!")
+    }
+
+    /// Code 3, the seed's text.
+    pub fn logged_in(username: String) -> Self {
+        Reply {
+            username: Some(username),
+            ..Reply::new(Code::LoggedIn, "success!")
+        }
+    }
+
+    /// Code 4, the seed's text.
+    pub fn registered(username: String) -> Self {
+        Reply {
+            username: Some(username),
+            ..Reply::new(Code::Registered, "success")
+        }
+    }
+
+    /// Code 5, the seed's text, and why.
+    pub fn register_failed(reason: RegisterFailure) -> Self {
+        Reply {
+            reason: Some(reason),
+            ..Reply::new(Code::RegisterFailed, "fail")
+        }
+    }
+
+    /// Code 6 with what is wrong.
+    pub fn bad_request(info: String) -> Self {
+        Reply {
+            info,
+            ..Reply::new(Code::BadRequest, "")
+        }
+    }
+
+    /// Code 7 with why.
+    pub fn unavailable(info: &str) -> Self {
+        Reply::new(Code::Unavailable, info)
+    }
+}
+
+#[derive(Serialize)]
+struct WireReply<'a> {
+    code: u8,
+    info: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<RegisterFailure>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    username: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a Id>,
+}
+
+/// Append `reply` to `out` in `form`: `[{...}]` for seed form, `{...}\n` for stream form.
+pub fn encode(out: &mut Vec<u8>, form: Form, reply: &Reply, id: Option<&Id>) {
+    let wire = WireReply {
+        code: reply.code as u8,
+        info: &reply.info,
+        reason: reply.reason,
+        username: reply.username.as_deref(),
+        id,
+    };
+    if form == Form::Seed {
+        out.push(b'[');
+    }
+    // Serializing these plain fields into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, &wire);
+    out.push(if form == Form::Seed { b']' } else { b'\n' });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scan_all(input: &[u8]) -> Scan {
+        Scanner::new(1024).scan(input)
+    }
+
+    #[test]
+    fn frames_seed_and_stream_messages() {
+        let seed = br#"[{"OP":"login","username":"u","password":"p"}]"#;
+        assert_eq!(
+            scan_all(seed),
+            Scan::Complete {
+                form: Form::Seed,
+                start: 0,
+                end: seed.len()
+            }
+        );
+        let stream = b" \n{\"a\":\"}\\\"]\"}\n{";
+        assert_eq!(
+            scan_all(stream),
+            Scan::Complete {
+                form: Form::Stream,
+                start: 2,
+                end: 13
+            }
+        );
+    }
+
+    #[test]
+    fn resumes_across_partial_input() {
+        let msg = br#"{"OP":"login","username":"a}b","password":"[x"}"#;
+        let mut scanner = Scanner::new(1024);
+        for n in 0..msg.len() {
+            let got = scanner.scan(&msg[..n]);
+            assert!(matches!(got, Scan::Partial | Scan::Empty), "{n}: {got:?}");
+        }
+        assert!(matches!(scanner.scan(msg), Scan::Complete { end, .. } if end == msg.len()));
+        // Asking again, even with more bytes after the message, finds the same message.
+        let more = [&msg[..], b"{\"next\""].concat();
+        assert!(matches!(scanner.scan(&more), Scan::Complete { end, .. } if end == msg.len()));
+    }
+
+    #[test]
+    fn refuses_garbage_oversize_and_mismatch() {
+        assert_eq!(scan_all(b"  hello"), Scan::Invalid(FrameError::NotJson));
+        assert_eq!(scan_all(b"[}"), Scan::Invalid(FrameError::Mismatched));
+        let big = [b'['; 2000];
+        assert_eq!(scan_all(&big), Scan::Invalid(FrameError::TooLarge(1024)));
+        let mut long_string = b"{\"a\":\"".to_vec();
+        long_string.resize(1025, b'x');
+        assert_eq!(
+            scan_all(&long_string),
+            Scan::Invalid(FrameError::TooLarge(1024))
+        );
+        assert_eq!(scan_all(b"  \r\n"), Scan::Empty);
+    }
+
+    #[test]
+    fn parses_both_forms() {
+        let (req, id) = parse(
+            Form::Seed,
+            br#"[{"OP":"register","username":"u","password":"p"}]"#,
+        )
+        .unwrap();
+        assert_eq!(req.op, Op::Register);
+        assert_eq!(id, None);
+        let (req, id) = parse(
+            Form::Stream,
+            br#"{"OP":"login","username":"u","password":"p","id":7,"ip":"1.2.3.4"}"#,
+        )
+        .unwrap();
+        assert_eq!((req.op, req.username.as_str()), (Op::Login, "u"));
+        assert_eq!(id, Some(Value::from(7)));
+    }
+
+    #[test]
+    fn bad_requests_say_what_is_wrong() {
+        let err = parse(
+            Form::Stream,
+            br#"{"OP":"fly","username":"u","password":"p","id":"x"}"#,
+        )
+        .unwrap_err();
+        assert!(err.info.contains("unknown variant `fly`"), "{}", err.info);
+        assert_eq!(err.id, Some(Value::from("x")));
+        let err = parse(Form::Seed, br#"[{"OP":"login","username":"u"}]"#).unwrap_err();
+        assert!(
+            err.info.contains("missing field `password`"),
+            "{}",
+            err.info
+        );
+        let err = parse(Form::Seed, b"[]").unwrap_err();
+        assert!(err.info.contains("exactly one object"));
+        let err = parse(
+            Form::Stream,
+            br#"{"OP":"login","username":5,"password":"p"}"#,
+        )
+        .unwrap_err();
+        assert!(err.info.contains("invalid type"), "{}", err.info);
+        let err = parse(
+            Form::Stream,
+            br#"{"OP":"login","username":"u","password":"p","id":[1]}"#,
+        )
+        .unwrap_err();
+        assert!(err.info.contains("\"id\""));
+        let err = parse(Form::Stream, b"{\"OP\":\"login\",\"username\":\"\xff\"}").unwrap_err();
+        assert!(err.info.starts_with("bad request"));
+    }
+
+    #[test]
+    fn encodes_seed_texts_exactly() {
+        let mut out = Vec::new();
+        encode(&mut out, Form::Seed, &Reply::no_such_user(), None);
+        assert_eq!(out, br#"[{"code":1,"info":"Failed for error username!"}]"#);
+        out.clear();
+        encode(
+            &mut out,
+            Form::Stream,
+            &Reply::register_failed(RegisterFailure::UsernameTaken),
+            Some(&Value::from("r1")),
+        );
+        assert_eq!(
+            out,
+            b"{\"code\":5,\"info\":\"fail\",\"reason\":\"username_taken\",\"id\":\"r1\"}\n"
+        );
+    }
+}

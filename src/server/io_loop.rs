@@ -1,0 +1,312 @@
+//! The I/O thread: accepts gateway connections and watches every one that is not with a
+//! worker, with `mio`. It reads without blocking, frames, enforces the message and idle
+//! deadlines, and puts a connection on the bounded job channel only once it holds a whole
+//! message, so an idle, silent or trickling client costs no worker. When the channel is full
+//! the request is answered 7 at once: load is shed, never queued without bound.
+
+use super::conn::{Conn, Incoming};
+use super::worker::{Back, Job, Returns};
+use crate::protocol::gateway::{Form, Reply, Scan};
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use slab::Slab;
+use std::net::TcpListener;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The token of the waker that workers use to hand connections back.
+pub const WAKER: Token = Token(usize::MAX);
+const LISTENER: Token = Token(usize::MAX - 1);
+/// How often deadlines are checked.
+const TICK: Duration = Duration::from_millis(100);
+/// Bytes read from a socket at once.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// The I/O thread's limits.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub max_message: usize,
+    pub message_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub shutdown_timeout: Duration,
+}
+
+enum Slot {
+    /// Watched by the I/O thread.
+    Here(Conn),
+    /// With a worker or a hash thread; it comes back through [`Returns`].
+    Away,
+}
+
+/// What to do with a connection after looking at it.
+enum Next {
+    Keep,
+    Close,
+    Dispatch,
+}
+
+/// The I/O thread's state. [`IoLoop::run`] consumes it.
+pub struct IoLoop {
+    pub poll: Poll,
+    pub listener: TcpListener,
+    pub jobs: Sender<Job>,
+    pub back: Receiver<Back>,
+    pub returns: Arc<Returns>,
+    pub stopping: Arc<AtomicBool>,
+    pub limits: Limits,
+}
+
+struct State {
+    slots: Slab<Slot>,
+    scratch: Vec<u8>,
+    listening: bool,
+}
+
+impl IoLoop {
+    /// Serve until shutdown is asked for and every accepted request is answered (or the
+    /// shutdown timeout passes). Returning drops the job channel, which stops the workers.
+    pub fn run(mut self) {
+        let mut state = State {
+            slots: Slab::new(),
+            scratch: vec![0; READ_CHUNK],
+            listening: true,
+        };
+        let listener_fd = self.listener.as_raw_fd();
+        if let Err(e) =
+            self.poll
+                .registry()
+                .register(&mut SourceFd(&listener_fd), LISTENER, Interest::READABLE)
+        {
+            tracing::error!(error = %e, "cannot watch the listening socket");
+            return;
+        }
+        let mut events = Events::with_capacity(1024);
+        let mut last_sweep = Instant::now();
+        let mut stop_deadline = None;
+        loop {
+            self.returns.sleeping();
+            let timeout = if self.back.is_empty() {
+                TICK
+            } else {
+                Duration::ZERO
+            };
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    tracing::error!(error = %e, "poll failed; I/O thread stops");
+                    return;
+                }
+            }
+            self.returns.woken();
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept(&mut state),
+                    WAKER => {}
+                    Token(token) => self.drive(&mut state, token),
+                }
+            }
+            while let Ok(back) = self.back.try_recv() {
+                match back {
+                    Back::Conn(conn) => {
+                        let token = conn.token;
+                        state.slots[token] = Slot::Here(conn);
+                        self.drive(&mut state, token);
+                    }
+                    Back::Gone(token) => {
+                        state.slots.try_remove(token);
+                    }
+                }
+            }
+            let now = Instant::now();
+            if self.stopping.load(Ordering::SeqCst) && state.listening {
+                state.listening = false;
+                let _ = self.poll.registry().deregister(&mut SourceFd(&listener_fd));
+                stop_deadline = Some(now + self.limits.shutdown_timeout);
+                tracing::info!(
+                    open = state.slots.len(),
+                    "shutting down: no longer accepting"
+                );
+            }
+            if now - last_sweep >= TICK {
+                last_sweep = now;
+                self.sweep(&mut state, now);
+            }
+            if let Some(deadline) = stop_deadline {
+                if state.slots.is_empty() || now >= deadline {
+                    if !state.slots.is_empty() {
+                        tracing::warn!(open = state.slots.len(), "shutdown timeout: closing");
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    fn accept(&self, state: &mut State) {
+        while state.listening {
+            let (stream, peer) = match self.listener.accept() {
+                Ok(accepted) => accepted,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    // Out of descriptors, say: the sweep tries again next tick.
+                    tracing::warn!(error = %e, "accept failed");
+                    return;
+                }
+            };
+            if state.slots.len() >= self.limits.max_connections {
+                tracing::warn!(%peer, "refused a connection: at --max-connections");
+                continue;
+            }
+            let entry = state.slots.vacant_entry();
+            let token = entry.key();
+            let registered = stream.set_nonblocking(true).and_then(|()| {
+                stream.set_nodelay(true)?;
+                self.poll.registry().register(
+                    &mut SourceFd(&stream.as_raw_fd()),
+                    Token(token),
+                    Interest::READABLE | Interest::WRITABLE,
+                )
+            });
+            match registered {
+                Ok(()) => {
+                    entry.insert(Slot::Here(Conn::new(
+                        token,
+                        stream,
+                        peer,
+                        self.limits.max_message,
+                    )));
+                }
+                Err(e) => tracing::warn!(%peer, error = %e, "cannot watch a connection"),
+            }
+        }
+    }
+
+    /// Move a connection on after an event: write, read, and dispatch or close it.
+    fn drive(&self, state: &mut State, token: usize) {
+        let Some(Slot::Here(conn)) = state.slots.get_mut(token) else {
+            return; // away with a worker, or already closed: it is looked at when it is back
+        };
+        match self.next_step(conn, &mut state.scratch) {
+            Next::Keep => {}
+            Next::Close => {
+                state.slots.remove(token);
+            }
+            Next::Dispatch => {
+                let Slot::Here(conn) = std::mem::replace(&mut state.slots[token], Slot::Away)
+                else {
+                    return;
+                };
+                match self.jobs.try_send(Job(conn)) {
+                    Ok(()) => {}
+                    Err(TrySendError::Full(Job(mut conn))) => {
+                        let next = shed(&mut conn);
+                        state.slots[token] = Slot::Here(conn);
+                        if let Next::Close = next {
+                            state.slots.remove(token);
+                        }
+                    }
+                    Err(TrySendError::Disconnected(_)) => {
+                        state.slots.remove(token);
+                    }
+                }
+            }
+        }
+    }
+
+    fn next_step(&self, conn: &mut Conn, scratch: &mut [u8]) -> Next {
+        if conn.has_output() && conn.flush().is_err() {
+            return Next::Close;
+        }
+        if conn.has_output() {
+            return Next::Keep; // produce no more replies until these are taken
+        }
+        if conn.closing {
+            return Next::Close;
+        }
+        if let Err(e) = conn.fill(scratch, self.limits.max_message) {
+            tracing::debug!(peer = %conn.peer, error = %e, "read failed");
+            return Next::Close;
+        }
+        match conn.scan() {
+            Scan::Complete { .. } => Next::Dispatch,
+            Scan::Invalid(error) => {
+                conn.refuse(&error);
+                settle(conn)
+            }
+            Scan::Partial if conn.eof => {
+                let info = "bad request: connection closed in the middle of a message";
+                conn.answer(Form::Stream, &Reply::bad_request(info.into()), None);
+                conn.closing = true;
+                settle(conn)
+            }
+            Scan::Empty if conn.eof => Next::Close,
+            Scan::Partial | Scan::Empty => Next::Keep,
+        }
+    }
+
+    /// Enforce deadlines, retry accepting, and at shutdown close what is idle.
+    fn sweep(&self, state: &mut State, now: Instant) {
+        if state.listening {
+            self.accept(state);
+        }
+        let stopping = !state.listening;
+        let limits = &self.limits;
+        let mut close = Vec::new();
+        for (token, slot) in state.slots.iter_mut() {
+            let Slot::Here(conn) = slot else { continue };
+            let quiet = now.saturating_duration_since(conn.last_activity);
+            let next = match conn.message_started {
+                Some(started)
+                    if now.saturating_duration_since(started) > limits.message_timeout =>
+                {
+                    let info = format!(
+                        "bad request: message not completed within {} s",
+                        limits.message_timeout.as_secs_f32()
+                    );
+                    conn.answer(Form::Stream, &Reply::bad_request(info), None);
+                    conn.closing = true;
+                    settle(conn)
+                }
+                // A peer that does not read its replies is dropped like a silent one.
+                _ if conn.has_output() && quiet > limits.message_timeout => Next::Close,
+                _ if quiet > limits.idle_timeout => Next::Close,
+                _ if stopping && !conn.has_output() => Next::Close,
+                _ => Next::Keep,
+            };
+            if let Next::Close = next {
+                close.push(token);
+            }
+        }
+        for token in close {
+            state.slots.remove(token);
+        }
+    }
+}
+
+/// Write what can be written; close if that was the last thing to say.
+fn settle(conn: &mut Conn) -> Next {
+    match conn.flush() {
+        Ok(true) if conn.closing => Next::Close,
+        Ok(_) => Next::Keep,
+        Err(_) => Next::Close,
+    }
+}
+
+/// The job channel is full: answer the connection's whole messages with 7 right here.
+fn shed(conn: &mut Conn) -> Next {
+    let busy = Reply::unavailable("server busy, retry later");
+    while !conn.closing {
+        match conn.next_message() {
+            None => break,
+            Some(Incoming::Request { form, id, .. }) => conn.answer(form, &busy, id.as_ref()),
+            Some(Incoming::Bad { form, bad }) => {
+                conn.answer(form, &Reply::bad_request(bad.info), bad.id.as_ref())
+            }
+            Some(Incoming::Broken(error)) => conn.refuse(&error),
+        }
+    }
+    settle(conn)
+}

@@ -1,0 +1,186 @@
+//! [`LoginServer`]: the gateway-facing server. Its configuration, how its threads are started,
+//! and the handle that stops them.
+//!
+//! ```text
+//! gateway ── io_loop (1 thread, mio) ──job channel──▶ workers (--workers)
+//!                ▲                                      │ cheap part: validate, look up
+//!                │                                      ▼
+//!                └──────── returns ◀──── hash threads (cap on hashes at once)
+//! ```
+
+mod conn;
+mod io_loop;
+mod worker;
+
+use crate::accountdb::client::{ClientConfig, RemoteStore};
+use crate::auth::names::Rules;
+use crate::auth::password::{HashError, HashParams, Hasher};
+use crate::service::Service;
+use io_loop::{IoLoop, Limits, WAKER};
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+use worker::Returns;
+
+/// Everything a login-server needs to start.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    /// Worker threads: the cheap part of each request, including the account-db lookup.
+    pub workers: usize,
+    /// Whole messages waiting for a worker (and, separately, for a hash thread) before new
+    /// ones are answered 7.
+    pub queue: usize,
+    pub max_connections: usize,
+    /// Hashes computed at once: the number of hash threads.
+    pub hash_threads: usize,
+    pub hash_params: HashParams,
+    pub rules: Rules,
+    /// Largest gateway message, in bytes.
+    pub max_message: usize,
+    /// A message must arrive whole within this time of its first byte.
+    pub message_timeout: Duration,
+    /// A connection with nothing to say for this long is closed.
+    pub idle_timeout: Duration,
+    /// How long shutdown waits for accepted requests to be answered.
+    pub shutdown_timeout: Duration,
+    pub db: ClientConfig,
+}
+
+/// The number of CPU cores, or 1 if it cannot be told.
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+impl Config {
+    /// The defaults, listening on `listen` and reaching account-db at `db`.
+    pub fn new(listen: SocketAddr, db: SocketAddr) -> Config {
+        let workers = 4 * cores();
+        Config {
+            listen,
+            workers,
+            queue: 1024,
+            max_connections: 10_000,
+            hash_threads: cores(),
+            hash_params: HashParams::default(),
+            rules: Rules::default(),
+            max_message: 64 * 1024,
+            message_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(5 * 60),
+            shutdown_timeout: Duration::from_secs(10),
+            db: ClientConfig::new(db, workers as u32),
+        }
+    }
+}
+
+/// Why a login-server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    HashParams(#[from] HashError),
+    #[error("cannot start the I/O thread or workers: {0}")]
+    Threads(#[from] std::io::Error),
+}
+
+/// A running login-server. Dropping it shuts it down.
+pub struct LoginServer {
+    local_addr: SocketAddr,
+    stopping: Arc<AtomicBool>,
+    returns: Arc<Returns>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+fn spawn_named(name: String, f: impl FnOnce() + Send + 'static) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new().name(name).spawn(f)
+}
+
+impl LoginServer {
+    /// Bind `config.listen` and start the I/O thread, workers and hash threads.
+    pub fn spawn(config: Config) -> Result<LoginServer, StartError> {
+        let hasher = Hasher::new(config.hash_params)?;
+        let listener = TcpListener::bind(config.listen).map_err(|source| StartError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+        listener.set_nonblocking(true)?;
+        let local_addr = listener.local_addr()?;
+        let store = Arc::new(RemoteStore::new(&config.db));
+        let service = Arc::new(Service::new(store, hasher, config.rules));
+
+        let poll = mio::Poll::new()?;
+        let waker = mio::Waker::new(poll.registry(), WAKER)?;
+        let (back_tx, back_rx) = crossbeam_channel::unbounded();
+        let returns = Arc::new(Returns::new(back_tx, waker));
+        let (job_tx, job_rx) = crossbeam_channel::bounded(config.queue);
+        let (hash_tx, hash_rx) = crossbeam_channel::bounded(config.queue);
+        let stopping = Arc::new(AtomicBool::new(false));
+
+        let mut threads = Vec::new();
+        for i in 0..config.workers.max(1) {
+            let (jobs, hash_jobs) = (job_rx.clone(), hash_tx.clone());
+            let (service, returns) = (service.clone(), returns.clone());
+            threads.push(spawn_named(format!("worker-{i}"), move || {
+                worker::run_worker(jobs, hash_jobs, service, returns)
+            })?);
+        }
+        for i in 0..config.hash_threads.max(1) {
+            let (hash_jobs, service, returns) = (hash_rx.clone(), service.clone(), returns.clone());
+            threads.push(spawn_named(format!("hash-{i}"), move || {
+                worker::run_hasher(hash_jobs, service, returns)
+            })?);
+        }
+        let io_loop = IoLoop {
+            poll,
+            listener,
+            jobs: job_tx,
+            back: back_rx,
+            returns: returns.clone(),
+            stopping: stopping.clone(),
+            limits: Limits {
+                max_connections: config.max_connections,
+                max_message: config.max_message,
+                message_timeout: config.message_timeout,
+                idle_timeout: config.idle_timeout,
+                shutdown_timeout: config.shutdown_timeout,
+            },
+        };
+        threads.push(spawn_named("io".into(), move || io_loop.run())?);
+        Ok(LoginServer {
+            local_addr,
+            stopping,
+            returns,
+            threads,
+        })
+    }
+
+    /// The address it listens on (useful after binding port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stop accepting, answer every request already accepted, and wait for all threads.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        self.returns.wake();
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for LoginServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

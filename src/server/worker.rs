@@ -1,0 +1,200 @@
+//! The two thread pools behind the I/O thread, and the way connections come back from them.
+//!
+//! - **Workers** take a connection holding at least one whole message off the job channel and
+//!   answer its messages in order, doing the cheap part of each ([`Service::begin`]).
+//! - **Hash threads** do the argon2 part ([`Service::finish`]). A worker that meets a request
+//!   needing a hash passes the whole connection on, so its later messages wait their turn and
+//!   replies never overtake each other. Their number is the cap on hashes computed at once, and
+//!   a flood of logins cannot hold up requests that need no hash.
+//!
+//! Every connection goes back to the I/O thread (or is reported gone) through [`Returns`].
+//! A panic in the service answers that request 7; a panic anywhere else loses only that
+//! connection. Either way the thread lives on, so the pools never shrink.
+
+use super::conn::{Conn, Incoming};
+use crate::protocol::gateway::{Form, Id, Op, Reply};
+use crate::service::{HashTask, Service, Step};
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// Most messages one worker answers on one connection before giving others a turn.
+const BATCH: usize = 64;
+
+/// A connection for a worker: it holds a whole message.
+pub struct Job(pub Conn);
+
+/// A connection for a hash thread, with the request it stopped at.
+pub struct HashJob {
+    conn: Conn,
+    form: Form,
+    id: Option<Id>,
+    task: HashTask,
+}
+
+/// What comes back to the I/O thread.
+pub enum Back {
+    /// The connection, to watch again.
+    Conn(Conn),
+    /// The connection in this slot was closed, or lost to a panic.
+    Gone(usize),
+}
+
+/// The way back to the I/O thread: a channel, and a wake-up that is sent only when the I/O
+/// thread may be asleep, not once per connection.
+pub struct Returns {
+    tx: Sender<Back>,
+    waker: mio::Waker,
+    asleep: AtomicBool,
+}
+
+impl Returns {
+    pub fn new(tx: Sender<Back>, waker: mio::Waker) -> Self {
+        Returns {
+            tx,
+            waker,
+            asleep: AtomicBool::new(true),
+        }
+    }
+
+    /// Called by the I/O thread before it drains the channel.
+    pub fn woken(&self) {
+        self.asleep.store(false, Ordering::SeqCst);
+    }
+
+    /// Called by the I/O thread when the channel is empty and it is about to poll.
+    pub fn sleeping(&self) {
+        self.asleep.store(true, Ordering::SeqCst);
+    }
+
+    /// Wake the I/O thread so it looks at its flags.
+    pub fn wake(&self) {
+        if let Err(e) = self.waker.wake() {
+            tracing::error!(error = %e, "cannot wake the I/O thread");
+        }
+    }
+
+    fn send(&self, back: Back) {
+        // A send fails only once the I/O thread has gone (shutdown): the connection closes.
+        if self.tx.send(back).is_ok() && self.asleep.swap(false, Ordering::SeqCst) {
+            self.wake();
+        }
+    }
+
+    /// Write what can be written now and hand the connection back, or report it gone.
+    fn give_back(&self, mut conn: Conn) {
+        let token = conn.token;
+        match conn.flush() {
+            Ok(_) if !conn.done() => self.send(Back::Conn(conn)),
+            _ => self.send(Back::Gone(token)),
+        }
+    }
+}
+
+/// Run the service's part of a request; if it panics, log it and answer 7 instead.
+fn guarded<T>(op: Op, f: impl FnOnce() -> T, on_panic: impl FnOnce(Reply) -> T) -> T {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|_| {
+        tracing::error!(
+            op = op.as_str(),
+            "panic while handling a request; answered 7"
+        );
+        on_panic(Reply::unavailable("internal error, retry later"))
+    })
+}
+
+/// Run one job; if anything outside the service panics, the connection is lost, not the
+/// thread.
+fn contained(returns: &Returns, token: usize, f: impl FnOnce()) {
+    if catch_unwind(AssertUnwindSafe(f)).is_err() {
+        tracing::error!(token, "panic while handling a connection; closed it");
+        returns.send(Back::Gone(token));
+    }
+}
+
+/// The worker loop: until the job channel closes.
+pub fn run_worker(
+    jobs: Receiver<Job>,
+    hash_jobs: Sender<HashJob>,
+    service: Arc<Service>,
+    returns: Arc<Returns>,
+) {
+    for Job(conn) in jobs {
+        let token = conn.token;
+        contained(&returns, token, || {
+            answer(conn, &service, &hash_jobs, &returns);
+        });
+    }
+}
+
+/// Answer the connection's whole messages in order, until one needs a hash thread.
+fn answer(mut conn: Conn, service: &Service, hash_jobs: &Sender<HashJob>, returns: &Returns) {
+    for _ in 0..BATCH {
+        if conn.closing {
+            break;
+        }
+        let Some(incoming) = conn.next_message() else {
+            break;
+        };
+        let (form, request, id) = match incoming {
+            Incoming::Broken(error) => {
+                conn.refuse(&error);
+                break;
+            }
+            Incoming::Bad { form, bad } => {
+                conn.answer(form, &Reply::bad_request(bad.info), bad.id.as_ref());
+                continue;
+            }
+            Incoming::Request { form, request, id } => (form, request, id),
+        };
+        let task = match guarded(request.op, || service.begin(request), Step::Done) {
+            Step::Done(reply) => {
+                conn.answer(form, &reply, id.as_ref());
+                continue;
+            }
+            Step::Hash(task) => task,
+        };
+        // Replies so far go out now; the connection travels on to a hash thread.
+        if let Err(e) = conn.flush() {
+            tracing::debug!(peer = %conn.peer, error = %e, "write failed");
+            returns.send(Back::Gone(conn.token));
+            return;
+        }
+        let job = HashJob {
+            conn,
+            form,
+            id,
+            task,
+        };
+        match hash_jobs.try_send(job) {
+            Ok(()) => return,
+            Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => {
+                conn = job.conn;
+                conn.answer(
+                    job.form,
+                    &Reply::unavailable("server busy, retry later"),
+                    job.id.as_ref(),
+                );
+            }
+        }
+    }
+    returns.give_back(conn);
+}
+
+/// The hash thread loop: until the hash channel closes.
+pub fn run_hasher(hash_jobs: Receiver<HashJob>, service: Arc<Service>, returns: Arc<Returns>) {
+    for HashJob {
+        mut conn,
+        form,
+        id,
+        task,
+    } in hash_jobs
+    {
+        let token = conn.token;
+        contained(&returns, token, || {
+            let reply = guarded(task.op(), || service.finish(task), |r| r);
+            conn.answer(form, &reply, id.as_ref());
+            returns.give_back(conn);
+        });
+    }
+}
