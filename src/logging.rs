@@ -1,5 +1,7 @@
 //! Process plumbing shared by the binaries: log setup and waiting for a stop signal.
 
+use std::io::IsTerminal;
+
 /// Log to stderr, level from `RUST_LOG` (default `info`).
 pub fn init() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -7,6 +9,7 @@ pub fn init() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 }
 

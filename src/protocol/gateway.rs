@@ -436,7 +436,7 @@ mod tests {
             Scan::Complete {
                 form: Form::Stream,
                 start: 2,
-                end: 13
+                end: 14
             }
         );
     }

@@ -4,9 +4,7 @@
 //! Reads and writes never block: the socket is non-blocking, and what cannot be written now
 //! waits in the output buffer until the I/O thread sees the socket writable.
 
-use crate::protocol::gateway::{
-    self, BadRequest, Form, FrameError, Id, Reply, Request, Scan, Scanner,
-};
+use crate::protocol::gateway::{self, BadRequest, Form, Id, Reply, Request, Scan, Scanner};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Instant;
@@ -22,7 +20,7 @@ pub enum Incoming {
     /// A well-framed message that is not a valid request.
     Bad { form: Form, bad: BadRequest },
     /// Bytes that cannot be framed: the connection must be closed after answering.
-    Broken(FrameError),
+    Broken(gateway::FrameError),
 }
 
 /// A gateway connection and what is buffered on it.
@@ -44,6 +42,10 @@ pub struct Conn {
     pub eof: bool,
     /// Close once the output is written: after a seed-form reply or an unframeable message.
     pub closing: bool,
+    /// Refused mid-stream: unread input may follow, so close gently (see [`Conn::linger`]).
+    refused: bool,
+    /// When the gentle close began.
+    pub lingering_since: Option<Instant>,
 }
 
 impl Conn {
@@ -60,6 +62,8 @@ impl Conn {
             last_activity: Instant::now(),
             eof: false,
             closing: false,
+            refused: false,
+            lingering_since: None,
         }
     }
 
@@ -76,11 +80,10 @@ impl Conn {
             match self.stream.read(scratch) {
                 Ok(0) => self.eof = true,
                 Ok(n) => {
+                    // Read on until WouldBlock even after a short read: edge-triggered polling
+                    // would not report an end of stream that arrived with the data.
                     self.input.extend_from_slice(&scratch[..n]);
                     self.last_activity = Instant::now();
-                    if n < scratch.len() {
-                        break; // drained for now; edge-triggered polling reports more
-                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -130,14 +133,37 @@ impl Conn {
         }
     }
 
-    /// Answer bytes that cannot be framed, and close.
-    pub fn refuse(&mut self, error: &FrameError) {
-        self.answer(
-            Form::Stream,
-            &Reply::bad_request(format!("bad request: {error}")),
-            None,
-        );
+    /// Answer a connection whose input cannot be taken further (unframeable, truncated, too
+    /// slow) with code 6 and `info`, and close it.
+    pub fn refuse(&mut self, info: String) {
+        self.answer(Form::Stream, &Reply::bad_request(info), None);
         self.closing = true;
+        self.refused = true;
+    }
+
+    /// Whether closing now could reset the connection before the peer reads our last reply:
+    /// closing a socket with unread input sends RST, which discards what the peer has not
+    /// read yet. Such a connection is half-closed first and its input drained for a while.
+    pub fn needs_linger(&self) -> bool {
+        self.refused && !self.eof && self.lingering_since.is_none()
+    }
+
+    /// Half-close: our replies are followed by FIN; the peer's bytes are read and dropped.
+    pub fn linger(&mut self) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Write);
+        self.lingering_since = Some(Instant::now());
+    }
+
+    /// While lingering: read and drop input. `true` once the peer has closed too.
+    pub fn drain(&mut self, scratch: &mut [u8]) -> bool {
+        loop {
+            match self.stream.read(scratch) {
+                Ok(0) => return true,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return e.kind() != io::ErrorKind::WouldBlock,
+            }
+        }
     }
 
     /// Write as much output as the socket takes now. `Ok(true)` when all is written.
@@ -164,8 +190,8 @@ impl Conn {
         !self.output.is_empty()
     }
 
-    /// Closing, and nothing left to write: the connection can be dropped.
+    /// Closing, nothing left to write, and safe to close at once.
     pub fn done(&self) -> bool {
-        self.closing && self.output.is_empty()
+        self.closing && self.output.is_empty() && !self.refused
     }
 }

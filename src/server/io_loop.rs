@@ -6,7 +6,7 @@
 
 use super::conn::{Conn, Incoming};
 use super::worker::{Back, Job, Returns};
-use crate::protocol::gateway::{Form, Reply, Scan};
+use crate::protocol::gateway::{Reply, Scan};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
@@ -24,6 +24,8 @@ const LISTENER: Token = Token(usize::MAX - 1);
 const TICK: Duration = Duration::from_millis(100);
 /// Bytes read from a socket at once.
 const READ_CHUNK: usize = 16 * 1024;
+/// How long a refused connection is drained before it is closed regardless.
+const LINGER: Duration = Duration::from_secs(2);
 
 /// The I/O thread's limits.
 #[derive(Debug, Clone)]
@@ -37,7 +39,7 @@ pub struct Limits {
 
 enum Slot {
     /// Watched by the I/O thread.
-    Here(Conn),
+    Here(Box<Conn>),
     /// With a worker or a hash thread; it comes back through [`Returns`].
     Away,
 }
@@ -45,7 +47,10 @@ enum Slot {
 /// What to do with a connection after looking at it.
 enum Next {
     Keep,
+    /// Close, gently if unread input could reset it (see [`Conn::needs_linger`]).
     Close,
+    /// Close at once.
+    Drop,
     Dispatch,
 }
 
@@ -172,12 +177,8 @@ impl IoLoop {
             });
             match registered {
                 Ok(()) => {
-                    entry.insert(Slot::Here(Conn::new(
-                        token,
-                        stream,
-                        peer,
-                        self.limits.max_message,
-                    )));
+                    let conn = Conn::new(token, stream, peer, self.limits.max_message);
+                    entry.insert(Slot::Here(Box::new(conn)));
                 }
                 Err(e) => tracing::warn!(%peer, error = %e, "cannot watch a connection"),
             }
@@ -191,7 +192,8 @@ impl IoLoop {
         };
         match self.next_step(conn, &mut state.scratch) {
             Next::Keep => {}
-            Next::Close => {
+            Next::Close => close(state, token),
+            Next::Drop => {
                 state.slots.remove(token);
             }
             Next::Dispatch => {
@@ -205,7 +207,7 @@ impl IoLoop {
                         let next = shed(&mut conn);
                         state.slots[token] = Slot::Here(conn);
                         if let Next::Close = next {
-                            state.slots.remove(token);
+                            close(state, token);
                         }
                     }
                     Err(TrySendError::Disconnected(_)) => {
@@ -217,8 +219,15 @@ impl IoLoop {
     }
 
     fn next_step(&self, conn: &mut Conn, scratch: &mut [u8]) -> Next {
+        if conn.lingering_since.is_some() {
+            return if conn.drain(scratch) {
+                Next::Drop
+            } else {
+                Next::Keep
+            };
+        }
         if conn.has_output() && conn.flush().is_err() {
-            return Next::Close;
+            return Next::Drop;
         }
         if conn.has_output() {
             return Next::Keep; // produce no more replies until these are taken
@@ -233,13 +242,11 @@ impl IoLoop {
         match conn.scan() {
             Scan::Complete { .. } => Next::Dispatch,
             Scan::Invalid(error) => {
-                conn.refuse(&error);
+                conn.refuse(format!("bad request: {error}"));
                 settle(conn)
             }
             Scan::Partial if conn.eof => {
-                let info = "bad request: connection closed in the middle of a message";
-                conn.answer(Form::Stream, &Reply::bad_request(info.into()), None);
-                conn.closing = true;
+                conn.refuse("bad request: connection closed in the middle of a message".into());
                 settle(conn)
             }
             Scan::Empty if conn.eof => Next::Close,
@@ -254,20 +261,20 @@ impl IoLoop {
         }
         let stopping = !state.listening;
         let limits = &self.limits;
-        let mut close = Vec::new();
+        let (mut close, mut drop) = (Vec::new(), Vec::new());
         for (token, slot) in state.slots.iter_mut() {
             let Slot::Here(conn) = slot else { continue };
             let quiet = now.saturating_duration_since(conn.last_activity);
-            let next = match conn.message_started {
-                Some(started)
+            let next = match (conn.lingering_since, conn.message_started) {
+                (Some(since), _) if now.saturating_duration_since(since) > LINGER => Next::Drop,
+                (Some(_), _) => Next::Keep,
+                (None, Some(started))
                     if now.saturating_duration_since(started) > limits.message_timeout =>
                 {
-                    let info = format!(
+                    conn.refuse(format!(
                         "bad request: message not completed within {} s",
                         limits.message_timeout.as_secs_f32()
-                    );
-                    conn.answer(Form::Stream, &Reply::bad_request(info), None);
-                    conn.closing = true;
+                    ));
                     settle(conn)
                 }
                 // A peer that does not read its replies is dropped like a silent one.
@@ -276,14 +283,30 @@ impl IoLoop {
                 _ if stopping && !conn.has_output() => Next::Close,
                 _ => Next::Keep,
             };
-            if let Next::Close = next {
-                close.push(token);
+            match next {
+                Next::Close => close.push(token),
+                Next::Drop => drop.push(token),
+                Next::Keep | Next::Dispatch => {}
             }
         }
         for token in close {
+            self::close(state, token);
+        }
+        for token in drop {
             state.slots.remove(token);
         }
     }
+}
+
+/// Close a connection, first half-closing and draining it if it needs that.
+fn close(state: &mut State, token: usize) {
+    if let Some(Slot::Here(conn)) = state.slots.get_mut(token) {
+        if conn.needs_linger() {
+            conn.linger();
+            return;
+        }
+    }
+    state.slots.remove(token);
 }
 
 /// Write what can be written; close if that was the last thing to say.
@@ -291,7 +314,7 @@ fn settle(conn: &mut Conn) -> Next {
     match conn.flush() {
         Ok(true) if conn.closing => Next::Close,
         Ok(_) => Next::Keep,
-        Err(_) => Next::Close,
+        Err(_) => Next::Drop,
     }
 }
 
@@ -305,7 +328,7 @@ fn shed(conn: &mut Conn) -> Next {
             Some(Incoming::Bad { form, bad }) => {
                 conn.answer(form, &Reply::bad_request(bad.info), bad.id.as_ref())
             }
-            Some(Incoming::Broken(error)) => conn.refuse(&error),
+            Some(Incoming::Broken(error)) => conn.refuse(format!("bad request: {error}")),
         }
     }
     settle(conn)

@@ -23,11 +23,11 @@ use std::sync::Arc;
 const BATCH: usize = 64;
 
 /// A connection for a worker: it holds a whole message.
-pub struct Job(pub Conn);
+pub struct Job(pub Box<Conn>);
 
 /// A connection for a hash thread, with the request it stopped at.
 pub struct HashJob {
-    conn: Conn,
+    conn: Box<Conn>,
     form: Form,
     id: Option<Id>,
     task: HashTask,
@@ -36,7 +36,7 @@ pub struct HashJob {
 /// What comes back to the I/O thread.
 pub enum Back {
     /// The connection, to watch again.
-    Conn(Conn),
+    Conn(Box<Conn>),
     /// The connection in this slot was closed, or lost to a panic.
     Gone(usize),
 }
@@ -83,7 +83,7 @@ impl Returns {
     }
 
     /// Write what can be written now and hand the connection back, or report it gone.
-    fn give_back(&self, mut conn: Conn) {
+    fn give_back(&self, mut conn: Box<Conn>) {
         let token = conn.token;
         match conn.flush() {
             Ok(_) if !conn.done() => self.send(Back::Conn(conn)),
@@ -128,7 +128,7 @@ pub fn run_worker(
 }
 
 /// Answer the connection's whole messages in order, until one needs a hash thread.
-fn answer(mut conn: Conn, service: &Service, hash_jobs: &Sender<HashJob>, returns: &Returns) {
+fn answer(mut conn: Box<Conn>, service: &Service, hash_jobs: &Sender<HashJob>, returns: &Returns) {
     for _ in 0..BATCH {
         if conn.closing {
             break;
@@ -138,7 +138,7 @@ fn answer(mut conn: Conn, service: &Service, hash_jobs: &Sender<HashJob>, return
         };
         let (form, request, id) = match incoming {
             Incoming::Broken(error) => {
-                conn.refuse(&error);
+                conn.refuse(format!("bad request: {error}"));
                 break;
             }
             Incoming::Bad { form, bad } => {

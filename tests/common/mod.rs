@@ -1,0 +1,206 @@
+//! Shared by the integration tests: start the real tiers on 127.0.0.1:0, and talk to them
+//! over raw TCP as the seed's gateway does.
+#![allow(dead_code)] // each test file uses its own part of this
+
+use login_server::accountdb::server::{self as dbserver, AccountDb};
+use login_server::accountdb::store::SqliteStore;
+use login_server::auth::password::HashParams;
+use login_server::server::Config;
+use login_server::LoginServer;
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+use tempfile::TempDir;
+
+/// Long enough that only a hang trips it.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// An account-db and a login-server, in this process.
+pub struct Tiers {
+    pub server: LoginServer,
+    pub db: AccountDb,
+    pub dir: TempDir,
+}
+
+impl Tiers {
+    pub fn addr(&self) -> SocketAddr {
+        self.server.local_addr()
+    }
+}
+
+/// Start an account-db on a fresh data directory.
+pub fn start_db(dir: &std::path::Path) -> AccountDb {
+    let store = SqliteStore::open(dir).expect("open store");
+    let config = dbserver::Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..dbserver::Config::default()
+    };
+    AccountDb::spawn(config, Arc::new(store)).expect("start account-db")
+}
+
+/// The test configuration: cheap hashes, few threads, 127.0.0.1:0.
+pub fn config(db: SocketAddr) -> Config {
+    let mut config = Config::new("127.0.0.1:0".parse().unwrap(), db);
+    config.hash_params = HashParams::CHEAPEST;
+    config.workers = 2;
+    config.hash_threads = 2;
+    config.db.pool_size = 2;
+    config
+}
+
+/// Both tiers, with `tweak` applied to the login-server's configuration.
+pub fn start_with(tweak: impl FnOnce(&mut Config)) -> Tiers {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = start_db(dir.path());
+    let mut config = config(db.local_addr());
+    tweak(&mut config);
+    let server = LoginServer::spawn(config).expect("start login-server");
+    Tiers { server, db, dir }
+}
+
+pub fn start() -> Tiers {
+    start_with(|_| {})
+}
+
+/// Connect with generous timeouts.
+pub fn connect(addr: SocketAddr) -> TcpStream {
+    let stream = TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    stream.set_write_timeout(Some(PATIENCE)).unwrap();
+    stream
+}
+
+/// Send raw bytes as the seed's gateway does (one send, no newline) and read until the server
+/// closes. Fails the test if the server does not close.
+pub fn exchange(addr: SocketAddr, message: &[u8]) -> String {
+    let mut stream = connect(addr);
+    stream.write_all(message).expect("send");
+    let mut reply = String::new();
+    stream
+        .read_to_string(&mut reply)
+        .expect("the server must answer and close");
+    reply
+}
+
+/// A seed-form request; returns the reply's one object.
+pub fn seed(addr: SocketAddr, op: &str, username: &str, password: &str) -> Value {
+    let message = serde_json::json!([{"OP": op, "username": username, "password": password}]);
+    let reply = exchange(addr, message.to_string().as_bytes());
+    let parsed: Value = serde_json::from_str(&reply).expect("reply is JSON");
+    let items = parsed.as_array().expect("seed reply is an array");
+    assert_eq!(items.len(), 1, "{reply}");
+    items[0].clone()
+}
+
+/// The code of a seed-form request's reply.
+pub fn code(addr: SocketAddr, op: &str, username: &str, password: &str) -> u64 {
+    seed(addr, op, username, password)["code"]
+        .as_u64()
+        .expect("numeric code")
+}
+
+/// A stream-form connection: one JSON object per line each way.
+pub struct StreamClient {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl StreamClient {
+    pub fn new(addr: SocketAddr) -> Self {
+        let stream = connect(addr);
+        StreamClient {
+            writer: stream.try_clone().unwrap(),
+            reader: BufReader::new(stream),
+        }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.writer.write_all(bytes).expect("send");
+    }
+
+    /// The next reply line, parsed.
+    pub fn recv(&mut self) -> Value {
+        let line = self.recv_raw();
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"))
+    }
+
+    /// The next reply line, as sent (newline included).
+    pub fn recv_raw(&mut self) -> String {
+        let mut line = String::new();
+        self.reader.read_line(&mut line).expect("reply line");
+        assert!(line.ends_with('\n'), "no full line before close: {line:?}");
+        line
+    }
+
+    /// Whether the server has closed the connection (reads end of stream).
+    pub fn closed(&mut self) -> bool {
+        let mut rest = String::new();
+        self.reader.read_to_string(&mut rest).is_ok() && rest.is_empty()
+    }
+}
+
+/// A real account-db process, so it can be killed with SIGKILL or stopped with SIGSTOP.
+pub struct DbProcess {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl DbProcess {
+    /// Start `account-db --data DIR --listen LISTEN` and wait until it says where it listens.
+    pub fn start(dir: &std::path::Path, listen: &str) -> DbProcess {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_account-db"))
+            .args(["--listen", listen, "--data"])
+            .arg(dir)
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn account-db");
+        let addr = listening_addr(child.stderr.take().expect("stderr"));
+        DbProcess { child, addr }
+    }
+
+    /// Send a signal by name (KILL, STOP, CONT) through kill(1).
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    pub fn kill(mut self) {
+        self.signal("KILL");
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for DbProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Read a server's log until its "listening" line, and take `addr=` from it. The rest of the
+/// log is drained in the background so the server never blocks on a full pipe.
+pub fn listening_addr(stderr: impl Read + Send + 'static) -> SocketAddr {
+    let mut lines = BufReader::new(stderr).lines();
+    let addr = loop {
+        let line = lines
+            .next()
+            .expect("server exited before listening")
+            .expect("read log");
+        if line.contains("listening") {
+            let addr = line
+                .split_whitespace()
+                .find_map(|word| word.strip_prefix("addr="))
+                .expect("addr= in the listening line");
+            break addr.parse().expect("an address");
+        }
+    };
+    std::thread::spawn(move || lines.for_each(drop));
+    addr
+}

@@ -1,0 +1,99 @@
+//! Load and slowness: idle connections cost no worker, a full queue is shed with code 7, and
+//! a stalled account-db is answered 7 within the deadline.
+
+mod common;
+
+use common::{code, seed, start_with, DbProcess, StreamClient};
+use login_server::LoginServer;
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+#[test]
+fn two_hundred_silent_connections_do_not_hold_up_a_normal_client() {
+    let tiers = start_with(|c| c.workers = 1);
+    let mut silent = Vec::new();
+    for i in 0..200 {
+        let mut stream = common::connect(tiers.addr());
+        if i % 2 == 0 {
+            // Half of them start a message and stop.
+            stream.write_all(br#"[{"OP":"login","#).unwrap();
+        }
+        silent.push(stream);
+    }
+    assert_eq!(code(tiers.addr(), "register", "busybee", "password1"), 4);
+    assert_eq!(code(tiers.addr(), "login", "busybee", "password1"), 3);
+    let mut client = StreamClient::new(tiers.addr());
+    client.send(br#"{"OP":"login","username":"busybee","password":"password1"}"#);
+    assert_eq!(client.recv()["code"], 3);
+    drop(silent);
+}
+
+/// An account-db process, stopped with SIGSTOP after the pool has connected: requests are
+/// sent but never answered.
+fn stalled_db(dir: &std::path::Path) -> DbProcess {
+    let db = DbProcess::start(dir, "127.0.0.1:0");
+    db.signal("STOP");
+    db
+}
+
+#[test]
+fn a_stalled_account_db_is_answered_7_within_the_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = DbProcess::start(dir.path(), "127.0.0.1:0");
+    let mut config = common::config(db.addr);
+    config.db.request_timeout = Duration::from_millis(300);
+    config.db.checkout_timeout = Duration::from_millis(300);
+    let server = LoginServer::spawn(config).unwrap();
+    assert_eq!(
+        code(server.local_addr(), "register", "patient", "password1"),
+        4
+    );
+    db.signal("STOP");
+    let started = Instant::now();
+    let reply = seed(server.local_addr(), "login", "patient", "password1");
+    assert_eq!(reply["code"], 7, "{reply}");
+    assert!(started.elapsed() < common::PATIENCE);
+    // Back: the broken connection was thrown away and service resumes.
+    db.signal("CONT");
+    let deadline = Instant::now() + common::PATIENCE;
+    while code(server.local_addr(), "login", "patient", "password1") != 3 {
+        assert!(Instant::now() < deadline, "service did not resume");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_full_queue_is_shed_with_code_7_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = stalled_db(dir.path());
+    let mut config = common::config(db.addr);
+    config.workers = 1;
+    config.queue = 1;
+    config.db.pool_size = 1;
+    config.db.request_timeout = Duration::from_secs(3);
+    config.db.checkout_timeout = Duration::from_secs(3);
+    let server = LoginServer::spawn(config).unwrap();
+    // The worker takes the first request and waits on account-db; the second fills the queue.
+    let mut held = Vec::new();
+    for i in 0..2 {
+        let mut client = StreamClient::new(server.local_addr());
+        client.send(
+            format!(r#"{{"OP":"login","username":"held{i}","password":"password1"}}"#).as_bytes(),
+        );
+        held.push(client);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Every further request is answered busy, long before account-db's deadline.
+    let started = Instant::now();
+    let reply = seed(server.local_addr(), "login", "third", "password1");
+    assert_eq!(reply["code"], 7, "{reply}");
+    assert!(reply["info"].as_str().unwrap().contains("busy"), "{reply}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "shed at once, not queued"
+    );
+    // The held ones are answered 7 too once the deadline passes: nothing hangs.
+    for mut client in held {
+        assert_eq!(client.recv()["code"], 7);
+    }
+}
