@@ -2,8 +2,11 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use login_server::protocol::gateway::Op;
+use login_server::protocol::gateway::{Form, Op};
+use login_server::sim::stress::{Mix, Options, Run};
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 /// Play the game gateway: send login-server the requests a gateway would.
@@ -30,6 +33,58 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         timeout: u64,
     },
+    /// A bounded load run; prints a table (or JSON), exits non-zero on unexpected codes.
+    Stress(StressArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct StressArgs {
+    /// login-server address.
+    #[arg(long, default_value = "127.0.0.1:6999")]
+    target: SocketAddr,
+    /// Concurrent connections (client threads).
+    #[arg(long, default_value_t = 32)]
+    connections: usize,
+    /// Seconds to run, at most.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Requests to send, at most.
+    #[arg(long)]
+    requests: Option<u64>,
+    /// seed: a new connection per request, as the seed's gateway; stream: persistent ones.
+    #[arg(long, value_enum, default_value_t = FormArg::Seed)]
+    form: FormArg,
+    /// Requests in flight on each stream-form connection.
+    #[arg(long, default_value_t = 1)]
+    pipeline: usize,
+    /// Weights of request kinds: login, register, badpass, unknown, invalid, malformed.
+    #[arg(long, default_value = "login=90,register=5,badpass=5")]
+    mix: Mix,
+    /// Accounts that logins pick from, registered first (reused when they exist); 0 skips
+    /// registering.
+    #[arg(long, default_value_t = 100)]
+    users: usize,
+    /// Open-loop arrivals per second; latency counts from each request's intended start.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Seconds one request may take before it counts as a timeout.
+    #[arg(long, default_value_t = 10.0)]
+    timeout: f64,
+    /// Print the result as one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Draw throughput and p99 latency over the run into this SVG file.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// Allow a target that is not a loopback address.
+    #[arg(long)]
+    allow_remote: bool,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum FormArg {
+    Seed,
+    Stream,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -67,6 +122,68 @@ fn main() -> anyhow::Result<()> {
             .with_context(|| format!("request to {target} failed"))?;
             println!("{reply}");
         }
+        Command::Stress(args) => return stress(args),
     }
+    Ok(())
+}
+
+fn stress(args: StressArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.allow_remote || args.target.ip().is_loopback(),
+        "{} is not a loopback address: pass --allow-remote to load another host",
+        args.target
+    );
+    let seconds = |s: f64| Duration::try_from_secs_f64(s).context("seconds must be >= 0");
+    let options = Options {
+        target: args.target,
+        connections: args.connections,
+        duration: seconds(args.duration)?,
+        requests: args.requests,
+        form: match args.form {
+            FormArg::Seed => Form::Seed,
+            FormArg::Stream => Form::Stream,
+        },
+        pipeline: args.pipeline,
+        mix: args.mix,
+        users: args.users,
+        rate: args.rate.filter(|r| *r > 0.0),
+        timeout: seconds(args.timeout)?,
+    };
+    let total = options.duration;
+    let run = Run::start(options)?;
+    let bar = indicatif::ProgressBar::new(total.as_millis() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {elapsed:>4} {msg}")
+            .context("progress template")?,
+    );
+    while !run.is_finished() {
+        std::thread::sleep(Duration::from_millis(200));
+        let elapsed = run.elapsed();
+        let done = run.live().completed.load(Ordering::Relaxed);
+        let errors = run.live().errors.load(Ordering::Relaxed);
+        bar.set_position(elapsed.as_millis() as u64);
+        bar.set_message(format!(
+            "{done} requests  {:.0} req/s  {errors} errors",
+            done as f64 / elapsed.as_secs_f64().max(1e-3)
+        ));
+    }
+    bar.finish_and_clear();
+    let report = run.finish();
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print!("{}", report.table());
+    }
+    if let Some(path) = &args.plot {
+        report
+            .plot(path)
+            .map_err(|e| anyhow::anyhow!("cannot draw {}: {e}", path.display()))?;
+    }
+    anyhow::ensure!(
+        report.clean(),
+        "{} unexpected replies, {} transport errors",
+        report.unexpected,
+        report.transport.total()
+    );
     Ok(())
 }

@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
-use worker::Returns;
+use worker::{Permits, Returns, Worker};
 
 /// Everything a login-server needs to start.
 #[derive(Debug, Clone)]
@@ -122,18 +122,26 @@ impl LoginServer {
         let (hash_tx, hash_rx) = crossbeam_channel::bounded(config.queue);
         let stopping = Arc::new(AtomicBool::new(false));
 
+        let permits = Arc::new(Permits::new(config.hash_threads.max(1), hash_rx.clone()));
+
         let mut threads = Vec::new();
         for i in 0..config.workers.max(1) {
-            let (jobs, hash_jobs) = (job_rx.clone(), hash_tx.clone());
-            let (service, returns) = (service.clone(), returns.clone());
-            threads.push(spawn_named(format!("worker-{i}"), move || {
-                worker::run_worker(jobs, hash_jobs, service, returns)
-            })?);
+            let worker = Worker {
+                jobs: job_rx.clone(),
+                hash_jobs: hash_tx.clone(),
+                permits: permits.clone(),
+                service: service.clone(),
+                returns: returns.clone(),
+                scratch: vec![0; 16 * 1024],
+                max_message: config.max_message,
+            };
+            threads.push(spawn_named(format!("worker-{i}"), move || worker.run())?);
         }
         for i in 0..config.hash_threads.max(1) {
-            let (hash_jobs, service, returns) = (hash_rx.clone(), service.clone(), returns.clone());
+            let (hash_jobs, permits) = (hash_rx.clone(), permits.clone());
+            let (service, returns) = (service.clone(), returns.clone());
             threads.push(spawn_named(format!("hash-{i}"), move || {
-                worker::run_hasher(hash_jobs, service, returns)
+                worker::run_hasher(hash_jobs, permits, service, returns)
             })?);
         }
         let io_loop = IoLoop {

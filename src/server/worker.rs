@@ -4,8 +4,9 @@
 //!   answer its messages in order, doing the cheap part of each ([`Service::begin`]).
 //! - **Hash threads** do the argon2 part ([`Service::finish`]). A worker that meets a request
 //!   needing a hash passes the whole connection on, so its later messages wait their turn and
-//!   replies never overtake each other. Their number is the cap on hashes computed at once, and
-//!   a flood of logins cannot hold up requests that need no hash.
+//!   replies never overtake each other, and a flood of logins cannot hold up requests that need
+//!   no hash. [`Permits`] caps the hashes computed at once; while a permit is free and nothing
+//!   is queued, a worker hashes itself instead of handing over.
 //!
 //! Every connection goes back to the I/O thread (or is reported gone) through [`Returns`].
 //! A panic in the service answers that request 7; a panic anywhere else loses only that
@@ -15,6 +16,7 @@ use super::conn::{Conn, Incoming};
 use crate::protocol::gateway::{Form, Id, Op, Reply};
 use crate::service::{HashTask, Service, Step};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
+use parking_lot::{Condvar, Mutex};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -112,77 +114,151 @@ fn contained(returns: &Returns, token: usize, f: impl FnOnce()) {
     }
 }
 
-/// The worker loop: until the job channel closes.
-pub fn run_worker(
-    jobs: Receiver<Job>,
-    hash_jobs: Sender<HashJob>,
-    service: Arc<Service>,
-    returns: Arc<Returns>,
-) {
-    for Job(conn) in jobs {
-        let token = conn.token;
-        contained(&returns, token, || {
-            answer(conn, &service, &hash_jobs, &returns);
-        });
+/// Caps the hashes computed at once. Hash threads wait for a permit; a worker takes one only
+/// if it is free at once and no hash job is queued, and then hashes itself, saving the hand-off
+/// to a hash thread when hashing capacity sits idle.
+pub struct Permits {
+    free: Mutex<usize>,
+    freed: Condvar,
+    /// The hash queue, to see whether jobs are waiting (never to take them).
+    queue: Receiver<HashJob>,
+}
+
+/// A permit to hash; given back on drop.
+struct Permit<'a>(&'a Permits);
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        *self.0.free.lock() += 1;
+        self.0.freed.notify_one();
     }
 }
 
-/// Answer the connection's whole messages in order, until one needs a hash thread.
-fn answer(mut conn: Box<Conn>, service: &Service, hash_jobs: &Sender<HashJob>, returns: &Returns) {
-    for _ in 0..BATCH {
-        if conn.closing {
-            break;
+impl Permits {
+    /// `permits` hashes at once; `queue` is the hash threads' channel.
+    pub fn new(permits: usize, queue: Receiver<HashJob>) -> Permits {
+        Permits {
+            free: Mutex::new(permits),
+            freed: Condvar::new(),
+            queue,
         }
-        let Some(incoming) = conn.next_message() else {
-            break;
-        };
-        let (form, request, id) = match incoming {
-            Incoming::Broken(error) => {
-                conn.refuse(format!("bad request: {error}"));
+    }
+
+    fn try_permit(&self) -> Option<Permit<'_>> {
+        let mut free = self.free.lock();
+        if *free == 0 || !self.queue.is_empty() {
+            return None;
+        }
+        *free -= 1;
+        Some(Permit(self))
+    }
+
+    fn permit(&self) -> Permit<'_> {
+        let mut free = self.free.lock();
+        while *free == 0 {
+            self.freed.wait(&mut free);
+        }
+        *free -= 1;
+        Permit(self)
+    }
+}
+
+/// What a worker thread holds.
+pub struct Worker {
+    pub jobs: Receiver<Job>,
+    pub hash_jobs: Sender<HashJob>,
+    pub permits: Arc<Permits>,
+    pub service: Arc<Service>,
+    pub returns: Arc<Returns>,
+    /// Read buffer, for taking pipelined requests that arrived while answering.
+    pub scratch: Vec<u8>,
+    pub max_message: usize,
+}
+
+impl Worker {
+    /// The worker loop: until the job channel closes.
+    pub fn run(mut self) {
+        while let Ok(Job(conn)) = self.jobs.recv() {
+            let token = conn.token;
+            let returns = self.returns.clone();
+            contained(&returns, token, || self.answer(conn));
+        }
+    }
+
+    /// Answer the connection's whole messages in order, until one needs a hash thread.
+    fn answer(&mut self, mut conn: Box<Conn>) {
+        let service = &*self.service;
+        for _ in 0..BATCH {
+            if conn.closing {
                 break;
             }
-            Incoming::Bad { form, bad } => {
-                conn.answer(form, &Reply::bad_request(bad.info), bad.id.as_ref());
-                continue;
-            }
-            Incoming::Request { form, request, id } => (form, request, id),
-        };
-        let task = match guarded(request.op, || service.begin(request), Step::Done) {
-            Step::Done(reply) => {
+            let incoming = match conn.next_message() {
+                Some(incoming) => incoming,
+                // A pipelining client may have sent more meanwhile: take it without a detour
+                // through the I/O thread.
+                None if !conn.eof && conn.fill(&mut self.scratch, self.max_message).is_ok() => {
+                    match conn.next_message() {
+                        Some(incoming) => incoming,
+                        None => break,
+                    }
+                }
+                None => break,
+            };
+            let (form, request, id) = match incoming {
+                Incoming::Broken(error) => {
+                    conn.refuse(format!("bad request: {error}"));
+                    break;
+                }
+                Incoming::Bad { form, bad } => {
+                    conn.answer(form, &Reply::bad_request(bad.info), bad.id.as_ref());
+                    continue;
+                }
+                Incoming::Request { form, request, id } => (form, request, id),
+            };
+            let task = match guarded(request.op, || service.begin(request), Step::Done) {
+                Step::Done(reply) => {
+                    conn.answer(form, &reply, id.as_ref());
+                    continue;
+                }
+                Step::Hash(task) => task,
+            };
+            if let Some(_permit) = self.permits.try_permit() {
+                let reply = guarded(task.op(), || service.finish(task), |r| r);
                 conn.answer(form, &reply, id.as_ref());
                 continue;
             }
-            Step::Hash(task) => task,
-        };
-        // Replies so far go out now; the connection travels on to a hash thread.
-        if let Err(e) = conn.flush() {
-            tracing::debug!(peer = %conn.peer, error = %e, "write failed");
-            returns.send(Back::Gone(conn.token));
-            return;
-        }
-        let job = HashJob {
-            conn,
-            form,
-            id,
-            task,
-        };
-        match hash_jobs.try_send(job) {
-            Ok(()) => return,
-            Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => {
-                conn = job.conn;
-                conn.answer(
-                    job.form,
-                    &Reply::unavailable("server busy, retry later"),
-                    job.id.as_ref(),
-                );
+            // Replies so far go out now; the connection travels on to a hash thread.
+            if let Err(e) = conn.flush() {
+                tracing::debug!(peer = %conn.peer, error = %e, "write failed");
+                self.returns.send(Back::Gone(conn.token));
+                return;
+            }
+            let job = HashJob {
+                conn,
+                form,
+                id,
+                task,
+            };
+            match self.hash_jobs.try_send(job) {
+                Ok(()) => return,
+                Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => {
+                    conn = job.conn;
+                    let busy = Reply::unavailable("server busy, retry later");
+                    conn.answer(job.form, &busy, job.id.as_ref());
+                }
             }
         }
+        self.returns.give_back(conn);
     }
-    returns.give_back(conn);
 }
 
 /// The hash thread loop: until the hash channel closes.
-pub fn run_hasher(hash_jobs: Receiver<HashJob>, service: Arc<Service>, returns: Arc<Returns>) {
+pub fn run_hasher(
+    hash_jobs: Receiver<HashJob>,
+    permits: Arc<Permits>,
+    service: Arc<Service>,
+    returns: Arc<Returns>,
+) {
     for HashJob {
         mut conn,
         form,
@@ -192,7 +268,10 @@ pub fn run_hasher(hash_jobs: Receiver<HashJob>, service: Arc<Service>, returns: 
     {
         let token = conn.token;
         contained(&returns, token, || {
-            let reply = guarded(task.op(), || service.finish(task), |r| r);
+            let reply = {
+                let _permit = permits.permit();
+                guarded(task.op(), || service.finish(task), |r| r)
+            };
             conn.answer(form, &reply, id.as_ref());
             returns.give_back(conn);
         });

@@ -1,5 +1,8 @@
-//! gateway-sim: a client that plays the gateway, for trying the service by hand and for
-//! loading it.
+//! gateway-sim: a client that plays the gateway, for trying the service by hand
+//! ([`send_seed`]) and for loading it ([`stress`], measured by [`report`]).
+
+pub mod report;
+pub mod stress;
 
 use crate::protocol::gateway::Op;
 use serde_json::json;

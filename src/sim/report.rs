@@ -1,0 +1,320 @@
+//! What a stress run measured: [`Recorder`] collects on each load thread, [`Report`] sums up
+//! and prints as a table, as JSON, or as an SVG plot over time.
+
+use super::stress::{classify, Kind, Live};
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+/// Latencies are recorded in microseconds, up to a minute.
+const MAX_MICROS: u64 = 60_000_000;
+
+fn histogram(sigfig: u8) -> Histogram<u64> {
+    // These bounds are valid constants; `new_with_bounds` fails only for invalid ones.
+    Histogram::new_with_bounds(1, MAX_MICROS, sigfig).unwrap_or_else(|_| unreachable!())
+}
+
+/// Transport errors by kind.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct Transport {
+    pub refused: u64,
+    pub reset: u64,
+    pub timeout: u64,
+    pub other: u64,
+}
+
+impl Transport {
+    pub fn total(&self) -> u64 {
+        self.refused + self.reset + self.timeout + self.other
+    }
+}
+
+/// One load thread's measurements.
+pub struct Recorder {
+    start: Instant,
+    latency: BTreeMap<Kind, Histogram<u64>>,
+    per_second: Vec<Histogram<u64>>,
+    codes: BTreeMap<u64, u64>,
+    unexpected: BTreeMap<Kind, u64>,
+    transport: Transport,
+}
+
+impl Recorder {
+    pub fn new(start: Instant) -> Recorder {
+        Recorder {
+            start,
+            latency: BTreeMap::new(),
+            per_second: Vec::new(),
+            codes: BTreeMap::new(),
+            unexpected: BTreeMap::new(),
+            transport: Transport::default(),
+        }
+    }
+
+    /// A reply arrived for a request of `kind` that was due at `due`.
+    pub fn reply(&mut self, kind: Kind, due: Instant, code: Option<u64>, live: &Live) {
+        let now = Instant::now();
+        let micros = (now.saturating_duration_since(due).as_micros() as u64).clamp(1, MAX_MICROS);
+        let _ = self
+            .latency
+            .entry(kind)
+            .or_insert_with(|| histogram(3))
+            .record(micros);
+        let second = now.saturating_duration_since(self.start).as_secs() as usize;
+        if self.per_second.len() <= second {
+            self.per_second.resize_with(second + 1, || histogram(2));
+        }
+        let _ = self.per_second[second].record(micros);
+        // A reply without a code is counted as code 0.
+        let code = code.unwrap_or(0);
+        *self.codes.entry(code).or_default() += 1;
+        live.completed.fetch_add(1, Ordering::Relaxed);
+        if code != kind.expected_code() {
+            *self.unexpected.entry(kind).or_default() += 1;
+            live.errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A request failed in transport.
+    pub fn error(&mut self, e: &io::Error, live: &Live) {
+        classify(e, &mut self.transport);
+        live.errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn merge(&mut self, other: Recorder) {
+        for (kind, h) in other.latency {
+            let _ = self
+                .latency
+                .entry(kind)
+                .or_insert_with(|| histogram(3))
+                .add(&h);
+        }
+        if self.per_second.len() < other.per_second.len() {
+            self.per_second
+                .resize_with(other.per_second.len(), || histogram(2));
+        }
+        for (mine, theirs) in self.per_second.iter_mut().zip(&other.per_second) {
+            let _ = mine.add(theirs);
+        }
+        for (code, n) in other.codes {
+            *self.codes.entry(code).or_default() += n;
+        }
+        for (kind, n) in other.unexpected {
+            *self.unexpected.entry(kind).or_default() += n;
+        }
+        let t = other.transport;
+        self.transport.refused += t.refused;
+        self.transport.reset += t.reset;
+        self.transport.timeout += t.timeout;
+        self.transport.other += t.other;
+    }
+
+    pub fn report(self, elapsed: Duration) -> Report {
+        let mut all = histogram(3);
+        let mut by_kind = BTreeMap::new();
+        for (kind, h) in &self.latency {
+            let _ = all.add(h);
+            by_kind.insert(
+                kind.name().to_string(),
+                KindReport {
+                    requests: h.len(),
+                    unexpected: self.unexpected.get(kind).copied().unwrap_or(0),
+                    latency_ms: Latency::of(h),
+                },
+            );
+        }
+        let per_second = self
+            .per_second
+            .iter()
+            .enumerate()
+            .map(|(second, h)| Second {
+                second: second as u64,
+                requests: h.len(),
+                p99_ms: h.value_at_quantile(0.99) as f64 / 1000.0,
+            })
+            .collect();
+        let secs = elapsed.as_secs_f64().max(1e-9);
+        Report {
+            elapsed_s: secs,
+            requests: all.len(),
+            throughput: all.len() as f64 / secs,
+            latency_ms: Latency::of(&all),
+            by_kind,
+            codes: self
+                .codes
+                .iter()
+                .map(|(c, n)| (c.to_string(), *n))
+                .collect(),
+            unexpected: self.unexpected.values().sum(),
+            transport: self.transport,
+            per_second,
+        }
+    }
+}
+
+/// Latency percentiles in milliseconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Latency {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+}
+
+impl Latency {
+    fn of(h: &Histogram<u64>) -> Latency {
+        let ms = |micros: u64| micros as f64 / 1000.0;
+        Latency {
+            p50: ms(h.value_at_quantile(0.50)),
+            p90: ms(h.value_at_quantile(0.90)),
+            p99: ms(h.value_at_quantile(0.99)),
+            p999: ms(h.value_at_quantile(0.999)),
+            max: ms(h.max()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct KindReport {
+    pub requests: u64,
+    pub unexpected: u64,
+    pub latency_ms: Latency,
+}
+
+/// One second of the run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Second {
+    pub second: u64,
+    pub requests: u64,
+    pub p99_ms: f64,
+}
+
+/// The result of a stress run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub elapsed_s: f64,
+    /// Requests answered (with any code).
+    pub requests: u64,
+    /// Answered requests per second.
+    pub throughput: f64,
+    pub latency_ms: Latency,
+    pub by_kind: BTreeMap<String, KindReport>,
+    /// Replies per code; `0` counts replies without a readable code.
+    pub codes: BTreeMap<String, u64>,
+    /// Replies whose code was not the one their kind must get.
+    pub unexpected: u64,
+    pub transport: Transport,
+    pub per_second: Vec<Second>,
+}
+
+impl Report {
+    /// Whether every request got the code it should, without transport errors.
+    pub fn clean(&self) -> bool {
+        self.unexpected == 0 && self.transport.total() == 0
+    }
+
+    /// A human-readable table.
+    pub fn table(&self) -> String {
+        let mut out = String::new();
+        let l = &self.latency_ms;
+        let _ = writeln!(
+            out,
+            "requests {}  in {:.2} s  = {:.0} req/s",
+            self.requests, self.elapsed_s, self.throughput
+        );
+        let _ = writeln!(
+            out,
+            "{:<10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10}",
+            "latency ms", "requests", "p50", "p90", "p99", "p99.9", "max", "unexpected"
+        );
+        let row = |out: &mut String, name: &str, n: u64, l: &Latency, bad: u64| {
+            let _ = writeln!(
+                out,
+                "{name:<10} {n:>9} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {bad:>10}",
+                l.p50, l.p90, l.p99, l.p999, l.max
+            );
+        };
+        row(&mut out, "all", self.requests, l, self.unexpected);
+        for (name, k) in &self.by_kind {
+            row(&mut out, name, k.requests, &k.latency_ms, k.unexpected);
+        }
+        let codes: Vec<String> = self
+            .codes
+            .iter()
+            .map(|(c, n)| format!("{c}: {n}"))
+            .collect();
+        let _ = writeln!(out, "codes      {}", codes.join("  "));
+        let t = &self.transport;
+        let _ = writeln!(
+            out,
+            "transport  refused: {}  reset: {}  timeout: {}  other: {}",
+            t.refused, t.reset, t.timeout, t.other
+        );
+        out
+    }
+
+    /// Throughput and p99 latency, second by second, as an SVG file.
+    pub fn plot(&self, path: &std::path::Path) -> Result<(), String> {
+        use plotters::prelude::*;
+        let err = |e: &dyn std::fmt::Display| e.to_string();
+        let root = SVGBackend::new(path, (900, 600)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| err(&e))?;
+        let (top, bottom) = root.split_vertically(300);
+        let seconds = self.per_second.len().max(1) as u64;
+        let max_rps = self
+            .per_second
+            .iter()
+            .map(|s| s.requests)
+            .max()
+            .unwrap_or(1)
+            .max(1);
+        let max_p99 = self
+            .per_second
+            .iter()
+            .map(|s| s.p99_ms)
+            .fold(0.0, f64::max)
+            .max(0.001);
+        let mut chart = ChartBuilder::on(&top)
+            .caption("throughput (requests/s)", ("sans-serif", 18))
+            .margin(10)
+            .x_label_area_size(30)
+            .y_label_area_size(70)
+            .build_cartesian_2d(0..seconds, 0..max_rps + max_rps / 10)
+            .map_err(|e| err(&e))?;
+        chart
+            .configure_mesh()
+            .x_desc("second")
+            .draw()
+            .map_err(|e| err(&e))?;
+        chart
+            .draw_series(LineSeries::new(
+                self.per_second.iter().map(|s| (s.second, s.requests)),
+                &BLUE,
+            ))
+            .map_err(|e| err(&e))?;
+        let mut chart = ChartBuilder::on(&bottom)
+            .caption("p99 latency (ms)", ("sans-serif", 18))
+            .margin(10)
+            .x_label_area_size(30)
+            .y_label_area_size(70)
+            .build_cartesian_2d(0..seconds, 0.0..max_p99 * 1.1)
+            .map_err(|e| err(&e))?;
+        chart
+            .configure_mesh()
+            .x_desc("second")
+            .draw()
+            .map_err(|e| err(&e))?;
+        chart
+            .draw_series(LineSeries::new(
+                self.per_second.iter().map(|s| (s.second, s.p99_ms)),
+                &RED,
+            ))
+            .map_err(|e| err(&e))?;
+        root.present().map_err(|e| err(&e))
+    }
+}

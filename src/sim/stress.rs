@@ -1,0 +1,545 @@
+//! `gateway-sim stress`: a bounded load run against a login-server.
+//!
+//! One thread per connection (two in the stream form: a writer and a reader, so requests can
+//! be pipelined). Requests draw tickets from a shared counter, which bounds the run by count;
+//! the clock bounds it by time. With `rate`, ticket `i` is due at `start + i / rate` and its
+//! latency is measured from then, not from when it was sent, so a stalled server cannot hide
+//! its queueing (no coordinated omission).
+
+use super::report::{Recorder, Report, Transport};
+use crate::protocol::gateway::Form;
+use crossbeam_channel::bounded;
+use serde_json::json;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The kinds of request a run mixes, each with the code it must get.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Kind {
+    /// A registered user, right password: 3.
+    Login,
+    /// A fresh name: 4.
+    Register,
+    /// A registered user, wrong password: 2.
+    BadPass,
+    /// A valid name nobody registered: 1.
+    Unknown,
+    /// A name that breaks the rules: 1.
+    Invalid,
+    /// An unknown OP: 6.
+    Malformed,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 6] = [
+        Kind::Login,
+        Kind::Register,
+        Kind::BadPass,
+        Kind::Unknown,
+        Kind::Invalid,
+        Kind::Malformed,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Login => "login",
+            Kind::Register => "register",
+            Kind::BadPass => "badpass",
+            Kind::Unknown => "unknown",
+            Kind::Invalid => "invalid",
+            Kind::Malformed => "malformed",
+        }
+    }
+
+    /// The reply code a correct server gives.
+    pub fn expected_code(self) -> u64 {
+        match self {
+            Kind::Login => 3,
+            Kind::Register => 4,
+            Kind::BadPass => 2,
+            Kind::Unknown | Kind::Invalid => 1,
+            Kind::Malformed => 6,
+        }
+    }
+}
+
+/// Weights of each kind, as `login=90,register=5,badpass=5`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mix(Vec<(Kind, u32)>);
+
+impl std::str::FromStr for Mix {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Mix, String> {
+        let mut weights = Vec::new();
+        for part in s.split(',') {
+            let (name, weight) = part
+                .split_once('=')
+                .ok_or_else(|| format!("{part:?}: expected KIND=WEIGHT"))?;
+            let kind = Kind::ALL
+                .into_iter()
+                .find(|k| k.name() == name.trim())
+                .ok_or_else(|| {
+                    let names: Vec<_> = Kind::ALL.iter().map(|k| k.name()).collect();
+                    format!("unknown kind {name:?}; kinds are {}", names.join(", "))
+                })?;
+            let weight = weight
+                .trim()
+                .parse()
+                .map_err(|e| format!("{part:?}: {e}"))?;
+            weights.push((kind, weight));
+        }
+        if weights.iter().all(|&(_, w)| w == 0) {
+            return Err("the weights add up to 0".into());
+        }
+        Ok(Mix(weights))
+    }
+}
+
+impl Mix {
+    fn pick(&self, rng: &mut Rng) -> Kind {
+        let total: u32 = self.0.iter().map(|&(_, w)| w).sum();
+        let mut roll = (rng.next() % u64::from(total)) as u32;
+        for &(kind, weight) in &self.0 {
+            if roll < weight {
+                return kind;
+            }
+            roll -= weight;
+        }
+        self.0[0].0
+    }
+
+    /// Whether the run needs registered users.
+    fn needs_users(&self) -> bool {
+        self.0
+            .iter()
+            .any(|&(k, w)| w > 0 && matches!(k, Kind::Login | Kind::BadPass))
+    }
+}
+
+/// xorshift64*: plenty for picking users and kinds.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+}
+
+/// What a run does.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub target: SocketAddr,
+    pub connections: usize,
+    /// Stop after this long (at most).
+    pub duration: Duration,
+    /// Stop after this many requests (at most).
+    pub requests: Option<u64>,
+    pub form: Form,
+    /// Requests in flight on each stream-form connection.
+    pub pipeline: usize,
+    pub mix: Mix,
+    /// Accounts that logins pick from; registered first unless 0.
+    pub users: usize,
+    /// Open-loop arrivals per second, all connections together.
+    pub rate: Option<f64>,
+    /// How long one request may take before it counts as a timeout.
+    pub timeout: Duration,
+}
+
+/// The name and password of stress account `i`.
+fn user(i: u64) -> (String, String) {
+    (format!("stress-user-{i}"), format!("stress-password-{i}"))
+}
+
+/// Builds request messages for one thread.
+struct Requests {
+    rng: Rng,
+    users: u64,
+    /// Makes registered names unique across threads and runs.
+    prefix: String,
+    serial: u64,
+}
+
+impl Requests {
+    fn new(thread: usize, run: u64, users: usize) -> Requests {
+        Requests {
+            rng: Rng::new(run ^ (thread as u64 + 1) << 32),
+            users: users.max(1) as u64,
+            prefix: format!("r{:x}t{thread}n", run & 0xffff_ffff),
+            serial: 0,
+        }
+    }
+
+    fn message(&mut self, kind: Kind, form: Form) -> Vec<u8> {
+        self.serial += 1;
+        let (name, password) = user(self.rng.next() % self.users);
+        let body = match kind {
+            Kind::Login => json!({"OP": "login", "username": name, "password": password}),
+            Kind::BadPass => {
+                json!({"OP": "login", "username": name, "password": "not-the-password"})
+            }
+            Kind::Register => json!({"OP": "register",
+                "username": format!("{}{}", self.prefix, self.serial), "password": password}),
+            Kind::Unknown => json!({"OP": "login",
+                "username": format!("nobody-{}", self.rng.next() % 1_000_000), "password": password}),
+            Kind::Invalid => {
+                json!({"OP": "login", "username": "no spaces allowed!", "password": password})
+            }
+            Kind::Malformed => json!({"OP": "fly", "username": name, "password": password}),
+        };
+        match form {
+            Form::Seed => json!([body]).to_string().into_bytes(),
+            Form::Stream => {
+                let mut line = body.to_string().into_bytes();
+                line.push(b'\n');
+                line
+            }
+        }
+    }
+}
+
+/// Shared between the threads of a run.
+pub struct Live {
+    pub completed: AtomicU64,
+    pub errors: AtomicU64,
+    tickets: AtomicU64,
+    stop: AtomicBool,
+}
+
+struct Plan {
+    options: Options,
+    start: Instant,
+    end: Instant,
+    live: Arc<Live>,
+    run: u64,
+}
+
+impl Plan {
+    /// The next request's due time, or `None` once the run is over.
+    fn ticket(&self) -> Option<Instant> {
+        if self.live.stop.load(Ordering::Relaxed) {
+            return None;
+        }
+        let n = self.live.tickets.fetch_add(1, Ordering::Relaxed);
+        if self.options.requests.is_some_and(|max| n >= max) {
+            return None;
+        }
+        let due = match self.options.rate {
+            Some(rate) => self.start + Duration::from_secs_f64(n as f64 / rate),
+            None => Instant::now(),
+        };
+        if due >= self.end {
+            return None;
+        }
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        Some(due)
+    }
+}
+
+fn connect(options: &Options) -> io::Result<TcpStream> {
+    let stream = TcpStream::connect_timeout(&options.target, options.timeout)?;
+    stream.set_read_timeout(Some(options.timeout))?;
+    stream.set_write_timeout(Some(options.timeout))?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// The code in a reply (seed or stream form), if it has one.
+fn reply_code(reply: &[u8]) -> Option<u64> {
+    let value: serde_json::Value = serde_json::from_slice(reply).ok()?;
+    let object = match &value {
+        serde_json::Value::Array(items) => items.first()?,
+        other => other,
+    };
+    object.get("code")?.as_u64()
+}
+
+/// Seed form: a new connection per request, one write, read until the server closes.
+fn seed_connection(plan: &Plan, thread: usize) -> Recorder {
+    let mut recorder = Recorder::new(plan.start);
+    let mut requests = Requests::new(thread, plan.run, plan.options.users);
+    let mut reply = Vec::with_capacity(128);
+    while let Some(due) = plan.ticket() {
+        let kind = plan.options.mix.pick(&mut requests.rng);
+        let message = requests.message(kind, Form::Seed);
+        reply.clear();
+        let result = connect(&plan.options).and_then(|mut stream| {
+            stream.write_all(&message)?;
+            stream.read_to_end(&mut reply)
+        });
+        match result {
+            Ok(_) => recorder.reply(kind, due, reply_code(&reply), &plan.live),
+            Err(e) => recorder.error(&e, &plan.live),
+        }
+    }
+    recorder
+}
+
+/// Stream form: one connection with up to `pipeline` requests in flight; reconnects after a
+/// transport error while the run lasts.
+fn stream_connection(plan: &Plan, thread: usize) -> Recorder {
+    let mut recorder = Recorder::new(plan.start);
+    let mut requests = Requests::new(thread, plan.run, plan.options.users);
+    let mut pending_error: Option<io::Error> = None;
+    loop {
+        if let Some(e) = pending_error.take() {
+            recorder.error(&e, &plan.live);
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let stream = match connect(&plan.options) {
+            Ok(stream) => stream,
+            Err(e) if Instant::now() < plan.end && !plan.live.stop.load(Ordering::Relaxed) => {
+                pending_error = Some(e);
+                continue;
+            }
+            Err(e) => {
+                recorder.error(&e, &plan.live);
+                return recorder;
+            }
+        };
+        let Ok(mut writer) = stream.try_clone() else {
+            return recorder;
+        };
+        let (in_flight, replies) = bounded::<(Kind, Instant)>(plan.options.pipeline.max(1));
+        let finished = std::thread::scope(|scope| {
+            let reader = scope.spawn(|| {
+                let mut reader = BufReader::new(stream);
+                let mut line = Vec::with_capacity(128);
+                let mut recorder = Recorder::new(plan.start);
+                for (kind, due) in replies {
+                    line.clear();
+                    match reader.read_until(b'\n', &mut line) {
+                        Ok(n) if n > 0 && line.ends_with(b"\n") => {
+                            recorder.reply(kind, due, reply_code(&line), &plan.live)
+                        }
+                        Ok(_) => return (recorder, Some(io::ErrorKind::UnexpectedEof.into())),
+                        Err(e) => return (recorder, Some(e)),
+                    }
+                }
+                (recorder, None)
+            });
+            let mut out_of_tickets = false;
+            loop {
+                if reader.is_finished() {
+                    break; // the reader failed: stop writing into a dead connection
+                }
+                let Some(due) = plan.ticket() else {
+                    out_of_tickets = true;
+                    break;
+                };
+                let kind = plan.options.mix.pick(&mut requests.rng);
+                let message = requests.message(kind, Form::Stream);
+                if in_flight.send((kind, due)).is_err() || writer.write_all(&message).is_err() {
+                    break;
+                }
+            }
+            drop(in_flight);
+            let (part, error) = reader.join().unwrap_or_else(|_| {
+                (
+                    Recorder::new(plan.start),
+                    Some(io::Error::other("reader panicked")),
+                )
+            });
+            recorder.merge(part);
+            pending_error = error;
+            out_of_tickets
+        });
+        if finished {
+            if let Some(e) = pending_error.take() {
+                recorder.error(&e, &plan.live);
+            }
+            return recorder;
+        }
+    }
+}
+
+/// Register the accounts that logins use; ones that exist already are fine.
+fn register_users(options: &Options) -> io::Result<()> {
+    let threads = 8.min(options.users.max(1));
+    let per_thread = options.users.div_ceil(threads);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                scope.spawn(move || -> io::Result<()> {
+                    let stream = connect(options)?;
+                    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+                    let mut writer = stream.try_clone()?;
+                    let mut reader = BufReader::new(stream);
+                    let mut line = Vec::new();
+                    let first = t * per_thread;
+                    for i in first..(first + per_thread).min(options.users) {
+                        let (username, password) = user(i as u64);
+                        let body =
+                            json!({"OP": "register", "username": username, "password": password});
+                        writer.write_all(format!("{body}\n").as_bytes())?;
+                        line.clear();
+                        reader.read_until(b'\n', &mut line)?;
+                        match reply_code(&line) {
+                            Some(4 | 5) => {}
+                            _ => {
+                                return Err(io::Error::other(format!(
+                                    "registering {username}: {}",
+                                    String::from_utf8_lossy(&line).trim()
+                                )))
+                            }
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        handles.into_iter().try_for_each(|h| {
+            h.join()
+                .unwrap_or_else(|_| Err(io::Error::other("panicked")))
+        })
+    })
+}
+
+/// Why a run could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum StressError {
+    #[error("cannot register the stress accounts on {target}: {source}")]
+    Setup {
+        target: SocketAddr,
+        source: io::Error,
+    },
+    #[error("cannot start a load thread: {0}")]
+    Threads(io::Error),
+}
+
+/// A run in progress: poll [`Run::live`] for progress, then [`Run::finish`].
+pub struct Run {
+    live: Arc<Live>,
+    start: Instant,
+    handles: Vec<std::thread::JoinHandle<Recorder>>,
+}
+
+impl Run {
+    /// Register the accounts, then start the load threads.
+    pub fn start(options: Options) -> Result<Run, StressError> {
+        if options.users > 0 && options.mix.needs_users() {
+            register_users(&options).map_err(|source| StressError::Setup {
+                target: options.target,
+                source,
+            })?;
+        }
+        let live = Arc::new(Live {
+            completed: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            tickets: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+        });
+        let start = Instant::now();
+        let run = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let plan = Arc::new(Plan {
+            end: start + options.duration,
+            options,
+            start,
+            live: live.clone(),
+            run,
+        });
+        let mut handles = Vec::new();
+        for thread in 0..plan.options.connections.max(1) {
+            let plan = plan.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("load-{thread}"))
+                .spawn(move || match plan.options.form {
+                    Form::Seed => seed_connection(&plan, thread),
+                    Form::Stream => stream_connection(&plan, thread),
+                })
+                .map_err(|e| {
+                    live.stop.store(true, Ordering::SeqCst);
+                    StressError::Threads(e)
+                })?;
+            handles.push(handle);
+        }
+        Ok(Run {
+            live,
+            start,
+            handles,
+        })
+    }
+
+    pub fn live(&self) -> &Live {
+        &self.live
+    }
+
+    pub fn elapsed(&self) -> Duration {
+        self.start.elapsed()
+    }
+
+    /// Whether every load thread is done.
+    pub fn is_finished(&self) -> bool {
+        self.handles.iter().all(|h| h.is_finished())
+    }
+
+    /// Wait for the load threads and summarise.
+    pub fn finish(self) -> Report {
+        let mut total = Recorder::new(self.start);
+        for handle in self.handles {
+            if let Ok(recorder) = handle.join() {
+                total.merge(recorder);
+            }
+        }
+        total.report(self.start.elapsed())
+    }
+}
+
+/// Classify a transport error for the report.
+pub(super) fn classify(e: &io::Error, transport: &mut Transport) {
+    match e.kind() {
+        io::ErrorKind::ConnectionRefused => transport.refused += 1,
+        io::ErrorKind::ConnectionReset
+        | io::ErrorKind::ConnectionAborted
+        | io::ErrorKind::BrokenPipe
+        | io::ErrorKind::UnexpectedEof => transport.reset += 1,
+        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => transport.timeout += 1,
+        _ => transport.other += 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mix_parses_and_picks_by_weight() {
+        let mix: Mix = "login=90,register=5,badpass=5".parse().unwrap();
+        let mut rng = Rng::new(1);
+        let logins = (0..10_000)
+            .filter(|_| mix.pick(&mut rng) == Kind::Login)
+            .count();
+        assert!((8_500..9_500).contains(&logins), "{logins}");
+        assert!("login=0".parse::<Mix>().is_err());
+        assert!("fly=1".parse::<Mix>().unwrap_err().contains("kinds are"));
+        assert!(mix.needs_users());
+        assert!(!"unknown=1".parse::<Mix>().unwrap().needs_users());
+    }
+
+    #[test]
+    fn messages_have_the_wire_forms() {
+        let mut requests = Requests::new(3, 0xabc, 10);
+        let seed = requests.message(Kind::Register, Form::Seed);
+        assert!(seed.starts_with(b"[{") && seed.ends_with(b"}]"));
+        let stream = requests.message(Kind::Malformed, Form::Stream);
+        assert!(stream.starts_with(b"{") && stream.ends_with(b"}\n"));
+        assert_eq!(reply_code(br#"[{"code":4,"info":"success"}]"#), Some(4));
+        assert_eq!(reply_code(b"{\"code\":6}\n"), Some(6));
+        assert_eq!(reply_code(b"garbage"), None);
+    }
+}
