@@ -1,7 +1,7 @@
 //! argon2id hash and verify, at the default parameters and at the cheapest.
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use login_server::auth::password::{HashParams, Hasher};
+use login_server::auth::password::{HashParams, Hasher, Memory};
 use std::hint::black_box;
 
 fn hashing(c: &mut Criterion) {
@@ -10,16 +10,23 @@ fn hashing(c: &mut Criterion) {
         ("cheapest 8,1,1", HashParams::CHEAPEST),
     ] {
         let hasher = Hasher::new(params).expect("valid params");
-        let stored = hasher.hash("correct horse battery").expect("hash");
+        let memory = &mut Memory::default();
+        let stored = hasher.hash("correct horse battery", memory).expect("hash");
         let mut group = c.benchmark_group(format!("argon2id {name}"));
         if params == HashParams::default() {
             group.sample_size(20);
         }
         group.bench_function("hash", |b| {
-            b.iter(|| hasher.hash(black_box("correct horse battery")))
+            b.iter(|| hasher.hash(black_box("correct horse battery"), memory))
         });
         group.bench_function("verify", |b| {
-            b.iter(|| hasher.verify(black_box("correct horse battery"), black_box(&stored)))
+            b.iter(|| {
+                hasher.verify(
+                    black_box("correct horse battery"),
+                    black_box(&stored),
+                    memory,
+                )
+            })
         });
         group.finish();
     }

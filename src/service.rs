@@ -7,7 +7,7 @@
 
 use crate::accountdb::store::{Account, Created, Store};
 use crate::auth::names::Rules;
-use crate::auth::password::Hasher;
+use crate::auth::password::{Hasher, Memory};
 use crate::protocol::gateway::{Op, RegisterFailure, Reply, Request};
 use std::sync::Arc;
 
@@ -94,11 +94,12 @@ impl Service {
         }
     }
 
-    /// The argon2 part of a request, and for a registration the store write.
-    pub fn finish(&self, task: HashTask) -> Reply {
+    /// The argon2 part of a request, and for a registration the store write. `memory` is
+    /// argon2's scratch space.
+    pub fn finish(&self, task: HashTask, memory: &mut Memory) -> Reply {
         match task.0 {
             Task::Verify { account, password } => {
-                match self.hasher.verify(&password, &account.hash) {
+                match self.hasher.verify(&password, &account.hash, memory) {
                     Ok(true) => Reply::logged_in(account.username),
                     Ok(false) => Reply::wrong_password(),
                     Err(e) => {
@@ -108,7 +109,7 @@ impl Service {
                 }
             }
             Task::Create { username, password } => {
-                let hash = match self.hasher.hash(&password) {
+                let hash = match self.hasher.hash(&password, memory) {
                     Ok(hash) => hash,
                     Err(e) => {
                         tracing::error!(error = %e, "cannot hash a password");
@@ -129,7 +130,7 @@ impl Service {
     pub fn handle(&self, request: Request) -> Reply {
         match self.begin(request) {
             Step::Done(reply) => reply,
-            Step::Hash(task) => self.finish(task),
+            Step::Hash(task) => self.finish(task, &mut Memory::default()),
         }
     }
 }

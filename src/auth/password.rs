@@ -4,8 +4,8 @@
 //! threads, whose number is the cap (see `server`).
 
 use argon2::password_hash::rand_core::OsRng;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::{Algorithm, Argon2, Params, Version};
+use argon2::password_hash::{Output, ParamsString, PasswordHash, SaltString};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 use std::str::FromStr;
 
 /// argon2id cost parameters: memory in KiB, iterations, lanes.
@@ -84,11 +84,26 @@ impl HashParams {
     }
 }
 
+/// Scratch memory for one argon2 computation at a time. Reusing it, instead of letting argon2
+/// allocate and free its blocks per call, keeps memory at (hashes at once) x (memory cost) and
+/// saves paging in fresh memory on every hash.
+#[derive(Default)]
+pub struct Memory(Vec<Block>);
+
+impl Memory {
+    fn blocks(&mut self, count: usize) -> &mut [Block] {
+        if self.0.len() < count {
+            self.0.resize(count, Block::default());
+        }
+        &mut self.0[..count]
+    }
+}
+
 /// Hashes new passwords with the configured parameters; verifies against any stored hash with
 /// the parameters stored in it.
 #[derive(Clone)]
 pub struct Hasher {
-    argon: Argon2<'static>,
+    params: Params,
 }
 
 impl Hasher {
@@ -97,28 +112,68 @@ impl Hasher {
         let params = params
             .argon2_params()
             .map_err(|_| HashError::BadParams(params.to_string()))?;
-        Ok(Hasher {
-            argon: Argon2::new(Algorithm::Argon2id, Version::V0x13, params),
-        })
+        Ok(Hasher { params })
     }
 
     /// A PHC string for `password` with a fresh random salt.
-    pub fn hash(&self, password: &str) -> Result<String, HashError> {
+    pub fn hash(&self, password: &str, memory: &mut Memory) -> Result<String, HashError> {
         let salt = SaltString::generate(&mut OsRng);
-        self.argon
-            .hash_password(password.as_bytes(), &salt)
-            .map(|hash| hash.to_string())
-            .map_err(HashError::Hashing)
+        let mut salt_bytes = [0u8; 64];
+        let raw_salt = salt
+            .as_salt()
+            .decode_b64(&mut salt_bytes)
+            .map_err(HashError::Hashing)?;
+        let mut out = [0u8; Params::DEFAULT_OUTPUT_LEN];
+        Argon2::new(Algorithm::Argon2id, Version::V0x13, self.params.clone())
+            .hash_password_into_with_memory(
+                password.as_bytes(),
+                raw_salt,
+                &mut out,
+                memory.blocks(self.params.block_count()),
+            )
+            .map_err(|e| HashError::Hashing(e.into()))?;
+        let phc = PasswordHash {
+            algorithm: Algorithm::Argon2id.ident(),
+            version: Some(Version::V0x13.into()),
+            params: ParamsString::try_from(&self.params).map_err(HashError::Hashing)?,
+            salt: Some(salt.as_salt()),
+            hash: Some(Output::new(&out).map_err(HashError::Hashing)?),
+        };
+        Ok(phc.to_string())
     }
 
-    /// Whether `password` matches the PHC string `stored`, in constant time.
-    pub fn verify(&self, password: &str, stored: &str) -> Result<bool, HashError> {
-        let parsed = PasswordHash::new(stored).map_err(HashError::BadStoredHash)?;
-        match self.argon.verify_password(password.as_bytes(), &parsed) {
-            Ok(()) => Ok(true),
-            Err(argon2::password_hash::Error::Password) => Ok(false),
-            Err(e) => Err(HashError::Hashing(e)),
-        }
+    /// Whether `password` matches the PHC string `stored` (compared in constant time).
+    pub fn verify(
+        &self,
+        password: &str,
+        stored: &str,
+        memory: &mut Memory,
+    ) -> Result<bool, HashError> {
+        let bad = HashError::BadStoredHash;
+        let parsed = PasswordHash::new(stored).map_err(bad)?;
+        let algorithm = Algorithm::try_from(parsed.algorithm).map_err(bad)?;
+        let version = match parsed.version {
+            Some(v) => Version::try_from(v).map_err(|e| bad(e.into()))?,
+            None => Version::default(),
+        };
+        let params = Params::try_from(&parsed).map_err(bad)?;
+        let (Some(salt), Some(expected)) = (parsed.salt, parsed.hash) else {
+            return Err(bad(argon2::password_hash::Error::PhcStringField));
+        };
+        let mut salt_bytes = [0u8; 64];
+        let raw_salt = salt.decode_b64(&mut salt_bytes).map_err(bad)?;
+        let mut out = [0u8; Output::MAX_LENGTH];
+        let out = &mut out[..expected.len()];
+        Argon2::new(algorithm, version, params.clone())
+            .hash_password_into_with_memory(
+                password.as_bytes(),
+                raw_salt,
+                out,
+                memory.blocks(params.block_count()),
+            )
+            .map_err(|e| HashError::Hashing(e.into()))?;
+        // `Output`'s equality is constant-time.
+        Ok(Output::new(out).map_err(HashError::Hashing)? == expected)
     }
 }
 
@@ -143,19 +198,46 @@ mod tests {
 
     #[test]
     fn hashes_are_salted_and_verify_with_their_own_params() {
+        let memory = &mut Memory::default();
         let cheap = Hasher::new(HashParams::CHEAPEST).unwrap();
-        let a = cheap.hash("correct horse").unwrap();
-        let b = cheap.hash("correct horse").unwrap();
+        let a = cheap.hash("correct horse", memory).unwrap();
+        let b = cheap.hash("correct horse", memory).unwrap();
         assert_ne!(a, b, "salt must differ");
         assert!(a.starts_with("$argon2id$v=19$m=8,t=1,p=1$"));
         assert!(!a.contains("correct horse"));
         // A hasher with other parameters still verifies: the parameters come from the hash.
         let other = Hasher::new("16,2,1".parse().unwrap()).unwrap();
-        assert!(other.verify("correct horse", &a).unwrap());
-        assert!(!other.verify("wrong horse", &a).unwrap());
+        assert!(other.verify("correct horse", &a, memory).unwrap());
+        assert!(!other.verify("wrong horse", &a, memory).unwrap());
         assert!(matches!(
-            other.verify("x", "not a hash"),
+            other.verify("x", "not a hash", memory),
             Err(HashError::BadStoredHash(_))
         ));
+    }
+
+    #[test]
+    fn agrees_with_the_argon2_crates_own_phc_hashing() {
+        use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+        let memory = &mut Memory::default();
+        let params = "64,2,2".parse::<HashParams>().unwrap();
+        let ours = Hasher::new(params)
+            .unwrap()
+            .hash("pw-123456", memory)
+            .unwrap();
+        let reference = Argon2::new(
+            Algorithm::Argon2id,
+            Version::V0x13,
+            params.argon2_params().unwrap(),
+        );
+        let parsed = PasswordHash::new(&ours).unwrap();
+        assert!(reference.verify_password(b"pw-123456", &parsed).is_ok());
+        let salt = SaltString::generate(&mut OsRng);
+        let theirs = reference
+            .hash_password(b"pw-123456", &salt)
+            .unwrap()
+            .to_string();
+        let hasher = Hasher::new(HashParams::CHEAPEST).unwrap();
+        assert!(hasher.verify("pw-123456", &theirs, memory).unwrap());
+        assert!(!hasher.verify("pw-1234567", &theirs, memory).unwrap());
     }
 }

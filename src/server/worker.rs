@@ -13,6 +13,7 @@
 //! connection. Either way the thread lives on, so the pools never shrink.
 
 use super::conn::{Conn, Incoming};
+use crate::auth::password::Memory;
 use crate::protocol::gateway::{Form, Id, Op, Reply};
 use crate::service::{HashTask, Service, Step};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
@@ -114,23 +115,28 @@ fn contained(returns: &Returns, token: usize, f: impl FnOnce()) {
     }
 }
 
-/// Caps the hashes computed at once. Hash threads wait for a permit; a worker takes one only
-/// if it is free at once and no hash job is queued, and then hashes itself, saving the hand-off
-/// to a hash thread when hashing capacity sits idle.
+/// Caps the hashes computed at once, and holds argon2's scratch memory: one [`Memory`] per
+/// permit, so memory stays at (permits) x (memory cost) however many threads hash. Hash threads
+/// wait for a permit; a worker takes one only if it is free at once and no hash job is queued,
+/// and then hashes itself, saving the hand-off to a hash thread when capacity sits idle.
 pub struct Permits {
-    free: Mutex<usize>,
+    free: Mutex<Vec<Memory>>,
     freed: Condvar,
     /// The hash queue, to see whether jobs are waiting (never to take them).
     queue: Receiver<HashJob>,
 }
 
-/// A permit to hash; given back on drop.
-struct Permit<'a>(&'a Permits);
+/// A permit to hash, with its memory; given back on drop.
+struct Permit<'a> {
+    permits: &'a Permits,
+    memory: Memory,
+}
 
 impl Drop for Permit<'_> {
     fn drop(&mut self) {
-        *self.0.free.lock() += 1;
-        self.0.freed.notify_one();
+        let memory = std::mem::take(&mut self.memory);
+        self.permits.free.lock().push(memory);
+        self.permits.freed.notify_one();
     }
 }
 
@@ -138,7 +144,7 @@ impl Permits {
     /// `permits` hashes at once; `queue` is the hash threads' channel.
     pub fn new(permits: usize, queue: Receiver<HashJob>) -> Permits {
         Permits {
-            free: Mutex::new(permits),
+            free: Mutex::new((0..permits).map(|_| Memory::default()).collect()),
             freed: Condvar::new(),
             queue,
         }
@@ -146,20 +152,27 @@ impl Permits {
 
     fn try_permit(&self) -> Option<Permit<'_>> {
         let mut free = self.free.lock();
-        if *free == 0 || !self.queue.is_empty() {
+        if !self.queue.is_empty() {
             return None;
         }
-        *free -= 1;
-        Some(Permit(self))
+        let memory = free.pop()?;
+        Some(Permit {
+            permits: self,
+            memory,
+        })
     }
 
     fn permit(&self) -> Permit<'_> {
         let mut free = self.free.lock();
-        while *free == 0 {
+        loop {
+            if let Some(memory) = free.pop() {
+                return Permit {
+                    permits: self,
+                    memory,
+                };
+            }
             self.freed.wait(&mut free);
         }
-        *free -= 1;
-        Permit(self)
     }
 }
 
@@ -222,8 +235,12 @@ impl Worker {
                 }
                 Step::Hash(task) => task,
             };
-            if let Some(_permit) = self.permits.try_permit() {
-                let reply = guarded(task.op(), || service.finish(task), |r| r);
+            if let Some(mut permit) = self.permits.try_permit() {
+                let reply = guarded(
+                    task.op(),
+                    || service.finish(task, &mut permit.memory),
+                    |r| r,
+                );
                 conn.answer(form, &reply, id.as_ref());
                 continue;
             }
@@ -269,8 +286,12 @@ pub fn run_hasher(
         let token = conn.token;
         contained(&returns, token, || {
             let reply = {
-                let _permit = permits.permit();
-                guarded(task.op(), || service.finish(task), |r| r)
+                let mut permit = permits.permit();
+                guarded(
+                    task.op(),
+                    || service.finish(task, &mut permit.memory),
+                    |r| r,
+                )
             };
             conn.answer(form, &reply, id.as_ref());
             returns.give_back(conn);

@@ -8,7 +8,7 @@
 
 use super::report::{Recorder, Report, Transport};
 use crate::protocol::gateway::Form;
-use crossbeam_channel::bounded;
+use crossbeam_channel::{bounded, unbounded};
 use serde_json::json;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -313,9 +313,18 @@ fn stream_connection(plan: &Plan, thread: usize) -> Recorder {
         let Ok(mut writer) = stream.try_clone() else {
             return recorder;
         };
-        let (in_flight, replies) = bounded::<(Kind, Instant)>(plan.options.pipeline.max(1));
+        // `free` holds one token per request that may still be sent: the writer takes one
+        // before it draws a ticket, the reader gives it back when the reply is in. So the
+        // pipeline depth is exact, and in closed loop a request's clock starts only once it can
+        // really be sent.
+        let depth = plan.options.pipeline.max(1);
+        let (free_tx, free_rx) = bounded::<()>(depth);
+        for _ in 0..depth {
+            let _ = free_tx.send(());
+        }
+        let (in_flight, replies) = unbounded::<(Kind, Instant)>();
         let finished = std::thread::scope(|scope| {
-            let reader = scope.spawn(|| {
+            let reader = scope.spawn(move || {
                 let mut reader = BufReader::new(stream);
                 let mut line = Vec::with_capacity(128);
                 let mut recorder = Recorder::new(plan.start);
@@ -323,7 +332,8 @@ fn stream_connection(plan: &Plan, thread: usize) -> Recorder {
                     line.clear();
                     match reader.read_until(b'\n', &mut line) {
                         Ok(n) if n > 0 && line.ends_with(b"\n") => {
-                            recorder.reply(kind, due, reply_code(&line), &plan.live)
+                            recorder.reply(kind, due, reply_code(&line), &plan.live);
+                            let _ = free_tx.send(());
                         }
                         Ok(_) => return (recorder, Some(io::ErrorKind::UnexpectedEof.into())),
                         Err(e) => return (recorder, Some(e)),
@@ -332,10 +342,8 @@ fn stream_connection(plan: &Plan, thread: usize) -> Recorder {
                 (recorder, None)
             });
             let mut out_of_tickets = false;
-            loop {
-                if reader.is_finished() {
-                    break; // the reader failed: stop writing into a dead connection
-                }
+            // Taking a token fails once the reader has ended: the connection is dead.
+            while free_rx.recv().is_ok() {
                 let Some(due) = plan.ticket() else {
                     out_of_tickets = true;
                     break;

@@ -1,0 +1,177 @@
+#!/usr/bin/env python3
+"""The stress runs behind BENCHMARKS.md, in one go, so every figure is read against the
+floor measured in the same run.
+
+    cargo build --release --bins --example floor
+    cargo bench --bench hash          # for the verification time (the hashing limit)
+    python3 benches/stress_matrix.py [--duration SECS] > target/stress-matrix.md
+
+Everything runs on loopback; every load is bounded by --duration and stops by itself.
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+BIN = "target/release"
+CHEAP, DEFAULT = "8,1,1", "19456,2,1"
+CONNECTIONS = [1, 8, 32, 128]
+FORMS = ["seed", "stream"]
+
+
+def log(*args):
+    print(*args, file=sys.stderr, flush=True)
+
+
+def start(cmd):
+    """Start a server and wait for its 'listening' log line; return (process, addr)."""
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    for line in proc.stderr:
+        if "listening" in line:
+            addr = re.search(r"addr=(\S+)", line).group(1)
+            # Keep draining its log so it never blocks on a full pipe.
+            subprocess.Popen(["cat"], stdin=proc.stderr, stdout=subprocess.DEVNULL)
+            return proc, addr
+    raise RuntimeError(f"{cmd[0]} exited before listening")
+
+
+def stop(proc):
+    proc.send_signal(2)
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def stress(addr, *args):
+    out = subprocess.run(
+        [f"{BIN}/gateway-sim", "stress", "--target", addr, "--json", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, check=False)
+    return json.loads(out.stdout)
+
+
+def cpu_ticks(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+def peak_rss_mib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def row(label, r):
+    lat = r["latency_ms"]
+    other = {c: n for c, n in r["codes"].items() if c not in ("2", "3", "4")}
+    t = r["transport"]
+    errors = sum(t.values()) + r["unexpected"]
+    return (f"| {label} | {r['throughput']:.0f} | {lat['p50']:.2f} | {lat['p90']:.2f} | "
+            f"{lat['p99']:.2f} | {lat['p999']:.2f} | {lat['max']:.2f} | {errors} {other or ''} |")
+
+
+HEADER = ("| run | req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | errors |\n"
+          "|---|---|---|---|---|---|---|---|")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--duration", type=float, default=3)
+    args = ap.parse_args()
+    dur = str(args.duration)
+    cores = os.cpu_count()
+    print(f"Runs of {dur} s each; {cores} cores; load generator on the same machine.\n")
+
+    # The floor: a trivial responder.
+    floor_proc, floor_addr = start([f"{BIN}/examples/floor", "127.0.0.1:0"])
+    floor = {}
+    print("### Floor (trivial responder)\n\n" + HEADER)
+    for form in FORMS:
+        for c in CONNECTIONS:
+            r = stress(floor_addr, "--form", form, "--connections", str(c), "--duration", dur,
+                       "--mix", "login=1", "--users", "0")
+            floor[(form, c)] = r["throughput"]
+            print(row(f"floor {form} c={c}", r))
+            log("floor", form, c, round(r["throughput"]))
+    stop(floor_proc)
+
+    # login-server, embedded account-db: each hash setting, pooled and --db-pool 0.
+    for params in [CHEAP, DEFAULT]:
+        run_dur = dur if params == CHEAP else str(max(args.duration, 5))
+        print(f"\n### login-server, hash params {params}, mix login=90,register=5,badpass=5\n")
+        print(HEADER)
+        ratios = []
+        for pool in ["pooled", "0"]:
+            data = tempfile.mkdtemp()
+            cmd = [f"{BIN}/login-server", "--listen", "127.0.0.1:0", "--data", data,
+                   "--hash-params", params]
+            if pool == "0":
+                cmd += ["--db-pool", "0"]
+            proc, addr = start(cmd)
+            for form in FORMS:
+                for c in CONNECTIONS:
+                    r = stress(addr, "--form", form, "--connections", str(c), "--duration", run_dur)
+                    label = f"{'pooled' if pool == 'pooled' else 'db-pool 0'} {form} c={c}"
+                    print(row(label, r))
+                    ratios.append((label, r["throughput"], floor[(form, c)]))
+                    log(params, label, round(r["throughput"]))
+            stop(proc)
+            shutil.rmtree(data, ignore_errors=True)
+        if params == CHEAP:
+            print("\n| run | req/s | floor req/s | of floor |\n|---|---|---|---|")
+            for label, rps, fl in ratios:
+                print(f"| {label} | {rps:.0f} | {fl:.0f} | {100 * rps / fl:.0f}% |")
+
+    # The default-parameter flood: separate account-db so each tier is measured alone.
+    print(f"\n### Login flood at default parameters, 128 stream connections\n")
+    data = tempfile.mkdtemp()
+    db, db_addr = start([f"{BIN}/account-db", "--listen", "127.0.0.1:0", "--data", data])
+    ls, addr = start([f"{BIN}/login-server", "--listen", "127.0.0.1:0", "--db", db_addr])
+    stress(addr, "--form", "stream", "--connections", "8", "--duration", "1", "--users", "100")
+    ticks = {p.pid: cpu_ticks(p.pid) for p in (db, ls)}
+    flood_secs = max(args.duration, 10)
+    flood = subprocess.Popen(
+        [f"{BIN}/gateway-sim", "stress", "--target", addr, "--json", "--form", "stream",
+         "--connections", "128", "--mix", "login=1", "--users", "100", "--duration", str(flood_secs)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    time.sleep(2)
+    cheap = stress(addr, "--form", "stream", "--connections", "4", "--users", "0",
+                   "--mix", "unknown=1,invalid=1,malformed=1", "--rate", "200",
+                   "--duration", str(flood_secs - 4))
+    flood_report = json.loads(flood.communicate()[0])
+    used = {pid: (cpu_ticks(pid) - t) / os.sysconf("SC_CLK_TCK") for pid, t in ticks.items()}
+    rss = {p.pid: peak_rss_mib(p.pid) for p in (db, ls)}
+    stop(ls)
+    stop(db)
+    shutil.rmtree(data, ignore_errors=True)
+    n = flood_report["requests"] + cheap["requests"]
+    print(HEADER)
+    print(row("login flood", flood_report))
+    print(row("cheap requests during it", cheap))
+    verify_ms = float("nan")
+    est = "target/criterion/argon2id default 19456,2,1/verify/new/estimates.json"
+    if os.path.exists(est):
+        with open(est) as f:
+            verify_ms = json.load(f)["mean"]["point_estimate"] / 1e6
+    limit = cores / (verify_ms / 1000)
+    print(f"\n- one verification: {verify_ms:.2f} ms (criterion, `cargo bench --bench hash`); "
+          f"hashing limit {cores} cores / {verify_ms:.2f} ms = {limit:.0f} logins/s; "
+          f"flood throughput {flood_report['throughput']:.0f}/s = "
+          f"{100 * flood_report['throughput'] / limit:.0f}% of it")
+    print(f"- CPU per request: login-server {1e3 * used[ls.pid] / n:.2f} ms, "
+          f"account-db {1e3 * used[db.pid] / n:.3f} ms")
+    print(f"- peak RSS: login-server {rss[ls.pid]:.1f} MiB "
+          f"(target < {cores} x 20 + 64 = {cores * 20 + 64} MiB), account-db {rss[db.pid]:.1f} MiB")
+
+
+if __name__ == "__main__":
+    main()
