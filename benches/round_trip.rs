@@ -7,6 +7,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use login_server::accountdb::server::{self as dbserver, AccountDb};
 use login_server::accountdb::store::SqliteStore;
 use login_server::auth::password::HashParams;
+use login_server::auth::secret::Secret;
 use login_server::protocol::gateway::Op;
 use login_server::server::Config;
 use login_server::sim::send_seed;
@@ -21,14 +22,13 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 fn round_trip(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = SqliteStore::open(dir.path()).expect("store");
-    let db_config = dbserver::Config {
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        ..dbserver::Config::default()
-    };
+    let secret = Secret::generate();
+    let db_config = dbserver::Config::new("127.0.0.1:0".parse().expect("addr"), secret.clone());
     let db = AccountDb::spawn(db_config, Arc::new(store)).expect("account-db");
     let mut group = c.benchmark_group("login round trip");
     for pool in [4, 0] {
-        let mut config = Config::new("127.0.0.1:0".parse().expect("addr"), db.local_addr());
+        let listen = "127.0.0.1:0".parse().expect("addr");
+        let mut config = Config::new(listen, db.local_addr(), secret.clone());
         config.hash_params = HashParams::CHEAPEST;
         config.db.pool_size = pool;
         let server = LoginServer::spawn(config).expect("login-server");

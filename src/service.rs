@@ -6,9 +6,13 @@
 //! for a registration the store write after it. The server runs `finish` on its hash threads.
 
 use crate::accountdb::store::{Account, Created, Store};
-use crate::auth::names::Rules;
-use crate::auth::password::{Hasher, Memory};
+use crate::auth::names::{fold, Rules};
+use crate::auth::password::{HashError, Hasher, Memory};
+use crate::auth::secret::random_token;
+use crate::metrics::Metrics;
 use crate::protocol::gateway::{Op, RegisterFailure, Reply, Request};
+use crate::throttle::{Policy, Throttle};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 /// What [`Service::begin`] decided.
@@ -23,39 +27,79 @@ pub enum Step {
 pub struct HashTask(Task);
 
 enum Task {
-    Verify { account: Account, password: String },
-    Create { username: String, password: String },
+    Verify {
+        account: Account,
+        password: String,
+        ip: Option<String>,
+    },
+    /// An unknown user under `--hide-user-existence`: verify against a dummy hash, answer 2.
+    Pretend {
+        password: String,
+        ip: Option<String>,
+    },
+    Create {
+        username: String,
+        password: String,
+    },
 }
 
 impl HashTask {
     /// The operation this task finishes, for logs and metrics.
     pub fn op(&self) -> Op {
         match self.0 {
-            Task::Verify { .. } => Op::Login,
+            Task::Verify { .. } | Task::Pretend { .. } => Op::Login,
             Task::Create { .. } => Op::Register,
         }
     }
+}
+
+/// Behaviour switches of the service.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    pub rules: Rules,
+    pub throttle: Policy,
+    /// Answer an unknown user 2, after a real verification, like a wrong password.
+    pub hide_user_existence: bool,
 }
 
 /// The login and registration logic over some [`Store`].
 pub struct Service {
     store: Arc<dyn Store>,
     hasher: Hasher,
-    rules: Rules,
+    options: Options,
+    throttle: Throttle,
+    /// Verified against for unknown users under `hide_user_existence`.
+    dummy_hash: String,
+    metrics: Arc<Metrics>,
 }
 
-fn store_unavailable(e: &dyn std::fmt::Display) -> Reply {
+fn store_unavailable(e: &dyn std::fmt::Display, metrics: &Metrics) -> Reply {
     tracing::warn!(error = %e, "account store unavailable");
+    metrics.db_errors.fetch_add(1, Ordering::Relaxed);
     Reply::unavailable("account store unavailable, retry later")
 }
 
+fn internal_error(e: &dyn std::fmt::Display) -> Reply {
+    tracing::error!(error = %e, "cannot hash or verify");
+    Reply::unavailable("internal error, retry later")
+}
+
 impl Service {
-    pub fn new(store: Arc<dyn Store>, hasher: Hasher, rules: Rules) -> Self {
-        Service {
+    pub fn new(
+        store: Arc<dyn Store>,
+        hasher: Hasher,
+        options: Options,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, HashError> {
+        let dummy_hash = hasher.hash(&random_token(), &mut Memory::default())?;
+        Ok(Service {
             store,
             hasher,
-            rules,
-        }
+            throttle: Throttle::new(options.throttle),
+            options,
+            dummy_hash,
+            metrics,
+        })
     }
 
     /// The cheap part of a request: answers it, or says what hashing it needs.
@@ -64,29 +108,47 @@ impl Service {
             op,
             username,
             password,
+            ip,
         } = request;
+        let rules = &self.options.rules;
+        if op == Op::Login {
+            if let Some(wait) = self.throttle.locked(&fold(&username), ip.as_deref()) {
+                self.metrics.throttled.fetch_add(1, Ordering::Relaxed);
+                return Step::Done(Reply::too_many_attempts(wait));
+            }
+        }
         let found = match op {
-            // A name or password that could never have registered names no account.
-            Op::Login if !self.rules.username_ok(&username) => {
-                return Step::Done(Reply::no_such_user())
+            // A name that could never have registered names no account; a password that could
+            // never have registered is wrong whoever's it is.
+            Op::Login if !rules.username_ok(&username) => None,
+            Op::Login if !rules.password_ok(&password) => {
+                self.throttle.failed(Some(&fold(&username)), ip.as_deref());
+                return Step::Done(Reply::wrong_password());
             }
-            Op::Login if !self.rules.password_ok(&password) => {
-                return Step::Done(Reply::wrong_password())
-            }
-            Op::Register if !self.rules.username_ok(&username) => {
+            Op::Register if !rules.username_ok(&username) => {
                 return Step::Done(Reply::register_failed(RegisterFailure::InvalidUsername))
             }
-            Op::Register if !self.rules.password_ok(&password) => {
+            Op::Register if !rules.password_ok(&password) => {
                 return Step::Done(Reply::register_failed(RegisterFailure::InvalidPassword))
             }
             _ => match self.store.find(&username) {
                 Ok(found) => found,
-                Err(e) => return Step::Done(store_unavailable(&e)),
+                Err(e) => return Step::Done(store_unavailable(&e, &self.metrics)),
             },
         };
         match (op, found) {
-            (Op::Login, None) => Step::Done(Reply::no_such_user()),
-            (Op::Login, Some(account)) => Step::Hash(HashTask(Task::Verify { account, password })),
+            (Op::Login, None) if self.options.hide_user_existence => {
+                Step::Hash(HashTask(Task::Pretend { password, ip }))
+            }
+            (Op::Login, None) => {
+                self.throttle.failed(None, ip.as_deref());
+                Step::Done(Reply::no_such_user())
+            }
+            (Op::Login, Some(account)) => Step::Hash(HashTask(Task::Verify {
+                account,
+                password,
+                ip,
+            })),
             (Op::Register, Some(_)) => {
                 Step::Done(Reply::register_failed(RegisterFailure::UsernameTaken))
             }
@@ -98,31 +160,63 @@ impl Service {
     /// argon2's scratch space.
     pub fn finish(&self, task: HashTask, memory: &mut Memory) -> Reply {
         match task.0 {
-            Task::Verify { account, password } => {
-                match self.hasher.verify(&password, &account.hash, memory) {
-                    Ok(true) => Reply::logged_in(account.username),
-                    Ok(false) => Reply::wrong_password(),
-                    Err(e) => {
-                        tracing::error!(error = %e, user = %account.username, "cannot verify");
-                        Reply::unavailable("internal error, retry later")
+            Task::Verify {
+                account,
+                password,
+                ip,
+            } => match self.hasher.verify(&password, &account.hash, memory) {
+                Ok(true) => {
+                    self.throttle.succeeded(&fold(&account.username));
+                    if self.hasher.is_weaker(&account.hash) {
+                        self.upgrade(&account.username, &password, memory);
                     }
+                    Reply::logged_in(account.username)
                 }
+                Ok(false) => {
+                    let key = fold(&account.username);
+                    self.throttle.failed(Some(&key), ip.as_deref());
+                    Reply::wrong_password()
+                }
+                Err(e) => internal_error(&e),
+            },
+            Task::Pretend { password, ip } => {
+                // The result is always "no"; the work is what makes it indistinguishable.
+                let _ = self.hasher.verify(&password, &self.dummy_hash, memory);
+                self.throttle.failed(None, ip.as_deref());
+                Reply::wrong_password()
             }
             Task::Create { username, password } => {
                 let hash = match self.hasher.hash(&password, memory) {
                     Ok(hash) => hash,
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot hash a password");
-                        return Reply::unavailable("internal error, retry later");
-                    }
+                    Err(e) => return internal_error(&e),
                 };
                 let account = Account { username, hash };
-                match self.store.create(&account) {
+                // One id per registration: if the store's reply is lost, repeating the create
+                // with it tells whether this registration was stored.
+                match self.store.create(&account, &random_token()) {
                     Ok(Created::New) => Reply::registered(account.username),
                     Ok(Created::Exists) => Reply::register_failed(RegisterFailure::UsernameTaken),
-                    Err(e) => store_unavailable(&e),
+                    Err(e) => store_unavailable(&e, &self.metrics),
                 }
             }
+        }
+    }
+
+    /// Re-hash a password whose stored hash is weaker than the current parameters. A failure
+    /// only means the upgrade waits for the next login.
+    fn upgrade(&self, username: &str, password: &str, memory: &mut Memory) {
+        let result = self
+            .hasher
+            .hash(password, memory)
+            .map_err(|e| e.to_string())
+            .and_then(|hash| {
+                self.store
+                    .update_hash(username, &hash)
+                    .map_err(|e| e.to_string())
+            });
+        match result {
+            Ok(_) => tracing::info!(user = %username, "upgraded a weak password hash"),
+            Err(error) => tracing::warn!(user = %username, %error, "cannot upgrade a weak hash"),
         }
     }
 
@@ -142,13 +236,14 @@ mod tests {
     use crate::auth::password::HashParams;
     use crate::protocol::gateway::Code;
 
-    fn service(dir: &std::path::Path) -> Service {
+    fn service_with(dir: &std::path::Path, options: Options) -> Service {
         let store = Arc::new(SqliteStore::open(dir).unwrap());
-        Service::new(
-            store,
-            Hasher::new(HashParams::CHEAPEST).unwrap(),
-            Rules::default(),
-        )
+        let hasher = Hasher::new(HashParams::CHEAPEST).unwrap();
+        Service::new(store, hasher, options, Arc::default()).unwrap()
+    }
+
+    fn service(dir: &std::path::Path) -> Service {
+        service_with(dir, Options::default())
     }
 
     fn request(op: Op, username: &str, password: &str) -> Request {
@@ -156,6 +251,7 @@ mod tests {
             op,
             username: username.into(),
             password: password.into(),
+            ip: None,
         }
     }
 

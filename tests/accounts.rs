@@ -45,7 +45,7 @@ fn sixteen_threads_registering_one_name_get_exactly_one_success() {
 fn registrations_survive_kill_9_of_account_db() {
     let dir = tempfile::tempdir().unwrap();
     let db = DbProcess::start(dir.path(), "127.0.0.1:0");
-    let server = LoginServer::spawn(common::config(db.addr)).unwrap();
+    let server = LoginServer::spawn(db.config()).unwrap();
     for i in 0..20 {
         assert_eq!(
             code(
@@ -61,7 +61,7 @@ fn registrations_survive_kill_9_of_account_db() {
     server.shutdown();
 
     let db = DbProcess::start(dir.path(), "127.0.0.1:0");
-    let server = LoginServer::spawn(common::config(db.addr)).unwrap();
+    let server = LoginServer::spawn(db.config()).unwrap();
     for i in 0..20 {
         assert_eq!(
             code(

@@ -40,7 +40,7 @@ fn stalled_db(dir: &std::path::Path) -> DbProcess {
 fn a_stalled_account_db_is_answered_7_within_the_deadline() {
     let dir = tempfile::tempdir().unwrap();
     let db = DbProcess::start(dir.path(), "127.0.0.1:0");
-    let mut config = common::config(db.addr);
+    let mut config = db.config();
     config.db.request_timeout = Duration::from_millis(300);
     config.db.checkout_timeout = Duration::from_millis(300);
     let server = LoginServer::spawn(config).unwrap();
@@ -66,7 +66,7 @@ fn a_stalled_account_db_is_answered_7_within_the_deadline() {
 fn a_full_queue_is_shed_with_code_7_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let db = stalled_db(dir.path());
-    let mut config = common::config(db.addr);
+    let mut config = db.config();
     config.workers = 1;
     config.queue = 1;
     config.db.pool_size = 1;

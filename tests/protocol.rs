@@ -222,7 +222,7 @@ fn account_db_unreachable_is_answered_7_within_the_bound() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let db_addr = closed.local_addr().unwrap();
     drop(closed);
-    let mut config = common::config(db_addr);
+    let mut config = common::config(db_addr, &login_server::auth::secret::Secret::generate());
     config.db.checkout_timeout = Duration::from_millis(500);
     config.db.request_timeout = Duration::from_millis(500);
     let server = login_server::LoginServer::spawn(config).unwrap();

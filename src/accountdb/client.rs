@@ -6,12 +6,15 @@
 //! `has_broken` never blocks: it reads a flag that any IO error, timeout or bad reply sets.
 
 use crate::accountdb::store::{Account, Created, Store, StoreError};
+use crate::auth::secret::Secret;
+use crate::metrics::Metrics;
 use crate::protocol::accountdb::{
     decode_line, encode_line, DbRequest, DbResponse, Greeting, MAX_LINE, SERVICE, VERSION,
 };
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Why a call to account-db failed.
 #[derive(Debug, thiserror::Error)]
@@ -48,8 +51,13 @@ pub struct DbConn {
 }
 
 impl DbConn {
-    /// Connect, check the greeting, and set `timeout` as the deadline of every read and write.
-    pub fn connect(addr: SocketAddr, timeout: Duration) -> Result<DbConn, DbError> {
+    /// Connect, check the greeting, prove `secret`, and set `timeout` as the deadline of every
+    /// read and write.
+    pub fn connect(
+        addr: SocketAddr,
+        timeout: Duration,
+        secret: &Secret,
+    ) -> Result<DbConn, DbError> {
         let stream = TcpStream::connect_timeout(&addr, timeout)
             .map_err(|source| DbError::Connect { addr, source })?;
         let handshake = |detail: String| DbError::Handshake { addr, detail };
@@ -63,13 +71,21 @@ impl DbConn {
             broken: false,
         };
         conn.read_line()?;
-        match decode_line::<Greeting>(&conn.line) {
-            Ok(g) if g.service == SERVICE && g.version == VERSION => Ok(conn),
-            Ok(g) => Err(handshake(format!(
-                "it speaks {} version {}, we speak {SERVICE} version {VERSION}",
-                g.service, g.version
-            ))),
-            Err(_) => Err(handshake(String::from_utf8_lossy(&conn.line).trim().into())),
+        let nonce = match decode_line::<Greeting>(&conn.line) {
+            Ok(g) if g.service == SERVICE && g.version == VERSION => g.nonce,
+            Ok(g) => {
+                return Err(handshake(format!(
+                    "it speaks {} version {}, we speak {SERVICE} version {VERSION}",
+                    g.service, g.version
+                )))
+            }
+            Err(_) => return Err(handshake(String::from_utf8_lossy(&conn.line).trim().into())),
+        };
+        let proof = secret.proof(&nonce);
+        match conn.call(&DbRequest::Auth { proof })? {
+            DbResponse::Ok => Ok(conn),
+            DbResponse::Error { message } => Err(handshake(format!("refused us: {message}"))),
+            other => Err(handshake(format!("answered authentication with {other:?}"))),
         }
     }
 
@@ -85,18 +101,6 @@ impl DbConn {
     /// Whether an earlier call failed, so the connection must not be reused.
     pub fn is_broken(&self) -> bool {
         self.broken
-    }
-
-    /// Whether the peer has closed the connection (or reset it) while it sat idle. Never
-    /// blocks; any doubt counts as closed.
-    pub fn peer_closed(&self) -> bool {
-        let stream = self.reader.get_ref();
-        if !self.reader.buffer().is_empty() || stream.set_nonblocking(true).is_err() {
-            return true;
-        }
-        let closed =
-            !matches!(stream.peek(&mut [0u8]), Err(e) if e.kind() == io::ErrorKind::WouldBlock);
-        closed || stream.set_nonblocking(false).is_err()
     }
 
     fn round_trip(&mut self, request: &DbRequest) -> Result<DbResponse, DbError> {
@@ -125,12 +129,17 @@ impl DbConn {
 pub struct DbManager {
     addr: SocketAddr,
     timeout: Duration,
+    secret: Secret,
 }
 
 impl DbManager {
     /// Connections to `addr`, with `timeout` as the connect and per-request deadline.
-    pub fn new(addr: SocketAddr, timeout: Duration) -> Self {
-        DbManager { addr, timeout }
+    pub fn new(addr: SocketAddr, timeout: Duration, secret: Secret) -> Self {
+        DbManager {
+            addr,
+            timeout,
+            secret,
+        }
     }
 }
 
@@ -139,7 +148,7 @@ impl r2d2::ManageConnection for DbManager {
     type Error = DbError;
 
     fn connect(&self) -> Result<DbConn, DbError> {
-        DbConn::connect(self.addr, self.timeout)
+        DbConn::connect(self.addr, self.timeout, &self.secret)
     }
 
     fn is_valid(&self, conn: &mut DbConn) -> Result<(), DbError> {
@@ -171,6 +180,8 @@ impl r2d2::HandleError<DbError> for LogErrors {
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
     pub addr: SocketAddr,
+    /// The secret account-db asks every connection to prove.
+    pub secret: Secret,
     /// Pooled connections; 0 opens a new connection for every request, as the seed did.
     pub pool_size: u32,
     /// Deadline of connecting and of each request.
@@ -180,10 +191,11 @@ pub struct ClientConfig {
 }
 
 impl ClientConfig {
-    /// Defaults for reaching `addr`: 2 s deadlines, `pool_size` connections.
-    pub fn new(addr: SocketAddr, pool_size: u32) -> Self {
+    /// Defaults for reaching `addr` with `secret`: 2 s deadlines, `pool_size` connections.
+    pub fn new(addr: SocketAddr, secret: Secret, pool_size: u32) -> Self {
         ClientConfig {
             addr,
+            secret,
             pool_size,
             request_timeout: Duration::from_secs(2),
             checkout_timeout: Duration::from_secs(2),
@@ -199,13 +211,16 @@ enum Connections {
 /// The account store as login-server sees it: account-db over TCP.
 pub struct RemoteStore {
     connections: Connections,
+    /// How long a create whose outcome is unknown keeps being repeated to learn it.
+    resolve_window: Duration,
+    metrics: Arc<Metrics>,
 }
 
 impl RemoteStore {
     /// A store reaching `config.addr`. It does not wait for account-db to be up: until it is,
     /// requests fail with [`StoreError::Unreachable`] and the pool keeps trying.
-    pub fn new(config: &ClientConfig) -> RemoteStore {
-        let manager = DbManager::new(config.addr, config.request_timeout);
+    pub fn new(config: &ClientConfig, metrics: Arc<Metrics>) -> RemoteStore {
+        let manager = DbManager::new(config.addr, config.request_timeout, config.secret.clone());
         let connections = match config.pool_size {
             0 => Connections::PerRequest(manager),
             size => Connections::Pooled(
@@ -220,40 +235,79 @@ impl RemoteStore {
                     .build_unchecked(manager),
             ),
         };
-        RemoteStore { connections }
+        RemoteStore {
+            connections,
+            resolve_window: 2 * config.request_timeout,
+            metrics,
+        }
     }
 
-    /// One request on one connection. After account-db restarts, every idle pooled connection
-    /// is dead; a request that may safely run twice (`retry`) moves on to the next connection
-    /// when one turns out dead, and one that may not first checks that its peer is still there.
-    fn call(&self, request: &DbRequest, retry: bool) -> Result<DbResponse, StoreError> {
-        let unreachable = |e: &dyn std::fmt::Display| StoreError::Unreachable(e.to_string());
-        let response = match &self.connections {
+    /// The pool's (open, idle) connections; `None` when not pooled.
+    pub fn pool_state(&self) -> Option<(u32, u32)> {
+        match &self.connections {
+            Connections::Pooled(pool) => {
+                let state = pool.state();
+                Some((state.connections, state.idle_connections))
+            }
+            Connections::PerRequest(_) => None,
+        }
+    }
+
+    /// One attempt on one connection. `Err(None)`: no connection could be had, so nothing was
+    /// sent; `Err(Some(e))`: the request may or may not have reached account-db.
+    fn attempt(&self, request: &DbRequest) -> Result<DbResponse, Option<DbError>> {
+        match &self.connections {
             Connections::PerRequest(manager) => {
-                let mut conn =
-                    r2d2::ManageConnection::connect(manager).map_err(|e| unreachable(&e))?;
-                conn.call(request).map_err(|e| unreachable(&e))?
+                let mut conn = r2d2::ManageConnection::connect(manager).map_err(|e| {
+                    tracing::debug!(error = %e, "account-db connect failed");
+                    None
+                })?;
+                conn.call(request).map_err(Some)
             }
             Connections::Pooled(pool) => {
-                let mut attempts = pool.max_size() + 1;
-                loop {
-                    attempts -= 1;
-                    let mut conn = pool.get().map_err(|e| unreachable(&e))?;
-                    if !retry && attempts > 0 && conn.peer_closed() {
-                        conn.broken = true;
-                        continue;
+                let waiting = Instant::now();
+                let conn = pool.get();
+                self.metrics.pool_wait.observe(waiting.elapsed());
+                let mut conn = conn.map_err(|e| {
+                    tracing::debug!(error = %e, "no account-db connection");
+                    None
+                })?;
+                conn.call(request).map_err(Some)
+            }
+        }
+    }
+
+    /// One request, retried where that is safe and useful. Every request is idempotent (a
+    /// create by its request id), so:
+    /// - a connection found dead (after account-db restarts, every idle pooled one is) is
+    ///   followed by another at once;
+    /// - a request whose outcome must be known (`resolve`: a create) is repeated after any
+    ///   failure, timeouts included, for up to the resolve window.
+    fn call(&self, request: &DbRequest, resolve: bool) -> Result<DbResponse, StoreError> {
+        let started = Instant::now();
+        let mut attempts = match &self.connections {
+            Connections::Pooled(pool) => pool.max_size() + 2,
+            Connections::PerRequest(_) => 3,
+        };
+        loop {
+            attempts -= 1;
+            match self.attempt(request) {
+                Ok(DbResponse::Error { message }) => return Err(StoreError::Failed(message)),
+                Ok(response) => return Ok(response),
+                Err(None) => {
+                    return Err(StoreError::Unreachable(
+                        "no connection to account-db".into(),
+                    ))
+                }
+                Err(Some(e)) => {
+                    let again = e.is_dead_connection()
+                        || (resolve && started.elapsed() < self.resolve_window);
+                    if attempts == 0 || !again {
+                        return Err(StoreError::Unreachable(e.to_string()));
                     }
-                    match conn.call(request) {
-                        Ok(response) => break response,
-                        Err(e) if retry && attempts > 0 && e.is_dead_connection() => continue,
-                        Err(e) => return Err(unreachable(&e)),
-                    }
+                    tracing::debug!(error = %e, "account-db request failed; trying again");
                 }
             }
-        };
-        match response {
-            DbResponse::Error { message } => Err(StoreError::Failed(message)),
-            response => Ok(response),
         }
     }
 }
@@ -267,27 +321,39 @@ impl Store for RemoteStore {
         let request = DbRequest::Find {
             username: username.to_string(),
         };
-        match self.call(&request, true)? {
+        match self.call(&request, false)? {
             DbResponse::Found { account } => Ok(Some(account)),
             DbResponse::NotFound => Ok(None),
             other => Err(unexpected(other)),
         }
     }
 
-    fn create(&self, account: &Account) -> Result<Created, StoreError> {
+    fn create(&self, account: &Account, request_id: &str) -> Result<Created, StoreError> {
         let request = DbRequest::Create {
             account: account.clone(),
+            request_id: request_id.to_string(),
         };
-        // Not retried: if the first attempt was stored, a second would answer "exists".
-        match self.call(&request, false)? {
+        match self.call(&request, true)? {
             DbResponse::Created => Ok(Created::New),
             DbResponse::Exists => Ok(Created::Exists),
             other => Err(unexpected(other)),
         }
     }
 
+    fn update_hash(&self, username: &str, hash: &str) -> Result<bool, StoreError> {
+        let request = DbRequest::UpdateHash {
+            username: username.to_string(),
+            hash: hash.to_string(),
+        };
+        match self.call(&request, false)? {
+            DbResponse::Updated => Ok(true),
+            DbResponse::NotFound => Ok(false),
+            other => Err(unexpected(other)),
+        }
+    }
+
     fn ping(&self) -> Result<(), StoreError> {
-        match self.call(&DbRequest::Ping, true)? {
+        match self.call(&DbRequest::Ping, false)? {
             DbResponse::Pong => Ok(()),
             other => Err(unexpected(other)),
         }

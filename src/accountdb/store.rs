@@ -35,7 +35,12 @@ pub trait Store: Send + Sync {
     /// The account named `username` in any case, if there is one.
     fn find(&self, username: &str) -> Result<Option<Account>, StoreError>;
     /// Store `account` unless its name is taken in any case; atomic and durable on `New`.
-    fn create(&self, account: &Account) -> Result<Created, StoreError>;
+    /// `request_id` makes it idempotent: if the account with this name was stored by a create
+    /// with the same `request_id`, the answer is `New` again, so a create whose outcome was lost
+    /// can be repeated safely.
+    fn create(&self, account: &Account, request_id: &str) -> Result<Created, StoreError>;
+    /// Replace the hash of the account named `username` (any case); `false` if there is none.
+    fn update_hash(&self, username: &str, hash: &str) -> Result<bool, StoreError>;
     /// Check that the store answers.
     fn ping(&self) -> Result<(), StoreError>;
 }

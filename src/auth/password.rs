@@ -142,6 +142,18 @@ impl Hasher {
         Ok(phc.to_string())
     }
 
+    /// Whether `stored` was made with weaker parameters than this hasher's (less memory, fewer
+    /// iterations), or cannot be read: then a successful login re-hashes the password.
+    pub fn is_weaker(&self, stored: &str) -> bool {
+        let Ok(parsed) = PasswordHash::new(stored) else {
+            return true;
+        };
+        match Params::try_from(&parsed) {
+            Ok(p) => p.m_cost() < self.params.m_cost() || p.t_cost() < self.params.t_cost(),
+            Err(_) => true,
+        }
+    }
+
     /// Whether `password` matches the PHC string `stored` (compared in constant time).
     pub fn verify(
         &self,

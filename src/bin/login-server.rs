@@ -6,7 +6,10 @@ use clap::Parser;
 use login_server::accountdb::server::{self as dbserver, AccountDb};
 use login_server::accountdb::store::SqliteStore;
 use login_server::auth::password::HashParams;
+use login_server::auth::secret::Secret;
+use login_server::logging::LogFormat;
 use login_server::server::{cores, Config};
+use login_server::throttle::Policy;
 use login_server::LoginServer;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -63,6 +66,48 @@ struct Args {
     /// Seconds shutdown waits for accepted requests to be answered.
     #[arg(long, env = "LOGIN_SERVER_SHUTDOWN_TIMEOUT", default_value_t = 10.0)]
     shutdown_timeout: f64,
+    /// File holding account-db's secret (64 hex digits), needed with --db. The environment
+    /// variable ACCOUNT_DB_SECRET may hold the secret itself instead.
+    #[arg(long, env = "LOGIN_SERVER_DB_SECRET_FILE")]
+    db_secret_file: Option<PathBuf>,
+    /// Failed logins, per account or player address, that lock it.
+    #[arg(long, env = "LOGIN_SERVER_THROTTLE_FAILURES", default_value_t = 5)]
+    throttle_failures: u32,
+    /// Seconds within which those failures count.
+    #[arg(long, env = "LOGIN_SERVER_THROTTLE_WINDOW", default_value_t = 900.0)]
+    throttle_window: f64,
+    /// Seconds of the first lockout; each further one doubles it.
+    #[arg(long, env = "LOGIN_SERVER_THROTTLE_LOCKOUT", default_value_t = 60.0)]
+    throttle_lockout: f64,
+    /// Seconds a lockout lasts at most.
+    #[arg(
+        long,
+        env = "LOGIN_SERVER_THROTTLE_MAX_LOCKOUT",
+        default_value_t = 900.0
+    )]
+    throttle_max_lockout: f64,
+    /// Answer an unknown user 2 (wrong password) after a real verification, so neither the
+    /// code nor the time tells whether the account exists. Off: the seed's gateway expects 1.
+    #[arg(long, env = "LOGIN_SERVER_HIDE_USER_EXISTENCE")]
+    hide_user_existence: bool,
+    /// Serve Prometheus /metrics, /healthz and /readyz on this address.
+    #[arg(long, env = "LOGIN_SERVER_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
+    /// Log line format.
+    #[arg(long, env = "LOGIN_SERVER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+/// The secret for an account-db at `--db`: from ACCOUNT_DB_SECRET, or --db-secret-file.
+fn db_secret(file: Option<&std::path::Path>) -> anyhow::Result<Secret> {
+    if let Ok(hex) = std::env::var("ACCOUNT_DB_SECRET") {
+        return Secret::from_hex(&hex).context("ACCOUNT_DB_SECRET");
+    }
+    let file = file.context(
+        "account-db requires its secret: pass --db-secret-file (account-db writes \
+         DATA/account-db.secret) or set ACCOUNT_DB_SECRET",
+    )?;
+    Ok(Secret::read(file)?)
 }
 
 fn parse_range(s: &str) -> Result<(usize, usize), String> {
@@ -81,24 +126,24 @@ fn seconds(s: f64) -> anyhow::Result<Duration> {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    login_server::logging::init();
-    let (db_addr, embedded) = match args.db {
-        Some(addr) => (addr, None),
+    login_server::logging::init(args.log_format);
+    let (db_addr, secret, embedded) = match args.db {
+        Some(addr) => (addr, db_secret(args.db_secret_file.as_deref())?, None),
         None => {
             let store = SqliteStore::open(&args.data).with_context(|| {
                 format!("cannot open the account store in {}", args.data.display())
             })?;
-            let config = dbserver::Config {
-                listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-                ..dbserver::Config::default()
-            };
+            // In-process: a fresh secret that never leaves memory.
+            let secret = Secret::generate();
+            let listen = SocketAddr::from(([127, 0, 0, 1], 0));
+            let config = dbserver::Config::new(listen, secret.clone());
             let db = AccountDb::spawn(config, Arc::new(store))
                 .context("cannot start the embedded account-db")?;
             tracing::info!(addr = %db.local_addr(), data = %args.data.display(), "embedded account-db started");
-            (db.local_addr(), Some(db))
+            (db.local_addr(), secret, Some(db))
         }
     };
-    let mut config = Config::new(args.listen, db_addr);
+    let mut config = Config::new(args.listen, db_addr, secret);
     if let Some(workers) = args.workers {
         config.workers = workers;
     }
@@ -109,8 +154,17 @@ fn main() -> anyhow::Result<()> {
     config.max_connections = args.max_connections;
     config.hash_params = args.hash_params;
     config.hash_threads = args.hash_threads.unwrap_or_else(cores);
-    config.rules.username_chars = args.username_chars;
-    config.rules.password_bytes = args.password_bytes;
+    config.service.rules.username_chars = args.username_chars;
+    config.service.rules.password_bytes = args.password_bytes;
+    config.service.hide_user_existence = args.hide_user_existence;
+    config.service.throttle = Policy {
+        max_failures: args.throttle_failures,
+        window: seconds(args.throttle_window)?,
+        lockout: seconds(args.throttle_lockout)?,
+        max_lockout: seconds(args.throttle_max_lockout)?,
+        ..Policy::default()
+    };
+    config.metrics_listen = args.metrics_listen;
     config.message_timeout = seconds(args.message_timeout)?;
     config.idle_timeout = seconds(args.idle_timeout)?;
     config.shutdown_timeout = seconds(args.shutdown_timeout)?;
@@ -123,6 +177,9 @@ fn main() -> anyhow::Result<()> {
         hash_params = %config.hash_params,
         "login-server listening"
     );
+    if let Some(addr) = server.metrics_addr() {
+        tracing::info!(metrics = %addr, "serving /metrics, /healthz and /readyz");
+    }
     login_server::logging::wait_for_signal()?;
     tracing::info!("signal received: shutting down");
     server.shutdown();

@@ -1,16 +1,18 @@
 //! The account-db wire protocol, shared by its server and its client. Pure: no IO.
 //!
 //! Newline-delimited JSON over one persistent TCP connection. On connect the server sends a
-//! [`Greeting`]; then the client sends one [`DbRequest`] line and reads one [`DbResponse`] line,
-//! as often as it likes. A request the server cannot read is answered with
-//! [`DbResponse::Error`]; the connection stays open.
+//! [`Greeting`] with a nonce; the client's first request must be [`DbRequest::Auth`], proving
+//! the shared secret ([`crate::auth::secret`]), or the server closes the connection. Then the
+//! client sends one [`DbRequest`] line and reads one [`DbResponse`] line, as often as it likes.
+//! A request the server cannot read is answered with [`DbResponse::Error`]; the connection
+//! stays open.
 //!
 //! The account store only ever sees password hashes, never passwords.
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 /// The protocol version this build speaks; the greeting carries it.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
 /// The name in the greeting, so a client that reached the wrong service says so.
 pub const SERVICE: &str = "account-db";
@@ -23,14 +25,17 @@ pub const MAX_LINE: usize = 64 * 1024;
 pub struct Greeting {
     pub service: String,
     pub version: u32,
+    /// Random, fresh for every connection: the client proves the secret against it.
+    pub nonce: String,
 }
 
 impl Greeting {
-    /// This build's greeting.
-    pub fn current() -> Self {
+    /// This build's greeting, with `nonce`.
+    pub fn current(nonce: String) -> Self {
         Greeting {
             service: SERVICE.to_string(),
             version: VERSION,
+            nonce,
         }
     }
 }
@@ -46,18 +51,29 @@ pub struct Account {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum DbRequest {
+    /// The first request on a connection: HMAC-SHA256(secret, nonce) as hex.
+    Auth { proof: String },
     /// Liveness round trip; answered [`DbResponse::Pong`].
     Ping,
     /// Look an account up by name, without regard to case.
     Find { username: String },
     /// Create an account atomically; [`DbResponse::Exists`] when the name is taken in any case.
-    Create { account: Account },
+    /// Idempotent by `request_id`: repeating a create whose account was stored answers
+    /// [`DbResponse::Created`] again.
+    Create {
+        account: Account,
+        request_id: String,
+    },
+    /// Replace an account's hash (a login upgrading a weak one).
+    UpdateHash { username: String, hash: String },
 }
 
 /// A reply from account-db.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum DbResponse {
+    /// Authenticated.
+    Ok,
     Pong,
     Found {
         account: Account,
@@ -65,6 +81,7 @@ pub enum DbResponse {
     NotFound,
     Created,
     Exists,
+    Updated,
     /// The request could not be served; the connection is still usable.
     Error {
         message: String,
@@ -100,6 +117,10 @@ mod tests {
                     username: "bob".into(),
                     hash: "$argon2id$v=19$m=8,t=1,p=1$c2FsdA$aGFzaA".into(),
                 },
+                request_id: "7f3a".into(),
+            },
+            DbRequest::Auth {
+                proof: "00ff".into(),
             },
         ];
         for request in requests {
@@ -117,8 +138,8 @@ mod tests {
             b"{\"status\":\"not_found\"}\n"
         );
         assert_eq!(
-            encode_line(&Greeting::current()),
-            b"{\"service\":\"account-db\",\"version\":1}\n"
+            encode_line(&Greeting::current("ab12".into())),
+            b"{\"service\":\"account-db\",\"version\":2,\"nonce\":\"ab12\"}\n"
         );
         assert!(decode_line::<DbRequest>(b"{\"op\":\"drop_table\"}").is_err());
     }

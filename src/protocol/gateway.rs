@@ -188,6 +188,8 @@ pub struct Request {
     pub op: Op,
     pub username: String,
     pub password: String,
+    /// The player's address, as the gateway forwards it (optional): for throttling.
+    pub ip: Option<String>,
 }
 
 impl std::fmt::Debug for Request {
@@ -196,6 +198,7 @@ impl std::fmt::Debug for Request {
             .field("op", &self.op)
             .field("username", &self.username)
             .field("password", &"<hidden>")
+            .field("ip", &self.ip)
             .finish()
     }
 }
@@ -220,6 +223,8 @@ struct Wire {
     username: String,
     password: String,
     #[serde(default)]
+    ip: Option<String>,
+    #[serde(default)]
     id: Option<Value>,
 }
 
@@ -229,6 +234,7 @@ impl Wire {
             op,
             username,
             password,
+            ip,
             id,
         } = self;
         (
@@ -236,6 +242,7 @@ impl Wire {
                 op,
                 username,
                 password,
+                ip,
             },
             id,
         )
@@ -303,6 +310,8 @@ pub enum Code {
     BadRequest = 6,
     /// 7: the service cannot answer now (busy, account store unreachable or slow): retry.
     Unavailable = 7,
+    /// 8: too many failed logins for this account or address; `retry_after` says when.
+    TooManyAttempts = 8,
 }
 
 /// Why a registration failed (code 5).
@@ -322,6 +331,8 @@ pub struct Reply {
     pub reason: Option<RegisterFailure>,
     /// The account's spelling as registered, on codes 3 and 4.
     pub username: Option<String>,
+    /// Seconds until a locked login may be tried again, on code 8.
+    pub retry_after: Option<u64>,
 }
 
 impl Reply {
@@ -331,6 +342,7 @@ impl Reply {
             info: info.to_string(),
             reason: None,
             username: None,
+            retry_after: None,
         }
     }
 
@@ -380,6 +392,15 @@ impl Reply {
     pub fn unavailable(info: &str) -> Self {
         Reply::new(Code::Unavailable, info)
     }
+
+    /// Code 8, and when to try again (whole seconds, rounded up).
+    pub fn too_many_attempts(wait: std::time::Duration) -> Self {
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        Reply {
+            retry_after: Some(secs.max(1)),
+            ..Reply::new(Code::TooManyAttempts, "too many attempts")
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -391,6 +412,8 @@ struct WireReply<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     username: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    retry_after: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     id: Option<&'a Id>,
 }
 
@@ -401,6 +424,7 @@ pub fn encode(out: &mut Vec<u8>, form: Form, reply: &Reply, id: Option<&Id>) {
         info: &reply.info,
         reason: reply.reason,
         username: reply.username.as_deref(),
+        retry_after: reply.retry_after,
         id,
     };
     if form == Form::Seed {

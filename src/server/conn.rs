@@ -4,9 +4,11 @@
 //! Reads and writes never block: the socket is non-blocking, and what cannot be written now
 //! waits in the output buffer until the I/O thread sees the socket writable.
 
-use crate::protocol::gateway::{self, BadRequest, Form, Id, Reply, Request, Scan, Scanner};
+use crate::metrics::Metrics;
+use crate::protocol::gateway::{self, BadRequest, Form, Id, Op, Reply, Request, Scan, Scanner};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// One message taken off a connection.
@@ -28,6 +30,7 @@ pub struct Conn {
     /// Where the I/O thread keeps it; travels with it so it can find its way back.
     pub token: usize,
     pub peer: SocketAddr,
+    metrics: Arc<Metrics>,
     stream: TcpStream,
     input: Vec<u8>,
     /// Bytes of `input` already taken as messages.
@@ -38,6 +41,8 @@ pub struct Conn {
     pub message_started: Option<Instant>,
     /// The last time bytes moved either way.
     pub last_activity: Instant,
+    /// When its current batch of whole messages was found: replies' latency counts from here.
+    pub ready_at: Instant,
     /// The peer has closed its sending side.
     pub eof: bool,
     /// Close once the output is written: after a seed-form reply or an unframeable message.
@@ -49,10 +54,17 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub fn new(token: usize, stream: TcpStream, peer: SocketAddr, max_message: usize) -> Conn {
+    pub fn new(
+        token: usize,
+        stream: TcpStream,
+        peer: SocketAddr,
+        max_message: usize,
+        metrics: Arc<Metrics>,
+    ) -> Conn {
         Conn {
             token,
             peer,
+            metrics,
             stream,
             input: Vec::new(),
             consumed: 0,
@@ -60,6 +72,7 @@ impl Conn {
             output: Vec::new(),
             message_started: None,
             last_activity: Instant::now(),
+            ready_at: Instant::now(),
             eof: false,
             closing: false,
             refused: false,
@@ -125,18 +138,29 @@ impl Conn {
         }
     }
 
-    /// Queue `reply` in `form`. A seed-form reply is the last thing said on a connection.
-    pub fn answer(&mut self, form: Form, reply: &Reply, id: Option<&Id>) {
+    /// Queue `reply` to a request for `op` (`None`: not a request) in `form`, and account for
+    /// it: the metrics, and one log line per request. A seed-form reply is the last thing said
+    /// on a connection.
+    pub fn answer(&mut self, form: Form, op: Option<Op>, reply: &Reply, id: Option<&Id>) {
         gateway::encode(&mut self.output, form, reply, id);
         if form == Form::Seed {
             self.closing = true;
         }
+        let latency = self.ready_at.elapsed();
+        self.metrics.reply(op, reply.code, latency);
+        tracing::info!(
+            target: "request",
+            op = op.map_or("-", Op::as_str),
+            code = reply.code as u8,
+            latency_us = latency.as_micros() as u64,
+            peer = %self.peer,
+        );
     }
 
     /// Answer a connection whose input cannot be taken further (unframeable, truncated, too
     /// slow) with code 6 and `info`, and close it.
     pub fn refuse(&mut self, info: String) {
-        self.answer(Form::Stream, &Reply::bad_request(info), None);
+        self.answer(Form::Stream, None, &Reply::bad_request(info), None);
         self.closing = true;
         self.refused = true;
     }

@@ -6,6 +6,7 @@
 
 use super::conn::{Conn, Incoming};
 use super::worker::{Back, Job, Returns};
+use crate::metrics::Metrics;
 use crate::protocol::gateway::{Reply, Scan};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use mio::unix::SourceFd;
@@ -63,6 +64,7 @@ pub struct IoLoop {
     pub returns: Arc<Returns>,
     pub stopping: Arc<AtomicBool>,
     pub limits: Limits,
+    pub metrics: Arc<Metrics>,
 }
 
 struct State {
@@ -139,6 +141,8 @@ impl IoLoop {
                 last_sweep = now;
                 self.sweep(&mut state, now);
             }
+            let open = state.slots.len() as i64;
+            self.metrics.open_connections.store(open, Ordering::Relaxed);
             if let Some(deadline) = stop_deadline {
                 if state.slots.is_empty() || now >= deadline {
                     if !state.slots.is_empty() {
@@ -177,7 +181,8 @@ impl IoLoop {
             });
             match registered {
                 Ok(()) => {
-                    let conn = Conn::new(token, stream, peer, self.limits.max_message);
+                    let metrics = self.metrics.clone();
+                    let conn = Conn::new(token, stream, peer, self.limits.max_message, metrics);
                     entry.insert(Slot::Here(Box::new(conn)));
                 }
                 Err(e) => tracing::warn!(%peer, error = %e, "cannot watch a connection"),
@@ -240,7 +245,10 @@ impl IoLoop {
             return Next::Close;
         }
         match conn.scan() {
-            Scan::Complete { .. } => Next::Dispatch,
+            Scan::Complete { .. } => {
+                conn.ready_at = Instant::now();
+                Next::Dispatch
+            }
             Scan::Invalid(error) => {
                 conn.refuse(format!("bad request: {error}"));
                 settle(conn)
@@ -324,9 +332,12 @@ fn shed(conn: &mut Conn) -> Next {
     while !conn.closing {
         match conn.next_message() {
             None => break,
-            Some(Incoming::Request { form, id, .. }) => conn.answer(form, &busy, id.as_ref()),
+            Some(Incoming::Request { form, id, request }) => {
+                conn.answer(form, Some(request.op), &busy, id.as_ref())
+            }
             Some(Incoming::Bad { form, bad }) => {
-                conn.answer(form, &Reply::bad_request(bad.info), bad.id.as_ref())
+                let reply = Reply::bad_request(bad.info);
+                conn.answer(form, None, &reply, bad.id.as_ref())
             }
             Some(Incoming::Broken(error)) => conn.refuse(format!("bad request: {error}")),
         }

@@ -13,9 +13,12 @@ mod io_loop;
 mod worker;
 
 use crate::accountdb::client::{ClientConfig, RemoteStore};
-use crate::auth::names::Rules;
+use crate::accountdb::store::Store;
 use crate::auth::password::{HashError, HashParams, Hasher};
-use crate::service::Service;
+use crate::auth::secret::Secret;
+use crate::http::{HttpEndpoint, Routes};
+use crate::metrics::{Gauges, Metrics};
+use crate::service::{Options as ServiceOptions, Service};
 use io_loop::{IoLoop, Limits, WAKER};
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,6 +26,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 use worker::{Permits, Returns, Worker};
+
+/// Reads the account-db pool's (open, idle) connections, for the metrics.
+pub type PoolState = Box<dyn Fn() -> Option<(u32, u32)> + Send + Sync>;
 
 /// Everything a login-server needs to start.
 #[derive(Debug, Clone)]
@@ -37,7 +43,8 @@ pub struct Config {
     /// Hashes computed at once: the number of hash threads.
     pub hash_threads: usize,
     pub hash_params: HashParams,
-    pub rules: Rules,
+    /// Name rules, throttling, hiding whether users exist.
+    pub service: ServiceOptions,
     /// Largest gateway message, in bytes.
     pub max_message: usize,
     /// A message must arrive whole within this time of its first byte.
@@ -47,6 +54,8 @@ pub struct Config {
     /// How long shutdown waits for accepted requests to be answered.
     pub shutdown_timeout: Duration,
     pub db: ClientConfig,
+    /// Where to serve `/metrics`, `/healthz` and `/readyz`, if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// The number of CPU cores, or 1 if it cannot be told.
@@ -55,8 +64,8 @@ pub fn cores() -> usize {
 }
 
 impl Config {
-    /// The defaults, listening on `listen` and reaching account-db at `db`.
-    pub fn new(listen: SocketAddr, db: SocketAddr) -> Config {
+    /// The defaults, listening on `listen` and reaching account-db at `db` with `secret`.
+    pub fn new(listen: SocketAddr, db: SocketAddr, secret: Secret) -> Config {
         let workers = 4 * cores();
         Config {
             listen,
@@ -65,12 +74,13 @@ impl Config {
             max_connections: 10_000,
             hash_threads: cores(),
             hash_params: HashParams::default(),
-            rules: Rules::default(),
+            service: ServiceOptions::default(),
             max_message: 64 * 1024,
             message_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(5 * 60),
             shutdown_timeout: Duration::from_secs(10),
-            db: ClientConfig::new(db, workers as u32),
+            db: ClientConfig::new(db, secret, workers as u32),
+            metrics_listen: None,
         }
     }
 }
@@ -87,11 +97,17 @@ pub enum StartError {
     HashParams(#[from] HashError),
     #[error("cannot start the I/O thread or workers: {0}")]
     Threads(#[from] std::io::Error),
+    #[error("cannot serve metrics on {addr}: {source}")]
+    Metrics {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// A running login-server. Dropping it shuts it down.
 pub struct LoginServer {
     local_addr: SocketAddr,
+    metrics_endpoint: Option<HttpEndpoint>,
     stopping: Arc<AtomicBool>,
     returns: Arc<Returns>,
     threads: Vec<JoinHandle<()>>,
@@ -102,8 +118,23 @@ fn spawn_named(name: String, f: impl FnOnce() + Send + 'static) -> std::io::Resu
 }
 
 impl LoginServer {
-    /// Bind `config.listen` and start the I/O thread, workers and hash threads.
+    /// Bind `config.listen` and start the I/O thread, workers and hash threads, reaching
+    /// account-db as `config.db` says.
     pub fn spawn(config: Config) -> Result<LoginServer, StartError> {
+        let metrics = Arc::new(Metrics::default());
+        let remote = Arc::new(RemoteStore::new(&config.db, metrics.clone()));
+        let pool = remote.clone();
+        let pool_state: PoolState = Box::new(move || pool.pool_state());
+        LoginServer::spawn_with_store(config, remote, pool_state, metrics)
+    }
+
+    /// [`LoginServer::spawn`] over any store: for tests that inject faults around the real one.
+    pub fn spawn_with_store(
+        config: Config,
+        store: Arc<dyn Store>,
+        pool_state: PoolState,
+        metrics: Arc<Metrics>,
+    ) -> Result<LoginServer, StartError> {
         let hasher = Hasher::new(config.hash_params)?;
         let listener = TcpListener::bind(config.listen).map_err(|source| StartError::Listen {
             addr: config.listen,
@@ -111,8 +142,13 @@ impl LoginServer {
         })?;
         listener.set_nonblocking(true)?;
         let local_addr = listener.local_addr()?;
-        let store = Arc::new(RemoteStore::new(&config.db));
-        let service = Arc::new(Service::new(store, hasher, config.rules));
+        let service = Service::new(
+            store.clone(),
+            hasher,
+            config.service.clone(),
+            metrics.clone(),
+        )?;
+        let service = Arc::new(service);
 
         let poll = mio::Poll::new()?;
         let waker = mio::Waker::new(poll.registry(), WAKER)?;
@@ -122,7 +158,30 @@ impl LoginServer {
         let (hash_tx, hash_rx) = crossbeam_channel::bounded(config.queue);
         let stopping = Arc::new(AtomicBool::new(false));
 
-        let permits = Arc::new(Permits::new(config.hash_threads.max(1), hash_rx.clone()));
+        let permits = Arc::new(Permits::new(
+            config.hash_threads.max(1),
+            hash_rx.clone(),
+            metrics.clone(),
+        ));
+        let metrics_endpoint = match config.metrics_listen {
+            None => None,
+            Some(addr) => {
+                let (jobs, hash_jobs, m) = (job_rx.clone(), hash_rx.clone(), metrics.clone());
+                let routes = Routes {
+                    metrics: Box::new(move || {
+                        m.render(&Gauges {
+                            queue_depth: jobs.len(),
+                            hash_queue_depth: hash_jobs.len(),
+                            pool: pool_state(),
+                        })
+                    }),
+                    ready: Box::new(move || store.ping().is_ok()),
+                };
+                let endpoint = HttpEndpoint::spawn(addr, routes)
+                    .map_err(|source| StartError::Metrics { addr, source })?;
+                Some(endpoint)
+            }
+        };
 
         let mut threads = Vec::new();
         for i in 0..config.workers.max(1) {
@@ -158,10 +217,12 @@ impl LoginServer {
                 idle_timeout: config.idle_timeout,
                 shutdown_timeout: config.shutdown_timeout,
             },
+            metrics,
         };
         threads.push(spawn_named("io".into(), move || io_loop.run())?);
         Ok(LoginServer {
             local_addr,
+            metrics_endpoint,
             stopping,
             returns,
             threads,
@@ -171,6 +232,11 @@ impl LoginServer {
     /// The address it listens on (useful after binding port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address of the metrics endpoint, if it has one.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_endpoint.as_ref().map(HttpEndpoint::local_addr)
     }
 
     /// Stop accepting, answer every request already accepted, and wait for all threads.
@@ -184,6 +250,7 @@ impl LoginServer {
         for thread in self.threads.drain(..) {
             let _ = thread.join();
         }
+        self.metrics_endpoint.take();
     }
 }
 

@@ -14,6 +14,7 @@
 
 use super::conn::{Conn, Incoming};
 use crate::auth::password::Memory;
+use crate::metrics::Metrics;
 use crate::protocol::gateway::{Form, Id, Op, Reply};
 use crate::service::{HashTask, Service, Step};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
@@ -120,6 +121,7 @@ fn contained(returns: &Returns, token: usize, f: impl FnOnce()) {
 /// wait for a permit; a worker takes one only if it is free at once and no hash job is queued,
 /// and then hashes itself, saving the hand-off to a hash thread when capacity sits idle.
 pub struct Permits {
+    metrics: Arc<Metrics>,
     free: Mutex<Vec<Memory>>,
     freed: Condvar,
     /// The hash queue, to see whether jobs are waiting (never to take them).
@@ -142,12 +144,21 @@ impl Drop for Permit<'_> {
 
 impl Permits {
     /// `permits` hashes at once; `queue` is the hash threads' channel.
-    pub fn new(permits: usize, queue: Receiver<HashJob>) -> Permits {
+    pub fn new(permits: usize, queue: Receiver<HashJob>, metrics: Arc<Metrics>) -> Permits {
         Permits {
+            metrics,
             free: Mutex::new((0..permits).map(|_| Memory::default()).collect()),
             freed: Condvar::new(),
             queue,
         }
+    }
+
+    /// Run `f`, counted as a hash in progress.
+    fn hash<T>(&self, f: impl FnOnce() -> T) -> T {
+        self.metrics.hashing.fetch_add(1, Ordering::Relaxed);
+        let result = f();
+        self.metrics.hashing.fetch_sub(1, Ordering::Relaxed);
+        result
     }
 
     fn try_permit(&self) -> Option<Permit<'_>> {
@@ -193,8 +204,10 @@ impl Worker {
     pub fn run(mut self) {
         while let Ok(Job(conn)) = self.jobs.recv() {
             let token = conn.token;
-            let returns = self.returns.clone();
+            let (returns, metrics) = (self.returns.clone(), self.permits.metrics.clone());
+            metrics.busy_workers.fetch_add(1, Ordering::Relaxed);
             contained(&returns, token, || self.answer(conn));
+            metrics.busy_workers.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
@@ -210,6 +223,7 @@ impl Worker {
                 // A pipelining client may have sent more meanwhile: take it without a detour
                 // through the I/O thread.
                 None if !conn.eof && conn.fill(&mut self.scratch, self.max_message).is_ok() => {
+                    conn.ready_at = std::time::Instant::now();
                     match conn.next_message() {
                         Some(incoming) => incoming,
                         None => break,
@@ -223,25 +237,25 @@ impl Worker {
                     break;
                 }
                 Incoming::Bad { form, bad } => {
-                    conn.answer(form, &Reply::bad_request(bad.info), bad.id.as_ref());
+                    let reply = Reply::bad_request(bad.info);
+                    conn.answer(form, None, &reply, bad.id.as_ref());
                     continue;
                 }
                 Incoming::Request { form, request, id } => (form, request, id),
             };
-            let task = match guarded(request.op, || service.begin(request), Step::Done) {
+            let op = request.op;
+            let task = match guarded(op, || service.begin(request), Step::Done) {
                 Step::Done(reply) => {
-                    conn.answer(form, &reply, id.as_ref());
+                    conn.answer(form, Some(op), &reply, id.as_ref());
                     continue;
                 }
                 Step::Hash(task) => task,
             };
             if let Some(mut permit) = self.permits.try_permit() {
-                let reply = guarded(
-                    task.op(),
-                    || service.finish(task, &mut permit.memory),
-                    |r| r,
-                );
-                conn.answer(form, &reply, id.as_ref());
+                let reply = self
+                    .permits
+                    .hash(|| guarded(op, || service.finish(task, &mut permit.memory), |r| r));
+                conn.answer(form, Some(op), &reply, id.as_ref());
                 continue;
             }
             // Replies so far go out now; the connection travels on to a hash thread.
@@ -261,7 +275,7 @@ impl Worker {
                 Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => {
                     conn = job.conn;
                     let busy = Reply::unavailable("server busy, retry later");
-                    conn.answer(job.form, &busy, job.id.as_ref());
+                    conn.answer(job.form, Some(op), &busy, job.id.as_ref());
                 }
             }
         }
@@ -285,15 +299,12 @@ pub fn run_hasher(
     {
         let token = conn.token;
         contained(&returns, token, || {
+            let op = task.op();
             let reply = {
                 let mut permit = permits.permit();
-                guarded(
-                    task.op(),
-                    || service.finish(task, &mut permit.memory),
-                    |r| r,
-                )
+                permits.hash(|| guarded(op, || service.finish(task, &mut permit.memory), |r| r))
             };
-            conn.answer(form, &reply, id.as_ref());
+            conn.answer(form, Some(op), &reply, id.as_ref());
             returns.give_back(conn);
         });
     }

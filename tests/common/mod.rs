@@ -5,6 +5,7 @@
 use login_server::accountdb::server::{self as dbserver, AccountDb};
 use login_server::accountdb::store::SqliteStore;
 use login_server::auth::password::HashParams;
+use login_server::auth::secret::Secret;
 use login_server::server::Config;
 use login_server::LoginServer;
 use serde_json::Value;
@@ -22,6 +23,7 @@ pub const PATIENCE: Duration = Duration::from_secs(20);
 pub struct Tiers {
     pub server: LoginServer,
     pub db: AccountDb,
+    pub secret: Secret,
     pub dir: TempDir,
 }
 
@@ -31,19 +33,16 @@ impl Tiers {
     }
 }
 
-/// Start an account-db on a fresh data directory.
-pub fn start_db(dir: &std::path::Path) -> AccountDb {
+/// Start an account-db on `dir`, admitting those who know `secret`.
+pub fn start_db(dir: &std::path::Path, secret: &Secret) -> AccountDb {
     let store = SqliteStore::open(dir).expect("open store");
-    let config = dbserver::Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        ..dbserver::Config::default()
-    };
+    let config = dbserver::Config::new("127.0.0.1:0".parse().unwrap(), secret.clone());
     AccountDb::spawn(config, Arc::new(store)).expect("start account-db")
 }
 
 /// The test configuration: cheap hashes, few threads, 127.0.0.1:0.
-pub fn config(db: SocketAddr) -> Config {
-    let mut config = Config::new("127.0.0.1:0".parse().unwrap(), db);
+pub fn config(db: SocketAddr, secret: &Secret) -> Config {
+    let mut config = Config::new("127.0.0.1:0".parse().unwrap(), db, secret.clone());
     config.hash_params = HashParams::CHEAPEST;
     config.workers = 2;
     config.hash_threads = 2;
@@ -54,11 +53,17 @@ pub fn config(db: SocketAddr) -> Config {
 /// Both tiers, with `tweak` applied to the login-server's configuration.
 pub fn start_with(tweak: impl FnOnce(&mut Config)) -> Tiers {
     let dir = tempfile::tempdir().expect("tempdir");
-    let db = start_db(dir.path());
-    let mut config = config(db.local_addr());
+    let secret = Secret::generate();
+    let db = start_db(dir.path(), &secret);
+    let mut config = config(db.local_addr(), &secret);
     tweak(&mut config);
     let server = LoginServer::spawn(config).expect("start login-server");
-    Tiers { server, db, dir }
+    Tiers {
+        server,
+        db,
+        secret,
+        dir,
+    }
 }
 
 pub fn start() -> Tiers {
@@ -146,6 +151,8 @@ impl StreamClient {
 pub struct DbProcess {
     pub child: Child,
     pub addr: SocketAddr,
+    /// The secret it created in its data directory.
+    pub secret: Secret,
 }
 
 impl DbProcess {
@@ -159,7 +166,17 @@ impl DbProcess {
             .spawn()
             .expect("spawn account-db");
         let addr = listening_addr(child.stderr.take().expect("stderr"));
-        DbProcess { child, addr }
+        let secret = Secret::read(&dir.join("account-db.secret")).expect("account-db.secret");
+        DbProcess {
+            child,
+            addr,
+            secret,
+        }
+    }
+
+    /// The test login-server configuration for this account-db.
+    pub fn config(&self) -> Config {
+        config(self.addr, &self.secret)
     }
 
     /// Send a signal by name (KILL, STOP, CONT) through kill(1).

@@ -17,7 +17,8 @@ const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS accounts (
     key        TEXT PRIMARY KEY,   -- the folded name: what makes names unique
     username   TEXT NOT NULL,      -- the spelling it registered with
     hash       TEXT NOT NULL,      -- argon2id PHC string
-    created_at INTEGER NOT NULL    -- unix seconds
+    created_at INTEGER NOT NULL,   -- unix seconds
+    request_id TEXT NOT NULL       -- the create that stored it: makes creates idempotent
 ) WITHOUT ROWID";
 
 /// Accounts in a SQLite database file.
@@ -75,30 +76,51 @@ impl Store for SqliteStore {
         .map_err(failed)
     }
 
-    fn create(&self, account: &Account) -> Result<Created, StoreError> {
+    fn create(&self, account: &Account, request_id: &str) -> Result<Created, StoreError> {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
         let conn = self.writer.lock();
         let mut stmt = conn
             .prepare_cached(
-                "INSERT INTO accounts (key, username, hash, created_at) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (key) DO NOTHING",
+                "INSERT INTO accounts (key, username, hash, created_at, request_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (key) DO NOTHING",
             )
             .map_err(failed)?;
+        let key = fold(&account.username);
         let inserted = stmt
             .execute(params![
-                fold(&account.username),
+                key,
                 account.username,
                 account.hash,
-                now
+                now,
+                request_id
             ])
             .map_err(failed)?;
-        Ok(if inserted == 1 {
+        if inserted == 1 {
+            return Ok(Created::New);
+        }
+        // Taken: by this very request (a repeat after a lost reply), or by another.
+        let stored_by: String = conn
+            .prepare_cached("SELECT request_id FROM accounts WHERE key = ?1")
+            .and_then(|mut stmt| stmt.query_row(params![key], |row| row.get(0)))
+            .map_err(failed)?;
+        Ok(if stored_by == request_id {
             Created::New
         } else {
             Created::Exists
         })
+    }
+
+    fn update_hash(&self, username: &str, hash: &str) -> Result<bool, StoreError> {
+        let conn = self.writer.lock();
+        let mut stmt = conn
+            .prepare_cached("UPDATE accounts SET hash = ?2 WHERE key = ?1")
+            .map_err(failed)?;
+        let updated = stmt
+            .execute(params![fold(username), hash])
+            .map_err(failed)?;
+        Ok(updated == 1)
     }
 
     fn ping(&self) -> Result<(), StoreError> {
@@ -123,10 +145,28 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(dir.path()).unwrap();
         assert_eq!(store.find("alice").unwrap(), None);
-        assert_eq!(store.create(&account("Alice")).unwrap(), Created::New);
-        assert_eq!(store.create(&account("ALICE")).unwrap(), Created::Exists);
+        assert_eq!(store.create(&account("Alice"), "r1").unwrap(), Created::New);
+        assert_eq!(
+            store.create(&account("ALICE"), "r2").unwrap(),
+            Created::Exists
+        );
         assert_eq!(store.find("aLiCe").unwrap(), Some(account("Alice")));
         store.ping().unwrap();
+    }
+
+    #[test]
+    fn a_repeated_create_is_answered_as_the_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        assert_eq!(store.create(&account("Dup"), "same").unwrap(), Created::New);
+        assert_eq!(store.create(&account("Dup"), "same").unwrap(), Created::New);
+        assert_eq!(
+            store.create(&account("dup"), "other").unwrap(),
+            Created::Exists
+        );
+        assert!(store.update_hash("DUP", "new-hash").unwrap());
+        assert_eq!(store.find("dup").unwrap().unwrap().hash, "new-hash");
+        assert!(!store.update_hash("nobody", "x").unwrap());
     }
 
     #[test]
@@ -134,7 +174,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         SqliteStore::open(dir.path())
             .unwrap()
-            .create(&account("Bob"))
+            .create(&account("Bob"), "r")
             .unwrap();
         let reopened = SqliteStore::open(dir.path()).unwrap();
         assert_eq!(reopened.find("bob").unwrap(), Some(account("Bob")));

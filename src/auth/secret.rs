@@ -1,0 +1,158 @@
+//! The secret that login-server and account-db share, and the challenge-response that proves
+//! it: account-db greets with a random nonce, the client answers HMAC-SHA256(secret, nonce).
+//! The secret itself never crosses the wire.
+
+use argon2::password_hash::rand_core::{OsRng, RngCore};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use std::path::Path;
+
+/// 32 random bytes, written as 64 hex digits in files and environment variables.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret([u8; 32]);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<hidden>)")
+    }
+}
+
+/// Why a secret could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("a secret must be 64 hex digits (32 bytes)")]
+    Malformed,
+    #[error("cannot read the secret file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot create the secret file {path}: {source}")]
+    Create {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    let text = text.trim();
+    if text.len() % 2 != 0 || !text.is_ascii() {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok())
+        .collect()
+}
+
+/// A fresh random 128-bit token, as hex: greeting nonces, request ids.
+pub fn random_token() -> String {
+    let mut bytes = [0u8; 16];
+    OsRng.fill_bytes(&mut bytes);
+    hex(&bytes)
+}
+
+impl Secret {
+    /// A fresh random secret.
+    pub fn generate() -> Secret {
+        let mut bytes = [0u8; 32];
+        OsRng.fill_bytes(&mut bytes);
+        Secret(bytes)
+    }
+
+    /// Parse 64 hex digits (surrounding whitespace allowed).
+    pub fn from_hex(text: &str) -> Result<Secret, SecretError> {
+        let bytes = unhex(text).ok_or(SecretError::Malformed)?;
+        bytes
+            .try_into()
+            .map(Secret)
+            .map_err(|_| SecretError::Malformed)
+    }
+
+    /// Read a secret file.
+    pub fn read(path: &Path) -> Result<Secret, SecretError> {
+        let text = std::fs::read_to_string(path).map_err(|source| SecretError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Secret::from_hex(&text)
+    }
+
+    /// Read the secret file at `path`, or create it (mode 0600) with a fresh secret.
+    pub fn read_or_create(path: &Path) -> Result<Secret, SecretError> {
+        if path.exists() {
+            return Secret::read(path);
+        }
+        let secret = Secret::generate();
+        let create = |source| SecretError::Create {
+            path: path.display().to_string(),
+            source,
+        };
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(create)?;
+        file.write_all(format!("{}\n", hex(&secret.0)).as_bytes())
+            .and_then(|()| file.sync_all())
+            .map_err(create)?;
+        Ok(secret)
+    }
+
+    fn mac(&self, nonce: &str) -> Hmac<Sha256> {
+        // HMAC takes a key of any length: this cannot fail.
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.0)
+            .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
+        mac.update(nonce.as_bytes());
+        mac
+    }
+
+    /// The answer to a greeting's `nonce`.
+    pub fn proof(&self, nonce: &str) -> String {
+        hex(&self.mac(nonce).finalize().into_bytes())
+    }
+
+    /// Whether `proof` answers `nonce` (compared in constant time).
+    pub fn verify(&self, nonce: &str, proof: &str) -> bool {
+        unhex(proof).is_some_and(|bytes| self.mac(nonce).verify_slice(&bytes).is_ok())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proofs_verify_only_with_the_same_secret_and_nonce() {
+        let secret = Secret::generate();
+        let n = random_token();
+        let proof = secret.proof(&n);
+        assert!(secret.verify(&n, &proof));
+        assert!(!secret.verify(&random_token(), &proof));
+        assert!(!Secret::generate().verify(&n, &proof));
+        assert!(!secret.verify(&n, "zz"));
+        assert!(!format!("{secret:?}").contains(&hex(&secret.0)));
+    }
+
+    #[test]
+    fn secret_files_are_created_private_and_read_back() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("account-db.secret");
+        let created = Secret::read_or_create(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(Secret::read_or_create(&path).unwrap(), created);
+        assert!(matches!(
+            Secret::from_hex("abc"),
+            Err(SecretError::Malformed)
+        ));
+    }
+}
