@@ -113,6 +113,18 @@ pub struct LoginServer {
     threads: Vec<JoinHandle<()>>,
 }
 
+/// A non-blocking listener with a deep accept backlog (std's is 128; the seed's was 5), so a
+/// burst of connections waits in the kernel instead of being dropped and retried a second later.
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
 fn spawn_named(name: String, f: impl FnOnce() + Send + 'static) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new().name(name).spawn(f)
 }
@@ -136,11 +148,10 @@ impl LoginServer {
         metrics: Arc<Metrics>,
     ) -> Result<LoginServer, StartError> {
         let hasher = Hasher::new(config.hash_params)?;
-        let listener = TcpListener::bind(config.listen).map_err(|source| StartError::Listen {
+        let listener = listen(config.listen).map_err(|source| StartError::Listen {
             addr: config.listen,
             source,
         })?;
-        listener.set_nonblocking(true)?;
         let local_addr = listener.local_addr()?;
         let service = Service::new(
             store.clone(),

@@ -1,0 +1,224 @@
+//! Faults survived: account-db killed under load and restarted, a panic in a request, and
+//! graceful shutdown of both binaries on SIGTERM.
+
+mod common;
+
+use common::{code, seed, DbProcess, StreamClient, PATIENCE};
+use login_server::accountdb::client::RemoteStore;
+use login_server::accountdb::store::{Account, Created, Store, StoreError};
+use login_server::metrics::Metrics;
+use login_server::LoginServer;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[test]
+fn account_db_killed_under_load_answers_7_then_resumes_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = DbProcess::start(dir.path(), "127.0.0.1:0");
+    let db_addr = db.addr;
+    let mut config = db.config();
+    config.workers = 4;
+    config.db.pool_size = 4;
+    config.db.request_timeout = Duration::from_millis(500);
+    config.db.checkout_timeout = Duration::from_millis(500);
+    let server = LoginServer::spawn(config).unwrap();
+    let addr = server.local_addr();
+    assert_eq!(code(addr, "register", "steady", "password1"), 4);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let registered = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let load: Vec<_> = (0..4)
+        .map(|t| {
+            let (stop, registered, seen) = (stop.clone(), registered.clone(), seen.clone());
+            std::thread::spawn(move || {
+                let mut i = 0;
+                while !stop.load(Ordering::SeqCst) {
+                    i += 1;
+                    let name = format!("load{t}x{i}");
+                    let registering = code(addr, "register", &name, "password1");
+                    if registering == 4 {
+                        registered.lock().unwrap().push(name);
+                    }
+                    let login = code(addr, "login", "steady", "password1");
+                    seen.lock()
+                        .unwrap()
+                        .push((registering, login, Instant::now()));
+                }
+            })
+        })
+        .collect();
+
+    std::thread::sleep(Duration::from_millis(300));
+    db.kill();
+    let killed = Instant::now();
+    std::thread::sleep(Duration::from_millis(800));
+    let db = DbProcess::start(dir.path(), &db_addr.to_string());
+    let back = Instant::now();
+    std::thread::sleep(Duration::from_millis(1500));
+    stop.store(true, Ordering::SeqCst);
+    for thread in load {
+        thread.join().unwrap();
+    }
+
+    let seen = seen.lock().unwrap();
+    for &(registering, login, _) in seen.iter() {
+        assert!(
+            matches!(registering, 4 | 7),
+            "register answered {registering}"
+        );
+        assert!(
+            matches!(login, 3 | 7),
+            "login answered {login}: never 1 or 2 for a missing store"
+        );
+    }
+    let down: Vec<_> = seen
+        .iter()
+        .filter(|s| s.2 > killed + Duration::from_millis(100) && s.2 < back)
+        .collect();
+    assert!(
+        !down.is_empty(),
+        "requests were made while account-db was down"
+    );
+    assert!(down.iter().all(|s| s.1 == 7), "answered 7 while down");
+    let resumed = seen.iter().any(|s| s.2 > back && s.1 == 3);
+    assert!(
+        resumed,
+        "service resumed by itself after account-db came back"
+    );
+
+    // Every acknowledged registration is in the store.
+    let registered = registered.lock().unwrap();
+    assert!(!registered.is_empty());
+    let store = RemoteStore::new(&db.config().db, Arc::default());
+    for name in registered.iter() {
+        assert!(
+            store.find(name).unwrap().is_some(),
+            "{name} was answered 4 but is missing"
+        );
+    }
+}
+
+/// The real remote store, with a fault injected: a request naming "panic-button" panics.
+struct PanicButton(RemoteStore);
+
+impl Store for PanicButton {
+    fn find(&self, username: &str) -> Result<Option<Account>, StoreError> {
+        assert_ne!(username, "panic-button", "injected fault");
+        self.0.find(username)
+    }
+    fn create(&self, account: &Account, request_id: &str) -> Result<Created, StoreError> {
+        self.0.create(account, request_id)
+    }
+    fn update_hash(&self, username: &str, hash: &str) -> Result<bool, StoreError> {
+        self.0.update_hash(username, hash)
+    }
+    fn ping(&self) -> Result<(), StoreError> {
+        self.0.ping()
+    }
+}
+
+#[test]
+fn a_panic_answers_7_and_the_worker_pool_keeps_its_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = login_server::auth::secret::Secret::generate();
+    let db = common::start_db(dir.path(), &secret);
+    let mut config = common::config(db.local_addr(), &secret);
+    config.workers = 1; // a lost worker would leave none
+    let metrics = Arc::new(Metrics::default());
+    let store = Arc::new(PanicButton(RemoteStore::new(&config.db, metrics.clone())));
+    let server = LoginServer::spawn_with_store(config, store, Box::new(|| None), metrics).unwrap();
+    for _ in 0..3 {
+        let reply = seed(server.local_addr(), "login", "panic-button", "password1");
+        assert_eq!(reply["code"], 7, "{reply}");
+        assert!(reply["info"].as_str().unwrap().contains("internal error"));
+    }
+    // In the stream form the connection survives the panic too.
+    let mut client = StreamClient::new(server.local_addr());
+    client.send(b"{\"OP\":\"login\",\"username\":\"panic-button\",\"password\":\"password1\"}\n{\"OP\":\"register\",\"username\":\"calm\",\"password\":\"password1\"}\n");
+    assert_eq!(client.recv()["code"], 7);
+    assert_eq!(client.recv()["code"], 4);
+    assert_eq!(code(server.local_addr(), "login", "calm", "password1"), 3);
+}
+
+fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Wait for a child with a deadline; its exit status.
+fn wait_exit(child: &mut std::process::Child) -> std::process::ExitStatus {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn sigterm_answers_what_was_accepted_then_exits_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_login-server"))
+        // Hashes costly enough that work is still queued when the signal comes.
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--hash-threads",
+            "1",
+            "--hash-params",
+            "4096,1,1",
+        ])
+        .args(["--shutdown-timeout", "60"])
+        .arg("--data")
+        .arg(dir.path())
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr = common::listening_addr(child.stderr.take().unwrap());
+    assert_eq!(code(addr, "register", "patient", "password1"), 4);
+    // Queue up work: 3 connections with 10 pipelined logins each.
+    let mut clients: Vec<StreamClient> = (0..3).map(|_| StreamClient::new(addr)).collect();
+    let batch =
+        b"{\"OP\":\"login\",\"username\":\"patient\",\"password\":\"password1\"}\n".repeat(10);
+    for client in &mut clients {
+        client.send(&batch);
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    signal(child.id(), "TERM");
+    for client in &mut clients {
+        for _ in 0..10 {
+            assert_eq!(client.recv()["code"], 3);
+        }
+    }
+    let status = wait_exit(&mut child);
+    assert!(status.success(), "{status:?}");
+    assert!(
+        std::net::TcpStream::connect(addr).is_err(),
+        "no longer listening"
+    );
+}
+
+#[test]
+fn account_db_exits_0_on_sigterm_and_sigint() {
+    for sig in ["TERM", "INT"] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = DbProcess::start(dir.path(), "127.0.0.1:0");
+        let server = LoginServer::spawn(db.config()).unwrap();
+        assert_eq!(
+            code(server.local_addr(), "register", "before", "password1"),
+            4
+        );
+        signal(db.child.id(), sig);
+        let status = wait_exit(&mut db.child);
+        assert!(status.success(), "{sig}: {status:?}");
+    }
+}

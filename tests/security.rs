@@ -1,0 +1,168 @@
+//! Security: account-db admits only peers that prove the secret; failed logins are throttled
+//! per account and per player address; unknown users can be made indistinguishable.
+
+mod common;
+
+use common::{code, seed, start_with, DbProcess, StreamClient};
+use login_server::accountdb::client::DbConn;
+use login_server::auth::secret::Secret;
+use serde_json::json;
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+#[test]
+fn account_db_refuses_a_wrong_or_missing_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = DbProcess::start(dir.path(), "127.0.0.1:0");
+    let timeout = Duration::from_secs(5);
+    assert!(DbConn::connect(db.addr, timeout, &db.secret).is_ok());
+    let err = DbConn::connect(db.addr, timeout, &Secret::generate())
+        .err()
+        .expect("a wrong secret is refused");
+    assert!(err.to_string().contains("authentication failed"), "{err}");
+
+    // A peer that skips the handshake gets nothing but a refusal, then the connection closes.
+    let stream = TcpStream::connect(db.addr).unwrap();
+    stream.set_read_timeout(Some(common::PATIENCE)).unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut greeting = String::new();
+    reader.read_line(&mut greeting).unwrap();
+    assert!(greeting.contains("\"nonce\""), "{greeting}");
+    (&stream)
+        .write_all(b"{\"op\":\"find\",\"username\":\"anyone\"}\n")
+        .unwrap();
+    let mut reply = String::new();
+    reader.read_line(&mut reply).unwrap();
+    assert_eq!(
+        reply,
+        "{\"status\":\"error\",\"message\":\"authentication failed\"}\n"
+    );
+    let mut rest = String::new();
+    assert_eq!(
+        reader.read_line(&mut rest).unwrap(),
+        0,
+        "closed after refusing"
+    );
+}
+
+#[test]
+fn account_db_creates_a_private_secret_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let _db = DbProcess::start(dir.path(), "127.0.0.1:0");
+    let meta = std::fs::metadata(dir.path().join("account-db.secret")).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+}
+
+#[test]
+fn login_server_with_db_but_no_secret_says_what_is_missing() {
+    let output = Command::new(env!("CARGO_BIN_EXE_login-server"))
+        .args(["--listen", "127.0.0.1:0", "--db", "127.0.0.1:9"])
+        .env_remove("ACCOUNT_DB_SECRET")
+        .stdout(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--db-secret-file"), "{stderr}");
+}
+
+#[test]
+fn login_server_reaches_a_separate_account_db_with_its_secret_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = DbProcess::start(dir.path(), "127.0.0.1:0");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_login-server"))
+        .args(["--listen", "127.0.0.1:0", "--hash-params", "8,1,1", "--db"])
+        .arg(db.addr.to_string())
+        .arg("--db-secret-file")
+        .arg(dir.path().join("account-db.secret"))
+        .env_remove("ACCOUNT_DB_SECRET")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr = common::listening_addr(child.stderr.take().unwrap());
+    assert_eq!(code(addr, "register", "separate", "password1"), 4);
+    assert_eq!(code(addr, "login", "separate", "password1"), 3);
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+fn login(client: &mut StreamClient, user: &str, password: &str, ip: &str) -> serde_json::Value {
+    let msg = json!({"OP": "login", "username": user, "password": password, "ip": ip});
+    client.send(format!("{msg}\n").as_bytes());
+    client.recv()
+}
+
+#[test]
+fn failed_logins_lock_the_account_then_the_lock_ends() {
+    let tiers = start_with(|c| {
+        c.service.throttle.max_failures = 3;
+        c.service.throttle.lockout = Duration::from_millis(800);
+    });
+    assert_eq!(code(tiers.addr(), "register", "target", "password1"), 4);
+    let mut client = StreamClient::new(tiers.addr());
+    for i in 0..3 {
+        assert_eq!(
+            login(&mut client, "target", "wrong-pass", &format!("10.0.0.{i}"))["code"],
+            2
+        );
+    }
+    // Locked: even the right password, from anywhere, gets 8 and when to retry.
+    let locked = login(&mut client, "TARGET", "password1", "10.9.9.9");
+    assert_eq!(locked["code"], 8, "{locked}");
+    assert_eq!(locked["info"], "too many attempts");
+    assert!(locked["retry_after"].as_u64().unwrap() >= 1);
+    // The seed form gets the same.
+    assert_eq!(
+        seed(tiers.addr(), "login", "target", "password1")["code"],
+        8
+    );
+    // Other accounts are not affected.
+    assert_eq!(code(tiers.addr(), "register", "bystander", "password1"), 4);
+    assert_eq!(code(tiers.addr(), "login", "bystander", "password1"), 3);
+    // The lock ends; success resets the count.
+    std::thread::sleep(Duration::from_millis(900));
+    assert_eq!(
+        login(&mut client, "target", "password1", "10.9.9.9")["code"],
+        3
+    );
+    assert_eq!(
+        login(&mut client, "target", "wrong-pass", "10.9.9.9")["code"],
+        2
+    );
+}
+
+#[test]
+fn failures_from_one_player_address_lock_that_address_only() {
+    let tiers = start_with(|c| c.service.throttle.max_failures = 3);
+    for name in ["alpha", "bravo"] {
+        assert_eq!(code(tiers.addr(), "register", name, "password1"), 4);
+    }
+    let mut client = StreamClient::new(tiers.addr());
+    // Guessing across accounts (and unknown names) from one address.
+    login(&mut client, "alpha", "nope-nope", "203.0.113.7");
+    login(&mut client, "bravo", "nope-nope", "203.0.113.7");
+    login(&mut client, "charlie", "nope-nope", "203.0.113.7");
+    assert_eq!(
+        login(&mut client, "bravo", "password1", "203.0.113.7")["code"],
+        8
+    );
+    // Another player (and the gateway's own connection, which carries no ip) still gets in.
+    assert_eq!(
+        login(&mut client, "bravo", "password1", "198.51.100.1")["code"],
+        3
+    );
+    assert_eq!(code(tiers.addr(), "login", "alpha", "password1"), 3);
+}
+
+#[test]
+fn hidden_user_existence_answers_unknown_users_2() {
+    let tiers = start_with(|c| c.service.hide_user_existence = true);
+    assert_eq!(code(tiers.addr(), "register", "known", "password1"), 4);
+    assert_eq!(code(tiers.addr(), "login", "known", "password2"), 2);
+    assert_eq!(code(tiers.addr(), "login", "unknown", "password2"), 2);
+    assert_eq!(code(tiers.addr(), "login", "known", "password1"), 3);
+}
