@@ -1,0 +1,90 @@
+//! Hostile input over real sockets: thousands of idle connections, slowloris trickles, and a
+//! pipelined flood on one connection. Each is bounded and answered or closed, while a normal
+//! client is served.
+
+mod common;
+
+use common::{code, start, start_with, StreamClient, PATIENCE};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+#[test]
+fn five_thousand_idle_connections_do_not_hold_up_a_normal_client() {
+    let tiers = start();
+    let idle: Vec<TcpStream> = (0..5000).map(|_| common::connect(tiers.addr())).collect();
+    assert_eq!(
+        code(tiers.addr(), "register", "among-crowds", "password1"),
+        4
+    );
+    assert_eq!(code(tiers.addr(), "login", "among-crowds", "password1"), 3);
+    // They are all still open: one of them can still be used.
+    let mut last = &idle[4999];
+    last.write_all(br#"[{"OP":"login","username":"among-crowds","password":"password1"}]"#)
+        .unwrap();
+    let mut reply = String::new();
+    last.read_to_string(&mut reply).unwrap();
+    assert!(reply.contains("\"code\":3"), "{reply}");
+}
+
+#[test]
+fn slowloris_trickles_are_cut_off_while_others_are_served() {
+    let tiers = start_with(|c| c.message_timeout = Duration::from_millis(800));
+    let message = br#"[{"OP":"login","username":"slow","password":"password1"}]"#;
+    let mut trickles: Vec<TcpStream> = (0..100).map(|_| common::connect(tiers.addr())).collect();
+    let started = Instant::now();
+    let mut sent = 0;
+    // One byte per connection every 50 ms: never a whole message before the deadline.
+    while started.elapsed() < Duration::from_millis(1500) && sent < message.len() - 1 {
+        for stream in &mut trickles {
+            let _ = stream.write_all(&message[sent..sent + 1]);
+        }
+        sent += 1;
+        if sent == 5 {
+            // Mid-trickle, a normal client is answered at once.
+            let served = Instant::now();
+            assert_eq!(code(tiers.addr(), "login", "nobody", "password1"), 1);
+            assert!(served.elapsed() < PATIENCE);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for mut stream in trickles {
+        // Answered 6, then closed gently: bytes still trickling in do not reset the reply.
+        let mut reply = String::new();
+        stream.read_to_string(&mut reply).unwrap();
+        assert!(
+            reply.contains("\"code\":6") && reply.contains("not completed within"),
+            "{reply}"
+        );
+    }
+}
+
+#[test]
+fn a_pipelined_flood_on_one_connection_is_answered_in_order_while_others_are_served() {
+    let tiers = start();
+    let stream = common::connect(tiers.addr());
+    let mut writer = stream.try_clone().unwrap();
+    const N: usize = 20_000;
+    let flood = std::thread::spawn(move || {
+        for i in 0..N {
+            let line = format!("{{\"OP\":\"login\",\"username\":\"bad name {i}\",\"password\":\"password1\",\"id\":{i}}}\n");
+            writer.write_all(line.as_bytes()).unwrap();
+        }
+    });
+    // While the flood is being written, other clients get answers.
+    let mut other = StreamClient::new(tiers.addr());
+    other.send(br#"{"OP":"register","username":"neighbour","password":"password1"}"#);
+    assert_eq!(other.recv()["code"], 4);
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    for i in 0..N {
+        line.clear();
+        reader.read_line(&mut line).unwrap();
+        let reply: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(
+            (reply["code"].as_u64(), reply["id"].as_u64()),
+            (Some(1), Some(i as u64))
+        );
+    }
+    flood.join().unwrap();
+}

@@ -1,0 +1,133 @@
+//! Operations: Prometheus metrics, /healthz and /readyz on both servers, scraped over HTTP.
+
+mod common;
+
+use common::{code, start_with, DbProcess};
+use login_server::accountdb::server::{self as dbserver, AccountDb};
+use login_server::accountdb::store::SqliteStore;
+use login_server::auth::secret::Secret;
+use login_server::LoginServer;
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// GET `path`; the status code and the body.
+fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = common::connect(addr);
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response[9..12].parse().unwrap();
+    let body = response.split_once("\r\n\r\n").unwrap().1.to_string();
+    (status, body)
+}
+
+/// The value of the first sample line starting with `series`.
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn login_server_metrics_count_requests_by_op_and_code() {
+    let tiers = start_with(|c| c.metrics_listen = Some("127.0.0.1:0".parse().unwrap()));
+    let metrics = tiers.server.metrics_addr().unwrap();
+    let addr = tiers.addr();
+    assert_eq!(code(addr, "register", "metered", "password1"), 4);
+    for _ in 0..3 {
+        assert_eq!(code(addr, "login", "metered", "password1"), 3);
+    }
+    assert_eq!(code(addr, "login", "metered", "password2"), 2);
+    common::exchange(addr, b"[{\"OP\":\"fly\"}]");
+
+    let (status, text) = get(metrics, "/metrics");
+    assert_eq!(status, 200);
+    assert_eq!(
+        sample(&text, "login_requests_total{op=\"login\",code=\"3\"}"),
+        3.0
+    );
+    assert_eq!(
+        sample(&text, "login_requests_total{op=\"login\",code=\"2\"}"),
+        1.0
+    );
+    assert_eq!(
+        sample(&text, "login_requests_total{op=\"register\",code=\"4\"}"),
+        1.0
+    );
+    assert_eq!(
+        sample(&text, "login_requests_total{op=\"none\",code=\"6\"}"),
+        1.0
+    );
+    assert_eq!(sample(&text, "login_request_duration_seconds_count"), 6.0);
+    assert_eq!(sample(&text, "login_db_pool_connections"), 2.0);
+    for series in [
+        "login_open_connections",
+        "login_busy_workers",
+        "login_hashes_in_progress",
+        "login_queue_depth",
+        "login_db_pool_idle",
+        "login_db_pool_wait_seconds_count",
+        "login_db_errors_total",
+        "login_throttled_total",
+    ] {
+        sample(&text, series);
+    }
+    assert_eq!(get(metrics, "/healthz"), (200, "ok\n".into()));
+    assert_eq!(get(metrics, "/readyz").0, 200);
+    assert_eq!(get(metrics, "/nope").0, 404);
+}
+
+#[test]
+fn readyz_follows_the_account_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = DbProcess::start(dir.path(), "127.0.0.1:0");
+    let mut config = db.config();
+    config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    config.db.request_timeout = std::time::Duration::from_millis(300);
+    config.db.checkout_timeout = std::time::Duration::from_millis(300);
+    let server = LoginServer::spawn(config).unwrap();
+    let metrics = server.metrics_addr().unwrap();
+    assert_eq!(get(metrics, "/readyz").0, 200);
+    db.kill();
+    assert_eq!(get(metrics, "/readyz").0, 503);
+    assert_eq!(get(metrics, "/healthz").0, 200, "alive, only not ready");
+    assert_eq!(code(server.local_addr(), "login", "anyone", "password1"), 7);
+    let (_, text) = get(metrics, "/metrics");
+    assert!(sample(&text, "login_db_errors_total") >= 1.0);
+}
+
+#[test]
+fn account_db_serves_its_own_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = Secret::generate();
+    let mut config = dbserver::Config::new("127.0.0.1:0".parse().unwrap(), secret.clone());
+    config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    let store = Arc::new(SqliteStore::open(dir.path()).unwrap());
+    let db = AccountDb::spawn(config, store).unwrap();
+    let server = LoginServer::spawn(common::config(db.local_addr(), &secret)).unwrap();
+    assert_eq!(
+        code(server.local_addr(), "register", "counted", "password1"),
+        4
+    );
+    let bad = login_server::accountdb::client::DbConn::connect(
+        db.local_addr(),
+        common::PATIENCE,
+        &Secret::generate(),
+    );
+    assert!(bad.is_err());
+    let metrics = db.metrics_addr().unwrap();
+    let (status, text) = get(metrics, "/metrics");
+    assert_eq!(status, 200);
+    assert_eq!(
+        sample(&text, "accountdb_requests_total{op=\"create\"}"),
+        1.0
+    );
+    assert!(sample(&text, "accountdb_requests_total{op=\"find\"}") >= 1.0);
+    assert_eq!(sample(&text, "accountdb_refused_total"), 1.0);
+    assert!(sample(&text, "accountdb_open_connections") >= 1.0);
+    assert_eq!(get(metrics, "/readyz").0, 200);
+}
