@@ -38,7 +38,7 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    login_server::logging::init(args.log_format);
+    let _logs = login_server::logging::init(args.log_format);
     let store = SqliteStore::open(&args.data)
         .with_context(|| format!("cannot open the account store in {}", args.data.display()))?;
     let secret = match std::env::var("ACCOUNT_DB_SECRET") {

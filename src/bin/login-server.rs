@@ -126,7 +126,7 @@ fn seconds(s: f64) -> anyhow::Result<Duration> {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    login_server::logging::init(args.log_format);
+    let _logs = login_server::logging::init(args.log_format);
     let (db_addr, secret, embedded) = match args.db {
         Some(addr) => (addr, db_secret(args.db_secret_file.as_deref())?, None),
         None => {

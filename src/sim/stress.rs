@@ -23,7 +23,8 @@ pub enum Kind {
     Login,
     /// A fresh name: 4.
     Register,
-    /// A registered user, wrong password: 2.
+    /// A wrong password for a registered decoy account: 2, or 8 once failures have locked
+    /// it. Decoys are never the accounts that logins use, so those are never locked.
     BadPass,
     /// A valid name nobody registered: 1.
     Unknown,
@@ -54,14 +55,14 @@ impl Kind {
         }
     }
 
-    /// The reply code a correct server gives.
-    pub fn expected_code(self) -> u64 {
+    /// Whether a correct server may answer this kind with `code`.
+    pub fn accepts(self, code: u64) -> bool {
         match self {
-            Kind::Login => 3,
-            Kind::Register => 4,
-            Kind::BadPass => 2,
-            Kind::Unknown | Kind::Invalid => 1,
-            Kind::Malformed => 6,
+            Kind::Login => code == 3,
+            Kind::Register => code == 4,
+            Kind::BadPass => code == 2 || code == 8,
+            Kind::Unknown | Kind::Invalid => code == 1,
+            Kind::Malformed => code == 6,
         }
     }
 }
@@ -112,11 +113,26 @@ impl Mix {
         self.0[0].0
     }
 
-    /// Whether the run needs registered users.
-    fn needs_users(&self) -> bool {
+    fn weight(&self, kind: Kind) -> u32 {
         self.0
             .iter()
-            .any(|&(k, w)| w > 0 && matches!(k, Kind::Login | Kind::BadPass))
+            .filter(|&&(k, _)| k == kind)
+            .map(|&(_, w)| w)
+            .sum()
+    }
+
+    /// The accounts the run needs registered first: logins' and decoys'.
+    fn accounts(&self, users: usize) -> Vec<(String, String)> {
+        let mut accounts = Vec::new();
+        for i in 0..users as u64 {
+            if self.weight(Kind::Login) > 0 {
+                accounts.push(user(i));
+            }
+            if self.weight(Kind::BadPass) > 0 {
+                accounts.push(decoy(i));
+            }
+        }
+        accounts
     }
 }
 
@@ -162,6 +178,11 @@ fn user(i: u64) -> (String, String) {
     (format!("stress-user-{i}"), format!("stress-password-{i}"))
 }
 
+/// The name and password of decoy account `i`, which only wrong passwords are tried on.
+fn decoy(i: u64) -> (String, String) {
+    (format!("stress-decoy-{i}"), format!("stress-password-{i}"))
+}
+
 /// Builds request messages for one thread.
 struct Requests {
     rng: Rng,
@@ -183,11 +204,13 @@ impl Requests {
 
     fn message(&mut self, kind: Kind, form: Form) -> Vec<u8> {
         self.serial += 1;
-        let (name, password) = user(self.rng.next() % self.users);
+        let pick = self.rng.next() % self.users;
+        let (name, password) = user(pick);
         let body = match kind {
             Kind::Login => json!({"OP": "login", "username": name, "password": password}),
             Kind::BadPass => {
-                json!({"OP": "login", "username": name, "password": "not-the-password"})
+                let (decoy, _) = decoy(pick);
+                json!({"OP": "login", "username": decoy, "password": "not-the-password"})
             }
             Kind::Register => json!({"OP": "register",
                 "username": format!("{}{}", self.prefix, self.serial), "password": password}),
@@ -374,10 +397,15 @@ fn stream_connection(plan: &Plan, thread: usize) -> Recorder {
     }
 }
 
-/// Register the accounts that logins use; ones that exist already are fine.
+/// Register the accounts the run uses; ones that exist already are fine.
 fn register_users(options: &Options) -> io::Result<()> {
-    let threads = 8.min(options.users.max(1));
-    let per_thread = options.users.div_ceil(threads);
+    let accounts = options.mix.accounts(options.users);
+    let threads = 8.min(accounts.len());
+    if threads == 0 {
+        return Ok(());
+    }
+    let per_thread = accounts.len().div_ceil(threads);
+    let accounts = &accounts;
     std::thread::scope(|scope| {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
@@ -388,8 +416,7 @@ fn register_users(options: &Options) -> io::Result<()> {
                     let mut reader = BufReader::new(stream);
                     let mut line = Vec::new();
                     let first = t * per_thread;
-                    for i in first..(first + per_thread).min(options.users) {
-                        let (username, password) = user(i as u64);
+                    for (username, password) in accounts.iter().skip(first).take(per_thread) {
                         let body =
                             json!({"OP": "register", "username": username, "password": password});
                         writer.write_all(format!("{body}\n").as_bytes())?;
@@ -438,7 +465,7 @@ pub struct Run {
 impl Run {
     /// Register the accounts, then start the load threads.
     pub fn start(options: Options) -> Result<Run, StressError> {
-        if options.users > 0 && options.mix.needs_users() {
+        if options.users > 0 {
             register_users(&options).map_err(|source| StressError::Setup {
                 target: options.target,
                 source,
@@ -535,8 +562,9 @@ mod tests {
         assert!((8_500..9_500).contains(&logins), "{logins}");
         assert!("login=0".parse::<Mix>().is_err());
         assert!("fly=1".parse::<Mix>().unwrap_err().contains("kinds are"));
-        assert!(mix.needs_users());
-        assert!(!"unknown=1".parse::<Mix>().unwrap().needs_users());
+        assert_eq!(mix.accounts(3).len(), 6, "3 users and 3 decoys");
+        assert!("unknown=1".parse::<Mix>().unwrap().accounts(3).is_empty());
+        assert!(Kind::BadPass.accepts(8) && !Kind::Login.accepts(8));
     }
 
     #[test]
