@@ -2,7 +2,7 @@
 """The stress runs behind BENCHMARKS.md, in one go, so every figure is read against the
 floor measured in the same run.
 
-    cargo build --release --bins --example floor
+    cargo build --release --bins --example floor   # and python3 for benches/seed_replica.py
     cargo bench --bench hash          # for the verification time (the hashing limit)
     python3 benches/stress_matrix.py [--duration SECS] > target/stress-matrix.md
 
@@ -86,11 +86,18 @@ HEADER = ("| run | req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | errors
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--duration", type=float, default=3)
+    ap.add_argument("--flood-only", action="store_true", help="only the default-parameter flood")
     args = ap.parse_args()
     dur = str(args.duration)
     cores = os.cpu_count()
     print(f"Runs of {dur} s each; {cores} cores; load generator on the same machine.\n")
 
+    if not args.flood_only:
+        matrix(dur, args.duration)
+    flood(args.duration, cores)
+
+
+def matrix(dur, duration):
     # The floor: a trivial responder.
     floor_proc, floor_addr = start([f"{BIN}/examples/floor", "127.0.0.1:0"])
     floor = {}
@@ -104,9 +111,21 @@ def main():
             log("floor", form, c, round(r["throughput"]))
     stop(floor_proc)
 
+    # The seed's design (a faithful replica in Python), seed form only, as its gateway speaks.
+    seed_proc, seed_addr = start([sys.executable, "benches/seed_replica.py", "127.0.0.1:0"])
+    seed = {}
+    print("\n### The seed's design (benches/seed_replica.py), mix login=90,register=5,badpass=5\n")
+    print(HEADER)
+    for c in CONNECTIONS:
+        r = stress(seed_addr, "--form", "seed", "--connections", str(c), "--duration", dur)
+        seed[c] = r["throughput"]
+        print(row(f"seed replica c={c}", r))
+        log("seed replica", c, round(r["throughput"]))
+    stop(seed_proc)
+
     # login-server, embedded account-db: each hash setting, pooled and --db-pool 0.
     for params in [CHEAP, DEFAULT]:
-        run_dur = dur if params == CHEAP else str(max(args.duration, 5))
+        run_dur = dur if params == CHEAP else str(max(duration, 5))
         print(f"\n### login-server, hash params {params}, mix login=90,register=5,badpass=5\n")
         print(HEADER)
         ratios = []
@@ -122,24 +141,29 @@ def main():
                     r = stress(addr, "--form", form, "--connections", str(c), "--duration", run_dur)
                     label = f"{'pooled' if pool == 'pooled' else 'db-pool 0'} {form} c={c}"
                     print(row(label, r))
-                    ratios.append((label, r["throughput"], floor[(form, c)]))
+                    ratios.append((label, r["throughput"], floor[(form, c)], c))
                     log(params, label, round(r["throughput"]))
             stop(proc)
             shutil.rmtree(data, ignore_errors=True)
         if params == CHEAP:
-            print("\n| run | req/s | floor req/s | of floor |\n|---|---|---|---|")
-            for label, rps, fl in ratios:
-                print(f"| {label} | {rps:.0f} | {fl:.0f} | {100 * rps / fl:.0f}% |")
+            print("\n| run | req/s | of floor | x seed replica |\n|---|---|---|---|")
+            for label, rps, fl, c in ratios:
+                vs_seed = f"{rps / seed[c]:.1f}x" if "seed" in label else ""
+                print(f"| {label} | {rps:.0f} | {100 * rps / fl:.0f}% | {vs_seed} |")
 
-    # The default-parameter flood: separate account-db so each tier is measured alone.
-    print(f"\n### Login flood at default parameters, 128 stream connections\n")
+
+
+def flood(duration, cores):
+    """The default-parameter flood: separate account-db so each tier is measured alone."""
+    print("\n### Login flood at default parameters, 128 stream connections\n")
     data = tempfile.mkdtemp()
     db, db_addr = start([f"{BIN}/account-db", "--listen", "127.0.0.1:0", "--data", data])
-    ls, addr = start([f"{BIN}/login-server", "--listen", "127.0.0.1:0", "--db", db_addr])
+    ls, addr = start([f"{BIN}/login-server", "--listen", "127.0.0.1:0", "--db", db_addr,
+                      "--db-secret-file", os.path.join(data, "account-db.secret")])
     stress(addr, "--form", "stream", "--connections", "8", "--duration", "1", "--users", "100")
     ticks = {p.pid: cpu_ticks(p.pid) for p in (db, ls)}
-    flood_secs = max(args.duration, 10)
-    flood = subprocess.Popen(
+    flood_secs = max(duration, 10)
+    flood_proc = subprocess.Popen(
         [f"{BIN}/gateway-sim", "stress", "--target", addr, "--json", "--form", "stream",
          "--connections", "128", "--mix", "login=1", "--users", "100", "--duration", str(flood_secs)],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -147,13 +171,14 @@ def main():
     cheap = stress(addr, "--form", "stream", "--connections", "4", "--users", "0",
                    "--mix", "unknown=1,invalid=1,malformed=1", "--rate", "200",
                    "--duration", str(flood_secs - 4))
-    flood_report = json.loads(flood.communicate()[0])
+    flood_report = json.loads(flood_proc.communicate()[0])
     used = {pid: (cpu_ticks(pid) - t) / os.sysconf("SC_CLK_TCK") for pid, t in ticks.items()}
     rss = {p.pid: peak_rss_mib(p.pid) for p in (db, ls)}
     stop(ls)
     stop(db)
     shutil.rmtree(data, ignore_errors=True)
     n = flood_report["requests"] + cheap["requests"]
+    logins = flood_report["requests"]
     print(HEADER)
     print(row("login flood", flood_report))
     print(row("cheap requests during it", cheap))
@@ -167,8 +192,10 @@ def main():
           f"hashing limit {cores} cores / {verify_ms:.2f} ms = {limit:.0f} logins/s; "
           f"flood throughput {flood_report['throughput']:.0f}/s = "
           f"{100 * flood_report['throughput'] / limit:.0f}% of it")
-    print(f"- CPU per request: login-server {1e3 * used[ls.pid] / n:.2f} ms, "
-          f"account-db {1e3 * used[db.pid] / n:.3f} ms")
+    print(f"- CPU for {logins} logins and {cheap['requests']} cheap requests: login-server "
+          f"{used[ls.pid]:.2f} s ({1e3 * used[ls.pid] / logins:.1f} ms per login, all counted "
+          f"against the logins), account-db {used[db.pid]:.3f} s ({1e3 * used[db.pid] / n:.3f} ms "
+          f"per request)")
     print(f"- peak RSS: login-server {rss[ls.pid]:.1f} MiB "
           f"(target < {cores} x 20 + 64 = {cores * 20 + 64} MiB), account-db {rss[db.pid]:.1f} MiB")
 

@@ -57,6 +57,7 @@ pub struct Metrics {
     pub hashing: AtomicI64,
     pub db_errors: AtomicU64,
     pub throttled: AtomicU64,
+    pub refused_connections: AtomicU64,
     pub pool_wait: Histogram,
 }
 

@@ -88,3 +88,27 @@ fn a_pipelined_flood_on_one_connection_is_answered_in_order_while_others_are_ser
     }
     flood.join().unwrap();
 }
+
+#[test]
+fn connections_past_the_limit_are_closed_at_once() {
+    let tiers = start_with(|c| c.max_connections = 10);
+    let held: Vec<TcpStream> = (0..10).map(|_| common::connect(tiers.addr())).collect();
+    // The eleventh is accepted (so it does not wait in the backlog) and closed at once.
+    let mut eleventh = StreamClient::new(tiers.addr());
+    assert!(eleventh.closed());
+    drop(held);
+    // Room again once they are gone.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let mut stream = common::connect(tiers.addr());
+        stream
+            .write_all(br#"[{"OP":"login","username":"nobody","password":"password1"}]"#)
+            .unwrap();
+        let mut reply = String::new();
+        if stream.read_to_string(&mut reply).is_ok() && reply.contains("\"code\":1") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no room after the others closed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -98,11 +98,6 @@ impl DbConn {
         result
     }
 
-    /// Whether an earlier call failed, so the connection must not be reused.
-    pub fn is_broken(&self) -> bool {
-        self.broken
-    }
-
     fn round_trip(&mut self, request: &DbRequest) -> Result<DbResponse, DbError> {
         self.writer.write_all(&encode_line(request))?;
         self.read_line()?;

@@ -59,7 +59,7 @@ struct Registry {
     stopping: AtomicBool,
     next_id: AtomicU64,
     open: Mutex<HashMap<u64, TcpStream>>,
-    /// Requests served, by [`op_name`] index.
+    /// Requests served, by [`op_index`].
     requests: [AtomicU64; OPS.len()],
     errors: AtomicU64,
     refused: AtomicU64,

@@ -93,11 +93,6 @@ impl Scanner {
         self.found = None;
     }
 
-    /// Whether a message has started (bytes other than whitespace have arrived).
-    pub fn in_message(&self) -> bool {
-        self.start.is_some()
-    }
-
     /// Scan `buf`, which must begin with the bytes given before, and say what it holds.
     pub fn scan(&mut self, buf: &[u8]) -> Scan {
         if let Some((form, start, end)) = self.found {

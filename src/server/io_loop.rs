@@ -166,7 +166,10 @@ impl IoLoop {
                 }
             };
             if state.slots.len() >= self.limits.max_connections {
-                tracing::warn!(%peer, "refused a connection: at --max-connections");
+                tracing::debug!(%peer, "refused a connection: at --max-connections");
+                self.metrics
+                    .refused_connections
+                    .fetch_add(1, Ordering::Relaxed);
                 continue;
             }
             let entry = state.slots.vacant_entry();

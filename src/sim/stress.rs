@@ -397,7 +397,7 @@ fn stream_connection(plan: &Plan, thread: usize) -> Recorder {
     }
 }
 
-/// Register the accounts the run uses; ones that exist already are fine.
+/// Register the accounts the run uses, in the run's form; ones that exist already are fine.
 fn register_users(options: &Options) -> io::Result<()> {
     let accounts = options.mix.accounts(options.users);
     let threads = 8.min(accounts.len());
@@ -406,31 +406,39 @@ fn register_users(options: &Options) -> io::Result<()> {
     }
     let per_thread = accounts.len().div_ceil(threads);
     let accounts = &accounts;
+    let check = |username: &str, reply: &[u8]| match reply_code(reply) {
+        Some(4 | 5) => Ok(()),
+        _ => Err(io::Error::other(format!(
+            "registering {username}: {}",
+            String::from_utf8_lossy(reply).trim()
+        ))),
+    };
     std::thread::scope(|scope| {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
                 scope.spawn(move || -> io::Result<()> {
-                    let stream = connect(options)?;
-                    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
-                    let mut writer = stream.try_clone()?;
-                    let mut reader = BufReader::new(stream);
-                    let mut line = Vec::new();
-                    let first = t * per_thread;
-                    for (username, password) in accounts.iter().skip(first).take(per_thread) {
+                    let mine = accounts.iter().skip(t * per_thread).take(per_thread);
+                    let mut reply = Vec::new();
+                    let mut stream = None;
+                    for (username, password) in mine {
                         let body =
                             json!({"OP": "register", "username": username, "password": password});
-                        writer.write_all(format!("{body}\n").as_bytes())?;
-                        line.clear();
-                        reader.read_until(b'\n', &mut line)?;
-                        match reply_code(&line) {
-                            Some(4 | 5) => {}
-                            _ => {
-                                return Err(io::Error::other(format!(
-                                    "registering {username}: {}",
-                                    String::from_utf8_lossy(&line).trim()
-                                )))
+                        reply.clear();
+                        if options.form == Form::Seed {
+                            let mut conn = connect(options)?;
+                            conn.write_all(json!([body]).to_string().as_bytes())?;
+                            conn.read_to_end(&mut reply)?;
+                        } else {
+                            if stream.is_none() {
+                                let conn = connect(options)?;
+                                stream = Some((conn.try_clone()?, BufReader::new(conn)));
+                            }
+                            if let Some((writer, reader)) = stream.as_mut() {
+                                writer.write_all(format!("{body}\n").as_bytes())?;
+                                reader.read_until(b'\n', &mut reply)?;
                             }
                         }
+                        check(username, &reply)?;
                     }
                     Ok(())
                 })
