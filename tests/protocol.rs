@@ -11,42 +11,32 @@ use std::time::Duration;
 #[test]
 fn seed_form_codes_1_to_5_with_the_seeds_texts() {
     let tiers = start();
-    let addr = tiers.addr();
-    assert_eq!(
-        exchange(
-            addr,
-            br#"[{"OP":"login","username":"nobody","password":"whatever1"}]"#
+    // In order: each exchange is one connection, as the seed's gateway makes them.
+    let exchanges: [(&[u8], &str); 5] = [
+        (
+            br#"[{"OP":"login","username":"nobody","password":"whatever1"}]"#,
+            r#"[{"code":1,"info":"Failed for error username!"}]"#,
         ),
-        r#"[{"code":1,"info":"Failed for error username!"}]"#
-    );
-    assert_eq!(
-        exchange(
-            addr,
-            br#"[{"OP":"register","username":"Alice","password":"secret123"}]"#
+        (
+            br#"[{"OP":"register","username":"Alice","password":"secret123"}]"#,
+            r#"[{"code":4,"info":"success","username":"Alice"}]"#,
         ),
-        r#"[{"code":4,"info":"success","username":"Alice"}]"#
-    );
-    assert_eq!(
-        exchange(
-            addr,
-            br#"[{"OP":"login","username":"alice","password":"secret123"}]"#
+        (
+            br#"[{"OP":"login","username":"alice","password":"secret123"}]"#,
+            r#"[{"code":3,"info":"success!","username":"Alice"}]"#,
         ),
-        r#"[{"code":3,"info":"success!","username":"Alice"}]"#
-    );
-    assert_eq!(
-        exchange(
-            addr,
-            br#"[{"OP":"login","username":"Alice","password":"secret124"}]"#
+        (
+            br#"[{"OP":"login","username":"Alice","password":"secret124"}]"#,
+            r#"[{"code":2,"info":"Failed for error password!"}]"#,
         ),
-        r#"[{"code":2,"info":"Failed for error password!"}]"#
-    );
-    assert_eq!(
-        exchange(
-            addr,
-            br#"[{"OP":"register","username":"ALICE","password":"secret123"}]"#
+        (
+            br#"[{"OP":"register","username":"ALICE","password":"secret123"}]"#,
+            r#"[{"code":5,"info":"fail","reason":"username_taken"}]"#,
         ),
-        r#"[{"code":5,"info":"fail","reason":"username_taken"}]"#
-    );
+    ];
+    for (request, reply) in exchanges {
+        assert_eq!(exchange(tiers.addr(), request), reply);
+    }
 }
 
 #[test]

@@ -261,60 +261,51 @@ impl Report {
     /// Throughput and p99 latency, second by second, as an SVG file.
     pub fn plot(&self, path: &std::path::Path) -> Result<(), String> {
         use plotters::prelude::*;
-        let err = |e: &dyn std::fmt::Display| e.to_string();
         let root = SVGBackend::new(path, (900, 600)).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| err(&e))?;
+        root.fill(&WHITE).map_err(|e| e.to_string())?;
         let (top, bottom) = root.split_vertically(300);
-        let seconds = self.per_second.len().max(1) as u64;
-        let max_rps = self
-            .per_second
-            .iter()
-            .map(|s| s.requests)
-            .max()
-            .unwrap_or(1)
-            .max(1);
-        let max_p99 = self
-            .per_second
-            .iter()
-            .map(|s| s.p99_ms)
-            .fold(0.0, f64::max)
-            .max(0.001);
-        let mut chart = ChartBuilder::on(&top)
-            .caption("throughput (requests/s)", ("sans-serif", 18))
-            .margin(10)
-            .x_label_area_size(30)
-            .y_label_area_size(70)
-            .build_cartesian_2d(0..seconds, 0..max_rps + max_rps / 10)
-            .map_err(|e| err(&e))?;
-        chart
-            .configure_mesh()
-            .x_desc("second")
-            .draw()
-            .map_err(|e| err(&e))?;
-        chart
-            .draw_series(LineSeries::new(
-                self.per_second.iter().map(|s| (s.second, s.requests)),
-                &BLUE,
-            ))
-            .map_err(|e| err(&e))?;
-        let mut chart = ChartBuilder::on(&bottom)
-            .caption("p99 latency (ms)", ("sans-serif", 18))
-            .margin(10)
-            .x_label_area_size(30)
-            .y_label_area_size(70)
-            .build_cartesian_2d(0..seconds, 0.0..max_p99 * 1.1)
-            .map_err(|e| err(&e))?;
-        chart
-            .configure_mesh()
-            .x_desc("second")
-            .draw()
-            .map_err(|e| err(&e))?;
-        chart
-            .draw_series(LineSeries::new(
-                self.per_second.iter().map(|s| (s.second, s.p99_ms)),
-                &RED,
-            ))
-            .map_err(|e| err(&e))?;
-        root.present().map_err(|e| err(&e))
+        let per_second = |value: fn(&Second) -> f64| -> Vec<(u64, f64)> {
+            self.per_second
+                .iter()
+                .map(|s| (s.second, value(s)))
+                .collect()
+        };
+        line_chart(
+            &top,
+            "throughput (requests/s)",
+            &per_second(|s| s.requests as f64),
+            &BLUE,
+        )?;
+        line_chart(&bottom, "p99 latency (ms)", &per_second(|s| s.p99_ms), &RED)?;
+        root.present().map_err(|e| e.to_string())
     }
+}
+
+/// One line over seconds, its y axis from 0 to a little above the highest point.
+fn line_chart<DB: plotters::prelude::DrawingBackend>(
+    area: &plotters::prelude::DrawingArea<DB, plotters::coord::Shift>,
+    caption: &str,
+    points: &[(u64, f64)],
+    color: &plotters::style::RGBColor,
+) -> Result<(), String> {
+    use plotters::prelude::*;
+    let err = |e: &dyn std::fmt::Display| e.to_string();
+    let seconds = points.len().max(1) as u64;
+    let top = points.iter().map(|p| p.1).fold(0.0, f64::max).max(1e-3) * 1.1;
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, ("sans-serif", 18))
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0..seconds, 0.0..top)
+        .map_err(|e| err(&e))?;
+    chart
+        .configure_mesh()
+        .x_desc("second")
+        .draw()
+        .map_err(|e| err(&e))?;
+    chart
+        .draw_series(LineSeries::new(points.iter().copied(), color))
+        .map_err(|e| err(&e))?;
+    Ok(())
 }
