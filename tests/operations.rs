@@ -131,3 +131,68 @@ fn account_db_serves_its_own_metrics() {
     assert!(sample(&text, "accountdb_open_connections") >= 1.0);
     assert_eq!(get(metrics, "/readyz").0, 200);
 }
+
+#[test]
+fn json_logs_have_one_line_per_request_and_never_a_password() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_login-server"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--hash-params",
+            "8,1,1",
+            "--log-format",
+            "json",
+        ])
+        .arg("--data")
+        .arg(dir.path())
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr: SocketAddr = loop {
+        let line = lines.next().expect("a log line").unwrap();
+        let event: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
+        if event["fields"]["message"] == "login-server listening" {
+            break event["fields"]["addr"].as_str().unwrap().parse().unwrap();
+        }
+    };
+    let secret = "correct-horse-battery-staple";
+    assert_eq!(code(addr, "register", "logged", secret), 4);
+    assert_eq!(code(addr, "login", "logged", secret), 3);
+    // A graceful stop flushes the background log writer.
+    let term = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    assert!(child.wait().unwrap().success());
+    let mut requests = Vec::new();
+    for line in lines {
+        let line = line.unwrap();
+        assert!(!line.contains(secret), "a password was logged: {line}");
+        let event: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
+        if event["target"] == "request" {
+            requests.push(event["fields"].clone());
+        }
+    }
+    assert_eq!(requests.len(), 2, "{requests:?}");
+    assert_eq!(
+        (requests[0]["op"].as_str(), requests[0]["code"].as_u64()),
+        (Some("register"), Some(4))
+    );
+    assert_eq!(
+        (requests[1]["op"].as_str(), requests[1]["code"].as_u64()),
+        (Some("login"), Some(3))
+    );
+    for fields in &requests {
+        assert!(
+            fields["latency_us"].is_u64() && fields["peer"].is_string(),
+            "{fields}"
+        );
+    }
+}
