@@ -5,7 +5,6 @@ mod common;
 
 use common::{code, seed, start, DbProcess};
 use login_server::LoginServer;
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Barrier};
 
 #[test]
@@ -46,54 +45,32 @@ fn registrations_survive_kill_9_of_account_db() {
     let dir = tempfile::tempdir().unwrap();
     let db = DbProcess::start(dir.path(), "127.0.0.1:0");
     let server = LoginServer::spawn(db.config()).unwrap();
-    for i in 0..20 {
-        assert_eq!(
-            code(
-                server.local_addr(),
-                "register",
-                &format!("durable{i}"),
-                "password1"
-            ),
-            4
-        );
+    let names: Vec<String> = (0..20).map(|i| format!("durable{i}")).collect();
+    for name in &names {
+        assert_eq!(code(server.local_addr(), "register", name, "password1"), 4);
     }
     db.kill();
     server.shutdown();
 
     let db = DbProcess::start(dir.path(), "127.0.0.1:0");
     let server = LoginServer::spawn(db.config()).unwrap();
-    for i in 0..20 {
-        assert_eq!(
-            code(
-                server.local_addr(),
-                "login",
-                &format!("DURABLE{i}"),
-                "password1"
-            ),
-            3
-        );
+    for name in &names {
+        let shouted = name.to_uppercase();
+        assert_eq!(code(server.local_addr(), "login", &shouted, "password1"), 3);
     }
 }
 
 #[test]
 fn registrations_survive_kill_9_of_login_server_with_embedded_account_db() {
     let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().as_os_str();
     let start = || {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_login-server"))
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--hash-params",
-                "8,1,1",
-                "--data",
-            ])
-            .arg(dir.path())
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("spawn login-server");
-        let addr = common::listening_addr(child.stderr.take().unwrap());
-        (child, addr)
+        common::spawn_listening(common::login_server_command([
+            "--hash-params".as_ref(),
+            "8,1,1".as_ref(),
+            "--data".as_ref(),
+            data,
+        ]))
     };
     let (mut child, addr) = start();
     assert_eq!(code(addr, "register", "Phoenix", "password1"), 4);

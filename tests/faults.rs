@@ -8,7 +8,6 @@ use login_server::accountdb::client::RemoteStore;
 use login_server::accountdb::store::{Account, Created, Store, StoreError};
 use login_server::metrics::Metrics;
 use login_server::LoginServer;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -148,14 +147,6 @@ fn a_panic_answers_7_and_the_worker_pool_keeps_its_size() {
     assert_eq!(code(server.local_addr(), "login", "calm", "password1"), 3);
 }
 
-fn signal(pid: u32, name: &str) {
-    let status = Command::new("kill")
-        .args([&format!("-{name}"), &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
 /// Wait for a child with a deadline; its exit status.
 fn wait_exit(child: &mut std::process::Child) -> std::process::ExitStatus {
     let deadline = Instant::now() + PATIENCE;
@@ -171,24 +162,18 @@ fn wait_exit(child: &mut std::process::Child) -> std::process::ExitStatus {
 #[test]
 fn sigterm_answers_what_was_accepted_then_exits_0() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_login-server"))
-        // Hashes costly enough that work is still queued when the signal comes.
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--hash-threads",
-            "1",
-            "--hash-params",
-            "4096,1,1",
-        ])
-        .args(["--shutdown-timeout", "60"])
-        .arg("--data")
-        .arg(dir.path())
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let addr = common::listening_addr(child.stderr.take().unwrap());
+    // Hashes costly enough that work is still queued when the signal comes.
+    let command = common::login_server_command([
+        "--hash-threads".as_ref(),
+        "1".as_ref(),
+        "--hash-params".as_ref(),
+        "4096,1,1".as_ref(),
+        "--shutdown-timeout".as_ref(),
+        "60".as_ref(),
+        "--data".as_ref(),
+        dir.path().as_os_str(),
+    ]);
+    let (mut child, addr) = common::spawn_listening(command);
     assert_eq!(code(addr, "register", "patient", "password1"), 4);
     // Queue up work: 3 connections with 10 pipelined logins each.
     let mut clients: Vec<StreamClient> = (0..3).map(|_| StreamClient::new(addr)).collect();
@@ -198,7 +183,7 @@ fn sigterm_answers_what_was_accepted_then_exits_0() {
         client.send(&batch);
     }
     std::thread::sleep(Duration::from_millis(50));
-    signal(child.id(), "TERM");
+    common::signal(child.id(), "TERM");
     for client in &mut clients {
         for _ in 0..10 {
             assert_eq!(client.recv()["code"], 3);
@@ -222,7 +207,7 @@ fn account_db_exits_0_on_sigterm_and_sigint() {
             code(server.local_addr(), "register", "before", "password1"),
             4
         );
-        signal(db.child.id(), sig);
+        common::signal(db.child.id(), sig);
         let status = wait_exit(&mut db.child);
         assert!(status.success(), "{sig}: {status:?}");
     }

@@ -135,24 +135,16 @@ fn account_db_serves_its_own_metrics() {
 #[test]
 fn json_logs_have_one_line_per_request_and_never_a_password() {
     use std::io::BufRead;
-    use std::process::{Command, Stdio};
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_login-server"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--hash-params",
-            "8,1,1",
-            "--log-format",
-            "json",
-        ])
-        .arg("--data")
-        .arg(dir.path())
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut command = common::login_server_command([
+        "--hash-params".as_ref(),
+        "8,1,1".as_ref(),
+        "--log-format".as_ref(),
+        "json".as_ref(),
+        "--data".as_ref(),
+        dir.path().as_os_str(),
+    ]);
+    let mut child = command.env("RUST_LOG", "info").spawn().unwrap();
     let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
     let addr: SocketAddr = loop {
         let line = lines.next().expect("a log line").unwrap();
@@ -165,11 +157,7 @@ fn json_logs_have_one_line_per_request_and_never_a_password() {
     assert_eq!(code(addr, "register", "logged", secret), 4);
     assert_eq!(code(addr, "login", "logged", secret), 3);
     // A graceful stop flushes the background log writer.
-    let term = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(term.success());
+    common::signal(child.id(), "TERM");
     assert!(child.wait().unwrap().success());
     let mut requests = Vec::new();
     for line in lines {

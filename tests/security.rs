@@ -73,17 +73,17 @@ fn login_server_with_db_but_no_secret_says_what_is_missing() {
 fn login_server_reaches_a_separate_account_db_with_its_secret_file() {
     let dir = tempfile::tempdir().unwrap();
     let db = DbProcess::start(dir.path(), "127.0.0.1:0");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_login-server"))
-        .args(["--listen", "127.0.0.1:0", "--hash-params", "8,1,1", "--db"])
-        .arg(db.addr.to_string())
-        .arg("--db-secret-file")
-        .arg(dir.path().join("account-db.secret"))
-        .env_remove("ACCOUNT_DB_SECRET")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let addr = common::listening_addr(child.stderr.take().unwrap());
+    let secret_file = dir.path().join("account-db.secret");
+    let mut command = common::login_server_command([
+        "--hash-params".as_ref(),
+        "8,1,1".as_ref(),
+        "--db".as_ref(),
+        db.addr.to_string().as_ref(),
+        "--db-secret-file".as_ref(),
+        secret_file.as_os_str(),
+    ]);
+    command.env_remove("ACCOUNT_DB_SECRET");
+    let (mut child, addr) = common::spawn_listening(command);
     assert_eq!(code(addr, "register", "separate", "password1"), 4);
     assert_eq!(code(addr, "login", "separate", "password1"), 3);
     child.kill().unwrap();

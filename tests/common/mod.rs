@@ -179,13 +179,9 @@ impl DbProcess {
         config(self.addr, &self.secret)
     }
 
-    /// Send a signal by name (KILL, STOP, CONT) through kill(1).
+    /// Send a signal by name (KILL, STOP, CONT, TERM, INT).
     pub fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{name}"), &self.child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -{name} failed");
+        signal(self.child.id(), name);
     }
 
     pub fn kill(mut self) {
@@ -199,6 +195,35 @@ impl Drop for DbProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Send a signal by name (KILL, STOP, CONT, TERM, INT) to a process, through kill(1).
+pub fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{name} failed");
+}
+
+/// The login-server binary on 127.0.0.1:0 with `args`, its log piped, ready to spawn.
+pub fn login_server_command<S: AsRef<std::ffi::OsStr>>(
+    args: impl IntoIterator<Item = S>,
+) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_login-server"));
+    command
+        .args(["--listen", "127.0.0.1:0"])
+        .args(args)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null());
+    command
+}
+
+/// Spawn `command` (from [`login_server_command`]) and wait for the address it listens on.
+pub fn spawn_listening(mut command: Command) -> (Child, SocketAddr) {
+    let mut child = command.spawn().expect("spawn login-server");
+    let addr = listening_addr(child.stderr.take().expect("stderr"));
+    (child, addr)
 }
 
 /// Read a server's log until its "listening" line, and take `addr=` from it. The rest of the
