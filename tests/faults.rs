@@ -212,3 +212,75 @@ fn account_db_exits_0_on_sigterm_and_sigint() {
         assert!(status.success(), "{sig}: {status:?}");
     }
 }
+
+/// A TCP relay between login-server and account-db that, once, lets a `create` through to
+/// account-db and then cuts the connection instead of relaying the reply: the outcome of that
+/// registration is unknown to login-server.
+fn lossy_relay(db: std::net::SocketAddr) -> std::net::SocketAddr {
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::{Shutdown, TcpListener, TcpStream};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let armed = Arc::new(AtomicBool::new(true));
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(client) = client else { return };
+            let Ok(server) = TcpStream::connect(db) else {
+                return;
+            };
+            let cut = Arc::new(AtomicBool::new(false));
+            let (armed, cut_up) = (armed.clone(), cut.clone());
+            let (mut to_server, from_client) =
+                (server.try_clone().unwrap(), client.try_clone().unwrap());
+            std::thread::spawn(move || {
+                for line in BufReader::new(from_client).lines() {
+                    let Ok(line) = line else { break };
+                    if line.contains("\"op\":\"create\"") && armed.swap(false, Ordering::SeqCst) {
+                        cut_up.store(true, Ordering::SeqCst);
+                    }
+                    if writeln!(to_server, "{line}").is_err() {
+                        break;
+                    }
+                }
+            });
+            let mut to_client = client;
+            std::thread::spawn(move || {
+                for line in BufReader::new(server.try_clone().unwrap()).lines() {
+                    let Ok(line) = line else { break };
+                    if cut.load(Ordering::SeqCst) {
+                        let _ = to_client.shutdown(Shutdown::Both);
+                        let _ = server.shutdown(Shutdown::Both);
+                        return;
+                    }
+                    if writeln!(to_client, "{line}").is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_registration_whose_reply_was_lost_is_resolved_not_guessed() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = login_server::auth::secret::Secret::generate();
+    let db = common::start_db(dir.path(), &secret);
+    let server = LoginServer::spawn(common::config(lossy_relay(db.local_addr()), &secret)).unwrap();
+    // account-db stored it, its reply was lost; the repeated create (same request id) learns
+    // that, so the player is told 4, not 5 for their own account, and not 7.
+    assert_eq!(
+        code(server.local_addr(), "register", "Unlucky", "password1"),
+        4
+    );
+    assert_eq!(
+        code(server.local_addr(), "login", "unlucky", "password1"),
+        3
+    );
+    // One account: another registration of the name is refused.
+    assert_eq!(
+        code(server.local_addr(), "register", "UNLUCKY", "password2"),
+        5
+    );
+}
