@@ -140,6 +140,19 @@ impl StreamClient {
         line
     }
 
+    /// Whether no reply has arrived yet (looks without waiting).
+    pub fn nothing_yet(&mut self) -> bool {
+        if !self.reader.buffer().is_empty() {
+            return false;
+        }
+        let stream = self.reader.get_ref();
+        stream.set_nonblocking(true).expect("nonblocking");
+        let empty =
+            matches!(stream.peek(&mut [0u8]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+        stream.set_nonblocking(false).expect("blocking");
+        empty
+    }
+
     /// Whether the server has closed the connection (reads end of stream).
     pub fn closed(&mut self) -> bool {
         let mut rest = String::new();
