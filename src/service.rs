@@ -6,7 +6,7 @@
 //! for a registration the store write after it. The server runs `finish` on its hash threads.
 
 use crate::accountdb::store::{Account, Created, Store};
-use crate::auth::names::{fold, Rules};
+use crate::auth::names::Rules;
 use crate::auth::password::{HashError, Hasher, Memory};
 use crate::auth::secret::random_token;
 use crate::metrics::Metrics;
@@ -112,7 +112,7 @@ impl Service {
         } = request;
         let rules = &self.options.rules;
         if op == Op::Login {
-            if let Some(wait) = self.throttle.locked(&fold(&username), ip.as_deref()) {
+            if let Some(wait) = self.throttle.locked(&username, ip.as_deref()) {
                 self.metrics.throttled.fetch_add(1, Ordering::Relaxed);
                 return Step::Done(Reply::too_many_attempts(wait));
             }
@@ -122,7 +122,7 @@ impl Service {
             // never have registered is wrong whoever's it is.
             Op::Login if !rules.username_ok(&username) => None,
             Op::Login if !rules.password_ok(&password) => {
-                self.throttle.failed(Some(&fold(&username)), ip.as_deref());
+                self.throttle.failed(Some(&username), ip.as_deref());
                 return Step::Done(Reply::wrong_password());
             }
             Op::Register if !rules.username_ok(&username) => {
@@ -166,15 +166,14 @@ impl Service {
                 ip,
             } => match self.hasher.verify(&password, &account.hash, memory) {
                 Ok(true) => {
-                    self.throttle.succeeded(&fold(&account.username));
+                    self.throttle.succeeded(&account.username);
                     if self.hasher.is_weaker(&account.hash) {
                         self.upgrade(&account.username, &password, memory);
                     }
                     Reply::logged_in(account.username)
                 }
                 Ok(false) => {
-                    let key = fold(&account.username);
-                    self.throttle.failed(Some(&key), ip.as_deref());
+                    self.throttle.failed(Some(&account.username), ip.as_deref());
                     Reply::wrong_password()
                 }
                 Err(e) => internal_error(&e),

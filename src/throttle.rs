@@ -11,6 +11,7 @@
 //! Tables are bounded: past `max_tracked` keys, expired records are dropped, and if none are,
 //! new keys go untracked rather than letting memory grow.
 
+use crate::auth::names::fold;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -145,29 +146,30 @@ impl Throttle {
         }
     }
 
-    /// How long until a login for `account` (a folded name) from `ip` may be tried, if it is
+    /// How long until a login for `username` (in any case) from `ip` may be tried, if it is
     /// locked now.
-    pub fn locked(&self, account: &str, ip: Option<&str>) -> Option<Duration> {
+    pub fn locked(&self, username: &str, ip: Option<&str>) -> Option<Duration> {
         let now = Instant::now();
-        let by_account = self.accounts.locked(account, now);
+        let by_account = self.accounts.locked(&fold(username), now);
         let by_address = ip.and_then(|ip| self.addresses.locked(ip, now));
         by_account.max(by_address)
     }
 
-    /// A login for `account` failed (a wrong password; `None` for a name that does not exist).
-    pub fn failed(&self, account: Option<&str>, ip: Option<&str>) {
+    /// A login for `username` failed (a wrong password; `None` for a name that does not
+    /// exist).
+    pub fn failed(&self, username: Option<&str>, ip: Option<&str>) {
         let now = Instant::now();
-        if let Some(account) = account {
-            self.accounts.fail(account, &self.policy, now);
+        if let Some(username) = username {
+            self.accounts.fail(&fold(username), &self.policy, now);
         }
         if let Some(ip) = ip {
             self.addresses.fail(ip, &self.policy, now);
         }
     }
 
-    /// A login for `account` succeeded: its count starts again.
-    pub fn succeeded(&self, account: &str) {
-        self.accounts.clear(account);
+    /// A login for `username` succeeded: the account's count starts again.
+    pub fn succeeded(&self, username: &str) {
+        self.accounts.clear(&fold(username));
     }
 }
 
@@ -226,7 +228,11 @@ mod tests {
         assert!(throttle.locked("alice", None).is_some());
         assert!(throttle.locked("bob", Some("10.0.0.1")).is_some());
         assert!(throttle.locked("bob", Some("10.0.0.2")).is_none());
-        throttle.succeeded("alice");
+        assert!(
+            throttle.locked("ALICE", None).is_some(),
+            "accounts are keyed without case"
+        );
+        throttle.succeeded("Alice");
         assert!(throttle.locked("alice", None).is_none());
     }
 
