@@ -157,10 +157,17 @@ impl Conn {
         );
     }
 
+    /// Answer a well-framed message that is not a valid request with code 6.
+    pub fn answer_bad(&mut self, form: Form, bad: BadRequest) {
+        let reply = Reply::bad_request(bad.info);
+        self.answer(form, None, &reply, bad.id.as_ref());
+    }
+
     /// Answer a connection whose input cannot be taken further (unframeable, truncated, too
-    /// slow) with code 6 and `info`, and close it.
-    pub fn refuse(&mut self, info: String) {
-        self.answer(Form::Stream, None, &Reply::bad_request(info), None);
+    /// slow) with code 6 saying `what` is wrong, and close it.
+    pub fn refuse(&mut self, what: impl std::fmt::Display) {
+        let reply = Reply::bad_request(format!("bad request: {what}"));
+        self.answer(Form::Stream, None, &reply, None);
         self.closing = true;
         self.refused = true;
     }

@@ -253,11 +253,11 @@ impl IoLoop {
                 Next::Dispatch
             }
             Scan::Invalid(error) => {
-                conn.refuse(format!("bad request: {error}"));
+                conn.refuse(error);
                 settle(conn)
             }
             Scan::Partial if conn.eof => {
-                conn.refuse("bad request: connection closed in the middle of a message".into());
+                conn.refuse("connection closed in the middle of a message");
                 settle(conn)
             }
             Scan::Empty if conn.eof => Next::Close,
@@ -283,7 +283,7 @@ impl IoLoop {
                     if now.saturating_duration_since(started) > limits.message_timeout =>
                 {
                     conn.refuse(format!(
-                        "bad request: message not completed within {} s",
+                        "message not completed within {} s",
                         limits.message_timeout.as_secs_f32()
                     ));
                     settle(conn)
@@ -338,11 +338,8 @@ fn shed(conn: &mut Conn) -> Next {
             Some(Incoming::Request { form, id, request }) => {
                 conn.answer(form, Some(request.op), &busy, id.as_ref())
             }
-            Some(Incoming::Bad { form, bad }) => {
-                let reply = Reply::bad_request(bad.info);
-                conn.answer(form, None, &reply, bad.id.as_ref())
-            }
-            Some(Incoming::Broken(error)) => conn.refuse(format!("bad request: {error}")),
+            Some(Incoming::Bad { form, bad }) => conn.answer_bad(form, bad),
+            Some(Incoming::Broken(error)) => conn.refuse(error),
         }
     }
     settle(conn)

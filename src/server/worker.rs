@@ -134,6 +134,18 @@ struct Permit<'a> {
     memory: Memory,
 }
 
+impl Permit<'_> {
+    /// The argon2 part of a request, in this permit's memory, counted as a hash in progress.
+    fn finish(&mut self, service: &Service, task: HashTask) -> Reply {
+        let hashing = &self.permits.metrics.hashing;
+        hashing.fetch_add(1, Ordering::Relaxed);
+        let op = task.op();
+        let reply = guarded(op, || service.finish(task, &mut self.memory), |r| r);
+        hashing.fetch_sub(1, Ordering::Relaxed);
+        reply
+    }
+}
+
 impl Drop for Permit<'_> {
     fn drop(&mut self) {
         let memory = std::mem::take(&mut self.memory);
@@ -151,14 +163,6 @@ impl Permits {
             freed: Condvar::new(),
             queue,
         }
-    }
-
-    /// Run `f`, counted as a hash in progress.
-    fn hash<T>(&self, f: impl FnOnce() -> T) -> T {
-        self.metrics.hashing.fetch_add(1, Ordering::Relaxed);
-        let result = f();
-        self.metrics.hashing.fetch_sub(1, Ordering::Relaxed);
-        result
     }
 
     fn try_permit(&self) -> Option<Permit<'_>> {
@@ -202,9 +206,10 @@ pub struct Worker {
 impl Worker {
     /// The worker loop: until the job channel closes.
     pub fn run(mut self) {
+        // Held apart from `self`, which `answer` borrows mutably.
+        let (returns, metrics) = (self.returns.clone(), self.permits.metrics.clone());
         while let Ok(Job(conn)) = self.jobs.recv() {
             let token = conn.token;
-            let (returns, metrics) = (self.returns.clone(), self.permits.metrics.clone());
             metrics.busy_workers.fetch_add(1, Ordering::Relaxed);
             contained(&returns, token, || self.answer(conn));
             metrics.busy_workers.fetch_sub(1, Ordering::Relaxed);
@@ -233,12 +238,11 @@ impl Worker {
             };
             let (form, request, id) = match incoming {
                 Incoming::Broken(error) => {
-                    conn.refuse(format!("bad request: {error}"));
+                    conn.refuse(error);
                     break;
                 }
                 Incoming::Bad { form, bad } => {
-                    let reply = Reply::bad_request(bad.info);
-                    conn.answer(form, None, &reply, bad.id.as_ref());
+                    conn.answer_bad(form, bad);
                     continue;
                 }
                 Incoming::Request { form, request, id } => (form, request, id),
@@ -252,9 +256,7 @@ impl Worker {
                 Step::Hash(task) => task,
             };
             if let Some(mut permit) = self.permits.try_permit() {
-                let reply = self
-                    .permits
-                    .hash(|| guarded(op, || service.finish(task, &mut permit.memory), |r| r));
+                let reply = permit.finish(service, task);
                 conn.answer(form, Some(op), &reply, id.as_ref());
                 continue;
             }
@@ -300,10 +302,7 @@ pub fn run_hasher(
         let token = conn.token;
         contained(&returns, token, || {
             let op = task.op();
-            let reply = {
-                let mut permit = permits.permit();
-                permits.hash(|| guarded(op, || service.finish(task, &mut permit.memory), |r| r))
-            };
+            let reply = permits.permit().finish(&service, task);
             conn.answer(form, Some(op), &reply, id.as_ref());
             returns.give_back(conn);
         });
