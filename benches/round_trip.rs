@@ -4,45 +4,56 @@
 //! connection).
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use login_server::accountdb::server::{self as dbserver, AccountDb};
 use login_server::accountdb::store::SqliteStore;
 use login_server::auth::password::HashParams;
 use login_server::auth::secret::Secret;
-use login_server::protocol::gateway::Op;
-use login_server::server::Config;
-use login_server::sim::send_seed;
-use login_server::LoginServer;
-use std::io::{BufRead, BufReader, Write};
+use login_server::{AccountDb, AccountDbConfig, LoginServer, LoginServerConfig};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::Duration;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
+/// One seed-form request as the seed's gateway sends it (one connection, one write, no
+/// newline); the reply is everything the server sends before it closes.
+fn send_seed(addr: std::net::SocketAddr, op: &str) -> String {
+    let message = format!(r#"[{{"OP":"{op}","username":"bencher","password":"password1"}}]"#);
+    let mut stream = TcpStream::connect_timeout(&addr, TIMEOUT).expect("connect");
+    stream.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+    stream.write_all(message.as_bytes()).expect("send");
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).expect("reply");
+    reply
+}
+
 fn round_trip(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = SqliteStore::open(dir.path()).expect("store");
     let secret = Secret::generate();
-    let db_config = dbserver::Config::new("127.0.0.1:0".parse().expect("addr"), secret.clone());
+    let db_config = AccountDbConfig::embedded("127.0.0.1:0".parse().expect("addr"), secret.clone());
     let db = AccountDb::spawn(db_config, Arc::new(store)).expect("account-db");
     let mut group = c.benchmark_group("login round trip");
     for pool in [4, 0] {
-        let listen = "127.0.0.1:0".parse().expect("addr");
-        let mut config = Config::new(listen, db.local_addr(), secret.clone());
-        config.hash_params = HashParams::CHEAPEST;
-        config.db.pool_size = pool;
+        let config = LoginServerConfig {
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            db: Some(db.local_addr()),
+            db_secret: Some(secret.clone()),
+            hash_params: HashParams::CHEAPEST,
+            db_pool: Some(pool),
+            ..LoginServerConfig::default()
+        };
         let server = LoginServer::spawn(config).expect("login-server");
         let addr = server.local_addr();
         let label = if pool == 0 { "db-pool 0" } else { "pooled" };
-        let reply =
-            send_seed(addr, Op::Register, "bencher", "password1", TIMEOUT).expect("register");
+        let reply = send_seed(addr, "register");
         assert!(
             reply.contains("\"code\":4") || reply.contains("\"code\":5"),
             "{reply}"
         );
 
         group.bench_function(format!("{label}, seed form"), |b| {
-            b.iter(|| send_seed(addr, Op::Login, "bencher", "password1", TIMEOUT).expect("login"))
+            b.iter(|| send_seed(addr, "login"))
         });
         let stream = TcpStream::connect(addr).expect("connect");
         stream.set_nodelay(true).expect("nodelay");

@@ -2,7 +2,7 @@
 """The stress runs behind BENCHMARKS.md, in one go, so every figure is read against the
 floor measured in the same run.
 
-    cargo build --release --bins --example floor   # and python3 for benches/seed_replica.py
+    cargo build --release --workspace --bins --example floor   # and python3 for benches/seed_replica.py
     cargo bench --bench hash          # for the verification time (the hashing limit)
     python3 benches/stress_matrix.py [--duration SECS] > target/stress-matrix.md
 

@@ -4,6 +4,8 @@
 //! A minimal HTTP/1.x server on one thread: one request per connection, small bounded reads
 //! with a short timeout, so a slow or hostile scraper costs little and holds nothing else up.
 
+use crate::metrics::{encode, CONTENT_TYPE};
+use prometheus_client::registry::Registry;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,8 +15,8 @@ use std::time::Duration;
 
 /// What the endpoint serves.
 pub struct Routes {
-    /// The `/metrics` body.
-    pub metrics: Box<dyn Fn() -> String + Send + Sync>,
+    /// The metrics `/metrics` shows.
+    pub registry: Registry,
     /// Whether `/readyz` says ready.
     pub ready: Box<dyn Fn() -> bool + Send + Sync>,
 }
@@ -85,9 +87,7 @@ fn serve(mut stream: TcpStream, routes: &Routes) -> io::Result<()> {
     let mut parts = line.split(|&b| b == b' ');
     let (method, path) = (parts.next(), parts.next());
     let (status, content_type, body) = match (method, path) {
-        (Some(b"GET"), Some(b"/metrics")) => {
-            ("200 OK", "text/plain; version=0.0.4", (routes.metrics)())
-        }
+        (Some(b"GET"), Some(b"/metrics")) => ("200 OK", CONTENT_TYPE, encode(&routes.registry)),
         (Some(b"GET"), Some(b"/healthz")) => ("200 OK", "text/plain", "ok\n".into()),
         (Some(b"GET"), Some(b"/readyz")) if (routes.ready)() => {
             ("200 OK", "text/plain", "ready\n".into())

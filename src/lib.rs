@@ -9,31 +9,36 @@
 //! Read in this order to follow one request from the socket to the store and back:
 //!
 //! - [`protocol::gateway`]: gateway messages, framing, the reply codes. Pure, no IO.
-//! - [`server`]: [`LoginServer`]. `io_loop` accepts and frames without blocking, a bounded
-//!   channel feeds a fixed pool of workers, hash threads do the argon2 work, `conn` owns a
-//!   socket and its buffers.
+//! - [`login`]: [`LoginServer`] and [`LoginServerConfig`]. `conn` owns a socket, its buffers
+//!   and its lifecycle (one enum of phases); `io_loop` accepts and frames without blocking; a
+//!   bounded channel feeds a fixed pool of `workers`; `hashing` runs argon2 under a cap of
+//!   permits; `returns` hands connections back to the I/O thread.
 //! - [`service`]: login and register logic over a [`Store`](accountdb::store::Store);
 //!   [`throttle`]: brute-force lockouts.
 //! - [`auth`]: username and password rules; argon2id hashing; the tiers' shared secret.
 //! - [`accountdb::client`]: the r2d2-pooled connection to account-db, as a `Store`.
 //! - [`protocol::accountdb`]: the newline-delimited JSON between the two tiers. Pure.
-//! - [`accountdb::server`]: the account-db server; [`accountdb::store`]: the `Store` trait and
-//!   its SQLite implementation.
+//! - [`accountdb::server`]: the account-db server, configured by [`AccountDbConfig`];
+//!   [`accountdb::store`]: the `Store` trait and its SQLite implementation.
 //! - [`metrics`] and [`http`]: Prometheus metrics, `/healthz` and `/readyz`.
-//! - [`sim`]: gateway-sim, a client that plays the gateway.
+//! - [`config`]: what the configuration structs share (parsing, defaults, value parsers);
+//!   [`signals`] and [`logging`]: process plumbing for the binaries.
 //!
-//! The binaries in `src/bin/` only parse flags, start these, and wait for a signal.
+//! The binaries in `src/bin/` only parse flags, start these, and wait for a signal. The load
+//! tool, gateway-sim, is a package of its own in `gateway-sim/`.
 
 pub mod accountdb;
 pub mod auth;
+pub mod config;
 pub mod http;
 pub mod logging;
+pub mod login;
 pub mod metrics;
 pub mod protocol;
-pub mod server;
 pub mod service;
-pub mod sim;
+pub mod signals;
 pub mod throttle;
 
 pub use accountdb::server::AccountDb;
-pub use server::LoginServer;
+pub use accountdb::AccountDbConfig;
+pub use login::{LoginServer, LoginServerConfig};

@@ -1,5 +1,4 @@
-//! Process plumbing shared by the binaries: log setup, secrets from the environment, and
-//! waiting for a stop signal.
+//! Log setup for the binaries: text or JSON lines on stderr, written by a background thread.
 
 use std::io::IsTerminal;
 pub use tracing_appender::non_blocking::WorkerGuard;
@@ -29,14 +28,4 @@ pub fn init(format: LogFormat) -> WorkerGuard {
         LogFormat::Json => builder.json().init(),
     }
     guard
-}
-
-/// Block until SIGINT or SIGTERM.
-pub fn wait_for_signal() -> Result<(), ctrlc::Error> {
-    let (tx, rx) = crossbeam_channel::bounded(1);
-    ctrlc::set_handler(move || {
-        let _ = tx.try_send(());
-    })?;
-    let _ = rx.recv();
-    Ok(())
 }

@@ -1,185 +1,275 @@
-//! Counters and gauges, rendered as Prometheus text. Everything is an atomic: recording costs
-//! one relaxed add, and nothing is locked on the request path.
+//! Metrics of both servers, exported through one `prometheus-client` registry per server.
+//!
+//! Recording costs one relaxed atomic add and locks nothing: counters and gauges are
+//! `prometheus-client`'s own; the latency histograms and the labelled reply counters are
+//! arrays of atomics of ours that encode themselves ([`Histogram`], [`LabeledCounters`]);
+//! values owned elsewhere (queue depths, pool state) are read at scrape time ([`LiveGauge`]).
+//! Every metric is listed in docs/operations.md, and a test holds the two to each other.
 
 use crate::protocol::gateway::{Code, Op};
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::{Registry, Unit};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
+
+/// The Content-Type of [`encode`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// A registry in the OpenMetrics text format.
+pub fn encode(registry: &Registry) -> String {
+    let mut out = String::with_capacity(4096);
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut out, registry) {
+        tracing::error!(error = %e, "cannot encode the metrics");
+    }
+    out
+}
 
 /// Upper bounds of the latency histogram buckets, in seconds.
 const BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-/// A Prometheus histogram of durations.
-#[derive(Default)]
-pub struct Histogram {
-    buckets: [AtomicU64; BUCKETS.len()],
-    count: AtomicU64,
+/// A histogram of durations on atomics; clones share the counts.
+#[derive(Debug, Default, Clone)]
+pub struct Histogram(Arc<HistogramCounts>);
+
+#[derive(Debug, Default)]
+struct HistogramCounts {
+    /// One per bound in [`BUCKETS`], then one for larger values.
+    buckets: [AtomicU64; BUCKETS.len() + 1],
     sum_micros: AtomicU64,
 }
 
 impl Histogram {
     pub fn observe(&self, d: Duration) {
         let secs = d.as_secs_f64();
-        if let Some(i) = BUCKETS.iter().position(|&b| secs <= b) {
-            self.buckets[i].fetch_add(1, Ordering::Relaxed);
-        }
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_micros
-            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
-    }
-
-    fn render(&self, out: &mut String, name: &str, help: &str) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        let mut cumulative = 0;
-        for (bound, bucket) in BUCKETS.iter().zip(&self.buckets) {
-            cumulative += bucket.load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
-        }
-        let count = self.count.load(Ordering::Relaxed);
-        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {count}");
+        let i = BUCKETS
+            .iter()
+            .position(|&b| secs <= b)
+            .unwrap_or(BUCKETS.len());
+        self.0.buckets[i].fetch_add(1, Ordering::Relaxed);
+        let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        self.0.sum_micros.fetch_add(micros, Ordering::Relaxed);
     }
 }
 
-const CODES: usize = 9; // codes 1..=8; index 0 unused
+impl EncodeMetric for Histogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let bounds = BUCKETS.iter().copied().chain([f64::INFINITY]);
+        let buckets: Vec<(f64, u64)> = bounds
+            .zip(&self.0.buckets)
+            .map(|(bound, n)| (bound, n.load(Ordering::Relaxed)))
+            .collect();
+        let count = buckets.iter().map(|b| b.1).sum();
+        let sum = self.0.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    }
 
-/// login-server's metrics.
-#[derive(Default)]
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
+/// Counters of one metric told apart by a fixed set of label values, chosen by index; clones
+/// share the counts. Only non-zero counters are exported.
+#[derive(Debug, Clone)]
+pub struct LabeledCounters(Arc<[(Labels, AtomicU64)]>);
+
+/// A label set: (name, value) pairs.
+pub type Labels = Vec<(&'static str, &'static str)>;
+
+impl LabeledCounters {
+    /// One counter per label set, in this order.
+    pub fn new(label_sets: impl IntoIterator<Item = Labels>) -> Self {
+        LabeledCounters(
+            label_sets
+                .into_iter()
+                .map(|l| (l, AtomicU64::new(0)))
+                .collect(),
+        )
+    }
+
+    /// Count one for the `i`th label set.
+    pub fn inc(&self, i: usize) {
+        if let Some((_, n)) = self.0.get(i) {
+            n.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl EncodeMetric for LabeledCounters {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        for (labels, n) in self.0.iter() {
+            let n = n.load(Ordering::Relaxed);
+            if n > 0 {
+                encoder
+                    .encode_family(labels)?
+                    .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Counter
+    }
+}
+
+/// A gauge whose value is read at scrape time from whatever owns it.
+pub struct LiveGauge(Box<dyn Fn() -> i64 + Send + Sync>);
+
+impl LiveGauge {
+    pub fn new(read: impl Fn() -> i64 + Send + Sync + 'static) -> Self {
+        LiveGauge(Box::new(read))
+    }
+}
+
+impl std::fmt::Debug for LiveGauge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LiveGauge")
+    }
+}
+
+impl EncodeMetric for LiveGauge {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        encoder.encode_gauge(&(self.0)())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Gauge
+    }
+}
+
+/// The ops a reply is counted under; `none` for a message that is not a request.
+const OPS: [&str; 3] = ["login", "register", "none"];
+/// Codes 1..=8, as label values.
+const CODES: [&str; 8] = ["1", "2", "3", "4", "5", "6", "7", "8"];
+
+/// login-server's metrics that the request path records.
+#[derive(Debug, Clone)]
 pub struct Metrics {
-    /// Replies by op (login, register, none for unparseable) and code.
-    replies: [[AtomicU64; CODES]; 3],
+    /// Replies by op and code.
+    replies: LabeledCounters,
     pub latency: Histogram,
-    pub open_connections: AtomicI64,
-    pub busy_workers: AtomicI64,
-    pub hashing: AtomicI64,
-    pub db_errors: AtomicU64,
-    pub throttled: AtomicU64,
-    pub refused_connections: AtomicU64,
     pub pool_wait: Histogram,
+    pub open_connections: Gauge,
+    pub busy_workers: Gauge,
+    pub hashing: Gauge,
+    pub db_errors: Counter,
+    pub throttled: Counter,
+    pub refused_connections: Counter,
 }
 
-/// Values read at scrape time from the parts that own them.
-pub struct Gauges {
-    pub queue_depth: usize,
-    pub hash_queue_depth: usize,
-    /// Pooled account-db connections (open, idle), if pooled.
-    pub pool: Option<(u32, u32)>,
-}
-
-fn op_index(op: Option<Op>) -> usize {
-    match op {
-        Some(Op::Login) => 0,
-        Some(Op::Register) => 1,
-        None => 2,
+impl Default for Metrics {
+    fn default() -> Self {
+        let label_sets = OPS.iter().flat_map(|&op| {
+            CODES
+                .iter()
+                .map(move |&code| vec![("op", op), ("code", code)])
+        });
+        Metrics {
+            replies: LabeledCounters::new(label_sets),
+            latency: Histogram::default(),
+            pool_wait: Histogram::default(),
+            open_connections: Gauge::default(),
+            busy_workers: Gauge::default(),
+            hashing: Gauge::default(),
+            db_errors: Counter::default(),
+            throttled: Counter::default(),
+            refused_connections: Counter::default(),
+        }
     }
+}
+
+/// Values read at scrape time from the parts of login-server that own them.
+pub struct Gauges {
+    pub queue_depth: LiveGauge,
+    pub hash_queue_depth: LiveGauge,
+    /// Pooled account-db connections (open, idle), if pooled.
+    pub pool: Option<(LiveGauge, LiveGauge)>,
 }
 
 impl Metrics {
     /// One reply sent, `latency` after its message was whole.
     pub fn reply(&self, op: Option<Op>, code: Code, latency: Duration) {
-        self.replies[op_index(op)][code as usize].fetch_add(1, Ordering::Relaxed);
+        let op = match op {
+            Some(Op::Login) => 0,
+            Some(Op::Register) => 1,
+            None => 2,
+        };
+        self.replies.inc(op * CODES.len() + (code as usize - 1));
         self.latency.observe(latency);
     }
 
-    /// Prometheus text exposition.
-    pub fn render(&self, gauges: &Gauges) -> String {
-        let mut out = String::with_capacity(4096);
-        out.push_str("# HELP login_requests_total Replies sent, by op and code.\n");
-        out.push_str("# TYPE login_requests_total counter\n");
-        for (i, op) in ["login", "register", "none"].iter().enumerate() {
-            for code in 1..CODES {
-                let n = self.replies[i][code].load(Ordering::Relaxed);
-                if n > 0 {
-                    let _ = writeln!(
-                        out,
-                        "login_requests_total{{op=\"{op}\",code=\"{code}\"}} {n}"
-                    );
-                }
-            }
-        }
-        self.latency.render(
-            &mut out,
-            "login_request_duration_seconds",
-            "Time from a whole message to its reply.",
+    /// A registry holding these metrics and `gauges`, named as docs/operations.md lists them.
+    pub fn registry(&self, gauges: Gauges) -> Registry {
+        let mut r = Registry::with_prefix("login");
+        r.register(
+            "requests",
+            "Replies sent, by op and code",
+            self.replies.clone(),
         );
-        self.pool_wait.render(
-            &mut out,
-            "login_db_pool_wait_seconds",
-            "Time spent getting an account-db connection.",
+        r.register_with_unit(
+            "request_duration",
+            "Time from a whole message to its reply",
+            Unit::Seconds,
+            self.latency.clone(),
         );
-        let gauge = |out: &mut String, name: &str, help: &str, value: i64| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
-            );
-        };
-        let counter = |out: &mut String, name: &str, help: &str, value: u64| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
-            );
-        };
-        let load = |a: &AtomicI64| a.load(Ordering::Relaxed);
-        gauge(
-            &mut out,
-            "login_open_connections",
-            "Open gateway connections.",
-            load(&self.open_connections),
+        r.register_with_unit(
+            "db_pool_wait",
+            "Time spent getting an account-db connection",
+            Unit::Seconds,
+            self.pool_wait.clone(),
         );
-        gauge(
-            &mut out,
-            "login_busy_workers",
-            "Workers handling a connection.",
-            load(&self.busy_workers),
+        r.register(
+            "open_connections",
+            "Open gateway connections",
+            self.open_connections.clone(),
         );
-        gauge(
-            &mut out,
-            "login_hashes_in_progress",
-            "argon2 computations running.",
-            load(&self.hashing),
+        r.register(
+            "busy_workers",
+            "Workers handling a connection",
+            self.busy_workers.clone(),
         );
-        gauge(
-            &mut out,
-            "login_queue_depth",
-            "Connections waiting for a worker.",
-            gauges.queue_depth as i64,
+        r.register(
+            "hashes_in_progress",
+            "argon2 computations running",
+            self.hashing.clone(),
         );
-        gauge(
-            &mut out,
-            "login_hash_queue_depth",
-            "Requests waiting for a hash thread.",
-            gauges.hash_queue_depth as i64,
+        r.register(
+            "queue_depth",
+            "Connections waiting for a worker",
+            gauges.queue_depth,
+        );
+        r.register(
+            "hash_queue_depth",
+            "Requests waiting for a hash thread",
+            gauges.hash_queue_depth,
         );
         if let Some((open, idle)) = gauges.pool {
-            gauge(
-                &mut out,
-                "login_db_pool_connections",
-                "Pooled account-db connections.",
-                i64::from(open),
-            );
-            gauge(
-                &mut out,
-                "login_db_pool_idle",
-                "Idle pooled account-db connections.",
-                i64::from(idle),
-            );
+            r.register("db_pool_connections", "Pooled account-db connections", open);
+            r.register("db_pool_idle", "Idle pooled account-db connections", idle);
         }
-        counter(
-            &mut out,
-            "login_db_errors_total",
-            "Requests answered 7 because account-db failed.",
-            self.db_errors.load(Ordering::Relaxed),
+        r.register(
+            "db_errors",
+            "Requests answered unavailable because account-db failed",
+            self.db_errors.clone(),
         );
-        counter(
-            &mut out,
-            "login_throttled_total",
-            "Logins refused with code 8.",
-            self.throttled.load(Ordering::Relaxed),
+        r.register(
+            "throttled",
+            "Logins refused as too many attempts",
+            self.throttled.clone(),
         );
-        out
+        r.register(
+            "refused_connections",
+            "Connections closed at accept at --max-connections",
+            self.refused_connections.clone(),
+        );
+        r
     }
 }
 
@@ -188,24 +278,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn renders_counters_histograms_and_gauges() {
+    fn encodes_counters_histograms_and_gauges() {
         let m = Metrics::default();
         m.reply(Some(Op::Login), Code::LoggedIn, Duration::from_millis(3));
         m.reply(Some(Op::Login), Code::LoggedIn, Duration::from_secs(20));
         m.reply(None, Code::BadRequest, Duration::from_micros(10));
-        let text = m.render(&Gauges {
-            queue_depth: 4,
-            hash_queue_depth: 0,
-            pool: Some((8, 6)),
-        });
-        assert!(
-            text.contains("login_requests_total{op=\"login\",code=\"3\"} 2"),
-            "{text}"
-        );
-        assert!(text.contains("login_requests_total{op=\"none\",code=\"6\"} 1"));
-        assert!(text.contains("login_request_duration_seconds_bucket{le=\"0.005\"} 2"));
-        assert!(text.contains("login_request_duration_seconds_bucket{le=\"+Inf\"} 3"));
-        assert!(text.contains("login_queue_depth 4"));
-        assert!(text.contains("login_db_pool_idle 6"));
+        m.refused_connections.inc();
+        let gauges = Gauges {
+            queue_depth: LiveGauge::new(|| 4),
+            hash_queue_depth: LiveGauge::new(|| 0),
+            pool: Some((LiveGauge::new(|| 8), LiveGauge::new(|| 6))),
+        };
+        let text = encode(&m.registry(gauges));
+        for line in [
+            "login_requests_total{op=\"login\",code=\"3\"} 2",
+            "login_requests_total{op=\"none\",code=\"6\"} 1",
+            "login_request_duration_seconds_bucket{le=\"0.005\"} 2",
+            "login_request_duration_seconds_bucket{le=\"+Inf\"} 3",
+            "login_request_duration_seconds_count 3",
+            "login_queue_depth 4",
+            "login_db_pool_idle 6",
+            "login_refused_connections_total 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
+        }
+        assert!(!text.contains("code=\"4\""), "zero counters are left out");
     }
 }

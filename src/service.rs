@@ -12,7 +12,6 @@ use crate::auth::secret::random_token;
 use crate::metrics::Metrics;
 use crate::protocol::gateway::{Op, RegisterFailure, Reply, Request};
 use crate::throttle::{Policy, Throttle};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 /// What [`Service::begin`] decided.
@@ -32,7 +31,7 @@ enum Task {
         password: String,
         ip: Option<String>,
     },
-    /// An unknown user under `--hide-user-existence`: verify against a dummy hash, answer 2.
+    /// An unknown user under `--hide-user-existence`: verify against a dummy hash, answer "wrong password".
     Pretend {
         password: String,
         ip: Option<String>,
@@ -53,13 +52,25 @@ impl HashTask {
     }
 }
 
-/// Behaviour switches of the service.
-#[derive(Debug, Clone, Default)]
+/// Behaviour switches of the service: name and password rules, throttling, and whether an
+/// unknown user is told apart from a wrong password.
+#[derive(Debug, Clone, clap::Args)]
 pub struct Options {
+    #[command(flatten)]
     pub rules: Rules,
+    #[command(flatten)]
     pub throttle: Policy,
-    /// Answer an unknown user 2, after a real verification, like a wrong password.
+    /// Answer an unknown user "wrong password" (2) after a real verification, so neither the
+    /// code nor the time tells whether the account exists. Defaults to off: the seed's gateway
+    /// expects "no such user" (1).
+    #[arg(long, env = "LOGIN_SERVER_HIDE_USER_EXISTENCE")]
     pub hide_user_existence: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        crate::config::defaults()
+    }
 }
 
 /// The login and registration logic over some [`Store`].
@@ -70,12 +81,12 @@ pub struct Service {
     throttle: Throttle,
     /// Verified against for unknown users under `hide_user_existence`.
     dummy_hash: String,
-    metrics: Arc<Metrics>,
+    metrics: Metrics,
 }
 
 fn store_unavailable(e: &dyn std::fmt::Display, metrics: &Metrics) -> Reply {
     tracing::warn!(error = %e, "account store unavailable");
-    metrics.db_errors.fetch_add(1, Ordering::Relaxed);
+    metrics.db_errors.inc();
     Reply::unavailable("account store unavailable, retry later")
 }
 
@@ -89,7 +100,7 @@ impl Service {
         store: Arc<dyn Store>,
         hasher: Hasher,
         options: Options,
-        metrics: Arc<Metrics>,
+        metrics: Metrics,
     ) -> Result<Self, HashError> {
         let dummy_hash = hasher.hash(&random_token(), &mut Memory::default())?;
         Ok(Service {
@@ -113,7 +124,7 @@ impl Service {
         let rules = &self.options.rules;
         if op == Op::Login {
             if let Some(wait) = self.throttle.locked(&username, ip.as_deref()) {
-                self.metrics.throttled.fetch_add(1, Ordering::Relaxed);
+                self.metrics.throttled.inc();
                 return Step::Done(Reply::too_many_attempts(wait));
             }
         }
@@ -238,7 +249,7 @@ mod tests {
     fn service_with(dir: &std::path::Path, options: Options) -> Service {
         let store = Arc::new(SqliteStore::open(dir).unwrap());
         let hasher = Hasher::new(HashParams::CHEAPEST).unwrap();
-        Service::new(store, hasher, options, Arc::default()).unwrap()
+        Service::new(store, hasher, options, Metrics::default()).unwrap()
     }
 
     fn service(dir: &std::path::Path) -> Service {

@@ -16,27 +16,60 @@ use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-/// The throttling thresholds (all flags of login-server).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The throttling thresholds: login-server's `--throttle-*` flags. The defaults are OWASP- and
+/// Keycloak-like: 5 failures in 15 minutes lock for 1 minute, doubling up to 15.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Args)]
 pub struct Policy {
+    /// Failed logins, per account or per player address, that lock it. Defaults to 5.
+    #[arg(
+        id = "throttle_failures",
+        long = "throttle-failures",
+        value_name = "N",
+        env = "LOGIN_SERVER_THROTTLE_FAILURES",
+        default_value_t = 5
+    )]
     pub max_failures: u32,
+    /// Seconds within which those failures count. Defaults to 900.
+    #[arg(
+        id = "throttle_window",
+        long = "throttle-window", value_name = "SECS",
+        env = "LOGIN_SERVER_THROTTLE_WINDOW",
+        default_value = "900",
+        value_parser = crate::config::seconds
+    )]
     pub window: Duration,
+    /// Seconds of the first lockout; each further one doubles it. Defaults to 60.
+    #[arg(
+        id = "throttle_lockout",
+        long = "throttle-lockout", value_name = "SECS",
+        env = "LOGIN_SERVER_THROTTLE_LOCKOUT",
+        default_value = "60",
+        value_parser = crate::config::seconds
+    )]
     pub lockout: Duration,
+    /// Seconds a lockout lasts at most. Defaults to 900.
+    #[arg(
+        id = "throttle_max_lockout",
+        long = "throttle-max-lockout", value_name = "SECS",
+        env = "LOGIN_SERVER_THROTTLE_MAX_LOCKOUT",
+        default_value = "900",
+        value_parser = crate::config::seconds
+    )]
     pub max_lockout: Duration,
-    /// Keys tracked per table at most.
+    /// Keys (accounts, addresses) each throttle table tracks at most. Defaults to 100000.
+    #[arg(
+        id = "throttle_table_size",
+        long = "throttle-table-size",
+        value_name = "N",
+        env = "LOGIN_SERVER_THROTTLE_TABLE_SIZE",
+        default_value_t = 100_000
+    )]
     pub max_tracked: usize,
 }
 
 impl Default for Policy {
-    /// OWASP- and Keycloak-like: 5 failures in 15 minutes lock for 1 minute, doubling up to 15.
     fn default() -> Self {
-        Policy {
-            max_failures: 5,
-            window: Duration::from_secs(15 * 60),
-            lockout: Duration::from_secs(60),
-            max_lockout: Duration::from_secs(15 * 60),
-            max_tracked: 100_000,
-        }
+        crate::config::defaults()
     }
 }
 

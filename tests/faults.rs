@@ -18,10 +18,9 @@ fn account_db_killed_under_load_answers_7_then_resumes_and_loses_nothing() {
     let db = DbProcess::start(dir.path(), "127.0.0.1:0");
     let db_addr = db.addr;
     let mut config = db.config();
-    config.workers = 4;
-    config.db.pool_size = 4;
-    config.db.request_timeout = Duration::from_millis(500);
-    config.db.checkout_timeout = Duration::from_millis(500);
+    config.workers = Some(4);
+    config.db_pool = Some(4);
+    config.db_timeout = Duration::from_millis(500);
     let server = LoginServer::spawn(config).unwrap();
     let addr = server.local_addr();
     assert_eq!(code(addr, "register", "steady", "password1"), 4);
@@ -96,7 +95,7 @@ fn account_db_killed_under_load_answers_7_then_resumes_and_loses_nothing() {
     // Every acknowledged registration is in the store.
     let registered = registered.lock().unwrap();
     assert!(!registered.is_empty());
-    let store = RemoteStore::new(&db.config().db, Arc::default());
+    let store = RemoteStore::new(&db.client_config(), Metrics::default());
     for name in registered.iter() {
         assert!(
             store.find(name).unwrap().is_some(),
@@ -130,10 +129,13 @@ fn a_panic_answers_7_and_the_worker_pool_keeps_its_size() {
     let secret = login_server::auth::secret::Secret::generate();
     let db = common::start_db(dir.path(), &secret);
     let mut config = common::config(db.local_addr(), &secret);
-    config.workers = 1; // a lost worker would leave none
-    let metrics = Arc::new(Metrics::default());
-    let store = Arc::new(PanicButton(RemoteStore::new(&config.db, metrics.clone())));
-    let server = LoginServer::spawn_with_store(config, store, Box::new(|| None), metrics).unwrap();
+    config.workers = Some(1); // a lost worker would leave none
+    let metrics = Metrics::default();
+    let store = Arc::new(PanicButton(RemoteStore::new(
+        &config.db_client(db.local_addr(), secret.clone()),
+        metrics.clone(),
+    )));
+    let server = LoginServer::spawn_with_store(config, store, Arc::new(|| None), metrics).unwrap();
     for _ in 0..3 {
         let reply = seed(server.local_addr(), "login", "panic-button", "password1");
         assert_eq!(reply["code"], 7, "{reply}");
@@ -183,6 +185,16 @@ fn sigterm_answers_what_was_accepted_then_exits_0() {
         client.send(&batch);
     }
     std::thread::sleep(Duration::from_millis(50));
+    // The signal must find work not yet answered, or the test proves nothing.
+    let unanswered = clients
+        .iter_mut()
+        .map(|c| c.nothing_yet())
+        .filter(|&idle| idle)
+        .count();
+    assert!(
+        unanswered > 0,
+        "every connection was answered before the signal"
+    );
     common::signal(child.id(), "TERM");
     for client in &mut clients {
         for _ in 0..10 {

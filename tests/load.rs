@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 #[test]
 fn two_hundred_silent_connections_do_not_hold_up_a_normal_client() {
-    let tiers = start_with(|c| c.workers = 1);
+    let tiers = start_with(|c| c.workers = Some(1));
     let mut silent = Vec::new();
     for i in 0..200 {
         let mut stream = common::connect(tiers.addr());
@@ -41,8 +41,7 @@ fn a_stalled_account_db_is_answered_7_within_the_deadline() {
     let dir = tempfile::tempdir().unwrap();
     let db = DbProcess::start(dir.path(), "127.0.0.1:0");
     let mut config = db.config();
-    config.db.request_timeout = Duration::from_millis(300);
-    config.db.checkout_timeout = Duration::from_millis(300);
+    config.db_timeout = Duration::from_millis(300);
     let server = LoginServer::spawn(config).unwrap();
     assert_eq!(
         code(server.local_addr(), "register", "patient", "password1"),
@@ -67,11 +66,10 @@ fn a_full_queue_is_shed_with_code_7_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let db = stalled_db(dir.path());
     let mut config = db.config();
-    config.workers = 1;
+    config.workers = Some(1);
     config.queue = 1;
-    config.db.pool_size = 1;
-    config.db.request_timeout = Duration::from_secs(3);
-    config.db.checkout_timeout = Duration::from_secs(3);
+    config.db_pool = Some(1);
+    config.db_timeout = Duration::from_secs(3);
     let server = LoginServer::spawn(config).unwrap();
     // The worker takes the first request and waits on account-db; the second fills the queue.
     let mut held = Vec::new();

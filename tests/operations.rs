@@ -3,10 +3,9 @@
 mod common;
 
 use common::{code, start_with, DbProcess};
-use login_server::accountdb::server::{self as dbserver, AccountDb};
 use login_server::accountdb::store::SqliteStore;
 use login_server::auth::secret::Secret;
-use login_server::LoginServer;
+use login_server::{AccountDb, AccountDbConfig, LoginServer};
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -87,8 +86,7 @@ fn readyz_follows_the_account_store() {
     let db = DbProcess::start(dir.path(), "127.0.0.1:0");
     let mut config = db.config();
     config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
-    config.db.request_timeout = std::time::Duration::from_millis(300);
-    config.db.checkout_timeout = std::time::Duration::from_millis(300);
+    config.db_timeout = std::time::Duration::from_millis(300);
     let server = LoginServer::spawn(config).unwrap();
     let metrics = server.metrics_addr().unwrap();
     assert_eq!(get(metrics, "/readyz").0, 200);
@@ -104,7 +102,7 @@ fn readyz_follows_the_account_store() {
 fn account_db_serves_its_own_metrics() {
     let dir = tempfile::tempdir().unwrap();
     let secret = Secret::generate();
-    let mut config = dbserver::Config::new("127.0.0.1:0".parse().unwrap(), secret.clone());
+    let mut config = AccountDbConfig::embedded("127.0.0.1:0".parse().unwrap(), secret.clone());
     config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
     let store = Arc::new(SqliteStore::open(dir.path()).unwrap());
     let db = AccountDb::spawn(config, store).unwrap();
@@ -183,4 +181,56 @@ fn json_logs_have_one_line_per_request_and_never_a_password() {
             "{fields}"
         );
     }
+}
+
+/// The metric names a scrape exposes, as docs/operations.md names them: counters with
+/// `_total`, histograms and gauges by their family name.
+fn exposed_names(text: &str) -> std::collections::BTreeSet<String> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_once(' '))
+        .map(|(name, kind)| match kind {
+            "counter" => format!("{name}_total"),
+            _ => name.to_string(),
+        })
+        .collect()
+}
+
+/// The metric names docs/operations.md lists: every backticked `login_…` or `accountdb_…`.
+fn documented_names() -> std::collections::BTreeSet<String> {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/operations.md"))
+        .unwrap();
+    doc.split('`')
+        .skip(1)
+        .step_by(2)
+        .map(|code| code.split('{').next().unwrap_or_default())
+        .filter(|name| {
+            (name.starts_with("login_") || name.starts_with("accountdb_"))
+                && name.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn every_documented_metric_is_exported_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = Secret::generate();
+    let mut db_config = AccountDbConfig::embedded("127.0.0.1:0".parse().unwrap(), secret.clone());
+    db_config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    let store = Arc::new(SqliteStore::open(dir.path()).unwrap());
+    let db = AccountDb::spawn(db_config, store).unwrap();
+    let mut config = common::config(db.local_addr(), &secret);
+    config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    let server = LoginServer::spawn(config).unwrap();
+    let mut exposed = exposed_names(&get(server.metrics_addr().unwrap(), "/metrics").1);
+    exposed.extend(exposed_names(
+        &get(db.metrics_addr().unwrap(), "/metrics").1,
+    ));
+    let documented = documented_names();
+    assert!(
+        documented.len() >= 15,
+        "too few names read from the docs: {documented:?}"
+    );
+    assert_eq!(exposed, documented, "exported vs docs/operations.md");
 }

@@ -47,6 +47,65 @@ fn account_db_refuses_a_wrong_or_missing_secret() {
     );
 }
 
+/// Connect to account-db, read its greeting, then feed it `trickle` one byte at a time every
+/// `every`; the refusal it answers and how long after connecting it came.
+fn handshake_refusal(
+    addr: std::net::SocketAddr,
+    trickle: &[u8],
+    every: Duration,
+) -> (String, Duration) {
+    let started = std::time::Instant::now();
+    let stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(common::PATIENCE)).unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut greeting = String::new();
+    reader.read_line(&mut greeting).unwrap();
+    let writer = std::thread::spawn({
+        let (mut stream, trickle) = (stream, trickle.to_vec());
+        move || {
+            for byte in trickle {
+                if stream.write_all(&[byte]).is_err() {
+                    return;
+                }
+                std::thread::sleep(every);
+            }
+        }
+    });
+    let mut reply = String::new();
+    reader.read_line(&mut reply).unwrap();
+    let waited = started.elapsed();
+    writer.join().unwrap();
+    (reply, waited)
+}
+
+#[test]
+fn the_handshake_has_one_deadline_for_silent_and_trickling_peers() {
+    let dir = tempfile::tempdir().unwrap();
+    let store =
+        std::sync::Arc::new(login_server::accountdb::store::SqliteStore::open(dir.path()).unwrap());
+    let mut config =
+        login_server::AccountDbConfig::embedded("127.0.0.1:0".parse().unwrap(), Secret::generate());
+    config.auth_timeout = Duration::from_millis(500);
+    let db = login_server::AccountDb::spawn(config, store).unwrap();
+    let refusal = "{\"status\":\"error\",\"message\":\"authentication failed\"}\n";
+    // Silence is refused the same way as a wrong proof, at the deadline.
+    let (reply, waited) = handshake_refusal(db.local_addr(), b"", Duration::ZERO);
+    assert_eq!(reply, refusal);
+    assert!(
+        waited >= Duration::from_millis(500) && waited < Duration::from_millis(1500),
+        "{waited:?}"
+    );
+    // A byte every 100 ms never completes a line: each read is quick, the handshake is not.
+    let proof = format!("{{\"op\":\"auth\",\"proof\":\"{}\"}}\n", "0".repeat(64));
+    let (reply, waited) = handshake_refusal(
+        db.local_addr(),
+        proof.as_bytes(),
+        Duration::from_millis(100),
+    );
+    assert_eq!(reply, refusal);
+    assert!(waited < Duration::from_millis(1500), "held for {waited:?}");
+}
+
 #[test]
 fn account_db_creates_a_private_secret_file() {
     use std::os::unix::fs::PermissionsExt;

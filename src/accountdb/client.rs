@@ -13,7 +13,6 @@ use crate::protocol::accountdb::{
 };
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Why a call to account-db failed.
@@ -31,6 +30,10 @@ pub enum DbError {
     /// The reply was not a line we understand; the connection is broken.
     #[error("account-db sent an unreadable reply: {0}")]
     BadReply(String),
+    /// No pooled connection could be had within `--db-timeout`: every one is busy, or none
+    /// can be made (account-db down or refusing us; the pool's log says which).
+    #[error("no account-db connection within the deadline: {0}")]
+    Pool(#[from] r2d2::Error),
 }
 
 impl DbError {
@@ -171,7 +174,8 @@ impl r2d2::HandleError<DbError> for LogErrors {
     }
 }
 
-/// How login-server reaches account-db.
+/// How login-server reaches account-db; made by
+/// [`LoginServerConfig::db_client`](crate::login::LoginServerConfig::db_client).
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
     pub addr: SocketAddr,
@@ -179,23 +183,8 @@ pub struct ClientConfig {
     pub secret: Secret,
     /// Pooled connections; 0 opens a new connection for every request, as the seed did.
     pub pool_size: u32,
-    /// Deadline of connecting and of each request.
-    pub request_timeout: Duration,
-    /// How long a request waits for a pooled connection before it is answered "unavailable".
-    pub checkout_timeout: Duration,
-}
-
-impl ClientConfig {
-    /// Defaults for reaching `addr` with `secret`: 2 s deadlines, `pool_size` connections.
-    pub fn new(addr: SocketAddr, secret: Secret, pool_size: u32) -> Self {
-        ClientConfig {
-            addr,
-            secret,
-            pool_size,
-            request_timeout: Duration::from_secs(2),
-            checkout_timeout: Duration::from_secs(2),
-        }
-    }
+    /// Deadline of connecting, of each request, and of getting a pooled connection.
+    pub timeout: Duration,
 }
 
 enum Connections {
@@ -208,20 +197,20 @@ pub struct RemoteStore {
     connections: Connections,
     /// How long a create whose outcome is unknown keeps being repeated to learn it.
     resolve_window: Duration,
-    metrics: Arc<Metrics>,
+    metrics: Metrics,
 }
 
 impl RemoteStore {
     /// A store reaching `config.addr`. It does not wait for account-db to be up: until it is,
     /// requests fail with [`StoreError::Unreachable`] and the pool keeps trying.
-    pub fn new(config: &ClientConfig, metrics: Arc<Metrics>) -> RemoteStore {
-        let manager = DbManager::new(config.addr, config.request_timeout, config.secret.clone());
+    pub fn new(config: &ClientConfig, metrics: Metrics) -> RemoteStore {
+        let manager = DbManager::new(config.addr, config.timeout, config.secret.clone());
         let connections = match config.pool_size {
             0 => Connections::PerRequest(manager),
             size => Connections::Pooled(
                 r2d2::Pool::builder()
                     .max_size(size)
-                    .connection_timeout(config.checkout_timeout)
+                    .connection_timeout(config.timeout)
                     // has_broken catches failed connections; a ping per checkout would double
                     // the round trips. Idle ones are retired before account-db drops them.
                     .test_on_check_out(false)
@@ -232,7 +221,7 @@ impl RemoteStore {
         };
         RemoteStore {
             connections,
-            resolve_window: 2 * config.request_timeout,
+            resolve_window: 2 * config.timeout,
             metrics,
         }
     }
@@ -248,28 +237,21 @@ impl RemoteStore {
         }
     }
 
-    /// One attempt on one connection. `Err(None)`: no connection could be had, so nothing was
-    /// sent; `Err(Some(e))`: the request may or may not have reached account-db.
-    fn attempt(&self, request: &DbRequest) -> Result<DbResponse, Option<DbError>> {
-        match &self.connections {
+    /// One attempt on one connection.
+    fn attempt(&self, request: &DbRequest) -> Result<DbResponse, Attempt> {
+        let mut conn = match &self.connections {
             Connections::PerRequest(manager) => {
-                let mut conn = r2d2::ManageConnection::connect(manager).map_err(|e| {
-                    tracing::debug!(error = %e, "account-db connect failed");
-                    None
-                })?;
-                conn.call(request).map_err(Some)
+                let conn = r2d2::ManageConnection::connect(manager);
+                Lent::Own(conn.map_err(Attempt::NotSent)?)
             }
             Connections::Pooled(pool) => {
                 let waiting = Instant::now();
                 let conn = pool.get();
                 self.metrics.pool_wait.observe(waiting.elapsed());
-                let mut conn = conn.map_err(|e| {
-                    tracing::debug!(error = %e, "no account-db connection");
-                    None
-                })?;
-                conn.call(request).map_err(Some)
+                Lent::Pooled(conn.map_err(|e| Attempt::NotSent(e.into()))?)
             }
-        }
+        };
+        conn.call(request).map_err(Attempt::Failed)
     }
 
     /// One request, retried where that is safe and useful. Every request is idempotent (a
@@ -287,18 +269,14 @@ impl RemoteStore {
         loop {
             attempts -= 1;
             match self.attempt(request) {
-                Ok(DbResponse::Error { message }) => return Err(StoreError::Failed(message)),
+                Ok(DbResponse::Error { message }) => return Err(StoreError::Remote(message)),
                 Ok(response) => return Ok(response),
-                Err(None) => {
-                    return Err(StoreError::Unreachable(
-                        "no connection to account-db".into(),
-                    ))
-                }
-                Err(Some(e)) => {
+                Err(Attempt::NotSent(e)) => return Err(StoreError::Unreachable(e)),
+                Err(Attempt::Failed(e)) => {
                     let again = e.is_dead_connection()
                         || (resolve && started.elapsed() < self.resolve_window);
                     if attempts == 0 || !again {
-                        return Err(StoreError::Unreachable(e.to_string()));
+                        return Err(StoreError::Unreachable(e));
                     }
                     tracing::debug!(error = %e, "account-db request failed; trying again");
                 }
@@ -307,8 +285,41 @@ impl RemoteStore {
     }
 }
 
+/// How one attempt failed.
+enum Attempt {
+    /// No connection could be had, so nothing was sent.
+    NotSent(DbError),
+    /// The request may or may not have reached account-db.
+    Failed(DbError),
+}
+
+/// A connection for one attempt: pooled, or made for it alone.
+enum Lent {
+    Pooled(r2d2::PooledConnection<DbManager>),
+    Own(DbConn),
+}
+
+impl std::ops::Deref for Lent {
+    type Target = DbConn;
+    fn deref(&self) -> &DbConn {
+        match self {
+            Lent::Pooled(conn) => conn,
+            Lent::Own(conn) => conn,
+        }
+    }
+}
+
+impl std::ops::DerefMut for Lent {
+    fn deref_mut(&mut self) -> &mut DbConn {
+        match self {
+            Lent::Pooled(conn) => conn,
+            Lent::Own(conn) => conn,
+        }
+    }
+}
+
 fn unexpected(response: DbResponse) -> StoreError {
-    StoreError::Failed(format!("unexpected reply {response:?}"))
+    StoreError::Remote(format!("unexpected reply {response:?}"))
 }
 
 impl Store for RemoteStore {

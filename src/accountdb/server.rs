@@ -6,63 +6,62 @@
 //! ourselves, then shut down the read half of every open connection so idle handlers see end
 //! of stream. A handler in the middle of a request finishes it and writes its reply first.
 
-use crate::accountdb::store::{Created, Store};
-use crate::auth::secret::{self, Secret};
+use crate::accountdb::config::AccountDbConfig;
+use crate::accountdb::store::{Created, SqliteStore, Store, StoreError};
+use crate::auth::secret::{self, Secret, SecretError};
 use crate::http::{HttpEndpoint, Routes};
+use crate::metrics::{LabeledCounters, LiveGauge};
 use crate::protocol::accountdb::{
     decode_line, encode_line, DbRequest, DbResponse, Greeting, MAX_LINE,
 };
 use parking_lot::Mutex;
+use prometheus_client::metrics::counter::Counter;
 use std::collections::HashMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use threadpool::ThreadPool;
 
-/// How long a new connection has to authenticate.
-const AUTH_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// How the server listens, whom it lets in, and how much it takes on.
-#[derive(Debug, Clone)]
-pub struct Config {
-    pub listen: SocketAddr,
-    /// Every connection must prove it knows this before any other request.
-    pub secret: Secret,
-    /// Connections served at once; each holds one handler thread. Further ones are refused.
-    pub max_connections: usize,
-    /// A connection that sends nothing for this long is closed. Longer than the client pool's
-    /// idle timeout, so the pool retires idle connections before the server drops them.
-    pub idle_timeout: Duration,
-    /// Where to serve `/metrics`, `/healthz` and `/readyz`, if anywhere.
-    pub metrics_listen: Option<SocketAddr>,
+/// Why an account-db could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AccountDbStartError {
+    /// `--listen` cannot be bound: in use, or not an address of this host.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: io::Error },
+    /// `--metrics-listen` cannot be bound.
+    #[error("cannot serve metrics on {addr}: {source}")]
+    Metrics { addr: SocketAddr, source: io::Error },
+    /// The secret cannot be read, parsed or created.
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    /// The store (`--data`) cannot be opened.
+    #[error("cannot open the account store in {data}: {source}")]
+    Store {
+        data: std::path::PathBuf,
+        source: StoreError,
+    },
+    /// The OS refuses a thread (resource limits).
+    #[error("cannot start the accept thread: {0}")]
+    Thread(#[from] io::Error),
 }
 
-impl Config {
-    /// The defaults, on `listen`, admitting those who know `secret`.
-    pub fn new(listen: SocketAddr, secret: Secret) -> Self {
-        Config {
-            listen,
-            secret,
-            max_connections: 256,
-            idle_timeout: Duration::from_secs(15 * 60),
-            metrics_listen: None,
-        }
-    }
-}
-
-/// Open connections, so shutdown can wake their handlers; and what the metrics count.
-#[derive(Default)]
-struct Registry {
+/// What the handlers share: the settings they need, open connections (so shutdown can wake
+/// their handlers), and what the metrics count.
+struct Shared {
+    secret: Secret,
+    max_connections: usize,
+    idle_timeout: Duration,
+    auth_timeout: Duration,
     stopping: AtomicBool,
     next_id: AtomicU64,
     open: Mutex<HashMap<u64, TcpStream>>,
     /// Requests served, by [`op_index`].
-    requests: [AtomicU64; OPS.len()],
-    errors: AtomicU64,
-    refused: AtomicU64,
+    requests: LabeledCounters,
+    errors: Counter,
+    refused: Counter,
 }
 
 const OPS: [&str; 6] = [
@@ -85,36 +84,32 @@ fn op_index(request: Option<&DbRequest>) -> usize {
     }
 }
 
-impl Registry {
-    fn render(&self) -> String {
-        use std::fmt::Write as _;
-        let mut out = String::from(
-            "# HELP accountdb_requests_total Requests served, by op.\n\
-             # TYPE accountdb_requests_total counter\n",
+impl Shared {
+    /// The metrics registry, named as docs/operations.md lists them.
+    fn registry(self: &Arc<Self>) -> prometheus_client::registry::Registry {
+        let mut r = prometheus_client::registry::Registry::with_prefix("accountdb");
+        r.register("requests", "Requests served, by op", self.requests.clone());
+        r.register(
+            "errors",
+            "Requests answered with an error",
+            self.errors.clone(),
         );
-        for (op, n) in OPS.iter().zip(&self.requests) {
-            let n = n.load(Ordering::Relaxed);
-            let _ = writeln!(out, "accountdb_requests_total{{op=\"{op}\"}} {n}");
-        }
-        let open = self.open.lock().len();
-        let errors = self.errors.load(Ordering::Relaxed);
-        let refused = self.refused.load(Ordering::Relaxed);
-        let _ = write!(
-            out,
-            "# HELP accountdb_errors_total Requests answered with an error.\n\
-             # TYPE accountdb_errors_total counter\naccountdb_errors_total {errors}\n\
-             # HELP accountdb_refused_total Connections refused: bad secret or too many.\n\
-             # TYPE accountdb_refused_total counter\naccountdb_refused_total {refused}\n\
-             # HELP accountdb_open_connections Open connections.\n\
-             # TYPE accountdb_open_connections gauge\naccountdb_open_connections {open}\n"
+        r.register(
+            "refused",
+            "Connections refused: bad secret or too many",
+            self.refused.clone(),
         );
-        out
+        let shared = self.clone();
+        let open =
+            LiveGauge::new(move || i64::try_from(shared.open.lock().len()).unwrap_or(i64::MAX));
+        r.register("open_connections", "Open connections", open);
+        r
     }
 }
 
 /// Removes a connection from the registry when its handler ends, however it ends.
 struct Registered<'a> {
-    registry: &'a Registry,
+    registry: &'a Shared,
     id: u64,
 }
 
@@ -128,37 +123,68 @@ impl Drop for Registered<'_> {
 pub struct AccountDb {
     local_addr: SocketAddr,
     metrics_endpoint: Option<HttpEndpoint>,
-    registry: Arc<Registry>,
+    shared: Arc<Shared>,
     accept_thread: Option<JoinHandle<()>>,
 }
 
 impl AccountDb {
+    /// Open the SQLite store in `--data` and serve it as `config` says.
+    pub fn open(config: AccountDbConfig) -> Result<AccountDb, AccountDbStartError> {
+        let store =
+            SqliteStore::open(&config.data).map_err(|source| AccountDbStartError::Store {
+                data: config.data.clone(),
+                source,
+            })?;
+        AccountDb::spawn(config, Arc::new(store))
+    }
+
     /// Bind `config.listen` and start serving `store`.
-    pub fn spawn(config: Config, store: Arc<dyn Store>) -> io::Result<AccountDb> {
-        let listener = TcpListener::bind(config.listen)?;
+    pub fn spawn(
+        config: AccountDbConfig,
+        store: Arc<dyn Store>,
+    ) -> Result<AccountDb, AccountDbStartError> {
+        let secret = config.resolve_secret()?;
+        let listener =
+            TcpListener::bind(config.listen).map_err(|source| AccountDbStartError::Listen {
+                addr: config.listen,
+                source,
+            })?;
         let local_addr = listener.local_addr()?;
-        let registry = Arc::new(Registry::default());
+        let shared = Arc::new(Shared {
+            secret,
+            max_connections: config.max_connections,
+            idle_timeout: config.idle_timeout,
+            auth_timeout: config.auth_timeout,
+            stopping: AtomicBool::new(false),
+            next_id: AtomicU64::new(0),
+            open: Mutex::new(HashMap::new()),
+            requests: LabeledCounters::new(OPS.iter().map(|&op| vec![("op", op)])),
+            errors: Counter::default(),
+            refused: Counter::default(),
+        });
         let metrics_endpoint = match config.metrics_listen {
             Some(addr) => {
-                let (metrics, ready) = (registry.clone(), store.clone());
+                let ready = store.clone();
                 let routes = Routes {
-                    metrics: Box::new(move || metrics.render()),
+                    registry: shared.registry(),
                     ready: Box::new(move || ready.ping().is_ok()),
                 };
-                Some(HttpEndpoint::spawn(addr, routes)?)
+                let endpoint = HttpEndpoint::spawn(addr, routes)
+                    .map_err(|source| AccountDbStartError::Metrics { addr, source })?;
+                Some(endpoint)
             }
             None => None,
         };
         let accept_thread = std::thread::Builder::new()
             .name("account-db-accept".into())
             .spawn({
-                let registry = registry.clone();
-                move || accept_loop(listener, config, store, &registry)
+                let shared = shared.clone();
+                move || accept_loop(listener, store, &shared)
             })?;
         Ok(AccountDb {
             local_addr,
             metrics_endpoint,
-            registry,
+            shared,
             accept_thread: Some(accept_thread),
         })
     }
@@ -182,7 +208,7 @@ impl AccountDb {
         let Some(thread) = self.accept_thread.take() else {
             return;
         };
-        self.registry.stopping.store(true, Ordering::SeqCst);
+        self.shared.stopping.store(true, Ordering::SeqCst);
         self.metrics_endpoint.take();
         // Wake the blocked accept(); if this fails the listener is already gone.
         let _ = TcpStream::connect_timeout(&self.local_addr, Duration::from_secs(1));
@@ -196,15 +222,10 @@ impl Drop for AccountDb {
     }
 }
 
-fn accept_loop(
-    listener: TcpListener,
-    config: Config,
-    store: Arc<dyn Store>,
-    registry: &Arc<Registry>,
-) {
-    let pool = ThreadPool::with_name("account-db-conn".into(), config.max_connections.max(1));
+fn accept_loop(listener: TcpListener, store: Arc<dyn Store>, shared: &Arc<Shared>) {
+    let pool = ThreadPool::with_name("account-db-conn".into(), shared.max_connections.max(1));
     for stream in listener.incoming() {
-        if registry.stopping.load(Ordering::SeqCst) {
+        if shared.stopping.load(Ordering::SeqCst) {
             break;
         }
         let mut stream = match stream {
@@ -216,70 +237,70 @@ fn accept_loop(
                 continue;
             }
         };
-        let peer = stream.peer_addr().ok();
-        if registry.open.lock().len() >= config.max_connections {
-            registry.refused.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(?peer, "account-db refused a connection: at max connections");
+        let peer = stream
+            .peer_addr()
+            .map_or_else(|_| "unknown".to_string(), |a| a.to_string());
+        if shared.open.lock().len() >= shared.max_connections {
+            shared.refused.inc();
+            tracing::warn!(%peer, "account-db refused a connection: at max connections");
             let refusal = DbResponse::Error {
                 message: "too many connections".into(),
             };
             let _ = stream.write_all(&encode_line(&refusal));
             continue;
         }
-        let id = registry.next_id.fetch_add(1, Ordering::Relaxed);
+        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
         match stream.try_clone() {
-            Ok(clone) => registry.open.lock().insert(id, clone),
+            Ok(clone) => shared.open.lock().insert(id, clone),
             Err(e) => {
                 tracing::warn!(error = %e, "account-db could not track a connection");
                 continue;
             }
         };
-        let (store, registry, config) = (store.clone(), registry.clone(), config.clone());
+        let (store, shared) = (store.clone(), shared.clone());
         pool.execute(move || {
             let _registered = Registered {
-                registry: &registry,
+                registry: &shared,
                 id,
             };
-            if let Err(e) = serve(stream, &*store, &config, &registry) {
-                tracing::debug!(?peer, error = %e, "account-db connection ended");
+            if let Err(e) = serve(stream, &*store, &shared) {
+                tracing::debug!(%peer, error = %e, "account-db connection ended");
             }
         });
     }
     // Wake every idle handler: its next read sees end of stream.
-    for stream in registry.open.lock().values() {
+    for stream in shared.open.lock().values() {
         let _ = stream.shutdown(Shutdown::Read);
     }
     pool.join();
 }
 
 /// Serve one connection until the peer closes it, it idles out, or IO fails.
-fn serve(
-    stream: TcpStream,
-    store: &dyn Store,
-    config: &Config,
-    registry: &Registry,
-) -> io::Result<()> {
-    let peer = stream.peer_addr().ok();
+fn serve(stream: TcpStream, store: &dyn Store, shared: &Shared) -> io::Result<()> {
+    let peer = stream
+        .peer_addr()
+        .map_or_else(|_| "unknown".to_string(), |a| a.to_string());
     stream.set_nodelay(true)?;
-    // Until it has authenticated, a peer gets a short leash.
-    stream.set_read_timeout(Some(AUTH_TIMEOUT))?;
     stream.set_write_timeout(Some(Duration::from_secs(10)))?;
     let mut writer = stream.try_clone()?;
     let mut reader = BufReader::new(stream);
     let nonce = secret::random_token();
     writer.write_all(&encode_line(&Greeting::current(nonce.clone())))?;
     let mut line = Vec::with_capacity(256);
-    let proof = match read_request(&mut reader, &mut line)? {
-        Some(Ok(DbRequest::Auth { proof })) => proof,
-        _ => String::new(),
+    // The whole handshake has one deadline, however the bytes trickle in.
+    let deadline = Instant::now() + shared.auth_timeout;
+    let proof = match read_line_by(&mut reader, &mut line, deadline) {
+        Ok(true) => match decode_line::<DbRequest>(&line) {
+            Ok(DbRequest::Auth { proof }) => proof,
+            _ => String::new(),
+        },
+        // Silent, too slow, or gone: refused like a wrong proof.
+        Ok(false) | Err(_) => String::new(),
     };
-    registry.requests[0].fetch_add(1, Ordering::Relaxed);
-    if !config.secret.verify(&nonce, &proof) {
-        registry.refused.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(
-            ?peer,
-            "account-db refused a connection: authentication failed"
-        );
+    shared.requests.inc(0);
+    if !shared.secret.verify(&nonce, &proof) {
+        shared.refused.inc();
+        tracing::warn!(%peer, "account-db refused a connection: authentication failed");
         let refusal = DbResponse::Error {
             message: "authentication failed".into(),
         };
@@ -288,23 +309,56 @@ fn serve(
     writer.write_all(&encode_line(&DbResponse::Ok))?;
     reader
         .get_ref()
-        .set_read_timeout(Some(config.idle_timeout))?;
+        .set_read_timeout(Some(shared.idle_timeout))?;
     loop {
         let request = match read_request(&mut reader, &mut line)? {
             None => return Ok(()),
             Some(request) => request,
         };
-        registry.requests[op_index(request.as_ref().ok())].fetch_add(1, Ordering::Relaxed);
+        shared.requests.inc(op_index(request.as_ref().ok()));
         let response = match request {
             Ok(request) => execute(store, request),
             Err(message) => DbResponse::Error { message },
         };
         if matches!(response, DbResponse::Error { .. }) {
-            registry.errors.fetch_add(1, Ordering::Relaxed);
+            shared.errors.inc();
         }
         writer.write_all(&encode_line(&response))?;
         if line.len() >= MAX_LINE {
             return Ok(()); // an overlong line cannot be resynchronised
+        }
+    }
+}
+
+/// Read one line (at most [`MAX_LINE`] bytes) into `line` by `deadline`. `Ok(false)` if the
+/// peer closed first or the line is too long; `Err` (timed out) if the deadline passes.
+fn read_line_by(
+    reader: &mut BufReader<TcpStream>,
+    line: &mut Vec<u8>,
+    deadline: Instant,
+) -> io::Result<bool> {
+    line.clear();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        reader.get_ref().set_read_timeout(Some(left))?;
+        let available = reader.fill_buf()?;
+        if available.is_empty() {
+            return Ok(false);
+        }
+        let (taken, done) = match available.iter().position(|&b| b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (available.len(), false),
+        };
+        line.extend_from_slice(&available[..taken]);
+        reader.consume(taken);
+        if done {
+            return Ok(true);
+        }
+        if line.len() >= MAX_LINE {
+            return Ok(false);
         }
     }
 }

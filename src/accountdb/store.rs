@@ -7,6 +7,7 @@
 
 mod sqlite;
 
+use crate::accountdb::client::DbError;
 pub use crate::protocol::accountdb::Account;
 pub use sqlite::SqliteStore;
 
@@ -20,14 +21,26 @@ pub enum Created {
 }
 
 /// Why the store could not answer. Never "no such account": that is `Ok(None)`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The store could not be reached, or did not answer in time.
+    /// login-server could not reach account-db, or account-db did not answer within
+    /// `--db-timeout` (see the source for which).
     #[error("account store unreachable: {0}")]
-    Unreachable(String),
-    /// The store answered, with an error.
+    Unreachable(#[source] DbError),
+    /// account-db answered with an error: its own store failed (the text is its message), or
+    /// its reply did not fit the request.
     #[error("account store failed: {0}")]
-    Failed(String),
+    Remote(String),
+    /// The SQLite database failed: an IO error, a full disk, a damaged file, or a lock held
+    /// past the busy timeout.
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The data directory does not exist and cannot be created.
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// An account store. Implementations are shared between threads.

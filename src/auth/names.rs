@@ -3,20 +3,29 @@
 
 /// The limits a registration must meet. Logins are checked against them too, so a request that
 /// cannot name an account is answered without touching the store.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Args)]
 pub struct Rules {
-    /// Username length in characters (not bytes), inclusive.
+    /// Username length in characters (not bytes), inclusive: MIN,MAX. Defaults to 3,32.
+    #[arg(
+        long, value_name = "MIN,MAX",
+        env = "LOGIN_SERVER_USERNAME_CHARS",
+        default_value = "3,32",
+        value_parser = crate::config::range
+    )]
     pub username_chars: (usize, usize),
-    /// Password length in bytes of UTF-8, inclusive.
+    /// Password length in bytes of UTF-8, inclusive: MIN,MAX. Defaults to 8,1024.
+    #[arg(
+        long, value_name = "MIN,MAX",
+        env = "LOGIN_SERVER_PASSWORD_BYTES",
+        default_value = "8,1024",
+        value_parser = crate::config::range
+    )]
     pub password_bytes: (usize, usize),
 }
 
 impl Default for Rules {
     fn default() -> Self {
-        Rules {
-            username_chars: (3, 32),
-            password_bytes: (8, 1024),
-        }
+        crate::config::defaults()
     }
 }
 

@@ -17,21 +17,36 @@ impl std::fmt::Debug for Secret {
     }
 }
 
+/// The environment variable that may hold the secret itself (64 hex digits), for both servers.
+pub const SECRET_ENV: &str = "ACCOUNT_DB_SECRET";
+
 /// Why a secret could not be had.
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
+    /// Text given as a secret (in [`SECRET_ENV`], say) is not 64 hex digits.
     #[error("a secret must be 64 hex digits (32 bytes)")]
     Malformed,
+    /// A secret file holds something other than 64 hex digits.
+    #[error("the secret file {path} does not hold 64 hex digits (32 bytes)")]
+    MalformedFile { path: String },
+    /// A secret file exists but cannot be read (permissions, say).
     #[error("cannot read the secret file {path}: {source}")]
     Read {
         path: String,
         source: std::io::Error,
     },
+    /// A missing secret file cannot be created (no such directory, read-only disk).
     #[error("cannot create the secret file {path}: {source}")]
     Create {
         path: String,
         source: std::io::Error,
     },
+    /// login-server was pointed at an account-db (`--db`) but given no secret for it.
+    #[error(
+        "account-db requires its secret: pass --db-secret-file (account-db writes \
+         DATA/account-db.secret) or set {SECRET_ENV}"
+    )]
+    Missing,
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -73,13 +88,23 @@ impl Secret {
             .map_err(|_| SecretError::Malformed)
     }
 
+    /// The secret in the environment variable [`SECRET_ENV`], if it is set.
+    pub fn from_env() -> Result<Option<Secret>, SecretError> {
+        match std::env::var(SECRET_ENV) {
+            Ok(hex) => Secret::from_hex(&hex).map(Some),
+            Err(_) => Ok(None),
+        }
+    }
+
     /// Read a secret file.
     pub fn read(path: &Path) -> Result<Secret, SecretError> {
         let text = std::fs::read_to_string(path).map_err(|source| SecretError::Read {
             path: path.display().to_string(),
             source,
         })?;
-        Secret::from_hex(&text)
+        Secret::from_hex(&text).map_err(|_| SecretError::MalformedFile {
+            path: path.display().to_string(),
+        })
     }
 
     /// Read the secret file at `path`, or create it (mode 0600) with a fresh secret.

@@ -39,7 +39,8 @@ pub enum Scan {
     Invalid(FrameError),
 }
 
-/// Why a byte stream cannot be framed. Each is answered with code 6 and the connection closed.
+/// Why a byte stream cannot be framed. Each is answered "bad request" (6) and the connection
+/// closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum FrameError {
     /// The first non-whitespace byte of a message is neither `[` nor `{`.
@@ -201,7 +202,7 @@ impl std::fmt::Debug for Request {
 /// An `"id"` to echo: a JSON string or number, kept as it came.
 pub type Id = Value;
 
-/// A message that is well framed but is not a valid request: answered with code 6.
+/// A message that is well framed but is not a valid request: answered "bad request" (6).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BadRequest {
     /// What is wrong, for the reply's `info`.
@@ -309,7 +310,7 @@ pub enum Code {
     TooManyAttempts = 8,
 }
 
-/// Why a registration failed (code 5).
+/// Why a registration failed ("registration refused", 5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RegisterFailure {
@@ -326,7 +327,7 @@ pub struct Reply {
     pub reason: Option<RegisterFailure>,
     /// The account's spelling as registered, on codes 3 and 4.
     pub username: Option<String>,
-    /// Seconds until a locked login may be tried again, on code 8.
+    /// Seconds until a locked login may be tried again, on "too many attempts" (8).
     pub retry_after: Option<u64>,
 }
 

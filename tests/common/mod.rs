@@ -2,12 +2,11 @@
 //! over raw TCP as the seed's gateway does.
 #![allow(dead_code)] // each test file uses its own part of this
 
-use login_server::accountdb::server::{self as dbserver, AccountDb};
+use login_server::accountdb::client::ClientConfig;
 use login_server::accountdb::store::SqliteStore;
 use login_server::auth::password::HashParams;
 use login_server::auth::secret::Secret;
-use login_server::server::Config;
-use login_server::LoginServer;
+use login_server::{AccountDb, AccountDbConfig, LoginServer, LoginServerConfig};
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -36,22 +35,26 @@ impl Tiers {
 /// Start an account-db on `dir`, admitting those who know `secret`.
 pub fn start_db(dir: &std::path::Path, secret: &Secret) -> AccountDb {
     let store = SqliteStore::open(dir).expect("open store");
-    let config = dbserver::Config::new("127.0.0.1:0".parse().unwrap(), secret.clone());
+    let config = AccountDbConfig::embedded("127.0.0.1:0".parse().unwrap(), secret.clone());
     AccountDb::spawn(config, Arc::new(store)).expect("start account-db")
 }
 
 /// The test configuration: cheap hashes, few threads, 127.0.0.1:0.
-pub fn config(db: SocketAddr, secret: &Secret) -> Config {
-    let mut config = Config::new("127.0.0.1:0".parse().unwrap(), db, secret.clone());
-    config.hash_params = HashParams::CHEAPEST;
-    config.workers = 2;
-    config.hash_threads = 2;
-    config.db.pool_size = 2;
-    config
+pub fn config(db: SocketAddr, secret: &Secret) -> LoginServerConfig {
+    LoginServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        db: Some(db),
+        db_secret: Some(secret.clone()),
+        hash_params: HashParams::CHEAPEST,
+        workers: Some(2),
+        hash_threads: Some(2),
+        db_pool: Some(2),
+        ..LoginServerConfig::default()
+    }
 }
 
 /// Both tiers, with `tweak` applied to the login-server's configuration.
-pub fn start_with(tweak: impl FnOnce(&mut Config)) -> Tiers {
+pub fn start_with(tweak: impl FnOnce(&mut LoginServerConfig)) -> Tiers {
     let dir = tempfile::tempdir().expect("tempdir");
     let secret = Secret::generate();
     let db = start_db(dir.path(), &secret);
@@ -188,8 +191,13 @@ impl DbProcess {
     }
 
     /// The test login-server configuration for this account-db.
-    pub fn config(&self) -> Config {
+    pub fn config(&self) -> LoginServerConfig {
         config(self.addr, &self.secret)
+    }
+
+    /// How the test login-server reaches this account-db.
+    pub fn client_config(&self) -> ClientConfig {
+        self.config().db_client(self.addr, self.secret.clone())
     }
 
     /// Send a signal by name (KILL, STOP, CONT, TERM, INT).

@@ -27,31 +27,28 @@ pub struct SqliteStore {
     writer: Mutex<Connection>,
 }
 
-fn failed(e: rusqlite::Error) -> StoreError {
-    StoreError::Failed(e.to_string())
-}
-
 fn open_connection(path: &Path) -> Result<Connection, StoreError> {
-    let conn = Connection::open(path).map_err(failed)?;
+    let conn = Connection::open(path)?;
     // FULL: a commit is on disk before `create` returns, so an acknowledged registration
     // survives a crash of the process and of the machine.
     conn.execute_batch(
         "PRAGMA journal_mode = WAL;
          PRAGMA synchronous = FULL;
          PRAGMA busy_timeout = 5000;",
-    )
-    .map_err(failed)?;
+    )?;
     Ok(conn)
 }
 
 impl SqliteStore {
     /// Open (creating if needed) the store in directory `dir`.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| StoreError::Failed(format!("cannot create {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::DataDir {
+            path: dir.to_path_buf(),
+            source,
+        })?;
         let path = dir.join(FILE_NAME);
         let writer = open_connection(&path)?;
-        writer.execute_batch(SCHEMA).map_err(failed)?;
+        writer.execute_batch(SCHEMA)?;
         let reader = open_connection(&path)?;
         Ok(SqliteStore {
             reader: Mutex::new(reader),
@@ -63,9 +60,7 @@ impl SqliteStore {
 impl Store for SqliteStore {
     fn find(&self, username: &str) -> Result<Option<Account>, StoreError> {
         let conn = self.reader.lock();
-        let mut stmt = conn
-            .prepare_cached("SELECT username, hash FROM accounts WHERE key = ?1")
-            .map_err(failed)?;
+        let mut stmt = conn.prepare_cached("SELECT username, hash FROM accounts WHERE key = ?1")?;
         stmt.query_row(params![fold(username)], |row| {
             Ok(Account {
                 username: row.get(0)?,
@@ -73,7 +68,7 @@ impl Store for SqliteStore {
             })
         })
         .optional()
-        .map_err(failed)
+        .map_err(StoreError::from)
     }
 
     fn create(&self, account: &Account, request_id: &str) -> Result<Created, StoreError> {
@@ -81,30 +76,25 @@ impl Store for SqliteStore {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
         let conn = self.writer.lock();
-        let mut stmt = conn
-            .prepare_cached(
-                "INSERT INTO accounts (key, username, hash, created_at, request_id)
+        let mut stmt = conn.prepare_cached(
+            "INSERT INTO accounts (key, username, hash, created_at, request_id)
                  VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (key) DO NOTHING",
-            )
-            .map_err(failed)?;
+        )?;
         let key = fold(&account.username);
-        let inserted = stmt
-            .execute(params![
-                key,
-                account.username,
-                account.hash,
-                now,
-                request_id
-            ])
-            .map_err(failed)?;
+        let inserted = stmt.execute(params![
+            key,
+            account.username,
+            account.hash,
+            now,
+            request_id
+        ])?;
         if inserted == 1 {
             return Ok(Created::New);
         }
         // Taken: by this very request (a repeat after a lost reply), or by another.
         let stored_by: String = conn
             .prepare_cached("SELECT request_id FROM accounts WHERE key = ?1")
-            .and_then(|mut stmt| stmt.query_row(params![key], |row| row.get(0)))
-            .map_err(failed)?;
+            .and_then(|mut stmt| stmt.query_row(params![key], |row| row.get(0)))?;
         Ok(if stored_by == request_id {
             Created::New
         } else {
@@ -114,18 +104,14 @@ impl Store for SqliteStore {
 
     fn update_hash(&self, username: &str, hash: &str) -> Result<bool, StoreError> {
         let conn = self.writer.lock();
-        let mut stmt = conn
-            .prepare_cached("UPDATE accounts SET hash = ?2 WHERE key = ?1")
-            .map_err(failed)?;
-        let updated = stmt
-            .execute(params![fold(username), hash])
-            .map_err(failed)?;
+        let mut stmt = conn.prepare_cached("UPDATE accounts SET hash = ?2 WHERE key = ?1")?;
+        let updated = stmt.execute(params![fold(username), hash])?;
         Ok(updated == 1)
     }
 
     fn ping(&self) -> Result<(), StoreError> {
         let conn = self.reader.lock();
-        conn.query_row("SELECT 1", [], |_| Ok(())).map_err(failed)
+        Ok(conn.query_row("SELECT 1", [], |_| Ok(()))?)
     }
 }
 

@@ -2,8 +2,8 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
+use gateway_sim::stress::{Mix, Options, Run};
 use login_server::protocol::gateway::{Form, Op};
-use login_server::sim::stress::{Mix, Options, Run};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -112,7 +112,7 @@ fn main() -> anyhow::Result<()> {
                 OpArg::Login => Op::Login,
                 OpArg::Register => Op::Register,
             };
-            let reply = login_server::sim::send_seed(
+            let reply = gateway_sim::send_seed(
                 target,
                 op,
                 &username,

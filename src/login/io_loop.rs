@@ -2,12 +2,13 @@
 //! worker, with `mio`. It reads without blocking, frames, enforces the message and idle
 //! deadlines, and puts a connection on the bounded job channel only once it holds a whole
 //! message, so an idle, silent or trickling client costs no worker. When the channel is full
-//! the request is answered 7 at once: load is shed, never queued without bound.
+//! the request is answered "unavailable" (7) at once: load is shed, never queued without bound.
 
-use super::conn::{Conn, Incoming};
-use super::worker::{Back, Job, Returns};
+use super::conn::{Conn, Deadlines, Incoming, Next};
+use super::returns::{Back, Returns};
+use super::workers::Job;
 use crate::metrics::Metrics;
-use crate::protocol::gateway::{Reply, Scan};
+use crate::protocol::gateway::Reply;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
@@ -25,16 +26,13 @@ const LISTENER: Token = Token(usize::MAX - 1);
 const TICK: Duration = Duration::from_millis(100);
 /// Bytes read from a socket at once.
 const READ_CHUNK: usize = 16 * 1024;
-/// How long a refused connection is drained before it is closed regardless.
-const LINGER: Duration = Duration::from_secs(2);
 
 /// The I/O thread's limits.
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub max_connections: usize,
     pub max_message: usize,
-    pub message_timeout: Duration,
-    pub idle_timeout: Duration,
+    pub deadlines: Deadlines,
     pub shutdown_timeout: Duration,
 }
 
@@ -43,16 +41,6 @@ enum Slot {
     Here(Box<Conn>),
     /// With a worker or a hash thread; it comes back through [`Returns`].
     Away,
-}
-
-/// What to do with a connection after looking at it.
-enum Next {
-    Keep,
-    /// Close, gently if unread input could reset it (see [`Conn::needs_linger`]).
-    Close,
-    /// Close at once.
-    Drop,
-    Dispatch,
 }
 
 /// The I/O thread's state. [`IoLoop::run`] consumes it.
@@ -64,7 +52,7 @@ pub struct IoLoop {
     pub returns: Arc<Returns>,
     pub stopping: Arc<AtomicBool>,
     pub limits: Limits,
-    pub metrics: Arc<Metrics>,
+    pub metrics: Metrics,
 }
 
 struct State {
@@ -118,7 +106,7 @@ impl IoLoop {
             while let Ok(back) = self.back.try_recv() {
                 match back {
                     Back::Conn(conn) => {
-                        let token = conn.token;
+                        let token = conn.token();
                         state.slots[token] = Slot::Here(conn);
                         self.drive(&mut state, token);
                     }
@@ -141,8 +129,8 @@ impl IoLoop {
                 last_sweep = now;
                 self.sweep(&mut state, now);
             }
-            let open = state.slots.len() as i64;
-            self.metrics.open_connections.store(open, Ordering::Relaxed);
+            let open = i64::try_from(state.slots.len()).unwrap_or(i64::MAX);
+            self.metrics.open_connections.set(open);
             if let Some(deadline) = stop_deadline {
                 if state.slots.is_empty() || now >= deadline {
                     if !state.slots.is_empty() {
@@ -167,9 +155,7 @@ impl IoLoop {
             };
             if state.slots.len() >= self.limits.max_connections {
                 tracing::debug!(%peer, "refused a connection: at --max-connections");
-                self.metrics
-                    .refused_connections
-                    .fetch_add(1, Ordering::Relaxed);
+                self.metrics.refused_connections.inc();
                 continue;
             }
             let entry = state.slots.vacant_entry();
@@ -198,7 +184,7 @@ impl IoLoop {
         let Some(Slot::Here(conn)) = state.slots.get_mut(token) else {
             return; // away with a worker, or already closed: it is looked at when it is back
         };
-        match self.next_step(conn, &mut state.scratch) {
+        match conn.on_event(&mut state.scratch, self.limits.max_message) {
             Next::Keep => {}
             Next::Close => close(state, token),
             Next::Drop => {
@@ -214,7 +200,7 @@ impl IoLoop {
                     Err(TrySendError::Full(Job(mut conn))) => {
                         let next = shed(&mut conn);
                         state.slots[token] = Slot::Here(conn);
-                        if let Next::Close = next {
+                        if next == Next::Close {
                             close(state, token);
                         }
                     }
@@ -226,75 +212,16 @@ impl IoLoop {
         }
     }
 
-    fn next_step(&self, conn: &mut Conn, scratch: &mut [u8]) -> Next {
-        if conn.lingering_since.is_some() {
-            return if conn.drain(scratch) {
-                Next::Drop
-            } else {
-                Next::Keep
-            };
-        }
-        if conn.has_output() && conn.flush().is_err() {
-            return Next::Drop;
-        }
-        if conn.has_output() {
-            return Next::Keep; // produce no more replies until these are taken
-        }
-        if conn.closing {
-            return Next::Close;
-        }
-        if let Err(e) = conn.fill(scratch, self.limits.max_message) {
-            tracing::debug!(peer = %conn.peer, error = %e, "read failed");
-            return Next::Close;
-        }
-        match conn.scan() {
-            Scan::Complete { .. } => {
-                conn.ready_at = Instant::now();
-                Next::Dispatch
-            }
-            Scan::Invalid(error) => {
-                conn.refuse(error);
-                settle(conn)
-            }
-            Scan::Partial if conn.eof => {
-                conn.refuse("connection closed in the middle of a message");
-                settle(conn)
-            }
-            Scan::Empty if conn.eof => Next::Close,
-            Scan::Partial | Scan::Empty => Next::Keep,
-        }
-    }
-
     /// Enforce deadlines, retry accepting, and at shutdown close what is idle.
     fn sweep(&self, state: &mut State, now: Instant) {
         if state.listening {
             self.accept(state);
         }
         let stopping = !state.listening;
-        let limits = &self.limits;
         let (mut close, mut drop) = (Vec::new(), Vec::new());
         for (token, slot) in state.slots.iter_mut() {
             let Slot::Here(conn) = slot else { continue };
-            let quiet = now.saturating_duration_since(conn.last_activity);
-            let next = match (conn.lingering_since, conn.message_started) {
-                (Some(since), _) if now.saturating_duration_since(since) > LINGER => Next::Drop,
-                (Some(_), _) => Next::Keep,
-                (None, Some(started))
-                    if now.saturating_duration_since(started) > limits.message_timeout =>
-                {
-                    conn.refuse(format!(
-                        "message not completed within {} s",
-                        limits.message_timeout.as_secs_f32()
-                    ));
-                    settle(conn)
-                }
-                // A peer that does not read its replies is dropped like a silent one.
-                _ if conn.has_output() && quiet > limits.message_timeout => Next::Close,
-                _ if quiet > limits.idle_timeout => Next::Close,
-                _ if stopping && !conn.has_output() => Next::Close,
-                _ => Next::Keep,
-            };
-            match next {
+            match conn.on_tick(now, self.limits.deadlines, stopping) {
                 Next::Close => close.push(token),
                 Next::Drop => drop.push(token),
                 Next::Keep | Next::Dispatch => {}
@@ -309,30 +236,20 @@ impl IoLoop {
     }
 }
 
-/// Close a connection, first half-closing and draining it if it needs that.
+/// Close a connection, or let it linger if it must (see [`Conn::close`]).
 fn close(state: &mut State, token: usize) {
     if let Some(Slot::Here(conn)) = state.slots.get_mut(token) {
-        if conn.needs_linger() {
-            conn.linger();
+        if !conn.close() {
             return;
         }
     }
     state.slots.remove(token);
 }
 
-/// Write what can be written; close if that was the last thing to say.
-fn settle(conn: &mut Conn) -> Next {
-    match conn.flush() {
-        Ok(true) if conn.closing => Next::Close,
-        Ok(_) => Next::Keep,
-        Err(_) => Next::Drop,
-    }
-}
-
-/// The job channel is full: answer the connection's whole messages with 7 right here.
+/// The job channel is full: answer the connection's whole messages "unavailable" right here.
 fn shed(conn: &mut Conn) -> Next {
     let busy = Reply::unavailable("server busy, retry later");
-    while !conn.closing {
+    while conn.is_open() {
         match conn.next_message() {
             None => break,
             Some(Incoming::Request { form, id, request }) => {
@@ -342,5 +259,5 @@ fn shed(conn: &mut Conn) -> Next {
             Some(Incoming::Broken(error)) => conn.refuse(error),
         }
     }
-    settle(conn)
+    conn.settle()
 }

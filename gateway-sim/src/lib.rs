@@ -4,7 +4,7 @@
 pub mod report;
 pub mod stress;
 
-use crate::protocol::gateway::Op;
+use login_server::protocol::gateway::Op;
 use serde_json::json;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};

@@ -1,7 +1,7 @@
 //! What a stress run measured: [`Recorder`] collects on each load thread, [`Report`] sums up
 //! and prints as a table, as JSON, or as an SVG plot over time.
 
-use super::stress::{classify, Kind, Live};
+use crate::stress::{classify, Kind, Live};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -57,7 +57,11 @@ impl Recorder {
 
     /// A reply arrived for a request of `kind` that was due at `due`.
     pub fn reply(&mut self, kind: Kind, due: Instant, code: Option<u64>, live: &Live) {
-        let now = Instant::now();
+        self.reply_at(kind, due, Instant::now(), code, live);
+    }
+
+    /// A reply arrived at `now` for a request of `kind` that was due at `due`.
+    fn reply_at(&mut self, kind: Kind, due: Instant, now: Instant, code: Option<u64>, live: &Live) {
         let micros = (now.saturating_duration_since(due).as_micros() as u64).clamp(1, MAX_MICROS);
         let _ = self
             .latency
@@ -127,6 +131,7 @@ impl Recorder {
                 },
             );
         }
+        let secs = elapsed.as_secs_f64().max(1e-9);
         let per_second = self
             .per_second
             .iter()
@@ -134,10 +139,10 @@ impl Recorder {
             .map(|(second, h)| Second {
                 second: second as u64,
                 requests: h.len(),
+                rate: h.len() as f64 / covered(second, secs),
                 p99_ms: h.value_at_quantile(0.99) as f64 / 1000.0,
             })
             .collect();
-        let secs = elapsed.as_secs_f64().max(1e-9);
         Report {
             elapsed_s: secs,
             requests: all.len(),
@@ -154,6 +159,13 @@ impl Recorder {
             per_second,
         }
     }
+}
+
+/// How much of second `second` (counted from 0) a run of `elapsed` seconds covers: 1 for a
+/// whole second, less for the last one. A reply recorded after `elapsed` (it cannot be, but
+/// clocks are read apart) still counts over at least a millisecond, not over nothing.
+fn covered(second: usize, elapsed: f64) -> f64 {
+    (elapsed - second as f64).clamp(1e-3, 1.0)
 }
 
 /// Latency percentiles in milliseconds.
@@ -190,7 +202,11 @@ pub struct KindReport {
 #[derive(Debug, Clone, Serialize)]
 pub struct Second {
     pub second: u64,
+    /// Requests answered during this second, or the part of it the run covered.
     pub requests: u64,
+    /// Answered requests per second over the time this bucket really covers: the last second
+    /// of a run is usually partial, and counting it as whole would draw a dip.
+    pub rate: f64,
     pub p99_ms: f64,
 }
 
@@ -273,7 +289,7 @@ impl Report {
         line_chart(
             &top,
             "throughput (requests/s)",
-            &per_second(|s| s.requests as f64),
+            &per_second(|s| s.rate),
             &BLUE,
         )?;
         line_chart(&bottom, "p99 latency (ms)", &per_second(|s| s.p99_ms), &RED)?;
@@ -308,4 +324,34 @@ fn line_chart<DB: plotters::prelude::DrawingBackend>(
         .draw_series(LineSeries::new(points.iter().copied(), color))
         .map_err(|e| err(&e))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_partial_last_second_is_rated_over_the_time_it_covers() {
+        let start = Instant::now();
+        let mut recorder = Recorder::new(start);
+        let live = Live::default();
+        // 100 replies in the first second, 25 in the quarter second that follows it.
+        for i in 0..125u64 {
+            let at = if i < 100 { 0.5 } else { 1.1 };
+            let due = start + Duration::from_secs_f64(at) - Duration::from_millis(1);
+            recorder.reply_at(
+                Kind::Login,
+                due,
+                start + Duration::from_secs_f64(at),
+                Some(3),
+                &live,
+            );
+        }
+        let report = recorder.report(Duration::from_secs_f64(1.25));
+        let rates: Vec<f64> = report.per_second.iter().map(|s| s.rate).collect();
+        assert_eq!(rates.len(), 2);
+        assert!((rates[0] - 100.0).abs() < 1e-6, "{rates:?}");
+        assert!((rates[1] - 100.0).abs() < 1e-6, "no dip: {rates:?}");
+        assert_eq!(report.per_second[1].requests, 25);
+    }
 }

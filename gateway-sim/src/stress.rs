@@ -6,9 +6,9 @@
 //! latency is measured from then, not from when it was sent, so a stalled server cannot hide
 //! its queueing (no coordinated omission).
 
-use super::report::{Recorder, Report, Transport};
-use crate::protocol::gateway::Form;
+use crate::report::{Recorder, Report, Transport};
 use crossbeam_channel::{bounded, unbounded};
+use login_server::protocol::gateway::Form;
 use serde_json::json;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -233,6 +233,7 @@ impl Requests {
 }
 
 /// Shared between the threads of a run.
+#[derive(Default)]
 pub struct Live {
     pub completed: AtomicU64,
     pub errors: AtomicU64,
@@ -454,11 +455,14 @@ fn register_users(options: &Options) -> io::Result<()> {
 /// Why a run could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum StressError {
+    /// Registering the accounts that logins pick from failed: the target is not listening,
+    /// or does not answer as a login-server.
     #[error("cannot register the stress accounts on {target}: {source}")]
     Setup {
         target: SocketAddr,
         source: io::Error,
     },
+    /// The OS refused a client thread (resource limits).
     #[error("cannot start a load thread: {0}")]
     Threads(io::Error),
 }

@@ -1,102 +1,73 @@
-//! [`LoginServer`]: the gateway-facing server. Its configuration, how its threads are started,
-//! and the handle that stops them.
+//! [`LoginServer`]: the gateway-facing server. How its threads are started, and the handle
+//! that stops them. Without `--db` it also runs an account-db embedded in the process.
 //!
 //! ```text
 //! gateway ── io_loop (1 thread, mio) ──job channel──▶ workers (--workers)
 //!                ▲                                      │ cheap part: validate, look up
 //!                │                                      ▼
-//!                └──────── returns ◀──── hash threads (cap on hashes at once)
+//!                └──────── returns ◀──── hash threads (hashing: a cap on hashes at once)
 //! ```
 
+mod config;
 mod conn;
+mod hashing;
 mod io_loop;
-mod worker;
+mod returns;
+mod workers;
 
-use crate::accountdb::client::{ClientConfig, RemoteStore};
-use crate::accountdb::store::Store;
-use crate::auth::password::{HashError, HashParams, Hasher};
-use crate::auth::secret::Secret;
+pub use config::LoginServerConfig;
+
+use crate::accountdb::client::RemoteStore;
+use crate::accountdb::server::{AccountDb, AccountDbStartError};
+use crate::accountdb::store::{SqliteStore, Store, StoreError};
+use crate::accountdb::AccountDbConfig;
+use crate::auth::password::{HashError, Hasher};
+use crate::auth::secret::{Secret, SecretError};
 use crate::http::{HttpEndpoint, Routes};
-use crate::metrics::{Gauges, Metrics};
-use crate::service::{Options as ServiceOptions, Service};
+use crate::metrics::{Gauges, LiveGauge, Metrics};
+use crate::service::Service;
+use conn::Deadlines;
+use hashing::Permits;
 use io_loop::{IoLoop, Limits, WAKER};
+use returns::Returns;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
-use worker::{Permits, Returns, Worker};
+use workers::Worker;
 
-/// Reads the account-db pool's (open, idle) connections, for the metrics.
-pub type PoolState = Box<dyn Fn() -> Option<(u32, u32)> + Send + Sync>;
-
-/// Everything a login-server needs to start.
-#[derive(Debug, Clone)]
-pub struct Config {
-    pub listen: SocketAddr,
-    /// Worker threads: the cheap part of each request, including the account-db lookup.
-    pub workers: usize,
-    /// Whole messages waiting for a worker (and, separately, for a hash thread) before new
-    /// ones are answered 7.
-    pub queue: usize,
-    pub max_connections: usize,
-    /// Hashes computed at once: the number of hash threads.
-    pub hash_threads: usize,
-    pub hash_params: HashParams,
-    /// Name rules, throttling, hiding whether users exist.
-    pub service: ServiceOptions,
-    /// Largest gateway message, in bytes.
-    pub max_message: usize,
-    /// A message must arrive whole within this time of its first byte.
-    pub message_timeout: Duration,
-    /// A connection with nothing to say for this long is closed.
-    pub idle_timeout: Duration,
-    /// How long shutdown waits for accepted requests to be answered.
-    pub shutdown_timeout: Duration,
-    pub db: ClientConfig,
-    /// Where to serve `/metrics`, `/healthz` and `/readyz`, if anywhere.
-    pub metrics_listen: Option<SocketAddr>,
-}
-
-/// The number of CPU cores, or 1 if it cannot be told.
-pub fn cores() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
-impl Config {
-    /// The defaults, listening on `listen` and reaching account-db at `db` with `secret`.
-    pub fn new(listen: SocketAddr, db: SocketAddr, secret: Secret) -> Config {
-        let workers = 4 * cores();
-        Config {
-            listen,
-            workers,
-            queue: 1024,
-            max_connections: 10_000,
-            hash_threads: cores(),
-            hash_params: HashParams::default(),
-            service: ServiceOptions::default(),
-            max_message: 64 * 1024,
-            message_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(5 * 60),
-            shutdown_timeout: Duration::from_secs(10),
-            db: ClientConfig::new(db, secret, workers as u32),
-            metrics_listen: None,
-        }
-    }
-}
+/// Reads the account-db pool's (open, idle) connections, for the metrics; `None` when not
+/// pooled.
+pub type PoolState = Arc<dyn Fn() -> Option<(u32, u32)> + Send + Sync>;
 
 /// Why a login-server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// `--listen` cannot be bound: in use, or not an address of this host.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    /// `--hash-params` are outside argon2's limits.
     #[error(transparent)]
     HashParams(#[from] HashError),
+    /// `--db` is set but its secret cannot be had.
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    /// The embedded account-db's store (`--data`) cannot be opened.
+    #[error("cannot open the account store in {data}: {source}")]
+    Store {
+        data: std::path::PathBuf,
+        source: StoreError,
+    },
+    /// The embedded account-db cannot start.
+    #[error("cannot start the embedded account-db: {0}")]
+    Embedded(#[from] AccountDbStartError),
+    /// The OS refuses a thread or a poller (resource limits).
     #[error("cannot start the I/O thread or workers: {0}")]
     Threads(#[from] std::io::Error),
+    /// `--metrics-listen` cannot be bound.
     #[error("cannot serve metrics on {addr}: {source}")]
     Metrics {
         addr: SocketAddr,
@@ -111,6 +82,8 @@ pub struct LoginServer {
     stopping: Arc<AtomicBool>,
     returns: Arc<Returns>,
     threads: Vec<JoinHandle<()>>,
+    /// The account-db it runs in-process, without `--db`; stopped after the login-server.
+    embedded: Option<AccountDb>,
 }
 
 /// A non-blocking listener with a deep accept backlog (std's is 128; the seed's was 5), so a
@@ -130,22 +103,46 @@ fn spawn_named(name: String, f: impl FnOnce() + Send + 'static) -> std::io::Resu
 }
 
 impl LoginServer {
-    /// Bind `config.listen` and start the I/O thread, workers and hash threads, reaching
-    /// account-db as `config.db` says.
-    pub fn spawn(config: Config) -> Result<LoginServer, StartError> {
-        let metrics = Arc::new(Metrics::default());
-        let remote = Arc::new(RemoteStore::new(&config.db, metrics.clone()));
+    /// Start as `config` says: bind `--listen`, start the I/O thread, workers and hash threads,
+    /// and reach account-db at `--db`, or start one embedded on an ephemeral loopback port,
+    /// storing under `--data`, with a fresh secret that never leaves memory.
+    pub fn spawn(config: LoginServerConfig) -> Result<LoginServer, StartError> {
+        let (addr, secret, embedded) = match config.db {
+            Some(addr) => (addr, config.resolve_db_secret()?, None),
+            None => {
+                let store =
+                    SqliteStore::open(&config.data).map_err(|source| StartError::Store {
+                        data: config.data.clone(),
+                        source,
+                    })?;
+                let secret = Secret::generate();
+                let listen = SocketAddr::from(([127, 0, 0, 1], 0));
+                let db = AccountDb::spawn(
+                    AccountDbConfig::embedded(listen, secret.clone()),
+                    Arc::new(store),
+                )?;
+                tracing::info!(addr = %db.local_addr(), data = %config.data.display(), "embedded account-db started");
+                (db.local_addr(), secret, Some(db))
+            }
+        };
+        let metrics = Metrics::default();
+        let remote = Arc::new(RemoteStore::new(
+            &config.db_client(addr, secret),
+            metrics.clone(),
+        ));
         let pool = remote.clone();
-        let pool_state: PoolState = Box::new(move || pool.pool_state());
-        LoginServer::spawn_with_store(config, remote, pool_state, metrics)
+        let pool_state: PoolState = Arc::new(move || pool.pool_state());
+        let mut server = LoginServer::spawn_with_store(config, remote, pool_state, metrics)?;
+        server.embedded = embedded;
+        Ok(server)
     }
 
     /// [`LoginServer::spawn`] over any store: for tests that inject faults around the real one.
     pub fn spawn_with_store(
-        config: Config,
+        config: LoginServerConfig,
         store: Arc<dyn Store>,
         pool_state: PoolState,
-        metrics: Arc<Metrics>,
+        metrics: Metrics,
     ) -> Result<LoginServer, StartError> {
         let hasher = Hasher::new(config.hash_params)?;
         let listener = listen(config.listen).map_err(|source| StartError::Listen {
@@ -170,22 +167,29 @@ impl LoginServer {
         let stopping = Arc::new(AtomicBool::new(false));
 
         let permits = Arc::new(Permits::new(
-            config.hash_threads.max(1),
+            config.hash_threads(),
             hash_rx.clone(),
             metrics.clone(),
         ));
         let metrics_endpoint = match config.metrics_listen {
             None => None,
             Some(addr) => {
-                let (jobs, hash_jobs, m) = (job_rx.clone(), hash_rx.clone(), metrics.clone());
+                let depth = |len: usize| i64::try_from(len).unwrap_or(i64::MAX);
+                let (jobs, hash_jobs) = (job_rx.clone(), hash_rx.clone());
+                let pool = pool_state().map(|_| {
+                    let (open, idle) = (pool_state.clone(), pool_state.clone());
+                    (
+                        LiveGauge::new(move || open().map_or(0, |p| i64::from(p.0))),
+                        LiveGauge::new(move || idle().map_or(0, |p| i64::from(p.1))),
+                    )
+                });
+                let registry = metrics.registry(Gauges {
+                    queue_depth: LiveGauge::new(move || depth(jobs.len())),
+                    hash_queue_depth: LiveGauge::new(move || depth(hash_jobs.len())),
+                    pool,
+                });
                 let routes = Routes {
-                    metrics: Box::new(move || {
-                        m.render(&Gauges {
-                            queue_depth: jobs.len(),
-                            hash_queue_depth: hash_jobs.len(),
-                            pool: pool_state(),
-                        })
-                    }),
+                    registry,
                     ready: Box::new(move || store.ping().is_ok()),
                 };
                 let endpoint = HttpEndpoint::spawn(addr, routes)
@@ -195,23 +199,24 @@ impl LoginServer {
         };
 
         let mut threads = Vec::new();
-        for i in 0..config.workers.max(1) {
+        for i in 0..config.workers() {
             let worker = Worker {
                 jobs: job_rx.clone(),
                 hash_jobs: hash_tx.clone(),
                 permits: permits.clone(),
                 service: service.clone(),
                 returns: returns.clone(),
+                metrics: metrics.clone(),
                 scratch: vec![0; 16 * 1024],
                 max_message: config.max_message,
             };
             threads.push(spawn_named(format!("worker-{i}"), move || worker.run())?);
         }
-        for i in 0..config.hash_threads.max(1) {
+        for i in 0..config.hash_threads() {
             let (hash_jobs, permits) = (hash_rx.clone(), permits.clone());
             let (service, returns) = (service.clone(), returns.clone());
             threads.push(spawn_named(format!("hash-{i}"), move || {
-                worker::run_hasher(hash_jobs, permits, service, returns)
+                hashing::run_hasher(hash_jobs, permits, service, returns)
             })?);
         }
         let io_loop = IoLoop {
@@ -224,19 +229,29 @@ impl LoginServer {
             limits: Limits {
                 max_connections: config.max_connections,
                 max_message: config.max_message,
-                message_timeout: config.message_timeout,
-                idle_timeout: config.idle_timeout,
+                deadlines: Deadlines {
+                    message: config.message_timeout,
+                    idle: config.idle_timeout,
+                },
                 shutdown_timeout: config.shutdown_timeout,
             },
             metrics,
         };
         threads.push(spawn_named("io".into(), move || io_loop.run())?);
+        tracing::info!(
+            addr = %local_addr,
+            workers = config.workers(),
+            hash_threads = config.hash_threads(),
+            hash_params = %config.hash_params,
+            "login-server listening"
+        );
         Ok(LoginServer {
             local_addr,
             metrics_endpoint,
             stopping,
             returns,
             threads,
+            embedded: None,
         })
     }
 
@@ -262,6 +277,9 @@ impl LoginServer {
             let _ = thread.join();
         }
         self.metrics_endpoint.take();
+        if let Some(db) = self.embedded.take() {
+            db.shutdown();
+        }
     }
 }
 

@@ -1,0 +1,108 @@
+//! [`AccountDbConfig`]: every setting of account-db, with its flag, environment variable and
+//! default in one place.
+
+use crate::auth::secret::{Secret, SecretError};
+use crate::config::{at_least_one, seconds};
+use crate::logging::LogFormat;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The account store: accounts in SQLite, served to login-servers over TCP.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "account-db", version)]
+pub struct AccountDbConfig {
+    /// Address to listen on. Defaults to 127.0.0.1:9999.
+    #[arg(
+        long,
+        value_name = "ADDR",
+        env = "ACCOUNT_DB_LISTEN",
+        default_value = "127.0.0.1:9999"
+    )]
+    pub listen: SocketAddr,
+    /// Directory holding the database (accounts.sqlite3). Defaults to ./data.
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "ACCOUNT_DB_DATA",
+        default_value = "./data"
+    )]
+    pub data: PathBuf,
+    /// Connections served at once, each holding a handler thread; further ones are refused.
+    /// Defaults to 256.
+    #[arg(
+        long, value_name = "N",
+        env = "ACCOUNT_DB_MAX_CONNECTIONS",
+        default_value = "256",
+        value_parser = at_least_one
+    )]
+    pub max_connections: usize,
+    /// File holding the secret clients must prove (64 hex digits), created with mode 0600 if
+    /// missing; the environment variable ACCOUNT_DB_SECRET may hold the secret itself instead.
+    /// Defaults to DATA/account-db.secret.
+    #[arg(long, value_name = "PATH", env = "ACCOUNT_DB_SECRET_FILE")]
+    pub secret_file: Option<PathBuf>,
+    /// The secret itself, for embedding: it wins over the file and the environment.
+    #[arg(skip)]
+    pub secret: Option<Secret>,
+    /// Seconds an authenticated connection may send nothing before it is closed; longer than
+    /// login-server's pool keeps idle connections (300 s), so the pool retires them first.
+    /// Defaults to 900.
+    #[arg(long, value_name = "SECS", env = "ACCOUNT_DB_IDLE_TIMEOUT", default_value = "900", value_parser = seconds)]
+    pub idle_timeout: Duration,
+    /// Seconds a new connection has to prove the secret: one deadline for the whole
+    /// handshake, however slowly its bytes arrive. Defaults to 5.
+    #[arg(
+        long,
+        value_name = "SECS",
+        env = "ACCOUNT_DB_AUTH_TIMEOUT",
+        default_value = "5",
+        value_parser = seconds
+    )]
+    pub auth_timeout: Duration,
+    /// Serve Prometheus /metrics, /healthz and /readyz on this address. Defaults to none.
+    #[arg(long, value_name = "ADDR", env = "ACCOUNT_DB_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Log line format: text or json. Defaults to text.
+    #[arg(
+        long,
+        value_name = "FORMAT",
+        env = "ACCOUNT_DB_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+}
+
+impl Default for AccountDbConfig {
+    fn default() -> Self {
+        crate::config::defaults()
+    }
+}
+
+impl AccountDbConfig {
+    /// The defaults, listening on `listen` and admitting those who know `secret`.
+    pub fn embedded(listen: SocketAddr, secret: Secret) -> Self {
+        AccountDbConfig {
+            listen,
+            secret: Some(secret),
+            ..AccountDbConfig::default()
+        }
+    }
+
+    /// The secret clients must prove: [`Self::secret`], else the environment variable, else
+    /// the secret file (created if missing).
+    pub fn resolve_secret(&self) -> Result<Secret, SecretError> {
+        if let Some(secret) = &self.secret {
+            return Ok(secret.clone());
+        }
+        if let Some(secret) = Secret::from_env()? {
+            return Ok(secret);
+        }
+        let path = match &self.secret_file {
+            Some(path) => path.clone(),
+            None => self.data.join("account-db.secret"),
+        };
+        Secret::read_or_create(&path)
+    }
+}

@@ -1,0 +1,83 @@
+//! What the configuration structs share: how flags are parsed into them, how their defaults are
+//! had without flags, and the value parsers for seconds and ranges.
+//!
+//! Each setting is defined once, as a field of a configuration struct with clap's derive: its
+//! flag, its environment variable, its default and its doc comment ("Defaults to X") live
+//! together. `--help` and the README's flag tables come from there (a test keeps the README
+//! true).
+
+use clap::{Args, Parser};
+use std::time::Duration;
+
+/// Parse the process's arguments and environment into `T`. Defaults are stated by each flag's
+/// doc comment ("Defaults to X"), so clap's own `[default: X]` is not repeated in `--help`.
+pub fn parse<T: Parser>() -> T {
+    let matches = T::command()
+        .mut_args(|arg| {
+            let takes_value = arg.get_action().takes_values();
+            arg.hide_default_value(takes_value)
+        })
+        .get_matches();
+    T::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
+/// `T` as it is with no flags and no environment variables: every field at its default.
+pub fn defaults<T: Args>() -> T {
+    let matches = T::augment_args(clap::Command::new("defaults"))
+        .mut_args(|arg| arg.env(None))
+        .try_get_matches_from(["defaults"])
+        .unwrap_or_else(|e| unreachable!("the defaults must parse: {e}"));
+    T::from_arg_matches(&matches).unwrap_or_else(|e| unreachable!("the defaults must parse: {e}"))
+}
+
+/// The number of CPU cores, or 1 if it cannot be told.
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// A duration given in (fractional) seconds.
+pub fn seconds(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    Duration::try_from_secs_f64(secs)
+        .map_err(|_| format!("{s:?} is not a non-negative number of seconds"))
+}
+
+/// A whole number of at least 1.
+pub fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("{s:?} is not a whole number")),
+    }
+}
+
+/// `MIN,MAX`, with MIN ≤ MAX.
+pub fn range(s: &str) -> Result<(usize, usize), String> {
+    let (min, max) = s.split_once(',').ok_or("expected MIN,MAX")?;
+    let parse = |n: &str| n.trim().parse::<usize>().map_err(|e| e.to_string());
+    let (min, max) = (parse(min)?, parse(max)?);
+    if min > max {
+        return Err("MIN is larger than MAX".into());
+    }
+    Ok((min, max))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn value_parsers_accept_what_they_say_and_refuse_the_rest() {
+        assert_eq!(seconds("1.5"), Ok(Duration::from_millis(1500)));
+        assert!(seconds("-1").is_err());
+        assert!(seconds("soon").is_err());
+        assert_eq!(at_least_one("3"), Ok(3));
+        assert!(at_least_one("0").is_err());
+        assert_eq!(range("3,32"), Ok((3, 32)));
+        assert!(range("5,4").is_err());
+        assert!(range("5").is_err());
+    }
+}

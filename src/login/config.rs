@@ -1,0 +1,171 @@
+//! [`LoginServerConfig`]: every setting of login-server, with its flag, environment variable
+//! and default in one place.
+
+use crate::accountdb::client::ClientConfig;
+use crate::auth::password::HashParams;
+use crate::auth::secret::{Secret, SecretError};
+use crate::config::{at_least_one, cores, seconds};
+use crate::logging::LogFormat;
+use crate::service::Options as ServiceOptions;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Login and registration for game gateways: seed-compatible JSON over TCP.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "login-server", version)]
+pub struct LoginServerConfig {
+    /// Address to accept gateway connections on. Defaults to 127.0.0.1:6999.
+    #[arg(
+        long,
+        value_name = "ADDR",
+        env = "LOGIN_SERVER_LISTEN",
+        default_value = "127.0.0.1:6999"
+    )]
+    pub listen: SocketAddr,
+    /// Address of a running account-db. Defaults to none: an account-db runs embedded, on an
+    /// ephemeral loopback port, reached over TCP like a remote one.
+    #[arg(long, value_name = "ADDR", env = "LOGIN_SERVER_DB")]
+    pub db: Option<SocketAddr>,
+    /// Data directory of the embedded account-db (unused with --db). Defaults to ./data.
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "LOGIN_SERVER_DATA",
+        default_value = "./data"
+    )]
+    pub data: PathBuf,
+    /// File holding account-db's secret (64 hex digits), needed with --db; the environment
+    /// variable ACCOUNT_DB_SECRET may hold the secret itself instead. Defaults to none.
+    #[arg(long, value_name = "PATH", env = "LOGIN_SERVER_DB_SECRET_FILE")]
+    pub db_secret_file: Option<PathBuf>,
+    /// The secret itself, for embedding: it wins over the file and the environment.
+    #[arg(skip)]
+    pub db_secret: Option<Secret>,
+    /// Worker threads: the cheap part of each request, including the account-db lookup.
+    /// Defaults to 4 × CPU cores.
+    #[arg(long, value_name = "N", env = "LOGIN_SERVER_WORKERS", value_parser = at_least_one)]
+    pub workers: Option<usize>,
+    /// Whole messages waiting for a worker (and, apart, for a hash thread) before new ones are
+    /// answered "unavailable" (7) at once. Defaults to 1024.
+    #[arg(long, value_name = "N", env = "LOGIN_SERVER_QUEUE", default_value = "1024", value_parser = at_least_one)]
+    pub queue: usize,
+    /// Open gateway connections at most; further ones are closed at accept. Defaults to 10000.
+    #[arg(
+        long, value_name = "N",
+        env = "LOGIN_SERVER_MAX_CONNECTIONS",
+        default_value = "10000",
+        value_parser = at_least_one
+    )]
+    pub max_connections: usize,
+    /// Pooled account-db connections; 0 opens one per request, as the seed did. Defaults to
+    /// the worker count.
+    #[arg(long, value_name = "N", env = "LOGIN_SERVER_DB_POOL")]
+    pub db_pool: Option<u32>,
+    /// Seconds each account-db request, and getting a pooled connection, may take. Defaults
+    /// to 2.
+    #[arg(long, value_name = "SECS", env = "LOGIN_SERVER_DB_TIMEOUT", default_value = "2", value_parser = seconds)]
+    pub db_timeout: Duration,
+    /// argon2id parameters for new hashes: memory KiB, iterations, lanes. Defaults to
+    /// 19456,2,1 (OWASP's).
+    #[arg(
+        long,
+        value_name = "M,T,P",
+        env = "LOGIN_SERVER_HASH_PARAMS",
+        default_value = "19456,2,1"
+    )]
+    pub hash_params: HashParams,
+    /// Hashes computed at once (the hash threads). Defaults to the CPU cores.
+    #[arg(long, value_name = "N", env = "LOGIN_SERVER_HASH_THREADS", value_parser = at_least_one)]
+    pub hash_threads: Option<usize>,
+    /// Largest gateway message, in bytes. Defaults to 65536.
+    #[arg(
+        long, value_name = "BYTES",
+        env = "LOGIN_SERVER_MAX_MESSAGE",
+        default_value = "65536",
+        value_parser = at_least_one
+    )]
+    pub max_message: usize,
+    /// Seconds a message may take to arrive whole after its first byte. Defaults to 10.
+    #[arg(
+        long, value_name = "SECS",
+        env = "LOGIN_SERVER_MESSAGE_TIMEOUT",
+        default_value = "10",
+        value_parser = seconds
+    )]
+    pub message_timeout: Duration,
+    /// Seconds an idle connection is kept open. Defaults to 300.
+    #[arg(long, value_name = "SECS", env = "LOGIN_SERVER_IDLE_TIMEOUT", default_value = "300", value_parser = seconds)]
+    pub idle_timeout: Duration,
+    /// Seconds shutdown waits for accepted requests to be answered. Defaults to 10.
+    #[arg(
+        long, value_name = "SECS",
+        env = "LOGIN_SERVER_SHUTDOWN_TIMEOUT",
+        default_value = "10",
+        value_parser = seconds
+    )]
+    pub shutdown_timeout: Duration,
+    #[command(flatten)]
+    pub service: ServiceOptions,
+    /// Serve Prometheus /metrics, /healthz and /readyz on this address. Defaults to none.
+    #[arg(long, value_name = "ADDR", env = "LOGIN_SERVER_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Log line format: text or json. Defaults to text.
+    #[arg(
+        long,
+        value_name = "FORMAT",
+        env = "LOGIN_SERVER_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+}
+
+impl Default for LoginServerConfig {
+    fn default() -> Self {
+        crate::config::defaults()
+    }
+}
+
+impl LoginServerConfig {
+    /// Worker threads, the default resolved.
+    pub fn workers(&self) -> usize {
+        self.workers.unwrap_or_else(|| 4 * cores())
+    }
+
+    /// Hash threads, the default resolved.
+    pub fn hash_threads(&self) -> usize {
+        self.hash_threads.unwrap_or_else(cores)
+    }
+
+    /// Pooled account-db connections, the default resolved.
+    pub fn db_pool(&self) -> u32 {
+        self.db_pool
+            .unwrap_or_else(|| u32::try_from(self.workers()).unwrap_or(u32::MAX))
+    }
+
+    /// The secret of the account-db at `--db`: [`Self::db_secret`], else the environment
+    /// variable, else `--db-secret-file`.
+    pub fn resolve_db_secret(&self) -> Result<Secret, SecretError> {
+        if let Some(secret) = &self.db_secret {
+            return Ok(secret.clone());
+        }
+        if let Some(secret) = Secret::from_env()? {
+            return Ok(secret);
+        }
+        match &self.db_secret_file {
+            Some(path) => Secret::read(path),
+            None => Err(SecretError::Missing),
+        }
+    }
+
+    /// How to reach the account-db at `addr` that asks for `secret`, as these flags say.
+    pub fn db_client(&self, addr: SocketAddr, secret: Secret) -> ClientConfig {
+        ClientConfig {
+            addr,
+            secret,
+            pool_size: self.db_pool(),
+            timeout: self.db_timeout,
+        }
+    }
+}

@@ -1,0 +1,374 @@
+//! [`Conn`]: one gateway connection, its socket, its buffers, and its lifecycle. Whoever holds
+//! a `Conn` (the I/O thread, a worker or a hash thread) owns it; nobody else touches the socket
+//! meanwhile.
+//!
+//! Reads and writes never block: the socket is non-blocking, and what cannot be written now
+//! waits in the output buffer until the I/O thread sees the socket writable.
+//!
+//! A connection is in one [`Phase`]: open, closing (its last reply queued), or lingering
+//! (half-closed after a refusal, draining the peer's input so that closing cannot reset our
+//! reply away). [`Conn::on_event`] and [`Conn::on_tick`] decide what happens next, as a
+//! [`Next`] for the I/O thread; every change of phase is a method here.
+
+use crate::metrics::Metrics;
+use crate::protocol::gateway::{self, BadRequest, Form, Id, Op, Reply, Request, Scan, Scanner};
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+/// How long a refused connection is drained before it is closed regardless.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// One message taken off a connection.
+pub enum Incoming {
+    /// A valid request.
+    Request {
+        form: Form,
+        request: Request,
+        id: Option<Id>,
+    },
+    /// A well-framed message that is not a valid request.
+    Bad { form: Form, bad: BadRequest },
+    /// Bytes that cannot be framed: the connection must be closed after answering.
+    Broken(gateway::FrameError),
+}
+
+/// What the I/O thread should do with a connection after looking at it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// Keep watching it.
+    Keep,
+    /// It holds a whole message: hand it to a worker.
+    Dispatch,
+    /// Close it: call [`Conn::close`], which may half-close and linger first.
+    Close,
+    /// Drop it now.
+    Drop,
+}
+
+/// The deadlines the I/O thread enforces on a connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadlines {
+    /// A message must arrive whole within this time of its first byte; a peer that does not
+    /// read its replies gets as long.
+    pub message: Duration,
+    /// A connection with nothing to say for this long is closed.
+    pub idle: Duration,
+}
+
+/// Where a connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Reading messages and answering them.
+    Open,
+    /// The last reply is queued (after a seed-form reply, or a refusal): close once it is
+    /// written. `refused`: unread input may follow, so close gently (see [`Conn::close`]).
+    Closing { refused: bool },
+    /// Half-closed after a refusal: the peer's input is read and dropped until it closes too,
+    /// or [`LINGER`] passes.
+    Lingering { since: Instant },
+}
+
+/// A gateway connection and what is buffered on it.
+pub struct Conn {
+    /// Where the I/O thread keeps it; travels with it so it can find its way back.
+    token: usize,
+    peer: SocketAddr,
+    metrics: Metrics,
+    stream: TcpStream,
+    phase: Phase,
+    /// The peer has closed its sending side.
+    eof: bool,
+    input: Vec<u8>,
+    /// Bytes of `input` already taken as messages.
+    consumed: usize,
+    scanner: Scanner,
+    output: Vec<u8>,
+    /// When the message being received began: it must end within the message deadline.
+    message_started: Option<Instant>,
+    /// The last time bytes moved either way.
+    last_activity: Instant,
+    /// When its current batch of whole messages was found: replies' latency counts from here.
+    ready_at: Instant,
+}
+
+impl Conn {
+    pub fn new(
+        token: usize,
+        stream: TcpStream,
+        peer: SocketAddr,
+        max_message: usize,
+        metrics: Metrics,
+    ) -> Conn {
+        let now = Instant::now();
+        Conn {
+            token,
+            peer,
+            metrics,
+            stream,
+            phase: Phase::Open,
+            eof: false,
+            input: Vec::new(),
+            consumed: 0,
+            scanner: Scanner::new(max_message),
+            output: Vec::new(),
+            message_started: None,
+            last_activity: now,
+            ready_at: now,
+        }
+    }
+
+    /// Its slot in the I/O thread.
+    pub fn token(&self) -> usize {
+        self.token
+    }
+
+    /// The gateway's address.
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// Whether messages are still taken from it (it is not closing).
+    pub fn is_open(&self) -> bool {
+        self.phase == Phase::Open
+    }
+
+    /// Read what the socket has, using `scratch` as the read buffer. Unprocessed input is
+    /// capped at one whole message plus one read: a client flooding faster than it is answered
+    /// is held back by TCP, not by our memory.
+    pub fn fill(&mut self, scratch: &mut [u8], max_message: usize) -> io::Result<()> {
+        if self.consumed > 0 {
+            self.input.drain(..self.consumed);
+            self.consumed = 0;
+        }
+        let cap = max_message + scratch.len();
+        while !self.eof && self.input.len() < cap {
+            match self.stream.read(scratch) {
+                Ok(0) => self.eof = true,
+                Ok(n) => {
+                    // Read on until WouldBlock even after a short read: edge-triggered polling
+                    // would not report an end of stream that arrived with the data.
+                    self.input.extend_from_slice(&scratch[..n]);
+                    self.last_activity = Instant::now();
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Look at the unprocessed input without taking anything.
+    fn scan(&mut self) -> Scan {
+        let scan = self.scanner.scan(&self.input[self.consumed..]);
+        match scan {
+            Scan::Partial if self.message_started.is_none() => {
+                self.message_started = Some(Instant::now())
+            }
+            Scan::Empty => self.message_started = None,
+            _ => {}
+        }
+        scan
+    }
+
+    /// Take the next whole message, if one has arrived.
+    pub fn next_message(&mut self) -> Option<Incoming> {
+        match self.scan() {
+            Scan::Empty | Scan::Partial => None,
+            Scan::Invalid(e) => Some(Incoming::Broken(e)),
+            Scan::Complete { form, start, end } => {
+                let bytes = &self.input[self.consumed + start..self.consumed + end];
+                let parsed = gateway::parse(form, bytes);
+                self.consumed += end;
+                self.scanner.reset();
+                self.message_started = None;
+                Some(match parsed {
+                    Ok((request, id)) => Incoming::Request { form, request, id },
+                    Err(bad) => Incoming::Bad { form, bad },
+                })
+            }
+        }
+    }
+
+    /// Read more of a pipelining client's input while answering it, and take the next whole
+    /// message, without a detour through the I/O thread.
+    pub fn next_message_reading(
+        &mut self,
+        scratch: &mut [u8],
+        max_message: usize,
+    ) -> Option<Incoming> {
+        if let Some(incoming) = self.next_message() {
+            return Some(incoming);
+        }
+        if self.eof || self.fill(scratch, max_message).is_err() {
+            return None;
+        }
+        self.ready_at = Instant::now();
+        self.next_message()
+    }
+
+    /// Queue `reply` to a request for `op` (`None`: not a request) in `form`, and account for
+    /// it: the metrics, and one log line per request. A seed-form reply is the last thing said
+    /// on a connection.
+    pub fn answer(&mut self, form: Form, op: Option<Op>, reply: &Reply, id: Option<&Id>) {
+        gateway::encode(&mut self.output, form, reply, id);
+        if form == Form::Seed && self.phase == Phase::Open {
+            self.phase = Phase::Closing { refused: false };
+        }
+        let latency = self.ready_at.elapsed();
+        self.metrics.reply(op, reply.code, latency);
+        tracing::info!(
+            target: "request",
+            op = op.map_or("-", Op::as_str),
+            code = reply.code as u8,
+            latency_us = latency.as_micros() as u64,
+            peer = %self.peer,
+        );
+    }
+
+    /// Answer a well-framed message that is not a valid request as a bad request.
+    pub fn answer_bad(&mut self, form: Form, bad: BadRequest) {
+        let reply = Reply::bad_request(bad.info);
+        self.answer(form, None, &reply, bad.id.as_ref());
+    }
+
+    /// Answer a connection whose input cannot be taken further (unframeable, truncated, too
+    /// slow) as a bad request saying `what` is wrong, and close it gently.
+    pub fn refuse(&mut self, what: impl std::fmt::Display) {
+        let reply = Reply::bad_request(format!("bad request: {what}"));
+        self.answer(Form::Stream, None, &reply, None);
+        self.phase = Phase::Closing { refused: true };
+    }
+
+    /// Write as much output as the socket takes now. `Ok(true)` when all is written.
+    pub fn flush(&mut self) -> io::Result<bool> {
+        let mut written = 0;
+        while written < self.output.len() {
+            match self.stream.write(&self.output[written..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if written > 0 {
+            self.output.drain(..written);
+            self.last_activity = Instant::now();
+        }
+        Ok(self.output.is_empty())
+    }
+
+    /// Whether it can be dropped now: its last reply is written, and closing cannot reset it.
+    pub fn done(&self) -> bool {
+        self.phase == Phase::Closing { refused: false } && self.output.is_empty()
+    }
+
+    /// Begin closing: `true` if it can be dropped at once. Closing a socket with unread input
+    /// sends RST, which discards what the peer has not read yet; so a refused connection whose
+    /// peer may still be sending is half-closed (our replies are followed by FIN) and lingers,
+    /// reading and dropping input, until the peer closes or [`LINGER`] passes.
+    pub fn close(&mut self) -> bool {
+        match self.phase {
+            Phase::Closing { refused: true } if !self.eof => {
+                let _ = self.stream.shutdown(std::net::Shutdown::Write);
+                self.phase = Phase::Lingering {
+                    since: Instant::now(),
+                };
+                false
+            }
+            _ => true,
+        }
+    }
+
+    /// Write what can be written; close if that was the last thing to say.
+    pub fn settle(&mut self) -> Next {
+        match self.flush() {
+            Ok(true) if !self.is_open() => Next::Close,
+            Ok(_) => Next::Keep,
+            Err(_) => Next::Drop,
+        }
+    }
+
+    /// The socket is ready (or the connection came back from a worker): write, read, and say
+    /// whether it holds a whole message or should be closed.
+    pub fn on_event(&mut self, scratch: &mut [u8], max_message: usize) -> Next {
+        if let Phase::Lingering { .. } = self.phase {
+            return if self.drain(scratch) {
+                Next::Drop
+            } else {
+                Next::Keep
+            };
+        }
+        match self.flush() {
+            Err(_) => return Next::Drop,
+            Ok(false) => return Next::Keep, // produce no more replies until these are taken
+            Ok(true) => {}
+        }
+        if !self.is_open() {
+            return Next::Close;
+        }
+        if let Err(e) = self.fill(scratch, max_message) {
+            tracing::debug!(peer = %self.peer, error = %e, "read failed");
+            return Next::Close;
+        }
+        match self.scan() {
+            Scan::Complete { .. } => {
+                self.ready_at = Instant::now();
+                Next::Dispatch
+            }
+            Scan::Invalid(error) => {
+                self.refuse(error);
+                self.settle()
+            }
+            Scan::Partial if self.eof => {
+                self.refuse("connection closed in the middle of a message");
+                self.settle()
+            }
+            Scan::Empty if self.eof => Next::Close,
+            Scan::Partial | Scan::Empty => Next::Keep,
+        }
+    }
+
+    /// The periodic check of the deadlines; `stopping`: the server is shutting down, and an
+    /// idle connection is closed.
+    pub fn on_tick(&mut self, now: Instant, deadlines: Deadlines, stopping: bool) -> Next {
+        let since = |t: Instant| now.saturating_duration_since(t);
+        if let Phase::Lingering { since: began } = self.phase {
+            return if since(began) > LINGER {
+                Next::Drop
+            } else {
+                Next::Keep
+            };
+        }
+        let quiet = since(self.last_activity);
+        let has_output = !self.output.is_empty();
+        match self.message_started {
+            Some(started) if since(started) > deadlines.message => {
+                self.refuse(format!(
+                    "message not completed within {} s",
+                    deadlines.message.as_secs_f32()
+                ));
+                self.settle()
+            }
+            // A peer that does not read its replies is dropped like a silent one.
+            _ if has_output && quiet > deadlines.message => Next::Close,
+            _ if quiet > deadlines.idle => Next::Close,
+            _ if stopping && !has_output => Next::Close,
+            _ => Next::Keep,
+        }
+    }
+
+    /// While lingering: read and drop input. `true` once the peer has closed too.
+    fn drain(&mut self, scratch: &mut [u8]) -> bool {
+        loop {
+            match self.stream.read(scratch) {
+                Ok(0) => return true,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return e.kind() != io::ErrorKind::WouldBlock,
+            }
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! The hash threads and their permits: the argon2 part of a request ([`Service::finish`]).
+//!
+//! A worker that meets a request needing a hash passes the whole connection on as a
+//! [`HashJob`], so its later messages wait their turn and replies never overtake each other,
+//! and a flood of logins cannot hold up requests that need no hash. [`Permits`] caps the
+//! hashes computed at once; while a permit is free and nothing is queued, a worker hashes
+//! itself instead of handing over.
+
+use super::conn::Conn;
+use super::returns::Returns;
+use super::workers::guarded;
+use crate::auth::password::Memory;
+use crate::metrics::Metrics;
+use crate::protocol::gateway::{Form, Id, Reply};
+use crate::service::{HashTask, Service};
+use crossbeam_channel::Receiver;
+use parking_lot::{Condvar, Mutex};
+use std::sync::Arc;
+
+/// A connection for a hash thread, with the request it stopped at.
+pub struct HashJob {
+    pub conn: Box<Conn>,
+    pub form: Form,
+    pub id: Option<Id>,
+    pub task: HashTask,
+}
+
+/// Caps the hashes computed at once, and holds argon2's scratch memory: one [`Memory`] per
+/// permit, so memory stays at (permits) x (memory cost) however many threads hash. Hash threads
+/// wait for a permit; a worker takes one only if it is free at once and no hash job is queued.
+pub struct Permits {
+    metrics: Metrics,
+    free: Mutex<Vec<Memory>>,
+    freed: Condvar,
+    /// The hash queue, to see whether jobs are waiting (never to take them).
+    queue: Receiver<HashJob>,
+}
+
+/// A permit to hash, with its memory; given back on drop.
+pub struct Permit<'a> {
+    permits: &'a Permits,
+    memory: Memory,
+}
+
+impl Permit<'_> {
+    /// The argon2 part of a request, in this permit's memory, counted as a hash in progress.
+    pub fn finish(&mut self, service: &Service, task: HashTask) -> Reply {
+        let hashing = &self.permits.metrics.hashing;
+        hashing.inc();
+        let op = task.op();
+        let reply = guarded(op, || service.finish(task, &mut self.memory), |r| r);
+        hashing.dec();
+        reply
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        let memory = std::mem::take(&mut self.memory);
+        self.permits.free.lock().push(memory);
+        self.permits.freed.notify_one();
+    }
+}
+
+impl Permits {
+    /// `permits` hashes at once; `queue` is the hash threads' channel.
+    pub fn new(permits: usize, queue: Receiver<HashJob>, metrics: Metrics) -> Permits {
+        Permits {
+            metrics,
+            free: Mutex::new((0..permits).map(|_| Memory::default()).collect()),
+            freed: Condvar::new(),
+            queue,
+        }
+    }
+
+    /// A permit if one is free now and no hash job is waiting for one.
+    pub fn try_permit(&self) -> Option<Permit<'_>> {
+        let mut free = self.free.lock();
+        if !self.queue.is_empty() {
+            return None;
+        }
+        let memory = free.pop()?;
+        Some(Permit {
+            permits: self,
+            memory,
+        })
+    }
+
+    /// A permit, waiting for one to be freed.
+    fn permit(&self) -> Permit<'_> {
+        let mut free = self.free.lock();
+        loop {
+            if let Some(memory) = free.pop() {
+                return Permit {
+                    permits: self,
+                    memory,
+                };
+            }
+            self.freed.wait(&mut free);
+        }
+    }
+}
+
+/// The hash thread loop: until the hash channel closes.
+pub fn run_hasher(
+    hash_jobs: Receiver<HashJob>,
+    permits: Arc<Permits>,
+    service: Arc<Service>,
+    returns: Arc<Returns>,
+) {
+    for HashJob {
+        mut conn,
+        form,
+        id,
+        task,
+    } in hash_jobs
+    {
+        returns.contained(conn.token(), || {
+            let op = task.op();
+            let reply = permits.permit().finish(&service, task);
+            conn.answer(form, Some(op), &reply, id.as_ref());
+            returns.give_back(conn);
+        });
+    }
+}

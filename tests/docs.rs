@@ -1,0 +1,107 @@
+//! The docs stay true to the code: the README's flag tables are generated from the
+//! configuration structs (the same place `--help` comes from), and every flag's doc states
+//! its real default.
+//!
+//! After changing a flag, regenerate the tables with `UPDATE_README=1 cargo test --test docs`.
+
+use clap::CommandFactory;
+use login_server::{AccountDbConfig, LoginServerConfig};
+
+/// The flags a user can set: everything but `--help` and `--version`.
+fn flags(command: &clap::Command) -> impl Iterator<Item = &clap::Arg> {
+    command
+        .get_arguments()
+        .filter(|a| !matches!(a.get_id().as_str(), "help" | "version"))
+}
+
+fn help(arg: &clap::Arg) -> String {
+    arg.get_help().map(|h| h.to_string()).unwrap_or_default()
+}
+
+/// The README table of `command`'s flags: flag, environment variable, default, meaning.
+fn table(command: &clap::Command) -> String {
+    let mut out = String::from("| flag | env | default | meaning |\n|---|---|---|---|\n");
+    for arg in flags(command) {
+        let long = arg.get_long().unwrap_or_default();
+        let flag = match arg.get_value_names() {
+            Some(names) if arg.get_action().takes_values() => format!("--{long} {}", names[0]),
+            _ => format!("--{long}"),
+        };
+        let env = arg
+            .get_env()
+            .map(|e| e.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let help = help(arg);
+        let (meaning, default) = help.split_once(" Defaults to ").unwrap_or((&help, ""));
+        let default = default.trim_end_matches('.');
+        out.push_str(&format!("| `{flag}` | `{env}` | {default} | {meaning} |\n"));
+    }
+    out
+}
+
+/// The README with each generated table between its markers replaced by `tables`.
+fn with_tables(readme: &str, tables: &[(&str, String)]) -> String {
+    let mut out = readme.to_string();
+    for (name, table) in tables {
+        let begin = format!("<!-- flags: {name} -->\n");
+        let end = "<!-- end flags -->";
+        let start = out.find(&begin).expect("table marker in README") + begin.len();
+        let stop = start + out[start..].find(end).expect("end marker in README");
+        out.replace_range(start..stop, table);
+    }
+    out
+}
+
+#[test]
+fn readme_flag_tables_are_generated_from_the_configuration() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/README.md");
+    let readme = std::fs::read_to_string(path).expect("README.md");
+    let tables = [
+        ("login-server", table(&LoginServerConfig::command())),
+        ("account-db", table(&AccountDbConfig::command())),
+    ];
+    let expected = with_tables(&readme, &tables);
+    if std::env::var_os("UPDATE_README").is_some() {
+        std::fs::write(path, &expected).expect("write README.md");
+        return;
+    }
+    assert!(
+        readme == expected,
+        "README's flag tables differ from the configuration structs; run \
+         `UPDATE_README=1 cargo test --test docs`. Expected:\n{}\n{}",
+        tables[0].1,
+        tables[1].1
+    );
+}
+
+#[test]
+fn every_flag_states_its_real_default() {
+    for command in [LoginServerConfig::command(), AccountDbConfig::command()] {
+        for arg in flags(&command) {
+            let help = help(arg);
+            let Some((_, stated)) = help.split_once(" Defaults to ") else {
+                panic!("--{:?} does not say what it defaults to", arg.get_long());
+            };
+            for default in arg.get_default_values() {
+                let default = default.to_string_lossy();
+                assert!(
+                    stated.starts_with(&*default),
+                    "--{:?} defaults to {default} but says {stated:?}",
+                    arg.get_long()
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn defaults_are_the_flags_defaults() {
+    let config = LoginServerConfig::default();
+    assert_eq!(config.listen.to_string(), "127.0.0.1:6999");
+    assert_eq!(config.queue, 1024);
+    assert_eq!(config.service.throttle.max_failures, 5);
+    assert_eq!(config.service.rules.username_chars, (3, 32));
+    assert_eq!(config.db_timeout.as_secs(), 2);
+    assert!(config.db.is_none() && config.workers.is_none());
+    assert_eq!(AccountDbConfig::default().max_connections, 256);
+}
