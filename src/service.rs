@@ -11,7 +11,7 @@ use crate::auth::password::{HashError, Hasher, Memory};
 use crate::auth::secret::random_token;
 use crate::metrics::Metrics;
 use crate::protocol::gateway::{Op, RegisterFailure, Reply, Request};
-use crate::throttle::{Policy, Throttle};
+use crate::throttle::{Origin, Policy, Throttle};
 use std::sync::Arc;
 
 /// What [`Service::begin`] decided.
@@ -29,12 +29,14 @@ enum Task {
     Verify {
         account: Account,
         password: String,
-        ip: Option<String>,
+        origin: Option<Origin>,
     },
-    /// An unknown user under `--hide-user-existence`: verify against a dummy hash, answer "wrong password".
+    /// An unknown user under `--hide-user-existence`: verify against a dummy hash, count the
+    /// failure against the name as for a real account, answer "wrong password".
     Pretend {
+        username: String,
         password: String,
-        ip: Option<String>,
+        origin: Option<Origin>,
     },
     Create {
         username: String,
@@ -121,19 +123,22 @@ impl Service {
             password,
             ip,
         } = request;
+        let origin = ip.map(Origin::from);
         let rules = &self.options.rules;
+        let hide = self.options.hide_user_existence;
         if op == Op::Login {
-            if let Some(wait) = self.throttle.locked(&username, ip.as_deref()) {
+            if let Some(wait) = self.throttle.locked(&username, origin) {
                 self.metrics.throttled.inc();
                 return Step::Done(Reply::too_many_attempts(wait));
             }
         }
         let found = match op {
-            // A name that could never have registered names no account; a password that could
-            // never have registered is wrong whoever's it is.
-            Op::Login if !rules.username_ok(&username) => None,
+            // A name that could never have registered names no account.
+            Op::Login if !rules.username_ok(&username) => Ok(None),
+            // A password that could never have registered is wrong whoever's it is; it costs
+            // the address, never the account, so short guesses cannot lock a victim out.
             Op::Login if !rules.password_ok(&password) => {
-                self.throttle.failed(Some(&username), ip.as_deref());
+                self.throttle.failed(None, origin);
                 return Step::Done(Reply::wrong_password());
             }
             Op::Register if !rules.username_ok(&username) => {
@@ -142,23 +147,33 @@ impl Service {
             Op::Register if !rules.password_ok(&password) => {
                 return Step::Done(Reply::register_failed(RegisterFailure::InvalidPassword))
             }
-            _ => match self.store.find(&username) {
-                Ok(found) => found,
-                Err(e) => return Step::Done(store_unavailable(&e, &self.metrics)),
+            Op::Register => match self.throttle.register(origin) {
+                Err(wait) => {
+                    self.metrics.throttled.inc();
+                    return Step::Done(Reply::too_many_attempts(wait));
+                }
+                Ok(()) => self.store.find(&username),
             },
+            Op::Login => self.store.find(&username),
+        };
+        let found = match found {
+            Ok(found) => found,
+            Err(e) => return Step::Done(store_unavailable(&e, &self.metrics)),
         };
         match (op, found) {
-            (Op::Login, None) if self.options.hide_user_existence => {
-                Step::Hash(HashTask(Task::Pretend { password, ip }))
-            }
+            (Op::Login, None) if hide => Step::Hash(HashTask(Task::Pretend {
+                username,
+                password,
+                origin,
+            })),
             (Op::Login, None) => {
-                self.throttle.failed(None, ip.as_deref());
+                self.throttle.failed(None, origin);
                 Step::Done(Reply::no_such_user())
             }
             (Op::Login, Some(account)) => Step::Hash(HashTask(Task::Verify {
                 account,
                 password,
-                ip,
+                origin,
             })),
             (Op::Register, Some(_)) => {
                 Step::Done(Reply::register_failed(RegisterFailure::UsernameTaken))
@@ -174,25 +189,35 @@ impl Service {
             Task::Verify {
                 account,
                 password,
-                ip,
+                origin,
             } => match self.hasher.verify(&password, &account.hash, memory) {
                 Ok(true) => {
-                    self.throttle.succeeded(&account.username);
+                    self.throttle.succeeded(&account.username, origin);
                     if self.hasher.is_weaker(&account.hash) {
                         self.upgrade(&account.username, &password, memory);
                     }
                     Reply::logged_in(account.username)
                 }
                 Ok(false) => {
-                    self.throttle.failed(Some(&account.username), ip.as_deref());
+                    if self.options.hide_user_existence && self.hasher.is_weaker(&account.hash) {
+                        // A cheaper old hash verifies faster than an unknown name's dummy: make
+                        // up the difference, so the time does not tell the account exists.
+                        let _ = self.hasher.verify(&password, &self.dummy_hash, memory);
+                    }
+                    self.throttle.failed(Some(&account.username), origin);
                     Reply::wrong_password()
                 }
                 Err(e) => internal_error(&e),
             },
-            Task::Pretend { password, ip } => {
-                // The result is always "no"; the work is what makes it indistinguishable.
+            Task::Pretend {
+                username,
+                password,
+                origin,
+            } => {
+                // The result is always "no"; the work is what makes it indistinguishable, and
+                // the name is counted so that it locks like a real account.
                 let _ = self.hasher.verify(&password, &self.dummy_hash, memory);
-                self.throttle.failed(None, ip.as_deref());
+                self.throttle.failed(Some(&username), origin);
                 Reply::wrong_password()
             }
             Task::Create { username, password } => {

@@ -1,4 +1,5 @@
-//! Brute-force throttling of failed logins, per account and per player address.
+//! Brute-force throttling: failed logins per account and per player address, and
+//! registrations per player address.
 //!
 //! After `max_failures` failures within `window`, the key is locked for `lockout`, doubling
 //! with each further lockout up to `max_lockout`. A successful login clears the account's
@@ -6,15 +7,36 @@
 //! always finite: keeping an account locked takes ever more failed attempts, each of which the
 //! per-address throttle slows down.
 //!
-//! The player's address is the optional `"ip"` field that the gateway forwards. The TCP peer
-//! is the gateway itself and is never throttled: that would lock out every player at once.
-//! Tables are bounded: past `max_tracked` keys, expired records are dropped, and if none are,
-//! new keys go untracked rather than letting memory grow.
+//! The player's address is the optional `"ip"` field that the gateway forwards (an IPv6
+//! address counts by its /64, which one subscriber usually holds whole). The TCP peer is the
+//! gateway itself and is never throttled: that would lock out every player at once.
+//!
+//! Lockout must not become a way to lock a player out: failures from any address count toward
+//! an account's lock, but a locked account stays open to the addresses it logged in from
+//! successfully before (the last [`FAMILIAR`] of them). A request without an address is never
+//! familiar.
+//!
+//! Every table is bounded by `max_tracked` keys, whatever arrives. A new key evicts the least
+//! valuable entry in O(log n): a record whose lock has ended, else the least recently failed
+//! unlocked one, and only when every entry is locked, the lock that ends soonest. Keys are
+//! fixed-size (a keyed hash of the folded name; the address prefix), so an entry costs the same
+//! whatever a request carries: about [`ENTRY_BYTES`] bytes, so at most
+//! 4 × `max_tracked` × [`ENTRY_BYTES`] for the four tables (about 61 MiB at the default).
 
 use crate::auth::names::fold;
 use parking_lot::Mutex;
-use std::collections::HashMap;
+use std::collections::hash_map::RandomState;
+use std::collections::{BTreeSet, HashMap};
+use std::hash::{BuildHasher, Hash};
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
+
+/// Addresses remembered per account as familiar: those of its most recent successful logins.
+pub const FAMILIAR: usize = 4;
+
+/// An upper bound of the memory one tracked key costs, in bytes: the map entry with its share
+/// of empty buckets, and the eviction index entry with its share of tree nodes.
+pub const ENTRY_BYTES: usize = 160;
 
 /// The throttling thresholds: login-server's `--throttle-*` flags. The defaults are OWASP- and
 /// Keycloak-like: 5 failures in 15 minutes lock for 1 minute, doubling up to 15.
@@ -65,11 +87,142 @@ pub struct Policy {
         default_value_t = 100_000
     )]
     pub max_tracked: usize,
+    /// Registrations per player address (IPv6: per /64) within --register-window; more are
+    /// answered "too many attempts" (8). Requests without an address are not limited.
+    /// Defaults to 5.
+    #[arg(
+        long,
+        value_name = "N",
+        env = "LOGIN_SERVER_REGISTER_LIMIT",
+        default_value_t = 5
+    )]
+    pub register_limit: u32,
+    /// Seconds over which --register-limit counts. Defaults to 3600.
+    #[arg(
+        long,
+        value_name = "SECS",
+        env = "LOGIN_SERVER_REGISTER_WINDOW",
+        default_value = "3600",
+        value_parser = crate::config::seconds
+    )]
+    pub register_window: Duration,
 }
 
 impl Default for Policy {
     fn default() -> Self {
         crate::config::defaults()
+    }
+}
+
+/// Where a request came from, as throttling sees it: an IPv4 address, or an IPv6 /64.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Origin {
+    V4(u32),
+    V6(u64),
+}
+
+impl From<IpAddr> for Origin {
+    fn from(ip: IpAddr) -> Origin {
+        match ip {
+            IpAddr::V4(v4) => Origin::V4(u32::from(v4)),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => Origin::V4(u32::from(v4)),
+                None => Origin::V6((u128::from(v6) >> 64) as u64),
+            },
+        }
+    }
+}
+
+/// The order in which entries are evicted: lower first. Locked entries rank above unlocked
+/// ones, by when their lock ends; unlocked ones by when they last changed.
+type Rank = (bool, Instant);
+
+/// A map of at most `capacity` keys; a new key evicts the least valuable entry.
+struct Bounded<K, V> {
+    capacity: usize,
+    entries: HashMap<K, (V, Rank)>,
+    /// Unlocked entries by when they last changed, then locked ones by when their lock ends.
+    unlocked: BTreeSet<(Instant, K)>,
+    locked: BTreeSet<(Instant, K)>,
+}
+
+impl<K: Copy + Eq + Hash + Ord, V> Bounded<K, V> {
+    fn new(capacity: usize) -> Self {
+        Bounded {
+            capacity,
+            entries: HashMap::new(),
+            unlocked: BTreeSet::new(),
+            locked: BTreeSet::new(),
+        }
+    }
+
+    fn get(&self, key: &K) -> Option<&V> {
+        self.entries.get(key).map(|(v, _)| v)
+    }
+
+    fn index(&mut self, (locked, _): Rank) -> &mut BTreeSet<(Instant, K)> {
+        if locked {
+            &mut self.locked
+        } else {
+            &mut self.unlocked
+        }
+    }
+
+    /// Change the entry at `key` with `change` (made with `new` if absent) and rank it anew
+    /// with `rank`. Making room evicts the least valuable entry (see the module docs).
+    fn update(
+        &mut self,
+        key: K,
+        now: Instant,
+        new: impl FnOnce() -> V,
+        change: impl FnOnce(&mut V),
+        rank: impl FnOnce(&V) -> Rank,
+    ) {
+        if self.capacity == 0 {
+            return;
+        }
+        let old = match self.entries.get(&key) {
+            Some((_, old)) => Some(*old),
+            None if self.entries.len() >= self.capacity => {
+                self.evict(now);
+                None
+            }
+            None => None,
+        };
+        if let Some(old) = old {
+            self.index(old).remove(&(old.1, key));
+        }
+        let (value, slot) = self
+            .entries
+            .entry(key)
+            .or_insert_with(|| (new(), (false, now)));
+        change(value);
+        *slot = rank(value);
+        let rank = *slot;
+        self.index(rank).insert((rank.1, key));
+    }
+
+    fn remove(&mut self, key: &K) {
+        if let Some((_, rank)) = self.entries.remove(key) {
+            self.index(rank).remove(&(rank.1, *key));
+        }
+    }
+
+    /// Drop one entry: a lock that has ended, else the least recently changed unlocked one,
+    /// else the lock that ends soonest.
+    fn evict(&mut self, now: Instant) {
+        let first_locked = self.locked.first().copied();
+        let victim = match first_locked {
+            Some((until, key)) if until <= now => Some(key),
+            _ => self
+                .unlocked
+                .first()
+                .map(|e| e.1)
+                .or(first_locked.map(|e| e.1)),
+        };
+        if let Some(key) = victim {
+            self.remove(&key);
+        }
     }
 }
 
@@ -97,9 +250,12 @@ impl Record {
             .filter(|left| !left.is_zero())
     }
 
-    /// Whether nothing about this record matters any more.
-    fn expired(&self, policy: &Policy, now: Instant) -> bool {
-        self.locked(now).is_none() && now.duration_since(self.window_start) > policy.window
+    /// Its eviction rank as of `now`.
+    fn rank(&self, now: Instant) -> Rank {
+        match self.locked_until {
+            Some(until) if until > now => (true, until),
+            _ => (false, now),
+        }
     }
 
     fn fail(&mut self, policy: &Policy, now: Instant) {
@@ -129,80 +285,158 @@ impl Record {
     }
 }
 
-struct Table {
-    records: Mutex<HashMap<String, Record>>,
+/// Failure records by key, bounded.
+struct Table<K> {
+    records: Mutex<Bounded<K, Record>>,
 }
 
-impl Table {
-    fn new() -> Table {
+impl<K: Copy + Eq + Hash + Ord> Table<K> {
+    fn new(capacity: usize) -> Self {
         Table {
-            records: Mutex::new(HashMap::new()),
+            records: Mutex::new(Bounded::new(capacity)),
         }
     }
 
-    fn locked(&self, key: &str, now: Instant) -> Option<Duration> {
+    fn locked(&self, key: &K, now: Instant) -> Option<Duration> {
         self.records.lock().get(key).and_then(|r| r.locked(now))
     }
 
-    fn fail(&self, key: &str, policy: &Policy, now: Instant) {
-        let mut records = self.records.lock();
-        if !records.contains_key(key) && records.len() >= policy.max_tracked {
-            records.retain(|_, r| !r.expired(policy, now));
-            if records.len() >= policy.max_tracked {
-                return;
-            }
-        }
-        records
-            .entry(key.to_string())
-            .or_insert_with(|| Record::new(now))
-            .fail(policy, now);
+    fn fail(&self, key: K, policy: &Policy, now: Instant) {
+        self.records.lock().update(
+            key,
+            now,
+            || Record::new(now),
+            |r| r.fail(policy, now),
+            |r| r.rank(now),
+        );
     }
 
-    fn clear(&self, key: &str) {
+    fn clear(&self, key: &K) {
         self.records.lock().remove(key);
     }
 }
 
-/// Failed-login records and the locks they lead to.
+/// Registrations counted in a fixed window per address.
+#[derive(Debug, Clone, Copy)]
+struct Count {
+    n: u32,
+    window_start: Instant,
+}
+
+/// Failed-login records, the locks they lead to, familiar addresses, and registration counts.
 pub struct Throttle {
     policy: Policy,
-    accounts: Table,
-    addresses: Table,
+    /// Hashes folded names into fixed-size keys, with a key of its own so that nobody can pick
+    /// names that collide.
+    hasher: RandomState,
+    accounts: Table<u64>,
+    addresses: Table<Origin>,
+    familiar: Mutex<Bounded<u64, [Option<Origin>; FAMILIAR]>>,
+    registrations: Mutex<Bounded<Origin, Count>>,
 }
 
 impl Throttle {
     pub fn new(policy: Policy) -> Throttle {
         Throttle {
             policy,
-            accounts: Table::new(),
-            addresses: Table::new(),
+            hasher: RandomState::new(),
+            accounts: Table::new(policy.max_tracked),
+            addresses: Table::new(policy.max_tracked),
+            familiar: Mutex::new(Bounded::new(policy.max_tracked)),
+            registrations: Mutex::new(Bounded::new(policy.max_tracked)),
         }
     }
 
-    /// How long until a login for `username` (in any case) from `ip` may be tried, if it is
-    /// locked now.
-    pub fn locked(&self, username: &str, ip: Option<&str>) -> Option<Duration> {
+    fn account_key(&self, username: &str) -> u64 {
+        self.hasher.hash_one(fold(username))
+    }
+
+    /// Whether `origin` is one the account `key` logged in from successfully.
+    fn is_familiar(&self, key: u64, origin: Option<Origin>) -> bool {
+        origin.is_some_and(|origin| {
+            self.familiar
+                .lock()
+                .get(&key)
+                .is_some_and(|known| known.contains(&Some(origin)))
+        })
+    }
+
+    /// How long until a login for `username` (in any case) from `origin` may be tried, if it
+    /// is locked now. An account's lock does not hold against its familiar addresses.
+    pub fn locked(&self, username: &str, origin: Option<Origin>) -> Option<Duration> {
         let now = Instant::now();
-        let by_account = self.accounts.locked(&fold(username), now);
-        let by_address = ip.and_then(|ip| self.addresses.locked(ip, now));
+        let key = self.account_key(username);
+        let by_account = self
+            .accounts
+            .locked(&key, now)
+            .filter(|_| !self.is_familiar(key, origin));
+        let by_address = origin.and_then(|origin| self.addresses.locked(&origin, now));
         by_account.max(by_address)
     }
 
-    /// A login for `username` failed (a wrong password; `None` for a name that does not
-    /// exist).
-    pub fn failed(&self, username: Option<&str>, ip: Option<&str>) {
+    /// A login for `username` failed (`None`: count it against the address only).
+    pub fn failed(&self, username: Option<&str>, origin: Option<Origin>) {
         let now = Instant::now();
         if let Some(username) = username {
-            self.accounts.fail(&fold(username), &self.policy, now);
+            let key = self.account_key(username);
+            self.accounts.fail(key, &self.policy, now);
         }
-        if let Some(ip) = ip {
-            self.addresses.fail(ip, &self.policy, now);
+        if let Some(origin) = origin {
+            self.addresses.fail(origin, &self.policy, now);
         }
     }
 
-    /// A login for `username` succeeded: the account's count starts again.
-    pub fn succeeded(&self, username: &str) {
-        self.accounts.clear(&fold(username));
+    /// A login for `username` from `origin` succeeded: the account's count starts again, and
+    /// `origin` becomes familiar to it (already familiar: nothing changes but its recency).
+    pub fn succeeded(&self, username: &str, origin: Option<Origin>) {
+        let now = Instant::now();
+        let key = self.account_key(username);
+        self.accounts.clear(&key);
+        let Some(origin) = origin else { return };
+        self.familiar.lock().update(
+            key,
+            now,
+            || [None; FAMILIAR],
+            |known| {
+                if !known.contains(&Some(origin)) {
+                    known.rotate_right(1);
+                    known[0] = Some(origin);
+                }
+            },
+            |_| (false, now),
+        );
+    }
+
+    /// Count a registration from `origin`; `Err` with how long until another is allowed when
+    /// the address has used up `register_limit` in this window. No address: no limit.
+    pub fn register(&self, origin: Option<Origin>) -> Result<(), Duration> {
+        let Some(origin) = origin else { return Ok(()) };
+        let now = Instant::now();
+        let (limit, window) = (self.policy.register_limit, self.policy.register_window);
+        let mut verdict = Ok(());
+        self.registrations.lock().update(
+            origin,
+            now,
+            || Count {
+                n: 0,
+                window_start: now,
+            },
+            |count| {
+                if now.duration_since(count.window_start) >= window {
+                    *count = Count {
+                        n: 0,
+                        window_start: now,
+                    };
+                }
+                if count.n >= limit {
+                    verdict = Err((count.window_start + window).saturating_duration_since(now));
+                } else {
+                    count.n += 1;
+                }
+            },
+            |count| (count.n >= limit, count.window_start + window),
+        );
+        verdict
     }
 }
 
@@ -217,7 +451,13 @@ mod tests {
             lockout: Duration::from_secs(10),
             max_lockout: Duration::from_secs(25),
             max_tracked: 4,
+            register_limit: 2,
+            register_window: Duration::from_secs(60),
         }
+    }
+
+    fn ip(text: &str) -> Option<Origin> {
+        Some(text.parse::<IpAddr>().unwrap().into())
     }
 
     #[test]
@@ -247,34 +487,146 @@ mod tests {
         );
         // A quiet window forgets everything.
         let much_later = even_later + Duration::from_secs(200);
-        assert!(record.expired(&policy, much_later));
         record.fail(&policy, much_later);
         assert_eq!((record.failures, record.lockouts), (1, 0));
+    }
+
+    #[test]
+    fn a_lock_that_outlives_its_window_keeps_counting_lockouts() {
+        let policy = Policy {
+            lockout: Duration::from_secs(100),
+            max_lockout: Duration::from_secs(1000),
+            ..policy()
+        };
+        let start = Instant::now();
+        let mut record = Record::new(start);
+        for _ in 0..3 {
+            record.fail(&policy, start);
+        }
+        // Still locked past the window: a failure now starts a new window but keeps the count
+        // of lockouts, so the next lock doubles.
+        let later = start + Duration::from_secs(61);
+        record.fail(&policy, later);
+        assert_eq!((record.failures, record.lockouts), (1, 1));
+        record.fail(&policy, later);
+        record.fail(&policy, later);
+        assert_eq!(record.locked(later), Some(Duration::from_secs(200)));
     }
 
     #[test]
     fn success_clears_the_account_but_not_the_address() {
         let throttle = Throttle::new(policy());
         for _ in 0..3 {
-            throttle.failed(Some("alice"), Some("10.0.0.1"));
+            throttle.failed(Some("alice"), ip("10.0.0.1"));
         }
         assert!(throttle.locked("alice", None).is_some());
-        assert!(throttle.locked("bob", Some("10.0.0.1")).is_some());
-        assert!(throttle.locked("bob", Some("10.0.0.2")).is_none());
+        assert!(throttle.locked("bob", ip("10.0.0.1")).is_some());
+        assert!(throttle.locked("bob", ip("10.0.0.2")).is_none());
         assert!(
             throttle.locked("ALICE", None).is_some(),
             "accounts are keyed without case"
         );
-        throttle.succeeded("Alice");
+        throttle.succeeded("Alice", None);
         assert!(throttle.locked("alice", None).is_none());
+        assert!(throttle.locked("bob", ip("10.0.0.1")).is_some());
     }
 
     #[test]
-    fn tables_stay_bounded() {
+    fn ipv6_counts_by_its_64_and_mapped_ipv4_as_ipv4() {
         let throttle = Throttle::new(policy());
-        for i in 0..100 {
-            throttle.failed(Some(&format!("user{i}")), None);
+        for host in ["::1", "::2", "::3"] {
+            throttle.failed(None, ip(&format!("2001:db8:0:1{host}")));
         }
-        assert!(throttle.accounts.records.lock().len() <= 4);
+        assert!(throttle.locked("x", ip("2001:db8:0:1::ffff")).is_some());
+        assert!(throttle.locked("x", ip("2001:db8:0:2::1")).is_none());
+        for _ in 0..3 {
+            throttle.failed(None, ip("::ffff:192.0.2.7"));
+        }
+        assert!(throttle.locked("x", ip("192.0.2.7")).is_some());
+    }
+
+    #[test]
+    fn a_locked_account_stays_open_to_its_familiar_addresses() {
+        let throttle = Throttle::new(Policy {
+            max_tracked: 100,
+            ..policy()
+        });
+        throttle.succeeded("carol", ip("198.51.100.1"));
+        for _ in 0..3 {
+            throttle.failed(Some("carol"), ip("203.0.113.9"));
+        }
+        assert!(throttle.locked("carol", ip("203.0.113.10")).is_some());
+        assert!(
+            throttle.locked("carol", None).is_some(),
+            "no address is never familiar"
+        );
+        assert!(throttle.locked("carol", ip("198.51.100.1")).is_none());
+        // Only the last FAMILIAR successes are remembered.
+        for i in 0..FAMILIAR {
+            throttle.succeeded("carol", ip(&format!("198.51.100.{}", 10 + i)));
+        }
+        for _ in 0..3 {
+            throttle.failed(Some("carol"), ip("203.0.113.9"));
+        }
+        assert!(throttle.locked("carol", ip("198.51.100.1")).is_some());
+        assert!(throttle.locked("carol", ip("198.51.100.10")).is_none());
+    }
+
+    #[test]
+    fn full_tables_evict_unlocked_entries_before_locked_ones() {
+        let throttle = Throttle::new(policy()); // 4 keys per table
+        for _ in 0..3 {
+            throttle.failed(Some("victim"), None);
+        }
+        assert!(throttle.locked("victim", None).is_some());
+        for i in 0..1000 {
+            throttle.failed(Some(&format!("spray{i}")), None);
+            throttle.failed(Some(&format!("spray{i}")), None);
+        }
+        assert!(
+            throttle.locked("victim", None).is_some(),
+            "the lock survived"
+        );
+        assert!(throttle.accounts.records.lock().entries.len() <= 4);
+        // A new key still gets tracked and locked when the table is full.
+        for _ in 0..3 {
+            throttle.failed(Some("late"), None);
+        }
+        assert!(throttle.locked("late", None).is_some());
+        let records = throttle.accounts.records.lock();
+        assert_eq!(
+            records.entries.len(),
+            records.unlocked.len() + records.locked.len()
+        );
+    }
+
+    #[test]
+    fn when_every_entry_is_locked_the_soonest_to_end_goes() {
+        let mut table: Bounded<u32, ()> = Bounded::new(2);
+        let now = Instant::now();
+        let (soon, late) = (now + Duration::from_secs(5), now + Duration::from_secs(50));
+        table.update(1, now, || (), |_| {}, |_| (true, late));
+        table.update(2, now, || (), |_| {}, |_| (true, soon));
+        table.update(3, now, || (), |_| {}, |_| (false, now));
+        assert!(table.get(&1).is_some() && table.get(&2).is_none());
+        // A lock that has already ended goes before any unlocked entry.
+        let mut table: Bounded<u32, ()> = Bounded::new(2);
+        table.update(1, now, || (), |_| {}, |_| (false, now));
+        table.update(2, now, || (), |_| {}, |_| (true, now));
+        table.update(3, now, || (), |_| {}, |_| (false, now));
+        assert!(table.get(&1).is_some() && table.get(&2).is_none());
+    }
+
+    #[test]
+    fn registrations_are_limited_per_address_and_window() {
+        let throttle = Throttle::new(policy());
+        assert!(throttle.register(ip("192.0.2.1")).is_ok());
+        assert!(throttle.register(ip("192.0.2.1")).is_ok());
+        let wait = throttle.register(ip("192.0.2.1")).unwrap_err();
+        assert!(wait > Duration::from_secs(55) && wait <= Duration::from_secs(60));
+        assert!(throttle.register(ip("192.0.2.2")).is_ok());
+        for _ in 0..10 {
+            assert!(throttle.register(None).is_ok(), "no address, no limit");
+        }
     }
 }

@@ -18,6 +18,9 @@ use std::time::{Duration, Instant};
 
 /// How long a refused connection is drained before it is closed regardless.
 const LINGER: Duration = Duration::from_secs(2);
+/// Unsent replies past which no more messages are taken from a connection until the peer
+/// reads: backpressure, not buffering.
+pub const MAX_OUTPUT: usize = 64 * 1024;
 
 /// One message taken off a connection.
 pub enum Incoming {
@@ -84,7 +87,8 @@ pub struct Conn {
     consumed: usize,
     scanner: Scanner,
     output: Vec<u8>,
-    /// When the message being received began: it must end within the message deadline.
+    /// When the message being received began: it must end within the message deadline. A
+    /// new connection's first message counts from the accept, and whitespace counts too.
     message_started: Option<Instant>,
     /// The last time bytes moved either way.
     last_activity: Instant,
@@ -112,7 +116,7 @@ impl Conn {
             consumed: 0,
             scanner: Scanner::new(max_message),
             output: Vec::new(),
-            message_started: None,
+            message_started: Some(now),
             last_activity: now,
             ready_at: now,
         }
@@ -159,17 +163,20 @@ impl Conn {
         Ok(())
     }
 
-    /// Look at the unprocessed input without taking anything.
+    /// Look at the unprocessed input without taking anything. Any byte, whitespace included,
+    /// starts the message deadline.
     fn scan(&mut self) -> Scan {
-        let scan = self.scanner.scan(&self.input[self.consumed..]);
-        match scan {
-            Scan::Partial if self.message_started.is_none() => {
-                self.message_started = Some(Instant::now())
-            }
-            Scan::Empty => self.message_started = None,
-            _ => {}
+        let unread = &self.input[self.consumed..];
+        let scan = self.scanner.scan(unread);
+        if !unread.is_empty() && self.message_started.is_none() {
+            self.message_started = Some(Instant::now());
         }
         scan
+    }
+
+    /// Whether enough replies wait unsent that no more messages should be taken for now.
+    pub fn output_full(&self) -> bool {
+        self.output.len() >= MAX_OUTPUT
     }
 
     /// Take the next whole message, if one has arrived.

@@ -62,7 +62,8 @@ impl Worker {
     fn answer(&mut self, mut conn: Box<Conn>) {
         let service = &*self.service;
         for _ in 0..BATCH {
-            if !conn.is_open() {
+            // A peer that does not read its replies gets no more until it does.
+            if !conn.is_open() || (conn.output_full() && !matches!(conn.flush(), Ok(true))) {
                 break;
             }
             let Some(incoming) = conn.next_message_reading(&mut self.scratch, self.max_message)

@@ -11,7 +11,16 @@
 //! [`Request`]; [`encode`] turns a [`Reply`] back into bytes.
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::value::RawValue;
+use std::net::IpAddr;
+
+/// Whitespace allowed before a message (between two messages, say `\r\n`). More is refused:
+/// whitespace alone never starts a message, so it must not be a way to hold a connection.
+pub const MAX_GAP: usize = 16;
+/// Longest `"id"` echoed, in bytes of JSON.
+pub const MAX_ID: usize = 64;
+/// Most bytes of a bad request's description in a reply: descriptions may quote the input.
+pub const MAX_INFO: usize = 160;
 
 /// Which of the two message forms a request came in, and so which form its reply takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +61,9 @@ pub enum FrameError {
     /// A closing bracket that does not match the open one.
     #[error("mismatched brackets")]
     Mismatched,
+    /// More than [`MAX_GAP`] bytes of whitespace before a message.
+    #[error("more than {MAX_GAP} bytes of whitespace between messages")]
+    TooMuchWhitespace,
 }
 
 /// Incremental message framer. Feed it the connection's whole input buffer each time; it
@@ -105,7 +117,10 @@ impl Scanner {
             self.pos += 1;
             let Some(start) = self.start else {
                 match byte {
-                    b' ' | b'\t' | b'\r' | b'\n' => continue,
+                    b' ' | b'\t' | b'\r' | b'\n' if at < MAX_GAP => continue,
+                    b' ' | b'\t' | b'\r' | b'\n' => {
+                        return Scan::Invalid(FrameError::TooMuchWhitespace)
+                    }
                     b'[' | b'{' => {
                         self.start = Some(at);
                         self.stack.push(byte == b'{');
@@ -185,7 +200,7 @@ pub struct Request {
     pub username: String,
     pub password: String,
     /// The player's address, as the gateway forwards it (optional): for throttling.
-    pub ip: Option<String>,
+    pub ip: Option<IpAddr>,
 }
 
 impl std::fmt::Debug for Request {
@@ -199,11 +214,12 @@ impl std::fmt::Debug for Request {
     }
 }
 
-/// An `"id"` to echo: a JSON string or number, kept as it came.
-pub type Id = Value;
+/// An `"id"` to echo: a JSON string or number, kept byte for byte as it came (at most
+/// [`MAX_ID`] bytes).
+pub type Id = Box<RawValue>;
 
 /// A message that is well framed but is not a valid request: answered "bad request" (6).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct BadRequest {
     /// What is wrong, for the reply's `info`.
     pub info: String,
@@ -221,11 +237,39 @@ struct Wire {
     #[serde(default)]
     ip: Option<String>,
     #[serde(default)]
-    id: Option<Value>,
+    id: Option<Id>,
+}
+
+/// Only the id of a message that is not a valid request, so its reply can carry it.
+#[derive(Deserialize)]
+struct IdOnly {
+    #[serde(default)]
+    id: Option<Id>,
+}
+
+/// Whether `id` may be echoed: a JSON string or number, not too long.
+fn id_ok(id: &RawValue) -> bool {
+    let text = id.get();
+    text.len() <= MAX_ID
+        && (text.starts_with('"')
+            || text.starts_with(['-', '0', '1', '2', '3', '4', '5', '6', '7', '8', '9']))
+}
+
+/// `info` cut to at most [`MAX_INFO`] bytes (on a character boundary), marked when cut.
+fn bounded(mut info: String) -> String {
+    if info.len() > MAX_INFO {
+        let mut end = MAX_INFO;
+        while !info.is_char_boundary(end) {
+            end -= 1;
+        }
+        info.truncate(end);
+        info.push('…');
+    }
+    info
 }
 
 impl Wire {
-    fn split(self) -> (Request, Option<Id>) {
+    fn split(self) -> Result<(Request, Option<Id>), String> {
         let Wire {
             op,
             username,
@@ -233,7 +277,19 @@ impl Wire {
             ip,
             id,
         } = self;
-        (
+        let ip = match ip {
+            None => None,
+            Some(ip) => Some(
+                ip.parse::<IpAddr>()
+                    .map_err(|_| "\"ip\" must be an IPv4 or IPv6 address".to_string())?,
+            ),
+        };
+        if id.as_deref().is_some_and(|id| !id_ok(id)) {
+            return Err(format!(
+                "\"id\" must be a string or a number of at most {MAX_ID} bytes"
+            ));
+        }
+        Ok((
             Request {
                 op,
                 username,
@@ -241,42 +297,44 @@ impl Wire {
                 ip,
             },
             id,
-        )
+        ))
     }
 }
 
 /// Parse one framed message (as found by [`Scanner`]) into a request and its id.
 pub fn parse(form: Form, bytes: &[u8]) -> Result<(Request, Option<Id>), BadRequest> {
-    let bad = |info: String, id| BadRequest { info, id };
+    let bad = |info: String, id| BadRequest {
+        info: bounded(format!("bad request: {info}")),
+        id,
+    };
     match form {
         Form::Seed => {
-            let mut items: Vec<Wire> = serde_json::from_slice(bytes)
-                .map_err(|e| bad(format!("bad request: {}", describe(&e)), None))?;
+            let mut items: Vec<Wire> =
+                serde_json::from_slice(bytes).map_err(|e| bad(describe(&e), None))?;
             match (items.pop(), items.is_empty()) {
-                (Some(wire), true) => Ok((wire.split().0, None)),
+                (Some(wire), true) => match wire.split() {
+                    Ok((request, _)) => Ok((request, None)),
+                    Err(info) => Err(bad(info, None)),
+                },
                 _ => Err(bad(
-                    "bad request: a seed-form message must hold exactly one object".into(),
+                    "a seed-form message must hold exactly one object".into(),
                     None,
                 )),
             }
         }
-        Form::Stream => match serde_json::from_slice::<Wire>(bytes).map(Wire::split) {
-            Ok((request, id)) => match id {
-                Some(Value::Number(_) | Value::String(_)) | None => Ok((request, id)),
-                Some(_) => Err(bad(
-                    "bad request: \"id\" must be a string or a number".into(),
-                    None,
-                )),
-            },
-            Err(e) => {
+        Form::Stream => {
+            let result = serde_json::from_slice::<Wire>(bytes)
+                .map_err(|e| describe(&e))
+                .and_then(Wire::split);
+            result.map_err(|info| {
                 // Only on the error path: read the id, if any, so the client can match the reply.
-                let id = serde_json::from_slice::<Value>(bytes)
+                let id = serde_json::from_slice::<IdOnly>(bytes)
                     .ok()
-                    .and_then(|v| v.get("id").cloned())
-                    .filter(|id| id.is_string() || id.is_number());
-                Err(bad(format!("bad request: {}", describe(&e)), id))
-            }
-        },
+                    .and_then(|only| only.id)
+                    .filter(|id| id_ok(id));
+                bad(info, id)
+            })
+        }
     }
 }
 
@@ -410,7 +468,7 @@ struct WireReply<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     retry_after: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    id: Option<&'a Id>,
+    id: Option<&'a RawValue>,
 }
 
 /// Append `reply` to `out` in `form`: `[{...}]` for seed form, `{...}\n` for stream form.
@@ -421,7 +479,7 @@ pub fn encode(out: &mut Vec<u8>, form: Form, reply: &Reply, id: Option<&Id>) {
         reason: reply.reason,
         username: reply.username.as_deref(),
         retry_after: reply.retry_after,
-        id,
+        id: id.map(|id| &**id),
     };
     if form == Form::Seed {
         out.push(b'[');
@@ -488,6 +546,11 @@ mod tests {
             Scan::Invalid(FrameError::TooLarge(1024))
         );
         assert_eq!(scan_all(b"  \r\n"), Scan::Empty);
+        assert_eq!(scan_all(&[b' '; MAX_GAP]), Scan::Empty);
+        assert_eq!(
+            scan_all(&[b' '; MAX_GAP + 1]),
+            Scan::Invalid(FrameError::TooMuchWhitespace)
+        );
     }
 
     #[test]
@@ -498,14 +561,15 @@ mod tests {
         )
         .unwrap();
         assert_eq!(req.op, Op::Register);
-        assert_eq!(id, None);
+        assert!(id.is_none());
         let (req, id) = parse(
             Form::Stream,
             br#"{"OP":"login","username":"u","password":"p","id":7,"ip":"1.2.3.4"}"#,
         )
         .unwrap();
         assert_eq!((req.op, req.username.as_str()), (Op::Login, "u"));
-        assert_eq!(id, Some(Value::from(7)));
+        assert_eq!(id.map(|id| id.get().to_string()), Some("7".into()));
+        assert_eq!(req.ip, Some("1.2.3.4".parse().unwrap()));
     }
 
     #[test]
@@ -516,7 +580,7 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.info.contains("unknown variant `fly`"), "{}", err.info);
-        assert_eq!(err.id, Some(Value::from("x")));
+        assert_eq!(err.id.map(|id| id.get().to_string()), Some("\"x\"".into()));
         let err = parse(Form::Seed, br#"[{"OP":"login","username":"u"}]"#).unwrap_err();
         assert!(
             err.info.contains("missing field `password`"),
@@ -551,7 +615,7 @@ mod tests {
             &mut out,
             Form::Stream,
             &Reply::register_failed(RegisterFailure::UsernameTaken),
-            Some(&Value::from("r1")),
+            Some(&RawValue::from_string("\"r1\"".into()).unwrap()),
         );
         assert_eq!(
             out,
