@@ -1,23 +1,34 @@
-//! The operations endpoint (`--metrics-listen`): `GET /metrics` (Prometheus text),
-//! `/healthz` (the process is up) and `/readyz` (the account store answers).
+//! The operations endpoint (`--metrics-listen`): `GET /metrics` (OpenMetrics text),
+//! `/healthz` (the server's threads are alive) and `/readyz` (the account store answers).
 //!
-//! A minimal HTTP/1.x server on one thread: one request per connection, small bounded reads
-//! with a short timeout, so a slow or hostile scraper costs little and holds nothing else up.
+//! A minimal HTTP/1.x server: one request per connection, each on a thread of its own, at most
+//! [`MAX_CONCURRENT`] at once (more are answered 503 at once), each with one deadline for the
+//! whole exchange ([`DEADLINE`]), however slowly its bytes come. A slow or hostile client holds
+//! one of those threads for that long at most, and never holds up a probe.
 
 use crate::metrics::{encode, CONTENT_TYPE};
 use prometheus_client::registry::Registry;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// Requests served at once.
+pub const MAX_CONCURRENT: usize = 16;
+/// The whole exchange, request and response, must be over within this.
+pub const DEADLINE: Duration = Duration::from_secs(2);
+/// Largest request head read.
+const MAX_HEAD: usize = 8 * 1024;
 
 /// What the endpoint serves.
 pub struct Routes {
     /// The metrics `/metrics` shows.
     pub registry: Registry,
-    /// Whether `/readyz` says ready.
+    /// Whether `/healthz` says alive: the server's threads are running.
+    pub alive: Box<dyn Fn() -> bool + Send + Sync>,
+    /// Whether `/readyz` says ready: the account store answers.
     pub ready: Box<dyn Fn() -> bool + Send + Sync>,
 }
 
@@ -28,12 +39,23 @@ pub struct HttpEndpoint {
     thread: Option<JoinHandle<()>>,
 }
 
+/// Gives back a slot of [`MAX_CONCURRENT`] when a request's thread ends.
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 impl HttpEndpoint {
     pub fn spawn(listen: SocketAddr, routes: Routes) -> io::Result<HttpEndpoint> {
         let listener = TcpListener::bind(listen)?;
         let local_addr = listener.local_addr()?;
         let stopping = Arc::new(AtomicBool::new(false));
         let stop = stopping.clone();
+        let routes = Arc::new(routes);
+        let active = Arc::new(AtomicUsize::new(0));
         let thread = std::thread::Builder::new()
             .name("metrics-http".into())
             .spawn(move || {
@@ -41,10 +63,28 @@ impl HttpEndpoint {
                     if stop.load(Ordering::SeqCst) {
                         break;
                     }
-                    if let Ok(stream) = stream {
-                        if let Err(e) = serve(stream, &routes) {
-                            tracing::debug!(error = %e, "metrics request failed");
-                        }
+                    let Ok(mut stream) = stream else { continue };
+                    if active.fetch_add(1, Ordering::SeqCst) >= MAX_CONCURRENT {
+                        active.fetch_sub(1, Ordering::SeqCst);
+                        let _ = stream.set_nonblocking(true);
+                        let _ = stream.write_all(&response(
+                            "503 Service Unavailable",
+                            "text/plain",
+                            "busy\n",
+                        ));
+                        continue;
+                    }
+                    let (slot, routes) = (Slot(active.clone()), routes.clone());
+                    let spawned = std::thread::Builder::new()
+                        .name("metrics-http-request".into())
+                        .spawn(move || {
+                            let _slot = slot;
+                            if let Err(e) = serve(stream, &routes) {
+                                tracing::debug!(error = %e, "metrics request failed");
+                            }
+                        });
+                    if let Err(e) = spawned {
+                        tracing::warn!(error = %e, "cannot start a metrics request thread");
                     }
                 }
             })?;
@@ -71,12 +111,29 @@ impl Drop for HttpEndpoint {
     }
 }
 
+/// The time left until `deadline`, or a timeout error once it has passed.
+fn left(deadline: Instant) -> io::Result<Duration> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(io::ErrorKind::TimedOut.into());
+    }
+    Ok(left)
+}
+
+fn response(status: &str, content_type: &str, body: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
 fn serve(mut stream: TcpStream, routes: &Routes) -> io::Result<()> {
-    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-    stream.set_write_timeout(Some(Duration::from_secs(2)))?;
+    let deadline = Instant::now() + DEADLINE;
     let mut head = Vec::with_capacity(512);
     let mut buf = [0u8; 512];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_HEAD {
+        stream.set_read_timeout(Some(left(deadline)?))?;
         let n = stream.read(&mut buf)?;
         if n == 0 {
             break;
@@ -86,23 +143,24 @@ fn serve(mut stream: TcpStream, routes: &Routes) -> io::Result<()> {
     let line = head.split(|&b| b == b'\r').next().unwrap_or_default();
     let mut parts = line.split(|&b| b == b' ');
     let (method, path) = (parts.next(), parts.next());
+    let text = "text/plain";
     let (status, content_type, body) = match (method, path) {
         (Some(b"GET"), Some(b"/metrics")) => ("200 OK", CONTENT_TYPE, encode(&routes.registry)),
-        (Some(b"GET"), Some(b"/healthz")) => ("200 OK", "text/plain", "ok\n".into()),
-        (Some(b"GET"), Some(b"/readyz")) if (routes.ready)() => {
-            ("200 OK", "text/plain", "ready\n".into())
-        }
+        (Some(b"GET"), Some(b"/healthz")) if (routes.alive)() => ("200 OK", text, "ok\n".into()),
+        (Some(b"GET"), Some(b"/healthz")) => (
+            "503 Service Unavailable",
+            text,
+            "a server thread has stopped or stalled\n".into(),
+        ),
+        (Some(b"GET"), Some(b"/readyz")) if (routes.ready)() => ("200 OK", text, "ready\n".into()),
         (Some(b"GET"), Some(b"/readyz")) => (
             "503 Service Unavailable",
-            "text/plain",
+            text,
             "account store not answering\n".into(),
         ),
-        (Some(b"GET"), _) => ("404 Not Found", "text/plain", "not found\n".into()),
-        _ => ("405 Method Not Allowed", "text/plain", "GET only\n".into()),
+        (Some(b"GET"), _) => ("404 Not Found", text, "not found\n".into()),
+        _ => ("405 Method Not Allowed", text, "GET only\n".into()),
     };
-    let response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(response.as_bytes())
+    stream.set_write_timeout(Some(left(deadline)?))?;
+    stream.write_all(&response(status, content_type, &body))
 }

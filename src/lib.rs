@@ -22,6 +22,7 @@
 //!   [`accountdb::store`]: the `Store` trait and its SQLite implementation.
 //! - [`metrics`] and [`http`]: Prometheus metrics, `/healthz` and `/readyz`.
 //! - [`config`]: what the configuration structs share (parsing, defaults, value parsers);
+//!   [`cidr`]: address blocks for `--allow-from`;
 //!   [`signals`] and [`logging`]: process plumbing for the binaries.
 //!
 //! The binaries in `src/bin/` only parse flags, start these, and wait for a signal. The load
@@ -29,6 +30,7 @@
 
 pub mod accountdb;
 pub mod auth;
+pub mod cidr;
 pub mod config;
 pub mod http;
 pub mod logging;

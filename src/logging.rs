@@ -29,3 +29,52 @@ pub fn init(format: LogFormat) -> WorkerGuard {
     }
     guard
 }
+
+/// Log lines about an event that may repeat many times a second (refused connections, failed
+/// connection attempts) at most once per `every`: the first at once, then one line with how
+/// many happened since, so a flood of them cannot flood the log.
+pub struct RateLimited {
+    every: std::time::Duration,
+    state: parking_lot::Mutex<(Option<std::time::Instant>, u64)>,
+}
+
+impl RateLimited {
+    pub const fn new(every: std::time::Duration) -> Self {
+        RateLimited {
+            every,
+            state: parking_lot::Mutex::new((None, 0)),
+        }
+    }
+
+    /// Count one event. `Some(n)` when a line is due now, for `n` events (this one included)
+    /// since the last line; `None` while the last line is more recent than `every`.
+    pub fn hit(&self) -> Option<u64> {
+        let now = std::time::Instant::now();
+        let mut state = self.state.lock();
+        state.1 += 1;
+        match state.0 {
+            Some(last) if now.duration_since(last) < self.every => None,
+            _ => {
+                state.0 = Some(now);
+                Some(std::mem::take(&mut state.1))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn rate_limited_lines_summarise_what_they_skipped() {
+        let limit = RateLimited::new(Duration::from_millis(50));
+        assert_eq!(limit.hit(), Some(1));
+        for _ in 0..9 {
+            assert_eq!(limit.hit(), None);
+        }
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(limit.hit(), Some(10));
+    }
+}

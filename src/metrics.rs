@@ -162,6 +162,7 @@ pub struct Metrics {
     pub db_errors: Counter,
     pub throttled: Counter,
     pub refused_connections: Counter,
+    pub disallowed_connections: Counter,
 }
 
 impl Default for Metrics {
@@ -181,6 +182,7 @@ impl Default for Metrics {
             db_errors: Counter::default(),
             throttled: Counter::default(),
             refused_connections: Counter::default(),
+            disallowed_connections: Counter::default(),
         }
     }
 }
@@ -268,6 +270,11 @@ impl Metrics {
             "refused_connections",
             "Connections closed at accept at --max-connections",
             self.refused_connections.clone(),
+        );
+        r.register(
+            "disallowed_connections",
+            "Connections closed at accept: the peer is not in --allow-from",
+            self.disallowed_connections.clone(),
         );
         r
     }

@@ -6,7 +6,7 @@
 //! for a registration the store write after it. The server runs `finish` on its hash threads.
 
 use crate::accountdb::store::{Account, Created, Store};
-use crate::auth::names::Rules;
+use crate::auth::names::{normalize_password, Rules};
 use crate::auth::password::{HashError, Hasher, Memory};
 use crate::auth::secret::random_token;
 use crate::metrics::Metrics;
@@ -134,7 +134,7 @@ impl Service {
         }
         let found = match op {
             // A name that could never have registered names no account.
-            Op::Login if !rules.username_ok(&username) => Ok(None),
+            Op::Login if !rules.could_exist(&username) => Ok(None),
             // A password that could never have registered is wrong whoever's it is; it costs
             // the address, never the account, so short guesses cannot lock a victim out.
             Op::Login if !rules.password_ok(&password) => {
@@ -190,15 +190,15 @@ impl Service {
                 account,
                 password,
                 origin,
-            } => match self.hasher.verify(&password, &account.hash, memory) {
-                Ok(true) => {
+            } => match self.verify(&password, &account.hash, memory) {
+                Ok(Some(rehash)) => {
                     self.throttle.succeeded(&account.username, origin);
-                    if self.hasher.is_weaker(&account.hash) {
+                    if rehash || self.hasher.is_weaker(&account.hash) {
                         self.upgrade(&account.username, &password, memory);
                     }
                     Reply::logged_in(account.username)
                 }
-                Ok(false) => {
+                Ok(None) => {
                     if self.options.hide_user_existence && self.hasher.is_weaker(&account.hash) {
                         // A cheaper old hash verifies faster than an unknown name's dummy: make
                         // up the difference, so the time does not tell the account exists.
@@ -216,12 +216,14 @@ impl Service {
             } => {
                 // The result is always "no"; the work is what makes it indistinguishable, and
                 // the name is counted so that it locks like a real account.
-                let _ = self.hasher.verify(&password, &self.dummy_hash, memory);
+                let _ =
+                    self.hasher
+                        .verify(&normalize_password(&password), &self.dummy_hash, memory);
                 self.throttle.failed(Some(&username), origin);
                 Reply::wrong_password()
             }
             Task::Create { username, password } => {
-                let hash = match self.hasher.hash(&password, memory) {
+                let hash = match self.hasher.hash(&normalize_password(&password), memory) {
                     Ok(hash) => hash,
                     Err(e) => return internal_error(&e),
                 };
@@ -237,12 +239,32 @@ impl Service {
         }
     }
 
-    /// Re-hash a password whose stored hash is weaker than the current parameters. A failure
-    /// only means the upgrade waits for the next login.
+    /// Verify `password` (in NFC) against `stored`. `Some(rehash)` when it matches; `rehash`:
+    /// it matched only as typed, not normalized (a hash made before passwords were
+    /// normalized), so it should be hashed again.
+    fn verify(
+        &self,
+        password: &str,
+        stored: &str,
+        memory: &mut Memory,
+    ) -> Result<Option<bool>, HashError> {
+        let normalized = normalize_password(password);
+        if self.hasher.verify(&normalized, stored, memory)? {
+            return Ok(Some(false));
+        }
+        if normalized != password && self.hasher.verify(password, stored, memory)? {
+            return Ok(Some(true));
+        }
+        Ok(None)
+    }
+
+    /// Re-hash a password (normalized) whose stored hash is weaker than the current parameters
+    /// or was made from the password as typed. A failure only means the upgrade waits for the
+    /// next login.
     fn upgrade(&self, username: &str, password: &str, memory: &mut Memory) {
         let result = self
             .hasher
-            .hash(password, memory)
+            .hash(&normalize_password(password), memory)
             .map_err(|e| e.to_string())
             .and_then(|hash| {
                 self.store

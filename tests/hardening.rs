@@ -6,6 +6,7 @@ mod common;
 use common::{code, exchange, seed, start, start_with, StreamClient};
 use serde_json::{json, Value};
 use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 /// A stream-form login, with the player's address.
@@ -266,4 +267,294 @@ fn sighup_does_not_stop_the_server() {
     assert_eq!(code(addr, "login", "nobody", "password1"), 1);
     common::signal(child.id(), "TERM");
     assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn names_that_look_the_same_are_one_name() {
+    let tiers = start();
+    let addr = tiers.addr();
+    let register = |name: &str| seed(addr, "register", name, "password1");
+    assert_eq!(register("dave")["code"], 4);
+    for (name, reason) in [
+        ("dave\u{3164}", "invalid_username"),
+        ("\u{3164}\u{3164}\u{3164}", "invalid_username"),
+        ("\u{0430}dmin", "invalid_username"), // Cyrillic а among Latin letters
+        ("ｄａｖｅ", "username_taken"),
+        ("𝐝𝐚𝐯𝐞", "username_taken"),
+    ] {
+        let reply = register(name);
+        assert_eq!(
+            (reply["code"].clone(), reply["reason"].clone()),
+            (json!(5), json!(reason)),
+            "{name:?}"
+        );
+    }
+    assert_eq!(register("coco")["code"], 4);
+    let reply = register("\u{0441}\u{043e}\u{0441}\u{043e}"); // Cyrillic сосо
+    assert_eq!(
+        reply["reason"], "username_taken",
+        "a whole-script look-alike"
+    );
+    assert_eq!(register("straße")["code"], 4);
+    assert_eq!(register("STRASSE")["reason"], "username_taken");
+    assert_eq!(
+        seed(addr, "login", "STRASSE", "password1")["username"],
+        "straße"
+    );
+}
+
+#[test]
+fn names_valid_before_still_log_in() {
+    use login_server::accountdb::store::{Account, SqliteStore, Store};
+    use login_server::auth::password::{HashParams, Hasher, Memory};
+    let tiers = start();
+    let hasher = Hasher::new(HashParams::CHEAPEST).unwrap();
+    let hash = hasher.hash("password1", &mut Memory::default()).unwrap();
+    let store = SqliteStore::open(tiers.dir.path()).unwrap();
+    let old = "dave\u{3164}"; // registered before fillers were refused
+    let account = Account {
+        username: old.into(),
+        hash,
+    };
+    store.create(&account, "legacy").unwrap();
+    assert_eq!(seed(tiers.addr(), "login", old, "password1")["code"], 3);
+}
+
+#[test]
+fn passwords_typed_composed_or_decomposed_are_the_same() {
+    use login_server::accountdb::store::{Account, SqliteStore, Store};
+    use login_server::auth::password::{HashParams, Hasher, Memory};
+    let tiers = start();
+    let (composed, decomposed) = ("caf\u{e9}-au-lait", "cafe\u{301}-au-lait");
+    assert_eq!(code(tiers.addr(), "register", "barista", decomposed), 4);
+    assert_eq!(code(tiers.addr(), "login", "barista", composed), 3);
+    assert_eq!(code(tiers.addr(), "login", "barista", decomposed), 3);
+    // A hash made before passwords were normalized (of the decomposed form as typed) still
+    // verifies as typed, and is then made again from the normalized form.
+    let hasher = Hasher::new(HashParams::CHEAPEST).unwrap();
+    let hash = hasher.hash(decomposed, &mut Memory::default()).unwrap();
+    let store = SqliteStore::open(tiers.dir.path()).unwrap();
+    let account = Account {
+        username: "oldtimer".into(),
+        hash,
+    };
+    store.create(&account, "legacy").unwrap();
+    assert_eq!(
+        code(tiers.addr(), "login", "oldtimer", composed),
+        2,
+        "not yet rehashed"
+    );
+    assert_eq!(code(tiers.addr(), "login", "oldtimer", decomposed), 3);
+    assert_eq!(
+        code(tiers.addr(), "login", "oldtimer", composed),
+        3,
+        "rehashed from NFC"
+    );
+}
+
+/// GET `path` on an HTTP endpoint: status and body.
+fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = common::connect(addr);
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response[9..12].parse().unwrap();
+    let body = response.split_once("\r\n\r\n").unwrap().1.to_string();
+    (status, body)
+}
+
+#[test]
+fn only_allowed_gateways_may_connect() {
+    let closed = start_with(|c| {
+        c.allow_from = vec![
+            "10.9.9.9".parse().unwrap(),
+            "2001:db8::/32".parse().unwrap(),
+        ];
+        c.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    });
+    for _ in 0..3 {
+        assert!(
+            StreamClient::new(closed.addr()).closed(),
+            "closed at accept"
+        );
+    }
+    let (_, metrics) = get(closed.server.metrics_addr().unwrap(), "/metrics");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "login_disallowed_connections_total 3"),
+        "{metrics}"
+    );
+    let open = start_with(|c| c.allow_from = vec!["127.0.0.0/8".parse().unwrap()]);
+    assert_eq!(code(open.addr(), "login", "nobody", "password1"), 1);
+}
+
+#[test]
+fn a_slow_client_does_not_blind_the_health_endpoint() {
+    let tiers = start_with(|c| c.metrics_listen = Some("127.0.0.1:0".parse().unwrap()));
+    let metrics = tiers.server.metrics_addr().unwrap();
+    // Five clients that trickle a request a byte at a time and never finish it.
+    let started = Instant::now();
+    let slow: Vec<std::thread::JoinHandle<Duration>> = (0..5)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut stream = common::connect(metrics);
+                for byte in b"GET /metrics HTTP/1.1\r\nHost: slow\r\n" {
+                    if stream.write_all(&[*byte]).is_err() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(150));
+                }
+                let mut rest = Vec::new();
+                let _ = stream.read_to_end(&mut rest);
+                started.elapsed()
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    for _ in 0..3 {
+        let probed = Instant::now();
+        assert_eq!(get(metrics, "/healthz"), (200, "ok\n".into()));
+        assert!(
+            probed.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            probed.elapsed()
+        );
+    }
+    for client in slow {
+        let cut = client.join().unwrap();
+        assert!(cut < Duration::from_secs(4), "held for {cut:?}");
+    }
+}
+
+#[test]
+fn unauthenticated_connections_cannot_take_login_servers_slots() {
+    use login_server::{AccountDb, AccountDbConfig, LoginServer};
+    let dir = tempfile::tempdir().unwrap();
+    let secret = login_server::auth::secret::Secret::generate();
+    let mut config = AccountDbConfig::embedded("127.0.0.1:0".parse().unwrap(), secret.clone());
+    config.max_connections = 4;
+    config.max_handshakes = 4;
+    config.auth_timeout = Duration::from_secs(20);
+    let store =
+        std::sync::Arc::new(login_server::accountdb::store::SqliteStore::open(dir.path()).unwrap());
+    let db = AccountDb::spawn(config, store).unwrap();
+    // Twenty peers that connect and never authenticate: the newest four wait in their
+    // handshake, the older ones are cut off as newer ones come.
+    let silent: Vec<TcpStream> = (0..20)
+        .map(|_| {
+            let stream = common::connect(db.local_addr());
+            let mut greeting = String::new();
+            std::io::BufRead::read_line(&mut std::io::BufReader::new(&stream), &mut greeting)
+                .unwrap();
+            stream
+        })
+        .collect();
+    let still_open = |mut stream: &TcpStream| {
+        stream
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        matches!(stream.read(&mut [0u8; 64]), Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut))
+    };
+    let open: Vec<bool> = silent.iter().map(still_open).collect();
+    assert_eq!(open.iter().filter(|&&o| o).count(), 4, "{open:?}");
+    assert!(open[16..].iter().all(|&o| o), "the newest wait: {open:?}");
+    // A login-server still gets its connections: its handshakes cut off the silent ones.
+    let server = LoginServer::spawn(common::config(db.local_addr(), &secret)).unwrap();
+    assert_eq!(
+        code(server.local_addr(), "register", "still-served", "password1"),
+        4
+    );
+    assert_eq!(
+        code(server.local_addr(), "login", "still-served", "password1"),
+        3
+    );
+}
+
+/// Run account-db on `dir` until it exits (it must, within the patience); its status and log.
+fn account_db_start_failure(dir: &std::path::Path) -> (std::process::ExitStatus, String) {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_account-db"))
+        .args(["--listen", "127.0.0.1:0", "--data"])
+        .arg(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + common::PATIENCE;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("account-db started on a store it should refuse");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut log = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
+    (status, log)
+}
+
+/// A store with enough accounts to span several pages, closed.
+fn filled_store(dir: &std::path::Path) {
+    use login_server::accountdb::store::{Account, SqliteStore, Store};
+    let store = SqliteStore::open(dir).unwrap();
+    for i in 0..300 {
+        let account = Account {
+            username: format!("player{i}"),
+            hash: "x".repeat(100),
+        };
+        store.create(&account, &format!("r{i}")).unwrap();
+    }
+}
+
+#[test]
+fn a_damaged_store_stops_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    filled_store(dir.path());
+    let path = dir.path().join("accounts.sqlite3");
+    let mut bytes = std::fs::read(&path).unwrap();
+    assert!(bytes.len() > 4 * 4096, "{} bytes", bytes.len());
+    bytes[2 * 4096..3 * 4096].fill(0); // zero page 3
+    std::fs::write(&path, bytes).unwrap();
+    let (status, log) = account_db_start_failure(dir.path());
+    assert!(!status.success());
+    assert!(log.contains("damaged"), "{log}");
+}
+
+#[test]
+fn a_read_only_store_stops_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    filled_store(dir.path());
+    let path = dir.path().join("accounts.sqlite3");
+    // Root ignores file modes; the immutable attribute binds root too.
+    let immutable = std::process::Command::new("chattr")
+        .arg("+i")
+        .arg(&path)
+        .status();
+    if !immutable.is_ok_and(|s| s.success()) {
+        let mut perms = std::fs::metadata(&path).unwrap().permissions();
+        perms.set_readonly(true);
+        std::fs::set_permissions(&path, perms).unwrap();
+        if std::fs::OpenOptions::new().write(true).open(&path).is_ok() {
+            println!("skipped: cannot make {} read-only here", path.display());
+            return;
+        }
+    }
+    let (status, log) = account_db_start_failure(dir.path());
+    let _ = std::process::Command::new("chattr")
+        .arg("-i")
+        .arg(&path)
+        .status();
+    assert!(!status.success());
+    assert!(
+        log.contains("readonly") || log.contains("read-only"),
+        "{log}"
+    );
 }

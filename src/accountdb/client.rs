@@ -7,6 +7,7 @@
 
 use crate::accountdb::store::{Account, Created, Store, StoreError};
 use crate::auth::secret::Secret;
+use crate::logging::RateLimited;
 use crate::metrics::Metrics;
 use crate::protocol::accountdb::{
     decode_line, encode_line, DbRequest, DbResponse, Greeting, MAX_LINE, SERVICE, VERSION,
@@ -164,13 +165,21 @@ impl r2d2::ManageConnection for DbManager {
     }
 }
 
-/// Reports the pool's failed connection attempts through `tracing`.
-#[derive(Debug)]
-struct LogErrors;
+/// Reports the pool's failed connection attempts through `tracing`, at most one line per
+/// 10 s with how many failed since: a wrong secret fails every attempt, many a second.
+struct LogErrors(RateLimited);
+
+impl std::fmt::Debug for LogErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LogErrors")
+    }
+}
 
 impl r2d2::HandleError<DbError> for LogErrors {
     fn handle_error(&self, error: DbError) {
-        tracing::warn!(%error, "account-db connection attempt failed");
+        if let Some(failed) = self.0.hit() {
+            tracing::warn!(%error, failed, "account-db connection attempts failed");
+        }
     }
 }
 
@@ -214,8 +223,15 @@ impl RemoteStore {
                     // has_broken catches failed connections; a ping per checkout would double
                     // the round trips. Idle ones are retired before account-db drops them.
                     .test_on_check_out(false)
+                    // No churn while idle: connections are made when needed, kept while used,
+                    // and an idle one is retired after 5 minutes (before account-db's idle
+                    // timeout drops it) without being replaced.
+                    .min_idle(Some(0))
+                    .max_lifetime(None)
                     .idle_timeout(Some(Duration::from_secs(5 * 60)))
-                    .error_handler(Box::new(LogErrors))
+                    .error_handler(Box::new(LogErrors(RateLimited::new(Duration::from_secs(
+                        10,
+                    )))))
                     .build_unchecked(manager),
             ),
         };

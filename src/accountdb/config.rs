@@ -37,6 +37,21 @@ pub struct AccountDbConfig {
         value_parser = at_least_one
     )]
     pub max_connections: usize,
+    /// Connections still in their handshake (not yet authenticated) at most; they are counted
+    /// apart from --max-connections, so unauthenticated peers can never take an authenticated
+    /// login-server's place. Defaults to 64.
+    #[arg(
+        long,
+        value_name = "N",
+        env = "ACCOUNT_DB_MAX_HANDSHAKES",
+        default_value = "64",
+        value_parser = at_least_one
+    )]
+    pub max_handshakes: usize,
+    /// Skip the integrity check (`PRAGMA quick_check`) of the database at start; it reads the
+    /// whole file, which takes long for huge stores. Defaults to off: the check runs.
+    #[arg(long, env = "ACCOUNT_DB_SKIP_INTEGRITY_CHECK")]
+    pub skip_integrity_check: bool,
     /// File holding the secret clients must prove (64 hex digits), created with mode 0600 if
     /// missing; the environment variable ACCOUNT_DB_SECRET may hold the secret itself instead.
     /// Defaults to DATA/account-db.secret.

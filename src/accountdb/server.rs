@@ -10,16 +10,17 @@ use crate::accountdb::config::AccountDbConfig;
 use crate::accountdb::store::{Created, SqliteStore, Store, StoreError};
 use crate::auth::secret::{self, Secret, SecretError};
 use crate::http::{HttpEndpoint, Routes};
+use crate::logging::RateLimited;
 use crate::metrics::{LabeledCounters, LiveGauge};
 use crate::protocol::accountdb::{
     decode_line, encode_line, DbRequest, DbResponse, Greeting, MAX_LINE,
 };
 use parking_lot::Mutex;
 use prometheus_client::metrics::counter::Counter;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -53,6 +54,13 @@ pub enum AccountDbStartError {
 struct Shared {
     secret: Secret,
     max_connections: usize,
+    max_handshakes: usize,
+    /// Connections in their handshake, oldest first (ids into `open`); capped apart from the
+    /// authenticated ones.
+    handshaking: Mutex<VecDeque<u64>>,
+    authenticated: AtomicUsize,
+    /// Refusals are logged as a summary at most once per 10 s.
+    refusal_log: RateLimited,
     idle_timeout: Duration,
     auth_timeout: Duration,
     stopping: AtomicBool,
@@ -107,6 +115,64 @@ impl Shared {
     }
 }
 
+/// A connection in its handshake, until dropped, however the handler ends.
+struct Handshaking<'a>(&'a Shared, u64);
+
+impl Drop for Handshaking<'_> {
+    fn drop(&mut self) {
+        self.0.handshaking.lock().retain(|&id| id != self.1);
+    }
+}
+
+/// Holds one count of authenticated connections until dropped, however the handler ends.
+struct Held<'a>(&'a AtomicUsize);
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Shared {
+    /// Count connection `id` as in its handshake. At `max_handshakes`, the oldest handshake is
+    /// cut off instead: it has had the longest to finish, and a login-server's handshake takes
+    /// one round trip, so peers that never authenticate cannot keep one from starting.
+    fn begin_handshake(&self, id: u64, peer: &str) {
+        let oldest = {
+            let mut handshaking = self.handshaking.lock();
+            handshaking.push_back(id);
+            (handshaking.len() > self.max_handshakes)
+                .then(|| handshaking.pop_front())
+                .flatten()
+        };
+        if let Some(oldest) = oldest {
+            if let Some(stream) = self.open.lock().get(&oldest) {
+                let _ = stream.shutdown(Shutdown::Both);
+            }
+            self.refused.inc();
+            if let Some(n) = self.refusal_log.hit() {
+                tracing::warn!(
+                    last_peer = %peer,
+                    refused = n,
+                    "account-db cut off handshakes: at --max-handshakes"
+                );
+            }
+        }
+    }
+
+    /// Refuse a connection: answer why, count it, and log it (rate-limited).
+    fn refuse(&self, stream: &mut TcpStream, peer: &str, why: &str) {
+        self.refused.inc();
+        if let Some(n) = self.refusal_log.hit() {
+            tracing::warn!(last_peer = %peer, last_reason = why, refused = n, "account-db refused connections");
+        }
+        let refusal = DbResponse::Error {
+            message: why.into(),
+        };
+        let _ = stream.write_all(&encode_line(&refusal));
+    }
+}
+
 /// Removes a connection from the registry when its handler ends, however it ends.
 struct Registered<'a> {
     registry: &'a Shared,
@@ -153,6 +219,10 @@ impl AccountDb {
         let shared = Arc::new(Shared {
             secret,
             max_connections: config.max_connections,
+            max_handshakes: config.max_handshakes,
+            handshaking: Mutex::new(VecDeque::new()),
+            authenticated: AtomicUsize::new(0),
+            refusal_log: RateLimited::new(Duration::from_secs(10)),
             idle_timeout: config.idle_timeout,
             auth_timeout: config.auth_timeout,
             stopping: AtomicBool::new(false),
@@ -164,9 +234,10 @@ impl AccountDb {
         });
         let metrics_endpoint = match config.metrics_listen {
             Some(addr) => {
-                let ready = store.clone();
+                let (ready, alive) = (store.clone(), shared.clone());
                 let routes = Routes {
                     registry: shared.registry(),
+                    alive: Box::new(move || !alive.stopping.load(Ordering::SeqCst)),
                     ready: Box::new(move || ready.ping().is_ok()),
                 };
                 let endpoint = HttpEndpoint::spawn(addr, routes)
@@ -223,12 +294,13 @@ impl Drop for AccountDb {
 }
 
 fn accept_loop(listener: TcpListener, store: Arc<dyn Store>, shared: &Arc<Shared>) {
-    let pool = ThreadPool::with_name("account-db-conn".into(), shared.max_connections.max(1));
+    let threads = shared.max_connections + shared.max_handshakes;
+    let pool = ThreadPool::with_name("account-db-conn".into(), threads.max(1));
     for stream in listener.incoming() {
         if shared.stopping.load(Ordering::SeqCst) {
             break;
         }
-        let mut stream = match stream {
+        let stream = match stream {
             Ok(stream) => stream,
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
@@ -240,15 +312,6 @@ fn accept_loop(listener: TcpListener, store: Arc<dyn Store>, shared: &Arc<Shared
         let peer = stream
             .peer_addr()
             .map_or_else(|_| "unknown".to_string(), |a| a.to_string());
-        if shared.open.lock().len() >= shared.max_connections {
-            shared.refused.inc();
-            tracing::warn!(%peer, "account-db refused a connection: at max connections");
-            let refusal = DbResponse::Error {
-                message: "too many connections".into(),
-            };
-            let _ = stream.write_all(&encode_line(&refusal));
-            continue;
-        }
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
         match stream.try_clone() {
             Ok(clone) => shared.open.lock().insert(id, clone),
@@ -257,13 +320,14 @@ fn accept_loop(listener: TcpListener, store: Arc<dyn Store>, shared: &Arc<Shared
                 continue;
             }
         };
+        shared.begin_handshake(id, &peer);
         let (store, shared) = (store.clone(), shared.clone());
         pool.execute(move || {
             let _registered = Registered {
                 registry: &shared,
                 id,
             };
-            if let Err(e) = serve(stream, &*store, &shared) {
+            if let Err(e) = serve(stream, id, &*store, &shared) {
                 tracing::debug!(%peer, error = %e, "account-db connection ended");
             }
         });
@@ -276,7 +340,9 @@ fn accept_loop(listener: TcpListener, store: Arc<dyn Store>, shared: &Arc<Shared
 }
 
 /// Serve one connection until the peer closes it, it idles out, or IO fails.
-fn serve(stream: TcpStream, store: &dyn Store, shared: &Shared) -> io::Result<()> {
+fn serve(stream: TcpStream, id: u64, store: &dyn Store, shared: &Shared) -> io::Result<()> {
+    // Counted by the accept loop before this handler started; given back however it ends.
+    let handshaking = Handshaking(shared, id);
     let peer = stream
         .peer_addr()
         .map_or_else(|_| "unknown".to_string(), |a| a.to_string());
@@ -297,15 +363,18 @@ fn serve(stream: TcpStream, store: &dyn Store, shared: &Shared) -> io::Result<()
         // Silent, too slow, or gone: refused like a wrong proof.
         Ok(false) | Err(_) => String::new(),
     };
+    drop(handshaking);
     shared.requests.inc(0);
     if !shared.secret.verify(&nonce, &proof) {
-        shared.refused.inc();
-        tracing::warn!(%peer, "account-db refused a connection: authentication failed");
-        let refusal = DbResponse::Error {
-            message: "authentication failed".into(),
-        };
-        return writer.write_all(&encode_line(&refusal));
+        shared.refuse(&mut writer, &peer, "authentication failed");
+        return Ok(());
     }
+    if shared.authenticated.fetch_add(1, Ordering::SeqCst) >= shared.max_connections {
+        shared.authenticated.fetch_sub(1, Ordering::SeqCst);
+        shared.refuse(&mut writer, &peer, "too many connections");
+        return Ok(());
+    }
+    let _authenticated = Held(&shared.authenticated);
     writer.write_all(&encode_line(&DbResponse::Ok))?;
     reader
         .get_ref()

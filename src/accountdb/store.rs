@@ -35,6 +35,12 @@ pub enum StoreError {
     /// past the busy timeout.
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// The database file is damaged: `PRAGMA quick_check` found these problems at start.
+    #[error("the account database is damaged: {0}")]
+    Damaged(String),
+    /// The database's schema is newer than this build knows: it was opened by a newer version.
+    #[error("the account database has schema version {found}, newer than this build's {known}")]
+    TooNew { found: usize, known: usize },
     /// The data directory does not exist and cannot be created.
     #[error("cannot create the data directory {path}: {source}")]
     DataDir {

@@ -1,5 +1,27 @@
-//! Username and password rules, and the case folding that makes names unique without regard
-//! to case.
+//! Username and password rules, and what makes two names the same.
+//!
+//! Names that look the same must be the same (RFC 8265's UsernameCaseMapped, Unicode UTS #39):
+//! - [`fold`] (NFKC, then full case folding) is the uniqueness key: `Alice`, `ALICE`, `ａｌｉｃｅ`,
+//!   `𝐚𝐥𝐢𝐜𝐞` are one account, and so are `straße` and `STRASSE`. It is stable across Unicode
+//!   versions.
+//! - [`Rules::username_ok`] refuses, for new registrations, default-ignorable and invisible code
+//!   points (Hangul fillers, say), characters UTS #39 does not allow in identifiers, and names
+//!   that mix scripts beyond UTS #39's "highly restrictive" level (Latin with Han and Kana, say,
+//!   but not Cyrillic `а` among Latin letters).
+//! - [`skeleton`] (UTS #39) makes whole-script look-alikes the same: a registration whose
+//!   skeleton matches an existing account's is refused as taken. It is a refusal check with
+//!   its own index, not the key: it changes with Unicode's confusables data ([`SKELETON_DATA`]),
+//!   and the store rebuilds it when that changes.
+//!
+//! Names that registered under older rules still log in: logins are checked only against
+//! [`Rules::could_exist`], the rules names were ever registered under.
+
+use unicode_normalization::UnicodeNormalization;
+use unicode_security::{GeneralSecurityProfile, RestrictionLevel, RestrictionLevelDetection};
+
+/// The version of the confusables data behind [`skeleton`]: stored skeletons made with other
+/// data are rebuilt.
+pub const SKELETON_DATA: (u64, u64, u64) = unicode_security::UNICODE_VERSION;
 
 /// The limits a registration must meet. Logins are checked against them too, so a request that
 /// cannot name an account is answered without touching the store.
@@ -30,8 +52,29 @@ impl Default for Rules {
 }
 
 impl Rules {
-    /// Letters of any script, ASCII digits, `_`, `-` and `.`, within the length limits.
+    /// Whether a new registration may take `name`: within the length limits (in characters of
+    /// its NFKC form), letters of any script, ASCII digits, `_`, `-` and `.`, nothing invisible
+    /// or disallowed in identifiers, and no mix of scripts beyond UTS #39's "highly
+    /// restrictive".
     pub fn username_ok(&self, name: &str) -> bool {
+        let (min, max) = self.username_chars;
+        let normalized: String = name.nfkc().collect();
+        let mut count = 0;
+        for c in normalized.chars() {
+            count += 1;
+            let shape = c.is_alphabetic() || c.is_ascii_digit() || "_-.".contains(c);
+            if count > max || !shape || !c.identifier_allowed() {
+                return false;
+            }
+        }
+        count >= min
+            && normalized.as_str().detect_restriction_level() <= RestrictionLevel::HighlyRestrictive
+    }
+
+    /// Whether `name` could belong to an account at all: it meets the rules names were ever
+    /// registered under (letters, ASCII digits, `_`, `-`, `.`, within the length limits), which
+    /// are looser than today's. A login under any other name is answered without a lookup.
+    pub fn could_exist(&self, name: &str) -> bool {
         let (min, max) = self.username_chars;
         let mut count = 0;
         for c in name.chars() {
@@ -50,9 +93,25 @@ impl Rules {
     }
 }
 
-/// The key under which a name is unique: `Alice`, `ALICE` and `alice` are one account.
+/// The key under which a name is unique: NFKC, full case folding, NFKC again (so the result is
+/// normalized). `Alice`, `ＡＬＩＣＥ` and `alice` are one account; so are `straße` and `STRASSE`.
 pub fn fold(name: &str) -> String {
-    name.to_lowercase()
+    let compatible: String = name.nfkc().collect();
+    caseless::default_case_fold_str(&compatible)
+        .nfkc()
+        .collect()
+}
+
+/// The UTS #39 confusable skeleton of a name's [`fold`]: names whose skeletons match look
+/// alike (Cyrillic `аdmin` and Latin `admin`).
+pub fn skeleton(name: &str) -> String {
+    unicode_security::skeleton(&fold(name)).collect()
+}
+
+/// A password as it is hashed and verified: NFC, so that the same password typed on another
+/// keyboard or system (composed or decomposed accents) is the same (NIST SP 800-63B).
+pub fn normalize_password(password: &str) -> String {
+    password.nfc().collect()
 }
 
 #[cfg(test)]
@@ -98,5 +157,63 @@ mod tests {
     fn folding_ignores_case_in_any_script() {
         assert_eq!(fold("Alice"), fold("aLICE"));
         assert_eq!(fold("ŻÓŁW"), "żółw");
+    }
+
+    #[test]
+    fn names_that_look_the_same_are_the_same() {
+        let same = [
+            ("가ab", "\u{1100}\u{1161}ab"),
+            ("𝐫𝐨𝐨𝐭", "root"),
+            ("ｂｏｂ12", "bob12"),
+            ("ﬀabc", "ffabc"),
+            ("straße", "STRASSE"),
+            ("οδοσ", "ΟΔΟΣ"),
+            ("οδος", "ΟΔΟΣ"),
+        ];
+        for (a, b) in same {
+            assert_eq!(fold(a), fold(b), "{a} and {b}");
+        }
+        assert_eq!(skeleton("\u{0430}dmin"), skeleton("admin"), "Cyrillic а");
+        assert_eq!(
+            skeleton("\u{0441}\u{043e}\u{0441}\u{043e}"),
+            skeleton("coco")
+        );
+        assert_ne!(skeleton("alice"), skeleton("bob"));
+    }
+
+    #[test]
+    fn invisible_and_mixed_script_names_are_refused() {
+        let rules = Rules::default();
+        for bad in [
+            "dave\u{3164}",
+            "dave\u{115F}",
+            "dave\u{1160}",
+            "dave\u{FFA0}",
+            "\u{3164}\u{3164}\u{3164}",
+            "da\u{200B}ve",
+            "\u{0430}dmin", // Cyrillic а among Latin letters
+            "abcαβγ",       // Latin and Greek
+        ] {
+            assert!(!rules.username_ok(bad), "{bad:?}");
+        }
+        for ok in [
+            "admin",
+            "админ",
+            "日本語name",
+            "가나다",
+            "jean-luc.p",
+            "Żółw",
+        ] {
+            assert!(rules.username_ok(ok), "{ok:?}");
+        }
+        // Refused now, but such a name may have registered before: logins still look it up.
+        assert!(rules.could_exist("\u{0430}dmin"));
+        assert!(!rules.could_exist("a b"));
+    }
+
+    #[test]
+    fn passwords_are_compared_in_nfc() {
+        assert_eq!(normalize_password("e\u{301}t\u{e9}"), "\u{e9}t\u{e9}");
+        assert_eq!(normalize_password("plain"), "plain");
     }
 }

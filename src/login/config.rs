@@ -4,6 +4,7 @@
 use crate::accountdb::client::ClientConfig;
 use crate::auth::password::HashParams;
 use crate::auth::secret::{Secret, SecretError};
+use crate::cidr::Cidr;
 use crate::config::{at_least_one, cores, seconds};
 use crate::logging::LogFormat;
 use crate::service::Options as ServiceOptions;
@@ -23,6 +24,16 @@ pub struct LoginServerConfig {
         default_value = "127.0.0.1:6999"
     )]
     pub listen: SocketAddr,
+    /// Gateway addresses allowed to connect, as address blocks (`10.0.0.0/8,2001:db8::/32`,
+    /// or single addresses); others are closed at accept and counted, never logged one by one.
+    /// Defaults to everyone (with a warning at start when --listen is not a loopback address).
+    #[arg(
+        long,
+        value_name = "CIDR,...",
+        env = "LOGIN_SERVER_ALLOW_FROM",
+        value_delimiter = ','
+    )]
+    pub allow_from: Vec<Cidr>,
     /// Address of a running account-db. Defaults to none: an account-db runs embedded, on an
     /// ephemeral loopback port, reached over TCP like a remote one.
     #[arg(long, value_name = "ADDR", env = "LOGIN_SERVER_DB")]

@@ -5,8 +5,10 @@
 //! the request is answered "unavailable" (7) at once: load is shed, never queued without bound.
 
 use super::conn::{Conn, Deadlines, Incoming, Next};
+use super::health::Health;
 use super::returns::{Back, Returns};
 use super::workers::Job;
+use crate::cidr::Cidr;
 use crate::metrics::Metrics;
 use crate::protocol::gateway::Reply;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
@@ -30,6 +32,8 @@ const READ_CHUNK: usize = 16 * 1024;
 /// The I/O thread's limits.
 #[derive(Debug, Clone)]
 pub struct Limits {
+    /// Peers allowed to connect; empty: everyone.
+    pub allow_from: Vec<Cidr>,
     pub max_connections: usize,
     pub max_message: usize,
     pub deadlines: Deadlines,
@@ -51,6 +55,7 @@ pub struct IoLoop {
     pub back: Receiver<Back>,
     pub returns: Arc<Returns>,
     pub stopping: Arc<AtomicBool>,
+    pub health: Arc<Health>,
     pub limits: Limits,
     pub metrics: Metrics,
 }
@@ -96,6 +101,7 @@ impl IoLoop {
                 }
             }
             self.returns.woken();
+            self.health.beat();
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept(&mut state),
@@ -153,6 +159,11 @@ impl IoLoop {
                     return;
                 }
             };
+            let allow = &self.limits.allow_from;
+            if !allow.is_empty() && !allow.iter().any(|block| block.contains(peer.ip())) {
+                self.metrics.disallowed_connections.inc();
+                continue;
+            }
             if state.slots.len() >= self.limits.max_connections {
                 tracing::debug!(%peer, "refused a connection: at --max-connections");
                 self.metrics.refused_connections.inc();

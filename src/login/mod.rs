@@ -11,6 +11,7 @@
 mod config;
 mod conn;
 mod hashing;
+mod health;
 mod io_loop;
 mod returns;
 mod workers;
@@ -28,6 +29,7 @@ use crate::metrics::{Gauges, LiveGauge, Metrics};
 use crate::service::Service;
 use conn::Deadlines;
 use hashing::Permits;
+use health::Health;
 use io_loop::{IoLoop, Limits, WAKER};
 use returns::Returns;
 use std::net::{SocketAddr, TcpListener};
@@ -150,6 +152,13 @@ impl LoginServer {
             source,
         })?;
         let local_addr = listener.local_addr()?;
+        if config.allow_from.is_empty() && !local_addr.ip().is_loopback() {
+            tracing::warn!(
+                addr = %local_addr,
+                "listening on a non-loopback address without --allow-from: anyone who can reach \
+                 the port can connect; pass the gateways' addresses"
+            );
+        }
         let service = Service::new(
             store.clone(),
             hasher,
@@ -165,6 +174,7 @@ impl LoginServer {
         let (job_tx, job_rx) = crossbeam_channel::bounded(config.queue);
         let (hash_tx, hash_rx) = crossbeam_channel::bounded(config.queue);
         let stopping = Arc::new(AtomicBool::new(false));
+        let health = Health::new(config.workers() + config.hash_threads());
 
         let permits = Arc::new(Permits::new(
             config.hash_threads(),
@@ -188,8 +198,10 @@ impl LoginServer {
                     hash_queue_depth: LiveGauge::new(move || depth(hash_jobs.len())),
                     pool,
                 });
+                let alive = health.clone();
                 let routes = Routes {
                     registry,
+                    alive: Box::new(move || alive.alive()),
                     ready: Box::new(move || store.ping().is_ok()),
                 };
                 let endpoint = HttpEndpoint::spawn(addr, routes)
@@ -210,12 +222,18 @@ impl LoginServer {
                 scratch: vec![0; 16 * 1024],
                 max_message: config.max_message,
             };
-            threads.push(spawn_named(format!("worker-{i}"), move || worker.run())?);
+            let running = health.running();
+            threads.push(spawn_named(format!("worker-{i}"), move || {
+                let _running = running;
+                worker.run()
+            })?);
         }
         for i in 0..config.hash_threads() {
             let (hash_jobs, permits) = (hash_rx.clone(), permits.clone());
             let (service, returns) = (service.clone(), returns.clone());
+            let running = health.running();
             threads.push(spawn_named(format!("hash-{i}"), move || {
+                let _running = running;
                 hashing::run_hasher(hash_jobs, permits, service, returns)
             })?);
         }
@@ -226,7 +244,9 @@ impl LoginServer {
             back: back_rx,
             returns: returns.clone(),
             stopping: stopping.clone(),
+            health,
             limits: Limits {
+                allow_from: config.allow_from.clone(),
                 max_connections: config.max_connections,
                 max_message: config.max_message,
                 deadlines: Deadlines {

@@ -2,24 +2,42 @@
 //!
 //! One connection writes and one reads, each behind its own lock: in WAL mode a registration
 //! being synced never holds up a login's lookup. All SQL lives in this file.
+//!
+//! Opening checks the file (`PRAGMA quick_check`, unless told not to) and that it can be
+//! written, then brings the schema up to date: [`MIGRATIONS`], recorded in `schema_version`.
 
 use super::{Account, Created, Store, StoreError};
-use crate::auth::names::fold;
+use crate::auth::names::{fold, skeleton, SKELETON_DATA};
 use parking_lot::Mutex;
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The database file's name inside the data directory.
 pub const FILE_NAME: &str = "accounts.sqlite3";
 
-const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS accounts (
-    key        TEXT PRIMARY KEY,   -- the folded name: what makes names unique
-    username   TEXT NOT NULL,      -- the spelling it registered with
-    hash       TEXT NOT NULL,      -- argon2id PHC string
-    created_at INTEGER NOT NULL,   -- unix seconds
-    request_id TEXT NOT NULL       -- the create that stored it: makes creates idempotent
-) WITHOUT ROWID";
+/// The schema, one step per version; step N brings version N-1 to N.
+const MIGRATIONS: [&str; 2] = [
+    // 1: accounts keyed by the lower-cased name.
+    "CREATE TABLE IF NOT EXISTS accounts (
+        key        TEXT PRIMARY KEY,   -- unique; the folded name for accounts made since v2
+        username   TEXT NOT NULL,      -- the spelling it registered with
+        hash       TEXT NOT NULL,      -- PHC string
+        created_at INTEGER NOT NULL,   -- unix seconds
+        request_id TEXT NOT NULL       -- the create that stored it: makes creates idempotent
+    ) WITHOUT ROWID;",
+    // 2: names folded by NFKC and full case folding, and confusable skeletons, each indexed;
+    // filled in by `backfill_names`. Not unique: accounts from before may share a folded name,
+    // and each keeps logging in by its own spelling.
+    "ALTER TABLE accounts ADD COLUMN folded TEXT NOT NULL DEFAULT '';
+     ALTER TABLE accounts ADD COLUMN skeleton TEXT NOT NULL DEFAULT '';
+     CREATE INDEX accounts_folded ON accounts (folded);
+     CREATE INDEX accounts_skeleton ON accounts (skeleton);",
+];
+
+/// Settings of the store kept in the store: the confusables data the skeletons were made with.
+const META: &str = "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+     CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);";
 
 /// Accounts in a SQLite database file.
 pub struct SqliteStore {
@@ -39,16 +57,135 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// Check the file's integrity: a damaged page must stop the start, not make accounts vanish.
+fn quick_check(conn: &Connection) -> Result<(), StoreError> {
+    let mut stmt = conn.prepare("PRAGMA quick_check")?;
+    let problems: Vec<String> = stmt
+        .query_map([], |row| row.get::<_, String>(0))?
+        .collect::<Result<_, _>>()?;
+    match problems.as_slice() {
+        [ok] if ok == "ok" => Ok(()),
+        _ => Err(StoreError::Damaged(problems.join("; "))),
+    }
+}
+
+/// Bring the schema to the latest version, in one transaction.
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    tx.execute_batch(META)?;
+    let recorded: Option<i64> = tx
+        .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
+        .optional()?;
+    let has_accounts: bool = tx.query_row(
+        "SELECT count(*) > 0 FROM sqlite_master WHERE name = 'accounts'",
+        [],
+        |r| r.get(0),
+    )?;
+    // A store from before versions were recorded is at version 1.
+    let version = recorded.unwrap_or(if has_accounts { 1 } else { 0 });
+    let version = usize::try_from(version).unwrap_or(usize::MAX);
+    if version > MIGRATIONS.len() {
+        return Err(StoreError::TooNew {
+            found: version,
+            known: MIGRATIONS.len(),
+        });
+    }
+    for (i, step) in MIGRATIONS.iter().enumerate().skip(version) {
+        tx.execute_batch(step)?;
+        if i + 1 == 2 {
+            backfill_names(&tx, true)?;
+        }
+        tracing::info!(version = i + 1, "account store migrated");
+    }
+    tx.execute("DELETE FROM schema_version", [])?;
+    tx.execute(
+        "INSERT INTO schema_version (version) VALUES (?1)",
+        params![MIGRATIONS.len() as i64],
+    )?;
+    let data = format!("{SKELETON_DATA:?}");
+    let made_with: Option<String> = tx
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'skeleton_data'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if made_with.as_deref() != Some(data.as_str()) {
+        backfill_names(&tx, false)?;
+        tx.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('skeleton_data', ?1)",
+            params![data],
+        )?;
+    }
+    // The write check: a store that cannot be written must stop the start, not answer every
+    // registration "unavailable".
+    tx.execute(
+        "INSERT OR REPLACE INTO meta (key, value) VALUES ('opened_at', ?1)",
+        params![unix_now().to_string()],
+    )?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// Compute the skeleton (and with `folded`, the folded name) of every account; log each folded
+/// name that more than one account now shares, once.
+fn backfill_names(conn: &Connection, folded: bool) -> Result<(), StoreError> {
+    let rows: Vec<(String, String)> = conn
+        .prepare("SELECT key, username FROM accounts")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    for (key, username) in &rows {
+        if folded {
+            conn.prepare_cached("UPDATE accounts SET folded = ?2, skeleton = ?3 WHERE key = ?1")?
+                .execute(params![key, fold(username), skeleton(username)])?;
+        } else {
+            conn.prepare_cached("UPDATE accounts SET skeleton = ?2 WHERE key = ?1")?
+                .execute(params![key, skeleton(username)])?;
+        }
+    }
+    if folded {
+        let mut shared = conn.prepare(
+            "SELECT folded, group_concat(username, ', ') FROM accounts
+             GROUP BY folded HAVING count(*) > 1",
+        )?;
+        let collisions =
+            shared.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        for collision in collisions {
+            let (folded, names) = collision?;
+            tracing::warn!(
+                %folded, accounts = %names,
+                "accounts that were distinct now fold to one name; each keeps logging in by its own spelling"
+            );
+        }
+    }
+    Ok(())
+}
+
 impl SqliteStore {
-    /// Open (creating if needed) the store in directory `dir`.
+    /// Open (creating if needed) the store in directory `dir`, checking its integrity.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        SqliteStore::open_with(dir, true)
+    }
+
+    /// Open the store in `dir`; `integrity_check`: run `PRAGMA quick_check` first (it reads
+    /// the whole file: skip it only for huge stores).
+    pub fn open_with(dir: &Path, integrity_check: bool) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(|source| StoreError::DataDir {
             path: dir.to_path_buf(),
             source,
         })?;
         let path = dir.join(FILE_NAME);
-        let writer = open_connection(&path)?;
-        writer.execute_batch(SCHEMA)?;
+        let mut writer = open_connection(&path)?;
+        if integrity_check {
+            quick_check(&writer)?;
+        }
+        migrate(&mut writer)?;
         let reader = open_connection(&path)?;
         Ok(SqliteStore {
             reader: Mutex::new(reader),
@@ -57,14 +194,19 @@ impl SqliteStore {
     }
 }
 
+/// The account a name means: the one that folds the same, and among accounts from before v2
+/// that share a folded name, the one spelled exactly so (else the oldest).
+const CHOOSE: &str = "SELECT key, username, hash FROM accounts WHERE folded = ?1
+     ORDER BY (username = ?2) DESC, created_at, key LIMIT 1";
+
 impl Store for SqliteStore {
     fn find(&self, username: &str) -> Result<Option<Account>, StoreError> {
         let conn = self.reader.lock();
-        let mut stmt = conn.prepare_cached("SELECT username, hash FROM accounts WHERE key = ?1")?;
-        stmt.query_row(params![fold(username)], |row| {
+        let mut stmt = conn.prepare_cached(CHOOSE)?;
+        stmt.query_row(params![fold(username), username], |row| {
             Ok(Account {
-                username: row.get(0)?,
-                hash: row.get(1)?,
+                username: row.get(1)?,
+                hash: row.get(2)?,
             })
         })
         .optional()
@@ -72,30 +214,41 @@ impl Store for SqliteStore {
     }
 
     fn create(&self, account: &Account, request_id: &str) -> Result<Created, StoreError> {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
-        let conn = self.writer.lock();
-        let mut stmt = conn.prepare_cached(
-            "INSERT INTO accounts (key, username, hash, created_at, request_id)
-                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (key) DO NOTHING",
-        )?;
-        let key = fold(&account.username);
-        let inserted = stmt.execute(params![
-            key,
-            account.username,
-            account.hash,
-            now,
-            request_id
-        ])?;
-        if inserted == 1 {
-            return Ok(Created::New);
+        let mut conn = self.writer.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let folded = fold(&account.username);
+        let skeleton = skeleton(&account.username);
+        // Taken (by this very request, repeated after a lost reply, or by another), or a
+        // look-alike of an existing name.
+        let holder: Option<String> = tx
+            .prepare_cached(
+                "SELECT request_id FROM accounts WHERE folded = ?1 OR skeleton = ?2
+                 ORDER BY (folded = ?1) DESC LIMIT 1",
+            )?
+            .query_row(params![folded, skeleton], |row| row.get(0))
+            .optional()?;
+        if let Some(stored_by) = holder {
+            return Ok(if stored_by == request_id {
+                Created::New
+            } else {
+                Created::Exists
+            });
         }
-        // Taken: by this very request (a repeat after a lost reply), or by another.
-        let stored_by: String = conn
-            .prepare_cached("SELECT request_id FROM accounts WHERE key = ?1")
-            .and_then(|mut stmt| stmt.query_row(params![key], |row| row.get(0)))?;
-        Ok(if stored_by == request_id {
+        let inserted = tx
+            .prepare_cached(
+                "INSERT INTO accounts (key, username, hash, created_at, request_id, folded, skeleton)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?1, ?6) ON CONFLICT (key) DO NOTHING",
+            )?
+            .execute(params![
+                folded,
+                account.username,
+                account.hash,
+                unix_now(),
+                request_id,
+                skeleton
+            ])?;
+        tx.commit()?;
+        Ok(if inserted == 1 {
             Created::New
         } else {
             Created::Exists
@@ -104,8 +257,10 @@ impl Store for SqliteStore {
 
     fn update_hash(&self, username: &str, hash: &str) -> Result<bool, StoreError> {
         let conn = self.writer.lock();
-        let mut stmt = conn.prepare_cached("UPDATE accounts SET hash = ?2 WHERE key = ?1")?;
-        let updated = stmt.execute(params![fold(username), hash])?;
+        let mut stmt = conn.prepare_cached(&format!(
+            "UPDATE accounts SET hash = ?3 WHERE key = (SELECT key FROM ({CHOOSE}))"
+        ))?;
+        let updated = stmt.execute(params![fold(username), username, hash])?;
         Ok(updated == 1)
     }
 
@@ -164,5 +319,62 @@ mod tests {
             .unwrap();
         let reopened = SqliteStore::open(dir.path()).unwrap();
         assert_eq!(reopened.find("bob").unwrap(), Some(account("Bob")));
+    }
+
+    #[test]
+    fn look_alike_names_are_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        assert_eq!(store.create(&account("admin"), "r1").unwrap(), Created::New);
+        for twin in ["ＡＤＭＩＮ", "\u{0430}dmin", "𝐚𝐝𝐦𝐢𝐧"] {
+            assert_eq!(
+                store.create(&account(twin), "r2").unwrap(),
+                Created::Exists,
+                "{twin}"
+            );
+        }
+        assert_eq!(store.find("ＡＤＭＩＮ").unwrap(), Some(account("admin")));
+        assert_eq!(
+            store.create(&account("straße"), "r3").unwrap(),
+            Created::New
+        );
+        assert_eq!(
+            store.create(&account("STRASSE"), "r4").unwrap(),
+            Created::Exists
+        );
+    }
+
+    #[test]
+    fn a_store_from_before_versions_is_migrated_and_colliding_names_keep_logging_in() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let conn = Connection::open(dir.path().join(FILE_NAME)).unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            // Two accounts the old lower-casing told apart, which now fold to one name.
+            for (key, name, hash) in [("straße", "straße", "h1"), ("strasse", "STRASSE", "h2")] {
+                conn.execute(
+                    "INSERT INTO accounts VALUES (?1, ?2, ?3, 0, ?1)",
+                    params![key, name, hash],
+                )
+                .unwrap();
+            }
+        }
+        let store = SqliteStore::open(dir.path()).unwrap();
+        assert_eq!(store.find("straße").unwrap().unwrap().hash, "h1");
+        assert_eq!(store.find("STRASSE").unwrap().unwrap().hash, "h2");
+        assert!(store.update_hash("STRASSE", "h3").unwrap());
+        assert_eq!(store.find("straße").unwrap().unwrap().hash, "h1");
+        assert_eq!(store.find("STRASSE").unwrap().unwrap().hash, "h3");
+        assert_eq!(
+            store.create(&account("Strasse"), "r").unwrap(),
+            Created::Exists
+        );
+        drop(store);
+        let version: i64 = Connection::open(dir.path().join(FILE_NAME))
+            .unwrap()
+            .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, MIGRATIONS.len() as i64);
+        SqliteStore::open(dir.path()).unwrap(); // and opening again changes nothing
     }
 }
