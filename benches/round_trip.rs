@@ -37,7 +37,7 @@ fn round_trip(c: &mut Criterion) {
     for pool in [4, 0] {
         let config = LoginServerConfig {
             listen: "127.0.0.1:0".parse().expect("addr"),
-            db: Some(db.local_addr()),
+            db: vec![db.local_addr()],
             db_secret: Some(secret.clone()),
             hash_params: HashParams::CHEAPEST,
             db_pool: Some(pool),

@@ -144,6 +144,67 @@ impl EncodeMetric for LiveGauge {
     }
 }
 
+/// A labelled family whose values are read at scrape time: one label, `label`, whose values
+/// and the numbers under them come from `read`.
+pub struct LiveFamily {
+    kind: MetricType,
+    label: &'static str,
+    read: Box<dyn Fn() -> Vec<(String, i64)> + Send + Sync>,
+}
+
+impl LiveFamily {
+    /// A gauge family.
+    pub fn gauges(
+        label: &'static str,
+        read: impl Fn() -> Vec<(String, i64)> + Send + Sync + 'static,
+    ) -> Self {
+        LiveFamily {
+            kind: MetricType::Gauge,
+            label,
+            read: Box::new(read),
+        }
+    }
+
+    /// A counter family: `read` must only ever grow.
+    pub fn counters(
+        label: &'static str,
+        read: impl Fn() -> Vec<(String, i64)> + Send + Sync + 'static,
+    ) -> Self {
+        LiveFamily {
+            kind: MetricType::Counter,
+            label,
+            read: Box::new(read),
+        }
+    }
+}
+
+impl std::fmt::Debug for LiveFamily {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LiveFamily")
+    }
+}
+
+impl EncodeMetric for LiveFamily {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        for (value, n) in (self.read)() {
+            let labels = [(self.label, value.as_str())];
+            let mut member = encoder.encode_family(&labels)?;
+            match self.kind {
+                MetricType::Counter => {
+                    let n = u64::try_from(n).unwrap_or(0);
+                    member.encode_counter::<NoLabelSet, _, u64>(&n, None)?
+                }
+                _ => member.encode_gauge(&n)?,
+            }
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        self.kind
+    }
+}
+
 /// The ops a reply is counted under; `none` for a message that is not a request.
 const OPS: [&str; 3] = ["login", "register", "none"];
 /// Codes 1..=8, as label values.
@@ -191,8 +252,11 @@ impl Default for Metrics {
 pub struct Gauges {
     pub queue_depth: LiveGauge,
     pub hash_queue_depth: LiveGauge,
-    /// Pooled account-db connections (open, idle), if pooled.
+    /// Pooled account-db connections (open, idle), over all account-dbs, if pooled.
     pub pool: Option<(LiveGauge, LiveGauge)>,
+    /// Per account-db (label `db`): whether it is up, its requests, its failed requests, and
+    /// requests retried on it after a failure.
+    pub instances: [LiveFamily; 4],
 }
 
 impl Metrics {
@@ -256,6 +320,23 @@ impl Metrics {
             r.register("db_pool_connections", "Pooled account-db connections", open);
             r.register("db_pool_idle", "Idle pooled account-db connections", idle);
         }
+        let [up, requests, errors, retries] = gauges.instances;
+        r.register(
+            "db_up",
+            "Whether each account-db answers (1) or is marked down (0)",
+            up,
+        );
+        r.register("db_requests", "Requests sent to each account-db", requests);
+        r.register(
+            "db_failures",
+            "Requests to each account-db that failed",
+            errors,
+        );
+        r.register(
+            "db_retries",
+            "Requests retried on each account-db after a failure",
+            retries,
+        );
         r.register(
             "db_errors",
             "Requests answered unavailable because account-db failed",
@@ -291,10 +372,17 @@ mod tests {
         m.reply(Some(Op::Login), Code::LoggedIn, Duration::from_secs(20));
         m.reply(None, Code::BadRequest, Duration::from_micros(10));
         m.refused_connections.inc();
+        let one = || vec![("127.0.0.1:9999".to_string(), 1)];
         let gauges = Gauges {
             queue_depth: LiveGauge::new(|| 4),
             hash_queue_depth: LiveGauge::new(|| 0),
             pool: Some((LiveGauge::new(|| 8), LiveGauge::new(|| 6))),
+            instances: [
+                LiveFamily::gauges("db", one),
+                LiveFamily::counters("db", one),
+                LiveFamily::counters("db", one),
+                LiveFamily::counters("db", one),
+            ],
         };
         let text = encode(&m.registry(gauges));
         for line in [
@@ -306,6 +394,8 @@ mod tests {
             "login_queue_depth 4",
             "login_db_pool_idle 6",
             "login_refused_connections_total 1",
+            "login_db_up{db=\"127.0.0.1:9999\"} 1",
+            "login_db_retries_total{db=\"127.0.0.1:9999\"} 1",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
         }

@@ -227,7 +227,7 @@ impl Service {
                     Ok(hash) => hash,
                     Err(e) => return internal_error(&e),
                 };
-                let account = Account { username, hash };
+                let account = Account::new(&username, &hash);
                 // One id per registration: if the store's reply is lost, repeating the create
                 // with it tells whether this registration was stored.
                 match self.store.create(&account, &random_token()) {

@@ -102,6 +102,6 @@ fn defaults_are_the_flags_defaults() {
     assert_eq!(config.service.throttle.max_failures, 5);
     assert_eq!(config.service.rules.username_chars, (3, 32));
     assert_eq!(config.db_timeout.as_secs(), 2);
-    assert!(config.db.is_none() && config.workers.is_none());
+    assert!(config.db.is_empty() && config.workers.is_none());
     assert_eq!(AccountDbConfig::default().max_connections, 256);
 }

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{code, exchange, seed, start, start_with, StreamClient};
+use common::{code, exchange, http_get as get, seed, start, start_with, StreamClient};
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -312,10 +312,7 @@ fn names_valid_before_still_log_in() {
     let hash = hasher.hash("password1", &mut Memory::default()).unwrap();
     let store = SqliteStore::open(tiers.dir.path()).unwrap();
     let old = "dave\u{3164}"; // registered before fillers were refused
-    let account = Account {
-        username: old.into(),
-        hash,
-    };
+    let account = Account::new(old, &hash);
     store.create(&account, "legacy").unwrap();
     assert_eq!(seed(tiers.addr(), "login", old, "password1")["code"], 3);
 }
@@ -334,10 +331,7 @@ fn passwords_typed_composed_or_decomposed_are_the_same() {
     let hasher = Hasher::new(HashParams::CHEAPEST).unwrap();
     let hash = hasher.hash(decomposed, &mut Memory::default()).unwrap();
     let store = SqliteStore::open(tiers.dir.path()).unwrap();
-    let account = Account {
-        username: "oldtimer".into(),
-        hash,
-    };
+    let account = Account::new("oldtimer", &hash);
     store.create(&account, "legacy").unwrap();
     assert_eq!(
         code(tiers.addr(), "login", "oldtimer", composed),
@@ -350,17 +344,6 @@ fn passwords_typed_composed_or_decomposed_are_the_same() {
         3,
         "rehashed from NFC"
     );
-}
-
-/// GET `path` on an HTTP endpoint: status and body.
-fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = common::connect(addr);
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let status = response[9..12].parse().unwrap();
-    let body = response.split_once("\r\n\r\n").unwrap().1.to_string();
-    (status, body)
 }
 
 #[test]
@@ -506,10 +489,7 @@ fn filled_store(dir: &std::path::Path) {
     use login_server::accountdb::store::{Account, SqliteStore, Store};
     let store = SqliteStore::open(dir).unwrap();
     for i in 0..300 {
-        let account = Account {
-            username: format!("player{i}"),
-            hash: "x".repeat(100),
-        };
+        let account = Account::new(&format!("player{i}"), &"x".repeat(100));
         store.create(&account, &format!("r{i}")).unwrap();
     }
 }

@@ -2,24 +2,12 @@
 
 mod common;
 
-use common::{code, start_with, DbProcess};
+use common::{code, http_get as get, start_with, DbProcess};
 use login_server::accountdb::store::SqliteStore;
 use login_server::auth::secret::Secret;
 use login_server::{AccountDb, AccountDbConfig, LoginServer};
-use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
-
-/// GET `path`; the status code and the body.
-fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = common::connect(addr);
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let status = response[9..12].parse().unwrap();
-    let body = response.split_once("\r\n\r\n").unwrap().1.to_string();
-    (status, body)
-}
 
 /// The value of the first sample line starting with `series`.
 fn sample(text: &str, series: &str) -> f64 {

@@ -1,6 +1,8 @@
 //! gateway-sim: a client that plays the gateway, for trying the service by hand
-//! ([`send_seed`]) and for loading it ([`stress`], measured by [`report`]).
+//! ([`send_seed`]), for loading it ([`stress`], measured by [`report`]), and for attacking it
+//! the way hostile clients do ([`attack`]).
 
+pub mod attack;
 pub mod report;
 pub mod stress;
 

@@ -35,6 +35,20 @@ enum Command {
     },
     /// A bounded load run; prints a table (or JSON), exits non-zero on unexpected codes.
     Stress(StressArgs),
+    /// A bounded hostile load (loopback only): prints what it did as JSON.
+    Attack {
+        /// The server to attack: login-server, or account-db for `handshake`.
+        #[arg(long, default_value = "127.0.0.1:6999")]
+        target: SocketAddr,
+        #[arg(long, value_enum)]
+        kind: gateway_sim::attack::Kind,
+        /// Attacking connections (the pipelining kinds use one).
+        #[arg(long, default_value_t = 2000)]
+        connections: usize,
+        /// Seconds to attack.
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -123,6 +137,21 @@ fn main() -> anyhow::Result<()> {
             println!("{reply}");
         }
         Command::Stress(args) => return stress(args),
+        Command::Attack {
+            target,
+            kind,
+            connections,
+            duration,
+        } => {
+            anyhow::ensure!(
+                target.ip().is_loopback(),
+                "{target} is not a loopback address: attacks stay on this machine"
+            );
+            let duration = Duration::try_from_secs_f64(duration).context("seconds must be >= 0")?;
+            let outcome = gateway_sim::attack::run(target, kind, connections, duration)
+                .with_context(|| format!("cannot attack {target}"))?;
+            println!("{}", serde_json::to_string(&outcome)?);
+        }
     }
     Ok(())
 }

@@ -14,6 +14,8 @@ use crate::protocol::accountdb::{
 };
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Why a call to account-db failed.
@@ -183,17 +185,31 @@ impl r2d2::HandleError<DbError> for LogErrors {
     }
 }
 
-/// How login-server reaches account-db; made by
+/// How login-server reaches its account-dbs; made by
 /// [`LoginServerConfig::db_client`](crate::login::LoginServerConfig::db_client).
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
-    pub addr: SocketAddr,
+    /// One or more account-dbs serving the same accounts.
+    pub addrs: Vec<SocketAddr>,
     /// The secret account-db asks every connection to prove.
     pub secret: Secret,
-    /// Pooled connections; 0 opens a new connection for every request, as the seed did.
+    /// Pooled connections per account-db; 0 opens a new connection for every request, as the
+    /// seed did.
     pub pool_size: u32,
-    /// Deadline of connecting, of each request, and of getting a pooled connection.
+    /// Deadline of a whole request, retries on other account-dbs included.
     pub timeout: Duration,
+}
+
+impl ClientConfig {
+    /// The deadline of one attempt: the whole `timeout` with one account-db, a third of it with
+    /// several, so that a retry on another fits in the request's deadline.
+    fn attempt_timeout(&self) -> Duration {
+        if self.addrs.len() > 1 {
+            self.timeout / 3
+        } else {
+            self.timeout
+        }
+    }
 }
 
 enum Connections {
@@ -201,27 +217,48 @@ enum Connections {
     PerRequest(DbManager),
 }
 
-/// The account store as login-server sees it: account-db over TCP.
-pub struct RemoteStore {
+/// Down instances are probed this often, and marked up once they answer.
+const PROBE_EVERY: Duration = Duration::from_millis(500);
+
+/// One account-db, its connections, and what login-server knows of its health.
+struct Instance {
+    addr: SocketAddr,
     connections: Connections,
-    /// How long a create whose outcome is unknown keeps being repeated to learn it.
-    resolve_window: Duration,
-    metrics: Metrics,
+    /// Makes the probes' connections, outside the pool.
+    manager: DbManager,
+    /// Cleared when a request to it fails for want of a connection or an answer; set again
+    /// when it answers (a request or a probe).
+    up: AtomicBool,
+    /// Requests, failures and retries elsewhere, for the metrics.
+    requests: AtomicU64,
+    errors: AtomicU64,
+    retries: AtomicU64,
 }
 
-impl RemoteStore {
-    /// A store reaching `config.addr`. It does not wait for account-db to be up: until it is,
-    /// requests fail with [`StoreError::Unreachable`] and the pool keeps trying.
-    pub fn new(config: &ClientConfig, metrics: Metrics) -> RemoteStore {
-        let manager = DbManager::new(config.addr, config.timeout, config.secret.clone());
+/// An account-db as the metrics see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceState {
+    pub addr: SocketAddr,
+    pub up: bool,
+    pub requests: u64,
+    pub errors: u64,
+    pub retries: u64,
+    /// Pooled (open, idle) connections; `None` when not pooled.
+    pub pool: Option<(u32, u32)>,
+}
+
+impl Instance {
+    fn new(addr: SocketAddr, config: &ClientConfig) -> Instance {
+        let timeout = config.attempt_timeout();
+        let manager = DbManager::new(addr, timeout, config.secret.clone());
         let connections = match config.pool_size {
-            0 => Connections::PerRequest(manager),
+            0 => Connections::PerRequest(manager.clone()),
             size => Connections::Pooled(
                 r2d2::Pool::builder()
                     .max_size(size)
-                    .connection_timeout(config.timeout)
+                    .connection_timeout(timeout)
                     // has_broken catches failed connections; a ping per checkout would double
-                    // the round trips. Idle ones are retired before account-db drops them.
+                    // the round trips.
                     .test_on_check_out(false)
                     // No churn while idle: connections are made when needed, kept while used,
                     // and an idle one is retired after 5 minutes (before account-db's idle
@@ -232,29 +269,23 @@ impl RemoteStore {
                     .error_handler(Box::new(LogErrors(RateLimited::new(Duration::from_secs(
                         10,
                     )))))
-                    .build_unchecked(manager),
+                    .build_unchecked(manager.clone()),
             ),
         };
-        RemoteStore {
+        Instance {
+            addr,
             connections,
-            resolve_window: 2 * config.timeout,
-            metrics,
+            manager,
+            up: AtomicBool::new(true),
+            requests: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
         }
     }
 
-    /// The pool's (open, idle) connections; `None` when not pooled.
-    pub fn pool_state(&self) -> Option<(u32, u32)> {
-        match &self.connections {
-            Connections::Pooled(pool) => {
-                let state = pool.state();
-                Some((state.connections, state.idle_connections))
-            }
-            Connections::PerRequest(_) => None,
-        }
-    }
-
-    /// One attempt on one connection.
-    fn attempt(&self, request: &DbRequest) -> Result<DbResponse, Attempt> {
+    /// One attempt on one connection of this instance.
+    fn attempt(&self, request: &DbRequest, metrics: &Metrics) -> Result<DbResponse, Attempt> {
+        self.requests.fetch_add(1, Ordering::Relaxed);
         let mut conn = match &self.connections {
             Connections::PerRequest(manager) => {
                 let conn = r2d2::ManageConnection::connect(manager);
@@ -263,39 +294,183 @@ impl RemoteStore {
             Connections::Pooled(pool) => {
                 let waiting = Instant::now();
                 let conn = pool.get();
-                self.metrics.pool_wait.observe(waiting.elapsed());
+                metrics.pool_wait.observe(waiting.elapsed());
                 Lent::Pooled(conn.map_err(|e| Attempt::NotSent(e.into()))?)
             }
         };
         conn.call(request).map_err(Attempt::Failed)
     }
 
-    /// One request, retried where that is safe and useful. Every request is idempotent (a
-    /// create by its request id), so:
+    /// Whether it answers a ping on a fresh connection now.
+    fn probe(&self) -> bool {
+        let manager = &self.manager;
+        r2d2::ManageConnection::connect(manager)
+            .and_then(|mut conn| r2d2::ManageConnection::is_valid(manager, &mut conn))
+            .is_ok()
+    }
+
+    fn state(&self) -> InstanceState {
+        InstanceState {
+            addr: self.addr,
+            up: self.up.load(Ordering::Relaxed),
+            requests: self.requests.load(Ordering::Relaxed),
+            errors: self.errors.load(Ordering::Relaxed),
+            retries: self.retries.load(Ordering::Relaxed),
+            pool: match &self.connections {
+                Connections::Pooled(pool) => {
+                    let state = pool.state();
+                    Some((state.connections, state.idle_connections))
+                }
+                Connections::PerRequest(_) => None,
+            },
+        }
+    }
+}
+
+/// The account store as login-server sees it: one or more account-dbs over TCP. Requests go to
+/// the instances that are up, in turn; one that fails is marked down, the request is retried on
+/// another within its deadline, and a background thread probes it until it answers again.
+pub struct RemoteStore {
+    shared: Arc<Instances>,
+    /// How long a create whose outcome is unknown keeps being repeated to learn it.
+    resolve_window: Duration,
+    /// The deadline of a whole request.
+    timeout: Duration,
+    metrics: Metrics,
+}
+
+struct Instances {
+    list: Vec<Instance>,
+    /// Where the next request starts looking, so that load is spread.
+    next: AtomicUsize,
+}
+
+impl RemoteStore {
+    /// A store reaching `config.addrs`. It does not wait for them to be up: until one is,
+    /// requests fail with [`StoreError::Unreachable`] and the pools keep trying.
+    pub fn new(config: &ClientConfig, metrics: Metrics) -> RemoteStore {
+        let list = config
+            .addrs
+            .iter()
+            .map(|&addr| Instance::new(addr, config))
+            .collect();
+        let shared = Arc::new(Instances {
+            list,
+            next: AtomicUsize::new(0),
+        });
+        let weak = Arc::downgrade(&shared);
+        let prober = std::thread::Builder::new()
+            .name("account-db-probe".into())
+            .spawn(move || probe_down_instances(&weak));
+        if let Err(e) = prober {
+            tracing::error!(error = %e, "cannot start the account-db prober; down instances are retried by requests only");
+        }
+        RemoteStore {
+            shared,
+            resolve_window: 2 * config.timeout,
+            timeout: config.timeout,
+            metrics,
+        }
+    }
+
+    /// Each account-db's state, in `--db` order.
+    pub fn instances(&self) -> Vec<InstanceState> {
+        self.shared.list.iter().map(Instance::state).collect()
+    }
+
+    /// The instances to try for one request: those up, starting at the next in turn, then
+    /// those down (one may have come back since it was marked).
+    fn order(&self) -> Vec<&Instance> {
+        let list = &self.shared.list;
+        let start = self.shared.next.fetch_add(1, Ordering::Relaxed);
+        let turn = (0..list.len()).map(|i| &list[(start + i) % list.len()]);
+        let (up, down): (Vec<&Instance>, Vec<&Instance>) =
+            turn.partition(|i| i.up.load(Ordering::Relaxed));
+        up.into_iter().chain(down).collect()
+    }
+
+    /// One request, retried where that is safe and useful, within the request's deadline.
+    /// Every request is idempotent (a create by its request id), so:
     /// - a connection found dead (after account-db restarts, every idle pooled one is) is
-    ///   followed by another at once;
+    ///   followed by another to the same instance at once;
+    /// - an instance that cannot be reached or does not answer in time is marked down, and the
+    ///   request goes to the next;
     /// - a request whose outcome must be known (`resolve`: a create) is repeated after any
     ///   failure, timeouts included, for up to the resolve window.
     fn call(&self, request: &DbRequest, resolve: bool) -> Result<DbResponse, StoreError> {
         let started = Instant::now();
-        let mut attempts = match &self.connections {
-            Connections::Pooled(pool) => pool.max_size() + 2,
-            Connections::PerRequest(_) => 3,
+        let window = if resolve {
+            self.resolve_window
+        } else {
+            self.timeout
         };
+        let mut last = None;
         loop {
-            attempts -= 1;
-            match self.attempt(request) {
-                Ok(DbResponse::Error { message }) => return Err(StoreError::Remote(message)),
-                Ok(response) => return Ok(response),
-                Err(Attempt::NotSent(e)) => return Err(StoreError::Unreachable(e)),
-                Err(Attempt::Failed(e)) => {
-                    let again = e.is_dead_connection()
-                        || (resolve && started.elapsed() < self.resolve_window);
-                    if attempts == 0 || !again {
-                        return Err(StoreError::Unreachable(e));
+            for instance in self.order() {
+                let mut dead = match &instance.connections {
+                    Connections::Pooled(pool) => pool.max_size() + 1,
+                    Connections::PerRequest(_) => 2,
+                };
+                loop {
+                    if started.elapsed() >= window {
+                        if let Some(e) = last.take() {
+                            return Err(StoreError::Unreachable(e));
+                        }
                     }
-                    tracing::debug!(error = %e, "account-db request failed; trying again");
+                    if last.is_some() {
+                        instance.retries.fetch_add(1, Ordering::Relaxed);
+                    }
+                    match instance.attempt(request, &self.metrics) {
+                        Ok(DbResponse::Error { message }) => {
+                            instance.errors.fetch_add(1, Ordering::Relaxed);
+                            return Err(StoreError::Remote(message));
+                        }
+                        Ok(response) => {
+                            instance.up.store(true, Ordering::Relaxed);
+                            return Ok(response);
+                        }
+                        Err(Attempt::Failed(e)) if e.is_dead_connection() && dead > 0 => {
+                            dead -= 1;
+                            tracing::debug!(db = %instance.addr, error = %e, "dead account-db connection; trying another");
+                            last = Some(e);
+                        }
+                        Err(Attempt::NotSent(e) | Attempt::Failed(e)) => {
+                            instance.errors.fetch_add(1, Ordering::Relaxed);
+                            if instance.up.swap(false, Ordering::Relaxed) {
+                                tracing::warn!(db = %instance.addr, error = %e, "account-db marked down");
+                            }
+                            last = Some(e);
+                            break;
+                        }
+                    }
                 }
+            }
+            // Every instance failed once: only a create whose outcome is unknown goes round
+            // again, until its window closes.
+            if !resolve || started.elapsed() >= window {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(last.map_or_else(
+            || StoreError::Remote("no account-db configured".into()),
+            StoreError::Unreachable,
+        ))
+    }
+}
+
+/// Until the store is dropped: probe every instance marked down, and mark it up once it
+/// answers.
+fn probe_down_instances(instances: &std::sync::Weak<Instances>) {
+    loop {
+        std::thread::sleep(PROBE_EVERY);
+        let Some(instances) = instances.upgrade() else {
+            return;
+        };
+        for instance in &instances.list {
+            if !instance.up.load(Ordering::Relaxed) && instance.probe() {
+                instance.up.store(true, Ordering::Relaxed);
+                tracing::info!(db = %instance.addr, "account-db answers again: marked up");
             }
         }
     }

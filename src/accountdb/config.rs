@@ -1,6 +1,7 @@
 //! [`AccountDbConfig`]: every setting of account-db, with its flag, environment variable and
 //! default in one place.
 
+use crate::accountdb::store::StoreUrl;
 use crate::auth::secret::{Secret, SecretError};
 use crate::config::{at_least_one, seconds};
 use crate::logging::LogFormat;
@@ -28,6 +29,19 @@ pub struct AccountDbConfig {
         default_value = "./data"
     )]
     pub data: PathBuf,
+    /// Where the accounts live: sqlite:DIR, or postgres://user@host:port/dbname (several
+    /// account-dbs may serve one PostgreSQL database). Defaults to sqlite:DATA.
+    #[arg(long, value_name = "URL", env = "ACCOUNT_DB_STORE")]
+    pub store: Option<StoreUrl>,
+    /// PostgreSQL connections pooled by this account-db (unused with SQLite). Defaults to 16.
+    #[arg(
+        long,
+        value_name = "N",
+        env = "ACCOUNT_DB_STORE_POOL",
+        default_value = "16",
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub store_pool: u32,
     /// Connections served at once, each holding a handler thread; further ones are refused.
     /// Defaults to 256.
     #[arg(
@@ -105,19 +119,22 @@ impl AccountDbConfig {
         }
     }
 
+    /// The store `--store` names, or the SQLite one in `--data`.
+    pub fn store_url(&self) -> StoreUrl {
+        self.store
+            .clone()
+            .unwrap_or_else(|| StoreUrl::Sqlite(self.data.clone()))
+    }
+
     /// The secret clients must prove: [`Self::secret`], else the environment variable, else
     /// the secret file (created if missing).
     pub fn resolve_secret(&self) -> Result<Secret, SecretError> {
-        if let Some(secret) = &self.secret {
-            return Ok(secret.clone());
-        }
-        if let Some(secret) = Secret::from_env()? {
-            return Ok(secret);
-        }
-        let path = match &self.secret_file {
-            Some(path) => path.clone(),
-            None => self.data.join("account-db.secret"),
-        };
-        Secret::read_or_create(&path)
+        Secret::resolve(self.secret.as_ref(), || {
+            let path = match &self.secret_file {
+                Some(path) => path.clone(),
+                None => self.data.join("account-db.secret"),
+            };
+            Secret::read_or_create(&path)
+        })
     }
 }

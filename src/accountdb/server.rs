@@ -7,7 +7,7 @@
 //! of stream. A handler in the middle of a request finishes it and writes its reply first.
 
 use crate::accountdb::config::AccountDbConfig;
-use crate::accountdb::store::{Created, SqliteStore, Store, StoreError};
+use crate::accountdb::store::{Created, Store, StoreError};
 use crate::auth::secret::{self, Secret, SecretError};
 use crate::http::{HttpEndpoint, Routes};
 use crate::logging::RateLimited;
@@ -38,12 +38,9 @@ pub enum AccountDbStartError {
     /// The secret cannot be read, parsed or created.
     #[error(transparent)]
     Secret(#[from] SecretError),
-    /// The store (`--data`) cannot be opened.
-    #[error("cannot open the account store in {data}: {source}")]
-    Store {
-        data: std::path::PathBuf,
-        source: StoreError,
-    },
+    /// The store (`--store`, or `--data`) cannot be opened, checked or migrated.
+    #[error("cannot open the account store {store}: {source}")]
+    Store { store: String, source: StoreError },
     /// The OS refuses a thread (resource limits).
     #[error("cannot start the accept thread: {0}")]
     Thread(#[from] io::Error),
@@ -194,14 +191,18 @@ pub struct AccountDb {
 }
 
 impl AccountDb {
-    /// Open the SQLite store in `--data` and serve it as `config` says.
+    /// Open the store `--store` names (or the SQLite one in `--data`) and serve it as
+    /// `config` says.
     pub fn open(config: AccountDbConfig) -> Result<AccountDb, AccountDbStartError> {
-        let store =
-            SqliteStore::open(&config.data).map_err(|source| AccountDbStartError::Store {
-                data: config.data.clone(),
+        let url = config.store_url();
+        let timeout = Duration::from_secs(5);
+        let store = url
+            .open(config.store_pool, timeout, !config.skip_integrity_check)
+            .map_err(|source| AccountDbStartError::Store {
+                store: url.to_string(),
                 source,
             })?;
-        AccountDb::spawn(config, Arc::new(store))
+        AccountDb::spawn(config, store)
     }
 
     /// Bind `config.listen` and start serving `store`.

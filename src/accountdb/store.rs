@@ -1,15 +1,78 @@
 //! The [`Store`] trait: what the account store can do, whatever keeps the data.
 //!
-//! account-db serves a [`SqliteStore`]; login-server reaches it through
+//! account-db serves a [`SqliteStore`] or a [`PostgresStore`] (chosen by [`StoreUrl`]);
+//! login-server reaches it through
 //! [`RemoteStore`](crate::accountdb::client::RemoteStore), which implements the same trait.
 //! Names are unique without regard to case ([`fold`](crate::auth::names::fold)); an account
 //! keeps the spelling it registered with.
 
+mod postgres;
 mod sqlite;
 
 use crate::accountdb::client::DbError;
 pub use crate::protocol::accountdb::Account;
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Where account-db keeps its accounts: `sqlite:DIR` or `postgres://user@host:port/dbname`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreUrl {
+    /// A SQLite file in this directory.
+    Sqlite(PathBuf),
+    /// A PostgreSQL database, by its connection URL.
+    Postgres(String),
+}
+
+impl std::str::FromStr for StoreUrl {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Some(dir) = s.strip_prefix("sqlite:") {
+            Ok(StoreUrl::Sqlite(PathBuf::from(dir)))
+        } else if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            Ok(StoreUrl::Postgres(s.to_string()))
+        } else {
+            Err(format!(
+                "{s:?}: a store is sqlite:DIR or postgres://user@host:port/dbname"
+            ))
+        }
+    }
+}
+
+impl std::fmt::Display for StoreUrl {
+    /// The URL without a password, for logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreUrl::Sqlite(dir) => write!(f, "sqlite:{}", dir.display()),
+            StoreUrl::Postgres(url) => match (url.find("://"), url.rfind('@')) {
+                (Some(scheme), Some(at)) if at > scheme => {
+                    let user = url[scheme + 3..at].split(':').next().unwrap_or_default();
+                    write!(f, "{}{user}@{}", &url[..scheme + 3], &url[at + 1..])
+                }
+                _ => f.write_str(url),
+            },
+        }
+    }
+}
+
+impl StoreUrl {
+    /// Open the store: for PostgreSQL with a pool of `pool` connections and `timeout` to
+    /// connect; for SQLite checking the file's integrity first if `integrity_check`.
+    pub fn open(
+        &self,
+        pool: u32,
+        timeout: Duration,
+        integrity_check: bool,
+    ) -> Result<Arc<dyn Store>, StoreError> {
+        Ok(match self {
+            StoreUrl::Sqlite(dir) => Arc::new(SqliteStore::open_with(dir, integrity_check)?),
+            StoreUrl::Postgres(url) => Arc::new(PostgresStore::open(url, pool, timeout)?),
+        })
+    }
+}
 
 /// What [`Store::create`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,6 +104,15 @@ pub enum StoreError {
     /// The database's schema is newer than this build knows: it was opened by a newer version.
     #[error("the account database has schema version {found}, newer than this build's {known}")]
     TooNew { found: usize, known: usize },
+    /// PostgreSQL failed: unreachable, restarting, or it refused a statement.
+    #[error("PostgreSQL: {0}")]
+    Postgres(#[from] ::postgres::Error),
+    /// No PostgreSQL connection could be had from the pool within the deadline.
+    #[error("no PostgreSQL connection: {0}")]
+    Pool(r2d2::Error),
+    /// `--store` names a PostgreSQL URL that cannot be parsed.
+    #[error("bad PostgreSQL URL: {0}")]
+    BadUrl(String),
     /// The data directory does not exist and cannot be created.
     #[error("cannot create the data directory {path}: {source}")]
     DataDir {
@@ -51,9 +123,10 @@ pub enum StoreError {
 
 /// An account store. Implementations are shared between threads.
 pub trait Store: Send + Sync {
-    /// The account named `username` in any case, if there is one.
+    /// The account named `username` in any case, if there is one, with its id.
     fn find(&self, username: &str) -> Result<Option<Account>, StoreError>;
-    /// Store `account` unless its name is taken in any case; atomic and durable on `New`.
+    /// Store `account` (its `id` is ignored: the store gives one, stable and never reused)
+    /// unless its name, or a look-alike of it, is taken; atomic and durable on `New`.
     /// `request_id` makes it idempotent: if the account with this name was stored by a create
     /// with the same `request_id`, the answer is `New` again, so a create whose outcome was lost
     /// can be repeated safely.

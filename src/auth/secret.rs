@@ -88,11 +88,18 @@ impl Secret {
             .map_err(|_| SecretError::Malformed)
     }
 
-    /// The secret in the environment variable [`SECRET_ENV`], if it is set.
-    pub fn from_env() -> Result<Option<Secret>, SecretError> {
+    /// The secret a server uses: `given` (by the embedding code), else the one in the
+    /// environment variable [`SECRET_ENV`], else what `from_file` reads.
+    pub fn resolve(
+        given: Option<&Secret>,
+        from_file: impl FnOnce() -> Result<Secret, SecretError>,
+    ) -> Result<Secret, SecretError> {
+        if let Some(secret) = given {
+            return Ok(secret.clone());
+        }
         match std::env::var(SECRET_ENV) {
-            Ok(hex) => Secret::from_hex(&hex).map(Some),
-            Err(_) => Ok(None),
+            Ok(hex) => Secret::from_hex(&hex),
+            Err(_) => from_file(),
         }
     }
 

@@ -34,10 +34,17 @@ pub struct LoginServerConfig {
         value_delimiter = ','
     )]
     pub allow_from: Vec<Cidr>,
-    /// Address of a running account-db. Defaults to none: an account-db runs embedded, on an
-    /// ephemeral loopback port, reached over TCP like a remote one.
-    #[arg(long, value_name = "ADDR", env = "LOGIN_SERVER_DB")]
-    pub db: Option<SocketAddr>,
+    /// Addresses of running account-dbs serving the same accounts (ADDR,ADDR,...): requests
+    /// go to those that answer, and one that fails is retried on another. Defaults to none:
+    /// an account-db runs embedded, on an ephemeral loopback port, reached over TCP like a
+    /// remote one.
+    #[arg(
+        long,
+        value_name = "ADDR,...",
+        env = "LOGIN_SERVER_DB",
+        value_delimiter = ','
+    )]
+    pub db: Vec<SocketAddr>,
     /// Data directory of the embedded account-db (unused with --db). Defaults to ./data.
     #[arg(
         long,
@@ -158,22 +165,16 @@ impl LoginServerConfig {
     /// The secret of the account-db at `--db`: [`Self::db_secret`], else the environment
     /// variable, else `--db-secret-file`.
     pub fn resolve_db_secret(&self) -> Result<Secret, SecretError> {
-        if let Some(secret) = &self.db_secret {
-            return Ok(secret.clone());
-        }
-        if let Some(secret) = Secret::from_env()? {
-            return Ok(secret);
-        }
-        match &self.db_secret_file {
+        Secret::resolve(self.db_secret.as_ref(), || match &self.db_secret_file {
             Some(path) => Secret::read(path),
             None => Err(SecretError::Missing),
-        }
+        })
     }
 
-    /// How to reach the account-db at `addr` that asks for `secret`, as these flags say.
-    pub fn db_client(&self, addr: SocketAddr, secret: Secret) -> ClientConfig {
+    /// How to reach the account-dbs at `addrs` that ask for `secret`, as these flags say.
+    pub fn db_client(&self, addrs: Vec<SocketAddr>, secret: Secret) -> ClientConfig {
         ClientConfig {
-            addr,
+            addrs,
             secret,
             pool_size: self.db_pool(),
             timeout: self.db_timeout,

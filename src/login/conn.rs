@@ -94,6 +94,9 @@ pub struct Conn {
     last_activity: Instant,
     /// When its current batch of whole messages was found: replies' latency counts from here.
     ready_at: Instant,
+    /// Bytes of messages taken since it was last handed to a worker: a worker's turn on one
+    /// connection is bounded by bytes as well as by messages.
+    turn_bytes: usize,
 }
 
 impl Conn {
@@ -119,6 +122,7 @@ impl Conn {
             message_started: Some(now),
             last_activity: now,
             ready_at: now,
+            turn_bytes: 0,
         }
     }
 
@@ -144,12 +148,23 @@ impl Conn {
         if self.consumed > 0 {
             self.input.drain(..self.consumed);
             self.consumed = 0;
+            // A connection that sent one big message does not keep its buffer while idle.
+            if self.input.is_empty() && self.input.capacity() > scratch.len() {
+                self.input = Vec::new();
+            }
         }
         let cap = max_message + scratch.len();
         while !self.eof && self.input.len() < cap {
             match self.stream.read(scratch) {
                 Ok(0) => self.eof = true,
                 Ok(n) => {
+                    // Grow by doubling, but never past the cap: a buffer holds at most one
+                    // message and one read, not the next power of two above that.
+                    let len = self.input.len();
+                    if len + n > self.input.capacity() {
+                        let want = (len + n).next_power_of_two().min(cap.max(len + n));
+                        self.input.reserve_exact(want - len);
+                    }
                     // Read on until WouldBlock even after a short read: edge-triggered polling
                     // would not report an end of stream that arrived with the data.
                     self.input.extend_from_slice(&scratch[..n]);
@@ -174,6 +189,11 @@ impl Conn {
         scan
     }
 
+    /// Bytes of messages taken in this worker's turn.
+    pub fn turn_bytes(&self) -> usize {
+        self.turn_bytes
+    }
+
     /// Whether enough replies wait unsent that no more messages should be taken for now.
     pub fn output_full(&self) -> bool {
         self.output.len() >= MAX_OUTPUT
@@ -188,6 +208,7 @@ impl Conn {
                 let bytes = &self.input[self.consumed + start..self.consumed + end];
                 let parsed = gateway::parse(form, bytes);
                 self.consumed += end;
+                self.turn_bytes += end;
                 self.scanner.reset();
                 self.message_started = None;
                 Some(match parsed {
@@ -323,6 +344,7 @@ impl Conn {
         match self.scan() {
             Scan::Complete { .. } => {
                 self.ready_at = Instant::now();
+                self.turn_bytes = 0;
                 Next::Dispatch
             }
             Scan::Invalid(error) => {

@@ -18,14 +18,14 @@ mod workers;
 
 pub use config::LoginServerConfig;
 
-use crate::accountdb::client::RemoteStore;
+use crate::accountdb::client::{InstanceState, RemoteStore};
 use crate::accountdb::server::{AccountDb, AccountDbStartError};
 use crate::accountdb::store::{SqliteStore, Store, StoreError};
 use crate::accountdb::AccountDbConfig;
 use crate::auth::password::{HashError, Hasher};
 use crate::auth::secret::{Secret, SecretError};
 use crate::http::{HttpEndpoint, Routes};
-use crate::metrics::{Gauges, LiveGauge, Metrics};
+use crate::metrics::{Gauges, LiveFamily, LiveGauge, Metrics};
 use crate::service::Service;
 use conn::Deadlines;
 use hashing::Permits;
@@ -38,9 +38,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use workers::Worker;
 
-/// Reads the account-db pool's (open, idle) connections, for the metrics; `None` when not
-/// pooled.
-pub type PoolState = Arc<dyn Fn() -> Option<(u32, u32)> + Send + Sync>;
+/// Reads the state of each account-db (up, requests, pooled connections), for the metrics.
+pub type DbState = Arc<dyn Fn() -> Vec<InstanceState> + Send + Sync>;
 
 /// Why a login-server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +87,59 @@ pub struct LoginServer {
     embedded: Option<AccountDb>,
 }
 
+/// Pooled connections (open, idle) over every account-db, if pooled.
+fn pool_gauges(db_state: &DbState) -> Option<(LiveGauge, LiveGauge)> {
+    let pooled = db_state().iter().any(|i| i.pool.is_some());
+    let sum = |state: DbState, pick: fn((u32, u32)) -> u32| {
+        LiveGauge::new(move || {
+            state()
+                .iter()
+                .filter_map(|i| i.pool)
+                .map(|p| i64::from(pick(p)))
+                .sum()
+        })
+    };
+    pooled.then(|| {
+        (
+            sum(db_state.clone(), |p| p.0),
+            sum(db_state.clone(), |p| p.1),
+        )
+    })
+}
+
+/// Up, requests, failures and retries of each account-db, labelled by its address.
+fn instance_families(db_state: &DbState) -> [LiveFamily; 4] {
+    let family = |state: DbState, pick: fn(&InstanceState) -> i64| {
+        move || {
+            state()
+                .iter()
+                .map(|i| (i.addr.to_string(), pick(i)))
+                .collect::<Vec<_>>()
+        }
+    };
+    [
+        LiveFamily::gauges("db", family(db_state.clone(), |i| i64::from(i.up))),
+        LiveFamily::counters(
+            "db",
+            family(db_state.clone(), |i| {
+                i64::try_from(i.requests).unwrap_or(i64::MAX)
+            }),
+        ),
+        LiveFamily::counters(
+            "db",
+            family(db_state.clone(), |i| {
+                i64::try_from(i.errors).unwrap_or(i64::MAX)
+            }),
+        ),
+        LiveFamily::counters(
+            "db",
+            family(db_state.clone(), |i| {
+                i64::try_from(i.retries).unwrap_or(i64::MAX)
+            }),
+        ),
+    ]
+}
+
 /// A non-blocking listener with a deep accept backlog (std's is 128; the seed's was 5), so a
 /// burst of connections waits in the kernel instead of being dropped and retried a second later.
 fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
@@ -109,9 +161,9 @@ impl LoginServer {
     /// and reach account-db at `--db`, or start one embedded on an ephemeral loopback port,
     /// storing under `--data`, with a fresh secret that never leaves memory.
     pub fn spawn(config: LoginServerConfig) -> Result<LoginServer, StartError> {
-        let (addr, secret, embedded) = match config.db {
-            Some(addr) => (addr, config.resolve_db_secret()?, None),
-            None => {
+        let (addrs, secret, embedded) = match config.db.as_slice() {
+            [_, ..] => (config.db.clone(), config.resolve_db_secret()?, None),
+            [] => {
                 let store =
                     SqliteStore::open(&config.data).map_err(|source| StartError::Store {
                         data: config.data.clone(),
@@ -124,17 +176,17 @@ impl LoginServer {
                     Arc::new(store),
                 )?;
                 tracing::info!(addr = %db.local_addr(), data = %config.data.display(), "embedded account-db started");
-                (db.local_addr(), secret, Some(db))
+                (vec![db.local_addr()], secret, Some(db))
             }
         };
         let metrics = Metrics::default();
         let remote = Arc::new(RemoteStore::new(
-            &config.db_client(addr, secret),
+            &config.db_client(addrs, secret),
             metrics.clone(),
         ));
-        let pool = remote.clone();
-        let pool_state: PoolState = Arc::new(move || pool.pool_state());
-        let mut server = LoginServer::spawn_with_store(config, remote, pool_state, metrics)?;
+        let instances = remote.clone();
+        let db_state: DbState = Arc::new(move || instances.instances());
+        let mut server = LoginServer::spawn_with_store(config, remote, db_state, metrics)?;
         server.embedded = embedded;
         Ok(server)
     }
@@ -143,7 +195,7 @@ impl LoginServer {
     pub fn spawn_with_store(
         config: LoginServerConfig,
         store: Arc<dyn Store>,
-        pool_state: PoolState,
+        db_state: DbState,
         metrics: Metrics,
     ) -> Result<LoginServer, StartError> {
         let hasher = Hasher::new(config.hash_params)?;
@@ -186,17 +238,11 @@ impl LoginServer {
             Some(addr) => {
                 let depth = |len: usize| i64::try_from(len).unwrap_or(i64::MAX);
                 let (jobs, hash_jobs) = (job_rx.clone(), hash_rx.clone());
-                let pool = pool_state().map(|_| {
-                    let (open, idle) = (pool_state.clone(), pool_state.clone());
-                    (
-                        LiveGauge::new(move || open().map_or(0, |p| i64::from(p.0))),
-                        LiveGauge::new(move || idle().map_or(0, |p| i64::from(p.1))),
-                    )
-                });
                 let registry = metrics.registry(Gauges {
                     queue_depth: LiveGauge::new(move || depth(jobs.len())),
                     hash_queue_depth: LiveGauge::new(move || depth(hash_jobs.len())),
-                    pool,
+                    pool: pool_gauges(&db_state),
+                    instances: instance_families(&db_state),
                 });
                 let alive = health.clone();
                 let routes = Routes {

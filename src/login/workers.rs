@@ -18,6 +18,9 @@ use std::sync::Arc;
 
 /// Most messages one worker answers on one connection before giving others a turn.
 const BATCH: usize = 64;
+/// Most bytes of messages one worker takes from one connection in a turn: a client of big
+/// messages gets a turn as long as a client of small ones, not 64 times its share.
+const TURN_BYTES: usize = 64 * 1024;
 
 /// A connection for a worker: it holds a whole message.
 pub struct Job(pub Box<Conn>);
@@ -64,6 +67,9 @@ impl Worker {
         for _ in 0..BATCH {
             // A peer that does not read its replies gets no more until it does.
             if !conn.is_open() || (conn.output_full() && !matches!(conn.flush(), Ok(true))) {
+                break;
+            }
+            if conn.turn_bytes() >= TURN_BYTES {
                 break;
             }
             let Some(incoming) = conn.next_message_reading(&mut self.scratch, self.max_message)

@@ -40,11 +40,25 @@ impl Greeting {
     }
 }
 
-/// One stored account: the spelling it registered with and its argon2id PHC hash.
+/// One stored account: its id, the spelling it registered with and its PHC hash.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Account {
+    /// Stable, never reused, given by the store (0 in a `create` request: not yet given).
+    #[serde(default)]
+    pub id: u64,
     pub username: String,
     pub hash: String,
+}
+
+impl Account {
+    /// An account to create: `username` with `hash`, its id still to be given.
+    pub fn new(username: &str, hash: &str) -> Account {
+        Account {
+            id: 0,
+            username: username.to_string(),
+            hash: hash.to_string(),
+        }
+    }
 }
 
 /// A request from login-server to account-db.
@@ -113,10 +127,7 @@ mod tests {
                 username: "Ålice".into(),
             },
             DbRequest::Create {
-                account: Account {
-                    username: "bob".into(),
-                    hash: "$argon2id$v=19$m=8,t=1,p=1$c2FsdA$aGFzaA".into(),
-                },
+                account: Account::new("bob", "$argon2id$v=19$m=8,t=1,p=1$c2FsdA$aGFzaA"),
                 request_id: "7f3a".into(),
             },
             DbRequest::Auth {

@@ -43,7 +43,7 @@ pub fn start_db(dir: &std::path::Path, secret: &Secret) -> AccountDb {
 pub fn config(db: SocketAddr, secret: &Secret) -> LoginServerConfig {
     LoginServerConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
-        db: Some(db),
+        db: vec![db],
         db_secret: Some(secret.clone()),
         hash_params: HashParams::CHEAPEST,
         workers: Some(2),
@@ -91,6 +91,17 @@ pub fn exchange(addr: SocketAddr, message: &[u8]) -> String {
         .read_to_string(&mut reply)
         .expect("the server must answer and close");
     reply
+}
+
+/// GET `path` from an HTTP endpoint (`/metrics`, `/healthz`): the status code and the body.
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = connect(addr);
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").expect("send");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("response");
+    let status = response[9..12].parse().expect("status code");
+    let body = response.split_once("\r\n\r\n").expect("head").1.to_string();
+    (status, body)
 }
 
 /// A seed-form request; returns the reply's one object.
@@ -174,9 +185,16 @@ pub struct DbProcess {
 impl DbProcess {
     /// Start `account-db --data DIR --listen LISTEN` and wait until it says where it listens.
     pub fn start(dir: &std::path::Path, listen: &str) -> DbProcess {
+        DbProcess::start_with(dir, listen, &[])
+    }
+
+    /// [`DbProcess::start`] with more flags (`--store URL`, say). Its secret is
+    /// DIR/account-db.secret, so account-dbs started on one DIR share it.
+    pub fn start_with(dir: &std::path::Path, listen: &str, flags: &[&str]) -> DbProcess {
         let mut child = Command::new(env!("CARGO_BIN_EXE_account-db"))
             .args(["--listen", listen, "--data"])
             .arg(dir)
+            .args(flags)
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
             .spawn()
@@ -197,7 +215,8 @@ impl DbProcess {
 
     /// How the test login-server reaches this account-db.
     pub fn client_config(&self) -> ClientConfig {
-        self.config().db_client(self.addr, self.secret.clone())
+        self.config()
+            .db_client(vec![self.addr], self.secret.clone())
     }
 
     /// Send a signal by name (KILL, STOP, CONT, TERM, INT).
@@ -266,4 +285,51 @@ pub fn listening_addr(stderr: impl Read + Send + 'static) -> SocketAddr {
     };
     std::thread::spawn(move || lines.for_each(drop));
     addr
+}
+
+/// A PostgreSQL database of its own for one test, dropped with it.
+pub struct TestDatabase {
+    admin: String,
+    name: String,
+    /// Its connection URL.
+    pub url: String,
+}
+
+/// A fresh PostgreSQL database at `TEST_DATABASE_URL` (default
+/// `postgres://postgres@127.0.0.1:5432/test`). Where no PostgreSQL answers: `None`, after one
+/// `skipped:` line, unless `REQUIRE_POSTGRES=1` (as CI sets), which makes it a failure.
+pub fn postgres_database() -> Option<TestDatabase> {
+    let admin = std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let mut client = match postgres::Client::connect(&admin, postgres::NoTls) {
+        Ok(client) => client,
+        Err(e) => {
+            assert!(
+                std::env::var("REQUIRE_POSTGRES").as_deref() != Ok("1"),
+                "REQUIRE_POSTGRES=1 but no PostgreSQL at {admin}: {e}"
+            );
+            println!("skipped: no PostgreSQL at {admin}");
+            return None;
+        }
+    };
+    let name = format!("login_test_{}", login_server::auth::secret::random_token());
+    client
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .expect("create a test database");
+    let base = admin
+        .rsplit_once('/')
+        .map_or(admin.as_str(), |(base, _)| base);
+    let url = format!("{base}/{name}");
+    Some(TestDatabase { admin, name, url })
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        if let Ok(mut client) = postgres::Client::connect(&self.admin, postgres::NoTls) {
+            let _ = client.batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ));
+        }
+    }
 }

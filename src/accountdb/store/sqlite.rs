@@ -16,23 +16,43 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// The database file's name inside the data directory.
 pub const FILE_NAME: &str = "accounts.sqlite3";
 
+/// Rust that fills in what a schema step's SQL added.
+type Fill = fn(&Connection) -> Result<(), StoreError>;
+
+/// One step of the schema: SQL, then (if any) Rust that fills in what the SQL added.
+struct Step {
+    sql: &'static str,
+    fill: Option<Fill>,
+}
+
 /// The schema, one step per version; step N brings version N-1 to N.
-const MIGRATIONS: [&str; 2] = [
+const MIGRATIONS: [Step; 3] = [
     // 1: accounts keyed by the lower-cased name.
-    "CREATE TABLE IF NOT EXISTS accounts (
-        key        TEXT PRIMARY KEY,   -- unique; the folded name for accounts made since v2
-        username   TEXT NOT NULL,      -- the spelling it registered with
-        hash       TEXT NOT NULL,      -- PHC string
-        created_at INTEGER NOT NULL,   -- unix seconds
-        request_id TEXT NOT NULL       -- the create that stored it: makes creates idempotent
-    ) WITHOUT ROWID;",
-    // 2: names folded by NFKC and full case folding, and confusable skeletons, each indexed;
-    // filled in by `backfill_names`. Not unique: accounts from before may share a folded name,
-    // and each keeps logging in by its own spelling.
-    "ALTER TABLE accounts ADD COLUMN folded TEXT NOT NULL DEFAULT '';
-     ALTER TABLE accounts ADD COLUMN skeleton TEXT NOT NULL DEFAULT '';
-     CREATE INDEX accounts_folded ON accounts (folded);
-     CREATE INDEX accounts_skeleton ON accounts (skeleton);",
+    Step {
+        sql: "CREATE TABLE IF NOT EXISTS accounts (
+            key        TEXT PRIMARY KEY,   -- unique; the folded name for accounts made since v2
+            username   TEXT NOT NULL,      -- the spelling it registered with
+            hash       TEXT NOT NULL,      -- PHC string
+            created_at INTEGER NOT NULL,   -- unix seconds
+            request_id TEXT NOT NULL       -- the create that stored it: makes creates idempotent
+        ) WITHOUT ROWID;",
+        fill: None,
+    },
+    // 2: names folded by NFKC and full case folding, and confusable skeletons, each indexed.
+    // Not unique: accounts from before may share a folded name, and each keeps logging in by
+    // its own spelling.
+    Step {
+        sql: "ALTER TABLE accounts ADD COLUMN folded TEXT NOT NULL DEFAULT '';
+            ALTER TABLE accounts ADD COLUMN skeleton TEXT NOT NULL DEFAULT '';
+            CREATE INDEX accounts_folded ON accounts (folded);
+            CREATE INDEX accounts_skeleton ON accounts (skeleton);",
+        fill: Some(fill_folded),
+    },
+    // 3: a stable id per account, never reused: the last one given out is kept in `meta`.
+    Step {
+        sql: "ALTER TABLE accounts ADD COLUMN id INTEGER NOT NULL DEFAULT 0;",
+        fill: Some(fill_ids),
+    },
 ];
 
 /// Settings of the store kept in the store: the confusables data the skeletons were made with.
@@ -97,9 +117,9 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         });
     }
     for (i, step) in MIGRATIONS.iter().enumerate().skip(version) {
-        tx.execute_batch(step)?;
-        if i + 1 == 2 {
-            backfill_names(&tx, true)?;
+        tx.execute_batch(step.sql)?;
+        if let Some(fill) = step.fill {
+            fill(&tx)?;
         }
         tracing::info!(version = i + 1, "account store migrated");
     }
@@ -130,6 +150,28 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         params![unix_now().to_string()],
     )?;
     tx.commit()?;
+    Ok(())
+}
+
+fn fill_folded(conn: &Connection) -> Result<(), StoreError> {
+    backfill_names(conn, true)
+}
+
+/// Number the accounts there are, oldest first, and index the ids.
+fn fill_ids(conn: &Connection) -> Result<(), StoreError> {
+    let keys: Vec<String> = conn
+        .prepare("SELECT key FROM accounts ORDER BY created_at, key")?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    for (i, key) in keys.iter().enumerate() {
+        conn.prepare_cached("UPDATE accounts SET id = ?2 WHERE key = ?1")?
+            .execute(params![key, i as i64 + 1])?;
+    }
+    conn.execute_batch("CREATE UNIQUE INDEX accounts_id ON accounts (id);")?;
+    conn.execute(
+        "INSERT OR REPLACE INTO meta (key, value) VALUES ('last_id', ?1)",
+        params![keys.len() as i64],
+    )?;
     Ok(())
 }
 
@@ -196,7 +238,7 @@ impl SqliteStore {
 
 /// The account a name means: the one that folds the same, and among accounts from before v2
 /// that share a folded name, the one spelled exactly so (else the oldest).
-const CHOOSE: &str = "SELECT key, username, hash FROM accounts WHERE folded = ?1
+const CHOOSE: &str = "SELECT key, username, hash, id FROM accounts WHERE folded = ?1
      ORDER BY (username = ?2) DESC, created_at, key LIMIT 1";
 
 impl Store for SqliteStore {
@@ -205,6 +247,7 @@ impl Store for SqliteStore {
         let mut stmt = conn.prepare_cached(CHOOSE)?;
         stmt.query_row(params![fold(username), username], |row| {
             Ok(Account {
+                id: u64::try_from(row.get::<_, i64>(3)?).unwrap_or(0),
                 username: row.get(1)?,
                 hash: row.get(2)?,
             })
@@ -234,10 +277,16 @@ impl Store for SqliteStore {
                 Created::Exists
             });
         }
+        let id: i64 = tx
+            .prepare_cached(
+                "UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'last_id'
+                 RETURNING CAST(value AS INTEGER)",
+            )?
+            .query_row([], |row| row.get(0))?;
         let inserted = tx
             .prepare_cached(
-                "INSERT INTO accounts (key, username, hash, created_at, request_id, folded, skeleton)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?1, ?6) ON CONFLICT (key) DO NOTHING",
+                "INSERT INTO accounts (key, username, hash, created_at, request_id, folded, skeleton, id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?1, ?6, ?7) ON CONFLICT (key) DO NOTHING",
             )?
             .execute(params![
                 folded,
@@ -245,7 +294,8 @@ impl Store for SqliteStore {
                 account.hash,
                 unix_now(),
                 request_id,
-                skeleton
+                skeleton,
+                id
             ])?;
         tx.commit()?;
         Ok(if inserted == 1 {
@@ -275,23 +325,25 @@ mod tests {
     use super::*;
 
     fn account(name: &str) -> Account {
-        Account {
-            username: name.into(),
-            hash: format!("hash-of-{name}"),
-        }
+        Account::new(name, &format!("hash-of-{name}"))
+    }
+
+    /// What a lookup returns: the account with the id the store gave it.
+    fn stored(store: &SqliteStore, name: &str) -> Account {
+        store.find(name).unwrap().unwrap()
     }
 
     #[test]
     fn names_are_unique_without_regard_to_case() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(dir.path()).unwrap();
-        assert_eq!(store.find("alice").unwrap(), None);
+        assert!(store.find("alice").unwrap().is_none());
         assert_eq!(store.create(&account("Alice"), "r1").unwrap(), Created::New);
         assert_eq!(
             store.create(&account("ALICE"), "r2").unwrap(),
             Created::Exists
         );
-        assert_eq!(store.find("aLiCe").unwrap(), Some(account("Alice")));
+        assert_eq!(stored(&store, "aLiCe").username, "Alice");
         store.ping().unwrap();
     }
 
@@ -318,7 +370,7 @@ mod tests {
             .create(&account("Bob"), "r")
             .unwrap();
         let reopened = SqliteStore::open(dir.path()).unwrap();
-        assert_eq!(reopened.find("bob").unwrap(), Some(account("Bob")));
+        assert_eq!(stored(&reopened, "bob").username, "Bob");
     }
 
     #[test]
@@ -333,7 +385,7 @@ mod tests {
                 "{twin}"
             );
         }
-        assert_eq!(store.find("ＡＤＭＩＮ").unwrap(), Some(account("admin")));
+        assert_eq!(stored(&store, "ＡＤＭＩＮ").username, "admin");
         assert_eq!(
             store.create(&account("straße"), "r3").unwrap(),
             Created::New
@@ -349,7 +401,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let conn = Connection::open(dir.path().join(FILE_NAME)).unwrap();
-            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.execute_batch(MIGRATIONS[0].sql).unwrap();
             // Two accounts the old lower-casing told apart, which now fold to one name.
             for (key, name, hash) in [("straße", "straße", "h1"), ("strasse", "STRASSE", "h2")] {
                 conn.execute(

@@ -1,0 +1,173 @@
+//! [`PostgresStore`]: accounts in PostgreSQL, over an `r2d2_postgres` pool. Several account-dbs
+//! may serve one database. All SQL for PostgreSQL lives in this file.
+//!
+//! The schema is brought up to date at start under an advisory lock, so account-dbs that start
+//! together do not race; each step is recorded in `schema_version`, as in the SQLite store.
+//! Names are unique by a unique index on the folded name; look-alike names are refused by a
+//! check on the skeleton, serialised per skeleton by a transaction-scoped advisory lock. Every
+//! commit is synchronous (`synchronous_commit = on` on every connection): `create` answers
+//! only once the account is durable.
+
+use super::{Account, Created, Store, StoreError};
+use crate::auth::names::{fold, skeleton};
+use postgres::NoTls;
+use r2d2_postgres::PostgresConnectionManager;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The schema, one step per version; step N brings version N-1 to N.
+const MIGRATIONS: [&str; 1] = [
+    // 1: accounts with stable ids, folded names (unique) and skeletons (indexed).
+    "CREATE TABLE accounts (
+        id         BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        folded     TEXT NOT NULL UNIQUE,
+        skeleton   TEXT NOT NULL,
+        username   TEXT NOT NULL,
+        hash       TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        request_id TEXT NOT NULL
+    );
+    CREATE INDEX accounts_skeleton ON accounts (skeleton);",
+];
+
+/// The advisory lock key under which migrations run (any constant the application owns).
+const MIGRATION_LOCK: i64 = 0x6c6f_6769_6e5f_6462; // "login_db"
+
+/// Accounts in a PostgreSQL database.
+pub struct PostgresStore {
+    pool: r2d2::Pool<PostgresConnectionManager<NoTls>>,
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+impl PostgresStore {
+    /// Connect to `url` (`postgres://user@host:port/dbname`) with a pool of `pool_size`
+    /// connections, each with `timeout` to connect and to be had from the pool, and bring the
+    /// schema up to date.
+    pub fn open(url: &str, pool_size: u32, timeout: Duration) -> Result<Self, StoreError> {
+        let mut config: postgres::Config = url
+            .parse()
+            .map_err(|e: postgres::Error| StoreError::BadUrl(e.to_string()))?;
+        config
+            .connect_timeout(timeout)
+            .options("-c synchronous_commit=on");
+        let manager = PostgresConnectionManager::new(config, NoTls);
+        let pool = r2d2::Pool::builder()
+            .max_size(pool_size.max(1))
+            .min_idle(Some(0))
+            .connection_timeout(timeout)
+            .build_unchecked(manager);
+        let store = PostgresStore { pool };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    fn conn(&self) -> Result<r2d2::PooledConnection<PostgresConnectionManager<NoTls>>, StoreError> {
+        self.pool.get().map_err(StoreError::Pool)
+    }
+
+    /// Bring the schema to the latest version, one account-db at a time.
+    fn migrate(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn()?;
+        let mut tx = conn.transaction()?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
+        tx.batch_execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")?;
+        let version: i32 = tx
+            .query_opt("SELECT version FROM schema_version", &[])?
+            .map_or(0, |row| row.get(0));
+        let version = usize::try_from(version).unwrap_or(usize::MAX);
+        if version > MIGRATIONS.len() {
+            return Err(StoreError::TooNew {
+                found: version,
+                known: MIGRATIONS.len(),
+            });
+        }
+        for (i, step) in MIGRATIONS.iter().enumerate().skip(version) {
+            tx.batch_execute(step)?;
+            tracing::info!(version = i + 1, "account store migrated");
+        }
+        let latest = i32::try_from(MIGRATIONS.len()).unwrap_or(i32::MAX);
+        tx.execute("DELETE FROM schema_version", &[])?;
+        tx.execute(
+            "INSERT INTO schema_version (version) VALUES ($1)",
+            &[&latest],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+fn id(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+impl Store for PostgresStore {
+    fn find(&self, username: &str) -> Result<Option<Account>, StoreError> {
+        let mut conn = self.conn()?;
+        let row = conn.query_opt(
+            "SELECT id, username, hash FROM accounts WHERE folded = $1",
+            &[&fold(username)],
+        )?;
+        Ok(row.map(|row| Account {
+            id: id(row.get(0)),
+            username: row.get(1),
+            hash: row.get(2),
+        }))
+    }
+
+    fn create(&self, account: &Account, request_id: &str) -> Result<Created, StoreError> {
+        let (folded, skeleton) = (fold(&account.username), skeleton(&account.username));
+        let mut conn = self.conn()?;
+        let mut tx = conn.transaction()?;
+        // Creates of look-alike names wait for each other, across every account-db.
+        tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&skeleton])?;
+        let holder = tx.query_opt(
+            "SELECT request_id FROM accounts WHERE folded = $1 OR skeleton = $2
+             ORDER BY (folded = $1) DESC LIMIT 1",
+            &[&folded, &skeleton],
+        )?;
+        if let Some(row) = holder {
+            let stored_by: String = row.get(0);
+            return Ok(if stored_by == request_id {
+                Created::New
+            } else {
+                Created::Exists
+            });
+        }
+        let inserted = tx.execute(
+            "INSERT INTO accounts (folded, skeleton, username, hash, created_at, request_id)
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (folded) DO NOTHING",
+            &[
+                &folded,
+                &skeleton,
+                &account.username,
+                &account.hash,
+                &unix_now(),
+                &request_id,
+            ],
+        )?;
+        tx.commit()?;
+        Ok(if inserted == 1 {
+            Created::New
+        } else {
+            Created::Exists
+        })
+    }
+
+    fn update_hash(&self, username: &str, hash: &str) -> Result<bool, StoreError> {
+        let mut conn = self.conn()?;
+        let updated = conn.execute(
+            "UPDATE accounts SET hash = $2 WHERE folded = $1",
+            &[&fold(username), &hash],
+        )?;
+        Ok(updated == 1)
+    }
+
+    fn ping(&self) -> Result<(), StoreError> {
+        self.conn()?.simple_query("SELECT 1")?;
+        Ok(())
+    }
+}

@@ -1,0 +1,130 @@
+//! Several account-dbs over one PostgreSQL database, behind several login-servers: no single
+//! account-db whose death stops logins. Real processes, real sockets, a real PostgreSQL
+//! (skipped, with a line saying so, where none answers and REQUIRE_POSTGRES is not set).
+
+mod common;
+
+use common::{code, DbProcess, TestDatabase};
+use login_server::{LoginServer, LoginServerConfig};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Two account-dbs on one fresh PostgreSQL database, sharing one secret.
+fn two_account_dbs() -> Option<(TestDatabase, tempfile::TempDir, DbProcess, DbProcess)> {
+    let db = common::postgres_database()?;
+    let dir = tempfile::tempdir().unwrap();
+    let flags = ["--store", db.url.as_str()];
+    let first = DbProcess::start_with(dir.path(), "127.0.0.1:0", &flags);
+    let second = DbProcess::start_with(dir.path(), "127.0.0.1:0", &flags);
+    Some((db, dir, first, second))
+}
+
+/// A login-server reaching `dbs` in this order.
+fn login_server(dbs: &[&DbProcess]) -> LoginServer {
+    let config = LoginServerConfig {
+        db: dbs.iter().map(|d| d.addr).collect(),
+        ..dbs[0].config()
+    };
+    LoginServer::spawn(config).unwrap()
+}
+
+#[test]
+fn any_login_server_reaches_any_account() {
+    let Some((_pg, _dir, first, second)) = two_account_dbs() else {
+        return;
+    };
+    let a = login_server(&[&first, &second]);
+    let b = login_server(&[&second, &first]);
+    assert_eq!(code(a.local_addr(), "register", "Wanderer", "password1"), 4);
+    assert_eq!(code(b.local_addr(), "login", "wanderer", "password1"), 3);
+    assert_eq!(code(b.local_addr(), "register", "WANDERER", "password1"), 5);
+}
+
+/// Run `clients` threads of registrations and logins through `servers` until `stop`; every
+/// reply code, and the names whose registration was acknowledged.
+fn load(
+    servers: Vec<std::net::SocketAddr>,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<(Vec<u64>, Vec<String>)> {
+    std::thread::spawn(move || {
+        let codes = Arc::new(Mutex::new(Vec::new()));
+        let registered = Arc::new(Mutex::new(Vec::new()));
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let (servers, stop) = (servers.clone(), stop.clone());
+                let (codes, registered) = (codes.clone(), registered.clone());
+                std::thread::spawn(move || {
+                    let mut i = 0;
+                    while !stop.load(Ordering::SeqCst) {
+                        let server = servers[i % servers.len()];
+                        let name = format!("load{t}x{i}");
+                        let c = code(server, "register", &name, "password1");
+                        if c == 4 {
+                            registered.lock().unwrap().push(name.clone());
+                            let c = code(server, "login", &name, "password1");
+                            codes.lock().unwrap().push(c);
+                        }
+                        codes.lock().unwrap().push(c);
+                        i += 1;
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        let codes = codes.lock().unwrap().clone();
+        let registered = registered.lock().unwrap().clone();
+        (codes, registered)
+    })
+}
+
+#[test]
+fn killing_one_account_db_under_load_costs_no_player_anything() {
+    let Some((_pg, _dir, first, second)) = two_account_dbs() else {
+        return;
+    };
+    let a = login_server(&[&first, &second]);
+    let b = login_server(&[&second, &first]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let running = load(vec![a.local_addr(), b.local_addr()], stop.clone());
+    std::thread::sleep(Duration::from_millis(1000));
+    first.kill();
+    std::thread::sleep(Duration::from_millis(2000));
+    stop.store(true, Ordering::SeqCst);
+    let (codes, registered) = running.join().unwrap();
+    assert!(codes.len() > 20, "too little load: {}", codes.len());
+    let others: Vec<&u64> = codes.iter().filter(|c| !matches!(c, 3 | 4)).collect();
+    assert!(others.is_empty(), "codes other than 3 and 4: {others:?}");
+    for name in &registered {
+        assert_eq!(
+            code(b.local_addr(), "login", name, "password1"),
+            3,
+            "{name} lost"
+        );
+    }
+}
+
+#[test]
+fn a_stopped_account_db_costs_only_a_short_wait() {
+    let Some((_pg, _dir, first, second)) = two_account_dbs() else {
+        return;
+    };
+    let server = login_server(&[&first, &second]);
+    assert_eq!(
+        code(server.local_addr(), "register", "patient", "password1"),
+        4
+    );
+    first.signal("STOP");
+    let started = Instant::now();
+    let codes: Vec<u64> = (0..20)
+        .map(|_| code(server.local_addr(), "login", "patient", "password1"))
+        .collect();
+    let took = started.elapsed();
+    first.signal("CONT");
+    assert!(codes.iter().all(|&c| c == 3), "{codes:?}");
+    // Only the first request waits for the stopped one (a third of --db-timeout); the rest
+    // go to the other at once.
+    assert!(took < Duration::from_secs(5), "{took:?}");
+}
