@@ -2,22 +2,25 @@
 //! `/healthz` (the server's threads are alive) and `/readyz` (the account store answers).
 //!
 //! A minimal HTTP/1.x server: one request per connection, each on a thread of its own, at most
-//! [`MAX_CONCURRENT`] at once (more are answered 503 at once), each with one deadline for the
-//! whole exchange ([`DEADLINE`]), however slowly its bytes come. A slow or hostile client holds
-//! one of those threads for that long at most, and never holds up a probe.
+//! [`MAX_CONCURRENT`] at once, each with one deadline for reading the request ([`DEADLINE`]),
+//! however slowly its bytes come. At the limit, a new connection cuts off the oldest one still
+//! in flight: a probe takes a millisecond, so slow or hostile clients cannot hold up a probe
+//! by holding every slot.
 
 use crate::metrics::{encode, CONTENT_TYPE};
+use parking_lot::Mutex;
 use prometheus_client::registry::Registry;
+use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// Requests served at once.
 pub const MAX_CONCURRENT: usize = 16;
-/// The whole exchange, request and response, must be over within this.
+/// The request must arrive whole within this; the response then has as long to be written.
 pub const DEADLINE: Duration = Duration::from_secs(2);
 /// Largest request head read.
 const MAX_HEAD: usize = 8 * 1024;
@@ -39,12 +42,15 @@ pub struct HttpEndpoint {
     thread: Option<JoinHandle<()>>,
 }
 
+/// Requests in flight, oldest first, so that the oldest can be cut off at the limit.
+type InFlight = Arc<Mutex<VecDeque<(u64, TcpStream)>>>;
+
 /// Gives back a slot of [`MAX_CONCURRENT`] when a request's thread ends.
-struct Slot(Arc<AtomicUsize>);
+struct Slot(InFlight, u64);
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
+        self.0.lock().retain(|(id, _)| *id != self.1);
     }
 }
 
@@ -55,26 +61,28 @@ impl HttpEndpoint {
         let stopping = Arc::new(AtomicBool::new(false));
         let stop = stopping.clone();
         let routes = Arc::new(routes);
-        let active = Arc::new(AtomicUsize::new(0));
+        let in_flight: InFlight = Arc::default();
         let thread = std::thread::Builder::new()
             .name("metrics-http".into())
             .spawn(move || {
-                for stream in listener.incoming() {
+                for (id, stream) in (0u64..).zip(listener.incoming()) {
                     if stop.load(Ordering::SeqCst) {
                         break;
                     }
-                    let Ok(mut stream) = stream else { continue };
-                    if active.fetch_add(1, Ordering::SeqCst) >= MAX_CONCURRENT {
-                        active.fetch_sub(1, Ordering::SeqCst);
-                        let _ = stream.set_nonblocking(true);
-                        let _ = stream.write_all(&response(
-                            "503 Service Unavailable",
-                            "text/plain",
-                            "busy\n",
-                        ));
+                    let Ok(stream) = stream else { continue };
+                    let Ok(handle) = stream.try_clone() else {
                         continue;
+                    };
+                    {
+                        let mut in_flight = in_flight.lock();
+                        if in_flight.len() >= MAX_CONCURRENT {
+                            if let Some((_, oldest)) = in_flight.pop_front() {
+                                let _ = oldest.shutdown(std::net::Shutdown::Both);
+                            }
+                        }
+                        in_flight.push_back((id, handle));
                     }
-                    let (slot, routes) = (Slot(active.clone()), routes.clone());
+                    let (slot, routes) = (Slot(in_flight.clone(), id), routes.clone());
                     let spawned = std::thread::Builder::new()
                         .name("metrics-http-request".into())
                         .spawn(move || {
@@ -161,6 +169,8 @@ fn serve(mut stream: TcpStream, routes: &Routes) -> io::Result<()> {
         (Some(b"GET"), _) => ("404 Not Found", text, "not found\n".into()),
         _ => ("405 Method Not Allowed", text, "GET only\n".into()),
     };
-    stream.set_write_timeout(Some(left(deadline)?))?;
+    // Answering may have taken a while (/readyz waits for the store): the response gets its
+    // own deadline.
+    stream.set_write_timeout(Some(DEADLINE))?;
     stream.write_all(&response(status, content_type, &body))
 }

@@ -16,10 +16,12 @@
 //! - [`service`]: login and register logic over a [`Store`](accountdb::store::Store);
 //!   [`throttle`]: brute-force lockouts.
 //! - [`auth`]: username and password rules; argon2id hashing; the tiers' shared secret.
-//! - [`accountdb::client`]: the r2d2-pooled connection to account-db, as a `Store`.
+//! - [`accountdb::client`]: the r2d2-pooled connections to one or more account-dbs, as a
+//!   `Store` that fails over between them.
 //! - [`protocol::accountdb`]: the newline-delimited JSON between the two tiers. Pure.
 //! - [`accountdb::server`]: the account-db server, configured by [`AccountDbConfig`];
-//!   [`accountdb::store`]: the `Store` trait and its SQLite implementation.
+//!   [`accountdb::store`]: the `Store` trait, its SQLite and PostgreSQL implementations, and
+//!   `StoreUrl`, which picks one.
 //! - [`metrics`] and [`http`]: Prometheus metrics, `/healthz` and `/readyz`.
 //! - [`config`]: what the configuration structs share (parsing, defaults, value parsers);
 //!   [`cidr`]: address blocks for `--allow-from`;

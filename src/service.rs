@@ -214,11 +214,10 @@ impl Service {
                 password,
                 origin,
             } => {
-                // The result is always "no"; the work is what makes it indistinguishable, and
-                // the name is counted so that it locks like a real account.
-                let _ =
-                    self.hasher
-                        .verify(&normalize_password(&password), &self.dummy_hash, memory);
+                // The result is always "no"; the work is what makes it indistinguishable (the
+                // same verifications as a wrong password for a real account), and the name is
+                // counted so that it locks like a real account.
+                let _ = self.verify(&password, &self.dummy_hash, memory);
                 self.throttle.failed(Some(&username), origin);
                 Reply::wrong_password()
             }

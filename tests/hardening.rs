@@ -538,3 +538,110 @@ fn a_read_only_store_stops_the_start() {
         "{log}"
     );
 }
+
+// Regressions found by a hostile review of the hardened build.
+
+#[test]
+fn a_newline_after_a_request_does_not_start_the_message_deadline() {
+    let tiers = start_with(|c| c.message_timeout = Duration::from_millis(300));
+    let mut client = StreamClient::new(tiers.addr());
+    let request =
+        b"{\"OP\":\"login\",\"username\":\"nobody\",\"password\":\"password1\",\"id\":1}\r\n";
+    client.send(request);
+    assert_eq!(client.recv()["code"], 1);
+    std::thread::sleep(Duration::from_millis(900)); // three deadlines of idleness
+    client.send(request);
+    let reply = client.recv();
+    assert_eq!(
+        (reply["code"].clone(), reply["id"].clone()),
+        (json!(1), json!(1)),
+        "{reply}"
+    );
+}
+
+#[test]
+fn a_refused_client_that_does_not_read_is_refused_once_then_closed() {
+    let tiers = start_with(|c| c.message_timeout = Duration::from_millis(300));
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect(&tiers.addr().into()).unwrap();
+    let mut stream: TcpStream = socket.into();
+    stream.set_read_timeout(Some(common::PATIENCE)).unwrap();
+    // Replies the client does not read, then a message that never ends.
+    let request = b"{\"OP\":\"login\",\"username\":\"no\",\"password\":\"password1\"}\n";
+    stream.write_all(&request.repeat(3000)).unwrap();
+    stream.write_all(b"{").unwrap();
+    std::thread::sleep(Duration::from_millis(2000));
+    let mut replies = String::new();
+    stream.read_to_string(&mut replies).unwrap(); // the server closes at the end
+    let refusals = replies.matches("not completed within").count();
+    assert!(refusals <= 1, "refused {refusals} times");
+}
+
+#[test]
+fn whatever_registers_logs_in_with_the_same_spelling() {
+    let tiers = start();
+    for name in ["bob²x", "carol１", &"e\u{301}".repeat(20)] {
+        assert_eq!(
+            code(tiers.addr(), "register", name, "password1"),
+            4,
+            "{name:?}"
+        );
+        assert_eq!(
+            code(tiers.addr(), "login", name, "password1"),
+            3,
+            "{name:?}"
+        );
+    }
+    let composed = "\u{e9}".repeat(500); // 1000 bytes; decomposed, 1500
+    assert_eq!(code(tiers.addr(), "register", "accents", &composed), 4);
+    assert_eq!(
+        code(tiers.addr(), "login", "accents", &"e\u{301}".repeat(500)),
+        3
+    );
+    let reply = seed(tiers.addr(), "register", "tooshort", &"e\u{301}".repeat(3));
+    assert_eq!(
+        reply["reason"], "invalid_password",
+        "6 bytes once normalized"
+    );
+}
+
+#[test]
+fn a_capital_i_is_a_look_alike_of_l() {
+    let tiers = start();
+    assert_eq!(code(tiers.addr(), "register", "alice", "password1"), 4);
+    assert_eq!(code(tiers.addr(), "register", "paypal", "password1"), 4);
+    for twin in ["aIice", "paypaI", "ALICE"] {
+        assert_eq!(
+            seed(tiers.addr(), "register", twin, "password1")["reason"],
+            "username_taken",
+            "{twin}"
+        );
+    }
+}
+
+#[test]
+fn idle_connections_cannot_hold_up_a_health_probe() {
+    let tiers = start_with(|c| c.metrics_listen = Some("127.0.0.1:0".parse().unwrap()));
+    let metrics = tiers.server.metrics_addr().unwrap();
+    let _idle: Vec<TcpStream> = (0..40).map(|_| common::connect(metrics)).collect();
+    std::thread::sleep(Duration::from_millis(100));
+    for _ in 0..3 {
+        assert_eq!(get(metrics, "/healthz"), (200, "ok\n".into()));
+    }
+}
+
+#[test]
+fn readyz_answers_503_while_the_account_db_is_stalled() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = common::DbProcess::start(dir.path(), "127.0.0.1:0");
+    let mut config = db.config();
+    config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    let server = login_server::LoginServer::spawn(config).unwrap();
+    let metrics = server.metrics_addr().unwrap();
+    assert_eq!(get(metrics, "/readyz").0, 200);
+    db.signal("STOP");
+    let status = get(metrics, "/readyz").0;
+    db.signal("CONT");
+    assert_eq!(status, 503);
+}

@@ -110,7 +110,7 @@ fn bad_requests_get_code_6_saying_what_is_wrong() {
     let cases: [(&[u8], &str); 6] = [
         (br#"[{"OP":"fly","username":"u","password":"p"}]"#, "unknown variant `fly`"),
         (br#"[{"OP":"login","username":"u"}]"#, "missing field `password`"),
-        (br#"[{"OP":"login","username":7,"password":"p"}]"#, "invalid type"),
+        (br#"[{"OP":"login","username":7,"password":"p"}]"#, "\"username\" must be a string"),
         (
             br#"[{"OP":"login","username":"u","password":"p"},{"OP":"login","username":"u","password":"p"}]"#,
             "exactly one object",

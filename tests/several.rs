@@ -128,3 +128,106 @@ fn a_stopped_account_db_costs_only_a_short_wait() {
     // go to the other at once.
     assert!(took < Duration::from_secs(5), "{took:?}");
 }
+
+/// A TCP relay to `target` that the test can break (every connection cut, new ones closed at
+/// once) and heal.
+struct Relay {
+    addr: std::net::SocketAddr,
+    broken: Arc<AtomicBool>,
+    open: Arc<Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Relay {
+    fn start(target: std::net::SocketAddr) -> Relay {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let broken = Arc::new(AtomicBool::new(false));
+        let open: Arc<Mutex<Vec<std::net::TcpStream>>> = Arc::default();
+        let (is_broken, conns) = (broken.clone(), open.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                if is_broken.load(Ordering::SeqCst) {
+                    continue; // dropped: closed at once
+                }
+                let Ok(server) = std::net::TcpStream::connect(target) else {
+                    continue;
+                };
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server.try_clone().unwrap(), client.try_clone().unwrap()),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+                conns.lock().unwrap().extend([client, server]);
+            }
+        });
+        Relay { addr, broken, open }
+    }
+
+    fn cut(&self) {
+        self.broken.store(true, Ordering::SeqCst);
+        for stream in self.open.lock().unwrap().drain(..) {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    fn heal(&self) {
+        self.broken.store(false, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn postgresql_cut_away_is_unavailable_never_unknown_and_recovers_by_itself() {
+    let Some(pg) = common::postgres_database() else {
+        return;
+    };
+    let url = pg.url.clone();
+    let (hostport, rest) = url
+        .split_once("@")
+        .and_then(|(_, r)| r.split_once('/'))
+        .expect("postgres://user@host:port/db");
+    let target: std::net::SocketAddr = hostport.parse().expect("host:port as an address");
+    let relay = Relay::start(target);
+    let relayed = format!("postgres://postgres@{}/{rest}", relay.addr);
+    let dir = tempfile::tempdir().unwrap();
+    let db = DbProcess::start_with(dir.path(), "127.0.0.1:0", &["--store", &relayed]);
+    let server = login_server(&[&db]);
+    let addr = server.local_addr();
+    assert_eq!(code(addr, "register", "steadfast", "password1"), 4);
+
+    relay.cut();
+    for _ in 0..3 {
+        let started = Instant::now();
+        assert_eq!(code(addr, "login", "steadfast", "password1"), 7);
+        // --db-timeout is 2 s: answered within it, and a little.
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    assert_eq!(
+        code(addr, "login", "nobody-at-all", "password1"),
+        7,
+        "never 1 while cut"
+    );
+
+    relay.heal();
+    let healed = Instant::now();
+    loop {
+        if code(addr, "login", "steadfast", "password1") == 3 {
+            break;
+        }
+        assert!(healed.elapsed() < Duration::from_secs(10), "no recovery");
+    }
+    // Within 2 s of healing, give or take one request still waiting on the cut.
+    assert!(
+        healed.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        healed.elapsed()
+    );
+}

@@ -19,9 +19,12 @@
 use unicode_normalization::UnicodeNormalization;
 use unicode_security::{GeneralSecurityProfile, RestrictionLevel, RestrictionLevelDetection};
 
-/// The version of the confusables data behind [`skeleton`]: stored skeletons made with other
-/// data are rebuilt.
-pub const SKELETON_DATA: (u64, u64, u64) = unicode_security::UNICODE_VERSION;
+/// The version of the confusables data and of the [`skeleton`] recipe: stored skeletons made
+/// with another are rebuilt.
+pub const SKELETON_DATA: (u64, u64, u64, u32) = {
+    let (major, minor, update) = unicode_security::UNICODE_VERSION;
+    (major, minor, update, 2)
+};
 
 /// The limits a registration must meet. Logins are checked against them too, so a request that
 /// cannot name an account is answered without touching the store.
@@ -71,25 +74,34 @@ impl Rules {
             && normalized.as_str().detect_restriction_level() <= RestrictionLevel::HighlyRestrictive
     }
 
-    /// Whether `name` could belong to an account at all: it meets the rules names were ever
-    /// registered under (letters, ASCII digits, `_`, `-`, `.`, within the length limits), which
-    /// are looser than today's. A login under any other name is answered without a lookup.
+    /// Whether `name` could belong to an account at all: it, or its NFKC form (what a
+    /// registration is checked in), meets the rules names were ever registered under (letters,
+    /// ASCII digits, `_`, `-`, `.`, within the length limits), which are looser than today's.
+    /// A login under any other name is answered without a lookup.
     pub fn could_exist(&self, name: &str) -> bool {
         let (min, max) = self.username_chars;
-        let mut count = 0;
-        for c in name.chars() {
-            count += 1;
-            if count > max || !(c.is_alphabetic() || c.is_ascii_digit() || "_-.".contains(c)) {
-                return false;
+        let shaped = |chars: &mut dyn Iterator<Item = char>| {
+            let mut count = 0;
+            for c in chars {
+                count += 1;
+                if count > max || !(c.is_alphabetic() || c.is_ascii_digit() || "_-.".contains(c)) {
+                    return false;
+                }
             }
-        }
-        count >= min
+            count >= min
+        };
+        shaped(&mut name.chars()) || shaped(&mut name.nfkc())
     }
 
-    /// Any UTF-8 within the length limits.
+    /// Any UTF-8 within the length limits, counted in its NFC form (what is hashed), so that
+    /// one password is within them however it was typed.
     pub fn password_ok(&self, password: &str) -> bool {
         let (min, max) = self.password_bytes;
-        (min..=max).contains(&password.len())
+        // NFC never grows a string by more than 3x; anything longer cannot fit.
+        if password.len() > max.saturating_mul(3) {
+            return false;
+        }
+        (min..=max).contains(&normalize_password(password).len())
     }
 }
 
@@ -102,10 +114,13 @@ pub fn fold(name: &str) -> String {
         .collect()
 }
 
-/// The UTS #39 confusable skeleton of a name's [`fold`]: names whose skeletons match look
-/// alike (Cyrillic `аdmin` and Latin `admin`).
+/// The UTS #39 confusable skeleton of a name, made case-blind: the skeleton of its NFKC form
+/// (where capital `I` is still a look-alike of `l`), folded, and skeletonised again. Names
+/// whose skeletons match look alike: Cyrillic `аdmin` and Latin `admin`, `aIice` and `alice`.
 pub fn skeleton(name: &str) -> String {
-    unicode_security::skeleton(&fold(name)).collect()
+    let compatible: String = name.nfkc().collect();
+    let shapes: String = unicode_security::skeleton(&compatible).collect();
+    unicode_security::skeleton(&fold(&shapes)).collect()
 }
 
 /// A password as it is hashed and verified: NFC, so that the same password typed on another
@@ -174,6 +189,13 @@ mod tests {
             assert_eq!(fold(a), fold(b), "{a} and {b}");
         }
         assert_eq!(skeleton("\u{0430}dmin"), skeleton("admin"), "Cyrillic а");
+        assert_eq!(skeleton("aIice"), skeleton("alice"), "capital I");
+        assert_eq!(skeleton("paypaI"), skeleton("paypal"));
+        assert_eq!(
+            skeleton("\u{0410}\u{0412}\u{0421}"),
+            skeleton("abc"),
+            "Cyrillic АВС"
+        );
         assert_eq!(
             skeleton("\u{0441}\u{043e}\u{0441}\u{043e}"),
             skeleton("coco")
@@ -209,6 +231,55 @@ mod tests {
         // Refused now, but such a name may have registered before: logins still look it up.
         assert!(rules.could_exist("\u{0430}dmin"));
         assert!(!rules.could_exist("a b"));
+        // Whatever registers can log in with the same spelling.
+        for registered in ["bob²x", "carol１", &"e\u{301}".repeat(20), "ﬀabc"] {
+            assert!(rules.username_ok(registered), "{registered:?}");
+            assert!(rules.could_exist(registered), "{registered:?}");
+        }
+    }
+
+    #[test]
+    fn every_allowed_shape_and_both_length_bounds() {
+        let rules = Rules::default(); // 3 to 32 characters
+        for check in [Rules::username_ok, Rules::could_exist] {
+            for ok in [
+                "abc",
+                "a_1",
+                "a-1",
+                "a.1",
+                "a1_",
+                "A_b-c.9",
+                &"x".repeat(32),
+            ] {
+                assert!(check(&rules, ok), "{ok:?}");
+            }
+            for bad in ["ab", &"x".repeat(33), "a b", "ab!", "a\u{200B}b", "1 2"] {
+                assert!(!check(&rules, bad), "{bad:?}");
+            }
+        }
+        // Either spelling of a name may be what it was registered under.
+        assert!(
+            rules.could_exist(&"e\u{301}".repeat(20)),
+            "40 characters, 20 in NFKC"
+        );
+        assert!(
+            !rules.could_exist(&"e\u{301}".repeat(40)),
+            "80 characters, 40 in NFKC"
+        );
+        assert!(rules.could_exist("x\u{00B2}y"), "² is 2 in NFKC");
+    }
+
+    #[test]
+    fn password_length_is_counted_as_hashed() {
+        let rules = Rules::default();
+        // One password, one answer, however it was typed: 9 bytes decomposed, 6 composed.
+        assert!(!rules.password_ok(&"e\u{301}".repeat(3)));
+        assert!(!rules.password_ok("\u{e9}\u{e9}\u{e9}"));
+        assert!(
+            rules.password_ok(&"e\u{301}".repeat(500)),
+            "1500 bytes typed, 1000 hashed"
+        );
+        assert!(!rules.password_ok(&"x".repeat(1025)));
     }
 
     #[test]

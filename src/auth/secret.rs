@@ -114,7 +114,9 @@ impl Secret {
         })
     }
 
-    /// Read the secret file at `path`, or create it (mode 0600) with a fresh secret.
+    /// Read the secret file at `path`, or create it (mode 0600) with a fresh secret. Creating
+    /// is atomic (written whole to a temporary file, then linked into place), so servers that
+    /// start together on one directory end up with the same secret, never a torn file.
     pub fn read_or_create(path: &Path) -> Result<Secret, SecretError> {
         if path.exists() {
             return Secret::read(path);
@@ -126,16 +128,24 @@ impl Secret {
         };
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
-        let mut file = std::fs::OpenOptions::new()
+        let temporary = path.with_extension(format!("tmp-{}", random_token()));
+        let written = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
-            .open(path)
-            .map_err(create)?;
-        file.write_all(format!("{}\n", hex(&secret.0)).as_bytes())
-            .and_then(|()| file.sync_all())
-            .map_err(create)?;
-        Ok(secret)
+            .open(&temporary)
+            .and_then(|mut file| {
+                file.write_all(format!("{}\n", hex(&secret.0)).as_bytes())?;
+                file.sync_all()
+            })
+            .and_then(|()| std::fs::hard_link(&temporary, path));
+        let _ = std::fs::remove_file(&temporary);
+        match written {
+            Ok(()) => Ok(secret),
+            // Another server created it first: use theirs.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Secret::read(path),
+            Err(e) => Err(create(e)),
+        }
     }
 
     fn mac(&self, nonce: &str) -> Hmac<Sha256> {
@@ -182,6 +192,20 @@ mod tests {
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         assert_eq!(Secret::read_or_create(&path).unwrap(), created);
+        // Servers starting together on one directory agree on one secret.
+        let racing = dir.path().join("racing.secret");
+        let secrets: Vec<Secret> = (0..8)
+            .map(|_| {
+                let racing = racing.clone();
+                std::thread::spawn(move || Secret::read_or_create(&racing).unwrap())
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .collect();
+        assert!(secrets.iter().all(|s| *s == secrets[0]));
+        let leftovers = std::fs::read_dir(dir.path()).unwrap().count();
+        assert_eq!(leftovers, 2, "no temporary files left");
         assert!(matches!(
             Secret::from_hex("abc"),
             Err(SecretError::Malformed)

@@ -178,12 +178,13 @@ impl Conn {
         Ok(())
     }
 
-    /// Look at the unprocessed input without taking anything. Any byte, whitespace included,
-    /// starts the message deadline.
+    /// Look at the unprocessed input without taking anything. A message that has begun starts
+    /// the message deadline. Whitespace after a message (the `\n` that ends a stream-form
+    /// request, say) does not: it is bounded ([`gateway::MAX_GAP`]), and the connection is then
+    /// idle. A new connection's deadline runs from the accept until its first message.
     fn scan(&mut self) -> Scan {
-        let unread = &self.input[self.consumed..];
-        let scan = self.scanner.scan(unread);
-        if !unread.is_empty() && self.message_started.is_none() {
+        let scan = self.scanner.scan(&self.input[self.consumed..]);
+        if scan == Scan::Partial && self.message_started.is_none() {
             self.message_started = Some(Instant::now());
         }
         scan
@@ -267,6 +268,7 @@ impl Conn {
         let reply = Reply::bad_request(format!("bad request: {what}"));
         self.answer(Form::Stream, None, &reply, None);
         self.phase = Phase::Closing { refused: true };
+        self.message_started = None;
     }
 
     /// Write as much output as the socket takes now. `Ok(true)` when all is written.
@@ -374,7 +376,7 @@ impl Conn {
         let quiet = since(self.last_activity);
         let has_output = !self.output.is_empty();
         match self.message_started {
-            Some(started) if since(started) > deadlines.message => {
+            Some(started) if self.is_open() && since(started) > deadlines.message => {
                 self.refuse(format!(
                     "message not completed within {} s",
                     deadlines.message.as_secs_f32()

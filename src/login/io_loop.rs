@@ -257,10 +257,11 @@ fn close(state: &mut State, token: usize) {
     state.slots.remove(token);
 }
 
-/// The job channel is full: answer the connection's whole messages "unavailable" right here.
+/// The job channel is full: answer the connection's whole messages "unavailable" right here,
+/// until its unsent replies reach their bound (the rest wait until the peer reads).
 fn shed(conn: &mut Conn) -> Next {
     let busy = Reply::unavailable("server busy, retry later");
-    while conn.is_open() {
+    while conn.is_open() && !conn.output_full() {
         match conn.next_message() {
             None => break,
             Some(Incoming::Request { form, id, request }) => {

@@ -301,12 +301,34 @@ impl Wire {
     }
 }
 
+/// The request fields that must be strings when present (`ip` may also be null).
+const STRING_FIELDS: [&str; 4] = ["OP", "username", "password", "ip"];
+
+/// On the error path only: a request field of the wrong type, named, without quoting its value
+/// (a password sent as a number must not come back in the reply).
+fn wrong_type(bytes: &[u8], form: Form) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    let object = match (form, &value) {
+        (Form::Seed, serde_json::Value::Array(items)) => items.first()?.as_object()?,
+        (Form::Stream, serde_json::Value::Object(object)) => object,
+        _ => return None,
+    };
+    STRING_FIELDS
+        .iter()
+        .find_map(|&field| match object.get(field) {
+            Some(serde_json::Value::String(_)) | None => None,
+            Some(serde_json::Value::Null) if field == "ip" => None,
+            Some(_) => Some(format!("\"{field}\" must be a string")),
+        })
+}
+
 /// Parse one framed message (as found by [`Scanner`]) into a request and its id.
 pub fn parse(form: Form, bytes: &[u8]) -> Result<(Request, Option<Id>), BadRequest> {
     let bad = |info: String, id| BadRequest {
         info: bounded(format!("bad request: {info}")),
         id,
     };
+    let describe = |e: &serde_json::Error| wrong_type(bytes, form).unwrap_or_else(|| describe(e));
     match form {
         Form::Seed => {
             let mut items: Vec<Wire> =
@@ -594,7 +616,37 @@ mod tests {
             br#"{"OP":"login","username":5,"password":"p"}"#,
         )
         .unwrap_err();
-        assert!(err.info.contains("invalid type"), "{}", err.info);
+        assert!(
+            err.info.contains("\"username\" must be a string"),
+            "{}",
+            err.info
+        );
+        for (message, field) in [
+            (
+                &br#"{"OP":"login","username":"u","password":"p","ip":5}"#[..],
+                "ip",
+            ),
+            (
+                br#"[{"OP":"login","username":"u","password":12345678}]"#,
+                "password",
+            ),
+        ] {
+            let form = if message[0] == b'[' {
+                Form::Seed
+            } else {
+                Form::Stream
+            };
+            let err = parse(form, message).unwrap_err();
+            assert!(
+                err.info.contains(&format!("\"{field}\" must be a string")),
+                "{}",
+                err.info
+            );
+            assert!(
+                !err.info.contains("12345678"),
+                "a password value is never quoted"
+            );
+        }
         let err = parse(
             Form::Stream,
             br#"{"OP":"login","username":"u","password":"p","id":[1]}"#,

@@ -1,0 +1,109 @@
+#!/usr/bin/env python3
+"""The store comparison of BENCHMARKS.md, in one run: the cheap login path and durable
+registrations through login-server and a separate account-db on the SQLite store and on the
+PostgreSQL store, and pgbench -S as PostgreSQL's own floor for point reads.
+
+    cargo build --release --workspace --bins
+    python3 benches/store_matrix.py [--duration SECS] [--postgres URL] > target/stores.md
+
+--postgres is a server URL whose database is only used to make and drop a database of the
+run's own (default postgres://postgres@127.0.0.1:5432/test). Everything runs on loopback;
+every load is bounded by --duration and stops by itself.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import uuid
+
+from stress_matrix import log, start, stop
+
+BIN = "target/release"
+CHEAP = "8,1,1"
+
+
+def need(path):
+    if not os.access(path, os.X_OK):
+        sys.exit(f"{path} is missing: run `cargo build --release --workspace --bins` first")
+
+
+def psql(admin, sql):
+    subprocess.run(["psql", admin, "-q", "-c", sql], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def stress(addr, duration, *args):
+    out = subprocess.run(
+        [f"{BIN}/gateway-sim", "stress", "--target", addr, "--json",
+         "--duration", str(duration), *args],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, check=False)
+    return json.loads(out.stdout)
+
+
+def measure(store_flags, duration):
+    """Throughput and p99 of each load against login-server + account-db on one store."""
+    data = tempfile.mkdtemp(prefix="stores-")
+    db, db_addr = start([f"{BIN}/account-db", "--listen", "127.0.0.1:0", "--data", data,
+                         *store_flags])
+    server, addr = start([f"{BIN}/login-server", "--listen", "127.0.0.1:0", "--db", db_addr,
+                          "--db-secret-file", f"{data}/account-db.secret",
+                          "--hash-params", CHEAP])
+    rows = {}
+    for form in ["stream", "seed"]:
+        rows[f"logins, {form} form"] = stress(addr, duration, "--form", form,
+                                              "--connections", "32")
+    rows["registrations, stream form"] = stress(addr, duration, "--form", "stream",
+                                                "--connections", "32", "--users", "0",
+                                                "--mix", "register=100")
+    stop(server)
+    stop(db)
+    shutil.rmtree(data, ignore_errors=True)
+    return rows
+
+
+def pgbench(url, duration):
+    subprocess.run(["pgbench", "-i", "-s", "1", "-q", url], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    out = subprocess.run(["pgbench", "-S", "-c", "8", "-j", "2", "-T", str(int(duration)), url],
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, check=True)
+    for line in out.stdout.splitlines():
+        if line.startswith("tps"):
+            return float(line.split()[2])
+    return float("nan")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per load")
+    parser.add_argument("--postgres", default="postgres://postgres@127.0.0.1:5432/test")
+    args = parser.parse_args()
+    for name in ["login-server", "account-db", "gateway-sim"]:
+        need(f"{BIN}/{name}")
+    name = "stores_" + uuid.uuid4().hex[:12]
+    psql(args.postgres, f"CREATE DATABASE {name}")
+    url = args.postgres.rsplit("/", 1)[0] + "/" + name
+    try:
+        log("sqlite")
+        sqlite = measure([], args.duration)
+        log("postgres")
+        postgres = measure(["--store", url], args.duration)
+        log("pgbench -S")
+        floor = pgbench(url, args.duration)
+    finally:
+        psql(args.postgres, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    print("| load (32 connections, hash 8,1,1) | SQLite req/s | p99 ms | PostgreSQL req/s | p99 ms | PostgreSQL / SQLite |")
+    print("|---|---|---|---|---|---|")
+    for load, s in sqlite.items():
+        p = postgres[load]
+        print(f"| {load} | {s['throughput']:.0f} | {s['latency_ms']['p99']:.2f} | "
+              f"{p['throughput']:.0f} | {p['latency_ms']['p99']:.2f} | "
+              f"{p['throughput'] / s['throughput']:.0%} |")
+    print(f"\npgbench -S (8 clients, 2 threads, scale 1) on the same PostgreSQL: {floor:.0f} tps")
+
+
+if __name__ == "__main__":
+    main()
