@@ -83,6 +83,34 @@ pub enum Created {
     Exists,
 }
 
+impl Created {
+    /// The outcome when the name is already held by the create `stored_by`: this very create
+    /// (repeated after its reply was lost) or another.
+    pub fn held_by(stored_by: &str, request_id: &str) -> Created {
+        if stored_by == request_id {
+            Created::New
+        } else {
+            Created::Exists
+        }
+    }
+
+    /// The outcome of an insert that wrote `rows` rows (0: a concurrent create won).
+    pub fn inserted(rows: u64) -> Created {
+        if rows == 1 {
+            Created::New
+        } else {
+            Created::Exists
+        }
+    }
+}
+
+/// Now, in unix seconds, as the stores record `created_at`.
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
 /// Why the store could not answer. Never "no such account": that is `Ok(None)`.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -165,11 +165,9 @@ impl Scanner {
                 _ => {}
             }
         }
+        // Every byte of a message too long was already refused in the loop above.
         match self.start {
             None => Scan::Empty,
-            Some(start) if buf.len() - start > self.max_len => {
-                Scan::Invalid(FrameError::TooLarge(self.max_len))
-            }
             Some(_) => Scan::Partial,
         }
     }
@@ -553,6 +551,137 @@ mod tests {
         // Asking again, even with more bytes after the message, finds the same message.
         let more = [&msg[..], b"{\"next\""].concat();
         assert!(matches!(scanner.scan(&more), Scan::Complete { end, .. } if end == msg.len()));
+    }
+
+    #[test]
+    fn the_size_limit_counts_from_the_message_not_the_buffer() {
+        // Whitespace before a message does not count toward its size: exactly 1024 bytes fit.
+        let message_of = |len: usize| {
+            let mut m = b"  {\"a\":\"".to_vec();
+            m.resize(2 + len - 2, b'x');
+            m.extend_from_slice(b"\"}");
+            m
+        };
+        let exact = message_of(1024);
+        assert_eq!(
+            Scanner::new(1024).scan(&exact),
+            Scan::Complete {
+                form: Form::Stream,
+                start: 2,
+                end: exact.len()
+            }
+        );
+        let longer = message_of(1025);
+        assert_eq!(
+            Scanner::new(1024).scan(&longer),
+            Scan::Invalid(FrameError::TooLarge(1024))
+        );
+        // And a partial one is refused as soon as it passes the limit, however it arrives.
+        let mut scanner = Scanner::new(1024);
+        assert_eq!(scanner.scan(&longer[..600]), Scan::Partial);
+        assert_eq!(
+            scanner.scan(&longer[..1027]),
+            Scan::Invalid(FrameError::TooLarge(1024))
+        );
+    }
+
+    #[test]
+    fn descriptions_are_cut_at_the_bound_on_a_character_boundary() {
+        let exact = "x".repeat(MAX_INFO);
+        assert_eq!(bounded(exact.clone()), exact);
+        let cut = bounded("x".repeat(MAX_INFO + 1));
+        assert_eq!(cut, format!("{exact}…"));
+        // Two-byte characters straddling the bound: cut before the one that does not fit.
+        let accents = format!("x{}", "é".repeat(MAX_INFO));
+        let cut = bounded(accents);
+        assert!(cut.ends_with("é…"), "{cut}");
+        assert_eq!(cut.len(), MAX_INFO - 1 + "…".len());
+    }
+
+    #[test]
+    fn a_null_ip_is_absent_but_a_null_name_is_wrong() {
+        let (request, _) = parse(
+            Form::Stream,
+            br#"{"OP":"login","username":"u","password":"p","ip":null}"#,
+        )
+        .unwrap();
+        assert_eq!(request.ip, None);
+        let err = parse(
+            Form::Stream,
+            br#"{"OP":"login","username":null,"password":"p"}"#,
+        )
+        .unwrap_err();
+        assert!(
+            err.info.contains("\"username\" must be a string"),
+            "{}",
+            err.info
+        );
+        let err = parse(
+            Form::Stream,
+            br#"{"OP":"login","username":"u","password":"p","ip":[1]}"#,
+        )
+        .unwrap_err();
+        assert!(err.info.contains("\"ip\" must be a string"), "{}", err.info);
+    }
+
+    #[test]
+    fn errors_keep_their_position_only_for_input_of_several_lines() {
+        let one_line = parse(Form::Stream, br#"{"OP":"login","username":"u",}"#).unwrap_err();
+        assert!(!one_line.info.contains(" at line "), "{}", one_line.info);
+        let two_lines =
+            parse(Form::Stream, b"{\"OP\":\"login\",\n\"username\":\"u\",}").unwrap_err();
+        assert!(two_lines.info.contains(" at line 2"), "{}", two_lines.info);
+    }
+
+    #[test]
+    fn replies_carry_what_their_code_needs() {
+        assert_eq!(
+            Reply::registered("Ann".into()).username.as_deref(),
+            Some("Ann")
+        );
+        assert_eq!(Reply::bad_request("why".into()).info, "why");
+        let retry =
+            |ms: u64| Reply::too_many_attempts(std::time::Duration::from_millis(ms)).retry_after;
+        assert_eq!(retry(1500), Some(2), "rounded up");
+        assert_eq!(retry(2000), Some(2), "whole seconds stay");
+        assert_eq!(retry(0), Some(1), "at least one");
+        assert_eq!(retry(60_001), Some(61));
+    }
+
+    #[test]
+    fn ops_have_their_wire_names_and_debug_hides_the_password() {
+        assert_eq!(
+            (Op::Login.as_str(), Op::Register.as_str()),
+            ("login", "register")
+        );
+        let (request, _) = parse(
+            Form::Seed,
+            br#"[{"OP":"login","username":"u","password":"hunter2hunter2","ip":"192.0.2.1"}]"#,
+        )
+        .unwrap();
+        let shown = format!("{request:?}");
+        assert!(
+            shown.contains("<hidden>") && shown.contains("192.0.2.1"),
+            "{shown}"
+        );
+        assert!(!shown.contains("hunter2"), "{shown}");
+    }
+
+    #[test]
+    fn after_a_reset_the_next_message_is_found_afresh() {
+        let mut scanner = Scanner::new(1024);
+        let first = br#"{"OP":"login"}"#;
+        assert!(matches!(scanner.scan(first), Scan::Complete { end, .. } if end == first.len()));
+        scanner.reset();
+        let second = br#"[{"OP":"register","username":"someone"}]"#;
+        assert_eq!(
+            scanner.scan(second),
+            Scan::Complete {
+                form: Form::Seed,
+                start: 0,
+                end: second.len()
+            }
+        );
     }
 
     #[test]

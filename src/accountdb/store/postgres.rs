@@ -8,11 +8,12 @@
 //! commit is synchronous (`synchronous_commit = on` on every connection): `create` answers
 //! only once the account is durable.
 
-use super::{Account, Created, Store, StoreError};
+use super::{unix_now, Account, Created, Store, StoreError};
 use crate::auth::names::{fold, skeleton};
+use postgres::types::Type;
 use postgres::NoTls;
 use r2d2_postgres::PostgresConnectionManager;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// The schema, one step per version; step N brings version N-1 to N.
 const MIGRATIONS: [&str; 1] = [
@@ -35,12 +36,6 @@ const MIGRATION_LOCK: i64 = 0x6c6f_6769_6e5f_6462; // "login_db"
 /// Accounts in a PostgreSQL database.
 pub struct PostgresStore {
     pool: r2d2::Pool<PostgresConnectionManager<NoTls>>,
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 impl PostgresStore {
@@ -107,9 +102,11 @@ fn id(value: i64) -> u64 {
 impl Store for PostgresStore {
     fn find(&self, username: &str) -> Result<Option<Account>, StoreError> {
         let mut conn = self.conn()?;
-        let row = conn.query_opt(
+        // Typed: parse, bind and execute go in one round trip (an untyped query prepares
+        // first, which is a second one).
+        let row = conn.query_typed_opt(
             "SELECT id, username, hash FROM accounts WHERE folded = $1",
-            &[&fold(username)],
+            &[(&fold(username), Type::TEXT)],
         )?;
         Ok(row.map(|row| Account {
             id: id(row.get(0)),
@@ -131,11 +128,7 @@ impl Store for PostgresStore {
         )?;
         if let Some(row) = holder {
             let stored_by: String = row.get(0);
-            return Ok(if stored_by == request_id {
-                Created::New
-            } else {
-                Created::Exists
-            });
+            return Ok(Created::held_by(&stored_by, request_id));
         }
         let inserted = tx.execute(
             "INSERT INTO accounts (folded, skeleton, username, hash, created_at, request_id)
@@ -150,11 +143,7 @@ impl Store for PostgresStore {
             ],
         )?;
         tx.commit()?;
-        Ok(if inserted == 1 {
-            Created::New
-        } else {
-            Created::Exists
-        })
+        Ok(Created::inserted(inserted))
     }
 
     fn update_hash(&self, username: &str, hash: &str) -> Result<bool, StoreError> {

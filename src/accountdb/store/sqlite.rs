@@ -6,12 +6,11 @@
 //! Opening checks the file (`PRAGMA quick_check`, unless told not to) and that it can be
 //! written, then brings the schema up to date: [`MIGRATIONS`], recorded in `schema_version`.
 
-use super::{Account, Created, Store, StoreError};
+use super::{unix_now, Account, Created, Store, StoreError};
 use crate::auth::names::{fold, skeleton, SKELETON_DATA};
 use parking_lot::Mutex;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The database file's name inside the data directory.
 pub const FILE_NAME: &str = "accounts.sqlite3";
@@ -75,12 +74,6 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
          PRAGMA busy_timeout = 5000;",
     )?;
     Ok(conn)
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 /// Check the file's integrity: a damaged page must stop the start, not make accounts vanish.
@@ -271,11 +264,7 @@ impl Store for SqliteStore {
             .query_row(params![folded, skeleton], |row| row.get(0))
             .optional()?;
         if let Some(stored_by) = holder {
-            return Ok(if stored_by == request_id {
-                Created::New
-            } else {
-                Created::Exists
-            });
+            return Ok(Created::held_by(&stored_by, request_id));
         }
         let id: i64 = tx
             .prepare_cached(
@@ -298,11 +287,7 @@ impl Store for SqliteStore {
                 id
             ])?;
         tx.commit()?;
-        Ok(if inserted == 1 {
-            Created::New
-        } else {
-            Created::Exists
-        })
+        Ok(Created::inserted(inserted as u64))
     }
 
     fn update_hash(&self, username: &str, hash: &str) -> Result<bool, StoreError> {
