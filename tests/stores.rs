@@ -92,6 +92,21 @@ fn postgres_store_conforms() {
     // opening migrates nothing twice.
     let other = PostgresStore::open(&db.url, 2, Duration::from_secs(5)).unwrap();
     assert_eq!(other.find("ALICE").unwrap().unwrap().username, "Alice");
+    // Skeletons made with other confusables data are made again at start.
+    let mut client = postgres::Client::connect(&db.url, postgres::NoTls).unwrap();
+    client
+        .batch_execute(
+            "UPDATE accounts SET skeleton = 'stale';
+             UPDATE meta SET value = 'older data' WHERE key = 'skeleton_data';",
+        )
+        .unwrap();
+    drop(other);
+    let reopened = PostgresStore::open(&db.url, 2, Duration::from_secs(5)).unwrap();
+    assert_eq!(
+        reopened.create(&account("\u{0430}lice"), "late").unwrap(),
+        Created::Exists,
+        "the look-alike is refused again"
+    );
 }
 
 #[test]

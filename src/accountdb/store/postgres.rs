@@ -9,14 +9,14 @@
 //! only once the account is durable.
 
 use super::{unix_now, Account, Created, Store, StoreError};
-use crate::auth::names::{fold, skeleton};
+use crate::auth::names::{fold, skeleton, SKELETON_DATA};
 use postgres::types::Type;
 use postgres::NoTls;
 use r2d2_postgres::PostgresConnectionManager;
 use std::time::Duration;
 
 /// The schema, one step per version; step N brings version N-1 to N.
-const MIGRATIONS: [&str; 1] = [
+const MIGRATIONS: [&str; 2] = [
     // 1: accounts with stable ids, folded names (unique) and skeletons (indexed).
     "CREATE TABLE accounts (
         id         BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -28,6 +28,8 @@ const MIGRATIONS: [&str; 1] = [
         request_id TEXT NOT NULL
     );
     CREATE INDEX accounts_skeleton ON accounts (skeleton);",
+    // 2: settings kept in the store: the confusables data the skeletons were made with.
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
 ];
 
 /// The advisory lock key under which migrations run (any constant the application owns).
@@ -90,6 +92,29 @@ impl PostgresStore {
             "INSERT INTO schema_version (version) VALUES ($1)",
             &[&latest],
         )?;
+        // Skeletons made with other confusables data (or another recipe) are made again.
+        let data = format!("{SKELETON_DATA:?}");
+        let made_with: Option<String> = tx
+            .query_opt("SELECT value FROM meta WHERE key = 'skeleton_data'", &[])?
+            .map(|row| row.get(0));
+        if made_with.as_deref() != Some(data.as_str()) {
+            let rows = tx.query("SELECT id, username FROM accounts", &[])?;
+            for row in &rows {
+                let (id, username): (i64, String) = (row.get(0), row.get(1));
+                tx.execute(
+                    "UPDATE accounts SET skeleton = $2 WHERE id = $1",
+                    &[&id, &skeleton(&username)],
+                )?;
+            }
+            tx.execute(
+                "INSERT INTO meta (key, value) VALUES ('skeleton_data', $1)
+                 ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                &[&data],
+            )?;
+            if !rows.is_empty() {
+                tracing::info!(accounts = rows.len(), "account skeletons rebuilt");
+            }
+        }
         tx.commit()?;
         Ok(())
     }
@@ -120,26 +145,30 @@ impl Store for PostgresStore {
         let mut conn = self.conn()?;
         let mut tx = conn.transaction()?;
         // Creates of look-alike names wait for each other, across every account-db.
-        tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&skeleton])?;
-        let holder = tx.query_opt(
+        // Every statement typed: parse, bind and execute in one round trip each.
+        tx.execute_typed(
+            "SELECT pg_advisory_xact_lock(hashtext($1))",
+            &[(&skeleton, Type::TEXT)],
+        )?;
+        let holder = tx.query_typed_opt(
             "SELECT request_id FROM accounts WHERE folded = $1 OR skeleton = $2
              ORDER BY (folded = $1) DESC LIMIT 1",
-            &[&folded, &skeleton],
+            &[(&folded, Type::TEXT), (&skeleton, Type::TEXT)],
         )?;
         if let Some(row) = holder {
             let stored_by: String = row.get(0);
             return Ok(Created::held_by(&stored_by, request_id));
         }
-        let inserted = tx.execute(
+        let inserted = tx.execute_typed(
             "INSERT INTO accounts (folded, skeleton, username, hash, created_at, request_id)
              VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (folded) DO NOTHING",
             &[
-                &folded,
-                &skeleton,
-                &account.username,
-                &account.hash,
-                &unix_now(),
-                &request_id,
+                (&folded, Type::TEXT),
+                (&skeleton, Type::TEXT),
+                (&account.username, Type::TEXT),
+                (&account.hash, Type::TEXT),
+                (&unix_now(), Type::INT8),
+                (&request_id, Type::TEXT),
             ],
         )?;
         tx.commit()?;
@@ -148,9 +177,9 @@ impl Store for PostgresStore {
 
     fn update_hash(&self, username: &str, hash: &str) -> Result<bool, StoreError> {
         let mut conn = self.conn()?;
-        let updated = conn.execute(
+        let updated = conn.execute_typed(
             "UPDATE accounts SET hash = $2 WHERE folded = $1",
-            &[&fold(username), &hash],
+            &[(&fold(username), Type::TEXT), (&hash, Type::TEXT)],
         )?;
         Ok(updated == 1)
     }
