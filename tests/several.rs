@@ -231,3 +231,29 @@ fn postgresql_cut_away_is_unavailable_never_unknown_and_recovers_by_itself() {
         healed.elapsed()
     );
 }
+
+#[test]
+fn an_account_db_that_lost_its_postgresql_is_failed_over() {
+    let Some(pg) = common::postgres_database() else {
+        return;
+    };
+    let (hostport, rest) = pg
+        .url
+        .split_once('@')
+        .and_then(|(_, r)| r.split_once('/'))
+        .expect("postgres://user@host:port/db");
+    let relay = Relay::start(hostport.parse().expect("host:port"));
+    let relayed = format!("postgres://postgres@{}/{rest}", relay.addr);
+    let dir = tempfile::tempdir().unwrap();
+    let cut_off = DbProcess::start_with(dir.path(), "127.0.0.1:0", &["--store", &relayed]);
+    let healthy = DbProcess::start_with(dir.path(), "127.0.0.1:0", &["--store", &pg.url]);
+    let server = login_server(&[&cut_off, &healthy]);
+    let addr = server.local_addr();
+    assert_eq!(code(addr, "register", "resilient", "password1"), 4);
+    relay.cut();
+    // The cut-off account-db answers errors; every request is served by the other.
+    let codes: Vec<u64> = (0..10)
+        .map(|_| code(addr, "login", "resilient", "password1"))
+        .collect();
+    assert!(codes.iter().all(|&c| c == 3), "{codes:?}");
+}

@@ -121,3 +121,36 @@ fn store_urls_parse_and_hide_passwords() {
     );
     assert!("mysql://x".parse::<StoreUrl>().is_err());
 }
+
+#[test]
+fn a_create_stuck_behind_a_hung_account_db_fails_within_the_store_timeout() {
+    let Some(db) = common::postgres_database() else {
+        return;
+    };
+    let timeout = Duration::from_millis(500);
+    let store = PostgresStore::open(&db.url, 4, timeout).unwrap();
+    assert_eq!(store.create(&account("Held"), "r1").unwrap(), Created::New);
+    // Another account-db, hung in the middle of creating a look-alike: its transaction holds
+    // the skeleton's lock and never ends.
+    let mut hung = postgres::Client::connect(&db.url, postgres::NoTls).unwrap();
+    let mut tx = hung.transaction().unwrap();
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtext($1))",
+        &[&login_server::auth::names::skeleton("Other")],
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    assert!(
+        store.create(&account("Other"), "r2").is_err(),
+        "answered, as an error"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    // Lookups and other names are not held up.
+    assert_eq!(store.find("held").unwrap().unwrap().username, "Held");
+    assert_eq!(store.create(&account("Third"), "r3").unwrap(), Created::New);
+    drop(tx);
+}

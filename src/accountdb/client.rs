@@ -405,6 +405,7 @@ impl RemoteStore {
             self.timeout
         };
         let mut last = None;
+        let mut failed_remote = None;
         loop {
             for instance in self.order() {
                 let mut dead = match &instance.connections {
@@ -421,9 +422,18 @@ impl RemoteStore {
                         instance.retries.fetch_add(1, Ordering::Relaxed);
                     }
                     match instance.attempt(request, &self.metrics) {
+                        // Its store failed (PostgreSQL unreachable from it, say): as good as
+                        // down for this request; another account-db may reach its store.
                         Ok(DbResponse::Error { message }) => {
                             instance.errors.fetch_add(1, Ordering::Relaxed);
-                            return Err(StoreError::Remote(message));
+                            if self.shared.list.len() == 1 {
+                                return Err(StoreError::Remote(message));
+                            }
+                            if instance.up.swap(false, Ordering::Relaxed) {
+                                tracing::warn!(db = %instance.addr, error = %message, "account-db answered an error: marked down");
+                            }
+                            failed_remote = Some(message);
+                            break;
                         }
                         Ok(response) => {
                             instance.up.store(true, Ordering::Relaxed);
@@ -452,10 +462,11 @@ impl RemoteStore {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        Err(last.map_or_else(
-            || StoreError::Remote("no account-db configured".into()),
-            StoreError::Unreachable,
-        ))
+        Err(match (last, failed_remote) {
+            (Some(e), _) => StoreError::Unreachable(e),
+            (None, Some(message)) => StoreError::Remote(message),
+            (None, None) => StoreError::Remote("no account-db configured".into()),
+        })
     }
 }
 

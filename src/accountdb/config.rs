@@ -42,6 +42,18 @@ pub struct AccountDbConfig {
         value_parser = clap::value_parser!(u32).range(1..)
     )]
     pub store_pool: u32,
+    /// Seconds a PostgreSQL request may wait, for a connection, a statement or a lock, before
+    /// it is answered with an error (unused with SQLite). Keep it below login-server's
+    /// per-attempt deadline (--db-timeout, or a third of it with several account-dbs), so that
+    /// login-server hears an error, not silence. Defaults to 0.5.
+    #[arg(
+        long,
+        value_name = "SECS",
+        env = "ACCOUNT_DB_STORE_TIMEOUT",
+        default_value = "0.5",
+        value_parser = seconds
+    )]
+    pub store_timeout: Duration,
     /// Connections served at once, each holding a handler thread; further ones are refused.
     /// Defaults to 256.
     #[arg(

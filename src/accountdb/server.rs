@@ -195,9 +195,12 @@ impl AccountDb {
     /// `config` says.
     pub fn open(config: AccountDbConfig) -> Result<AccountDb, AccountDbStartError> {
         let url = config.store_url();
-        let timeout = Duration::from_secs(5);
         let store = url
-            .open(config.store_pool, timeout, !config.skip_integrity_check)
+            .open(
+                config.store_pool,
+                config.store_timeout,
+                !config.skip_integrity_check,
+            )
             .map_err(|source| AccountDbStartError::Store {
                 store: url.to_string(),
                 source,

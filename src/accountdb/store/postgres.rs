@@ -42,15 +42,28 @@ pub struct PostgresStore {
 
 impl PostgresStore {
     /// Connect to `url` (`postgres://user@host:port/dbname`) with a pool of `pool_size`
-    /// connections, each with `timeout` to connect and to be had from the pool, and bring the
-    /// schema up to date.
+    /// connections, and bring the schema up to date. `timeout` bounds everything one request
+    /// may wait for: connecting, a connection from the pool, a statement, a lock (a look-alike
+    /// create held by a hung account-db), a transaction left idle (by one), and a link that
+    /// went silent (TCP user timeout, keepalives). Keep it below login-server's per-attempt
+    /// deadline, so that a stuck store is answered as an error and not waited out.
     pub fn open(url: &str, pool_size: u32, timeout: Duration) -> Result<Self, StoreError> {
         let mut config: postgres::Config = url
             .parse()
             .map_err(|e: postgres::Error| StoreError::BadUrl(e.to_string()))?;
+        let ms = timeout.as_millis().max(1);
         config
             .connect_timeout(timeout)
-            .options("-c synchronous_commit=on");
+            .tcp_user_timeout(timeout * 2)
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(5))
+            .keepalives_interval(Duration::from_secs(1))
+            .keepalives_retries(3)
+            .options(&format!(
+                "-c synchronous_commit=on -c statement_timeout={ms} -c lock_timeout={ms} \
+                 -c idle_in_transaction_session_timeout={}",
+                ms * 2
+            ));
         let manager = PostgresConnectionManager::new(config, NoTls);
         let pool = r2d2::Pool::builder()
             .max_size(pool_size.max(1))
@@ -70,6 +83,12 @@ impl PostgresStore {
     fn migrate(&self) -> Result<(), StoreError> {
         let mut conn = self.conn()?;
         let mut tx = conn.transaction()?;
+        // A migration may wait for another account-db's and take long on a big table: the
+        // request timeouts do not apply to it.
+        tx.batch_execute(
+            "SET LOCAL lock_timeout = 0; SET LOCAL statement_timeout = 0;
+             SET LOCAL idle_in_transaction_session_timeout = 0;",
+        )?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
         tx.batch_execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")?;
         let version: i32 = tx
