@@ -17,10 +17,9 @@ import signal
 import subprocess
 import tempfile
 import threading
-import uuid
 
-from stress_matrix import log, start, stop
-from store_matrix import BIN, need, psql
+from stress_matrix import BIN, log, need, start, stop
+from store_matrix import scratch_database
 
 
 def main():
@@ -32,11 +31,8 @@ def main():
     args = parser.parse_args()
     for name in ["login-server", "account-db", "gateway-sim"]:
         need(f"{BIN}/{name}")
-    name = "failover_" + uuid.uuid4().hex[:12]
-    psql(args.postgres, f"CREATE DATABASE {name}")
-    url = args.postgres.rsplit("/", 1)[0] + "/" + name
     data = tempfile.mkdtemp(prefix="failover-")
-    try:
+    with scratch_database(args.postgres, "failover") as url:
         dbs = [start([f"{BIN}/account-db", "--listen", "127.0.0.1:0", "--data", data,
                       "--store", url]) for _ in range(2)]
         addrs = ",".join(addr for _, addr in dbs)
@@ -57,8 +53,6 @@ def main():
         for proc, _ in dbs:
             if proc.poll() is None:
                 stop(proc)
-    finally:
-        psql(args.postgres, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
     print("| second | requests/s | p99 ms |")
     print("|---|---|---|")
     for s in report["per_second"]:

@@ -15,15 +15,12 @@ itself.
 
 import argparse
 import json
-import os
 import subprocess
-import sys
 import tempfile
 import time
 
-from stress_matrix import log, peak_rss_mib, start, stop
+from stress_matrix import BIN, log, need, peak_rss_mib, start, stop
 
-BIN = "target/release"
 ATTACKS = [
     ("1: throttle-table fill", "throttle-fill", 1),
     ("2: 60 KB ip values", "ip-bloat", 1),
@@ -31,11 +28,6 @@ ATTACKS = [
     ("8: whitespace", "whitespace", 2000),
     ("10: silent account-db handshakes", "handshake", 2000),
 ]
-
-
-def need(path):
-    if not os.access(path, os.X_OK):
-        sys.exit(f"{path} is missing: run `cargo build --release --workspace --bins` first")
 
 
 def measure(servers, kind, connections, duration):

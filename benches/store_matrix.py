@@ -12,28 +12,32 @@ every load is bounded by --duration and stops by itself.
 """
 
 import argparse
+import contextlib
 import json
-import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import uuid
 
-from stress_matrix import log, start, stop
+from stress_matrix import BIN, log, need, start, stop
 
-BIN = "target/release"
 CHEAP = "8,1,1"
-
-
-def need(path):
-    if not os.access(path, os.X_OK):
-        sys.exit(f"{path} is missing: run `cargo build --release --workspace --bins` first")
 
 
 def psql(admin, sql):
     subprocess.run(["psql", admin, "-q", "-c", sql], check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+@contextlib.contextmanager
+def scratch_database(admin, prefix):
+    """A database of the run's own on the server of `admin` (a URL); its URL. Dropped after."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    psql(admin, f"CREATE DATABASE {name}")
+    try:
+        yield admin.rsplit("/", 1)[0] + "/" + name
+    finally:
+        psql(admin, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 def stress(addr, duration, *args):
@@ -83,18 +87,13 @@ def main():
     args = parser.parse_args()
     for name in ["login-server", "account-db", "gateway-sim"]:
         need(f"{BIN}/{name}")
-    name = "stores_" + uuid.uuid4().hex[:12]
-    psql(args.postgres, f"CREATE DATABASE {name}")
-    url = args.postgres.rsplit("/", 1)[0] + "/" + name
-    try:
+    with scratch_database(args.postgres, "stores") as url:
         log("sqlite")
         sqlite = measure([], args.duration)
         log("postgres")
         postgres = measure(["--store", url], args.duration)
         log("pgbench -S")
         floor = pgbench(url, args.duration)
-    finally:
-        psql(args.postgres, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
     print("| load (32 connections, hash 8,1,1) | SQLite req/s | p99 ms | PostgreSQL req/s | p99 ms | PostgreSQL / SQLite |")
     print("|---|---|---|---|---|---|")
     for load, s in sqlite.items():

@@ -25,6 +25,12 @@ CONNECTIONS = [1, 8, 32, 128]
 FORMS = ["seed", "stream"]
 
 
+def need(path):
+    """Exit with the build command when a binary the run needs is missing."""
+    if not os.access(path, os.X_OK):
+        sys.exit(f"{path} is missing: run `cargo build --release --workspace --bins` first")
+
+
 def log(*args):
     print(*args, file=sys.stderr, flush=True)
 

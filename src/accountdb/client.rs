@@ -214,7 +214,8 @@ impl ClientConfig {
 
 enum Connections {
     Pooled(r2d2::Pool<DbManager>),
-    PerRequest(DbManager),
+    /// A new connection for every request, made by the instance's manager.
+    PerRequest,
 }
 
 /// Down instances are probed this often, and marked up once they answer.
@@ -224,7 +225,7 @@ const PROBE_EVERY: Duration = Duration::from_millis(500);
 struct Instance {
     addr: SocketAddr,
     connections: Connections,
-    /// Makes the probes' connections, outside the pool.
+    /// Makes the connections: the pool's, each request's when not pooled, and the probes'.
     manager: DbManager,
     /// Cleared when a request to it fails for want of a connection or an answer; set again
     /// when it answers (a request or a probe).
@@ -252,7 +253,7 @@ impl Instance {
         let timeout = config.attempt_timeout();
         let manager = DbManager::new(addr, timeout, config.secret.clone());
         let connections = match config.pool_size {
-            0 => Connections::PerRequest(manager.clone()),
+            0 => Connections::PerRequest,
             size => Connections::Pooled(
                 r2d2::Pool::builder()
                     .max_size(size)
@@ -287,8 +288,8 @@ impl Instance {
     fn attempt(&self, request: &DbRequest, metrics: &Metrics) -> Result<DbResponse, Attempt> {
         self.requests.fetch_add(1, Ordering::Relaxed);
         let mut conn = match &self.connections {
-            Connections::PerRequest(manager) => {
-                let conn = r2d2::ManageConnection::connect(manager);
+            Connections::PerRequest => {
+                let conn = r2d2::ManageConnection::connect(&self.manager);
                 Lent::Own(conn.map_err(Attempt::NotSent)?)
             }
             Connections::Pooled(pool) => {
@@ -299,6 +300,14 @@ impl Instance {
             }
         };
         conn.call(request).map_err(Attempt::Failed)
+    }
+
+    /// A request to it failed (`why`): count it, and mark it down until it answers again.
+    fn failed(&self, why: &dyn std::fmt::Display) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        if self.up.swap(false, Ordering::Relaxed) {
+            tracing::warn!(db = %self.addr, error = %why, "account-db marked down");
+        }
     }
 
     /// Whether it answers a ping on a fresh connection now.
@@ -321,7 +330,7 @@ impl Instance {
                     let state = pool.state();
                     Some((state.connections, state.idle_connections))
                 }
-                Connections::PerRequest(_) => None,
+                Connections::PerRequest => None,
             },
         }
     }
@@ -410,7 +419,7 @@ impl RemoteStore {
             for instance in self.order() {
                 let mut dead = match &instance.connections {
                     Connections::Pooled(pool) => pool.max_size() + 1,
-                    Connections::PerRequest(_) => 2,
+                    Connections::PerRequest => 2,
                 };
                 loop {
                     if started.elapsed() >= window {
@@ -425,13 +434,11 @@ impl RemoteStore {
                         // Its store failed (PostgreSQL unreachable from it, say): as good as
                         // down for this request; another account-db may reach its store.
                         Ok(DbResponse::Error { message }) => {
-                            instance.errors.fetch_add(1, Ordering::Relaxed);
                             if self.shared.list.len() == 1 {
+                                instance.errors.fetch_add(1, Ordering::Relaxed);
                                 return Err(StoreError::Remote(message));
                             }
-                            if instance.up.swap(false, Ordering::Relaxed) {
-                                tracing::warn!(db = %instance.addr, error = %message, "account-db answered an error: marked down");
-                            }
+                            instance.failed(&message);
                             failed_remote = Some(message);
                             break;
                         }
@@ -445,10 +452,7 @@ impl RemoteStore {
                             last = Some(e);
                         }
                         Err(Attempt::NotSent(e) | Attempt::Failed(e)) => {
-                            instance.errors.fetch_add(1, Ordering::Relaxed);
-                            if instance.up.swap(false, Ordering::Relaxed) {
-                                tracing::warn!(db = %instance.addr, error = %e, "account-db marked down");
-                            }
+                            instance.failed(&e);
                             last = Some(e);
                             break;
                         }

@@ -20,7 +20,7 @@ pub use config::LoginServerConfig;
 
 use crate::accountdb::client::{InstanceState, RemoteStore};
 use crate::accountdb::server::{AccountDb, AccountDbStartError};
-use crate::accountdb::store::{SqliteStore, Store, StoreError};
+use crate::accountdb::store::Store;
 use crate::accountdb::AccountDbConfig;
 use crate::auth::password::{HashError, Hasher};
 use crate::auth::secret::{Secret, SecretError};
@@ -56,13 +56,8 @@ pub enum StartError {
     /// `--db` is set but its secret cannot be had.
     #[error(transparent)]
     Secret(#[from] SecretError),
-    /// The embedded account-db's store (`--data`) cannot be opened.
-    #[error("cannot open the account store in {data}: {source}")]
-    Store {
-        data: std::path::PathBuf,
-        source: StoreError,
-    },
-    /// The embedded account-db cannot start.
+    /// The embedded account-db cannot start: its store in `--data` cannot be opened, checked
+    /// or migrated, say.
     #[error("cannot start the embedded account-db: {0}")]
     Embedded(#[from] AccountDbStartError),
     /// The OS refuses a thread or a poller (resource limits).
@@ -107,6 +102,11 @@ fn pool_gauges(db_state: &DbState) -> Option<(LiveGauge, LiveGauge)> {
     })
 }
 
+/// A count as a metric value (saturating: a counter past i64::MAX is not a concern).
+fn count(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
 /// Up, requests, failures and retries of each account-db, labelled by its address.
 fn instance_families(db_state: &DbState) -> [LiveFamily; 4] {
     let family = |state: DbState, pick: fn(&InstanceState) -> i64| {
@@ -119,24 +119,9 @@ fn instance_families(db_state: &DbState) -> [LiveFamily; 4] {
     };
     [
         LiveFamily::gauges("db", family(db_state.clone(), |i| i64::from(i.up))),
-        LiveFamily::counters(
-            "db",
-            family(db_state.clone(), |i| {
-                i64::try_from(i.requests).unwrap_or(i64::MAX)
-            }),
-        ),
-        LiveFamily::counters(
-            "db",
-            family(db_state.clone(), |i| {
-                i64::try_from(i.errors).unwrap_or(i64::MAX)
-            }),
-        ),
-        LiveFamily::counters(
-            "db",
-            family(db_state.clone(), |i| {
-                i64::try_from(i.retries).unwrap_or(i64::MAX)
-            }),
-        ),
+        LiveFamily::counters("db", family(db_state.clone(), |i| count(i.requests))),
+        LiveFamily::counters("db", family(db_state.clone(), |i| count(i.errors))),
+        LiveFamily::counters("db", family(db_state.clone(), |i| count(i.retries))),
     ]
 }
 
@@ -164,17 +149,12 @@ impl LoginServer {
         let (addrs, secret, embedded) = match config.db.as_slice() {
             [_, ..] => (config.db.clone(), config.resolve_db_secret()?, None),
             [] => {
-                let store =
-                    SqliteStore::open(&config.data).map_err(|source| StartError::Store {
-                        data: config.data.clone(),
-                        source,
-                    })?;
                 let secret = Secret::generate();
                 let listen = SocketAddr::from(([127, 0, 0, 1], 0));
-                let db = AccountDb::spawn(
-                    AccountDbConfig::embedded(listen, secret.clone()),
-                    Arc::new(store),
-                )?;
+                let db = AccountDb::open(AccountDbConfig {
+                    data: config.data.clone(),
+                    ..AccountDbConfig::embedded(listen, secret.clone())
+                })?;
                 tracing::info!(addr = %db.local_addr(), data = %config.data.display(), "embedded account-db started");
                 (vec![db.local_addr()], secret, Some(db))
             }

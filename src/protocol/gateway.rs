@@ -326,11 +326,11 @@ pub fn parse(form: Form, bytes: &[u8]) -> Result<(Request, Option<Id>), BadReque
         info: bounded(format!("bad request: {info}")),
         id,
     };
-    let describe = |e: &serde_json::Error| wrong_type(bytes, form).unwrap_or_else(|| describe(e));
+    let explain = |e: &serde_json::Error| wrong_type(bytes, form).unwrap_or_else(|| describe(e));
     match form {
         Form::Seed => {
             let mut items: Vec<Wire> =
-                serde_json::from_slice(bytes).map_err(|e| bad(describe(&e), None))?;
+                serde_json::from_slice(bytes).map_err(|e| bad(explain(&e), None))?;
             match (items.pop(), items.is_empty()) {
                 (Some(wire), true) => match wire.split() {
                     Ok((request, _)) => Ok((request, None)),
@@ -344,7 +344,7 @@ pub fn parse(form: Form, bytes: &[u8]) -> Result<(Request, Option<Id>), BadReque
         }
         Form::Stream => {
             let result = serde_json::from_slice::<Wire>(bytes)
-                .map_err(|e| describe(&e))
+                .map_err(|e| explain(&e))
                 .and_then(Wire::split);
             result.map_err(|info| {
                 // Only on the error path: read the id, if any, so the client can match the reply.
