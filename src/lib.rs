@@ -13,13 +13,14 @@
 //!   and its lifecycle (one enum of phases); `io_loop` accepts and frames without blocking; a
 //!   bounded channel feeds a fixed pool of `workers`; `hashing` runs argon2 under a cap of
 //!   permits; `returns` hands connections back to the I/O thread.
-//! - [`service`]: login and register logic over a [`Store`](accountdb::store::Store);
-//!   [`throttle`]: brute-force lockouts.
+//! - [`service`]: login and register logic over [`Accounts`](accountdb::accounts::Accounts),
+//!   what login-server asks of the account tier.
 //! - [`auth`]: username and password rules; argon2id hashing; the tiers' shared secret.
-//! - [`accountdb::client`]: the r2d2-pooled connections to one or more account-dbs, as a
-//!   `Store` that fails over between them.
+//! - [`accountdb::client`]: the r2d2-pooled connections to one or more account-dbs, as
+//!   `Accounts` that fail over between them.
 //! - [`protocol::accountdb`]: the newline-delimited JSON between the two tiers. Pure.
 //! - [`accountdb::server`]: the account-db server, configured by [`AccountDbConfig`];
+//!   [`throttle`]: brute-force lockouts, kept as records in the store, which account-db runs;
 //!   [`accountdb::store`]: the `Store` trait, its SQLite and PostgreSQL implementations, and
 //!   `StoreUrl`, which picks one.
 //! - [`metrics`] and [`http`]: Prometheus metrics, `/healthz` and `/readyz`.

@@ -5,14 +5,16 @@
 //! or hands back a [`HashTask`]; [`Service::finish`] does the argon2 work the task needs, and
 //! for a registration the store write after it. The server runs `finish` on its hash threads.
 
-use crate::accountdb::store::{Account, Created, Store};
+use crate::accountdb::accounts::Accounts;
+use crate::accountdb::store::{Account, Created};
 use crate::auth::names::{normalize_password, Rules};
 use crate::auth::password::{HashError, Hasher, Memory};
 use crate::auth::secret::random_token;
 use crate::metrics::Metrics;
 use crate::protocol::gateway::{Op, RegisterFailure, Reply, Request};
-use crate::throttle::{Origin, Policy, Throttle};
+use crate::throttle::{Login, Origin, Policy, Registering};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// What [`Service::begin`] decided.
 pub enum Step {
@@ -30,13 +32,13 @@ enum Task {
         account: Account,
         password: String,
         origin: Option<Origin>,
+        /// A success changes nothing the store keeps: it need not be reported.
+        settled: bool,
     },
-    /// An unknown user under `--hide-user-existence`: verify against a dummy hash, count the
-    /// failure against the name as for a real account, answer "wrong password".
+    /// An unknown user under `--hide-user-existence` (its failure counted already): verify
+    /// against a dummy hash, answer "wrong password".
     Pretend {
-        username: String,
         password: String,
-        origin: Option<Origin>,
     },
     Create {
         username: String,
@@ -75,12 +77,11 @@ impl Default for Options {
     }
 }
 
-/// The login and registration logic over some [`Store`].
+/// The login and registration logic over the account tier.
 pub struct Service {
-    store: Arc<dyn Store>,
+    accounts: Arc<dyn Accounts>,
     hasher: Hasher,
     options: Options,
-    throttle: Throttle,
     /// Verified against for unknown users under `hide_user_existence`.
     dummy_hash: String,
     metrics: Metrics,
@@ -99,16 +100,15 @@ fn internal_error(e: &dyn std::fmt::Display) -> Reply {
 
 impl Service {
     pub fn new(
-        store: Arc<dyn Store>,
+        accounts: Arc<dyn Accounts>,
         hasher: Hasher,
         options: Options,
         metrics: Metrics,
     ) -> Result<Self, HashError> {
         let dummy_hash = hasher.hash(&random_token(), &mut Memory::default())?;
         Ok(Service {
-            store,
+            accounts,
             hasher,
-            throttle: Throttle::new(options.throttle),
             options,
             dummy_hash,
             metrics,
@@ -124,62 +124,77 @@ impl Service {
             ip,
         } = request;
         let origin = ip.map(Origin::from);
+        match op {
+            Op::Login => self.begin_login(username, password, origin),
+            Op::Register => self.begin_register(username, password, origin),
+        }
+    }
+
+    fn begin_login(&self, username: String, password: String, origin: Option<Origin>) -> Step {
         let rules = &self.options.rules;
         let hide = self.options.hide_user_existence;
-        if op == Op::Login {
-            if let Some(wait) = self.throttle.locked(&username, origin) {
-                self.metrics.throttled.inc();
-                return Step::Done(Reply::too_many_attempts(wait));
-            }
-        }
-        let found = match op {
-            // A name that could never have registered names no account.
-            Op::Login if !rules.could_exist(&username) => Ok(None),
-            // A password that could never have registered is wrong whoever's it is; it costs
-            // the address, never the account, so short guesses cannot lock a victim out.
-            Op::Login if !rules.password_ok(&password) => {
-                self.throttle.failed(None, origin);
-                return Step::Done(Reply::wrong_password());
-            }
-            Op::Register if !rules.username_ok(&username) => {
-                return Step::Done(Reply::register_failed(RegisterFailure::InvalidUsername))
-            }
-            Op::Register if !rules.password_ok(&password) => {
-                return Step::Done(Reply::register_failed(RegisterFailure::InvalidPassword))
-            }
-            Op::Register => match self.throttle.register(origin) {
-                Err(wait) => {
-                    self.metrics.throttled.inc();
-                    return Step::Done(Reply::too_many_attempts(wait));
+        let failures = self.options.throttle.failures();
+        // A name that could never have registered names no account; a password that could
+        // never have registered is wrong whoever's it is. Either costs the address, never an
+        // account, so that short guesses cannot lock a victim out: one round trip with an
+        // address, none without.
+        let could_exist = rules.could_exist(&username);
+        if !could_exist || !rules.password_ok(&password) {
+            if origin.is_some() {
+                match self.accounts.failed(None, origin, &failures) {
+                    Ok(Some(wait)) => return self.throttled(wait),
+                    Ok(None) => {}
+                    Err(e) => return Step::Done(store_unavailable(&e, &self.metrics)),
                 }
-                Ok(()) => self.store.find(&username),
-            },
-            Op::Login => self.store.find(&username),
-        };
-        let found = match found {
-            Ok(found) => found,
-            Err(e) => return Step::Done(store_unavailable(&e, &self.metrics)),
-        };
-        match (op, found) {
-            (Op::Login, None) if hide => Step::Hash(HashTask(Task::Pretend {
-                username,
-                password,
-                origin,
-            })),
-            (Op::Login, None) => {
-                self.throttle.failed(None, origin);
-                Step::Done(Reply::no_such_user())
             }
-            (Op::Login, Some(account)) => Step::Hash(HashTask(Task::Verify {
+            return match (could_exist, hide) {
+                (false, true) => Step::Hash(HashTask(Task::Pretend { password })),
+                (false, false) => Step::Done(Reply::no_such_user()),
+                (true, _) => Step::Done(Reply::wrong_password()),
+            };
+        }
+        match self.accounts.login(&username, origin, &failures, hide) {
+            Err(e) => Step::Done(store_unavailable(&e, &self.metrics)),
+            Ok(Login::Locked(wait)) => self.throttled(wait),
+            // Counted as a failure by the lookup already.
+            Ok(Login::Open { account: None, .. }) if hide => {
+                Step::Hash(HashTask(Task::Pretend { password }))
+            }
+            Ok(Login::Open { account: None, .. }) => Step::Done(Reply::no_such_user()),
+            Ok(Login::Open {
+                account: Some(account),
+                settled,
+            }) => Step::Hash(HashTask(Task::Verify {
                 account,
                 password,
                 origin,
+                settled,
             })),
-            (Op::Register, Some(_)) => {
+        }
+    }
+
+    fn begin_register(&self, username: String, password: String, origin: Option<Origin>) -> Step {
+        let rules = &self.options.rules;
+        if !rules.username_ok(&username) {
+            return Step::Done(Reply::register_failed(RegisterFailure::InvalidUsername));
+        }
+        if !rules.password_ok(&password) {
+            return Step::Done(Reply::register_failed(RegisterFailure::InvalidPassword));
+        }
+        let limit = self.options.throttle.registrations();
+        match self.accounts.register(&username, origin, &limit) {
+            Err(e) => Step::Done(store_unavailable(&e, &self.metrics)),
+            Ok(Registering::Locked(wait)) => self.throttled(wait),
+            Ok(Registering::Taken) => {
                 Step::Done(Reply::register_failed(RegisterFailure::UsernameTaken))
             }
-            (Op::Register, None) => Step::Hash(HashTask(Task::Create { username, password })),
+            Ok(Registering::Free) => Step::Hash(HashTask(Task::Create { username, password })),
         }
+    }
+
+    fn throttled(&self, wait: Duration) -> Step {
+        self.metrics.throttled.inc();
+        Step::Done(Reply::too_many_attempts(wait))
     }
 
     /// The argon2 part of a request, and for a registration the store write. `memory` is
@@ -190,9 +205,14 @@ impl Service {
                 account,
                 password,
                 origin,
+                settled,
             } => match self.verify(&password, &account.hash, memory) {
                 Ok(Some(rehash)) => {
-                    self.throttle.succeeded(&account.username, origin);
+                    if !settled {
+                        if let Err(e) = self.accounts.succeeded(&account.username, origin) {
+                            tracing::warn!(user = %account.username, error = %e, "cannot clear the failed logins of an account");
+                        }
+                    }
                     if rehash || self.hasher.is_weaker(&account.hash) {
                         self.upgrade(&account.username, &password, memory);
                     }
@@ -204,21 +224,21 @@ impl Service {
                         // up the difference, so the time does not tell the account exists.
                         let _ = self.hasher.verify(&password, &self.dummy_hash, memory);
                     }
-                    self.throttle.failed(Some(&account.username), origin);
+                    let failures = self.options.throttle.failures();
+                    if let Err(e) = self
+                        .accounts
+                        .failed(Some(&account.username), origin, &failures)
+                    {
+                        tracing::warn!(user = %account.username, error = %e, "cannot count a failed login");
+                    }
                     Reply::wrong_password()
                 }
                 Err(e) => internal_error(&e),
             },
-            Task::Pretend {
-                username,
-                password,
-                origin,
-            } => {
+            Task::Pretend { password } => {
                 // The result is always "no"; the work is what makes it indistinguishable (the
-                // same verifications as a wrong password for a real account), and the name is
-                // counted so that it locks like a real account.
+                // same verifications as a wrong password for a real account).
                 let _ = self.verify(&password, &self.dummy_hash, memory);
-                self.throttle.failed(Some(&username), origin);
                 Reply::wrong_password()
             }
             Task::Create { username, password } => {
@@ -229,7 +249,7 @@ impl Service {
                 let account = Account::new(&username, &hash);
                 // One id per registration: if the store's reply is lost, repeating the create
                 // with it tells whether this registration was stored.
-                match self.store.create(&account, &random_token()) {
+                match self.accounts.create(&account, &random_token()) {
                     Ok(Created::New) => Reply::registered(account.username),
                     Ok(Created::Exists) => Reply::register_failed(RegisterFailure::UsernameTaken),
                     Err(e) => store_unavailable(&e, &self.metrics),
@@ -266,7 +286,7 @@ impl Service {
             .hash(&normalize_password(password), memory)
             .map_err(|e| e.to_string())
             .and_then(|hash| {
-                self.store
+                self.accounts
                     .update_hash(username, &hash)
                     .map_err(|e| e.to_string())
             });

@@ -1,11 +1,12 @@
-//! Brute-force throttling: failed logins per account and per player address, and
-//! registrations per player address.
+//! Brute-force throttling: failed logins per account and per player address, registrations per
+//! player address, and the addresses an account is known to log in from. The records live in
+//! the account store, so every login-server behind it sees the same counts and locks.
 //!
 //! After `max_failures` failures within `window`, the key is locked for `lockout`, doubling
 //! with each further lockout up to `max_lockout`. A successful login clears the account's
 //! record; a window that passes without failures forgets the count and the lockouts. Locks are
 //! always finite: keeping an account locked takes ever more failed attempts, each of which the
-//! per-address throttle slows down.
+//! per-address throttle slows down. A request refused because a key is locked is not counted.
 //!
 //! The player's address is the optional `"ip"` field that the gateway forwards (an IPv6
 //! address counts by its /64, which one subscriber usually holds whole). The TCP peer is the
@@ -13,32 +14,43 @@
 //!
 //! Lockout must not become a way to lock a player out: failures from any address count toward
 //! an account's lock, but a locked account stays open to the addresses it logged in from
-//! successfully before (the last [`FAMILIAR`] of them). A request without an address is never
-//! familiar.
+//! successfully before (the last [`FAMILIAR`] of them, for [`FAMILIAR_DAYS`] days). A request
+//! without an address is never familiar.
 //!
-//! Every table is bounded by `max_tracked` keys, whatever arrives. A new key evicts the least
-//! valuable entry in O(log n): a record whose lock has ended, else the least recently failed
-//! unlocked one, and only when every entry is locked, the lock that ends soonest. Keys are
-//! fixed-size (a keyed hash of the folded name; the address prefix), so an entry costs the same
-//! whatever a request carries: at most about [`ENTRY_BYTES`] bytes, so at most
-//! 4 × `max_tracked` × [`ENTRY_BYTES`] for the four tables (76 MiB at the default; 62 MiB
-//! measured with all four full).
+//! [`Record`] is the pure logic, in wall-clock milliseconds (account-db's clock); [`login`],
+//! [`failed`], [`succeeded`] and [`register`] are account-db's requests, run over any
+//! [`Store`], which reads and changes records atomically. Records are not durable (a crash may
+//! forget them) and the store bounds how many it keeps: see
+//! [`Store::prune_records`](crate::accountdb::store::Store::prune_records) for the order in
+//! which they are evicted.
 
+use crate::accountdb::store::{Account, Store, StoreError};
 use crate::auth::names::fold;
-use parking_lot::Mutex;
-use std::collections::hash_map::RandomState;
-use std::collections::{BTreeSet, HashMap};
-use std::hash::{BuildHasher, Hash};
-use std::net::IpAddr;
-use std::time::{Duration, Instant};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::time::Duration;
 
 /// Addresses remembered per account as familiar: those of its most recent successful logins.
 pub const FAMILIAR: usize = 4;
 
-/// An upper bound of the memory one tracked key costs, in bytes: the map entry with its share
-/// of empty buckets, and the eviction index entry with its share of tree nodes (162 measured,
-/// averaged over the four tables filled to 100,000 keys each).
-pub const ENTRY_BYTES: usize = 200;
+/// Days an account's familiar addresses are kept after its last successful login.
+pub const FAMILIAR_DAYS: i64 = 30;
+
+/// Milliseconds since the Unix epoch: when records were written, windows began, locks end.
+pub type Millis = i64;
+
+/// Now, in [`Millis`].
+pub fn now_ms() -> Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| {
+            Millis::try_from(d.as_millis()).unwrap_or(Millis::MAX)
+        })
+}
+
+fn millis(d: Duration) -> Millis {
+    Millis::try_from(d.as_millis()).unwrap_or(Millis::MAX)
+}
 
 /// The throttling thresholds: login-server's `--throttle-*` flags. The defaults are OWASP- and
 /// Keycloak-like: 5 failures in 15 minutes lock for 1 minute, doubling up to 15.
@@ -80,15 +92,6 @@ pub struct Policy {
         value_parser = crate::config::seconds
     )]
     pub max_lockout: Duration,
-    /// Keys (accounts, addresses) each throttle table tracks at most. Defaults to 100000.
-    #[arg(
-        id = "throttle_table_size",
-        long = "throttle-table-size",
-        value_name = "N",
-        env = "LOGIN_SERVER_THROTTLE_TABLE_SIZE",
-        default_value_t = 100_000
-    )]
-    pub max_tracked: usize,
     /// Registrations per player address (IPv6: per /64) within --register-window; more are
     /// answered "too many attempts" (8). Requests without an address are not limited.
     /// Defaults to 5.
@@ -116,7 +119,44 @@ impl Default for Policy {
     }
 }
 
-/// Where a request came from, as throttling sees it: an IPv4 address, or an IPv6 /64.
+impl Policy {
+    /// The thresholds for failed logins, as account-db's requests carry them.
+    pub fn failures(&self) -> Thresholds {
+        Thresholds {
+            max_failures: self.max_failures,
+            window_ms: millis(self.window),
+            lockout_ms: millis(self.lockout),
+            max_lockout_ms: millis(self.max_lockout),
+        }
+    }
+
+    /// The limit on registrations, as account-db's requests carry it.
+    pub fn registrations(&self) -> RegisterLimit {
+        RegisterLimit {
+            limit: self.register_limit,
+            window_ms: millis(self.register_window),
+        }
+    }
+}
+
+/// When failed logins lock a key: [`Policy`] on the wire, in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Thresholds {
+    pub max_failures: u32,
+    pub window_ms: Millis,
+    pub lockout_ms: Millis,
+    pub max_lockout_ms: Millis,
+}
+
+/// Registrations allowed per address and window, in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegisterLimit {
+    pub limit: u32,
+    pub window_ms: Millis,
+}
+
+/// Where a request came from, as throttling sees it: an IPv4 address, or an IPv6 /64. Written
+/// `192.0.2.7` or `2001:db8:0:1::/64`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Origin {
     V4(u32),
@@ -135,552 +175,659 @@ impl From<IpAddr> for Origin {
     }
 }
 
-/// The order in which entries are evicted: lower first. Locked entries rank above unlocked
-/// ones, by when their lock ends; unlocked ones by when they last changed.
-type Rank = (bool, Instant);
-
-/// A map of at most `capacity` keys; a new key evicts the least valuable entry.
-struct Bounded<K, V> {
-    capacity: usize,
-    entries: HashMap<K, (V, Rank)>,
-    /// Unlocked entries by when they last changed, then locked ones by when their lock ends.
-    unlocked: BTreeSet<(Instant, K)>,
-    locked: BTreeSet<(Instant, K)>,
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            Origin::V4(v4) => write!(f, "{}", Ipv4Addr::from(v4)),
+            Origin::V6(prefix) => write!(f, "{}/64", Ipv6Addr::from(u128::from(prefix) << 64)),
+        }
+    }
 }
 
-impl<K: Copy + Eq + Hash + Ord, V> Bounded<K, V> {
-    fn new(capacity: usize) -> Self {
-        Bounded {
-            capacity,
-            entries: HashMap::new(),
-            unlocked: BTreeSet::new(),
-            locked: BTreeSet::new(),
-        }
-    }
+impl std::str::FromStr for Origin {
+    type Err = String;
 
-    fn get(&self, key: &K) -> Option<&V> {
-        self.entries.get(key).map(|(v, _)| v)
-    }
-
-    fn index(&mut self, (locked, _): Rank) -> &mut BTreeSet<(Instant, K)> {
-        if locked {
-            &mut self.locked
-        } else {
-            &mut self.unlocked
-        }
-    }
-
-    /// Change the entry at `key` with `change` (made with `new` if absent) and rank it anew
-    /// with `rank`. Making room evicts the least valuable entry (see the module docs).
-    fn update(
-        &mut self,
-        key: K,
-        now: Instant,
-        new: impl FnOnce() -> V,
-        change: impl FnOnce(&mut V),
-        rank: impl FnOnce(&V) -> Rank,
-    ) {
-        if self.capacity == 0 {
-            return;
-        }
-        let old = match self.entries.get(&key) {
-            Some((_, old)) => Some(*old),
-            None if self.entries.len() >= self.capacity => {
-                self.evict(now);
-                None
-            }
-            None => None,
+    /// An address as [`Display`](std::fmt::Display) writes it; any IP address too.
+    fn from_str(s: &str) -> Result<Origin, String> {
+        let ip = match s.strip_suffix("/64") {
+            Some(prefix) => prefix.parse::<Ipv6Addr>().map(IpAddr::V6),
+            None => s.parse::<IpAddr>(),
         };
-        if let Some(old) = old {
-            self.index(old).remove(&(old.1, key));
-        }
-        let (value, slot) = self
-            .entries
-            .entry(key)
-            .or_insert_with(|| (new(), (false, now)));
-        change(value);
-        *slot = rank(value);
-        let rank = *slot;
-        self.index(rank).insert((rank.1, key));
-    }
-
-    fn remove(&mut self, key: &K) {
-        if let Some((_, rank)) = self.entries.remove(key) {
-            self.index(rank).remove(&(rank.1, *key));
-        }
-    }
-
-    /// Drop one entry: a lock that has ended, else the least recently changed unlocked one,
-    /// else the lock that ends soonest.
-    fn evict(&mut self, now: Instant) {
-        let first_locked = self.locked.first().copied();
-        let victim = match first_locked {
-            Some((until, key)) if until <= now => Some(key),
-            _ => self
-                .unlocked
-                .first()
-                .map(|e| e.1)
-                .or(first_locked.map(|e| e.1)),
-        };
-        if let Some(key) = victim {
-            self.remove(&key);
-        }
+        ip.map(Origin::from)
+            .map_err(|_| format!("{s:?} is not an address"))
     }
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Record {
-    failures: u32,
-    window_start: Instant,
-    lockouts: u32,
-    locked_until: Option<Instant>,
+impl Serialize for Origin {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
 }
+
+impl<'de> Deserialize<'de> for Origin {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Origin, D::Error> {
+        let text = std::borrow::Cow::<str>::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// The record key of the account named `username` (in any case).
+pub fn account_key(username: &str) -> String {
+    format!("name:{}", fold(username))
+}
+
+/// The record key of failed logins from `origin`.
+pub fn address_key(origin: Origin) -> String {
+    format!("addr:{origin}")
+}
+
+/// The record key of registrations from `origin`.
+pub fn registrations_key(origin: Origin) -> String {
+    format!("reg:{origin}")
+}
+
+/// What the store keeps per key: a count in a window and the locks it led to; for an account,
+/// also its familiar addresses. The default is the empty record: nothing known.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Record {
+    /// Failed logins (or registrations) counted in the current window.
+    pub count: u32,
+    pub window_start: Millis,
+    /// Lockouts in a row, which double the next one.
+    pub lockouts: u32,
+    /// When the lock ends; at or before now (0 included): not locked.
+    pub locked_until: Millis,
+    /// The addresses of the account's last successful logins, newest first.
+    pub familiar: Vec<Origin>,
+    /// When the familiar addresses are forgotten.
+    pub familiar_until: Millis,
+    /// When the whole record is worth nothing and may be dropped; at or before now: drop it.
+    pub expires: Millis,
+}
+
+/// The rank tiers of [`Record::rank`]: each is above every time a record holds.
+const TIER: Millis = 1 << 44;
 
 impl Record {
-    fn new(now: Instant) -> Record {
-        Record {
-            failures: 0,
-            window_start: now,
-            lockouts: 0,
-            locked_until: None,
+    /// How long the key stays locked, as of `now`.
+    pub fn locked(&self, now: Millis) -> Option<Duration> {
+        let left = self.locked_until.saturating_sub(now);
+        (left > 0).then(|| Duration::from_millis(left.unsigned_abs()))
+    }
+
+    /// Its eviction rank, written as of `now`: a full store drops the lowest first. Records
+    /// that do not lock and know no familiar address rank by when they changed; above them,
+    /// those with familiar addresses, by when those are forgotten; above all, locks, by when
+    /// they end.
+    pub fn rank(&self, now: Millis) -> Millis {
+        if self.locked_until > now {
+            2 * TIER + self.locked_until
+        } else if !self.familiar.is_empty() {
+            TIER + self.familiar_until
+        } else {
+            now
         }
     }
 
-    fn locked(&self, now: Instant) -> Option<Duration> {
-        self.locked_until
-            .and_then(|until| until.checked_duration_since(now))
-            .filter(|left| !left.is_zero())
+    fn set_expiry(&mut self, window: Millis) {
+        self.expires = (self.window_start.saturating_add(window))
+            .max(self.locked_until)
+            .max(self.familiar_until);
     }
 
-    /// Its eviction rank as of `now`.
-    fn rank(&self, now: Instant) -> Rank {
-        match self.locked_until {
-            Some(until) if until > now => (true, until),
-            _ => (false, now),
-        }
-    }
-
-    fn fail(&mut self, policy: &Policy, now: Instant) {
-        if now.duration_since(self.window_start) > policy.window {
-            let lockouts = if self.locked(now).is_some() {
-                self.lockouts
-            } else {
-                0
-            };
-            *self = Record {
-                lockouts,
-                ..Record::new(now)
-            };
-        }
-        self.failures += 1;
-        if self.failures >= policy.max_failures {
-            let doubling = 2u32.saturating_pow(self.lockouts.min(16));
-            let lock = policy
-                .lockout
-                .saturating_mul(doubling)
-                .min(policy.max_lockout);
-            self.lockouts += 1;
-            self.locked_until = Some(now + lock);
-            self.failures = 0;
+    /// Count a failed login at `now`.
+    pub fn fail(&mut self, t: &Thresholds, now: Millis) {
+        if now - self.window_start > t.window_ms {
+            if self.locked(now).is_none() {
+                self.lockouts = 0;
+            }
+            self.count = 0;
             self.window_start = now;
         }
-    }
-}
-
-/// Failure records by key, bounded.
-struct Table<K> {
-    records: Mutex<Bounded<K, Record>>,
-}
-
-impl<K: Copy + Eq + Hash + Ord> Table<K> {
-    fn new(capacity: usize) -> Self {
-        Table {
-            records: Mutex::new(Bounded::new(capacity)),
+        self.count += 1;
+        if self.count >= t.max_failures {
+            let doubling = 2i64.saturating_pow(self.lockouts.min(16));
+            let lock = t.lockout_ms.saturating_mul(doubling).min(t.max_lockout_ms);
+            self.lockouts += 1;
+            self.locked_until = now.saturating_add(lock);
+            self.count = 0;
+            self.window_start = now;
         }
+        self.set_expiry(t.window_ms);
     }
 
-    fn locked(&self, key: &K, now: Instant) -> Option<Duration> {
-        self.records.lock().get(key).and_then(|r| r.locked(now))
-    }
-
-    fn fail(&self, key: K, policy: &Policy, now: Instant) {
-        self.records.lock().update(
-            key,
-            now,
-            || Record::new(now),
-            |r| r.fail(policy, now),
-            |r| r.rank(now),
-        );
-    }
-
-    fn clear(&self, key: &K) {
-        self.records.lock().remove(key);
-    }
-}
-
-/// Registrations counted in a fixed window per address.
-#[derive(Debug, Clone, Copy)]
-struct Count {
-    n: u32,
-    window_start: Instant,
-}
-
-/// Failed-login records, the locks they lead to, familiar addresses, and registration counts.
-pub struct Throttle {
-    policy: Policy,
-    /// Hashes folded names into fixed-size keys, with a key of its own so that nobody can pick
-    /// names that collide.
-    hasher: RandomState,
-    accounts: Table<u64>,
-    addresses: Table<Origin>,
-    familiar: Mutex<Bounded<u64, [Option<Origin>; FAMILIAR]>>,
-    registrations: Mutex<Bounded<Origin, Count>>,
-}
-
-impl Throttle {
-    pub fn new(policy: Policy) -> Throttle {
-        Throttle {
-            policy,
-            hasher: RandomState::new(),
-            accounts: Table::new(policy.max_tracked),
-            addresses: Table::new(policy.max_tracked),
-            familiar: Mutex::new(Bounded::new(policy.max_tracked)),
-            registrations: Mutex::new(Bounded::new(policy.max_tracked)),
-        }
-    }
-
-    fn account_key(&self, username: &str) -> u64 {
-        self.hasher.hash_one(fold(username))
-    }
-
-    /// Whether `origin` is one the account `key` logged in from successfully.
-    fn is_familiar(&self, key: u64, origin: Option<Origin>) -> bool {
-        origin.is_some_and(|origin| {
-            self.familiar
-                .lock()
-                .get(&key)
-                .is_some_and(|known| known.contains(&Some(origin)))
-        })
-    }
-
-    /// How long until a login for `username` (in any case) from `origin` may be tried, if it
-    /// is locked now. An account's lock does not hold against its familiar addresses.
-    pub fn locked(&self, username: &str, origin: Option<Origin>) -> Option<Duration> {
-        let now = Instant::now();
-        let key = self.account_key(username);
-        let by_account = self
-            .accounts
-            .locked(&key, now)
-            .filter(|_| !self.is_familiar(key, origin));
-        let by_address = origin.and_then(|origin| self.addresses.locked(&origin, now));
-        by_account.max(by_address)
-    }
-
-    /// A login for `username` failed (`None`: count it against the address only).
-    pub fn failed(&self, username: Option<&str>, origin: Option<Origin>) {
-        let now = Instant::now();
-        if let Some(username) = username {
-            let key = self.account_key(username);
-            self.accounts.fail(key, &self.policy, now);
-        }
+    /// A successful login from `origin` at `now`: the failures and locks are forgotten, and
+    /// `origin` becomes familiar (already familiar: nothing changes but its recency).
+    pub fn succeed(&mut self, origin: Option<Origin>, now: Millis) {
+        let familiar = std::mem::take(&mut self.familiar);
+        let familiar_until = self.familiar_until;
+        *self = Record {
+            familiar,
+            familiar_until,
+            ..Record::default()
+        };
         if let Some(origin) = origin {
-            self.addresses.fail(origin, &self.policy, now);
+            self.familiar.retain(|&known| known != origin);
+            self.familiar.insert(0, origin);
+            self.familiar.truncate(FAMILIAR);
+            self.familiar_until = now.saturating_add(FAMILIAR_DAYS * 86_400_000);
+        }
+        self.set_expiry(0);
+    }
+
+    /// Count a registration at `now`; `Err` with how long until another is allowed when the
+    /// limit is used up in this window (then nothing is counted).
+    pub fn register(&mut self, limit: &RegisterLimit, now: Millis) -> Result<(), Duration> {
+        if now - self.window_start >= limit.window_ms {
+            *self = Record {
+                window_start: now,
+                ..Record::default()
+            };
+        }
+        if self.count >= limit.limit {
+            let end = self.window_start.saturating_add(limit.window_ms);
+            return Err(Duration::from_millis(
+                end.saturating_sub(now).unsigned_abs(),
+            ));
+        }
+        self.count += 1;
+        if self.count >= limit.limit {
+            // Used up: ranked as a lock until the window ends.
+            self.locked_until = self.window_start.saturating_add(limit.window_ms);
+        }
+        self.set_expiry(limit.window_ms);
+        Ok(())
+    }
+
+    /// Whether a successful login from `origin` would change nothing in this (account) record.
+    fn settled_for(&self, origin: Option<Origin>) -> bool {
+        self.count == 0
+            && self.lockouts == 0
+            && self.locked_until == 0
+            && origin.map_or(true, |origin| self.familiar.contains(&origin))
+    }
+}
+
+/// What account-db answers a login's lookup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Login {
+    /// The account, or the address, is locked for this long: answer "too many attempts".
+    Locked(Duration),
+    /// The login may go on: the account if there is one; `settled`: a success would change
+    /// nothing, so it need not be reported with [`succeeded`].
+    Open {
+        account: Option<Account>,
+        settled: bool,
+    },
+}
+
+/// What account-db answers a registration's lookup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Registering {
+    /// The address used up its registrations: another is allowed after this long.
+    Locked(Duration),
+    /// The name, or a look-alike, is taken.
+    Taken,
+    /// The name is free: go on and hash the password.
+    Free,
+}
+
+/// A login's lookup, in one read: the account named `username` with the lock state of the
+/// account and of `origin`. An unknown name is counted as a failed login at once (against the
+/// address, and against the name too when `count_unknown_name`), unless locked.
+pub fn login(
+    store: &dyn Store,
+    username: &str,
+    origin: Option<Origin>,
+    t: &Thresholds,
+    count_unknown_name: bool,
+) -> Result<Login, StoreError> {
+    let now = now_ms();
+    let mut keys = vec![account_key(username)];
+    keys.extend(origin.map(address_key));
+    let (account, records) = store.find_for_login(username, &keys)?;
+    let [by_name, by_address] = [records.first(), records.get(1)];
+    let by_name = by_name.filter(|r| !origin.is_some_and(|o| r.familiar.contains(&o)));
+    let locked = by_name
+        .and_then(|r| r.locked(now))
+        .max(by_address.and_then(|r| r.locked(now)));
+    if let Some(wait) = locked {
+        return Ok(Login::Locked(wait));
+    }
+    if account.is_none() {
+        let name = count_unknown_name.then_some(username);
+        if let Some(wait) = failed(store, name, origin, t)? {
+            return Ok(Login::Locked(wait));
         }
     }
+    let settled = records.first().map_or(true, |r| r.settled_for(origin));
+    Ok(Login::Open { account, settled })
+}
 
-    /// A login for `username` from `origin` succeeded: the account's count starts again, and
-    /// `origin` becomes familiar to it (already familiar: nothing changes but its recency).
-    pub fn succeeded(&self, username: &str, origin: Option<Origin>) {
-        let now = Instant::now();
-        let key = self.account_key(username);
-        self.accounts.clear(&key);
-        let Some(origin) = origin else { return };
-        self.familiar.lock().update(
-            key,
-            now,
-            || [None; FAMILIAR],
-            |known| {
-                if !known.contains(&Some(origin)) {
-                    known.rotate_right(1);
-                    known[0] = Some(origin);
-                }
-            },
-            |_| (false, now),
-        );
+/// A login failed: count it against `username` (if given) and `origin`. Keys locked already
+/// are not counted; `Some` with the longest such lock.
+pub fn failed(
+    store: &dyn Store,
+    username: Option<&str>,
+    origin: Option<Origin>,
+    t: &Thresholds,
+) -> Result<Option<Duration>, StoreError> {
+    let now = now_ms();
+    let keys: Vec<String> = username
+        .map(account_key)
+        .into_iter()
+        .chain(origin.map(address_key))
+        .collect();
+    if keys.is_empty() {
+        return Ok(None);
     }
+    let mut locked = None;
+    store.update_records(&keys, now, &mut |records| {
+        for record in records.iter_mut() {
+            match record.locked(now) {
+                Some(wait) => locked = locked.max(Some(wait)),
+                None => record.fail(t, now),
+            }
+        }
+    })?;
+    Ok(locked)
+}
 
-    /// Count a registration from `origin`; `Err` with how long until another is allowed when
-    /// the address has used up `register_limit` in this window. No address: no limit.
-    pub fn register(&self, origin: Option<Origin>) -> Result<(), Duration> {
-        let Some(origin) = origin else { return Ok(()) };
-        let now = Instant::now();
-        let (limit, window) = (self.policy.register_limit, self.policy.register_window);
+/// A login for `username` from `origin` succeeded: the account's failures are forgotten and
+/// `origin` becomes familiar.
+pub fn succeeded(
+    store: &dyn Store,
+    username: &str,
+    origin: Option<Origin>,
+) -> Result<(), StoreError> {
+    let now = now_ms();
+    store.update_records(&[account_key(username)], now, &mut |records| {
+        for record in records.iter_mut() {
+            record.succeed(origin, now);
+        }
+    })
+}
+
+/// A registration's lookup: count it against `origin` (no address: no limit), then say
+/// whether the name is free.
+pub fn register(
+    store: &dyn Store,
+    username: &str,
+    origin: Option<Origin>,
+    limit: &RegisterLimit,
+) -> Result<Registering, StoreError> {
+    if let Some(origin) = origin {
+        let now = now_ms();
         let mut verdict = Ok(());
-        self.registrations.lock().update(
-            origin,
-            now,
-            || Count {
-                n: 0,
-                window_start: now,
-            },
-            |count| {
-                if now.duration_since(count.window_start) >= window {
-                    *count = Count {
-                        n: 0,
-                        window_start: now,
-                    };
-                }
-                if count.n >= limit {
-                    verdict = Err((count.window_start + window).saturating_duration_since(now));
-                } else {
-                    count.n += 1;
-                }
-            },
-            |count| (count.n >= limit, count.window_start + window),
-        );
-        verdict
+        store.update_records(&[registrations_key(origin)], now, &mut |records| {
+            for record in records.iter_mut() {
+                verdict = record.register(limit, now);
+            }
+        })?;
+        if let Err(wait) = verdict {
+            return Ok(Registering::Locked(wait));
+        }
     }
+    Ok(match store.find(username)? {
+        Some(_) => Registering::Taken,
+        None => Registering::Free,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::accountdb::store::SqliteStore;
 
-    fn policy() -> Policy {
-        Policy {
+    const S: Millis = 1000;
+
+    fn thresholds() -> Thresholds {
+        Thresholds {
             max_failures: 3,
-            window: Duration::from_secs(60),
-            lockout: Duration::from_secs(10),
-            max_lockout: Duration::from_secs(25),
-            max_tracked: 4,
-            register_limit: 2,
-            register_window: Duration::from_secs(60),
+            window_ms: 60 * S,
+            lockout_ms: 10 * S,
+            max_lockout_ms: 25 * S,
         }
     }
 
     fn ip(text: &str) -> Option<Origin> {
-        Some(text.parse::<IpAddr>().unwrap().into())
+        Some(text.parse().unwrap())
+    }
+
+    fn secs(n: u64) -> Option<Duration> {
+        Some(Duration::from_secs(n))
     }
 
     #[test]
     fn locks_after_the_threshold_and_doubles_up_to_the_cap() {
-        let policy = policy();
-        let start = Instant::now();
-        let mut record = Record::new(start);
+        let t = thresholds();
+        let start = 1_000_000 * S;
+        let mut record = Record::default();
         for _ in 0..2 {
-            record.fail(&policy, start);
+            record.fail(&t, start);
         }
         assert_eq!(record.locked(start), None);
-        record.fail(&policy, start);
-        assert_eq!(record.locked(start), Some(Duration::from_secs(10)));
-        let later = start + Duration::from_secs(11);
+        assert_eq!(record.expires, start + 60 * S);
+        record.fail(&t, start);
+        assert_eq!(record.locked(start), secs(10));
+        let later = start + 11 * S;
         for _ in 0..3 {
-            record.fail(&policy, later);
+            record.fail(&t, later);
         }
-        assert_eq!(record.locked(later), Some(Duration::from_secs(20)));
-        let even_later = later + Duration::from_secs(21);
+        assert_eq!(record.locked(later), secs(20));
+        let even_later = later + 21 * S;
         for _ in 0..3 {
-            record.fail(&policy, even_later);
+            record.fail(&t, even_later);
         }
-        assert_eq!(
-            record.locked(even_later),
-            Some(Duration::from_secs(25)),
-            "capped"
-        );
+        assert_eq!(record.locked(even_later), secs(25), "capped");
+        assert_eq!(record.expires, even_later + 60 * S);
         // A quiet window forgets everything.
-        let much_later = even_later + Duration::from_secs(200);
-        record.fail(&policy, much_later);
-        assert_eq!((record.failures, record.lockouts), (1, 0));
+        let much_later = even_later + 200 * S;
+        record.fail(&t, much_later);
+        assert_eq!((record.count, record.lockouts), (1, 0));
     }
 
     #[test]
     fn a_lock_that_outlives_its_window_keeps_counting_lockouts() {
-        let policy = Policy {
-            lockout: Duration::from_secs(100),
-            max_lockout: Duration::from_secs(1000),
-            ..policy()
+        let t = Thresholds {
+            lockout_ms: 100 * S,
+            max_lockout_ms: 1000 * S,
+            ..thresholds()
         };
-        let start = Instant::now();
-        let mut record = Record::new(start);
+        let start = 1_000_000 * S;
+        let mut record = Record::default();
         for _ in 0..3 {
-            record.fail(&policy, start);
+            record.fail(&t, start);
         }
-        // Still locked past the window: a failure now starts a new window but keeps the count
-        // of lockouts, so the next lock doubles.
-        let later = start + Duration::from_secs(61);
-        record.fail(&policy, later);
-        assert_eq!((record.failures, record.lockouts), (1, 1));
-        record.fail(&policy, later);
-        record.fail(&policy, later);
-        assert_eq!(record.locked(later), Some(Duration::from_secs(200)));
-    }
-
-    #[test]
-    fn success_clears_the_account_but_not_the_address() {
-        let throttle = Throttle::new(policy());
-        for _ in 0..3 {
-            throttle.failed(Some("alice"), ip("10.0.0.1"));
-        }
-        assert!(throttle.locked("alice", None).is_some());
-        assert!(throttle.locked("bob", ip("10.0.0.1")).is_some());
-        assert!(throttle.locked("bob", ip("10.0.0.2")).is_none());
-        assert!(
-            throttle.locked("ALICE", None).is_some(),
-            "accounts are keyed without case"
-        );
-        throttle.succeeded("Alice", None);
-        assert!(throttle.locked("alice", None).is_none());
-        assert!(throttle.locked("bob", ip("10.0.0.1")).is_some());
-    }
-
-    #[test]
-    fn ipv6_counts_by_its_64_and_mapped_ipv4_as_ipv4() {
-        let throttle = Throttle::new(policy());
-        for host in ["::1", "::2", "::3"] {
-            throttle.failed(None, ip(&format!("2001:db8:0:1{host}")));
-        }
-        assert!(throttle.locked("x", ip("2001:db8:0:1::ffff")).is_some());
-        assert!(throttle.locked("x", ip("2001:db8:0:2::1")).is_none());
-        for _ in 0..3 {
-            throttle.failed(None, ip("::ffff:192.0.2.7"));
-        }
-        assert!(throttle.locked("x", ip("192.0.2.7")).is_some());
-    }
-
-    #[test]
-    fn a_locked_account_stays_open_to_its_familiar_addresses() {
-        let throttle = Throttle::new(Policy {
-            max_tracked: 100,
-            ..policy()
-        });
-        throttle.succeeded("carol", ip("198.51.100.1"));
-        for _ in 0..3 {
-            throttle.failed(Some("carol"), ip("203.0.113.9"));
-        }
-        assert!(throttle.locked("carol", ip("203.0.113.10")).is_some());
-        assert!(
-            throttle.locked("carol", None).is_some(),
-            "no address is never familiar"
-        );
-        assert!(throttle.locked("carol", ip("198.51.100.1")).is_none());
-        // Only the last FAMILIAR successes are remembered.
-        for i in 0..FAMILIAR {
-            throttle.succeeded("carol", ip(&format!("198.51.100.{}", 10 + i)));
-        }
-        for _ in 0..3 {
-            throttle.failed(Some("carol"), ip("203.0.113.9"));
-        }
-        assert!(throttle.locked("carol", ip("198.51.100.1")).is_some());
-        assert!(throttle.locked("carol", ip("198.51.100.10")).is_none());
-    }
-
-    #[test]
-    fn full_tables_evict_unlocked_entries_before_locked_ones() {
-        let throttle = Throttle::new(policy()); // 4 keys per table
-        for _ in 0..3 {
-            throttle.failed(Some("victim"), None);
-        }
-        assert!(throttle.locked("victim", None).is_some());
-        for i in 0..1000 {
-            throttle.failed(Some(&format!("spray{i}")), None);
-            throttle.failed(Some(&format!("spray{i}")), None);
-        }
-        assert!(
-            throttle.locked("victim", None).is_some(),
-            "the lock survived"
-        );
-        assert!(throttle.accounts.records.lock().entries.len() <= 4);
-        // A new key still gets tracked and locked when the table is full.
-        for _ in 0..3 {
-            throttle.failed(Some("late"), None);
-        }
-        assert!(throttle.locked("late", None).is_some());
-        let records = throttle.accounts.records.lock();
         assert_eq!(
-            records.entries.len(),
-            records.unlocked.len() + records.locked.len()
+            record.expires,
+            start + 100 * S,
+            "the lock outlasts the window"
         );
-    }
-
-    #[test]
-    fn when_every_entry_is_locked_the_soonest_to_end_goes() {
-        let mut table: Bounded<u32, ()> = Bounded::new(2);
-        let now = Instant::now();
-        let (soon, late) = (now + Duration::from_secs(5), now + Duration::from_secs(50));
-        table.update(1, now, || (), |_| {}, |_| (true, late));
-        table.update(2, now, || (), |_| {}, |_| (true, soon));
-        table.update(3, now, || (), |_| {}, |_| (false, now));
-        assert!(table.get(&1).is_some() && table.get(&2).is_none());
-        // A lock that has already ended goes before any unlocked entry.
-        let mut table: Bounded<u32, ()> = Bounded::new(2);
-        table.update(1, now, || (), |_| {}, |_| (false, now));
-        table.update(2, now, || (), |_| {}, |_| (true, now));
-        table.update(3, now, || (), |_| {}, |_| (false, now));
-        assert!(table.get(&1).is_some() && table.get(&2).is_none());
+        // Still locked past the window: a failure now starts a new window but keeps the lock
+        // and the count of lockouts, so the next lock doubles.
+        let later = start + 61 * S;
+        record.fail(&t, later);
+        assert_eq!((record.count, record.lockouts), (1, 1));
+        assert_eq!(record.locked(later), secs(39));
+        record.fail(&t, later);
+        record.fail(&t, later);
+        assert_eq!(record.locked(later), secs(200));
     }
 
     #[test]
     fn a_failure_exactly_one_window_later_still_counts() {
-        let policy = policy(); // 3 failures in 60 s
-        let start = Instant::now();
-        let mut record = Record::new(start);
-        record.fail(&policy, start);
-        record.fail(&policy, start);
-        record.fail(&policy, start + policy.window);
-        assert!(record.locked(start + policy.window).is_some());
+        let t = thresholds();
+        let start = 1_000_000 * S;
+        let mut record = Record::default();
+        record.fail(&t, start);
+        record.fail(&t, start);
+        record.fail(&t, start + t.window_ms);
+        assert!(record.locked(start + t.window_ms).is_some());
     }
 
     #[test]
-    fn a_record_whose_lock_has_ended_ranks_as_unlocked_when_it_fails_again() {
-        let policy = Policy {
-            max_tracked: 2,
-            ..policy()
+    fn success_forgets_failures_and_remembers_the_last_addresses() {
+        let t = thresholds();
+        let now = 1_000_000 * S;
+        let mut record = Record::default();
+        for _ in 0..3 {
+            record.fail(&t, now);
+        }
+        record.succeed(ip("198.51.100.1"), now);
+        assert_eq!(record.locked(now), None);
+        assert_eq!((record.count, record.lockouts), (0, 0));
+        assert_eq!(record.familiar, vec![ip("198.51.100.1").unwrap()]);
+        assert_eq!(record.expires, now + FAMILIAR_DAYS * 86_400 * S);
+        for i in 0..FAMILIAR {
+            record.succeed(ip(&format!("198.51.100.{}", 10 + i)), now);
+        }
+        assert_eq!(record.familiar.len(), FAMILIAR);
+        assert!(!record.familiar.contains(&ip("198.51.100.1").unwrap()));
+        // Already familiar: moved to the front, not added twice.
+        record.succeed(ip("198.51.100.11"), now + S);
+        assert_eq!(record.familiar.len(), FAMILIAR);
+        assert_eq!(Some(record.familiar[0]), ip("198.51.100.11"));
+        assert!(record.settled_for(ip("198.51.100.12")));
+        assert!(!record.settled_for(ip("203.0.113.1")));
+        assert!(record.settled_for(None));
+        // Without an address a success forgets the failures only.
+        let mut plain = Record::default();
+        plain.fail(&t, now);
+        assert!(!plain.settled_for(None));
+        plain.succeed(None, now);
+        assert_eq!(plain, Record::default(), "nothing left: the store drops it");
+    }
+
+    #[test]
+    fn registrations_are_limited_per_window() {
+        let limit = RegisterLimit {
+            limit: 2,
+            window_ms: 60 * S,
         };
-        // Key 2 fails again once its lock has ended (at the very instant it ends, too): it is
-        // an unlocked record that failed just now, worth more than key 1, which failed at t0.
-        for after in [policy.lockout, policy.lockout + Duration::from_secs(1)] {
-            let table = Table::new(policy.max_tracked);
-            let t0 = Instant::now();
-            table.fail(1, &policy, t0);
-            for _ in 0..3 {
-                table.fail(2, &policy, t0); // locked until t0 + lockout
-            }
-            let now = t0 + after;
-            table.fail(2, &policy, now);
-            table.fail(3, &policy, now);
-            let records = table.records.lock();
-            assert!(records.get(&2).is_some(), "{after:?}: key 2 evicted");
-            assert!(records.get(&1).is_none(), "{after:?}: key 1 kept");
+        let now = 1_000_000 * S;
+        let mut record = Record::default();
+        assert_eq!(record.register(&limit, now), Ok(()));
+        assert_eq!(record.locked(now), None);
+        assert_eq!(record.register(&limit, now + S), Ok(()));
+        assert_eq!(
+            record.register(&limit, now + 2 * S),
+            Err(Duration::from_secs(58))
+        );
+        assert_eq!(record.count, 2, "a refused registration is not counted");
+        assert_eq!(record.expires, now + 60 * S);
+        assert_eq!(
+            record.register(&limit, now + 60 * S),
+            Ok(()),
+            "a new window"
+        );
+        assert_eq!(record.count, 1);
+    }
+
+    #[test]
+    fn locks_outrank_familiar_addresses_which_outrank_the_rest() {
+        let t = thresholds();
+        let now = 1_000_000 * S;
+        let mut plain = Record::default();
+        plain.fail(&t, now);
+        let mut familiar = Record::default();
+        familiar.succeed(ip("192.0.2.1"), now - 1000 * S);
+        let mut locked = Record::default();
+        for _ in 0..3 {
+            locked.fail(&t, now - 9 * S); // ends in 1 s
+        }
+        assert_eq!(plain.rank(now), now);
+        assert!(plain.rank(now) < familiar.rank(now));
+        assert!(familiar.rank(now) < locked.rank(now));
+        let mut later_lock = locked.clone();
+        later_lock.locked_until += S;
+        assert!(
+            locked.rank(now) < later_lock.rank(now),
+            "the soonest to end goes first"
+        );
+        // Once its lock has ended, a rewritten record ranks by when it changed.
+        assert_eq!(locked.rank(now + 10 * S), now + 10 * S);
+    }
+
+    #[test]
+    fn origins_are_written_and_read_back() {
+        for (text, written) in [
+            ("192.0.2.7", "192.0.2.7"),
+            ("2001:db8:0:1:aa::7", "2001:db8:0:1::/64"),
+            ("2001:db8:0:1::/64", "2001:db8:0:1::/64"),
+            ("::ffff:192.0.2.7", "192.0.2.7"),
+        ] {
+            let origin: Origin = text.parse().unwrap();
+            assert_eq!(origin.to_string(), written);
+            assert_eq!(written.parse::<Origin>(), Ok(origin));
+            let json = serde_json::to_string(&origin).unwrap();
+            assert_eq!(serde_json::from_str::<Origin>(&json).unwrap(), origin);
+        }
+        assert!("192.0.2.7/64".parse::<Origin>().is_err());
+        assert!("name".parse::<Origin>().is_err());
+        assert!(serde_json::from_str::<Origin>("\"999.1.1.1\"").is_err());
+    }
+
+    fn store() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        (dir, store)
+    }
+
+    fn create(store: &SqliteStore, name: &str) {
+        let account = Account::new(name, "hash");
+        Store::create(store, &account, name).unwrap();
+    }
+
+    fn open(login: Login) -> (Option<Account>, bool) {
+        match login {
+            Login::Open { account, settled } => (account, settled),
+            Login::Locked(wait) => panic!("locked for {wait:?}"),
         }
     }
 
     #[test]
-    fn addresses_that_used_up_their_registrations_are_kept_over_others() {
-        let throttle = Throttle::new(Policy {
-            max_tracked: 2,
-            ..policy()
-        });
-        for _ in 0..2 {
-            assert!(throttle.register(ip("192.0.2.1")).is_ok());
+    fn failures_lock_the_account_in_any_case_and_the_address() {
+        let (_dir, store) = store();
+        let t = thresholds();
+        create(&store, "alice");
+        for _ in 0..3 {
+            assert_eq!(
+                failed(&store, Some("alice"), ip("10.0.0.1"), &t).unwrap(),
+                None
+            );
         }
-        assert!(throttle.register(ip("192.0.2.2")).is_ok());
-        assert!(throttle.register(ip("192.0.2.3")).is_ok()); // evicts .2, not .1
+        assert!(matches!(
+            login(&store, "ALICE", None, &t, false).unwrap(),
+            Login::Locked(_)
+        ));
+        assert!(matches!(
+            login(&store, "bob", ip("10.0.0.1"), &t, false).unwrap(),
+            Login::Locked(_)
+        ));
+        assert_eq!(
+            open(login(&store, "bob", ip("10.0.0.2"), &t, false).unwrap()).0,
+            None
+        );
+        // Refused while locked, and not counted: the address's record is as it was.
+        let before = store
+            .find_for_login("x", &[address_key(ip("10.0.0.1").unwrap())])
+            .unwrap()
+            .1;
+        let wait = failed(&store, None, ip("10.0.0.1"), &t).unwrap().unwrap();
         assert!(
-            throttle.register(ip("192.0.2.1")).is_err(),
-            "the limit survived"
+            wait > Duration::from_secs(9) && wait <= Duration::from_secs(10),
+            "{wait:?}"
+        );
+        let after = store
+            .find_for_login("x", &[address_key(ip("10.0.0.1").unwrap())])
+            .unwrap()
+            .1;
+        assert_eq!(before, after);
+        // Success clears the account, not the address.
+        succeeded(&store, "Alice", None).unwrap();
+        let (account, settled) = open(login(&store, "alice", None, &t, false).unwrap());
+        assert_eq!(account.map(|a| a.username).as_deref(), Some("alice"));
+        assert!(settled);
+        assert!(matches!(
+            login(&store, "alice", ip("10.0.0.1"), &t, false).unwrap(),
+            Login::Locked(_)
+        ));
+    }
+
+    #[test]
+    fn a_locked_account_stays_open_to_its_familiar_addresses() {
+        let (_dir, store) = store();
+        let t = thresholds();
+        create(&store, "carol");
+        let (_, settled) = open(login(&store, "carol", ip("198.51.100.1"), &t, false).unwrap());
+        assert!(!settled, "a new address is news");
+        succeeded(&store, "carol", ip("198.51.100.1")).unwrap();
+        assert!(open(login(&store, "carol", ip("198.51.100.1"), &t, false).unwrap()).1);
+        for i in 0..3 {
+            failed(&store, Some("carol"), ip(&format!("203.0.113.{i}")), &t).unwrap();
+        }
+        assert!(matches!(
+            login(&store, "carol", ip("203.0.113.10"), &t, false).unwrap(),
+            Login::Locked(_)
+        ));
+        assert!(
+            matches!(
+                login(&store, "carol", None, &t, false).unwrap(),
+                Login::Locked(_)
+            ),
+            "no address is never familiar"
+        );
+        let (account, settled) =
+            open(login(&store, "carol", ip("198.51.100.1"), &t, false).unwrap());
+        assert!(account.is_some());
+        assert!(!settled, "its success must clear the lock");
+    }
+
+    #[test]
+    fn an_unknown_name_counts_against_the_address_and_with_hiding_the_name() {
+        let (_dir, store) = store();
+        let t = thresholds();
+        for _ in 0..3 {
+            assert_eq!(
+                open(login(&store, "ghost", ip("10.0.0.9"), &t, false).unwrap()).0,
+                None
+            );
+        }
+        assert!(matches!(
+            login(&store, "other", ip("10.0.0.9"), &t, false).unwrap(),
+            Login::Locked(_)
+        ));
+        for i in 0..3 {
+            open(login(&store, "phantom", ip(&format!("10.1.0.{i}")), &t, true).unwrap());
+        }
+        assert!(matches!(
+            login(&store, "PHANTOM", ip("10.2.0.1"), &t, true).unwrap(),
+            Login::Locked(_)
+        ));
+        // Without an address and without hiding, nothing is written.
+        for _ in 0..5 {
+            open(login(&store, "nobody", None, &t, false).unwrap());
+        }
+        assert_eq!(store.prune_records(now_ms(), u64::MAX).unwrap(), 0);
+        let keys = [account_key("nobody")];
+        assert_eq!(
+            store.find_for_login("x", &keys).unwrap().1,
+            vec![Record::default()]
         );
     }
 
     #[test]
-    fn registrations_are_limited_per_address_and_window() {
-        let throttle = Throttle::new(policy());
-        assert!(throttle.register(ip("192.0.2.1")).is_ok());
-        assert!(throttle.register(ip("192.0.2.1")).is_ok());
-        let wait = throttle.register(ip("192.0.2.1")).unwrap_err();
+    fn registrations_are_limited_per_address() {
+        let (_dir, store) = store();
+        let limit = RegisterLimit {
+            limit: 2,
+            window_ms: 60 * S,
+        };
+        create(&store, "taken");
+        assert_eq!(
+            register(&store, "Taken", ip("192.0.2.1"), &limit).unwrap(),
+            Registering::Taken
+        );
+        assert_eq!(
+            register(&store, "free", ip("192.0.2.1"), &limit).unwrap(),
+            Registering::Free
+        );
+        let Registering::Locked(wait) = register(&store, "free", ip("192.0.2.1"), &limit).unwrap()
+        else {
+            panic!("not limited");
+        };
         assert!(wait > Duration::from_secs(55) && wait <= Duration::from_secs(60));
-        assert!(throttle.register(ip("192.0.2.2")).is_ok());
-        for _ in 0..10 {
-            assert!(throttle.register(None).is_ok(), "no address, no limit");
+        assert_eq!(
+            register(&store, "free", ip("192.0.2.2"), &limit).unwrap(),
+            Registering::Free
+        );
+        for _ in 0..5 {
+            assert_eq!(
+                register(&store, "free", None, &limit).unwrap(),
+                Registering::Free,
+                "no address, no limit"
+            );
         }
     }
 }

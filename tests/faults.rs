@@ -4,9 +4,11 @@
 mod common;
 
 use common::{code, seed, DbProcess, StreamClient, PATIENCE};
+use login_server::accountdb::accounts::Accounts;
 use login_server::accountdb::client::RemoteStore;
-use login_server::accountdb::store::{Account, Created, Store, StoreError};
+use login_server::accountdb::store::{Account, Created, StoreError};
 use login_server::metrics::Metrics;
+use login_server::throttle::{Login, Origin, RegisterLimit, Registering, Thresholds};
 use login_server::LoginServer;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -107,9 +109,37 @@ fn account_db_killed_under_load_answers_7_then_resumes_and_loses_nothing() {
 /// The real remote store, with a fault injected: a request naming "panic-button" panics.
 struct PanicButton(RemoteStore);
 
-impl Store for PanicButton {
-    fn find(&self, username: &str) -> Result<Option<Account>, StoreError> {
+impl Accounts for PanicButton {
+    fn login(
+        &self,
+        username: &str,
+        origin: Option<Origin>,
+        failures: &Thresholds,
+        count_unknown_name: bool,
+    ) -> Result<Login, StoreError> {
         assert_ne!(username, "panic-button", "injected fault");
+        self.0.login(username, origin, failures, count_unknown_name)
+    }
+    fn failed(
+        &self,
+        username: Option<&str>,
+        origin: Option<Origin>,
+        failures: &Thresholds,
+    ) -> Result<Option<Duration>, StoreError> {
+        self.0.failed(username, origin, failures)
+    }
+    fn succeeded(&self, username: &str, origin: Option<Origin>) -> Result<(), StoreError> {
+        self.0.succeeded(username, origin)
+    }
+    fn register(
+        &self,
+        username: &str,
+        origin: Option<Origin>,
+        limit: &RegisterLimit,
+    ) -> Result<Registering, StoreError> {
+        self.0.register(username, origin, limit)
+    }
+    fn find(&self, username: &str) -> Result<Option<Account>, StoreError> {
         self.0.find(username)
     }
     fn create(&self, account: &Account, request_id: &str) -> Result<Created, StoreError> {

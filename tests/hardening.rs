@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{code, exchange, http_get as get, seed, start, start_with, StreamClient};
+use common::{code, exchange, http_get as get, seed, start, start_tiers, start_with, StreamClient};
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -16,24 +16,46 @@ fn login(client: &mut StreamClient, user: &str, password: &str, ip: &str) -> Val
     client.recv()
 }
 
-#[test]
-fn a_full_throttle_table_still_locks_new_accounts_and_addresses() {
-    let tiers = start_with(|c| {
-        c.service.throttle.max_tracked = 1000;
-        c.service.hide_user_existence = true; // unknown names are counted: they fill the table
-    });
-    assert_eq!(code(tiers.addr(), "register", "victim", "password1"), 4);
-    // Fill both tables: 1200 unknown names from 1200 addresses, pipelined.
-    let mut client = StreamClient::new(tiers.addr());
+/// Throttle records in account-db's side file: how many there are.
+fn records(tiers: &common::Tiers) -> i64 {
+    let path = tiers.dir.path().join("throttle.sqlite3");
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.query_row("SELECT count(*) FROM records", [], |r| r.get(0))
+        .unwrap()
+}
+
+/// Send `n` logins of unknown names from as many addresses, pipelined, starting at `from`.
+fn flood(client: &mut StreamClient, from: usize, n: usize) {
     let mut batch = String::new();
-    for i in 0..1200 {
+    for i in from..from + n {
         let ip = format!("10.{}.{}.1", i / 250, i % 250);
         let line = json!({"OP": "login", "username": format!("filler{i}"), "password": "password1", "ip": ip});
         batch.push_str(&format!("{line}\n"));
     }
     client.send(batch.as_bytes());
-    for _ in 0..1200 {
+    for _ in 0..n {
         assert_eq!(client.recv()["code"], 2);
+    }
+}
+
+#[test]
+fn a_full_throttle_table_still_locks_new_accounts_and_addresses() {
+    let tiers = start_tiers(
+        |db| db.throttle_table_size = 1000,
+        // Unknown names are counted, name and address: they fill the table.
+        |c| c.service.hide_user_existence = true,
+    );
+    assert_eq!(code(tiers.addr(), "register", "victim", "password1"), 4);
+    // Overfill the table: 1200 unknown names from 1200 addresses, 2400 records.
+    let mut client = StreamClient::new(tiers.addr());
+    flood(&mut client, 0, 1200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while records(&tiers) > 1000 {
+        assert!(
+            Instant::now() < deadline,
+            "the table was never cut to its size"
+        );
+        std::thread::sleep(Duration::from_millis(100));
     }
     // A new account, spread over new addresses, still locks after 5 failures.
     let codes: Vec<Value> = (0..6)
@@ -56,6 +78,24 @@ fn a_full_throttle_table_still_locks_new_accounts_and_addresses() {
         })
         .collect();
     assert_eq!(codes[5], 8, "{codes:?}");
+    // A second flood, cut to size again, evicts none of the locks.
+    flood(&mut client, 1200, 1200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while records(&tiers) > 1000 {
+        assert!(
+            Instant::now() < deadline,
+            "the table was never cut to its size"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        login(&mut client, "victim", "password1", "192.0.2.77")["code"],
+        8
+    );
+    assert_eq!(
+        login(&mut client, "x", "password1", "198.51.100.7")["code"],
+        8
+    );
 }
 
 #[test]

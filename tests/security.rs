@@ -3,9 +3,10 @@
 
 mod common;
 
-use common::{code, seed, start_with, DbProcess, StreamClient};
+use common::{code, seed, start, start_with, DbProcess, StreamClient};
 use login_server::accountdb::client::DbConn;
 use login_server::auth::secret::Secret;
+use login_server::LoginServer;
 use serde_json::json;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
@@ -192,6 +193,13 @@ fn failed_logins_lock_the_account_then_the_lock_ends() {
         login(&mut client, "target", "wrong-pass", "10.9.9.9")["code"],
         2
     );
+}
+
+#[test]
+fn throttling_holds_across_two_login_servers_on_one_account_db() {
+    let tiers = start();
+    let other = LoginServer::spawn(common::config(tiers.db.local_addr(), &tiers.secret)).unwrap();
+    common::throttling_holds_across(tiers.addr(), other.local_addr());
 }
 
 #[test]

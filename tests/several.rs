@@ -41,6 +41,16 @@ fn any_login_server_reaches_any_account() {
     assert_eq!(code(b.local_addr(), "register", "WANDERER", "password1"), 5);
 }
 
+#[test]
+fn throttling_holds_across_login_servers_and_account_dbs() {
+    let Some((_pg, _dir, first, second)) = two_account_dbs() else {
+        return;
+    };
+    let a = login_server(&[&first]);
+    let b = login_server(&[&second]);
+    common::throttling_holds_across(a.local_addr(), b.local_addr());
+}
+
 /// Run `clients` threads of registrations and logins through `servers` until `stop`; every
 /// reply code, and the names whose registration was acknowledged.
 fn load(

@@ -7,6 +7,7 @@ mod common;
 use login_server::accountdb::store::{
     Account, Created, PostgresStore, SqliteStore, Store, StoreUrl,
 };
+use login_server::throttle::{now_ms, Millis, Record};
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -75,10 +76,122 @@ fn conformance(store: Arc<dyn Store>) {
     assert_eq!(store.find("alice").unwrap().unwrap().id, alice.id);
 }
 
+/// What every store must do with throttle records.
+fn records_conformance(store: Arc<dyn Store>) {
+    let now = now_ms();
+    let keys = ["name:r1".to_string(), "addr:192.0.2.1".to_string()];
+    // Absent records read as empty, in the order asked, beside the account.
+    assert_eq!(
+        store.create(&account("Ruth"), "ruth").unwrap(),
+        Created::New
+    );
+    let (found, records) = store.find_for_login("RUTH", &keys).unwrap();
+    assert_eq!(found.unwrap().username, "Ruth");
+    assert_eq!(records, vec![Record::default(); 2]);
+    let (found, records) = store.find_for_login("nobody", &keys[1..]).unwrap();
+    assert!(found.is_none());
+    assert_eq!(records, vec![Record::default()]);
+    // What a change leaves is what is read back, every field.
+    let written = Record {
+        count: 3,
+        window_start: now - 5,
+        lockouts: 2,
+        locked_until: now + 60_000,
+        familiar: vec![
+            "192.0.2.9".parse().unwrap(),
+            "2001:db8::/64".parse().unwrap(),
+        ],
+        familiar_until: now + 90_000,
+        expires: now + 90_000,
+    };
+    store
+        .update_records(&keys, now, &mut |records| {
+            assert_eq!(records.len(), 2);
+            records[1] = written.clone();
+        })
+        .unwrap();
+    let (_, records) = store.find_for_login("ruth", &keys).unwrap();
+    assert_eq!(records, vec![Record::default(), written.clone()]);
+    // A record that expires by now is dropped, at once or by the next prune.
+    store
+        .update_records(&keys[1..], now, &mut |records| records[0].expires = now)
+        .unwrap();
+    store.prune_records(now, u64::MAX).unwrap();
+    let (_, records) = store.find_for_login("ruth", &keys[1..]).unwrap();
+    assert_eq!(records, vec![Record::default()]);
+    // Concurrent changes of one key take turns: none is lost.
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                for _ in 0..10 {
+                    store
+                        .update_records(&["name:contended".into()], now, &mut |records| {
+                            records[0].count += 1;
+                            records[0].expires = now + 60_000;
+                        })
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    let (_, records) = store
+        .find_for_login("x", &["name:contended".into()])
+        .unwrap();
+    assert_eq!(records[0].count, 80);
+    // Beyond the cap, plain records go first, oldest first; then familiar ones; locks last.
+    let later = now + 1000;
+    let set = |key: &str, at: Millis, record: Record| {
+        store
+            .update_records(&[key.to_string()], at, &mut |records| {
+                records[0] = record.clone()
+            })
+            .unwrap();
+    };
+    let plain = Record {
+        count: 1,
+        expires: now + 60_000,
+        ..Record::default()
+    };
+    let familiar = Record {
+        familiar: vec!["192.0.2.1".parse().unwrap()],
+        familiar_until: now + 60_000,
+        ..plain.clone()
+    };
+    let locked = Record {
+        locked_until: now + 30_000,
+        ..plain.clone()
+    };
+    set("name:locked", now, locked.clone());
+    set("name:familiar", now, familiar.clone());
+    set("name:old", now, plain.clone());
+    set("name:new", later, plain.clone());
+    // Now: "name:contended", locked, familiar, old, new.
+    assert_eq!(store.prune_records(later, 3).unwrap(), 2);
+    let kept = |key: &str| {
+        store.find_for_login("x", &[key.to_string()]).unwrap().1[0] != Record::default()
+    };
+    assert!(!kept("name:old") && !kept("name:contended"));
+    assert!(kept("name:new") && kept("name:familiar") && kept("name:locked"));
+    assert_eq!(store.prune_records(later, 1).unwrap(), 2);
+    assert!(kept("name:locked") && !kept("name:familiar"));
+    assert_eq!(
+        store.prune_records(now + 30_000, u64::MAX).unwrap(),
+        0,
+        "not expired yet"
+    );
+    assert_eq!(store.prune_records(now + 60_000, u64::MAX).unwrap(), 1);
+}
+
 #[test]
 fn sqlite_store_conforms() {
     let dir = tempfile::tempdir().unwrap();
     conformance(Arc::new(SqliteStore::open(dir.path()).unwrap()));
+    let dir = tempfile::tempdir().unwrap();
+    records_conformance(Arc::new(SqliteStore::open(dir.path()).unwrap()));
 }
 
 #[test]
@@ -86,8 +199,9 @@ fn postgres_store_conforms() {
     let Some(db) = common::postgres_database() else {
         return;
     };
-    let store = PostgresStore::open(&db.url, 8, Duration::from_secs(5)).unwrap();
-    conformance(Arc::new(store));
+    let store = Arc::new(PostgresStore::open(&db.url, 8, Duration::from_secs(5)).unwrap());
+    conformance(store.clone());
+    records_conformance(store);
     // A second store on the same database (another account-db) sees the same accounts, and
     // opening migrates nothing twice.
     let other = PostgresStore::open(&db.url, 2, Duration::from_secs(5)).unwrap();

@@ -1,17 +1,19 @@
 //! The account-db client: [`DbConn`], one persistent connection; [`DbManager`], the r2d2
-//! `ManageConnection` that makes and checks them; and [`RemoteStore`], the [`Store`] that
+//! `ManageConnection` that makes and checks them; and [`RemoteStore`], the [`Accounts`] that
 //! login-server uses, pooled or (as the seed did) one connection per request.
 //!
 //! As in r2d2-postgres and r2d2-redis: `is_valid` is a real round trip (a ping), and
 //! `has_broken` never blocks: it reads a flag that any IO error, timeout or bad reply sets.
 
-use crate::accountdb::store::{Account, Created, Store, StoreError};
+use crate::accountdb::accounts::Accounts;
+use crate::accountdb::store::{Account, Created, StoreError};
 use crate::auth::secret::Secret;
 use crate::logging::RateLimited;
 use crate::metrics::Metrics;
 use crate::protocol::accountdb::{
     decode_line, encode_line, DbRequest, DbResponse, Greeting, MAX_LINE, SERVICE, VERSION,
 };
+use crate::throttle::{Login, Origin, RegisterLimit, Registering, Thresholds};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -528,7 +530,79 @@ fn unexpected(response: DbResponse) -> StoreError {
     StoreError::Remote(format!("unexpected reply {response:?}"))
 }
 
-impl Store for RemoteStore {
+fn locked(wait_ms: u64) -> Duration {
+    Duration::from_millis(wait_ms)
+}
+
+impl Accounts for RemoteStore {
+    fn login(
+        &self,
+        username: &str,
+        origin: Option<Origin>,
+        failures: &Thresholds,
+        count_unknown_name: bool,
+    ) -> Result<Login, StoreError> {
+        let request = DbRequest::Login {
+            username: username.to_string(),
+            origin,
+            failures: *failures,
+            count_unknown_name,
+        };
+        match self.call(&request, false)? {
+            DbResponse::Locked { wait_ms } => Ok(Login::Locked(locked(wait_ms))),
+            DbResponse::Open { account, settled } => Ok(Login::Open { account, settled }),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    fn failed(
+        &self,
+        username: Option<&str>,
+        origin: Option<Origin>,
+        failures: &Thresholds,
+    ) -> Result<Option<Duration>, StoreError> {
+        let request = DbRequest::Failed {
+            username: username.map(str::to_string),
+            origin,
+            failures: *failures,
+        };
+        match self.call(&request, false)? {
+            DbResponse::Locked { wait_ms } => Ok(Some(locked(wait_ms))),
+            DbResponse::Counted => Ok(None),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    fn succeeded(&self, username: &str, origin: Option<Origin>) -> Result<(), StoreError> {
+        let request = DbRequest::Succeeded {
+            username: username.to_string(),
+            origin,
+        };
+        match self.call(&request, false)? {
+            DbResponse::Updated => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    fn register(
+        &self,
+        username: &str,
+        origin: Option<Origin>,
+        limit: &RegisterLimit,
+    ) -> Result<Registering, StoreError> {
+        let request = DbRequest::Register {
+            username: username.to_string(),
+            origin,
+            limit: *limit,
+        };
+        match self.call(&request, false)? {
+            DbResponse::Locked { wait_ms } => Ok(Registering::Locked(locked(wait_ms))),
+            DbResponse::Exists => Ok(Registering::Taken),
+            DbResponse::NotFound => Ok(Registering::Free),
+            other => Err(unexpected(other)),
+        }
+    }
+
     fn find(&self, username: &str) -> Result<Option<Account>, StoreError> {
         let request = DbRequest::Find {
             username: username.to_string(),

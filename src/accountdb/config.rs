@@ -74,6 +74,19 @@ pub struct AccountDbConfig {
         value_parser = at_least_one
     )]
     pub max_handshakes: usize,
+    /// Throttle records (failed-login counts and locks per account and per address,
+    /// registration counts, familiar addresses) the store keeps at most, for every
+    /// login-server it serves. Checked once a second: between checks a flood may add what
+    /// arrives in that second. When full, records that lock nothing go first (oldest change
+    /// first), then those holding familiar addresses, then locks, soonest to end first.
+    /// Defaults to 1000000.
+    #[arg(
+        long,
+        value_name = "N",
+        env = "ACCOUNT_DB_THROTTLE_TABLE_SIZE",
+        default_value_t = 1_000_000
+    )]
+    pub throttle_table_size: u64,
     /// Skip the integrity check (`PRAGMA quick_check`) of the database at start; it reads the
     /// whole file, which takes long for huge stores. Defaults to off: the check runs.
     #[arg(long, env = "ACCOUNT_DB_SKIP_INTEGRITY_CHECK")]

@@ -1,7 +1,9 @@
-//! The account store tier: the [`Store`](store::Store) trait and its SQLite implementation, the
-//! account-db server that serves a store over TCP with its configuration, and the pooled
-//! client login-server uses.
+//! The account store tier: the [`Store`](store::Store) trait and its SQLite and PostgreSQL
+//! implementations, the account-db server that serves a store over TCP with its configuration,
+//! the pooled client login-server uses, and [`Accounts`](accounts::Accounts), what login-server
+//! asks of the tier.
 
+pub mod accounts;
 pub mod client;
 mod config;
 pub mod server;

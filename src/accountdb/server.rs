@@ -15,6 +15,7 @@ use crate::metrics::{LabeledCounters, LiveGauge};
 use crate::protocol::accountdb::{
     decode_line, encode_line, DbRequest, DbResponse, Greeting, MAX_LINE,
 };
+use crate::throttle::{self, Login, Registering};
 use parking_lot::Mutex;
 use prometheus_client::metrics::counter::Counter;
 use std::collections::{HashMap, VecDeque};
@@ -69,12 +70,16 @@ struct Shared {
     refused: Counter,
 }
 
-const OPS: [&str; 6] = [
+const OPS: [&str; 10] = [
     "auth",
     "ping",
     "find",
     "create",
     "update_hash",
+    "login",
+    "failed",
+    "succeeded",
+    "register",
     "unreadable",
 ];
 
@@ -85,7 +90,11 @@ fn op_index(request: Option<&DbRequest>) -> usize {
         Some(DbRequest::Find { .. }) => 2,
         Some(DbRequest::Create { .. }) => 3,
         Some(DbRequest::UpdateHash { .. }) => 4,
-        None => 5,
+        Some(DbRequest::Login { .. }) => 5,
+        Some(DbRequest::Failed { .. }) => 6,
+        Some(DbRequest::Succeeded { .. }) => 7,
+        Some(DbRequest::Register { .. }) => 8,
+        None => 9,
     }
 }
 
@@ -188,6 +197,8 @@ pub struct AccountDb {
     metrics_endpoint: Option<HttpEndpoint>,
     shared: Arc<Shared>,
     accept_thread: Option<JoinHandle<()>>,
+    /// Dropped to stop the pruner.
+    pruner: Option<(crossbeam_channel::Sender<()>, JoinHandle<()>)>,
 }
 
 impl AccountDb {
@@ -250,6 +261,13 @@ impl AccountDb {
             }
             None => None,
         };
+        let (stop_pruner, stopped) = crossbeam_channel::bounded(0);
+        let pruner = std::thread::Builder::new()
+            .name("account-db-prune".into())
+            .spawn({
+                let (store, cap) = (store.clone(), config.throttle_table_size);
+                move || prune_records(&*store, cap, &stopped)
+            })?;
         let accept_thread = std::thread::Builder::new()
             .name("account-db-accept".into())
             .spawn({
@@ -261,6 +279,7 @@ impl AccountDb {
             metrics_endpoint,
             shared,
             accept_thread: Some(accept_thread),
+            pruner: Some((stop_pruner, pruner)),
         })
     }
 
@@ -280,6 +299,10 @@ impl AccountDb {
     }
 
     fn stop(&mut self) {
+        if let Some((stop, pruner)) = self.pruner.take() {
+            drop(stop);
+            let _ = pruner.join();
+        }
         let Some(thread) = self.accept_thread.take() else {
             return;
         };
@@ -294,6 +317,25 @@ impl AccountDb {
 impl Drop for AccountDb {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// Once a second until `stop` is dropped: drop expired throttle records, and the lowest
+/// ranked beyond `cap`.
+fn prune_records(store: &dyn Store, cap: u64, stop: &crossbeam_channel::Receiver<()>) {
+    let log = RateLimited::new(Duration::from_secs(60));
+    while let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
+        stop.recv_timeout(Duration::from_secs(1))
+    {
+        match store.prune_records(throttle::now_ms(), cap) {
+            Ok(0) => {}
+            Ok(dropped) => tracing::debug!(dropped, "throttle records pruned"),
+            Err(e) => {
+                if let Some(times) = log.hit() {
+                    tracing::warn!(error = %e, times, "cannot prune throttle records");
+                }
+            }
+        }
     }
 }
 
@@ -456,35 +498,71 @@ fn read_request(
     ))
 }
 
+fn locked(wait: Duration) -> DbResponse {
+    DbResponse::Locked {
+        wait_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+    }
+}
+
 /// Run one request against the store.
 fn execute(store: &dyn Store, request: DbRequest) -> DbResponse {
-    let result = match request {
-        DbRequest::Ping => store.ping().map(|()| DbResponse::Pong),
-        DbRequest::Find { username } => store.find(&username).map(|found| match found {
-            Some(account) => DbResponse::Found { account },
-            None => DbResponse::NotFound,
-        }),
-        DbRequest::Create {
-            account,
-            request_id,
-        } => store
-            .create(&account, &request_id)
-            .map(|created| match created {
-                Created::New => DbResponse::Created,
-                Created::Exists => DbResponse::Exists,
+    let result =
+        match request {
+            DbRequest::Ping => store.ping().map(|()| DbResponse::Pong),
+            DbRequest::Find { username } => store.find(&username).map(|found| match found {
+                Some(account) => DbResponse::Found { account },
+                None => DbResponse::NotFound,
             }),
-        DbRequest::UpdateHash { username, hash } => {
-            store
-                .update_hash(&username, &hash)
-                .map(|updated| match updated {
-                    true => DbResponse::Updated,
-                    false => DbResponse::NotFound,
-                })
-        }
-        DbRequest::Auth { .. } => Ok(DbResponse::Error {
-            message: "already authenticated".into(),
-        }),
-    };
+            DbRequest::Create {
+                account,
+                request_id,
+            } => store
+                .create(&account, &request_id)
+                .map(|created| match created {
+                    Created::New => DbResponse::Created,
+                    Created::Exists => DbResponse::Exists,
+                }),
+            DbRequest::UpdateHash { username, hash } => {
+                store
+                    .update_hash(&username, &hash)
+                    .map(|updated| match updated {
+                        true => DbResponse::Updated,
+                        false => DbResponse::NotFound,
+                    })
+            }
+            DbRequest::Login {
+                username,
+                origin,
+                failures,
+                count_unknown_name,
+            } => throttle::login(store, &username, origin, &failures, count_unknown_name).map(
+                |login| match login {
+                    Login::Locked(wait) => locked(wait),
+                    Login::Open { account, settled } => DbResponse::Open { account, settled },
+                },
+            ),
+            DbRequest::Failed {
+                username,
+                origin,
+                failures,
+            } => throttle::failed(store, username.as_deref(), origin, &failures)
+                .map(|lock| lock.map_or(DbResponse::Counted, locked)),
+            DbRequest::Succeeded { username, origin } => {
+                throttle::succeeded(store, &username, origin).map(|()| DbResponse::Updated)
+            }
+            DbRequest::Register {
+                username,
+                origin,
+                limit,
+            } => throttle::register(store, &username, origin, &limit).map(|r| match r {
+                Registering::Locked(wait) => locked(wait),
+                Registering::Taken => DbResponse::Exists,
+                Registering::Free => DbResponse::NotFound,
+            }),
+            DbRequest::Auth { .. } => Ok(DbResponse::Error {
+                message: "already authenticated".into(),
+            }),
+        };
     result.unwrap_or_else(|e| {
         tracing::error!(error = %e, "account store request failed");
         DbResponse::Error {

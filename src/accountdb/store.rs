@@ -11,6 +11,7 @@ mod sqlite;
 
 use crate::accountdb::client::DbError;
 pub use crate::protocol::accountdb::Account;
+use crate::throttle::{Millis, Origin, Record};
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 use std::path::PathBuf;
@@ -104,6 +105,19 @@ impl Created {
     }
 }
 
+/// A record's familiar addresses as the stores keep them: space-separated.
+fn familiar_text(record: &Record) -> String {
+    let texts: Vec<String> = record.familiar.iter().map(|o| o.to_string()).collect();
+    texts.join(" ")
+}
+
+/// The familiar addresses from their stored text (what cannot be read is skipped).
+fn familiar_list(text: &str) -> Vec<Origin> {
+    text.split_whitespace()
+        .filter_map(|o| o.parse().ok())
+        .collect()
+}
+
 /// Now, in unix seconds, as the stores record `created_at`.
 fn unix_now() -> i64 {
     std::time::SystemTime::now()
@@ -149,7 +163,8 @@ pub enum StoreError {
     },
 }
 
-/// An account store. Implementations are shared between threads.
+/// An account store, and the throttle [`Record`]s beside the accounts. Implementations are
+/// shared between threads.
 pub trait Store: Send + Sync {
     /// The account named `username` in any case, if there is one, with its id.
     fn find(&self, username: &str) -> Result<Option<Account>, StoreError>;
@@ -163,4 +178,24 @@ pub trait Store: Send + Sync {
     fn update_hash(&self, username: &str, hash: &str) -> Result<bool, StoreError>;
     /// Check that the store answers.
     fn ping(&self) -> Result<(), StoreError>;
+    /// What a login needs, in one read: [`find`](Store::find) and the records at `keys`
+    /// (absent ones as the empty record), in the order of `keys`.
+    fn find_for_login(
+        &self,
+        username: &str,
+        keys: &[String],
+    ) -> Result<(Option<Account>, Vec<Record>), StoreError>;
+    /// Change the records at `keys` atomically, as of `now`: `change` gets them (absent ones as
+    /// the empty record) in the order of `keys`, and what it leaves is written back, ranked as
+    /// of `now`; a record that expires by `now` is deleted. Concurrent changes of one key,
+    /// from any account-db, take turns. Not durable: a crash may lose the last changes.
+    fn update_records(
+        &self,
+        keys: &[String],
+        now: Millis,
+        change: &mut dyn FnMut(&mut [Record]),
+    ) -> Result<(), StoreError>;
+    /// Delete the records that expired by `now`; then, while more than `cap` are left, those of
+    /// lowest [`rank`](Record::rank). Returns how many went. Run once a second by account-db.
+    fn prune_records(&self, now: Millis, cap: u64) -> Result<u64, StoreError>;
 }

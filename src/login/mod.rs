@@ -18,9 +18,9 @@ mod workers;
 
 pub use config::LoginServerConfig;
 
+use crate::accountdb::accounts::Accounts;
 use crate::accountdb::client::{InstanceState, RemoteStore};
 use crate::accountdb::server::{AccountDb, AccountDbStartError};
-use crate::accountdb::store::Store;
 use crate::accountdb::AccountDbConfig;
 use crate::auth::password::{HashError, Hasher};
 use crate::auth::secret::{Secret, SecretError};
@@ -171,10 +171,11 @@ impl LoginServer {
         Ok(server)
     }
 
-    /// [`LoginServer::spawn`] over any store: for tests that inject faults around the real one.
+    /// [`LoginServer::spawn`] over any account tier: for tests that inject faults around the
+    /// real one.
     pub fn spawn_with_store(
         config: LoginServerConfig,
-        store: Arc<dyn Store>,
+        store: Arc<dyn Accounts>,
         db_state: DbState,
         metrics: Metrics,
     ) -> Result<LoginServer, StartError> {

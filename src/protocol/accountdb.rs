@@ -9,10 +9,11 @@
 //!
 //! The account store only ever sees password hashes, never passwords.
 
+use crate::throttle::{Origin, RegisterLimit, Thresholds};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 /// The protocol version this build speaks; the greeting carries it.
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 
 /// The name in the greeting, so a client that reached the wrong service says so.
 pub const SERVICE: &str = "account-db";
@@ -80,6 +81,34 @@ pub enum DbRequest {
     },
     /// Replace an account's hash (a login upgrading a weak one).
     UpdateHash { username: String, hash: String },
+    /// A login's lookup ([`crate::throttle::login`]): answered [`DbResponse::Locked`] or
+    /// [`DbResponse::Open`]. An unknown name is counted as a failure, against `origin` and,
+    /// with `count_unknown_name`, the name.
+    Login {
+        username: String,
+        origin: Option<Origin>,
+        failures: Thresholds,
+        count_unknown_name: bool,
+    },
+    /// A login failed ([`crate::throttle::failed`]): answered [`DbResponse::Counted`], or
+    /// [`DbResponse::Locked`] when a key was locked already (then it is not counted).
+    Failed {
+        username: Option<String>,
+        origin: Option<Origin>,
+        failures: Thresholds,
+    },
+    /// A login succeeded ([`crate::throttle::succeeded`]): answered [`DbResponse::Updated`].
+    Succeeded {
+        username: String,
+        origin: Option<Origin>,
+    },
+    /// A registration's lookup ([`crate::throttle::register`]): answered
+    /// [`DbResponse::Locked`], [`DbResponse::Exists`] or [`DbResponse::NotFound`].
+    Register {
+        username: String,
+        origin: Option<Origin>,
+        limit: RegisterLimit,
+    },
 }
 
 /// A reply from account-db.
@@ -96,6 +125,18 @@ pub enum DbResponse {
     Created,
     Exists,
     Updated,
+    /// A login may go on: the account, if there is one; `settled`: its success need not be
+    /// reported.
+    Open {
+        account: Option<Account>,
+        settled: bool,
+    },
+    /// Locked by throttling: try again in this many milliseconds.
+    Locked {
+        wait_ms: u64,
+    },
+    /// A failure was counted.
+    Counted,
     /// The request could not be served; the connection is still usable.
     Error {
         message: String,
@@ -133,6 +174,11 @@ mod tests {
             DbRequest::Auth {
                 proof: "00ff".into(),
             },
+            DbRequest::Failed {
+                username: None,
+                origin: Some("2001:db8:0:1::7".parse().unwrap()),
+                failures: crate::throttle::Policy::default().failures(),
+            },
         ];
         for request in requests {
             let line = encode_line(&request);
@@ -150,7 +196,7 @@ mod tests {
         );
         assert_eq!(
             encode_line(&Greeting::current("ab12".into())),
-            b"{\"service\":\"account-db\",\"version\":2,\"nonce\":\"ab12\"}\n"
+            b"{\"service\":\"account-db\",\"version\":3,\"nonce\":\"ab12\"}\n"
         );
         assert!(decode_line::<DbRequest>(b"{\"op\":\"drop_table\"}").is_err());
     }

@@ -34,8 +34,18 @@ impl Tiers {
 
 /// Start an account-db on `dir`, admitting those who know `secret`.
 pub fn start_db(dir: &std::path::Path, secret: &Secret) -> AccountDb {
+    start_db_with(dir, secret, |_| {})
+}
+
+/// [`start_db`] with `tweak` applied to its configuration.
+pub fn start_db_with(
+    dir: &std::path::Path,
+    secret: &Secret,
+    tweak: impl FnOnce(&mut AccountDbConfig),
+) -> AccountDb {
     let store = SqliteStore::open(dir).expect("open store");
-    let config = AccountDbConfig::embedded("127.0.0.1:0".parse().unwrap(), secret.clone());
+    let mut config = AccountDbConfig::embedded("127.0.0.1:0".parse().unwrap(), secret.clone());
+    tweak(&mut config);
     AccountDb::spawn(config, Arc::new(store)).expect("start account-db")
 }
 
@@ -55,9 +65,18 @@ pub fn config(db: SocketAddr, secret: &Secret) -> LoginServerConfig {
 
 /// Both tiers, with `tweak` applied to the login-server's configuration.
 pub fn start_with(tweak: impl FnOnce(&mut LoginServerConfig)) -> Tiers {
+    start_tiers(|_| {}, tweak)
+}
+
+/// Both tiers, with `db_tweak` applied to account-db's configuration and `tweak` to
+/// login-server's.
+pub fn start_tiers(
+    db_tweak: impl FnOnce(&mut AccountDbConfig),
+    tweak: impl FnOnce(&mut LoginServerConfig),
+) -> Tiers {
     let dir = tempfile::tempdir().expect("tempdir");
     let secret = Secret::generate();
-    let db = start_db(dir.path(), &secret);
+    let db = start_db_with(dir.path(), &secret, db_tweak);
     let mut config = config(db.local_addr(), &secret);
     tweak(&mut config);
     let server = LoginServer::spawn(config).expect("start login-server");
@@ -332,4 +351,65 @@ impl Drop for TestDatabase {
             ));
         }
     }
+}
+
+/// One stream-form request with the player's address `ip`: its reply code.
+pub fn code_from(addr: SocketAddr, op: &str, user: &str, password: &str, ip: &str) -> u64 {
+    let line = serde_json::json!({"OP": op, "username": user, "password": password, "ip": ip});
+    let mut client = StreamClient::new(addr);
+    client.send(format!("{line}\n").as_bytes());
+    client.recv()["code"].as_u64().unwrap_or(0)
+}
+
+/// Throttling holds across the login-servers at `a` and `b` (default policy: 5 failures lock,
+/// 5 registrations per address): counts spread over both lock on both, and a locked account
+/// stays open to an address it logged in from through either.
+pub fn throttling_holds_across(a: SocketAddr, b: SocketAddr) {
+    assert_eq!(
+        code_from(a, "register", "Shared", "password1", "192.0.2.1"),
+        4
+    );
+    assert_eq!(
+        code_from(b, "login", "shared", "password1", "198.51.100.1"),
+        3
+    );
+    // Five failures, alternating, each from an address of its own.
+    for i in 0..5 {
+        let via = if i % 2 == 0 { a } else { b };
+        let ip = format!("203.0.113.{i}");
+        assert_eq!(
+            code_from(via, "login", "SHARED", "wrong-pass", &ip),
+            2,
+            "failure {i}"
+        );
+    }
+    for via in [a, b] {
+        assert_eq!(
+            code_from(via, "login", "shared", "password1", "203.0.113.99"),
+            8
+        );
+    }
+    // Open to the familiar address through the other login-server (which ends the lock).
+    assert_eq!(
+        code_from(a, "login", "shared", "password1", "198.51.100.1"),
+        3
+    );
+    // Registrations from one address, spread over both, are limited as one.
+    for i in 0..4 {
+        let via = if i % 2 == 0 { a } else { b };
+        let name = format!("newcomer{i}");
+        assert_eq!(
+            code_from(via, "register", &name, "password1", "192.0.2.1"),
+            4,
+            "{name}"
+        );
+    }
+    assert_eq!(
+        code_from(b, "register", "one-too-many", "password1", "192.0.2.1"),
+        8
+    );
+    assert_eq!(
+        code_from(a, "register", "one-too-many", "password1", "192.0.2.1"),
+        8
+    );
 }

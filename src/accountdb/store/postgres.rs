@@ -7,16 +7,21 @@
 //! check on the skeleton, serialised per skeleton by a transaction-scoped advisory lock. Every
 //! commit is synchronous (`synchronous_commit = on` on every connection): `create` answers
 //! only once the account is durable.
+//!
+//! Throttle records are kept in an `UNLOGGED` table: no WAL, so counting a failed login is no
+//! durable write (a transaction that writes only unlogged tables commits without waiting for
+//! the disk); PostgreSQL empties the table after a crash, and standbys do not have it.
 
-use super::{unix_now, Account, Created, Store, StoreError};
+use super::{familiar_list, familiar_text, unix_now, Account, Created, Store, StoreError};
 use crate::auth::names::{fold, skeleton, SKELETON_DATA};
+use crate::throttle::{Millis, Record};
 use postgres::types::Type;
 use postgres::NoTls;
 use r2d2_postgres::PostgresConnectionManager;
 use std::time::Duration;
 
 /// The schema, one step per version; step N brings version N-1 to N.
-const MIGRATIONS: [&str; 2] = [
+const MIGRATIONS: [&str; 3] = [
     // 1: accounts with stable ids, folded names (unique) and skeletons (indexed).
     "CREATE TABLE accounts (
         id         BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -30,6 +35,20 @@ const MIGRATIONS: [&str; 2] = [
     CREATE INDEX accounts_skeleton ON accounts (skeleton);",
     // 2: settings kept in the store: the confusables data the skeletons were made with.
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
+    // 3: throttle records, not durable.
+    "CREATE UNLOGGED TABLE throttle (
+        key            TEXT PRIMARY KEY,
+        count          INT NOT NULL DEFAULT 0,
+        window_start   BIGINT NOT NULL DEFAULT 0,
+        lockouts       INT NOT NULL DEFAULT 0,
+        locked_until   BIGINT NOT NULL DEFAULT 0,
+        familiar       TEXT NOT NULL DEFAULT '',
+        familiar_until BIGINT NOT NULL DEFAULT 0,
+        expires        BIGINT NOT NULL DEFAULT 0,
+        rank           BIGINT NOT NULL DEFAULT 0
+    );
+    CREATE INDEX throttle_expires ON throttle (expires);
+    CREATE INDEX throttle_rank ON throttle (rank);",
 ];
 
 /// The advisory lock key under which migrations run (any constant the application owns).
@@ -143,6 +162,37 @@ fn id(value: i64) -> u64 {
     u64::try_from(value).unwrap_or(0)
 }
 
+/// A throttle record from a row whose columns `first..` are those of the `throttle` table
+/// from `count` on; all NULL (an outer join that matched nothing): the empty record.
+fn record(row: &postgres::Row, first: usize) -> Record {
+    let number = |i: usize| row.get::<_, Option<i64>>(first + i).unwrap_or(0);
+    let small = |i: usize| u32::try_from(row.get::<_, Option<i32>>(first + i).unwrap_or(0));
+    Record {
+        count: small(0).unwrap_or(0),
+        window_start: number(1),
+        lockouts: small(2).unwrap_or(0),
+        locked_until: number(3),
+        familiar: familiar_list(&row.get::<_, Option<String>>(first + 4).unwrap_or_default()),
+        familiar_until: number(5),
+        expires: number(6),
+    }
+}
+
+const RECORD_COLUMNS: &str =
+    "count, window_start, lockouts, locked_until, familiar, familiar_until, expires";
+
+/// The records of `rows` (column 0 the key, then [`RECORD_COLUMNS`]) in the order of `keys`.
+fn in_order(keys: &[String], rows: &[postgres::Row]) -> Vec<Record> {
+    keys.iter()
+        .map(|key| {
+            rows.iter()
+                .find(|row| row.get::<_, Option<&str>>(0) == Some(key.as_str()))
+                .map(|row| record(row, 1))
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
 impl Store for PostgresStore {
     fn find(&self, username: &str) -> Result<Option<Account>, StoreError> {
         let mut conn = self.conn()?;
@@ -206,5 +256,103 @@ impl Store for PostgresStore {
     fn ping(&self) -> Result<(), StoreError> {
         self.conn()?.simple_query("SELECT 1")?;
         Ok(())
+    }
+
+    fn find_for_login(
+        &self,
+        username: &str,
+        keys: &[String],
+    ) -> Result<(Option<Account>, Vec<Record>), StoreError> {
+        let mut conn = self.conn()?;
+        // One statement, one round trip: the account (if any) beside each record found.
+        let rows = conn.query_typed(
+            "SELECT t.key, t.count, t.window_start, t.lockouts, t.locked_until, t.familiar,
+                 t.familiar_until, t.expires, a.id, a.username, a.hash
+             FROM (SELECT 1) AS one
+             LEFT JOIN accounts a ON a.folded = $1
+             LEFT JOIN throttle t ON t.key = ANY($2)",
+            &[(&fold(username), Type::TEXT), (&keys, Type::TEXT_ARRAY)],
+        )?;
+        let account = rows.first().and_then(|row| {
+            let id_at = 8;
+            row.get::<_, Option<i64>>(id_at).map(|account_id| Account {
+                id: id(account_id),
+                username: row.get(id_at + 1),
+                hash: row.get(id_at + 2),
+            })
+        });
+        Ok((account, in_order(keys, &rows)))
+    }
+
+    fn update_records(
+        &self,
+        keys: &[String],
+        now: Millis,
+        change: &mut dyn FnMut(&mut [Record]),
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn()?;
+        let mut tx = conn.transaction()?;
+        // Make every key's row (the empty record where there was none) and lock it, in key
+        // order across transactions, so concurrent changes take turns and cannot deadlock.
+        let rows = tx.query_typed(
+            &format!(
+                "INSERT INTO throttle (key) SELECT k FROM unnest($1::text[]) AS k ORDER BY k
+                 ON CONFLICT (key) DO UPDATE SET key = EXCLUDED.key
+                 RETURNING key, {RECORD_COLUMNS}"
+            ),
+            &[(&keys, Type::TEXT_ARRAY)],
+        )?;
+        let mut records = in_order(keys, &rows);
+        change(&mut records);
+        // Written back in one statement; expired ones are left to the next prune.
+        let column = |f: &dyn Fn(&Record) -> i64| records.iter().map(f).collect::<Vec<i64>>();
+        let counts: Vec<i32> = records
+            .iter()
+            .map(|r| i32::try_from(r.count).unwrap_or(i32::MAX))
+            .collect();
+        let lockouts: Vec<i32> = records
+            .iter()
+            .map(|r| i32::try_from(r.lockouts).unwrap_or(i32::MAX))
+            .collect();
+        let familiar: Vec<String> = records.iter().map(familiar_text).collect();
+        tx.execute_typed(
+            "UPDATE throttle t SET count = v.count, window_start = v.window_start,
+                 lockouts = v.lockouts, locked_until = v.locked_until, familiar = v.familiar,
+                 familiar_until = v.familiar_until, expires = v.expires, rank = v.rank
+             FROM unnest($1::text[], $2::int[], $3::bigint[], $4::int[], $5::bigint[],
+                         $6::text[], $7::bigint[], $8::bigint[], $9::bigint[])
+                 AS v(key, count, window_start, lockouts, locked_until, familiar,
+                      familiar_until, expires, rank)
+             WHERE t.key = v.key",
+            &[
+                (&keys, Type::TEXT_ARRAY),
+                (&counts, Type::INT4_ARRAY),
+                (&column(&|r| r.window_start), Type::INT8_ARRAY),
+                (&lockouts, Type::INT4_ARRAY),
+                (&column(&|r| r.locked_until), Type::INT8_ARRAY),
+                (&familiar, Type::TEXT_ARRAY),
+                (&column(&|r| r.familiar_until), Type::INT8_ARRAY),
+                (&column(&|r| r.expires), Type::INT8_ARRAY),
+                (&column(&|r| r.rank(now)), Type::INT8_ARRAY),
+            ],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn prune_records(&self, now: Millis, cap: u64) -> Result<u64, StoreError> {
+        let mut conn = self.conn()?;
+        let expired = conn.execute("DELETE FROM throttle WHERE expires <= $1", &[&now])?;
+        let left: i64 = conn.query_one("SELECT count(*) FROM throttle", &[])?.get(0);
+        let excess = left.saturating_sub(i64::try_from(cap).unwrap_or(i64::MAX));
+        let evicted = match excess > 0 {
+            true => conn.execute(
+                "DELETE FROM throttle WHERE key IN
+                 (SELECT key FROM throttle ORDER BY rank LIMIT $1)",
+                &[&excess],
+            )?,
+            false => 0,
+        };
+        Ok(expired + evicted)
     }
 }

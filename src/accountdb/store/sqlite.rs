@@ -5,9 +5,14 @@
 //!
 //! Opening checks the file (`PRAGMA quick_check`, unless told not to) and that it can be
 //! written, then brings the schema up to date: [`MIGRATIONS`], recorded in `schema_version`.
+//!
+//! Throttle records live in a side file, [`RECORDS_FILE`], never synced (`synchronous = OFF`):
+//! counting a failed login is not a durable write, and a crash may forget recent counts. A side
+//! file from another layout is started afresh.
 
-use super::{unix_now, Account, Created, Store, StoreError};
+use super::{familiar_list, familiar_text, unix_now, Account, Created, Store, StoreError};
 use crate::auth::names::{fold, skeleton, SKELETON_DATA};
+use crate::throttle::{Millis, Record};
 use parking_lot::Mutex;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::path::Path;
@@ -54,6 +59,26 @@ const MIGRATIONS: [Step; 3] = [
     },
 ];
 
+/// The side file of throttle records, beside [`FILE_NAME`].
+pub const RECORDS_FILE: &str = "throttle.sqlite3";
+
+/// The layout of [`RECORDS_FILE`], as its `user_version`.
+const RECORDS_LAYOUT: i64 = 1;
+
+const RECORDS_SCHEMA: &str = "CREATE TABLE records (
+        key            TEXT PRIMARY KEY,
+        count          INTEGER NOT NULL,
+        window_start   INTEGER NOT NULL,
+        lockouts       INTEGER NOT NULL,
+        locked_until   INTEGER NOT NULL,
+        familiar       TEXT NOT NULL,
+        familiar_until INTEGER NOT NULL,
+        expires        INTEGER NOT NULL,
+        rank           INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX records_expires ON records (expires);
+    CREATE INDEX records_rank ON records (rank);";
+
 /// Settings of the store kept in the store: the confusables data the skeletons were made with.
 const META: &str = "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
      CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);";
@@ -62,6 +87,49 @@ const META: &str = "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value
 pub struct SqliteStore {
     reader: Mutex<Connection>,
     writer: Mutex<Connection>,
+    /// The throttle records' side file.
+    records: Mutex<Connection>,
+}
+
+/// Open the side file of throttle records at `path`, unsynced, with the current layout.
+fn open_records(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path)?;
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         PRAGMA synchronous = OFF;
+         PRAGMA busy_timeout = 5000;",
+    )?;
+    let layout: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if layout != RECORDS_LAYOUT {
+        conn.execute_batch(&format!(
+            "BEGIN IMMEDIATE; DROP TABLE IF EXISTS records; {RECORDS_SCHEMA}
+             PRAGMA user_version = {RECORDS_LAYOUT}; COMMIT;"
+        ))?;
+    }
+    Ok(conn)
+}
+
+const RECORD_COLUMNS: &str =
+    "count, window_start, lockouts, locked_until, familiar, familiar_until, expires";
+
+fn read_record(conn: &Connection, key: &str) -> Result<Record, StoreError> {
+    let found = conn
+        .prepare_cached(&format!(
+            "SELECT {RECORD_COLUMNS} FROM records WHERE key = ?1"
+        ))?
+        .query_row(params![key], |r| {
+            Ok(Record {
+                count: r.get(0)?,
+                window_start: r.get(1)?,
+                lockouts: r.get(2)?,
+                locked_until: r.get(3)?,
+                familiar: familiar_list(&r.get::<_, String>(4)?),
+                familiar_until: r.get(5)?,
+                expires: r.get(6)?,
+            })
+        })
+        .optional()?;
+    Ok(found.unwrap_or_default())
 }
 
 fn open_connection(path: &Path) -> Result<Connection, StoreError> {
@@ -222,9 +290,11 @@ impl SqliteStore {
         }
         migrate(&mut writer)?;
         let reader = open_connection(&path)?;
+        let records = open_records(&dir.join(RECORDS_FILE))?;
         Ok(SqliteStore {
             reader: Mutex::new(reader),
             writer: Mutex::new(writer),
+            records: Mutex::new(records),
         })
     }
 }
@@ -302,6 +372,77 @@ impl Store for SqliteStore {
     fn ping(&self) -> Result<(), StoreError> {
         let conn = self.reader.lock();
         Ok(conn.query_row("SELECT 1", [], |_| Ok(()))?)
+    }
+
+    fn find_for_login(
+        &self,
+        username: &str,
+        keys: &[String],
+    ) -> Result<(Option<Account>, Vec<Record>), StoreError> {
+        let account = self.find(username)?;
+        let conn = self.records.lock();
+        let records = keys
+            .iter()
+            .map(|key| read_record(&conn, key))
+            .collect::<Result<_, _>>()?;
+        Ok((account, records))
+    }
+
+    fn update_records(
+        &self,
+        keys: &[String],
+        now: Millis,
+        change: &mut dyn FnMut(&mut [Record]),
+    ) -> Result<(), StoreError> {
+        let mut conn = self.records.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut records: Vec<Record> = keys
+            .iter()
+            .map(|key| read_record(&tx, key))
+            .collect::<Result<_, _>>()?;
+        change(&mut records);
+        for (key, r) in keys.iter().zip(&records) {
+            if r.expires <= now {
+                tx.prepare_cached("DELETE FROM records WHERE key = ?1")?
+                    .execute(params![key])?;
+                continue;
+            }
+            tx.prepare_cached(&format!(
+                "INSERT OR REPLACE INTO records (key, {RECORD_COLUMNS}, rank)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+            ))?
+            .execute(params![
+                key,
+                r.count,
+                r.window_start,
+                r.lockouts,
+                r.locked_until,
+                familiar_text(r),
+                r.familiar_until,
+                r.expires,
+                r.rank(now)
+            ])?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn prune_records(&self, now: Millis, cap: u64) -> Result<u64, StoreError> {
+        let mut conn = self.records.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let expired = tx.execute("DELETE FROM records WHERE expires <= ?1", params![now])?;
+        let left: i64 = tx.query_row("SELECT count(*) FROM records", [], |r| r.get(0))?;
+        let excess = left.saturating_sub(i64::try_from(cap).unwrap_or(i64::MAX));
+        let evicted = match excess > 0 {
+            true => tx.execute(
+                "DELETE FROM records WHERE key IN
+                 (SELECT key FROM records ORDER BY rank LIMIT ?1)",
+                params![excess],
+            )?,
+            false => 0,
+        };
+        tx.commit()?;
+        Ok((expired + evicted) as u64)
     }
 }
 

@@ -1,0 +1,96 @@
+//! [`Accounts`]: what login-server asks of the account tier, one method per account-db request.
+//!
+//! [`RemoteStore`](super::client::RemoteStore) asks account-db over the wire; every [`Store`]
+//! answers the same questions in-process, through the [`throttle`](crate::throttle) requests,
+//! which is how account-db's server executes them.
+
+use super::store::{Account, Created, Store, StoreError};
+use crate::throttle::{self, Login, Origin, RegisterLimit, Registering, Thresholds};
+use std::time::Duration;
+
+/// The account tier as login-server uses it. Shared between threads.
+pub trait Accounts: Send + Sync {
+    /// A login's lookup: the account, unless the account or `origin` is locked
+    /// ([`throttle::login`]).
+    fn login(
+        &self,
+        username: &str,
+        origin: Option<Origin>,
+        failures: &Thresholds,
+        count_unknown_name: bool,
+    ) -> Result<Login, StoreError>;
+    /// A login failed ([`throttle::failed`]).
+    fn failed(
+        &self,
+        username: Option<&str>,
+        origin: Option<Origin>,
+        failures: &Thresholds,
+    ) -> Result<Option<Duration>, StoreError>;
+    /// A login succeeded ([`throttle::succeeded`]).
+    fn succeeded(&self, username: &str, origin: Option<Origin>) -> Result<(), StoreError>;
+    /// A registration's lookup ([`throttle::register`]).
+    fn register(
+        &self,
+        username: &str,
+        origin: Option<Origin>,
+        limit: &RegisterLimit,
+    ) -> Result<Registering, StoreError>;
+    /// [`Store::find`].
+    fn find(&self, username: &str) -> Result<Option<Account>, StoreError>;
+    /// [`Store::create`].
+    fn create(&self, account: &Account, request_id: &str) -> Result<Created, StoreError>;
+    /// [`Store::update_hash`].
+    fn update_hash(&self, username: &str, hash: &str) -> Result<bool, StoreError>;
+    /// [`Store::ping`].
+    fn ping(&self) -> Result<(), StoreError>;
+}
+
+impl<S: Store> Accounts for S {
+    fn login(
+        &self,
+        username: &str,
+        origin: Option<Origin>,
+        failures: &Thresholds,
+        count_unknown_name: bool,
+    ) -> Result<Login, StoreError> {
+        throttle::login(self, username, origin, failures, count_unknown_name)
+    }
+
+    fn failed(
+        &self,
+        username: Option<&str>,
+        origin: Option<Origin>,
+        failures: &Thresholds,
+    ) -> Result<Option<Duration>, StoreError> {
+        throttle::failed(self, username, origin, failures)
+    }
+
+    fn succeeded(&self, username: &str, origin: Option<Origin>) -> Result<(), StoreError> {
+        throttle::succeeded(self, username, origin)
+    }
+
+    fn register(
+        &self,
+        username: &str,
+        origin: Option<Origin>,
+        limit: &RegisterLimit,
+    ) -> Result<Registering, StoreError> {
+        throttle::register(self, username, origin, limit)
+    }
+
+    fn find(&self, username: &str) -> Result<Option<Account>, StoreError> {
+        Store::find(self, username)
+    }
+
+    fn create(&self, account: &Account, request_id: &str) -> Result<Created, StoreError> {
+        Store::create(self, account, request_id)
+    }
+
+    fn update_hash(&self, username: &str, hash: &str) -> Result<bool, StoreError> {
+        Store::update_hash(self, username, hash)
+    }
+
+    fn ping(&self) -> Result<(), StoreError> {
+        Store::ping(self)
+    }
+}
