@@ -528,6 +528,43 @@ mod tests {
     }
 
     #[test]
+    fn the_policy_goes_on_the_wire_in_milliseconds() {
+        let policy = Policy::default();
+        assert_eq!(
+            policy.failures(),
+            Thresholds {
+                max_failures: 5,
+                window_ms: 900_000,
+                lockout_ms: 60_000,
+                max_lockout_ms: 900_000,
+            }
+        );
+        assert_eq!(
+            policy.registrations(),
+            RegisterLimit {
+                limit: 5,
+                window_ms: 3_600_000,
+            }
+        );
+    }
+
+    #[test]
+    fn a_lock_ends_at_its_last_millisecond() {
+        let t = thresholds();
+        let now = 1_000_000 * S;
+        let mut record = Record::default();
+        for _ in 0..3 {
+            record.fail(&t, now);
+        }
+        let end = now + 10 * S;
+        assert_eq!(record.locked(end - 1), Some(Duration::from_millis(1)));
+        assert_eq!(record.locked(end), None);
+        // Ranked as a lock until then, as an unlocked record from then on.
+        assert_eq!(record.rank(end - 1), 2 * TIER + end);
+        assert_eq!(record.rank(end), end);
+    }
+
+    #[test]
     fn a_lock_that_outlives_its_window_keeps_counting_lockouts() {
         let t = Thresholds {
             lockout_ms: 100 * S,
@@ -591,7 +628,16 @@ mod tests {
         assert!(record.settled_for(ip("198.51.100.12")));
         assert!(!record.settled_for(ip("203.0.113.1")));
         assert!(record.settled_for(None));
-        // Without an address a success forgets the failures only.
+        // Without an address a success forgets the failures only: the familiar addresses
+        // are kept as long as before.
+        let until = record.familiar_until;
+        record.fail(&t, now + 2 * S);
+        record.succeed(None, now + 3 * S);
+        assert_eq!(
+            (record.familiar.len(), record.familiar_until),
+            (FAMILIAR, until)
+        );
+        assert_eq!((record.count, record.expires), (0, until));
         let mut plain = Record::default();
         plain.fail(&t, now);
         assert!(!plain.settled_for(None));
@@ -639,6 +685,12 @@ mod tests {
         assert_eq!(plain.rank(now), now);
         assert!(plain.rank(now) < familiar.rank(now));
         assert!(familiar.rank(now) < locked.rank(now));
+        let mut fresher = familiar.clone();
+        fresher.succeed(ip("192.0.2.2"), now);
+        assert!(
+            familiar.rank(now) < fresher.rank(now),
+            "older familiar ones go first"
+        );
         let mut later_lock = locked.clone();
         later_lock.locked_until += S;
         assert!(
@@ -724,6 +776,13 @@ mod tests {
             .unwrap()
             .1;
         assert_eq!(before, after);
+        // On the wall clock: the lock began just now.
+        let started = before[0].window_start;
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        assert!((wall - started).abs() < 60_000, "{started}");
         // Success clears the account, not the address.
         succeeded(&store, "Alice", None).unwrap();
         let (account, settled) = open(login(&store, "alice", None, &t, false).unwrap());
