@@ -26,7 +26,7 @@ fn codec(c: &mut Criterion) {
         ("seed", Form::Seed, None),
         ("stream", Form::Stream, Some(&id)),
     ] {
-        let reply = Reply::logged_in("player_one".into());
+        let reply = Reply::logged_in("player_one".into(), 42);
         group.bench_function(format!("serialize {name}"), |b| {
             let mut out = Vec::with_capacity(128);
             b.iter(|| {

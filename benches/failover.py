@@ -18,7 +18,7 @@ import subprocess
 import tempfile
 import threading
 
-from stress_matrix import BIN, log, need, start, stop
+from stress_matrix import BIN, log, need, start, stop, token_key_flags
 from store_matrix import scratch_database
 
 
@@ -37,6 +37,7 @@ def main():
                       "--store", url]) for _ in range(2)]
         addrs = ",".join(addr for _, addr in dbs)
         server, addr = start([f"{BIN}/login-server", "--listen", "127.0.0.1:0", "--db", addrs,
+                              *token_key_flags(BIN, data),
                               "--db-secret-file", f"{data}/account-db.secret",
                               "--hash-params", "8,1,1"])
         victim = dbs[0][0]

@@ -19,7 +19,7 @@ import subprocess
 import tempfile
 import time
 
-from stress_matrix import BIN, log, need, peak_rss_mib, start, stop
+from stress_matrix import BIN, log, need, peak_rss_mib, start, stop, token_key_flags
 
 ATTACKS = [
     ("1: throttle-table fill", "throttle-fill", 1),
@@ -38,7 +38,8 @@ def measure(servers, kind, connections, duration):
         db, db_addr = start([f"{servers}/account-db", "--listen", "127.0.0.1:0", "--data", data])
         procs.append(db)
         server, addr = start([f"{servers}/login-server", "--listen", "127.0.0.1:0",
-                              "--db", db_addr, "--db-secret-file", f"{data}/account-db.secret"])
+                              "--db", db_addr, "--db-secret-file", f"{data}/account-db.secret",
+                              *token_key_flags(servers, data)])
         target = db_addr
     else:
         server, addr = start([f"{servers}/login-server", "--listen", "127.0.0.1:0",

@@ -51,8 +51,10 @@ link lsbench-ls 10.231.2.2 lsbench-db 10.231.2.1 lsdb
 ip netns exec lsbench-db "$BIN/account-db" --listen 10.231.2.1:9999 --data "$DATA" \
   2>"$DATA/account-db.log" &
 sleep 1
+"$BIN/login-server" gen-token-key "$DATA/token.key" >/dev/null
 ip netns exec lsbench-ls "$BIN/login-server" --listen 10.231.1.2:6999 --db 10.231.2.1:9999 \
-  --db-secret-file "$DATA/account-db.secret" --hash-params 8,1,1 --allow-from 10.231.1.0/24 \
+  --db-secret-file "$DATA/account-db.secret" --token-key-file "$DATA/token.key" \
+  --hash-params 8,1,1 --allow-from 10.231.1.0/24 \
   2>"$DATA/login-server.log" &
 sleep 1
 for form in stream seed; do

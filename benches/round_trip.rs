@@ -7,6 +7,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use login_server::accountdb::store::SqliteStore;
 use login_server::auth::password::HashParams;
 use login_server::auth::secret::Secret;
+use login_server::auth::token_key::SigningKey;
 use login_server::{AccountDb, AccountDbConfig, LoginServer, LoginServerConfig};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -33,12 +34,14 @@ fn round_trip(c: &mut Criterion) {
     let secret = Secret::generate();
     let db_config = AccountDbConfig::embedded("127.0.0.1:0".parse().expect("addr"), secret.clone());
     let db = AccountDb::spawn(db_config, Arc::new(store)).expect("account-db");
+    let token_key = Arc::new(SigningKey::generate().expect("token key"));
     let mut group = c.benchmark_group("login round trip");
     for pool in [4, 0] {
         let config = LoginServerConfig {
             listen: "127.0.0.1:0".parse().expect("addr"),
             db: vec![db.local_addr()],
             db_secret: Some(secret.clone()),
+            token_key: Some(token_key.clone()),
             hash_params: HashParams::CHEAPEST,
             db_pool: Some(pool),
             ..LoginServerConfig::default()

@@ -23,7 +23,7 @@ import subprocess
 import tempfile
 import uuid
 
-from stress_matrix import BIN, log, need, start, stop
+from stress_matrix import BIN, log, need, start, stop, token_key_flags
 
 CHEAP = "8,1,1"
 
@@ -59,6 +59,7 @@ def measure(store_flags, duration, bin_dir=BIN):
     db, db_addr = start([f"{bin_dir}/account-db", "--listen", "127.0.0.1:0", "--data", data,
                          *store_flags])
     server, addr = start([f"{bin_dir}/login-server", "--listen", "127.0.0.1:0", "--db", db_addr,
+                          *token_key_flags(bin_dir, data),
                           "--db-secret-file", f"{data}/account-db.secret",
                           "--hash-params", CHEAP])
     rows = {}

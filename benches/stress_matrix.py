@@ -31,6 +31,20 @@ def need(path):
         sys.exit(f"{path} is missing: run `cargo build --release --workspace --bins` first")
 
 
+def token_key_flags(bin_dir, data):
+    """The flags a login-server with --db needs for its token key, made in `data` with this
+    build's `login-server gen-token-key`; none for a build from before session tokens."""
+    help_text = subprocess.run([f"{bin_dir}/login-server", "--help"], stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL, text=True, check=False).stdout
+    if "--token-key-file" not in help_text:
+        return []
+    path = os.path.join(data, "token.key")
+    if not os.path.exists(path):
+        subprocess.run([f"{BIN}/login-server", "gen-token-key", path], check=True,
+                       stdout=subprocess.DEVNULL)
+    return ["--token-key-file", path]
+
+
 def log(*args):
     print(*args, file=sys.stderr, flush=True)
 
@@ -165,7 +179,8 @@ def flood(duration, cores):
     data = tempfile.mkdtemp()
     db, db_addr = start([f"{BIN}/account-db", "--listen", "127.0.0.1:0", "--data", data])
     ls, addr = start([f"{BIN}/login-server", "--listen", "127.0.0.1:0", "--db", db_addr,
-                      "--db-secret-file", os.path.join(data, "account-db.secret")])
+                      "--db-secret-file", os.path.join(data, "account-db.secret"),
+                      *token_key_flags(BIN, data)])
     stress(addr, "--form", "stream", "--connections", "8", "--duration", "1", "--users", "100")
     ticks = {p.pid: cpu_ticks(p.pid) for p in (db, ls)}
     flood_secs = max(duration, 10)

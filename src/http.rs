@@ -1,5 +1,6 @@
 //! The operations endpoint (`--metrics-listen`): `GET /metrics` (OpenMetrics text),
-//! `/healthz` (the server's threads are alive) and `/readyz` (the account store answers).
+//! `/healthz` (the server's threads are alive), `/readyz` (the account store answers), and on
+//! login-server `/keys` (the JWKS that verifies its session tokens).
 //!
 //! A minimal HTTP/1.x server: one request per connection, each on a thread of its own, at most
 //! [`MAX_CONCURRENT`] at once, each with one deadline for reading the request ([`DEADLINE`]),
@@ -33,6 +34,8 @@ pub struct Routes {
     pub alive: Box<dyn Fn() -> bool + Send + Sync>,
     /// Whether `/readyz` says ready: the account store answers.
     pub ready: Box<dyn Fn() -> bool + Send + Sync>,
+    /// What `/keys` shows: the JWKS of the session tokens (login-server only).
+    pub keys: Option<String>,
 }
 
 /// A running operations endpoint; dropping it stops it.
@@ -165,6 +168,11 @@ fn serve(mut stream: TcpStream, routes: &Routes) -> io::Result<()> {
             "503 Service Unavailable",
             text,
             "account store not answering\n".into(),
+        ),
+        (Some(b"GET"), Some(b"/keys")) if routes.keys.is_some() => (
+            "200 OK",
+            "application/jwk-set+json",
+            routes.keys.clone().unwrap_or_default(),
         ),
         (Some(b"GET"), _) => ("404 Not Found", text, "not found\n".into()),
         _ => ("405 Method Not Allowed", text, "GET only\n".into()),

@@ -13,9 +13,11 @@
 //!   and its lifecycle (one enum of phases); `io_loop` accepts and frames without blocking; a
 //!   bounded channel feeds a fixed pool of `workers`; `hashing` runs argon2 under a cap of
 //!   permits; `returns` hands connections back to the I/O thread.
-//! - [`service`]: login and register logic over [`Accounts`](accountdb::accounts::Accounts),
-//!   what login-server asks of the account tier.
-//! - [`auth`]: username and password rules; argon2id hashing; the tiers' shared secret.
+//! - [`service`]: login, register and session logic over
+//!   [`Accounts`](accountdb::accounts::Accounts), what login-server asks of the account tier;
+//!   [`tokens`]: session JWTs, signed with Ed25519 and checked, and the JWKS.
+//! - [`auth`]: username and password rules; argon2id hashing; the tiers' shared secret; the
+//!   token signing keys and their files.
 //! - [`accountdb::client`]: the r2d2-pooled connections to one or more account-dbs, as
 //!   `Accounts` that fail over between them.
 //! - [`protocol::accountdb`]: the newline-delimited JSON between the two tiers. Pure.
@@ -43,6 +45,7 @@ pub mod protocol;
 pub mod service;
 pub mod signals;
 pub mod throttle;
+pub mod tokens;
 
 pub use accountdb::server::AccountDb;
 pub use accountdb::AccountDbConfig;

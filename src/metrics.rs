@@ -206,9 +206,19 @@ impl EncodeMetric for LiveFamily {
 }
 
 /// The ops a reply is counted under; `none` for a message that is not a request.
-const OPS: [&str; 3] = ["login", "register", "none"];
-/// Codes 1..=8, as label values.
-const CODES: [&str; 8] = ["1", "2", "3", "4", "5", "6", "7", "8"];
+/// The `op` label values: every op, then "none" (a message that is not a request).
+const OPS: [&str; 8] = [
+    "login",
+    "register",
+    "verify",
+    "refresh",
+    "logout",
+    "logout_all",
+    "change_password",
+    "none",
+];
+/// Codes 1..=11, as label values.
+const CODES: [&str; 11] = ["1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11"];
 
 /// login-server's metrics that the request path records.
 #[derive(Debug, Clone)]
@@ -262,11 +272,7 @@ pub struct Gauges {
 impl Metrics {
     /// One reply sent, `latency` after its message was whole.
     pub fn reply(&self, op: Option<Op>, code: Code, latency: Duration) {
-        let op = match op {
-            Some(Op::Login) => 0,
-            Some(Op::Register) => 1,
-            None => 2,
-        };
+        let op = op.map_or(OPS.len() - 1, Op::index);
         self.replies.inc(op * CODES.len() + (code as usize - 1));
         self.latency.observe(latency);
     }

@@ -1,4 +1,5 @@
-//! Login and registration: validate, look up, verify or hash, create. No sockets.
+//! Login, registration and sessions: validate, look up, verify or hash, create; issue, check
+//! and revoke session tokens. No sockets.
 //!
 //! A request runs in two steps so that the expensive one can be kept off the workers:
 //! [`Service::begin`] does everything cheap (validation, the store lookup) and either answers
@@ -12,9 +13,14 @@ use crate::auth::password::{HashError, Hasher, Memory};
 use crate::auth::secret::random_token;
 use crate::metrics::Metrics;
 use crate::protocol::gateway::{Op, RegisterFailure, Reply, Request};
-use crate::throttle::{Login, Origin, Policy, Registering};
+use crate::throttle::{now_ms, Login, Millis, Origin, Policy, Registering};
+use crate::tokens::{Invalid, Session, Tokens};
 use std::sync::Arc;
 use std::time::Duration;
+
+fn millis(d: Duration) -> Millis {
+    Millis::try_from(d.as_millis()).unwrap_or(Millis::MAX)
+}
 
 /// What [`Service::begin`] decided.
 pub enum Step {
@@ -27,13 +33,29 @@ pub enum Step {
 /// Argon2 work still to do for one request. Holds a password: it has no `Debug`.
 pub struct HashTask(Task);
 
+/// What a login's lookup came to.
+enum Lookup {
+    /// The account: its password is to be verified.
+    Found(Found),
+    /// The answer, or the work, reached without an account to verify against.
+    Answered(Step),
+}
+
+/// A login's account, found, and what it takes to verify the password.
+struct Found {
+    account: Account,
+    password: String,
+    origin: Option<Origin>,
+    /// A success changes nothing the store keeps: it need not be reported.
+    settled: bool,
+}
+
 enum Task {
-    Verify {
-        account: Account,
-        password: String,
-        origin: Option<Origin>,
-        /// A success changes nothing the store keeps: it need not be reported.
-        settled: bool,
+    Verify(Found),
+    /// `change_password`: verify the old password as a login does, then hash the new one.
+    ChangePassword {
+        found: Found,
+        new_password: String,
     },
     /// An unknown user under `--hide-user-existence` (its failure counted already): verify
     /// against a dummy hash, answer "wrong password".
@@ -51,6 +73,7 @@ impl HashTask {
     pub fn op(&self) -> Op {
         match self.0 {
             Task::Verify { .. } | Task::Pretend { .. } => Op::Login,
+            Task::ChangePassword { .. } => Op::ChangePassword,
             Task::Create { .. } => Op::Register,
         }
     }
@@ -69,6 +92,25 @@ pub struct Options {
     /// expects "no such user" (1).
     #[arg(long, env = "LOGIN_SERVER_HIDE_USER_EXISTENCE")]
     pub hide_user_existence: bool,
+    /// Seconds a session token is valid; `refresh` gives a new one. Defaults to 3600.
+    #[arg(
+        long,
+        value_name = "SECS",
+        env = "LOGIN_SERVER_SESSION_TTL",
+        default_value = "3600",
+        value_parser = crate::config::seconds
+    )]
+    pub session_ttl: Duration,
+    /// Seconds after its login that a session can no longer be refreshed: the player logs in
+    /// again. Defaults to 2592000 (30 days).
+    #[arg(
+        long,
+        value_name = "SECS",
+        env = "LOGIN_SERVER_SESSION_MAX_AGE",
+        default_value = "2592000",
+        value_parser = crate::config::seconds
+    )]
+    pub session_max_age: Duration,
 }
 
 impl Default for Options {
@@ -77,11 +119,12 @@ impl Default for Options {
     }
 }
 
-/// The login and registration logic over the account tier.
+/// The login, registration and session logic over the account tier.
 pub struct Service {
     accounts: Arc<dyn Accounts>,
     hasher: Hasher,
     options: Options,
+    tokens: Tokens,
     /// Verified against for unknown users under `hide_user_existence`.
     dummy_hash: String,
     metrics: Metrics,
@@ -103,6 +146,7 @@ impl Service {
         accounts: Arc<dyn Accounts>,
         hasher: Hasher,
         options: Options,
+        tokens: Tokens,
         metrics: Metrics,
     ) -> Result<Self, HashError> {
         let dummy_hash = hasher.hash(&random_token(), &mut Memory::default())?;
@@ -110,9 +154,15 @@ impl Service {
             accounts,
             hasher,
             options,
+            tokens,
             dummy_hash,
             metrics,
         })
+    }
+
+    /// The public keys that verify its tokens, as a JWKS.
+    pub fn jwks(&self) -> String {
+        self.tokens.jwks()
     }
 
     /// The cheap part of a request: answers it, or says what hashing it needs.
@@ -121,16 +171,36 @@ impl Service {
             op,
             username,
             password,
+            new_password,
+            token,
             ip,
         } = request;
         let origin = ip.map(Origin::from);
         match op {
-            Op::Login => self.begin_login(username, password, origin),
+            Op::Login => match self.lookup(&username, password, origin) {
+                Lookup::Found(found) => Step::Hash(HashTask(Task::Verify(found))),
+                Lookup::Answered(step) => step,
+            },
             Op::Register => self.begin_register(username, password, origin),
+            Op::ChangePassword if !self.options.rules.password_ok(&new_password) => {
+                Step::Done(Reply::register_failed(RegisterFailure::InvalidPassword))
+            }
+            Op::ChangePassword => match self.lookup(&username, password, origin) {
+                Lookup::Found(found) => Step::Hash(HashTask(Task::ChangePassword {
+                    found,
+                    new_password,
+                })),
+                Lookup::Answered(step) => step,
+            },
+            Op::Verify | Op::Refresh | Op::Logout | Op::LogoutAll => {
+                Step::Done(self.session_op(op, &token))
+            }
         }
     }
 
-    fn begin_login(&self, username: String, password: String, origin: Option<Origin>) -> Step {
+    /// A login's lookup (also of a password change's old password): the account found, or
+    /// the answer reached without verifying a password.
+    fn lookup(&self, username: &str, password: String, origin: Option<Origin>) -> Lookup {
         let rules = &self.options.rules;
         let hide = self.options.hide_user_existence;
         let failures = self.options.throttle.failures();
@@ -138,39 +208,105 @@ impl Service {
         // never have registered is wrong whoever's it is. Either costs the address, never an
         // account, so that short guesses cannot lock a victim out: one round trip with an
         // address, none without.
-        let could_exist = rules.could_exist(&username);
+        let could_exist = rules.could_exist(username);
         if !could_exist || !rules.password_ok(&password) {
             if origin.is_some() {
                 match self.accounts.failed(None, origin, &failures) {
-                    Ok(Some(wait)) => return self.throttled(wait),
+                    Ok(Some(wait)) => return Lookup::Answered(self.throttled(wait)),
                     Ok(None) => {}
-                    Err(e) => return Step::Done(store_unavailable(&e, &self.metrics)),
+                    Err(e) => {
+                        return Lookup::Answered(Step::Done(store_unavailable(&e, &self.metrics)))
+                    }
                 }
             }
-            return match (could_exist, hide) {
+            return Lookup::Answered(match (could_exist, hide) {
                 (false, true) => Step::Hash(HashTask(Task::Pretend { password })),
                 (false, false) => Step::Done(Reply::no_such_user()),
                 (true, _) => Step::Done(Reply::wrong_password()),
-            };
+            });
         }
-        match self.accounts.login(&username, origin, &failures, hide) {
-            Err(e) => Step::Done(store_unavailable(&e, &self.metrics)),
-            Ok(Login::Locked(wait)) => self.throttled(wait),
+        match self.accounts.login(username, origin, &failures, hide) {
+            Err(e) => Lookup::Answered(Step::Done(store_unavailable(&e, &self.metrics))),
+            Ok(Login::Locked(wait)) => Lookup::Answered(self.throttled(wait)),
             // Counted as a failure by the lookup already.
             Ok(Login::Open { account: None, .. }) if hide => {
-                Step::Hash(HashTask(Task::Pretend { password }))
+                Lookup::Answered(Step::Hash(HashTask(Task::Pretend { password })))
             }
-            Ok(Login::Open { account: None, .. }) => Step::Done(Reply::no_such_user()),
+            Ok(Login::Open { account: None, .. }) => {
+                Lookup::Answered(Step::Done(Reply::no_such_user()))
+            }
             Ok(Login::Open {
                 account: Some(account),
                 settled,
-            }) => Step::Hash(HashTask(Task::Verify {
+            }) => Lookup::Found(Found {
                 account,
                 password,
                 origin,
                 settled,
-            })),
+            }),
         }
+    }
+
+    /// `verify`, `refresh`, `logout` and `logout_all`: no argon2, at most two store round
+    /// trips (the session's state, then a revocation).
+    fn session_op(&self, op: Op, token: &str) -> Reply {
+        let claims = match self.tokens.check(token) {
+            Ok(claims) => claims,
+            Err(reason) => return Reply::invalid_token(reason),
+        };
+        let Some(account_id) = claims.account_id() else {
+            return Reply::invalid_token(Invalid::Malformed);
+        };
+        let max_age = millis(self.options.session_max_age);
+        if op == Op::Logout {
+            // Idempotent: no need to ask first. Kept until no token of the session could be
+            // valid or refreshed any more.
+            let until = claims
+                .auth_ms
+                .saturating_add(max_age)
+                .max(claims.exp.saturating_mul(1000));
+            return match self.accounts.revoke_session(&claims.sid, until) {
+                Ok(()) => Reply::done(),
+                Err(e) => store_unavailable(&e, &self.metrics),
+            };
+        }
+        let state = match self.accounts.session(account_id, &claims.sid) {
+            Ok(Some(state)) if state.stands(claims.auth_ms) => state,
+            Ok(_) => return Reply::invalid_token(Invalid::Revoked),
+            Err(e) => return store_unavailable(&e, &self.metrics),
+        };
+        let now = now_ms();
+        match op {
+            Op::Refresh if now.saturating_sub(claims.auth_ms) >= max_age => {
+                Reply::invalid_token(Invalid::Expired)
+            }
+            Op::Refresh => {
+                let session = Session {
+                    account_id,
+                    name: state.username.clone(),
+                    sid: claims.sid,
+                    auth_ms: claims.auth_ms,
+                };
+                let (token, exp) = self.tokens.issue(&session, now);
+                Reply::valid(state.username, account_id, exp).with_token(token, exp)
+            }
+            Op::LogoutAll => match self.accounts.void_sessions(account_id, now, None) {
+                Ok(_) => Reply::done(),
+                Err(e) => store_unavailable(&e, &self.metrics),
+            },
+            _ => Reply::valid(state.username, account_id, claims.exp),
+        }
+    }
+
+    /// A new session for `account`, begun at `now`: its token and `exp`.
+    fn new_session(&self, account: &Account, now: Millis) -> (String, i64) {
+        let session = Session {
+            account_id: account.id,
+            name: account.username.clone(),
+            sid: random_token(),
+            auth_ms: now,
+        };
+        self.tokens.issue(&session, now)
     }
 
     fn begin_register(&self, username: String, password: String, origin: Option<Origin>) -> Step {
@@ -201,40 +337,45 @@ impl Service {
     /// argon2's scratch space.
     pub fn finish(&self, task: HashTask, memory: &mut Memory) -> Reply {
         match task.0 {
-            Task::Verify {
-                account,
-                password,
-                origin,
-                settled,
-            } => match self.verify(&password, &account.hash, memory) {
-                Ok(Some(rehash)) => {
-                    if !settled {
-                        if let Err(e) = self.accounts.succeeded(&account.username, origin) {
-                            tracing::warn!(user = %account.username, error = %e, "cannot clear the failed logins of an account");
-                        }
-                    }
-                    if rehash || self.hasher.is_weaker(&account.hash) {
+            Task::Verify(found) => match self.check_password(&found, memory) {
+                Ok(rehash) => {
+                    let Found {
+                        account, password, ..
+                    } = found;
+                    if rehash {
                         self.upgrade(&account.username, &password, memory);
                     }
-                    Reply::logged_in(account.username)
+                    let (token, exp) = self.new_session(&account, now_ms());
+                    Reply::logged_in(account.username, account.id).with_token(token, exp)
                 }
-                Ok(None) => {
-                    if self.options.hide_user_existence && self.hasher.is_weaker(&account.hash) {
-                        // A cheaper old hash verifies faster than an unknown name's dummy: make
-                        // up the difference, so the time does not tell the account exists.
-                        let _ = self.hasher.verify(&password, &self.dummy_hash, memory);
-                    }
-                    let failures = self.options.throttle.failures();
-                    if let Err(e) = self
-                        .accounts
-                        .failed(Some(&account.username), origin, &failures)
-                    {
-                        tracing::warn!(user = %account.username, error = %e, "cannot count a failed login");
-                    }
-                    Reply::wrong_password()
-                }
-                Err(e) => internal_error(&e),
+                Err(reply) => *reply,
             },
+            Task::ChangePassword {
+                found,
+                new_password,
+            } => {
+                if let Err(reply) = self.check_password(&found, memory) {
+                    return *reply;
+                }
+                let hash = match self.hasher.hash(&normalize_password(&new_password), memory) {
+                    Ok(hash) => hash,
+                    Err(e) => return internal_error(&e),
+                };
+                // Every session begun before now is void, this one's begins now: one instant,
+                // so the new session stands and every older one falls.
+                let now = now_ms();
+                match self
+                    .accounts
+                    .void_sessions(found.account.id, now, Some(&hash))
+                {
+                    Ok(true) => {
+                        let (token, exp) = self.new_session(&found.account, now);
+                        Reply::done().with_token(token, exp)
+                    }
+                    Ok(false) => Reply::no_such_user(),
+                    Err(e) => store_unavailable(&e, &self.metrics),
+                }
+            }
             Task::Pretend { password } => {
                 // The result is always "no"; the work is what makes it indistinguishable (the
                 // same verifications as a wrong password for a real account).
@@ -255,6 +396,43 @@ impl Service {
                     Err(e) => store_unavailable(&e, &self.metrics),
                 }
             }
+        }
+    }
+
+    /// Verify a login's password, and tell throttling how it went: `Ok(rehash)` when it
+    /// matches (`rehash`: its hash should be made again), else the reply.
+    fn check_password(&self, found: &Found, memory: &mut Memory) -> Result<bool, Box<Reply>> {
+        let Found {
+            account,
+            password,
+            origin,
+            settled,
+        } = found;
+        match self.verify(password, &account.hash, memory) {
+            Ok(Some(rehash)) => {
+                if !settled {
+                    if let Err(e) = self.accounts.succeeded(&account.username, *origin) {
+                        tracing::warn!(user = %account.username, error = %e, "cannot clear the failed logins of an account");
+                    }
+                }
+                Ok(rehash || self.hasher.is_weaker(&account.hash))
+            }
+            Ok(None) => {
+                if self.options.hide_user_existence && self.hasher.is_weaker(&account.hash) {
+                    // A cheaper old hash verifies faster than an unknown name's dummy: make
+                    // up the difference, so the time does not tell the account exists.
+                    let _ = self.hasher.verify(password, &self.dummy_hash, memory);
+                }
+                let failures = self.options.throttle.failures();
+                if let Err(e) = self
+                    .accounts
+                    .failed(Some(&account.username), *origin, &failures)
+                {
+                    tracing::warn!(user = %account.username, error = %e, "cannot count a failed login");
+                }
+                Err(Box::new(Reply::wrong_password()))
+            }
+            Err(e) => Err(Box::new(internal_error(&e))),
         }
     }
 
@@ -310,12 +488,14 @@ mod tests {
     use super::*;
     use crate::accountdb::store::SqliteStore;
     use crate::auth::password::HashParams;
-    use crate::protocol::gateway::Code;
+    use crate::protocol::gateway::{Code, Reason};
 
     fn service_with(dir: &std::path::Path, options: Options) -> Service {
         let store = Arc::new(SqliteStore::open(dir).unwrap());
         let hasher = Hasher::new(HashParams::CHEAPEST).unwrap();
-        Service::new(store, hasher, options, Metrics::default()).unwrap()
+        let key = crate::auth::token_key::SigningKey::generate().unwrap();
+        let tokens = Tokens::new(&key, Vec::new(), options.session_ttl);
+        Service::new(store, hasher, options, tokens, Metrics::default()).unwrap()
     }
 
     fn service(dir: &std::path::Path) -> Service {
@@ -327,7 +507,7 @@ mod tests {
             op,
             username: username.into(),
             password: password.into(),
-            ip: None,
+            ..Request::default()
         }
     }
 
@@ -351,15 +531,15 @@ mod tests {
         let reason = |u, p| svc.handle(request(Op::Register, u, p)).reason;
         assert_eq!(
             reason("a b", "password1"),
-            Some(RegisterFailure::InvalidUsername)
+            Some(Reason::Register(RegisterFailure::InvalidUsername))
         );
         assert_eq!(
             reason("bob", "short"),
-            Some(RegisterFailure::InvalidPassword)
+            Some(Reason::Register(RegisterFailure::InvalidPassword))
         );
         assert_eq!(
             reason("ALICE", "password1"),
-            Some(RegisterFailure::UsernameTaken)
+            Some(Reason::Register(RegisterFailure::UsernameTaken))
         );
     }
 

@@ -6,7 +6,7 @@ mod common;
 use common::{code, seed, DbProcess, StreamClient, PATIENCE};
 use login_server::accountdb::accounts::Accounts;
 use login_server::accountdb::client::RemoteStore;
-use login_server::accountdb::store::{Account, Created, StoreError};
+use login_server::accountdb::store::{Account, Created, SessionState, StoreError};
 use login_server::metrics::Metrics;
 use login_server::throttle::{Login, Origin, RegisterLimit, Registering, Thresholds};
 use login_server::LoginServer;
@@ -150,6 +150,20 @@ impl Accounts for PanicButton {
     }
     fn ping(&self) -> Result<(), StoreError> {
         self.0.ping()
+    }
+    fn session(&self, account_id: u64, sid: &str) -> Result<Option<SessionState>, StoreError> {
+        self.0.session(account_id, sid)
+    }
+    fn revoke_session(&self, sid: &str, until_ms: i64) -> Result<(), StoreError> {
+        self.0.revoke_session(sid, until_ms)
+    }
+    fn void_sessions(
+        &self,
+        account_id: u64,
+        before_ms: i64,
+        hash: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        self.0.void_sessions(account_id, before_ms, hash)
     }
 }
 

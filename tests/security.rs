@@ -129,11 +129,72 @@ fn login_server_with_db_but_no_secret_says_what_is_missing() {
     assert!(stderr.contains("--db-secret-file"), "{stderr}");
 }
 
+/// Run `login-server gen-token-key PATH`: the kid it printed.
+fn gen_token_key(path: &std::path::Path) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_login-server"))
+        .arg("gen-token-key")
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    stdout.trim().strip_prefix("kid ").unwrap().to_string()
+}
+
+#[test]
+fn gen_token_key_writes_a_private_key_and_its_public_half_once() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("token.key");
+    let kid = gen_token_key(&path);
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let public = std::fs::read_to_string(dir.path().join("token.pub")).unwrap();
+    assert!(public.starts_with("-----BEGIN PUBLIC KEY-----"), "{public}");
+    let key = login_server::auth::token_key::SigningKey::read(&path).unwrap();
+    assert_eq!(key.verify_key().kid, kid);
+    // Never over an existing key.
+    let again = Command::new(env!("CARGO_BIN_EXE_login-server"))
+        .arg("gen-token-key")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert_eq!(
+        login_server::auth::token_key::SigningKey::read(&path)
+            .unwrap()
+            .verify_key()
+            .kid,
+        kid
+    );
+}
+
+#[test]
+fn login_server_with_db_but_no_token_key_says_what_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = DbProcess::start(dir.path(), "127.0.0.1:0");
+    let output = Command::new(env!("CARGO_BIN_EXE_login-server"))
+        .args(["--listen", "127.0.0.1:0", "--db", &db.addr.to_string()])
+        .arg("--db-secret-file")
+        .arg(dir.path().join("account-db.secret"))
+        .env_remove("ACCOUNT_DB_SECRET")
+        .env_remove("LOGIN_SERVER_TOKEN_KEY_FILE")
+        .stdout(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("gen-token-key"), "{stderr}");
+    assert!(stderr.contains("--token-key-file"), "{stderr}");
+}
+
 #[test]
 fn login_server_reaches_a_separate_account_db_with_its_secret_file() {
     let dir = tempfile::tempdir().unwrap();
     let db = DbProcess::start(dir.path(), "127.0.0.1:0");
     let secret_file = dir.path().join("account-db.secret");
+    let key_file = dir.path().join("token.key");
+    gen_token_key(&key_file);
     let mut command = common::login_server_command([
         "--hash-params".as_ref(),
         "8,1,1".as_ref(),
@@ -141,6 +202,8 @@ fn login_server_reaches_a_separate_account_db_with_its_secret_file() {
         db.addr.to_string().as_ref(),
         "--db-secret-file".as_ref(),
         secret_file.as_os_str(),
+        "--token-key-file".as_ref(),
+        key_file.as_os_str(),
     ]);
     command.env_remove("ACCOUNT_DB_SECRET");
     let (mut child, addr) = common::spawn_listening(command);

@@ -6,6 +6,7 @@ mod common;
 
 use common::{code, DbProcess, TestDatabase};
 use login_server::{LoginServer, LoginServerConfig};
+use serde_json::json;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -49,6 +50,37 @@ fn throttling_holds_across_login_servers_and_account_dbs() {
     let a = login_server(&[&first]);
     let b = login_server(&[&second]);
     common::throttling_holds_across(a.local_addr(), b.local_addr());
+}
+
+#[test]
+fn sessions_hold_across_login_servers_and_account_dbs() {
+    let Some((_pg, _dir, first, second)) = two_account_dbs() else {
+        return;
+    };
+    let (a, b) = (login_server(&[&first]), login_server(&[&second]));
+    let ask = |addr, request: serde_json::Value| {
+        let mut client = common::StreamClient::new(addr);
+        client.send(format!("{request}\n").as_bytes());
+        client.recv()
+    };
+    assert_eq!(code(a.local_addr(), "register", "Roamer", "password1"), 4);
+    let login = json!({"OP": "login", "username": "roamer", "password": "password1"});
+    let token = ask(a.local_addr(), login.clone())["token"].clone();
+    let other = ask(b.local_addr(), login)["token"].clone();
+    let verify =
+        |addr, token: &serde_json::Value| ask(addr, json!({"OP": "verify", "token": token}));
+    assert_eq!(verify(b.local_addr(), &token)["username"], "Roamer");
+    assert_eq!(
+        ask(b.local_addr(), json!({"OP": "logout", "token": token}))["code"],
+        11
+    );
+    assert_eq!(verify(a.local_addr(), &token)["reason"], "revoked");
+    assert_eq!(verify(a.local_addr(), &other)["code"], 9);
+    assert_eq!(
+        ask(a.local_addr(), json!({"OP": "logout_all", "token": other}))["code"],
+        11
+    );
+    assert_eq!(verify(b.local_addr(), &other)["reason"], "revoked");
 }
 
 /// Run `clients` threads of registrations and logins through `servers` until `stop`; every

@@ -5,7 +5,7 @@
 mod common;
 
 use login_server::accountdb::store::{
-    Account, Created, PostgresStore, SqliteStore, Store, StoreUrl,
+    Account, Created, PostgresStore, SessionState, SqliteStore, Store, StoreUrl,
 };
 use login_server::throttle::{now_ms, Millis, Record};
 use std::collections::HashSet;
@@ -186,12 +186,58 @@ fn records_conformance(store: Arc<dyn Store>) {
     assert_eq!(store.prune_records(now + 60_000, u64::MAX).unwrap(), 1);
 }
 
+/// What every store must do with sessions.
+fn sessions_conformance(store: Arc<dyn Store>) {
+    assert_eq!(
+        store.create(&account("Sess"), "sess").unwrap(),
+        Created::New
+    );
+    let id = store.find("sess").unwrap().unwrap().id;
+    let state = store.session(id, "s1").unwrap().unwrap();
+    assert_eq!(
+        state,
+        SessionState {
+            username: "Sess".into(),
+            sessions_after: 0,
+            revoked: false
+        }
+    );
+    assert!(
+        store.session(id + 1000, "s1").unwrap().is_none(),
+        "no such account"
+    );
+    // Revoked until a time; the revocation is pruned only after it.
+    store.revoke_session("s1", 5_000).unwrap();
+    store.revoke_session("s1", 4_000).unwrap(); // never shortened
+    assert!(store.session(id, "s1").unwrap().unwrap().revoked);
+    assert!(!store.session(id, "s2").unwrap().unwrap().revoked);
+    assert_eq!(store.prune_revoked(4_999).unwrap(), 0);
+    assert!(store.session(id, "s1").unwrap().unwrap().revoked);
+    assert_eq!(store.prune_revoked(5_000).unwrap(), 1);
+    assert!(!store.session(id, "s1").unwrap().unwrap().revoked);
+    // Void: never moved back; with a hash, the password changes in the same write.
+    assert!(store.void_sessions(id, 2_000, None).unwrap());
+    assert!(store.void_sessions(id, 1_000, None).unwrap());
+    let state = store.session(id, "s2").unwrap().unwrap();
+    assert_eq!(state.sessions_after, 2_000);
+    assert!(state.stands(2_000) && !state.stands(1_999));
+    assert!(store.void_sessions(id, 3_000, Some("new-hash")).unwrap());
+    assert_eq!(store.find("SESS").unwrap().unwrap().hash, "new-hash");
+    assert_eq!(
+        store.session(id, "s2").unwrap().unwrap().sessions_after,
+        3_000
+    );
+    assert!(!store.void_sessions(id + 1000, 3_000, Some("x")).unwrap());
+}
+
 #[test]
 fn sqlite_store_conforms() {
     let dir = tempfile::tempdir().unwrap();
     conformance(Arc::new(SqliteStore::open(dir.path()).unwrap()));
     let dir = tempfile::tempdir().unwrap();
     records_conformance(Arc::new(SqliteStore::open(dir.path()).unwrap()));
+    let dir = tempfile::tempdir().unwrap();
+    sessions_conformance(Arc::new(SqliteStore::open(dir.path()).unwrap()));
 }
 
 #[test]
@@ -201,7 +247,8 @@ fn postgres_store_conforms() {
     };
     let store = Arc::new(PostgresStore::open(&db.url, 8, Duration::from_secs(5)).unwrap());
     conformance(store.clone());
-    records_conformance(store);
+    records_conformance(store.clone());
+    sessions_conformance(store);
     // A second store on the same database (another account-db) sees the same accounts, and
     // opening migrates nothing twice.
     let other = PostgresStore::open(&db.url, 2, Duration::from_secs(5)).unwrap();

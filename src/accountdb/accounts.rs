@@ -4,8 +4,8 @@
 //! answers the same questions in-process, through the [`throttle`](crate::throttle) requests,
 //! which is how account-db's server executes them.
 
-use super::store::{Account, Created, Store, StoreError};
-use crate::throttle::{self, Login, Origin, RegisterLimit, Registering, Thresholds};
+use super::store::{Account, Created, SessionState, Store, StoreError};
+use crate::throttle::{self, Login, Millis, Origin, RegisterLimit, Registering, Thresholds};
 use std::time::Duration;
 
 /// The account tier as login-server uses it. Shared between threads.
@@ -43,6 +43,17 @@ pub trait Accounts: Send + Sync {
     fn update_hash(&self, username: &str, hash: &str) -> Result<bool, StoreError>;
     /// [`Store::ping`].
     fn ping(&self) -> Result<(), StoreError>;
+    /// [`Store::session`].
+    fn session(&self, account_id: u64, sid: &str) -> Result<Option<SessionState>, StoreError>;
+    /// [`Store::revoke_session`].
+    fn revoke_session(&self, sid: &str, until_ms: Millis) -> Result<(), StoreError>;
+    /// [`Store::void_sessions`].
+    fn void_sessions(
+        &self,
+        account_id: u64,
+        before_ms: Millis,
+        hash: Option<&str>,
+    ) -> Result<bool, StoreError>;
 }
 
 impl<S: Store> Accounts for S {
@@ -92,5 +103,22 @@ impl<S: Store> Accounts for S {
 
     fn ping(&self) -> Result<(), StoreError> {
         Store::ping(self)
+    }
+
+    fn session(&self, account_id: u64, sid: &str) -> Result<Option<SessionState>, StoreError> {
+        Store::session(self, account_id, sid)
+    }
+
+    fn revoke_session(&self, sid: &str, until_ms: Millis) -> Result<(), StoreError> {
+        Store::revoke_session(self, sid, until_ms)
+    }
+
+    fn void_sessions(
+        &self,
+        account_id: u64,
+        before_ms: Millis,
+        hash: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        Store::void_sessions(self, account_id, before_ms, hash)
     }
 }

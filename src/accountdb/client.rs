@@ -6,14 +6,14 @@
 //! `has_broken` never blocks: it reads a flag that any IO error, timeout or bad reply sets.
 
 use crate::accountdb::accounts::Accounts;
-use crate::accountdb::store::{Account, Created, StoreError};
+use crate::accountdb::store::{Account, Created, SessionState, StoreError};
 use crate::auth::secret::Secret;
 use crate::logging::RateLimited;
 use crate::metrics::Metrics;
 use crate::protocol::accountdb::{
     decode_line, encode_line, DbRequest, DbResponse, Greeting, MAX_LINE, SERVICE, VERSION,
 };
-use crate::throttle::{Login, Origin, RegisterLimit, Registering, Thresholds};
+use crate::throttle::{Login, Millis, Origin, RegisterLimit, Registering, Thresholds};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -599,6 +599,55 @@ impl Accounts for RemoteStore {
             DbResponse::Locked { wait_ms } => Ok(Registering::Locked(locked(wait_ms))),
             DbResponse::Exists => Ok(Registering::Taken),
             DbResponse::NotFound => Ok(Registering::Free),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    fn session(&self, account_id: u64, sid: &str) -> Result<Option<SessionState>, StoreError> {
+        let request = DbRequest::Session {
+            account_id,
+            sid: sid.to_string(),
+        };
+        match self.call(&request, false)? {
+            DbResponse::Session {
+                username,
+                sessions_after,
+                revoked,
+            } => Ok(Some(SessionState {
+                username,
+                sessions_after,
+                revoked,
+            })),
+            DbResponse::NotFound => Ok(None),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    fn revoke_session(&self, sid: &str, until_ms: Millis) -> Result<(), StoreError> {
+        let request = DbRequest::Revoke {
+            sid: sid.to_string(),
+            until_ms,
+        };
+        match self.call(&request, false)? {
+            DbResponse::Updated => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    fn void_sessions(
+        &self,
+        account_id: u64,
+        before_ms: Millis,
+        hash: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let request = DbRequest::VoidSessions {
+            account_id,
+            before_ms,
+            hash: hash.map(str::to_string),
+        };
+        match self.call(&request, false)? {
+            DbResponse::Updated => Ok(true),
+            DbResponse::NotFound => Ok(false),
             other => Err(unexpected(other)),
         }
     }

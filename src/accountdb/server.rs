@@ -70,7 +70,7 @@ struct Shared {
     refused: Counter,
 }
 
-const OPS: [&str; 10] = [
+const OPS: [&str; 13] = [
     "auth",
     "ping",
     "find",
@@ -80,6 +80,9 @@ const OPS: [&str; 10] = [
     "failed",
     "succeeded",
     "register",
+    "session",
+    "revoke",
+    "void_sessions",
     "unreadable",
 ];
 
@@ -94,7 +97,10 @@ fn op_index(request: Option<&DbRequest>) -> usize {
         Some(DbRequest::Failed { .. }) => 6,
         Some(DbRequest::Succeeded { .. }) => 7,
         Some(DbRequest::Register { .. }) => 8,
-        None => 9,
+        Some(DbRequest::Session { .. }) => 9,
+        Some(DbRequest::Revoke { .. }) => 10,
+        Some(DbRequest::VoidSessions { .. }) => 11,
+        None => 12,
     }
 }
 
@@ -254,6 +260,7 @@ impl AccountDb {
                     registry: shared.registry(),
                     alive: Box::new(move || !alive.stopping.load(Ordering::SeqCst)),
                     ready: Box::new(move || ready.ping().is_ok()),
+                    keys: None,
                 };
                 let endpoint = HttpEndpoint::spawn(addr, routes)
                     .map_err(|source| AccountDbStartError::Metrics { addr, source })?;
@@ -320,19 +327,23 @@ impl Drop for AccountDb {
     }
 }
 
-/// Once a second until `stop` is dropped: drop expired throttle records, and the lowest
-/// ranked beyond `cap`.
+/// Once a second until `stop` is dropped: drop expired throttle records (and the lowest ranked
+/// beyond `cap`) and revocations of sessions that expired.
 fn prune_records(store: &dyn Store, cap: u64, stop: &crossbeam_channel::Receiver<()>) {
     let log = RateLimited::new(Duration::from_secs(60));
     while let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
         stop.recv_timeout(Duration::from_secs(1))
     {
-        match store.prune_records(throttle::now_ms(), cap) {
+        let now = throttle::now_ms();
+        let pruned = store
+            .prune_records(now, cap)
+            .and_then(|records| Ok(records + store.prune_revoked(now)?));
+        match pruned {
             Ok(0) => {}
-            Ok(dropped) => tracing::debug!(dropped, "throttle records pruned"),
+            Ok(dropped) => tracing::debug!(dropped, "expired records pruned"),
             Err(e) => {
                 if let Some(times) = log.hit() {
-                    tracing::warn!(error = %e, times, "cannot prune throttle records");
+                    tracing::warn!(error = %e, times, "cannot prune expired records");
                 }
             }
         }
@@ -559,6 +570,29 @@ fn execute(store: &dyn Store, request: DbRequest) -> DbResponse {
                 Registering::Taken => DbResponse::Exists,
                 Registering::Free => DbResponse::NotFound,
             }),
+            DbRequest::Session { account_id, sid } => {
+                store.session(account_id, &sid).map(|state| match state {
+                    Some(state) => DbResponse::Session {
+                        username: state.username,
+                        sessions_after: state.sessions_after,
+                        revoked: state.revoked,
+                    },
+                    None => DbResponse::NotFound,
+                })
+            }
+            DbRequest::Revoke { sid, until_ms } => store
+                .revoke_session(&sid, until_ms)
+                .map(|()| DbResponse::Updated),
+            DbRequest::VoidSessions {
+                account_id,
+                before_ms,
+                hash,
+            } => store
+                .void_sessions(account_id, before_ms, hash.as_deref())
+                .map(|updated| match updated {
+                    true => DbResponse::Updated,
+                    false => DbResponse::NotFound,
+                }),
             DbRequest::Auth { .. } => Ok(DbResponse::Error {
                 message: "already authenticated".into(),
             }),

@@ -75,6 +75,24 @@ impl StoreUrl {
     }
 }
 
+/// What the store knows of one session of an account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionState {
+    /// The account's spelling as registered.
+    pub username: String,
+    /// Sessions that began before this (milliseconds since the epoch) are void.
+    pub sessions_after: Millis,
+    /// This session was logged out.
+    pub revoked: bool,
+}
+
+impl SessionState {
+    /// Whether a session that began at `auth_ms` still stands.
+    pub fn stands(&self, auth_ms: Millis) -> bool {
+        !self.revoked && auth_ms >= self.sessions_after
+    }
+}
+
 /// What [`Store::create`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Created {
@@ -195,6 +213,22 @@ pub trait Store: Send + Sync {
         now: Millis,
         change: &mut dyn FnMut(&mut [Record]),
     ) -> Result<(), StoreError>;
+    /// What `verify` needs of session `sid` of the account with `account_id`, in one read;
+    /// `None` if there is no such account.
+    fn session(&self, account_id: u64, sid: &str) -> Result<Option<SessionState>, StoreError>;
+    /// Revoke session `sid` until `until_ms`, when it could no longer be used anyway. Durable.
+    fn revoke_session(&self, sid: &str, until_ms: Millis) -> Result<(), StoreError>;
+    /// Void every session of the account with `account_id` that began before `before_ms`
+    /// (an earlier void stays), and with `hash` replace its password hash, in one durable
+    /// transaction; `false` if there is no such account.
+    fn void_sessions(
+        &self,
+        account_id: u64,
+        before_ms: Millis,
+        hash: Option<&str>,
+    ) -> Result<bool, StoreError>;
+    /// Delete the revocations of sessions that expired by `now`. Returns how many went.
+    fn prune_revoked(&self, now: Millis) -> Result<u64, StoreError>;
     /// Delete the records that expired by `now`; then, while more than `cap` are left, those of
     /// lowest [`rank`](Record::rank). Returns how many went. Run once a second by account-db.
     fn prune_records(&self, now: Millis, cap: u64) -> Result<u64, StoreError>;

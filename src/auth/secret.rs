@@ -71,6 +71,27 @@ pub fn random_token() -> String {
     hex(&bytes)
 }
 
+/// Create the file `path` holding `contents`, readable by its owner only (mode 0600); fails
+/// with `AlreadyExists` if there is one. Atomic: written whole and synced to a temporary file,
+/// then linked into place, so processes that create it at once end up with one whole file.
+pub fn create_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let temporary = path.with_extension(format!("tmp-{}", random_token()));
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&temporary)
+        .and_then(|mut file| {
+            file.write_all(contents)?;
+            file.sync_all()
+        })
+        .and_then(|()| std::fs::hard_link(&temporary, path));
+    let _ = std::fs::remove_file(&temporary);
+    written
+}
+
 impl Secret {
     /// A fresh random secret.
     pub fn generate() -> Secret {
@@ -122,29 +143,14 @@ impl Secret {
             return Secret::read(path);
         }
         let secret = Secret::generate();
-        let create = |source| SecretError::Create {
-            path: path.display().to_string(),
-            source,
-        };
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let temporary = path.with_extension(format!("tmp-{}", random_token()));
-        let written = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&temporary)
-            .and_then(|mut file| {
-                file.write_all(format!("{}\n", hex(&secret.0)).as_bytes())?;
-                file.sync_all()
-            })
-            .and_then(|()| std::fs::hard_link(&temporary, path));
-        let _ = std::fs::remove_file(&temporary);
-        match written {
+        match create_private(path, format!("{}\n", hex(&secret.0)).as_bytes()) {
             Ok(()) => Ok(secret),
             // Another server created it first: use theirs.
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Secret::read(path),
-            Err(e) => Err(create(e)),
+            Err(source) => Err(SecretError::Create {
+                path: path.display().to_string(),
+                source,
+            }),
         }
     }
 

@@ -1,17 +1,26 @@
 //! login-server: the gateway-facing server. Parse the flags, start, wait for a stop signal,
-//! stop.
+//! stop; or, given a command, do it and exit.
 
 use anyhow::Context;
-use login_server::login::{LoginServer, LoginServerConfig};
+use login_server::auth::token_key::SigningKey;
+use login_server::login::{Command, LoginServer, LoginServerConfig};
 use login_server::{config, logging, signals};
 
 fn main() -> anyhow::Result<()> {
     let config: LoginServerConfig = config::parse();
+    if let Some(Command::GenTokenKey { path }) = &config.command {
+        let key = SigningKey::create(path)?;
+        let public = path.with_extension("pub");
+        std::fs::write(&public, key.verify_key().to_pem())
+            .with_context(|| format!("cannot write {}", public.display()))?;
+        println!("kid {}", key.verify_key().kid);
+        return Ok(());
+    }
     let _logs = logging::init(config.log_format);
     let signals = signals::StopSignals::install().context("cannot catch signals")?;
     let server = LoginServer::spawn(config).context("cannot start login-server")?;
     if let Some(addr) = server.metrics_addr() {
-        tracing::info!(metrics = %addr, "serving /metrics, /healthz and /readyz");
+        tracing::info!(metrics = %addr, "serving /metrics, /healthz, /readyz and /keys");
     }
     signals.wait();
     tracing::info!("signal received: shutting down");

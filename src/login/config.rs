@@ -4,17 +4,45 @@
 use crate::accountdb::client::ClientConfig;
 use crate::auth::password::HashParams;
 use crate::auth::secret::{Secret, SecretError};
+use crate::auth::token_key::{read_verify_key, KeyError, SigningKey};
 use crate::cidr::Cidr;
 use crate::config::{at_least_one, cores, seconds};
 use crate::logging::LogFormat;
 use crate::service::Options as ServiceOptions;
+use crate::tokens::Tokens;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
+
+/// Commands that do something other than serve, then exit.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Write a new token signing key to PATH (mode 0600; it must not exist) and its public
+    /// half to PATH.pub, and print its kid.
+    GenTokenKey {
+        /// Where to write the key.
+        path: PathBuf,
+    },
+}
+
+/// Why the token keys cannot be had.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenKeyError {
+    /// `--db` is set but `--token-key-file` is not.
+    #[error(
+        "login-server with --db needs the token signing key every login-server shares: make one \
+         with `login-server gen-token-key PATH` and pass --token-key-file PATH"
+    )]
+    Missing,
+    /// A key file cannot be read, parsed or created.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+}
 
 /// Login and registration for game gateways: seed-compatible JSON over TCP.
 #[derive(Debug, Clone, clap::Parser)]
-#[command(name = "login-server", version)]
+#[command(name = "login-server", version, args_conflicts_with_subcommands = true)]
 pub struct LoginServerConfig {
     /// Address to accept gateway connections on. Defaults to 127.0.0.1:6999.
     #[arg(
@@ -60,6 +88,28 @@ pub struct LoginServerConfig {
     /// The secret itself, for embedding: it wins over the file and the environment.
     #[arg(skip)]
     pub db_secret: Option<Secret>,
+    /// The Ed25519 key that signs session tokens (PKCS#8 PEM, made by `login-server
+    /// gen-token-key PATH`); every login-server of a game shares it. Required with --db;
+    /// without --db, a missing one is created (mode 0600). Defaults to DATA/token.key without
+    /// --db.
+    #[arg(long, value_name = "PATH", env = "LOGIN_SERVER_TOKEN_KEY_FILE")]
+    pub token_key_file: Option<PathBuf>,
+    /// Further keys whose tokens stay valid (they sign none): the old key during a rotation.
+    /// PUBLIC KEY or PRIVATE KEY PEM files, comma-separated, or the flag repeated. Defaults to
+    /// none.
+    #[arg(
+        long,
+        value_name = "PATH,...",
+        env = "LOGIN_SERVER_TOKEN_VERIFY_KEY",
+        value_delimiter = ','
+    )]
+    pub token_verify_key: Vec<PathBuf>,
+    /// The signing key itself, for embedding: it wins over --token-key-file.
+    #[arg(skip)]
+    pub token_key: Option<Arc<SigningKey>>,
+    /// What to do instead of serving.
+    #[command(subcommand)]
+    pub command: Option<Command>,
     /// Worker threads: the cheap part of each request, including the account-db lookup.
     /// Defaults to 4 × CPU cores.
     #[arg(long, value_name = "N", env = "LOGIN_SERVER_WORKERS", value_parser = at_least_one)]
@@ -169,6 +219,50 @@ impl LoginServerConfig {
             Some(path) => Secret::read(path),
             None => Err(SecretError::Missing),
         })
+    }
+
+    /// The keys of session tokens: [`Self::token_key`], else `--token-key-file` (without
+    /// `--db`: DATA/token.key, created if missing), and `--token-verify-key`.
+    pub fn tokens(&self) -> Result<Tokens, TokenKeyError> {
+        let signing = match (&self.token_key, &self.token_key_file) {
+            (Some(key), _) => key.clone(),
+            (None, Some(path)) => Arc::new(SigningKey::read(path)?),
+            (None, None) if !self.db.is_empty() => return Err(TokenKeyError::Missing),
+            (None, None) => Arc::new(self.embedded_token_key()?),
+        };
+        let verify = self
+            .token_verify_key
+            .iter()
+            .map(|path| read_verify_key(path))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Tokens::new(&signing, verify, self.service.session_ttl))
+    }
+
+    /// DATA/token.key, created (mode 0600) if it is missing.
+    fn embedded_token_key(&self) -> Result<SigningKey, KeyError> {
+        let path = self.data.join("token.key");
+        if path.exists() {
+            return SigningKey::read(&path);
+        }
+        let created = std::fs::create_dir_all(&self.data)
+            .map_err(|source| KeyError::Create {
+                path: path.clone(),
+                source,
+            })
+            .and_then(|()| SigningKey::create(&path));
+        match created {
+            Ok(key) => {
+                tracing::info!(path = %path.display(), kid = %key.verify_key().kid, "created a token signing key");
+                Ok(key)
+            }
+            // Created at the same moment by another process: use theirs.
+            Err(KeyError::Create { source, .. })
+                if source.kind() == std::io::ErrorKind::AlreadyExists =>
+            {
+                SigningKey::read(&path)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// How to reach the account-dbs at `addrs` that ask for `secret`, as these flags say.

@@ -16,7 +16,7 @@ mod io_loop;
 mod returns;
 mod workers;
 
-pub use config::LoginServerConfig;
+pub use config::{Command, LoginServerConfig, TokenKeyError};
 
 use crate::accountdb::accounts::Accounts;
 use crate::accountdb::client::{InstanceState, RemoteStore};
@@ -69,6 +69,9 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    /// The token signing key (or a verify key) cannot be had.
+    #[error(transparent)]
+    TokenKey(#[from] TokenKeyError),
 }
 
 /// A running login-server. Dropping it shuts it down.
@@ -192,10 +195,12 @@ impl LoginServer {
                  the port can connect; pass the gateways' addresses"
             );
         }
+        let tokens = config.tokens()?;
         let service = Service::new(
             store.clone(),
             hasher,
             config.service.clone(),
+            tokens,
             metrics.clone(),
         )?;
         let service = Arc::new(service);
@@ -230,6 +235,7 @@ impl LoginServer {
                     registry,
                     alive: Box::new(move || alive.alive()),
                     ready: Box::new(move || store.ping().is_ok()),
+                    keys: Some(service.jwks()),
                 };
                 let endpoint = HttpEndpoint::spawn(addr, routes)
                     .map_err(|source| StartError::Metrics { addr, source })?;

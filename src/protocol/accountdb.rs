@@ -102,6 +102,18 @@ pub enum DbRequest {
         username: String,
         origin: Option<Origin>,
     },
+    /// The state of session `sid` of the account with `account_id`: answered
+    /// [`DbResponse::Session`], or [`DbResponse::NotFound`] without such an account.
+    Session { account_id: u64, sid: String },
+    /// Revoke session `sid` until `until_ms`: answered [`DbResponse::Updated`].
+    Revoke { sid: String, until_ms: i64 },
+    /// Void the account's sessions that began before `before_ms`, and with `hash` replace its
+    /// password hash: answered [`DbResponse::Updated`] or [`DbResponse::NotFound`].
+    VoidSessions {
+        account_id: u64,
+        before_ms: i64,
+        hash: Option<String>,
+    },
     /// A registration's lookup ([`crate::throttle::register`]): answered
     /// [`DbResponse::Locked`], [`DbResponse::Exists`] or [`DbResponse::NotFound`].
     Register {
@@ -137,6 +149,12 @@ pub enum DbResponse {
     },
     /// A failure was counted.
     Counted,
+    /// What the store knows of a session.
+    Session {
+        username: String,
+        sessions_after: i64,
+        revoked: bool,
+    },
     /// The request could not be served; the connection is still usable.
     Error {
         message: String,

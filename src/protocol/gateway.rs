@@ -10,6 +10,7 @@
 //! trickles bytes costs one pass over them in total. [`parse`] turns one framed message into a
 //! [`Request`]; [`encode`] turns a [`Reply`] back into bytes.
 
+use crate::tokens::Invalid;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::net::IpAddr;
@@ -174,29 +175,70 @@ impl Scanner {
 }
 
 /// The operation a request asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Op {
+    #[default]
     Login,
     Register,
+    Verify,
+    Refresh,
+    Logout,
+    LogoutAll,
+    ChangePassword,
 }
 
 impl Op {
+    /// Every op, in the order of [`Op::index`].
+    pub const ALL: [Op; 7] = [
+        Op::Login,
+        Op::Register,
+        Op::Verify,
+        Op::Refresh,
+        Op::Logout,
+        Op::LogoutAll,
+        Op::ChangePassword,
+    ];
+
     /// The name the wire uses.
     pub fn as_str(self) -> &'static str {
         match self {
             Op::Login => "login",
             Op::Register => "register",
+            Op::Verify => "verify",
+            Op::Refresh => "refresh",
+            Op::Logout => "logout",
+            Op::LogoutAll => "logout_all",
+            Op::ChangePassword => "change_password",
+        }
+    }
+
+    /// Its position in [`Op::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The fields it requires, besides `OP`.
+    fn required(self) -> &'static [&'static str] {
+        match self {
+            Op::Login | Op::Register => &["username", "password"],
+            Op::Verify | Op::Refresh | Op::Logout | Op::LogoutAll => &["token"],
+            Op::ChangePassword => &["username", "password", "new_password"],
         }
     }
 }
 
-/// One parsed gateway request. Its `Debug` form hides the password.
-#[derive(Clone, PartialEq, Eq)]
+/// One parsed gateway request: the fields its op requires are there (the others are empty).
+/// Its `Debug` form hides the passwords and the token.
+#[derive(Clone, PartialEq, Eq, Default)]
 pub struct Request {
     pub op: Op,
     pub username: String,
     pub password: String,
+    /// `change_password`'s new password.
+    pub new_password: String,
+    /// The session token of `verify`, `refresh`, `logout` and `logout_all`.
+    pub token: String,
     /// The player's address, as the gateway forwards it (optional): for throttling.
     pub ip: Option<IpAddr>,
 }
@@ -230,8 +272,14 @@ pub struct BadRequest {
 struct Wire {
     #[serde(rename = "OP")]
     op: Op,
-    username: String,
-    password: String,
+    #[serde(default)]
+    username: Option<String>,
+    #[serde(default)]
+    password: Option<String>,
+    #[serde(default)]
+    new_password: Option<String>,
+    #[serde(default)]
+    token: Option<String>,
     #[serde(default)]
     ip: Option<String>,
     #[serde(default)]
@@ -272,9 +320,20 @@ impl Wire {
             op,
             username,
             password,
+            new_password,
+            token,
             ip,
             id,
         } = self;
+        let given = |field: &str| match field {
+            "username" => username.is_some(),
+            "password" => password.is_some(),
+            "new_password" => new_password.is_some(),
+            _ => token.is_some(),
+        };
+        if let Some(missing) = op.required().iter().find(|&&field| !given(field)) {
+            return Err(format!("missing field `{missing}`"));
+        }
         let ip = match ip {
             None => None,
             Some(ip) => Some(
@@ -290,8 +349,10 @@ impl Wire {
         Ok((
             Request {
                 op,
-                username,
-                password,
+                username: username.unwrap_or_default(),
+                password: password.unwrap_or_default(),
+                new_password: new_password.unwrap_or_default(),
+                token: token.unwrap_or_default(),
                 ip,
             },
             id,
@@ -300,7 +361,7 @@ impl Wire {
 }
 
 /// The request fields that must be strings when present (`ip` may also be null).
-const STRING_FIELDS: [&str; 4] = ["OP", "username", "password", "ip"];
+const STRING_FIELDS: [&str; 6] = ["OP", "username", "password", "new_password", "token", "ip"];
 
 /// On the error path only: a request field of the wrong type, named, without quoting its value
 /// (a password sent as a number must not come back in the reply).
@@ -334,7 +395,7 @@ pub fn parse(form: Form, bytes: &[u8]) -> Result<(Request, Option<Id>), BadReque
             match (items.pop(), items.is_empty()) {
                 (Some(wire), true) => match wire.split() {
                     Ok((request, _)) => Ok((request, None)),
-                    Err(info) => Err(bad(info, None)),
+                    Err(info) => Err(bad(wrong_type(bytes, form).unwrap_or(info), None)),
                 },
                 _ => Err(bad(
                     "a seed-form message must hold exactly one object".into(),
@@ -343,9 +404,13 @@ pub fn parse(form: Form, bytes: &[u8]) -> Result<(Request, Option<Id>), BadReque
             }
         }
         Form::Stream => {
+            // A field the op requires may be missing or null: null is named as a wrong type.
             let result = serde_json::from_slice::<Wire>(bytes)
                 .map_err(|e| explain(&e))
-                .and_then(Wire::split);
+                .and_then(|wire| {
+                    wire.split()
+                        .map_err(|info| wrong_type(bytes, form).unwrap_or(info))
+                });
             result.map_err(|info| {
                 // Only on the error path: read the id, if any, so the client can match the reply.
                 let id = serde_json::from_slice::<IdOnly>(bytes)
@@ -386,9 +451,30 @@ pub enum Code {
     Unavailable = 7,
     /// 8: too many failed logins for this account or address; `retry_after` says when.
     TooManyAttempts = 8,
+    /// 9: the token is valid (`verify`), or here is a new one (`refresh`).
+    Valid = 9,
+    /// 10: the token is not valid; `reason` says why.
+    InvalidToken = 10,
+    /// 11: done (`logout`, `logout_all`, `change_password`).
+    Done = 11,
 }
 
-/// Why a registration failed ("registration refused", 5).
+/// Every code, in order.
+pub const CODES: [Code; 11] = [
+    Code::NoSuchUser,
+    Code::WrongPassword,
+    Code::LoggedIn,
+    Code::Registered,
+    Code::RegisterFailed,
+    Code::BadRequest,
+    Code::Unavailable,
+    Code::TooManyAttempts,
+    Code::Valid,
+    Code::InvalidToken,
+    Code::Done,
+];
+
+/// Why a registration (or a new password) was refused ("registration refused", 5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RegisterFailure {
@@ -397,16 +483,30 @@ pub enum RegisterFailure {
     InvalidPassword,
 }
 
+/// The `reason` of a reply: why a registration failed (5), or why a token is invalid (10).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum Reason {
+    Register(RegisterFailure),
+    Token(Invalid),
+}
+
 /// One reply, before it is given a form and an id.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {
     pub code: Code,
     pub info: String,
-    pub reason: Option<RegisterFailure>,
-    /// The account's spelling as registered, on codes 3 and 4.
+    pub reason: Option<Reason>,
+    /// The account's spelling as registered, on codes 3, 4 and 9.
     pub username: Option<String>,
     /// Seconds until a locked login may be tried again, on "too many attempts" (8).
     pub retry_after: Option<u64>,
+    /// A session token, on codes 3, 9 (`refresh`) and 11 (`change_password`).
+    pub token: Option<String>,
+    /// The account's id, on codes 3 and 9.
+    pub account_id: Option<u64>,
+    /// When the token expires (seconds since the epoch), with `token` or on `verify`'s 9.
+    pub exp: Option<i64>,
 }
 
 impl Reply {
@@ -417,6 +517,9 @@ impl Reply {
             reason: None,
             username: None,
             retry_after: None,
+            token: None,
+            account_id: None,
+            exp: None,
         }
     }
 
@@ -430,10 +533,11 @@ impl Reply {
         Reply::new(Code::WrongPassword, "Failed for error password!")
     }
 
-    /// Code 3, the seed's text.
-    pub fn logged_in(username: String) -> Self {
+    /// Code 3, the seed's text, with the account.
+    pub fn logged_in(username: String, account_id: u64) -> Self {
         Reply {
             username: Some(username),
+            account_id: Some(account_id),
             ..Reply::new(Code::LoggedIn, "success!")
         }
     }
@@ -449,8 +553,40 @@ impl Reply {
     /// Code 5, the seed's text, and why.
     pub fn register_failed(reason: RegisterFailure) -> Self {
         Reply {
-            reason: Some(reason),
+            reason: Some(Reason::Register(reason)),
             ..Reply::new(Code::RegisterFailed, "fail")
+        }
+    }
+
+    /// Code 9: the token of `account_id` (spelled `username`) is valid until `exp`.
+    pub fn valid(username: String, account_id: u64, exp: i64) -> Self {
+        Reply {
+            username: Some(username),
+            account_id: Some(account_id),
+            exp: Some(exp),
+            ..Reply::new(Code::Valid, "valid")
+        }
+    }
+
+    /// Code 10, and why.
+    pub fn invalid_token(reason: Invalid) -> Self {
+        Reply {
+            reason: Some(Reason::Token(reason)),
+            ..Reply::new(Code::InvalidToken, "invalid token")
+        }
+    }
+
+    /// Code 11.
+    pub fn done() -> Self {
+        Reply::new(Code::Done, "done")
+    }
+
+    /// This reply with a session `token` that expires at `exp`.
+    pub fn with_token(self, token: String, exp: i64) -> Self {
+        Reply {
+            token: Some(token),
+            exp: Some(exp),
+            ..self
         }
     }
 
@@ -482,11 +618,17 @@ struct WireReply<'a> {
     code: u8,
     info: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    reason: Option<RegisterFailure>,
+    reason: Option<Reason>,
     #[serde(skip_serializing_if = "Option::is_none")]
     username: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     retry_after: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    account_id: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    exp: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     id: Option<&'a RawValue>,
 }
@@ -499,6 +641,9 @@ pub fn encode(out: &mut Vec<u8>, form: Form, reply: &Reply, id: Option<&Id>) {
         reason: reply.reason,
         username: reply.username.as_deref(),
         retry_after: reply.retry_after,
+        account_id: reply.account_id,
+        token: reply.token.as_deref(),
+        exp: reply.exp,
         id: id.map(|id| &**id),
     };
     if form == Form::Seed {

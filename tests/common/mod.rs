@@ -6,6 +6,7 @@ use login_server::accountdb::client::ClientConfig;
 use login_server::accountdb::store::SqliteStore;
 use login_server::auth::password::HashParams;
 use login_server::auth::secret::Secret;
+use login_server::auth::token_key::SigningKey;
 use login_server::{AccountDb, AccountDbConfig, LoginServer, LoginServerConfig};
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -49,9 +50,18 @@ pub fn start_db_with(
     AccountDb::spawn(config, Arc::new(store)).expect("start account-db")
 }
 
-/// The test configuration: cheap hashes, few threads, 127.0.0.1:0.
+/// The token signing key every test login-server in this process shares, as the login-servers
+/// of one game do.
+pub fn token_key() -> Arc<SigningKey> {
+    static KEY: std::sync::OnceLock<Arc<SigningKey>> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| Arc::new(SigningKey::generate().expect("token key")))
+        .clone()
+}
+
+/// The test configuration: cheap hashes, few threads, 127.0.0.1:0, the shared token key.
 pub fn config(db: SocketAddr, secret: &Secret) -> LoginServerConfig {
     LoginServerConfig {
+        token_key: Some(token_key()),
         listen: "127.0.0.1:0".parse().unwrap(),
         db: vec![db],
         db_secret: Some(secret.clone()),

@@ -12,7 +12,9 @@
 //! durable write (a transaction that writes only unlogged tables commits without waiting for
 //! the disk); PostgreSQL empties the table after a crash, and standbys do not have it.
 
-use super::{familiar_list, familiar_text, unix_now, Account, Created, Store, StoreError};
+use super::{
+    familiar_list, familiar_text, unix_now, Account, Created, SessionState, Store, StoreError,
+};
 use crate::auth::names::{fold, skeleton, SKELETON_DATA};
 use crate::throttle::{Millis, Record};
 use postgres::types::Type;
@@ -21,7 +23,7 @@ use r2d2_postgres::PostgresConnectionManager;
 use std::time::Duration;
 
 /// The schema, one step per version; step N brings version N-1 to N.
-const MIGRATIONS: [&str; 3] = [
+const MIGRATIONS: [&str; 4] = [
     // 1: accounts with stable ids, folded names (unique) and skeletons (indexed).
     "CREATE TABLE accounts (
         id         BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -49,6 +51,14 @@ const MIGRATIONS: [&str; 3] = [
     );
     CREATE INDEX throttle_expires ON throttle (expires);
     CREATE INDEX throttle_rank ON throttle (rank);",
+    // 4: sessions: per account, when the sessions that still stand began (milliseconds);
+    // per session, a revocation kept until the session could no longer be used.
+    "ALTER TABLE accounts ADD COLUMN sessions_after BIGINT NOT NULL DEFAULT 0;
+    CREATE TABLE revoked_sessions (
+        sid      TEXT PRIMARY KEY,
+        until_ms BIGINT NOT NULL
+    );
+    CREATE INDEX revoked_sessions_until ON revoked_sessions (until_ms);",
 ];
 
 /// The advisory lock key under which migrations run (any constant the application owns).
@@ -256,6 +266,59 @@ impl Store for PostgresStore {
     fn ping(&self) -> Result<(), StoreError> {
         self.conn()?.simple_query("SELECT 1")?;
         Ok(())
+    }
+
+    fn session(&self, account_id: u64, sid: &str) -> Result<Option<SessionState>, StoreError> {
+        let mut conn = self.conn()?;
+        let id = i64::try_from(account_id).unwrap_or(-1);
+        let row = conn.query_typed_opt(
+            "SELECT username, sessions_after,
+                 EXISTS (SELECT 1 FROM revoked_sessions WHERE sid = $2)
+             FROM accounts WHERE id = $1",
+            &[(&id, Type::INT8), (&sid, Type::TEXT)],
+        )?;
+        Ok(row.map(|row| SessionState {
+            username: row.get(0),
+            sessions_after: row.get(1),
+            revoked: row.get(2),
+        }))
+    }
+
+    fn revoke_session(&self, sid: &str, until_ms: Millis) -> Result<(), StoreError> {
+        self.conn()?.execute_typed(
+            "INSERT INTO revoked_sessions (sid, until_ms) VALUES ($1, $2)
+             ON CONFLICT (sid) DO UPDATE
+                 SET until_ms = GREATEST(revoked_sessions.until_ms, EXCLUDED.until_ms)",
+            &[(&sid, Type::TEXT), (&until_ms, Type::INT8)],
+        )?;
+        Ok(())
+    }
+
+    fn void_sessions(
+        &self,
+        account_id: u64,
+        before_ms: Millis,
+        hash: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let id = i64::try_from(account_id).unwrap_or(-1);
+        let updated = self.conn()?.execute_typed(
+            "UPDATE accounts SET sessions_after = GREATEST(sessions_after, $2),
+                 hash = COALESCE($3, hash)
+             WHERE id = $1",
+            &[
+                (&id, Type::INT8),
+                (&before_ms, Type::INT8),
+                (&hash, Type::TEXT),
+            ],
+        )?;
+        Ok(updated == 1)
+    }
+
+    fn prune_revoked(&self, now: Millis) -> Result<u64, StoreError> {
+        let pruned = self
+            .conn()?
+            .execute("DELETE FROM revoked_sessions WHERE until_ms <= $1", &[&now])?;
+        Ok(pruned)
     }
 
     fn find_for_login(

@@ -10,7 +10,9 @@
 //! counting a failed login is not a durable write, and a crash may forget recent counts. A side
 //! file from another layout is started afresh.
 
-use super::{familiar_list, familiar_text, unix_now, Account, Created, Store, StoreError};
+use super::{
+    familiar_list, familiar_text, unix_now, Account, Created, SessionState, Store, StoreError,
+};
 use crate::auth::names::{fold, skeleton, SKELETON_DATA};
 use crate::throttle::{Millis, Record};
 use parking_lot::Mutex;
@@ -30,7 +32,7 @@ struct Step {
 }
 
 /// The schema, one step per version; step N brings version N-1 to N.
-const MIGRATIONS: [Step; 3] = [
+const MIGRATIONS: [Step; 4] = [
     // 1: accounts keyed by the lower-cased name.
     Step {
         sql: "CREATE TABLE IF NOT EXISTS accounts (
@@ -56,6 +58,17 @@ const MIGRATIONS: [Step; 3] = [
     Step {
         sql: "ALTER TABLE accounts ADD COLUMN id INTEGER NOT NULL DEFAULT 0;",
         fill: Some(fill_ids),
+    },
+    // 4: sessions: per account, when the sessions that still stand began (milliseconds);
+    // per session, a revocation kept until the session could no longer be used.
+    Step {
+        sql: "ALTER TABLE accounts ADD COLUMN sessions_after INTEGER NOT NULL DEFAULT 0;
+            CREATE TABLE revoked_sessions (
+                sid      TEXT PRIMARY KEY,
+                until_ms INTEGER NOT NULL
+            ) WITHOUT ROWID;
+            CREATE INDEX revoked_sessions_until ON revoked_sessions (until_ms);",
+        fill: None,
     },
 ];
 
@@ -372,6 +385,62 @@ impl Store for SqliteStore {
     fn ping(&self) -> Result<(), StoreError> {
         let conn = self.reader.lock();
         Ok(conn.query_row("SELECT 1", [], |_| Ok(()))?)
+    }
+
+    fn session(&self, account_id: u64, sid: &str) -> Result<Option<SessionState>, StoreError> {
+        let conn = self.reader.lock();
+        let mut stmt = conn.prepare_cached(
+            "SELECT username, sessions_after,
+                 EXISTS (SELECT 1 FROM revoked_sessions WHERE sid = ?2)
+             FROM accounts WHERE id = ?1",
+        )?;
+        let id = i64::try_from(account_id).unwrap_or(-1);
+        stmt.query_row(params![id, sid], |row| {
+            Ok(SessionState {
+                username: row.get(0)?,
+                sessions_after: row.get(1)?,
+                revoked: row.get(2)?,
+            })
+        })
+        .optional()
+        .map_err(StoreError::from)
+    }
+
+    fn revoke_session(&self, sid: &str, until_ms: Millis) -> Result<(), StoreError> {
+        let conn = self.writer.lock();
+        conn.prepare_cached(
+            "INSERT INTO revoked_sessions (sid, until_ms) VALUES (?1, ?2)
+             ON CONFLICT (sid) DO UPDATE SET until_ms = max(until_ms, excluded.until_ms)",
+        )?
+        .execute(params![sid, until_ms])?;
+        Ok(())
+    }
+
+    fn void_sessions(
+        &self,
+        account_id: u64,
+        before_ms: Millis,
+        hash: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let conn = self.writer.lock();
+        let id = i64::try_from(account_id).unwrap_or(-1);
+        let updated = conn
+            .prepare_cached(
+                "UPDATE accounts SET sessions_after = max(sessions_after, ?2),
+                     hash = coalesce(?3, hash)
+                 WHERE id = ?1",
+            )?
+            .execute(params![id, before_ms, hash])?;
+        Ok(updated == 1)
+    }
+
+    fn prune_revoked(&self, now: Millis) -> Result<u64, StoreError> {
+        let conn = self.writer.lock();
+        let pruned = conn.execute(
+            "DELETE FROM revoked_sessions WHERE until_ms <= ?1",
+            params![now],
+        )?;
+        Ok(pruned as u64)
     }
 
     fn find_for_login(
