@@ -7,7 +7,8 @@
 //! for a registration the store write after it. The server runs `finish` on its hash threads.
 
 use crate::accountdb::accounts::Accounts;
-use crate::accountdb::store::{Account, Created};
+use crate::accountdb::store::{Account, Created, Revocation};
+use crate::auth::names::fold;
 use crate::auth::names::{normalize_password, Rules};
 use crate::auth::password::{HashError, Hasher, Memory};
 use crate::auth::secret::random_token;
@@ -15,6 +16,8 @@ use crate::metrics::Metrics;
 use crate::protocol::gateway::{Op, RegisterFailure, Reply, Request};
 use crate::throttle::{now_ms, Login, Millis, Origin, Policy, Registering};
 use crate::tokens::{Invalid, Session, Tokens};
+use parking_lot::Mutex;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -48,6 +51,58 @@ struct Found {
     origin: Option<Origin>,
     /// A success changes nothing the store keeps: it need not be reported.
     settled: bool,
+    /// When the account was read: a session it leads to begins then.
+    looked_up: Millis,
+    /// This name's turn on this login-server, until the password is verified.
+    _turn: Turn,
+}
+
+/// Logins (or password changes) of one name checked at once on one login-server, at most. A
+/// burst of concurrent guesses at an account thus gets at most this many past the lookup
+/// before its first failures are counted: at most `--throttle-failures` + 15 guesses before
+/// the lock, where it would be the whole burst (up to the hash queue, 1024). Legitimate logins
+/// of one account rarely overlap; a load test's (a few hundred in flight over a hundred
+/// accounts) stays well under it.
+pub const TURNS_PER_NAME: u8 = 16;
+
+/// Names with logins (or password changes) being checked on this login-server, and how many
+/// each. Bounded by the requests in progress (workers, hash queue, hash threads).
+#[derive(Default)]
+struct Verifying(Mutex<HashMap<String, u8>>);
+
+impl Verifying {
+    /// A turn of `username` (in any case), unless [`TURNS_PER_NAME`] are taken.
+    fn take(self: &Arc<Self>, username: &str) -> Option<Turn> {
+        let name = fold(username);
+        let mut names = self.0.lock();
+        let taken = names.entry(name.clone()).or_insert(0);
+        if *taken >= TURNS_PER_NAME {
+            return None;
+        }
+        *taken += 1;
+        Some(Turn {
+            verifying: self.clone(),
+            name,
+        })
+    }
+}
+
+/// A turn of one name; given back when dropped, however its request ends (a panic included).
+struct Turn {
+    verifying: Arc<Verifying>,
+    name: String,
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        let mut names = self.verifying.0.lock();
+        if let Some(taken) = names.get_mut(&self.name) {
+            *taken -= 1;
+            if *taken == 0 {
+                names.remove(&self.name);
+            }
+        }
+    }
 }
 
 enum Task {
@@ -61,6 +116,8 @@ enum Task {
     /// against a dummy hash, answer "wrong password".
     Pretend {
         password: String,
+        /// Held as a real account's would be.
+        _turn: Option<Turn>,
     },
     Create {
         username: String,
@@ -125,6 +182,7 @@ pub struct Service {
     hasher: Hasher,
     options: Options,
     tokens: Tokens,
+    verifying: Arc<Verifying>,
     /// Verified against for unknown users under `hide_user_existence`.
     dummy_hash: String,
     metrics: Metrics,
@@ -155,6 +213,7 @@ impl Service {
             hasher,
             options,
             tokens,
+            verifying: Arc::default(),
             dummy_hash,
             metrics,
         })
@@ -220,17 +279,30 @@ impl Service {
                 }
             }
             return Lookup::Answered(match (could_exist, hide) {
-                (false, true) => Step::Hash(HashTask(Task::Pretend { password })),
+                (false, true) => Step::Hash(HashTask(Task::Pretend {
+                    password,
+                    _turn: None,
+                })),
                 (false, false) => Step::Done(Reply::no_such_user()),
                 (true, _) => Step::Done(Reply::wrong_password()),
             });
         }
+        // A few attempts at a time per name on this login-server, so that a burst of
+        // concurrent guesses meets the lock its first failures set instead of all passing the
+        // lookup before any is counted.
+        let Some(turn) = self.verifying.take(username) else {
+            return Lookup::Answered(self.throttled(Duration::from_secs(1)));
+        };
         match self.accounts.login(username, origin, &failures, hide) {
             Err(e) => Lookup::Answered(Step::Done(store_unavailable(&e, &self.metrics))),
             Ok(Login::Locked(wait)) => Lookup::Answered(self.throttled(wait)),
-            // Counted as a failure by the lookup already.
+            // Counted as a failure by the lookup already. The turn is held as for a real
+            // account, so that neither the time nor a concurrent attempt tells them apart.
             Ok(Login::Open { account: None, .. }) if hide => {
-                Lookup::Answered(Step::Hash(HashTask(Task::Pretend { password })))
+                Lookup::Answered(Step::Hash(HashTask(Task::Pretend {
+                    password,
+                    _turn: Some(turn),
+                })))
             }
             Ok(Login::Open { account: None, .. }) => {
                 Lookup::Answered(Step::Done(Reply::no_such_user()))
@@ -243,6 +315,8 @@ impl Service {
                 password,
                 origin,
                 settled,
+                looked_up: now_ms(),
+                _turn: turn,
             }),
         }
     }
@@ -260,12 +334,22 @@ impl Service {
         let max_age = millis(self.options.session_max_age);
         if op == Op::Logout {
             // Idempotent: no need to ask first. Kept until no token of the session could be
-            // valid or refreshed any more.
+            // valid any more: the last refresh is before its max age, and the token that gives
+            // lasts a ttl more (and its last second, as `exp` is checked in whole seconds).
+            let ttl = millis(self.options.session_ttl);
             let until = claims
                 .auth_ms
                 .saturating_add(max_age)
-                .max(claims.exp.saturating_mul(1000));
-            return match self.accounts.revoke_session(&claims.sid, until) {
+                .saturating_add(ttl)
+                .max(claims.exp.saturating_mul(1000))
+                .saturating_add(1000);
+            let revocation = Revocation {
+                account_id,
+                sid: claims.sid,
+                began_ms: claims.auth_ms,
+                until_ms: until,
+            };
+            return match self.accounts.revoke_session(&revocation) {
                 Ok(()) => Reply::done(),
                 Err(e) => store_unavailable(&e, &self.metrics),
             };
@@ -298,13 +382,14 @@ impl Service {
         }
     }
 
-    /// A new session for `account`, begun at `now`: its token and `exp`.
-    fn new_session(&self, account: &Account, now: Millis) -> (String, i64) {
+    /// A new session for `account`, begun at `began`, its token issued at `now`: the token and
+    /// its `exp`.
+    fn new_session(&self, account: &Account, began: Millis, now: Millis) -> (String, i64) {
         let session = Session {
             account_id: account.id,
             name: account.username.clone(),
             sid: random_token(),
-            auth_ms: now,
+            auth_ms: began,
         };
         self.tokens.issue(&session, now)
     }
@@ -339,13 +424,13 @@ impl Service {
         match task.0 {
             Task::Verify(found) => match self.check_password(&found, memory) {
                 Ok(rehash) => {
-                    let Found {
-                        account, password, ..
-                    } = found;
                     if rehash {
-                        self.upgrade(&account.username, &password, memory);
+                        self.upgrade(&found.account, &found.password, memory);
                     }
-                    let (token, exp) = self.new_session(&account, now_ms());
+                    // The session began when the password was looked up: a password change
+                    // committed while it was being verified voids it.
+                    let (token, exp) = self.new_session(&found.account, found.looked_up, now_ms());
+                    let Found { account, .. } = found;
                     Reply::logged_in(account.username, account.id).with_token(token, exp)
                 }
                 Err(reply) => *reply,
@@ -369,14 +454,14 @@ impl Service {
                     .void_sessions(found.account.id, now, Some(&hash))
                 {
                     Ok(true) => {
-                        let (token, exp) = self.new_session(&found.account, now);
+                        let (token, exp) = self.new_session(&found.account, now, now);
                         Reply::done().with_token(token, exp)
                     }
                     Ok(false) => Reply::no_such_user(),
                     Err(e) => store_unavailable(&e, &self.metrics),
                 }
             }
-            Task::Pretend { password } => {
+            Task::Pretend { password, .. } => {
                 // The result is always "no"; the work is what makes it indistinguishable (the
                 // same verifications as a wrong password for a real account).
                 let _ = self.verify(&password, &self.dummy_hash, memory);
@@ -407,6 +492,7 @@ impl Service {
             password,
             origin,
             settled,
+            ..
         } = found;
         match self.verify(password, &account.hash, memory) {
             Ok(Some(rehash)) => {
@@ -458,18 +544,21 @@ impl Service {
     /// Re-hash a password (normalized) whose stored hash is weaker than the current parameters
     /// or was made from the password as typed. A failure only means the upgrade waits for the
     /// next login.
-    fn upgrade(&self, username: &str, password: &str, memory: &mut Memory) {
+    /// Only over the hash the login verified: a password change that came in between wins.
+    fn upgrade(&self, account: &Account, password: &str, memory: &mut Memory) {
+        let username = &account.username;
         let result = self
             .hasher
             .hash(&normalize_password(password), memory)
             .map_err(|e| e.to_string())
             .and_then(|hash| {
                 self.accounts
-                    .update_hash(username, &hash)
+                    .update_hash(username, &account.hash, &hash)
                     .map_err(|e| e.to_string())
             });
         match result {
-            Ok(_) => tracing::info!(user = %username, "upgraded a weak password hash"),
+            Ok(true) => tracing::info!(user = %username, "upgraded a weak password hash"),
+            Ok(false) => tracing::info!(user = %username, "not upgraded: the password changed"),
             Err(error) => tracing::warn!(user = %username, %error, "cannot upgrade a weak hash"),
         }
     }

@@ -257,13 +257,14 @@ impl Record {
 
     /// Its eviction rank, written as of `now`: a full store drops the lowest first. Records
     /// that do not lock and know no familiar address rank by when they changed; above them,
-    /// those with familiar addresses, by when those are forgotten; above all, locks, by when
-    /// they end.
+    /// locks, by when they end; above all, familiar addresses, by when they are forgotten:
+    /// only a successful login makes those, so no flood of failures (which makes locks) can
+    /// push out what keeps a locked account open to its player.
     pub fn rank(&self, now: Millis) -> Millis {
-        if self.locked_until > now {
-            2 * TIER + self.locked_until
-        } else if !self.familiar.is_empty() {
-            TIER + self.familiar_until
+        if !self.familiar.is_empty() {
+            2 * TIER + self.familiar_until
+        } else if self.locked_until > now {
+            TIER + self.locked_until
         } else {
             now
         }
@@ -560,7 +561,7 @@ mod tests {
         assert_eq!(record.locked(end - 1), Some(Duration::from_millis(1)));
         assert_eq!(record.locked(end), None);
         // Ranked as a lock until then, as an unlocked record from then on.
-        assert_eq!(record.rank(end - 1), 2 * TIER + end);
+        assert_eq!(record.rank(end - 1), TIER + end);
         assert_eq!(record.rank(end), end);
     }
 
@@ -671,7 +672,7 @@ mod tests {
     }
 
     #[test]
-    fn locks_outrank_familiar_addresses_which_outrank_the_rest() {
+    fn familiar_addresses_outrank_locks_which_outrank_the_rest() {
         let t = thresholds();
         let now = 1_000_000 * S;
         let mut plain = Record::default();
@@ -683,8 +684,8 @@ mod tests {
             locked.fail(&t, now - 9 * S); // ends in 1 s
         }
         assert_eq!(plain.rank(now), now);
-        assert!(plain.rank(now) < familiar.rank(now));
-        assert!(familiar.rank(now) < locked.rank(now));
+        assert!(plain.rank(now) < locked.rank(now));
+        assert!(locked.rank(now) < familiar.rank(now));
         let mut fresher = familiar.clone();
         fresher.succeed(ip("192.0.2.2"), now);
         assert!(

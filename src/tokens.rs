@@ -262,6 +262,28 @@ mod tests {
     }
 
     #[test]
+    fn a_token_of_exactly_max_token_bytes_is_read_one_byte_more_is_not() {
+        let key = SigningKey::generate().unwrap();
+        let tokens = Tokens::new(&key, Vec::new(), Duration::from_secs(3600));
+        let sized = |len: usize| {
+            (1..4000).find_map(|n| {
+                let session = Session {
+                    name: "n".repeat(n),
+                    ..session()
+                };
+                let (token, _) = tokens.issue(&session, now_ms());
+                (token.len() == len).then_some(token)
+            })
+        };
+        let fits = sized(MAX_TOKEN).expect("a token of MAX_TOKEN bytes");
+        assert!(tokens.check(&fits).is_ok());
+        let over = sized(MAX_TOKEN + 1)
+            .or_else(|| sized(MAX_TOKEN + 2))
+            .unwrap();
+        assert_eq!(tokens.check(&over), Err(Invalid::Malformed));
+    }
+
+    #[test]
     fn older_keys_keep_verifying_and_are_published() {
         let old = SigningKey::generate().unwrap();
         let new = SigningKey::generate().unwrap();

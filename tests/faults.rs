@@ -6,7 +6,7 @@ mod common;
 use common::{code, seed, DbProcess, StreamClient, PATIENCE};
 use login_server::accountdb::accounts::Accounts;
 use login_server::accountdb::client::RemoteStore;
-use login_server::accountdb::store::{Account, Created, SessionState, StoreError};
+use login_server::accountdb::store::{Account, Created, Revocation, SessionState, StoreError};
 use login_server::metrics::Metrics;
 use login_server::throttle::{Login, Origin, RegisterLimit, Registering, Thresholds};
 use login_server::LoginServer;
@@ -145,8 +145,8 @@ impl Accounts for PanicButton {
     fn create(&self, account: &Account, request_id: &str) -> Result<Created, StoreError> {
         self.0.create(account, request_id)
     }
-    fn update_hash(&self, username: &str, hash: &str) -> Result<bool, StoreError> {
-        self.0.update_hash(username, hash)
+    fn update_hash(&self, username: &str, old: &str, hash: &str) -> Result<bool, StoreError> {
+        self.0.update_hash(username, old, hash)
     }
     fn ping(&self) -> Result<(), StoreError> {
         self.0.ping()
@@ -154,8 +154,8 @@ impl Accounts for PanicButton {
     fn session(&self, account_id: u64, sid: &str) -> Result<Option<SessionState>, StoreError> {
         self.0.session(account_id, sid)
     }
-    fn revoke_session(&self, sid: &str, until_ms: i64) -> Result<(), StoreError> {
-        self.0.revoke_session(sid, until_ms)
+    fn revoke_session(&self, revocation: &Revocation) -> Result<(), StoreError> {
+        self.0.revoke_session(revocation)
     }
     fn void_sessions(
         &self,

@@ -685,3 +685,45 @@ fn readyz_answers_503_while_the_account_db_is_stalled() {
     db.signal("CONT");
     assert_eq!(status, 503);
 }
+
+/// Review of issue 9/10: a burst of concurrent guesses all passed the lookup before the first
+/// failure was counted, so a lock that should hold at 3 let dozens through. A few attempts at a
+/// time per name (TURNS_PER_NAME, 16): a burst meets the lock its first failures set.
+#[test]
+fn a_burst_of_concurrent_guesses_meets_the_lock_after_its_first_failures() {
+    let tiers = start_with(|c| {
+        c.service.throttle.max_failures = 3;
+        c.hash_params = "1024,1,1".parse().unwrap(); // verifications that overlap
+        c.workers = Some(4);
+    });
+    assert_eq!(code(tiers.addr(), "register", "besieged", "password1"), 4);
+    let addr = tiers.addr();
+    let guesses: Vec<std::thread::JoinHandle<u64>> = (0..64)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let line = json!({"OP": "login", "username": "besieged",
+                    "password": format!("guess-{i:04}"), "ip": format!("10.9.{i}.1")});
+                let mut client = StreamClient::new(addr);
+                client.send(format!("{line}\n").as_bytes());
+                client.recv()["code"].as_u64().unwrap()
+            })
+        })
+        .collect();
+    let codes: Vec<u64> = guesses.into_iter().map(|g| g.join().unwrap()).collect();
+    // At most 3 failures before the lock, and the other turns' in flight when it comes.
+    let most = 3 + usize::from(login_server::service::TURNS_PER_NAME) - 1;
+    let wrong = codes.iter().filter(|&&c| c == 2).count();
+    assert!(wrong <= most, "{wrong} guesses were checked: {codes:?}");
+    assert!(codes.iter().all(|&c| c == 2 || c == 8), "{codes:?}");
+    // Every guess that was checked counted: the lock comes after at least 3, at most `most`.
+    let mut checked = wrong;
+    for i in 0..10 {
+        match code(addr, "login", "besieged", &format!("late-guess-{i}")) {
+            2 => checked += 1,
+            8 => break,
+            other => panic!("code {other}"),
+        }
+    }
+    assert!((3..=most).contains(&checked), "{checked}");
+    assert_eq!(code(addr, "login", "besieged", "password1"), 8, "locked");
+}

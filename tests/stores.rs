@@ -5,7 +5,8 @@
 mod common;
 
 use login_server::accountdb::store::{
-    Account, Created, PostgresStore, SessionState, SqliteStore, Store, StoreUrl,
+    Account, Created, PostgresStore, Revocation, SessionState, SqliteStore, Store, StoreUrl,
+    REVOKED_PER_ACCOUNT,
 };
 use login_server::throttle::{now_ms, Millis, Record};
 use std::collections::HashSet;
@@ -38,9 +39,17 @@ fn conformance(store: Arc<dyn Store>) {
     // Idempotent by request id.
     assert_eq!(store.create(&account("Alice"), "r1").unwrap(), Created::New);
     // update_hash, in any case.
-    assert!(store.update_hash("ALICE", "new-hash").unwrap());
+    assert!(store
+        .update_hash("ALICE", "hash-of-Alice", "new-hash")
+        .unwrap());
+    assert!(
+        !store
+            .update_hash("alice", "hash-of-Alice", "stale")
+            .unwrap(),
+        "only over the hash it replaces"
+    );
     assert_eq!(store.find("alice").unwrap().unwrap().hash, "new-hash");
-    assert!(!store.update_hash("nobody", "x").unwrap());
+    assert!(!store.update_hash("nobody", "x", "y").unwrap());
     // Sixteen threads creating one name: exactly one wins.
     let winners: usize = (0..16)
         .map(|i| {
@@ -142,7 +151,7 @@ fn records_conformance(store: Arc<dyn Store>) {
         .find_for_login("x", &["name:contended".into()])
         .unwrap();
     assert_eq!(records[0].count, 80);
-    // Beyond the cap, plain records go first, oldest first; then familiar ones; locks last.
+    // Beyond the cap, plain records go first, oldest first; then locks; familiar ones last.
     let later = now + 1000;
     let set = |key: &str, at: Millis, record: Record| {
         store
@@ -177,7 +186,7 @@ fn records_conformance(store: Arc<dyn Store>) {
     assert!(!kept("name:old") && !kept("name:contended"));
     assert!(kept("name:new") && kept("name:familiar") && kept("name:locked"));
     assert_eq!(store.prune_records(later, 1).unwrap(), 2);
-    assert!(kept("name:locked") && !kept("name:familiar"));
+    assert!(kept("name:familiar") && !kept("name:locked"));
     assert_eq!(
         store.prune_records(now + 30_000, u64::MAX).unwrap(),
         0,
@@ -207,8 +216,17 @@ fn sessions_conformance(store: Arc<dyn Store>) {
         "no such account"
     );
     // Revoked until a time; the revocation is pruned only after it.
-    store.revoke_session("s1", 5_000).unwrap();
-    store.revoke_session("s1", 4_000).unwrap(); // never shortened
+    let revoke = |sid: &str, began_ms: i64, until_ms: i64| {
+        let revocation = Revocation {
+            account_id: id,
+            sid: sid.into(),
+            began_ms,
+            until_ms,
+        };
+        store.revoke_session(&revocation).unwrap();
+    };
+    revoke("s1", 100, 5_000);
+    revoke("s1", 100, 4_000); // never shortened
     assert!(store.session(id, "s1").unwrap().unwrap().revoked);
     assert!(!store.session(id, "s2").unwrap().unwrap().revoked);
     assert_eq!(store.prune_revoked(4_999).unwrap(), 0);
@@ -228,6 +246,23 @@ fn sessions_conformance(store: Arc<dyn Store>) {
         3_000
     );
     assert!(!store.void_sessions(id + 1000, 3_000, Some("x")).unwrap());
+    // An account holds at most REVOKED_PER_ACCOUNT revocations; one more voids every session
+    // that began no later than it instead.
+    for i in 0..REVOKED_PER_ACCOUNT {
+        revoke(&format!("many-{i}"), 10_000 + i, 99_000);
+        assert!(
+            store
+                .session(id, &format!("many-{i}"))
+                .unwrap()
+                .unwrap()
+                .revoked
+        );
+    }
+    revoke("one-more", 20_000, 99_000);
+    let state = store.session(id, "one-more").unwrap().unwrap();
+    assert!(!state.revoked);
+    assert_eq!(state.sessions_after, 20_001);
+    assert!(!state.stands(20_000) && state.stands(20_001));
 }
 
 #[test]

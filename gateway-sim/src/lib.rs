@@ -7,31 +7,41 @@ pub mod report;
 pub mod stress;
 
 use login_server::protocol::gateway::Op;
-use serde_json::json;
+use serde_json::{json, Value};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-/// The seed-form message for one request: exactly what the seed's gateway sends.
-pub fn seed_message(op: Op, username: &str, password: &str) -> Vec<u8> {
-    let message = json!([{ "OP": op.as_str(), "username": username, "password": password }]);
-    message.to_string().into_bytes()
+/// The request object of `op`: `subject` is the username, or for the token ops the token;
+/// `new_password` is used by `change_password` only.
+pub fn request(op: Op, subject: &str, password: &str, new_password: &str) -> Value {
+    match op {
+        Op::Login | Op::Register => {
+            json!({ "OP": op.as_str(), "username": subject, "password": password })
+        }
+        Op::Verify | Op::Refresh | Op::Logout | Op::LogoutAll => {
+            json!({ "OP": op.as_str(), "token": subject })
+        }
+        Op::ChangePassword => json!({ "OP": op.as_str(), "username": subject,
+            "password": password, "new_password": new_password }),
+    }
 }
 
-/// Send one seed-form request as the seed's gateway does (one connection, one write, no
-/// newline) and return the reply: everything the server sends before it closes.
-pub fn send_seed(
-    target: SocketAddr,
-    op: Op,
-    username: &str,
-    password: &str,
-    timeout: Duration,
-) -> io::Result<String> {
+/// Send one `request` in the seed form as the seed's gateway does (one connection, one write
+/// of `[request]`, no newline) and return the reply: everything the server sends before it
+/// closes. A server that closes without a word is an error.
+pub fn send_seed(target: SocketAddr, request: &Value, timeout: Duration) -> io::Result<String> {
     let mut stream = TcpStream::connect_timeout(&target, timeout)?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
-    stream.write_all(&seed_message(op, username, password))?;
+    stream.write_all(json!([request]).to_string().as_bytes())?;
     let mut reply = String::new();
     stream.read_to_string(&mut reply)?;
+    if reply.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the server closed the connection without a reply",
+        ));
+    }
     Ok(reply)
 }

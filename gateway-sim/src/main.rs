@@ -19,16 +19,22 @@ struct Args {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Send one request in the seed form and print the reply.
+    /// Send one request in the seed form and print the reply: `login|register|change_password
+    /// USERNAME`, or `verify|refresh|logout|logout_all TOKEN`.
     Send {
         /// login-server address.
         #[arg(long, default_value = "127.0.0.1:6999")]
         target: SocketAddr,
         op: OpArg,
-        username: String,
-        /// The password; without it, it is asked for without echo.
+        /// The username, or for the token ops the token.
+        subject: String,
+        /// The password (change_password: the current one); without it, it is asked for
+        /// without echo.
         #[arg(long)]
         password: Option<String>,
+        /// change_password's new password; without it, it is asked for without echo.
+        #[arg(long)]
+        new_password: Option<String>,
         /// Seconds to wait for the reply.
         #[arg(long, default_value_t = 10)]
         timeout: u64,
@@ -71,7 +77,8 @@ struct StressArgs {
     /// Requests in flight on each stream-form connection.
     #[arg(long, default_value_t = 1)]
     pipeline: usize,
-    /// Weights of request kinds: login, register, badpass, unknown, invalid, malformed.
+    /// Weights of request kinds: login, register, badpass, unknown, invalid, malformed, verify
+    /// (of a token from one of the run's logins).
     #[arg(long, default_value = "login=90,register=5,badpass=5")]
     mix: Mix,
     /// Accounts that logins pick from, registered first (reused when they exist); 0 skips
@@ -102,9 +109,37 @@ enum FormArg {
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
+#[value(rename_all = "snake_case")]
 enum OpArg {
     Login,
     Register,
+    Verify,
+    Refresh,
+    Logout,
+    LogoutAll,
+    ChangePassword,
+}
+
+impl OpArg {
+    fn op(self) -> Op {
+        match self {
+            OpArg::Login => Op::Login,
+            OpArg::Register => Op::Register,
+            OpArg::Verify => Op::Verify,
+            OpArg::Refresh => Op::Refresh,
+            OpArg::Logout => Op::Logout,
+            OpArg::LogoutAll => Op::LogoutAll,
+            OpArg::ChangePassword => Op::ChangePassword,
+        }
+    }
+}
+
+/// `given`, or asked for without echo.
+fn secret(given: Option<String>, prompt: &str) -> anyhow::Result<String> {
+    match given {
+        Some(p) => Ok(p),
+        None => rpassword::prompt_password(prompt).context("cannot read the password"),
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -112,28 +147,23 @@ fn main() -> anyhow::Result<()> {
         Command::Send {
             target,
             op,
-            username,
+            subject,
             password,
+            new_password,
             timeout,
         } => {
-            let password = match password {
-                Some(p) => p,
-                None => {
-                    rpassword::prompt_password("password: ").context("cannot read the password")?
-                }
+            let op = op.op();
+            let (password, new_password) = match op {
+                Op::Login | Op::Register => (secret(password, "password: ")?, String::new()),
+                Op::ChangePassword => (
+                    secret(password, "current password: ")?,
+                    secret(new_password, "new password: ")?,
+                ),
+                _ => (String::new(), String::new()),
             };
-            let op = match op {
-                OpArg::Login => Op::Login,
-                OpArg::Register => Op::Register,
-            };
-            let reply = gateway_sim::send_seed(
-                target,
-                op,
-                &username,
-                &password,
-                Duration::from_secs(timeout),
-            )
-            .with_context(|| format!("request to {target} failed"))?;
+            let request = gateway_sim::request(op, &subject, &password, &new_password);
+            let reply = gateway_sim::send_seed(target, &request, Duration::from_secs(timeout))
+                .with_context(|| format!("request to {target} failed"))?;
             println!("{reply}");
         }
         Command::Stress(args) => return stress(args),

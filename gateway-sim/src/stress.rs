@@ -12,8 +12,8 @@ use login_server::protocol::gateway::Form;
 use serde_json::json;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The kinds of request a run mixes, each with the code it must get.
@@ -32,16 +32,20 @@ pub enum Kind {
     Invalid,
     /// An unknown OP: 6.
     Malformed,
+    /// `verify` of a token from an earlier login of the run: 9 (a login, 3, until the run has
+    /// a token).
+    Verify,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 7] = [
         Kind::Login,
         Kind::Register,
         Kind::BadPass,
         Kind::Unknown,
         Kind::Invalid,
         Kind::Malformed,
+        Kind::Verify,
     ];
 
     pub fn name(self) -> &'static str {
@@ -52,6 +56,7 @@ impl Kind {
             Kind::Unknown => "unknown",
             Kind::Invalid => "invalid",
             Kind::Malformed => "malformed",
+            Kind::Verify => "verify",
         }
     }
 
@@ -63,6 +68,37 @@ impl Kind {
             Kind::BadPass => code == 2 || code == 8,
             Kind::Unknown | Kind::Invalid => code == 1,
             Kind::Malformed => code == 6,
+            Kind::Verify => code == 9 || code == 3,
+        }
+    }
+}
+
+/// Tokens from the run's logins, for its `verify` requests: at most [`TokenPool::SIZE`], the
+/// oldest replaced.
+#[derive(Default)]
+pub struct TokenPool {
+    tokens: Mutex<Vec<String>>,
+    next: AtomicUsize,
+}
+
+impl TokenPool {
+    const SIZE: usize = 1024;
+
+    fn add(&self, token: String) {
+        let mut tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        if tokens.len() < Self::SIZE {
+            tokens.push(token);
+        } else {
+            let at = self.next.fetch_add(1, Ordering::Relaxed) % Self::SIZE;
+            tokens[at] = token;
+        }
+    }
+
+    fn pick(&self, rng: &mut Rng) -> Option<String> {
+        let tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        match tokens.len() {
+            0 => None,
+            n => Some(tokens[(rng.next() % n as u64) as usize].clone()),
         }
     }
 }
@@ -125,7 +161,7 @@ impl Mix {
     fn accounts(&self, users: usize) -> Vec<(String, String)> {
         let mut accounts = Vec::new();
         for i in 0..users as u64 {
-            if self.weight(Kind::Login) > 0 {
+            if self.weight(Kind::Login) > 0 || self.weight(Kind::Verify) > 0 {
                 accounts.push(user(i));
             }
             if self.weight(Kind::BadPass) > 0 {
@@ -202,12 +238,23 @@ impl Requests {
         }
     }
 
-    fn message(&mut self, kind: Kind, form: Form) -> Vec<u8> {
+    /// The message for a request of `kind`, and the kind it really is (a `verify` is a login
+    /// while `tokens` is empty).
+    fn message(&mut self, kind: Kind, form: Form, tokens: &TokenPool) -> (Kind, Vec<u8>) {
         self.serial += 1;
         let pick = self.rng.next() % self.users;
         let (name, password) = user(pick);
+        let token = match kind {
+            Kind::Verify => tokens.pick(&mut self.rng),
+            _ => None,
+        };
+        let kind = match (kind, &token) {
+            (Kind::Verify, None) => Kind::Login,
+            _ => kind,
+        };
         let body = match kind {
             Kind::Login => json!({"OP": "login", "username": name, "password": password}),
+            Kind::Verify => json!({"OP": "verify", "token": token}),
             Kind::BadPass => {
                 let (decoy, _) = decoy(pick);
                 json!({"OP": "login", "username": decoy, "password": "not-the-password"})
@@ -221,14 +268,15 @@ impl Requests {
             }
             Kind::Malformed => json!({"OP": "fly", "username": name, "password": password}),
         };
-        match form {
+        let bytes = match form {
             Form::Seed => json!([body]).to_string().into_bytes(),
             Form::Stream => {
                 let mut line = body.to_string().into_bytes();
                 line.push(b'\n');
                 line
             }
-        }
+        };
+        (kind, bytes)
     }
 }
 
@@ -247,6 +295,25 @@ struct Plan {
     end: Instant,
     live: Arc<Live>,
     run: u64,
+    tokens: TokenPool,
+}
+
+impl Plan {
+    /// Take in a reply to a request of `kind`: its code, and its token for later `verify`s
+    /// when the mix has them.
+    fn reply(&self, kind: Kind, reply: &[u8]) -> Option<u64> {
+        let value: serde_json::Value = serde_json::from_slice(reply).ok()?;
+        let object = match &value {
+            serde_json::Value::Array(items) => items.first()?,
+            other => other,
+        };
+        if kind == Kind::Login && self.options.mix.weight(Kind::Verify) > 0 {
+            if let Some(token) = object.get("token").and_then(|t| t.as_str()) {
+                self.tokens.add(token.to_string());
+            }
+        }
+        object.get("code")?.as_u64()
+    }
 }
 
 impl Plan {
@@ -298,14 +365,14 @@ fn seed_connection(plan: &Plan, thread: usize) -> Recorder {
     let mut reply = Vec::with_capacity(128);
     while let Some(due) = plan.ticket() {
         let kind = plan.options.mix.pick(&mut requests.rng);
-        let message = requests.message(kind, Form::Seed);
+        let (kind, message) = requests.message(kind, Form::Seed, &plan.tokens);
         reply.clear();
         let result = connect(&plan.options).and_then(|mut stream| {
             stream.write_all(&message)?;
             stream.read_to_end(&mut reply)
         });
         match result {
-            Ok(_) => recorder.reply(kind, due, reply_code(&reply), &plan.live),
+            Ok(_) => recorder.reply(kind, due, plan.reply(kind, &reply), &plan.live),
             Err(e) => recorder.error(&e, &plan.live),
         }
     }
@@ -356,7 +423,7 @@ fn stream_connection(plan: &Plan, thread: usize) -> Recorder {
                     line.clear();
                     match reader.read_until(b'\n', &mut line) {
                         Ok(n) if n > 0 && line.ends_with(b"\n") => {
-                            recorder.reply(kind, due, reply_code(&line), &plan.live);
+                            recorder.reply(kind, due, plan.reply(kind, &line), &plan.live);
                             let _ = free_tx.send(());
                         }
                         Ok(_) => return (recorder, Some(io::ErrorKind::UnexpectedEof.into())),
@@ -373,7 +440,7 @@ fn stream_connection(plan: &Plan, thread: usize) -> Recorder {
                     break;
                 };
                 let kind = plan.options.mix.pick(&mut requests.rng);
-                let message = requests.message(kind, Form::Stream);
+                let (kind, message) = requests.message(kind, Form::Stream, &plan.tokens);
                 if in_flight.send((kind, due)).is_err() || writer.write_all(&message).is_err() {
                     break;
                 }
@@ -499,6 +566,7 @@ impl Run {
             start,
             live: live.clone(),
             run,
+            tokens: TokenPool::default(),
         });
         let mut handles = Vec::new();
         for thread in 0..plan.options.connections.max(1) {
@@ -582,10 +650,19 @@ mod tests {
     #[test]
     fn messages_have_the_wire_forms() {
         let mut requests = Requests::new(3, 0xabc, 10);
-        let seed = requests.message(Kind::Register, Form::Seed);
+        let tokens = TokenPool::default();
+        let (_, seed) = requests.message(Kind::Register, Form::Seed, &tokens);
         assert!(seed.starts_with(b"[{") && seed.ends_with(b"}]"));
-        let stream = requests.message(Kind::Malformed, Form::Stream);
+        let (_, stream) = requests.message(Kind::Malformed, Form::Stream, &tokens);
         assert!(stream.starts_with(b"{") && stream.ends_with(b"}\n"));
+        // A verify is a login until the run has a token, then verifies one of them.
+        let (kind, first) = requests.message(Kind::Verify, Form::Stream, &tokens);
+        assert_eq!(kind, Kind::Login);
+        assert!(first.starts_with(br#"{"OP":"login""#), "{first:?}");
+        tokens.add("tok".into());
+        let (kind, verify) = requests.message(Kind::Verify, Form::Stream, &tokens);
+        assert_eq!(kind, Kind::Verify);
+        assert_eq!(verify, b"{\"OP\":\"verify\",\"token\":\"tok\"}\n");
         assert_eq!(reply_code(br#"[{"code":4,"info":"success"}]"#), Some(4));
         assert_eq!(reply_code(b"{\"code\":6}\n"), Some(6));
         assert_eq!(reply_code(b"garbage"), None);

@@ -4,7 +4,7 @@
 //! answers the same questions in-process, through the [`throttle`](crate::throttle) requests,
 //! which is how account-db's server executes them.
 
-use super::store::{Account, Created, SessionState, Store, StoreError};
+use super::store::{Account, Created, Revocation, SessionState, Store, StoreError};
 use crate::throttle::{self, Login, Millis, Origin, RegisterLimit, Registering, Thresholds};
 use std::time::Duration;
 
@@ -40,13 +40,13 @@ pub trait Accounts: Send + Sync {
     /// [`Store::create`].
     fn create(&self, account: &Account, request_id: &str) -> Result<Created, StoreError>;
     /// [`Store::update_hash`].
-    fn update_hash(&self, username: &str, hash: &str) -> Result<bool, StoreError>;
+    fn update_hash(&self, username: &str, old: &str, hash: &str) -> Result<bool, StoreError>;
     /// [`Store::ping`].
     fn ping(&self) -> Result<(), StoreError>;
     /// [`Store::session`].
     fn session(&self, account_id: u64, sid: &str) -> Result<Option<SessionState>, StoreError>;
     /// [`Store::revoke_session`].
-    fn revoke_session(&self, sid: &str, until_ms: Millis) -> Result<(), StoreError>;
+    fn revoke_session(&self, revocation: &Revocation) -> Result<(), StoreError>;
     /// [`Store::void_sessions`].
     fn void_sessions(
         &self,
@@ -97,8 +97,8 @@ impl<S: Store> Accounts for S {
         Store::create(self, account, request_id)
     }
 
-    fn update_hash(&self, username: &str, hash: &str) -> Result<bool, StoreError> {
-        Store::update_hash(self, username, hash)
+    fn update_hash(&self, username: &str, old: &str, hash: &str) -> Result<bool, StoreError> {
+        Store::update_hash(self, username, old, hash)
     }
 
     fn ping(&self) -> Result<(), StoreError> {
@@ -109,8 +109,8 @@ impl<S: Store> Accounts for S {
         Store::session(self, account_id, sid)
     }
 
-    fn revoke_session(&self, sid: &str, until_ms: Millis) -> Result<(), StoreError> {
-        Store::revoke_session(self, sid, until_ms)
+    fn revoke_session(&self, revocation: &Revocation) -> Result<(), StoreError> {
+        Store::revoke_session(self, revocation)
     }
 
     fn void_sessions(

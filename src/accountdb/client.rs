@@ -6,7 +6,7 @@
 //! `has_broken` never blocks: it reads a flag that any IO error, timeout or bad reply sets.
 
 use crate::accountdb::accounts::Accounts;
-use crate::accountdb::store::{Account, Created, SessionState, StoreError};
+use crate::accountdb::store::{Account, Created, Revocation, SessionState, StoreError};
 use crate::auth::secret::Secret;
 use crate::logging::RateLimited;
 use crate::metrics::Metrics;
@@ -623,10 +623,9 @@ impl Accounts for RemoteStore {
         }
     }
 
-    fn revoke_session(&self, sid: &str, until_ms: Millis) -> Result<(), StoreError> {
+    fn revoke_session(&self, revocation: &Revocation) -> Result<(), StoreError> {
         let request = DbRequest::Revoke {
-            sid: sid.to_string(),
-            until_ms,
+            revocation: revocation.clone(),
         };
         match self.call(&request, false)? {
             DbResponse::Updated => Ok(()),
@@ -675,9 +674,10 @@ impl Accounts for RemoteStore {
         }
     }
 
-    fn update_hash(&self, username: &str, hash: &str) -> Result<bool, StoreError> {
+    fn update_hash(&self, username: &str, old: &str, hash: &str) -> Result<bool, StoreError> {
         let request = DbRequest::UpdateHash {
             username: username.to_string(),
+            old: old.to_string(),
             hash: hash.to_string(),
         };
         match self.call(&request, false)? {

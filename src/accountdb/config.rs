@@ -78,7 +78,8 @@ pub struct AccountDbConfig {
     /// registration counts, familiar addresses) the store keeps at most, for every
     /// login-server it serves. Checked once a second: between checks a flood may add what
     /// arrives in that second. When full, records that lock nothing go first (oldest change
-    /// first), then those holding familiar addresses, then locks, soonest to end first.
+    /// first), then locks (soonest to end first), and familiar addresses last (only successful
+    /// logins make them).
     /// Defaults to 1000000.
     #[arg(
         long,

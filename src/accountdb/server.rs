@@ -335,15 +335,15 @@ fn prune_records(store: &dyn Store, cap: u64, stop: &crossbeam_channel::Receiver
         stop.recv_timeout(Duration::from_secs(1))
     {
         let now = throttle::now_ms();
-        let pruned = store
-            .prune_records(now, cap)
-            .and_then(|records| Ok(records + store.prune_revoked(now)?));
-        match pruned {
-            Ok(0) => {}
-            Ok(dropped) => tracing::debug!(dropped, "expired records pruned"),
-            Err(e) => {
-                if let Some(times) = log.hit() {
-                    tracing::warn!(error = %e, times, "cannot prune expired records");
+        // Each on its own: one failing does not stop the other.
+        for pruned in [store.prune_records(now, cap), store.prune_revoked(now)] {
+            match pruned {
+                Ok(0) => {}
+                Ok(dropped) => tracing::debug!(dropped, "expired records pruned"),
+                Err(e) => {
+                    if let Some(times) = log.hit() {
+                        tracing::warn!(error = %e, times, "cannot prune expired records");
+                    }
                 }
             }
         }
@@ -533,14 +533,16 @@ fn execute(store: &dyn Store, request: DbRequest) -> DbResponse {
                     Created::New => DbResponse::Created,
                     Created::Exists => DbResponse::Exists,
                 }),
-            DbRequest::UpdateHash { username, hash } => {
-                store
-                    .update_hash(&username, &hash)
-                    .map(|updated| match updated {
-                        true => DbResponse::Updated,
-                        false => DbResponse::NotFound,
-                    })
-            }
+            DbRequest::UpdateHash {
+                username,
+                old,
+                hash,
+            } => store
+                .update_hash(&username, &old, &hash)
+                .map(|updated| match updated {
+                    true => DbResponse::Updated,
+                    false => DbResponse::NotFound,
+                }),
             DbRequest::Login {
                 username,
                 origin,
@@ -580,8 +582,8 @@ fn execute(store: &dyn Store, request: DbRequest) -> DbResponse {
                     None => DbResponse::NotFound,
                 })
             }
-            DbRequest::Revoke { sid, until_ms } => store
-                .revoke_session(&sid, until_ms)
+            DbRequest::Revoke { revocation } => store
+                .revoke_session(&revocation)
                 .map(|()| DbResponse::Updated),
             DbRequest::VoidSessions {
                 account_id,

@@ -75,6 +75,20 @@ impl StoreUrl {
     }
 }
 
+/// Revocations an account holds at most; see [`Store::revoke_session`].
+pub const REVOKED_PER_ACCOUNT: i64 = 64;
+
+/// A logged-out session.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Revocation {
+    pub account_id: u64,
+    pub sid: String,
+    /// When the session began.
+    pub began_ms: Millis,
+    /// Until when to keep the revocation: no token of the session is valid after it.
+    pub until_ms: Millis,
+}
+
 /// What the store knows of one session of an account.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionState {
@@ -192,8 +206,10 @@ pub trait Store: Send + Sync {
     /// with the same `request_id`, the answer is `New` again, so a create whose outcome was lost
     /// can be repeated safely.
     fn create(&self, account: &Account, request_id: &str) -> Result<Created, StoreError>;
-    /// Replace the hash of the account named `username` (any case); `false` if there is none.
-    fn update_hash(&self, username: &str, hash: &str) -> Result<bool, StoreError>;
+    /// Replace the hash of the account named `username` (any case) with `hash`, if it is still
+    /// `old`; `false` if there is no such account or its hash changed meanwhile (a password
+    /// change won: a login's rehash of the old password must not undo it).
+    fn update_hash(&self, username: &str, old: &str, hash: &str) -> Result<bool, StoreError>;
     /// Check that the store answers.
     fn ping(&self) -> Result<(), StoreError>;
     /// What a login needs, in one read: [`find`](Store::find) and the records at `keys`
@@ -216,8 +232,10 @@ pub trait Store: Send + Sync {
     /// What `verify` needs of session `sid` of the account with `account_id`, in one read;
     /// `None` if there is no such account.
     fn session(&self, account_id: u64, sid: &str) -> Result<Option<SessionState>, StoreError>;
-    /// Revoke session `sid` until `until_ms`, when it could no longer be used anyway. Durable.
-    fn revoke_session(&self, sid: &str, until_ms: Millis) -> Result<(), StoreError>;
+    /// Revoke a session until it could no longer be used anyway. Durable. An account holds at
+    /// most [`REVOKED_PER_ACCOUNT`] revocations: past that, every session of the account that
+    /// began no later than this one is voided instead.
+    fn revoke_session(&self, revocation: &Revocation) -> Result<(), StoreError>;
     /// Void every session of the account with `account_id` that began before `before_ms`
     /// (an earlier void stays), and with `hash` replace its password hash, in one durable
     /// transaction; `false` if there is no such account.

@@ -247,6 +247,10 @@ mod tests {
             SigningKey::read(&public).is_err(),
             "a public key cannot sign"
         );
+        // Its Debug form names it, and shows nothing of the private key.
+        let shown = format!("{key:?}");
+        assert!(shown.contains(&key.verify_key().kid), "{shown}");
+        assert!(!shown.contains("pkcs8"), "{shown}");
         // Distinct keys, distinct kids; a kid is a 256-bit thumbprint.
         let other = SigningKey::generate().unwrap();
         assert_ne!(other.verify_key().kid, key.verify_key().kid);

@@ -9,6 +9,7 @@
 //!
 //! The account store only ever sees password hashes, never passwords.
 
+use crate::accountdb::store::Revocation;
 use crate::throttle::{Origin, RegisterLimit, Thresholds};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
@@ -79,8 +80,13 @@ pub enum DbRequest {
         account: Account,
         request_id: String,
     },
-    /// Replace an account's hash (a login upgrading a weak one).
-    UpdateHash { username: String, hash: String },
+    /// Replace an account's hash `old` with `hash` (a login upgrading a weak one); not if it
+    /// is no longer `old` (a password change came first).
+    UpdateHash {
+        username: String,
+        old: String,
+        hash: String,
+    },
     /// A login's lookup ([`crate::throttle::login`]): answered [`DbResponse::Locked`] or
     /// [`DbResponse::Open`]. An unknown name is counted as a failure, against `origin` and,
     /// with `count_unknown_name`, the name.
@@ -105,8 +111,8 @@ pub enum DbRequest {
     /// The state of session `sid` of the account with `account_id`: answered
     /// [`DbResponse::Session`], or [`DbResponse::NotFound`] without such an account.
     Session { account_id: u64, sid: String },
-    /// Revoke session `sid` until `until_ms`: answered [`DbResponse::Updated`].
-    Revoke { sid: String, until_ms: i64 },
+    /// Revoke a session: answered [`DbResponse::Updated`].
+    Revoke { revocation: Revocation },
     /// Void the account's sessions that began before `before_ms`, and with `hash` replace its
     /// password hash: answered [`DbResponse::Updated`] or [`DbResponse::NotFound`].
     VoidSessions {

@@ -13,7 +13,8 @@
 //! the disk); PostgreSQL empties the table after a crash, and standbys do not have it.
 
 use super::{
-    familiar_list, familiar_text, unix_now, Account, Created, SessionState, Store, StoreError,
+    familiar_list, familiar_text, unix_now, Account, Created, Revocation, SessionState, Store,
+    StoreError, REVOKED_PER_ACCOUNT,
 };
 use crate::auth::names::{fold, skeleton, SKELETON_DATA};
 use crate::throttle::{Millis, Record};
@@ -55,14 +56,19 @@ const MIGRATIONS: [&str; 4] = [
     // per session, a revocation kept until the session could no longer be used.
     "ALTER TABLE accounts ADD COLUMN sessions_after BIGINT NOT NULL DEFAULT 0;
     CREATE TABLE revoked_sessions (
-        sid      TEXT PRIMARY KEY,
-        until_ms BIGINT NOT NULL
+        sid        TEXT PRIMARY KEY,
+        account_id BIGINT NOT NULL,
+        until_ms   BIGINT NOT NULL
     );
-    CREATE INDEX revoked_sessions_until ON revoked_sessions (until_ms);",
+    CREATE INDEX revoked_sessions_until ON revoked_sessions (until_ms);
+    CREATE INDEX revoked_sessions_account ON revoked_sessions (account_id);",
 ];
 
 /// The advisory lock key under which migrations run (any constant the application owns).
 const MIGRATION_LOCK: i64 = 0x6c6f_6769_6e5f_6462; // "login_db"
+
+/// The advisory lock key held by the account-db pruning throttle records.
+const PRUNE_LOCK: i64 = 0x7072_756e_655f_7468; // "prune_th"
 
 /// Accounts in a PostgreSQL database.
 pub struct PostgresStore {
@@ -254,11 +260,15 @@ impl Store for PostgresStore {
         Ok(Created::inserted(inserted))
     }
 
-    fn update_hash(&self, username: &str, hash: &str) -> Result<bool, StoreError> {
+    fn update_hash(&self, username: &str, old: &str, hash: &str) -> Result<bool, StoreError> {
         let mut conn = self.conn()?;
         let updated = conn.execute_typed(
-            "UPDATE accounts SET hash = $2 WHERE folded = $1",
-            &[(&fold(username), Type::TEXT), (&hash, Type::TEXT)],
+            "UPDATE accounts SET hash = $2 WHERE folded = $1 AND hash = $3",
+            &[
+                (&fold(username), Type::TEXT),
+                (&hash, Type::TEXT),
+                (&old, Type::TEXT),
+            ],
         )?;
         Ok(updated == 1)
     }
@@ -284,13 +294,42 @@ impl Store for PostgresStore {
         }))
     }
 
-    fn revoke_session(&self, sid: &str, until_ms: Millis) -> Result<(), StoreError> {
-        self.conn()?.execute_typed(
-            "INSERT INTO revoked_sessions (sid, until_ms) VALUES ($1, $2)
-             ON CONFLICT (sid) DO UPDATE
-                 SET until_ms = GREATEST(revoked_sessions.until_ms, EXCLUDED.until_ms)",
-            &[(&sid, Type::TEXT), (&until_ms, Type::INT8)],
+    fn revoke_session(&self, r: &Revocation) -> Result<(), StoreError> {
+        let id = i64::try_from(r.account_id).unwrap_or(-1);
+        let mut conn = self.conn()?;
+        let mut tx = conn.transaction()?;
+        // Logouts of one account take turns, so the cap holds across account-dbs.
+        tx.execute_typed(
+            "SELECT id FROM accounts WHERE id = $1 FOR UPDATE",
+            &[(&id, Type::INT8)],
         )?;
+        let held: i64 = tx
+            .query_typed_one(
+                "SELECT count(*) FROM revoked_sessions WHERE account_id = $1",
+                &[(&id, Type::INT8)],
+            )?
+            .get(0);
+        if held >= REVOKED_PER_ACCOUNT {
+            tx.execute_typed(
+                "UPDATE accounts SET sessions_after = GREATEST(sessions_after, $2) WHERE id = $1",
+                &[
+                    (&id, Type::INT8),
+                    (&r.began_ms.saturating_add(1), Type::INT8),
+                ],
+            )?;
+        } else {
+            tx.execute_typed(
+                "INSERT INTO revoked_sessions (sid, account_id, until_ms) VALUES ($1, $2, $3)
+                 ON CONFLICT (sid) DO UPDATE
+                     SET until_ms = GREATEST(revoked_sessions.until_ms, EXCLUDED.until_ms)",
+                &[
+                    (&r.sid, Type::TEXT),
+                    (&id, Type::INT8),
+                    (&r.until_ms, Type::INT8),
+                ],
+            )?;
+        }
+        tx.commit()?;
         Ok(())
     }
 
@@ -405,17 +444,32 @@ impl Store for PostgresStore {
 
     fn prune_records(&self, now: Millis, cap: u64) -> Result<u64, StoreError> {
         let mut conn = self.conn()?;
-        let expired = conn.execute("DELETE FROM throttle WHERE expires <= $1", &[&now])?;
-        let left: i64 = conn.query_one("SELECT count(*) FROM throttle", &[])?.get(0);
+        let mut tx = conn.transaction()?;
+        // One account-db prunes at a time (the others skip this second), so the excess is
+        // evicted once, not once per account-db.
+        let ours: bool = tx
+            .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&PRUNE_LOCK])?
+            .get(0);
+        if !ours {
+            return Ok(0);
+        }
+        // Rows a request is changing right now are skipped, never waited for.
+        let expired = tx.execute(
+            "DELETE FROM throttle WHERE key IN
+             (SELECT key FROM throttle WHERE expires <= $1 FOR UPDATE SKIP LOCKED)",
+            &[&now],
+        )?;
+        let left: i64 = tx.query_one("SELECT count(*) FROM throttle", &[])?.get(0);
         let excess = left.saturating_sub(i64::try_from(cap).unwrap_or(i64::MAX));
         let evicted = match excess > 0 {
-            true => conn.execute(
+            true => tx.execute(
                 "DELETE FROM throttle WHERE key IN
-                 (SELECT key FROM throttle ORDER BY rank LIMIT $1)",
+                 (SELECT key FROM throttle ORDER BY rank LIMIT $1 FOR UPDATE SKIP LOCKED)",
                 &[&excess],
             )?,
             false => 0,
         };
+        tx.commit()?;
         Ok(expired + evicted)
     }
 }

@@ -11,7 +11,8 @@
 //! file from another layout is started afresh.
 
 use super::{
-    familiar_list, familiar_text, unix_now, Account, Created, SessionState, Store, StoreError,
+    familiar_list, familiar_text, unix_now, Account, Created, Revocation, SessionState, Store,
+    StoreError, REVOKED_PER_ACCOUNT,
 };
 use crate::auth::names::{fold, skeleton, SKELETON_DATA};
 use crate::throttle::{Millis, Record};
@@ -64,10 +65,12 @@ const MIGRATIONS: [Step; 4] = [
     Step {
         sql: "ALTER TABLE accounts ADD COLUMN sessions_after INTEGER NOT NULL DEFAULT 0;
             CREATE TABLE revoked_sessions (
-                sid      TEXT PRIMARY KEY,
-                until_ms INTEGER NOT NULL
+                sid        TEXT PRIMARY KEY,
+                account_id INTEGER NOT NULL,
+                until_ms   INTEGER NOT NULL
             ) WITHOUT ROWID;
-            CREATE INDEX revoked_sessions_until ON revoked_sessions (until_ms);",
+            CREATE INDEX revoked_sessions_until ON revoked_sessions (until_ms);
+            CREATE INDEX revoked_sessions_account ON revoked_sessions (account_id);",
         fill: None,
     },
 ];
@@ -373,12 +376,12 @@ impl Store for SqliteStore {
         Ok(Created::inserted(inserted as u64))
     }
 
-    fn update_hash(&self, username: &str, hash: &str) -> Result<bool, StoreError> {
+    fn update_hash(&self, username: &str, old: &str, hash: &str) -> Result<bool, StoreError> {
         let conn = self.writer.lock();
         let mut stmt = conn.prepare_cached(&format!(
-            "UPDATE accounts SET hash = ?3 WHERE key = (SELECT key FROM ({CHOOSE}))"
+            "UPDATE accounts SET hash = ?3 WHERE key = (SELECT key FROM ({CHOOSE})) AND hash = ?4"
         ))?;
-        let updated = stmt.execute(params![fold(username), username, hash])?;
+        let updated = stmt.execute(params![fold(username), username, hash, old])?;
         Ok(updated == 1)
     }
 
@@ -406,13 +409,26 @@ impl Store for SqliteStore {
         .map_err(StoreError::from)
     }
 
-    fn revoke_session(&self, sid: &str, until_ms: Millis) -> Result<(), StoreError> {
-        let conn = self.writer.lock();
-        conn.prepare_cached(
-            "INSERT INTO revoked_sessions (sid, until_ms) VALUES (?1, ?2)
-             ON CONFLICT (sid) DO UPDATE SET until_ms = max(until_ms, excluded.until_ms)",
-        )?
-        .execute(params![sid, until_ms])?;
+    fn revoke_session(&self, r: &Revocation) -> Result<(), StoreError> {
+        let mut conn = self.writer.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let id = i64::try_from(r.account_id).unwrap_or(-1);
+        let held: i64 = tx
+            .prepare_cached("SELECT count(*) FROM revoked_sessions WHERE account_id = ?1")?
+            .query_row(params![id], |row| row.get(0))?;
+        if held >= REVOKED_PER_ACCOUNT {
+            tx.prepare_cached(
+                "UPDATE accounts SET sessions_after = max(sessions_after, ?2) WHERE id = ?1",
+            )?
+            .execute(params![id, r.began_ms.saturating_add(1)])?;
+        } else {
+            tx.prepare_cached(
+                "INSERT INTO revoked_sessions (sid, account_id, until_ms) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (sid) DO UPDATE SET until_ms = max(until_ms, excluded.until_ms)",
+            )?
+            .execute(params![r.sid, id, r.until_ms])?;
+        }
+        tx.commit()?;
         Ok(())
     }
 
@@ -552,9 +568,9 @@ mod tests {
             store.create(&account("dup"), "other").unwrap(),
             Created::Exists
         );
-        assert!(store.update_hash("DUP", "new-hash").unwrap());
+        assert!(store.update_hash("DUP", "hash-of-Dup", "new-hash").unwrap());
         assert_eq!(store.find("dup").unwrap().unwrap().hash, "new-hash");
-        assert!(!store.update_hash("nobody", "x").unwrap());
+        assert!(!store.update_hash("nobody", "x", "y").unwrap());
     }
 
     #[test]
@@ -609,7 +625,7 @@ mod tests {
         let store = SqliteStore::open(dir.path()).unwrap();
         assert_eq!(store.find("straße").unwrap().unwrap().hash, "h1");
         assert_eq!(store.find("STRASSE").unwrap().unwrap().hash, "h2");
-        assert!(store.update_hash("STRASSE", "h3").unwrap());
+        assert!(store.update_hash("STRASSE", "h2", "h3").unwrap());
         assert_eq!(store.find("straße").unwrap().unwrap().hash, "h1");
         assert_eq!(store.find("STRASSE").unwrap().unwrap().hash, "h3");
         assert_eq!(

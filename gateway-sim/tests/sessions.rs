@@ -1,0 +1,112 @@
+//! gateway-sim against a real login-server (embedded account-db, 127.0.0.1:0): `send` for every
+//! op, and a stress run whose `verify` requests check the run's own tokens.
+
+use gateway_sim::stress::{Options, Run};
+use login_server::auth::password::HashParams;
+use login_server::protocol::gateway::{Form, Op};
+use login_server::{LoginServer, LoginServerConfig};
+use serde_json::Value;
+use std::time::Duration;
+
+const PATIENCE: Duration = Duration::from_secs(20);
+
+fn server(dir: &std::path::Path) -> LoginServer {
+    LoginServer::spawn(LoginServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data: dir.to_path_buf(),
+        hash_params: HashParams::CHEAPEST,
+        ..LoginServerConfig::default()
+    })
+    .unwrap()
+}
+
+fn send(server: &LoginServer, op: Op, subject: &str, password: &str, new: &str) -> Value {
+    let request = gateway_sim::request(op, subject, password, new);
+    let reply = gateway_sim::send_seed(server.local_addr(), &request, PATIENCE).unwrap();
+    serde_json::from_str::<Value>(&reply).unwrap()[0].clone()
+}
+
+#[test]
+fn send_speaks_every_op() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(dir.path());
+    assert_eq!(
+        send(&server, Op::Register, "Sender", "password1", "")["code"],
+        4
+    );
+    let login = send(&server, Op::Login, "sender", "password1", "");
+    let token = login["token"].as_str().unwrap().to_string();
+    assert_eq!(send(&server, Op::Verify, &token, "", "")["code"], 9);
+    let refreshed = send(&server, Op::Refresh, &token, "", "");
+    assert_eq!(refreshed["code"], 9);
+    assert_eq!(send(&server, Op::Logout, &token, "", "")["code"], 11);
+    assert_eq!(
+        send(&server, Op::Verify, &token, "", "")["reason"],
+        "revoked"
+    );
+    let changed = send(
+        &server,
+        Op::ChangePassword,
+        "sender",
+        "password1",
+        "password2",
+    );
+    assert_eq!(changed["code"], 11);
+    let fresh = changed["token"].as_str().unwrap().to_string();
+    assert_eq!(send(&server, Op::LogoutAll, &fresh, "", "")["code"], 11);
+    assert_eq!(
+        send(&server, Op::Verify, &fresh, "", "")["reason"],
+        "revoked"
+    );
+    assert_eq!(
+        send(&server, Op::Login, "sender", "password2", "")["code"],
+        3
+    );
+}
+
+#[test]
+fn a_server_that_closes_without_a_reply_is_an_error() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    // Reads the request whole, then closes without answering.
+    let closer = std::thread::spawn(move || {
+        use std::io::Read;
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut request = Vec::new();
+        let mut buf = [0u8; 256];
+        while !request.ends_with(b"]") {
+            let n = stream.read(&mut buf).unwrap();
+            assert!(n > 0, "the request came whole");
+            request.extend_from_slice(&buf[..n]);
+        }
+    });
+    let request = gateway_sim::request(Op::Login, "u", "password1", "");
+    let error = gateway_sim::send_seed(addr, &request, PATIENCE).unwrap_err();
+    assert!(error.to_string().contains("without a reply"), "{error}");
+    closer.join().unwrap();
+}
+
+#[test]
+fn stress_verifies_the_tokens_of_its_own_logins() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(dir.path());
+    for form in [Form::Stream, Form::Seed] {
+        let run = Run::start(Options {
+            target: server.local_addr(),
+            connections: 4,
+            duration: Duration::from_secs(2),
+            requests: Some(400),
+            form,
+            pipeline: 2,
+            mix: "login=20,verify=80".parse().unwrap(),
+            users: 50,
+            rate: None,
+            timeout: PATIENCE,
+        })
+        .unwrap();
+        let report = run.finish();
+        assert!(report.clean(), "{form:?}: {}", report.table());
+        let verified = report.codes.get("9").copied().unwrap_or(0);
+        assert!(verified > 100, "{form:?}: {:?}", report.codes);
+    }
+}
