@@ -16,11 +16,13 @@
 //! - [`service`]: login, register and session logic over
 //!   [`Accounts`](accountdb::accounts::Accounts), what login-server asks of the account tier;
 //!   [`tokens`]: session JWTs, signed with Ed25519 and checked, and the JWKS.
+//! - [`legacy`]: the old database server, asked about players who have not moved yet.
 //! - [`auth`]: username and password rules; argon2id hashing; the tiers' shared secret; the
 //!   token signing keys and their files.
 //! - [`accountdb::client`]: the r2d2-pooled connections to one or more account-dbs, as
 //!   `Accounts` that fail over between them.
 //! - [`protocol::accountdb`]: the newline-delimited JSON between the two tiers. Pure.
+//! - [`accountdb::import`]: `account-db import`, the old system's players in bulk.
 //! - [`accountdb::server`]: the account-db server, configured by [`AccountDbConfig`];
 //!   [`throttle`]: brute-force lockouts, kept as records in the store, which account-db runs;
 //!   [`accountdb::store`]: the `Store` trait, its SQLite and PostgreSQL implementations, and
@@ -38,6 +40,7 @@ pub mod auth;
 pub mod cidr;
 pub mod config;
 pub mod http;
+pub mod legacy;
 pub mod logging;
 pub mod login;
 pub mod metrics;

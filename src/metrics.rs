@@ -234,6 +234,21 @@ pub struct Metrics {
     pub throttled: Counter,
     pub refused_connections: Counter,
     pub disallowed_connections: Counter,
+    /// Questions to the old account server, by [`LegacyOutcome`].
+    legacy_lookups: LabeledCounters,
+    /// Accounts moved from the old account server on their first login.
+    pub legacy_migrated: Counter,
+}
+
+/// What the old account server answered (`--legacy-db`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LegacyOutcome {
+    /// It knows the name.
+    Known = 0,
+    /// It does not.
+    Unknown = 1,
+    /// It was down, slow, busy or answered garbage.
+    Failed = 2,
 }
 
 impl Default for Metrics {
@@ -254,6 +269,10 @@ impl Default for Metrics {
             throttled: Counter::default(),
             refused_connections: Counter::default(),
             disallowed_connections: Counter::default(),
+            legacy_lookups: LabeledCounters::new(
+                ["known", "unknown", "failed"].map(|outcome| vec![("outcome", outcome)]),
+            ),
+            legacy_migrated: Counter::default(),
         }
     }
 }
@@ -270,6 +289,11 @@ pub struct Gauges {
 }
 
 impl Metrics {
+    /// One question to the old account server, answered so.
+    pub fn legacy_lookup(&self, outcome: LegacyOutcome) {
+        self.legacy_lookups.inc(outcome as usize);
+    }
+
     /// One reply sent, `latency` after its message was whole.
     pub fn reply(&self, op: Option<Op>, code: Code, latency: Duration) {
         let op = op.map_or(OPS.len() - 1, Op::index);
@@ -362,6 +386,16 @@ impl Metrics {
             "disallowed_connections",
             "Connections closed at accept: the peer is not in --allow-from",
             self.disallowed_connections.clone(),
+        );
+        r.register(
+            "legacy_lookups",
+            "Questions to the old account server, by outcome",
+            self.legacy_lookups.clone(),
+        );
+        r.register(
+            "legacy_migrated",
+            "Accounts moved from the old account server on their first login",
+            self.legacy_migrated.clone(),
         );
         r
     }

@@ -12,14 +12,21 @@ use crate::auth::names::fold;
 use crate::auth::names::{normalize_password, Rules};
 use crate::auth::password::{HashError, Hasher, Memory};
 use crate::auth::secret::random_token;
+use crate::legacy::{self, Known, LegacyDb, RESERVED_HASH};
+use crate::metrics::LegacyOutcome;
 use crate::metrics::Metrics;
 use crate::protocol::gateway::{Op, RegisterFailure, Reply, Request};
-use crate::throttle::{now_ms, Login, Millis, Origin, Policy, Registering};
+use crate::throttle::{now_ms, Login, Millis, Origin, Policy, Registering, Unknown};
 use crate::tokens::{Invalid, Session, Tokens};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// The longest name looked up, in bytes: today's name rules bind registrations only, so an
+/// account from the old system may have any name up to this (`account-db import` takes none
+/// longer).
+const MAX_NAME: usize = 255;
 
 fn millis(d: Duration) -> Millis {
     Millis::try_from(d.as_millis()).unwrap_or(Millis::MAX)
@@ -105,8 +112,26 @@ impl Drop for Turn {
     }
 }
 
+/// A name account-db does not know, to ask the old account server about (`--legacy-db`), or an
+/// account reserved for its old owner by `account-db import`.
+struct Migrate {
+    /// Spelled as the player typed it, or as the reservation stored it: the old server
+    /// compares names exactly.
+    username: String,
+    password: String,
+    origin: Option<Origin>,
+    /// `change_password`'s new password: the account moves with it.
+    new_password: Option<String>,
+    /// The reservation to replace, else a new account is made.
+    reserved: Option<Account>,
+    looked_up: Millis,
+    _turn: Turn,
+}
+
 enum Task {
     Verify(Found),
+    /// Ask the old account server, and move the account here if the password is right.
+    Migrate(Migrate),
     /// `change_password`: verify the old password as a login does, then hash the new one.
     ChangePassword {
         found: Found,
@@ -122,6 +147,8 @@ enum Task {
     Create {
         username: String,
         password: String,
+        /// Ask the old account server first whether the name is taken there.
+        ask_legacy: bool,
     },
 }
 
@@ -129,7 +156,11 @@ impl HashTask {
     /// The operation this task finishes, for logs and metrics.
     pub fn op(&self) -> Op {
         match self.0 {
-            Task::Verify { .. } | Task::Pretend { .. } => Op::Login,
+            Task::Migrate(Migrate {
+                new_password: Some(_),
+                ..
+            }) => Op::ChangePassword,
+            Task::Verify { .. } | Task::Pretend { .. } | Task::Migrate(_) => Op::Login,
             Task::ChangePassword { .. } => Op::ChangePassword,
             Task::Create { .. } => Op::Register,
         }
@@ -182,6 +213,8 @@ pub struct Service {
     hasher: Hasher,
     options: Options,
     tokens: Tokens,
+    /// The old account server (`--legacy-db`), if there is one.
+    legacy: Option<LegacyDb>,
     verifying: Arc<Verifying>,
     /// Verified against for unknown users under `hide_user_existence`.
     dummy_hash: String,
@@ -205,6 +238,7 @@ impl Service {
         hasher: Hasher,
         options: Options,
         tokens: Tokens,
+        legacy: Option<LegacyDb>,
         metrics: Metrics,
     ) -> Result<Self, HashError> {
         let dummy_hash = hasher.hash(&random_token(), &mut Memory::default())?;
@@ -213,6 +247,7 @@ impl Service {
             hasher,
             options,
             tokens,
+            legacy,
             verifying: Arc::default(),
             dummy_hash,
             metrics,
@@ -236,7 +271,7 @@ impl Service {
         } = request;
         let origin = ip.map(Origin::from);
         match op {
-            Op::Login => match self.lookup(&username, password, origin) {
+            Op::Login => match self.lookup(&username, password, origin, None) {
                 Lookup::Found(found) => Step::Hash(HashTask(Task::Verify(found))),
                 Lookup::Answered(step) => step,
             },
@@ -244,13 +279,15 @@ impl Service {
             Op::ChangePassword if !self.options.rules.password_ok(&new_password) => {
                 Step::Done(Reply::register_failed(RegisterFailure::InvalidPassword))
             }
-            Op::ChangePassword => match self.lookup(&username, password, origin) {
-                Lookup::Found(found) => Step::Hash(HashTask(Task::ChangePassword {
-                    found,
-                    new_password,
-                })),
-                Lookup::Answered(step) => step,
-            },
+            Op::ChangePassword => {
+                match self.lookup(&username, password, origin, Some(&new_password)) {
+                    Lookup::Found(found) => Step::Hash(HashTask(Task::ChangePassword {
+                        found,
+                        new_password,
+                    })),
+                    Lookup::Answered(step) => step,
+                }
+            }
             Op::Verify | Op::Refresh | Op::Logout | Op::LogoutAll => {
                 Step::Done(self.session_op(op, &token))
             }
@@ -259,16 +296,21 @@ impl Service {
 
     /// A login's lookup (also of a password change's old password): the account found, or
     /// the answer reached without verifying a password.
-    fn lookup(&self, username: &str, password: String, origin: Option<Origin>) -> Lookup {
-        let rules = &self.options.rules;
+    fn lookup(
+        &self,
+        username: &str,
+        password: String,
+        origin: Option<Origin>,
+        new_password: Option<&str>,
+    ) -> Lookup {
         let hide = self.options.hide_user_existence;
         let failures = self.options.throttle.failures();
-        // A name that could never have registered names no account; a password that could
-        // never have registered is wrong whoever's it is. Either costs the address, never an
-        // account, so that short guesses cannot lock a victim out: one round trip with an
-        // address, none without.
-        let could_exist = rules.could_exist(username);
-        if !could_exist || !rules.password_ok(&password) {
+        // Today's name and password rules bind registrations only: accounts from the old
+        // system (imported, or moved on their first login) may break them and still log in.
+        // So only a name longer than any account's is answered without a lookup; it costs the
+        // address, never an account: one round trip with an address, none without.
+        let could_exist = !username.is_empty() && username.len() <= MAX_NAME;
+        if !could_exist {
             if origin.is_some() {
                 match self.accounts.failed(None, origin, &failures) {
                     Ok(Some(wait)) => return Lookup::Answered(self.throttled(wait)),
@@ -278,13 +320,12 @@ impl Service {
                     }
                 }
             }
-            return Lookup::Answered(match (could_exist, hide) {
-                (false, true) => Step::Hash(HashTask(Task::Pretend {
+            return Lookup::Answered(match hide {
+                true => Step::Hash(HashTask(Task::Pretend {
                     password,
                     _turn: None,
                 })),
-                (false, false) => Step::Done(Reply::no_such_user()),
-                (true, _) => Step::Done(Reply::wrong_password()),
+                false => Step::Done(Reply::no_such_user()),
             });
         }
         // A few attempts at a time per name on this login-server, so that a burst of
@@ -293,9 +334,33 @@ impl Service {
         let Some(turn) = self.verifying.take(username) else {
             return Lookup::Answered(self.throttled(Duration::from_secs(1)));
         };
-        match self.accounts.login(username, origin, &failures, hide) {
+        let unknown = match (&self.legacy, hide) {
+            // Counted once the old server has answered.
+            (Some(_), _) => Unknown::Nothing,
+            (None, true) => Unknown::AddressAndName,
+            (None, false) => Unknown::Address,
+        };
+        let migrate = |reserved: Option<Account>, turn: Turn| {
+            Lookup::Answered(Step::Hash(HashTask(Task::Migrate(Migrate {
+                username: reserved
+                    .as_ref()
+                    .map_or_else(|| username.to_string(), |a| a.username.clone()),
+                password: password.clone(),
+                origin,
+                new_password: new_password.map(str::to_string),
+                reserved,
+                looked_up: now_ms(),
+                _turn: turn,
+            }))))
+        };
+        match self.accounts.login(username, origin, &failures, unknown) {
             Err(e) => Lookup::Answered(Step::Done(store_unavailable(&e, &self.metrics))),
             Ok(Login::Locked(wait)) => Lookup::Answered(self.throttled(wait)),
+            Ok(Login::Open { account: None, .. }) if self.legacy.is_some() => migrate(None, turn),
+            Ok(Login::Open {
+                account: Some(account),
+                ..
+            }) if account.hash == RESERVED_HASH => migrate(Some(account), turn),
             // Counted as a failure by the lookup already. The turn is held as for a real
             // account, so that neither the time nor a concurrent attempt tells them apart.
             Ok(Login::Open { account: None, .. }) if hide => {
@@ -409,7 +474,11 @@ impl Service {
             Ok(Registering::Taken) => {
                 Step::Done(Reply::register_failed(RegisterFailure::UsernameTaken))
             }
-            Ok(Registering::Free) => Step::Hash(HashTask(Task::Create { username, password })),
+            Ok(Registering::Free) => Step::Hash(HashTask(Task::Create {
+                username,
+                password,
+                ask_legacy: self.legacy.is_some(),
+            })),
         }
     }
 
@@ -467,7 +536,22 @@ impl Service {
                 let _ = self.verify(&password, &self.dummy_hash, memory);
                 Reply::wrong_password()
             }
-            Task::Create { username, password } => {
+            Task::Migrate(migrate) => self.migrate(migrate, memory),
+            Task::Create {
+                username,
+                password,
+                ask_legacy,
+            } => {
+                // A name the old server knows is its player's, moved or not.
+                if ask_legacy {
+                    match self.ask_legacy(&username) {
+                        Ok(Known::Unknown) => {}
+                        Ok(Known::Password(_)) => {
+                            return Reply::register_failed(RegisterFailure::UsernameTaken)
+                        }
+                        Err(reply) => return *reply,
+                    }
+                }
                 let hash = match self.hasher.hash(&normalize_password(&password), memory) {
                     Ok(hash) => hash,
                     Err(e) => return internal_error(&e),
@@ -481,6 +565,105 @@ impl Service {
                     Err(e) => store_unavailable(&e, &self.metrics),
                 }
             }
+        }
+    }
+
+    /// What the old account server knows of `username`, counted in the metrics; its failure
+    /// as the reply "unavailable" (7): the player may exist there, so never "no such user".
+    fn ask_legacy(&self, username: &str) -> Result<Known, Box<Reply>> {
+        let Some(legacy) = &self.legacy else {
+            return Ok(Known::Unknown);
+        };
+        match legacy.lookup(username) {
+            Ok(known) => {
+                self.metrics.legacy_lookup(match known {
+                    Known::Unknown => LegacyOutcome::Unknown,
+                    Known::Password(_) => LegacyOutcome::Known,
+                });
+                Ok(known)
+            }
+            Err(e) => {
+                self.metrics.legacy_lookup(LegacyOutcome::Failed);
+                tracing::warn!(error = %e, "old account server unavailable");
+                Err(Box::new(Reply::unavailable(
+                    "old account store unavailable, retry later",
+                )))
+            }
+        }
+    }
+
+    /// A login (or password change) of a name the old account server may know: if it does
+    /// and the password is its, the account moves here (argon2id; the old server is never
+    /// asked about it again) and the player is logged in.
+    fn migrate(&self, m: Migrate, memory: &mut Memory) -> Reply {
+        let failures = self.options.throttle.failures();
+        let hide = self.options.hide_user_existence;
+        let fail = |name: Option<&str>| {
+            if let Err(e) = self.accounts.failed(name, m.origin, &failures) {
+                tracing::warn!(error = %e, "cannot count a failed login");
+            }
+        };
+        let plain = match self.ask_legacy(&m.username) {
+            Err(reply) => return *reply,
+            Ok(Known::Unknown) => {
+                // Unknown in both, counted as account-db would have counted it.
+                fail(hide.then_some(m.username.as_str()));
+                return match hide {
+                    true => {
+                        let _ = self.verify(&m.password, &self.dummy_hash, memory);
+                        Reply::wrong_password()
+                    }
+                    false => Reply::no_such_user(),
+                };
+            }
+            Ok(Known::Password(plain)) => plain,
+        };
+        if !legacy::matches(&m.password, &plain) {
+            let guess_could_be_new = self.options.rules.password_ok(&m.password);
+            fail(guess_could_be_new.then_some(m.username.as_str()));
+            return Reply::wrong_password();
+        }
+        let new = m.new_password.as_deref().unwrap_or(&m.password);
+        let hash = match self.hasher.hash(&normalize_password(new), memory) {
+            Ok(hash) => hash,
+            Err(e) => return internal_error(&e),
+        };
+        let moved = match &m.reserved {
+            Some(reserved) => self
+                .accounts
+                .update_hash(&reserved.username, RESERVED_HASH, &hash)
+                .map(|updated| match updated {
+                    true => Created::New,
+                    false => Created::Exists,
+                }),
+            None => self
+                .accounts
+                .create(&Account::new(&m.username, &hash), &random_token()),
+        };
+        let account = match moved.and_then(|moved| Ok((moved, self.accounts.find(&m.username)?))) {
+            Err(e) => return store_unavailable(&e, &self.metrics),
+            Ok((_, None)) => return Reply::unavailable("account store changed, retry later"),
+            Ok((Created::New, Some(account))) => {
+                self.metrics.legacy_migrated.inc();
+                tracing::info!(user = %account.username, id = account.id, "account moved from the old account server");
+                account
+            }
+            // Moved meanwhile by a concurrent login of the same player: log in against it.
+            Ok((Created::Exists, Some(account))) => {
+                match self.verify(&m.password, &account.hash, memory) {
+                    Ok(Some(_)) => account,
+                    Ok(None) => return Reply::wrong_password(),
+                    Err(e) => return internal_error(&e),
+                }
+            }
+        };
+        if let Err(e) = self.accounts.succeeded(&account.username, m.origin) {
+            tracing::warn!(user = %account.username, error = %e, "cannot clear the failed logins of an account");
+        }
+        let (token, exp) = self.new_session(&account, m.looked_up, now_ms());
+        match m.new_password {
+            Some(_) => Reply::done().with_token(token, exp),
+            None => Reply::logged_in(account.username, account.id).with_token(token, exp),
         }
     }
 
@@ -509,11 +692,15 @@ impl Service {
                     // up the difference, so the time does not tell the account exists.
                     let _ = self.hasher.verify(password, &self.dummy_hash, memory);
                 }
+                // A password that could never have registered counts against the address only,
+                // never the account, so that short guesses cannot lock a victim out.
                 let failures = self.options.throttle.failures();
-                if let Err(e) = self
-                    .accounts
-                    .failed(Some(&account.username), *origin, &failures)
-                {
+                let name = self
+                    .options
+                    .rules
+                    .password_ok(password)
+                    .then_some(account.username.as_str());
+                if let Err(e) = self.accounts.failed(name, *origin, &failures) {
                     tracing::warn!(user = %account.username, error = %e, "cannot count a failed login");
                 }
                 Err(Box::new(Reply::wrong_password()))
@@ -584,7 +771,7 @@ mod tests {
         let hasher = Hasher::new(HashParams::CHEAPEST).unwrap();
         let key = crate::auth::token_key::SigningKey::generate().unwrap();
         let tokens = Tokens::new(&key, Vec::new(), options.session_ttl);
-        Service::new(store, hasher, options, tokens, Metrics::default()).unwrap()
+        Service::new(store, hasher, options, tokens, None, Metrics::default()).unwrap()
     }
 
     fn service(dir: &std::path::Path) -> Service {

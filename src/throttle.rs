@@ -373,15 +373,28 @@ pub enum Registering {
     Free,
 }
 
+/// What a login's lookup counts when the name is unknown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Unknown {
+    /// A failed login against the address.
+    Address,
+    /// A failed login against the address and the name (`--hide-user-existence`: unknown names
+    /// lock like accounts).
+    AddressAndName,
+    /// Nothing yet: the old account server may know the name (`--legacy-db`).
+    Nothing,
+}
+
 /// A login's lookup, in one read: the account named `username` with the lock state of the
-/// account and of `origin`. An unknown name is counted as a failed login at once (against the
-/// address, and against the name too when `count_unknown_name`), unless locked.
+/// account and of `origin`. An unknown name is counted as a failed login at once, as `unknown`
+/// says, unless locked.
 pub fn login(
     store: &dyn Store,
     username: &str,
     origin: Option<Origin>,
     t: &Thresholds,
-    count_unknown_name: bool,
+    unknown: Unknown,
 ) -> Result<Login, StoreError> {
     let now = now_ms();
     let mut keys = vec![account_key(username)];
@@ -396,8 +409,12 @@ pub fn login(
         return Ok(Login::Locked(wait));
     }
     if account.is_none() {
-        let name = count_unknown_name.then_some(username);
-        if let Some(wait) = failed(store, name, origin, t)? {
+        let counted = match unknown {
+            Unknown::Nothing => None,
+            Unknown::Address => Some(failed(store, None, origin, t)?),
+            Unknown::AddressAndName => Some(failed(store, Some(username), origin, t)?),
+        };
+        if let Some(Some(wait)) = counted {
             return Ok(Login::Locked(wait));
         }
     }
@@ -751,15 +768,15 @@ mod tests {
             );
         }
         assert!(matches!(
-            login(&store, "ALICE", None, &t, false).unwrap(),
+            login(&store, "ALICE", None, &t, Unknown::Address).unwrap(),
             Login::Locked(_)
         ));
         assert!(matches!(
-            login(&store, "bob", ip("10.0.0.1"), &t, false).unwrap(),
+            login(&store, "bob", ip("10.0.0.1"), &t, Unknown::Address).unwrap(),
             Login::Locked(_)
         ));
         assert_eq!(
-            open(login(&store, "bob", ip("10.0.0.2"), &t, false).unwrap()).0,
+            open(login(&store, "bob", ip("10.0.0.2"), &t, Unknown::Address).unwrap()).0,
             None
         );
         // Refused while locked, and not counted: the address's record is as it was.
@@ -786,11 +803,11 @@ mod tests {
         assert!((wall - started).abs() < 60_000, "{started}");
         // Success clears the account, not the address.
         succeeded(&store, "Alice", None).unwrap();
-        let (account, settled) = open(login(&store, "alice", None, &t, false).unwrap());
+        let (account, settled) = open(login(&store, "alice", None, &t, Unknown::Address).unwrap());
         assert_eq!(account.map(|a| a.username).as_deref(), Some("alice"));
         assert!(settled);
         assert!(matches!(
-            login(&store, "alice", ip("10.0.0.1"), &t, false).unwrap(),
+            login(&store, "alice", ip("10.0.0.1"), &t, Unknown::Address).unwrap(),
             Login::Locked(_)
         ));
     }
@@ -800,26 +817,27 @@ mod tests {
         let (_dir, store) = store();
         let t = thresholds();
         create(&store, "carol");
-        let (_, settled) = open(login(&store, "carol", ip("198.51.100.1"), &t, false).unwrap());
+        let (_, settled) =
+            open(login(&store, "carol", ip("198.51.100.1"), &t, Unknown::Address).unwrap());
         assert!(!settled, "a new address is news");
         succeeded(&store, "carol", ip("198.51.100.1")).unwrap();
-        assert!(open(login(&store, "carol", ip("198.51.100.1"), &t, false).unwrap()).1);
+        assert!(open(login(&store, "carol", ip("198.51.100.1"), &t, Unknown::Address).unwrap()).1);
         for i in 0..3 {
             failed(&store, Some("carol"), ip(&format!("203.0.113.{i}")), &t).unwrap();
         }
         assert!(matches!(
-            login(&store, "carol", ip("203.0.113.10"), &t, false).unwrap(),
+            login(&store, "carol", ip("203.0.113.10"), &t, Unknown::Address).unwrap(),
             Login::Locked(_)
         ));
         assert!(
             matches!(
-                login(&store, "carol", None, &t, false).unwrap(),
+                login(&store, "carol", None, &t, Unknown::Address).unwrap(),
                 Login::Locked(_)
             ),
             "no address is never familiar"
         );
         let (account, settled) =
-            open(login(&store, "carol", ip("198.51.100.1"), &t, false).unwrap());
+            open(login(&store, "carol", ip("198.51.100.1"), &t, Unknown::Address).unwrap());
         assert!(account.is_some());
         assert!(!settled, "its success must clear the lock");
     }
@@ -830,24 +848,40 @@ mod tests {
         let t = thresholds();
         for _ in 0..3 {
             assert_eq!(
-                open(login(&store, "ghost", ip("10.0.0.9"), &t, false).unwrap()).0,
+                open(login(&store, "ghost", ip("10.0.0.9"), &t, Unknown::Address).unwrap()).0,
                 None
             );
         }
         assert!(matches!(
-            login(&store, "other", ip("10.0.0.9"), &t, false).unwrap(),
+            login(&store, "other", ip("10.0.0.9"), &t, Unknown::Address).unwrap(),
             Login::Locked(_)
         ));
         for i in 0..3 {
-            open(login(&store, "phantom", ip(&format!("10.1.0.{i}")), &t, true).unwrap());
+            open(
+                login(
+                    &store,
+                    "phantom",
+                    ip(&format!("10.1.0.{i}")),
+                    &t,
+                    Unknown::AddressAndName,
+                )
+                .unwrap(),
+            );
         }
         assert!(matches!(
-            login(&store, "PHANTOM", ip("10.2.0.1"), &t, true).unwrap(),
+            login(
+                &store,
+                "PHANTOM",
+                ip("10.2.0.1"),
+                &t,
+                Unknown::AddressAndName
+            )
+            .unwrap(),
             Login::Locked(_)
         ));
         // Without an address and without hiding, nothing is written.
         for _ in 0..5 {
-            open(login(&store, "nobody", None, &t, false).unwrap());
+            open(login(&store, "nobody", None, &t, Unknown::Address).unwrap());
         }
         assert_eq!(store.prune_records(now_ms(), u64::MAX).unwrap(), 0);
         let keys = [account_key("nobody")];

@@ -8,7 +8,7 @@ use login_server::accountdb::accounts::Accounts;
 use login_server::accountdb::client::RemoteStore;
 use login_server::accountdb::store::{Account, Created, Revocation, SessionState, StoreError};
 use login_server::metrics::Metrics;
-use login_server::throttle::{Login, Origin, RegisterLimit, Registering, Thresholds};
+use login_server::throttle::{Login, Origin, RegisterLimit, Registering, Thresholds, Unknown};
 use login_server::LoginServer;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -115,10 +115,10 @@ impl Accounts for PanicButton {
         username: &str,
         origin: Option<Origin>,
         failures: &Thresholds,
-        count_unknown_name: bool,
+        unknown: Unknown,
     ) -> Result<Login, StoreError> {
         assert_ne!(username, "panic-button", "injected fault");
-        self.0.login(username, origin, failures, count_unknown_name)
+        self.0.login(username, origin, failures, unknown)
     }
     fn failed(
         &self,

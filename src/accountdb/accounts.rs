@@ -5,7 +5,9 @@
 //! which is how account-db's server executes them.
 
 use super::store::{Account, Created, Revocation, SessionState, Store, StoreError};
-use crate::throttle::{self, Login, Millis, Origin, RegisterLimit, Registering, Thresholds};
+use crate::throttle::{
+    self, Login, Millis, Origin, RegisterLimit, Registering, Thresholds, Unknown,
+};
 use std::time::Duration;
 
 /// The account tier as login-server uses it. Shared between threads.
@@ -17,7 +19,7 @@ pub trait Accounts: Send + Sync {
         username: &str,
         origin: Option<Origin>,
         failures: &Thresholds,
-        count_unknown_name: bool,
+        unknown: Unknown,
     ) -> Result<Login, StoreError>;
     /// A login failed ([`throttle::failed`]).
     fn failed(
@@ -62,9 +64,9 @@ impl<S: Store> Accounts for S {
         username: &str,
         origin: Option<Origin>,
         failures: &Thresholds,
-        count_unknown_name: bool,
+        unknown: Unknown,
     ) -> Result<Login, StoreError> {
-        throttle::login(self, username, origin, failures, count_unknown_name)
+        throttle::login(self, username, origin, failures, unknown)
     }
 
     fn failed(

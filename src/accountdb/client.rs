@@ -13,7 +13,7 @@ use crate::metrics::Metrics;
 use crate::protocol::accountdb::{
     decode_line, encode_line, DbRequest, DbResponse, Greeting, MAX_LINE, SERVICE, VERSION,
 };
-use crate::throttle::{Login, Millis, Origin, RegisterLimit, Registering, Thresholds};
+use crate::throttle::{Login, Millis, Origin, RegisterLimit, Registering, Thresholds, Unknown};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -540,13 +540,13 @@ impl Accounts for RemoteStore {
         username: &str,
         origin: Option<Origin>,
         failures: &Thresholds,
-        count_unknown_name: bool,
+        unknown: Unknown,
     ) -> Result<Login, StoreError> {
         let request = DbRequest::Login {
             username: username.to_string(),
             origin,
             failures: *failures,
-            count_unknown_name,
+            unknown,
         };
         match self.call(&request, false)? {
             DbResponse::Locked { wait_ms } => Ok(Login::Locked(locked(wait_ms))),

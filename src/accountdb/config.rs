@@ -2,12 +2,30 @@
 //! default in one place.
 
 use crate::accountdb::store::StoreUrl;
+use crate::auth::password::HashParams;
 use crate::auth::secret::{Secret, SecretError};
 use crate::config::{at_least_one, seconds};
 use crate::logging::LogFormat;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
+
+/// Commands that do something other than serve, then exit.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Import accounts from the old system into the store (--data or --store) and print a
+    /// summary: JSON lines of {"username":U,"password":P}, {"username":U,"hash":H} (argon2 or
+    /// bcrypt) or {"username":U} (a name reserved for its old owner). FILE `-` reads stdin.
+    /// Running it twice changes nothing; it may run while account-db serves the store.
+    Import {
+        /// The JSON-lines file, or `-`.
+        file: PathBuf,
+        /// argon2id parameters for plaintext passwords: memory KiB, iterations, lanes. Use
+        /// login-server's --hash-params.
+        #[arg(long, value_name = "M,T,P", default_value = "19456,2,1")]
+        hash_params: HashParams,
+    },
+}
 
 /// The account store: accounts in SQLite, served to login-servers over TCP.
 #[derive(Debug, Clone, clap::Parser)]
@@ -118,6 +136,9 @@ pub struct AccountDbConfig {
     /// Serve Prometheus /metrics, /healthz and /readyz on this address. Defaults to none.
     #[arg(long, value_name = "ADDR", env = "ACCOUNT_DB_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// What to do instead of serving.
+    #[command(subcommand)]
+    pub command: Option<Command>,
     /// Log line format: text or json. Defaults to text.
     #[arg(
         long,

@@ -6,7 +6,8 @@
 pub mod accounts;
 pub mod client;
 mod config;
+pub mod import;
 pub mod server;
 pub mod store;
 
-pub use config::AccountDbConfig;
+pub use config::{AccountDbConfig, Command};

@@ -517,88 +517,87 @@ fn locked(wait: Duration) -> DbResponse {
 
 /// Run one request against the store.
 fn execute(store: &dyn Store, request: DbRequest) -> DbResponse {
-    let result =
-        match request {
-            DbRequest::Ping => store.ping().map(|()| DbResponse::Pong),
-            DbRequest::Find { username } => store.find(&username).map(|found| match found {
-                Some(account) => DbResponse::Found { account },
-                None => DbResponse::NotFound,
+    let result = match request {
+        DbRequest::Ping => store.ping().map(|()| DbResponse::Pong),
+        DbRequest::Find { username } => store.find(&username).map(|found| match found {
+            Some(account) => DbResponse::Found { account },
+            None => DbResponse::NotFound,
+        }),
+        DbRequest::Create {
+            account,
+            request_id,
+        } => store
+            .create(&account, &request_id)
+            .map(|created| match created {
+                Created::New => DbResponse::Created,
+                Created::Exists => DbResponse::Exists,
             }),
-            DbRequest::Create {
-                account,
-                request_id,
-            } => store
-                .create(&account, &request_id)
-                .map(|created| match created {
-                    Created::New => DbResponse::Created,
-                    Created::Exists => DbResponse::Exists,
-                }),
-            DbRequest::UpdateHash {
-                username,
-                old,
-                hash,
-            } => store
-                .update_hash(&username, &old, &hash)
-                .map(|updated| match updated {
-                    true => DbResponse::Updated,
-                    false => DbResponse::NotFound,
-                }),
-            DbRequest::Login {
-                username,
-                origin,
-                failures,
-                count_unknown_name,
-            } => throttle::login(store, &username, origin, &failures, count_unknown_name).map(
-                |login| match login {
-                    Login::Locked(wait) => locked(wait),
-                    Login::Open { account, settled } => DbResponse::Open { account, settled },
+        DbRequest::UpdateHash {
+            username,
+            old,
+            hash,
+        } => store
+            .update_hash(&username, &old, &hash)
+            .map(|updated| match updated {
+                true => DbResponse::Updated,
+                false => DbResponse::NotFound,
+            }),
+        DbRequest::Login {
+            username,
+            origin,
+            failures,
+            unknown,
+        } => {
+            throttle::login(store, &username, origin, &failures, unknown).map(|login| match login {
+                Login::Locked(wait) => locked(wait),
+                Login::Open { account, settled } => DbResponse::Open { account, settled },
+            })
+        }
+        DbRequest::Failed {
+            username,
+            origin,
+            failures,
+        } => throttle::failed(store, username.as_deref(), origin, &failures)
+            .map(|lock| lock.map_or(DbResponse::Counted, locked)),
+        DbRequest::Succeeded { username, origin } => {
+            throttle::succeeded(store, &username, origin).map(|()| DbResponse::Updated)
+        }
+        DbRequest::Register {
+            username,
+            origin,
+            limit,
+        } => throttle::register(store, &username, origin, &limit).map(|r| match r {
+            Registering::Locked(wait) => locked(wait),
+            Registering::Taken => DbResponse::Exists,
+            Registering::Free => DbResponse::NotFound,
+        }),
+        DbRequest::Session { account_id, sid } => {
+            store.session(account_id, &sid).map(|state| match state {
+                Some(state) => DbResponse::Session {
+                    username: state.username,
+                    sessions_after: state.sessions_after,
+                    revoked: state.revoked,
                 },
-            ),
-            DbRequest::Failed {
-                username,
-                origin,
-                failures,
-            } => throttle::failed(store, username.as_deref(), origin, &failures)
-                .map(|lock| lock.map_or(DbResponse::Counted, locked)),
-            DbRequest::Succeeded { username, origin } => {
-                throttle::succeeded(store, &username, origin).map(|()| DbResponse::Updated)
-            }
-            DbRequest::Register {
-                username,
-                origin,
-                limit,
-            } => throttle::register(store, &username, origin, &limit).map(|r| match r {
-                Registering::Locked(wait) => locked(wait),
-                Registering::Taken => DbResponse::Exists,
-                Registering::Free => DbResponse::NotFound,
+                None => DbResponse::NotFound,
+            })
+        }
+        DbRequest::Revoke { revocation } => store
+            .revoke_session(&revocation)
+            .map(|()| DbResponse::Updated),
+        DbRequest::VoidSessions {
+            account_id,
+            before_ms,
+            hash,
+        } => store
+            .void_sessions(account_id, before_ms, hash.as_deref())
+            .map(|updated| match updated {
+                true => DbResponse::Updated,
+                false => DbResponse::NotFound,
             }),
-            DbRequest::Session { account_id, sid } => {
-                store.session(account_id, &sid).map(|state| match state {
-                    Some(state) => DbResponse::Session {
-                        username: state.username,
-                        sessions_after: state.sessions_after,
-                        revoked: state.revoked,
-                    },
-                    None => DbResponse::NotFound,
-                })
-            }
-            DbRequest::Revoke { revocation } => store
-                .revoke_session(&revocation)
-                .map(|()| DbResponse::Updated),
-            DbRequest::VoidSessions {
-                account_id,
-                before_ms,
-                hash,
-            } => store
-                .void_sessions(account_id, before_ms, hash.as_deref())
-                .map(|updated| match updated {
-                    true => DbResponse::Updated,
-                    false => DbResponse::NotFound,
-                }),
-            DbRequest::Auth { .. } => Ok(DbResponse::Error {
-                message: "already authenticated".into(),
-            }),
-        };
+        DbRequest::Auth { .. } => Ok(DbResponse::Error {
+            message: "already authenticated".into(),
+        }),
+    };
     result.unwrap_or_else(|e| {
         tracing::error!(error = %e, "account store request failed");
         DbResponse::Error {

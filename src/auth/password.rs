@@ -45,6 +45,9 @@ pub enum HashError {
     /// A stored hash is not a PHC string argon2 can verify against: the store is damaged.
     #[error("stored password hash is unreadable: {0}")]
     BadStoredHash(argon2::password_hash::Error),
+    /// A stored bcrypt hash (imported) cannot be read.
+    #[error("stored bcrypt hash is unreadable: {0}")]
+    BadBcrypt(bcrypt::BcryptError),
     /// argon2 itself failed (out of memory, for example).
     #[error("hashing failed: {0}")]
     Hashing(argon2::password_hash::Error),
@@ -99,6 +102,13 @@ impl Memory {
     }
 }
 
+/// Whether `stored` is a bcrypt hash (`$2a$`, `$2b$`, `$2x$` or `$2y$`).
+pub fn is_bcrypt(stored: &str) -> bool {
+    ["$2a$", "$2b$", "$2x$", "$2y$"]
+        .iter()
+        .any(|prefix| stored.starts_with(prefix))
+}
+
 /// Hashes new passwords with the configured parameters; verifies against any stored hash with
 /// the parameters stored in it.
 #[derive(Clone)]
@@ -145,6 +155,9 @@ impl Hasher {
     /// Whether `stored` was made with weaker parameters than this hasher's (less memory, fewer
     /// iterations), or cannot be read: then a successful login re-hashes the password.
     pub fn is_weaker(&self, stored: &str) -> bool {
+        if is_bcrypt(stored) {
+            return true;
+        }
         let Ok(parsed) = PasswordHash::new(stored) else {
             return true;
         };
@@ -154,13 +167,18 @@ impl Hasher {
         }
     }
 
-    /// Whether `password` matches the PHC string `stored` (compared in constant time).
+    /// Whether `password` matches `stored`: an argon2 PHC string (compared in constant time),
+    /// or a bcrypt one (`$2b$…`, imported from an old system; [`Hasher::is_weaker`] says it is
+    /// to be replaced on the next login).
     pub fn verify(
         &self,
         password: &str,
         stored: &str,
         memory: &mut Memory,
     ) -> Result<bool, HashError> {
+        if is_bcrypt(stored) {
+            return bcrypt::verify(password, stored).map_err(HashError::BadBcrypt);
+        }
         let bad = HashError::BadStoredHash;
         let parsed = PasswordHash::new(stored).map_err(bad)?;
         let algorithm = Algorithm::try_from(parsed.algorithm).map_err(bad)?;
@@ -225,6 +243,19 @@ mod tests {
             other.verify("x", "not a hash", memory),
             Err(HashError::BadStoredHash(_))
         ));
+    }
+
+    #[test]
+    fn imported_bcrypt_hashes_verify_and_are_weaker() {
+        let hasher = Hasher::new(HashParams::CHEAPEST).unwrap();
+        let memory = &mut Memory::default();
+        let stored = bcrypt::hash("old-secret", 4).unwrap();
+        assert!(is_bcrypt(&stored));
+        assert!(hasher.verify("old-secret", &stored, memory).unwrap());
+        assert!(!hasher.verify("old-secreT", &stored, memory).unwrap());
+        assert!(hasher.is_weaker(&stored));
+        assert!(hasher.verify("x", "$2b$04$garbage", memory).is_err());
+        assert!(!is_bcrypt("$argon2id$v=19$m=8,t=1,p=1$c2FsdA$aGFzaA"));
     }
 
     #[test]

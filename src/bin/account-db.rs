@@ -1,12 +1,19 @@
-//! account-db: the account store server. Parse the flags, start, wait for a stop signal, stop.
+//! account-db: the account store server. Parse the flags, start, wait for a stop signal, stop;
+//! or, given a command, do it and exit.
 
 use anyhow::Context;
+use login_server::accountdb::import::import;
 use login_server::accountdb::server::AccountDb;
-use login_server::accountdb::AccountDbConfig;
+use login_server::accountdb::{AccountDbConfig, Command};
+use login_server::auth::password::Hasher;
 use login_server::{config, logging, signals};
+use std::io::BufRead;
 
 fn main() -> anyhow::Result<()> {
     let config: AccountDbConfig = config::parse();
+    if let Some(Command::Import { file, hash_params }) = &config.command {
+        return run_import(&config, file, *hash_params);
+    }
     let _logs = logging::init(config.log_format);
     let signals = signals::StopSignals::install().context("cannot catch signals")?;
     let data = config.data.clone();
@@ -19,5 +26,42 @@ fn main() -> anyhow::Result<()> {
     tracing::info!("signal received: shutting down");
     server.shutdown();
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// `account-db import FILE`: import, with progress on stderr, and print the summary.
+fn run_import(
+    config: &AccountDbConfig,
+    file: &std::path::Path,
+    hash_params: login_server::auth::password::HashParams,
+) -> anyhow::Result<()> {
+    let url = config.store_url();
+    let store = url
+        .open(
+            config.store_pool,
+            config.store_timeout,
+            !config.skip_integrity_check,
+        )
+        .with_context(|| format!("cannot open the account store {url}"))?;
+    let hasher = Hasher::new(hash_params)?;
+    let input: Box<dyn BufRead> = match file.to_str() {
+        Some("-") => Box::new(std::io::stdin().lock()),
+        _ => Box::new(std::io::BufReader::new(
+            std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?,
+        )),
+    };
+    let summary = import(&*store, input, &hasher, config::cores(), |lines| {
+        eprint!("\rimporting: {lines} lines read");
+    })?;
+    eprintln!();
+    for (line, why) in &summary.rejected {
+        println!("line {line}: rejected: {why}");
+    }
+    println!(
+        "imported {}, already present {}, rejected {}",
+        summary.imported,
+        summary.present,
+        summary.rejected.len()
+    );
     Ok(())
 }

@@ -7,6 +7,7 @@ use crate::auth::secret::{Secret, SecretError};
 use crate::auth::token_key::{read_verify_key, KeyError, SigningKey};
 use crate::cidr::Cidr;
 use crate::config::{at_least_one, cores, seconds};
+use crate::legacy::LegacyDb;
 use crate::logging::LogFormat;
 use crate::service::Options as ServiceOptions;
 use crate::tokens::Tokens;
@@ -88,6 +89,20 @@ pub struct LoginServerConfig {
     /// The secret itself, for embedding: it wins over the file and the environment.
     #[arg(skip)]
     pub db_secret: Option<Secret>,
+    /// The old database server whose players move here on their first login (ADDR): asked
+    /// about names account-db does not know, never written to. Defaults to none.
+    #[arg(long, value_name = "ADDR", env = "LOGIN_SERVER_LEGACY_DB")]
+    pub legacy_db: Option<SocketAddr>,
+    /// Requests to --legacy-db at once (one connection each: it cannot be pooled); more wait
+    /// their turn within --db-timeout. Defaults to 4.
+    #[arg(
+        long,
+        value_name = "N",
+        env = "LOGIN_SERVER_LEGACY_DB_CONNECTIONS",
+        default_value = "4",
+        value_parser = at_least_one
+    )]
+    pub legacy_db_connections: usize,
     /// The Ed25519 key that signs session tokens (PKCS#8 PEM, made by `login-server
     /// gen-token-key PATH`); every login-server of a game shares it. Required with --db;
     /// without --db, a missing one is created (mode 0600). Defaults to DATA/token.key without
@@ -263,6 +278,12 @@ impl LoginServerConfig {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// The old database server, if `--legacy-db` names one.
+    pub fn legacy(&self) -> Option<LegacyDb> {
+        self.legacy_db
+            .map(|addr| LegacyDb::new(addr, self.legacy_db_connections, self.db_timeout))
     }
 
     /// How to reach the account-dbs at `addrs` that ask for `secret`, as these flags say.

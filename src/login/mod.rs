@@ -201,6 +201,7 @@ impl LoginServer {
             hasher,
             config.service.clone(),
             tokens,
+            config.legacy(),
             metrics.clone(),
         )?;
         let service = Arc::new(service);

@@ -10,7 +10,7 @@
 //! The account store only ever sees password hashes, never passwords.
 
 use crate::accountdb::store::Revocation;
-use crate::throttle::{Origin, RegisterLimit, Thresholds};
+use crate::throttle::{Origin, RegisterLimit, Thresholds, Unknown};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 /// The protocol version this build speaks; the greeting carries it.
@@ -89,12 +89,12 @@ pub enum DbRequest {
     },
     /// A login's lookup ([`crate::throttle::login`]): answered [`DbResponse::Locked`] or
     /// [`DbResponse::Open`]. An unknown name is counted as a failure, against `origin` and,
-    /// with `count_unknown_name`, the name.
+    /// with `unknown`, the name.
     Login {
         username: String,
         origin: Option<Origin>,
         failures: Thresholds,
-        count_unknown_name: bool,
+        unknown: Unknown,
     },
     /// A login failed ([`crate::throttle::failed`]): answered [`DbResponse::Counted`], or
     /// [`DbResponse::Locked`] when a key was locked already (then it is not counted).

@@ -1,0 +1,249 @@
+//! `account-db import FILE`: the old system's players, in bulk, into the store.
+//!
+//! JSON lines, one account each: `{"username":U,"password":P}` (a plaintext password, hashed
+//! with argon2id here, on every core), `{"username":U,"hash":H}` (an argon2 PHC or bcrypt hash,
+//! kept as it is: the first login verifies it and replaces it with the current argon2id), or
+//! `{"username":U}` (a name reserved for its old owner, whose password only the old server
+//! knows: see [`RESERVED_HASH`]). Names keep their spelling and are unique as registrations are
+//! (without regard to case, look-alikes refused); today's name and password rules do not bind
+//! old accounts. A bad line, a duplicate of an earlier line, or a name already held by another
+//! account is reported with its line number and skipped, never half-written; an account already
+//! imported is counted as present, so running the same import twice changes nothing.
+
+use crate::accountdb::store::{Account, Created, Store, StoreError};
+use crate::auth::names::fold;
+use crate::auth::password::{is_bcrypt, Hasher, Memory};
+use crate::legacy::RESERVED_HASH;
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::io::BufRead;
+
+/// Lines hashed together, on every core, before their accounts are written.
+const BATCH: usize = 256;
+
+/// The longest name imported, in bytes: the longest login-server looks up.
+const MAX_NAME: usize = 255;
+
+/// What an import did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Accounts written.
+    pub imported: u64,
+    /// Accounts that were there already (an earlier run of the same import, say).
+    pub present: u64,
+    /// Lines skipped: their number (from 1) and why.
+    pub rejected: Vec<(u64, String)>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Line {
+    username: String,
+    #[serde(default)]
+    password: Option<String>,
+    #[serde(default)]
+    hash: Option<String>,
+}
+
+/// One line, read: its account, the plaintext still to hash in place of its hash.
+struct Pending {
+    number: u64,
+    account: Account,
+    plaintext: Option<String>,
+}
+
+/// The create id of an imported name: the same on every run, so a second run is idempotent.
+fn request_id(username: &str) -> String {
+    format!("import:{}", fold(username))
+}
+
+/// Read a line into an account to write, or say why not.
+fn read_line(text: &str) -> Result<(Account, Option<String>), String> {
+    let line: Line = serde_json::from_str(text).map_err(|e| format!("not an account: {e}"))?;
+    if line.username.is_empty() || line.username.len() > MAX_NAME {
+        return Err(format!("a username is 1 to {MAX_NAME} bytes"));
+    }
+    match (line.password, line.hash) {
+        (Some(_), Some(_)) => Err("a password or a hash, not both".into()),
+        (Some(password), None) => Ok((Account::new(&line.username, ""), Some(password))),
+        (None, Some(hash)) if hash.starts_with("$argon2") || is_bcrypt(&hash) => {
+            Ok((Account::new(&line.username, &hash), None))
+        }
+        (None, Some(_)) => Err("a hash is an argon2 PHC string or a bcrypt one".into()),
+        (None, None) => Ok((Account::new(&line.username, RESERVED_HASH), None)),
+    }
+}
+
+/// Import the accounts of `input` into `store`, hashing plaintext passwords with `hasher` on
+/// `threads` threads; `progress` hears how many lines are done after each batch. Stops at the
+/// first store error (what was written stays, and running again resumes).
+pub fn import(
+    store: &dyn Store,
+    input: impl BufRead,
+    hasher: &Hasher,
+    threads: usize,
+    mut progress: impl FnMut(u64),
+) -> Result<Summary, ImportError> {
+    let mut summary = Summary::default();
+    let mut seen: HashMap<String, u64> = HashMap::new();
+    let mut batch = Vec::with_capacity(BATCH);
+    let mut number = 0;
+    for text in input.lines() {
+        let text = text.map_err(ImportError::Read)?;
+        number += 1;
+        if text.trim().is_empty() {
+            continue;
+        }
+        let (account, plaintext) = match read_line(&text) {
+            Ok(read) => read,
+            Err(why) => {
+                summary.rejected.push((number, why));
+                continue;
+            }
+        };
+        if let Some(first) = seen.insert(fold(&account.username), number) {
+            summary
+                .rejected
+                .push((number, format!("the same name as line {first}")));
+            continue;
+        }
+        batch.push(Pending {
+            number,
+            account,
+            plaintext,
+        });
+        if batch.len() == BATCH {
+            write(store, &mut batch, hasher, threads, &mut summary)?;
+            progress(number);
+        }
+    }
+    write(store, &mut batch, hasher, threads, &mut summary)?;
+    progress(number);
+    Ok(summary)
+}
+
+/// Hash the batch's plaintext passwords (those not imported already) on `threads` threads,
+/// then write its accounts.
+fn write(
+    store: &dyn Store,
+    batch: &mut Vec<Pending>,
+    hasher: &Hasher,
+    threads: usize,
+    summary: &mut Summary,
+) -> Result<(), ImportError> {
+    let mut fresh = Vec::with_capacity(batch.len());
+    for pending in batch.drain(..) {
+        if store.find(&pending.account.username)?.is_none() {
+            fresh.push(pending);
+            continue;
+        }
+        // Ours from an earlier run (the create with this line's id answers `New` again, and
+        // writes nothing), or another account's: a player who registered the name here.
+        let probe = Account::new(&pending.account.username, RESERVED_HASH);
+        match store.create(&probe, &request_id(&probe.username))? {
+            Created::New => summary.present += 1,
+            Created::Exists => summary
+                .rejected
+                .push((pending.number, "the name of another account".into())),
+        }
+    }
+    let per_thread = fresh.len().div_ceil(threads.max(1)).max(1);
+    std::thread::scope(|scope| {
+        let hashing: Vec<_> = fresh
+            .chunks_mut(per_thread)
+            .map(|chunk| {
+                scope.spawn(move || {
+                    let memory = &mut Memory::default();
+                    for pending in chunk.iter_mut() {
+                        if let Some(password) = pending.plaintext.take() {
+                            let normalized = crate::auth::names::normalize_password(&password);
+                            pending.account.hash = hasher.hash(&normalized, memory)?;
+                        }
+                    }
+                    Ok::<(), crate::auth::password::HashError>(())
+                })
+            })
+            .collect();
+        hashing
+            .into_iter()
+            .try_for_each(|h| h.join().unwrap_or(Ok(())))
+    })
+    .map_err(ImportError::Hash)?;
+    for pending in fresh {
+        match store.create(&pending.account, &request_id(&pending.account.username))? {
+            Created::New => summary.imported += 1,
+            Created::Exists => summary.rejected.push((
+                pending.number,
+                "a look-alike of another account's name".into(),
+            )),
+        }
+    }
+    Ok(())
+}
+
+/// Why an import stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    /// The input could not be read.
+    #[error("cannot read the import: {0}")]
+    Read(std::io::Error),
+    /// Hashing a password failed (out of memory, say).
+    #[error("cannot hash a password: {0}")]
+    Hash(crate::auth::password::HashError),
+    /// The store failed: what was written stays; running the import again resumes.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::accountdb::store::SqliteStore;
+    use crate::auth::password::HashParams;
+
+    #[test]
+    fn lines_are_read_or_refused_with_the_reason() {
+        assert!(read_line(r#"{"username":"a","password":"p"}"#)
+            .unwrap()
+            .1
+            .is_some());
+        let (reserved, _) = read_line(r#"{"username":"a"}"#).unwrap();
+        assert_eq!(reserved.hash, RESERVED_HASH);
+        for (line, why) in [
+            ("nonsense", "not an account"),
+            (r#"{"username":""}"#, "1 to 255"),
+            (
+                r#"{"username":"a","password":"p","hash":"$2b$x"}"#,
+                "not both",
+            ),
+            (
+                r#"{"username":"a","hash":"md5:abc"}"#,
+                "argon2 PHC string or a bcrypt",
+            ),
+            (r#"{"username":"a","pasword":"p"}"#, "not an account"),
+        ] {
+            let error = read_line(line).err().unwrap();
+            assert!(error.contains(why), "{line}: {error}");
+        }
+    }
+
+    #[test]
+    fn an_import_twice_changes_nothing_and_reports_every_bad_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let hasher = Hasher::new(HashParams::CHEAPEST).unwrap();
+        Store::create(&store, &Account::new("Taken", "h"), "registered here").unwrap();
+        let input = "{\"username\":\"Ann\",\"password\":\"pw\"}\n\nbroken\n{\"username\":\"ANN\",\"password\":\"x\"}\n{\"username\":\"reserved one\"}\n{\"username\":\"taken\"}\n";
+        let run = || import(&store, input.as_bytes(), &hasher, 2, |_| {}).unwrap();
+        let first = run();
+        assert_eq!((first.imported, first.present), (2, 0));
+        assert_eq!(
+            first.rejected.iter().map(|r| r.0).collect::<Vec<_>>(),
+            [3, 4, 6]
+        );
+        let second = run();
+        assert_eq!((second.imported, second.present), (0, 2));
+        let ann = Store::find(&store, "ann").unwrap().unwrap();
+        assert!(ann.hash.starts_with("$argon2id$"));
+    }
+}

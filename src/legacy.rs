@@ -1,0 +1,250 @@
+//! The old database server that login-server replaces, asked about players who have not moved
+//! yet: [`LegacyDb::lookup`].
+//!
+//! Its protocol: one request per TCP connection. On connect the server sends `Welcome!`; the
+//! client sends one JSON message, no newline (`[{"OP":"login","username":"U"}]`); the server
+//! answers `[{"password":"P"}]` with the stored plaintext, or `[{"password":"None"}]` when there
+//! is no such user; the client sends `exit`, the server answers `Close!` and closes. Nothing is
+//! framed: `Welcome!` and the reply may come in one read or split over several, so they are
+//! parsed from a stream ([`parse_reply`], no IO), never one `recv` per message.
+//!
+//! It cannot be pooled: at most [`LegacyDb::new`]'s `connections` requests run at once; one
+//! more waits for a turn within its deadline, then is answered [`LegacyError::Busy`]. Only the
+//! hash stage asks it (a migration hashes next), so a slow old server holds at most the hash
+//! threads, never the workers that answer everything else. One deadline bounds each request
+//! whole: a turn, connect, greeting, reply.
+
+use parking_lot::{Condvar, Mutex};
+use serde_json::Value;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+/// The hash of an account reserved for its old owner (`account-db import` of a name alone):
+/// no password verifies against it; a login under it asks the old server.
+pub const RESERVED_HASH: &str = "!legacy-reserved";
+
+/// What the old server greets with.
+pub const WELCOME: &[u8] = b"Welcome!";
+
+/// The longest greeting and reply read, in bytes: an old server saying more is answering
+/// garbage.
+pub const MAX_REPLY: usize = 64 * 1024;
+
+/// Why the old server could not say whether it knows a player.
+#[derive(Debug, thiserror::Error)]
+pub enum LegacyError {
+    /// `--legacy-db-connections` requests to it were in progress for the whole deadline.
+    #[error("the old account server is busy: every allowed connection to it is in use")]
+    Busy,
+    /// Connecting, writing or reading failed, or the deadline passed.
+    #[error("the old account server at {addr} failed: {source}")]
+    Io { addr: SocketAddr, source: io::Error },
+    /// It did not speak its protocol: no `Welcome!`, a reply that is not its JSON, too long.
+    #[error("the old account server at {addr} answered garbage: {detail}")]
+    Garbage { addr: SocketAddr, detail: String },
+}
+
+/// What the old server says of one name.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Known {
+    /// It has no such user.
+    Unknown,
+    /// It has, with this plaintext password. Holds a password: no `Debug`.
+    Password(String),
+}
+
+/// The old server's reply, parsed from the bytes read so far.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Parsed {
+    /// Not all there yet: read more.
+    Partial,
+    /// The password it stored, or `None`: no such user.
+    Password(Option<String>),
+    /// Not its protocol.
+    Garbage(String),
+}
+
+/// Parse what the old server sent so far: `Welcome!` then the reply `[{"password":P}]`.
+pub fn parse_reply(bytes: &[u8]) -> Parsed {
+    let Some(rest) = bytes.strip_prefix(WELCOME) else {
+        return match WELCOME.starts_with(bytes) {
+            true => Parsed::Partial,
+            false => Parsed::Garbage("no Welcome! greeting".into()),
+        };
+    };
+    let rest = rest.trim_ascii_start();
+    if rest.is_empty() {
+        return Parsed::Partial;
+    }
+    let mut values = serde_json::Deserializer::from_slice(rest).into_iter::<Value>();
+    match values.next() {
+        None => Parsed::Partial,
+        Some(Err(e)) if e.is_eof() => Parsed::Partial,
+        Some(Err(e)) => Parsed::Garbage(format!("not JSON: {e}")),
+        Some(Ok(value)) => match value.pointer("/0/password").and_then(Value::as_str) {
+            Some("None") => Parsed::Password(None),
+            Some(password) => Parsed::Password(Some(password.to_string())),
+            None => Parsed::Garbage("a reply without a password".into()),
+        },
+    }
+}
+
+/// The old database server, asked one request per connection.
+pub struct LegacyDb {
+    addr: SocketAddr,
+    timeout: Duration,
+    connections: usize,
+    in_use: Mutex<usize>,
+    freed: Condvar,
+}
+
+/// One connection's turn, given back when dropped.
+struct Slot<'a>(&'a LegacyDb);
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        *self.0.in_use.lock() -= 1;
+        self.0.freed.notify_one();
+    }
+}
+
+impl LegacyDb {
+    /// The old server at `addr`, with at most `connections` requests at once, each done within
+    /// `timeout`.
+    pub fn new(addr: SocketAddr, connections: usize, timeout: Duration) -> LegacyDb {
+        LegacyDb {
+            addr,
+            timeout,
+            connections: connections.max(1),
+            in_use: Mutex::new(0),
+            freed: Condvar::new(),
+        }
+    }
+
+    /// A turn to connect, waiting until `deadline` at most.
+    fn slot(&self, deadline: Instant) -> Option<Slot<'_>> {
+        let mut in_use = self.in_use.lock();
+        while *in_use >= self.connections {
+            if self.freed.wait_until(&mut in_use, deadline).timed_out() {
+                return None;
+            }
+        }
+        *in_use += 1;
+        Some(Slot(self))
+    }
+
+    /// What the old server knows of `username`, spelled exactly so (it compares names
+    /// exactly).
+    pub fn lookup(&self, username: &str) -> Result<Known, LegacyError> {
+        let deadline = Instant::now() + self.timeout;
+        let _slot = self.slot(deadline).ok_or(LegacyError::Busy)?;
+        let io = |source| LegacyError::Io {
+            addr: self.addr,
+            source,
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        let mut stream = TcpStream::connect_timeout(&self.addr, left.max(Duration::from_millis(1)))
+            .map_err(io)?;
+        stream.set_write_timeout(Some(self.timeout)).map_err(io)?;
+        // The request goes out at once: `Welcome!` and the reply are parsed from the stream,
+        // however they come (a server may send its greeting late, glued to the reply).
+        let request = serde_json::json!([{ "OP": "login", "username": username }]);
+        stream
+            .write_all(request.to_string().as_bytes())
+            .map_err(io)?;
+        let mut received = Vec::with_capacity(64);
+        let known = loop {
+            match parse_reply(&received) {
+                Parsed::Password(Some(password)) => break Known::Password(password),
+                Parsed::Password(None) => break Known::Unknown,
+                Parsed::Garbage(detail) => return Err(self.garbage(&detail)),
+                Parsed::Partial if received.len() >= MAX_REPLY => {
+                    return Err(self.garbage("a reply longer than 64 KiB"))
+                }
+                Parsed::Partial => {
+                    if !read_some(&mut stream, &mut received, deadline).map_err(io)? {
+                        return Err(self.garbage("closed before its reply"));
+                    }
+                }
+            }
+        };
+        // Good manners: say goodbye. Whether `Close!` comes changes nothing.
+        let _ = stream.write_all(b"exit");
+        Ok(known)
+    }
+
+    fn garbage(&self, detail: &str) -> LegacyError {
+        LegacyError::Garbage {
+            addr: self.addr,
+            detail: detail.to_string(),
+        }
+    }
+}
+
+/// Read what has arrived into `into`, waiting until `deadline` at most. `false` at end of
+/// stream.
+fn read_some(stream: &mut TcpStream, into: &mut Vec<u8>, deadline: Instant) -> io::Result<bool> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(io::ErrorKind::TimedOut.into());
+    }
+    stream.set_read_timeout(Some(left))?;
+    let mut buf = [0u8; 4096];
+    let n = stream.read(&mut buf)?;
+    into.extend_from_slice(&buf[..n]);
+    Ok(n > 0)
+}
+
+/// Whether `typed` is the stored plaintext `stored`, in time that does not depend on where
+/// they differ; a password typed in another Unicode normalization matches too.
+pub fn matches(typed: &str, stored: &str) -> bool {
+    use sha2::{Digest, Sha256};
+    let same = |a: &str, b: &str| {
+        let (a, b) = (Sha256::digest(a.as_bytes()), Sha256::digest(b.as_bytes()));
+        a.iter()
+            .zip(b.iter())
+            .fold(0u8, |diff, (x, y)| diff | (x ^ y))
+            == 0
+    };
+    let nfc = crate::auth::names::normalize_password;
+    same(typed, stored) | same(&nfc(typed), &nfc(stored))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_reply_is_parsed_from_a_stream_however_it_is_split() {
+        let whole = br#"Welcome![{"password":"hunter2"}]"#;
+        for cut in 0..whole.len() {
+            let parsed = parse_reply(&whole[..cut]);
+            assert_eq!(parsed, Parsed::Partial, "cut at {cut}");
+        }
+        assert_eq!(parse_reply(whole), Parsed::Password(Some("hunter2".into())));
+        assert_eq!(
+            parse_reply(br#"Welcome! [{"password":"None"}]"#),
+            Parsed::Password(None)
+        );
+        assert!(matches!(parse_reply(b"Hello![]"), Parsed::Garbage(_)));
+        assert!(matches!(parse_reply(b"Welcome!{{{"), Parsed::Garbage(_)));
+        assert!(matches!(
+            parse_reply(br#"Welcome![{"msg":"x"}]"#),
+            Parsed::Garbage(_)
+        ));
+        assert!(matches!(
+            parse_reply(br#"Welcome![{"password":7}]"#),
+            Parsed::Garbage(_)
+        ));
+    }
+
+    #[test]
+    fn passwords_match_exactly_or_in_another_normalization() {
+        assert!(matches("hunter2", "hunter2"));
+        assert!(!matches("hunter2", "hunter3"));
+        assert!(!matches("hunter2", "Hunter2"));
+        assert!(!matches("", "x"));
+        assert!(matches("caf\u{e9}", "cafe\u{301}"));
+    }
+}

@@ -1,0 +1,91 @@
+//! `account-db import`: the old system's players in bulk, through the binary, then logging in
+//! through a real login-server on the same store.
+
+mod common;
+
+use common::code;
+use login_server::accountdb::store::{SqliteStore, Store};
+use login_server::auth::password::{HashParams, Hasher, Memory};
+use login_server::{LoginServer, LoginServerConfig};
+use std::process::Command;
+
+/// Run `account-db import FILE --data DIR`: its stdout.
+fn import(dir: &std::path::Path, file: &std::path::Path) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_account-db"))
+        .arg("--data")
+        .arg(dir)
+        .arg("import")
+        .arg(file)
+        .args(["--hash-params", "8,1,1"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8(output.stdout).unwrap()
+}
+
+#[test]
+fn plaintext_bcrypt_and_argon2_accounts_import_once_and_log_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let argon2 = Hasher::new(HashParams::CHEAPEST)
+        .unwrap()
+        .hash("argo-pass-1", &mut Memory::default())
+        .unwrap();
+    let bcrypt = bcrypt::hash("bee-pass-1", 4).unwrap();
+    let lines = [
+        r#"{"username":"Plain","password":"pw-plain-1"}"#.to_string(),
+        format!(r#"{{"username":"Bee","hash":"{bcrypt}"}}"#),
+        format!(r#"{{"username":"Argo","hash":"{argon2}"}}"#),
+        r#"{"username":"Reserved"}"#.to_string(),
+        r#"{"username":"x","password":"123"}"#.to_string(), // today's rules would refuse it
+        "not json".to_string(),
+        r#"{"username":"PLAIN","password":"other"}"#.to_string(),
+    ];
+    let file = dir.path().join("players.jsonl");
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let data = dir.path().join("data");
+    let first = import(&data, &file);
+    assert!(
+        first.contains("line 6: rejected: not an account"),
+        "{first}"
+    );
+    assert!(
+        first.contains("line 7: rejected: the same name as line 1"),
+        "{first}"
+    );
+    assert!(
+        first.contains("imported 5, already present 0, rejected 2"),
+        "{first}"
+    );
+    let again = import(&data, &file);
+    assert!(
+        again.contains("imported 0, already present 5, rejected 2"),
+        "{again}"
+    );
+    {
+        let store = SqliteStore::open(&data).unwrap();
+        let plain = store.find("plain").unwrap().unwrap();
+        assert!(plain.hash.starts_with("$argon2id$") && !plain.hash.contains("pw-plain-1"));
+    }
+
+    let server = LoginServer::spawn(LoginServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data: data.clone(),
+        hash_params: HashParams::CHEAPEST,
+        ..LoginServerConfig::default()
+    })
+    .unwrap();
+    let addr = server.local_addr();
+    assert_eq!(code(addr, "login", "plain", "pw-plain-1"), 3);
+    assert_eq!(code(addr, "login", "Argo", "argo-pass-1"), 3);
+    assert_eq!(code(addr, "login", "Bee", "bee-pass-2"), 2);
+    assert_eq!(code(addr, "login", "bee", "bee-pass-1"), 3);
+    assert_eq!(code(addr, "login", "x", "123"), 3, "old rules, old account");
+    // A reserved name is taken; without --legacy-db nobody can log in under it.
+    assert_eq!(code(addr, "register", "reserved", "password1"), 5);
+    assert_eq!(code(addr, "login", "Reserved", "password1"), 1);
+    server.shutdown();
+    // The bcrypt hash was replaced by argon2id on its first login.
+    let store = SqliteStore::open(&data).unwrap();
+    let bee = store.find("bee").unwrap().unwrap();
+    assert!(bee.hash.starts_with("$argon2id$"), "{}", bee.hash);
+}

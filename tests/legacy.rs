@@ -1,0 +1,291 @@
+//! Moving players off the old database server (`--legacy-db`): a test double of it, speaking
+//! its protocol byte for byte, and real login-servers over real sockets.
+
+mod common;
+
+use common::{code, seed, start_with, StreamClient};
+use serde_json::json;
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How the double sends what it sends.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Style {
+    /// `Welcome!` on connect, the reply when the request is in.
+    Plain,
+    /// Nothing on connect; `Welcome!` and the reply in one write once the request is in.
+    Glued,
+    /// Every byte in a write of its own.
+    Trickled,
+    /// Not its protocol at all.
+    Garbage,
+}
+
+/// The old database server: one request per connection, as its protocol says.
+struct OldServer {
+    addr: SocketAddr,
+    users: Arc<Mutex<HashMap<String, String>>>,
+    style: Arc<Mutex<Style>>,
+    stopped: Arc<AtomicBool>,
+    /// Requests it answered.
+    asked: Arc<AtomicUsize>,
+}
+
+impl OldServer {
+    fn start(users: &[(&str, &str)]) -> OldServer {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let server = OldServer {
+            addr: listener.local_addr().unwrap(),
+            users: Arc::new(Mutex::new(
+                users
+                    .iter()
+                    .map(|(u, p)| (u.to_string(), p.to_string()))
+                    .collect(),
+            )),
+            style: Arc::new(Mutex::new(Style::Plain)),
+            stopped: Arc::new(AtomicBool::new(false)),
+            asked: Arc::new(AtomicUsize::new(0)),
+        };
+        let (users, style, stopped, asked) = (
+            server.users.clone(),
+            server.style.clone(),
+            server.stopped.clone(),
+            server.asked.clone(),
+        );
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                if stopped.load(Ordering::SeqCst) {
+                    return; // the listener closes: connections are refused
+                }
+                let Ok(stream) = stream else { continue };
+                let (users, style, asked) = (users.clone(), *style.lock().unwrap(), asked.clone());
+                std::thread::spawn(move || serve(stream, &users, style, &asked));
+            }
+        });
+        server
+    }
+
+    fn set_style(&self, style: Style) {
+        *self.style.lock().unwrap() = style;
+    }
+
+    fn stop(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(self.addr); // wake the accept loop
+    }
+}
+
+fn send(stream: &mut TcpStream, bytes: &[u8], style: Style) {
+    if style == Style::Trickled {
+        for b in bytes {
+            let _ = stream.write_all(&[*b]);
+            let _ = stream.flush();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    } else {
+        let _ = stream.write_all(bytes);
+    }
+}
+
+fn serve(
+    mut stream: TcpStream,
+    users: &Mutex<HashMap<String, String>>,
+    style: Style,
+    asked: &AtomicUsize,
+) {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    if style == Style::Garbage {
+        let _ = stream.write_all(b"HTTP/1.0 500 Oops\r\n\r\n");
+        return;
+    }
+    if style != Style::Glued {
+        send(&mut stream, b"Welcome!", style);
+    }
+    // One JSON message, no newline: read until it parses.
+    let mut request = Vec::new();
+    let mut buf = [0u8; 1024];
+    let message: serde_json::Value = loop {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => request.extend_from_slice(&buf[..n]),
+        }
+        if let Ok(value) = serde_json::from_slice(&request) {
+            break value;
+        }
+    };
+    let name = message[0]["username"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let password = users.lock().unwrap().get(&name).cloned();
+    let reply = json!([{ "password": password.as_deref().unwrap_or("None") }]).to_string();
+    asked.fetch_add(1, Ordering::SeqCst);
+    if style == Style::Glued {
+        send(&mut stream, format!("Welcome!{reply}").as_bytes(), style);
+    } else {
+        send(&mut stream, reply.as_bytes(), style);
+    }
+    let mut exit = [0u8; 4];
+    if stream.read_exact(&mut exit).is_ok() && &exit == b"exit" {
+        let _ = stream.write_all(b"Close!");
+    }
+}
+
+fn tiers(old: &OldServer) -> common::Tiers {
+    let addr = old.addr;
+    start_with(move |c| c.legacy_db = Some(addr))
+}
+
+#[test]
+fn a_player_moves_on_first_login_and_the_old_server_is_never_asked_again() {
+    let old = OldServer::start(&[("Oldie", "plain-pw-1"), ("Other", "other-pw-1")]);
+    let tiers = tiers(&old);
+    let reply = seed(tiers.addr(), "login", "Oldie", "plain-pw-1");
+    assert_eq!(reply["code"], 3, "{reply}");
+    assert_eq!(reply["username"], "Oldie");
+    assert!(reply["token"].as_str().unwrap().starts_with("ey"));
+    // Stored with argon2id, never the plaintext.
+    let stored = login_server::accountdb::store::SqliteStore::open(tiers.dir.path()).unwrap();
+    let account = login_server::accountdb::store::Store::find(&stored, "oldie")
+        .unwrap()
+        .unwrap();
+    assert!(account.hash.starts_with("$argon2id$"), "{}", account.hash);
+    assert!(!account.hash.contains("plain-pw-1"));
+    assert_eq!(code(tiers.addr(), "register", "newcomer", "password1"), 4);
+    let asked = old.asked.load(Ordering::SeqCst);
+    old.stop();
+    // From now on the old server is not needed: any case, as any account.
+    assert_eq!(code(tiers.addr(), "login", "OLDIE", "plain-pw-1"), 3);
+    assert_eq!(code(tiers.addr(), "login", "oldie", "wrong-pw-1"), 2);
+    assert_eq!(old.asked.load(Ordering::SeqCst), asked);
+    // A player who had not moved yet, with the old server gone: 7, never 1.
+    assert_eq!(code(tiers.addr(), "login", "Other", "other-pw-1"), 7);
+    // Whether a name is free cannot be told meanwhile: 7, for any name.
+    assert_eq!(code(tiers.addr(), "register", "Other", "other-pw-1"), 7);
+    assert_eq!(code(tiers.addr(), "register", "brand-new", "password1"), 7);
+    // Players who moved, and new ones, are not affected.
+    assert_eq!(code(tiers.addr(), "login", "newcomer", "password1"), 3);
+}
+
+#[test]
+fn wrong_passwords_unknown_names_and_taken_names() {
+    let old = OldServer::start(&[("veteran", "vet-pass-1")]);
+    let tiers = tiers(&old);
+    assert_eq!(code(tiers.addr(), "login", "veteran", "not-it-123"), 2);
+    assert_eq!(code(tiers.addr(), "login", "nobody", "whatever1"), 1);
+    // The old server compares exactly: the player is asked for by the spelling typed.
+    assert_eq!(code(tiers.addr(), "login", "VETERAN", "vet-pass-1"), 1);
+    // Its name is taken, in its spelling, before it ever logged in here.
+    let reply = seed(tiers.addr(), "register", "veteran", "password1");
+    assert_eq!(
+        (reply["code"].clone(), reply["reason"].clone()),
+        (json!(5), json!("username_taken"))
+    );
+    assert_eq!(code(tiers.addr(), "register", "fresh-name", "password1"), 4);
+    // Under --hide-user-existence, unknown in both is a wrong password.
+    let addr = old.addr;
+    let hiding = start_with(move |c| {
+        c.legacy_db = Some(addr);
+        c.service.hide_user_existence = true;
+    });
+    assert_eq!(code(hiding.addr(), "login", "nobody", "whatever1"), 2);
+}
+
+#[test]
+fn old_names_and_passwords_that_break_todays_rules_still_move_and_log_in() {
+    let old = OldServer::start(&[("x", "123"), ("has space", "pw")]);
+    let tiers = tiers(&old);
+    assert_eq!(code(tiers.addr(), "login", "x", "123"), 3);
+    assert_eq!(code(tiers.addr(), "login", "has space", "pw"), 3);
+    old.stop();
+    assert_eq!(
+        code(tiers.addr(), "login", "x", "123"),
+        3,
+        "after the move too"
+    );
+    assert_eq!(code(tiers.addr(), "login", "has space", "pw"), 3);
+    assert_eq!(code(tiers.addr(), "login", "x", "124"), 2);
+    // The rules still bind new registrations.
+    assert_eq!(code(tiers.addr(), "register", "y", "123"), 5);
+}
+
+#[test]
+fn the_reply_is_read_however_it_is_cut() {
+    let old = OldServer::start(&[("glued", "glued-pw-1"), ("trickled", "trickled-pw-1")]);
+    let tiers = tiers(&old);
+    old.set_style(Style::Glued);
+    assert_eq!(code(tiers.addr(), "login", "glued", "glued-pw-1"), 3);
+    old.set_style(Style::Trickled);
+    assert_eq!(code(tiers.addr(), "login", "trickled", "trickled-pw-1"), 3);
+    assert_eq!(code(tiers.addr(), "login", "unknown", "trickled-pw-1"), 1);
+}
+
+#[test]
+fn an_old_server_answering_garbage_is_unavailable_never_unknown() {
+    let old = OldServer::start(&[("confused", "confused-1")]);
+    let tiers = tiers(&old);
+    old.set_style(Style::Garbage);
+    assert_eq!(code(tiers.addr(), "login", "confused", "confused-1"), 7);
+    assert_eq!(code(tiers.addr(), "login", "nobody", "confused-1"), 7);
+    old.set_style(Style::Plain);
+    assert_eq!(code(tiers.addr(), "login", "confused", "confused-1"), 3);
+}
+
+#[test]
+fn sixteen_concurrent_first_logins_make_one_account() {
+    let old = OldServer::start(&[("Crowd", "crowd-pass-1")]);
+    let tiers = tiers(&old);
+    let addr = tiers.addr();
+    let logins: Vec<_> = (0..16)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut client = StreamClient::new(addr);
+                client.send(
+                    br#"{"OP":"login","username":"Crowd","password":"crowd-pass-1"}
+"#,
+                );
+                client.recv()
+            })
+        })
+        .collect();
+    let replies: Vec<_> = logins.into_iter().map(|l| l.join().unwrap()).collect();
+    let ids: std::collections::HashSet<_> =
+        replies.iter().map(|r| r["account_id"].clone()).collect();
+    assert!(replies.iter().all(|r| r["code"] == 3), "{replies:?}");
+    assert_eq!(ids.len(), 1, "one account: {ids:?}");
+}
+
+#[test]
+fn a_reserved_name_moves_with_its_stored_spelling_and_is_never_registered() {
+    let old = OldServer::start(&[("McOld", "mc-old-pass")]);
+    let tiers = tiers(&old);
+    // `account-db import` of the name alone, into the running store.
+    let store = login_server::accountdb::store::SqliteStore::open(tiers.dir.path()).unwrap();
+    let hasher = login_server::auth::password::Hasher::new(
+        login_server::auth::password::HashParams::CHEAPEST,
+    )
+    .unwrap();
+    let summary = login_server::accountdb::import::import(
+        &store,
+        &b"{\"username\":\"McOld\"}\n"[..],
+        &hasher,
+        1,
+        |_| {},
+    )
+    .unwrap();
+    assert_eq!(summary.imported, 1);
+    assert_eq!(code(tiers.addr(), "register", "MCOLD", "password1"), 5);
+    // Logged in under another case: the old server is asked with the stored spelling.
+    assert_eq!(code(tiers.addr(), "login", "mcold", "wrong-pass-1"), 2);
+    let reply = seed(tiers.addr(), "login", "mcold", "mc-old-pass");
+    assert_eq!(reply["code"], 3, "{reply}");
+    assert_eq!(reply["username"], "McOld");
+    old.stop();
+    assert_eq!(code(tiers.addr(), "login", "MCOLD", "mc-old-pass"), 3);
+}
