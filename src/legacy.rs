@@ -200,12 +200,11 @@ fn read_some(stream: &mut TcpStream, into: &mut Vec<u8>, deadline: Instant) -> i
 /// they differ; a password typed in another Unicode normalization matches too.
 pub fn matches(typed: &str, stored: &str) -> bool {
     use sha2::{Digest, Sha256};
+    use subtle::ConstantTimeEq;
+    // Digests first: equal lengths, so not even the length of the stored password shows.
     let same = |a: &str, b: &str| {
         let (a, b) = (Sha256::digest(a.as_bytes()), Sha256::digest(b.as_bytes()));
-        a.iter()
-            .zip(b.iter())
-            .fold(0u8, |diff, (x, y)| diff | (x ^ y))
-            == 0
+        bool::from(a.as_slice().ct_eq(b.as_slice()))
     };
     let nfc = crate::auth::names::normalize_password;
     same(typed, stored) | same(&nfc(typed), &nfc(stored))

@@ -289,3 +289,65 @@ fn a_reserved_name_moves_with_its_stored_spelling_and_is_never_registered() {
     old.stop();
     assert_eq!(code(tiers.addr(), "login", "MCOLD", "mc-old-pass"), 3);
 }
+
+#[test]
+fn a_long_reply_is_read_whole_and_an_endless_one_is_garbage() {
+    let long = "p".repeat(3000);
+    let old = OldServer::start(&[("Longpass", long.as_str())]);
+    let tiers = tiers(&old);
+    assert_eq!(code(tiers.addr(), "login", "Longpass", &long), 3);
+    // An old server that never ends its reply: garbage once it passes 64 KiB, not a hang.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let endless = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            std::thread::spawn(move || {
+                let _ = stream.write_all(b"Welcome![{\"password\":\"");
+                let chunk = [b'a'; 1024];
+                for _ in 0..100 {
+                    if stream.write_all(&chunk).is_err() {
+                        return;
+                    }
+                }
+                // And keeps the connection open: only the size bound ends the wait.
+                std::thread::sleep(Duration::from_secs(40));
+            });
+        }
+    });
+    let tiers = start_with(move |c| c.legacy_db = Some(endless));
+    let started = std::time::Instant::now();
+    assert_eq!(code(tiers.addr(), "login", "someone", "password1"), 7);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn an_old_server_that_hangs_up_before_its_reply_is_unavailable_at_once() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let rude = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let _ = stream.write_all(b"Welcome!");
+            let mut request = [0u8; 256];
+            let _ = stream.read(&mut request);
+            // Hangs up without a reply.
+        }
+    });
+    let tiers = start_with(move |c| {
+        c.legacy_db = Some(rude);
+        c.db_timeout = Duration::from_secs(30);
+    });
+    let started = std::time::Instant::now();
+    assert_eq!(code(tiers.addr(), "login", "someone", "password1"), 7);
+    // Well before the deadline: the end of the stream is seen as such.
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+}

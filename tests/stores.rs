@@ -283,7 +283,24 @@ fn postgres_store_conforms() {
     let store = Arc::new(PostgresStore::open(&db.url, 8, Duration::from_secs(5)).unwrap());
     conformance(store.clone());
     records_conformance(store.clone());
-    sessions_conformance(store);
+    sessions_conformance(store.clone());
+    // `account-db import` works on it too, and twice changes nothing.
+    let hasher = login_server::auth::password::Hasher::new(
+        login_server::auth::password::HashParams::CHEAPEST,
+    )
+    .unwrap();
+    let lines = "{\"username\":\"Imported\",\"password\":\"pw\"}\n{\"username\":\"Kept\"}\n";
+    let import = || {
+        login_server::accountdb::import::import(&*store, lines.as_bytes(), &hasher, 2, |_| {})
+            .unwrap()
+    };
+    assert_eq!((import().imported, import().present), (2, 2));
+    assert!(store
+        .find("imported")
+        .unwrap()
+        .unwrap()
+        .hash
+        .starts_with("$argon2id$"));
     // A second store on the same database (another account-db) sees the same accounts, and
     // opening migrates nothing twice.
     let other = PostgresStore::open(&db.url, 2, Duration::from_secs(5)).unwrap();

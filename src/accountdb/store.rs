@@ -187,6 +187,12 @@ pub enum StoreError {
     /// `--store` names a PostgreSQL URL that cannot be parsed.
     #[error("bad PostgreSQL URL: {0}")]
     BadUrl(String),
+    /// A database file does not exist and cannot be created (permissions, a full disk).
+    #[error("cannot create the data file {path}: {source}")]
+    DataFile {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     /// The data directory does not exist and cannot be created.
     #[error("cannot create the data directory {path}: {source}")]
     DataDir {

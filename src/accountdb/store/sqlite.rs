@@ -109,6 +109,7 @@ pub struct SqliteStore {
 
 /// Open the side file of throttle records at `path`, unsynced, with the current layout.
 fn open_records(path: &Path) -> Result<Connection, StoreError> {
+    private_file(path)?;
     let conn = Connection::open(path)?;
     conn.execute_batch(
         "PRAGMA journal_mode = WAL;
@@ -148,7 +149,31 @@ fn read_record(conn: &Connection, key: &str) -> Result<Record, StoreError> {
     Ok(found.unwrap_or_default())
 }
 
+/// Make the file at `path` readable by its owner only, creating it (empty: SQLite makes a new
+/// database of it) if it is missing, before SQLite opens it: its `-wal` and `-shm` files then
+/// take the same mode. Password hashes are no one else's business.
+fn private_file(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    if path.exists() {
+        // Tightened where it was made looser; a file that cannot be changed (read-only,
+        // immutable) is left for SQLite's own check to report.
+        let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+        return Ok(());
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .map(drop)
+        .map_err(|source| StoreError::DataFile {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
 fn open_connection(path: &Path) -> Result<Connection, StoreError> {
+    private_file(path)?;
     let conn = Connection::open(path)?;
     // FULL: a commit is on disk before `create` returns, so an acknowledged registration
     // survives a crash of the process and of the machine.
@@ -295,10 +320,17 @@ impl SqliteStore {
     /// Open the store in `dir`; `integrity_check`: run `PRAGMA quick_check` first (it reads
     /// the whole file: skip it only for huge stores).
     pub fn open_with(dir: &Path, integrity_check: bool) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|source| StoreError::DataDir {
-            path: dir.to_path_buf(),
-            source,
-        })?;
+        if !dir.exists() {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|source| StoreError::DataDir {
+                    path: dir.to_path_buf(),
+                    source,
+                })?;
+        }
         let path = dir.join(FILE_NAME);
         let mut writer = open_connection(&path)?;
         if integrity_check {
@@ -571,6 +603,25 @@ mod tests {
         assert!(store.update_hash("DUP", "hash-of-Dup", "new-hash").unwrap());
         assert_eq!(store.find("dup").unwrap().unwrap().hash, "new-hash");
         assert!(!store.update_hash("nobody", "x", "y").unwrap());
+    }
+
+    #[test]
+    fn data_files_are_readable_by_their_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("data");
+        let store = SqliteStore::open(&dir).unwrap();
+        store.create(&account("Private"), "r").unwrap();
+        let mode = |name: &str| {
+            let path = dir.join(name);
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777
+        };
+        assert_eq!(mode(""), 0o700, "the directory");
+        for file in [FILE_NAME, RECORDS_FILE] {
+            assert_eq!(mode(file), 0o600, "{file}");
+            assert_eq!(mode(&format!("{file}-wal")), 0o600, "{file}-wal");
+            assert_eq!(mode(&format!("{file}-shm")), 0o600, "{file}-shm");
+        }
     }
 
     #[test]
