@@ -21,6 +21,8 @@ enum Style {
     Glued,
     /// Every byte in a write of its own.
     Trickled,
+    /// The reply in two writes, a pause between.
+    Halves,
     /// Not its protocol at all.
     Garbage,
 }
@@ -86,6 +88,11 @@ fn send(stream: &mut TcpStream, bytes: &[u8], style: Style) {
             let _ = stream.flush();
             std::thread::sleep(Duration::from_millis(1));
         }
+    } else if style == Style::Halves {
+        let (first, second) = bytes.split_at(bytes.len() / 2);
+        let _ = stream.write_all(first);
+        std::thread::sleep(Duration::from_millis(50));
+        let _ = stream.write_all(second);
     } else {
         let _ = stream.write_all(bytes);
     }
@@ -295,6 +302,7 @@ fn a_long_reply_is_read_whole_and_an_endless_one_is_garbage() {
     let long = "p".repeat(3000);
     let old = OldServer::start(&[("Longpass", long.as_str())]);
     let tiers = tiers(&old);
+    old.set_style(Style::Halves); // so it is read in parts, and its size counted
     assert_eq!(code(tiers.addr(), "login", "Longpass", &long), 3);
     // An old server that never ends its reply: garbage once it passes 64 KiB, not a hang.
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();

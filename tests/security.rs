@@ -116,6 +116,109 @@ fn account_db_creates_a_private_secret_file() {
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
 }
 
+/// Run account-db on `dir` with `flags` until it exits (it should refuse to start): its
+/// success and its log.
+fn account_db_refusal(dir: &std::path::Path, flags: &[&str]) -> (bool, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_account-db"))
+        .args(["--listen", "127.0.0.1:0", "--data"])
+        .arg(dir)
+        .args(flags)
+        .env_remove("ACCOUNT_DB_SECRET")
+        .stdout(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_lost_secret_stops_the_start_of_a_store_with_accounts() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = DbProcess::start(dir.path(), "127.0.0.1:0");
+        let server = LoginServer::spawn(db.config()).unwrap();
+        assert_eq!(
+            code(server.local_addr(), "register", "keeper", "password1"),
+            4
+        );
+    }
+    let path = dir.path().join("account-db.secret");
+    std::fs::remove_file(&path).unwrap();
+    let (started, log) = account_db_refusal(dir.path(), &[]);
+    assert!(!started);
+    assert!(
+        log.contains("--new-secret") && log.contains("account-db.secret"),
+        "{log}"
+    );
+    assert!(!path.exists(), "no new secret was written");
+    // Told to, it makes a new one, and says where.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_account-db"))
+        .args(["--listen", "127.0.0.1:0", "--new-secret", "--data"])
+        .arg(dir.path())
+        .env_remove("ACCOUNT_DB_SECRET")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let created = lines
+        .find(|l| l.as_ref().is_ok_and(|l| l.contains("created the secret")))
+        .unwrap()
+        .unwrap();
+    assert!(created.contains("account-db.secret"), "{created}");
+    assert!(path.exists());
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[test]
+fn gen_secret_writes_a_private_secret_once() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("next.secret");
+    let gen = || {
+        Command::new(env!("CARGO_BIN_EXE_account-db"))
+            .arg("gen-secret")
+            .arg(&path)
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    assert!(gen());
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let secret = Secret::read(&path).unwrap();
+    assert!(!gen(), "never over an existing secret");
+    assert_eq!(Secret::read(&path).unwrap(), secret);
+}
+
+#[test]
+fn a_rotation_accepts_the_old_and_the_next_secret_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    // The old one where DbProcess looks for it.
+    let old = dir.path().join("account-db.secret");
+    let next = dir.path().join("next.secret");
+    let (old_secret, next_secret) = (
+        Secret::read_or_create(&old).unwrap(),
+        Secret::read_or_create(&next).unwrap(),
+    );
+    let files = format!("{},{}", old.display(), next.display());
+    let db = DbProcess::start_with(dir.path(), "127.0.0.1:0", &["--secret-file", &files]);
+    for secret in [&old_secret, &next_secret] {
+        assert!(DbConn::connect(db.addr, common::PATIENCE, secret).is_ok());
+    }
+    assert!(DbConn::connect(db.addr, common::PATIENCE, &Secret::generate()).is_err());
+    drop(db);
+    // The rotation done: the old one is refused.
+    let only_next = next.display().to_string();
+    let db = DbProcess::start_with(dir.path(), "127.0.0.1:0", &["--secret-file", &only_next]);
+    assert!(DbConn::connect(db.addr, common::PATIENCE, &next_secret).is_ok());
+    assert!(DbConn::connect(db.addr, common::PATIENCE, &old_secret).is_err());
+}
+
 #[test]
 fn login_server_with_db_but_no_secret_says_what_is_missing() {
     let output = Command::new(env!("CARGO_BIN_EXE_login-server"))

@@ -25,6 +25,12 @@ pub enum Command {
         #[arg(long, value_name = "M,T,P", default_value = "19456,2,1")]
         hash_params: HashParams,
     },
+    /// Write a fresh secret to PATH (mode 0600; it must not exist): the next one, for a
+    /// rotation (see docs/operations.md).
+    GenSecret {
+        /// Where to write it.
+        path: PathBuf,
+    },
 }
 
 /// The account store: accounts in SQLite, served to login-servers over TCP.
@@ -111,10 +117,23 @@ pub struct AccountDbConfig {
     #[arg(long, env = "ACCOUNT_DB_SKIP_INTEGRITY_CHECK")]
     pub skip_integrity_check: bool,
     /// File holding the secret clients must prove (64 hex digits), created with mode 0600 if
-    /// missing; the environment variable ACCOUNT_DB_SECRET may hold the secret itself instead.
-    /// Defaults to DATA/account-db.secret.
-    #[arg(long, value_name = "PATH", env = "ACCOUNT_DB_SECRET_FILE")]
-    pub secret_file: Option<PathBuf>,
+    /// missing (and its path logged), unless the store already holds accounts: see
+    /// --new-secret. Repeat it (or separate with commas) to accept several during a rotation;
+    /// the first is the one created. The environment variable ACCOUNT_DB_SECRET may hold the
+    /// secret itself instead. Defaults to DATA/account-db.secret.
+    #[arg(
+        long,
+        value_name = "PATH",
+        env = "ACCOUNT_DB_SECRET_FILE",
+        value_delimiter = ','
+    )]
+    pub secret_file: Vec<PathBuf>,
+    /// Create a missing secret file even though the store already holds accounts (every
+    /// login-server then needs the new secret). Without it, a missing file (deleted, or a
+    /// wrong --data) stops the start instead of locking every login-server out. Defaults to
+    /// off.
+    #[arg(long, env = "ACCOUNT_DB_NEW_SECRET")]
+    pub new_secret: bool,
     /// The secret itself, for embedding: it wins over the file and the environment.
     #[arg(skip)]
     pub secret: Option<Secret>,
@@ -173,15 +192,38 @@ impl AccountDbConfig {
             .unwrap_or_else(|| StoreUrl::Sqlite(self.data.clone()))
     }
 
-    /// The secret clients must prove: [`Self::secret`], else the environment variable, else
-    /// the secret file (created if missing).
-    pub fn resolve_secret(&self) -> Result<Secret, SecretError> {
-        Secret::resolve(self.secret.as_ref(), || {
-            let path = match &self.secret_file {
-                Some(path) => path.clone(),
-                None => self.data.join("account-db.secret"),
+    /// The secrets a client may prove: [`Self::secret`], else the environment variable, else
+    /// the secret files (the first created if missing, unless `has_accounts` says the store
+    /// holds accounts and --new-secret is not given).
+    pub fn resolve_secrets(
+        &self,
+        has_accounts: impl FnOnce() -> bool,
+    ) -> Result<Vec<Secret>, SecretError> {
+        let mut extra = Vec::new();
+        let first = Secret::resolve(self.secret.as_ref(), || {
+            let default = [self.data.join("account-db.secret")];
+            let paths = match self.secret_file.as_slice() {
+                [] => &default[..],
+                paths => paths,
             };
-            Secret::read_or_create(&path)
-        })
+            let (first, rest) = (&paths[0], &paths[1..]);
+            for path in rest {
+                extra.push(Secret::read(path)?);
+            }
+            if first.exists() {
+                return Secret::read(first);
+            }
+            if !self.new_secret && has_accounts() {
+                return Err(SecretError::LostWithAccounts {
+                    path: first.display().to_string(),
+                });
+            }
+            let secret = Secret::read_or_create(first)?;
+            tracing::info!(path = %first.display(), "created the secret login-servers must prove; give it to each of them");
+            Ok(secret)
+        })?;
+        let mut secrets = vec![first];
+        secrets.extend(extra);
+        Ok(secrets)
     }
 }

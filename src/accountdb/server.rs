@@ -50,7 +50,8 @@ pub enum AccountDbStartError {
 /// What the handlers share: the settings they need, open connections (so shutdown can wake
 /// their handlers), and what the metrics count.
 struct Shared {
-    secret: Secret,
+    /// Any of these may be proved (more than one during a rotation).
+    secrets: Vec<Secret>,
     max_connections: usize,
     max_handshakes: usize,
     /// Connections in their handshake, oldest first (ids into `open`); capped apart from the
@@ -230,7 +231,7 @@ impl AccountDb {
         config: AccountDbConfig,
         store: Arc<dyn Store>,
     ) -> Result<AccountDb, AccountDbStartError> {
-        let secret = config.resolve_secret()?;
+        let secrets = config.resolve_secrets(|| store.count().map_or(true, |n| n > 0))?;
         let listener =
             TcpListener::bind(config.listen).map_err(|source| AccountDbStartError::Listen {
                 addr: config.listen,
@@ -238,7 +239,7 @@ impl AccountDb {
             })?;
         let local_addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
-            secret,
+            secrets,
             max_connections: config.max_connections,
             max_handshakes: config.max_handshakes,
             handshaking: Mutex::new(VecDeque::new()),
@@ -422,7 +423,7 @@ fn serve(stream: TcpStream, id: u64, store: &dyn Store, shared: &Shared) -> io::
     };
     drop(handshaking);
     shared.requests.inc(0);
-    if !shared.secret.verify(&nonce, &proof) {
+    if !shared.secrets.iter().any(|s| s.verify(&nonce, &proof)) {
         shared.refuse(&mut writer, &peer, "authentication failed");
         return Ok(());
     }

@@ -218,6 +218,8 @@ pub trait Store: Send + Sync {
     fn update_hash(&self, username: &str, old: &str, hash: &str) -> Result<bool, StoreError>;
     /// Check that the store answers.
     fn ping(&self) -> Result<(), StoreError>;
+    /// How many accounts there are.
+    fn count(&self) -> Result<u64, StoreError>;
     /// What a login needs, in one read: [`find`](Store::find) and the records at `keys`
     /// (absent ones as the empty record), in the order of `keys`.
     fn find_for_login(

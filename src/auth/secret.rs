@@ -41,6 +41,14 @@ pub enum SecretError {
         path: String,
         source: std::io::Error,
     },
+    /// account-db's secret file is missing but its store holds accounts: a new secret would
+    /// lock out every login-server that has the old one.
+    #[error(
+        "the secret file {path} is missing but the store holds accounts: restore it (or point \
+         --secret-file at it), or pass --new-secret to make a new one and give it to every \
+         login-server"
+    )]
+    LostWithAccounts { path: String },
     /// login-server was pointed at an account-db (`--db`) but given no secret for it.
     #[error(
         "account-db requires its secret: pass --db-secret-file (account-db writes \
@@ -122,6 +130,18 @@ impl Secret {
             Ok(hex) => Secret::from_hex(&hex),
             Err(_) => from_file(),
         }
+    }
+
+    /// Write a fresh secret to a new file at `path` (mode 0600); it must not exist.
+    pub fn create(path: &Path) -> Result<Secret, SecretError> {
+        let secret = Secret::generate();
+        create_private(path, format!("{}\n", hex(&secret.0)).as_bytes()).map_err(|source| {
+            SecretError::Create {
+                path: path.display().to_string(),
+                source,
+            }
+        })?;
+        Ok(secret)
     }
 
     /// Read a secret file.

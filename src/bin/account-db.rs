@@ -11,8 +11,16 @@ use std::io::BufRead;
 
 fn main() -> anyhow::Result<()> {
     let config: AccountDbConfig = config::parse();
-    if let Some(Command::Import { file, hash_params }) = &config.command {
-        return run_import(&config, file, *hash_params);
+    match &config.command {
+        Some(Command::Import { file, hash_params }) => {
+            return run_import(&config, file, *hash_params)
+        }
+        Some(Command::GenSecret { path }) => {
+            login_server::auth::secret::Secret::create(path)?;
+            println!("wrote a new secret to {}", path.display());
+            return Ok(());
+        }
+        None => {}
     }
     let _logs = logging::init(config.log_format);
     let signals = signals::StopSignals::install().context("cannot catch signals")?;

@@ -278,6 +278,14 @@ impl Store for PostgresStore {
         Ok(())
     }
 
+    fn count(&self) -> Result<u64, StoreError> {
+        let n: i64 = self
+            .conn()?
+            .query_one("SELECT count(*) FROM accounts", &[])?
+            .get(0);
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
     fn session(&self, account_id: u64, sid: &str) -> Result<Option<SessionState>, StoreError> {
         let mut conn = self.conn()?;
         let id = i64::try_from(account_id).unwrap_or(-1);

@@ -422,6 +422,12 @@ impl Store for SqliteStore {
         Ok(conn.query_row("SELECT 1", [], |_| Ok(()))?)
     }
 
+    fn count(&self) -> Result<u64, StoreError> {
+        let conn = self.reader.lock();
+        let n: i64 = conn.query_row("SELECT count(*) FROM accounts", [], |r| r.get(0))?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
     fn session(&self, account_id: u64, sid: &str) -> Result<Option<SessionState>, StoreError> {
         let conn = self.reader.lock();
         let mut stmt = conn.prepare_cached(
