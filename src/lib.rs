@@ -22,7 +22,8 @@
 //! - [`accountdb::client`]: the r2d2-pooled connections to one or more account-dbs, as
 //!   `Accounts` that fail over between them.
 //! - [`protocol::accountdb`]: the newline-delimited JSON between the two tiers. Pure.
-//! - [`accountdb::import`]: `account-db import`, the old system's players in bulk.
+//! - [`accountdb::import`]: `account-db import`, the old system's players in bulk;
+//!   [`accountdb::admin`]: `account-db admin`, an operator's console.
 //! - [`accountdb::server`]: the account-db server, configured by [`AccountDbConfig`];
 //!   [`throttle`]: brute-force lockouts, kept as records in the store, which account-db runs;
 //!   [`accountdb::store`]: the `Store` trait, its SQLite and PostgreSQL implementations, and

@@ -466,6 +466,23 @@ pub fn succeeded(
     })
 }
 
+/// An operator's unlock: the account's failures and locks are forgotten (its familiar
+/// addresses are kept), for every login-server at once.
+pub fn unlock(store: &dyn Store, username: &str) -> Result<(), StoreError> {
+    let now = now_ms();
+    store.update_records(&[account_key(username)], now, &mut |records| {
+        for record in records.iter_mut() {
+            record.succeed(None, now);
+        }
+    })
+}
+
+/// The account's throttle record as it stands (the empty one if there is none).
+pub fn record(store: &dyn Store, username: &str) -> Result<Record, StoreError> {
+    let (_, records) = store.find_for_login(username, &[account_key(username)])?;
+    Ok(records.into_iter().next().unwrap_or_default())
+}
+
 /// A registration's lookup: count it against `origin` (no address: no limit), then say
 /// whether the name is free.
 pub fn register(

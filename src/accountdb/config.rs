@@ -1,6 +1,7 @@
 //! [`AccountDbConfig`]: every setting of account-db, with its flag, environment variable and
 //! default in one place.
 
+use crate::accountdb::admin::Admin;
 use crate::accountdb::store::StoreUrl;
 use crate::auth::password::HashParams;
 use crate::auth::secret::{Secret, SecretError};
@@ -24,6 +25,12 @@ pub enum Command {
         /// login-server's --hash-params.
         #[arg(long, value_name = "M,T,P", default_value = "19456,2,1")]
         hash_params: HashParams,
+    },
+    /// Administer accounts in the store (--data or --store), while account-db serves it or
+    /// not.
+    Admin {
+        #[command(subcommand)]
+        action: Admin,
     },
     /// Write a fresh secret to PATH (mode 0600; it must not exist): the next one, for a
     /// rotation (see docs/operations.md).

@@ -4,6 +4,7 @@
 //! asks of the tier.
 
 pub mod accounts;
+pub mod admin;
 pub mod client;
 mod config;
 pub mod import;

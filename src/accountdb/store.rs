@@ -75,6 +75,16 @@ impl StoreUrl {
     }
 }
 
+/// An account as an operator sees it (`account-db admin show`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Details {
+    pub account: Account,
+    /// When it registered, in unix seconds.
+    pub created_at: i64,
+    /// Sessions that began before this (milliseconds) are void.
+    pub sessions_after: Millis,
+}
+
 /// Revocations an account holds at most; see [`Store::revoke_session`].
 pub const REVOKED_PER_ACCOUNT: i64 = 64;
 
@@ -220,6 +230,13 @@ pub trait Store: Send + Sync {
     fn ping(&self) -> Result<(), StoreError>;
     /// How many accounts there are.
     fn count(&self) -> Result<u64, StoreError>;
+    /// What an operator sees of the account named `username` (any case).
+    fn details(&self, username: &str) -> Result<Option<Details>, StoreError>;
+    /// Delete the account named `username` (any case): its name may be registered again, and
+    /// its sessions fall with it. `false` if there is none.
+    fn delete(&self, username: &str) -> Result<bool, StoreError>;
+    /// At most `limit` accounts whose folded names begin with the folded `prefix`, in order.
+    fn list(&self, prefix: &str, limit: u32) -> Result<Vec<Account>, StoreError>;
     /// What a login needs, in one read: [`find`](Store::find) and the records at `keys`
     /// (absent ones as the empty record), in the order of `keys`.
     fn find_for_login(

@@ -2,6 +2,7 @@
 //! or, given a command, do it and exit.
 
 use anyhow::Context;
+use login_server::accountdb::admin;
 use login_server::accountdb::import::import;
 use login_server::accountdb::server::AccountDb;
 use login_server::accountdb::{AccountDbConfig, Command};
@@ -14,6 +15,22 @@ fn main() -> anyhow::Result<()> {
     match &config.command {
         Some(Command::Import { file, hash_params }) => {
             return run_import(&config, file, *hash_params)
+        }
+        Some(Command::Admin { action }) => {
+            let _logs = logging::init(config.log_format);
+            let url = config.store_url();
+            let store = url
+                .open(1, config.store_timeout, false)
+                .with_context(|| format!("cannot open the account store {url}"))?;
+            let ask = || {
+                use std::io::IsTerminal;
+                std::io::stdin()
+                    .is_terminal()
+                    .then(|| rpassword::prompt_password("new password: ").ok())
+                    .flatten()
+            };
+            print!("{}", admin::run(&*store, action, ask)?);
+            return Ok(());
         }
         Some(Command::GenSecret { path }) => {
             login_server::auth::secret::Secret::create(path)?;

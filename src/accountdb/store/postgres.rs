@@ -13,8 +13,8 @@
 //! the disk); PostgreSQL empties the table after a crash, and standbys do not have it.
 
 use super::{
-    familiar_list, familiar_text, unix_now, Account, Created, Revocation, SessionState, Store,
-    StoreError, REVOKED_PER_ACCOUNT,
+    familiar_list, familiar_text, unix_now, Account, Created, Details, Revocation, SessionState,
+    Store, StoreError, REVOKED_PER_ACCOUNT,
 };
 use crate::auth::names::{fold, skeleton, SKELETON_DATA};
 use crate::throttle::{Millis, Record};
@@ -276,6 +276,47 @@ impl Store for PostgresStore {
     fn ping(&self) -> Result<(), StoreError> {
         self.conn()?.simple_query("SELECT 1")?;
         Ok(())
+    }
+
+    fn details(&self, username: &str) -> Result<Option<Details>, StoreError> {
+        let row = self.conn()?.query_typed_opt(
+            "SELECT id, username, hash, created_at, sessions_after FROM accounts
+             WHERE folded = $1",
+            &[(&fold(username), Type::TEXT)],
+        )?;
+        Ok(row.map(|row| Details {
+            account: Account {
+                id: id(row.get(0)),
+                username: row.get(1),
+                hash: row.get(2),
+            },
+            created_at: row.get(3),
+            sessions_after: row.get(4),
+        }))
+    }
+
+    fn delete(&self, username: &str) -> Result<bool, StoreError> {
+        let deleted = self.conn()?.execute_typed(
+            "DELETE FROM accounts WHERE folded = $1",
+            &[(&fold(username), Type::TEXT)],
+        )?;
+        Ok(deleted == 1)
+    }
+
+    fn list(&self, prefix: &str, limit: u32) -> Result<Vec<Account>, StoreError> {
+        let rows = self.conn()?.query_typed(
+            "SELECT id, username, hash FROM accounts WHERE starts_with(folded, $1)
+             ORDER BY folded COLLATE \"C\" LIMIT $2",
+            &[(&fold(prefix), Type::TEXT), (&i64::from(limit), Type::INT8)],
+        )?;
+        Ok(rows
+            .iter()
+            .map(|row| Account {
+                id: id(row.get(0)),
+                username: row.get(1),
+                hash: row.get(2),
+            })
+            .collect())
     }
 
     fn count(&self) -> Result<u64, StoreError> {

@@ -11,8 +11,8 @@
 //! file from another layout is started afresh.
 
 use super::{
-    familiar_list, familiar_text, unix_now, Account, Created, Revocation, SessionState, Store,
-    StoreError, REVOKED_PER_ACCOUNT,
+    familiar_list, familiar_text, unix_now, Account, Created, Details, Revocation, SessionState,
+    Store, StoreError, REVOKED_PER_ACCOUNT,
 };
 use crate::auth::names::{fold, skeleton, SKELETON_DATA};
 use crate::throttle::{Millis, Record};
@@ -420,6 +420,55 @@ impl Store for SqliteStore {
     fn ping(&self) -> Result<(), StoreError> {
         let conn = self.reader.lock();
         Ok(conn.query_row("SELECT 1", [], |_| Ok(()))?)
+    }
+
+    fn details(&self, username: &str) -> Result<Option<Details>, StoreError> {
+        let conn = self.reader.lock();
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, username, hash, created_at, sessions_after FROM accounts
+             WHERE key = (SELECT key FROM (SELECT key, username, hash, id FROM accounts
+                 WHERE folded = ?1 ORDER BY (username = ?2) DESC, created_at, key LIMIT 1))",
+        )?;
+        stmt.query_row(params![fold(username), username], |row| {
+            Ok(Details {
+                account: Account {
+                    id: u64::try_from(row.get::<_, i64>(0)?).unwrap_or(0),
+                    username: row.get(1)?,
+                    hash: row.get(2)?,
+                },
+                created_at: row.get(3)?,
+                sessions_after: row.get(4)?,
+            })
+        })
+        .optional()
+        .map_err(StoreError::from)
+    }
+
+    fn delete(&self, username: &str) -> Result<bool, StoreError> {
+        let conn = self.writer.lock();
+        let deleted = conn
+            .prepare_cached(&format!(
+                "DELETE FROM accounts WHERE key = (SELECT key FROM ({CHOOSE}))"
+            ))?
+            .execute(params![fold(username), username])?;
+        Ok(deleted == 1)
+    }
+
+    fn list(&self, prefix: &str, limit: u32) -> Result<Vec<Account>, StoreError> {
+        let conn = self.reader.lock();
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, username, hash FROM accounts
+             WHERE folded >= ?1 AND folded < ?1 || char(1114111)
+             ORDER BY folded, created_at LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![fold(prefix), limit], |row| {
+            Ok(Account {
+                id: u64::try_from(row.get::<_, i64>(0)?).unwrap_or(0),
+                username: row.get(1)?,
+                hash: row.get(2)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     fn count(&self) -> Result<u64, StoreError> {

@@ -1,0 +1,143 @@
+//! `account-db admin`: an operator's console over the store (`--data` or `--store`), usable
+//! while account-db serves it. Each change is logged.
+
+use crate::accountdb::store::{Account, Store, StoreError};
+use crate::auth::names::normalize_password;
+use crate::auth::password::{HashError, HashParams, Hasher, Memory};
+use crate::legacy::RESERVED_HASH;
+use crate::throttle::{self, now_ms, FAMILIAR_DAYS};
+use std::fmt::Write;
+
+/// What an admin command can be asked.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Admin {
+    /// Show an account: spelling, id, created, hash parameters, lock, last successful login.
+    Show { name: String },
+    /// Clear an account's failed logins and lock, for every login-server.
+    Unlock { name: String },
+    /// Set an account's password (asked without echo unless --password) and revoke every
+    /// session of it.
+    SetPassword {
+        name: String,
+        /// The new password; without it, it is asked for without echo.
+        #[arg(long)]
+        password: Option<String>,
+        /// argon2id parameters: memory KiB, iterations, lanes. Use login-server's.
+        #[arg(long, value_name = "M,T,P", default_value = "19456,2,1")]
+        hash_params: HashParams,
+    },
+    /// Delete an account: its name may be registered again, and its sessions are void.
+    Delete { name: String },
+    /// List accounts whose names begin with --prefix (without regard to case), in order.
+    List {
+        #[arg(long, default_value = "")]
+        prefix: String,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Count accounts.
+    Count,
+}
+
+/// Why an admin command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// No account has that name, in any case.
+    #[error("no account named {0:?}")]
+    NoSuchAccount(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Hashing the new password failed.
+    #[error(transparent)]
+    Hash(#[from] HashError),
+}
+
+/// Run `admin` against `store`; what to print. `password` is the new password of
+/// `set-password` when it was not given as a flag.
+pub fn run(
+    store: &dyn Store,
+    admin: &Admin,
+    password: impl FnOnce() -> Option<String>,
+) -> Result<String, AdminError> {
+    let missing = |name: &str| AdminError::NoSuchAccount(name.to_string());
+    match admin {
+        Admin::Show { name } => show(store, name),
+        Admin::Unlock { name } => {
+            let account = store.find(name)?.ok_or_else(|| missing(name))?;
+            throttle::unlock(store, &account.username)?;
+            tracing::info!(user = %account.username, "admin: unlocked");
+            Ok(format!("unlocked {}\n", account.username))
+        }
+        Admin::SetPassword {
+            name,
+            password: given,
+            hash_params,
+        } => {
+            let account = store.find(name)?.ok_or_else(|| missing(name))?;
+            let Some(password) = given.clone().or_else(password) else {
+                return Ok("no password: pass --password\n".into());
+            };
+            let hash = Hasher::new(*hash_params)?
+                .hash(&normalize_password(&password), &mut Memory::default())?;
+            store.void_sessions(account.id, now_ms(), Some(&hash))?;
+            tracing::info!(user = %account.username, "admin: password set, sessions revoked");
+            Ok(format!(
+                "set the password of {}; its sessions are revoked\n",
+                account.username
+            ))
+        }
+        Admin::Delete { name } => {
+            let account = store.find(name)?.ok_or_else(|| missing(name))?;
+            store.delete(&account.username)?;
+            tracing::info!(user = %account.username, id = account.id, "admin: deleted");
+            Ok(format!(
+                "deleted {} (id {})\n",
+                account.username, account.id
+            ))
+        }
+        Admin::List { prefix, limit } => {
+            let mut out = String::new();
+            for Account { id, username, .. } in store.list(prefix, *limit)? {
+                let _ = writeln!(out, "{id}\t{username}");
+            }
+            Ok(out)
+        }
+        Admin::Count => Ok(format!("{}\n", store.count()?)),
+    }
+}
+
+fn show(store: &dyn Store, name: &str) -> Result<String, AdminError> {
+    let details = store
+        .details(name)?
+        .ok_or_else(|| AdminError::NoSuchAccount(name.to_string()))?;
+    let account = &details.account;
+    let record = throttle::record(store, &account.username)?;
+    let now = now_ms();
+    let hash = match account.hash.as_str() {
+        RESERVED_HASH => "none: reserved for its owner on the old server".to_string(),
+        hash => hash.rsplitn(3, '$').nth(2).unwrap_or("?").to_string(),
+    };
+    let mut out = String::new();
+    let _ = writeln!(out, "name\t{}", account.username);
+    let _ = writeln!(out, "id\t{}", account.id);
+    let _ = writeln!(out, "created\t{} (unix seconds)", details.created_at);
+    let _ = writeln!(out, "hash\t{hash}");
+    let _ = match record.locked(now) {
+        Some(wait) => writeln!(out, "locked\tfor {} s more", wait.as_secs().max(1)),
+        None => writeln!(out, "locked\tno ({} recent failures)", record.count),
+    };
+    let _ = match record.familiar.first() {
+        Some(last) => {
+            let at = record.familiar_until - FAMILIAR_DAYS * 86_400_000;
+            writeln!(out, "last login\tfrom {last} at {} (unix ms)", at)
+        }
+        None => writeln!(out, "last login\tnone known from an address"),
+    };
+    let _ = writeln!(
+        out,
+        "sessions\tthose begun before {} (unix ms) are void",
+        details.sessions_after
+    );
+    Ok(out)
+}

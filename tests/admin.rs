@@ -1,0 +1,201 @@
+//! `account-db admin` against both stores: every subcommand through the library, and the
+//! binary's own command line on SQLite.
+
+mod common;
+
+use login_server::accountdb::admin::{run, Admin, AdminError};
+use login_server::accountdb::store::{Account, PostgresStore, SqliteStore, Store};
+use login_server::auth::password::{HashParams, Hasher, Memory};
+use login_server::throttle::{self, Login, Policy, Unknown};
+use std::process::Command;
+use std::time::Duration;
+
+fn admin(store: &dyn Store, action: Admin) -> Result<String, AdminError> {
+    run(store, &action, || None)
+}
+
+fn name(name: &str) -> String {
+    name.to_string()
+}
+
+/// What every store must let an operator do.
+fn admin_conformance(store: &dyn Store) {
+    let hasher = Hasher::new(HashParams::CHEAPEST).unwrap();
+    let memory = &mut Memory::default();
+    for (user, password) in [
+        ("Admin-Alice", "alice-pass"),
+        ("Admin-Bob", "bob-pass1"),
+        ("Zed", "zed-pass1"),
+    ] {
+        let hash = hasher.hash(password, memory).unwrap();
+        store.create(&Account::new(user, &hash), user).unwrap();
+    }
+    assert_eq!(admin(store, Admin::Count).unwrap(), "3\n");
+    let listed = admin(
+        store,
+        Admin::List {
+            prefix: name("ADMIN-"),
+            limit: 10,
+        },
+    )
+    .unwrap();
+    assert!(
+        listed.contains("\tAdmin-Alice\n") && listed.contains("\tAdmin-Bob\n"),
+        "{listed}"
+    );
+    assert!(!listed.contains("Zed"), "{listed}");
+    let one = admin(
+        store,
+        Admin::List {
+            prefix: name(""),
+            limit: 1,
+        },
+    )
+    .unwrap();
+    assert_eq!(one.lines().count(), 1, "{one}");
+
+    // Locked by failures, shown so, and unlocked for every login-server.
+    let t = Policy::default().failures();
+    for _ in 0..5 {
+        throttle::failed(store, Some("admin-alice"), None, &t).unwrap();
+    }
+    let locked = admin(
+        store,
+        Admin::Show {
+            name: name("ADMIN-ALICE"),
+        },
+    )
+    .unwrap();
+    assert!(locked.contains("name\tAdmin-Alice"), "{locked}");
+    assert!(locked.contains("locked\tfor "), "{locked}");
+    assert!(locked.contains("m=8,t=1,p=1"), "{locked}");
+    assert!(matches!(
+        throttle::login(store, "admin-alice", None, &t, Unknown::Address).unwrap(),
+        Login::Locked(_)
+    ));
+    assert_eq!(
+        admin(
+            store,
+            Admin::Unlock {
+                name: name("admin-alice")
+            }
+        )
+        .unwrap(),
+        "unlocked Admin-Alice\n"
+    );
+    assert!(matches!(
+        throttle::login(store, "admin-alice", None, &t, Unknown::Address).unwrap(),
+        Login::Open { .. }
+    ));
+    let shown = admin(
+        store,
+        Admin::Show {
+            name: name("admin-alice"),
+        },
+    )
+    .unwrap();
+    assert!(shown.contains("locked\tno"), "{shown}");
+
+    // A new password, and every session before it void.
+    let id = store.find("admin-bob").unwrap().unwrap().id;
+    let set = Admin::SetPassword {
+        name: name("admin-bob"),
+        password: Some(name("brand-new-pass")),
+        hash_params: HashParams::CHEAPEST,
+    };
+    admin(store, set).unwrap();
+    let bob = store.find("admin-bob").unwrap().unwrap();
+    assert!(hasher.verify("brand-new-pass", &bob.hash, memory).unwrap());
+    assert!(!hasher.verify("bob-pass1", &bob.hash, memory).unwrap());
+    assert!(store.session(id, "any").unwrap().unwrap().sessions_after > 0);
+    // Without a password and without a terminal: say so, change nothing.
+    let asked = run(
+        store,
+        &Admin::SetPassword {
+            name: name("zed"),
+            password: None,
+            hash_params: HashParams::CHEAPEST,
+        },
+        || None,
+    )
+    .unwrap();
+    assert!(asked.contains("--password"), "{asked}");
+
+    // Deleted: gone, sessions void, the name free again.
+    assert!(admin(store, Admin::Delete { name: name("ZED") })
+        .unwrap()
+        .starts_with("deleted Zed"));
+    assert!(store.find("zed").unwrap().is_none());
+    assert_eq!(admin(store, Admin::Count).unwrap(), "2\n");
+    store.create(&Account::new("zed", "h"), "again").unwrap();
+    assert!(matches!(
+        admin(
+            store,
+            Admin::Show {
+                name: name("nobody")
+            }
+        ),
+        Err(AdminError::NoSuchAccount(_))
+    ));
+}
+
+#[test]
+fn sqlite_store_can_be_administered() {
+    let dir = tempfile::tempdir().unwrap();
+    admin_conformance(&SqliteStore::open(dir.path()).unwrap());
+}
+
+#[test]
+fn postgres_store_can_be_administered() {
+    let Some(db) = common::postgres_database() else {
+        return;
+    };
+    admin_conformance(&PostgresStore::open(&db.url, 4, Duration::from_secs(5)).unwrap());
+}
+
+#[test]
+fn the_admin_command_line_works_on_a_running_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = common::DbProcess::start(dir.path(), "127.0.0.1:0");
+    let server = login_server::LoginServer::spawn(db.config()).unwrap();
+    assert_eq!(
+        common::code(server.local_addr(), "register", "Cli-User", "password1"),
+        4
+    );
+    let admin = |args: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_account-db"))
+            .arg("--data")
+            .arg(dir.path())
+            .arg("admin")
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    assert_eq!(admin(&["count"]).1, "1\n");
+    let (ok, shown, _) = admin(&["show", "cli-user"]);
+    assert!(ok && shown.contains("name\tCli-User"), "{shown}");
+    let (ok, said, log) = admin(&[
+        "set-password",
+        "cli-user",
+        "--password",
+        "changed-pass",
+        "--hash-params",
+        "8,1,1",
+    ]);
+    assert!(ok, "{said} {log}");
+    assert!(
+        log.contains("admin: password set"),
+        "each change is logged: {log}"
+    );
+    assert_eq!(
+        common::code(server.local_addr(), "login", "cli-user", "changed-pass"),
+        3
+    );
+    let (ok, _, log) = admin(&["show", "nobody"]);
+    assert!(!ok && log.contains("no account named"), "{log}");
+}
