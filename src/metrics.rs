@@ -277,6 +277,57 @@ impl Default for Metrics {
     }
 }
 
+/// Register what every server exports about itself: `build_info{version}` (always 1), and
+/// its process's resident memory, open files and CPU time, read at scrape time from /proc
+/// (absent where it cannot be read).
+pub fn register_process(r: &mut Registry) {
+    r.register(
+        "build_info",
+        "This build: its version as a label",
+        LiveFamily::gauges("version", || {
+            vec![(env!("CARGO_PKG_VERSION").to_string(), 1)]
+        }),
+    );
+    r.register_with_unit(
+        "process_resident_memory",
+        "Resident memory of the process",
+        Unit::Bytes,
+        LiveGauge::new(|| {
+            // statm: sizes in pages; the second is resident.
+            let pages = std::fs::read_to_string("/proc/self/statm")
+                .ok()
+                .and_then(|s| s.split_whitespace().nth(1)?.parse::<i64>().ok())
+                .unwrap_or(0);
+            pages.saturating_mul(4096)
+        }),
+    );
+    r.register(
+        "process_open_fds",
+        "Open file descriptors of the process",
+        LiveGauge::new(|| {
+            std::fs::read_dir("/proc/self/fd")
+                .map_or(0, |dir| i64::try_from(dir.count()).unwrap_or(i64::MAX))
+        }),
+    );
+    r.register_with_unit(
+        "process_cpu",
+        "CPU time of the process, user and system, in whole seconds",
+        Unit::Seconds,
+        LiveGauge::new(|| {
+            // stat: fields 14 and 15 are user and system time in clock ticks (100 a second).
+            let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+            let after_name = stat.rsplit(')').next().unwrap_or_default();
+            let ticks: i64 = after_name
+                .split_whitespace()
+                .skip(11)
+                .take(2)
+                .filter_map(|t| t.parse::<i64>().ok())
+                .sum();
+            ticks / 100
+        }),
+    );
+}
+
 /// Values read at scrape time from the parts of login-server that own them.
 pub struct Gauges {
     pub queue_depth: LiveGauge,
@@ -397,6 +448,7 @@ impl Metrics {
             "Accounts moved from the old account server on their first login",
             self.legacy_migrated.clone(),
         );
+        register_process(&mut r);
         r
     }
 }

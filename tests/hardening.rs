@@ -727,3 +727,34 @@ fn a_burst_of_concurrent_guesses_meets_the_lock_after_its_first_failures() {
     assert!((3..=most).contains(&checked), "{checked}");
     assert_eq!(code(addr, "login", "besieged", "password1"), 8, "locked");
 }
+
+/// Issue 12: values that cannot work are refused at start, saying what would.
+#[test]
+fn values_that_cannot_work_are_refused_with_the_allowed_range() {
+    let refused = |args: &[&str]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_login-server"))
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "{args:?} started");
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    for flag in ["--workers", "--hash-threads", "--max-connections"] {
+        let said = refused(&[flag, "0"]);
+        assert!(said.contains("at least 1"), "{flag}: {said}");
+    }
+    let said = refused(&["--hash-params", "4,1,1"]);
+    assert!(said.contains("at least 8 KiB per lane"), "{said}");
+    // More memory than the machine has, times the hash threads.
+    let dir = tempfile::tempdir().unwrap();
+    let said = refused(&[
+        "--hash-params",
+        "4000000000,1,1",
+        "--hash-threads",
+        "2",
+        "--data",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(said.contains("more than this machine's"), "{said}");
+}

@@ -65,6 +65,14 @@ fn login_server_metrics_count_requests_by_op_and_code() {
     ] {
         sample(&text, series);
     }
+    let version = format!(
+        "login_build_info{{version=\"{}\"}}",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert_eq!(sample(&text, &version), 1.0);
+    assert!(sample(&text, "login_process_resident_memory_bytes") > 1e6);
+    assert!(sample(&text, "login_process_open_fds") >= 3.0);
+    assert!(sample(&text, "login_process_cpu_seconds") >= 0.0);
     assert_eq!(get(metrics, "/healthz"), (200, "ok\n".into()));
     assert_eq!(get(metrics, "/readyz").0, 200);
     assert_eq!(get(metrics, "/nope").0, 404);

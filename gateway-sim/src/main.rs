@@ -138,7 +138,14 @@ impl OpArg {
 fn secret(given: Option<String>, prompt: &str) -> anyhow::Result<String> {
     match given {
         Some(p) => Ok(p),
-        None => rpassword::prompt_password(prompt).context("cannot read the password"),
+        None => {
+            use std::io::IsTerminal;
+            anyhow::ensure!(
+                std::io::stdin().is_terminal(),
+                "no terminal to ask the password on: pass --password"
+            );
+            rpassword::prompt_password(prompt).context("cannot read the password")
+        }
     }
 }
 

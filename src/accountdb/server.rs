@@ -124,6 +124,7 @@ impl Shared {
         let open =
             LiveGauge::new(move || i64::try_from(shared.open.lock().len()).unwrap_or(i64::MAX));
         r.register("open_connections", "Open connections", open);
+        crate::metrics::register_process(&mut r);
         r
     }
 }

@@ -40,7 +40,10 @@ impl HashParams {
 #[derive(Debug, thiserror::Error)]
 pub enum HashError {
     /// `--hash-params` is not `M,T,P` or argon2 refuses the values.
-    #[error("invalid hash parameters {0:?}: expected MEMORY_KIB,ITERATIONS,LANES within argon2's limits")]
+    #[error(
+        "invalid hash parameters {0:?}: expected MEMORY_KIB,ITERATIONS,LANES with lanes 1 to \
+         16777215, iterations at least 1, and memory at least 8 KiB per lane (at most 4 TiB)"
+    )]
     BadParams(String),
     /// A stored hash is not a PHC string argon2 can verify against: the store is damaged.
     #[error("stored password hash is unreadable: {0}")]

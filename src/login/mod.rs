@@ -69,6 +69,16 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    /// `--hash-params` memory times `--hash-threads` is more than the machine has.
+    #[error(
+        "--hash-params memory ({memory_kib} KiB) times --hash-threads ({threads}) is more than \
+         this machine's {total_kib} KiB: lower either"
+    )]
+    HashMemory {
+        memory_kib: u64,
+        threads: u64,
+        total_kib: u64,
+    },
     /// The token signing key (or a verify key) cannot be had.
     #[error(transparent)]
     TokenKey(#[from] TokenKeyError),
@@ -140,6 +150,19 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     Ok(socket.into())
 }
 
+/// The machine's memory in KiB (`MemTotal` of /proc/meminfo), if it can be read.
+fn machine_memory_kib() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    meminfo
+        .lines()
+        .find_map(|line| line.strip_prefix("MemTotal:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
 fn spawn_named(name: String, f: impl FnOnce() + Send + 'static) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new().name(name).spawn(f)
 }
@@ -183,6 +206,19 @@ impl LoginServer {
         metrics: Metrics,
     ) -> Result<LoginServer, StartError> {
         let hasher = Hasher::new(config.hash_params)?;
+        let (memory_kib, threads) = (
+            u64::from(config.hash_params.memory_kib),
+            config.hash_threads() as u64,
+        );
+        if let Some(total_kib) = machine_memory_kib() {
+            if memory_kib.saturating_mul(threads) > total_kib {
+                return Err(StartError::HashMemory {
+                    memory_kib,
+                    threads,
+                    total_kib,
+                });
+            }
+        }
         let listener = listen(config.listen).map_err(|source| StartError::Listen {
             addr: config.listen,
             source,
