@@ -41,7 +41,13 @@ def serve(listener, handler):
 
 
 def main():
-    host, port = sys.argv[1].rsplit(":", 1) if len(sys.argv) > 1 else ("127.0.0.1", "0")
+    if len(sys.argv) > 1 and sys.argv[1] in ("-h", "--help"):
+        print(__doc__)
+        return
+    addr = sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1:0"
+    if ":" not in addr:
+        sys.exit(f"{addr!r}: expected HOST:PORT (port 0 picks a free one)")
+    host, port = addr.rsplit(":", 1)
     db = socket.socket()
     db.bind(("127.0.0.1", 0))
     db.listen(5)

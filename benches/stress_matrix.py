@@ -108,6 +108,11 @@ def main():
     ap.add_argument("--duration", type=float, default=3)
     ap.add_argument("--flood-only", action="store_true", help="only the default-parameter flood")
     args = ap.parse_args()
+    for name in ["login-server", "account-db", "gateway-sim"]:
+        need(f"{BIN}/{name}")
+    if not os.path.exists("target/criterion/argon2id default 19456,2,1/verify/new/estimates.json"):
+        sys.exit("the hashing limit needs one verification's time: run "
+                 "`cargo bench --bench hash` first")
     dur = str(args.duration)
     cores = os.cpu_count()
     print(f"Runs of {dur} s each; {cores} cores; load generator on the same machine.\n")
@@ -203,11 +208,9 @@ def flood(duration, cores):
     print(HEADER)
     print(row("login flood", flood_report))
     print(row("cheap requests during it", cheap))
-    verify_ms = float("nan")
     est = "target/criterion/argon2id default 19456,2,1/verify/new/estimates.json"
-    if os.path.exists(est):
-        with open(est) as f:
-            verify_ms = json.load(f)["mean"]["point_estimate"] / 1e6
+    with open(est) as f:
+        verify_ms = json.load(f)["mean"]["point_estimate"] / 1e6
     limit = cores / (verify_ms / 1000)
     print(f"\n- one verification: {verify_ms:.2f} ms (criterion, `cargo bench --bench hash`); "
           f"hashing limit {cores} cores / {verify_ms:.2f} ms = {limit:.0f} logins/s; "

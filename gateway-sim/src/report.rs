@@ -10,12 +10,13 @@ use std::io;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-/// Latencies are recorded in microseconds, up to a minute.
-const MAX_MICROS: u64 = 60_000_000;
-
-fn histogram(sigfig: u8) -> Histogram<u64> {
-    // These bounds are valid constants; `new_with_bounds` fails only for invalid ones.
-    Histogram::new_with_bounds(1, MAX_MICROS, sigfig).unwrap_or_else(|_| unreachable!())
+/// A histogram of latencies in microseconds, from 1 to `max` (at least 2).
+fn histogram(max: u64, sigfig: u8) -> Histogram<u64> {
+    // Valid bounds (low 1, high at least twice it); `new_with_bounds` fails only for invalid
+    // ones, and then an auto-resizing one does.
+    Histogram::new_with_bounds(1, max.max(2), sigfig)
+        .or_else(|_| Histogram::new(sigfig))
+        .unwrap_or_else(|_| unreachable!())
 }
 
 /// Transport errors by kind.
@@ -36,6 +37,13 @@ impl Transport {
 /// One load thread's measurements.
 pub struct Recorder {
     start: Instant,
+    /// When the run's `--duration` ends: a timeout after it is an unfinished request.
+    end: Instant,
+    /// The longest latency recorded, in microseconds: `--timeout` (and the grace after the
+    /// end); a longer one is recorded as this and counted in `capped`.
+    max_micros: u64,
+    capped: u64,
+    unfinished: u64,
     latency: BTreeMap<Kind, Histogram<u64>>,
     per_second: Vec<Histogram<u64>>,
     codes: BTreeMap<u64, u64>,
@@ -44,9 +52,16 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    pub fn new(start: Instant) -> Recorder {
+    /// A recorder for a run that started at `start`, ends at `end`, and waits `timeout` at
+    /// most for one reply.
+    pub fn new(start: Instant, end: Instant, timeout: Duration) -> Recorder {
+        let max = timeout + crate::stress::GRACE;
         Recorder {
             start,
+            end,
+            max_micros: u64::try_from(max.as_micros()).unwrap_or(u64::MAX),
+            capped: 0,
+            unfinished: 0,
             latency: BTreeMap::new(),
             per_second: Vec::new(),
             codes: BTreeMap::new(),
@@ -62,15 +77,21 @@ impl Recorder {
 
     /// A reply arrived at `now` for a request of `kind` that was due at `due`.
     fn reply_at(&mut self, kind: Kind, due: Instant, now: Instant, code: Option<u64>, live: &Live) {
-        let micros = (now.saturating_duration_since(due).as_micros() as u64).clamp(1, MAX_MICROS);
+        let max = self.max_micros;
+        let waited = now.saturating_duration_since(due).as_micros() as u64;
+        if waited > max {
+            self.capped += 1;
+        }
+        let micros = waited.clamp(1, max);
         let _ = self
             .latency
             .entry(kind)
-            .or_insert_with(|| histogram(3))
+            .or_insert_with(|| histogram(max, 3))
             .record(micros);
         let second = now.saturating_duration_since(self.start).as_secs() as usize;
         if self.per_second.len() <= second {
-            self.per_second.resize_with(second + 1, || histogram(2));
+            self.per_second
+                .resize_with(second + 1, || histogram(max, 2));
         }
         let _ = self.per_second[second].record(micros);
         // A reply without a code is counted as code 0.
@@ -83,23 +104,35 @@ impl Recorder {
         }
     }
 
-    /// A request failed in transport.
+    /// A request failed in transport. A timeout once the run has ended is the grace running
+    /// out: the request is unfinished, not an error.
     pub fn error(&mut self, e: &io::Error, live: &Live) {
+        let timed_out = matches!(
+            e.kind(),
+            io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+        );
+        if timed_out && Instant::now() >= self.end {
+            self.unfinished += 1;
+            return;
+        }
         classify(e, &mut self.transport);
         live.errors.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn merge(&mut self, other: Recorder) {
+        let max = self.max_micros.max(other.max_micros);
+        self.capped += other.capped;
+        self.unfinished += other.unfinished;
         for (kind, h) in other.latency {
             let _ = self
                 .latency
                 .entry(kind)
-                .or_insert_with(|| histogram(3))
+                .or_insert_with(|| histogram(max, 3))
                 .add(&h);
         }
         if self.per_second.len() < other.per_second.len() {
             self.per_second
-                .resize_with(other.per_second.len(), || histogram(2));
+                .resize_with(other.per_second.len(), || histogram(max, 2));
         }
         for (mine, theirs) in self.per_second.iter_mut().zip(&other.per_second) {
             let _ = mine.add(theirs);
@@ -118,7 +151,7 @@ impl Recorder {
     }
 
     pub fn report(self, elapsed: Duration) -> Report {
-        let mut all = histogram(3);
+        let mut all = histogram(self.max_micros, 3);
         let mut by_kind = BTreeMap::new();
         for (kind, h) in &self.latency {
             let _ = all.add(h);
@@ -156,6 +189,9 @@ impl Recorder {
                 .collect(),
             unexpected: self.unexpected.values().sum(),
             transport: self.transport,
+            capped: self.capped,
+            unfinished: self.unfinished,
+            unsent: 0,
             per_second,
         }
     }
@@ -225,6 +261,13 @@ pub struct Report {
     /// Replies whose code was not one their kind may get.
     pub unexpected: u64,
     pub transport: Transport,
+    /// Replies that took longer than `--timeout` plus the grace: recorded as that, so the
+    /// percentiles they reach are lower bounds.
+    pub capped: u64,
+    /// Requests still unanswered when the grace after `--duration` ran out.
+    pub unfinished: u64,
+    /// Open loop: arrivals due within the run that were never sent (it could not keep up).
+    pub unsent: u64,
     pub per_second: Vec<Second>,
 }
 
@@ -270,6 +313,11 @@ impl Report {
             out,
             "transport  refused: {}  reset: {}  timeout: {}  other: {}",
             t.refused, t.reset, t.timeout, t.other
+        );
+        let _ = writeln!(
+            out,
+            "cut off    unfinished at the end: {}  never sent: {}  latencies capped at the timeout: {}",
+            self.unfinished, self.unsent, self.capped
         );
         out
     }
@@ -333,7 +381,11 @@ mod tests {
     #[test]
     fn a_partial_last_second_is_rated_over_the_time_it_covers() {
         let start = Instant::now();
-        let mut recorder = Recorder::new(start);
+        let mut recorder = Recorder::new(
+            start,
+            start + Duration::from_secs(10),
+            Duration::from_secs(10),
+        );
         let live = Live::default();
         // 100 replies in the first second, 25 in the quarter second that follows it.
         for i in 0..125u64 {

@@ -280,6 +280,10 @@ impl Requests {
     }
 }
 
+/// How long requests still in flight when `--duration` ends may take to be answered; past it
+/// they are reported as unfinished.
+pub const GRACE: Duration = Duration::from_secs(2);
+
 /// Shared between the threads of a run.
 #[derive(Default)]
 pub struct Live {
@@ -287,6 +291,8 @@ pub struct Live {
     pub errors: AtomicU64,
     tickets: AtomicU64,
     stop: AtomicBool,
+    /// Open loop: arrivals due within the run that were never sent (it could not keep up).
+    pub unsent: AtomicU64,
 }
 
 struct Plan {
@@ -299,6 +305,11 @@ struct Plan {
 }
 
 impl Plan {
+    /// A recorder for one of the run's threads.
+    fn recorder(&self) -> Recorder {
+        Recorder::new(self.start, self.end, self.options.timeout)
+    }
+
     /// Take in a reply to a request of `kind`: its code, and its token for later `verify`s
     /// when the mix has them.
     fn reply(&self, kind: Kind, reply: &[u8]) -> Option<u64> {
@@ -317,7 +328,9 @@ impl Plan {
 }
 
 impl Plan {
-    /// The next request's due time, or `None` once the run is over.
+    /// The next request's due time, or `None` once the run is over: `--duration` is a hard
+    /// limit, nothing starts after it. An open-loop arrival that is due within the run but
+    /// could not be sent before its end is counted in [`Live::unsent`].
     fn ticket(&self) -> Option<Instant> {
         if self.live.stop.load(Ordering::Relaxed) {
             return None;
@@ -333,6 +346,19 @@ impl Plan {
         if due >= self.end {
             return None;
         }
+        if Instant::now() >= self.end {
+            if let Some(rate) = self.options.rate {
+                let planned = (rate * self.options.duration.as_secs_f64()).ceil() as u64;
+                let planned = self
+                    .options
+                    .requests
+                    .map_or(planned, |max| planned.min(max));
+                self.live
+                    .unsent
+                    .fetch_max(planned.saturating_sub(n), Ordering::Relaxed);
+            }
+            return None;
+        }
         if let Some(wait) = due.checked_duration_since(Instant::now()) {
             std::thread::sleep(wait);
         }
@@ -340,10 +366,24 @@ impl Plan {
     }
 }
 
-fn connect(options: &Options) -> io::Result<TcpStream> {
-    let stream = TcpStream::connect_timeout(&options.target, options.timeout)?;
-    stream.set_read_timeout(Some(options.timeout))?;
-    stream.set_write_timeout(Some(options.timeout))?;
+impl Plan {
+    /// How long a request sent now may wait: `--timeout`, but never past the run's end and
+    /// its grace.
+    fn patience(&self) -> Duration {
+        let cut = (self.end + GRACE).saturating_duration_since(Instant::now());
+        self.options.timeout.min(cut).max(Duration::from_millis(1))
+    }
+}
+
+fn connect(plan: &Plan) -> io::Result<TcpStream> {
+    connect_within(plan.options.target, plan.patience())
+}
+
+/// A connection to `target`, each step of it, and of what follows, within `patience`.
+fn connect_within(target: SocketAddr, patience: Duration) -> io::Result<TcpStream> {
+    let stream = TcpStream::connect_timeout(&target, patience)?;
+    stream.set_read_timeout(Some(patience))?;
+    stream.set_write_timeout(Some(patience))?;
     stream.set_nodelay(true)?;
     Ok(stream)
 }
@@ -360,14 +400,14 @@ fn reply_code(reply: &[u8]) -> Option<u64> {
 
 /// Seed form: a new connection per request, one write, read until the server closes.
 fn seed_connection(plan: &Plan, thread: usize) -> Recorder {
-    let mut recorder = Recorder::new(plan.start);
+    let mut recorder = plan.recorder();
     let mut requests = Requests::new(thread, plan.run, plan.options.users);
     let mut reply = Vec::with_capacity(128);
     while let Some(due) = plan.ticket() {
         let kind = plan.options.mix.pick(&mut requests.rng);
         let (kind, message) = requests.message(kind, Form::Seed, &plan.tokens);
         reply.clear();
-        let result = connect(&plan.options).and_then(|mut stream| {
+        let result = connect(plan).and_then(|mut stream| {
             stream.write_all(&message)?;
             stream.read_to_end(&mut reply)
         });
@@ -382,7 +422,7 @@ fn seed_connection(plan: &Plan, thread: usize) -> Recorder {
 /// Stream form: one connection with up to `pipeline` requests in flight; reconnects after a
 /// transport error while the run lasts.
 fn stream_connection(plan: &Plan, thread: usize) -> Recorder {
-    let mut recorder = Recorder::new(plan.start);
+    let mut recorder = plan.recorder();
     let mut requests = Requests::new(thread, plan.run, plan.options.users);
     let mut pending_error: Option<io::Error> = None;
     loop {
@@ -390,7 +430,7 @@ fn stream_connection(plan: &Plan, thread: usize) -> Recorder {
             recorder.error(&e, &plan.live);
             std::thread::sleep(Duration::from_millis(10));
         }
-        let stream = match connect(&plan.options) {
+        let stream = match connect(plan) {
             Ok(stream) => stream,
             Err(e) if Instant::now() < plan.end && !plan.live.stop.load(Ordering::Relaxed) => {
                 pending_error = Some(e);
@@ -418,9 +458,10 @@ fn stream_connection(plan: &Plan, thread: usize) -> Recorder {
             let reader = scope.spawn(move || {
                 let mut reader = BufReader::new(stream);
                 let mut line = Vec::with_capacity(128);
-                let mut recorder = Recorder::new(plan.start);
+                let mut recorder = plan.recorder();
                 for (kind, due) in replies {
                     line.clear();
+                    let _ = reader.get_ref().set_read_timeout(Some(plan.patience()));
                     match reader.read_until(b'\n', &mut line) {
                         Ok(n) if n > 0 && line.ends_with(b"\n") => {
                             recorder.reply(kind, due, plan.reply(kind, &line), &plan.live);
@@ -446,12 +487,9 @@ fn stream_connection(plan: &Plan, thread: usize) -> Recorder {
                 }
             }
             drop(in_flight);
-            let (part, error) = reader.join().unwrap_or_else(|_| {
-                (
-                    Recorder::new(plan.start),
-                    Some(io::Error::other("reader panicked")),
-                )
-            });
+            let (part, error) = reader
+                .join()
+                .unwrap_or_else(|_| (plan.recorder(), Some(io::Error::other("reader panicked"))));
             recorder.merge(part);
             pending_error = error;
             out_of_tickets
@@ -493,12 +531,12 @@ fn register_users(options: &Options) -> io::Result<()> {
                             json!({"OP": "register", "username": username, "password": password});
                         reply.clear();
                         if options.form == Form::Seed {
-                            let mut conn = connect(options)?;
+                            let mut conn = connect_within(options.target, options.timeout)?;
                             conn.write_all(json!([body]).to_string().as_bytes())?;
                             conn.read_to_end(&mut reply)?;
                         } else {
                             if stream.is_none() {
-                                let conn = connect(options)?;
+                                let conn = connect_within(options.target, options.timeout)?;
                                 stream = Some((conn.try_clone()?, BufReader::new(conn)));
                             }
                             if let Some((writer, reader)) = stream.as_mut() {
@@ -538,6 +576,8 @@ pub enum StressError {
 pub struct Run {
     live: Arc<Live>,
     start: Instant,
+    end: Instant,
+    timeout: Duration,
     handles: Vec<std::thread::JoinHandle<Recorder>>,
 }
 
@@ -550,12 +590,8 @@ impl Run {
                 source,
             })?;
         }
-        let live = Arc::new(Live {
-            completed: AtomicU64::new(0),
-            errors: AtomicU64::new(0),
-            tickets: AtomicU64::new(0),
-            stop: AtomicBool::new(false),
-        });
+        let live = Arc::new(Live::default());
+        let timeout = options.timeout;
         let start = Instant::now();
         let run = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -583,9 +619,12 @@ impl Run {
                 })?;
             handles.push(handle);
         }
+        let end = plan.end;
         Ok(Run {
             live,
             start,
+            end,
+            timeout,
             handles,
         })
     }
@@ -605,13 +644,15 @@ impl Run {
 
     /// Wait for the load threads and summarise.
     pub fn finish(self) -> Report {
-        let mut total = Recorder::new(self.start);
+        let mut total = Recorder::new(self.start, self.end, self.timeout);
         for handle in self.handles {
             if let Ok(recorder) = handle.join() {
                 total.merge(recorder);
             }
         }
-        total.report(self.start.elapsed())
+        let mut report = total.report(self.start.elapsed());
+        report.unsent = self.live.unsent.load(Ordering::Relaxed);
+        report
     }
 }
 

@@ -110,3 +110,46 @@ fn stress_verifies_the_tokens_of_its_own_logins() {
         assert!(verified > 100, "{form:?}: {:?}", report.codes);
     }
 }
+
+#[test]
+fn duration_is_a_hard_limit_and_what_was_cut_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    // Slow logins: a server that cannot keep up with the rate asked.
+    let server = LoginServer::spawn(LoginServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data: dir.path().to_path_buf(),
+        hash_params: "32768,2,1".parse().unwrap(),
+        hash_threads: Some(1),
+        ..LoginServerConfig::default()
+    })
+    .unwrap();
+    let started = std::time::Instant::now();
+    let run = Run::start(Options {
+        target: server.local_addr(),
+        connections: 4,
+        duration: Duration::from_secs(1),
+        requests: None,
+        form: Form::Stream,
+        pipeline: 4,
+        mix: "login=1".parse().unwrap(),
+        users: 2,
+        rate: Some(2000.0),
+        timeout: Duration::from_secs(30),
+    })
+    .unwrap();
+    let setup = started.elapsed();
+    let report = run.finish();
+    let ran = started.elapsed() - setup;
+    // One second of load and at most the grace after it, not the 2000 requests it was asked.
+    assert!(
+        ran < Duration::from_secs(1) + gateway_sim::stress::GRACE + Duration::from_secs(3),
+        "{ran:?}"
+    );
+    assert!(report.unsent > 1000, "{}", report.table());
+    assert!(
+        report.requests + report.unfinished + report.unsent >= 1900,
+        "{}",
+        report.table()
+    );
+    assert_eq!(report.transport.timeout, 0, "{}", report.table());
+}
