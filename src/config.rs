@@ -35,6 +35,21 @@ pub fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
+/// An address given as `IP:PORT` or `HOST:PORT` (`[IPv6]:PORT` too): a host name is resolved
+/// once, here, at start, to its first address; restart to follow a DNS change.
+pub fn socket_addr(s: &str) -> Result<std::net::SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    if let Ok(addr) = s.parse() {
+        return Ok(addr);
+    }
+    let mut addrs = s
+        .to_socket_addrs()
+        .map_err(|e| format!("{s:?} is not HOST:PORT, or HOST does not resolve: {e}"))?;
+    addrs
+        .next()
+        .ok_or_else(|| format!("{s:?} resolves to no address"))
+}
+
 /// A duration given in (fractional) seconds.
 pub fn seconds(s: &str) -> Result<Duration, String> {
     let secs: f64 = s

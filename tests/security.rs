@@ -399,3 +399,38 @@ fn hidden_user_existence_answers_unknown_users_2() {
     assert_eq!(code(tiers.addr(), "login", "unknown", "password2"), 2);
     assert_eq!(code(tiers.addr(), "login", "known", "password1"), 3);
 }
+
+#[test]
+fn host_names_are_taken_wherever_an_address_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = DbProcess::start_with(dir.path(), "localhost:0", &[]);
+    assert!(db.addr.ip().is_loopback());
+    let key = dir.path().join("token.key");
+    gen_token_key(&key);
+    let port = db.addr.port().to_string();
+    let mut command = common::login_server_command([
+        "--hash-params".as_ref(),
+        "8,1,1".as_ref(),
+        "--db".as_ref(),
+        format!("localhost:{port}").as_ref(),
+        "--db-secret-file".as_ref(),
+        dir.path().join("account-db.secret").as_os_str(),
+        "--token-key-file".as_ref(),
+        key.as_os_str(),
+        "--metrics-listen".as_ref(),
+        "localhost:0".as_ref(),
+    ]);
+    command.env_remove("ACCOUNT_DB_SECRET");
+    let (mut child, addr) = common::spawn_listening(command);
+    assert_eq!(code(addr, "register", "named", "password1"), 4);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // A name that does not resolve is refused at start, saying so.
+    let output = Command::new(env!("CARGO_BIN_EXE_login-server"))
+        .args(["--db", "no-such-host.invalid:9999"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(said.contains("does not resolve"), "{said}");
+}

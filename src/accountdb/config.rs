@@ -49,7 +49,8 @@ pub struct AccountDbConfig {
         long,
         value_name = "ADDR",
         env = "ACCOUNT_DB_LISTEN",
-        default_value = "127.0.0.1:9999"
+        default_value = "127.0.0.1:9999",
+        value_parser = crate::config::socket_addr
     )]
     pub listen: SocketAddr,
     /// Directory holding the database (accounts.sqlite3). Defaults to ./data.
@@ -160,7 +161,12 @@ pub struct AccountDbConfig {
     )]
     pub auth_timeout: Duration,
     /// Serve Prometheus /metrics, /healthz and /readyz on this address. Defaults to none.
-    #[arg(long, value_name = "ADDR", env = "ACCOUNT_DB_METRICS_LISTEN")]
+    #[arg(
+        long,
+        value_name = "ADDR",
+        env = "ACCOUNT_DB_METRICS_LISTEN",
+        value_parser = crate::config::socket_addr
+    )]
     pub metrics_listen: Option<SocketAddr>,
     /// What to do instead of serving.
     #[command(subcommand)]

@@ -45,12 +45,14 @@ pub enum TokenKeyError {
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "login-server", version, args_conflicts_with_subcommands = true)]
 pub struct LoginServerConfig {
-    /// Address to accept gateway connections on. Defaults to 127.0.0.1:6999.
+    /// Address to accept gateway connections on (IP:PORT, or HOST:PORT resolved at start, as
+    /// every address flag). Defaults to 127.0.0.1:6999.
     #[arg(
         long,
         value_name = "ADDR",
         env = "LOGIN_SERVER_LISTEN",
-        default_value = "127.0.0.1:6999"
+        default_value = "127.0.0.1:6999",
+        value_parser = crate::config::socket_addr
     )]
     pub listen: SocketAddr,
     /// Gateway addresses allowed to connect, as address blocks (`10.0.0.0/8,2001:db8::/32`,
@@ -71,7 +73,8 @@ pub struct LoginServerConfig {
         long,
         value_name = "ADDR,...",
         env = "LOGIN_SERVER_DB",
-        value_delimiter = ','
+        value_delimiter = ',',
+        value_parser = crate::config::socket_addr
     )]
     pub db: Vec<SocketAddr>,
     /// Data directory of the embedded account-db (unused with --db). Defaults to ./data.
@@ -91,7 +94,12 @@ pub struct LoginServerConfig {
     pub db_secret: Option<Secret>,
     /// The old database server whose players move here on their first login (ADDR): asked
     /// about names account-db does not know, never written to. Defaults to none.
-    #[arg(long, value_name = "ADDR", env = "LOGIN_SERVER_LEGACY_DB")]
+    #[arg(
+        long,
+        value_name = "ADDR",
+        env = "LOGIN_SERVER_LEGACY_DB",
+        value_parser = crate::config::socket_addr
+    )]
     pub legacy_db: Option<SocketAddr>,
     /// Requests to --legacy-db at once (one connection each: it cannot be pooled); more wait
     /// their turn within --db-timeout. Defaults to 4.
@@ -191,7 +199,12 @@ pub struct LoginServerConfig {
     #[command(flatten)]
     pub service: ServiceOptions,
     /// Serve Prometheus /metrics, /healthz and /readyz on this address. Defaults to none.
-    #[arg(long, value_name = "ADDR", env = "LOGIN_SERVER_METRICS_LISTEN")]
+    #[arg(
+        long,
+        value_name = "ADDR",
+        env = "LOGIN_SERVER_METRICS_LISTEN",
+        value_parser = crate::config::socket_addr
+    )]
     pub metrics_listen: Option<SocketAddr>,
     /// Log line format: text or json. Defaults to text.
     #[arg(
