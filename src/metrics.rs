@@ -217,8 +217,10 @@ const OPS: [&str; 8] = [
     "change_password",
     "none",
 ];
-/// Codes 1..=11, as label values.
-const CODES: [&str; 11] = ["1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11"];
+/// Codes 1..=12, as label values.
+const CODES: [&str; 12] = [
+    "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12",
+];
 
 /// login-server's metrics that the request path records.
 #[derive(Debug, Clone)]

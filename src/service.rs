@@ -28,6 +28,12 @@ use std::time::Duration;
 /// longer).
 const MAX_NAME: usize = 255;
 
+/// The account's ban, if it is in force now. Told only to whoever proved the password: to
+/// anyone else a banned account is like any other.
+fn banned(account: &Account) -> Option<&crate::accountdb::store::Ban> {
+    account.ban.as_ref().filter(|ban| ban.until_ms > now_ms())
+}
+
 fn millis(d: Duration) -> Millis {
     Millis::try_from(d.as_millis()).unwrap_or(Millis::MAX)
 }
@@ -491,25 +497,32 @@ impl Service {
     /// argon2's scratch space.
     pub fn finish(&self, task: HashTask, memory: &mut Memory) -> Reply {
         match task.0 {
-            Task::Verify(found) => match self.check_password(&found, memory) {
-                Ok(rehash) => {
-                    if rehash {
-                        self.upgrade(&found.account, &found.password, memory);
-                    }
-                    // The session began when the password was looked up: a password change
-                    // committed while it was being verified voids it.
-                    let (token, exp) = self.new_session(&found.account, found.looked_up, now_ms());
-                    let Found { account, .. } = found;
-                    Reply::logged_in(account.username, account.id).with_token(token, exp)
+            Task::Verify(found) => {
+                let rehash = match self.check_password(&found, memory) {
+                    Ok(rehash) => rehash,
+                    Err(reply) => return *reply,
+                };
+                if let Some(ban) = banned(&found.account) {
+                    return Reply::banned(ban.until_ms, &ban.reason);
                 }
-                Err(reply) => *reply,
-            },
+                if rehash {
+                    self.upgrade(&found.account, &found.password, memory);
+                }
+                // The session began when the password was looked up: a password change
+                // committed while it was being verified voids it.
+                let (token, exp) = self.new_session(&found.account, found.looked_up, now_ms());
+                let Found { account, .. } = found;
+                Reply::logged_in(account.username, account.id).with_token(token, exp)
+            }
             Task::ChangePassword {
                 found,
                 new_password,
             } => {
                 if let Err(reply) = self.check_password(&found, memory) {
                     return *reply;
+                }
+                if let Some(ban) = banned(&found.account) {
+                    return Reply::banned(ban.until_ms, &ban.reason);
                 }
                 let hash = match self.hasher.hash(&normalize_password(&new_password), memory) {
                     Ok(hash) => hash,

@@ -121,6 +121,44 @@ fn admin_conformance(store: &dyn Store) {
     .unwrap();
     assert!(asked.contains("--password"), "{asked}");
 
+    // Banned: the store says so (sessions void), and lifted again.
+    let ban = Admin::Ban {
+        name: name("admin-alice"),
+        duration: Some(Duration::from_secs(3600)),
+        reason: name("cheating"),
+    };
+    assert!(admin(store, ban)
+        .unwrap()
+        .starts_with("banned Admin-Alice until"));
+    let alice = store.find("admin-alice").unwrap().unwrap();
+    let until = alice.ban.as_ref().unwrap().until_ms;
+    assert_eq!(alice.ban.unwrap().reason, "cheating");
+    assert!(until > throttle::now_ms() + 3_500_000 && until <= throttle::now_ms() + 3_600_000);
+    let shown = admin(
+        store,
+        Admin::Show {
+            name: name("admin-alice"),
+        },
+    )
+    .unwrap();
+    assert!(
+        shown.contains("banned\tuntil") && shown.contains("cheating"),
+        "{shown}"
+    );
+    let long = Admin::Ban {
+        name: name("admin-alice"),
+        duration: None,
+        reason: "x".repeat(201),
+    };
+    assert!(admin(store, long).unwrap().contains("at most 200"));
+    admin(
+        store,
+        Admin::Unban {
+            name: name("ADMIN-ALICE"),
+        },
+    )
+    .unwrap();
+    assert!(store.find("admin-alice").unwrap().unwrap().ban.is_none());
     // Deleted: gone, sessions void, the name free again.
     assert!(admin(store, Admin::Delete { name: name("ZED") })
         .unwrap()

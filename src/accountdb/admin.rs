@@ -1,7 +1,13 @@
 //! `account-db admin`: an operator's console over the store (`--data` or `--store`), usable
 //! while account-db serves it. Each change is logged.
 
-use crate::accountdb::store::{Account, Store, StoreError};
+use crate::accountdb::store::{Account, Ban, Store, StoreError};
+
+/// The longest ban reason, in bytes: it goes out in replies.
+const MAX_REASON: usize = 200;
+
+/// The end of a ban for good (year 292 million: never).
+const FOR_GOOD: i64 = i64::MAX / 2;
 use crate::auth::names::normalize_password;
 use crate::auth::password::{HashError, HashParams, Hasher, Memory};
 use crate::legacy::RESERVED_HASH;
@@ -26,6 +32,19 @@ pub enum Admin {
         #[arg(long, value_name = "M,T,P", default_value = "19456,2,1")]
         hash_params: HashParams,
     },
+    /// Ban an account: its logins are answered "banned" (12) with when it ends and why, and
+    /// every session of it is revoked.
+    Ban {
+        name: String,
+        /// Seconds the ban lasts. Defaults to for good.
+        #[arg(long = "for", value_name = "SECS", value_parser = crate::config::seconds)]
+        duration: Option<std::time::Duration>,
+        /// Why, in at most 200 bytes: the player is told. Defaults to none.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Lift an account's ban.
+    Unban { name: String },
     /// Delete an account: its name may be registered again, and its sessions are void.
     Delete { name: String },
     /// List accounts whose names begin with --prefix (without regard to case), in order.
@@ -87,6 +106,35 @@ pub fn run(
                 account.username
             ))
         }
+        Admin::Ban {
+            name,
+            duration,
+            reason,
+        } => {
+            let account = store.find(name)?.ok_or_else(|| missing(name))?;
+            if reason.len() > MAX_REASON {
+                return Ok(format!("a reason is at most {MAX_REASON} bytes\n"));
+            }
+            let until_ms = duration.map_or(FOR_GOOD, |d| {
+                now_ms().saturating_add(i64::try_from(d.as_millis()).unwrap_or(FOR_GOOD))
+            });
+            let ban = Ban {
+                until_ms,
+                reason: reason.clone(),
+            };
+            store.set_ban(&account.username, Some(&ban))?;
+            tracing::info!(user = %account.username, until_ms, %reason, "admin: banned, sessions revoked");
+            Ok(format!(
+                "banned {} until {until_ms} (unix ms)\n",
+                account.username
+            ))
+        }
+        Admin::Unban { name } => {
+            let account = store.find(name)?.ok_or_else(|| missing(name))?;
+            store.set_ban(&account.username, None)?;
+            tracing::info!(user = %account.username, "admin: unbanned");
+            Ok(format!("unbanned {}\n", account.username))
+        }
         Admin::Delete { name } => {
             let account = store.find(name)?.ok_or_else(|| missing(name))?;
             store.delete(&account.username)?;
@@ -139,5 +187,13 @@ fn show(store: &dyn Store, name: &str) -> Result<String, AdminError> {
         "sessions\tthose begun before {} (unix ms) are void",
         details.sessions_after
     );
+    let _ = match account.ban.as_ref().filter(|b| b.until_ms > now) {
+        Some(ban) => writeln!(
+            out,
+            "banned\tuntil {} (unix ms): {}",
+            ban.until_ms, ban.reason
+        ),
+        None => writeln!(out, "banned\tno"),
+    };
     Ok(out)
 }

@@ -10,7 +10,7 @@ mod postgres;
 mod sqlite;
 
 use crate::accountdb::client::DbError;
-pub use crate::protocol::accountdb::Account;
+pub use crate::protocol::accountdb::{Account, Ban};
 use crate::throttle::{Millis, Origin, Record};
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
@@ -235,6 +235,9 @@ pub trait Store: Send + Sync {
     /// Delete the account named `username` (any case): its name may be registered again, and
     /// its sessions fall with it. `false` if there is none.
     fn delete(&self, username: &str) -> Result<bool, StoreError>;
+    /// Ban the account named `username` (any case) as `ban` says, voiding its sessions, or
+    /// with `None` lift its ban; `false` if there is no such account.
+    fn set_ban(&self, username: &str, ban: Option<&Ban>) -> Result<bool, StoreError>;
     /// At most `limit` accounts whose folded names begin with the folded `prefix`, in order.
     fn list(&self, prefix: &str, limit: u32) -> Result<Vec<Account>, StoreError>;
     /// What a login needs, in one read: [`find`](Store::find) and the records at `keys`

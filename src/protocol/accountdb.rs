@@ -50,6 +50,24 @@ pub struct Account {
     pub id: u64,
     pub username: String,
     pub hash: String,
+    /// Set by an operator (`account-db admin ban`): its logins are refused until then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ban: Option<Ban>,
+}
+
+/// An account's ban.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ban {
+    /// When it ends, in milliseconds since the epoch.
+    pub until_ms: i64,
+    pub reason: String,
+}
+
+impl Ban {
+    /// The ban the store's columns hold: none when `until_ms` is 0.
+    pub fn from_columns(until_ms: i64, reason: String) -> Option<Ban> {
+        (until_ms != 0).then_some(Ban { until_ms, reason })
+    }
 }
 
 impl Account {
@@ -59,6 +77,7 @@ impl Account {
             id: 0,
             username: username.to_string(),
             hash: hash.to_string(),
+            ban: None,
         }
     }
 }

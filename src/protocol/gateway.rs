@@ -457,10 +457,12 @@ pub enum Code {
     InvalidToken = 10,
     /// 11: done (`logout`, `logout_all`, `change_password`).
     Done = 11,
+    /// 12: the account is banned; `until` and `reason` say how long and why.
+    Banned = 12,
 }
 
 /// Every code, in order.
-pub const CODES: [Code; 11] = [
+pub const CODES: [Code; 12] = [
     Code::NoSuchUser,
     Code::WrongPassword,
     Code::LoggedIn,
@@ -472,6 +474,7 @@ pub const CODES: [Code; 11] = [
     Code::Valid,
     Code::InvalidToken,
     Code::Done,
+    Code::Banned,
 ];
 
 /// Why a registration (or a new password) was refused ("registration refused", 5).
@@ -483,12 +486,14 @@ pub enum RegisterFailure {
     InvalidPassword,
 }
 
-/// The `reason` of a reply: why a registration failed (5), or why a token is invalid (10).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// The `reason` of a reply: why a registration failed (5), why a token is invalid (10), or
+/// why an account is banned (12, an operator's words).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
 pub enum Reason {
     Register(RegisterFailure),
     Token(Invalid),
+    Ban(String),
 }
 
 /// One reply, before it is given a form and an id.
@@ -507,6 +512,8 @@ pub struct Reply {
     pub account_id: Option<u64>,
     /// When the token expires (seconds since the epoch), with `token` or on `verify`'s 9.
     pub exp: Option<i64>,
+    /// When a ban ends (seconds since the epoch), on code 12.
+    pub until: Option<i64>,
 }
 
 impl Reply {
@@ -520,6 +527,7 @@ impl Reply {
             token: None,
             account_id: None,
             exp: None,
+            until: None,
         }
     }
 
@@ -576,6 +584,15 @@ impl Reply {
         }
     }
 
+    /// Code 12: banned until `until_ms`, for `reason`.
+    pub fn banned(until_ms: i64, reason: &str) -> Self {
+        Reply {
+            until: Some(until_ms.div_euclid(1000)),
+            reason: Some(Reason::Ban(reason.to_string())),
+            ..Reply::new(Code::Banned, "banned")
+        }
+    }
+
     /// Code 11.
     pub fn done() -> Self {
         Reply::new(Code::Done, "done")
@@ -618,7 +635,7 @@ struct WireReply<'a> {
     code: u8,
     info: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    reason: Option<Reason>,
+    reason: Option<&'a Reason>,
     #[serde(skip_serializing_if = "Option::is_none")]
     username: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -630,6 +647,8 @@ struct WireReply<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     exp: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    until: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     id: Option<&'a RawValue>,
 }
 
@@ -638,12 +657,13 @@ pub fn encode(out: &mut Vec<u8>, form: Form, reply: &Reply, id: Option<&Id>) {
     let wire = WireReply {
         code: reply.code as u8,
         info: &reply.info,
-        reason: reply.reason,
+        reason: reply.reason.as_ref(),
         username: reply.username.as_deref(),
         retry_after: reply.retry_after,
         account_id: reply.account_id,
         token: reply.token.as_deref(),
         exp: reply.exp,
+        until: reply.until,
         id: id.map(|id| &**id),
     };
     if form == Form::Seed {

@@ -13,8 +13,8 @@
 //! the disk); PostgreSQL empties the table after a crash, and standbys do not have it.
 
 use super::{
-    familiar_list, familiar_text, unix_now, Account, Created, Details, Revocation, SessionState,
-    Store, StoreError, REVOKED_PER_ACCOUNT,
+    familiar_list, familiar_text, unix_now, Account, Ban, Created, Details, Revocation,
+    SessionState, Store, StoreError, REVOKED_PER_ACCOUNT,
 };
 use crate::auth::names::{fold, skeleton, SKELETON_DATA};
 use crate::throttle::{Millis, Record};
@@ -24,7 +24,7 @@ use r2d2_postgres::PostgresConnectionManager;
 use std::time::Duration;
 
 /// The schema, one step per version; step N brings version N-1 to N.
-const MIGRATIONS: [&str; 4] = [
+const MIGRATIONS: [&str; 5] = [
     // 1: accounts with stable ids, folded names (unique) and skeletons (indexed).
     "CREATE TABLE accounts (
         id         BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -62,6 +62,9 @@ const MIGRATIONS: [&str; 4] = [
     );
     CREATE INDEX revoked_sessions_until ON revoked_sessions (until_ms);
     CREATE INDEX revoked_sessions_account ON revoked_sessions (account_id);",
+    // 5: bans: until when (milliseconds; 0: none) and why.
+    "ALTER TABLE accounts ADD COLUMN banned_until BIGINT NOT NULL DEFAULT 0;
+    ALTER TABLE accounts ADD COLUMN ban_reason TEXT NOT NULL DEFAULT '';",
 ];
 
 /// The advisory lock key under which migrations run (any constant the application owns).
@@ -215,13 +218,14 @@ impl Store for PostgresStore {
         // Typed: parse, bind and execute go in one round trip (an untyped query prepares
         // first, which is a second one).
         let row = conn.query_typed_opt(
-            "SELECT id, username, hash FROM accounts WHERE folded = $1",
+            "SELECT id, username, hash, banned_until, ban_reason FROM accounts WHERE folded = $1",
             &[(&fold(username), Type::TEXT)],
         )?;
         Ok(row.map(|row| Account {
             id: id(row.get(0)),
             username: row.get(1),
             hash: row.get(2),
+            ban: Ban::from_columns(row.get(3), row.get(4)),
         }))
     }
 
@@ -280,8 +284,8 @@ impl Store for PostgresStore {
 
     fn details(&self, username: &str) -> Result<Option<Details>, StoreError> {
         let row = self.conn()?.query_typed_opt(
-            "SELECT id, username, hash, created_at, sessions_after FROM accounts
-             WHERE folded = $1",
+            "SELECT id, username, hash, created_at, sessions_after, banned_until, ban_reason
+             FROM accounts WHERE folded = $1",
             &[(&fold(username), Type::TEXT)],
         )?;
         Ok(row.map(|row| Details {
@@ -289,6 +293,7 @@ impl Store for PostgresStore {
                 id: id(row.get(0)),
                 username: row.get(1),
                 hash: row.get(2),
+                ban: Ban::from_columns(row.get(5), row.get(6)),
             },
             created_at: row.get(3),
             sessions_after: row.get(4),
@@ -315,8 +320,31 @@ impl Store for PostgresStore {
                 id: id(row.get(0)),
                 username: row.get(1),
                 hash: row.get(2),
+                ban: None,
             })
             .collect())
+    }
+
+    fn set_ban(&self, username: &str, ban: Option<&Ban>) -> Result<bool, StoreError> {
+        let (until, reason) = ban.map_or((0, ""), |b| (b.until_ms, b.reason.as_str()));
+        // A ban voids every session begun before it; lifting one leaves sessions as they are.
+        let void = if ban.is_some() {
+            crate::throttle::now_ms()
+        } else {
+            0
+        };
+        let updated = self.conn()?.execute_typed(
+            "UPDATE accounts SET banned_until = $2, ban_reason = $3,
+                 sessions_after = GREATEST(sessions_after, $4)
+             WHERE folded = $1",
+            &[
+                (&fold(username), Type::TEXT),
+                (&until, Type::INT8),
+                (&reason, Type::TEXT),
+                (&void, Type::INT8),
+            ],
+        )?;
+        Ok(updated == 1)
     }
 
     fn count(&self) -> Result<u64, StoreError> {
@@ -418,18 +446,20 @@ impl Store for PostgresStore {
         // One statement, one round trip: the account (if any) beside each record found.
         let rows = conn.query_typed(
             "SELECT t.key, t.count, t.window_start, t.lockouts, t.locked_until, t.familiar,
-                 t.familiar_until, t.expires, a.id, a.username, a.hash
+                 t.familiar_until, t.expires, a.id, a.username, a.hash, a.banned_until,
+                 a.ban_reason
              FROM (SELECT 1) AS one
              LEFT JOIN accounts a ON a.folded = $1
              LEFT JOIN throttle t ON t.key = ANY($2)",
             &[(&fold(username), Type::TEXT), (&keys, Type::TEXT_ARRAY)],
         )?;
         let account = rows.first().and_then(|row| {
-            let id_at = 8;
+            let id_at = 8; // after the key and the record's seven columns
             row.get::<_, Option<i64>>(id_at).map(|account_id| Account {
                 id: id(account_id),
                 username: row.get(id_at + 1),
                 hash: row.get(id_at + 2),
+                ban: Ban::from_columns(row.get(id_at + 3), row.get(id_at + 4)),
             })
         });
         Ok((account, in_order(keys, &rows)))

@@ -11,8 +11,8 @@
 //! file from another layout is started afresh.
 
 use super::{
-    familiar_list, familiar_text, unix_now, Account, Created, Details, Revocation, SessionState,
-    Store, StoreError, REVOKED_PER_ACCOUNT,
+    familiar_list, familiar_text, unix_now, Account, Ban, Created, Details, Revocation,
+    SessionState, Store, StoreError, REVOKED_PER_ACCOUNT,
 };
 use crate::auth::names::{fold, skeleton, SKELETON_DATA};
 use crate::throttle::{Millis, Record};
@@ -33,7 +33,7 @@ struct Step {
 }
 
 /// The schema, one step per version; step N brings version N-1 to N.
-const MIGRATIONS: [Step; 4] = [
+const MIGRATIONS: [Step; 5] = [
     // 1: accounts keyed by the lower-cased name.
     Step {
         sql: "CREATE TABLE IF NOT EXISTS accounts (
@@ -71,6 +71,12 @@ const MIGRATIONS: [Step; 4] = [
             ) WITHOUT ROWID;
             CREATE INDEX revoked_sessions_until ON revoked_sessions (until_ms);
             CREATE INDEX revoked_sessions_account ON revoked_sessions (account_id);",
+        fill: None,
+    },
+    // 5: bans: until when (milliseconds; 0: none) and why.
+    Step {
+        sql: "ALTER TABLE accounts ADD COLUMN banned_until INTEGER NOT NULL DEFAULT 0;
+            ALTER TABLE accounts ADD COLUMN ban_reason TEXT NOT NULL DEFAULT '';",
         fill: None,
     },
 ];
@@ -349,7 +355,8 @@ impl SqliteStore {
 
 /// The account a name means: the one that folds the same, and among accounts from before v2
 /// that share a folded name, the one spelled exactly so (else the oldest).
-const CHOOSE: &str = "SELECT key, username, hash, id FROM accounts WHERE folded = ?1
+const CHOOSE: &str = "SELECT key, username, hash, id, banned_until, ban_reason FROM accounts
+     WHERE folded = ?1
      ORDER BY (username = ?2) DESC, created_at, key LIMIT 1";
 
 impl Store for SqliteStore {
@@ -361,6 +368,7 @@ impl Store for SqliteStore {
                 id: u64::try_from(row.get::<_, i64>(3)?).unwrap_or(0),
                 username: row.get(1)?,
                 hash: row.get(2)?,
+                ban: Ban::from_columns(row.get(4)?, row.get(5)?),
             })
         })
         .optional()
@@ -424,17 +432,17 @@ impl Store for SqliteStore {
 
     fn details(&self, username: &str) -> Result<Option<Details>, StoreError> {
         let conn = self.reader.lock();
-        let mut stmt = conn.prepare_cached(
-            "SELECT id, username, hash, created_at, sessions_after FROM accounts
-             WHERE key = (SELECT key FROM (SELECT key, username, hash, id FROM accounts
-                 WHERE folded = ?1 ORDER BY (username = ?2) DESC, created_at, key LIMIT 1))",
-        )?;
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT id, username, hash, created_at, sessions_after, banned_until, ban_reason
+                 FROM accounts WHERE key = (SELECT key FROM ({CHOOSE}))"
+        ))?;
         stmt.query_row(params![fold(username), username], |row| {
             Ok(Details {
                 account: Account {
                     id: u64::try_from(row.get::<_, i64>(0)?).unwrap_or(0),
                     username: row.get(1)?,
                     hash: row.get(2)?,
+                    ban: Ban::from_columns(row.get(5)?, row.get(6)?),
                 },
                 created_at: row.get(3)?,
                 sessions_after: row.get(4)?,
@@ -466,9 +474,29 @@ impl Store for SqliteStore {
                 id: u64::try_from(row.get::<_, i64>(0)?).unwrap_or(0),
                 username: row.get(1)?,
                 hash: row.get(2)?,
+                ban: None,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn set_ban(&self, username: &str, ban: Option<&Ban>) -> Result<bool, StoreError> {
+        let conn = self.writer.lock();
+        let (until, reason) = ban.map_or((0, ""), |b| (b.until_ms, b.reason.as_str()));
+        // A ban voids every session begun before it; lifting one leaves sessions as they are.
+        let void = if ban.is_some() {
+            crate::throttle::now_ms()
+        } else {
+            0
+        };
+        let updated = conn
+            .prepare_cached(&format!(
+                "UPDATE accounts SET banned_until = ?3, ban_reason = ?4,
+                     sessions_after = max(sessions_after, ?5)
+                 WHERE key = (SELECT key FROM ({CHOOSE}))"
+            ))?
+            .execute(params![fold(username), username, until, reason, void])?;
+        Ok(updated == 1)
     }
 
     fn count(&self) -> Result<u64, StoreError> {
