@@ -10,7 +10,7 @@ use crate::accountdb::accounts::Accounts;
 use crate::accountdb::store::{Account, Created, Revocation};
 use crate::auth::names::fold;
 use crate::auth::names::{normalize_password, Rules};
-use crate::auth::password::{HashError, Hasher, Memory};
+use crate::auth::password::{is_bcrypt, HashError, Hasher, Memory};
 use crate::auth::secret::random_token;
 use crate::legacy::{self, Known, LegacyDb, RESERVED_HASH};
 use crate::metrics::LegacyOutcome;
@@ -539,7 +539,8 @@ impl Service {
                         let (token, exp) = self.new_session(&found.account, now, now);
                         Reply::done().with_token(token, exp)
                     }
-                    Ok(false) => Reply::no_such_user(),
+                    // Deleted, or banned, since it was looked up: the next attempt is told.
+                    Ok(false) => Reply::unavailable("the account changed meanwhile, retry"),
                     Err(e) => store_unavailable(&e, &self.metrics),
                 }
             }
@@ -632,8 +633,14 @@ impl Service {
             Ok(Known::Password(plain)) => plain,
         };
         if !legacy::matches(&m.password, &plain) {
-            let guess_could_be_new = self.options.rules.password_ok(&m.password);
-            fail(guess_could_be_new.then_some(m.username.as_str()));
+            if hide {
+                // As long as an unknown name's answer takes.
+                let _ = self.verify(&m.password, &self.dummy_hash, memory);
+            }
+            // Short guesses count against the name when the real password is short too.
+            let rules = &self.options.rules;
+            let counts = rules.password_ok(&m.password) || !rules.password_ok(&plain);
+            fail(counts.then_some(m.username.as_str()));
             return Reply::wrong_password();
         }
         let new = m.new_password.as_deref().unwrap_or(&m.password);
@@ -673,6 +680,9 @@ impl Service {
         if let Err(e) = self.accounts.succeeded(&account.username, m.origin) {
             tracing::warn!(user = %account.username, error = %e, "cannot clear the failed logins of an account");
         }
+        if let Some(ban) = banned(&account) {
+            return Reply::banned(ban.until_ms, &ban.reason);
+        }
         let (token, exp) = self.new_session(&account, m.looked_up, now_ms());
         match m.new_password {
             Some(_) => Reply::done().with_token(token, exp),
@@ -705,14 +715,13 @@ impl Service {
                     // up the difference, so the time does not tell the account exists.
                     let _ = self.hasher.verify(password, &self.dummy_hash, memory);
                 }
-                // A password that could never have registered counts against the address only,
-                // never the account, so that short guesses cannot lock a victim out.
+                // A guess that breaks today's rules cannot be the password of an account made
+                // under them: it costs the address only, so short guesses cannot lock a victim
+                // out. An account from the old system (bcrypt) may have such a password: there
+                // every guess counts against it.
                 let failures = self.options.throttle.failures();
-                let name = self
-                    .options
-                    .rules
-                    .password_ok(password)
-                    .then_some(account.username.as_str());
+                let counts = self.options.rules.password_ok(password) || is_bcrypt(&account.hash);
+                let name = counts.then_some(account.username.as_str());
                 if let Err(e) = self.accounts.failed(name, *origin, &failures) {
                     tracing::warn!(user = %account.username, error = %e, "cannot count a failed login");
                 }

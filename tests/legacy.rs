@@ -288,6 +288,15 @@ fn a_reserved_name_moves_with_its_stored_spelling_and_is_never_registered() {
     .unwrap();
     assert_eq!(summary.imported, 1);
     assert_eq!(code(tiers.addr(), "register", "MCOLD", "password1"), 5);
+    // Banned before it moved: moving does not lift the ban.
+    let ban = login_server::accountdb::store::Ban {
+        until_ms: login_server::throttle::now_ms() + 60_000,
+        reason: "spam".into(),
+    };
+    let banning = |ban| login_server::accountdb::store::Store::set_ban(&store, "McOld", ban);
+    assert!(banning(Some(&ban)).unwrap());
+    assert_eq!(code(tiers.addr(), "login", "McOld", "mc-old-pass"), 12);
+    assert!(banning(None).unwrap());
     // Logged in under another case: the old server is asked with the stored spelling.
     assert_eq!(code(tiers.addr(), "login", "mcold", "wrong-pass-1"), 2);
     let reply = seed(tiers.addr(), "login", "mcold", "mc-old-pass");
@@ -358,4 +367,20 @@ fn an_old_server_that_hangs_up_before_its_reply_is_unavailable_at_once() {
         "{:?}",
         started.elapsed()
     );
+}
+
+#[test]
+fn short_guesses_lock_an_old_account_whose_password_is_short() {
+    let old = OldServer::start(&[("shorty", "123")]);
+    let tiers = tiers(&old);
+    let mut client = StreamClient::new(tiers.addr());
+    let mut guess = |password: &str, ip: &str| {
+        let line = json!({"OP": "login", "username": "shorty", "password": password, "ip": ip});
+        client.send(format!("{line}\n").as_bytes());
+        client.recv()["code"].clone()
+    };
+    for i in 0..5 {
+        assert_eq!(guess(&format!("{i}{i}{i}"), &format!("203.0.113.{i}")), 2);
+    }
+    assert_eq!(guess("123", "203.0.113.77"), 8, "locked by short guesses");
 }

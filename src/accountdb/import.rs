@@ -12,7 +12,7 @@
 
 use crate::accountdb::store::{Account, Created, Store, StoreError};
 use crate::auth::names::fold;
-use crate::auth::password::{is_bcrypt, Hasher, Memory};
+use crate::auth::password::{check_stored, is_bcrypt, Hasher, Memory};
 use crate::legacy::RESERVED_HASH;
 use serde::Deserialize;
 use std::collections::HashMap;
@@ -50,6 +50,8 @@ struct Pending {
     number: u64,
     account: Account,
     plaintext: Option<String>,
+    /// The account exists, reserved: its hash is filled in rather than created.
+    reserved: bool,
 }
 
 /// The create id of an imported name: the same on every run, so a second run is idempotent.
@@ -67,6 +69,7 @@ fn read_line(text: &str) -> Result<(Account, Option<String>), String> {
         (Some(_), Some(_)) => Err("a password or a hash, not both".into()),
         (Some(password), None) => Ok((Account::new(&line.username, ""), Some(password))),
         (None, Some(hash)) if hash.starts_with("$argon2") || is_bcrypt(&hash) => {
+            check_stored(&hash).map_err(|e| e.to_string())?;
             Ok((Account::new(&line.username, &hash), None))
         }
         (None, Some(_)) => Err("a hash is an argon2 PHC string or a bcrypt one".into()),
@@ -111,6 +114,7 @@ pub fn import(
             number,
             account,
             plaintext,
+            reserved: false,
         });
         if batch.len() == BATCH {
             write(store, &mut batch, hasher, threads, &mut summary)?;
@@ -133,8 +137,20 @@ fn write(
 ) -> Result<(), ImportError> {
     let mut fresh = Vec::with_capacity(batch.len());
     for pending in batch.drain(..) {
-        if store.find(&pending.account.username)?.is_none() {
+        let Some(found) = store.find(&pending.account.username)? else {
             fresh.push(pending);
+            continue;
+        };
+        // A name reserved by an earlier import, now with its password or hash: filled in.
+        if found.hash == RESERVED_HASH && pending.account.hash != RESERVED_HASH {
+            fresh.push(Pending {
+                account: Account {
+                    username: found.username,
+                    ..pending.account
+                },
+                reserved: true,
+                ..pending
+            });
             continue;
         }
         // Ours from an earlier run (the create with this line's id answers `New` again, and
@@ -164,12 +180,24 @@ fn write(
                 })
             })
             .collect();
-        hashing
-            .into_iter()
-            .try_for_each(|h| h.join().unwrap_or(Ok(())))
-    })
-    .map_err(ImportError::Hash)?;
+        for thread in hashing {
+            match thread.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(ImportError::Hash(e)),
+                Err(_) => return Err(ImportError::Panicked),
+            }
+        }
+        Ok(())
+    })?;
     for pending in fresh {
+        if pending.reserved {
+            let name = &pending.account.username;
+            match store.update_hash(name, RESERVED_HASH, &pending.account.hash)? {
+                true => summary.imported += 1,
+                false => summary.present += 1, // filled in meanwhile (its owner moved)
+            }
+            continue;
+        }
         match store.create(&pending.account, &request_id(&pending.account.username))? {
             Created::New => summary.imported += 1,
             Created::Exists => summary.rejected.push((
@@ -190,6 +218,9 @@ pub enum ImportError {
     /// Hashing a password failed (out of memory, say).
     #[error("cannot hash a password: {0}")]
     Hash(crate::auth::password::HashError),
+    /// A hashing thread panicked: nothing of its batch was written.
+    #[error("a hashing thread failed; nothing of its batch was written")]
+    Panicked,
     /// The store failed: what was written stays; running the import again resumes.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -208,10 +239,16 @@ mod tests {
             .1
             .is_some());
         let (reserved, _) = read_line(r#"{"username":"a"}"#).unwrap();
+        let longest = format!(r#"{{"username":"{}"}}"#, "n".repeat(255));
+        assert!(read_line(&longest).is_ok());
         assert_eq!(reserved.hash, RESERVED_HASH);
         for (line, why) in [
             ("nonsense", "not an account"),
             (r#"{"username":""}"#, "1 to 255"),
+            (
+                &format!(r#"{{"username":"{}"}}"#, "n".repeat(256)),
+                "1 to 255",
+            ),
             (
                 r#"{"username":"a","password":"p","hash":"$2b$x"}"#,
                 "not both",
@@ -243,6 +280,19 @@ mod tests {
         );
         let second = run();
         assert_eq!((second.imported, second.present), (0, 2));
+        // The reserved name, imported again with its password, is filled in.
+        let filled = import(
+            &store,
+            &b"{\"username\":\"RESERVED ONE\",\"password\":\"its-pw\"}\n"[..],
+            &hasher,
+            1,
+            |_| {},
+        )
+        .unwrap();
+        assert_eq!(filled.imported, 1);
+        let reserved = Store::find(&store, "reserved one").unwrap().unwrap();
+        assert_eq!(reserved.username, "reserved one", "its spelling kept");
+        assert!(reserved.hash.starts_with("$argon2id$"));
         let ann = Store::find(&store, "ann").unwrap().unwrap();
         assert!(ann.hash.starts_with("$argon2id$"));
     }

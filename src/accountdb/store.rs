@@ -266,7 +266,8 @@ pub trait Store: Send + Sync {
     fn revoke_session(&self, revocation: &Revocation) -> Result<(), StoreError>;
     /// Void every session of the account with `account_id` that began before `before_ms`
     /// (an earlier void stays), and with `hash` replace its password hash, in one durable
-    /// transaction; `false` if there is no such account.
+    /// transaction; `false` if there is no such account, or (with `hash`) it is banned at
+    /// `before_ms`: a banned player cannot change the password into a new session.
     fn void_sessions(
         &self,
         account_id: u64,

@@ -48,6 +48,10 @@ pub enum HashError {
     /// A stored hash is not a PHC string argon2 can verify against: the store is damaged.
     #[error("stored password hash is unreadable: {0}")]
     BadStoredHash(argon2::password_hash::Error),
+    /// A stored hash (imported) asks for more work than any login may cost: see
+    /// [`check_stored`].
+    #[error("stored password hash is too costly to verify: {0}")]
+    TooCostly(String),
     /// A stored bcrypt hash (imported) cannot be read.
     #[error("stored bcrypt hash is unreadable: {0}")]
     BadBcrypt(bcrypt::BcryptError),
@@ -103,6 +107,43 @@ impl Memory {
         }
         &mut self.0[..count]
     }
+}
+
+/// The most memory a stored argon2 hash may ask of a verification, in KiB (1 GiB).
+pub const MAX_STORED_MEMORY_KIB: u32 = 1 << 20;
+
+/// The most iterations a stored argon2 hash may ask.
+pub const MAX_STORED_ITERATIONS: u32 = 64;
+
+/// The highest bcrypt cost a stored hash may have (2^16 rounds: about 4 s).
+pub const MAX_BCRYPT_COST: u32 = 16;
+
+/// Check that `stored` (imported from an old system, say) is a hash a login can verify, at a
+/// bounded cost: an argon2 PHC string within [`MAX_STORED_MEMORY_KIB`] and
+/// [`MAX_STORED_ITERATIONS`], or bcrypt up to [`MAX_BCRYPT_COST`].
+pub fn check_stored(stored: &str) -> Result<(), HashError> {
+    if is_bcrypt(stored) {
+        let cost: u32 = stored
+            .get(4..6)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| HashError::TooCostly("a bcrypt hash without its cost".into()))?;
+        if cost > MAX_BCRYPT_COST {
+            return Err(HashError::TooCostly(format!(
+                "bcrypt cost {cost}, at most {MAX_BCRYPT_COST}"
+            )));
+        }
+        return Ok(());
+    }
+    let parsed = PasswordHash::new(stored).map_err(HashError::BadStoredHash)?;
+    let params = Params::try_from(&parsed).map_err(HashError::BadStoredHash)?;
+    if params.m_cost() > MAX_STORED_MEMORY_KIB || params.t_cost() > MAX_STORED_ITERATIONS {
+        return Err(HashError::TooCostly(format!(
+            "m={} KiB, t={}; at most {MAX_STORED_MEMORY_KIB} KiB and {MAX_STORED_ITERATIONS}",
+            params.m_cost(),
+            params.t_cost()
+        )));
+    }
+    Ok(())
 }
 
 /// Whether `stored` is a bcrypt hash (`$2a$`, `$2b$`, `$2x$` or `$2y$`).
@@ -179,6 +220,7 @@ impl Hasher {
         stored: &str,
         memory: &mut Memory,
     ) -> Result<bool, HashError> {
+        check_stored(stored)?;
         if is_bcrypt(stored) {
             return bcrypt::verify(password, stored).map_err(HashError::BadBcrypt);
         }
@@ -259,6 +301,15 @@ mod tests {
         assert!(hasher.is_weaker(&stored));
         assert!(hasher.verify("x", "$2b$04$garbage", memory).is_err());
         assert!(!is_bcrypt("$argon2id$v=19$m=8,t=1,p=1$c2FsdA$aGFzaA"));
+        // Costs beyond any login's are refused, not computed.
+        let costly = "$2b$31$abcdefghijklmnopqrstuuABCDEFGHIJKLMNOPQRSTUVWXYZ01234";
+        assert!(matches!(
+            hasher.verify("x", costly, memory),
+            Err(HashError::TooCostly(_))
+        ));
+        let huge = "$argon2id$v=19$m=4294967295,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA";
+        assert!(matches!(check_stored(huge), Err(HashError::TooCostly(_))));
+        assert!(check_stored(&stored).is_ok());
     }
 
     #[test]

@@ -420,7 +420,7 @@ impl Store for PostgresStore {
         let updated = self.conn()?.execute_typed(
             "UPDATE accounts SET sessions_after = GREATEST(sessions_after, $2),
                  hash = COALESCE($3, hash)
-             WHERE id = $1",
+             WHERE id = $1 AND ($3 IS NULL OR banned_until <= $2)",
             &[
                 (&id, Type::INT8),
                 (&before_ms, Type::INT8),

@@ -559,7 +559,7 @@ impl Store for SqliteStore {
             .prepare_cached(
                 "UPDATE accounts SET sessions_after = max(sessions_after, ?2),
                      hash = coalesce(?3, hash)
-                 WHERE id = ?1",
+                 WHERE id = ?1 AND (?3 IS NULL OR banned_until <= ?2)",
             )?
             .execute(params![id, before_ms, hash])?;
         Ok(updated == 1)
