@@ -313,9 +313,12 @@ impl Service {
         let failures = self.options.throttle.failures();
         // Today's name and password rules bind registrations only: accounts from the old
         // system (imported, or moved on their first login) may break them and still log in.
-        // So only a name longer than any account's is answered without a lookup; it costs the
-        // address, never an account: one round trip with an address, none without.
-        let could_exist = !username.is_empty() && username.len() <= MAX_NAME;
+        // So only a name no account can have (longer than any, or with control characters) is
+        // answered without a lookup; it costs the address, never an account: one round trip
+        // with an address, none without.
+        let could_exist = !username.is_empty()
+            && username.len() <= MAX_NAME
+            && !username.chars().any(char::is_control);
         if !could_exist {
             if origin.is_some() {
                 match self.accounts.failed(None, origin, &failures) {

@@ -218,6 +218,10 @@ fn old_names_and_passwords_that_break_todays_rules_still_move_and_log_in() {
     );
     assert_eq!(code(tiers.addr(), "login", "has space", "pw"), 3);
     assert_eq!(code(tiers.addr(), "login", "x", "124"), 2);
+    // Control characters are in no name: not asked of the old server.
+    let asked = old.asked.load(Ordering::SeqCst);
+    assert_eq!(code(tiers.addr(), "login", "x\n", "123"), 1);
+    assert_eq!(old.asked.load(Ordering::SeqCst), asked);
     // The rules still bind new registrations.
     assert_eq!(code(tiers.addr(), "register", "y", "123"), 5);
 }

@@ -65,6 +65,9 @@ fn read_line(text: &str) -> Result<(Account, Option<String>), String> {
     if line.username.is_empty() || line.username.len() > MAX_NAME {
         return Err(format!("a username is 1 to {MAX_NAME} bytes"));
     }
+    if line.username.chars().any(char::is_control) {
+        return Err("a username has no control characters".into());
+    }
     match (line.password, line.hash) {
         (Some(_), Some(_)) => Err("a password or a hash, not both".into()),
         (Some(password), None) => Ok((Account::new(&line.username, ""), Some(password))),
@@ -245,6 +248,7 @@ mod tests {
         for (line, why) in [
             ("nonsense", "not an account"),
             (r#"{"username":""}"#, "1 to 255"),
+            (r#"{"username":"a\nb"}"#, "control characters"),
             (
                 &format!(r#"{{"username":"{}"}}"#, "n".repeat(256)),
                 "1 to 255",

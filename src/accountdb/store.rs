@@ -197,8 +197,9 @@ pub enum StoreError {
     /// `--store` names a PostgreSQL URL that cannot be parsed.
     #[error("bad PostgreSQL URL: {0}")]
     BadUrl(String),
-    /// A database file does not exist and cannot be created (permissions, a full disk).
-    #[error("cannot create the data file {path}: {source}")]
+    /// A database file does not exist and cannot be created, or exists and cannot be opened
+    /// (permissions, a full disk).
+    #[error("cannot create or open the data file {path}: {source}")]
     DataFile {
         path: std::path::PathBuf,
         source: std::io::Error,

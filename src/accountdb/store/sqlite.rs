@@ -116,7 +116,7 @@ pub struct SqliteStore {
 /// Open the side file of throttle records at `path`, unsynced, with the current layout.
 fn open_records(path: &Path) -> Result<Connection, StoreError> {
     private_file(path)?;
-    let conn = Connection::open(path)?;
+    let conn = open_file(path)?;
     conn.execute_batch(
         "PRAGMA journal_mode = WAL;
          PRAGMA synchronous = OFF;
@@ -178,9 +178,27 @@ fn private_file(path: &Path) -> Result<(), StoreError> {
         })
 }
 
+/// Open the database file at `path`. SQLite says only "unable to open database file": the
+/// operating system's reason (permission denied, say) is told instead when there is one.
+fn open_file(path: &Path) -> Result<Connection, StoreError> {
+    Connection::open(path).map_err(|e| {
+        match std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+        {
+            Err(source) => StoreError::DataFile {
+                path: path.to_path_buf(),
+                source,
+            },
+            Ok(_) => StoreError::from(e),
+        }
+    })
+}
+
 fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     private_file(path)?;
-    let conn = Connection::open(path)?;
+    let conn = open_file(path)?;
     // FULL: a commit is on disk before `create` returns, so an acknowledged registration
     // survives a crash of the process and of the machine.
     conn.execute_batch(
