@@ -28,13 +28,14 @@
 //!   [`throttle`]: brute-force lockouts, kept as records in the store, which account-db runs;
 //!   [`accountdb::store`]: the `Store` trait, its SQLite and PostgreSQL implementations, and
 //!   `StoreUrl`, which picks one.
-//! - [`metrics`] and [`http`]: Prometheus metrics, `/healthz` and `/readyz`.
+//! - [`metrics`] and [`http`]: Prometheus metrics, `/healthz`, `/readyz` and `/keys`.
 //! - [`config`]: what the configuration structs share (parsing, defaults, value parsers);
 //!   [`cidr`]: address blocks for `--allow-from`;
 //!   [`signals`] and [`logging`]: process plumbing for the binaries.
 //!
-//! The binaries in `src/bin/` only parse flags, start these, and wait for a signal. The load
-//! tool, gateway-sim, is a package of its own in `gateway-sim/`.
+//! The binaries in `src/bin/` only parse flags, start these, and wait for a signal (or run one
+//! command: `login-server gen-token-key`, `account-db import|admin|gen-secret`). The load tool,
+//! gateway-sim, is a package of its own in `gateway-sim/`.
 
 pub mod accountdb;
 pub mod auth;
