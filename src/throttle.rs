@@ -720,6 +720,12 @@ mod tests {
         assert_eq!(plain.rank(now), now);
         assert!(plain.rank(now) < locked.rank(now));
         assert!(locked.rank(now) < familiar.rank(now));
+        // Tiers, whatever the times: a plain record changed later still goes before a lock
+        // ending sooner, and a lock ending later still goes before familiar addresses.
+        assert!(plain.rank(now + 10 * S) < locked.rank(now));
+        let mut long_lock = locked.clone();
+        long_lock.locked_until = familiar.familiar_until + 1000 * S;
+        assert!(long_lock.rank(now) < familiar.rank(now));
         let mut fresher = familiar.clone();
         fresher.succeed(ip("192.0.2.2"), now);
         assert!(
