@@ -39,7 +39,7 @@ fn round_trip(c: &mut Criterion) {
     for pool in [4, 0] {
         let config = LoginServerConfig {
             listen: "127.0.0.1:0".parse().expect("addr"),
-            db: vec![db.local_addr()],
+            db: vec![db.local_addr().into()],
             db_secret: Some(secret.clone()),
             token_key: Some(token_key.clone()),
             hash_params: HashParams::CHEAPEST,

@@ -50,6 +50,58 @@ pub fn socket_addr(s: &str) -> Result<std::net::SocketAddr, String> {
         .ok_or_else(|| format!("{s:?} resolves to no address"))
 }
 
+/// An account-db's address as `--db` gives it: `IP:PORT`, or `HOST:PORT`, resolved at start
+/// (a name that does not resolve stops the start) and again for every new connection, so that
+/// an account-db that moves to another address is followed without a restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// As given.
+    text: String,
+    /// What it resolved to at start: used while a later resolution fails.
+    first: std::net::SocketAddr,
+    /// Given as a host name (else an IP address, which never needs resolving again).
+    named: bool,
+}
+
+impl std::str::FromStr for Endpoint {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Endpoint, String> {
+        Ok(Endpoint {
+            text: s.to_string(),
+            first: socket_addr(s)?,
+            named: s.parse::<std::net::SocketAddr>().is_err(),
+        })
+    }
+}
+
+impl From<std::net::SocketAddr> for Endpoint {
+    fn from(addr: std::net::SocketAddr) -> Endpoint {
+        Endpoint {
+            text: addr.to_string(),
+            first: addr,
+            named: false,
+        }
+    }
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl Endpoint {
+    /// The address to connect to now: a host name resolved again (its first address), or,
+    /// while it does not resolve, what it resolved to at start.
+    pub fn resolve(&self) -> std::net::SocketAddr {
+        match self.named {
+            true => socket_addr(&self.text).unwrap_or(self.first),
+            false => self.first,
+        }
+    }
+}
+
 /// A duration given in (fractional) seconds.
 pub fn seconds(s: &str) -> Result<Duration, String> {
     let secs: f64 = s
@@ -83,6 +135,26 @@ pub fn range(s: &str) -> Result<(usize, usize), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn endpoints_resolve_at_start_and_names_again_when_used() {
+        let ip: Endpoint = "127.0.0.1:9999".parse().unwrap();
+        assert_eq!(ip.to_string(), "127.0.0.1:9999");
+        assert_eq!(ip.resolve(), "127.0.0.1:9999".parse().unwrap());
+        let named: Endpoint = "localhost:9999".parse().unwrap();
+        assert_eq!(named.to_string(), "localhost:9999");
+        assert!(named.resolve().ip().is_loopback());
+        assert_eq!(named.resolve().port(), 9999);
+        assert!("no-such-host.invalid:1".parse::<Endpoint>().is_err());
+        assert!("localhost".parse::<Endpoint>().is_err(), "a port is needed");
+        // A name that stops resolving keeps its address from the start.
+        let gone = Endpoint {
+            text: "no-such-host.invalid:7".into(),
+            first: "192.0.2.1:7".parse().unwrap(),
+            named: true,
+        };
+        assert_eq!(gone.resolve(), "192.0.2.1:7".parse().unwrap());
+    }
 
     #[test]
     fn value_parsers_accept_what_they_say_and_refuse_the_rest() {

@@ -24,7 +24,7 @@ fn two_account_dbs() -> Option<(TestDatabase, tempfile::TempDir, DbProcess, DbPr
 /// A login-server reaching `dbs` in this order.
 fn login_server(dbs: &[&DbProcess]) -> LoginServer {
     let config = LoginServerConfig {
-        db: dbs.iter().map(|d| d.addr).collect(),
+        db: dbs.iter().map(|d| d.addr.into()).collect(),
         ..dbs[0].config()
     };
     LoginServer::spawn(config).unwrap()

@@ -8,6 +8,7 @@
 use crate::accountdb::accounts::Accounts;
 use crate::accountdb::store::{Account, Created, Revocation, SessionState, StoreError};
 use crate::auth::secret::Secret;
+use crate::config::Endpoint;
 use crate::logging::RateLimited;
 use crate::metrics::Metrics;
 use crate::protocol::accountdb::{
@@ -130,16 +131,17 @@ impl DbConn {
 /// Makes and checks [`DbConn`]s for an r2d2 pool.
 #[derive(Debug, Clone)]
 pub struct DbManager {
-    addr: SocketAddr,
+    endpoint: Endpoint,
     timeout: Duration,
     secret: Secret,
 }
 
 impl DbManager {
-    /// Connections to `addr`, with `timeout` as the connect and per-request deadline.
-    pub fn new(addr: SocketAddr, timeout: Duration, secret: Secret) -> Self {
+    /// Connections to `endpoint` (a host name resolved again for each), with `timeout` as the
+    /// connect and per-request deadline.
+    pub fn new(endpoint: Endpoint, timeout: Duration, secret: Secret) -> Self {
         DbManager {
-            addr,
+            endpoint,
             timeout,
             secret,
         }
@@ -151,7 +153,7 @@ impl r2d2::ManageConnection for DbManager {
     type Error = DbError;
 
     fn connect(&self) -> Result<DbConn, DbError> {
-        DbConn::connect(self.addr, self.timeout, &self.secret)
+        DbConn::connect(self.endpoint.resolve(), self.timeout, &self.secret)
     }
 
     fn is_valid(&self, conn: &mut DbConn) -> Result<(), DbError> {
@@ -192,7 +194,7 @@ impl r2d2::HandleError<DbError> for LogErrors {
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
     /// One or more account-dbs serving the same accounts.
-    pub addrs: Vec<SocketAddr>,
+    pub addrs: Vec<Endpoint>,
     /// The secret account-db asks every connection to prove.
     pub secret: Secret,
     /// Pooled connections per account-db; 0 opens a new connection for every request, as the
@@ -225,7 +227,7 @@ const PROBE_EVERY: Duration = Duration::from_millis(500);
 
 /// One account-db, its connections, and what login-server knows of its health.
 struct Instance {
-    addr: SocketAddr,
+    addr: Endpoint,
     connections: Connections,
     /// Makes the connections: the pool's, each request's when not pooled, and the probes'.
     manager: DbManager,
@@ -241,7 +243,8 @@ struct Instance {
 /// An account-db as the metrics see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InstanceState {
-    pub addr: SocketAddr,
+    /// As `--db` gives it.
+    pub addr: String,
     pub up: bool,
     pub requests: u64,
     pub errors: u64,
@@ -251,9 +254,9 @@ pub struct InstanceState {
 }
 
 impl Instance {
-    fn new(addr: SocketAddr, config: &ClientConfig) -> Instance {
+    fn new(addr: Endpoint, config: &ClientConfig) -> Instance {
         let timeout = config.attempt_timeout();
-        let manager = DbManager::new(addr, timeout, config.secret.clone());
+        let manager = DbManager::new(addr.clone(), timeout, config.secret.clone());
         let connections = match config.pool_size {
             0 => Connections::PerRequest,
             size => Connections::Pooled(
@@ -322,7 +325,7 @@ impl Instance {
 
     fn state(&self) -> InstanceState {
         InstanceState {
-            addr: self.addr,
+            addr: self.addr.to_string(),
             up: self.up.load(Ordering::Relaxed),
             requests: self.requests.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
@@ -363,7 +366,7 @@ impl RemoteStore {
         let list = config
             .addrs
             .iter()
-            .map(|&addr| Instance::new(addr, config))
+            .map(|addr| Instance::new(addr.clone(), config))
             .collect();
         let shared = Arc::new(Instances {
             list,

@@ -6,7 +6,7 @@ use crate::auth::password::HashParams;
 use crate::auth::secret::{Secret, SecretError};
 use crate::auth::token_key::{read_verify_key, KeyError, SigningKey};
 use crate::cidr::Cidr;
-use crate::config::{at_least_one, cores, seconds};
+use crate::config::{at_least_one, cores, seconds, Endpoint};
 use crate::legacy::LegacyDb;
 use crate::logging::LogFormat;
 use crate::service::Options as ServiceOptions;
@@ -65,18 +65,18 @@ pub struct LoginServerConfig {
         value_delimiter = ','
     )]
     pub allow_from: Vec<Cidr>,
-    /// Addresses of running account-dbs serving the same accounts (ADDR,ADDR,...): requests
-    /// go to those that answer, and one that fails is retried on another. Defaults to none:
+    /// Addresses of running account-dbs serving the same accounts (ADDR,ADDR,...; a host name
+    /// is resolved again for every new connection): requests go to those that answer, and one
+    /// that fails is retried on another. Defaults to none:
     /// an account-db runs embedded, on an ephemeral loopback port, reached over TCP like a
     /// remote one.
     #[arg(
         long,
         value_name = "ADDR,...",
         env = "LOGIN_SERVER_DB",
-        value_delimiter = ',',
-        value_parser = crate::config::socket_addr
+        value_delimiter = ','
     )]
-    pub db: Vec<SocketAddr>,
+    pub db: Vec<Endpoint>,
     /// Data directory of the embedded account-db (unused with --db). Defaults to ./data.
     #[arg(
         long,
@@ -300,7 +300,7 @@ impl LoginServerConfig {
     }
 
     /// How to reach the account-dbs at `addrs` that ask for `secret`, as these flags say.
-    pub fn db_client(&self, addrs: Vec<SocketAddr>, secret: Secret) -> ClientConfig {
+    pub fn db_client(&self, addrs: Vec<Endpoint>, secret: Secret) -> ClientConfig {
         ClientConfig {
             addrs,
             secret,

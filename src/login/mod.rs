@@ -182,7 +182,7 @@ impl LoginServer {
                     ..AccountDbConfig::embedded(listen, secret.clone())
                 })?;
                 tracing::info!(addr = %db.local_addr(), data = %config.data.display(), "embedded account-db started");
-                (vec![db.local_addr()], secret, Some(db))
+                (vec![db.local_addr().into()], secret, Some(db))
             }
         };
         let metrics = Metrics::default();

@@ -63,7 +63,7 @@ pub fn config(db: SocketAddr, secret: &Secret) -> LoginServerConfig {
     LoginServerConfig {
         token_key: Some(token_key()),
         listen: "127.0.0.1:0".parse().unwrap(),
-        db: vec![db],
+        db: vec![db.into()],
         db_secret: Some(secret.clone()),
         hash_params: HashParams::CHEAPEST,
         workers: Some(2),
@@ -245,7 +245,7 @@ impl DbProcess {
     /// How the test login-server reaches this account-db.
     pub fn client_config(&self) -> ClientConfig {
         self.config()
-            .db_client(vec![self.addr], self.secret.clone())
+            .db_client(vec![self.addr.into()], self.secret.clone())
     }
 
     /// Send a signal by name (KILL, STOP, CONT, TERM, INT).
