@@ -30,6 +30,16 @@ fn tokens(c: &mut Criterion) {
     group.bench_function("check a token", |b| {
         b.iter(|| tokens.check(black_box(&token)).is_err())
     });
+    // The signature alone, with a key parsed once (jsonwebtoken parses it per signature).
+    let pair =
+        ring::signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(key.pkcs8()).expect("key pair");
+    let message = token
+        .rsplit_once('.')
+        .map_or("", |(signed, _)| signed)
+        .to_string();
+    group.bench_function("Ed25519 signature alone, key parsed once", |b| {
+        b.iter(|| pair.sign(black_box(message.as_bytes())))
+    });
     group.sample_size(20);
     group.bench_function("argon2id verify, default 19456,2,1", |b| {
         b.iter(|| hasher.verify(black_box("correct horse battery"), &stored, memory))
