@@ -16,7 +16,7 @@ use crate::legacy::{self, Known, LegacyDb, RESERVED_HASH};
 use crate::metrics::LegacyOutcome;
 use crate::metrics::Metrics;
 use crate::protocol::gateway::{Op, RegisterFailure, Reply, Request};
-use crate::throttle::{now_ms, Login, Millis, Origin, Policy, Registering, Unknown};
+use crate::throttle::{millis, now_ms, Login, Millis, Origin, Policy, Registering, Unknown};
 use crate::tokens::{Invalid, Session, Tokens};
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -32,10 +32,6 @@ const MAX_NAME: usize = 255;
 /// anyone else a banned account is like any other.
 fn banned(account: &Account) -> Option<&crate::accountdb::store::Ban> {
     account.ban.as_ref().filter(|ban| ban.until_ms > now_ms())
-}
-
-fn millis(d: Duration) -> Millis {
-    Millis::try_from(d.as_millis()).unwrap_or(Millis::MAX)
 }
 
 /// What [`Service::begin`] decided.

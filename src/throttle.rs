@@ -43,12 +43,11 @@ pub type Millis = i64;
 pub fn now_ms() -> Millis {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| {
-            Millis::try_from(d.as_millis()).unwrap_or(Millis::MAX)
-        })
+        .map_or(0, millis)
 }
 
-fn millis(d: Duration) -> Millis {
+/// `d` in [`Millis`] (saturating).
+pub fn millis(d: Duration) -> Millis {
     Millis::try_from(d.as_millis()).unwrap_or(Millis::MAX)
 }
 

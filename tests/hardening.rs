@@ -494,36 +494,6 @@ fn unauthenticated_connections_cannot_take_login_servers_slots() {
     );
 }
 
-/// Run account-db on `dir` until it exits (it must, within the patience); its status and log.
-fn account_db_start_failure(dir: &std::path::Path) -> (std::process::ExitStatus, String) {
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_account-db"))
-        .args(["--listen", "127.0.0.1:0", "--data"])
-        .arg(dir)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + common::PATIENCE;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("account-db started on a store it should refuse");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut log = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut log)
-        .unwrap();
-    (status, log)
-}
-
 /// A store with enough accounts to span several pages, closed.
 fn filled_store(dir: &std::path::Path) {
     use login_server::accountdb::store::{Account, SqliteStore, Store};
@@ -543,7 +513,7 @@ fn a_damaged_store_stops_the_start() {
     assert!(bytes.len() > 4 * 4096, "{} bytes", bytes.len());
     bytes[2 * 4096..3 * 4096].fill(0); // zero page 3
     std::fs::write(&path, bytes).unwrap();
-    let (status, log) = account_db_start_failure(dir.path());
+    let (status, log) = common::account_db_start_failure(dir.path(), &[]);
     assert!(!status.success());
     assert!(log.contains("damaged"), "{log}");
 }
@@ -567,7 +537,7 @@ fn a_read_only_store_stops_the_start() {
             return;
         }
     }
-    let (status, log) = account_db_start_failure(dir.path());
+    let (status, log) = common::account_db_start_failure(dir.path(), &[]);
     let _ = std::process::Command::new("chattr")
         .arg("-i")
         .arg(&path)

@@ -116,23 +116,6 @@ fn account_db_creates_a_private_secret_file() {
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
 }
 
-/// Run account-db on `dir` with `flags` until it exits (it should refuse to start): its
-/// success and its log.
-fn account_db_refusal(dir: &std::path::Path, flags: &[&str]) -> (bool, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_account-db"))
-        .args(["--listen", "127.0.0.1:0", "--data"])
-        .arg(dir)
-        .args(flags)
-        .env_remove("ACCOUNT_DB_SECRET")
-        .stdout(Stdio::null())
-        .output()
-        .unwrap();
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
-
 #[test]
 fn a_lost_secret_stops_the_start_of_a_store_with_accounts() {
     let dir = tempfile::tempdir().unwrap();
@@ -146,8 +129,8 @@ fn a_lost_secret_stops_the_start_of_a_store_with_accounts() {
     }
     let path = dir.path().join("account-db.secret");
     std::fs::remove_file(&path).unwrap();
-    let (started, log) = account_db_refusal(dir.path(), &[]);
-    assert!(!started);
+    let (status, log) = common::account_db_start_failure(dir.path(), &[]);
+    assert!(!status.success());
     assert!(
         log.contains("--new-secret") && log.contains("account-db.secret"),
         "{log}"

@@ -423,3 +423,36 @@ pub fn throttling_holds_across(a: SocketAddr, b: SocketAddr) {
         8
     );
 }
+
+/// Run account-db on `dir` with `flags` until it exits (it must, within the patience: it is
+/// expected to refuse to start); its status and log.
+pub fn account_db_start_failure(
+    dir: &std::path::Path,
+    flags: &[&str],
+) -> (std::process::ExitStatus, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_account-db"))
+        .args(["--listen", "127.0.0.1:0", "--data"])
+        .arg(dir)
+        .args(flags)
+        .env_remove("ACCOUNT_DB_SECRET")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn account-db");
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for account-db") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("account-db started where it should refuse");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut log = String::new();
+    if let Some(mut stderr) = child.stderr.take() {
+        let _ = stderr.read_to_string(&mut log);
+    }
+    (status, log)
+}
