@@ -15,7 +15,8 @@
 //! Lockout must not become a way to lock a player out: failures from any address count toward
 //! an account's lock, but a locked account stays open to the addresses it logged in from
 //! successfully before (the last [`FAMILIAR`] of them, for [`FAMILIAR_DAYS`] days). A request
-//! without an address is never familiar.
+//! without an address is never familiar. The account's record also tells when it last logged
+//! in (to within [`LAST_LOGIN_RESOLUTION_MS`]: a success writes it only when older than that).
 //!
 //! [`Record`] is the pure logic, in wall-clock milliseconds (account-db's clock); [`login`],
 //! [`failed`], [`succeeded`] and [`register`] are account-db's requests, run over any
@@ -35,6 +36,12 @@ pub const FAMILIAR: usize = 4;
 
 /// Days an account's familiar addresses are kept after its last successful login.
 pub const FAMILIAR_DAYS: i64 = 30;
+
+/// How stale the recorded time of an account's last login may be: a success that finds it
+/// older writes it again (one write per account per minute at most when nothing else changes).
+pub const LAST_LOGIN_RESOLUTION_MS: Millis = 60_000;
+
+const FAMILIAR_MS: Millis = FAMILIAR_DAYS * 86_400_000;
 
 /// Milliseconds since the Unix epoch: when records were written, windows began, locks end.
 pub type Millis = i64;
@@ -238,7 +245,8 @@ pub struct Record {
     pub locked_until: Millis,
     /// The addresses of the account's last successful logins, newest first.
     pub familiar: Vec<Origin>,
-    /// When the familiar addresses are forgotten.
+    /// When the familiar addresses are forgotten: [`FAMILIAR_DAYS`] after the last successful
+    /// login (0: none known).
     pub familiar_until: Millis,
     /// When the whole record is worth nothing and may be dropped; at or before now: drop it.
     pub expires: Millis,
@@ -248,6 +256,11 @@ pub struct Record {
 const TIER: Millis = 1 << 44;
 
 impl Record {
+    /// When the account last logged in successfully, if known (see [`LAST_LOGIN_RESOLUTION_MS`]).
+    pub fn last_login(&self) -> Option<Millis> {
+        (self.familiar_until > 0).then(|| self.familiar_until - FAMILIAR_MS)
+    }
+
     /// How long the key stays locked, as of `now`.
     pub fn locked(&self, now: Millis) -> Option<Duration> {
         let left = self.locked_until.saturating_sub(now);
@@ -296,22 +309,27 @@ impl Record {
         self.set_expiry(t.window_ms);
     }
 
-    /// A successful login from `origin` at `now`: the failures and locks are forgotten, and
-    /// `origin` becomes familiar (already familiar: nothing changes but its recency).
+    /// A successful login from `origin` at `now`: the failures and locks are forgotten, `now` is
+    /// the last login, and `origin` becomes familiar (already familiar: it moves to the front).
     pub fn succeed(&mut self, origin: Option<Origin>, now: Millis) {
-        let familiar = std::mem::take(&mut self.familiar);
-        let familiar_until = self.familiar_until;
-        *self = Record {
-            familiar,
-            familiar_until,
-            ..Record::default()
-        };
+        self.unlock();
         if let Some(origin) = origin {
             self.familiar.retain(|&known| known != origin);
             self.familiar.insert(0, origin);
             self.familiar.truncate(FAMILIAR);
-            self.familiar_until = now.saturating_add(FAMILIAR_DAYS * 86_400_000);
         }
+        self.familiar_until = now.saturating_add(FAMILIAR_MS);
+        self.set_expiry(0);
+    }
+
+    /// An operator's unlock: the failures and locks are forgotten; the familiar addresses and
+    /// the last login are kept.
+    pub fn unlock(&mut self) {
+        *self = Record {
+            familiar: std::mem::take(&mut self.familiar),
+            familiar_until: self.familiar_until,
+            ..Record::default()
+        };
         self.set_expiry(0);
     }
 
@@ -339,12 +357,16 @@ impl Record {
         Ok(())
     }
 
-    /// Whether a successful login from `origin` would change nothing in this (account) record.
-    fn settled_for(&self, origin: Option<Origin>) -> bool {
+    /// Whether a successful login from `origin` at `now` need not be written to this (account)
+    /// record: it would change nothing but a last login still recent enough.
+    fn settled_for(&self, origin: Option<Origin>, now: Millis) -> bool {
         self.count == 0
             && self.lockouts == 0
             && self.locked_until == 0
             && origin.map_or(true, |origin| self.familiar.contains(&origin))
+            && self
+                .last_login()
+                .is_some_and(|at| now - at < LAST_LOGIN_RESOLUTION_MS)
     }
 }
 
@@ -417,7 +439,7 @@ pub fn login(
             return Ok(Login::Locked(wait));
         }
     }
-    let settled = records.first().map_or(true, |r| r.settled_for(origin));
+    let settled = records.first().is_some_and(|r| r.settled_for(origin, now));
     Ok(Login::Open { account, settled })
 }
 
@@ -471,7 +493,7 @@ pub fn unlock(store: &dyn Store, username: &str) -> Result<(), StoreError> {
     let now = now_ms();
     store.update_records(&[account_key(username)], now, &mut |records| {
         for record in records.iter_mut() {
-            record.succeed(None, now);
+            record.unlock();
         }
     })
 }
@@ -659,24 +681,34 @@ mod tests {
         record.succeed(ip("198.51.100.11"), now + S);
         assert_eq!(record.familiar.len(), FAMILIAR);
         assert_eq!(Some(record.familiar[0]), ip("198.51.100.11"));
-        assert!(record.settled_for(ip("198.51.100.12")));
-        assert!(!record.settled_for(ip("203.0.113.1")));
-        assert!(record.settled_for(None));
-        // Without an address a success forgets the failures only: the familiar addresses
-        // are kept as long as before.
-        let until = record.familiar_until;
+        let later = now + S + LAST_LOGIN_RESOLUTION_MS - 1;
+        assert!(record.settled_for(ip("198.51.100.12"), later));
+        assert!(!record.settled_for(ip("203.0.113.1"), later));
+        assert!(record.settled_for(None, later));
+        // Once the last login is a minute old, a success is written again, for its time.
+        assert!(!record.settled_for(None, later + 1));
+        // Without an address a success forgets the failures and is the last login; the
+        // familiar addresses are kept, and for as long after it.
         record.fail(&t, now + 2 * S);
         record.succeed(None, now + 3 * S);
+        assert_eq!(record.familiar.len(), FAMILIAR);
+        assert_eq!(record.last_login(), Some(now + 3 * S));
         assert_eq!(
-            (record.familiar.len(), record.familiar_until),
-            (FAMILIAR, until)
+            (record.count, record.expires),
+            (0, now + 3 * S + FAMILIAR_MS)
         );
-        assert_eq!((record.count, record.expires), (0, until));
         let mut plain = Record::default();
+        assert_eq!(plain.last_login(), None);
+        assert!(!plain.settled_for(None, now), "a first login is written");
         plain.fail(&t, now);
-        assert!(!plain.settled_for(None));
+        assert!(!plain.settled_for(None, now));
         plain.succeed(None, now);
-        assert_eq!(plain, Record::default(), "nothing left: the store drops it");
+        let expected = Record {
+            familiar_until: now + FAMILIAR_MS,
+            expires: now + FAMILIAR_MS,
+            ..Record::default()
+        };
+        assert_eq!(plain, expected, "nothing left but when it logged in");
     }
 
     #[test]

@@ -95,6 +95,19 @@ fn admin_conformance(store: &dyn Store) {
     )
     .unwrap();
     assert!(shown.contains("locked\tno"), "{shown}");
+    assert!(
+        shown.contains("last login\tnone known"),
+        "an unlock is no login: {shown}"
+    );
+    throttle::succeeded(store, "admin-alice", None).unwrap();
+    let shown = admin(
+        store,
+        Admin::Show {
+            name: name("admin-alice"),
+        },
+    )
+    .unwrap();
+    assert!(shown.contains("last login\tat "), "{shown}");
 
     // A new password, and every session before it void.
     let id = store.find("admin-bob").unwrap().unwrap().id;

@@ -11,7 +11,7 @@ const FOR_GOOD: i64 = i64::MAX / 2;
 use crate::auth::names::normalize_password;
 use crate::auth::password::{HashError, HashParams, Hasher, Memory};
 use crate::legacy::RESERVED_HASH;
-use crate::throttle::{self, now_ms, FAMILIAR_DAYS};
+use crate::throttle::{self, now_ms};
 use std::fmt::Write;
 
 /// What an admin command can be asked.
@@ -175,13 +175,13 @@ fn show(store: &dyn Store, name: &str) -> Result<String, AdminError> {
         Some(wait) => writeln!(out, "locked\tfor {} s more", wait.as_secs().max(1)),
         None => writeln!(out, "locked\tno ({} recent failures)", record.count),
     };
-    let _ = match record.familiar.first() {
-        Some(last) => {
-            let at = record.familiar_until - FAMILIAR_DAYS * 86_400_000;
-            writeln!(out, "last login\tfrom {last} at {} (unix ms)", at)
-        }
-        None => writeln!(out, "last login\tnone known from an address"),
+    let _ = match record.last_login() {
+        Some(at) => writeln!(out, "last login\tat {at} (unix ms, to the minute)"),
+        None => writeln!(out, "last login\tnone known"),
     };
+    if let Some(last) = record.familiar.first() {
+        let _ = writeln!(out, "last address\t{last}");
+    }
     let _ = writeln!(
         out,
         "sessions\tthose begun before {} (unix ms) are void",
