@@ -1,7 +1,11 @@
 //! Log setup for the binaries: text or JSON lines on stderr, written by a background thread.
 
-use std::io::IsTerminal;
+use std::cell::RefCell;
+use std::io::{IsTerminal, Write};
+use std::sync::OnceLock;
+use tracing_appender::non_blocking::NonBlocking;
 pub use tracing_appender::non_blocking::WorkerGuard;
+use tracing_subscriber::fmt::MakeWriter;
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -14,20 +18,90 @@ pub enum LogFormat {
 /// request goes to the target `request`: `RUST_LOG=info,request=off` silences those alone.
 ///
 /// Lines are written by a background thread, so a slow stderr never stalls a worker; if it
-/// falls more than 128k lines behind, lines are dropped rather than requests delayed. Keep
-/// the returned guard alive until exit: dropping it flushes what is queued.
+/// falls more than 128k pieces behind, lines are dropped rather than requests delayed. A
+/// thread inside [`held`] hands its lines over as one piece. Keep the returned guard alive
+/// until exit: dropping it flushes what is queued.
 pub fn init(format: LogFormat) -> WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(writer);
+        .with_writer(Holding(writer.clone()));
+    // Only the first log setup of a process counts: tracing's global subscriber is set once.
+    let _ = WRITER.set(writer);
     match format {
         LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
         LogFormat::Json => builder.json().init(),
     }
     guard
+}
+
+thread_local! {
+    /// This thread's lines held by [`held`], if it is inside it.
+    static HELD: RefCell<Option<Vec<u8>>> = const { RefCell::new(None) };
+}
+
+/// Run `f` holding this thread's log lines, and hand them to the log writer as one piece after
+/// it (a panic included): a worker answering a batch of requests wakes the writer once, not
+/// once per request's line.
+pub fn held<T>(f: impl FnOnce() -> T) -> T {
+    struct Release;
+    impl Drop for Release {
+        fn drop(&mut self) {
+            let lines = HELD.with(|held| held.borrow_mut().take());
+            if let (Some(lines), Some(writer)) = (lines, WRITER.get()) {
+                if !lines.is_empty() {
+                    let _ = writer.clone().write_all(&lines);
+                }
+            }
+        }
+    }
+    let outer = HELD.with(|held| held.borrow().is_some());
+    if outer {
+        return f();
+    }
+    HELD.with(|held| *held.borrow_mut() = Some(Vec::new()));
+    let _release = Release;
+    f()
+}
+
+/// The log writer, once [`init`] has made it: where [`held`] lines go.
+static WRITER: OnceLock<NonBlocking> = OnceLock::new();
+
+/// The log's writer: a held line goes to its thread's buffer, any other to the log writer.
+struct Holding(NonBlocking);
+
+impl<'a> MakeWriter<'a> for Holding {
+    type Writer = Line;
+
+    fn make_writer(&'a self) -> Line {
+        Line(self.0.clone())
+    }
+}
+
+/// One log line being written.
+struct Line(NonBlocking);
+
+impl Write for Line {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let held = HELD.with(|held| match held.borrow_mut().as_mut() {
+            Some(lines) => {
+                lines.extend_from_slice(buf);
+                true
+            }
+            None => false,
+        });
+        if held {
+            Ok(buf.len())
+        } else {
+            self.0.write(buf)
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
 }
 
 /// Log lines about an event that may repeat many times a second (refused connections, failed

@@ -1,13 +1,16 @@
 //! Login, registration and sessions: validate, look up, verify or hash, create; issue, check
 //! and revoke session tokens. No sockets.
 //!
-//! A request runs in two steps so that the expensive one can be kept off the workers:
-//! [`Service::begin`] does everything cheap (validation, the store lookup) and either answers
-//! or hands back a [`HashTask`]; [`Service::finish`] does the argon2 work the task needs, and
-//! for a registration the store write after it. The server runs `finish` on its hash threads.
+//! A request runs in steps, so that a worker can ask the store for many requests at once and
+//! keep the expensive step off the workers: [`Service::begin`] does what needs neither store
+//! nor argon2 (parsing a token, validation) and either answers or says what to ask the store
+//! (a [`Question`]); [`Service::resume`] takes the answer and either answers or hands back a
+//! [`HashTask`]; [`Service::finish`] does the argon2 work the task needs, and for a
+//! registration the store write after it. The server runs `finish` on its hash threads when
+//! hashing is busy.
 
-use crate::accountdb::accounts::Accounts;
-use crate::accountdb::store::{Account, Created, Revocation};
+use crate::accountdb::accounts::{Accounts, Answer, Question};
+use crate::accountdb::store::{Account, Created, Revocation, SessionState, StoreError};
 use crate::auth::names::fold;
 use crate::auth::names::{normalize_password, Rules};
 use crate::auth::password::{is_bcrypt, HashError, Hasher, Memory};
@@ -17,7 +20,7 @@ use crate::metrics::LegacyOutcome;
 use crate::metrics::Metrics;
 use crate::protocol::gateway::{Op, RegisterFailure, Reply, Request};
 use crate::throttle::{millis, now_ms, Login, Millis, Origin, Policy, Registering, Unknown};
-use crate::tokens::{Invalid, Session, Tokens};
+use crate::tokens::{Claims, Invalid, Session, Tokens};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -35,6 +38,45 @@ fn banned(account: &Account) -> Option<&crate::accountdb::store::Ban> {
 }
 
 /// What [`Service::begin`] decided.
+pub enum Begun {
+    /// Decided without the store.
+    Step(Step),
+    /// It needs the store's answer to a question: ask it (with others, see
+    /// [`Accounts::ask_all`]), then [`Service::resume`].
+    Asking(Asking),
+}
+
+/// A request waiting for the answer to its question. Holds a password: it has no `Debug`.
+pub struct Asking {
+    pub question: Question,
+    then: Then,
+}
+
+/// What a request does with its answer.
+enum Then {
+    /// A login's (or password change's) lookup.
+    Lookup(Pending),
+    /// A registration's check.
+    Register { username: String, password: String },
+    /// `verify`, `refresh` or `logout_all`: the session's state.
+    Session {
+        op: Op,
+        claims: Claims,
+        account_id: u64,
+    },
+}
+
+/// A login (or password change) waiting for its lookup.
+struct Pending {
+    username: String,
+    password: String,
+    origin: Option<Origin>,
+    /// `change_password`'s new password.
+    new_password: Option<String>,
+    turn: Turn,
+}
+
+/// What [`Service::resume`] decided.
 pub enum Step {
     /// The answer, reached without hashing.
     Done(Reply),
@@ -44,14 +86,6 @@ pub enum Step {
 
 /// Argon2 work still to do for one request. Holds a password: it has no `Debug`.
 pub struct HashTask(Task);
-
-/// What a login's lookup came to.
-enum Lookup {
-    /// The account: its password is to be verified.
-    Found(Found),
-    /// The answer, or the work, reached without an account to verify against.
-    Answered(Step),
-}
 
 /// A login's account, found, and what it takes to verify the password.
 struct Found {
@@ -261,8 +295,8 @@ impl Service {
         self.tokens.jwks()
     }
 
-    /// The cheap part of a request: answers it, or says what hashing it needs.
-    pub fn begin(&self, request: Request) -> Step {
+    /// The first part of a request: answers it, or says what to ask the store.
+    pub fn begin(&self, request: Request) -> Begun {
         let Request {
             op,
             username,
@@ -273,39 +307,62 @@ impl Service {
         } = request;
         let origin = ip.map(Origin::from);
         match op {
-            Op::Login => match self.lookup(&username, password, origin, None) {
-                Lookup::Found(found) => Step::Hash(HashTask(Task::Verify(found))),
-                Lookup::Answered(step) => step,
-            },
+            Op::Login => self.begin_lookup(username, password, origin, None),
             Op::Register => self.begin_register(username, password, origin),
-            Op::ChangePassword if !self.options.rules.password_ok(&new_password) => {
-                Step::Done(Reply::register_failed(RegisterFailure::InvalidPassword))
-            }
-            Op::ChangePassword => {
-                match self.lookup(&username, password, origin, Some(&new_password)) {
-                    Lookup::Found(found) => Step::Hash(HashTask(Task::ChangePassword {
-                        found,
-                        new_password,
+            Op::ChangePassword if !self.options.rules.password_ok(&new_password) => Begun::Step(
+                Step::Done(Reply::register_failed(RegisterFailure::InvalidPassword)),
+            ),
+            Op::ChangePassword => self.begin_lookup(username, password, origin, Some(new_password)),
+            Op::Verify | Op::Refresh | Op::Logout | Op::LogoutAll => self.begin_session(op, &token),
+        }
+    }
+
+    /// The rest of a request's cheap part, given the store's `answer` to its question:
+    /// answers it, or says what hashing it needs.
+    pub fn resume(&self, asking: Asking, answer: Result<Answer, StoreError>) -> Step {
+        let answer = match answer {
+            Ok(answer) => answer,
+            Err(e) => return Step::Done(store_unavailable(&e, &self.metrics)),
+        };
+        match (asking.then, answer) {
+            (Then::Lookup(pending), Answer::Login(login)) => self.looked_up(pending, login),
+            (Then::Register { username, password }, Answer::Register(registering)) => {
+                match registering {
+                    Registering::Locked(wait) => self.throttled(wait),
+                    Registering::Taken => {
+                        Step::Done(Reply::register_failed(RegisterFailure::UsernameTaken))
+                    }
+                    Registering::Free => Step::Hash(HashTask(Task::Create {
+                        username,
+                        password,
+                        ask_legacy: self.legacy.is_some(),
                     })),
-                    Lookup::Answered(step) => step,
                 }
             }
-            Op::Verify | Op::Refresh | Op::Logout | Op::LogoutAll => {
-                Step::Done(self.session_op(op, &token))
+            (
+                Then::Session {
+                    op,
+                    claims,
+                    account_id,
+                },
+                Answer::Session(state),
+            ) => Step::Done(self.session_read(op, claims, account_id, state)),
+            (_, other) => {
+                let e = format!("an answer of another kind: {other:?}");
+                Step::Done(store_unavailable(&e, &self.metrics))
             }
         }
     }
 
-    /// A login's lookup (also of a password change's old password): the account found, or
-    /// the answer reached without verifying a password.
-    fn lookup(
+    /// A login's lookup (also of a password change's old password): what to ask the store, or
+    /// the answer reached without it.
+    fn begin_lookup(
         &self,
-        username: &str,
+        username: String,
         password: String,
         origin: Option<Origin>,
-        new_password: Option<&str>,
-    ) -> Lookup {
-        let hide = self.options.hide_user_existence;
+        new_password: Option<String>,
+    ) -> Begun {
         let failures = self.options.throttle.failures();
         // Today's name and password rules bind registrations only: accounts from the old
         // system (imported, or moved on their first login) may break them and still log in.
@@ -318,14 +375,12 @@ impl Service {
         if !could_exist {
             if origin.is_some() {
                 match self.accounts.failed(None, origin, &failures) {
-                    Ok(Some(wait)) => return Lookup::Answered(self.throttled(wait)),
+                    Ok(Some(wait)) => return Begun::Step(self.throttled(wait)),
                     Ok(None) => {}
-                    Err(e) => {
-                        return Lookup::Answered(Step::Done(store_unavailable(&e, &self.metrics)))
-                    }
+                    Err(e) => return Begun::Step(Step::Done(store_unavailable(&e, &self.metrics))),
                 }
             }
-            return Lookup::Answered(match hide {
+            return Begun::Step(match self.options.hide_user_existence {
                 true => Step::Hash(HashTask(Task::Pretend {
                     password,
                     _turn: None,
@@ -336,99 +391,150 @@ impl Service {
         // A few attempts at a time per name on this login-server, so that a burst of
         // concurrent guesses meets the lock its first failures set instead of all passing the
         // lookup before any is counted.
-        let Some(turn) = self.verifying.take(username) else {
-            return Lookup::Answered(self.throttled(Duration::from_secs(1)));
+        let Some(turn) = self.verifying.take(&username) else {
+            return Begun::Step(self.throttled(Duration::from_secs(1)));
         };
-        let unknown = match (&self.legacy, hide) {
+        let unknown = match (&self.legacy, self.options.hide_user_existence) {
             // Counted once the old server has answered.
             (Some(_), _) => Unknown::Nothing,
             (None, true) => Unknown::AddressAndName,
             (None, false) => Unknown::Address,
         };
-        let migrate = |reserved: Option<Account>, turn: Turn| {
-            Lookup::Answered(Step::Hash(HashTask(Task::Migrate(Migrate {
-                username: reserved
-                    .as_ref()
-                    .map_or_else(|| username.to_string(), |a| a.username.clone()),
-                password: password.clone(),
+        Begun::Asking(Asking {
+            question: Question::Login {
+                username: username.clone(),
                 origin,
-                new_password: new_password.map(str::to_string),
-                reserved,
-                looked_up: now_ms(),
-                _turn: turn,
-            }))))
-        };
-        match self.accounts.login(username, origin, &failures, unknown) {
-            Err(e) => Lookup::Answered(Step::Done(store_unavailable(&e, &self.metrics))),
-            Ok(Login::Locked(wait)) => Lookup::Answered(self.throttled(wait)),
-            Ok(Login::Open { account: None, .. }) if self.legacy.is_some() => migrate(None, turn),
-            Ok(Login::Open {
-                account: Some(account),
-                ..
-            }) if account.hash == RESERVED_HASH => migrate(Some(account), turn),
-            // Counted as a failure by the lookup already. The turn is held as for a real
-            // account, so that neither the time nor a concurrent attempt tells them apart.
-            Ok(Login::Open { account: None, .. }) if hide => {
-                Lookup::Answered(Step::Hash(HashTask(Task::Pretend {
-                    password,
-                    _turn: Some(turn),
-                })))
-            }
-            Ok(Login::Open { account: None, .. }) => {
-                Lookup::Answered(Step::Done(Reply::no_such_user()))
-            }
-            Ok(Login::Open {
-                account: Some(account),
-                settled,
-            }) => Lookup::Found(Found {
-                account,
+                failures,
+                unknown,
+            },
+            then: Then::Lookup(Pending {
+                username,
                 password,
                 origin,
-                settled,
-                looked_up: now_ms(),
-                _turn: turn,
+                new_password,
+                turn,
             }),
+        })
+    }
+
+    /// What a login's lookup came to: the password to verify, or the answer without it.
+    fn looked_up(&self, pending: Pending, login: Login) -> Step {
+        let migrate = |pending: Pending, reserved: Option<Account>| {
+            Step::Hash(HashTask(Task::Migrate(Migrate {
+                username: reserved
+                    .as_ref()
+                    .map_or(pending.username, |a| a.username.clone()),
+                password: pending.password,
+                origin: pending.origin,
+                new_password: pending.new_password,
+                reserved,
+                looked_up: now_ms(),
+                _turn: pending.turn,
+            })))
+        };
+        match login {
+            Login::Locked(wait) => self.throttled(wait),
+            Login::Open { account: None, .. } if self.legacy.is_some() => migrate(pending, None),
+            Login::Open {
+                account: Some(account),
+                ..
+            } if account.hash == RESERVED_HASH => migrate(pending, Some(account)),
+            // Counted as a failure by the lookup already. The turn is held as for a real
+            // account, so that neither the time nor a concurrent attempt tells them apart.
+            Login::Open { account: None, .. } if self.options.hide_user_existence => {
+                Step::Hash(HashTask(Task::Pretend {
+                    password: pending.password,
+                    _turn: Some(pending.turn),
+                }))
+            }
+            Login::Open { account: None, .. } => Step::Done(Reply::no_such_user()),
+            Login::Open {
+                account: Some(account),
+                settled,
+            } => {
+                let found = Found {
+                    account,
+                    password: pending.password,
+                    origin: pending.origin,
+                    settled,
+                    looked_up: now_ms(),
+                    _turn: pending.turn,
+                };
+                Step::Hash(HashTask(match pending.new_password {
+                    None => Task::Verify(found),
+                    Some(new_password) => Task::ChangePassword {
+                        found,
+                        new_password,
+                    },
+                }))
+            }
         }
     }
 
     /// `verify`, `refresh`, `logout` and `logout_all`: no argon2, at most two store round
-    /// trips (the session's state, then a revocation).
-    fn session_op(&self, op: Op, token: &str) -> Reply {
+    /// trips (the session's state, then a revocation). A logout is answered here.
+    fn begin_session(&self, op: Op, token: &str) -> Begun {
         let claims = match self.tokens.check(token) {
             Ok(claims) => claims,
-            Err(reason) => return Reply::invalid_token(reason),
+            Err(reason) => return Begun::Step(Step::Done(Reply::invalid_token(reason))),
         };
         let Some(account_id) = claims.account_id() else {
-            return Reply::invalid_token(Invalid::Malformed);
+            return Begun::Step(Step::Done(Reply::invalid_token(Invalid::Malformed)));
+        };
+        if op == Op::Logout {
+            return Begun::Step(Step::Done(self.logout(claims, account_id)));
+        }
+        Begun::Asking(Asking {
+            question: Question::Session {
+                account_id,
+                sid: claims.sid.clone(),
+            },
+            then: Then::Session {
+                op,
+                claims,
+                account_id,
+            },
+        })
+    }
+
+    /// Revoke the session of `claims`. Idempotent: no need to ask first.
+    fn logout(&self, claims: Claims, account_id: u64) -> Reply {
+        // Kept until no token of the session could be valid any more: the last refresh is
+        // before its max age, and the token that gives lasts a ttl more (and its last second,
+        // as `exp` is checked in whole seconds).
+        let max_age = millis(self.options.session_max_age);
+        let ttl = millis(self.options.session_ttl);
+        let until = claims
+            .auth_ms
+            .saturating_add(max_age)
+            .saturating_add(ttl)
+            .max(claims.exp.saturating_mul(1000))
+            .saturating_add(1000);
+        let revocation = Revocation {
+            account_id,
+            sid: claims.sid,
+            began_ms: claims.auth_ms,
+            until_ms: until,
+        };
+        match self.accounts.revoke_session(&revocation) {
+            Ok(()) => Reply::done(),
+            Err(e) => store_unavailable(&e, &self.metrics),
+        }
+    }
+
+    /// `verify`, `refresh` or `logout_all`, given the session's `state` in the store.
+    fn session_read(
+        &self,
+        op: Op,
+        claims: Claims,
+        account_id: u64,
+        state: Option<SessionState>,
+    ) -> Reply {
+        let state = match state {
+            Some(state) if state.stands(claims.auth_ms) => state,
+            _ => return Reply::invalid_token(Invalid::Revoked),
         };
         let max_age = millis(self.options.session_max_age);
-        if op == Op::Logout {
-            // Idempotent: no need to ask first. Kept until no token of the session could be
-            // valid any more: the last refresh is before its max age, and the token that gives
-            // lasts a ttl more (and its last second, as `exp` is checked in whole seconds).
-            let ttl = millis(self.options.session_ttl);
-            let until = claims
-                .auth_ms
-                .saturating_add(max_age)
-                .saturating_add(ttl)
-                .max(claims.exp.saturating_mul(1000))
-                .saturating_add(1000);
-            let revocation = Revocation {
-                account_id,
-                sid: claims.sid,
-                began_ms: claims.auth_ms,
-                until_ms: until,
-            };
-            return match self.accounts.revoke_session(&revocation) {
-                Ok(()) => Reply::done(),
-                Err(e) => store_unavailable(&e, &self.metrics),
-            };
-        }
-        let state = match self.accounts.session(account_id, &claims.sid) {
-            Ok(Some(state)) if state.stands(claims.auth_ms) => state,
-            Ok(_) => return Reply::invalid_token(Invalid::Revoked),
-            Err(e) => return store_unavailable(&e, &self.metrics),
-        };
         let now = now_ms();
         match op {
             Op::Refresh if now.saturating_sub(claims.auth_ms) >= max_age => {
@@ -464,27 +570,24 @@ impl Service {
         self.tokens.issue(&session, now)
     }
 
-    fn begin_register(&self, username: String, password: String, origin: Option<Origin>) -> Step {
+    fn begin_register(&self, username: String, password: String, origin: Option<Origin>) -> Begun {
         let rules = &self.options.rules;
         if !rules.username_ok(&username) {
-            return Step::Done(Reply::register_failed(RegisterFailure::InvalidUsername));
+            let reply = Reply::register_failed(RegisterFailure::InvalidUsername);
+            return Begun::Step(Step::Done(reply));
         }
         if !rules.password_ok(&password) {
-            return Step::Done(Reply::register_failed(RegisterFailure::InvalidPassword));
+            let reply = Reply::register_failed(RegisterFailure::InvalidPassword);
+            return Begun::Step(Step::Done(reply));
         }
-        let limit = self.options.throttle.registrations();
-        match self.accounts.register(&username, origin, &limit) {
-            Err(e) => Step::Done(store_unavailable(&e, &self.metrics)),
-            Ok(Registering::Locked(wait)) => self.throttled(wait),
-            Ok(Registering::Taken) => {
-                Step::Done(Reply::register_failed(RegisterFailure::UsernameTaken))
-            }
-            Ok(Registering::Free) => Step::Hash(HashTask(Task::Create {
-                username,
-                password,
-                ask_legacy: self.legacy.is_some(),
-            })),
-        }
+        Begun::Asking(Asking {
+            question: Question::Register {
+                username: username.clone(),
+                origin,
+                limit: self.options.throttle.registrations(),
+            },
+            then: Then::Register { username, password },
+        })
     }
 
     fn throttled(&self, wait: Duration) -> Step {
@@ -771,12 +874,29 @@ impl Service {
         }
     }
 
-    /// Both steps on the calling thread.
+    /// Every step on the calling thread, the question asked alone.
     pub fn handle(&self, request: Request) -> Reply {
-        match self.begin(request) {
+        let step = match self.begin(request) {
+            Begun::Step(step) => step,
+            Begun::Asking(asking) => {
+                let answer = self.ask(&asking.question);
+                self.resume(asking, answer)
+            }
+        };
+        match step {
             Step::Done(reply) => reply,
             Step::Hash(task) => self.finish(task, &mut Memory::default()),
         }
+    }
+
+    /// Ask the store one question.
+    pub fn ask(&self, question: &Question) -> Result<Answer, StoreError> {
+        self.accounts.ask(question)
+    }
+
+    /// Ask the store every question, at once where it can (see [`Accounts::ask_all`]).
+    pub fn ask_all(&self, questions: &[&Question]) -> Vec<Result<Answer, StoreError>> {
+        self.accounts.ask_all(questions)
     }
 }
 

@@ -1,4 +1,6 @@
-//! [`Accounts`]: what login-server asks of the account tier, one method per account-db request.
+//! [`Accounts`]: what login-server asks of the account tier, one method per account-db request,
+//! and [`Question`]s, the first request of most gateway requests, which a worker asks many at
+//! once ([`Accounts::ask_all`]).
 //!
 //! [`RemoteStore`](super::client::RemoteStore) asks account-db over the wire; every [`Store`]
 //! answers the same questions in-process, through the [`throttle`](crate::throttle) requests,
@@ -10,8 +12,66 @@ use crate::throttle::{
 };
 use std::time::Duration;
 
+/// A gateway request's first question to the account tier: asked for many requests at once by
+/// [`Accounts::ask_all`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Question {
+    /// [`Accounts::login`].
+    Login {
+        username: String,
+        origin: Option<Origin>,
+        failures: Thresholds,
+        unknown: Unknown,
+    },
+    /// [`Accounts::register`].
+    Register {
+        username: String,
+        origin: Option<Origin>,
+        limit: RegisterLimit,
+    },
+    /// [`Accounts::session`].
+    Session { account_id: u64, sid: String },
+}
+
+/// The answer to a [`Question`], of its kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    Login(Login),
+    Register(Registering),
+    Session(Option<SessionState>),
+}
+
 /// The account tier as login-server uses it. Shared between threads.
 pub trait Accounts: Send + Sync {
+    /// Answer one question through the method of its kind.
+    fn ask(&self, question: &Question) -> Result<Answer, StoreError> {
+        match question {
+            Question::Login {
+                username,
+                origin,
+                failures,
+                unknown,
+            } => self
+                .login(username, *origin, failures, *unknown)
+                .map(Answer::Login),
+            Question::Register {
+                username,
+                origin,
+                limit,
+            } => self
+                .register(username, *origin, limit)
+                .map(Answer::Register),
+            Question::Session { account_id, sid } => {
+                self.session(*account_id, sid).map(Answer::Session)
+            }
+        }
+    }
+    /// Answer every question, in order. Defaults to one after another;
+    /// [`RemoteStore`](super::client::RemoteStore) sends them down one connection at once.
+    fn ask_all(&self, questions: &[&Question]) -> Vec<Result<Answer, StoreError>> {
+        questions.iter().map(|q| self.ask(q)).collect()
+    }
+
     /// A login's lookup: the account, unless the account or `origin` is locked
     /// ([`throttle::login`]).
     fn login(

@@ -5,7 +5,7 @@
 //! As in r2d2-postgres and r2d2-redis: `is_valid` is a real round trip (a ping), and
 //! `has_broken` never blocks: it reads a flag that any IO error, timeout or bad reply sets.
 
-use crate::accountdb::accounts::Accounts;
+use crate::accountdb::accounts::{Accounts, Answer, Question};
 use crate::accountdb::store::{Account, Created, Revocation, SessionState, StoreError};
 use crate::auth::secret::Secret;
 use crate::config::Endpoint;
@@ -43,6 +43,15 @@ pub enum DbError {
 }
 
 impl DbError {
+    /// The same failure again, for each of the requests it failed together.
+    fn again(&self) -> DbError {
+        let kind = match self {
+            DbError::Io(e) => e.kind(),
+            _ => io::ErrorKind::Other,
+        };
+        DbError::Io(io::Error::new(kind, self.to_string()))
+    }
+
     /// Whether this is a connection found dead (reset, closed), rather than a slow peer: only
     /// then is trying another connection quick and useful.
     fn is_dead_connection(&self) -> bool {
@@ -105,6 +114,28 @@ impl DbConn {
             self.broken = true;
         }
         result
+    }
+
+    /// Send every request in one write, then read their replies, in order: one round trip
+    /// for all. Any failure marks the connection broken.
+    pub fn call_all(&mut self, requests: &[DbRequest]) -> Result<Vec<DbResponse>, DbError> {
+        let result = self.pipeline(requests);
+        if result.is_err() {
+            self.broken = true;
+        }
+        result
+    }
+
+    fn pipeline(&mut self, requests: &[DbRequest]) -> Result<Vec<DbResponse>, DbError> {
+        let lines: Vec<u8> = requests.iter().flat_map(encode_line).collect();
+        self.writer.write_all(&lines)?;
+        let mut responses = Vec::with_capacity(requests.len());
+        for _ in requests {
+            self.read_line()?;
+            let response = decode_line(&self.line).map_err(|e| DbError::BadReply(e.to_string()))?;
+            responses.push(response);
+        }
+        Ok(responses)
     }
 
     fn round_trip(&mut self, request: &DbRequest) -> Result<DbResponse, DbError> {
@@ -307,6 +338,26 @@ impl Instance {
         conn.call(request).map_err(Attempt::Failed)
     }
 
+    /// Every request down one pooled connection at once; `None` when not pooled.
+    fn attempt_all(
+        &self,
+        requests: &[DbRequest],
+        metrics: &Metrics,
+    ) -> Option<Result<Vec<DbResponse>, DbError>> {
+        let Connections::Pooled(pool) = &self.connections else {
+            return None;
+        };
+        let n = u64::try_from(requests.len()).unwrap_or(u64::MAX);
+        self.requests.fetch_add(n, Ordering::Relaxed);
+        let waiting = Instant::now();
+        let conn = pool.get();
+        metrics.pool_wait.observe(waiting.elapsed());
+        Some(
+            conn.map_err(DbError::from)
+                .and_then(|mut conn| conn.call_all(requests)),
+        )
+    }
+
     /// A request to it failed (`why`): count it, and mark it down until it answers again.
     fn failed(&self, why: &dyn std::fmt::Display) {
         self.errors.fetch_add(1, Ordering::Relaxed);
@@ -479,6 +530,73 @@ impl RemoteStore {
     }
 }
 
+impl RemoteStore {
+    /// One question, as its own request.
+    fn ask_one(&self, question: &Question) -> Result<Answer, StoreError> {
+        answer_of(question, self.call(&request_of(question), false)?)
+    }
+}
+
+/// The request that asks `question`.
+fn request_of(question: &Question) -> DbRequest {
+    match question.clone() {
+        Question::Login {
+            username,
+            origin,
+            failures,
+            unknown,
+        } => DbRequest::Login {
+            username,
+            origin,
+            failures,
+            unknown,
+        },
+        Question::Register {
+            username,
+            origin,
+            limit,
+        } => DbRequest::Register {
+            username,
+            origin,
+            limit,
+        },
+        Question::Session { account_id, sid } => DbRequest::Session { account_id, sid },
+    }
+}
+
+/// The answer to `question` that `response` gives.
+fn answer_of(question: &Question, response: DbResponse) -> Result<Answer, StoreError> {
+    match (question, response) {
+        (Question::Login { .. }, DbResponse::Locked { wait_ms }) => {
+            Ok(Answer::Login(Login::Locked(locked(wait_ms))))
+        }
+        (Question::Login { .. }, DbResponse::Open { account, settled }) => {
+            Ok(Answer::Login(Login::Open { account, settled }))
+        }
+        (Question::Register { .. }, DbResponse::Locked { wait_ms }) => {
+            Ok(Answer::Register(Registering::Locked(locked(wait_ms))))
+        }
+        (Question::Register { .. }, DbResponse::Exists) => Ok(Answer::Register(Registering::Taken)),
+        (Question::Register { .. }, DbResponse::NotFound) => {
+            Ok(Answer::Register(Registering::Free))
+        }
+        (
+            Question::Session { .. },
+            DbResponse::Session {
+                username,
+                sessions_after,
+                revoked,
+            },
+        ) => Ok(Answer::Session(Some(SessionState {
+            username,
+            sessions_after,
+            revoked,
+        }))),
+        (Question::Session { .. }, DbResponse::NotFound) => Ok(Answer::Session(None)),
+        (_, other) => Err(unexpected(other)),
+    }
+}
+
 /// Until the store is dropped: probe every instance marked down, and mark it up once it
 /// answers.
 fn probe_down_instances(instances: &std::sync::Weak<Instances>) {
@@ -533,11 +651,51 @@ fn unexpected(response: DbResponse) -> StoreError {
     StoreError::Remote(format!("unexpected reply {response:?}"))
 }
 
+fn mismatch(answer: Answer) -> StoreError {
+    StoreError::Remote(format!("an answer of another kind: {answer:?}"))
+}
+
 fn locked(wait_ms: u64) -> Duration {
     Duration::from_millis(wait_ms)
 }
 
 impl Accounts for RemoteStore {
+    /// Pipelined on one pooled connection of the next instance up: one round trip for all.
+    /// Whatever that cannot answer (no pool, a dead connection, a store error) is asked again
+    /// one by one, with the usual retries and failover; after a timeout nothing is, so a slow
+    /// account-db costs the batch one deadline, not one per question.
+    fn ask_all(&self, questions: &[&Question]) -> Vec<Result<Answer, StoreError>> {
+        let requests: Vec<DbRequest> = questions.iter().map(|q| request_of(q)).collect();
+        let pipelined = match self.order().first() {
+            Some(&instance) if questions.len() > 1 => instance
+                .attempt_all(&requests, &self.metrics)
+                .map(|result| (instance, result)),
+            _ => None,
+        };
+        let responses = match pipelined {
+            Some((instance, Ok(responses))) => {
+                instance.up.store(true, Ordering::Relaxed);
+                responses
+            }
+            Some((instance, Err(e))) if !e.is_dead_connection() => {
+                instance.failed(&e);
+                return questions
+                    .iter()
+                    .map(|_| Err(StoreError::Unreachable(e.again())))
+                    .collect();
+            }
+            _ => return questions.iter().map(|q| self.ask_one(q)).collect(),
+        };
+        questions
+            .iter()
+            .zip(responses)
+            .map(|(question, response)| match response {
+                DbResponse::Error { .. } => self.ask_one(question),
+                response => answer_of(question, response),
+            })
+            .collect()
+    }
+
     fn login(
         &self,
         username: &str,
@@ -545,16 +703,15 @@ impl Accounts for RemoteStore {
         failures: &Thresholds,
         unknown: Unknown,
     ) -> Result<Login, StoreError> {
-        let request = DbRequest::Login {
+        let question = Question::Login {
             username: username.to_string(),
             origin,
             failures: *failures,
             unknown,
         };
-        match self.call(&request, false)? {
-            DbResponse::Locked { wait_ms } => Ok(Login::Locked(locked(wait_ms))),
-            DbResponse::Open { account, settled } => Ok(Login::Open { account, settled }),
-            other => Err(unexpected(other)),
+        match self.ask_one(&question)? {
+            Answer::Login(login) => Ok(login),
+            other => Err(mismatch(other)),
         }
     }
 
@@ -593,36 +750,25 @@ impl Accounts for RemoteStore {
         origin: Option<Origin>,
         limit: &RegisterLimit,
     ) -> Result<Registering, StoreError> {
-        let request = DbRequest::Register {
+        let question = Question::Register {
             username: username.to_string(),
             origin,
             limit: *limit,
         };
-        match self.call(&request, false)? {
-            DbResponse::Locked { wait_ms } => Ok(Registering::Locked(locked(wait_ms))),
-            DbResponse::Exists => Ok(Registering::Taken),
-            DbResponse::NotFound => Ok(Registering::Free),
-            other => Err(unexpected(other)),
+        match self.ask_one(&question)? {
+            Answer::Register(registering) => Ok(registering),
+            other => Err(mismatch(other)),
         }
     }
 
     fn session(&self, account_id: u64, sid: &str) -> Result<Option<SessionState>, StoreError> {
-        let request = DbRequest::Session {
+        let question = Question::Session {
             account_id,
             sid: sid.to_string(),
         };
-        match self.call(&request, false)? {
-            DbResponse::Session {
-                username,
-                sessions_after,
-                revoked,
-            } => Ok(Some(SessionState {
-                username,
-                sessions_after,
-                revoked,
-            })),
-            DbResponse::NotFound => Ok(None),
-            other => Err(unexpected(other)),
+        match self.ask_one(&question)? {
+            Answer::Session(state) => Ok(state),
+            other => Err(mismatch(other)),
         }
     }
 

@@ -438,7 +438,13 @@ fn serve(stream: TcpStream, id: u64, store: &dyn Store, shared: &Shared) -> io::
     reader
         .get_ref()
         .set_read_timeout(Some(shared.idle_timeout))?;
+    let mut writer = io::BufWriter::new(writer);
     loop {
+        // The replies to lines that came together go out together: one write once no whole
+        // line is left to read without waiting.
+        if !reader.buffer().contains(&b'\n') {
+            writer.flush()?;
+        }
         let request = match read_request(&mut reader, &mut line)? {
             None => return Ok(()),
             Some(request) => request,

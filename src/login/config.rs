@@ -133,8 +133,8 @@ pub struct LoginServerConfig {
     /// What to do instead of serving.
     #[command(subcommand)]
     pub command: Option<Command>,
-    /// Worker threads: the cheap part of each request, including the account-db lookup.
-    /// Defaults to 4 × CPU cores.
+    /// Worker threads: the cheap part of each request, including the account-db lookup, asked
+    /// for up to 32 connections' requests at once. Defaults to the number of CPU cores.
     #[arg(long, value_name = "N", env = "LOGIN_SERVER_WORKERS", value_parser = at_least_one)]
     pub workers: Option<usize>,
     /// Whole messages waiting for a worker (and, apart, for a hash thread) before new ones are
@@ -150,7 +150,7 @@ pub struct LoginServerConfig {
     )]
     pub max_connections: usize,
     /// Pooled account-db connections; 0 opens one per request, as the seed did. Defaults to
-    /// the worker count.
+    /// workers + hash threads: one for each thread that asks account-db.
     #[arg(long, value_name = "N", env = "LOGIN_SERVER_DB_POOL")]
     pub db_pool: Option<u32>,
     /// Seconds each account-db request, and getting a pooled connection, may take. Defaults
@@ -226,7 +226,7 @@ impl Default for LoginServerConfig {
 impl LoginServerConfig {
     /// Worker threads, the default resolved.
     pub fn workers(&self) -> usize {
-        self.workers.unwrap_or_else(|| 4 * cores())
+        self.workers.unwrap_or_else(cores)
     }
 
     /// Hash threads, the default resolved.
@@ -236,8 +236,9 @@ impl LoginServerConfig {
 
     /// Pooled account-db connections, the default resolved.
     pub fn db_pool(&self) -> u32 {
+        let users = self.workers() + self.hash_threads();
         self.db_pool
-            .unwrap_or_else(|| u32::try_from(self.workers()).unwrap_or(u32::MAX))
+            .unwrap_or_else(|| u32::try_from(users).unwrap_or(u32::MAX))
     }
 
     /// The secret of the account-db at `--db`: [`Self::db_secret`], else the environment

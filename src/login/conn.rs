@@ -14,6 +14,8 @@ use crate::metrics::Metrics;
 use crate::protocol::gateway::{self, BadRequest, Form, Id, Op, Reply, Request, Scan, Scanner};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How long a refused connection is drained before it is closed regardless.
@@ -97,6 +99,9 @@ pub struct Conn {
     /// Bytes of messages taken since it was last handed to a worker: a worker's turn on one
     /// connection is bounded by bytes as well as by messages.
     turn_bytes: usize,
+    /// Set by the I/O thread when the socket had an event while a worker held it (see
+    /// [`Returns::give_back`](super::returns::Returns::give_back)).
+    wanted: Arc<AtomicBool>,
 }
 
 impl Conn {
@@ -123,7 +128,19 @@ impl Conn {
             last_activity: now,
             ready_at: now,
             turn_bytes: 0,
+            wanted: Arc::default(),
         }
+    }
+
+    /// The flag the I/O thread sets when the socket has an event while a worker holds it.
+    pub fn wanted(&self) -> Arc<AtomicBool> {
+        self.wanted.clone()
+    }
+
+    /// Whether, back with the I/O thread, it needs nothing until its socket has an event: it
+    /// is open, every byte read is answered, and every reply written.
+    pub fn quiet(&self) -> bool {
+        self.phase == Phase::Open && self.consumed == self.input.len() && self.output.is_empty()
     }
 
     /// Its slot in the I/O thread.

@@ -1,13 +1,15 @@
 //! The I/O thread: accepts gateway connections and watches every one that is not with a
 //! worker, with `mio`. It reads without blocking, frames, enforces the message and idle
 //! deadlines, and puts a connection on the bounded job channel only once it holds a whole
-//! message, so an idle, silent or trickling client costs no worker. When the channel is full
-//! the request is answered "unavailable" (7) at once: load is shed, never queued without bound.
+//! message, so an idle, silent or trickling client costs no worker. The connections one poll
+//! finds ready go to the workers together, a batch per send, so one wake-up of one worker
+//! serves them all. Beyond `--queue` connections waiting, the request is answered
+//! "unavailable" (7) at once: load is shed, never queued without bound.
 
 use super::conn::{Conn, Deadlines, Incoming, Next};
 use super::health::Health;
 use super::returns::{Back, Returns};
-use super::workers::Job;
+use super::workers::{Job, MAX_CONNS};
 use crate::cidr::Cidr;
 use crate::metrics::Metrics;
 use crate::protocol::gateway::Reply;
@@ -17,7 +19,7 @@ use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 use std::net::TcpListener;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -36,6 +38,8 @@ pub struct Limits {
     pub allow_from: Vec<Cidr>,
     pub max_connections: usize,
     pub max_message: usize,
+    /// Connections waiting for a worker at most (`--queue`).
+    pub queue: usize,
     pub deadlines: Deadlines,
     pub shutdown_timeout: Duration,
 }
@@ -43,8 +47,9 @@ pub struct Limits {
 enum Slot {
     /// Watched by the I/O thread.
     Here(Box<Conn>),
-    /// With a worker or a hash thread; it comes back through [`Returns`].
-    Away,
+    /// With a worker or a hash thread; it comes back through [`Returns`]. The flag is its
+    /// [`Conn::wanted`]: set when its socket has an event meanwhile.
+    Away(Arc<AtomicBool>),
 }
 
 /// The I/O thread's state. [`IoLoop::run`] consumes it.
@@ -52,6 +57,8 @@ pub struct IoLoop {
     pub poll: Poll,
     pub listener: TcpListener,
     pub jobs: Sender<Job>,
+    /// Connections sent to the workers and not yet taken by one.
+    pub queued: Arc<AtomicUsize>,
     pub back: Receiver<Back>,
     pub returns: Arc<Returns>,
     pub stopping: Arc<AtomicBool>,
@@ -62,6 +69,8 @@ pub struct IoLoop {
 
 struct State {
     slots: Slab<Slot>,
+    /// Found holding a whole message in this poll: they go to the workers at its end.
+    ready: Vec<Box<Conn>>,
     scratch: Vec<u8>,
     listening: bool,
 }
@@ -72,6 +81,7 @@ impl IoLoop {
     pub fn run(mut self) {
         let mut state = State {
             slots: Slab::new(),
+            ready: Vec::new(),
             scratch: vec![0; READ_CHUNK],
             listening: true,
         };
@@ -113,6 +123,7 @@ impl IoLoop {
                 match back {
                     Back::Conn(conn) => {
                         let token = conn.token();
+                        conn.wanted().store(false, Ordering::SeqCst);
                         state.slots[token] = Slot::Here(conn);
                         self.drive(&mut state, token);
                     }
@@ -121,6 +132,7 @@ impl IoLoop {
                     }
                 }
             }
+            self.dispatch(&mut state);
             let now = Instant::now();
             if self.stopping.load(Ordering::SeqCst) && state.listening {
                 state.listening = false;
@@ -192,8 +204,14 @@ impl IoLoop {
 
     /// Move a connection on after an event: write, read, and dispatch or close it.
     fn drive(&self, state: &mut State, token: usize) {
-        let Some(Slot::Here(conn)) = state.slots.get_mut(token) else {
-            return; // away with a worker, or already closed: it is looked at when it is back
+        let conn = match state.slots.get_mut(token) {
+            Some(Slot::Here(conn)) => conn,
+            Some(Slot::Away(wanted)) => {
+                // Looked at when it is back; its worker wakes us if it is back too late.
+                wanted.store(true, Ordering::SeqCst);
+                return;
+            }
+            None => return, // already closed
         };
         match conn.on_event(&mut state.scratch, self.limits.max_message) {
             Next::Keep => {}
@@ -202,23 +220,40 @@ impl IoLoop {
                 state.slots.remove(token);
             }
             Next::Dispatch => {
-                let Slot::Here(conn) = std::mem::replace(&mut state.slots[token], Slot::Away)
-                else {
-                    return;
-                };
-                match self.jobs.try_send(Job(conn)) {
-                    Ok(()) => {}
-                    Err(TrySendError::Full(Job(mut conn))) => {
-                        let next = shed(&mut conn);
-                        state.slots[token] = Slot::Here(conn);
-                        if next == Next::Close {
-                            close(state, token);
-                        }
-                    }
-                    Err(TrySendError::Disconnected(_)) => {
-                        state.slots.remove(token);
-                    }
+                let away = Slot::Away(conn.wanted());
+                if let Slot::Here(conn) = std::mem::replace(&mut state.slots[token], away) {
+                    state.ready.push(conn);
                 }
+            }
+        }
+    }
+
+    /// Hand the connections found ready to the workers, in batches of at most [`MAX_CONNS`];
+    /// those beyond `--queue` waiting are answered "unavailable" here.
+    fn dispatch(&self, state: &mut State) {
+        while !state.ready.is_empty() {
+            let waiting = self.queued.load(Ordering::Relaxed);
+            let room = self.limits.queue.saturating_sub(waiting);
+            let n = state.ready.len().min(MAX_CONNS).min(room);
+            if n == 0 {
+                break;
+            }
+            let batch: Vec<Box<Conn>> = state.ready.drain(..n).collect();
+            self.queued.fetch_add(n, Ordering::Relaxed);
+            if let Err(TrySendError::Full(Job(batch)) | TrySendError::Disconnected(Job(batch))) =
+                self.jobs.try_send(Job(batch))
+            {
+                self.queued.fetch_sub(n, Ordering::Relaxed);
+                state.ready.extend(batch);
+                break;
+            }
+        }
+        for mut conn in std::mem::take(&mut state.ready) {
+            let token = conn.token();
+            let next = shed(&mut conn);
+            state.slots[token] = Slot::Here(conn);
+            if next == Next::Close {
+                close(state, token);
             }
         }
     }

@@ -8,6 +8,11 @@
 //!                └──────── returns ◀──── hash threads (hashing: a cap on hashes at once)
 //! ```
 
+// A connection is boxed once, at accept, and the box travels between the threads (job batches,
+// hash jobs, returns) without the connection's buffers being copied: lists of them are lists
+// of boxes.
+#![allow(clippy::vec_box)]
+
 mod config;
 mod conn;
 mod hashing;
@@ -33,7 +38,7 @@ use health::Health;
 use io_loop::{IoLoop, Limits, WAKER};
 use returns::Returns;
 use std::net::{SocketAddr, TcpListener};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use workers::Worker;
@@ -247,6 +252,7 @@ impl LoginServer {
         let (back_tx, back_rx) = crossbeam_channel::unbounded();
         let returns = Arc::new(Returns::new(back_tx, waker));
         let (job_tx, job_rx) = crossbeam_channel::bounded(config.queue);
+        let queued = Arc::new(AtomicUsize::new(0));
         let (hash_tx, hash_rx) = crossbeam_channel::bounded(config.queue);
         let stopping = Arc::new(AtomicBool::new(false));
         let health = Health::new(config.workers() + config.hash_threads());
@@ -260,9 +266,9 @@ impl LoginServer {
             None => None,
             Some(addr) => {
                 let depth = |len: usize| i64::try_from(len).unwrap_or(i64::MAX);
-                let (jobs, hash_jobs) = (job_rx.clone(), hash_rx.clone());
+                let (queued, hash_jobs) = (queued.clone(), hash_rx.clone());
                 let registry = metrics.registry(Gauges {
-                    queue_depth: LiveGauge::new(move || depth(jobs.len())),
+                    queue_depth: LiveGauge::new(move || depth(queued.load(Ordering::Relaxed))),
                     hash_queue_depth: LiveGauge::new(move || depth(hash_jobs.len())),
                     pool: pool_gauges(&db_state),
                     instances: instance_families(&db_state),
@@ -284,6 +290,7 @@ impl LoginServer {
         for i in 0..config.workers() {
             let worker = Worker {
                 jobs: job_rx.clone(),
+                queued: queued.clone(),
                 hash_jobs: hash_tx.clone(),
                 permits: permits.clone(),
                 service: service.clone(),
@@ -311,6 +318,7 @@ impl LoginServer {
             poll,
             listener,
             jobs: job_tx,
+            queued,
             back: back_rx,
             returns: returns.clone(),
             stopping: stopping.clone(),
@@ -319,6 +327,7 @@ impl LoginServer {
                 allow_from: config.allow_from.clone(),
                 max_connections: config.max_connections,
                 max_message: config.max_message,
+                queue: config.queue,
                 deadlines: Deadlines {
                     message: config.message_timeout,
                     idle: config.idle_timeout,

@@ -1,5 +1,6 @@
 //! The way connections come back to the I/O thread from workers and hash threads: a channel,
-//! and a wake-up that is sent only when the I/O thread may be asleep, not once per connection.
+//! and a wake-up that is sent only when the I/O thread may be asleep and the connection needs
+//! it before its socket's next event, not once per connection.
 
 use super::conn::Conn;
 use crossbeam_channel::Sender;
@@ -55,12 +56,30 @@ impl Returns {
         }
     }
 
-    /// Write what can be written now and hand the connection back, or report it gone.
+    /// Write what can be written now and hand the connection back, or report it gone (its slot
+    /// is freed at the I/O thread's next wake-up).
+    ///
+    /// A quiet connection (see [`Conn::quiet`]) wakes nobody: the I/O thread looks at it when
+    /// its socket next has an event. An event that came while the worker held it has set its
+    /// `wanted` flag, which is read after the connection is in the channel; the I/O thread sets
+    /// the flag before it empties the channel. So either the flag is seen here and the I/O
+    /// thread woken, or the I/O thread finds the connection in the channel after the event.
     pub fn give_back(&self, mut conn: Box<Conn>) {
         let token = conn.token();
         match conn.flush() {
-            Ok(_) if !conn.done() => self.send(Back::Conn(conn)),
-            _ => self.send(Back::Gone(token)),
+            Ok(_) if !conn.done() => {
+                let urgent = !conn.quiet();
+                let wanted = conn.wanted();
+                if self.tx.send(Back::Conn(conn)).is_ok()
+                    && (urgent || wanted.load(Ordering::SeqCst))
+                    && self.asleep.swap(false, Ordering::SeqCst)
+                {
+                    self.wake();
+                }
+            }
+            _ => {
+                let _ = self.tx.send(Back::Gone(token));
+            }
         }
     }
 

@@ -1,29 +1,39 @@
-//! The workers: each takes a connection holding at least one whole message off the job channel
-//! and answers its messages in order, doing the cheap part of each ([`Service::begin`]). A
-//! request that needs argon2 is hashed here when a permit is free and nothing waits, else the
-//! connection travels on to a hash thread (see [`super::hashing`]).
+//! The workers. A worker takes every connection waiting on the job channel (each holds at
+//! least one whole message; at most [`MAX_CONNS`] at once) and answers their messages in
+//! order, in rounds: a round takes one request from each connection, asks account-db the
+//! questions of all of them at once ([`Service::ask_all`]: one round trip, one wake-up of the
+//! worker), then finishes each. Under load one wake serves many requests; when idle a round is
+//! the single request it always was. A request that needs argon2 is hashed here when a permit
+//! is free and nothing waits, else its connection travels on to a hash thread (see
+//! [`super::hashing`]). A connection with nothing more to answer goes back to the I/O thread at
+//! once.
 //!
 //! A panic in the service answers that request "unavailable" (7); a panic anywhere else loses
-//! only that connection. Either way the thread lives on, so the pool never shrinks.
+//! the connections the worker holds. Either way the thread lives on, so the pool never shrinks.
 
 use super::conn::{Conn, Incoming};
 use super::hashing::{HashJob, Permits};
 use super::returns::{Back, Returns};
+use crate::logging;
 use crate::metrics::Metrics;
-use crate::protocol::gateway::{Op, Reply};
-use crate::service::{Service, Step};
+use crate::protocol::gateway::{Form, Id, Op, Reply};
+use crate::service::{Asking, Begun, Service, Step};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-/// Most messages one worker answers on one connection before giving others a turn.
-const BATCH: usize = 64;
+/// Most connections one worker takes at once (and the I/O thread sends in one batch): the
+/// most questions in one round trip.
+pub const MAX_CONNS: usize = 32;
+/// Most rounds, so most requests of one connection, before giving others a turn.
+const ROUNDS: usize = 64;
 /// Most bytes of messages one worker takes from one connection in a turn: a client of big
 /// messages gets a turn as long as a client of small ones, not 64 times its share.
 const TURN_BYTES: usize = 64 * 1024;
 
-/// A connection for a worker: it holds a whole message.
-pub struct Job(pub Box<Conn>);
+/// Connections for a worker, each holding a whole message.
+pub struct Job(pub Vec<Box<Conn>>);
 
 /// Run the service's part of a request; if it panics, log it and answer "unavailable".
 pub fn guarded<T>(op: Op, f: impl FnOnce() -> T, on_panic: impl FnOnce(Reply) -> T) -> T {
@@ -39,6 +49,8 @@ pub fn guarded<T>(op: Op, f: impl FnOnce() -> T, on_panic: impl FnOnce(Reply) ->
 /// What a worker thread holds.
 pub struct Worker {
     pub jobs: Receiver<Job>,
+    /// Connections sent to the workers and not yet taken by one.
+    pub queued: Arc<AtomicUsize>,
     pub hash_jobs: Sender<HashJob>,
     pub permits: Arc<Permits>,
     pub service: Arc<Service>,
@@ -49,37 +61,137 @@ pub struct Worker {
     pub max_message: usize,
 }
 
+/// A request of this round, waiting for the store's answer.
+struct Waiting {
+    form: Form,
+    op: Op,
+    id: Option<Id>,
+    asking: Asking,
+}
+
+/// What a connection has for this round.
+enum Turn {
+    /// A request waiting for the store.
+    Asking(Waiting),
+    /// A request to hash, with no permit free here: the connection goes to a hash thread.
+    Hash(Form, Option<Id>, crate::service::HashTask),
+    /// Nothing more now: the connection goes back to the I/O thread.
+    Over,
+}
+
 impl Worker {
     /// The worker loop: until the job channel closes.
     pub fn run(mut self) {
-        // Held apart from `self`, which `answer` borrows mutably.
-        let returns = self.returns.clone();
-        while let Ok(Job(conn)) = self.jobs.recv() {
+        let mut conns: Vec<Box<Conn>> = Vec::with_capacity(MAX_CONNS);
+        while let Ok(Job(batch)) = self.jobs.recv() {
+            self.queued.fetch_sub(batch.len(), Ordering::Relaxed);
+            conns.extend(batch);
+            while conns.len() < MAX_CONNS {
+                let Ok(Job(batch)) = self.jobs.try_recv() else {
+                    break;
+                };
+                self.queued.fetch_sub(batch.len(), Ordering::Relaxed);
+                conns.extend(batch);
+            }
             self.metrics.busy_workers.inc();
-            returns.contained(conn.token(), || self.answer(conn));
+            // The batch's log lines go to the log writer together.
+            let served =
+                logging::held(|| catch_unwind(AssertUnwindSafe(|| self.serve(&mut conns))));
+            if served.is_err() {
+                tracing::error!(
+                    lost = conns.len(),
+                    "panic while handling connections; closed them"
+                );
+                for conn in conns.drain(..) {
+                    self.returns.send(Back::Gone(conn.token()));
+                }
+            }
             self.metrics.busy_workers.dec();
         }
     }
 
-    /// Answer the connection's whole messages in order, until one needs a hash thread.
-    fn answer(&mut self, mut conn: Box<Conn>) {
-        let service = &*self.service;
-        for _ in 0..BATCH {
-            // A peer that does not read its replies gets no more until it does.
-            if !conn.is_open() || (conn.output_full() && !matches!(conn.flush(), Ok(true))) {
+    /// Answer the connections' messages in rounds, until each has gone back to the I/O thread
+    /// or on to a hash thread. `conns` holds exactly those not yet gone.
+    fn serve(&mut self, conns: &mut Vec<Box<Conn>>) {
+        let service = self.service.clone();
+        let mut waiting: Vec<(usize, Waiting)> = Vec::with_capacity(MAX_CONNS);
+        for _ in 0..ROUNDS {
+            let mut i = 0;
+            while i < conns.len() {
+                match self.next_turn(&mut conns[i]) {
+                    Turn::Asking(w) => {
+                        waiting.push((i, w));
+                        i += 1;
+                    }
+                    Turn::Hash(form, id, task) => {
+                        let conn = conns.swap_remove(i);
+                        conns.extend(self.hand_on(HashJob {
+                            conn,
+                            form,
+                            id,
+                            task,
+                        }));
+                    }
+                    Turn::Over => self.returns.give_back(conns.swap_remove(i)),
+                }
+            }
+            if waiting.is_empty() {
                 break;
             }
+            let questions: Vec<_> = waiting.iter().map(|(_, w)| &w.asking.question).collect();
+            let asked = catch_unwind(AssertUnwindSafe(|| service.ask_all(&questions)));
+            // After a panic, each question is asked again alone: only the request whose
+            // question panics is answered "unavailable".
+            let mut answers = asked.ok().map(Vec::into_iter);
+            let mut leaving = Vec::new();
+            for (i, w) in waiting.drain(..) {
+                let resume = || {
+                    let answer = match answers.as_mut().and_then(Iterator::next) {
+                        Some(answer) => answer,
+                        None => service.ask(&w.asking.question),
+                    };
+                    service.resume(w.asking, answer)
+                };
+                let step = guarded(w.op, resume, Step::Done);
+                if let Some(task) = self.step(&mut conns[i], w.form, w.op, w.id.as_ref(), step) {
+                    leaving.push((i, w.form, w.id, task));
+                }
+            }
+            // Highest first, so that each removal leaves the lower indices in place.
+            for (i, form, id, task) in leaving.into_iter().rev() {
+                let conn = conns.swap_remove(i);
+                conns.extend(self.hand_on(HashJob {
+                    conn,
+                    form,
+                    id,
+                    task,
+                }));
+            }
+        }
+        for conn in conns.drain(..) {
+            self.returns.give_back(conn);
+        }
+    }
+
+    /// Answer the connection's messages that need no store, up to the next that does.
+    fn next_turn(&mut self, conn: &mut Conn) -> Turn {
+        let service = self.service.clone();
+        loop {
+            // A peer that does not read its replies gets no more until it does.
+            if !conn.is_open() || (conn.output_full() && !matches!(conn.flush(), Ok(true))) {
+                return Turn::Over;
+            }
             if conn.turn_bytes() >= TURN_BYTES {
-                break;
+                return Turn::Over;
             }
             let Some(incoming) = conn.next_message_reading(&mut self.scratch, self.max_message)
             else {
-                break;
+                return Turn::Over;
             };
             let (form, request, id) = match incoming {
                 Incoming::Broken(error) => {
                     conn.refuse(error);
-                    break;
+                    return Turn::Over;
                 }
                 Incoming::Bad { form, bad } => {
                     conn.answer_bad(form, bad);
@@ -88,39 +200,64 @@ impl Worker {
                 Incoming::Request { form, request, id } => (form, request, id),
             };
             let op = request.op;
-            let task = match guarded(op, || service.begin(request), Step::Done) {
-                Step::Done(reply) => {
-                    conn.answer(form, Some(op), &reply, id.as_ref());
-                    continue;
+            let on_panic = |reply| Begun::Step(Step::Done(reply));
+            let step = match guarded(op, || service.begin(request), on_panic) {
+                Begun::Asking(asking) => {
+                    return Turn::Asking(Waiting {
+                        form,
+                        op,
+                        id,
+                        asking,
+                    })
                 }
-                Step::Hash(task) => task,
+                Begun::Step(step) => step,
             };
-            if let Some(mut permit) = self.permits.try_permit() {
-                let reply = permit.finish(service, task);
-                conn.answer(form, Some(op), &reply, id.as_ref());
-                continue;
-            }
-            // Replies so far go out now; the connection travels on to a hash thread.
-            if let Err(e) = conn.flush() {
-                tracing::debug!(peer = %conn.peer(), error = %e, "write failed");
-                self.returns.send(Back::Gone(conn.token()));
-                return;
-            }
-            let job = HashJob {
-                conn,
-                form,
-                id,
-                task,
-            };
-            match self.hash_jobs.try_send(job) {
-                Ok(()) => return,
-                Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => {
-                    conn = job.conn;
-                    let busy = Reply::unavailable("server busy, retry later");
-                    conn.answer(job.form, Some(op), &busy, job.id.as_ref());
-                }
+            if let Some(task) = self.step(conn, form, op, id.as_ref(), step) {
+                return Turn::Hash(form, id, task);
             }
         }
-        self.returns.give_back(conn);
+    }
+
+    /// Answer `step`, hashing here if a permit is free; the task if none is.
+    fn step(
+        &self,
+        conn: &mut Conn,
+        form: Form,
+        op: Op,
+        id: Option<&Id>,
+        step: Step,
+    ) -> Option<crate::service::HashTask> {
+        let reply = match step {
+            Step::Done(reply) => reply,
+            Step::Hash(task) => match self.permits.try_permit() {
+                Some(mut permit) => permit.finish(&self.service, task),
+                None => return Some(task),
+            },
+        };
+        conn.answer(form, Some(op), &reply, id);
+        None
+    }
+
+    /// Send the connection with its task to a hash thread, its replies so far written first.
+    /// If the hash queue is full the request is answered "busy" and the connection is given
+    /// back to the caller, to go on with its next message.
+    fn hand_on(&self, job: HashJob) -> Option<Box<Conn>> {
+        let mut conn = job.conn;
+        if let Err(e) = conn.flush() {
+            tracing::debug!(peer = %conn.peer(), error = %e, "write failed");
+            self.returns.send(Back::Gone(conn.token()));
+            return None;
+        }
+        let op = job.task.op();
+        let job = HashJob { conn, ..job };
+        match self.hash_jobs.try_send(job) {
+            Ok(()) => None,
+            Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => {
+                let mut conn = job.conn;
+                let busy = Reply::unavailable("server busy, retry later");
+                conn.answer(job.form, Some(op), &busy, job.id.as_ref());
+                Some(conn)
+            }
+        }
     }
 }

@@ -1,0 +1,150 @@
+#!/usr/bin/env python3
+"""The cheap path against the two-tier floor (BENCHMARKS.md, "The hot path"), in one run:
+login-server and a separate account-db at --hash-params 8,1,1, 32 connections, gateway-sim's
+default mix, on SQLite pooled (seed and stream form), with --db-pool 0 (stream form) and on
+PostgreSQL (stream form); beside them the two-tier floor (examples/two_tier_floor.rs: an event
+loop relaying every message over pipelined connections to a line responder). Context
+switches per request are counted from /proc over both server processes.
+
+    cargo build --release --workspace --bins --example two_tier_floor
+    python3 benches/hot_path.py [--duration SECS] [--postgres URL] [--before DIR] > target/hot-path.md
+
+--before DIR names another build's target/release (an older commit built in a worktree, say):
+its login-server and account-db run each load right before this build's, for a before/after
+table. Everything runs on loopback; every load is bounded by --duration and stops by itself.
+"""
+
+import argparse
+import contextlib
+import glob
+import shutil
+import tempfile
+
+from stress_matrix import BIN, log, need, start, stop, token_key_flags
+from store_matrix import scratch_database, stress
+
+CHEAP = "8,1,1"
+CONNECTIONS = "32"
+
+
+def switches(pids):
+    """Voluntary context switches so far (a thread blocking: waiting for work or an answer),
+    over every thread of `pids`."""
+    total = 0
+    for pid in pids:
+        for status in glob.glob(f"/proc/{pid}/task/*/status"):
+            try:
+                with open(status) as f:
+                    for line in f:
+                        if line.startswith("voluntary_ctxt_switches"):
+                            total += int(line.split()[1])
+            except FileNotFoundError:
+                pass  # a thread that ended meanwhile
+    return total
+
+
+def run(addr, pids, duration, *args):
+    """One load; its report with `switches_per_request` added."""
+    before = switches(pids)
+    report = stress(addr, duration, "--connections", CONNECTIONS, *args)
+    report["switches_per_request"] = (switches(pids) - before) / max(report["requests"], 1)
+    return report
+
+
+def floor(duration):
+    responder, backend = start([f"{BIN}/examples/two_tier_floor", "respond", "127.0.0.1:0"])
+    relay, addr = start([f"{BIN}/examples/two_tier_floor", "relay", "127.0.0.1:0", backend])
+    pids = [responder.pid, relay.pid]
+    rows = {form: run(addr, pids, duration, "--form", form, "--mix", "login=1", "--users", "0")
+            for form in ["seed", "stream"]}
+    stop(relay)
+    stop(responder)
+    return rows
+
+
+def servers(bin_dir, postgres, duration, loads):
+    """Each of `loads` (label, login-server flags, gateway-sim flags) against a fresh pair, on
+    SQLite, or on a fresh database of the PostgreSQL server `postgres` (a URL) if given."""
+    rows = {}
+    for label, server_flags, load_flags in loads:
+        with contextlib.ExitStack() as stack:
+            store_flags = []
+            if postgres:
+                store_flags = ["--store", stack.enter_context(scratch_database(postgres, "hot"))]
+            rows[label] = pair(bin_dir, store_flags, server_flags, duration, load_flags)
+        log(bin_dir, label, round(rows[label]["throughput"]))
+    return rows
+
+
+def pair(bin_dir, store_flags, server_flags, duration, load_flags):
+    """One load against a fresh login-server and account-db."""
+    data = tempfile.mkdtemp(prefix="hot-path-")
+    db, db_addr = start([f"{bin_dir}/account-db", "--listen", "127.0.0.1:0", "--data", data,
+                         *store_flags])
+    server, addr = start([f"{bin_dir}/login-server", "--listen", "127.0.0.1:0",
+                          "--db", db_addr, "--db-secret-file", f"{data}/account-db.secret",
+                          *token_key_flags(bin_dir, data), "--hash-params", CHEAP,
+                          *server_flags])
+    report = run(addr, [db.pid, server.pid], duration, *load_flags)
+    stop(server)
+    stop(db)
+    shutil.rmtree(data, ignore_errors=True)
+    return report
+
+
+def measure(bin_dir, postgres, duration):
+    sqlite = servers(bin_dir, None, duration, [
+        ("SQLite, seed form", [], ["--form", "seed"]),
+        ("SQLite, stream form", [], ["--form", "stream"]),
+        ("SQLite, stream form, --db-pool 0", ["--db-pool", "0"], ["--form", "stream"]),
+    ])
+    postgres = servers(bin_dir, postgres, duration, [
+        ("PostgreSQL, seed form", [], ["--form", "seed"]),
+        ("PostgreSQL, stream form", [], ["--form", "stream"]),
+    ])
+    return {**sqlite, **postgres}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per load")
+    parser.add_argument("--postgres", default="postgres://postgres@127.0.0.1:5432/test")
+    parser.add_argument("--before", help="target/release of another build to compare")
+    args = parser.parse_args()
+    for name in ["login-server", "account-db", "gateway-sim", "examples/two_tier_floor"]:
+        need(f"{BIN}/{name}")
+    builds = [("after", BIN)]
+    if args.before:
+        for name in ["login-server", "account-db"]:
+            need(f"{args.before}/{name}")
+        builds.insert(0, ("before", args.before))
+    log("two-tier floor")
+    floors = floor(args.duration)
+    results = {}
+    for build, bin_dir in builds:
+        results[build] = measure(bin_dir, args.postgres, args.duration)
+    print("| run (32 connections, hash 8,1,1) | build | req/s | p99 ms | % of two-tier floor | "
+          "switches per request |")
+    print("|---|---|---|---|---|---|")
+    for form, r in floors.items():
+        print(f"| two-tier floor, {form} form | | {r['throughput']:.0f} | "
+              f"{r['latency_ms']['p99']:.2f} | 100% | {r['switches_per_request']:.2f} |")
+    for label in results["after"]:
+        form = "seed" if "seed" in label else "stream"
+        for build, _ in builds:
+            r = results[build][label]
+            share = r["throughput"] / floors[form]["throughput"]
+            print(f"| {label} | {build} | {r['throughput']:.0f} | {r['latency_ms']['p99']:.2f} | "
+                  f"{share:.0%} | {r['switches_per_request']:.2f} |")
+    after = results["after"]
+    pooled = after["SQLite, stream form"]["throughput"]
+    print(f"\n- pooled / --db-pool 0, stream form: "
+          f"{pooled / after['SQLite, stream form, --db-pool 0']['throughput']:.1f}x")
+    for form in ["seed", "stream"]:
+        pg = after[f"PostgreSQL, {form} form"]["throughput"]
+        print(f"- PostgreSQL / SQLite, {form} form: "
+              f"{pg / after[f'SQLite, {form} form']['throughput']:.0%}")
+
+
+if __name__ == "__main__":
+    main()
