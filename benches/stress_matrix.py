@@ -2,7 +2,8 @@
 """The stress runs behind BENCHMARKS.md, in one go, so every figure is read against the
 floor measured in the same run.
 
-    cargo build --release --workspace --bins --example floor   # and python3 for benches/seed_replica.py
+    cargo build --release --workspace --bins --example floor --example two_tier_floor
+    # and python3 for benches/seed_replica.py
     cargo bench --bench hash          # for the verification time (the hashing limit)
     python3 benches/stress_matrix.py [--duration SECS] > target/stress-matrix.md
 
@@ -28,7 +29,8 @@ FORMS = ["seed", "stream"]
 def need(path):
     """Exit with the build command when a binary the run needs is missing."""
     if not os.access(path, os.X_OK):
-        sys.exit(f"{path} is missing: run `cargo build --release --workspace --bins` first")
+        sys.exit(f"{path} is missing: run `cargo build --release --workspace --bins "
+                 f"--example floor --example two_tier_floor` first")
 
 
 def token_key_flags(bin_dir, data):
@@ -108,7 +110,8 @@ def main():
     ap.add_argument("--duration", type=float, default=3)
     ap.add_argument("--flood-only", action="store_true", help="only the default-parameter flood")
     args = ap.parse_args()
-    for name in ["login-server", "account-db", "gateway-sim"]:
+    for name in ["login-server", "account-db", "gateway-sim", "examples/floor",
+                 "examples/two_tier_floor"]:
         need(f"{BIN}/{name}")
     if not os.path.exists("target/criterion/argon2id default 19456,2,1/verify/new/estimates.json"):
         sys.exit("the hashing limit needs one verification's time: run "
@@ -122,19 +125,34 @@ def main():
     flood(args.duration, cores)
 
 
+def floor_table(label, addr, dur):
+    """Every form and connection count against a floor at `addr`: its table, and req/s by
+    (form, connections)."""
+    rates = {}
+    for form in FORMS:
+        for c in CONNECTIONS:
+            r = stress(addr, "--form", form, "--connections", str(c), "--duration", dur,
+                       "--mix", "login=1", "--users", "0")
+            rates[(form, c)] = r["throughput"]
+            print(row(f"{label} {form} c={c}", r))
+            log(label, form, c, round(r["throughput"]))
+    return rates
+
+
 def matrix(dur, duration):
     # The floor: a trivial responder.
     floor_proc, floor_addr = start([f"{BIN}/examples/floor", "127.0.0.1:0"])
-    floor = {}
     print("### Floor (trivial responder)\n\n" + HEADER)
-    for form in FORMS:
-        for c in CONNECTIONS:
-            r = stress(floor_addr, "--form", form, "--connections", str(c), "--duration", dur,
-                       "--mix", "login=1", "--users", "0")
-            floor[(form, c)] = r["throughput"]
-            print(row(f"floor {form} c={c}", r))
-            log("floor", form, c, round(r["throughput"]))
+    floor = floor_table("floor", floor_addr, dur)
     stop(floor_proc)
+
+    # The two-tier floor: an event loop relaying each message to a line responder.
+    responder, backend = start([f"{BIN}/examples/two_tier_floor", "respond", "127.0.0.1:0"])
+    relay, relay_addr = start([f"{BIN}/examples/two_tier_floor", "relay", "127.0.0.1:0", backend])
+    print("\n### Two-tier floor (relay + line responder)\n\n" + HEADER)
+    floor2 = floor_table("two-tier floor", relay_addr, dur)
+    stop(relay)
+    stop(responder)
 
     # The seed's design (a faithful replica in Python), seed form only, as its gateway speaks.
     seed_proc, seed_addr = start([sys.executable, "benches/seed_replica.py", "127.0.0.1:0"])
@@ -166,15 +184,16 @@ def matrix(dur, duration):
                     r = stress(addr, "--form", form, "--connections", str(c), "--duration", run_dur)
                     label = f"{'pooled' if pool == 'pooled' else 'db-pool 0'} {form} c={c}"
                     print(row(label, r))
-                    ratios.append((label, r["throughput"], floor[(form, c)], c))
+                    ratios.append((label, r["throughput"], floor[(form, c)], floor2[(form, c)], c))
                     log(params, label, round(r["throughput"]))
             stop(proc)
             shutil.rmtree(data, ignore_errors=True)
-        if params == CHEAP:
-            print("\n| run | req/s | of floor | x seed replica |\n|---|---|---|---|")
-            for label, rps, fl, c in ratios:
-                vs_seed = f"{rps / seed[c]:.1f}x" if "seed" in label else ""
-                print(f"| {label} | {rps:.0f} | {100 * rps / fl:.0f}% | {vs_seed} |")
+        print("\n| run | req/s | of floor | of two-tier floor | x seed replica |\n"
+              "|---|---|---|---|---|")
+        for label, rps, fl, fl2, c in ratios:
+            vs_seed = f"{rps / seed[c]:.1f}x" if "seed" in label else ""
+            print(f"| {label} | {rps:.0f} | {100 * rps / fl:.0f}% | {100 * rps / fl2:.0f}% | "
+                  f"{vs_seed} |")
 
 
 

@@ -661,8 +661,9 @@ fn locked(wait_ms: u64) -> Duration {
 
 impl Accounts for RemoteStore {
     /// Pipelined on one pooled connection of the next instance up: one round trip for all.
-    /// Whatever that cannot answer (no pool, a dead connection, a store error) is asked again
-    /// one by one, with the usual retries and failover; after a timeout nothing is, so a slow
+    /// Whatever that cannot answer (no pool, a dead connection, a store error, an instance that
+    /// failed while others may answer) is asked again one by one, with the usual retries and
+    /// failover; with one account-db that did not answer in time nothing is, so a slow
     /// account-db costs the batch one deadline, not one per question.
     fn ask_all(&self, questions: &[&Question]) -> Vec<Result<Answer, StoreError>> {
         let requests: Vec<DbRequest> = questions.iter().map(|q| request_of(q)).collect();
@@ -677,12 +678,16 @@ impl Accounts for RemoteStore {
                 instance.up.store(true, Ordering::Relaxed);
                 responses
             }
-            Some((instance, Err(e))) if !e.is_dead_connection() => {
+            Some((instance, Err(e))) if !e.is_dead_connection() && self.shared.list.len() == 1 => {
                 instance.failed(&e);
                 return questions
                     .iter()
                     .map(|_| Err(StoreError::Unreachable(e.again())))
                     .collect();
+            }
+            Some((instance, Err(e))) if !e.is_dead_connection() => {
+                instance.failed(&e);
+                return questions.iter().map(|q| self.ask_one(q)).collect();
             }
             _ => return questions.iter().map(|q| self.ask_one(q)).collect(),
         };

@@ -134,7 +134,7 @@ pub struct LoginServerConfig {
     #[command(subcommand)]
     pub command: Option<Command>,
     /// Worker threads: the cheap part of each request, including the account-db lookup, asked
-    /// for up to 32 connections' requests at once. Defaults to the number of CPU cores.
+    /// for up to 32 connections' requests at once. Defaults to 4 × CPU cores.
     #[arg(long, value_name = "N", env = "LOGIN_SERVER_WORKERS", value_parser = at_least_one)]
     pub workers: Option<usize>,
     /// Whole messages waiting for a worker (and, apart, for a hash thread) before new ones are
@@ -226,7 +226,7 @@ impl Default for LoginServerConfig {
 impl LoginServerConfig {
     /// Worker threads, the default resolved.
     pub fn workers(&self) -> usize {
-        self.workers.unwrap_or_else(cores)
+        self.workers.unwrap_or_else(|| 4 * cores())
     }
 
     /// Hash threads, the default resolved.

@@ -1,0 +1,128 @@
+//! Questions asked together (a worker's round: one pooled connection, one write) are answered
+//! as each would be alone, in order, also when the pooled connections died with a restart of
+//! account-db; and pipelined gateway requests from many connections keep their order.
+
+mod common;
+
+use common::DbProcess;
+use login_server::accountdb::accounts::{Accounts, Answer, Question};
+use login_server::accountdb::client::RemoteStore;
+use login_server::accountdb::store::Account;
+use login_server::metrics::Metrics;
+use login_server::throttle::{Login, Policy, Registering, Unknown};
+
+fn questions(alice: u64) -> Vec<Question> {
+    let policy = Policy::default();
+    let login = |name: &str| Question::Login {
+        username: name.to_string(),
+        origin: None,
+        failures: policy.failures(),
+        unknown: Unknown::Nothing,
+    };
+    let register = |name: &str| Question::Register {
+        username: name.to_string(),
+        origin: None,
+        limit: policy.registrations(),
+    };
+    vec![
+        login("ALICE"),
+        login("nobody"),
+        register("alice"),
+        register("someone-new"),
+        Question::Session {
+            account_id: alice,
+            sid: "some-session".into(),
+        },
+        Question::Session {
+            account_id: alice + 1000,
+            sid: "some-session".into(),
+        },
+        login("alice"),
+    ]
+}
+
+fn ask_together(store: &RemoteStore, questions: &[Question]) -> Vec<Answer> {
+    let asked: Vec<&Question> = questions.iter().collect();
+    let answers = store.ask_all(&asked);
+    assert_eq!(answers.len(), questions.len());
+    answers.into_iter().map(|a| a.expect("answered")).collect()
+}
+
+#[test]
+fn questions_asked_together_are_answered_as_alone_even_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = DbProcess::start(dir.path(), "127.0.0.1:0");
+    let store = RemoteStore::new(&db.client_config(), Metrics::default());
+    let created = store.create(&Account::new("Alice", "some-hash"), "create-alice");
+    assert!(created.is_ok());
+    let alice = store.find("alice").unwrap().unwrap().id;
+    let questions = questions(alice);
+
+    let alone: Vec<Answer> = questions.iter().map(|q| store.ask(q).unwrap()).collect();
+    let together = ask_together(&store, &questions);
+    assert_eq!(together, alone);
+    // What they are, so that "the same" is not "the same nonsense".
+    assert!(
+        matches!(&alone[0], Answer::Login(Login::Open { account: Some(a), .. }) if a.username == "Alice")
+    );
+    assert!(matches!(
+        &alone[1],
+        Answer::Login(Login::Open { account: None, .. })
+    ));
+    assert_eq!(alone[2], Answer::Register(Registering::Taken));
+    assert_eq!(alone[3], Answer::Register(Registering::Free));
+    assert!(matches!(&alone[4], Answer::Session(Some(s)) if s.username == "Alice"));
+    assert_eq!(alone[5], Answer::Session(None));
+
+    // account-db restarts on the same address: every pooled connection is dead. The batch
+    // is asked again, and answered the same.
+    let addr = db.addr;
+    db.kill();
+    let db = DbProcess::start(dir.path(), &addr.to_string());
+    assert_eq!(ask_together(&store, &questions), alone);
+    db.kill();
+}
+
+#[test]
+fn pipelined_requests_on_many_connections_are_answered_in_order() {
+    let tiers = common::start();
+    let addr = tiers.addr();
+    assert_eq!(common::code(addr, "register", "Ordered", "password1"), 4);
+    let clients: Vec<_> = (0..16)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let mut client = common::StreamClient::new(addr);
+                // Alternate answers that need the store with ones that do not, each tagged.
+                let mut batch = Vec::new();
+                for n in 0..20 {
+                    let line = match n % 3 {
+                        0 => format!(r#"{{"OP":"login","username":"Ordered","password":"password1","id":{n}}}"#),
+                        1 => format!(r#"{{"OP":"login","username":"nobody-{i}","password":"password1","id":{n}}}"#),
+                        _ => format!(r#"{{"OP":"bogus","id":{n}}}"#),
+                    };
+                    batch.extend_from_slice(line.as_bytes());
+                    batch.push(b'\n');
+                }
+                client.send(&batch);
+                (0..20)
+                    .map(|n| {
+                        let reply = client.recv();
+                        assert_eq!(reply["id"], n, "in order: {reply}");
+                        reply["code"].as_u64().unwrap()
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    for client in clients {
+        let codes = client.join().unwrap();
+        for (n, code) in codes.into_iter().enumerate() {
+            let expected = match n % 3 {
+                0 => 3,
+                1 => 1,
+                _ => 6,
+            };
+            assert_eq!(code, expected, "request {n}");
+        }
+    }
+}
