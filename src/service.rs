@@ -189,6 +189,13 @@ enum Task {
 }
 
 impl HashTask {
+    /// Whether finishing it takes only argon2 and the token (and at most a write of throttle
+    /// records): no durable store write, no old server. Only such a task is finished by a
+    /// worker itself, which would otherwise hold up the rest of its round.
+    pub fn is_quick(&self) -> bool {
+        matches!(self.0, Task::Verify(_) | Task::Pretend { .. })
+    }
+
     /// The operation this task finishes, for logs and metrics.
     pub fn op(&self) -> Op {
         match self.0 {

@@ -417,30 +417,94 @@ pub fn login(
     t: &Thresholds,
     unknown: Unknown,
 ) -> Result<Login, StoreError> {
-    let now = now_ms();
-    let mut keys = vec![account_key(username)];
-    keys.extend(origin.map(address_key));
-    let (account, records) = store.find_for_login(username, &keys)?;
-    let [by_name, by_address] = [records.first(), records.get(1)];
-    let by_name = by_name.filter(|r| !origin.is_some_and(|o| r.familiar.contains(&o)));
-    let locked = by_name
-        .and_then(|r| r.locked(now))
-        .max(by_address.and_then(|r| r.locked(now)));
-    if let Some(wait) = locked {
-        return Ok(Login::Locked(wait));
+    let lookup = Lookup {
+        username,
+        origin,
+        t,
+        unknown,
+    };
+    let keys = lookup.keys();
+    let found = store.find_for_login(username, &keys)?;
+    lookup.decide(store, found, now_ms())
+}
+
+/// [`login`] for many lookups, read in one go ([`Store::find_for_logins`]): the answers in
+/// order.
+pub fn login_all(store: &dyn Store, lookups: &[Lookup]) -> Vec<Result<Login, StoreError>> {
+    let keys: Vec<Vec<String>> = lookups.iter().map(Lookup::keys).collect();
+    let reads: Vec<(&str, &[String])> = lookups
+        .iter()
+        .zip(&keys)
+        .map(|(lookup, keys)| (lookup.username, keys.as_slice()))
+        .collect();
+    match store.find_for_logins(&reads) {
+        Ok(found) => {
+            let now = now_ms();
+            lookups
+                .iter()
+                .zip(found)
+                .map(|(lookup, found)| lookup.decide(store, found, now))
+                .collect()
+        }
+        // One by one, so that each gets its own answer (and its own error).
+        Err(_) => lookups
+            .iter()
+            .map(|l| login(store, l.username, l.origin, l.t, l.unknown))
+            .collect(),
     }
-    if account.is_none() {
-        let counted = match unknown {
-            Unknown::Nothing => None,
-            Unknown::Address => Some(failed(store, None, origin, t)?),
-            Unknown::AddressAndName => Some(failed(store, Some(username), origin, t)?),
-        };
-        if let Some(Some(wait)) = counted {
+}
+
+/// One login's lookup: [`login`]'s arguments.
+#[derive(Debug, Clone, Copy)]
+pub struct Lookup<'a> {
+    pub username: &'a str,
+    pub origin: Option<Origin>,
+    pub t: &'a Thresholds,
+    pub unknown: Unknown,
+}
+
+impl Lookup<'_> {
+    /// The records it reads: the account's, and the address's if there is one.
+    fn keys(&self) -> Vec<String> {
+        let mut keys = vec![account_key(self.username)];
+        keys.extend(self.origin.map(address_key));
+        keys
+    }
+
+    /// The answer, given what the store holds.
+    fn decide(
+        &self,
+        store: &dyn Store,
+        (account, records): (Option<Account>, Vec<Record>),
+        now: Millis,
+    ) -> Result<Login, StoreError> {
+        let Lookup {
+            username,
+            origin,
+            t,
+            unknown,
+        } = *self;
+        let [by_name, by_address] = [records.first(), records.get(1)];
+        let by_name = by_name.filter(|r| !origin.is_some_and(|o| r.familiar.contains(&o)));
+        let locked = by_name
+            .and_then(|r| r.locked(now))
+            .max(by_address.and_then(|r| r.locked(now)));
+        if let Some(wait) = locked {
             return Ok(Login::Locked(wait));
         }
+        if account.is_none() {
+            let counted = match unknown {
+                Unknown::Nothing => None,
+                Unknown::Address => Some(failed(store, None, origin, t)?),
+                Unknown::AddressAndName => Some(failed(store, Some(username), origin, t)?),
+            };
+            if let Some(Some(wait)) = counted {
+                return Ok(Login::Locked(wait));
+            }
+        }
+        let settled = records.first().is_some_and(|r| r.settled_for(origin, now));
+        Ok(Login::Open { account, settled })
     }
-    let settled = records.first().is_some_and(|r| r.settled_for(origin, now));
-    Ok(Login::Open { account, settled })
 }
 
 /// A login failed: count it against `username` (if given) and `origin`. Keys locked already

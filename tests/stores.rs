@@ -121,6 +121,23 @@ fn records_conformance(store: Arc<dyn Store>) {
         .unwrap();
     let (_, records) = store.find_for_login("ruth", &keys).unwrap();
     assert_eq!(records, vec![Record::default(), written.clone()]);
+    // Many logins read at once are read as each alone, in order, names repeated or unknown.
+    let logins: Vec<(&str, &[String])> = vec![
+        ("nobody", &keys[1..]),
+        ("RUTH", &keys),
+        ("ruth", &keys[..1]),
+        ("Ruth", &keys[1..]),
+        ("nobody", &keys[..0]),
+    ];
+    let together = store.find_for_logins(&logins).unwrap();
+    let alone: Vec<_> = logins
+        .iter()
+        .map(|(name, keys)| store.find_for_login(name, keys).unwrap())
+        .collect();
+    assert_eq!(together, alone);
+    assert_eq!(together[1].1, vec![Record::default(), written.clone()]);
+    assert!(together[0].0.is_none() && together[3].0.is_some());
+    assert!(store.find_for_logins(&[]).unwrap().is_empty());
     // A record that expires by now is dropped, at once or by the next prune.
     store
         .update_records(&keys[1..], now, &mut |records| records[0].expires = now)

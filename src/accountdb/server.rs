@@ -439,29 +439,99 @@ fn serve(stream: TcpStream, id: u64, store: &dyn Store, shared: &Shared) -> io::
         .get_ref()
         .set_read_timeout(Some(shared.idle_timeout))?;
     let mut writer = io::BufWriter::new(writer);
+    // A request read ahead while gathering a run of logins.
+    let mut next = None;
     loop {
         // The replies to lines that came together go out together: one write once no whole
         // line is left to read without waiting.
-        if !reader.buffer().contains(&b'\n') {
+        let ready = |reader: &BufReader<TcpStream>| reader.buffer().contains(&b'\n');
+        if next.is_none() && !ready(&reader) {
             writer.flush()?;
         }
-        let request = match read_request(&mut reader, &mut line)? {
-            None => return Ok(()),
+        let request = match next.take() {
             Some(request) => request,
+            None => match read_request(&mut reader, &mut line)? {
+                None => return Ok(()),
+                Some(request) => request,
+            },
         };
         shared.requests.inc(op_index(request.as_ref().ok()));
+        // Logins that came together are looked up in one read of the store (one statement
+        // on PostgreSQL). A line already buffered is whole and short: reading it cannot
+        // block, nor be overlong.
+        if let Ok(DbRequest::Login { .. }) = request {
+            let mut logins = vec![request];
+            while logins.len() < MAX_RUN && ready(&reader) {
+                match read_request(&mut reader, &mut line)? {
+                    Some(login @ Ok(DbRequest::Login { .. })) => {
+                        shared.requests.inc(op_index(login.as_ref().ok()));
+                        logins.push(login);
+                    }
+                    other => {
+                        next = other;
+                        break;
+                    }
+                }
+            }
+            for response in execute_logins(store, logins) {
+                write_response(&mut writer, &response, shared)?;
+            }
+            continue;
+        }
         let response = match request {
             Ok(request) => execute(store, request),
             Err(message) => DbResponse::Error { message },
         };
-        if matches!(response, DbResponse::Error { .. }) {
-            shared.errors.inc();
-        }
-        writer.write_all(&encode_line(&response))?;
+        write_response(&mut writer, &response, shared)?;
         if line.len() >= MAX_LINE {
             return Ok(()); // an overlong line cannot be resynchronised
         }
     }
+}
+
+/// Most logins looked up in one read.
+const MAX_RUN: usize = 64;
+
+fn write_response(
+    writer: &mut impl Write,
+    response: &DbResponse,
+    shared: &Shared,
+) -> io::Result<()> {
+    if matches!(response, DbResponse::Error { .. }) {
+        shared.errors.inc();
+    }
+    writer.write_all(&encode_line(response))
+}
+
+/// Run a run of login requests (nothing else) with one read of the store.
+fn execute_logins(store: &dyn Store, logins: Vec<Result<DbRequest, String>>) -> Vec<DbResponse> {
+    let requests: Vec<DbRequest> = logins.into_iter().flatten().collect();
+    let lookups: Vec<throttle::Lookup> = requests
+        .iter()
+        .filter_map(|request| match request {
+            DbRequest::Login {
+                username,
+                origin,
+                failures,
+                unknown,
+            } => Some(throttle::Lookup {
+                username,
+                origin: *origin,
+                t: failures,
+                unknown: *unknown,
+            }),
+            _ => None,
+        })
+        .collect();
+    throttle::login_all(store, &lookups)
+        .into_iter()
+        .map(|result| match result {
+            Ok(login) => login_response(login),
+            Err(e) => DbResponse::Error {
+                message: e.to_string(),
+            },
+        })
+        .collect()
 }
 
 /// Read one line (at most [`MAX_LINE`] bytes) into `line` by `deadline`. `Ok(false)` if the
@@ -517,6 +587,13 @@ fn read_request(
     ))
 }
 
+fn login_response(login: Login) -> DbResponse {
+    match login {
+        Login::Locked(wait) => locked(wait),
+        Login::Open { account, settled } => DbResponse::Open { account, settled },
+    }
+}
+
 fn locked(wait: Duration) -> DbResponse {
     DbResponse::Locked {
         wait_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
@@ -555,12 +632,7 @@ fn execute(store: &dyn Store, request: DbRequest) -> DbResponse {
             origin,
             failures,
             unknown,
-        } => {
-            throttle::login(store, &username, origin, &failures, unknown).map(|login| match login {
-                Login::Locked(wait) => locked(wait),
-                Login::Open { account, settled } => DbResponse::Open { account, settled },
-            })
-        }
+        } => throttle::login(store, &username, origin, &failures, unknown).map(login_response),
         DbRequest::Failed {
             username,
             origin,

@@ -212,6 +212,9 @@ pub enum StoreError {
     },
 }
 
+/// What a login's read finds: the account, if any, and the records asked for, in order.
+pub type Found = (Option<Account>, Vec<Record>);
+
 /// An account store, and the throttle [`Record`]s beside the accounts. Implementations are
 /// shared between threads.
 pub trait Store: Send + Sync {
@@ -248,6 +251,14 @@ pub trait Store: Send + Sync {
         username: &str,
         keys: &[String],
     ) -> Result<(Option<Account>, Vec<Record>), StoreError>;
+    /// [`find_for_login`](Store::find_for_login) for many logins (name, keys), in order.
+    /// Defaults to one after another; PostgreSQL reads them all in one statement.
+    fn find_for_logins(&self, logins: &[(&str, &[String])]) -> Result<Vec<Found>, StoreError> {
+        logins
+            .iter()
+            .map(|(username, keys)| self.find_for_login(username, keys))
+            .collect()
+    }
     /// Change the records at `keys` atomically, as of `now`: `change` gets them (absent ones as
     /// the empty record) in the order of `keys`, and what it leaves is written back, ranked as
     /// of `now`; a record that expires by `now` is deleted. Concurrent changes of one key,

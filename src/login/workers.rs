@@ -3,9 +3,11 @@
 //! order, in rounds: a round takes one request from each connection, asks account-db the
 //! questions of all of them at once ([`Service::ask_all`]: one round trip, one wake-up of the
 //! worker), then finishes each. Under load one wake serves many requests; when idle a round is
-//! the single request it always was. A request that needs argon2 is hashed here when a permit
-//! is free and nothing waits, else its connection travels on to a hash thread (see
-//! [`super::hashing`]). A connection with nothing more to answer goes back to the I/O thread at
+//! the single request it always was. A login that needs argon2 is verified here when a permit
+//! is free and nothing waits; otherwise, and for every request that writes the store durably
+//! or asks the old server after hashing (registrations, password changes, migrations), its
+//! connection travels on to a hash thread (see [`super::hashing`]), so that no slow write
+//! holds up the rest of the round. A connection with nothing more to answer goes back to the I/O thread at
 //! once.
 //!
 //! A panic in the service answers that request "unavailable" (7); a panic anywhere else loses
@@ -218,7 +220,7 @@ impl Worker {
         }
     }
 
-    /// Answer `step`, hashing here if a permit is free; the task if none is.
+    /// Answer `step`, hashing here if the task is quick and a permit free; else the task.
     fn step(
         &self,
         conn: &mut Conn,
@@ -229,6 +231,7 @@ impl Worker {
     ) -> Option<crate::service::HashTask> {
         let reply = match step {
             Step::Done(reply) => reply,
+            Step::Hash(task) if !task.is_quick() => return Some(task),
             Step::Hash(task) => match self.permits.try_permit() {
                 Some(mut permit) => permit.finish(&self.service, task),
                 None => return Some(task),

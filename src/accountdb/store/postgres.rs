@@ -13,7 +13,7 @@
 //! the disk); PostgreSQL empties the table after a crash, and standbys do not have it.
 
 use super::{
-    familiar_list, familiar_text, unix_now, Account, Ban, Created, Details, Revocation,
+    familiar_list, familiar_text, unix_now, Account, Ban, Created, Details, Found, Revocation,
     SessionState, Store, StoreError, REVOKED_PER_ACCOUNT,
 };
 use crate::auth::names::{fold, skeleton, SKELETON_DATA};
@@ -201,6 +201,20 @@ const RECORD_COLUMNS: &str =
     "count, window_start, lockouts, locked_until, familiar, familiar_until, expires";
 
 /// The records of `rows` (column 0 the key, then [`RECORD_COLUMNS`]) in the order of `keys`.
+/// A login's read from its rows (see `find_for_login`): the account, the records of `keys`.
+fn found(keys: &[String], rows: &[postgres::Row]) -> Found {
+    let account = rows.first().and_then(|row| {
+        let id_at = 8; // after the key and the record's seven columns
+        row.get::<_, Option<i64>>(id_at).map(|account_id| Account {
+            id: id(account_id),
+            username: row.get(id_at + 1),
+            hash: row.get(id_at + 2),
+            ban: Ban::from_columns(row.get(id_at + 3), row.get(id_at + 4)),
+        })
+    });
+    (account, in_order(keys, rows))
+}
+
 fn in_order(keys: &[String], rows: &[postgres::Row]) -> Vec<Record> {
     keys.iter()
         .map(|key| {
@@ -453,16 +467,49 @@ impl Store for PostgresStore {
              LEFT JOIN throttle t ON t.key = ANY($2)",
             &[(&fold(username), Type::TEXT), (&keys, Type::TEXT_ARRAY)],
         )?;
-        let account = rows.first().and_then(|row| {
-            let id_at = 8; // after the key and the record's seven columns
-            row.get::<_, Option<i64>>(id_at).map(|account_id| Account {
-                id: id(account_id),
-                username: row.get(id_at + 1),
-                hash: row.get(id_at + 2),
-                ban: Ban::from_columns(row.get(id_at + 3), row.get(id_at + 4)),
-            })
-        });
-        Ok((account, in_order(keys, &rows)))
+        Ok(found(keys, &rows))
+    }
+
+    fn find_for_logins(&self, logins: &[(&str, &[String])]) -> Result<Vec<Found>, StoreError> {
+        if logins.iter().any(|(_, keys)| keys.len() > 2) {
+            let one = |(username, keys): &(&str, &[String])| self.find_for_login(username, keys);
+            return logins.iter().map(one).collect();
+        }
+        let folded: Vec<String> = logins.iter().map(|(username, _)| fold(username)).collect();
+        let key = |i: usize| -> Vec<Option<&str>> {
+            logins
+                .iter()
+                .map(|(_, keys)| keys.get(i).map(String::as_str))
+                .collect()
+        };
+        let mut conn = self.conn()?;
+        // One statement for them all: each login's account beside each of its records found,
+        // tagged with its place (the last column, so the row reads as find_for_login's).
+        let rows = conn.query_typed(
+            "SELECT t.key, t.count, t.window_start, t.lockouts, t.locked_until, t.familiar,
+                 t.familiar_until, t.expires, a.id, a.username, a.hash, a.banned_until,
+                 a.ban_reason, q.i
+             FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS q(folded, k1, k2, i)
+             LEFT JOIN accounts a ON a.folded = q.folded
+             LEFT JOIN throttle t ON t.key = ANY(ARRAY[q.k1, q.k2])",
+            &[
+                (&folded, Type::TEXT_ARRAY),
+                (&key(0), Type::TEXT_ARRAY),
+                (&key(1), Type::TEXT_ARRAY),
+            ],
+        )?;
+        let mut by_login: Vec<Vec<postgres::Row>> = logins.iter().map(|_| Vec::new()).collect();
+        for row in rows {
+            let place = usize::try_from(row.get::<_, i64>(13) - 1).ok();
+            if let Some(rows) = place.and_then(|i| by_login.get_mut(i)) {
+                rows.push(row);
+            }
+        }
+        Ok(logins
+            .iter()
+            .zip(&by_login)
+            .map(|((_, keys), rows)| found(keys, rows))
+            .collect())
     }
 
     fn update_records(
