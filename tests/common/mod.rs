@@ -266,13 +266,27 @@ impl Drop for DbProcess {
     }
 }
 
-/// Send a signal by name (KILL, STOP, CONT, TERM, INT) to a process, through kill(1).
+/// Send a signal by name (KILL, STOP, CONT, TERM, INT) to a process, through kill(1). A STOP
+/// returns once the process is stopped: kill(1) returns when the signal is sent, and on a busy
+/// machine the process may run on for a moment and answer one more request.
 pub fn signal(pid: u32, name: &str) {
     let status = Command::new("kill")
         .args([&format!("-{name}"), &pid.to_string()])
         .status()
         .expect("run kill");
     assert!(status.success(), "kill -{name} failed");
+    if name == "STOP" {
+        let stopped = || {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let state = stat.rsplit_once(')').map(|(_, rest)| rest.trim_start());
+            state.is_some_and(|rest| rest.starts_with('T'))
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !stopped() {
+            assert!(std::time::Instant::now() < deadline, "{pid} did not stop");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
 }
 
 /// The login-server binary on 127.0.0.1:0 with `args`, its log piped, ready to spawn.

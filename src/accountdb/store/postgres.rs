@@ -19,8 +19,10 @@ use super::{
 use crate::auth::names::{fold, skeleton, SKELETON_DATA};
 use crate::throttle::{Millis, Record};
 use postgres::types::Type;
-use postgres::NoTls;
+use postgres::{NoTls, Statement};
 use r2d2_postgres::PostgresConnectionManager;
+use std::collections::HashMap;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 /// The schema, one step per version; step N brings version N-1 to N.
@@ -73,9 +75,73 @@ const MIGRATION_LOCK: i64 = 0x6c6f_6769_6e5f_6462; // "login_db"
 /// The advisory lock key held by the account-db pruning throttle records.
 const PRUNE_LOCK: i64 = 0x7072_756e_655f_7468; // "prune_th"
 
+/// Make each key's throttle row (the empty record where there was none), lock it, and read it.
+static UPSERT_RECORDS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "INSERT INTO throttle (key) SELECT k FROM unnest($1::text[]) AS k ORDER BY k
+         ON CONFLICT (key) DO UPDATE SET key = EXCLUDED.key
+         RETURNING key, {RECORD_COLUMNS}"
+    )
+});
+
 /// Accounts in a PostgreSQL database.
 pub struct PostgresStore {
-    pool: r2d2::Pool<PostgresConnectionManager<NoTls>>,
+    pool: r2d2::Pool<PgManager>,
+}
+
+/// A pooled connection, and the statements prepared on it: the hot ones are parsed and planned
+/// once per connection, not once per request.
+pub struct PgConn {
+    client: postgres::Client,
+    prepared: HashMap<&'static str, Statement>,
+}
+
+impl PgConn {
+    /// `sql` prepared on this connection, the first time it is asked for.
+    fn prepared(&mut self, sql: &'static str, types: &[Type]) -> Result<Statement, StoreError> {
+        if let Some(statement) = self.prepared.get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = self.client.prepare_typed(sql, types)?;
+        self.prepared.insert(sql, statement.clone());
+        Ok(statement)
+    }
+}
+
+impl std::ops::Deref for PgConn {
+    type Target = postgres::Client;
+    fn deref(&self) -> &postgres::Client {
+        &self.client
+    }
+}
+
+impl std::ops::DerefMut for PgConn {
+    fn deref_mut(&mut self) -> &mut postgres::Client {
+        &mut self.client
+    }
+}
+
+/// r2d2-postgres's manager, its connections holding their prepared statements.
+#[derive(Debug)]
+pub struct PgManager(PostgresConnectionManager<NoTls>);
+
+impl r2d2::ManageConnection for PgManager {
+    type Connection = PgConn;
+    type Error = postgres::Error;
+
+    fn connect(&self) -> Result<PgConn, postgres::Error> {
+        let client = self.0.connect()?;
+        let prepared = HashMap::new();
+        Ok(PgConn { client, prepared })
+    }
+
+    fn is_valid(&self, conn: &mut PgConn) -> Result<(), postgres::Error> {
+        self.0.is_valid(&mut conn.client)
+    }
+
+    fn has_broken(&self, conn: &mut PgConn) -> bool {
+        self.0.has_broken(&mut conn.client)
+    }
 }
 
 impl PostgresStore {
@@ -102,7 +168,7 @@ impl PostgresStore {
                  -c idle_in_transaction_session_timeout={}",
                 ms * 2
             ));
-        let manager = PostgresConnectionManager::new(config, NoTls);
+        let manager = PgManager(PostgresConnectionManager::new(config, NoTls));
         let pool = r2d2::Pool::builder()
             .max_size(pool_size.max(1))
             .min_idle(Some(0))
@@ -113,7 +179,7 @@ impl PostgresStore {
         Ok(store)
     }
 
-    fn conn(&self) -> Result<r2d2::PooledConnection<PostgresConnectionManager<NoTls>>, StoreError> {
+    fn conn(&self) -> Result<r2d2::PooledConnection<PgManager>, StoreError> {
         self.pool.get().map_err(StoreError::Pool)
     }
 
@@ -229,12 +295,14 @@ fn in_order(keys: &[String], rows: &[postgres::Row]) -> Vec<Record> {
 impl Store for PostgresStore {
     fn find(&self, username: &str) -> Result<Option<Account>, StoreError> {
         let mut conn = self.conn()?;
-        // Typed: parse, bind and execute go in one round trip (an untyped query prepares
+        // Prepared once per connection (see `PgConn`); the statements used less often are
+        // typed: parse, bind and execute go in one round trip (an untyped query prepares
         // first, which is a second one).
-        let row = conn.query_typed_opt(
+        let statement = conn.prepared(
             "SELECT id, username, hash, banned_until, ban_reason FROM accounts WHERE folded = $1",
-            &[(&fold(username), Type::TEXT)],
+            &[Type::TEXT],
         )?;
+        let row = conn.query_opt(&statement, &[&fold(username)])?;
         Ok(row.map(|row| Account {
             id: id(row.get(0)),
             username: row.get(1),
@@ -246,32 +314,40 @@ impl Store for PostgresStore {
     fn create(&self, account: &Account, request_id: &str) -> Result<Created, StoreError> {
         let (folded, skeleton) = (fold(&account.username), skeleton(&account.username));
         let mut conn = self.conn()?;
-        let mut tx = conn.transaction()?;
-        // Creates of look-alike names wait for each other, across every account-db.
-        // Every statement typed: parse, bind and execute in one round trip each.
-        tx.execute_typed(
-            "SELECT pg_advisory_xact_lock(hashtext($1))",
-            &[(&skeleton, Type::TEXT)],
-        )?;
-        let holder = tx.query_typed_opt(
+        let lock = conn.prepared("SELECT pg_advisory_xact_lock(hashtext($1))", &[Type::TEXT])?;
+        let holder = conn.prepared(
             "SELECT request_id FROM accounts WHERE folded = $1 OR skeleton = $2
              ORDER BY (folded = $1) DESC LIMIT 1",
-            &[(&folded, Type::TEXT), (&skeleton, Type::TEXT)],
+            &[Type::TEXT, Type::TEXT],
         )?;
-        if let Some(row) = holder {
-            let stored_by: String = row.get(0);
-            return Ok(Created::held_by(&stored_by, request_id));
-        }
-        let inserted = tx.execute_typed(
+        let insert = conn.prepared(
             "INSERT INTO accounts (folded, skeleton, username, hash, created_at, request_id)
              VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (folded) DO NOTHING",
             &[
-                (&folded, Type::TEXT),
-                (&skeleton, Type::TEXT),
-                (&account.username, Type::TEXT),
-                (&account.hash, Type::TEXT),
-                (&unix_now(), Type::INT8),
-                (&request_id, Type::TEXT),
+                Type::TEXT,
+                Type::TEXT,
+                Type::TEXT,
+                Type::TEXT,
+                Type::INT8,
+                Type::TEXT,
+            ],
+        )?;
+        let mut tx = conn.transaction()?;
+        // Creates of look-alike names wait for each other, across every account-db.
+        tx.execute(&lock, &[&skeleton])?;
+        if let Some(row) = tx.query_opt(&holder, &[&folded, &skeleton])? {
+            let stored_by: String = row.get(0);
+            return Ok(Created::held_by(&stored_by, request_id));
+        }
+        let inserted = tx.execute(
+            &insert,
+            &[
+                &folded,
+                &skeleton,
+                &account.username,
+                &account.hash,
+                &unix_now(),
+                &request_id,
             ],
         )?;
         tx.commit()?;
@@ -372,12 +448,13 @@ impl Store for PostgresStore {
     fn session(&self, account_id: u64, sid: &str) -> Result<Option<SessionState>, StoreError> {
         let mut conn = self.conn()?;
         let id = i64::try_from(account_id).unwrap_or(-1);
-        let row = conn.query_typed_opt(
+        let statement = conn.prepared(
             "SELECT username, sessions_after,
                  EXISTS (SELECT 1 FROM revoked_sessions WHERE sid = $2)
              FROM accounts WHERE id = $1",
-            &[(&id, Type::INT8), (&sid, Type::TEXT)],
+            &[Type::INT8, Type::TEXT],
         )?;
+        let row = conn.query_opt(&statement, &[&id, &sid])?;
         Ok(row.map(|row| SessionState {
             username: row.get(0),
             sessions_after: row.get(1),
@@ -458,15 +535,16 @@ impl Store for PostgresStore {
     ) -> Result<(Option<Account>, Vec<Record>), StoreError> {
         let mut conn = self.conn()?;
         // One statement, one round trip: the account (if any) beside each record found.
-        let rows = conn.query_typed(
+        let statement = conn.prepared(
             "SELECT t.key, t.count, t.window_start, t.lockouts, t.locked_until, t.familiar,
                  t.familiar_until, t.expires, a.id, a.username, a.hash, a.banned_until,
                  a.ban_reason
              FROM (SELECT 1) AS one
              LEFT JOIN accounts a ON a.folded = $1
              LEFT JOIN throttle t ON t.key = ANY($2)",
-            &[(&fold(username), Type::TEXT), (&keys, Type::TEXT_ARRAY)],
+            &[Type::TEXT, Type::TEXT_ARRAY],
         )?;
+        let rows = conn.query(&statement, &[&fold(username), &keys])?;
         Ok(found(keys, &rows))
     }
 
@@ -484,20 +562,21 @@ impl Store for PostgresStore {
         };
         let mut conn = self.conn()?;
         // One statement for them all: each login's account beside each of its records found,
-        // tagged with its place (the last column, so the row reads as find_for_login's).
-        let rows = conn.query_typed(
+        // tagged with its place (the last column, so the row reads as find_for_login's). The
+        // lateral joins make it an index lookup per login whatever the planner guesses of
+        // the arrays' length.
+        let statement = conn.prepared(
             "SELECT t.key, t.count, t.window_start, t.lockouts, t.locked_until, t.familiar,
                  t.familiar_until, t.expires, a.id, a.username, a.hash, a.banned_until,
                  a.ban_reason, q.i
              FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS q(folded, k1, k2, i)
-             LEFT JOIN accounts a ON a.folded = q.folded
-             LEFT JOIN throttle t ON t.key = ANY(ARRAY[q.k1, q.k2])",
-            &[
-                (&folded, Type::TEXT_ARRAY),
-                (&key(0), Type::TEXT_ARRAY),
-                (&key(1), Type::TEXT_ARRAY),
-            ],
+             LEFT JOIN LATERAL (SELECT id, username, hash, banned_until, ban_reason
+                                FROM accounts WHERE folded = q.folded) a ON true
+             LEFT JOIN LATERAL (SELECT * FROM throttle
+                                WHERE key = ANY(ARRAY[q.k1, q.k2])) t ON true",
+            &[Type::TEXT_ARRAY, Type::TEXT_ARRAY, Type::TEXT_ARRAY],
         )?;
+        let rows = conn.query(&statement, &[&folded, &key(0), &key(1)])?;
         let mut by_login: Vec<Vec<postgres::Row>> = logins.iter().map(|_| Vec::new()).collect();
         for row in rows {
             let place = usize::try_from(row.get::<_, i64>(13) - 1).ok();
@@ -519,17 +598,32 @@ impl Store for PostgresStore {
         change: &mut dyn FnMut(&mut [Record]),
     ) -> Result<(), StoreError> {
         let mut conn = self.conn()?;
+        let upsert = conn.prepared(&UPSERT_RECORDS, &[Type::TEXT_ARRAY])?;
+        let write = conn.prepared(
+            "UPDATE throttle t SET count = v.count, window_start = v.window_start,
+                 lockouts = v.lockouts, locked_until = v.locked_until, familiar = v.familiar,
+                 familiar_until = v.familiar_until, expires = v.expires, rank = v.rank
+             FROM unnest($1::text[], $2::int[], $3::bigint[], $4::int[], $5::bigint[],
+                         $6::text[], $7::bigint[], $8::bigint[], $9::bigint[])
+                 AS v(key, count, window_start, lockouts, locked_until, familiar,
+                      familiar_until, expires, rank)
+             WHERE t.key = v.key",
+            &[
+                Type::TEXT_ARRAY,
+                Type::INT4_ARRAY,
+                Type::INT8_ARRAY,
+                Type::INT4_ARRAY,
+                Type::INT8_ARRAY,
+                Type::TEXT_ARRAY,
+                Type::INT8_ARRAY,
+                Type::INT8_ARRAY,
+                Type::INT8_ARRAY,
+            ],
+        )?;
         let mut tx = conn.transaction()?;
         // Make every key's row (the empty record where there was none) and lock it, in key
         // order across transactions, so concurrent changes take turns and cannot deadlock.
-        let rows = tx.query_typed(
-            &format!(
-                "INSERT INTO throttle (key) SELECT k FROM unnest($1::text[]) AS k ORDER BY k
-                 ON CONFLICT (key) DO UPDATE SET key = EXCLUDED.key
-                 RETURNING key, {RECORD_COLUMNS}"
-            ),
-            &[(&keys, Type::TEXT_ARRAY)],
-        )?;
+        let rows = tx.query(&upsert, &[&keys])?;
         let mut records = in_order(keys, &rows);
         change(&mut records);
         // Written back in one statement; expired ones are left to the next prune.
@@ -543,25 +637,18 @@ impl Store for PostgresStore {
             .map(|r| i32::try_from(r.lockouts).unwrap_or(i32::MAX))
             .collect();
         let familiar: Vec<String> = records.iter().map(familiar_text).collect();
-        tx.execute_typed(
-            "UPDATE throttle t SET count = v.count, window_start = v.window_start,
-                 lockouts = v.lockouts, locked_until = v.locked_until, familiar = v.familiar,
-                 familiar_until = v.familiar_until, expires = v.expires, rank = v.rank
-             FROM unnest($1::text[], $2::int[], $3::bigint[], $4::int[], $5::bigint[],
-                         $6::text[], $7::bigint[], $8::bigint[], $9::bigint[])
-                 AS v(key, count, window_start, lockouts, locked_until, familiar,
-                      familiar_until, expires, rank)
-             WHERE t.key = v.key",
+        tx.execute(
+            &write,
             &[
-                (&keys, Type::TEXT_ARRAY),
-                (&counts, Type::INT4_ARRAY),
-                (&column(&|r| r.window_start), Type::INT8_ARRAY),
-                (&lockouts, Type::INT4_ARRAY),
-                (&column(&|r| r.locked_until), Type::INT8_ARRAY),
-                (&familiar, Type::TEXT_ARRAY),
-                (&column(&|r| r.familiar_until), Type::INT8_ARRAY),
-                (&column(&|r| r.expires), Type::INT8_ARRAY),
-                (&column(&|r| r.rank(now)), Type::INT8_ARRAY),
+                &keys,
+                &counts,
+                &column(&|r| r.window_start),
+                &lockouts,
+                &column(&|r| r.locked_until),
+                &familiar,
+                &column(&|r| r.familiar_until),
+                &column(&|r| r.expires),
+                &column(&|r| r.rank(now)),
             ],
         )?;
         tx.commit()?;
