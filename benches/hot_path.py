@@ -7,11 +7,12 @@ loop relaying every message over pipelined connections to a line responder). Con
 switches per request are counted from /proc over both server processes.
 
     cargo build --release --workspace --bins --example two_tier_floor
-    python3 benches/hot_path.py [--duration SECS] [--postgres URL] [--before DIR] > target/hot-path.md
+    python3 benches/hot_path.py [--duration SECS] [--repeat N] [--postgres URL] [--before DIR] > target/hot-path.md
 
 --before DIR names another build's target/release (an older commit built in a worktree, say):
 its login-server and account-db run each load right before this build's, for a before/after
-table. Everything runs on loopback; every load is bounded by --duration and stops by itself.
+table. --repeat N runs everything N times, builds alternating, and reports each figure's
+median run (by throughput): the machine is shared and noisy. Everything runs on loopback; every load is bounded by --duration and stops by itself.
 """
 
 import argparse
@@ -105,11 +106,18 @@ def measure(bin_dir, postgres, duration):
     return {**sqlite, **postgres}
 
 
+def median(reports):
+    """The report whose throughput is the median of `reports`."""
+    ranked = sorted(reports, key=lambda r: r["throughput"])
+    return ranked[len(ranked) // 2]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per load")
     parser.add_argument("--postgres", default="postgres://postgres@127.0.0.1:5432/test")
     parser.add_argument("--before", help="target/release of another build to compare")
+    parser.add_argument("--repeat", type=int, default=1, help="runs of everything; medians")
     args = parser.parse_args()
     for name in ["login-server", "account-db", "gateway-sim", "examples/two_tier_floor"]:
         need(f"{BIN}/{name}")
@@ -118,11 +126,17 @@ def main():
         for name in ["login-server", "account-db"]:
             need(f"{args.before}/{name}")
         builds.insert(0, ("before", args.before))
-    log("two-tier floor")
-    floors = floor(args.duration)
-    results = {}
-    for build, bin_dir in builds:
-        results[build] = measure(bin_dir, args.postgres, args.duration)
+    runs = []
+    for _ in range(max(args.repeat, 1)):
+        log("two-tier floor")
+        run_floors = floor(args.duration)
+        run_results = {build: measure(bin_dir, args.postgres, args.duration)
+                       for build, bin_dir in builds}
+        runs.append((run_floors, run_results))
+    floors = {form: median([f[form] for f, _ in runs]) for form in runs[0][0]}
+    results = {build: {label: median([r[build][label] for _, r in runs])
+                       for label in runs[0][1][build]}
+               for build, _ in builds}
     print("| run (32 connections, hash 8,1,1) | build | req/s | p99 ms | % of two-tier floor | "
           "switches per request |")
     print("|---|---|---|---|---|---|")

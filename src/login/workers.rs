@@ -7,8 +7,8 @@
 //! is free and nothing waits; otherwise, and for every request that writes the store durably
 //! or asks the old server after hashing (registrations, password changes, migrations), its
 //! connection travels on to a hash thread (see [`super::hashing`]), so that no slow write
-//! holds up the rest of the round. A connection with nothing more to answer goes back to the I/O thread at
-//! once.
+//! holds up the rest of the round. A connection with nothing more to answer goes back to the
+//! I/O thread at once.
 //!
 //! A panic in the service answers that request "unavailable" (7); a panic anywhere else loses
 //! the connections the worker holds. Either way the thread lives on, so the pool never shrinks.
@@ -19,7 +19,7 @@ use super::returns::{Back, Returns};
 use crate::logging;
 use crate::metrics::Metrics;
 use crate::protocol::gateway::{Form, Id, Op, Reply};
-use crate::service::{Asking, Begun, Service, Step};
+use crate::service::{Asking, Begun, HashTask, Service, Step};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -76,7 +76,7 @@ enum Turn {
     /// A request waiting for the store.
     Asking(Waiting),
     /// A request to hash, with no permit free here: the connection goes to a hash thread.
-    Hash(Form, Option<Id>, crate::service::HashTask),
+    Hash(Form, Option<Id>, HashTask),
     /// Nothing more now: the connection goes back to the I/O thread.
     Over,
 }
@@ -155,8 +155,13 @@ impl Worker {
                     service.resume(w.asking, answer)
                 };
                 let step = guarded(w.op, resume, Step::Done);
-                if let Some(task) = self.step(&mut conns[i], w.form, w.op, w.id.as_ref(), step) {
-                    leaving.push((i, w.form, w.id, task));
+                let conn = &mut conns[i];
+                match self.step(conn, w.form, w.op, w.id.as_ref(), step) {
+                    Some(task) => leaving.push((i, w.form, w.id, task)),
+                    // Out now, not at the end of the round: the client's next request may then
+                    // be here for the next round, and the connection need not go back to the
+                    // I/O thread in between. A write that fails is seen when it is given back.
+                    None => drop(conn.flush()),
                 }
             }
             // Highest first, so that each removal leaves the lower indices in place.
@@ -228,7 +233,7 @@ impl Worker {
         op: Op,
         id: Option<&Id>,
         step: Step,
-    ) -> Option<crate::service::HashTask> {
+    ) -> Option<HashTask> {
         let reply = match step {
             Step::Done(reply) => reply,
             Step::Hash(task) if !task.is_quick() => return Some(task),
