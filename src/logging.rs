@@ -83,15 +83,23 @@ impl<'a> MakeWriter<'a> for Holding {
 /// One log line being written.
 struct Line(NonBlocking);
 
+/// Most bytes of lines [`held`] keeps before handing them over anyway: a worker answering
+/// thousands of tiny bad requests in one turn holds 64 KiB of log, not megabytes.
+const MAX_HELD: usize = 64 * 1024;
+
 impl Write for Line {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let held = HELD.with(|held| match held.borrow_mut().as_mut() {
+        let (held, full) = HELD.with(|held| match held.borrow_mut().as_mut() {
             Some(lines) => {
                 lines.extend_from_slice(buf);
-                true
+                let full = (lines.len() >= MAX_HELD).then(|| std::mem::take(lines));
+                (true, full)
             }
-            None => false,
+            None => (false, None),
         });
+        if let Some(lines) = full {
+            self.0.write_all(&lines)?;
+        }
         if held {
             Ok(buf.len())
         } else {
@@ -139,7 +147,57 @@ impl RateLimited {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::{Arc, Mutex};
     use std::time::Duration;
+
+    /// What the log writer wrote.
+    #[derive(Clone, Default)]
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn held_bytes() -> usize {
+        HELD.with(|held| held.borrow().as_ref().map_or(0, Vec::len))
+    }
+
+    #[test]
+    fn held_lines_go_out_together_and_never_pile_up() {
+        let sink = Sink::default();
+        let (writer, guard) = tracing_appender::non_blocking(sink.clone());
+        assert!(
+            WRITER.set(writer.clone()).is_ok(),
+            "only this test sets the writer"
+        );
+        let line = vec![b'x'; 99]
+            .into_iter()
+            .chain([b'\n'])
+            .collect::<Vec<u8>>();
+        held(|| {
+            for _ in 0..10 {
+                Line(writer.clone()).write_all(&line).unwrap();
+            }
+            assert_eq!(held_bytes(), 1000, "held, not written");
+            // Thousands of lines in one turn: handed over each time MAX_HELD is reached.
+            for _ in 0..2000 {
+                Line(writer.clone()).write_all(&line).unwrap();
+                assert!(held_bytes() < MAX_HELD);
+            }
+        });
+        assert_eq!(held_bytes(), 0, "released");
+        Line(writer.clone()).write_all(&line).unwrap();
+        assert_eq!(held_bytes(), 0, "outside held: written at once");
+        drop((writer, guard)); // flushes the log writer
+        let written = sink.0.lock().unwrap();
+        assert_eq!(written.len(), 2011 * 100, "every line, once");
+    }
 
     #[test]
     fn rate_limited_lines_summarise_what_they_skipped() {
