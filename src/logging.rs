@@ -18,13 +18,17 @@ pub enum LogFormat {
 /// request goes to the target `request`: `RUST_LOG=info,request=off` silences those alone.
 ///
 /// Lines are written by a background thread, so a slow stderr never stalls a worker; if it
-/// falls more than 128k pieces behind, lines are dropped rather than requests delayed. A
-/// thread inside [`held`] hands its lines over as one piece. Keep the returned guard alive
-/// until exit: dropping it flushes what is queued.
+/// falls more than [`QUEUED`] pieces behind (a piece: one line, or the lines a thread inside
+/// [`held`] hands over together, at most [`MAX_HELD`] bytes), lines are dropped rather than
+/// requests delayed: at most 32 MiB wait. Keep the returned guard alive until exit: dropping it
+/// flushes what is queued.
 pub fn init(format: LogFormat) -> WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .buffered_lines_limit(QUEUED)
+        .lossy(true)
+        .finish(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(Holding(writer.clone()));
@@ -84,8 +88,11 @@ impl<'a> MakeWriter<'a> for Holding {
 struct Line(NonBlocking);
 
 /// Most bytes of lines [`held`] keeps before handing them over anyway: a worker answering
-/// thousands of tiny bad requests in one turn holds 64 KiB of log, not megabytes.
-const MAX_HELD: usize = 64 * 1024;
+/// thousands of tiny bad requests in one turn holds 8 KiB of log, not megabytes.
+const MAX_HELD: usize = 8 * 1024;
+
+/// Pieces the log writer may fall behind by before lines are dropped.
+const QUEUED: usize = 4096;
 
 impl Write for Line {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {

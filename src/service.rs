@@ -2,18 +2,19 @@
 //! and revoke session tokens. No sockets.
 //!
 //! A request runs in steps, so that a worker can ask the store for many requests at once and
-//! keep the expensive step off the workers: [`Service::begin`] does what needs neither store
-//! nor argon2 (parsing a token, validation) and either answers or says what to ask the store
-//! (a [`Question`]); [`Service::resume`] takes the answer and either answers or hands back a
-//! [`HashTask`]; [`Service::finish`] does the argon2 work the task needs, and for a
-//! registration the store write after it. The server runs `finish` on its hash threads when
-//! hashing is busy.
+//! keep the expensive step off the workers: [`Service::begin`] does what comes before the
+//! request's first store question (parsing a token, validation) and either answers (a name no
+//! account can have, counted against the address; a logout, revoked) or says what to ask the
+//! store (a [`Question`]); [`Service::resume`] takes the answer and either answers or hands
+//! back a [`HashTask`]; [`Service::finish`] does the argon2 work the task needs, and for a
+//! registration the store write after it. The server runs `finish` on its hash threads unless
+//! the task is quick ([`Service::is_quick`]) and hashing idle.
 
 use crate::accountdb::accounts::{Accounts, Answer, Question};
 use crate::accountdb::store::{Account, Created, Revocation, SessionState, StoreError};
 use crate::auth::names::fold;
 use crate::auth::names::{normalize_password, Rules};
-use crate::auth::password::{is_bcrypt, HashError, Hasher, Memory};
+use crate::auth::password::{self, is_bcrypt, HashError, Hasher, Memory};
 use crate::auth::secret::random_token;
 use crate::legacy::{self, Known, LegacyDb, RESERVED_HASH};
 use crate::metrics::LegacyOutcome;
@@ -189,13 +190,6 @@ enum Task {
 }
 
 impl HashTask {
-    /// Whether finishing it takes only argon2 and the token (and at most a write of throttle
-    /// records): no durable store write, no old server. Only such a task is finished by a
-    /// worker itself, which would otherwise hold up the rest of its round.
-    pub fn is_quick(&self) -> bool {
-        matches!(self.0, Task::Verify(_) | Task::Pretend { .. })
-    }
-
     /// The operation this task finishes, for logs and metrics.
     pub fn op(&self) -> Op {
         match self.0 {
@@ -893,6 +887,20 @@ impl Service {
         match step {
             Step::Done(reply) => reply,
             Step::Hash(task) => self.finish(task, &mut Memory::default()),
+        }
+    }
+
+    /// Whether finishing `task` is quick enough for a worker to do inside its round: a login's
+    /// verification against a cheap argon2 hash (see [`password::is_cheap`]) that will not be
+    /// made again. Never bcrypt, a durable write, or the old server.
+    pub fn is_quick(&self, task: &HashTask) -> bool {
+        match &task.0 {
+            Task::Verify(found) => {
+                let stored = &found.account.hash;
+                password::is_cheap(stored) && !self.hasher.is_weaker(stored)
+            }
+            Task::Pretend { .. } => password::is_cheap(&self.dummy_hash),
+            _ => false,
         }
     }
 

@@ -429,29 +429,25 @@ pub fn login(
 }
 
 /// [`login`] for many lookups, read in one go ([`Store::find_for_logins`]): the answers in
-/// order.
-pub fn login_all(store: &dyn Store, lookups: &[Lookup]) -> Vec<Result<Login, StoreError>> {
+/// order, or the error of that read (for them all: a store that cannot read one would make
+/// each of them wait for its own failure).
+pub fn login_all(
+    store: &dyn Store,
+    lookups: &[Lookup],
+) -> Result<Vec<Result<Login, StoreError>>, StoreError> {
     let keys: Vec<Vec<String>> = lookups.iter().map(Lookup::keys).collect();
     let reads: Vec<(&str, &[String])> = lookups
         .iter()
         .zip(&keys)
         .map(|(lookup, keys)| (lookup.username, keys.as_slice()))
         .collect();
-    match store.find_for_logins(&reads) {
-        Ok(found) => {
-            let now = now_ms();
-            lookups
-                .iter()
-                .zip(found)
-                .map(|(lookup, found)| lookup.decide(store, found, now))
-                .collect()
-        }
-        // One by one, so that each gets its own answer (and its own error).
-        Err(_) => lookups
-            .iter()
-            .map(|l| login(store, l.username, l.origin, l.t, l.unknown))
-            .collect(),
-    }
+    let found = store.find_for_logins(&reads)?;
+    let now = now_ms();
+    Ok(lookups
+        .iter()
+        .zip(found)
+        .map(|(lookup, found)| lookup.decide(store, found, now))
+        .collect())
 }
 
 /// One login's lookup: [`login`]'s arguments.
@@ -865,6 +861,78 @@ mod tests {
     fn create(store: &SqliteStore, name: &str) {
         let account = Account::new(name, "hash");
         Store::create(store, &account, name).unwrap();
+    }
+
+    #[test]
+    fn an_unlock_forgets_failures_and_keeps_the_last_login_and_addresses() {
+        let t = thresholds();
+        let now = 1_000_000 * S;
+        let mut record = Record::default();
+        record.succeed(ip("198.51.100.1"), now);
+        for _ in 0..3 {
+            record.fail(&t, now + S);
+        }
+        assert!(record.locked(now + S).is_some());
+        record.unlock();
+        assert_eq!(record.locked(now + S), None);
+        assert_eq!((record.count, record.lockouts), (0, 0));
+        assert_eq!(record.last_login(), Some(now), "an unlock is no login");
+        assert_eq!(record.familiar, vec![ip("198.51.100.1").unwrap()]);
+        assert_eq!(record.expires, now + FAMILIAR_MS);
+    }
+
+    #[test]
+    fn lookups_read_together_are_answered_as_alone() {
+        let (_dir, store) = store();
+        let t = thresholds();
+        create(&store, "dora");
+        for _ in 0..3 {
+            failed(&store, Some("locked-out"), None, &t).unwrap();
+        }
+        let lookup = |username, origin| Lookup {
+            username,
+            origin,
+            t: &t,
+            unknown: Unknown::Nothing,
+        };
+        let lookups = [
+            lookup("DORA", None),
+            lookup("nobody", ip("192.0.2.1")),
+            lookup("locked-out", None),
+            lookup("dora", ip("192.0.2.2")),
+        ];
+        let together: Vec<Login> = login_all(&store, &lookups)
+            .unwrap()
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        let alone: Vec<Login> = lookups
+            .iter()
+            .map(|l| login(&store, l.username, l.origin, l.t, l.unknown).unwrap())
+            .collect();
+        // Lock times count down between the two reads: compared whole seconds up.
+        let seconds = |logins: Vec<Login>| -> Vec<Login> {
+            let up = |wait: Duration| Duration::from_secs(wait.as_millis().div_ceil(1000) as u64);
+            logins
+                .into_iter()
+                .map(|login| match login {
+                    Login::Locked(wait) => Login::Locked(up(wait)),
+                    open => open,
+                })
+                .collect()
+        };
+        let (together, alone) = (seconds(together), seconds(alone));
+        assert_eq!(together, alone);
+        assert_eq!(together.len(), 4);
+        assert!(
+            matches!(&together[0], Login::Open { account: Some(a), .. } if a.username == "dora")
+        );
+        assert!(matches!(together[1], Login::Open { account: None, .. }));
+        assert!(matches!(together[2], Login::Locked(_)));
+        // An operator's unlock opens it for every lookup.
+        unlock(&store, "LOCKED-OUT").unwrap();
+        let open = login(&store, "locked-out", None, &t, Unknown::Nothing).unwrap();
+        assert!(matches!(open, Login::Open { account: None, .. }));
     }
 
     fn open(login: Login) -> (Option<Account>, bool) {

@@ -117,25 +117,30 @@ impl DbConn {
     }
 
     /// Send every request in one write, then read their replies, in order: one round trip
-    /// for all. Any failure marks the connection broken.
-    pub fn call_all(&mut self, requests: &[DbRequest]) -> Result<Vec<DbResponse>, DbError> {
-        let result = self.pipeline(requests);
+    /// for all. The replies read, and the failure that stopped the rest, if any (it marks the
+    /// connection broken).
+    pub fn call_all(&mut self, requests: &[DbRequest]) -> (Vec<DbResponse>, Option<DbError>) {
+        let mut responses = Vec::with_capacity(requests.len());
+        let result = self.pipeline(requests, &mut responses);
         if result.is_err() {
             self.broken = true;
         }
-        result
+        (responses, result.err())
     }
 
-    fn pipeline(&mut self, requests: &[DbRequest]) -> Result<Vec<DbResponse>, DbError> {
+    fn pipeline(
+        &mut self,
+        requests: &[DbRequest],
+        responses: &mut Vec<DbResponse>,
+    ) -> Result<(), DbError> {
         let lines: Vec<u8> = requests.iter().flat_map(encode_line).collect();
         self.writer.write_all(&lines)?;
-        let mut responses = Vec::with_capacity(requests.len());
         for _ in requests {
             self.read_line()?;
             let response = decode_line(&self.line).map_err(|e| DbError::BadReply(e.to_string()))?;
             responses.push(response);
         }
-        Ok(responses)
+        Ok(())
     }
 
     fn round_trip(&mut self, request: &DbRequest) -> Result<DbResponse, DbError> {
@@ -338,12 +343,13 @@ impl Instance {
         conn.call(request).map_err(Attempt::Failed)
     }
 
-    /// Every request down one pooled connection at once; `None` when not pooled.
+    /// Every request down one pooled connection at once: the replies read, and what stopped
+    /// the rest; `None` when not pooled.
     fn attempt_all(
         &self,
         requests: &[DbRequest],
         metrics: &Metrics,
-    ) -> Option<Result<Vec<DbResponse>, DbError>> {
+    ) -> Option<(Vec<DbResponse>, Option<DbError>)> {
         let Connections::Pooled(pool) = &self.connections else {
             return None;
         };
@@ -352,10 +358,10 @@ impl Instance {
         let waiting = Instant::now();
         let conn = pool.get();
         metrics.pool_wait.observe(waiting.elapsed());
-        Some(
-            conn.map_err(DbError::from)
-                .and_then(|mut conn| conn.call_all(requests)),
-        )
+        Some(match conn {
+            Ok(mut conn) => conn.call_all(requests),
+            Err(e) => (Vec::new(), Some(e.into())),
+        })
     }
 
     /// A request to it failed (`why`): count it, and mark it down until it answers again.
@@ -661,44 +667,56 @@ fn locked(wait_ms: u64) -> Duration {
 
 impl Accounts for RemoteStore {
     /// Pipelined on one pooled connection of the next instance up: one round trip for all.
-    /// Whatever that cannot answer (no pool, a dead connection, a store error, an instance that
-    /// failed while others may answer) is asked again one by one, with the usual retries and
-    /// failover; with one account-db that did not answer in time nothing is, so a slow
-    /// account-db costs the batch one deadline, not one per question.
+    /// What that leaves unanswered (no pool, a connection that died or timed out midway, a
+    /// store error where another account-db may answer) is asked again one by one, with the
+    /// usual retries and failover; the replies already read are kept. The round shares one
+    /// deadline: once a question is unreachable (a lone account-db that did not answer in
+    /// time, or every account-db failed it), the rest are answered so at once.
     fn ask_all(&self, questions: &[&Question]) -> Vec<Result<Answer, StoreError>> {
         let requests: Vec<DbRequest> = questions.iter().map(|q| request_of(q)).collect();
-        let pipelined = match self.order().first() {
-            Some(&instance) if questions.len() > 1 => instance
-                .attempt_all(&requests, &self.metrics)
-                .map(|result| (instance, result)),
-            _ => None,
+        let single = self.shared.list.len() == 1;
+        let first = self.order().first().copied();
+        let (responses, failure) = match first {
+            Some(instance) if questions.len() > 1 => {
+                match instance.attempt_all(&requests, &self.metrics) {
+                    Some((responses, None)) => {
+                        instance.up.store(true, Ordering::Relaxed);
+                        (responses, None)
+                    }
+                    Some((responses, Some(e))) => {
+                        if !e.is_dead_connection() {
+                            instance.failed(&e);
+                        }
+                        (responses, Some(e))
+                    }
+                    None => (Vec::new(), None),
+                }
+            }
+            _ => (Vec::new(), None),
         };
-        let responses = match pipelined {
-            Some((instance, Ok(responses))) => {
-                instance.up.store(true, Ordering::Relaxed);
-                responses
+        let mut unreachable = failure.filter(|e| single && !e.is_dead_connection());
+        let mut responses = responses.into_iter();
+        let mut answers = Vec::with_capacity(questions.len());
+        for question in questions {
+            let answer = match (responses.next(), &unreachable) {
+                // As `call` answers it: with one account-db, its store's error is the answer.
+                (Some(DbResponse::Error { message }), _) if single => {
+                    if let Some(instance) = first {
+                        instance.errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(StoreError::Remote(message))
+                }
+                (Some(DbResponse::Error { .. }), _) => self.ask_one(question),
+                (Some(response), _) => answer_of(question, response),
+                (None, Some(e)) => Err(StoreError::Unreachable(e.again())),
+                (None, None) => self.ask_one(question),
+            };
+            if let Err(StoreError::Unreachable(e)) = &answer {
+                unreachable = Some(e.again());
             }
-            Some((instance, Err(e))) if !e.is_dead_connection() && self.shared.list.len() == 1 => {
-                instance.failed(&e);
-                return questions
-                    .iter()
-                    .map(|_| Err(StoreError::Unreachable(e.again())))
-                    .collect();
-            }
-            Some((instance, Err(e))) if !e.is_dead_connection() => {
-                instance.failed(&e);
-                return questions.iter().map(|q| self.ask_one(q)).collect();
-            }
-            _ => return questions.iter().map(|q| self.ask_one(q)).collect(),
-        };
-        questions
-            .iter()
-            .zip(responses)
-            .map(|(question, response)| match response {
-                DbResponse::Error { .. } => self.ask_one(question),
-                response => answer_of(question, response),
-            })
-            .collect()
+            answers.push(answer);
+        }
+        answers
     }
 
     fn login(

@@ -523,15 +523,20 @@ fn execute_logins(store: &dyn Store, logins: Vec<Result<DbRequest, String>>) -> 
             _ => None,
         })
         .collect();
-    throttle::login_all(store, &lookups)
-        .into_iter()
-        .map(|result| match result {
-            Ok(login) => login_response(login),
-            Err(e) => DbResponse::Error {
-                message: e.to_string(),
-            },
-        })
-        .collect()
+    let error = |e: StoreError| DbResponse::Error {
+        message: e.to_string(),
+    };
+    match throttle::login_all(store, &lookups) {
+        Ok(results) => results
+            .into_iter()
+            .map(|result| result.map_or_else(error, login_response))
+            .collect(),
+        Err(e) => {
+            let message = e.to_string();
+            let failed = DbResponse::Error { message };
+            vec![failed; lookups.len()]
+        }
+    }
 }
 
 /// Read one line (at most [`MAX_LINE`] bytes) into `line` by `deadline`. `Ok(false)` if the

@@ -146,6 +146,19 @@ pub fn check_stored(stored: &str) -> Result<(), HashError> {
     Ok(())
 }
 
+/// Work (memory in KiB × iterations) up to which an argon2 verification is cheap: a fraction
+/// of a millisecond, as at `--hash-params 8,1,1`; OWASP's `19456,2,1` is 38,912.
+pub const CHEAP_WORK: u64 = 1024;
+
+/// Whether verifying against `stored` is cheap (see [`CHEAP_WORK`]); bcrypt never is.
+pub fn is_cheap(stored: &str) -> bool {
+    let Ok(parsed) = PasswordHash::new(stored) else {
+        return false;
+    };
+    Params::try_from(&parsed)
+        .is_ok_and(|p| u64::from(p.m_cost()) * u64::from(p.t_cost()) <= CHEAP_WORK)
+}
+
 /// Whether `stored` is a bcrypt hash (`$2a$`, `$2b$`, `$2x$` or `$2y$`).
 pub fn is_bcrypt(stored: &str) -> bool {
     ["$2a$", "$2b$", "$2x$", "$2y$"]
@@ -255,6 +268,22 @@ impl Hasher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_small_argon2_work_is_cheap() {
+        let at = |m: u32, t: u32| {
+            format!("$argon2id$v=19$m={m},t={t},p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA")
+        };
+        assert!(is_cheap(&at(8, 1)));
+        assert!(is_cheap(&at(1024, 1)));
+        assert!(is_cheap(&at(512, 2)));
+        assert!(!is_cheap(&at(1025, 1)));
+        assert!(!is_cheap(&at(513, 2)));
+        assert!(!is_cheap(&at(19456, 2)));
+        let bcrypt = "$2b$04$abcdefghijklmnopqrstuu5Qp1eQ1V0I2X2kvX6Jt3lH1pJm6fJ0y";
+        assert!(!is_cheap(bcrypt));
+        assert!(!is_cheap("not a hash"));
+    }
 
     #[test]
     fn parses_and_checks_params() {

@@ -137,8 +137,8 @@ pub struct LoginServerConfig {
     /// for up to 32 connections' requests at once. Defaults to 4 × CPU cores.
     #[arg(long, value_name = "N", env = "LOGIN_SERVER_WORKERS", value_parser = at_least_one)]
     pub workers: Option<usize>,
-    /// Whole messages waiting for a worker (and, apart, for a hash thread) before new ones are
-    /// answered "unavailable" (7) at once. Defaults to 1024.
+    /// Connections with a whole message waiting for a worker (and, apart, requests waiting for
+    /// a hash thread) before new ones are answered "unavailable" (7) at once. Defaults to 1024.
     #[arg(long, value_name = "N", env = "LOGIN_SERVER_QUEUE", default_value = "1024", value_parser = at_least_one)]
     pub queue: usize,
     /// Open gateway connections at most; further ones are closed at accept. Defaults to 10000.

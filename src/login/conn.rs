@@ -99,6 +99,8 @@ pub struct Conn {
     /// Bytes of messages taken since it was last handed to a worker: a worker's turn on one
     /// connection is bounded by bytes as well as by messages.
     turn_bytes: usize,
+    /// Messages taken since it was last handed to a worker.
+    turn_messages: usize,
     /// Set by the I/O thread when the socket had an event while a worker held it (see
     /// [`Returns::give_back`](super::returns::Returns::give_back)).
     wanted: Arc<AtomicBool>,
@@ -128,6 +130,7 @@ impl Conn {
             last_activity: now,
             ready_at: now,
             turn_bytes: 0,
+            turn_messages: 0,
             wanted: Arc::default(),
         }
     }
@@ -212,6 +215,11 @@ impl Conn {
         self.turn_bytes
     }
 
+    /// Messages taken in this worker's turn.
+    pub fn turn_messages(&self) -> usize {
+        self.turn_messages
+    }
+
     /// Whether enough replies wait unsent that no more messages should be taken for now.
     pub fn output_full(&self) -> bool {
         self.output.len() >= MAX_OUTPUT
@@ -227,6 +235,7 @@ impl Conn {
                 let parsed = gateway::parse(form, bytes);
                 self.consumed += end;
                 self.turn_bytes += end;
+                self.turn_messages += 1;
                 self.scanner.reset();
                 self.message_started = None;
                 Some(match parsed {
@@ -364,6 +373,7 @@ impl Conn {
             Scan::Complete { .. } => {
                 self.ready_at = Instant::now();
                 self.turn_bytes = 0;
+                self.turn_messages = 0;
                 Next::Dispatch
             }
             Scan::Invalid(error) => {

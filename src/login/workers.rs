@@ -3,11 +3,11 @@
 //! order, in rounds: a round takes one request from each connection, asks account-db the
 //! questions of all of them at once ([`Service::ask_all`]: one round trip, one wake-up of the
 //! worker), then finishes each. Under load one wake serves many requests; when idle a round is
-//! the single request it always was. A login that needs argon2 is verified here when a permit
-//! is free and nothing waits; otherwise, and for every request that writes the store durably
-//! or asks the old server after hashing (registrations, password changes, migrations), its
-//! connection travels on to a hash thread (see [`super::hashing`]), so that no slow write
-//! holds up the rest of the round. A connection with nothing more to answer goes back to the
+//! the single request it always was. A login whose verification is cheap (a fraction of a
+//! millisecond) is verified here when a permit is free and nothing waits; every other request
+//! that needs argon2 (and then perhaps a durable write or the old server) travels on with its
+//! connection to a hash thread (see [`super::hashing`]), so that nothing slow holds up the rest
+//! of the round. A connection with nothing more to answer goes back to the
 //! I/O thread at once.
 //!
 //! A panic in the service answers that request "unavailable" (7); a panic anywhere else loses
@@ -25,11 +25,14 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-/// Most connections one worker takes at once (and the I/O thread sends in one batch): the
-/// most questions in one round trip.
+/// Connections the I/O thread sends in one batch; a worker takes the batches waiting while it
+/// holds fewer (so at most twice as many, less one): the most questions in one round trip.
 pub const MAX_CONNS: usize = 32;
-/// Most rounds, so most requests of one connection, before giving others a turn.
+/// Most rounds in one turn of a worker.
 const ROUNDS: usize = 64;
+/// Most messages one worker takes from one connection in a turn (whether or not they ask the
+/// store) before giving others a turn.
+const TURN_MESSAGES: usize = 64;
 /// Most bytes of messages one worker takes from one connection in a turn: a client of big
 /// messages gets a turn as long as a client of small ones, not 64 times its share.
 const TURN_BYTES: usize = 64 * 1024;
@@ -188,7 +191,7 @@ impl Worker {
             if !conn.is_open() || (conn.output_full() && !matches!(conn.flush(), Ok(true))) {
                 return Turn::Over;
             }
-            if conn.turn_bytes() >= TURN_BYTES {
+            if conn.turn_bytes() >= TURN_BYTES || conn.turn_messages() >= TURN_MESSAGES {
                 return Turn::Over;
             }
             let Some(incoming) = conn.next_message_reading(&mut self.scratch, self.max_message)
@@ -225,7 +228,8 @@ impl Worker {
         }
     }
 
-    /// Answer `step`, hashing here if the task is quick and a permit free; else the task.
+    /// Answer `step`, hashing here if the task is quick (see [`Service::is_quick`]) and a
+    /// permit free; else the task.
     fn step(
         &self,
         conn: &mut Conn,
@@ -236,7 +240,7 @@ impl Worker {
     ) -> Option<HashTask> {
         let reply = match step {
             Step::Done(reply) => reply,
-            Step::Hash(task) if !task.is_quick() => return Some(task),
+            Step::Hash(task) if !self.service.is_quick(&task) => return Some(task),
             Step::Hash(task) => match self.permits.try_permit() {
                 Some(mut permit) => permit.finish(&self.service, task),
                 None => return Some(task),

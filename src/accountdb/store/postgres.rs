@@ -266,7 +266,6 @@ fn record(row: &postgres::Row, first: usize) -> Record {
 const RECORD_COLUMNS: &str =
     "count, window_start, lockouts, locked_until, familiar, familiar_until, expires";
 
-/// The records of `rows` (column 0 the key, then [`RECORD_COLUMNS`]) in the order of `keys`.
 /// A login's read from its rows (see `find_for_login`): the account, the records of `keys`.
 fn found(keys: &[String], rows: &[postgres::Row]) -> Found {
     let account = rows.first().and_then(|row| {
@@ -281,6 +280,7 @@ fn found(keys: &[String], rows: &[postgres::Row]) -> Found {
     (account, in_order(keys, rows))
 }
 
+/// The records of `rows` (column 0 the key, then [`RECORD_COLUMNS`]) in the order of `keys`.
 fn in_order(keys: &[String], rows: &[postgres::Row]) -> Vec<Record> {
     keys.iter()
         .map(|key| {
