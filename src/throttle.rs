@@ -443,11 +443,30 @@ pub fn login_all(
         .collect();
     let found = store.find_for_logins(&reads)?;
     let now = now_ms();
-    Ok(lookups
-        .iter()
-        .zip(found)
-        .map(|(lookup, found)| lookup.decide(store, found, now))
-        .collect())
+    // An unknown name's lookup counts a failure against its address (and name): a later
+    // lookup of the run from that address (or of that name) reads afresh, so that a lock the
+    // run itself set holds for the rest of it.
+    let mut counted: Vec<String> = Vec::new();
+    let mut answers = Vec::with_capacity(lookups.len());
+    for (lookup, found) in lookups.iter().zip(found) {
+        let keys = lookup.keys();
+        let stale = keys.iter().any(|key| counted.contains(key));
+        let unknown = found.0.is_none() && lookup.unknown != Unknown::Nothing;
+        answers.push(match stale {
+            true => login(
+                store,
+                lookup.username,
+                lookup.origin,
+                lookup.t,
+                lookup.unknown,
+            ),
+            false => lookup.decide(store, found, now),
+        });
+        if unknown {
+            counted.extend(keys);
+        }
+    }
+    Ok(answers)
 }
 
 /// One login's lookup: [`login`]'s arguments.
@@ -929,6 +948,22 @@ mod tests {
         );
         assert!(matches!(together[1], Login::Open { account: None, .. }));
         assert!(matches!(together[2], Login::Locked(_)));
+        // Unknown names from one address, read in one run, lock the address for the rest of
+        // the run: a real account's lookup after them is refused, not let through on the
+        // records read before the failures were counted.
+        let guess = |username| Lookup {
+            username,
+            origin: ip("203.0.113.9"),
+            t: &t,
+            unknown: Unknown::Address,
+        };
+        let run = [guess("no-1"), guess("no-2"), guess("no-3"), guess("dora")];
+        let answers = login_all(&store, &run).unwrap();
+        assert!(
+            matches!(answers[3], Ok(Login::Locked(_))),
+            "{:?}",
+            answers[3]
+        );
         // An operator's unlock opens it for every lookup.
         unlock(&store, "LOCKED-OUT").unwrap();
         let open = login(&store, "locked-out", None, &t, Unknown::Nothing).unwrap();
