@@ -101,6 +101,9 @@ pub struct Conn {
     turn_bytes: usize,
     /// Messages taken since it was last handed to a worker.
     turn_messages: usize,
+    /// The last read found the socket empty (it stopped at WouldBlock, not at the input cap):
+    /// only then does more input bring an event.
+    drained: bool,
     /// Set by the I/O thread when the socket had an event while a worker held it (see
     /// [`Returns::give_back`](super::returns::Returns::give_back)).
     wanted: Arc<AtomicBool>,
@@ -131,6 +134,7 @@ impl Conn {
             ready_at: now,
             turn_bytes: 0,
             turn_messages: 0,
+            drained: false,
             wanted: Arc::default(),
         }
     }
@@ -141,9 +145,14 @@ impl Conn {
     }
 
     /// Whether, back with the I/O thread, it needs nothing until its socket has an event: it
-    /// is open, every byte read is answered, and every reply written.
+    /// is open, its socket was read empty, every byte read is answered, and every reply
+    /// written.
     pub fn quiet(&self) -> bool {
-        self.phase == Phase::Open && self.consumed == self.input.len() && self.output.is_empty()
+        self.phase == Phase::Open
+            && self.drained
+            && !self.eof
+            && self.consumed == self.input.len()
+            && self.output.is_empty()
     }
 
     /// Its slot in the I/O thread.
@@ -174,6 +183,7 @@ impl Conn {
             }
         }
         let cap = max_message + scratch.len();
+        self.drained = false;
         while !self.eof && self.input.len() < cap {
             match self.stream.read(scratch) {
                 Ok(0) => self.eof = true,
@@ -190,7 +200,10 @@ impl Conn {
                     self.input.extend_from_slice(&scratch[..n]);
                     self.last_activity = Instant::now();
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.drained = true;
+                    break;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
