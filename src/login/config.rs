@@ -149,7 +149,8 @@ pub struct LoginServerConfig {
         value_parser = at_least_one
     )]
     pub max_connections: usize,
-    /// Pooled account-db connections; 0 opens one per request, as the seed did. Defaults to
+    /// Pooled account-db connections; 0 opens one per request, as the seed did (and workers
+    /// take one gateway connection at a time: there is no round trip to share). Defaults to
     /// workers + hash threads: one for each thread that asks account-db.
     #[arg(long, value_name = "N", env = "LOGIN_SERVER_DB_POOL")]
     pub db_pool: Option<u32>,

@@ -9,7 +9,7 @@
 use super::conn::{Conn, Deadlines, Incoming, Next};
 use super::health::Health;
 use super::returns::{Back, Returns};
-use super::workers::{Job, MAX_CONNS};
+use super::workers::Job;
 use crate::cidr::Cidr;
 use crate::metrics::Metrics;
 use crate::protocol::gateway::Reply;
@@ -40,6 +40,8 @@ pub struct Limits {
     pub max_message: usize,
     /// Connections waiting for a worker at most (`--queue`).
     pub queue: usize,
+    /// Connections per batch handed to a worker ([`batch_size`](super::workers::batch_size)).
+    pub batch: usize,
     pub deadlines: Deadlines,
     pub shutdown_timeout: Duration,
 }
@@ -228,13 +230,13 @@ impl IoLoop {
         }
     }
 
-    /// Hand the connections found ready to the workers, in batches of at most [`MAX_CONNS`];
+    /// Hand the connections found ready to the workers, in batches of at most `limits.batch`;
     /// those beyond `--queue` waiting are answered "unavailable" here.
     fn dispatch(&self, state: &mut State) {
         while !state.ready.is_empty() {
             let waiting = self.queued.load(Ordering::Relaxed);
             let room = self.limits.queue.saturating_sub(waiting);
-            let n = state.ready.len().min(MAX_CONNS).min(room);
+            let n = state.ready.len().min(self.limits.batch).min(room);
             if n == 0 {
                 break;
             }

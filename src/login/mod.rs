@@ -298,6 +298,7 @@ impl LoginServer {
                 metrics: metrics.clone(),
                 scratch: vec![0; 16 * 1024],
                 max_message: config.max_message,
+                batch: workers::batch_size(config.db_pool() > 0),
             };
             let running = health.running();
             threads.push(spawn_named(format!("worker-{i}"), move || {
@@ -328,6 +329,7 @@ impl LoginServer {
                 max_connections: config.max_connections,
                 max_message: config.max_message,
                 queue: config.queue,
+                batch: workers::batch_size(config.db_pool() > 0),
                 deadlines: Deadlines {
                     message: config.message_timeout,
                     idle: config.idle_timeout,

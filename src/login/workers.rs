@@ -28,6 +28,17 @@ use std::sync::Arc;
 /// Connections the I/O thread sends in one batch; a worker takes the batches waiting while it
 /// holds fewer (so at most twice as many, less one): the most questions in one round trip.
 pub const MAX_CONNS: usize = 32;
+
+/// Connections per batch: [`MAX_CONNS`], or 1 when every request opens its own account-db
+/// connection (`--db-pool 0`, the seed's design): there is no round trip to share, and
+/// connections are better opened by several workers at once than by one in turn.
+pub fn batch_size(pooled: bool) -> usize {
+    if pooled {
+        MAX_CONNS
+    } else {
+        1
+    }
+}
 /// Most rounds in one turn of a worker.
 const ROUNDS: usize = 64;
 /// Most messages one worker takes from one connection in a turn (whether or not they ask the
@@ -64,6 +75,8 @@ pub struct Worker {
     /// Read buffer, for taking pipelined requests that arrived while answering.
     pub scratch: Vec<u8>,
     pub max_message: usize,
+    /// Most connections it takes at once: [`batch_size`].
+    pub batch: usize,
 }
 
 /// A request of this round, waiting for the store's answer.
@@ -87,11 +100,11 @@ enum Turn {
 impl Worker {
     /// The worker loop: until the job channel closes.
     pub fn run(mut self) {
-        let mut conns: Vec<Box<Conn>> = Vec::with_capacity(MAX_CONNS);
+        let mut conns: Vec<Box<Conn>> = Vec::with_capacity(self.batch);
         while let Ok(Job(batch)) = self.jobs.recv() {
             self.queued.fetch_sub(batch.len(), Ordering::Relaxed);
             conns.extend(batch);
-            while conns.len() < MAX_CONNS {
+            while conns.len() < self.batch {
                 let Ok(Job(batch)) = self.jobs.try_recv() else {
                     break;
                 };
@@ -119,7 +132,7 @@ impl Worker {
     /// or on to a hash thread. `conns` holds exactly those not yet gone.
     fn serve(&mut self, conns: &mut Vec<Box<Conn>>) {
         let service = self.service.clone();
-        let mut waiting: Vec<(usize, Waiting)> = Vec::with_capacity(MAX_CONNS);
+        let mut waiting: Vec<(usize, Waiting)> = Vec::with_capacity(self.batch);
         for _ in 0..ROUNDS {
             let mut i = 0;
             while i < conns.len() {
