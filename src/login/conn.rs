@@ -145,13 +145,14 @@ impl Conn {
     }
 
     /// Whether, back with the I/O thread, it needs nothing until its socket has an event: it
-    /// is open, its socket was read empty, every byte read is answered, and every reply
-    /// written.
+    /// is open, its socket was read empty, every message read is answered (what is left is
+    /// whitespace, such as the newline after a stream-form request), and every reply written.
     pub fn quiet(&self) -> bool {
+        let rest = &self.input[self.consumed..];
         self.phase == Phase::Open
             && self.drained
             && !self.eof
-            && self.consumed == self.input.len()
+            && rest.iter().all(u8::is_ascii_whitespace)
             && self.output.is_empty()
     }
 
@@ -441,5 +442,57 @@ impl Conn {
                 Err(e) => return e.kind() != io::ErrorKind::WouldBlock,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connection whose reads stopped at the input cap is not quiet though every message it
+    /// read is answered: the rest waits in the socket, and no new event will say so.
+    #[test]
+    fn only_a_connection_read_empty_is_quiet() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, peer) = listener.accept().unwrap();
+        server.set_nonblocking(true).unwrap();
+        let (max_message, mut scratch) = (1024, vec![0; 1024]);
+        let mut conn = Conn::new(0, server, peer, max_message, Metrics::default());
+        // Messages of 64 bytes: the cap (a message and a read, 2048) ends on a boundary.
+        let line = br#"{"OP":"login","username":"user-0123456789abcd","password":"pw"}"#;
+        let line = [&line[..], b"\n"].concat();
+        assert_eq!(line.len(), 64);
+        client.write_all(&line.repeat(64)).unwrap(); // 4096 bytes: twice the cap
+        let read_all = |conn: &mut Conn, scratch: &mut [u8], want: usize| {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let mut taken = 0;
+            while taken < want {
+                assert!(Instant::now() < deadline, "only {taken} messages arrived");
+                conn.fill(scratch, max_message).unwrap();
+                while let Some(incoming) = conn.next_message() {
+                    assert!(matches!(incoming, Incoming::Request { .. }));
+                    taken += 1;
+                }
+                if taken < want {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        };
+        read_all(&mut conn, &mut scratch, 32);
+        assert!(
+            !conn.drained && !conn.quiet(),
+            "stopped at the cap: more is waiting"
+        );
+        read_all(&mut conn, &mut scratch, 32);
+        conn.fill(&mut scratch, max_message).unwrap();
+        assert!(
+            conn.quiet(),
+            "read empty, all answered (the last newline is whitespace)"
+        );
+        client.write_all(&line[..10]).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        conn.fill(&mut scratch, max_message).unwrap();
+        assert!(!conn.quiet(), "part of a message is unanswered input");
     }
 }
