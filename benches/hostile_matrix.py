@@ -19,7 +19,7 @@ import subprocess
 import tempfile
 import time
 
-from stress_matrix import BIN, log, need, peak_rss_mib, start, stop, token_key_flags
+from stress_matrix import BIN, builds as measured_builds, log, need, peak_rss_mib, start, stop, token_key_flags
 
 ATTACKS = [
     ("1: throttle-table fill", "throttle-fill", 1),
@@ -79,11 +79,7 @@ def main():
     args = parser.parse_args()
     for name in ["login-server", "account-db", "gateway-sim"]:
         need(f"{BIN}/{name}")
-    builds = [("after", BIN)]
-    if args.before:
-        for name in ["login-server", "account-db"]:
-            need(f"{args.before}/{name}")
-        builds.insert(0, ("before", args.before))
+    builds = measured_builds(args.before)
     print("| attack | build | peak RSS MiB | normal p99 ms | normal codes | normal transport errors | attack: connected / closed by server / sent |")
     print("|---|---|---|---|---|---|---|")
     for label, kind, connections in ATTACKS:

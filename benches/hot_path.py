@@ -21,7 +21,7 @@ import glob
 import shutil
 import tempfile
 
-from stress_matrix import BIN, log, need, start, stop, token_key_flags
+from stress_matrix import BIN, builds as measured_builds, log, need, start, stop, token_key_flags
 from store_matrix import scratch_database, stress
 
 CHEAP = "8,1,1"
@@ -121,11 +121,7 @@ def main():
     args = parser.parse_args()
     for name in ["login-server", "account-db", "gateway-sim", "examples/two_tier_floor"]:
         need(f"{BIN}/{name}")
-    builds = [("after", BIN)]
-    if args.before:
-        for name in ["login-server", "account-db"]:
-            need(f"{args.before}/{name}")
-        builds.insert(0, ("before", args.before))
+    builds = measured_builds(args.before)
     runs = []
     for _ in range(max(args.repeat, 1)):
         log("two-tier floor")

@@ -33,6 +33,17 @@ def need(path):
                  f"--example floor --example two_tier_floor` first")
 
 
+def builds(before):
+    """The builds to measure, as (label, target/release): this one, after the one in `before`
+    (another build's target/release, its servers checked) if given."""
+    measured = [("after", BIN)]
+    if before:
+        for name in ["login-server", "account-db"]:
+            need(f"{before}/{name}")
+        measured.insert(0, ("before", before))
+    return measured
+
+
 def token_key_flags(bin_dir, data):
     """The flags a login-server with --db needs for its token key, made in `data` with this
     build's `login-server gen-token-key`; none for a build from before session tokens."""

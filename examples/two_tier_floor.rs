@@ -58,6 +58,18 @@ impl Peer {
         }
     }
 
+    /// Take the whole lines read so far: how many there were.
+    fn take_lines(&mut self) -> usize {
+        let lines = self.input.iter().filter(|&&b| b == b'\n').count();
+        let end = self
+            .input
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |i| i + 1);
+        self.input.drain(..end);
+        lines
+    }
+
     /// Write what the socket takes; the rest waits for a writable event.
     fn flush(&mut self) -> io::Result<()> {
         while !self.output.is_empty() {
@@ -118,14 +130,7 @@ fn respond(addr: &str) -> io::Result<()> {
                 continue;
             };
             let open = peer.fill(&mut buf).unwrap_or(false);
-            let lines = peer.input.iter().filter(|&&b| b == b'\n').count();
-            let end = peer
-                .input
-                .iter()
-                .rposition(|&b| b == b'\n')
-                .map_or(0, |i| i + 1);
-            peer.input.drain(..end);
-            for _ in 0..lines {
+            for _ in 0..peer.take_lines() {
                 peer.output.extend_from_slice(LINE_REPLY);
             }
             if !open || peer.flush().is_err() {
@@ -191,14 +196,7 @@ fn relay(addr: &str, backend: &str, k: usize) -> io::Result<()> {
                 if !peer.fill(&mut buf)? {
                     return Err(io::ErrorKind::UnexpectedEof.into());
                 }
-                let lines = peer.input.iter().filter(|&&b| b == b'\n').count();
-                let end = peer
-                    .input
-                    .iter()
-                    .rposition(|&b| b == b'\n')
-                    .map_or(0, |i| i + 1);
-                peer.input.drain(..end);
-                for _ in 0..lines {
+                for _ in 0..peer.take_lines() {
                     let Some(to) = pending.pop_front() else {
                         continue;
                     };

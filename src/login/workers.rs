@@ -143,12 +143,7 @@ impl Worker {
                     }
                     Turn::Hash(form, id, task) => {
                         let conn = conns.swap_remove(i);
-                        conns.extend(self.hand_on(HashJob {
-                            conn,
-                            form,
-                            id,
-                            task,
-                        }));
+                        conns.extend(self.hand_on(conn, form, id, task));
                     }
                     Turn::Over => self.returns.give_back(conns.swap_remove(i)),
                 }
@@ -183,12 +178,7 @@ impl Worker {
             // Highest first, so that each removal leaves the lower indices in place.
             for (i, form, id, task) in leaving.into_iter().rev() {
                 let conn = conns.swap_remove(i);
-                conns.extend(self.hand_on(HashJob {
-                    conn,
-                    form,
-                    id,
-                    task,
-                }));
+                conns.extend(self.hand_on(conn, form, id, task));
             }
         }
         for conn in conns.drain(..) {
@@ -266,15 +256,25 @@ impl Worker {
     /// Send the connection with its task to a hash thread, its replies so far written first.
     /// If the hash queue is full the request is answered "busy" and the connection is given
     /// back to the caller, to go on with its next message.
-    fn hand_on(&self, job: HashJob) -> Option<Box<Conn>> {
-        let mut conn = job.conn;
+    fn hand_on(
+        &self,
+        mut conn: Box<Conn>,
+        form: Form,
+        id: Option<Id>,
+        task: HashTask,
+    ) -> Option<Box<Conn>> {
         if let Err(e) = conn.flush() {
             tracing::debug!(peer = %conn.peer(), error = %e, "write failed");
             self.returns.send(Back::Gone(conn.token()));
             return None;
         }
-        let op = job.task.op();
-        let job = HashJob { conn, ..job };
+        let op = task.op();
+        let job = HashJob {
+            conn,
+            form,
+            id,
+            task,
+        };
         match self.hash_jobs.try_send(job) {
             Ok(()) => None,
             Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => {
