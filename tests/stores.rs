@@ -8,9 +8,10 @@ use login_server::accountdb::store::{
     Account, Created, PostgresStore, Revocation, SessionState, SqliteStore, Store, StoreUrl,
     REVOKED_PER_ACCOUNT,
 };
+use login_server::auth::names;
 use login_server::throttle::{now_ms, Millis, Record};
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
 fn account(name: &str) -> Account {
@@ -62,6 +63,44 @@ fn conformance(store: Arc<dyn Store>) {
         .filter(|created| *created == Created::New)
         .count();
     assert_eq!(winners, 1);
+    // Sixteen threads creating sixteen different look-alikes of one name at once (no unique key
+    // holds them apart, only the look-alike check): exactly one wins. Four rounds, four names.
+    for round in 0..4 {
+        let lookalikes: Vec<String> = (0..16u32)
+            .map(|i| {
+                // Latin or Cyrillic in each of four places: o/о, e/е, a/а, c/с.
+                let pick = |bit: u32, latin: char, cyrillic: char| {
+                    if i & (1 << bit) == 0 {
+                        latin
+                    } else {
+                        cyrillic
+                    }
+                };
+                let (o, e) = (pick(0, 'o', 'о'), pick(1, 'e', 'е'));
+                let (a, c) = (pick(2, 'a', 'а'), pick(3, 'c', 'с'));
+                format!("R{o}s{e}r{a}h{c}{round}")
+            })
+            .collect();
+        let folded: HashSet<String> = lookalikes.iter().map(|n| names::fold(n)).collect();
+        let skeletons: HashSet<String> = lookalikes.iter().map(|n| names::skeleton(n)).collect();
+        assert_eq!((folded.len(), skeletons.len()), (16, 1), "{lookalikes:?}");
+        let start = Arc::new(Barrier::new(lookalikes.len()));
+        let winners: usize = lookalikes
+            .into_iter()
+            .map(|name| {
+                let (store, start) = (store.clone(), start.clone());
+                std::thread::spawn(move || {
+                    start.wait();
+                    store.create(&account(&name), &name)
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|t| t.join().unwrap().unwrap())
+            .filter(|created| *created == Created::New)
+            .count();
+        assert_eq!(winners, 1, "round {round}");
+    }
     // Ids: distinct, and stable across lookups.
     let names: Vec<String> = (0..10).map(|i| format!("player{i}")).collect();
     for name in &names {
@@ -383,4 +422,30 @@ fn a_create_stuck_behind_a_hung_account_db_fails_within_the_store_timeout() {
     assert_eq!(store.find("held").unwrap().unwrap().username, "Held");
     assert_eq!(store.create(&account("Third"), "r3").unwrap(), Created::New);
     drop(tx);
+}
+
+#[test]
+fn a_pooled_connection_that_postgresql_ended_is_replaced_before_use() {
+    let Some(db) = common::postgres_database() else {
+        return;
+    };
+    let store = PostgresStore::open(&db.url, 2, Duration::from_secs(2)).unwrap();
+    assert_eq!(store.create(&account("Kept"), "r1").unwrap(), Created::New);
+    // Every backend of the store's database ends, as in a PostgreSQL restart or failover.
+    let mut admin = postgres::Client::connect(&db.url, postgres::NoTls).unwrap();
+    let ended: i64 = admin
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(ended >= 1, "the store's connections were ended");
+    // Past the window in which a connection just returned is trusted, the checkout's check
+    // finds the dead connection and the pool makes a new one: no request sees it.
+    std::thread::sleep(Duration::from_millis(700));
+    for _ in 0..4 {
+        assert_eq!(store.find("kept").unwrap().unwrap().username, "Kept");
+    }
 }
