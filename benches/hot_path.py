@@ -2,9 +2,11 @@
 """The cheap path against the two-tier floor (BENCHMARKS.md, "The hot path"), in one run:
 login-server and a separate account-db at --hash-params 8,1,1, 32 connections, gateway-sim's
 default mix, on SQLite pooled (seed and stream form), with --db-pool 0 (stream form) and on
-PostgreSQL (stream form); beside them the two-tier floor (examples/two_tier_floor.rs: an event
+PostgreSQL (seed and stream form); beside them the two-tier floor (examples/two_tier_floor.rs: an event
 loop relaying every message over pipelined connections to a line responder). Context
-switches per request are counted from /proc over both server processes.
+switches and CPU time per request are counted from /proc: the two server processes', every
+PostgreSQL process's (a PostgreSQL there is otherwise idle, or the column is noise), and
+gateway-sim's (from this script's rusage of its ended children).
 
     cargo build --release --workspace --bins --example two_tier_floor
     python3 benches/hot_path.py [--duration SECS] [--repeat N] [--postgres URL] [--before DIR] > target/hot-path.md
@@ -18,6 +20,8 @@ median run (by throughput): the machine is shared and noisy. Everything runs on 
 import argparse
 import contextlib
 import glob
+import os
+import resource
 import shutil
 import tempfile
 
@@ -44,11 +48,48 @@ def switches(pids):
     return total
 
 
+def cpu_seconds(pids):
+    """CPU time (user + system) so far of every process in `pids`."""
+    ticks = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def postgres_pids():
+    """Every PostgreSQL process on this machine (its backends, and its own helpers)."""
+    pids = []
+    for comm in glob.glob("/proc/[0-9]*/comm"):
+        try:
+            with open(comm) as f:
+                if f.read().strip() == "postgres":
+                    pids.append(int(comm.split("/")[2]))
+        except OSError:
+            pass  # ended meanwhile
+    return pids
+
+
+def generator_seconds():
+    """CPU time of this script's ended children: gateway-sim, once a load has returned."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run(addr, pids, duration, *args):
-    """One load; its report with `switches_per_request` added."""
-    before = switches(pids)
+    """One load; its report with `switches_per_request` and CPU microseconds per request of
+    the servers (`server_us`) and of the load generator (`generator_us`) added."""
+    store = postgres_pids()
+    before = (switches(pids), cpu_seconds(pids), generator_seconds(), cpu_seconds(store))
     report = stress(addr, duration, "--connections", CONNECTIONS, *args)
-    report["switches_per_request"] = (switches(pids) - before) / max(report["requests"], 1)
+    store = [pid for pid in store if os.path.exists(f"/proc/{pid}")]
+    after = (switches(pids), cpu_seconds(pids), generator_seconds(), cpu_seconds(store))
+    requests = max(report["requests"], 1)
+    report["switches_per_request"] = (after[0] - before[0]) / requests
+    report["server_us"] = (after[1] - before[1]) * 1e6 / requests
+    report["generator_us"] = (after[2] - before[2]) * 1e6 / requests
+    report["postgres_us"] = max(after[3] - before[3], 0) * 1e6 / requests
     return report
 
 
@@ -134,18 +175,21 @@ def main():
                        for label in runs[0][1][build]}
                for build, _ in builds}
     print("| run (32 connections, hash 8,1,1) | build | req/s | p99 ms | % of two-tier floor | "
-          "switches per request |")
-    print("|---|---|---|---|---|---|")
+          "switches per request | CPU µs per request: servers | PostgreSQL | gateway-sim |")
+    print("|---|---|---|---|---|---|---|---|---|")
+
+    def row(label, build, r, share):
+        print(f"| {label} | {build} | {r['throughput']:.0f} | {r['latency_ms']['p99']:.2f} | "
+              f"{share:.0%} | {r['switches_per_request']:.2f} | {r['server_us']:.0f} | "
+              f"{r['postgres_us']:.0f} | {r['generator_us']:.0f} |")
+
     for form, r in floors.items():
-        print(f"| two-tier floor, {form} form | | {r['throughput']:.0f} | "
-              f"{r['latency_ms']['p99']:.2f} | 100% | {r['switches_per_request']:.2f} |")
+        row(f"two-tier floor, {form} form", "", r, 1)
     for label in results["after"]:
         form = "seed" if "seed" in label else "stream"
         for build, _ in builds:
             r = results[build][label]
-            share = r["throughput"] / floors[form]["throughput"]
-            print(f"| {label} | {build} | {r['throughput']:.0f} | {r['latency_ms']['p99']:.2f} | "
-                  f"{share:.0%} | {r['switches_per_request']:.2f} |")
+            row(label, build, r, r["throughput"] / floors[form]["throughput"])
     after = results["after"]
     pooled = after["SQLite, stream form"]["throughput"]
     print(f"\n- pooled / --db-pool 0, stream form: "
