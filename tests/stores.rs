@@ -449,3 +449,62 @@ fn a_pooled_connection_that_postgresql_ended_is_replaced_before_use() {
         assert_eq!(store.find("kept").unwrap().unwrap().username, "Kept");
     }
 }
+
+/// Sequential scans and index scans of `accounts` so far, as PostgreSQL's statistics say.
+fn accounts_scans(admin: &mut postgres::Client) -> (i64, i64) {
+    admin
+        .batch_execute("SELECT pg_stat_clear_snapshot()")
+        .unwrap();
+    let row = admin
+        .query_one(
+            "SELECT seq_scan, coalesce(idx_scan, 0) FROM pg_stat_user_tables
+             WHERE relname = 'accounts'",
+            &[],
+        )
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+#[test]
+fn login_lookups_stay_index_probes_as_a_new_table_grows() {
+    let Some(db) = common::postgres_database() else {
+        return;
+    };
+    // One pooled connection, so every lookup runs the statement it planned while the table
+    // held one account.
+    let store = PostgresStore::open(&db.url, 1, Duration::from_secs(2)).unwrap();
+    assert_eq!(store.create(&account("First"), "r1").unwrap(), Created::New);
+    let keys = vec!["name:first".to_string()];
+    let logins = [("first", keys.as_slice()), ("nobody", keys.as_slice())];
+    for _ in 0..10 {
+        assert!(store.find_for_logins(&logins).unwrap()[0].0.is_some());
+        assert!(store.find("first").unwrap().is_some());
+    }
+    // The table grows by 20,000 accounts, with no ANALYZE since.
+    let mut admin = postgres::Client::connect(&db.url, postgres::NoTls).unwrap();
+    admin
+        .batch_execute(
+            "INSERT INTO accounts (folded, skeleton, username, hash, created_at, request_id)
+             SELECT 'p' || i, 'p' || i, 'p' || i, 'h', 0, 'r' FROM generate_series(1, 20000) i",
+        )
+        .unwrap();
+    let lookups = 200;
+    for _ in 0..lookups {
+        assert!(store.find_for_logins(&logins).unwrap()[0].0.is_some());
+        assert!(store.find("p77").unwrap().is_some());
+    }
+    // Its backend reports its statistics as it ends.
+    drop(store);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut scans = accounts_scans(&mut admin);
+    // Two names and one name per round: 3 reads of the table each, by index or by scan.
+    while scans.0 + scans.1 < 3 * lookups && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        scans = accounts_scans(&mut admin);
+    }
+    assert!(
+        scans.0 + scans.1 >= 3 * lookups,
+        "not all counted: {scans:?}"
+    );
+    assert!(scans.0 < 10, "lookups scanned the whole table: {scans:?}");
+}

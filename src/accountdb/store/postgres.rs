@@ -211,10 +211,12 @@ impl PostgresStore {
             .keepalives_retries(3)
             // A prepared statement is planned once, not at every execution: PostgreSQL's
             // default planned the batched login lookup afresh each time (its custom plans
-            // looked cheaper than the generic one), which cost more than running it. The plan
-            // is made again when ANALYZE changes a table's statistics.
+            // looked cheaper than the generic one), which cost more than running it. Every
+            // statement here reads by an index, and keeps doing so: a plan made while a table
+            // was small (a new deployment) would otherwise scan it whole at every lookup as it
+            // grows, until ANALYZE replans it.
             .options(&format!(
-                "-c synchronous_commit=on -c plan_cache_mode=force_generic_plan \
+                "-c synchronous_commit=on -c plan_cache_mode=force_generic_plan -c enable_seqscan=off \
                  -c statement_timeout={ms} -c lock_timeout={ms} \
                  -c idle_in_transaction_session_timeout={}",
                 ms * 2
