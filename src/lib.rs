@@ -12,7 +12,7 @@
 //! - [`login`]: [`LoginServer`] and [`LoginServerConfig`]. `conn` owns a socket, its buffers
 //!   and its lifecycle (one enum of phases); `io_loop` accepts and frames without blocking; a
 //!   bounded channel feeds batches of connections to a fixed pool of `workers`, which ask the
-//!   store for a round of requests at once; `hashing` runs argon2 under a cap of permits;
+//!   store for a round of requests at once; `hashing` runs the argon2 that is not quick under a cap of permits;
 //!   `returns` hands connections back to the I/O thread.
 //! - [`service`]: login, register and session logic over
 //!   [`Accounts`](accountdb::accounts::Accounts), what login-server asks of the account tier;

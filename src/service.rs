@@ -8,7 +8,7 @@
 //! store (a [`Question`]); [`Service::resume`] takes the answer and either answers or hands
 //! back a [`HashTask`]; [`Service::finish`] does the argon2 work the task needs, and for a
 //! registration the store write after it. The server runs `finish` on its hash threads unless
-//! the task is quick ([`Service::is_quick`]) and hashing idle.
+//! the task is quick ([`Service::is_quick`]): then the worker runs it.
 
 use crate::accountdb::accounts::{Accounts, Answer, Question};
 use crate::accountdb::store::{Account, Created, Revocation, SessionState, StoreError};

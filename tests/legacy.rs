@@ -25,6 +25,8 @@ enum Style {
     Halves,
     /// Not its protocol at all.
     Garbage,
+    /// Accepts, then says nothing for ten seconds.
+    Silent,
 }
 
 /// The old database server: one request per connection, as its protocol says.
@@ -109,6 +111,10 @@ fn serve(
         .unwrap();
     if style == Style::Garbage {
         let _ = stream.write_all(b"HTTP/1.0 500 Oops\r\n\r\n");
+        return;
+    }
+    if style == Style::Silent {
+        std::thread::sleep(Duration::from_secs(10));
         return;
     }
     if style != Style::Glued {
@@ -387,4 +393,39 @@ fn short_guesses_lock_an_old_account_whose_password_is_short() {
         assert_eq!(guess(&format!("{i}{i}{i}"), &format!("203.0.113.{i}")), 2);
     }
     assert_eq!(guess("123", "203.0.113.77"), 8, "locked by short guesses");
+}
+
+#[test]
+fn cheap_logins_are_answered_while_the_hash_threads_wait_on_a_silent_old_server() {
+    let old = OldServer::start(&[]);
+    let addr = old.addr;
+    let tiers = start_with(move |c| {
+        c.legacy_db = Some(addr);
+        c.hash_threads = Some(1);
+        c.db_timeout = Duration::from_secs(4);
+    });
+    assert_eq!(code(tiers.addr(), "register", "Fresh", "fresh-pw-1"), 4);
+    // Names account-db does not know go to the old server from the hash stage: the one hash
+    // thread waits on the first for the whole timeout, and the second waits for it.
+    old.set_style(Style::Silent);
+    let ghosts: Vec<_> = ["Ghost1", "Ghost2"]
+        .into_iter()
+        .map(|name| {
+            let server = tiers.addr();
+            std::thread::spawn(move || code(server, "login", name, "ghost-pw-1"))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    // A login against a cheap hash needs no hash thread: it is answered meanwhile, not after
+    // the old server's timeouts.
+    let started = std::time::Instant::now();
+    assert_eq!(code(tiers.addr(), "login", "Fresh", "fresh-pw-1"), 3);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    for ghost in ghosts {
+        assert_eq!(ghost.join().unwrap(), 7, "the old server did not answer");
+    }
 }

@@ -134,7 +134,8 @@ pub struct LoginServerConfig {
     #[command(subcommand)]
     pub command: Option<Command>,
     /// Worker threads: the cheap part of each request, including the account-db lookup, asked
-    /// for up to 32 connections' requests at once. Defaults to 4 × CPU cores.
+    /// for up to 8 connections' requests at once, and quick password checks. Defaults to 2 × CPU
+    /// cores.
     #[arg(long, value_name = "N", env = "LOGIN_SERVER_WORKERS", value_parser = at_least_one)]
     pub workers: Option<usize>,
     /// Connections with a whole message waiting for a worker (and, apart, requests waiting for
@@ -227,7 +228,7 @@ impl Default for LoginServerConfig {
 impl LoginServerConfig {
     /// Worker threads, the default resolved.
     pub fn workers(&self) -> usize {
-        self.workers.unwrap_or_else(|| 4 * cores())
+        self.workers.unwrap_or_else(|| 2 * cores())
     }
 
     /// Hash threads, the default resolved.

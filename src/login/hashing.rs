@@ -3,8 +3,8 @@
 //! A worker that meets a request needing a hash passes the whole connection on as a
 //! [`HashJob`], so its later messages wait their turn and replies never overtake each other,
 //! and a flood of logins cannot hold up requests that need no hash. [`Permits`] caps the
-//! hashes computed at once; while a permit is free and nothing is queued, a worker hashes
-//! itself instead of handing over.
+//! hashes the hash threads compute at once. A quick hash (see [`Service::is_quick`]) is no
+//! hash job: a worker computes it itself, with [`finish`] in its own memory.
 
 use super::conn::Conn;
 use super::returns::Returns;
@@ -25,15 +25,13 @@ pub struct HashJob {
     pub task: HashTask,
 }
 
-/// Caps the hashes computed at once, and holds argon2's scratch memory: one [`Memory`] per
-/// permit, so memory stays at (permits) x (memory cost) however many threads hash. Hash threads
-/// wait for a permit; a worker takes one only if it is free at once and no hash job is queued.
+/// Caps the hashes the hash threads compute at once, and holds argon2's scratch memory: one
+/// [`Memory`] per permit, so memory stays at (permits) x (memory cost) however many threads
+/// hash. Hash threads wait for a permit.
 pub struct Permits {
     metrics: Metrics,
     free: Mutex<Vec<Memory>>,
     freed: Condvar,
-    /// The hash queue, to see whether jobs are waiting (never to take them).
-    queue: Receiver<HashJob>,
 }
 
 /// A permit to hash, with its memory; given back on drop.
@@ -43,15 +41,20 @@ pub struct Permit<'a> {
 }
 
 impl Permit<'_> {
-    /// The argon2 part of a request, in this permit's memory, counted as a hash in progress.
+    /// The argon2 part of a request, in this permit's memory.
     pub fn finish(&mut self, service: &Service, task: HashTask) -> Reply {
-        let hashing = &self.permits.metrics.hashing;
-        hashing.inc();
-        let op = task.op();
-        let reply = guarded(op, || service.finish(task, &mut self.memory), |r| r);
-        hashing.dec();
-        reply
+        finish(service, task, &mut self.memory, &self.permits.metrics)
     }
+}
+
+/// The argon2 part of a request, in `memory`, counted as a hash in progress (a panic in it is
+/// answered "unavailable").
+pub fn finish(service: &Service, task: HashTask, memory: &mut Memory, metrics: &Metrics) -> Reply {
+    metrics.hashing.inc();
+    let op = task.op();
+    let reply = guarded(op, || service.finish(task, memory), |r| r);
+    metrics.hashing.dec();
+    reply
 }
 
 impl Drop for Permit<'_> {
@@ -63,27 +66,13 @@ impl Drop for Permit<'_> {
 }
 
 impl Permits {
-    /// `permits` hashes at once; `queue` is the hash threads' channel.
-    pub fn new(permits: usize, queue: Receiver<HashJob>, metrics: Metrics) -> Permits {
+    /// `permits` hashes at once.
+    pub fn new(permits: usize, metrics: Metrics) -> Permits {
         Permits {
             metrics,
             free: Mutex::new((0..permits).map(|_| Memory::default()).collect()),
             freed: Condvar::new(),
-            queue,
         }
-    }
-
-    /// A permit if one is free now and no hash job is waiting for one.
-    pub fn try_permit(&self) -> Option<Permit<'_>> {
-        let mut free = self.free.lock();
-        if !self.queue.is_empty() {
-            return None;
-        }
-        let memory = free.pop()?;
-        Some(Permit {
-            permits: self,
-            memory,
-        })
     }
 
     /// A permit, waiting for one to be freed.

@@ -27,7 +27,7 @@ use crate::accountdb::accounts::Accounts;
 use crate::accountdb::client::{InstanceState, RemoteStore};
 use crate::accountdb::server::{AccountDb, AccountDbStartError};
 use crate::accountdb::AccountDbConfig;
-use crate::auth::password::{HashError, Hasher};
+use crate::auth::password::{HashError, Hasher, Memory};
 use crate::auth::secret::{Secret, SecretError};
 use crate::http::{HttpEndpoint, Routes};
 use crate::metrics::{Gauges, LiveFamily, LiveGauge, Metrics};
@@ -257,11 +257,7 @@ impl LoginServer {
         let stopping = Arc::new(AtomicBool::new(false));
         let health = Health::new(config.workers() + config.hash_threads());
 
-        let permits = Arc::new(Permits::new(
-            config.hash_threads(),
-            hash_rx.clone(),
-            metrics.clone(),
-        ));
+        let permits = Arc::new(Permits::new(config.hash_threads(), metrics.clone()));
         let metrics_endpoint = match config.metrics_listen {
             None => None,
             Some(addr) => {
@@ -292,13 +288,13 @@ impl LoginServer {
                 jobs: job_rx.clone(),
                 queued: queued.clone(),
                 hash_jobs: hash_tx.clone(),
-                permits: permits.clone(),
                 service: service.clone(),
                 returns: returns.clone(),
                 metrics: metrics.clone(),
                 scratch: vec![0; 16 * 1024],
                 max_message: config.max_message,
                 batch: workers::batch_size(config.db_pool() > 0),
+                memory: Memory::default(),
             };
             let running = health.running();
             threads.push(spawn_named(format!("worker-{i}"), move || {

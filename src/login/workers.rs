@@ -4,7 +4,7 @@
 //! questions of all of them at once ([`Service::ask_all`]: one round trip, one wake-up of the
 //! worker), then finishes each. Under load one wake serves many requests; when idle a round is
 //! the single request it always was. A login whose verification is cheap (a fraction of a
-//! millisecond) is verified here when a permit is free and nothing waits; every other request
+//! millisecond) is verified here, in the worker's own argon2 memory; every other request
 //! that needs argon2 (and then perhaps a durable write or the old server) travels on with its
 //! connection to a hash thread (see [`super::hashing`]), so that nothing slow holds up the rest
 //! of the round. A connection with nothing more to answer goes back to the
@@ -14,8 +14,9 @@
 //! the connections the worker holds. Either way the thread lives on, so the pool never shrinks.
 
 use super::conn::{Conn, Incoming};
-use super::hashing::{HashJob, Permits};
+use super::hashing::{self, HashJob};
 use super::returns::{Back, Returns};
+use crate::auth::password::Memory;
 use crate::logging;
 use crate::metrics::Metrics;
 use crate::protocol::gateway::{Form, Id, Op, Reply};
@@ -27,7 +28,7 @@ use std::sync::Arc;
 
 /// Connections the I/O thread sends in one batch; a worker takes the batches waiting while it
 /// holds fewer (so at most twice as many, less one): the most questions in one round trip.
-pub const MAX_CONNS: usize = 32;
+pub const MAX_CONNS: usize = 8;
 
 /// Connections per batch: [`MAX_CONNS`], or 1 when every request opens its own account-db
 /// connection (`--db-pool 0`, the seed's design): there is no round trip to share, and
@@ -68,7 +69,6 @@ pub struct Worker {
     /// Connections sent to the workers and not yet taken by one.
     pub queued: Arc<AtomicUsize>,
     pub hash_jobs: Sender<HashJob>,
-    pub permits: Arc<Permits>,
     pub service: Arc<Service>,
     pub returns: Arc<Returns>,
     pub metrics: Metrics,
@@ -77,6 +77,9 @@ pub struct Worker {
     pub max_message: usize,
     /// Most connections it takes at once: [`batch_size`].
     pub batch: usize,
+    /// argon2's scratch memory for the quick hashes it computes itself: at most
+    /// [`CHEAP_WORK`](crate::auth::password::CHEAP_WORK) KiB, reused.
+    pub memory: Memory,
 }
 
 /// A request of this round, waiting for the store's answer.
@@ -91,7 +94,7 @@ struct Waiting {
 enum Turn {
     /// A request waiting for the store.
     Asking(Waiting),
-    /// A request to hash, with no permit free here: the connection goes to a hash thread.
+    /// A request to hash that is not quick: the connection goes to a hash thread.
     Hash(Form, Option<Id>, HashTask),
     /// Nothing more now: the connection goes back to the I/O thread.
     Over,
@@ -231,10 +234,10 @@ impl Worker {
         }
     }
 
-    /// Answer `step`, hashing here if the task is quick (see [`Service::is_quick`]) and a
-    /// permit free; else the task.
+    /// Answer `step`, hashing here if the task is quick (see [`Service::is_quick`]); else the
+    /// task.
     fn step(
-        &self,
+        &mut self,
         conn: &mut Conn,
         form: Form,
         op: Op,
@@ -244,10 +247,9 @@ impl Worker {
         let reply = match step {
             Step::Done(reply) => reply,
             Step::Hash(task) if !self.service.is_quick(&task) => return Some(task),
-            Step::Hash(task) => match self.permits.try_permit() {
-                Some(mut permit) => permit.finish(&self.service, task),
-                None => return Some(task),
-            },
+            Step::Hash(task) => {
+                hashing::finish(&self.service, task, &mut self.memory, &self.metrics)
+            }
         };
         conn.answer(form, Some(op), &reply, id);
         None
