@@ -508,3 +508,32 @@ fn login_lookups_stay_index_probes_as_a_new_table_grows() {
     );
     assert!(scans.0 < 10, "lookups scanned the whole table: {scans:?}");
 }
+
+#[test]
+fn an_analyzed_throttle_table_over_its_cap_is_pruned_to_it() {
+    let Some(db) = common::postgres_database() else {
+        return;
+    };
+    let store = PostgresStore::open(&db.url, 2, Duration::from_secs(2)).unwrap();
+    let now = now_ms();
+    let keys: Vec<String> = (0..100).map(|i| format!("name:k{i}")).collect();
+    store
+        .update_records(&keys, now, &mut |records| {
+            for record in records.iter_mut() {
+                record.count = 1;
+                record.expires = now + 3_600_000;
+            }
+        })
+        .unwrap();
+    // With statistics the prune goes by PostgreSQL's estimate of the table's size first.
+    let mut admin = postgres::Client::connect(&db.url, postgres::NoTls).unwrap();
+    admin.batch_execute("ANALYZE throttle").unwrap();
+    assert_eq!(store.prune_records(now, 1_000).unwrap(), 0, "far below");
+    assert_eq!(store.prune_records(now, 60).unwrap(), 40, "just over");
+    assert_eq!(store.prune_records(now, 10).unwrap(), 50, "down to the cap");
+    let left: i64 = admin
+        .query_one("SELECT count(*) FROM throttle", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 10);
+}
