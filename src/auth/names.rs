@@ -107,7 +107,16 @@ impl Rules {
 
 /// The key under which a name is unique: NFKC, full case folding, NFKC again (so the result is
 /// normalized). `Alice`, `ＡＬＩＣＥ` and `alice` are one account; so are `straße` and `STRASSE`.
+/// An ASCII name is its lower case: NFKC leaves ASCII as it is, and folds only `A`-`Z` in it.
 pub fn fold(name: &str) -> String {
+    if name.is_ascii() {
+        return name.to_ascii_lowercase();
+    }
+    fold_unicode(name)
+}
+
+/// [`fold`] done in full.
+fn fold_unicode(name: &str) -> String {
     let compatible: String = name.nfkc().collect();
     caseless::default_case_fold_str(&compatible)
         .nfkc()
@@ -132,6 +141,20 @@ pub fn normalize_password(password: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ascii_names_fold_as_in_full() {
+        let ascii: Vec<char> = (0u8..128).map(char::from).collect();
+        for a in &ascii {
+            for b in &ascii {
+                let name: String = [*a, *b, 'Q', 'z'].iter().collect();
+                assert_eq!(fold(&name), fold_unicode(&name), "{name:?}");
+            }
+        }
+        // Not ASCII: folded in full, whatever ASCII is around it.
+        assert_eq!(fold("ＡＬＩＣＥ"), "alice");
+        assert_eq!(fold("STRAßE"), fold("strasse"));
+    }
 
     #[test]
     fn usernames_of_any_script_within_limits() {
