@@ -892,7 +892,8 @@ impl Service {
 
     /// Whether finishing `task` is quick enough for a worker to do inside its round: a login's
     /// verification against a cheap argon2 hash (see [`password::is_cheap`]) that will not be
-    /// made again. Never bcrypt, a durable write, or the old server.
+    /// made again. Never bcrypt, a durable write, or the old server; at most a throttle write
+    /// (a failure counted, a success recorded), one account-db round trip as a lookup is.
     pub fn is_quick(&self, task: &HashTask) -> bool {
         match &task.0 {
             Task::Verify(found) => {

@@ -537,3 +537,56 @@ fn an_analyzed_throttle_table_over_its_cap_is_pruned_to_it() {
         .get(0);
     assert_eq!(left, 10);
 }
+
+#[test]
+fn a_throttle_table_refilled_after_its_statistics_is_pruned_to_its_cap() {
+    let Some(db) = common::postgres_database() else {
+        return;
+    };
+    let now = now_ms();
+    let keys: Vec<String> = (0..100).map(|i| format!("name:k{i}")).collect();
+    {
+        let store = PostgresStore::open(&db.url, 1, Duration::from_secs(2)).unwrap();
+        store
+            .update_records(&keys, now, &mut |records| {
+                for record in records.iter_mut() {
+                    record.count = 1;
+                    record.expires = now + 3_600_000;
+                }
+            })
+            .unwrap();
+    } // its backend reports its statistics as it ends
+    let mut admin = postgres::Client::connect(&db.url, postgres::NoTls).unwrap();
+    let live = |admin: &mut postgres::Client| -> i64 {
+        admin
+            .batch_execute("SELECT pg_stat_clear_snapshot()")
+            .unwrap();
+        admin
+            .query_one(
+                "SELECT coalesce(n_live_tup, 0) FROM pg_stat_user_tables
+                 WHERE relname = 'throttle'",
+                &[],
+            )
+            .unwrap()
+            .get(0)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while live(&mut admin) < 100 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(live(&mut admin), 100);
+    // Statistics from when the table was large and nearly empty: a row per thousand pages.
+    admin
+        .batch_execute(
+            "UPDATE pg_class SET reltuples = 1, relpages = 1000
+             WHERE oid = 'throttle'::regclass",
+        )
+        .unwrap();
+    let store = PostgresStore::open(&db.url, 1, Duration::from_secs(2)).unwrap();
+    let pruned = store.prune_records(now, 10).unwrap();
+    let left: i64 = admin
+        .query_one("SELECT count(*) FROM throttle", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!((pruned, left), (90, 10));
+}

@@ -71,11 +71,12 @@ const MIGRATIONS: [&str; 6] = [
     // names wait for each other on the skeleton's lock, across every account-db; the function
     // is VOLATILE, so each statement in it reads a snapshot taken after the lock was granted and
     // sees a look-alike committed meanwhile. Answers (rows inserted, request id of the account
-    // that holds the name or a look-alike of it).
+    // that holds the name or a look-alike of it). It finds its tables by the search_path it was
+    // made with, not its caller's, and only its owner may run it.
     "CREATE FUNCTION create_account(p_folded TEXT, p_skeleton TEXT, p_username TEXT,
                                     p_hash TEXT, p_created_at BIGINT, p_request_id TEXT,
                                     OUT inserted INT, OUT held_by TEXT)
-     LANGUAGE plpgsql VOLATILE AS $$
+     LANGUAGE plpgsql VOLATILE SET search_path FROM CURRENT AS $$
      BEGIN
          PERFORM pg_advisory_xact_lock(hashtext(p_skeleton));
          SELECT request_id INTO held_by FROM accounts
@@ -89,7 +90,8 @@ const MIGRATIONS: [&str; 6] = [
          VALUES (p_folded, p_skeleton, p_username, p_hash, p_created_at, p_request_id)
          ON CONFLICT (folded) DO NOTHING;
          GET DIAGNOSTICS inserted = ROW_COUNT;
-     END $$;",
+     END $$;
+    REVOKE EXECUTE ON FUNCTION create_account(TEXT, TEXT, TEXT, TEXT, BIGINT, TEXT) FROM PUBLIC;",
 ];
 
 /// The advisory lock key under which migrations run (any constant the application owns).
@@ -145,6 +147,13 @@ impl std::ops::DerefMut for PgConn {
         &mut self.client
     }
 }
+
+/// Settings for the statements that read whole tables (the prune, an operator's `list` and
+/// `count`), within their transaction: the connection's own are for the hot path's index probes
+/// (plans made once, no sequential scans, the store timeout). Ten seconds is what an operator
+/// waits for a list of millions of accounts, and a full count of the throttle table at its cap.
+const MAINTENANCE: &str = "SET LOCAL plan_cache_mode = auto; SET LOCAL enable_seqscan = on;
+     SET LOCAL statement_timeout = '10s'";
 
 /// How long a pooled connection that came back open is taken as good without a round trip.
 const TRUSTED_FOR: Duration = Duration::from_millis(500);
@@ -442,11 +451,16 @@ impl Store for PostgresStore {
     }
 
     fn list(&self, prefix: &str, limit: u32) -> Result<Vec<Account>, StoreError> {
-        let rows = self.conn()?.query_typed(
+        let mut conn = self.conn()?;
+        let mut tx = conn.transaction()?;
+        // It reads the whole table: planned for its parameters, free to scan, given time.
+        tx.batch_execute(MAINTENANCE)?;
+        let rows = tx.query_typed(
             "SELECT id, username, hash FROM accounts WHERE starts_with(folded, $1)
              ORDER BY folded COLLATE \"C\" LIMIT $2",
             &[(&fold(prefix), Type::TEXT), (&i64::from(limit), Type::INT8)],
         )?;
+        tx.commit()?;
         Ok(rows
             .iter()
             .map(|row| Account {
@@ -481,10 +495,11 @@ impl Store for PostgresStore {
     }
 
     fn count(&self) -> Result<u64, StoreError> {
-        let n: i64 = self
-            .conn()?
-            .query_one("SELECT count(*) FROM accounts", &[])?
-            .get(0);
+        let mut conn = self.conn()?;
+        let mut tx = conn.transaction()?;
+        tx.batch_execute(MAINTENANCE)?;
+        let n: i64 = tx.query_one("SELECT count(*) FROM accounts", &[])?.get(0);
+        tx.commit()?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
@@ -701,6 +716,8 @@ impl Store for PostgresStore {
     fn prune_records(&self, now: Millis, cap: u64) -> Result<u64, StoreError> {
         let mut conn = self.conn()?;
         let mut tx = conn.transaction()?;
+        // Not the hot path: planned for its parameters, free to scan, and given time to count.
+        tx.batch_execute(MAINTENANCE)?;
         // One account-db prunes at a time (the others skip this second), so the excess is
         // evicted once, not once per account-db.
         let ours: bool = tx
@@ -717,16 +734,21 @@ impl Store for PostgresStore {
         )?;
         let cap = i64::try_from(cap).unwrap_or(i64::MAX);
         // Counting a full table (a million rows: 50 to 120 ms here) every second would cost
-        // PostgreSQL a tenth of a core; the planner's estimate (statistics' rows per page times
-        // today's pages: it follows growth at once) says whether the table may be near its
-        // cap, and only then is it counted. Never analyzed: counted.
+        // PostgreSQL a tenth of a core. Two estimates say whether it may be near its cap, and
+        // only then is it counted: the statistics' live rows (they follow inserts and deletes
+        // within seconds, without ANALYZE) and the planner's (rows per page at the last
+        // ANALYZE times today's pages: it follows growth of the file at once). Never
+        // analyzed: counted.
         let estimate: Option<f64> = tx
             .query_one(
                 "SELECT CASE WHEN c.reltuples < 0 OR c.relpages = 0 THEN NULL
-                        ELSE c.reltuples / c.relpages
-                             * (pg_relation_size(c.oid) / current_setting('block_size')::int)
+                        ELSE greatest(coalesce(s.n_live_tup, 0),
+                                      c.reltuples / c.relpages
+                                      * (pg_relation_size(c.oid)
+                                         / current_setting('block_size')::int))
                         END
-                 FROM pg_class c WHERE c.oid = 'throttle'::regclass",
+                 FROM pg_class c LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid
+                 WHERE c.oid = 'throttle'::regclass",
                 &[],
             )?
             .get(0);
@@ -736,10 +758,14 @@ impl Store for PostgresStore {
             false => 0,
         };
         let excess = left.saturating_sub(cap);
+        // The victims are chosen once (MATERIALIZED): as a subquery of the DELETE, a plan that
+        // ran it again for each row (a nested loop) found the rows it had just deleted gone and
+        // chose the next ones, deleting the whole table.
         let evicted = match excess > 0 {
             true => tx.execute(
-                "DELETE FROM throttle WHERE key IN
-                 (SELECT key FROM throttle ORDER BY rank LIMIT $1 FOR UPDATE SKIP LOCKED)",
+                "WITH victims AS MATERIALIZED (
+                     SELECT key FROM throttle ORDER BY rank LIMIT $1 FOR UPDATE SKIP LOCKED)
+                 DELETE FROM throttle t USING victims v WHERE t.key = v.key",
                 &[&excess],
             )?,
             false => 0,
