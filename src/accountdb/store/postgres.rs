@@ -72,7 +72,8 @@ const MIGRATIONS: [&str; 6] = [
     // is VOLATILE, so each statement in it reads a snapshot taken after the lock was granted and
     // sees a look-alike committed meanwhile. Answers (rows inserted, request id of the account
     // that holds the name or a look-alike of it). It finds its tables by the search_path it was
-    // made with, not its caller's, and only its owner may run it.
+    // made with, not its caller's. Like the tables, it runs with its caller's rights (anyone
+    // who may insert into accounts may call it; several roles need no extra grant).
     "CREATE FUNCTION create_account(p_folded TEXT, p_skeleton TEXT, p_username TEXT,
                                     p_hash TEXT, p_created_at BIGINT, p_request_id TEXT,
                                     OUT inserted INT, OUT held_by TEXT)
@@ -90,8 +91,7 @@ const MIGRATIONS: [&str; 6] = [
          VALUES (p_folded, p_skeleton, p_username, p_hash, p_created_at, p_request_id)
          ON CONFLICT (folded) DO NOTHING;
          GET DIAGNOSTICS inserted = ROW_COUNT;
-     END $$;
-    REVOKE EXECUTE ON FUNCTION create_account(TEXT, TEXT, TEXT, TEXT, BIGINT, TEXT) FROM PUBLIC;",
+     END $$;",
 ];
 
 /// The advisory lock key under which migrations run (any constant the application owns).
