@@ -517,6 +517,10 @@ fn stream_connection(plan: &Plan, thread: usize) -> Recorder {
     }
 }
 
+/// Tries per account at registering the run's accounts while the server answers "busy" (7),
+/// 100 ms apart.
+const REGISTER_ATTEMPTS: usize = 50;
+
 /// Register the accounts the run uses, in the run's form; ones that exist already are fine.
 fn register_users(options: &Options) -> io::Result<()> {
     let accounts = options.mix.accounts(options.users);
@@ -543,20 +547,28 @@ fn register_users(options: &Options) -> io::Result<()> {
                     for (username, password) in mine {
                         let body =
                             json!({"OP": "register", "username": username, "password": password});
-                        reply.clear();
-                        if options.form == Form::Seed {
-                            let mut conn = connect_within(options.target, options.timeout)?;
-                            conn.write_all(json!([body]).to_string().as_bytes())?;
-                            conn.read_to_end(&mut reply)?;
-                        } else {
-                            if stream.is_none() {
-                                let conn = connect_within(options.target, options.timeout)?;
-                                stream = Some((conn.try_clone()?, BufReader::new(conn)));
+                        // "Busy, retry later" (7) is retried, as a gateway would: a server
+                        // shedding load under an attack still gets the run's accounts.
+                        for attempt in 1..=REGISTER_ATTEMPTS {
+                            reply.clear();
+                            if options.form == Form::Seed {
+                                let mut conn = connect_within(options.target, options.timeout)?;
+                                conn.write_all(json!([body]).to_string().as_bytes())?;
+                                conn.read_to_end(&mut reply)?;
+                            } else {
+                                if stream.is_none() {
+                                    let conn = connect_within(options.target, options.timeout)?;
+                                    stream = Some((conn.try_clone()?, BufReader::new(conn)));
+                                }
+                                if let Some((writer, reader)) = stream.as_mut() {
+                                    writer.write_all(format!("{body}\n").as_bytes())?;
+                                    reader.read_until(b'\n', &mut reply)?;
+                                }
                             }
-                            if let Some((writer, reader)) = stream.as_mut() {
-                                writer.write_all(format!("{body}\n").as_bytes())?;
-                                reader.read_until(b'\n', &mut reply)?;
+                            if reply_code(&reply) != Some(7) || attempt == REGISTER_ATTEMPTS {
+                                break;
                             }
+                            std::thread::sleep(Duration::from_millis(100));
                         }
                         check(username, &reply)?;
                     }
@@ -686,6 +698,45 @@ pub(super) fn classify(e: &io::Error, transport: &mut Transport) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn registering_retries_a_busy_server() {
+        // A server that answers "busy" (7) to the first three registrations, then registers.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let target = listener.local_addr().unwrap();
+        let served = std::thread::spawn(move || {
+            let (conn, _) = listener.accept().unwrap();
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            let mut writer = conn;
+            let mut line = String::new();
+            let mut answered = 0;
+            while reader.read_line(&mut line).unwrap() > 0 {
+                let code = if answered < 3 { 7 } else { 4 };
+                writeln!(writer, r#"{{"code":{code},"info":"x"}}"#).unwrap();
+                answered += 1;
+                line.clear();
+            }
+            answered
+        });
+        let options = Options {
+            target,
+            connections: 1,
+            duration: Duration::from_secs(1),
+            requests: None,
+            form: Form::Stream,
+            pipeline: 1,
+            mix: "login=1".parse().unwrap(),
+            users: 1,
+            rate: None,
+            timeout: Duration::from_secs(5),
+        };
+        register_users(&options).unwrap();
+        assert_eq!(
+            served.join().unwrap(),
+            4,
+            "three busy answers, then registered"
+        );
+    }
 
     #[test]
     fn mix_parses_and_picks_by_weight() {
