@@ -18,8 +18,8 @@ pub enum LogFormat {
 /// request goes to the target `request`: `RUST_LOG=info,request=off` silences those alone.
 ///
 /// Lines are written by a background thread, so a slow stderr never stalls a worker; if it
-/// falls more than [`QUEUED`] pieces behind (a piece: one line, or the lines a thread inside
-/// [`held`] hands over together, at most [`MAX_HELD`] bytes), lines are dropped rather than
+/// falls more than 4,096 pieces (`QUEUED`) behind (a piece: one line, or the lines a thread inside
+/// [`held`] hands over together, at most 8 KiB: `MAX_HELD`), lines are dropped rather than
 /// requests delayed: at most 32 MiB wait. Keep the returned guard alive until exit: dropping it
 /// flushes what is queued.
 pub fn init(format: LogFormat) -> WorkerGuard {

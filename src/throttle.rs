@@ -22,7 +22,7 @@
 //! [`failed`], [`succeeded`] and [`register`] are account-db's requests, run over any
 //! [`Store`], which reads and changes records atomically. Records are not durable (a crash may
 //! forget them) and the store bounds how many it keeps: see
-//! [`Store::prune_records`](crate::accountdb::store::Store::prune_records) for the order in
+//! [`Store::prune_records`] for the order in
 //! which they are evicted.
 
 use crate::accountdb::store::{Account, Store, StoreError};

@@ -3,7 +3,7 @@
 //! once ([`Accounts::ask_all`]).
 //!
 //! [`RemoteStore`](super::client::RemoteStore) asks account-db over the wire; every [`Store`]
-//! answers the same questions in-process, through the [`throttle`](crate::throttle) requests,
+//! answers the same questions in-process, through the [`throttle`] requests,
 //! which is how account-db's server executes them.
 
 use super::store::{Account, Created, Revocation, SessionState, Store, StoreError};
