@@ -450,19 +450,47 @@ fn a_pooled_connection_that_postgresql_ended_is_replaced_before_use() {
     }
 }
 
-/// Sequential scans and index scans of `accounts` so far, as PostgreSQL's statistics say.
-fn accounts_scans(admin: &mut postgres::Client) -> (i64, i64) {
+/// The two numbers `sql` reads from PostgreSQL's statistics, read again (each time afresh)
+/// until `arrived` says they are in, for at most 10 s: a backend reports its counts within
+/// about a second of going idle, and at once when it ends.
+fn statistics(
+    admin: &mut postgres::Client,
+    sql: &str,
+    arrived: impl Fn((i64, i64)) -> bool,
+) -> (i64, i64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        admin
+            .batch_execute("SELECT pg_stat_clear_snapshot()")
+            .unwrap();
+        let row = admin.query_one(sql, &[]).unwrap();
+        let read = (row.get(0), row.get(1));
+        if arrived(read) || std::time::Instant::now() >= deadline {
+            return read;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Rows in the throttle table, counted.
+fn throttle_rows(admin: &mut postgres::Client) -> i64 {
     admin
-        .batch_execute("SELECT pg_stat_clear_snapshot()")
+        .query_one("SELECT count(*) FROM throttle", &[])
+        .unwrap()
+        .get(0)
+}
+
+/// A hundred throttle records, `name:k0` to `name:k99`, expiring an hour after `now`.
+fn hundred_records(store: &PostgresStore, now: Millis) {
+    let keys: Vec<String> = (0..100).map(|i| format!("name:k{i}")).collect();
+    store
+        .update_records(&keys, now, &mut |records| {
+            for record in records.iter_mut() {
+                record.count = 1;
+                record.expires = now + 3_600_000;
+            }
+        })
         .unwrap();
-    let row = admin
-        .query_one(
-            "SELECT seq_scan, coalesce(idx_scan, 0) FROM pg_stat_user_tables
-             WHERE relname = 'accounts'",
-            &[],
-        )
-        .unwrap();
-    (row.get(0), row.get(1))
 }
 
 #[test]
@@ -495,13 +523,13 @@ fn login_lookups_stay_index_probes_as_a_new_table_grows() {
     }
     // Its backend reports its statistics as it ends.
     drop(store);
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let mut scans = accounts_scans(&mut admin);
     // Two names and one name per round: 3 reads of the table each, by index or by scan.
-    while scans.0 + scans.1 < 3 * lookups && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-        scans = accounts_scans(&mut admin);
-    }
+    let scans = statistics(
+        &mut admin,
+        "SELECT seq_scan, coalesce(idx_scan, 0) FROM pg_stat_user_tables
+         WHERE relname = 'accounts'",
+        |(seq, idx)| seq + idx >= 3 * lookups,
+    );
     assert!(
         scans.0 + scans.1 >= 3 * lookups,
         "not all counted: {scans:?}"
@@ -516,25 +544,14 @@ fn an_analyzed_throttle_table_over_its_cap_is_pruned_to_it() {
     };
     let store = PostgresStore::open(&db.url, 2, Duration::from_secs(2)).unwrap();
     let now = now_ms();
-    let keys: Vec<String> = (0..100).map(|i| format!("name:k{i}")).collect();
-    store
-        .update_records(&keys, now, &mut |records| {
-            for record in records.iter_mut() {
-                record.count = 1;
-                record.expires = now + 3_600_000;
-            }
-        })
-        .unwrap();
+    hundred_records(&store, now);
     // With statistics the prune goes by PostgreSQL's estimate of the table's size first.
     let mut admin = postgres::Client::connect(&db.url, postgres::NoTls).unwrap();
     admin.batch_execute("ANALYZE throttle").unwrap();
     assert_eq!(store.prune_records(now, 1_000).unwrap(), 0, "far below");
     assert_eq!(store.prune_records(now, 60).unwrap(), 40, "just over");
     assert_eq!(store.prune_records(now, 10).unwrap(), 50, "down to the cap");
-    let left: i64 = admin
-        .query_one("SELECT count(*) FROM throttle", &[])
-        .unwrap()
-        .get(0);
+    let left = throttle_rows(&mut admin);
     assert_eq!(left, 10);
 }
 
@@ -544,37 +561,18 @@ fn a_throttle_table_refilled_after_its_statistics_is_pruned_to_its_cap() {
         return;
     };
     let now = now_ms();
-    let keys: Vec<String> = (0..100).map(|i| format!("name:k{i}")).collect();
     {
         let store = PostgresStore::open(&db.url, 1, Duration::from_secs(2)).unwrap();
-        store
-            .update_records(&keys, now, &mut |records| {
-                for record in records.iter_mut() {
-                    record.count = 1;
-                    record.expires = now + 3_600_000;
-                }
-            })
-            .unwrap();
+        hundred_records(&store, now);
     } // its backend reports its statistics as it ends
     let mut admin = postgres::Client::connect(&db.url, postgres::NoTls).unwrap();
-    let live = |admin: &mut postgres::Client| -> i64 {
-        admin
-            .batch_execute("SELECT pg_stat_clear_snapshot()")
-            .unwrap();
-        admin
-            .query_one(
-                "SELECT coalesce(n_live_tup, 0) FROM pg_stat_user_tables
-                 WHERE relname = 'throttle'",
-                &[],
-            )
-            .unwrap()
-            .get(0)
-    };
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while live(&mut admin) < 100 && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert_eq!(live(&mut admin), 100);
+    let live = statistics(
+        &mut admin,
+        "SELECT coalesce(n_live_tup, 0), 0::bigint FROM pg_stat_user_tables
+         WHERE relname = 'throttle'",
+        |(live, _)| live >= 100,
+    );
+    assert_eq!(live.0, 100);
     // Statistics from when the table was large and nearly empty: a row per thousand pages.
     admin
         .batch_execute(
@@ -584,9 +582,6 @@ fn a_throttle_table_refilled_after_its_statistics_is_pruned_to_its_cap() {
         .unwrap();
     let store = PostgresStore::open(&db.url, 1, Duration::from_secs(2)).unwrap();
     let pruned = store.prune_records(now, 10).unwrap();
-    let left: i64 = admin
-        .query_one("SELECT count(*) FROM throttle", &[])
-        .unwrap()
-        .get(0);
+    let left = throttle_rows(&mut admin);
     assert_eq!((pruned, left), (90, 10));
 }

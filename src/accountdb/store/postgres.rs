@@ -124,6 +124,13 @@ pub struct PgConn {
 }
 
 impl PgConn {
+    /// A transaction for a statement that reads a whole table, with [`MAINTENANCE`] settings.
+    fn maintenance(&mut self) -> Result<postgres::Transaction<'_>, StoreError> {
+        let mut tx = self.client.transaction()?;
+        tx.batch_execute(MAINTENANCE)?;
+        Ok(tx)
+    }
+
     /// `sql` prepared on this connection, the first time it is asked for.
     fn prepared(&mut self, sql: &'static str, types: &[Type]) -> Result<Statement, StoreError> {
         if let Some(statement) = self.prepared.get(sql) {
@@ -452,9 +459,8 @@ impl Store for PostgresStore {
 
     fn list(&self, prefix: &str, limit: u32) -> Result<Vec<Account>, StoreError> {
         let mut conn = self.conn()?;
-        let mut tx = conn.transaction()?;
         // It reads the whole table: planned for its parameters, free to scan, given time.
-        tx.batch_execute(MAINTENANCE)?;
+        let mut tx = conn.maintenance()?;
         let rows = tx.query_typed(
             "SELECT id, username, hash FROM accounts WHERE starts_with(folded, $1)
              ORDER BY folded COLLATE \"C\" LIMIT $2",
@@ -496,8 +502,7 @@ impl Store for PostgresStore {
 
     fn count(&self) -> Result<u64, StoreError> {
         let mut conn = self.conn()?;
-        let mut tx = conn.transaction()?;
-        tx.batch_execute(MAINTENANCE)?;
+        let mut tx = conn.maintenance()?;
         let n: i64 = tx.query_one("SELECT count(*) FROM accounts", &[])?.get(0);
         tx.commit()?;
         Ok(u64::try_from(n).unwrap_or(0))
@@ -715,9 +720,8 @@ impl Store for PostgresStore {
 
     fn prune_records(&self, now: Millis, cap: u64) -> Result<u64, StoreError> {
         let mut conn = self.conn()?;
-        let mut tx = conn.transaction()?;
         // Not the hot path: planned for its parameters, free to scan, and given time to count.
-        tx.batch_execute(MAINTENANCE)?;
+        let mut tx = conn.maintenance()?;
         // One account-db prunes at a time (the others skip this second), so the excess is
         // evicted once, not once per account-db.
         let ours: bool = tx
