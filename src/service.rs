@@ -8,7 +8,8 @@
 //! store (a [`Question`]); [`Service::resume`] takes the answer and either answers or hands
 //! back a [`HashTask`]; [`Service::finish`] does the argon2 work the task needs, and for a
 //! registration the store write after it. The server runs `finish` on its hash threads unless
-//! the task is quick ([`Service::is_quick`]): then the worker runs it.
+//! the task is quick ([`Service::is_quick`]): then the worker runs [`Service::finish_quick`],
+//! which leaves a registration's store write to ask like a question, with others.
 
 use crate::accountdb::accounts::{Accounts, Answer, Question};
 use crate::accountdb::store::{Account, Created, Revocation, SessionState, StoreError};
@@ -59,6 +60,8 @@ enum Then {
     Lookup(Pending),
     /// A registration's check.
     Register { username: String, password: String },
+    /// A registration's create.
+    Create { username: String },
     /// `verify`, `refresh` or `logout_all`: the session's state.
     Session {
         op: Op,
@@ -83,6 +86,15 @@ pub enum Step {
     Done(Reply),
     /// The answer needs argon2: run [`Service::finish`] on it.
     Hash(HashTask),
+}
+
+/// What [`Service::finish_quick`] decided.
+pub enum Finished {
+    /// The answer.
+    Done(Reply),
+    /// A registration, hashed: its create is to be asked (with others, see
+    /// [`Accounts::ask_all`]), then [`Service::resume`].
+    Asking(Asking),
 }
 
 /// Argon2 work still to do for one request. Holds a password: it has no `Debug`.
@@ -264,6 +276,14 @@ fn store_unavailable(e: &dyn std::fmt::Display, metrics: &Metrics) -> Reply {
     Reply::unavailable("account store unavailable, retry later")
 }
 
+/// A registration's reply, once its create is done.
+fn registered(username: String, created: Created) -> Reply {
+    match created {
+        Created::New => Reply::registered(username),
+        Created::Exists => Reply::register_failed(RegisterFailure::UsernameTaken),
+    }
+}
+
 fn internal_error(e: &dyn std::fmt::Display) -> Reply {
     tracing::error!(error = %e, "cannot hash or verify");
     Reply::unavailable("internal error, retry later")
@@ -348,6 +368,9 @@ impl Service {
                 },
                 Answer::Session(state),
             ) => Step::Done(self.session_read(op, claims, account_id, state)),
+            (Then::Create { username }, Answer::Create(created)) => {
+                Step::Done(registered(username, created))
+            }
             (_, other) => {
                 let e = format!("an answer of another kind: {other:?}");
                 Step::Done(store_unavailable(&e, &self.metrics))
@@ -658,31 +681,63 @@ impl Service {
                 username,
                 password,
                 ask_legacy,
-            } => {
-                // A name the old server knows is its player's, moved or not.
-                if ask_legacy {
-                    match self.ask_legacy(&username) {
-                        Ok(Known::Unknown) => {}
-                        Ok(Known::Password(_)) => {
-                            return Reply::register_failed(RegisterFailure::UsernameTaken)
-                        }
-                        Err(reply) => return *reply,
-                    }
-                }
-                let hash = match self.hasher.hash(&normalize_password(&password), memory) {
-                    Ok(hash) => hash,
-                    Err(e) => return internal_error(&e),
-                };
-                let account = Account::new(&username, &hash);
-                // One id per registration: if the store's reply is lost, repeating the create
-                // with it tells whether this registration was stored.
-                match self.accounts.create(&account, &random_token()) {
-                    Ok(Created::New) => Reply::registered(account.username),
-                    Ok(Created::Exists) => Reply::register_failed(RegisterFailure::UsernameTaken),
+            } => match self.new_account(&username, &password, ask_legacy, memory) {
+                Ok((account, request_id)) => match self.accounts.create(&account, &request_id) {
+                    Ok(created) => registered(username, created),
                     Err(e) => store_unavailable(&e, &self.metrics),
-                }
+                },
+                Err(reply) => *reply,
+            },
+        }
+    }
+
+    /// [`Service::finish`] of a quick task (see [`Service::is_quick`]), but a registration's
+    /// create is left to ask, with the questions of other requests.
+    pub fn finish_quick(&self, task: HashTask, memory: &mut Memory) -> Finished {
+        let Task::Create {
+            username,
+            password,
+            ask_legacy,
+        } = task.0
+        else {
+            return Finished::Done(self.finish(task, memory));
+        };
+        match self.new_account(&username, &password, ask_legacy, memory) {
+            Ok((account, request_id)) => Finished::Asking(Asking {
+                question: Question::Create {
+                    account,
+                    request_id,
+                },
+                then: Then::Create { username },
+            }),
+            Err(reply) => Finished::Done(*reply),
+        }
+    }
+
+    /// A registration's account, its password hashed (the old server, if asked, not knowing
+    /// the name), and the id of the create that stores it; or the reply that ends the
+    /// registration.
+    fn new_account(
+        &self,
+        username: &str,
+        password: &str,
+        ask_legacy: bool,
+        memory: &mut Memory,
+    ) -> Result<(Account, String), Box<Reply>> {
+        // A name the old server knows is its player's, moved or not.
+        if ask_legacy {
+            if let Known::Password(_) = self.ask_legacy(username)? {
+                let taken = Reply::register_failed(RegisterFailure::UsernameTaken);
+                return Err(Box::new(taken));
             }
         }
+        let hash = self
+            .hasher
+            .hash(&normalize_password(password), memory)
+            .map_err(|e| Box::new(internal_error(&e)))?;
+        // One id per registration: if the store's reply is lost, repeating the create with it
+        // tells whether this registration was stored.
+        Ok((Account::new(username, &hash), random_token()))
     }
 
     /// What the old account server knows of `username`, counted in the metrics; its failure
@@ -892,8 +947,10 @@ impl Service {
 
     /// Whether finishing `task` is quick enough for a worker to do inside its round: a login's
     /// verification against a cheap argon2 hash (see [`password::is_cheap`]) that will not be
-    /// made again. Never bcrypt, a durable write, or the old server; at most a throttle write
-    /// (a failure counted, a success recorded), one account-db round trip as a lookup is.
+    /// made again, or a registration's cheap hash (its create is then asked like a lookup,
+    /// see [`Service::finish_quick`]). Never bcrypt or the old server; at most a throttle
+    /// write (a failure counted, a success recorded), one account-db round trip as a lookup
+    /// is.
     pub fn is_quick(&self, task: &HashTask) -> bool {
         match &task.0 {
             Task::Verify(found) => {
@@ -901,6 +958,7 @@ impl Service {
                 password::is_cheap(stored) && !self.hasher.is_weaker(stored)
             }
             Task::Pretend { .. } => password::is_cheap(&self.dummy_hash),
+            Task::Create { ask_legacy, .. } => !ask_legacy && self.hasher.is_cheap(),
             _ => false,
         }
     }
@@ -924,11 +982,20 @@ mod tests {
     use crate::protocol::gateway::{Code, Reason};
 
     fn service_with(dir: &std::path::Path, options: Options) -> Service {
+        built(dir, options, HashParams::CHEAPEST, None)
+    }
+
+    fn built(
+        dir: &std::path::Path,
+        options: Options,
+        params: HashParams,
+        legacy: Option<LegacyDb>,
+    ) -> Service {
         let store = Arc::new(SqliteStore::open(dir).unwrap());
-        let hasher = Hasher::new(HashParams::CHEAPEST).unwrap();
+        let hasher = Hasher::new(params).unwrap();
         let key = crate::auth::token_key::SigningKey::generate().unwrap();
         let tokens = Tokens::new(&key, Vec::new(), options.session_ttl);
-        Service::new(store, hasher, options, tokens, None, Metrics::default()).unwrap()
+        Service::new(store, hasher, options, tokens, legacy, Metrics::default()).unwrap()
     }
 
     fn service(dir: &std::path::Path) -> Service {
@@ -988,5 +1055,83 @@ mod tests {
             .unwrap();
         assert!(stored.hash.starts_with("$argon2id$"));
         assert!(!stored.hash.contains("hunter2"));
+    }
+
+    /// A registration as far as its hash task: begun, its check asked and answered.
+    fn to_hash(svc: &Service, username: &str, password: &str) -> HashTask {
+        let Begun::Asking(asking) = svc.begin(request(Op::Register, username, password)) else {
+            panic!("a registration asks the store first");
+        };
+        let answer = svc.ask(&asking.question);
+        let Step::Hash(task) = svc.resume(asking, answer) else {
+            panic!("a free name is hashed");
+        };
+        task
+    }
+
+    #[test]
+    fn a_cheap_registration_is_hashed_quickly_then_its_create_is_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let svc = service(dir.path());
+        let task = to_hash(&svc, "Dora", "dora-pw-1");
+        assert!(svc.is_quick(&task));
+        let Finished::Asking(asking) = svc.finish_quick(task, &mut Memory::default()) else {
+            panic!("the create is left to ask");
+        };
+        let Question::Create { account, .. } = &asking.question else {
+            panic!("a create: {:?}", asking.question);
+        };
+        assert_eq!(account.username, "Dora");
+        assert!(account.hash.starts_with("$argon2id$") && !account.hash.contains("dora-pw-1"));
+        // Nothing is stored until the create is asked.
+        assert_eq!(
+            svc.handle(request(Op::Login, "dora", "dora-pw-1")).code,
+            Code::NoSuchUser
+        );
+        let answer = svc.ask(&asking.question);
+        let Step::Done(reply) = svc.resume(asking, answer) else {
+            panic!("a create's answer ends the registration");
+        };
+        assert_eq!(reply.code, Code::Registered);
+        assert_eq!(reply.username.as_deref(), Some("Dora"));
+        assert_eq!(
+            svc.handle(request(Op::Login, "dora", "dora-pw-1")).code,
+            Code::LoggedIn
+        );
+        // A create that finds the name taken answers so.
+        let task = to_hash(&svc, "Doris", "doris-pw-1");
+        let Finished::Asking(asking) = svc.finish_quick(task, &mut Memory::default()) else {
+            panic!("the create is left to ask");
+        };
+        assert_eq!(
+            svc.handle(request(Op::Register, "DORIS", "pw-doris-2"))
+                .code,
+            Code::Registered
+        );
+        let answer = svc.ask(&asking.question);
+        let Step::Done(reply) = svc.resume(asking, answer) else {
+            panic!("a create's answer ends the registration");
+        };
+        assert_eq!(
+            reply.reason,
+            Some(Reason::Register(RegisterFailure::UsernameTaken))
+        );
+    }
+
+    #[test]
+    fn a_registration_is_not_quick_when_its_hash_is_costly_or_the_old_server_is_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let costly = built(dir.path(), Options::default(), HashParams::default(), None);
+        assert!(!costly.is_quick(&to_hash(&costly, "Eve", "eve-pw-1")));
+        let dir = tempfile::tempdir().unwrap();
+        let unused = "127.0.0.1:9".parse().unwrap();
+        let legacy = LegacyDb::new(unused, 1, Duration::from_millis(100));
+        let asks_old = built(
+            dir.path(),
+            Options::default(),
+            HashParams::CHEAPEST,
+            Some(legacy),
+        );
+        assert!(!asks_old.is_quick(&to_hash(&asks_old, "Eve", "eve-pw-1")));
     }
 }

@@ -1,15 +1,17 @@
 //! Questions asked together (a worker's round: one pooled connection, one write) are answered
 //! as each would be alone, in order, also when the pooled connections died with a restart of
-//! account-db; and pipelined gateway requests from many connections keep their order.
+//! account-db, and a create among them is resolved even when the round times out; and
+//! pipelined gateway requests from many connections keep their order.
 
 mod common;
 
 use common::DbProcess;
 use login_server::accountdb::accounts::{Accounts, Answer, Question};
 use login_server::accountdb::client::RemoteStore;
-use login_server::accountdb::store::Account;
+use login_server::accountdb::store::{Account, Created, StoreError};
 use login_server::metrics::Metrics;
 use login_server::throttle::{Login, Policy, Registering, Unknown};
+use std::time::Duration;
 
 fn questions(alice: u64) -> Vec<Question> {
     let policy = Policy::default();
@@ -38,7 +40,16 @@ fn questions(alice: u64) -> Vec<Question> {
             sid: "some-session".into(),
         },
         login("alice"),
+        create("Carol", "create-carol"),
+        create("ALICE", "create-another-alice"),
     ]
+}
+
+fn create(name: &str, request_id: &str) -> Question {
+    Question::Create {
+        account: Account::new(name, "some-hash"),
+        request_id: request_id.into(),
+    }
 }
 
 fn ask_together(store: &RemoteStore, questions: &[Question]) -> Vec<Answer> {
@@ -73,6 +84,9 @@ fn questions_asked_together_are_answered_as_alone_even_after_a_restart() {
     assert_eq!(alone[3], Answer::Register(Registering::Free));
     assert!(matches!(&alone[4], Answer::Session(Some(s)) if s.username == "Alice"));
     assert_eq!(alone[5], Answer::Session(None));
+    // Asked again, a create learns that its own request stored the account.
+    assert_eq!(alone[7], Answer::Create(Created::New));
+    assert_eq!(alone[8], Answer::Create(Created::Exists));
 
     // account-db restarts on the same address: every pooled connection is dead. The batch
     // is asked again, and answered the same.
@@ -125,4 +139,46 @@ fn pipelined_requests_on_many_connections_are_answered_in_order() {
             assert_eq!(code, expected, "request {n}");
         }
     }
+}
+
+#[test]
+fn a_create_asked_with_others_is_resolved_though_the_round_times_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = DbProcess::start(dir.path(), "127.0.0.1:0");
+    let mut config = db.client_config();
+    config.timeout = Duration::from_secs(2);
+    let store = RemoteStore::new(&config, Metrics::default());
+    assert!(store.ping().is_ok());
+    let questions = [
+        Question::Login {
+            username: "someone".into(),
+            origin: None,
+            failures: Policy::default().failures(),
+            unknown: Unknown::Nothing,
+        },
+        create("Frozen", "create-frozen"),
+    ];
+    // account-db stops answering for longer than a request's deadline (2 s), then goes on:
+    // the round's write times out, its login is given up, but its create's outcome must be
+    // known, so it is asked again until account-db answers (within twice the deadline).
+    db.signal("STOP");
+    let asking = std::thread::spawn(move || {
+        let asked: Vec<&Question> = questions.iter().collect();
+        let answers = store.ask_all(&asked);
+        (store, answers)
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    db.signal("CONT");
+    let (store, answers) = asking.join().unwrap();
+    assert!(
+        matches!(answers[0], Err(StoreError::Unreachable(_))),
+        "{:?}",
+        answers[0]
+    );
+    assert_eq!(
+        answers[1].as_ref().ok(),
+        Some(&Answer::Create(Created::New))
+    );
+    let frozen = store.find("frozen").unwrap().expect("stored");
+    assert_eq!(frozen.username, "Frozen");
 }

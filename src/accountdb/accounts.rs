@@ -1,6 +1,6 @@
 //! [`Accounts`]: what login-server asks of the account tier, one method per account-db request,
-//! and [`Question`]s, the first request of most gateway requests, which a worker asks many at
-//! once ([`Accounts::ask_all`]).
+//! and [`Question`]s, the first request of most gateway requests (and a cheap registration's
+//! second, its create), which a worker asks many at once ([`Accounts::ask_all`]).
 //!
 //! [`RemoteStore`](super::client::RemoteStore) asks account-db over the wire; every [`Store`]
 //! answers the same questions in-process, through the [`throttle`] requests,
@@ -31,6 +31,11 @@ pub enum Question {
     },
     /// [`Accounts::session`].
     Session { account_id: u64, sid: String },
+    /// [`Accounts::create`]: a registration's durable write, its outcome always resolved.
+    Create {
+        account: Account,
+        request_id: String,
+    },
 }
 
 /// The answer to a [`Question`], of its kind.
@@ -39,6 +44,7 @@ pub enum Answer {
     Login(Login),
     Register(Registering),
     Session(Option<SessionState>),
+    Create(Created),
 }
 
 /// The account tier as login-server uses it. Shared between threads.
@@ -64,6 +70,10 @@ pub trait Accounts: Send + Sync {
             Question::Session { account_id, sid } => {
                 self.session(*account_id, sid).map(Answer::Session)
             }
+            Question::Create {
+                account,
+                request_id,
+            } => self.create(account, request_id).map(Answer::Create),
         }
     }
     /// Answer every question, in order. Defaults to one after another;

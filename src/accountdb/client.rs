@@ -539,7 +539,10 @@ impl RemoteStore {
 impl RemoteStore {
     /// One question, as its own request.
     fn ask_one(&self, question: &Question) -> Result<Answer, StoreError> {
-        answer_of(question, self.call(&request_of(question), false)?)
+        answer_of(
+            question,
+            self.call(&request_of(question), resolves(question))?,
+        )
     }
 }
 
@@ -567,7 +570,20 @@ fn request_of(question: &Question) -> DbRequest {
             limit,
         },
         Question::Session { account_id, sid } => DbRequest::Session { account_id, sid },
+        Question::Create {
+            account,
+            request_id,
+        } => DbRequest::Create {
+            account,
+            request_id,
+        },
     }
+}
+
+/// Whether `question`'s outcome must be known (a create: see [`RemoteStore::call`]), so it is
+/// repeated after any failure for up to the resolve window, never given up with the round.
+fn resolves(question: &Question) -> bool {
+    matches!(question, Question::Create { .. })
 }
 
 /// The answer to `question` that `response` gives.
@@ -599,6 +615,8 @@ fn answer_of(question: &Question, response: DbResponse) -> Result<Answer, StoreE
             revoked,
         }))),
         (Question::Session { .. }, DbResponse::NotFound) => Ok(Answer::Session(None)),
+        (Question::Create { .. }, DbResponse::Created) => Ok(Answer::Create(Created::New)),
+        (Question::Create { .. }, DbResponse::Exists) => Ok(Answer::Create(Created::Exists)),
         (_, other) => Err(unexpected(other)),
     }
 }
@@ -671,7 +689,8 @@ impl Accounts for RemoteStore {
     /// store error where another account-db may answer) is asked again one by one, with the
     /// usual retries and failover; the replies already read are kept. The round shares one
     /// deadline: once a question is unreachable (a lone account-db that did not answer in
-    /// time, or every account-db failed it), the rest are answered so at once.
+    /// time, or every account-db failed it), the rest are answered so at once, except a
+    /// create, which is asked again until its outcome is known, as [`Accounts::create`] does.
     fn ask_all(&self, questions: &[&Question]) -> Vec<Result<Answer, StoreError>> {
         let requests: Vec<DbRequest> = questions.iter().map(|q| request_of(q)).collect();
         let single = self.shared.list.len() == 1;
@@ -708,8 +727,8 @@ impl Accounts for RemoteStore {
                 }
                 (Some(DbResponse::Error { .. }), _) => self.ask_one(question),
                 (Some(response), _) => answer_of(question, response),
-                (None, Some(e)) => Err(StoreError::Unreachable(e.again())),
-                (None, None) => self.ask_one(question),
+                (None, Some(e)) if !resolves(question) => Err(StoreError::Unreachable(e.again())),
+                (None, _) => self.ask_one(question),
             };
             if let Err(StoreError::Unreachable(e)) = &answer {
                 unreachable = Some(e.again());
@@ -835,14 +854,13 @@ impl Accounts for RemoteStore {
     }
 
     fn create(&self, account: &Account, request_id: &str) -> Result<Created, StoreError> {
-        let request = DbRequest::Create {
+        let question = Question::Create {
             account: account.clone(),
             request_id: request_id.to_string(),
         };
-        match self.call(&request, true)? {
-            DbResponse::Created => Ok(Created::New),
-            DbResponse::Exists => Ok(Created::Exists),
-            other => Err(unexpected(other)),
+        match self.ask_one(&question)? {
+            Answer::Create(created) => Ok(created),
+            other => Err(mismatch(other)),
         }
     }
 

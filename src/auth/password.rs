@@ -155,8 +155,12 @@ pub fn is_cheap(stored: &str) -> bool {
     let Ok(parsed) = PasswordHash::new(stored) else {
         return false;
     };
-    Params::try_from(&parsed)
-        .is_ok_and(|p| u64::from(p.m_cost()) * u64::from(p.t_cost()) <= CHEAP_WORK)
+    Params::try_from(&parsed).is_ok_and(|p| cheap(&p))
+}
+
+/// Whether argon2 with `params` is cheap (see [`CHEAP_WORK`]).
+fn cheap(params: &Params) -> bool {
+    u64::from(params.m_cost()) * u64::from(params.t_cost()) <= CHEAP_WORK
 }
 
 /// Whether `stored` is a bcrypt hash (`$2a$`, `$2b$`, `$2x$` or `$2y$`).
@@ -180,6 +184,12 @@ impl Hasher {
             .argon2_params()
             .map_err(|_| HashError::BadParams(params.to_string()))?;
         Ok(Hasher { params })
+    }
+
+    /// Whether hashing a new password is cheap (see [`CHEAP_WORK`]): `--hash-params 8,1,1`,
+    /// say, never the default.
+    pub fn is_cheap(&self) -> bool {
+        cheap(&self.params)
     }
 
     /// A PHC string for `password` with a fresh random salt.
@@ -283,6 +293,11 @@ mod tests {
         let bcrypt = "$2b$04$abcdefghijklmnopqrstuu5Qp1eQ1V0I2X2kvX6Jt3lH1pJm6fJ0y";
         assert!(!is_cheap(bcrypt));
         assert!(!is_cheap("not a hash"));
+        let hasher = |text: &str| Hasher::new(text.parse().unwrap()).unwrap();
+        assert!(hasher("8,1,1").is_cheap());
+        assert!(hasher("512,2,1").is_cheap());
+        assert!(!hasher("513,2,1").is_cheap());
+        assert!(!Hasher::new(HashParams::default()).unwrap().is_cheap());
     }
 
     #[test]

@@ -4,15 +4,15 @@
 //! [`HashJob`], so its later messages wait their turn and replies never overtake each other,
 //! and a flood of logins cannot hold up requests that need no hash. [`Permits`] caps the
 //! hashes the hash threads compute at once. A quick hash (see [`Service::is_quick`]) is no
-//! hash job: a worker computes it itself, with [`finish`] in its own memory.
+//! hash job: a worker computes it itself, with [`finish_quick`] in its own memory.
 
 use super::conn::Conn;
 use super::returns::Returns;
 use super::workers::guarded;
 use crate::auth::password::Memory;
 use crate::metrics::Metrics;
-use crate::protocol::gateway::{Form, Id, Reply};
-use crate::service::{HashTask, Service};
+use crate::protocol::gateway::{Form, Id, Op, Reply};
+use crate::service::{Finished, HashTask, Service};
 use crossbeam_channel::Receiver;
 use parking_lot::{Condvar, Mutex};
 use std::sync::Arc;
@@ -43,18 +43,45 @@ pub struct Permit<'a> {
 impl Permit<'_> {
     /// The argon2 part of a request, in this permit's memory.
     pub fn finish(&mut self, service: &Service, task: HashTask) -> Reply {
-        finish(service, task, &mut self.memory, &self.permits.metrics)
+        let memory = &mut self.memory;
+        let op = task.op();
+        counted(
+            op,
+            &self.permits.metrics,
+            || service.finish(task, memory),
+            |r| r,
+        )
     }
 }
 
-/// The argon2 part of a request, in `memory`, counted as a hash in progress (a panic in it is
-/// answered "unavailable").
-pub fn finish(service: &Service, task: HashTask, memory: &mut Memory, metrics: &Metrics) -> Reply {
-    metrics.hashing.inc();
+/// [`Service::finish_quick`], in `memory` (a worker's).
+pub fn finish_quick(
+    service: &Service,
+    task: HashTask,
+    memory: &mut Memory,
+    metrics: &Metrics,
+) -> Finished {
     let op = task.op();
-    let reply = guarded(op, || service.finish(task, memory), |r| r);
+    counted(
+        op,
+        metrics,
+        || service.finish_quick(task, memory),
+        Finished::Done,
+    )
+}
+
+/// `hash`, the argon2 part of an `op` request, counted as a hash in progress; a panic in it
+/// is answered "unavailable".
+fn counted<T>(
+    op: Op,
+    metrics: &Metrics,
+    hash: impl FnOnce() -> T,
+    on_panic: impl FnOnce(Reply) -> T,
+) -> T {
+    metrics.hashing.inc();
+    let done = guarded(op, hash, on_panic);
     metrics.hashing.dec();
-    reply
+    done
 }
 
 impl Drop for Permit<'_> {

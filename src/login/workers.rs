@@ -4,11 +4,12 @@
 //! questions of all of them at once ([`Service::ask_all`]: one round trip, one wake-up of the
 //! worker), then finishes each. Under load one wake serves many requests; when idle a round is
 //! the single request it always was. A login whose verification is cheap (a fraction of a
-//! millisecond) is verified here, in the worker's own argon2 memory; every other request
-//! that needs argon2 (and then perhaps a durable write or the old server) travels on with its
-//! connection to a hash thread (see [`super::hashing`]), so that nothing slow holds up the rest
-//! of the round. A connection with nothing more to answer goes back to the
-//! I/O thread at once.
+//! millisecond) is verified here, in the worker's own argon2 memory, and so is a registration
+//! whose hash is cheap: its create is asked once the round's other replies are out, with the
+//! round's other creates. Every other request that needs argon2 (and then perhaps a durable
+//! write or the old server) travels on with its connection to a hash thread (see
+//! [`super::hashing`]), so that nothing slow holds up the rest of the round. A connection with
+//! nothing more to answer goes back to the I/O thread at once.
 //!
 //! A panic in the service answers that request "unavailable" (7); a panic anywhere else loses
 //! the connections the worker holds. Either way the thread lives on, so the pool never shrinks.
@@ -20,7 +21,7 @@ use crate::auth::password::Memory;
 use crate::logging;
 use crate::metrics::Metrics;
 use crate::protocol::gateway::{Form, Id, Op, Reply};
-use crate::service::{Asking, Begun, HashTask, Service, Step};
+use crate::service::{Asking, Begun, Finished, HashTask, Service, Step};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -90,6 +91,19 @@ struct Waiting {
     asking: Asking,
 }
 
+/// What is left of a request once a step of it is done.
+enum Next {
+    /// Nothing: its reply is written.
+    Answered,
+    /// A hash that is not quick: for a hash thread.
+    Hash(HashTask),
+    /// A question to the store (a cheap registration's create).
+    Ask(Asking),
+}
+
+/// A connection leaving the worker this round for a hash thread, by its index in the batch.
+type Leaving = (usize, Form, Option<Id>, HashTask);
+
 /// What a connection has for this round.
 enum Turn {
     /// A request waiting for the store.
@@ -134,8 +148,8 @@ impl Worker {
     /// Answer the connections' messages in rounds, until each has gone back to the I/O thread
     /// or on to a hash thread. `conns` holds exactly those not yet gone.
     fn serve(&mut self, conns: &mut Vec<Box<Conn>>) {
-        let service = self.service.clone();
         let mut waiting: Vec<(usize, Waiting)> = Vec::with_capacity(self.batch);
+        let mut leaving: Vec<Leaving> = Vec::new();
         for _ in 0..ROUNDS {
             let mut i = 0;
             while i < conns.len() {
@@ -154,32 +168,14 @@ impl Worker {
             if waiting.is_empty() {
                 break;
             }
-            let questions: Vec<_> = waiting.iter().map(|(_, w)| &w.asking.question).collect();
-            let asked = catch_unwind(AssertUnwindSafe(|| service.ask_all(&questions)));
-            // After a panic, each question is asked again alone: only the request whose
-            // question panics is answered "unavailable".
-            let mut answers = asked.ok().map(Vec::into_iter);
-            let mut leaving = Vec::new();
-            for (i, w) in waiting.drain(..) {
-                let resume = || {
-                    let answer = match answers.as_mut().and_then(Iterator::next) {
-                        Some(answer) => answer,
-                        None => service.ask(&w.asking.question),
-                    };
-                    service.resume(w.asking, answer)
-                };
-                let step = guarded(w.op, resume, Step::Done);
-                let conn = &mut conns[i];
-                match self.step(conn, w.form, w.op, w.id.as_ref(), step) {
-                    Some(task) => leaving.push((i, w.form, w.id, task)),
-                    // Out now, not at the end of the round: the client's next request may then
-                    // be here for the next round, and the connection need not go back to the
-                    // I/O thread in between. A write that fails is seen when it is given back.
-                    None => drop(conn.flush()),
-                }
+            // A second pass asks the creates of the registrations the first one hashed: a
+            // create's answer always ends its request, so there is never a third.
+            while !waiting.is_empty() {
+                waiting = self.ask(conns, waiting, &mut leaving);
             }
             // Highest first, so that each removal leaves the lower indices in place.
-            for (i, form, id, task) in leaving.into_iter().rev() {
+            leaving.sort_unstable_by_key(|l| std::cmp::Reverse(l.0));
+            for (i, form, id, task) in leaving.drain(..) {
                 let conn = conns.swap_remove(i);
                 conns.extend(self.hand_on(conn, form, id, task));
             }
@@ -187,6 +183,53 @@ impl Worker {
         for conn in conns.drain(..) {
             self.returns.give_back(conn);
         }
+    }
+
+    /// Ask the store the questions of `waiting` at once (one round trip), then finish each of
+    /// their requests: its reply written, or its connection added to `leaving`. Returns the
+    /// requests that have a question again (a registration's create), to ask next.
+    fn ask(
+        &mut self,
+        conns: &mut [Box<Conn>],
+        waiting: Vec<(usize, Waiting)>,
+        leaving: &mut Vec<Leaving>,
+    ) -> Vec<(usize, Waiting)> {
+        let service = self.service.clone();
+        let questions: Vec<_> = waiting.iter().map(|(_, w)| &w.asking.question).collect();
+        let asked = catch_unwind(AssertUnwindSafe(|| service.ask_all(&questions)));
+        drop(questions);
+        // After a panic, each question is asked again alone: only the request whose question
+        // panics is answered "unavailable".
+        let mut answers = asked.ok().map(Vec::into_iter);
+        let mut again = Vec::new();
+        for (i, w) in waiting {
+            let resume = || {
+                let answer = match answers.as_mut().and_then(Iterator::next) {
+                    Some(answer) => answer,
+                    None => service.ask(&w.asking.question),
+                };
+                service.resume(w.asking, answer)
+            };
+            let step = guarded(w.op, resume, Step::Done);
+            let conn = &mut conns[i];
+            match self.step(conn, w.form, w.op, w.id.as_ref(), step) {
+                // Out now, not at the end of the round: the client's next request may then be
+                // here for the next round, and the connection need not go back to the I/O
+                // thread in between. A write that fails is seen when it is given back.
+                Next::Answered => drop(conn.flush()),
+                Next::Hash(task) => leaving.push((i, w.form, w.id, task)),
+                Next::Ask(asking) => again.push((
+                    i,
+                    Waiting {
+                        form: w.form,
+                        op: w.op,
+                        id: w.id,
+                        asking,
+                    },
+                )),
+            }
+        }
+        again
     }
 
     /// Answer the connection's messages that need no store, up to the next that does.
@@ -228,31 +271,36 @@ impl Worker {
                 }
                 Begun::Step(step) => step,
             };
-            if let Some(task) = self.step(conn, form, op, id.as_ref(), step) {
-                return Turn::Hash(form, id, task);
+            match self.step(conn, form, op, id.as_ref(), step) {
+                Next::Answered => {}
+                Next::Hash(task) => return Turn::Hash(form, id, task),
+                Next::Ask(asking) => {
+                    let w = Waiting {
+                        form,
+                        op,
+                        id,
+                        asking,
+                    };
+                    return Turn::Asking(w);
+                }
             }
         }
     }
 
-    /// Answer `step`, hashing here if the task is quick (see [`Service::is_quick`]); else the
-    /// task.
-    fn step(
-        &mut self,
-        conn: &mut Conn,
-        form: Form,
-        op: Op,
-        id: Option<&Id>,
-        step: Step,
-    ) -> Option<HashTask> {
+    /// Answer `step`, hashing here if the task is quick (see [`Service::is_quick`]).
+    fn step(&mut self, conn: &mut Conn, form: Form, op: Op, id: Option<&Id>, step: Step) -> Next {
         let reply = match step {
             Step::Done(reply) => reply,
-            Step::Hash(task) if !self.service.is_quick(&task) => return Some(task),
+            Step::Hash(task) if !self.service.is_quick(&task) => return Next::Hash(task),
             Step::Hash(task) => {
-                hashing::finish(&self.service, task, &mut self.memory, &self.metrics)
+                match hashing::finish_quick(&self.service, task, &mut self.memory, &self.metrics) {
+                    Finished::Done(reply) => reply,
+                    Finished::Asking(asking) => return Next::Ask(asking),
+                }
             }
         };
         conn.answer(form, Some(op), &reply, id);
-        None
+        Next::Answered
     }
 
     /// Send the connection with its task to a hash thread, its replies so far written first.
