@@ -1134,4 +1134,43 @@ mod tests {
         );
         assert!(!asks_old.is_quick(&to_hash(&asks_old, "Eve", "eve-pw-1")));
     }
+
+    /// A login as far as its hash task: begun, its lookup asked and answered.
+    fn to_verify(svc: &Service, username: &str, password: &str) -> HashTask {
+        let Begun::Asking(asking) = svc.begin(request(Op::Login, username, password)) else {
+            panic!("a login looks up its account");
+        };
+        let answer = svc.ask(&asking.question);
+        let Step::Hash(task) = svc.resume(asking, answer) else {
+            panic!("a login is verified");
+        };
+        task
+    }
+
+    #[test]
+    fn a_login_is_quick_against_a_cheap_hash_it_keeps() {
+        let dir = tempfile::tempdir().unwrap();
+        let svc = service(dir.path());
+        assert_eq!(
+            svc.handle(request(Op::Register, "Gus", "gus-pw-1")).code,
+            Code::Registered
+        );
+        assert!(svc.is_quick(&to_verify(&svc, "gus", "gus-pw-1")));
+        // Stronger parameters, still cheap: the stored hash is weaker, so the login re-hashes it
+        // (and writes it): not quick.
+        let params = HashParams {
+            memory_kib: 16,
+            ..HashParams::CHEAPEST
+        };
+        let stronger = built(dir.path(), Options::default(), params, None);
+        assert!(!stronger.is_quick(&to_verify(&stronger, "gus", "gus-pw-1")));
+        // An unknown name, hidden: a verification against a dummy hash, as cheap as any.
+        let dir = tempfile::tempdir().unwrap();
+        let hiding = Options {
+            hide_user_existence: true,
+            ..Options::default()
+        };
+        let hidden = service_with(dir.path(), hiding);
+        assert!(hidden.is_quick(&to_verify(&hidden, "nobody", "nobody-pw-1")));
+    }
 }
