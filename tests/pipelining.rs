@@ -104,21 +104,32 @@ fn pipelined_requests_on_many_connections_are_answered_in_order() {
     assert_eq!(common::code(addr, "register", "Ordered", "password1"), 4);
     let clients: Vec<_> = (0..16)
         .map(|i| {
+            let registered = common::seed(addr, "register", &format!("Chg{i}"), "pass-a-1");
+            assert_eq!(registered["code"], 4, "{registered}");
             std::thread::spawn(move || {
                 let mut client = common::StreamClient::new(addr);
-                // Alternate answers that need the store with ones that do not, each tagged.
+                // Answers that need the store, none, a registration (hashed and created on a
+                // worker, in a second round trip), and password changes (on a hash thread)
+                // alternate, each tagged.
                 let mut batch = Vec::new();
-                for n in 0..20 {
-                    let line = match n % 3 {
+                let mut passwords = ["pass-a-1", "pass-b-1"];
+                for n in 0..25 {
+                    let line = match n % 5 {
                         0 => format!(r#"{{"OP":"login","username":"Ordered","password":"password1","id":{n}}}"#),
                         1 => format!(r#"{{"OP":"login","username":"nobody-{i}","password":"password1","id":{n}}}"#),
-                        _ => format!(r#"{{"OP":"bogus","id":{n}}}"#),
+                        2 => format!(r#"{{"OP":"bogus","id":{n}}}"#),
+                        3 => format!(r#"{{"OP":"register","username":"Reg{i}x{n}","password":"password1","id":{n}}}"#),
+                        _ => {
+                            let [old, new] = passwords;
+                            passwords = [new, old];
+                            format!(r#"{{"OP":"change_password","username":"Chg{i}","password":"{old}","new_password":"{new}","id":{n}}}"#)
+                        }
                     };
                     batch.extend_from_slice(line.as_bytes());
                     batch.push(b'\n');
                 }
                 client.send(&batch);
-                (0..20)
+                (0..25)
                     .map(|n| {
                         let reply = client.recv();
                         assert_eq!(reply["id"], n, "in order: {reply}");
@@ -131,13 +142,33 @@ fn pipelined_requests_on_many_connections_are_answered_in_order() {
     for client in clients {
         let codes = client.join().unwrap();
         for (n, code) in codes.into_iter().enumerate() {
-            let expected = match n % 3 {
+            let expected = match n % 5 {
                 0 => 3,
                 1 => 1,
-                _ => 6,
+                2 => 6,
+                3 => 4,
+                _ => 11,
             };
             assert_eq!(code, expected, "request {n}");
         }
+    }
+    // Every registration answered 4 is stored.
+    for i in 0..16 {
+        for n in (3..25).step_by(5) {
+            assert_eq!(
+                common::code(addr, "login", &format!("Reg{i}x{n}"), "password1"),
+                3
+            );
+        }
+    }
+}
+
+fn login(name: &str) -> Question {
+    Question::Login {
+        username: name.into(),
+        origin: None,
+        failures: Policy::default().failures(),
+        unknown: Unknown::Nothing,
     }
 }
 
@@ -145,30 +176,25 @@ fn pipelined_requests_on_many_connections_are_answered_in_order() {
 fn a_create_asked_with_others_is_resolved_though_the_round_times_out() {
     let dir = tempfile::tempdir().unwrap();
     let db = DbProcess::start(dir.path(), "127.0.0.1:0");
+    let addr = db.addr;
     let mut config = db.client_config();
-    config.timeout = Duration::from_secs(2);
+    config.timeout = Duration::from_secs(3);
     let store = RemoteStore::new(&config, Metrics::default());
     assert!(store.ping().is_ok());
-    let questions = [
-        Question::Login {
-            username: "someone".into(),
-            origin: None,
-            failures: Policy::default().failures(),
-            unknown: Unknown::Nothing,
-        },
-        create("Frozen", "create-frozen"),
-    ];
-    // account-db stops answering for longer than a request's deadline (2 s), then goes on:
-    // the round's write times out, its login is given up, but its create's outcome must be
-    // known, so it is asked again until account-db answers (within twice the deadline).
+    let questions = [login("someone"), create("Frozen", "create-frozen")];
+    // account-db stops answering: the round's write times out (3 s) and its login is given
+    // up. Then it dies, and a new one starts on its address: every attempt meanwhile is
+    // refused at once, but a create's outcome must be known, so it is asked again until the
+    // new account-db answers (within twice the deadline of the round's start).
     db.signal("STOP");
     let asking = std::thread::spawn(move || {
         let asked: Vec<&Question> = questions.iter().collect();
         let answers = store.ask_all(&asked);
         (store, answers)
     });
-    std::thread::sleep(Duration::from_secs(3));
-    db.signal("CONT");
+    std::thread::sleep(Duration::from_millis(3500));
+    db.kill();
+    let _db = DbProcess::start(dir.path(), &addr.to_string());
     let (store, answers) = asking.join().unwrap();
     assert!(
         matches!(answers[0], Err(StoreError::Unreachable(_))),
@@ -181,4 +207,31 @@ fn a_create_asked_with_others_is_resolved_though_the_round_times_out() {
     );
     let frozen = store.find("frozen").unwrap().expect("stored");
     assert_eq!(frozen.username, "Frozen");
+}
+
+#[test]
+fn a_round_of_unknown_creates_ends_within_one_resolve_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = DbProcess::start(dir.path(), "127.0.0.1:0");
+    let mut config = db.client_config();
+    config.timeout = Duration::from_secs(1);
+    let store = RemoteStore::new(&config, Metrics::default());
+    assert!(store.ping().is_ok());
+    let mut questions = vec![login("someone")];
+    questions.extend((0..8).map(|i| create(&format!("Stuck{i}"), &format!("create-stuck-{i}"))));
+    // account-db never answers again. Each create is unknown, but the round gives up on them
+    // together when its window (2 s) closes, not one window after another (17 s).
+    db.signal("STOP");
+    let started = std::time::Instant::now();
+    let asked: Vec<&Question> = questions.iter().collect();
+    let answers = store.ask_all(&asked);
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(8), "{took:?}");
+    assert_eq!(answers.len(), 9);
+    for answer in &answers {
+        assert!(
+            matches!(answer, Err(StoreError::Unreachable(_))),
+            "{answer:?}"
+        );
+    }
 }

@@ -469,13 +469,24 @@ impl RemoteStore {
     /// - a request whose outcome must be known (`resolve`: a create) is repeated after any
     ///   failure, timeouts included, for up to the resolve window.
     fn call(&self, request: &DbRequest, resolve: bool) -> Result<DbResponse, StoreError> {
-        let started = Instant::now();
+        self.call_since(request, resolve, Instant::now(), None)
+    }
+
+    /// [`RemoteStore::call`], for a request whose window opened at `started` and that failed
+    /// already (`last`) if it was asked with others: once the window has closed, it is not
+    /// tried again.
+    fn call_since(
+        &self,
+        request: &DbRequest,
+        resolve: bool,
+        started: Instant,
+        mut last: Option<DbError>,
+    ) -> Result<DbResponse, StoreError> {
         let window = if resolve {
             self.resolve_window
         } else {
             self.timeout
         };
-        let mut last = None;
         let mut failed_remote = None;
         loop {
             for instance in self.order() {
@@ -689,9 +700,12 @@ impl Accounts for RemoteStore {
     /// store error where another account-db may answer) is asked again one by one, with the
     /// usual retries and failover; the replies already read are kept. The round shares one
     /// deadline: once a question is unreachable (a lone account-db that did not answer in
-    /// time, or every account-db failed it), the rest are answered so at once, except a
-    /// create, which is asked again until its outcome is known, as [`Accounts::create`] does.
+    /// time, or every account-db failed it), the rest are answered so at once, except the
+    /// creates, which are asked again until their outcome is known, as [`Accounts::create`]
+    /// does, within one resolve window for the round: however many creates are unknown, the
+    /// round ends by then (and one attempt after it).
     fn ask_all(&self, questions: &[&Question]) -> Vec<Result<Answer, StoreError>> {
+        let started = Instant::now();
         let requests: Vec<DbRequest> = questions.iter().map(|q| request_of(q)).collect();
         let single = self.shared.list.len() == 1;
         let first = self.order().first().copied();
@@ -713,6 +727,8 @@ impl Accounts for RemoteStore {
             }
             _ => (Vec::new(), None),
         };
+        // What last failed a create of this round (or the round itself).
+        let mut create_failed = failure.as_ref().map(DbError::again);
         let mut unreachable = failure.filter(|e| single && !e.is_dead_connection());
         let mut responses = responses.into_iter();
         let mut answers = Vec::with_capacity(questions.len());
@@ -725,10 +741,20 @@ impl Accounts for RemoteStore {
                     }
                     Err(StoreError::Remote(message))
                 }
+                // A create not answered, or failed by this account-db (another may answer).
+                (Some(DbResponse::Error { .. }) | None, _) if resolves(question) => {
+                    let last = create_failed.as_ref().map(DbError::again);
+                    let request = request_of(question);
+                    let answer = self.call_since(&request, true, started, last);
+                    if let Err(StoreError::Unreachable(e)) = &answer {
+                        create_failed = Some(e.again());
+                    }
+                    answer.and_then(|response| answer_of(question, response))
+                }
                 (Some(DbResponse::Error { .. }), _) => self.ask_one(question),
                 (Some(response), _) => answer_of(question, response),
-                (None, Some(e)) if !resolves(question) => Err(StoreError::Unreachable(e.again())),
-                (None, _) => self.ask_one(question),
+                (None, Some(e)) => Err(StoreError::Unreachable(e.again())),
+                (None, None) => self.ask_one(question),
             };
             if let Err(StoreError::Unreachable(e)) = &answer {
                 unreachable = Some(e.again());
