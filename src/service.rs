@@ -186,10 +186,13 @@ enum Task {
         found: Found,
         new_password: String,
     },
-    /// An unknown user under `--hide-user-existence` (its failure counted already): verify
-    /// against a dummy hash, answer "wrong password".
+    /// An unknown user under `--hide-user-existence`: verify against a dummy hash, count the
+    /// failure as a wrong password for an account is counted, answer "wrong password".
     Pretend {
         password: String,
+        /// The name and address to count the failure against; `None` for a name no account
+        /// can have, whose address was counted already.
+        failure: Option<(String, Option<Origin>)>,
         /// Held as a real account's would be.
         _turn: Option<Turn>,
     },
@@ -407,6 +410,7 @@ impl Service {
             return Begun::Step(match self.options.hide_user_existence {
                 true => Step::Hash(HashTask(Task::Pretend {
                     password,
+                    failure: None,
                     _turn: None,
                 })),
                 false => Step::Done(Reply::no_such_user()),
@@ -419,9 +423,10 @@ impl Service {
             return Begun::Step(self.throttled(Duration::from_secs(1)));
         };
         let unknown = match (&self.legacy, self.options.hide_user_existence) {
-            // Counted once the old server has answered.
-            (Some(_), _) => Unknown::Nothing,
-            (None, true) => Unknown::AddressAndName,
+            // Counted once the old server has answered; or, hidden, after the verification,
+            // as a wrong password is: the same round trips, and the same rule for which
+            // guesses count against the name.
+            (Some(_), _) | (None, true) => Unknown::Nothing,
             (None, false) => Unknown::Address,
         };
         Begun::Asking(Asking {
@@ -463,11 +468,12 @@ impl Service {
                 account: Some(account),
                 ..
             } if account.hash == RESERVED_HASH => migrate(pending, Some(account)),
-            // Counted as a failure by the lookup already. The turn is held as for a real
-            // account, so that neither the time nor a concurrent attempt tells them apart.
+            // The turn is held as for a real account, so that neither the time nor a
+            // concurrent attempt tells them apart.
             Login::Open { account: None, .. } if self.options.hide_user_existence => {
                 Step::Hash(HashTask(Task::Pretend {
                     password: pending.password,
+                    failure: Some((pending.username, pending.origin)),
                     _turn: Some(pending.turn),
                 }))
             }
@@ -670,10 +676,16 @@ impl Service {
                     Err(e) => store_unavailable(&e, &self.metrics),
                 }
             }
-            Task::Pretend { password, .. } => {
+            Task::Pretend {
+                password, failure, ..
+            } => {
                 // The result is always "no"; the work is what makes it indistinguishable (the
-                // same verifications as a wrong password for a real account).
+                // same verifications and store requests as a wrong password for a real
+                // account).
                 let _ = self.verify(&password, &self.dummy_hash, memory);
+                if let Some((username, origin)) = failure {
+                    self.count_failure(&username, origin, &password, false);
+                }
                 Reply::wrong_password()
             }
             Task::Migrate(migrate) => self.migrate(migrate, memory),
@@ -873,19 +885,24 @@ impl Service {
                     // up the difference, so the time does not tell the account exists.
                     let _ = self.hasher.verify(password, &self.dummy_hash, memory);
                 }
-                // A guess that breaks today's rules cannot be the password of an account made
-                // under them: it costs the address only, so short guesses cannot lock a victim
-                // out. An account from the old system (bcrypt) may have such a password: there
-                // every guess counts against it.
-                let failures = self.options.throttle.failures();
-                let counts = self.options.rules.password_ok(password) || is_bcrypt(&account.hash);
-                let name = counts.then_some(account.username.as_str());
-                if let Err(e) = self.accounts.failed(name, *origin, &failures) {
-                    tracing::warn!(user = %account.username, error = %e, "cannot count a failed login");
-                }
+                let bcrypt = is_bcrypt(&account.hash);
+                self.count_failure(&account.username, *origin, password, bcrypt);
                 Err(Box::new(Reply::wrong_password()))
             }
             Err(e) => Err(Box::new(internal_error(&e))),
+        }
+    }
+
+    /// Count a wrong `password` for `username` from `origin`. A guess that breaks today's rules
+    /// cannot be the password of an account made under them: it costs the address only, so
+    /// short guesses cannot lock a victim out. An account from the old system (`bcrypt`) may
+    /// have such a password: there every guess counts against it.
+    fn count_failure(&self, username: &str, origin: Option<Origin>, password: &str, bcrypt: bool) {
+        let failures = self.options.throttle.failures();
+        let counts = self.options.rules.password_ok(password) || bcrypt;
+        let name = counts.then_some(username);
+        if let Err(e) = self.accounts.failed(name, origin, &failures) {
+            tracing::warn!(user = %username, error = %e, "cannot count a failed login");
         }
     }
 

@@ -400,10 +400,13 @@ pub enum Registering {
 pub enum Unknown {
     /// A failed login against the address.
     Address,
-    /// A failed login against the address and the name (`--hide-user-existence`: unknown names
-    /// lock like accounts).
+    /// A failed login against the address and the name. Sent by login-servers before
+    /// 2026-11-27 under `--hide-user-existence` (account-db still answers them, so that
+    /// login-servers can be upgraded one at a time); a login-server now counts an unknown name
+    /// after its verification, as a wrong password is counted (see `Service::finish`).
     AddressAndName,
-    /// Nothing yet: the old account server may know the name (`--legacy-db`).
+    /// Nothing yet: the old account server may know the name (`--legacy-db`), or
+    /// (`--hide-user-existence`) the failure is counted after the verification.
     Nothing,
 }
 

@@ -132,6 +132,50 @@ fn account_db_serves_its_own_metrics() {
 }
 
 #[test]
+fn hidden_user_existence_asks_account_db_the_same_for_known_and_unknown_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = Secret::generate();
+    let mut config = AccountDbConfig::embedded("127.0.0.1:0".parse().unwrap(), secret.clone());
+    config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    let store = Arc::new(SqliteStore::open(dir.path()).unwrap());
+    let db = AccountDb::spawn(config, store).unwrap();
+    let mut config = common::config(db.local_addr(), &secret);
+    config.service.hide_user_existence = true;
+    let server = LoginServer::spawn(config).unwrap();
+    let addr = server.local_addr();
+    assert_eq!(code(addr, "register", "known", "password1"), 4);
+    let metrics = db.metrics_addr().unwrap();
+    let asked = || {
+        let text = get(metrics, "/metrics").1;
+        // A series appears once its op is first counted.
+        ["login", "failed", "succeeded", "find"].map(|op| {
+            let series = format!("accountdb_requests_total{{op=\"{op}\"}}");
+            match text.lines().any(|l| l.starts_with(&series)) {
+                true => sample(&text, &series),
+                false => 0.0,
+            }
+        })
+    };
+    // Each request's round trips to account-db, by kind: a wrong password for an account and
+    // any password for a name that has none must not differ (a round trip is time).
+    let mut per_login = Vec::new();
+    for name in ["known", "unknown"] {
+        let before = asked();
+        assert_eq!(code(addr, "login", name, "password2"), 2);
+        let after = asked();
+        per_login.push(
+            after
+                .iter()
+                .zip(before)
+                .map(|(a, b)| a - b)
+                .collect::<Vec<_>>(),
+        );
+    }
+    assert_eq!(per_login[0], vec![1.0, 1.0, 0.0, 0.0]);
+    assert_eq!(per_login[1], per_login[0]);
+}
+
+#[test]
 fn json_logs_have_one_line_per_request_and_never_a_password() {
     use std::io::BufRead;
     let dir = tempfile::tempdir().unwrap();
