@@ -206,6 +206,73 @@ fn hidden_user_existence_counts_short_guesses_at_unknown_names_as_at_known_ones(
 }
 
 #[test]
+fn a_connection_gets_at_most_a_turn_of_messages_while_another_waits() {
+    // One worker, held on a lookup while account-db is stopped, so that two clients' pipelined
+    // messages are both waiting when it goes on.
+    let dir = tempfile::tempdir().unwrap();
+    let db = common::DbProcess::start(dir.path(), "127.0.0.1:0");
+    let key = dir.path().join("token.key");
+    common::gen_token_key(&key);
+    let command = common::login_server_command([
+        "--workers".as_ref(),
+        "1".as_ref(),
+        "--hash-params".as_ref(),
+        "8,1,1".as_ref(),
+        "--db-timeout".as_ref(),
+        "20".as_ref(),
+        "--log-format".as_ref(),
+        "json".as_ref(),
+        "--db".as_ref(),
+        db.addr.to_string().as_ref(),
+        "--db-secret-file".as_ref(),
+        dir.path().join("account-db.secret").as_os_str(),
+        "--token-key-file".as_ref(),
+        key.as_os_str(),
+    ]);
+    let (mut child, addr, lines) = common::spawn_json_logging(command);
+    // Read as it comes: a full pipe would hold up the server's log writer.
+    let log = std::thread::spawn(move || lines.map(Result::unwrap).collect::<Vec<String>>());
+    db.signal("STOP");
+    let mut held = StreamClient::new(addr);
+    held.send(b"{\"OP\":\"login\",\"username\":\"someone\",\"password\":\"password1\"}\n");
+    std::thread::sleep(Duration::from_millis(300));
+    let mut clients: Vec<StreamClient> = (0..2).map(|_| StreamClient::new(addr)).collect();
+    for client in &mut clients {
+        client.send(&b"{\"OP\":\"bogus\"}\n".repeat(300));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    db.signal("CONT");
+    assert_eq!(held.recv()["code"], 1);
+    for client in &mut clients {
+        for _ in 0..300 {
+            assert_eq!(client.recv()["code"], 6);
+        }
+    }
+    common::signal(child.id(), "TERM");
+    assert!(child.wait().unwrap().success());
+    // The order the worker answered them in: its log. Without a turn's cap (64 messages) the
+    // first connection taken would have all 300 of its messages answered before the other's.
+    let peers: Vec<String> = log
+        .join()
+        .unwrap()
+        .iter()
+        .map(|line| serde_json::from_str::<Value>(line).expect("JSON log line"))
+        .filter(|event| event["target"] == "request" && event["fields"]["code"] == 6)
+        .map(|event| event["fields"]["peer"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(peers.len(), 600);
+    let longest = peers
+        .chunk_by(|a, b| a == b)
+        .map(<[String]>::len)
+        .max()
+        .unwrap();
+    assert!(
+        longest <= 3 * 64,
+        "{longest} answers in a row to one connection"
+    );
+}
+
+#[test]
 fn error_texts_quote_only_a_short_prefix_of_the_input() {
     let tiers = start();
     let mut client = StreamClient::new(tiers.addr());

@@ -6,7 +6,6 @@ use common::{code, http_get as get, start_with, DbProcess};
 use login_server::accountdb::store::SqliteStore;
 use login_server::auth::secret::Secret;
 use login_server::{AccountDb, AccountDbConfig, LoginServer};
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 /// The value of the first sample line starting with `series`.
@@ -177,9 +176,8 @@ fn hidden_user_existence_asks_account_db_the_same_for_known_and_unknown_names() 
 
 #[test]
 fn json_logs_have_one_line_per_request_and_never_a_password() {
-    use std::io::BufRead;
     let dir = tempfile::tempdir().unwrap();
-    let mut command = common::login_server_command([
+    let command = common::login_server_command([
         "--hash-params".as_ref(),
         "8,1,1".as_ref(),
         "--log-format".as_ref(),
@@ -187,15 +185,7 @@ fn json_logs_have_one_line_per_request_and_never_a_password() {
         "--data".as_ref(),
         dir.path().as_os_str(),
     ]);
-    let mut child = command.env("RUST_LOG", "info").spawn().unwrap();
-    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr: SocketAddr = loop {
-        let line = lines.next().expect("a log line").unwrap();
-        let event: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
-        if event["fields"]["message"] == "login-server listening" {
-            break event["fields"]["addr"].as_str().unwrap().parse().unwrap();
-        }
-    };
+    let (mut child, addr, lines) = common::spawn_json_logging(command);
     let secret = "correct-horse-battery-staple";
     assert_eq!(code(addr, "register", "logged", secret), 4);
     assert_eq!(code(addr, "login", "logged", secret), 3);

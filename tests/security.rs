@@ -215,24 +215,12 @@ fn login_server_with_db_but_no_secret_says_what_is_missing() {
     assert!(stderr.contains("--db-secret-file"), "{stderr}");
 }
 
-/// Run `login-server gen-token-key PATH`: the kid it printed.
-fn gen_token_key(path: &std::path::Path) -> String {
-    let output = Command::new(env!("CARGO_BIN_EXE_login-server"))
-        .arg("gen-token-key")
-        .arg(path)
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{output:?}");
-    let stdout = String::from_utf8(output.stdout).unwrap();
-    stdout.trim().strip_prefix("kid ").unwrap().to_string()
-}
-
 #[test]
 fn gen_token_key_writes_a_private_key_and_its_public_half_once() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("token.key");
-    let kid = gen_token_key(&path);
+    let kid = common::gen_token_key(&path);
     let mode = std::fs::metadata(&path).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
     let public = std::fs::read_to_string(dir.path().join("token.pub")).unwrap();
@@ -280,7 +268,7 @@ fn login_server_reaches_a_separate_account_db_with_its_secret_file() {
     let db = DbProcess::start(dir.path(), "127.0.0.1:0");
     let secret_file = dir.path().join("account-db.secret");
     let key_file = dir.path().join("token.key");
-    gen_token_key(&key_file);
+    common::gen_token_key(&key_file);
     let mut command = common::login_server_command([
         "--hash-params".as_ref(),
         "8,1,1".as_ref(),
@@ -389,7 +377,7 @@ fn host_names_are_taken_wherever_an_address_is() {
     let db = DbProcess::start_with(dir.path(), "localhost:0", &[]);
     assert!(db.addr.ip().is_loopback());
     let key = dir.path().join("token.key");
-    gen_token_key(&key);
+    common::gen_token_key(&key);
     let port = db.addr.port().to_string();
     let mut command = common::login_server_command([
         "--hash-params".as_ref(),

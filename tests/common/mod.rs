@@ -289,6 +289,18 @@ pub fn signal(pid: u32, name: &str) {
     }
 }
 
+/// Run `login-server gen-token-key PATH`: the kid it printed.
+pub fn gen_token_key(path: &std::path::Path) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_login-server"))
+        .arg("gen-token-key")
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    stdout.trim().strip_prefix("kid ").unwrap().to_string()
+}
+
 /// The login-server binary on 127.0.0.1:0 with `args`, its log piped, ready to spawn.
 pub fn login_server_command<S: AsRef<std::ffi::OsStr>>(
     args: impl IntoIterator<Item = S>,
@@ -300,6 +312,31 @@ pub fn login_server_command<S: AsRef<std::ffi::OsStr>>(
         .stderr(Stdio::piped())
         .stdout(Stdio::null());
     command
+}
+
+/// Spawn `command` (from [`login_server_command`], with `--log-format json`) and read its log
+/// until it says where it listens: the child, that address, and the rest of its log.
+pub fn spawn_json_logging(
+    mut command: Command,
+) -> (
+    Child,
+    SocketAddr,
+    std::io::Lines<BufReader<std::process::ChildStderr>>,
+) {
+    let mut child = command
+        .env("RUST_LOG", "info")
+        .spawn()
+        .expect("spawn login-server");
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let addr = loop {
+        let line = lines.next().expect("a log line").expect("read log");
+        let event: Value = serde_json::from_str(&line).expect("JSON log line");
+        if event["fields"]["message"] == "login-server listening" {
+            let addr = event["fields"]["addr"].as_str().expect("addr");
+            break addr.parse().expect("an address");
+        }
+    };
+    (child, addr, lines)
 }
 
 /// Spawn `command` (from [`login_server_command`]) and wait for the address it listens on.
