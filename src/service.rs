@@ -227,8 +227,9 @@ pub struct Options {
     pub rules: Rules,
     #[command(flatten)]
     pub throttle: Policy,
-    /// Answer an unknown user "wrong password" (2) after a real verification, so neither the
-    /// code nor the time tells whether the account exists. Defaults to off: the seed's gateway
+    /// Answer an unknown user "wrong password" (2) after a real verification, and count and
+    /// lock unknown names as known ones, so neither the code nor the time tells whether the
+    /// account exists (its limits: docs/protocol.md). Defaults to off: the seed's gateway
     /// expects "no such user" (1).
     #[arg(long, env = "LOGIN_SERVER_HIDE_USER_EXISTENCE")]
     pub hide_user_existence: bool,
@@ -780,25 +781,22 @@ impl Service {
     /// and the password is its, the account moves here (argon2id; the old server is never
     /// asked about it again) and the player is logged in.
     fn migrate(&self, m: Migrate, memory: &mut Memory) -> Reply {
-        let failures = self.options.throttle.failures();
         let hide = self.options.hide_user_existence;
-        let fail = |name: Option<&str>| {
-            if let Err(e) = self.accounts.failed(name, m.origin, &failures) {
-                tracing::warn!(error = %e, "cannot count a failed login");
-            }
-        };
         let plain = match self.ask_legacy(&m.username) {
             Err(reply) => return *reply,
+            // Unknown in both: hidden, a wrong password for a name with no account.
+            Ok(Known::Unknown) if hide => {
+                let _ = self.verify(&m.password, &self.dummy_hash, memory);
+                self.count_failure(&m.username, m.origin, &m.password, false);
+                return Reply::wrong_password();
+            }
             Ok(Known::Unknown) => {
-                // Unknown in both, counted as account-db would have counted it.
-                fail(hide.then_some(m.username.as_str()));
-                return match hide {
-                    true => {
-                        let _ = self.verify(&m.password, &self.dummy_hash, memory);
-                        Reply::wrong_password()
-                    }
-                    false => Reply::no_such_user(),
-                };
+                // Counted as account-db would have counted it: the address only.
+                let failures = self.options.throttle.failures();
+                if let Err(e) = self.accounts.failed(None, m.origin, &failures) {
+                    tracing::warn!(error = %e, "cannot count a failed login");
+                }
+                return Reply::no_such_user();
             }
             Ok(Known::Password(plain)) => plain,
         };
@@ -807,10 +805,8 @@ impl Service {
                 // As long as an unknown name's answer takes.
                 let _ = self.verify(&m.password, &self.dummy_hash, memory);
             }
-            // Short guesses count against the name when the real password is short too.
-            let rules = &self.options.rules;
-            let counts = rules.password_ok(&m.password) || !rules.password_ok(&plain);
-            fail(counts.then_some(m.username.as_str()));
+            let weak = !self.options.rules.password_ok(&plain);
+            self.count_failure(&m.username, m.origin, &m.password, weak);
             return Reply::wrong_password();
         }
         let new = m.new_password.as_deref().unwrap_or(&m.password);
@@ -895,11 +891,15 @@ impl Service {
 
     /// Count a wrong `password` for `username` from `origin`. A guess that breaks today's rules
     /// cannot be the password of an account made under them: it costs the address only, so
-    /// short guesses cannot lock a victim out. An account from the old system (`bcrypt`) may
-    /// have such a password: there every guess counts against it.
-    fn count_failure(&self, username: &str, origin: Option<Origin>, password: &str, bcrypt: bool) {
+    /// short guesses cannot lock a victim out. An account from the old system (`weak`: bcrypt,
+    /// or a password from the old server that breaks the rules itself) may have such a
+    /// password: there every guess counts against it. Under `--hide-user-existence` every
+    /// guess counts against every name: a rule that depends on the account would tell that
+    /// it exists.
+    fn count_failure(&self, username: &str, origin: Option<Origin>, password: &str, weak: bool) {
         let failures = self.options.throttle.failures();
-        let counts = self.options.rules.password_ok(password) || bcrypt;
+        let counts =
+            self.options.hide_user_existence || weak || self.options.rules.password_ok(password);
         let name = counts.then_some(username);
         if let Err(e) = self.accounts.failed(name, origin, &failures) {
             tracing::warn!(user = %username, error = %e, "cannot count a failed login");

@@ -380,6 +380,34 @@ fn an_old_server_that_hangs_up_before_its_reply_is_unavailable_at_once() {
 }
 
 #[test]
+fn hidden_user_existence_locks_every_name_alike_with_an_old_server() {
+    let old = OldServer::start(&[("oldtimer", "old-pass-1")]);
+    let addr = old.addr;
+    let tiers = start_with(move |c| {
+        c.legacy_db = Some(addr);
+        c.service.hide_user_existence = true;
+    });
+    assert_eq!(code(tiers.addr(), "register", "newcomer", "password1"), 4);
+    let mut client = StreamClient::new(tiers.addr());
+    // Short guesses from eight addresses at a name here, one only the old server knows, and
+    // one nobody knows: the same answers, so they tell nothing of which exist.
+    let mut answers = |name: &str| -> Vec<serde_json::Value> {
+        (0..8)
+            .map(|i| {
+                let line = json!({"OP": "login", "username": name, "password": "123", "ip": format!("198.51.100.{i}")});
+                client.send(format!("{line}\n").as_bytes());
+                client.recv()["code"].clone()
+            })
+            .collect()
+    };
+    let here = answers("newcomer");
+    assert_eq!(here[..5], vec![json!(2); 5]);
+    assert_eq!(here[5..], vec![json!(8); 3]);
+    assert_eq!(answers("oldtimer"), here);
+    assert_eq!(answers("nobody"), here);
+}
+
+#[test]
 fn short_guesses_lock_an_old_account_whose_password_is_short() {
     let old = OldServer::start(&[("shorty", "123")]);
     let tiers = tiers(&old);
