@@ -189,6 +189,8 @@ enum Task {
     /// An unknown user under `--hide-user-existence`: verify against a dummy hash, count the
     /// failure as a wrong password for an account is counted, answer "wrong password".
     Pretend {
+        /// A login, or a `change_password`: it goes where a known name's would.
+        op: Op,
         password: String,
         /// The name and address to count the failure against; `None` for a name no account
         /// can have, whose address was counted already.
@@ -212,7 +214,8 @@ impl HashTask {
                 new_password: Some(_),
                 ..
             }) => Op::ChangePassword,
-            Task::Verify { .. } | Task::Pretend { .. } | Task::Migrate(_) => Op::Login,
+            Task::Pretend { op, .. } => op,
+            Task::Verify { .. } | Task::Migrate(_) => Op::Login,
             Task::ChangePassword { .. } => Op::ChangePassword,
             Task::Create { .. } => Op::Register,
         }
@@ -278,6 +281,14 @@ fn store_unavailable(e: &dyn std::fmt::Display, metrics: &Metrics) -> Reply {
     tracing::warn!(error = %e, "account store unavailable");
     metrics.db_errors.inc();
     Reply::unavailable("account store unavailable, retry later")
+}
+
+/// A lookup's operation: a login, or with a new password a `change_password`.
+fn op_of(new_password: &Option<String>) -> Op {
+    match new_password {
+        Some(_) => Op::ChangePassword,
+        None => Op::Login,
+    }
 }
 
 /// A registration's reply, once its create is done.
@@ -410,6 +421,7 @@ impl Service {
             }
             return Begun::Step(match self.options.hide_user_existence {
                 true => Step::Hash(HashTask(Task::Pretend {
+                    op: op_of(&new_password),
                     password,
                     failure: None,
                     _turn: None,
@@ -473,6 +485,7 @@ impl Service {
             // concurrent attempt tells them apart.
             Login::Open { account: None, .. } if self.options.hide_user_existence => {
                 Step::Hash(HashTask(Task::Pretend {
+                    op: op_of(&pending.new_password),
                     password: pending.password,
                     failure: Some((pending.username, pending.origin)),
                     _turn: Some(pending.turn),
@@ -974,7 +987,7 @@ impl Service {
                 let stored = &found.account.hash;
                 password::is_cheap(stored) && !self.hasher.is_weaker(stored)
             }
-            Task::Pretend { .. } => password::is_cheap(&self.dummy_hash),
+            Task::Pretend { op, .. } => *op == Op::Login && password::is_cheap(&self.dummy_hash),
             Task::Create { ask_legacy, .. } => !ask_legacy && self.hasher.is_cheap(),
             _ => false,
         }
@@ -1189,5 +1202,19 @@ mod tests {
         };
         let hidden = service_with(dir.path(), hiding);
         assert!(hidden.is_quick(&to_verify(&hidden, "nobody", "nobody-pw-1")));
+        // Its password change goes where a known name's does (never quick), as one.
+        let change = Request {
+            new_password: "nobody-pw-2".into(),
+            ..request(Op::ChangePassword, "nobody", "nobody-pw-1")
+        };
+        let Begun::Asking(asking) = hidden.begin(change) else {
+            panic!("a password change looks up its account");
+        };
+        let answer = hidden.ask(&asking.question);
+        let Step::Hash(task) = hidden.resume(asking, answer) else {
+            panic!("verified against the dummy");
+        };
+        assert!(!hidden.is_quick(&task));
+        assert_eq!(task.op(), Op::ChangePassword);
     }
 }
