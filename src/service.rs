@@ -856,7 +856,11 @@ impl Service {
                 }
             }
         };
-        if let Err(e) = self.accounts.succeeded(&account.username, m.origin) {
+        if let Err(e) = self.accounts.succeeded(
+            &account.username,
+            m.origin,
+            self.options.hide_user_existence,
+        ) {
             tracing::warn!(user = %account.username, error = %e, "cannot clear the failed logins of an account");
         }
         if let Some(ban) = banned(&account) {
@@ -882,7 +886,11 @@ impl Service {
         match self.verify(password, &account.hash, memory) {
             Ok(Some(rehash)) => {
                 if !settled {
-                    if let Err(e) = self.accounts.succeeded(&account.username, *origin) {
+                    if let Err(e) = self.accounts.succeeded(
+                        &account.username,
+                        *origin,
+                        self.options.hide_user_existence,
+                    ) {
                         tracing::warn!(user = %account.username, error = %e, "cannot clear the failed logins of an account");
                     }
                 }

@@ -309,10 +309,16 @@ impl Record {
         self.set_expiry(t.window_ms);
     }
 
-    /// A successful login from `origin` at `now`: the failures and locks are forgotten, `now` is
-    /// the last login, and `origin` becomes familiar (already familiar: it moves to the front).
-    pub fn succeed(&mut self, origin: Option<Origin>, now: Millis) {
-        self.unlock();
+    /// A successful login from `origin` at `now`: the failures and locks are forgotten (unless
+    /// `keep_failures`), `now` is the last login, and `origin` becomes familiar (already
+    /// familiar: it moves to the front). Kept, as under `--hide-user-existence`, a lock on the
+    /// name lasts its time as it would on a name with no account (the owner's familiar
+    /// addresses pass it either way), so its owner's login does not tell a watcher the name
+    /// exists.
+    pub fn succeed(&mut self, origin: Option<Origin>, now: Millis, keep_failures: bool) {
+        if !keep_failures {
+            self.unlock();
+        }
         if let Some(origin) = origin {
             self.familiar.retain(|&known| known != origin);
             self.familiar.insert(0, origin);
@@ -560,11 +566,12 @@ pub fn succeeded(
     store: &dyn Store,
     username: &str,
     origin: Option<Origin>,
+    keep_failures: bool,
 ) -> Result<(), StoreError> {
     let now = now_ms();
     store.update_records(&[account_key(username)], now, &mut |records| {
         for record in records.iter_mut() {
-            record.succeed(origin, now);
+            record.succeed(origin, now, keep_failures);
         }
     })
 }
@@ -742,6 +749,28 @@ mod tests {
     }
 
     #[test]
+    fn a_success_that_keeps_failures_leaves_the_lock_and_remembers_the_address() {
+        let t = thresholds();
+        let now = 1_000_000 * S;
+        let mut record = Record::default();
+        for _ in 0..3 {
+            record.fail(&t, now);
+        }
+        let lock = record.locked(now);
+        assert!(lock.is_some());
+        let before = record.clone();
+        record.succeed(ip("198.51.100.1"), now, true);
+        assert_eq!(record.locked(now), lock);
+        assert_eq!(
+            (record.count, record.lockouts, record.window_start),
+            (before.count, before.lockouts, before.window_start)
+        );
+        assert_eq!(record.familiar, vec![ip("198.51.100.1").unwrap()]);
+        assert_eq!(record.last_login(), Some(now));
+        assert!(record.expires >= now + FAMILIAR_MS);
+    }
+
+    #[test]
     fn success_forgets_failures_and_remembers_the_last_addresses() {
         let t = thresholds();
         let now = 1_000_000 * S;
@@ -749,18 +778,18 @@ mod tests {
         for _ in 0..3 {
             record.fail(&t, now);
         }
-        record.succeed(ip("198.51.100.1"), now);
+        record.succeed(ip("198.51.100.1"), now, false);
         assert_eq!(record.locked(now), None);
         assert_eq!((record.count, record.lockouts), (0, 0));
         assert_eq!(record.familiar, vec![ip("198.51.100.1").unwrap()]);
         assert_eq!(record.expires, now + FAMILIAR_DAYS * 86_400 * S);
         for i in 0..FAMILIAR {
-            record.succeed(ip(&format!("198.51.100.{}", 10 + i)), now);
+            record.succeed(ip(&format!("198.51.100.{}", 10 + i)), now, false);
         }
         assert_eq!(record.familiar.len(), FAMILIAR);
         assert!(!record.familiar.contains(&ip("198.51.100.1").unwrap()));
         // Already familiar: moved to the front, not added twice.
-        record.succeed(ip("198.51.100.11"), now + S);
+        record.succeed(ip("198.51.100.11"), now + S, false);
         assert_eq!(record.familiar.len(), FAMILIAR);
         assert_eq!(Some(record.familiar[0]), ip("198.51.100.11"));
         let later = now + S + LAST_LOGIN_RESOLUTION_MS - 1;
@@ -772,7 +801,7 @@ mod tests {
         // Without an address a success forgets the failures and is the last login; the
         // familiar addresses are kept, and for as long after it.
         record.fail(&t, now + 2 * S);
-        record.succeed(None, now + 3 * S);
+        record.succeed(None, now + 3 * S, false);
         assert_eq!(record.familiar.len(), FAMILIAR);
         assert_eq!(record.last_login(), Some(now + 3 * S));
         assert_eq!(
@@ -784,7 +813,7 @@ mod tests {
         assert!(!plain.settled_for(None, now), "a first login is written");
         plain.fail(&t, now);
         assert!(!plain.settled_for(None, now));
-        plain.succeed(None, now);
+        plain.succeed(None, now, false);
         let expected = Record {
             familiar_until: now + FAMILIAR_MS,
             expires: now + FAMILIAR_MS,
@@ -825,7 +854,7 @@ mod tests {
         let mut plain = Record::default();
         plain.fail(&t, now);
         let mut familiar = Record::default();
-        familiar.succeed(ip("192.0.2.1"), now - 1000 * S);
+        familiar.succeed(ip("192.0.2.1"), now - 1000 * S, false);
         let mut locked = Record::default();
         for _ in 0..3 {
             locked.fail(&t, now - 9 * S); // ends in 1 s
@@ -840,7 +869,7 @@ mod tests {
         long_lock.locked_until = familiar.familiar_until + 1000 * S;
         assert!(long_lock.rank(now) < familiar.rank(now));
         let mut fresher = familiar.clone();
-        fresher.succeed(ip("192.0.2.2"), now);
+        fresher.succeed(ip("192.0.2.2"), now, false);
         assert!(
             familiar.rank(now) < fresher.rank(now),
             "older familiar ones go first"
@@ -890,7 +919,7 @@ mod tests {
         let t = thresholds();
         let now = 1_000_000 * S;
         let mut record = Record::default();
-        record.succeed(ip("198.51.100.1"), now);
+        record.succeed(ip("198.51.100.1"), now, false);
         for _ in 0..3 {
             record.fail(&t, now + S);
         }
@@ -1026,7 +1055,7 @@ mod tests {
             .as_millis() as i64;
         assert!((wall - started).abs() < 60_000, "{started}");
         // Success clears the account, not the address.
-        succeeded(&store, "Alice", None).unwrap();
+        succeeded(&store, "Alice", None, false).unwrap();
         let (account, settled) = open(login(&store, "alice", None, &t, Unknown::Address).unwrap());
         assert_eq!(account.map(|a| a.username).as_deref(), Some("alice"));
         assert!(settled);
@@ -1044,7 +1073,7 @@ mod tests {
         let (_, settled) =
             open(login(&store, "carol", ip("198.51.100.1"), &t, Unknown::Address).unwrap());
         assert!(!settled, "a new address is news");
-        succeeded(&store, "carol", ip("198.51.100.1")).unwrap();
+        succeeded(&store, "carol", ip("198.51.100.1"), false).unwrap();
         assert!(open(login(&store, "carol", ip("198.51.100.1"), &t, Unknown::Address).unwrap()).1);
         for i in 0..3 {
             failed(&store, Some("carol"), ip(&format!("203.0.113.{i}")), &t).unwrap();

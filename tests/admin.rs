@@ -99,7 +99,7 @@ fn admin_conformance(store: &dyn Store) {
         shown.contains("last login\tnone known"),
         "an unlock is no login: {shown}"
     );
-    throttle::succeeded(store, "admin-alice", None).unwrap();
+    throttle::succeeded(store, "admin-alice", None, false).unwrap();
     let shown = admin(
         store,
         Admin::Show {

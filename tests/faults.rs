@@ -128,8 +128,13 @@ impl Accounts for PanicButton {
     ) -> Result<Option<Duration>, StoreError> {
         self.0.failed(username, origin, failures)
     }
-    fn succeeded(&self, username: &str, origin: Option<Origin>) -> Result<(), StoreError> {
-        self.0.succeeded(username, origin)
+    fn succeeded(
+        &self,
+        username: &str,
+        origin: Option<Origin>,
+        keep_failures: bool,
+    ) -> Result<(), StoreError> {
+        self.0.succeeded(username, origin, keep_failures)
     }
     fn register(
         &self,

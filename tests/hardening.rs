@@ -274,6 +274,31 @@ fn a_connection_gets_at_most_a_turn_of_messages_while_another_waits() {
 }
 
 #[test]
+fn hidden_user_existence_keeps_a_lock_through_its_owners_login() {
+    let tiers = start_with(|c| c.service.hide_user_existence = true);
+    let home = "203.0.113.9";
+    assert_eq!(code(tiers.addr(), "register", "owner", "password1"), 4);
+    let mut client = StreamClient::new(tiers.addr());
+    assert_eq!(login(&mut client, "owner", "password1", home)["code"], 3);
+    // Both names locked by wrong guesses from five addresses.
+    for name in ["owner", "ghost"] {
+        for i in 0..5 {
+            let from = format!("198.51.100.{i}");
+            assert_eq!(login(&mut client, name, "wrong-pass", &from)["code"], 2);
+        }
+    }
+    // The owner logs in from home, which the lock lets through.
+    assert_eq!(login(&mut client, "owner", "password1", home)["code"], 3);
+    // A watcher sees both names still locked: an owner's login must not lift the lock
+    // early, or it would tell that the name has one.
+    let probe = |client: &mut StreamClient, name: &str| {
+        login(client, name, "wrong-pass", "192.0.2.77")["code"].clone()
+    };
+    assert_eq!(probe(&mut client, "ghost"), 8);
+    assert_eq!(probe(&mut client, "owner"), 8);
+}
+
+#[test]
 fn error_texts_quote_only_a_short_prefix_of_the_input() {
     let tiers = start();
     let mut client = StreamClient::new(tiers.addr());

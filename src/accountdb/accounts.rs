@@ -99,7 +99,12 @@ pub trait Accounts: Send + Sync {
         failures: &Thresholds,
     ) -> Result<Option<Duration>, StoreError>;
     /// A login succeeded ([`throttle::succeeded`]).
-    fn succeeded(&self, username: &str, origin: Option<Origin>) -> Result<(), StoreError>;
+    fn succeeded(
+        &self,
+        username: &str,
+        origin: Option<Origin>,
+        keep_failures: bool,
+    ) -> Result<(), StoreError>;
     /// A registration's lookup ([`throttle::register`]).
     fn register(
         &self,
@@ -148,8 +153,13 @@ impl<S: Store> Accounts for S {
         throttle::failed(self, username, origin, failures)
     }
 
-    fn succeeded(&self, username: &str, origin: Option<Origin>) -> Result<(), StoreError> {
-        throttle::succeeded(self, username, origin)
+    fn succeeded(
+        &self,
+        username: &str,
+        origin: Option<Origin>,
+        keep_failures: bool,
+    ) -> Result<(), StoreError> {
+        throttle::succeeded(self, username, origin, keep_failures)
     }
 
     fn register(

@@ -801,10 +801,16 @@ impl Accounts for RemoteStore {
         }
     }
 
-    fn succeeded(&self, username: &str, origin: Option<Origin>) -> Result<(), StoreError> {
+    fn succeeded(
+        &self,
+        username: &str,
+        origin: Option<Origin>,
+        keep_failures: bool,
+    ) -> Result<(), StoreError> {
         let request = DbRequest::Succeeded {
             username: username.to_string(),
             origin,
+            keep_failures,
         };
         match self.call(&request, false)? {
             DbResponse::Updated => Ok(()),

@@ -644,9 +644,12 @@ fn execute(store: &dyn Store, request: DbRequest) -> DbResponse {
             failures,
         } => throttle::failed(store, username.as_deref(), origin, &failures)
             .map(|lock| lock.map_or(DbResponse::Counted, locked)),
-        DbRequest::Succeeded { username, origin } => {
-            throttle::succeeded(store, &username, origin).map(|()| DbResponse::Updated)
-        }
+        DbRequest::Succeeded {
+            username,
+            origin,
+            keep_failures,
+        } => throttle::succeeded(store, &username, origin, keep_failures)
+            .map(|()| DbResponse::Updated),
         DbRequest::Register {
             username,
             origin,

@@ -126,6 +126,10 @@ pub enum DbRequest {
     Succeeded {
         username: String,
         origin: Option<Origin>,
+        /// Keep the failures and locks (`--hide-user-existence`); absent from login-servers
+        /// before 2026-11-27: false.
+        #[serde(default)]
+        keep_failures: bool,
     },
     /// The state of session `sid` of the account with `account_id`: answered
     /// [`DbResponse::Session`], or [`DbResponse::NotFound`] without such an account.
@@ -242,5 +246,15 @@ mod tests {
             b"{\"service\":\"account-db\",\"version\":3,\"nonce\":\"ab12\"}\n"
         );
         assert!(decode_line::<DbRequest>(b"{\"op\":\"drop_table\"}").is_err());
+        // From a login-server that predates keep_failures: a success as it always was.
+        let old = br#"{"op":"succeeded","username":"a","origin":null}"#;
+        assert_eq!(
+            decode_line::<DbRequest>(old).unwrap(),
+            DbRequest::Succeeded {
+                username: "a".into(),
+                origin: None,
+                keep_failures: false,
+            }
+        );
     }
 }
