@@ -861,7 +861,7 @@ impl Service {
             m.origin,
             self.options.hide_user_existence,
         ) {
-            tracing::warn!(user = %account.username, error = %e, "cannot clear the failed logins of an account");
+            tracing::warn!(user = %account.username, error = %e, "cannot record a successful login");
         }
         if let Some(ban) = banned(&account) {
             return Reply::banned(ban.until_ms, &ban.reason);
@@ -891,7 +891,7 @@ impl Service {
                         *origin,
                         self.options.hide_user_existence,
                     ) {
-                        tracing::warn!(user = %account.username, error = %e, "cannot clear the failed logins of an account");
+                        tracing::warn!(user = %account.username, error = %e, "cannot record a successful login");
                     }
                 }
                 Ok(rehash || self.hasher.is_weaker(&account.hash))
