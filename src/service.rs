@@ -1095,16 +1095,21 @@ mod tests {
         assert!(!stored.hash.contains("hunter2"));
     }
 
-    /// A registration as far as its hash task: begun, its check asked and answered.
-    fn to_hash(svc: &Service, username: &str, password: &str) -> HashTask {
-        let Begun::Asking(asking) = svc.begin(request(Op::Register, username, password)) else {
-            panic!("a registration asks the store first");
+    /// `request` as far as its hash task: begun, its question asked and answered.
+    fn to_task(svc: &Service, request: Request) -> HashTask {
+        let Begun::Asking(asking) = svc.begin(request) else {
+            panic!("it asks the store first");
         };
         let answer = svc.ask(&asking.question);
         let Step::Hash(task) = svc.resume(asking, answer) else {
-            panic!("a free name is hashed");
+            panic!("it is hashed or verified");
         };
         task
+    }
+
+    /// A registration as far as its hash task.
+    fn to_hash(svc: &Service, username: &str, password: &str) -> HashTask {
+        to_task(svc, request(Op::Register, username, password))
     }
 
     #[test]
@@ -1173,16 +1178,9 @@ mod tests {
         assert!(!asks_old.is_quick(&to_hash(&asks_old, "Eve", "eve-pw-1")));
     }
 
-    /// A login as far as its hash task: begun, its lookup asked and answered.
+    /// A login as far as its hash task.
     fn to_verify(svc: &Service, username: &str, password: &str) -> HashTask {
-        let Begun::Asking(asking) = svc.begin(request(Op::Login, username, password)) else {
-            panic!("a login looks up its account");
-        };
-        let answer = svc.ask(&asking.question);
-        let Step::Hash(task) = svc.resume(asking, answer) else {
-            panic!("a login is verified");
-        };
-        task
+        to_task(svc, request(Op::Login, username, password))
     }
 
     #[test]
@@ -1215,13 +1213,7 @@ mod tests {
             new_password: "nobody-pw-2".into(),
             ..request(Op::ChangePassword, "nobody", "nobody-pw-1")
         };
-        let Begun::Asking(asking) = hidden.begin(change) else {
-            panic!("a password change looks up its account");
-        };
-        let answer = hidden.ask(&asking.question);
-        let Step::Hash(task) = hidden.resume(asking, answer) else {
-            panic!("verified against the dummy");
-        };
+        let task = to_task(&hidden, change);
         assert!(!hidden.is_quick(&task));
         assert_eq!(task.op(), Op::ChangePassword);
     }

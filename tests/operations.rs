@@ -95,14 +95,19 @@ fn readyz_follows_the_account_store() {
     assert!(sample(&text, "login_db_errors_total") >= 1.0);
 }
 
+/// An account-db in this process on `dir`, serving metrics on a port of its own.
+fn db_with_metrics(dir: &std::path::Path, secret: &Secret) -> AccountDb {
+    let mut config = AccountDbConfig::embedded("127.0.0.1:0".parse().unwrap(), secret.clone());
+    config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    let store = Arc::new(SqliteStore::open(dir).unwrap());
+    AccountDb::spawn(config, store).unwrap()
+}
+
 #[test]
 fn account_db_serves_its_own_metrics() {
     let dir = tempfile::tempdir().unwrap();
     let secret = Secret::generate();
-    let mut config = AccountDbConfig::embedded("127.0.0.1:0".parse().unwrap(), secret.clone());
-    config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
-    let store = Arc::new(SqliteStore::open(dir.path()).unwrap());
-    let db = AccountDb::spawn(config, store).unwrap();
+    let db = db_with_metrics(dir.path(), &secret);
     let server = LoginServer::spawn(common::config(db.local_addr(), &secret)).unwrap();
     assert_eq!(
         code(server.local_addr(), "register", "counted", "password1"),
@@ -134,10 +139,7 @@ fn account_db_serves_its_own_metrics() {
 fn hidden_user_existence_asks_account_db_the_same_for_known_and_unknown_names() {
     let dir = tempfile::tempdir().unwrap();
     let secret = Secret::generate();
-    let mut config = AccountDbConfig::embedded("127.0.0.1:0".parse().unwrap(), secret.clone());
-    config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
-    let store = Arc::new(SqliteStore::open(dir.path()).unwrap());
-    let db = AccountDb::spawn(config, store).unwrap();
+    let db = db_with_metrics(dir.path(), &secret);
     let mut config = common::config(db.local_addr(), &secret);
     config.service.hide_user_existence = true;
     let server = LoginServer::spawn(config).unwrap();
@@ -251,10 +253,7 @@ fn documented_names() -> std::collections::BTreeSet<String> {
 fn every_documented_metric_is_exported_and_nothing_else() {
     let dir = tempfile::tempdir().unwrap();
     let secret = Secret::generate();
-    let mut db_config = AccountDbConfig::embedded("127.0.0.1:0".parse().unwrap(), secret.clone());
-    db_config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
-    let store = Arc::new(SqliteStore::open(dir.path()).unwrap());
-    let db = AccountDb::spawn(db_config, store).unwrap();
+    let db = db_with_metrics(dir.path(), &secret);
     let mut config = common::config(db.local_addr(), &secret);
     config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
     let server = LoginServer::spawn(config).unwrap();

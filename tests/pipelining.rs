@@ -15,12 +15,6 @@ use std::time::Duration;
 
 fn questions(alice: u64) -> Vec<Question> {
     let policy = Policy::default();
-    let login = |name: &str| Question::Login {
-        username: name.to_string(),
-        origin: None,
-        failures: policy.failures(),
-        unknown: Unknown::Nothing,
-    };
     let register = |name: &str| Question::Register {
         username: name.to_string(),
         origin: None,
