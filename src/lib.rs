@@ -26,6 +26,7 @@
 //! - [`accountdb::import`]: `account-db import`, the old system's players in bulk;
 //!   [`accountdb::admin`]: `account-db admin`, an operator's console.
 //! - [`accountdb::server`]: the account-db server, configured by [`AccountDbConfig`];
+//!   [`accountdb::secrets`]: the secrets it accepts, re-read once a second, and their rotation;
 //!   [`throttle`]: brute-force lockouts, kept as records in the store, which account-db runs;
 //!   [`accountdb::store`]: the `Store` trait, its SQLite and PostgreSQL implementations, and
 //!   `StoreUrl`, which picks one.
@@ -35,8 +36,8 @@
 //!   [`signals`] and [`logging`]: process plumbing for the binaries.
 //!
 //! The binaries in `src/bin/` only parse flags, start these, and wait for a signal (or run one
-//! command: `login-server gen-token-key`, `account-db import|admin|gen-secret`). The load tool,
-//! gateway-sim, is a package of its own in `gateway-sim/`.
+//! command: `login-server gen-token-key`, `account-db import|admin|gen-secret|rotate-secret`).
+//! The load tool, gateway-sim, is a package of its own in `gateway-sim/`.
 
 pub mod accountdb;
 pub mod auth;

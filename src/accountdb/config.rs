@@ -4,7 +4,7 @@
 use crate::accountdb::admin::Admin;
 use crate::accountdb::store::StoreUrl;
 use crate::auth::password::HashParams;
-use crate::auth::secret::{Secret, SecretError};
+use crate::auth::secret::Secret;
 use crate::config::{at_least_one, seconds};
 use crate::logging::LogFormat;
 use std::net::SocketAddr;
@@ -32,12 +32,37 @@ pub enum Command {
         #[command(subcommand)]
         action: Admin,
     },
-    /// Write a fresh secret to PATH (mode 0600; it must not exist): the next one, for a
-    /// rotation (see docs/operations.md).
+    /// Write a fresh secret to PATH (mode 0600, owned like its directory; it must not exist).
+    /// For a rotation use rotate-secret.
     GenSecret {
         /// Where to write it.
         path: PathBuf,
     },
+    /// Rotate the secret login-servers prove, without a restart: `stage`, move every
+    /// login-server to the staged secret, `finish` (see docs/operations.md). Works on the
+    /// current secret file: the first --secret-file, else DATA/account-db.secret.
+    RotateSecret {
+        #[command(subcommand)]
+        step: RotationStep,
+    },
+}
+
+/// The steps of a secret rotation.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum RotationStep {
+    /// Write the next secret to the current secret file's path plus `.next` (mode 0600, owned
+    /// like its directory); every account-db reading the current file accepts both within a
+    /// second. Refused while a rotation is staged.
+    Stage {
+        /// Stage this file's secret instead of a fresh one: the file `stage` wrote on another
+        /// account-db host, so that every host stages the same secret.
+        #[arg(long, value_name = "FILE")]
+        from: Option<PathBuf>,
+    },
+    /// Replace the current secret file with the staged one (atomically): from then on, and
+    /// after any restart, only the new secret is accepted and connections made with the old
+    /// one are closed.
+    Finish,
 }
 
 /// The account store: accounts in SQLite, served to login-servers over TCP.
@@ -126,9 +151,11 @@ pub struct AccountDbConfig {
     pub skip_integrity_check: bool,
     /// File holding the secret clients must prove (64 hex digits), created with mode 0600 if
     /// missing (and its path logged), unless the store already holds accounts: see
-    /// --new-secret. Repeat it (or separate with commas) to accept several during a rotation;
-    /// the first is the one created. The environment variable ACCOUNT_DB_SECRET may hold the
-    /// secret itself instead. Defaults to DATA/account-db.secret.
+    /// --new-secret. A secret staged beside it (the same path plus `.next`, by `rotate-secret
+    /// stage`) is accepted too. Repeat it (or separate with commas) to accept more; the first
+    /// is the one created and rotated. The files are read again once a second. The environment
+    /// variable ACCOUNT_DB_SECRET may hold the secret itself instead. Defaults to
+    /// DATA/account-db.secret.
     #[arg(
         long,
         value_name = "PATH",
@@ -205,38 +232,11 @@ impl AccountDbConfig {
             .unwrap_or_else(|| StoreUrl::Sqlite(self.data.clone()))
     }
 
-    /// The secrets a client may prove: [`Self::secret`], else the environment variable, else
-    /// the secret files (the first created if missing, unless `has_accounts` says the store
-    /// holds accounts and --new-secret is not given).
-    pub fn resolve_secrets(
-        &self,
-        has_accounts: impl FnOnce() -> bool,
-    ) -> Result<Vec<Secret>, SecretError> {
-        let mut extra = Vec::new();
-        let first = Secret::resolve(self.secret.as_ref(), || {
-            let default = [self.data.join("account-db.secret")];
-            let paths = match self.secret_file.as_slice() {
-                [] => &default[..],
-                paths => paths,
-            };
-            let (first, rest) = (&paths[0], &paths[1..]);
-            for path in rest {
-                extra.push(Secret::read(path)?);
-            }
-            if first.exists() {
-                return Secret::read(first);
-            }
-            if !self.new_secret && has_accounts() {
-                return Err(SecretError::LostWithAccounts {
-                    path: first.display().to_string(),
-                });
-            }
-            let secret = Secret::read_or_create(first)?;
-            tracing::info!(path = %first.display(), "created the secret login-servers must prove; give it to each of them");
-            Ok(secret)
-        })?;
-        let mut secrets = vec![first];
-        secrets.extend(extra);
-        Ok(secrets)
+    /// The current secret's file: the first `--secret-file`, else `DATA/account-db.secret`.
+    pub fn secret_path(&self) -> PathBuf {
+        self.secret_file
+            .first()
+            .cloned()
+            .unwrap_or_else(|| self.data.join("account-db.secret"))
     }
 }

@@ -7,11 +7,12 @@
 //! of stream. A handler in the middle of a request finishes it and writes its reply first.
 
 use crate::accountdb::config::AccountDbConfig;
+use crate::accountdb::secrets::AcceptedSecrets;
 use crate::accountdb::store::{Created, Store, StoreError};
-use crate::auth::secret::{self, Secret, SecretError};
+use crate::auth::secret::{self, SecretError};
 use crate::http::{HttpEndpoint, Routes};
 use crate::logging::RateLimited;
-use crate::metrics::{LabeledCounters, LiveGauge};
+use crate::metrics::{LabeledCounters, LiveFamily, LiveGauge};
 use crate::protocol::accountdb::{
     decode_line, encode_line, DbRequest, DbResponse, Greeting, MAX_LINE,
 };
@@ -51,7 +52,7 @@ pub enum AccountDbStartError {
 /// their handlers), and what the metrics count.
 struct Shared {
     /// Any of these may be proved (more than one during a rotation).
-    secrets: Vec<Secret>,
+    secrets: AcceptedSecrets,
     max_connections: usize,
     max_handshakes: usize,
     /// Connections in their handshake, oldest first (ids into `open`); capped apart from the
@@ -64,7 +65,7 @@ struct Shared {
     auth_timeout: Duration,
     stopping: AtomicBool,
     next_id: AtomicU64,
-    open: Mutex<HashMap<u64, TcpStream>>,
+    open: Mutex<HashMap<u64, Open>>,
     /// Requests served, by [`op_index`].
     requests: LabeledCounters,
     errors: Counter,
@@ -124,8 +125,71 @@ impl Shared {
         let open =
             LiveGauge::new(move || i64::try_from(shared.open.lock().len()).unwrap_or(i64::MAX));
         r.register("open_connections", "Open connections", open);
+        let shared = self.clone();
+        let proofs = LiveFamily::counters("secret", move || shared.secrets.proofs());
+        r.register(
+            "auth",
+            "Handshakes that proved a secret, by the secret's fingerprint",
+            proofs,
+        );
+        let shared = self.clone();
+        let by_secret = LiveFamily::gauges("secret", move || shared.connections_by_secret());
+        r.register(
+            "connections",
+            "Authenticated connections open, by the fingerprint of the secret they proved",
+            by_secret,
+        );
         crate::metrics::register_process(&mut r);
         r
+    }
+}
+
+/// An open connection, as shutdown and a secret's retirement find it.
+struct Open {
+    /// A handle on the handler's socket, to shut it down from outside.
+    stream: TcpStream,
+    /// The fingerprint of the secret it proved; `None` during its handshake.
+    secret: Option<String>,
+}
+
+impl Shared {
+    /// Authenticated connections open, by the fingerprint of the secret they proved; every
+    /// secret accepted now is listed, at 0 if it has none.
+    fn connections_by_secret(&self) -> Vec<(String, i64)> {
+        let mut counts: Vec<(String, i64)> = self
+            .secrets
+            .fingerprints()
+            .into_iter()
+            .map(|f| (f, 0))
+            .collect();
+        for open in self.open.lock().values() {
+            let Some(secret) = &open.secret else { continue };
+            match counts.iter_mut().find(|(f, _)| f == secret) {
+                Some((_, n)) => *n += 1,
+                None => counts.push((secret.clone(), 1)),
+            }
+        }
+        counts
+    }
+
+    /// Read the secret files again, and close the connections that proved a secret no longer
+    /// accepted.
+    fn reload_secrets(&self, log: &RateLimited) {
+        let dropped = self.secrets.reload(log);
+        if dropped.is_empty() {
+            return;
+        }
+        let mut closed = 0;
+        for open in self.open.lock().values() {
+            if open.secret.as_ref().is_some_and(|s| dropped.contains(s)) {
+                let _ = open.stream.shutdown(Shutdown::Both);
+                closed += 1;
+            }
+        }
+        tracing::info!(
+            closed,
+            "closed the connections made with a secret no longer accepted"
+        );
     }
 }
 
@@ -160,8 +224,8 @@ impl Shared {
                 .flatten()
         };
         if let Some(oldest) = oldest {
-            if let Some(stream) = self.open.lock().get(&oldest) {
-                let _ = stream.shutdown(Shutdown::Both);
+            if let Some(open) = self.open.lock().get(&oldest) {
+                let _ = open.stream.shutdown(Shutdown::Both);
             }
             self.refused.inc();
             if let Some(n) = self.refusal_log.hit() {
@@ -232,7 +296,7 @@ impl AccountDb {
         config: AccountDbConfig,
         store: Arc<dyn Store>,
     ) -> Result<AccountDb, AccountDbStartError> {
-        let secrets = config.resolve_secrets(|| store.count().map_or(true, |n| n > 0))?;
+        let secrets = AcceptedSecrets::resolve(&config, || store.count().map_or(true, |n| n > 0))?;
         let listener =
             TcpListener::bind(config.listen).map_err(|source| AccountDbStartError::Listen {
                 addr: config.listen,
@@ -275,7 +339,8 @@ impl AccountDb {
             .name("account-db-prune".into())
             .spawn({
                 let (store, cap) = (store.clone(), config.throttle_table_size);
-                move || prune_records(&*store, cap, &stopped)
+                let shared = shared.clone();
+                move || every_second(&*store, cap, &shared, &stopped)
             })?;
         let accept_thread = std::thread::Builder::new()
             .name("account-db-accept".into())
@@ -330,12 +395,19 @@ impl Drop for AccountDb {
 }
 
 /// Once a second until `stop` is dropped: drop expired throttle records (and the lowest ranked
-/// beyond `cap`) and revocations of sessions that expired.
-fn prune_records(store: &dyn Store, cap: u64, stop: &crossbeam_channel::Receiver<()>) {
+/// beyond `cap`) and revocations of sessions that expired, and read the secret files again.
+fn every_second(
+    store: &dyn Store,
+    cap: u64,
+    shared: &Shared,
+    stop: &crossbeam_channel::Receiver<()>,
+) {
     let log = RateLimited::new(Duration::from_secs(60));
+    let secrets_log = RateLimited::new(Duration::from_secs(60));
     while let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
         stop.recv_timeout(Duration::from_secs(1))
     {
+        shared.reload_secrets(&secrets_log);
         let now = throttle::now_ms();
         // Each on its own: one failing does not stop the other.
         for pruned in [store.prune_records(now, cap), store.prune_revoked(now)] {
@@ -373,7 +445,13 @@ fn accept_loop(listener: TcpListener, store: Arc<dyn Store>, shared: &Arc<Shared
             .map_or_else(|_| "unknown".to_string(), |a| a.to_string());
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
         match stream.try_clone() {
-            Ok(clone) => shared.open.lock().insert(id, clone),
+            Ok(clone) => {
+                let open = Open {
+                    stream: clone,
+                    secret: None,
+                };
+                shared.open.lock().insert(id, open)
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "account-db could not track a connection");
                 continue;
@@ -392,8 +470,8 @@ fn accept_loop(listener: TcpListener, store: Arc<dyn Store>, shared: &Arc<Shared
         });
     }
     // Wake every idle handler: its next read sees end of stream.
-    for stream in shared.open.lock().values() {
-        let _ = stream.shutdown(Shutdown::Read);
+    for open in shared.open.lock().values() {
+        let _ = open.stream.shutdown(Shutdown::Read);
     }
     pool.join();
 }
@@ -424,16 +502,24 @@ fn serve(stream: TcpStream, id: u64, store: &dyn Store, shared: &Shared) -> io::
     };
     drop(handshaking);
     shared.requests.inc(0);
-    if !shared.secrets.iter().any(|s| s.verify(&nonce, &proof)) {
+    let Some(fingerprint) = shared.secrets.verify(&nonce, &proof) else {
         shared.refuse(&mut writer, &peer, "authentication failed");
         return Ok(());
-    }
+    };
     if shared.authenticated.fetch_add(1, Ordering::SeqCst) >= shared.max_connections {
         shared.authenticated.fetch_sub(1, Ordering::SeqCst);
         shared.refuse(&mut writer, &peer, "too many connections");
         return Ok(());
     }
     let _authenticated = Held(&shared.authenticated);
+    if let Some(open) = shared.open.lock().get_mut(&id) {
+        open.secret = Some(fingerprint.clone());
+    }
+    // A reload between the proof and the line above would have missed this connection.
+    if !shared.secrets.fingerprints().contains(&fingerprint) {
+        shared.refuse(&mut writer, &peer, "authentication failed");
+        return Ok(());
+    }
     writer.write_all(&encode_line(&DbResponse::Ok))?;
     reader
         .get_ref()

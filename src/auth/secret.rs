@@ -100,6 +100,21 @@ pub fn create_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     written
 }
 
+/// Give the file at `path` the owner and group of its directory, if they differ (which only
+/// root may do: anyone else gets an error).
+fn take_directory_owner(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let (dir, file) = (std::fs::metadata(parent)?, std::fs::metadata(path)?);
+    if (dir.uid(), dir.gid()) == (file.uid(), file.gid()) {
+        return Ok(());
+    }
+    std::os::unix::fs::chown(path, Some(dir.uid()), Some(dir.gid()))
+}
+
 impl Secret {
     /// A fresh random secret.
     pub fn generate() -> Secret {
@@ -123,25 +138,45 @@ impl Secret {
         given: Option<&Secret>,
         from_file: impl FnOnce() -> Result<Secret, SecretError>,
     ) -> Result<Secret, SecretError> {
+        match Secret::given_or_env(given)? {
+            Some(secret) => Ok(secret),
+            None => from_file(),
+        }
+    }
+
+    /// `given`, else the one in the environment variable [`SECRET_ENV`]; `None` if neither is
+    /// there (the secret is then in a file).
+    pub fn given_or_env(given: Option<&Secret>) -> Result<Option<Secret>, SecretError> {
         if let Some(secret) = given {
-            return Ok(secret.clone());
+            return Ok(Some(secret.clone()));
         }
         match std::env::var(SECRET_ENV) {
-            Ok(hex) => Secret::from_hex(&hex),
-            Err(_) => from_file(),
+            Ok(hex) => Secret::from_hex(&hex).map(Some),
+            Err(_) => Ok(None),
         }
     }
 
     /// Write a fresh secret to a new file at `path` (mode 0600); it must not exist.
     pub fn create(path: &Path) -> Result<Secret, SecretError> {
         let secret = Secret::generate();
-        create_private(path, format!("{}\n", hex(&secret.0)).as_bytes()).map_err(|source| {
-            SecretError::Create {
-                path: path.display().to_string(),
-                source,
-            }
-        })?;
+        secret.write_new(path)?;
         Ok(secret)
+    }
+
+    /// Write this secret to a new file at `path` (mode 0600), owned by the owner of the
+    /// directory it is in: run as root for a service user's directory, the file is the
+    /// service's to read. It must not exist.
+    pub fn write_new(&self, path: &Path) -> Result<(), SecretError> {
+        let error = |source| SecretError::Create {
+            path: path.display().to_string(),
+            source,
+        };
+        create_private(path, format!("{}\n", hex(&self.0)).as_bytes()).map_err(error)?;
+        if let Err(e) = take_directory_owner(path) {
+            let _ = std::fs::remove_file(path);
+            return Err(error(e));
+        }
+        Ok(())
     }
 
     /// Read a secret file.
@@ -172,6 +207,14 @@ impl Secret {
                 source,
             }),
         }
+    }
+
+    /// The first 8 hex digits of the secret's SHA-256: names it in metrics, logs and command
+    /// output without revealing anything that helps to guess it (32 bits of a hash of 256
+    /// random bits).
+    pub fn fingerprint(&self) -> String {
+        use sha2::Digest;
+        hex(&Sha256::digest(self.0)[..4])
     }
 
     fn mac(&self, nonce: &str) -> Hmac<Sha256> {

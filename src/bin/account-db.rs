@@ -4,8 +4,9 @@
 use anyhow::Context;
 use login_server::accountdb::admin;
 use login_server::accountdb::import::import;
+use login_server::accountdb::secrets;
 use login_server::accountdb::server::AccountDb;
-use login_server::accountdb::{AccountDbConfig, Command};
+use login_server::accountdb::{AccountDbConfig, Command, RotationStep};
 use login_server::auth::password::Hasher;
 use login_server::{config, logging, signals};
 use std::io::BufRead;
@@ -30,6 +31,15 @@ fn main() -> anyhow::Result<()> {
                     .flatten()
             };
             print!("{}", admin::run(&*store, action, ask)?);
+            return Ok(());
+        }
+        Some(Command::RotateSecret { step }) => {
+            let primary = config.secret_path();
+            let done = match step {
+                RotationStep::Stage { from } => secrets::stage(&primary, from.as_deref()),
+                RotationStep::Finish => secrets::finish(&primary),
+            };
+            print!("{}", done?);
             return Ok(());
         }
         Some(Command::GenSecret { path }) => {

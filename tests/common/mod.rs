@@ -376,21 +376,14 @@ pub struct TestDatabase {
 }
 
 /// A fresh PostgreSQL database at `TEST_DATABASE_URL` (default
-/// `postgres://postgres@127.0.0.1:5432/test`). Where no PostgreSQL answers: `None`, after one
-/// `skipped:` line, unless `REQUIRE_POSTGRES=1` (as CI sets), which makes it a failure.
+/// `postgres://postgres@127.0.0.1:5432/test`). Where no PostgreSQL answers: `None`, skipped
+/// visibly, unless `REQUIRE_POSTGRES=1` (as CI sets): see [`missing`].
 pub fn postgres_database() -> Option<TestDatabase> {
     let admin = std::env::var("TEST_DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
     let mut client = match postgres::Client::connect(&admin, postgres::NoTls) {
         Ok(client) => client,
-        Err(e) => {
-            assert!(
-                std::env::var("REQUIRE_POSTGRES").as_deref() != Ok("1"),
-                "REQUIRE_POSTGRES=1 but no PostgreSQL at {admin}: {e}"
-            );
-            println!("skipped: no PostgreSQL at {admin}");
-            return None;
-        }
+        Err(e) => return missing("REQUIRE_POSTGRES", format!("no PostgreSQL at {admin}: {e}")),
     };
     let name = format!("login_test_{}", login_server::auth::secret::random_token());
     client
@@ -506,4 +499,102 @@ pub fn account_db_start_failure(
         let _ = stderr.read_to_string(&mut log);
     }
     (status, log)
+}
+
+/// What a test does when an outside tool it needs (PostgreSQL, root, a second cluster) is not
+/// there: with the environment variable `require` set to 1 (as CI sets them) it fails; else it
+/// says `SKIPPED` on the process's own stderr, past libtest's capture, so the run shows it, and
+/// the caller returns `None`.
+pub fn missing<T>(require: &str, why: impl std::fmt::Display) -> Option<T> {
+    assert!(
+        std::env::var(require).as_deref() != Ok("1"),
+        "{require}=1 but {why}"
+    );
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("a test")
+        .to_string();
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED {test}: {why} (set {require}=1 to make this a failure)"
+    );
+    None
+}
+
+/// An OS user other than the tests', with a directory of its own (owned by it, mode 0700), to
+/// run the servers as a service's user would. Needs root; see [`service_user`].
+pub struct ServiceUser {
+    /// Its name: `TEST_SERVICE_USER`, default `nobody`.
+    pub name: String,
+    /// Its directory, removed with it.
+    pub dir: TempDir,
+}
+
+/// The [`ServiceUser`], or `None` (skipped visibly, or a failure with
+/// `REQUIRE_SERVICE_USER=1`) where the tests do not run as root or `runuser` is missing.
+pub fn service_user() -> Option<ServiceUser> {
+    use std::os::unix::fs::PermissionsExt;
+    let name = std::env::var("TEST_SERVICE_USER").unwrap_or_else(|_| "nobody".into());
+    let id = |flag: &str| -> Option<u32> {
+        let out = Command::new("id").args([flag, &name]).output().ok()?;
+        String::from_utf8(out.stdout).ok()?.trim().parse().ok()
+    };
+    let me = Command::new("id").arg("-u").output().ok();
+    let root = me.is_some_and(|out| out.stdout.trim_ascii() == b"0");
+    let runuser = std::path::Path::new("/usr/sbin/runuser").exists()
+        || std::path::Path::new("/sbin/runuser").exists();
+    let (Some(uid), Some(gid), true, true) = (id("-u"), id("-g"), root, runuser) else {
+        return missing(
+            "REQUIRE_SERVICE_USER",
+            format!("running as user {name} needs root, runuser and the user"),
+        );
+    };
+    let dir = tempfile::tempdir().expect("a directory");
+    std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).expect("chown");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    Some(ServiceUser { name, dir })
+}
+
+impl ServiceUser {
+    /// `program` run as this user (`runuser -u USER --`), in its directory. A program the user
+    /// cannot reach (a parent directory it may not search) is copied into its directory first.
+    pub fn command(&self, program: &str) -> Command {
+        let reachable = Command::new("runuser")
+            .args(["-u", &self.name, "--", "test", "-x", program])
+            .status()
+            .is_ok_and(|s| s.success());
+        let program = if reachable {
+            std::path::PathBuf::from(program)
+        } else {
+            let name = std::path::Path::new(program).file_name().expect("a file");
+            let copy = self.dir.path().join(name);
+            if !copy.exists() {
+                std::fs::copy(program, &copy).expect("copy the program");
+            }
+            copy
+        };
+        let mut command = Command::new("runuser");
+        command
+            .args(["-u", &self.name, "--"])
+            .arg(program)
+            .current_dir(self.dir.path());
+        command
+    }
+
+    /// A directory for this user (owned by it, mode 0700) inside its own.
+    pub fn subdir(&self, name: &str) -> std::path::PathBuf {
+        let path = self.dir.path().join(name);
+        let status = Command::new("runuser")
+            .args(["-u", &self.name, "--", "mkdir", "-m", "0700"])
+            .arg(&path)
+            .status()
+            .expect("run mkdir");
+        assert!(
+            status.success(),
+            "mkdir {} as {}",
+            path.display(),
+            self.name
+        );
+        path
+    }
 }

@@ -1,0 +1,266 @@
+//! The secret rotation of docs/operations.md, followed as written against real account-db
+//! processes (as the tests' user, and as a service user), then a plain restart.
+
+mod common;
+
+use common::{code, ServiceUser, PATIENCE};
+use login_server::auth::secret::Secret;
+use login_server::LoginServer;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const ACCOUNT_DB: &str = env!("CARGO_BIN_EXE_account-db");
+
+/// account-db run as the tests' user, or as a service user.
+struct Runner<'a> {
+    user: Option<&'a ServiceUser>,
+    data: PathBuf,
+    listen: SocketAddr,
+}
+
+/// A running account-db process and everything it has logged.
+struct Running {
+    child: Child,
+    metrics: SocketAddr,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Drop for Running {
+    /// Stop it as systemd does, with SIGTERM: runuser passes that on (a SIGKILL would end
+    /// runuser alone and leave account-db holding the port).
+    fn drop(&mut self) {
+        common::signal(self.child.id(), "TERM");
+        let _ = self.child.wait();
+    }
+}
+
+impl Runner<'_> {
+    fn command(&self) -> Command {
+        let mut command = match self.user {
+            Some(user) => user.command(ACCOUNT_DB),
+            None => Command::new(ACCOUNT_DB),
+        };
+        command.arg("--data").arg(&self.data);
+        command.env_remove("ACCOUNT_DB_SECRET");
+        command
+    }
+
+    /// `account-db --data DATA ARGS`, to its end.
+    fn run(&self, args: &[&str]) -> Output {
+        self.command().args(args).output().expect("run account-db")
+    }
+
+    /// [`Runner::run`] as the tests' user (root, where there is a service user), as an operator
+    /// who forgets `sudo -u` would.
+    fn run_as_operator(&self, args: &[&str]) -> Output {
+        let mut command = Command::new(ACCOUNT_DB);
+        command.arg("--data").arg(&self.data).args(args);
+        command
+            .env_remove("ACCOUNT_DB_SECRET")
+            .output()
+            .expect("run")
+    }
+
+    /// account-db serving, as the unit starts it: only --listen, --data and metrics.
+    fn serve(&self) -> Running {
+        let mut child = self
+            .command()
+            .args(["--listen", &self.listen.to_string()])
+            .args(["--metrics-listen", "127.0.0.1:0"])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn account-db");
+        let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let metrics = loop {
+            let line = lines.next().expect("account-db exited").expect("its log");
+            log.lock().unwrap().push(line.clone());
+            if let Some(addr) = line
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("metrics="))
+            {
+                break addr.parse().expect("an address");
+            }
+        };
+        let kept = log.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                kept.lock().unwrap().push(line);
+            }
+        });
+        Running {
+            child,
+            metrics,
+            log,
+        }
+    }
+}
+
+/// A free port on loopback, for an account-db restarted where its login-servers look for it.
+fn free_port() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+/// Wait until `check` holds, for at most the patience.
+fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !check() {
+        assert!(Instant::now() < deadline, "never: {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn login_server(db: SocketAddr, secret: &Secret) -> LoginServer {
+    LoginServer::spawn(common::config(db, secret)).expect("start login-server")
+}
+
+/// The value of the metric line that begins with `prefix`, if there is one.
+fn metric(addr: SocketAddr, prefix: &str) -> Option<f64> {
+    let (_, body) = common::http_get(addr, "/metrics");
+    body.lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// docs/operations.md's rotation: stage, move the login-servers, finish; then a plain restart.
+fn rotate(user: Option<&ServiceUser>, data: PathBuf) {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let runner = Runner {
+        user,
+        data: data.clone(),
+        listen: free_port(),
+    };
+    let primary = data.join("account-db.secret");
+    let staged = data.join("account-db.secret.next");
+    let db = runner.serve();
+    let old = Secret::read(&primary).expect("the secret account-db wrote");
+    let before = login_server(runner.listen, &old);
+    assert_eq!(
+        code(before.local_addr(), "register", "Rotor", "password1"),
+        4
+    );
+    assert_eq!(code(before.local_addr(), "login", "rotor", "password1"), 3);
+
+    // 1. Stage: a private file owned like the data directory (run as root, the service user's
+    // still), accepted within a second.
+    let staging = runner.run_as_operator(&["rotate-secret", "stage"]);
+    assert!(staging.status.success(), "{staging:?}");
+    let next = Secret::read(&staged).expect("the staged secret");
+    assert!(
+        stdout(&staging).contains(&next.fingerprint()),
+        "{staging:?}"
+    );
+    let (file, dir) = (
+        std::fs::metadata(&staged).unwrap(),
+        std::fs::metadata(&data).unwrap(),
+    );
+    assert_eq!(file.permissions().mode() & 0o777, 0o600);
+    assert_eq!((file.uid(), file.gid()), (dir.uid(), dir.gid()));
+    let again = runner.run(&["rotate-secret", "stage"]);
+    assert!(!again.status.success(), "a second stage is refused");
+    assert!(stderr(&again).contains("already staged"), "{again:?}");
+    assert_eq!(Secret::read(&staged).unwrap(), next, "and changes nothing");
+
+    // 2. The login-servers move to the next secret; the old one still serves meanwhile.
+    let after = login_server(runner.listen, &next);
+    eventually("the staged secret is accepted", || {
+        code(after.local_addr(), "login", "rotor", "password1") == 3
+    });
+    assert_eq!(code(before.local_addr(), "login", "rotor", "password1"), 3);
+    let counted = |secret: &Secret| {
+        let label = format!(
+            "accountdb_auth_total{{secret=\"{}\"}}",
+            secret.fingerprint()
+        );
+        metric(db.metrics, &label).unwrap_or(0.0)
+    };
+    assert!(counted(&old) >= 1.0 && counted(&next) >= 1.0);
+    let open = format!("accountdb_connections{{secret=\"{}\"}}", old.fingerprint());
+    assert!(metric(db.metrics, &open).is_some_and(|n| n >= 1.0));
+    let warned = || {
+        let log = db.log.lock().unwrap();
+        log.iter()
+            .any(|l| l.contains("rotation not finished") && l.contains(&next.fingerprint()))
+    };
+    assert!(warned(), "{:?}", db.log.lock().unwrap());
+
+    // 3. Finish: only the next secret, at once and for the connections already made.
+    let finishing = runner.run(&["rotate-secret", "finish"]);
+    assert!(finishing.status.success(), "{finishing:?}");
+    assert!(!staged.exists());
+    assert_eq!(Secret::read(&primary).unwrap(), next);
+    eventually("the old secret is refused", || {
+        code(before.local_addr(), "login", "rotor", "password1") == 7
+    });
+    assert_eq!(
+        metric(db.metrics, &open),
+        None,
+        "the old secret is not listed"
+    );
+    let open = format!("accountdb_connections{{secret=\"{}\"}}", next.fingerprint());
+    assert!(metric(db.metrics, &open).is_some_and(|n| n >= 1.0));
+    let nothing = runner.run(&["rotate-secret", "finish"]);
+    assert!(!nothing.status.success(), "{nothing:?}");
+    assert!(stderr(&nothing).contains("no rotation is staged"));
+
+    // 4. A plain restart with the defaults (a reboot) keeps the new secret.
+    drop(db);
+    let _db = runner.serve();
+    eventually("logins after a plain restart", || {
+        code(after.local_addr(), "login", "rotor", "password1") == 3
+    });
+    assert_eq!(code(before.local_addr(), "login", "rotor", "password1"), 7);
+}
+
+#[test]
+fn the_documented_rotation_survives_a_plain_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    rotate(None, dir.path().join("data"));
+}
+
+#[test]
+fn the_documented_rotation_works_as_the_service_user() {
+    let Some(user) = common::service_user() else {
+        return;
+    };
+    let data = user.subdir("data");
+    rotate(Some(&user), data);
+}
+
+#[test]
+fn stage_from_a_file_stages_that_secret_and_refuses_without_a_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let runner = Runner {
+        user: None,
+        data: dir.path().to_path_buf(),
+        listen: free_port(),
+    };
+    // Nothing to rotate where account-db never ran: a typo in --data says so.
+    let typo = runner.run(&["rotate-secret", "stage"]);
+    assert!(!typo.status.success());
+    assert!(stderr(&typo).contains("no secret file"), "{typo:?}");
+    assert!(!dir.path().join("account-db.secret.next").exists());
+    drop(runner.serve());
+    let elsewhere = dir.path().join("from-another-host.secret");
+    let secret = Secret::create(&elsewhere).unwrap();
+    let from = elsewhere.to_str().unwrap();
+    let staging = runner.run(&["rotate-secret", "stage", "--from", from]);
+    assert!(staging.status.success(), "{staging:?}");
+    let staged = Path::new(dir.path()).join("account-db.secret.next");
+    assert_eq!(Secret::read(&staged).unwrap(), secret);
+}
