@@ -58,8 +58,13 @@ impl Drop for Slot {
 }
 
 impl HttpEndpoint {
+    /// Bind `listen` and serve `routes` on it.
     pub fn spawn(listen: SocketAddr, routes: Routes) -> io::Result<HttpEndpoint> {
-        let listener = TcpListener::bind(listen)?;
+        HttpEndpoint::serve(TcpListener::bind(listen)?, routes)
+    }
+
+    /// Serve `routes` on a listener bound already.
+    pub fn serve(listener: TcpListener, routes: Routes) -> io::Result<HttpEndpoint> {
         let local_addr = listener.local_addr()?;
         let stopping = Arc::new(AtomicBool::new(false));
         let stop = stopping.clone();

@@ -264,3 +264,15 @@ fn stage_from_a_file_stages_that_secret_and_refuses_without_a_store() {
     let staged = Path::new(dir.path()).join("account-db.secret.next");
     assert_eq!(Secret::read(&staged).unwrap(), secret);
 }
+
+#[test]
+fn a_secret_given_in_memory_outlives_the_reloads() {
+    // An embedded account-db's secret is in no file: the once-a-second re-read must keep it
+    // (it once emptied the accepted set, and every login got 7 after a second).
+    let dir = tempfile::tempdir().unwrap();
+    let secret = Secret::generate();
+    let db = common::start_db(dir.path(), &secret);
+    std::thread::sleep(Duration::from_millis(2500));
+    let conn = login_server::accountdb::client::DbConn::connect(db.local_addr(), PATIENCE, &secret);
+    assert!(conn.is_ok());
+}

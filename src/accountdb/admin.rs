@@ -58,12 +58,32 @@ pub enum Admin {
     Count,
 }
 
-/// Why an admin command failed.
+/// What an admin command did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// It made the change (or read what was asked): print this on stdout.
+    Done(String),
+    /// The state asked for held already, so nothing changed: say this on stderr (the command
+    /// still succeeds).
+    Already(String),
+}
+
+/// Why an admin command failed: it did not make the change asked for.
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
     /// No account has that name, in any case.
     #[error("no account named {0:?}")]
     NoSuchAccount(String),
+    /// `set-password` without `--password`, and no terminal to ask on.
+    #[error("no password: pass --password (there is no terminal to ask on)")]
+    NoPassword,
+    /// `ban --reason` longer than the player may be sent.
+    #[error("a ban reason is at most {MAX_REASON} bytes (this one is {0})")]
+    ReasonTooLong(usize),
+    /// `ban --reason` with a control character (a newline, say): it would be sent to the
+    /// player and written into logs as it is.
+    #[error("a ban reason has no control characters (newlines, tabs, escapes)")]
+    ReasonControl,
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -78,15 +98,22 @@ pub fn run(
     store: &dyn Store,
     admin: &Admin,
     password: impl FnOnce() -> Option<String>,
-) -> Result<String, AdminError> {
+) -> Result<Reply, AdminError> {
     let missing = |name: &str| AdminError::NoSuchAccount(name.to_string());
     match admin {
-        Admin::Show { name } => show(store, name),
+        Admin::Show { name } => show(store, name).map(Reply::Done),
         Admin::Unlock { name } => {
             let account = store.find(name)?.ok_or_else(|| missing(name))?;
+            let record = throttle::record(store, &account.username)?;
+            if record.locked(now_ms()).is_none() && record.count == 0 {
+                return Ok(Reply::Already(format!(
+                    "{} is not locked and has no failed logins: nothing to do\n",
+                    account.username
+                )));
+            }
             throttle::unlock(store, &account.username)?;
-            tracing::info!(user = %account.username, "admin: unlocked");
-            Ok(format!("unlocked {}\n", account.username))
+            tracing::info!(user = ?account.username, "admin: unlocked");
+            Ok(Reply::Done(format!("unlocked {}\n", account.username)))
         }
         Admin::SetPassword {
             name,
@@ -94,27 +121,31 @@ pub fn run(
             hash_params,
         } => {
             let account = store.find(name)?.ok_or_else(|| missing(name))?;
-            let Some(password) = given.clone().or_else(password) else {
-                return Ok("no password: pass --password\n".into());
-            };
+            let password = given
+                .clone()
+                .or_else(password)
+                .ok_or(AdminError::NoPassword)?;
             let hash = Hasher::new(*hash_params)?
                 .hash(&normalize_password(&password), &mut Memory::default())?;
             store.void_sessions(account.id, now_ms(), Some(&hash))?;
-            tracing::info!(user = %account.username, "admin: password set, sessions revoked");
-            Ok(format!(
+            tracing::info!(user = ?account.username, "admin: password set, sessions revoked");
+            Ok(Reply::Done(format!(
                 "set the password of {}; its sessions are revoked\n",
                 account.username
-            ))
+            )))
         }
         Admin::Ban {
             name,
             duration,
             reason,
         } => {
-            let account = store.find(name)?.ok_or_else(|| missing(name))?;
             if reason.len() > MAX_REASON {
-                return Ok(format!("a reason is at most {MAX_REASON} bytes\n"));
+                return Err(AdminError::ReasonTooLong(reason.len()));
             }
+            if reason.chars().any(char::is_control) {
+                return Err(AdminError::ReasonControl);
+            }
+            let account = store.find(name)?.ok_or_else(|| missing(name))?;
             let until_ms = duration.map_or(FOR_GOOD, |d| {
                 now_ms().saturating_add(i64::try_from(d.as_millis()).unwrap_or(FOR_GOOD))
             });
@@ -123,35 +154,41 @@ pub fn run(
                 reason: reason.clone(),
             };
             store.set_ban(&account.username, Some(&ban))?;
-            tracing::info!(user = %account.username, until_ms, %reason, "admin: banned, sessions revoked");
-            Ok(format!(
+            tracing::info!(user = ?account.username, until_ms, ?reason, "admin: banned, sessions revoked");
+            Ok(Reply::Done(format!(
                 "banned {} until {until_ms} (unix ms)\n",
                 account.username
-            ))
+            )))
         }
         Admin::Unban { name } => {
             let account = store.find(name)?.ok_or_else(|| missing(name))?;
+            if !account.ban.as_ref().is_some_and(|b| b.until_ms > now_ms()) {
+                return Ok(Reply::Already(format!(
+                    "{} is not banned: nothing to do\n",
+                    account.username
+                )));
+            }
             store.set_ban(&account.username, None)?;
-            tracing::info!(user = %account.username, "admin: unbanned");
-            Ok(format!("unbanned {}\n", account.username))
+            tracing::info!(user = ?account.username, "admin: unbanned");
+            Ok(Reply::Done(format!("unbanned {}\n", account.username)))
         }
         Admin::Delete { name } => {
             let account = store.find(name)?.ok_or_else(|| missing(name))?;
             store.delete(&account.username)?;
-            tracing::info!(user = %account.username, id = account.id, "admin: deleted");
-            Ok(format!(
+            tracing::info!(user = ?account.username, id = account.id, "admin: deleted");
+            Ok(Reply::Done(format!(
                 "deleted {} (id {})\n",
                 account.username, account.id
-            ))
+            )))
         }
         Admin::List { prefix, limit } => {
             let mut out = String::new();
             for Account { id, username, .. } in store.list(prefix, *limit)? {
                 let _ = writeln!(out, "{id}\t{username}");
             }
-            Ok(out)
+            Ok(Reply::Done(out))
         }
-        Admin::Count => Ok(format!("{}\n", store.count()?)),
+        Admin::Count => Ok(Reply::Done(format!("{}\n", store.count()?))),
     }
 }
 

@@ -14,10 +14,12 @@ use std::time::Duration;
 /// Commands that do something other than serve, then exit.
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum Command {
-    /// Import accounts from the old system into the store (--data or --store) and print a
-    /// summary: JSON lines of {"username":U,"password":P}, {"username":U,"hash":H} (argon2 or
+    /// Import accounts from the old system into the existing store (--data or --store) and
+    /// print a summary: JSON lines of {"username":U,"password":P}, {"username":U,"hash":H} (argon2 or
     /// bcrypt) or {"username":U} (a name reserved for its old owner). FILE `-` reads stdin.
-    /// Running it twice changes nothing; it may run while account-db serves the store.
+    /// Running it twice changes nothing; it may run while account-db serves the store. Exits
+    /// 0 when every line was imported or already present, 3 when some lines were rejected, 1
+    /// when it could not run.
     Import {
         /// The JSON-lines file, or `-`.
         file: PathBuf,
@@ -25,10 +27,19 @@ pub enum Command {
         /// login-server's --hash-params.
         #[arg(long, value_name = "M,T,P", default_value = "19456,2,1")]
         hash_params: HashParams,
+        /// Create the store if it does not exist yet (without it, a missing store is an
+        /// error: a typo in --data must not import into a store nobody serves).
+        #[arg(long)]
+        create: bool,
     },
-    /// Administer accounts in the store (--data or --store), while account-db serves it or
-    /// not.
+    /// Administer accounts in the existing store (--data or --store), while account-db serves
+    /// it or not. Exits non-zero, saying why on stderr, when it did not make the change asked
+    /// for.
     Admin {
+        /// Create the store if it does not exist yet (without it, a missing store is an
+        /// error: a typo in --data must not answer from a new empty store).
+        #[arg(long, global = true)]
+        create: bool,
         #[command(subcommand)]
         action: Admin,
     },
@@ -80,6 +91,7 @@ pub struct AccountDbConfig {
     pub listen: SocketAddr,
     /// Directory holding the database (accounts.sqlite3). Defaults to ./data.
     #[arg(
+        global = true,
         long,
         value_name = "DIR",
         env = "ACCOUNT_DB_DATA",
@@ -88,10 +100,11 @@ pub struct AccountDbConfig {
     pub data: PathBuf,
     /// Where the accounts live: sqlite:DIR, or postgres://user@host:port/dbname (several
     /// account-dbs may serve one PostgreSQL database). Defaults to sqlite:DATA.
-    #[arg(long, value_name = "URL", env = "ACCOUNT_DB_STORE")]
+    #[arg(global = true, long, value_name = "URL", env = "ACCOUNT_DB_STORE")]
     pub store: Option<StoreUrl>,
     /// PostgreSQL connections pooled by this account-db (unused with SQLite). Defaults to 16.
     #[arg(
+        global = true,
         long,
         value_name = "N",
         env = "ACCOUNT_DB_STORE_POOL",
@@ -104,6 +117,7 @@ pub struct AccountDbConfig {
     /// per-attempt deadline (--db-timeout, or a third of it with several account-dbs), so that
     /// login-server hears an error, not silence. Defaults to 0.5.
     #[arg(
+        global = true,
         long,
         value_name = "SECS",
         env = "ACCOUNT_DB_STORE_TIMEOUT",
@@ -147,7 +161,7 @@ pub struct AccountDbConfig {
     pub throttle_table_size: u64,
     /// Skip the integrity check (`PRAGMA quick_check`) of the database at start; it reads the
     /// whole file, which takes long for huge stores. Defaults to off: the check runs.
-    #[arg(long, env = "ACCOUNT_DB_SKIP_INTEGRITY_CHECK")]
+    #[arg(global = true, long, env = "ACCOUNT_DB_SKIP_INTEGRITY_CHECK")]
     pub skip_integrity_check: bool,
     /// File holding the secret clients must prove (64 hex digits), created with mode 0600 if
     /// missing (and its path logged), unless the store already holds accounts: see
@@ -157,6 +171,7 @@ pub struct AccountDbConfig {
     /// variable ACCOUNT_DB_SECRET may hold the secret itself instead. Defaults to
     /// DATA/account-db.secret.
     #[arg(
+        global = true,
         long,
         value_name = "PATH",
         env = "ACCOUNT_DB_SECRET_FILE",
@@ -200,6 +215,7 @@ pub struct AccountDbConfig {
     pub command: Option<Command>,
     /// Log line format: text or json. Defaults to text.
     #[arg(
+        global = true,
         long,
         value_name = "FORMAT",
         env = "ACCOUNT_DB_LOG_FORMAT",

@@ -70,6 +70,11 @@ fn read_line(text: &str) -> Result<(Account, Option<String>), String> {
     }
     match (line.password, line.hash) {
         (Some(_), Some(_)) => Err("a password or a hash, not both".into()),
+        (Some(password), None) if password.trim().is_empty() => Err(
+            "an empty (or whitespace-only) password: nobody could log in with it knowingly; \
+             leave the password out to reserve the name for its old owner"
+                .into(),
+        ),
         (Some(password), None) => Ok((Account::new(&line.username, ""), Some(password))),
         (None, Some(hash)) if hash.starts_with("$argon2") || is_bcrypt(&hash) => {
             check_stored(&hash).map_err(|e| e.to_string())?;

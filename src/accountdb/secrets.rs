@@ -25,23 +25,19 @@ pub fn staged_path(primary: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// Where the secrets come from.
-enum Source {
-    /// Given by the embedding code or in `ACCOUNT_DB_SECRET`: never re-read.
-    Fixed,
-    /// Files, re-read once a second.
-    Files {
-        /// The current secret's file.
-        primary: PathBuf,
-        /// More `--secret-file`s, accepted beside it.
-        others: Vec<PathBuf>,
-    },
+/// The files the secrets come from, re-read once a second.
+struct SecretFiles {
+    /// The current secret's file.
+    primary: PathBuf,
+    /// More `--secret-file`s, accepted beside it.
+    others: Vec<PathBuf>,
 }
 
 /// The secrets a client may prove, and how often each was.
 pub struct AcceptedSecrets {
-    /// Where they come from.
-    source: Source,
+    /// Where they come from; `None` for a secret given by the embedding code or in
+    /// `ACCOUNT_DB_SECRET`, which is never re-read.
+    files: Option<SecretFiles>,
     /// What is accepted now, the current one first.
     secrets: RwLock<Vec<Secret>>,
     /// Proofs accepted, by fingerprint, in the order first seen; only ever grows (one entry per
@@ -60,7 +56,7 @@ impl AcceptedSecrets {
         has_accounts: impl FnOnce() -> bool,
     ) -> Result<AcceptedSecrets, SecretError> {
         if let Some(secret) = Secret::given_or_env(config.secret.as_ref())? {
-            return Ok(AcceptedSecrets::new(Source::Fixed, vec![secret]));
+            return Ok(AcceptedSecrets::new(None, vec![secret]));
         }
         let primary = config.secret_path();
         if !primary.exists() {
@@ -73,15 +69,15 @@ impl AcceptedSecrets {
             tracing::info!(path = %primary.display(), "created the secret login-servers must prove; give it to each of them");
         }
         let others = config.secret_file.iter().skip(1).cloned().collect();
-        let source = Source::Files { primary, others };
-        let secrets = source.read()?;
-        Ok(AcceptedSecrets::new(source, secrets))
+        let files = SecretFiles { primary, others };
+        let secrets = files.read()?;
+        Ok(AcceptedSecrets::new(Some(files), secrets))
     }
 
-    fn new(source: Source, secrets: Vec<Secret>) -> AcceptedSecrets {
+    fn new(files: Option<SecretFiles>, secrets: Vec<Secret>) -> AcceptedSecrets {
         let proofs = secrets.iter().map(|s| (s.fingerprint(), 0)).collect();
         AcceptedSecrets {
-            source,
+            files,
             secrets: RwLock::new(secrets),
             proofs: Mutex::new(proofs),
             stale: RateLimited::new(STALE_WARNING_EVERY),
@@ -136,7 +132,10 @@ impl AcceptedSecrets {
     /// returned (their connections should be closed). A file that cannot be read keeps what is
     /// accepted as it was, with a warning from `log`.
     pub fn reload(&self, log: &RateLimited) -> Vec<String> {
-        let read = match self.source.read() {
+        let Some(files) = &self.files else {
+            return Vec::new();
+        };
+        let read = match files.read() {
             Ok(read) => read,
             Err(e) => {
                 if let Some(times) = log.hit() {
@@ -166,18 +165,15 @@ impl AcceptedSecrets {
     }
 }
 
-impl Source {
-    /// The secrets in the files, the current one first; none for [`Source::Fixed`].
+impl SecretFiles {
+    /// The secrets in the files, the current one first.
     fn read(&self) -> Result<Vec<Secret>, SecretError> {
-        let Source::Files { primary, others } = self else {
-            return Ok(Vec::new());
-        };
-        let mut secrets = vec![Secret::read(primary)?];
-        let staged = staged_path(primary);
+        let mut secrets = vec![Secret::read(&self.primary)?];
+        let staged = staged_path(&self.primary);
         if staged.exists() {
             secrets.push(Secret::read(&staged)?);
         }
-        for path in others {
+        for path in &self.others {
             secrets.push(Secret::read(path)?);
         }
         secrets.dedup();

@@ -263,6 +263,30 @@ impl Drop for Registered<'_> {
     }
 }
 
+/// account-db's sockets, bound before anything is written to disk.
+struct Listeners {
+    /// `--listen`, for login-servers.
+    listener: TcpListener,
+    /// `--metrics-listen`, if given.
+    metrics: Option<TcpListener>,
+}
+
+impl Listeners {
+    fn bind(config: &AccountDbConfig) -> Result<Listeners, AccountDbStartError> {
+        let addr = config.listen;
+        let listener = TcpListener::bind(addr)
+            .map_err(|source| AccountDbStartError::Listen { addr, source })?;
+        let metrics = match config.metrics_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .map_err(|source| AccountDbStartError::Metrics { addr, source })?,
+            ),
+            None => None,
+        };
+        Ok(Listeners { listener, metrics })
+    }
+}
+
 /// A running account-db server.
 pub struct AccountDb {
     local_addr: SocketAddr,
@@ -275,8 +299,9 @@ pub struct AccountDb {
 
 impl AccountDb {
     /// Open the store `--store` names (or the SQLite one in `--data`) and serve it as
-    /// `config` says.
+    /// `config` says. The addresses are bound first: one that cannot be creates nothing.
     pub fn open(config: AccountDbConfig) -> Result<AccountDb, AccountDbStartError> {
+        let listeners = Listeners::bind(&config)?;
         let url = config.store_url();
         let store = url
             .open(
@@ -288,7 +313,7 @@ impl AccountDb {
                 store: url.to_string(),
                 source,
             })?;
-        AccountDb::spawn(config, store)
+        AccountDb::serve(config, listeners, store)
     }
 
     /// Bind `config.listen` and start serving `store`.
@@ -296,12 +321,17 @@ impl AccountDb {
         config: AccountDbConfig,
         store: Arc<dyn Store>,
     ) -> Result<AccountDb, AccountDbStartError> {
+        let listeners = Listeners::bind(&config)?;
+        AccountDb::serve(config, listeners, store)
+    }
+
+    fn serve(
+        config: AccountDbConfig,
+        listeners: Listeners,
+        store: Arc<dyn Store>,
+    ) -> Result<AccountDb, AccountDbStartError> {
         let secrets = AcceptedSecrets::resolve(&config, || store.count().map_or(true, |n| n > 0))?;
-        let listener =
-            TcpListener::bind(config.listen).map_err(|source| AccountDbStartError::Listen {
-                addr: config.listen,
-                source,
-            })?;
+        let Listeners { listener, metrics } = listeners;
         let local_addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             secrets,
@@ -319,8 +349,8 @@ impl AccountDb {
             errors: Counter::default(),
             refused: Counter::default(),
         });
-        let metrics_endpoint = match config.metrics_listen {
-            Some(addr) => {
+        let metrics_endpoint = match metrics {
+            Some(listener) => {
                 let (ready, alive) = (store.clone(), shared.clone());
                 let routes = Routes {
                     registry: shared.registry(),
@@ -328,9 +358,7 @@ impl AccountDb {
                     ready: Box::new(move || ready.ping().is_ok()),
                     keys: None,
                 };
-                let endpoint = HttpEndpoint::spawn(addr, routes)
-                    .map_err(|source| AccountDbStartError::Metrics { addr, source })?;
-                Some(endpoint)
+                Some(HttpEndpoint::serve(listener, routes)?)
             }
             None => None,
         };

@@ -60,17 +60,46 @@ impl std::fmt::Display for StoreUrl {
 }
 
 impl StoreUrl {
-    /// Open the store: for PostgreSQL with a pool of `pool` connections and `timeout` to
-    /// connect; for SQLite checking the file's integrity first if `integrity_check`.
+    /// Open the store, creating it if it does not exist yet: for PostgreSQL with a pool of
+    /// `pool` connections and `timeout` to connect; for SQLite checking the file's integrity
+    /// first if `integrity_check`.
     pub fn open(
         &self,
         pool: u32,
         timeout: Duration,
         integrity_check: bool,
     ) -> Result<Arc<dyn Store>, StoreError> {
+        self.open_as(pool, timeout, integrity_check, true)
+    }
+
+    /// [`StoreUrl::open`], but a store that does not exist yet is [`StoreError::NoStore`]
+    /// unless `create`: what the commands that work on a store (`admin`, `import`) open, so
+    /// that a typo in `--data` is not a new empty store.
+    pub fn open_as(
+        &self,
+        pool: u32,
+        timeout: Duration,
+        integrity_check: bool,
+        create: bool,
+    ) -> Result<Arc<dyn Store>, StoreError> {
+        let missing = || StoreError::NoStore {
+            store: self.to_string(),
+        };
         Ok(match self {
-            StoreUrl::Sqlite(dir) => Arc::new(SqliteStore::open_with(dir, integrity_check)?),
-            StoreUrl::Postgres(url) => Arc::new(PostgresStore::open(url, pool, timeout)?),
+            StoreUrl::Sqlite(dir) => {
+                if !create && !dir.join(sqlite::FILE_NAME).exists() {
+                    return Err(missing());
+                }
+                Arc::new(SqliteStore::open_with(dir, integrity_check)?)
+            }
+            StoreUrl::Postgres(url) => {
+                let store = PostgresStore::connect(url, pool, timeout)?;
+                if !create && !store.has_schema()? {
+                    return Err(missing());
+                }
+                store.migrate()?;
+                Arc::new(store)
+            }
         })
     }
 }
@@ -204,6 +233,13 @@ pub enum StoreError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+    /// A command that works on an existing store (`admin`, `import`) found none: no database
+    /// file in the SQLite directory, or no schema in the PostgreSQL database.
+    #[error(
+        "no account store in {store}: start account-db there first, or pass --create (check \
+         --data and --store)"
+    )]
+    NoStore { store: String },
     /// The data directory does not exist and cannot be created.
     #[error("cannot create the data directory {path}: {source}")]
     DataDir {

@@ -2,7 +2,7 @@
 //! or, given a command, do it and exit.
 
 use anyhow::Context;
-use login_server::accountdb::admin;
+use login_server::accountdb::admin::{self, Reply};
 use login_server::accountdb::import::import;
 use login_server::accountdb::secrets;
 use login_server::accountdb::server::AccountDb;
@@ -10,18 +10,34 @@ use login_server::accountdb::{AccountDbConfig, Command, RotationStep};
 use login_server::auth::password::Hasher;
 use login_server::{config, logging, signals};
 use std::io::BufRead;
+use std::process::ExitCode;
 
-fn main() -> anyhow::Result<()> {
+/// `import`'s exit status when it ran but rejected some lines.
+const SOME_REJECTED: u8 = 3;
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("Error: {e:?}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<ExitCode> {
     let config: AccountDbConfig = config::parse();
     match &config.command {
-        Some(Command::Import { file, hash_params }) => {
-            return run_import(&config, file, *hash_params)
-        }
-        Some(Command::Admin { action }) => {
+        Some(Command::Import {
+            file,
+            hash_params,
+            create,
+        }) => return run_import(&config, file, *hash_params, *create),
+        Some(Command::Admin { action, create }) => {
             let _logs = logging::init(config.log_format);
             let url = config.store_url();
             let store = url
-                .open(1, config.store_timeout, false)
+                .open_as(1, config.store_timeout, false, *create)
                 .with_context(|| format!("cannot open the account store {url}"))?;
             let ask = || {
                 use std::io::IsTerminal;
@@ -30,8 +46,10 @@ fn main() -> anyhow::Result<()> {
                     .then(|| rpassword::prompt_password("new password: ").ok())
                     .flatten()
             };
-            print!("{}", admin::run(&*store, action, ask)?);
-            return Ok(());
+            match admin::run(&*store, action, ask)? {
+                Reply::Done(out) => print!("{out}"),
+                Reply::Already(note) => eprint!("{note}"),
+            }
         }
         Some(Command::RotateSecret { step }) => {
             let primary = config.secret_path();
@@ -40,15 +58,17 @@ fn main() -> anyhow::Result<()> {
                 RotationStep::Finish => secrets::finish(&primary),
             };
             print!("{}", done?);
-            return Ok(());
         }
         Some(Command::GenSecret { path }) => {
             login_server::auth::secret::Secret::create(path)?;
             println!("wrote a new secret to {}", path.display());
-            return Ok(());
         }
-        None => {}
+        None => serve(config)?,
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn serve(config: AccountDbConfig) -> anyhow::Result<()> {
     let _logs = logging::init(config.log_format);
     let signals = signals::StopSignals::install().context("cannot catch signals")?;
     let data = config.data.clone();
@@ -64,18 +84,21 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `account-db import FILE`: import, with progress on stderr, and print the summary.
+/// `account-db import FILE`: import, with progress on stderr, and print the summary. Exits
+/// [`SOME_REJECTED`] when lines were rejected.
 fn run_import(
     config: &AccountDbConfig,
     file: &std::path::Path,
     hash_params: login_server::auth::password::HashParams,
-) -> anyhow::Result<()> {
+    create: bool,
+) -> anyhow::Result<ExitCode> {
     let url = config.store_url();
     let store = url
-        .open(
+        .open_as(
             config.store_pool,
             config.store_timeout,
             !config.skip_integrity_check,
+            create,
         )
         .with_context(|| format!("cannot open the account store {url}"))?;
     let hasher = Hasher::new(hash_params)?;
@@ -98,5 +121,8 @@ fn run_import(
         summary.present,
         summary.rejected.len()
     );
-    Ok(())
+    Ok(match summary.rejected.is_empty() {
+        true => ExitCode::SUCCESS,
+        false => ExitCode::from(SOME_REJECTED),
+    })
 }

@@ -143,6 +143,29 @@ fn instance_families(db_state: &DbState) -> [LiveFamily; 4] {
     ]
 }
 
+/// login-server's sockets, bound before anything else starts.
+struct Listeners {
+    /// `--listen`, for gateways.
+    gateway: TcpListener,
+    /// `--metrics-listen`, if given.
+    metrics: Option<std::net::TcpListener>,
+}
+
+impl Listeners {
+    fn bind(config: &LoginServerConfig) -> Result<Listeners, StartError> {
+        let addr = config.listen;
+        let gateway = listen(addr).map_err(|source| StartError::Listen { addr, source })?;
+        let metrics = match config.metrics_listen {
+            Some(addr) => Some(
+                std::net::TcpListener::bind(addr)
+                    .map_err(|source| StartError::Metrics { addr, source })?,
+            ),
+            None => None,
+        };
+        Ok(Listeners { gateway, metrics })
+    }
+}
+
 /// A non-blocking listener with a deep accept backlog (std's is 128; the seed's was 5), so a
 /// burst of connections waits in the kernel instead of being dropped and retried a second later.
 fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
@@ -177,6 +200,8 @@ impl LoginServer {
     /// and reach account-db at `--db`, or start one embedded on an ephemeral loopback port,
     /// storing under `--data`, with a fresh secret that never leaves memory.
     pub fn spawn(config: LoginServerConfig) -> Result<LoginServer, StartError> {
+        // Bound before an embedded account-db writes its store: a bad address creates nothing.
+        let listeners = Listeners::bind(&config)?;
         let (addrs, secret, embedded) = match config.db.as_slice() {
             [_, ..] => (config.db.clone(), config.resolve_db_secret()?, None),
             [] => {
@@ -197,7 +222,7 @@ impl LoginServer {
         ));
         let instances = remote.clone();
         let db_state: DbState = Arc::new(move || instances.instances());
-        let mut server = LoginServer::spawn_with_store(config, remote, db_state, metrics)?;
+        let mut server = LoginServer::start(config, listeners, remote, db_state, metrics)?;
         server.embedded = embedded;
         Ok(server)
     }
@@ -206,6 +231,17 @@ impl LoginServer {
     /// real one.
     pub fn spawn_with_store(
         config: LoginServerConfig,
+        store: Arc<dyn Accounts>,
+        db_state: DbState,
+        metrics: Metrics,
+    ) -> Result<LoginServer, StartError> {
+        let listeners = Listeners::bind(&config)?;
+        LoginServer::start(config, listeners, store, db_state, metrics)
+    }
+
+    fn start(
+        config: LoginServerConfig,
+        listeners: Listeners,
         store: Arc<dyn Accounts>,
         db_state: DbState,
         metrics: Metrics,
@@ -224,10 +260,10 @@ impl LoginServer {
                 });
             }
         }
-        let listener = listen(config.listen).map_err(|source| StartError::Listen {
-            addr: config.listen,
-            source,
-        })?;
+        let Listeners {
+            gateway: listener,
+            metrics: metrics_listener,
+        } = listeners;
         let local_addr = listener.local_addr()?;
         if config.allow_from.is_empty() && !local_addr.ip().is_loopback() {
             tracing::warn!(
@@ -258,9 +294,9 @@ impl LoginServer {
         let health = Health::new(config.workers() + config.hash_threads());
 
         let permits = Arc::new(Permits::new(config.hash_threads(), metrics.clone()));
-        let metrics_endpoint = match config.metrics_listen {
+        let metrics_endpoint = match metrics_listener {
             None => None,
-            Some(addr) => {
+            Some(http) => {
                 let depth = |len: usize| i64::try_from(len).unwrap_or(i64::MAX);
                 let (queued, hash_jobs) = (queued.clone(), hash_rx.clone());
                 let registry = metrics.registry(Gauges {
@@ -276,9 +312,7 @@ impl LoginServer {
                     ready: Box::new(move || store.ping().is_ok()),
                     keys: Some(service.jwks()),
                 };
-                let endpoint = HttpEndpoint::spawn(addr, routes)
-                    .map_err(|source| StartError::Metrics { addr, source })?;
-                Some(endpoint)
+                Some(HttpEndpoint::serve(http, routes)?)
             }
         };
 

@@ -214,6 +214,17 @@ impl PostgresStore {
     /// went silent (TCP user timeout, keepalives). Keep it below login-server's per-attempt
     /// deadline, so that a stuck store is answered as an error and not waited out.
     pub fn open(url: &str, pool_size: u32, timeout: Duration) -> Result<Self, StoreError> {
+        let store = PostgresStore::connect(url, pool_size, timeout)?;
+        store.migrate()?;
+        Ok(store)
+    }
+
+    /// [`PostgresStore::open`] without touching the schema (call [`PostgresStore::migrate`]).
+    pub(super) fn connect(
+        url: &str,
+        pool_size: u32,
+        timeout: Duration,
+    ) -> Result<Self, StoreError> {
         let mut config: postgres::Config = url
             .parse()
             .map_err(|e: postgres::Error| StoreError::BadUrl(e.to_string()))?;
@@ -243,9 +254,15 @@ impl PostgresStore {
             .min_idle(Some(0))
             .connection_timeout(timeout)
             .build_unchecked(manager);
-        let store = PostgresStore { pool };
-        store.migrate()?;
-        Ok(store)
+        Ok(PostgresStore { pool })
+    }
+
+    /// Whether the database holds a store: its `schema_version` table.
+    pub(super) fn has_schema(&self) -> Result<bool, StoreError> {
+        let row = self
+            .conn()?
+            .query_one("SELECT to_regclass('schema_version') IS NOT NULL", &[])?;
+        Ok(row.get(0))
     }
 
     fn conn(&self) -> Result<r2d2::PooledConnection<PgManager>, StoreError> {
@@ -253,7 +270,7 @@ impl PostgresStore {
     }
 
     /// Bring the schema to the latest version, one account-db at a time.
-    fn migrate(&self) -> Result<(), StoreError> {
+    pub(super) fn migrate(&self) -> Result<(), StoreError> {
         let mut conn = self.conn()?;
         let mut tx = conn.transaction()?;
         // A migration may wait for another account-db's and take long on a big table: the
@@ -263,7 +280,14 @@ impl PostgresStore {
              SET LOCAL idle_in_transaction_session_timeout = 0;",
         )?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
-        tx.batch_execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")?;
+        // Created only where missing: CREATE TABLE IF NOT EXISTS would print a NOTICE at
+        // every start and admin command.
+        let exists: bool = tx
+            .query_one("SELECT to_regclass('schema_version') IS NOT NULL", &[])?
+            .get(0);
+        if !exists {
+            tx.batch_execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")?;
+        }
         let version: i32 = tx
             .query_opt("SELECT version FROM schema_version", &[])?
             .map_or(0, |row| row.get(0));
