@@ -38,6 +38,19 @@ pub struct Routes {
     pub keys: Option<String>,
 }
 
+impl Routes {
+    /// What a server serves while it waits for its store at start: alive, not ready, no
+    /// metrics yet.
+    pub fn waiting() -> Routes {
+        Routes {
+            registry: Registry::default(),
+            alive: Box::new(|| true),
+            ready: Box::new(|| false),
+            keys: None,
+        }
+    }
+}
+
 /// A running operations endpoint; dropping it stops it.
 pub struct HttpEndpoint {
     local_addr: SocketAddr,

@@ -122,6 +122,7 @@ impl Write for Line {
 /// Log lines about an event that may repeat many times a second (refused connections, failed
 /// connection attempts) at most once per `every`: the first at once, then one line with how
 /// many happened since, so a flood of them cannot flood the log.
+#[derive(Debug)]
 pub struct RateLimited {
     every: std::time::Duration,
     state: parking_lot::Mutex<(Option<std::time::Instant>, u64)>,

@@ -3,14 +3,12 @@
 
 mod common;
 
-use common::{code, ServiceUser, PATIENCE};
+use common::{code, free_port, Logged, ServiceUser, PATIENCE};
 use login_server::auth::secret::Secret;
 use login_server::LoginServer;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 const ACCOUNT_DB: &str = env!("CARGO_BIN_EXE_account-db");
@@ -22,20 +20,10 @@ struct Runner<'a> {
     listen: SocketAddr,
 }
 
-/// A running account-db process and everything it has logged.
+/// A running account-db process, its log, and where it serves metrics.
 struct Running {
-    child: Child,
+    process: Logged,
     metrics: SocketAddr,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Drop for Running {
-    /// Stop it as systemd does, with SIGTERM: runuser passes that on (a SIGKILL would end
-    /// runuser alone and leave account-db holding the port).
-    fn drop(&mut self) {
-        common::signal(self.child.id(), "TERM");
-        let _ = self.child.wait();
-    }
 }
 
 impl Runner<'_> {
@@ -67,45 +55,18 @@ impl Runner<'_> {
 
     /// account-db serving, as the unit starts it: only --listen, --data and metrics.
     fn serve(&self) -> Running {
-        let mut child = self
-            .command()
+        let mut command = self.command();
+        command
             .args(["--listen", &self.listen.to_string()])
             .args(["--metrics-listen", "127.0.0.1:0"])
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn account-db");
-        let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let metrics = loop {
-            let line = lines.next().expect("account-db exited").expect("its log");
-            log.lock().unwrap().push(line.clone());
-            if let Some(addr) = line
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix("metrics="))
-            {
-                break addr.parse().expect("an address");
-            }
-        };
-        let kept = log.clone();
-        std::thread::spawn(move || {
-            for line in lines.map_while(Result::ok) {
-                kept.lock().unwrap().push(line);
-            }
-        });
+            .env("RUST_LOG", "info");
+        let mut process = Logged::spawn(command);
+        let metrics = process.field("serving /metrics", "metrics");
         Running {
-            child,
-            metrics,
-            log,
+            process,
+            metrics: metrics.parse().expect("an address"),
         }
     }
-}
-
-/// A free port on loopback, for an account-db restarted where its login-servers look for it.
-fn free_port() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap()
 }
 
 /// Wait until `check` holds, for at most the patience.
@@ -193,11 +154,12 @@ fn rotate(user: Option<&ServiceUser>, data: PathBuf) {
     let open = format!("accountdb_connections{{secret=\"{}\"}}", old.fingerprint());
     assert!(metric(db.metrics, &open).is_some_and(|n| n >= 1.0));
     let warned = || {
-        let log = db.log.lock().unwrap();
-        log.iter()
+        db.process
+            .lines()
+            .iter()
             .any(|l| l.contains("rotation not finished") && l.contains(&next.fingerprint()))
     };
-    assert!(warned(), "{:?}", db.log.lock().unwrap());
+    assert!(warned(), "{:?}", db.process.lines());
 
     // 3. Finish: only the next secret, at once and for the connections already made.
     let finishing = runner.run(&["rotate-secret", "finish"]);

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{code, DbProcess, TestDatabase};
+use common::{code, DbProcess, Relay, TestDatabase};
 use login_server::{LoginServer, LoginServerConfig};
 use serde_json::json;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -169,57 +169,6 @@ fn a_stopped_account_db_costs_only_a_short_wait() {
     // Only the first request waits for the stopped one (a third of --db-timeout); the rest
     // go to the other at once.
     assert!(took < Duration::from_secs(5), "{took:?}");
-}
-
-/// A TCP relay to `target` that the test can break (every connection cut, new ones closed at
-/// once) and heal.
-struct Relay {
-    addr: std::net::SocketAddr,
-    broken: Arc<AtomicBool>,
-    open: Arc<Mutex<Vec<std::net::TcpStream>>>,
-}
-
-impl Relay {
-    fn start(target: std::net::SocketAddr) -> Relay {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let broken = Arc::new(AtomicBool::new(false));
-        let open: Arc<Mutex<Vec<std::net::TcpStream>>> = Arc::default();
-        let (is_broken, conns) = (broken.clone(), open.clone());
-        std::thread::spawn(move || {
-            for client in listener.incoming() {
-                let Ok(client) = client else { continue };
-                if is_broken.load(Ordering::SeqCst) {
-                    continue; // dropped: closed at once
-                }
-                let Ok(server) = std::net::TcpStream::connect(target) else {
-                    continue;
-                };
-                for (mut from, mut to) in [
-                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
-                    (server.try_clone().unwrap(), client.try_clone().unwrap()),
-                ] {
-                    std::thread::spawn(move || {
-                        let _ = std::io::copy(&mut from, &mut to);
-                        let _ = to.shutdown(std::net::Shutdown::Both);
-                    });
-                }
-                conns.lock().unwrap().extend([client, server]);
-            }
-        });
-        Relay { addr, broken, open }
-    }
-
-    fn cut(&self) {
-        self.broken.store(true, Ordering::SeqCst);
-        for stream in self.open.lock().unwrap().drain(..) {
-            let _ = stream.shutdown(std::net::Shutdown::Both);
-        }
-    }
-
-    fn heal(&self) {
-        self.broken.store(false, Ordering::SeqCst);
-    }
 }
 
 #[test]

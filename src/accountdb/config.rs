@@ -125,6 +125,19 @@ pub struct AccountDbConfig {
         value_parser = seconds
     )]
     pub store_timeout: Duration,
+    /// Seconds account-db waits at start for a PostgreSQL that is not up yet (connection
+    /// refused or timed out, SQLSTATE 57P03 or class 08), retrying with backoff, before it
+    /// gives up; 0 waits for ever. A wrong password, a missing database or role, or a missing
+    /// privilege fails at once. While it waits it does not listen on --listen, and /readyz
+    /// answers 503. Defaults to 60.
+    #[arg(
+        long,
+        value_name = "SECS",
+        env = "ACCOUNT_DB_STORE_START_TIMEOUT",
+        default_value = "60",
+        value_parser = seconds
+    )]
+    pub store_start_timeout: Duration,
     /// Connections served at once, each holding a handler thread; further ones are refused.
     /// Defaults to 256.
     #[arg(

@@ -43,6 +43,16 @@ pub enum AccountDbStartError {
     /// The store (`--store`, or `--data`) cannot be opened, checked or migrated.
     #[error("cannot open the account store {store}: {source}")]
     Store { store: String, source: StoreError },
+    /// PostgreSQL did not come up within `--store-start-timeout` (or a stop signal came first).
+    #[error(
+        "the account store {store} did not come up within {} s (--store-start-timeout): {source}",
+        waited.as_secs()
+    )]
+    StoreWait {
+        store: String,
+        waited: Duration,
+        source: StoreError,
+    },
     /// The OS refuses a thread (resource limits).
     #[error("cannot start the accept thread: {0}")]
     Thread(#[from] io::Error),
@@ -265,17 +275,21 @@ impl Drop for Registered<'_> {
 
 /// account-db's sockets, bound before anything is written to disk.
 struct Listeners {
-    /// `--listen`, for login-servers.
-    listener: TcpListener,
+    /// `--listen`, for login-servers: bound, but accepting connections only once the store is
+    /// open.
+    socket: socket2::Socket,
     /// `--metrics-listen`, if given.
     metrics: Option<TcpListener>,
 }
 
 impl Listeners {
     fn bind(config: &AccountDbConfig) -> Result<Listeners, AccountDbStartError> {
+        use socket2::{Domain, Socket, Type};
         let addr = config.listen;
-        let listener = TcpListener::bind(addr)
-            .map_err(|source| AccountDbStartError::Listen { addr, source })?;
+        let error = |source| AccountDbStartError::Listen { addr, source };
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None).map_err(error)?;
+        socket.set_reuse_address(true).map_err(error)?;
+        socket.bind(&addr.into()).map_err(error)?;
         let metrics = match config.metrics_listen {
             Some(addr) => Some(
                 TcpListener::bind(addr)
@@ -283,7 +297,57 @@ impl Listeners {
             ),
             None => None,
         };
-        Ok(Listeners { listener, metrics })
+        Ok(Listeners { socket, metrics })
+    }
+}
+
+/// The longest pause between two attempts to open a store that is not up yet.
+const MAX_START_PAUSE: Duration = Duration::from_secs(2);
+
+/// Open the store, retrying (100 ms, doubling to [`MAX_START_PAUSE`]) while it fails in a way
+/// that may pass ([`StoreError::is_transient`]), for up to `--store-start-timeout` (0: for
+/// ever), or until `stop`.
+fn open_store(
+    config: &AccountDbConfig,
+    stop: &dyn Fn() -> bool,
+) -> Result<Arc<dyn Store>, AccountDbStartError> {
+    let url = config.store_url();
+    let started = Instant::now();
+    let limit = config.store_start_timeout;
+    let log = RateLimited::new(Duration::from_secs(10));
+    let mut pause = Duration::from_millis(100);
+    loop {
+        let open = url.open(
+            config.store_pool,
+            config.store_timeout,
+            !config.skip_integrity_check,
+        );
+        let error = match open {
+            Ok(store) => return Ok(store),
+            Err(e) if !e.is_transient() => {
+                return Err(AccountDbStartError::Store {
+                    store: url.to_string(),
+                    source: e,
+                })
+            }
+            Err(e) => e,
+        };
+        let left = match limit.is_zero() {
+            true => pause,
+            false => limit.saturating_sub(started.elapsed()),
+        };
+        if left.is_zero() || stop() {
+            return Err(AccountDbStartError::StoreWait {
+                store: url.to_string(),
+                waited: started.elapsed(),
+                source: error,
+            });
+        }
+        if let Some(attempts) = log.hit() {
+            tracing::warn!(store = %url, attempts, error = %error, "waiting for the account store to come up");
+        }
+        std::thread::sleep(pause.min(left));
+        pause = (pause * 2).min(MAX_START_PAUSE);
     }
 }
 
@@ -301,18 +365,24 @@ impl AccountDb {
     /// Open the store `--store` names (or the SQLite one in `--data`) and serve it as
     /// `config` says. The addresses are bound first: one that cannot be creates nothing.
     pub fn open(config: AccountDbConfig) -> Result<AccountDb, AccountDbStartError> {
+        AccountDb::open_until(config, &|| false)
+    }
+
+    /// [`AccountDb::open`], waiting up to `--store-start-timeout` for a PostgreSQL that is not
+    /// up yet, unless `stop` says to give up. Meanwhile `--listen` is bound but accepts no
+    /// connection (login-servers see it down and use the others), and `--metrics-listen`
+    /// answers `/readyz` with 503.
+    pub fn open_until(
+        config: AccountDbConfig,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<AccountDb, AccountDbStartError> {
         let listeners = Listeners::bind(&config)?;
-        let url = config.store_url();
-        let store = url
-            .open(
-                config.store_pool,
-                config.store_timeout,
-                !config.skip_integrity_check,
-            )
-            .map_err(|source| AccountDbStartError::Store {
-                store: url.to_string(),
-                source,
-            })?;
+        let waiting = match &listeners.metrics {
+            Some(http) => Some(HttpEndpoint::serve(http.try_clone()?, Routes::waiting())?),
+            None => None,
+        };
+        let store = open_store(&config, stop)?;
+        drop(waiting);
         AccountDb::serve(config, listeners, store)
     }
 
@@ -331,7 +401,9 @@ impl AccountDb {
         store: Arc<dyn Store>,
     ) -> Result<AccountDb, AccountDbStartError> {
         let secrets = AcceptedSecrets::resolve(&config, || store.count().map_or(true, |n| n > 0))?;
-        let Listeners { listener, metrics } = listeners;
+        let Listeners { socket, metrics } = listeners;
+        socket.listen(1024)?;
+        let listener = TcpListener::from(socket);
         let local_addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             secrets,
@@ -719,6 +791,10 @@ fn locked(wait: Duration) -> DbResponse {
     }
 }
 
+/// Requests the store failed are logged as one line per 10 s, with how many and the last
+/// error: an outage fails every request.
+static REQUEST_FAILURES: RateLimited = RateLimited::new(Duration::from_secs(10));
+
 /// Run one request against the store.
 fn execute(store: &dyn Store, request: DbRequest) -> DbResponse {
     let result = match request {
@@ -801,7 +877,9 @@ fn execute(store: &dyn Store, request: DbRequest) -> DbResponse {
         }),
     };
     result.unwrap_or_else(|e| {
-        tracing::error!(error = %e, "account store request failed");
+        if let Some(failures) = REQUEST_FAILURES.hit() {
+            tracing::error!(failures, last_error = %e, "account store requests failed");
+        }
         DbResponse::Error {
             message: e.to_string(),
         }

@@ -217,8 +217,9 @@ pub enum StoreError {
     /// The database's schema is newer than this build knows: it was opened by a newer version.
     #[error("the account database has schema version {found}, newer than this build's {known}")]
     TooNew { found: usize, known: usize },
-    /// PostgreSQL failed: unreachable, restarting, or it refused a statement.
-    #[error("PostgreSQL: {0}")]
+    /// PostgreSQL failed: unreachable, restarting, or it refused a statement. Shown with
+    /// PostgreSQL's SQLSTATE and message, or the OS error.
+    #[error("PostgreSQL: {}", postgres::describe(.0))]
     Postgres(#[from] ::postgres::Error),
     /// No PostgreSQL connection could be had from the pool within the deadline.
     #[error("no PostgreSQL connection: {0}")]
@@ -240,12 +241,36 @@ pub enum StoreError {
          --data and --store)"
     )]
     NoStore { store: String },
+    /// The data directory, or a database file in it, cannot be written: its permissions (the
+    /// service runs as another user), a read-only mount, an immutable file.
+    #[error(
+        "{path} is read-only for account-db ({source}): it writes its database there; give \
+         the user it runs as write access (or mount it read-write)",
+        path = path.display()
+    )]
+    ReadOnly {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     /// The data directory does not exist and cannot be created.
     #[error("cannot create the data directory {path}: {source}")]
     DataDir {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+}
+
+impl StoreError {
+    /// Whether the store may answer if asked again later: PostgreSQL not up yet or restarting
+    /// (see [`postgres::is_transient`]), or no connection within the deadline. Not a wrong
+    /// password, a missing database, a damaged file.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Postgres(e) => postgres::is_transient(e),
+            StoreError::Pool(_) => true,
+            _ => false,
+        }
+    }
 }
 
 /// What a login's read finds: the account, if any, and the records asked for, in order.

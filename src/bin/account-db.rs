@@ -72,7 +72,8 @@ fn serve(config: AccountDbConfig) -> anyhow::Result<()> {
     let _logs = logging::init(config.log_format);
     let signals = signals::StopSignals::install().context("cannot catch signals")?;
     let data = config.data.clone();
-    let server = AccountDb::open(config).context("cannot start account-db")?;
+    let server =
+        AccountDb::open_until(config, &|| signals.received()).context("cannot start account-db")?;
     tracing::info!(addr = %server.local_addr(), data = %data.display(), "account-db listening");
     if let Some(addr) = server.metrics_addr() {
         tracing::info!(metrics = %addr, "serving /metrics, /healthz and /readyz");

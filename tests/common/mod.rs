@@ -598,3 +598,136 @@ impl ServiceUser {
         path
     }
 }
+
+/// A TCP relay to `target` that the test can break (every connection cut, new ones closed at
+/// once) and heal.
+pub struct Relay {
+    /// Where it listens.
+    pub addr: std::net::SocketAddr,
+    broken: Arc<std::sync::atomic::AtomicBool>,
+    open: Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Relay {
+    pub fn start(target: std::net::SocketAddr) -> Relay {
+        Relay::start_on("127.0.0.1:0".parse().unwrap(), target)
+    }
+
+    /// A relay on `addr` (a port picked earlier, say) to `target`.
+    pub fn start_on(addr: std::net::SocketAddr, target: std::net::SocketAddr) -> Relay {
+        let listener = std::net::TcpListener::bind(addr).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let broken = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let open: Arc<std::sync::Mutex<Vec<std::net::TcpStream>>> = Arc::default();
+        let (is_broken, conns) = (broken.clone(), open.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                if is_broken.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue; // dropped: closed at once
+                }
+                let Ok(server) = std::net::TcpStream::connect(target) else {
+                    continue;
+                };
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server.try_clone().unwrap(), client.try_clone().unwrap()),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+                conns.lock().unwrap().extend([client, server]);
+            }
+        });
+        Relay { addr, broken, open }
+    }
+
+    pub fn cut(&self) {
+        self.broken.store(true, std::sync::atomic::Ordering::SeqCst);
+        for stream in self.open.lock().unwrap().drain(..) {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    pub fn heal(&self) {
+        self.broken
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// A free port on loopback, for a server started (or restarted) where others look for it.
+pub fn free_port() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("its address")
+}
+
+/// A server process whose log (stderr) is kept, line by line, as it comes. Dropping it stops
+/// it with SIGTERM, as systemd does (runuser passes that on; SIGKILL would end runuser alone).
+pub struct Logged {
+    pub child: Child,
+    log: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Logged {
+    /// Spawn `command` with its stderr piped, and keep what it logs.
+    pub fn spawn(mut command: Command) -> Logged {
+        let mut child = command
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let stderr = child.stderr.take().expect("stderr");
+        let log: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+        let kept = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                kept.lock().unwrap().push(line);
+            }
+        });
+        Logged { child, log }
+    }
+
+    /// Every line logged so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Wait (at most [`PATIENCE`]) for a line that contains `text`: that line. Fails, with the
+    /// log, if the process exits first.
+    pub fn wait_for(&mut self, text: &str) -> String {
+        let deadline = std::time::Instant::now() + PATIENCE;
+        loop {
+            if let Some(line) = self.lines().into_iter().find(|l| l.contains(text)) {
+                return line;
+            }
+            let exited = self.child.try_wait().expect("wait").is_some();
+            std::thread::sleep(Duration::from_millis(20));
+            assert!(
+                !exited && std::time::Instant::now() < deadline,
+                "no {text:?} in the log (exited: {exited}): {:#?}",
+                self.lines()
+            );
+        }
+    }
+
+    /// The value of `name=` in a log line that contains `text`, waiting for it.
+    pub fn field(&mut self, text: &str, name: &str) -> String {
+        let line = self.wait_for(text);
+        let prefix = format!("{name}=");
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("no {name}= in {line}"))
+            .to_string()
+    }
+}
+
+impl Drop for Logged {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            signal(self.child.id(), "TERM");
+        }
+        let _ = self.child.wait();
+    }
+}

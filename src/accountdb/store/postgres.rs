@@ -165,16 +165,78 @@ const MAINTENANCE: &str = "SET LOCAL plan_cache_mode = auto; SET LOCAL enable_se
 /// How long a pooled connection that came back open is taken as good without a round trip.
 const TRUSTED_FOR: Duration = Duration::from_millis(500);
 
+/// PostgreSQL's own words for an error: its severity, SQLSTATE, message, detail and hint; for
+/// an error that is not PostgreSQL's (a refused port, a timeout), the error and every cause
+/// beneath it, down to the OS error. `postgres::Error`'s own text says only "db error" or
+/// "error connecting to server".
+pub fn describe(e: &postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        let mut text = format!("{} {}: {}", db.severity(), db.code().code(), db.message());
+        if let Some(detail) = db.detail() {
+            text.push_str(&format!(" ({detail})"));
+        }
+        if let Some(hint) = db.hint() {
+            text.push_str(&format!(" (hint: {hint})"));
+        }
+        return text;
+    }
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(error) = cause {
+        text.push_str(&format!(": {error}"));
+        cause = error.source();
+    }
+    text
+}
+
+/// Whether `e` may pass by itself: PostgreSQL not up yet (refused, timed out, starting or
+/// shutting down: SQLSTATE 57P03, class 08). Not a wrong password, a missing database or role,
+/// or a missing privilege: waiting does not mend those.
+pub fn is_transient(e: &postgres::Error) -> bool {
+    match e.code() {
+        Some(code) => code.code() == "57P03" || code.code().starts_with("08"),
+        None => e.as_db_error().is_none(),
+    }
+}
+
+/// A connection failure as [`describe`] words it, for r2d2 (which keeps only an error's text).
+#[derive(Debug)]
+pub struct PgError(postgres::Error);
+
+impl std::fmt::Display for PgError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&describe(&self.0))
+    }
+}
+
+impl std::error::Error for PgError {}
+
+/// Logs the pool's failures to connect as one line per [`ERROR_SUMMARY_EVERY`], with how many
+/// and the last cause: an outage would otherwise log several lines a second.
+#[derive(Debug)]
+struct ErrorSummary(crate::logging::RateLimited);
+
+/// How often an outage's connection failures are summed up in the log (10 s).
+const ERROR_SUMMARY_EVERY: Duration = Duration::from_secs(10);
+
+impl r2d2::HandleError<PgError> for ErrorSummary {
+    fn handle_error(&self, error: PgError) {
+        if let Some(failures) = self.0.hit() {
+            tracing::warn!(failures, last_error = %error, "cannot connect to PostgreSQL");
+        }
+    }
+}
+
 /// r2d2-postgres's manager, its connections holding their prepared statements.
 #[derive(Debug)]
 pub struct PgManager(PostgresConnectionManager<NoTls>);
 
 impl r2d2::ManageConnection for PgManager {
     type Connection = PgConn;
-    type Error = postgres::Error;
+    type Error = PgError;
 
-    fn connect(&self) -> Result<PgConn, postgres::Error> {
-        let client = self.0.connect()?;
+    fn connect(&self) -> Result<PgConn, PgError> {
+        let client = self.0.connect().map_err(PgError)?;
         let prepared = HashMap::new();
         let known_good = Instant::now();
         Ok(PgConn {
@@ -188,11 +250,11 @@ impl r2d2::ManageConnection for PgManager {
     /// [`TRUSTED_FOR`]: under load a checkout then costs no extra trip (HikariCP's
     /// `aliveBypassWindowMs`). A server restart within that window fails the request that
     /// meets the dead connection, as one in flight during the restart would.
-    fn is_valid(&self, conn: &mut PgConn) -> Result<(), postgres::Error> {
+    fn is_valid(&self, conn: &mut PgConn) -> Result<(), PgError> {
         if conn.known_good.elapsed() < TRUSTED_FOR {
             return Ok(());
         }
-        self.0.is_valid(&mut conn.client)?;
+        self.0.is_valid(&mut conn.client).map_err(PgError)?;
         conn.known_good = Instant::now();
         Ok(())
     }
@@ -249,10 +311,16 @@ impl PostgresStore {
                 ms * 2
             ));
         let manager = PgManager(PostgresConnectionManager::new(config, NoTls));
+        // One connection first, for its error as PostgreSQL or the OS gave it (the pool keeps
+        // only the text): whether to wait for the server, and what to tell the operator.
+        r2d2::ManageConnection::connect(&manager.0).map_err(StoreError::Postgres)?;
         let pool = r2d2::Pool::builder()
             .max_size(pool_size.max(1))
             .min_idle(Some(0))
             .connection_timeout(timeout)
+            .error_handler(Box::new(ErrorSummary(crate::logging::RateLimited::new(
+                ERROR_SUMMARY_EVERY,
+            ))))
             .build_unchecked(manager);
         Ok(PostgresStore { pool })
     }

@@ -161,10 +161,13 @@ fn read_record(conn: &Connection, key: &str) -> Result<Record, StoreError> {
 fn private_file(path: &Path) -> Result<(), StoreError> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     if path.exists() {
-        // Tightened where it was made looser; a file that cannot be changed (read-only,
-        // immutable) is left for SQLite's own check to report.
+        // Tightened where it was made looser.
         let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
-        return Ok(());
+        return std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map(drop)
+            .map_err(|source| read_only(path, source));
     }
     std::fs::OpenOptions::new()
         .create(true)
@@ -176,6 +179,32 @@ fn private_file(path: &Path) -> Result<(), StoreError> {
             path: path.to_path_buf(),
             source,
         })
+}
+
+/// Why `path` (the data directory or a file in it) cannot be written: [`StoreError::ReadOnly`]
+/// where the system said permission or a read-only file system, else [`StoreError::DataFile`].
+fn read_only(path: &Path, source: std::io::Error) -> StoreError {
+    use std::io::ErrorKind::{PermissionDenied, ReadOnlyFilesystem};
+    let path = path.to_path_buf();
+    match source.kind() {
+        PermissionDenied | ReadOnlyFilesystem => StoreError::ReadOnly { path, source },
+        _ => StoreError::DataFile { path, source },
+    }
+}
+
+/// Check that files can be made in `dir`: SQLite makes its `-wal` and `-shm` files there, and
+/// where it cannot it says only "unable to open database file".
+fn writable_dir(dir: &Path) -> Result<(), StoreError> {
+    let probe = dir.join(format!(
+        ".write-check-{}",
+        crate::auth::secret::random_token()
+    ));
+    let made = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe);
+    let _ = std::fs::remove_file(&probe);
+    made.map(drop).map_err(|source| read_only(dir, source))
 }
 
 /// Open the database file at `path`. SQLite says only "unable to open database file": the
@@ -355,6 +384,7 @@ impl SqliteStore {
                     source,
                 })?;
         }
+        writable_dir(dir)?;
         let path = dir.join(FILE_NAME);
         let mut writer = open_connection(&path)?;
         if integrity_check {

@@ -1,0 +1,211 @@
+//! account-db against a PostgreSQL that is down, missing or refusing, and a data directory it
+//! cannot write: it waits for what may pass, fails at once on what will not, and says which in
+//! PostgreSQL's or the operating system's own words.
+
+mod common;
+
+use common::{code, free_port, Logged, Relay, TestDatabase, PATIENCE};
+use login_server::auth::secret::Secret;
+use login_server::LoginServer;
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// The machine's PostgreSQL, as `TestDatabase`'s URL names it.
+fn postgres_addr(db: &TestDatabase) -> SocketAddr {
+    let hostport = db
+        .url
+        .split_once('@')
+        .and_then(|(_, rest)| rest.split_once('/'))
+        .map(|(hostport, _)| hostport)
+        .expect("postgres://user@host:port/db");
+    hostport.parse().expect("host:port")
+}
+
+/// `db`'s URL with its host and port replaced by `addr`.
+fn url_at(db: &TestDatabase, addr: SocketAddr) -> String {
+    let name = db.url.rsplit('/').next().expect("a database name");
+    format!("postgres://postgres@{addr}/{name}")
+}
+
+fn account_db(data: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_account-db"));
+    command
+        .arg("--data")
+        .arg(data)
+        .args(args)
+        .env("RUST_LOG", "info")
+        .env_remove("ACCOUNT_DB_SECRET");
+    command
+}
+
+#[test]
+fn account_db_waits_for_a_postgresql_that_comes_up_later() {
+    let Some(pg) = common::postgres_database() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (down, listen, metrics) = (free_port(), free_port(), free_port());
+    let store = url_at(&pg, down);
+    let mut db = Logged::spawn(account_db(
+        dir.path(),
+        &[
+            "--store",
+            &store,
+            "--listen",
+            &listen.to_string(),
+            "--metrics-listen",
+            &metrics.to_string(),
+        ],
+    ));
+    // Waiting: not ready, and login-servers are refused at once rather than left hanging.
+    db.wait_for("waiting for the account store");
+    let waiting = db.wait_for("waiting for the account store");
+    assert!(
+        waiting.contains("Connection refused"),
+        "the OS error: {waiting}"
+    );
+    assert_eq!(common::http_get(metrics, "/readyz").0, 503);
+    assert_eq!(common::http_get(metrics, "/healthz").0, 200);
+    assert!(TcpStream::connect(listen).is_err(), "not listening yet");
+
+    std::thread::sleep(Duration::from_secs(3));
+    let _up = Relay::start_on(down, postgres_addr(&pg));
+    db.wait_for("account-db listening");
+    let secret = Secret::read(&dir.path().join("account-db.secret")).unwrap();
+    let server = LoginServer::spawn(common::config(listen, &secret)).unwrap();
+    assert_eq!(
+        code(server.local_addr(), "register", "Patient", "password1"),
+        4
+    );
+    assert_eq!(
+        code(server.local_addr(), "login", "patient", "password1"),
+        3
+    );
+    assert_eq!(common::http_get(metrics, "/readyz").0, 200);
+}
+
+/// Run account-db with `args` until it exits (it must, well within the patience): how long it
+/// took, and its log.
+fn failed_start(data: &Path, args: &[&str]) -> (Duration, String) {
+    let started = Instant::now();
+    let mut command = account_db(data, args);
+    command.args(["--listen", "127.0.0.1:0"]);
+    let mut db = Logged::spawn(command);
+    let deadline = started + PATIENCE;
+    let status = loop {
+        if let Some(status) = db.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "it did not give up");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(!status.success());
+    // The log is read by a thread of its own: let it catch up.
+    std::thread::sleep(Duration::from_millis(200));
+    (started.elapsed(), db.lines().join("\n"))
+}
+
+#[test]
+fn a_missing_database_fails_at_once_with_postgresqls_words() {
+    let Some(pg) = common::postgres_database() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let missing = format!("{}_missing", pg.url);
+    let (took, log) = failed_start(dir.path(), &["--store", &missing]);
+    assert!(took < Duration::from_secs(10), "no waiting: {took:?}");
+    assert!(log.contains("3D000"), "the SQLSTATE: {log}");
+    assert!(log.contains("_missing"), "the database's name: {log}");
+    // A role that does not exist: 28000, at once too.
+    let nobody = pg.url.replace("postgres@", "no_such_role@");
+    let (took, log) = failed_start(dir.path(), &["--store", &nobody]);
+    assert!(took < Duration::from_secs(10), "no waiting: {took:?}");
+    assert!(log.contains("no_such_role"), "{log}");
+    assert!(!dir.path().join("account-db.secret").exists(), "{log}");
+}
+
+#[test]
+fn a_closed_port_is_waited_for_then_named_with_the_os_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("postgres://postgres@{}/test", free_port());
+    let args = ["--store", &store, "--store-start-timeout", "1"];
+    let (took, log) = failed_start(dir.path(), &args);
+    assert!(took >= Duration::from_secs(1), "it waited: {took:?}");
+    assert!(log.contains("Connection refused"), "{log}");
+    assert!(log.contains("--store-start-timeout"), "{log}");
+}
+
+#[test]
+fn an_outage_is_logged_as_one_summary_not_a_line_per_attempt() {
+    let Some(pg) = common::postgres_database() else {
+        return;
+    };
+    let relay = Relay::start(postgres_addr(&pg));
+    let dir = tempfile::tempdir().unwrap();
+    let store = url_at(&pg, relay.addr);
+    let mut command = account_db(dir.path(), &["--store", &store, "--listen", "127.0.0.1:0"]);
+    command.args(["--store-pool", "4"]);
+    let mut db = Logged::spawn(command);
+    let listen: SocketAddr = db.field("account-db listening", "addr").parse().unwrap();
+    let secret = Secret::read(&dir.path().join("account-db.secret")).unwrap();
+    let server = LoginServer::spawn(common::config(listen, &secret)).unwrap();
+    assert_eq!(
+        code(server.local_addr(), "register", "Outage", "password1"),
+        4
+    );
+    relay.cut();
+    let until = Instant::now() + Duration::from_secs(4);
+    let mut n = 0;
+    while Instant::now() < until {
+        n += 1;
+        assert_eq!(code(server.local_addr(), "login", "outage", "password1"), 7);
+        let newcomer = format!("newcomer{n}");
+        assert_eq!(
+            code(server.local_addr(), "register", &newcomer, "password1"),
+            7
+        );
+    }
+    let lines = db.lines();
+    // Every warning and error of the outage: the pool's summary, the failed requests' summary,
+    // the pruner's (about 60 lines a second before).
+    let loud: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+        .collect();
+    assert!(loud.len() <= 4, "{loud:#?}");
+    let failures: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains("cannot connect to PostgreSQL") || l.contains("r2d2"))
+        .collect();
+    assert!(
+        (1..=2).contains(&failures.len()),
+        "one summary per 10 s: {failures:#?}"
+    );
+    let summary = failures[0];
+    assert!(summary.contains("failures="), "{summary}");
+    assert!(summary.contains("last_error="), "the cause: {summary}");
+    relay.heal();
+}
+
+#[test]
+fn a_read_only_data_directory_is_named_as_read_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // A store, then a directory where no new file can be made (SQLite's -wal and -shm files).
+    drop(login_server::accountdb::store::SqliteStore::open(&data).unwrap());
+    for name in ["accounts.sqlite3-wal", "accounts.sqlite3-shm"] {
+        let _ = std::fs::remove_file(data.join(name));
+    }
+    let immutable = Command::new("chattr").arg("+i").arg(&data).status();
+    if !immutable.is_ok_and(|s| s.success()) {
+        let why = "chattr +i is refused here (not root, or the file system lacks it)";
+        common::missing::<()>("REQUIRE_READ_ONLY", why);
+        return;
+    }
+    let (_, log) = failed_start(&data, &[]);
+    let _ = Command::new("chattr").arg("-i").arg(&data).status();
+    assert!(log.contains("read-only"), "{log}");
+    assert!(log.contains(data.to_str().unwrap()), "names it: {log}");
+}
