@@ -221,3 +221,40 @@ fn an_address_that_cannot_be_bound_creates_nothing() {
         );
     }
 }
+
+#[test]
+fn admin_and_import_beside_a_running_account_db_leave_its_store_whole() {
+    // A check at open that opened and closed the database file dropped the running
+    // account-db's SQLite locks: the next admin command then took itself for the last user,
+    // checkpointed and deleted the live WAL, and later writes corrupted the store.
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    let db = common::DbProcess::start(data, "127.0.0.1:0");
+    let server = login_server::LoginServer::spawn(db.config()).unwrap();
+    let login = server.local_addr();
+    assert_eq!(common::code(login, "register", "Live1", "password1"), 4);
+    let wal = data.join("accounts.sqlite3-wal");
+    assert!(wal.exists());
+    let count = || text(&account_db(&["--data", path(data), "admin", "count"]).stdout);
+    assert_eq!(count(), "1\n");
+    assert!(wal.exists(), "the running account-db's WAL was deleted");
+    let file = dir.path().join("more.jsonl");
+    std::fs::write(&file, "{\"username\":\"Imported1\"}\n").unwrap();
+    let imported = account_db(&["--data", path(data), "import", path(&file)]);
+    assert!(imported.status.success(), "{imported:?}");
+    assert!(wal.exists(), "the running account-db's WAL was deleted");
+    for n in 2..6 {
+        let name = format!("Live{n}");
+        assert_eq!(common::code(login, "register", &name, "password1"), 4);
+        assert_eq!(
+            count(),
+            format!("{}\n", n + 1),
+            "every acknowledged account counted"
+        );
+    }
+    drop(server);
+    db.kill();
+    // The integrity check at open passes.
+    let store = login_server::accountdb::store::SqliteStore::open(data);
+    assert!(store.is_ok(), "{:?}", store.err());
+}

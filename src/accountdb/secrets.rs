@@ -8,7 +8,7 @@
 //! reached.
 
 use crate::accountdb::config::AccountDbConfig;
-use crate::auth::secret::{Secret, SecretError};
+use crate::auth::secret::{directory_of, Secret, SecretError};
 use crate::logging::RateLimited;
 use parking_lot::{Mutex, RwLock};
 use std::path::{Path, PathBuf};
@@ -23,6 +23,24 @@ pub fn staged_path(primary: &Path) -> PathBuf {
     let mut name = primary.as_os_str().to_owned();
     name.push(".next");
     PathBuf::from(name)
+}
+
+/// A proof that [`AcceptedSecrets::verify`] accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Proved {
+    /// The fingerprint of the secret proved.
+    pub fingerprint: String,
+    /// Whether it is the current secret (else one staged, or another `--secret-file`).
+    pub current: bool,
+}
+
+/// `account-db rotate-secret finish` for the secret file `primary`, as an operator may paste
+/// it whatever their working directory.
+fn finish_command(primary: &Path) -> String {
+    format!(
+        "account-db --secret-file {} rotate-secret finish",
+        primary.display()
+    )
 }
 
 /// The files the secrets come from, re-read once a second.
@@ -93,32 +111,45 @@ impl AcceptedSecrets {
             .collect()
     }
 
-    /// Which secret, if any, `proof` proves for `nonce`: its fingerprint. Counts it, and warns
-    /// (at most every 10 minutes) when it is not the current one.
-    pub fn verify(&self, nonce: &str, proof: &str) -> Option<String> {
+    /// Which secret, if any, `proof` proves for `nonce`. Counts it, and warns (at most every
+    /// 10 minutes) when it is not the current one: a rotation is under way.
+    pub fn verify(&self, nonce: &str, proof: &str) -> Option<Proved> {
         let (index, fingerprint) = {
             let secrets = self.secrets.read();
             let index = secrets.iter().position(|s| s.verify(nonce, proof))?;
             (index, secrets[index].fingerprint())
         };
+        let proved = Proved {
+            fingerprint,
+            current: index == 0,
+        };
         {
             let mut proofs = self.proofs.lock();
-            match proofs.iter_mut().find(|(f, _)| *f == fingerprint) {
+            match proofs.iter_mut().find(|(f, _)| *f == proved.fingerprint) {
                 Some((_, n)) => *n += 1,
-                None => proofs.push((fingerprint.clone(), 1)),
+                None => proofs.push((proved.fingerprint.clone(), 1)),
             }
         }
-        if index > 0 {
+        if !proved.current {
             if let Some(n) = self.stale.hit() {
+                let (secret, finish) = (&proved.fingerprint, self.finish_command());
                 tracing::warn!(
-                    secret = %fingerprint,
+                    secret = %secret,
                     logins = n,
-                    "rotation not finished: {n} logins with secret {fingerprint}; once every \
-                     login-server has it, run `account-db rotate-secret finish`"
+                    "rotation not finished: {n} logins with secret {secret}; once every \
+                     login-server has it, run `{finish}`"
                 );
             }
         }
-        Some(fingerprint)
+        Some(proved)
+    }
+
+    /// The command that finishes a rotation of these files.
+    fn finish_command(&self) -> String {
+        match &self.files {
+            Some(files) => finish_command(&files.primary),
+            None => "account-db rotate-secret finish".into(),
+        }
     }
 
     /// Proofs accepted so far, by fingerprint: `accountdb_auth_total{secret}`.
@@ -233,12 +264,13 @@ pub fn stage(primary: &Path, from: Option<&Path>) -> Result<String, RotationErro
     Ok(format!(
         "staged the next secret {} in {}: every account-db reading {} accepts it beside the \
          current one {} within a second. Give that file to every login-server \
-         (--db-secret-file) and restart them one at a time; then run \
-         `account-db rotate-secret finish`.\n",
+         (--db-secret-file) and restart them one at a time; then run `{}` (or delete the \
+         staged file to abandon the rotation).\n",
         next.fingerprint(),
         staged.display(),
         primary.display(),
         Secret::read(primary)?.fingerprint(),
+        finish_command(primary),
     ))
 }
 
@@ -258,12 +290,10 @@ pub fn finish(primary: &Path) -> Result<String, RotationError> {
         source,
     };
     std::fs::rename(&staged, primary).map_err(replace)?;
-    if let Some(dir) = primary.parent().filter(|d| !d.as_os_str().is_empty()) {
-        // The rename is durable once the directory is synced.
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(replace)?;
-    }
+    // The rename is durable once the directory is synced.
+    std::fs::File::open(directory_of(primary))
+        .and_then(|d| d.sync_all())
+        .map_err(replace)?;
     Ok(format!(
         "finished: {} holds the secret {}; every account-db reading it accepts only that one \
          within a second (the old {} is refused, its connections closed)\n",
@@ -285,4 +315,148 @@ fn check_files(primary: &Path) -> Result<(), RotationError> {
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Secrets read from `dir/account-db.secret` (made here), as account-db reads them.
+    fn from_files(dir: &Path) -> AcceptedSecrets {
+        let config = AccountDbConfig {
+            data: dir.to_path_buf(),
+            ..AccountDbConfig::default()
+        };
+        Secret::create(&config.secret_path()).unwrap();
+        AcceptedSecrets::resolve(&config, || false).unwrap()
+    }
+
+    #[test]
+    fn a_staged_secret_is_accepted_until_finish_and_counted_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let accepted = from_files(dir.path());
+        let primary = dir.path().join("account-db.secret");
+        let current = Secret::read(&primary).unwrap();
+        let log = RateLimited::new(Duration::from_secs(60));
+        let nonce = "nonce";
+        let proved = |fingerprint: String, current| {
+            Some(Proved {
+                fingerprint,
+                current,
+            })
+        };
+        assert_eq!(
+            accepted.verify(nonce, &current.proof(nonce)),
+            proved(current.fingerprint(), true)
+        );
+        assert!(accepted.reload(&log).is_empty(), "nothing changed");
+
+        stage(&primary, None).unwrap();
+        let next = Secret::read(&staged_path(&primary)).unwrap();
+        assert_eq!(
+            accepted.verify(nonce, &next.proof(nonce)),
+            None,
+            "not yet read"
+        );
+        assert!(accepted.reload(&log).is_empty(), "nothing dropped");
+        assert_eq!(
+            accepted.fingerprints(),
+            [current.fingerprint(), next.fingerprint()]
+        );
+        assert_eq!(
+            accepted.verify(nonce, &next.proof(nonce)),
+            proved(next.fingerprint(), false)
+        );
+        assert_eq!(accepted.verify(nonce, &next.proof("other")), None);
+        let counts = accepted.proofs();
+        assert_eq!(
+            counts,
+            [(current.fingerprint(), 1), (next.fingerprint(), 1)]
+        );
+
+        finish(&primary).unwrap();
+        assert_eq!(accepted.reload(&log), [current.fingerprint()]);
+        assert_eq!(accepted.fingerprints(), [next.fingerprint()]);
+        assert_eq!(accepted.verify(nonce, &current.proof(nonce)), None);
+        // Counters only grow: the old secret's count stays listed.
+        assert_eq!(accepted.proofs().len(), 2);
+    }
+
+    #[test]
+    fn a_missing_secret_file_is_created_only_for_a_store_without_accounts() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = AccountDbConfig {
+            data: dir.path().to_path_buf(),
+            ..AccountDbConfig::default()
+        };
+        let lost = AcceptedSecrets::resolve(&config, || true);
+        assert!(matches!(lost, Err(SecretError::LostWithAccounts { .. })));
+        assert!(!config.secret_path().exists());
+        config.new_secret = true;
+        let made = AcceptedSecrets::resolve(&config, || true).unwrap();
+        let secret = Secret::read(&config.secret_path()).unwrap();
+        assert_eq!(made.fingerprints(), [secret.fingerprint()]);
+        // Found, it is read whatever the store holds.
+        config.new_secret = false;
+        let read = AcceptedSecrets::resolve(&config, || true).unwrap();
+        assert_eq!(read.fingerprints(), [secret.fingerprint()]);
+        // A store without accounts gets one made without being told.
+        let empty = tempfile::tempdir().unwrap();
+        config.data = empty.path().to_path_buf();
+        assert!(AcceptedSecrets::resolve(&config, || false).is_ok());
+        assert!(config.secret_path().exists());
+    }
+
+    #[test]
+    fn an_unreadable_file_keeps_what_was_accepted() {
+        let dir = tempfile::tempdir().unwrap();
+        let accepted = from_files(dir.path());
+        let primary = dir.path().join("account-db.secret");
+        let before = accepted.fingerprints();
+        std::fs::write(staged_path(&primary), "not hex").unwrap();
+        let log = RateLimited::new(Duration::from_secs(60));
+        assert!(accepted.reload(&log).is_empty());
+        assert_eq!(accepted.fingerprints(), before);
+        std::fs::remove_file(&primary).unwrap();
+        assert!(accepted.reload(&log).is_empty());
+        assert_eq!(accepted.fingerprints(), before);
+    }
+
+    #[test]
+    fn rotation_commands_refuse_what_would_do_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let primary = dir.path().join("account-db.secret");
+        assert!(matches!(
+            stage(&primary, None),
+            Err(RotationError::NoCurrent { .. })
+        ));
+        assert!(matches!(
+            finish(&primary),
+            Err(RotationError::NoCurrent { .. })
+        ));
+        Secret::create(&primary).unwrap();
+        assert!(matches!(
+            finish(&primary),
+            Err(RotationError::NothingStaged { .. })
+        ));
+        stage(&primary, None).unwrap();
+        assert!(matches!(
+            stage(&primary, None),
+            Err(RotationError::AlreadyStaged { .. })
+        ));
+        assert_eq!(
+            staged_path(&primary),
+            dir.path().join("account-db.secret.next")
+        );
+    }
+
+    #[test]
+    fn a_given_secret_is_never_re_read() {
+        let secret = Secret::generate();
+        let config = AccountDbConfig::embedded("127.0.0.1:0".parse().unwrap(), secret.clone());
+        let accepted = AcceptedSecrets::resolve(&config, || true).unwrap();
+        let log = RateLimited::new(Duration::from_secs(60));
+        assert!(accepted.reload(&log).is_empty());
+        assert_eq!(accepted.fingerprints(), [secret.fingerprint()]);
+    }
 }

@@ -7,7 +7,7 @@
 //! of stream. A handler in the middle of a request finishes it and writes its reply first.
 
 use crate::accountdb::config::AccountDbConfig;
-use crate::accountdb::secrets::AcceptedSecrets;
+use crate::accountdb::secrets::{AcceptedSecrets, Proved};
 use crate::accountdb::store::{Created, Store, StoreError};
 use crate::auth::secret::{self, SecretError};
 use crate::http::{HttpEndpoint, Routes};
@@ -602,7 +602,7 @@ fn serve(stream: TcpStream, id: u64, store: &dyn Store, shared: &Shared) -> io::
     };
     drop(handshaking);
     shared.requests.inc(0);
-    let Some(fingerprint) = shared.secrets.verify(&nonce, &proof) else {
+    let Some(Proved { fingerprint, .. }) = shared.secrets.verify(&nonce, &proof) else {
         shared.refuse(&mut writer, &peer, "authentication failed");
         return Ok(());
     };

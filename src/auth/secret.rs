@@ -100,15 +100,22 @@ pub fn create_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     written
 }
 
+/// The directory a file at `path` is in (`.` for a bare file name).
+pub fn directory_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    }
+}
+
 /// Give the file at `path` the owner and group of its directory, if they differ (which only
 /// root may do: anyone else gets an error).
 fn take_directory_owner(path: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::MetadataExt;
-    let parent = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let (dir, file) = (std::fs::metadata(parent)?, std::fs::metadata(path)?);
+    let (dir, file) = (
+        std::fs::metadata(directory_of(path))?,
+        std::fs::metadata(path)?,
+    );
     if (dir.uid(), dir.gid()) == (file.uid(), file.gid()) {
         return Ok(());
     }
@@ -250,6 +257,18 @@ mod tests {
         assert!(!Secret::generate().verify(&n, &proof));
         assert!(!secret.verify(&n, "zz"));
         assert!(!format!("{secret:?}").contains(&hex(&secret.0)));
+    }
+
+    #[test]
+    fn fingerprints_name_a_secret_in_8_hex_digits() {
+        let secret = Secret::from_hex(&"ab".repeat(32)).unwrap();
+        // SHA-256 of 32 bytes of 0xab, its first 4 bytes.
+        use sha2::Digest;
+        let expected = hex(&Sha256::digest([0xab; 32])[..4]);
+        assert_eq!(secret.fingerprint(), expected);
+        assert_eq!(secret.fingerprint().len(), 8);
+        assert_ne!(Secret::generate().fingerprint(), secret.fingerprint());
+        assert!(!hex(&secret.0).starts_with(&secret.fingerprint()));
     }
 
     #[test]

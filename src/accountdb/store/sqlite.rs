@@ -161,13 +161,12 @@ fn read_record(conn: &Connection, key: &str) -> Result<Record, StoreError> {
 fn private_file(path: &Path) -> Result<(), StoreError> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     if path.exists() {
-        // Tightened where it was made looser.
+        // Tightened where it was made looser (by path: opening and closing the file here would
+        // drop the SQLite locks this process holds on it, and another process would then take
+        // itself for the last user and delete the WAL). A file that cannot be written is left
+        // for SQLite to report ("attempt to write a readonly database").
         let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
-        return std::fs::OpenOptions::new()
-            .write(true)
-            .open(path)
-            .map(drop)
-            .map_err(|source| read_only(path, source));
+        return Ok(());
     }
     std::fs::OpenOptions::new()
         .create(true)
