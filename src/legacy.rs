@@ -24,6 +24,23 @@ use std::time::{Duration, Instant};
 /// no password verifies against it; a login under it asks the old server.
 pub const RESERVED_HASH: &str = "!legacy-reserved";
 
+/// The spellings of `name` to ask the old server about before a registration takes it: as
+/// typed, then its NFC and NFKC forms where they differ (a decomposed accent, a fullwidth
+/// letter, a Kelvin sign for `K`). The old server compares names exactly, so case variants
+/// (`oldbob` for `OldBob`) and confusables from other scripts (a Cyrillic `о` for `o`) cannot
+/// be caught by asking: only importing the old names closes them (see
+/// `RegisterLimit::legacy_gate`).
+pub fn spellings(name: &str) -> Vec<String> {
+    use unicode_normalization::UnicodeNormalization;
+    let mut spellings = vec![name.to_string()];
+    for form in [name.nfc().collect::<String>(), name.nfkc().collect()] {
+        if !spellings.contains(&form) {
+            spellings.push(form);
+        }
+    }
+    spellings
+}
+
 /// What the old server greets with.
 pub const WELCOME: &[u8] = b"Welcome!";
 
@@ -213,6 +230,18 @@ pub fn matches(typed: &str, stored: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_registration_asks_about_the_composed_and_compatible_spellings() {
+        assert_eq!(spellings("OldBob"), ["OldBob"]);
+        // A decomposed accent: its composed form too (NFC and NFKC agree).
+        assert_eq!(spellings("Cafe\u{301}Jo"), ["Cafe\u{301}Jo", "Caf\u{e9}Jo"]);
+        // A fullwidth letter: NFC keeps it, NFKC folds it.
+        assert_eq!(spellings("\u{ff2f}ldFay"), ["\u{ff2f}ldFay", "OldFay"]);
+        // Case and a Kelvin sign: NFKC maps the sign to K, case stays.
+        assert_eq!(spellings("oldbob"), ["oldbob"]);
+        assert_eq!(spellings("\u{212a}elvin"), ["\u{212a}elvin", "Kelvin"]);
+    }
 
     #[test]
     fn the_reply_is_parsed_from_a_stream_however_it_is_split() {

@@ -21,7 +21,9 @@ use crate::legacy::{self, Known, LegacyDb, RESERVED_HASH};
 use crate::metrics::LegacyOutcome;
 use crate::metrics::Metrics;
 use crate::protocol::gateway::{Op, RegisterFailure, Reply, Request};
-use crate::throttle::{millis, now_ms, Login, Millis, Origin, Policy, Registering, Unknown};
+use crate::throttle::{
+    millis, now_ms, Login, Millis, Origin, Policy, RegisterLimit, Registering, Unknown,
+};
 use crate::tokens::{Claims, Invalid, Session, Tokens};
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -236,6 +238,14 @@ pub struct Options {
     /// expects "no such user" (1).
     #[arg(long, env = "LOGIN_SERVER_HIDE_USER_EXISTENCE")]
     pub hide_user_existence: bool,
+    /// With --legacy-db, let players register before the store records that the old server's
+    /// names were imported (`account-db import --complete`, or `account-db admin
+    /// legacy-names-imported`). Risky: a new player may then take a case variant or a
+    /// look-alike of an old player's name (`oldbob` for `OldBob`), and that old player can
+    /// never move. Defaults to off: registrations are answered 5 `registration_closed` until
+    /// then.
+    #[arg(long, env = "LOGIN_SERVER_LEGACY_OPEN_REGISTRATION")]
+    pub legacy_open_registration: bool,
     /// Seconds a session token is valid; `refresh` gives a new one. Defaults to 3600.
     #[arg(
         long,
@@ -367,6 +377,9 @@ impl Service {
                     Registering::Locked(wait) => self.throttled(wait),
                     Registering::Taken => {
                         Step::Done(Reply::register_failed(RegisterFailure::UsernameTaken))
+                    }
+                    Registering::Closed => {
+                        Step::Done(Reply::register_failed(RegisterFailure::RegistrationClosed))
                     }
                     Registering::Free => Step::Hash(HashTask(Task::Create {
                         username,
@@ -628,7 +641,10 @@ impl Service {
             question: Question::Register {
                 username: username.clone(),
                 origin,
-                limit: self.options.throttle.registrations(),
+                limit: RegisterLimit {
+                    legacy_gate: self.legacy.is_some() && !self.options.legacy_open_registration,
+                    ..self.options.throttle.registrations()
+                },
             },
             then: Then::Register { username, password },
         })
@@ -750,11 +766,14 @@ impl Service {
         ask_legacy: bool,
         memory: &mut Memory,
     ) -> Result<(Account, String), Box<Reply>> {
-        // A name the old server knows is its player's, moved or not.
+        // A name the old server knows is its player's, moved or not: as typed, composed, or
+        // in its compatible form.
         if ask_legacy {
-            if let Known::Password(_) = self.ask_legacy(username)? {
-                let taken = Reply::register_failed(RegisterFailure::UsernameTaken);
-                return Err(Box::new(taken));
+            for spelling in legacy::spellings(username) {
+                if let Known::Password(_) = self.ask_legacy(&spelling)? {
+                    let taken = Reply::register_failed(RegisterFailure::UsernameTaken);
+                    return Err(Box::new(taken));
+                }
             }
         }
         let hash = self
@@ -1169,12 +1188,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let unused = "127.0.0.1:9".parse().unwrap();
         let legacy = LegacyDb::new(unused, 1, Duration::from_millis(100));
-        let asks_old = built(
-            dir.path(),
-            Options::default(),
-            HashParams::CHEAPEST,
-            Some(legacy),
-        );
+        let open = Options {
+            legacy_open_registration: true,
+            ..Options::default()
+        };
+        let asks_old = built(dir.path(), open, HashParams::CHEAPEST, Some(legacy));
         assert!(!asks_old.is_quick(&to_hash(&asks_old, "Eve", "eve-pw-1")));
     }
 

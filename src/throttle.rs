@@ -141,6 +141,7 @@ impl Policy {
         RegisterLimit {
             limit: self.register_limit,
             window_ms: millis(self.register_window),
+            legacy_gate: false,
         }
     }
 }
@@ -154,11 +155,18 @@ pub struct Thresholds {
     pub max_lockout_ms: Millis,
 }
 
-/// Registrations allowed per address and window, in milliseconds.
+/// Registrations allowed per address and window, in milliseconds; and whether they wait for
+/// the old server's names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RegisterLimit {
     pub limit: u32,
     pub window_ms: Millis,
+    /// Refuse every registration ([`Registering::Closed`]) until the store records that the
+    /// old server's names were imported ([`Store::legacy_names_imported`]): login-server sets
+    /// it under `--legacy-db`, so that no new player takes a variant of an old player's name.
+    /// Absent from older login-servers' requests: false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub legacy_gate: bool,
 }
 
 /// Where a request came from, as throttling sees it: an IPv4 address, or an IPv6 /64. Written
@@ -398,6 +406,9 @@ pub enum Registering {
     Taken,
     /// The name is free: go on and hash the password.
     Free,
+    /// Registration is closed: the old server's names are not imported yet (see
+    /// [`RegisterLimit::legacy_gate`]).
+    Closed,
 }
 
 /// What a login's lookup counts when the name is unknown.
@@ -593,14 +604,18 @@ pub fn record(store: &dyn Store, username: &str) -> Result<Record, StoreError> {
     Ok(records.into_iter().next().unwrap_or_default())
 }
 
-/// A registration's lookup: count it against `origin` (no address: no limit), then say
-/// whether the name is free.
+/// A registration's lookup: closed while `limit` waits for the old server's names and the
+/// store has not recorded them; else count it against `origin` (no address: no limit), then
+/// say whether the name is free.
 pub fn register(
     store: &dyn Store,
     username: &str,
     origin: Option<Origin>,
     limit: &RegisterLimit,
 ) -> Result<Registering, StoreError> {
+    if limit.legacy_gate && !store.legacy_names_imported()? {
+        return Ok(Registering::Closed);
+    }
     if let Some(origin) = origin {
         let now = now_ms();
         let mut verdict = Ok(());
@@ -689,6 +704,7 @@ mod tests {
             RegisterLimit {
                 limit: 5,
                 window_ms: 3_600_000,
+                legacy_gate: false,
             }
         );
     }
@@ -827,6 +843,7 @@ mod tests {
         let limit = RegisterLimit {
             limit: 2,
             window_ms: 60 * S,
+            legacy_gate: false,
         };
         let now = 1_000_000 * S;
         let mut record = Record::default();
@@ -1150,6 +1167,7 @@ mod tests {
         let limit = RegisterLimit {
             limit: 2,
             window_ms: 60 * S,
+            legacy_gate: false,
         };
         create(&store, "taken");
         assert_eq!(

@@ -174,7 +174,7 @@ fn import_exit_status_says_whether_every_line_went_in() {
     assert!(out.contains("line 2: rejected: an empty"), "{out}");
     assert!(out.contains("line 3: rejected: an empty"), "{out}");
     assert!(
-        out.contains("imported 2, already present 0, rejected 2"),
+        out.contains("imported 2, already present 0, held here 0, rejected 2"),
         "{out}"
     );
     // Every line in or present: 0.

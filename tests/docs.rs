@@ -105,3 +105,40 @@ fn defaults_are_the_flags_defaults() {
     assert!(config.db.is_empty() && config.workers.is_none());
     assert_eq!(AccountDbConfig::default().max_connections, 256);
 }
+
+/// Every `reason` of a refused registration, spelled as the wire spells it. The match fails to
+/// compile when a reason is added, so this list (and protocol.md) cannot fall behind.
+fn register_reasons() -> Vec<String> {
+    use login_server::protocol::gateway::RegisterFailure::{self, *};
+    let all = [
+        UsernameTaken,
+        InvalidUsername,
+        InvalidPassword,
+        RegistrationClosed,
+    ];
+    for reason in all {
+        match reason {
+            UsernameTaken | InvalidUsername | InvalidPassword | RegistrationClosed => {}
+        }
+    }
+    all.iter()
+        .map(|r: &RegisterFailure| serde_json::to_string(r).expect("a reason"))
+        .collect()
+}
+
+#[test]
+fn protocol_md_lists_every_registration_reason() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/protocol.md");
+    let protocol = std::fs::read_to_string(path).expect("docs/protocol.md");
+    let row = protocol
+        .lines()
+        .find(|l| l.starts_with("| 5 |"))
+        .expect("the row of code 5");
+    for reason in register_reasons() {
+        let reason = reason.trim_matches('"');
+        assert!(
+            row.contains(&format!("`{reason}`")),
+            "{reason} missing: {row}"
+        );
+    }
+}

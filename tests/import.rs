@@ -54,12 +54,12 @@ fn plaintext_bcrypt_and_argon2_accounts_import_once_and_log_in() {
         "{first}"
     );
     assert!(
-        first.contains("imported 5, already present 0, rejected 2"),
+        first.contains("imported 5, already present 0, held here 0, rejected 2"),
         "{first}"
     );
     let again = import(&data, &file);
     assert!(
-        again.contains("imported 0, already present 5, rejected 2"),
+        again.contains("imported 0, already present 5, held here 0, rejected 2"),
         "{again}"
     );
     {

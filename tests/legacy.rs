@@ -4,6 +4,7 @@
 mod common;
 
 use common::{code, seed, start_with, StreamClient};
+use login_server::accountdb::store::{SqliteStore, Store};
 use serde_json::json;
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -151,8 +152,22 @@ fn serve(
 }
 
 fn tiers(old: &OldServer) -> common::Tiers {
-    let addr = old.addr;
-    start_with(move |c| c.legacy_db = Some(addr))
+    legacy_tiers(old.addr, |_| {})
+}
+
+/// Both tiers with `--legacy-db` at `old`, `tweak` applied to the login-server's configuration,
+/// on a store that records the old server's names as imported (registration open).
+fn legacy_tiers(
+    old: SocketAddr,
+    tweak: impl FnOnce(&mut login_server::LoginServerConfig),
+) -> common::Tiers {
+    let tiers = start_with(move |c| {
+        c.legacy_db = Some(old);
+        tweak(c);
+    });
+    let store = SqliteStore::open(tiers.dir.path()).unwrap();
+    assert!(store.mark_legacy_names_imported("test").unwrap());
+    tiers
 }
 
 #[test]
@@ -203,10 +218,7 @@ fn wrong_passwords_unknown_names_and_taken_names() {
     assert_eq!(code(tiers.addr(), "register", "fresh-name", "password1"), 4);
     // Under --hide-user-existence, unknown in both is a wrong password.
     let addr = old.addr;
-    let hiding = start_with(move |c| {
-        c.legacy_db = Some(addr);
-        c.service.hide_user_existence = true;
-    });
+    let hiding = legacy_tiers(addr, |c| c.service.hide_user_existence = true);
     assert_eq!(code(hiding.addr(), "login", "nobody", "whatever1"), 2);
 }
 
@@ -342,7 +354,7 @@ fn a_long_reply_is_read_whole_and_an_endless_one_is_garbage() {
             });
         }
     });
-    let tiers = start_with(move |c| c.legacy_db = Some(endless));
+    let tiers = legacy_tiers(endless, |_| {});
     let started = std::time::Instant::now();
     assert_eq!(code(tiers.addr(), "login", "someone", "password1"), 7);
     assert!(
@@ -383,10 +395,7 @@ fn an_old_server_that_hangs_up_before_its_reply_is_unavailable_at_once() {
 fn hidden_user_existence_locks_every_name_alike_with_an_old_server() {
     let old = OldServer::start(&[("oldtimer", "old-pass-1")]);
     let addr = old.addr;
-    let tiers = start_with(move |c| {
-        c.legacy_db = Some(addr);
-        c.service.hide_user_existence = true;
-    });
+    let tiers = legacy_tiers(addr, |c| c.service.hide_user_existence = true);
     assert_eq!(code(tiers.addr(), "register", "newcomer", "password1"), 4);
     let mut client = StreamClient::new(tiers.addr());
     // Short guesses from eight addresses at a name here, one only the old server knows, and
@@ -427,8 +436,7 @@ fn short_guesses_lock_an_old_account_whose_password_is_short() {
 fn cheap_logins_are_answered_while_the_hash_threads_wait_on_a_silent_old_server() {
     let old = OldServer::start(&[]);
     let addr = old.addr;
-    let tiers = start_with(move |c| {
-        c.legacy_db = Some(addr);
+    let tiers = legacy_tiers(addr, |c| {
         c.hash_threads = Some(1);
         c.db_timeout = Duration::from_secs(4);
     });
@@ -455,5 +463,115 @@ fn cheap_logins_are_answered_while_the_hash_threads_wait_on_a_silent_old_server(
     );
     for ghost in ghosts {
         assert_eq!(ghost.join().unwrap(), 7, "the old server did not answer");
+    }
+}
+
+/// `account-db --data DIR ARGS`: exit status, stdout, stderr.
+fn account_db(dir: &std::path::Path, args: &[&str]) -> (Option<i32>, String, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_account-db"))
+        .arg("--data")
+        .arg(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+fn register_reply(addr: SocketAddr, name: &str) -> (serde_json::Value, serde_json::Value) {
+    let reply = seed(addr, "register", name, "password1");
+    (reply["code"].clone(), reply["reason"].clone())
+}
+
+#[test]
+fn registration_stays_closed_until_every_old_name_is_imported() {
+    // Asked only about the spelling typed, the old server let `oldbob` take OldBob's name.
+    let old = OldServer::start(&[("OldBob", "bob-pass-1"), ("Anna", "anna-pass-1")]);
+    let addr = old.addr;
+    let tiers = start_with(move |c| c.legacy_db = Some(addr));
+    let closed = (json!(5), json!("registration_closed"));
+    assert_eq!(register_reply(tiers.addr(), "oldbob"), closed);
+    assert_eq!(register_reply(tiers.addr(), "newcomer"), closed);
+    // Old players still move meanwhile.
+    assert_eq!(code(tiers.addr(), "login", "Anna", "anna-pass-1"), 3);
+
+    // An import with a rejected line is not complete: still closed, exit 3.
+    let dir = tiers.dir.path();
+    let names = dir.join("names.jsonl");
+    std::fs::write(&names, "{\"username\":\"OldBob\"}\nnot json\n").unwrap();
+    let names_arg = names.to_str().unwrap();
+    let (status, out, _) = account_db(dir, &["import", "--complete", names_arg]);
+    assert_eq!(status, Some(3), "{out}");
+    assert!(out.contains("not recorded as complete"), "{out}");
+    assert_eq!(register_reply(tiers.addr(), "newcomer"), closed);
+    // Every name read, none rejected: recorded, and registration opens.
+    std::fs::write(
+        &names,
+        "{\"username\":\"OldBob\"}\n{\"username\":\"Anna\"}\n",
+    )
+    .unwrap();
+    let (status, out, err) = account_db(dir, &["import", "--complete", names_arg]);
+    assert_eq!(status, Some(0), "{out} {err}");
+    assert!(
+        out.contains("registration under --legacy-db is open"),
+        "{out}"
+    );
+    assert_eq!(code(tiers.addr(), "register", "newcomer", "password1"), 4);
+    // The case variant is taken now: the name was imported.
+    assert_eq!(
+        register_reply(tiers.addr(), "oldbob"),
+        (json!(5), json!("username_taken"))
+    );
+    assert_eq!(code(tiers.addr(), "login", "OldBob", "bob-pass-1"), 3);
+}
+
+#[test]
+fn an_operator_may_record_an_earlier_import_or_open_registration_at_a_risk() {
+    let old = OldServer::start(&[("OldBob", "bob-pass-1")]);
+    let addr = old.addr;
+    let tiers = start_with(move |c| c.legacy_db = Some(addr));
+    let dir = tiers.dir.path();
+    assert_eq!(code(tiers.addr(), "register", "newcomer", "password1"), 5);
+    let (status, out, _) = account_db(dir, &["admin", "legacy-names-imported"]);
+    assert_eq!(status, Some(0));
+    assert!(
+        out.contains("registration under --legacy-db is open"),
+        "{out}"
+    );
+    assert_eq!(code(tiers.addr(), "register", "newcomer", "password1"), 4);
+    let (status, out, err) = account_db(dir, &["admin", "legacy-names-imported"]);
+    assert_eq!(status, Some(0), "the state asked for holds");
+    assert!(out.is_empty() && err.contains("already"), "{err}");
+
+    // --legacy-open-registration: open at once, the old server asked about the composed and
+    // compatible spellings; a case variant gets through (what the import gate is for).
+    let open = start_with(move |c| {
+        c.legacy_db = Some(addr);
+        c.service.legacy_open_registration = true;
+    });
+    let taken = (json!(5), json!("username_taken"));
+    for look_alike in ["Cafe\u{301}Jo", "\u{ff2f}ldFay", "\u{212a}elvin"] {
+        old.users.lock().unwrap().insert(
+            look_alike_target(look_alike).to_string(),
+            "old-pass-1".to_string(),
+        );
+        assert_eq!(
+            register_reply(open.addr(), look_alike),
+            taken,
+            "{look_alike}"
+        );
+    }
+    assert_eq!(code(open.addr(), "register", "oldbob", "password1"), 4);
+}
+
+/// The old player's spelling that `look_alike` imitates.
+fn look_alike_target(look_alike: &str) -> &'static str {
+    match look_alike {
+        "Cafe\u{301}Jo" => "Caf\u{e9}Jo",
+        "\u{ff2f}ldFay" => "OldFay",
+        _ => "Kelvin",
     }
 }

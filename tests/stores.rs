@@ -122,6 +122,12 @@ fn conformance(store: Arc<dyn Store>) {
         .collect();
     assert_eq!(ids, again);
     assert_eq!(store.find("alice").unwrap().unwrap().id, alice.id);
+    // The old server's names: not recorded as imported until marked, then for good.
+    assert!(!store.legacy_names_imported().unwrap());
+    assert!(store.mark_legacy_names_imported("a test").unwrap());
+    assert!(store.legacy_names_imported().unwrap());
+    assert!(!store.mark_legacy_names_imported("again").unwrap(), "once");
+    assert!(store.legacy_names_imported().unwrap());
 }
 
 /// What every store must do with throttle records.

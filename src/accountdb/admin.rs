@@ -56,6 +56,10 @@ pub enum Admin {
     },
     /// Count accounts.
     Count,
+    /// Record that every name of the old server (--legacy-db) is in the store, imported
+    /// before this build recorded it (`import --complete` records it itself): registration
+    /// under --legacy-db opens. Run it only once they all are.
+    LegacyNamesImported,
 }
 
 /// What an admin command did.
@@ -189,6 +193,20 @@ pub fn run(
             Ok(Reply::Done(out))
         }
         Admin::Count => Ok(Reply::Done(format!("{}\n", store.count()?))),
+        Admin::LegacyNamesImported => {
+            let how = format!("account-db admin legacy-names-imported at {}", now_ms());
+            if !store.mark_legacy_names_imported(&how)? {
+                return Ok(Reply::Already(
+                    "the store records already that the old server's names are imported\n".into(),
+                ));
+            }
+            tracing::info!("admin: the old server's names recorded as imported");
+            Ok(Reply::Done(
+                "recorded that the old server's names are imported: registration under \
+                 --legacy-db is open\n"
+                    .into(),
+            ))
+        }
     }
 }
 

@@ -613,6 +613,9 @@ fn answer_of(question: &Question, response: DbResponse) -> Result<Answer, StoreE
         (Question::Register { .. }, DbResponse::NotFound) => {
             Ok(Answer::Register(Registering::Free))
         }
+        (Question::Register { .. }, DbResponse::Closed) => {
+            Ok(Answer::Register(Registering::Closed))
+        }
         (
             Question::Session { .. },
             DbResponse::Session {

@@ -31,6 +31,10 @@ pub enum Command {
         /// error: a typo in --data must not import into a store nobody serves).
         #[arg(long)]
         create: bool,
+        /// FILE holds every name of the old server (--legacy-db): when no line is rejected,
+        /// record so in the store, which opens registration under --legacy-db.
+        #[arg(long)]
+        complete: bool,
     },
     /// Administer accounts in the existing store (--data or --store), while account-db serves
     /// it or not. Exits non-zero, saying why on stderr, when it did not make the change asked

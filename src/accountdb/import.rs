@@ -6,9 +6,11 @@
 //! `{"username":U}` (a name reserved for its old owner, whose password only the old server
 //! knows: see [`RESERVED_HASH`]). Names keep their spelling and are unique as registrations are
 //! (without regard to case, look-alikes refused); today's name and password rules do not bind
-//! old accounts. A bad line, a duplicate of an earlier line, or a name already held by another
-//! account is reported with its line number and skipped, never half-written; an account already
-//! imported is counted as present, so running the same import twice changes nothing.
+//! old accounts. A bad line, a duplicate of an earlier line, or a look-alike of another
+//! account's name is rejected with its line number, never half-written; a name an account here
+//! holds already (its player moved, or someone registered it) is reported as held and skipped;
+//! an account already imported is counted as present, so running the same import twice changes
+//! nothing.
 
 use crate::accountdb::store::{Account, Created, Store, StoreError};
 use crate::auth::names::fold;
@@ -33,6 +35,10 @@ pub struct Summary {
     pub present: u64,
     /// Lines skipped: their number (from 1) and why.
     pub rejected: Vec<(u64, String)>,
+    /// Lines whose name an account here holds already, in some case (its player moved on a
+    /// first login, or someone registered it): not imported, but the name is taken, so no
+    /// look-alike of it can be. Their number and the account's spelling.
+    pub held: Vec<(u64, String)>,
 }
 
 #[derive(Deserialize)]
@@ -162,13 +168,11 @@ fn write(
             continue;
         }
         // Ours from an earlier run (the create with this line's id answers `New` again, and
-        // writes nothing), or another account's: a player who registered the name here.
+        // writes nothing), or another account's: a player who moved, or registered the name.
         let probe = Account::new(&pending.account.username, RESERVED_HASH);
         match store.create(&probe, &request_id(&probe.username))? {
             Created::New => summary.present += 1,
-            Created::Exists => summary
-                .rejected
-                .push((pending.number, "the name of another account".into())),
+            Created::Exists => summary.held.push((pending.number, found.username)),
         }
     }
     let per_thread = fresh.len().div_ceil(threads.max(1)).max(1);
@@ -285,8 +289,9 @@ mod tests {
         assert_eq!((first.imported, first.present), (2, 0));
         assert_eq!(
             first.rejected.iter().map(|r| r.0).collect::<Vec<_>>(),
-            [3, 4, 6]
+            [3, 4]
         );
+        assert_eq!(first.held, [(6, "Taken".to_string())]);
         let second = run();
         assert_eq!((second.imported, second.present), (0, 2));
         // The reserved name, imported again with its password, is filled in.

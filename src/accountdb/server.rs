@@ -848,6 +848,7 @@ fn execute(store: &dyn Store, request: DbRequest) -> DbResponse {
             Registering::Locked(wait) => locked(wait),
             Registering::Taken => DbResponse::Exists,
             Registering::Free => DbResponse::NotFound,
+            Registering::Closed => DbResponse::Closed,
         }),
         DbRequest::Session { account_id, sid } => {
             store.session(account_id, &sid).map(|state| match state {

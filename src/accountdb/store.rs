@@ -352,4 +352,14 @@ pub trait Store: Send + Sync {
     /// Delete the records that expired by `now`; then, while more than `cap` are left, those of
     /// lowest [`rank`](Record::rank). Returns how many went. Run once a second by account-db.
     fn prune_records(&self, now: Millis, cap: u64) -> Result<u64, StoreError>;
+    /// Whether the store records that the old server's names were all imported (`account-db
+    /// import --complete`, or `account-db admin legacy-names-imported`).
+    fn legacy_names_imported(&self) -> Result<bool, StoreError>;
+    /// Record that the old server's names were all imported, with `how` (which command, when):
+    /// registration under `--legacy-db` opens. Kept for good; `false` if it was recorded
+    /// already (nothing changed).
+    fn mark_legacy_names_imported(&self, how: &str) -> Result<bool, StoreError>;
 }
+
+/// The `meta` key under which a store records that the old server's names were imported.
+const LEGACY_NAMES_IMPORTED: &str = "legacy_names_imported";

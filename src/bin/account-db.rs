@@ -32,7 +32,8 @@ fn run() -> anyhow::Result<ExitCode> {
             file,
             hash_params,
             create,
-        }) => return run_import(&config, file, *hash_params, *create),
+            complete,
+        }) => return run_import(&config, file, *hash_params, *create, *complete),
         Some(Command::Admin { action, create }) => {
             let _logs = logging::init(config.log_format);
             let url = config.store_url();
@@ -85,13 +86,15 @@ fn serve(config: AccountDbConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `account-db import FILE`: import, with progress on stderr, and print the summary. Exits
+/// `account-db import FILE`: import, with progress on stderr, and print the summary; with
+/// `complete` and no line rejected, record that the old server's names are imported. Exits
 /// [`SOME_REJECTED`] when lines were rejected.
 fn run_import(
     config: &AccountDbConfig,
     file: &std::path::Path,
     hash_params: login_server::auth::password::HashParams,
     create: bool,
+    complete: bool,
 ) -> anyhow::Result<ExitCode> {
     let url = config.store_url();
     let store = url
@@ -116,14 +119,32 @@ fn run_import(
     for (line, why) in &summary.rejected {
         println!("line {line}: rejected: {why}");
     }
+    for (line, holder) in &summary.held {
+        println!("line {line}: held here by the account {holder:?} (moved, or registered here)");
+    }
     println!(
-        "imported {}, already present {}, rejected {}",
+        "imported {}, already present {}, held here {}, rejected {}",
         summary.imported,
         summary.present,
+        summary.held.len(),
         summary.rejected.len()
     );
-    Ok(match summary.rejected.is_empty() {
-        true => ExitCode::SUCCESS,
-        false => ExitCode::from(SOME_REJECTED),
-    })
+    if !summary.rejected.is_empty() {
+        if complete {
+            println!(
+                "not recorded as complete: fix the rejected lines and import again \
+                 (registration under --legacy-db stays closed)"
+            );
+        }
+        return Ok(ExitCode::from(SOME_REJECTED));
+    }
+    if complete {
+        let how = format!("account-db import --complete {}", file.display());
+        store.mark_legacy_names_imported(&how)?;
+        println!(
+            "recorded that the old server's names are imported: registration under \
+             --legacy-db is open"
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -178,6 +178,9 @@ pub enum DbResponse {
     },
     /// A failure was counted.
     Counted,
+    /// A registration refused because registration is closed: the old server's names are not
+    /// imported yet ([`crate::throttle::RegisterLimit::legacy_gate`]).
+    Closed,
     /// What the store knows of a session.
     Session {
         username: String,

@@ -484,6 +484,9 @@ pub enum RegisterFailure {
     UsernameTaken,
     InvalidUsername,
     InvalidPassword,
+    /// Registration is closed: under `--legacy-db`, until the old server's names are
+    /// imported.
+    RegistrationClosed,
 }
 
 /// The `reason` of a reply: why a registration failed (5), why a token is invalid (10), or

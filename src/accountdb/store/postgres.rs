@@ -14,7 +14,7 @@
 
 use super::{
     familiar_list, familiar_text, unix_now, Account, Ban, Created, Details, Found, Revocation,
-    SessionState, Store, StoreError, REVOKED_PER_ACCOUNT,
+    SessionState, Store, StoreError, LEGACY_NAMES_IMPORTED, REVOKED_PER_ACCOUNT,
 };
 use crate::auth::names::{fold, skeleton, SKELETON_DATA};
 use crate::throttle::{Millis, Record};
@@ -22,6 +22,7 @@ use postgres::types::Type;
 use postgres::{NoTls, Statement};
 use r2d2_postgres::PostgresConnectionManager;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
@@ -112,6 +113,8 @@ static UPSERT_RECORDS: LazyLock<String> = LazyLock::new(|| {
 /// Accounts in a PostgreSQL database.
 pub struct PostgresStore {
     pool: r2d2::Pool<PgManager>,
+    /// The old server's names were found imported: never read again (it is kept for good).
+    legacy_names: AtomicBool,
 }
 
 /// A pooled connection, and the statements prepared on it: the hot ones are parsed and planned
@@ -322,7 +325,10 @@ impl PostgresStore {
                 ERROR_SUMMARY_EVERY,
             ))))
             .build_unchecked(manager);
-        Ok(PostgresStore { pool })
+        Ok(PostgresStore {
+            pool,
+            legacy_names: AtomicBool::new(false),
+        })
     }
 
     /// Whether the database holds a store: its `schema_version` table.
@@ -808,6 +814,29 @@ impl Store for PostgresStore {
         )?;
         tx.commit()?;
         Ok(())
+    }
+
+    fn legacy_names_imported(&self) -> Result<bool, StoreError> {
+        if self.legacy_names.load(Ordering::Relaxed) {
+            return Ok(true);
+        }
+        let found = self
+            .conn()?
+            .query_opt(
+                "SELECT 1 FROM meta WHERE key = $1",
+                &[&LEGACY_NAMES_IMPORTED],
+            )?
+            .is_some();
+        self.legacy_names.store(found, Ordering::Relaxed);
+        Ok(found)
+    }
+
+    fn mark_legacy_names_imported(&self, how: &str) -> Result<bool, StoreError> {
+        let inserted = self.conn()?.execute(
+            "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+            &[&LEGACY_NAMES_IMPORTED, &how],
+        )?;
+        Ok(inserted == 1)
     }
 
     fn prune_records(&self, now: Millis, cap: u64) -> Result<u64, StoreError> {

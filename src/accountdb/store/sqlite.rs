@@ -12,13 +12,14 @@
 
 use super::{
     familiar_list, familiar_text, unix_now, Account, Ban, Created, Details, Revocation,
-    SessionState, Store, StoreError, REVOKED_PER_ACCOUNT,
+    SessionState, Store, StoreError, LEGACY_NAMES_IMPORTED, REVOKED_PER_ACCOUNT,
 };
 use crate::auth::names::{fold, skeleton, SKELETON_DATA};
 use crate::throttle::{Millis, Record};
 use parking_lot::Mutex;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The database file's name inside the data directory.
 pub const FILE_NAME: &str = "accounts.sqlite3";
@@ -111,6 +112,8 @@ pub struct SqliteStore {
     writer: Mutex<Connection>,
     /// The throttle records' side file.
     records: Mutex<Connection>,
+    /// The old server's names were found imported: never read again (it is kept for good).
+    legacy_names: AtomicBool,
 }
 
 /// Open the side file of throttle records at `path`, unsynced, with the current layout.
@@ -396,6 +399,7 @@ impl SqliteStore {
             reader: Mutex::new(reader),
             writer: Mutex::new(writer),
             records: Mutex::new(records),
+            legacy_names: AtomicBool::new(false),
         })
     }
 }
@@ -672,6 +676,27 @@ impl Store for SqliteStore {
         }
         tx.commit()?;
         Ok(())
+    }
+
+    fn legacy_names_imported(&self) -> Result<bool, StoreError> {
+        if self.legacy_names.load(Ordering::Relaxed) {
+            return Ok(true);
+        }
+        let conn = self.reader.lock();
+        let found = conn
+            .prepare_cached("SELECT 1 FROM meta WHERE key = ?1")?
+            .exists(params![LEGACY_NAMES_IMPORTED])?;
+        self.legacy_names.store(found, Ordering::Relaxed);
+        Ok(found)
+    }
+
+    fn mark_legacy_names_imported(&self, how: &str) -> Result<bool, StoreError> {
+        let conn = self.writer.lock();
+        let inserted = conn.execute(
+            "INSERT OR IGNORE INTO meta (key, value) VALUES (?1, ?2)",
+            params![LEGACY_NAMES_IMPORTED, how],
+        )?;
+        Ok(inserted == 1)
     }
 
     fn prune_records(&self, now: Millis, cap: u64) -> Result<u64, StoreError> {
