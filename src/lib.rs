@@ -13,6 +13,7 @@
 //!   and its lifecycle (one enum of phases); `io_loop` accepts and frames without blocking; a
 //!   bounded channel feeds batches of connections to a fixed pool of `workers`, which ask the
 //!   store for a round of requests at once; `hashing` runs the argon2 that is not quick under a cap of permits;
+//!   `costly` verifies stored hashes far costlier than the configured ones, one at a time;
 //!   `returns` hands connections back to the I/O thread.
 //! - [`service`]: login, register and session logic over
 //!   [`Accounts`](accountdb::accounts::Accounts), what login-server asks of the account tier;

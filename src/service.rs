@@ -913,7 +913,9 @@ impl Service {
                         tracing::warn!(user = %account.username, error = %e, "cannot record a successful login");
                     }
                 }
-                Ok(rehash || self.hasher.is_weaker(&account.hash))
+                // A costly hash too is replaced: its cost is paid once.
+                let stored = &account.hash;
+                Ok(rehash || self.hasher.is_weaker(stored) || self.hasher.is_costly(stored))
             }
             Ok(None) => {
                 if self.options.hide_user_existence && self.hasher.is_weaker(&account.hash) {
@@ -999,6 +1001,17 @@ impl Service {
         match step {
             Step::Done(reply) => reply,
             Step::Hash(task) => self.finish(task, &mut Memory::default()),
+        }
+    }
+
+    /// Whether `task` verifies against a stored hash that is costly (see
+    /// [`Hasher::is_costly`]): for the costly stage, not a hash thread.
+    pub fn is_costly(&self, task: &HashTask) -> bool {
+        match &task.0 {
+            Task::Verify(found) | Task::ChangePassword { found, .. } => {
+                self.hasher.is_costly(&found.account.hash)
+            }
+            _ => false,
         }
     }
 

@@ -40,6 +40,8 @@ fn admin_conformance(store: &dyn Store) {
         Admin::List {
             prefix: name("ADMIN-"),
             limit: 10,
+            costly: false,
+            hash_params: HashParams::default(),
         },
     )
     .unwrap();
@@ -53,10 +55,45 @@ fn admin_conformance(store: &dyn Store) {
         Admin::List {
             prefix: name(""),
             limit: 1,
+            costly: false,
+            hash_params: HashParams::default(),
         },
     )
     .unwrap();
     assert_eq!(one.lines().count(), 1, "{one}");
+    // Costly at the cheapest parameters: a hash asking 8 times their memory, and bcrypt 13.
+    let costly_hash = Hasher::new("64,1,1".parse().unwrap())
+        .unwrap()
+        .hash("carl-pass1", memory)
+        .unwrap();
+    store
+        .create(&Account::new("Costly-Carl", &costly_hash), "carl")
+        .unwrap();
+    let bcrypt = bcrypt::hash("bea-pass1", 13).unwrap();
+    store
+        .create(&Account::new("Bcrypt-Bea", &bcrypt), "bea")
+        .unwrap();
+    let costly = |limit| {
+        admin(
+            store,
+            Admin::List {
+                prefix: name(""),
+                limit,
+                costly: true,
+                hash_params: HashParams::CHEAPEST,
+            },
+        )
+        .unwrap()
+    };
+    let listed = costly(10);
+    assert_eq!(listed.lines().count(), 2, "{listed}");
+    assert!(
+        listed.contains("\tCostly-Carl\t$argon2id$v=19$m=64,t=1,p=1"),
+        "{listed}"
+    );
+    assert!(listed.contains("\tBcrypt-Bea\t$2b$13\n"), "{listed}");
+    assert_eq!(costly(1).lines().count(), 1);
+    assert!(store.delete("costly-carl").unwrap() && store.delete("bcrypt-bea").unwrap());
 
     // Locked by failures, shown so, and unlocked for every login-server.
     let t = Policy::default().failures();

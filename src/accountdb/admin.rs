@@ -47,12 +47,21 @@ pub enum Admin {
     Unban { name: String },
     /// Delete an account: its name may be registered again, and its sessions are void.
     Delete { name: String },
-    /// List accounts whose names begin with --prefix (without regard to case), in order.
+    /// List accounts whose names begin with --prefix (without regard to case), in order; with
+    /// --costly, every account whose stored hash is costly at --hash-params (more than 4x
+    /// their memory or work, or bcrypt above cost 12), in id order, with its parameters.
     List {
         #[arg(long, default_value = "")]
         prefix: String,
         #[arg(long, default_value_t = 100)]
         limit: u32,
+        /// Only accounts whose logins go to the costly stage (see docs/operations.md); they are
+        /// re-hashed at the next successful login, or by set-password.
+        #[arg(long)]
+        costly: bool,
+        /// argon2id parameters costliness is judged against: login-server's --hash-params.
+        #[arg(long, value_name = "M,T,P", default_value = "19456,2,1")]
+        hash_params: HashParams,
     },
     /// Count accounts.
     Count,
@@ -185,7 +194,13 @@ pub fn run(
                 account.username, account.id
             )))
         }
-        Admin::List { prefix, limit } => {
+        Admin::List {
+            costly: true,
+            limit,
+            hash_params,
+            ..
+        } => costly(store, *limit, *hash_params).map(Reply::Done),
+        Admin::List { prefix, limit, .. } => {
             let mut out = String::new();
             for Account { id, username, .. } in store.list(prefix, *limit)? {
                 let _ = writeln!(out, "{id}\t{username}");
@@ -210,6 +225,39 @@ pub fn run(
     }
 }
 
+/// A stored hash without its salt and digest: `$argon2id$v=19$m=..,t=..,p=..`, or `$2b$12`.
+fn parameters(hash: &str) -> &str {
+    if crate::auth::password::is_bcrypt(hash) {
+        return hash.get(..6).unwrap_or("?");
+    }
+    hash.rsplitn(3, '$').nth(2).unwrap_or("?")
+}
+
+/// Accounts scanned per page by [`costly`].
+const SCAN_PAGE: u32 = 1000;
+
+/// Up to `limit` accounts whose stored hash is costly at `params`, in id order: id, name and
+/// the hash's parameters, a line each.
+fn costly(store: &dyn Store, limit: u32, params: HashParams) -> Result<String, AdminError> {
+    let hasher = Hasher::new(params)?;
+    let (mut out, mut found, mut after) = (String::new(), 0, 0);
+    loop {
+        let page = store.accounts_after(after, SCAN_PAGE)?;
+        let Some(last) = page.last() else {
+            return Ok(out);
+        };
+        after = last.id;
+        for account in page.iter().filter(|a| hasher.is_costly(&a.hash)) {
+            if found == limit {
+                return Ok(out);
+            }
+            found += 1;
+            let cost = parameters(&account.hash);
+            let _ = writeln!(out, "{}\t{}\t{cost}", account.id, account.username);
+        }
+    }
+}
+
 fn show(store: &dyn Store, name: &str) -> Result<String, AdminError> {
     let details = store
         .details(name)?
@@ -219,7 +267,7 @@ fn show(store: &dyn Store, name: &str) -> Result<String, AdminError> {
     let now = now_ms();
     let hash = match account.hash.as_str() {
         RESERVED_HASH => "none: reserved for its owner on the old server".to_string(),
-        hash => hash.rsplitn(3, '$').nth(2).unwrap_or("?").to_string(),
+        hash => parameters(hash).to_string(),
     };
     let mut out = String::new();
     let _ = writeln!(out, "name\t{}", account.username);

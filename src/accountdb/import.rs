@@ -14,7 +14,7 @@
 
 use crate::accountdb::store::{Account, Created, Store, StoreError};
 use crate::auth::names::fold;
-use crate::auth::password::{check_stored, is_bcrypt, Hasher, Memory};
+use crate::auth::password::{check_importable, is_bcrypt, Hasher, Memory};
 use crate::legacy::RESERVED_HASH;
 use serde::Deserialize;
 use std::collections::HashMap;
@@ -83,7 +83,7 @@ fn read_line(text: &str) -> Result<(Account, Option<String>), String> {
         ),
         (Some(password), None) => Ok((Account::new(&line.username, ""), Some(password))),
         (None, Some(hash)) if hash.starts_with("$argon2") || is_bcrypt(&hash) => {
-            check_stored(&hash).map_err(|e| e.to_string())?;
+            check_importable(&hash).map_err(|e| e.to_string())?;
             Ok((Account::new(&line.username, &hash), None))
         }
         (None, Some(_)) => Err("a hash is an argon2 PHC string or a bcrypt one".into()),

@@ -262,7 +262,7 @@ pub enum StoreError {
 
 impl StoreError {
     /// Whether the store may answer if asked again later: PostgreSQL not up yet or restarting
-    /// (see [`postgres::is_transient`]), or no connection within the deadline. Not a wrong
+    /// (refused, timed out, SQLSTATE 57P03 or class 08), or no connection within the deadline. Not a wrong
     /// password, a missing database, a damaged file.
     pub fn is_transient(&self) -> bool {
         match self {
@@ -305,6 +305,9 @@ pub trait Store: Send + Sync {
     fn set_ban(&self, username: &str, ban: Option<&Ban>) -> Result<bool, StoreError>;
     /// At most `limit` accounts whose folded names begin with the folded `prefix`, in order.
     fn list(&self, prefix: &str, limit: u32) -> Result<Vec<Account>, StoreError>;
+    /// At most `limit` accounts with ids above `after`, in id order: an operator's scan of
+    /// every account, a page at a time (`admin list --costly`).
+    fn accounts_after(&self, after: u64, limit: u32) -> Result<Vec<Account>, StoreError>;
     /// What a login needs, in one read: [`find`](Store::find) and the records at `keys`
     /// (absent ones as the empty record), in the order of `keys`.
     fn find_for_login(

@@ -118,14 +118,57 @@ pub const MAX_STORED_ITERATIONS: u32 = 64;
 /// The highest bcrypt cost a stored hash may have (2^16 rounds: about 4 s).
 pub const MAX_BCRYPT_COST: u32 = 16;
 
+/// How many times the default parameters' memory and passes an imported argon2 hash may ask
+/// at most, and how many times the configured ones a stored hash may ask before its
+/// verification is costly ([`Hasher::is_costly`]).
+pub const COST_FACTOR: u32 = 4;
+
+/// The highest bcrypt cost an import accepts (2^12 rounds: about 0.25 s), and above which a
+/// stored bcrypt hash is costly.
+pub const MAX_IMPORT_BCRYPT_COST: u32 = 12;
+
+/// The bcrypt cost written in `stored`, if it is a bcrypt hash that says one.
+fn bcrypt_cost(stored: &str) -> Option<u32> {
+    is_bcrypt(stored).then(|| stored.get(4..6)?.parse().ok())?
+}
+
+/// Check that `stored`, an old system's hash, may be imported: argon2 within
+/// [`COST_FACTOR`] times the default parameters' memory and passes (77,824 KiB, 8 passes), or
+/// bcrypt up to [`MAX_IMPORT_BCRYPT_COST`]. A costlier hash would make every login of its
+/// account (right password or wrong) a costly verification.
+pub fn check_importable(stored: &str) -> Result<(), HashError> {
+    check_stored(stored)?;
+    let defaults = HashParams::default();
+    let (max_memory, max_passes) = (
+        defaults.memory_kib * COST_FACTOR,
+        defaults.iterations * COST_FACTOR,
+    );
+    if is_bcrypt(stored) {
+        return match bcrypt_cost(stored) {
+            Some(cost) if cost <= MAX_IMPORT_BCRYPT_COST => Ok(()),
+            _ => Err(HashError::TooCostly(format!(
+                "a bcrypt cost above {MAX_IMPORT_BCRYPT_COST}"
+            ))),
+        };
+    }
+    let parsed = PasswordHash::new(stored).map_err(HashError::BadStoredHash)?;
+    let params = Params::try_from(&parsed).map_err(HashError::BadStoredHash)?;
+    if params.m_cost() > max_memory || params.t_cost() > max_passes {
+        return Err(HashError::TooCostly(format!(
+            "m={} KiB, t={}; an import takes at most {max_memory} KiB and {max_passes} passes",
+            params.m_cost(),
+            params.t_cost()
+        )));
+    }
+    Ok(())
+}
+
 /// Check that `stored` (imported from an old system, say) is a hash a login can verify, at a
 /// bounded cost: an argon2 PHC string within [`MAX_STORED_MEMORY_KIB`] and
 /// [`MAX_STORED_ITERATIONS`], or bcrypt up to [`MAX_BCRYPT_COST`].
 pub fn check_stored(stored: &str) -> Result<(), HashError> {
     if is_bcrypt(stored) {
-        let cost: u32 = stored
-            .get(4..6)
-            .and_then(|c| c.parse().ok())
+        let cost = bcrypt_cost(stored)
             .ok_or_else(|| HashError::TooCostly("a bcrypt hash without its cost".into()))?;
         if cost > MAX_BCRYPT_COST {
             return Err(HashError::TooCostly(format!(
@@ -219,6 +262,26 @@ impl Hasher {
         Ok(phc.to_string())
     }
 
+    /// Whether verifying against `stored` costs more than [`COST_FACTOR`] times this hasher's
+    /// memory or work (memory × passes), or is bcrypt above [`MAX_IMPORT_BCRYPT_COST`]: such a
+    /// verification goes to the costly stage (one at a time, its memory given back after), so
+    /// it cannot hold the hash threads that serve everyone else.
+    pub fn is_costly(&self, stored: &str) -> bool {
+        if let Some(cost) = bcrypt_cost(stored) {
+            return cost > MAX_IMPORT_BCRYPT_COST;
+        }
+        let Ok(parsed) = PasswordHash::new(stored) else {
+            return false;
+        };
+        let Ok(params) = Params::try_from(&parsed) else {
+            return false;
+        };
+        let work = |p: &Params| u64::from(p.m_cost()) * u64::from(p.t_cost());
+        let factor = u64::from(COST_FACTOR);
+        params.m_cost() > self.params.m_cost().saturating_mul(COST_FACTOR)
+            || work(&params) > work(&self.params) * factor
+    }
+
     /// Whether `stored` was made with weaker parameters than this hasher's (less memory, fewer
     /// iterations), or cannot be read: then a successful login re-hashes the password.
     pub fn is_weaker(&self, stored: &str) -> bool {
@@ -298,6 +361,43 @@ mod tests {
         assert!(hasher("512,2,1").is_cheap());
         assert!(!hasher("513,2,1").is_cheap());
         assert!(!Hasher::new(HashParams::default()).unwrap().is_cheap());
+    }
+
+    #[test]
+    fn costly_means_beyond_four_times_the_configured_memory_or_work() {
+        let at = |m: u32, t: u32| {
+            format!("$argon2id$v=19$m={m},t={t},p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA")
+        };
+        let hasher = Hasher::new(HashParams::default()).unwrap(); // 19456 KiB, 2 passes
+        assert!(!hasher.is_costly(&at(19456, 2)));
+        assert!(
+            !hasher.is_costly(&at(4 * 19456, 2)),
+            "4x the memory, 4x the work"
+        );
+        assert!(
+            hasher.is_costly(&at(4 * 19456 + 1, 1)),
+            "more than 4x the memory"
+        );
+        assert!(!hasher.is_costly(&at(19456, 8)), "4x the work");
+        assert!(hasher.is_costly(&at(19456, 9)), "more than 4x the work");
+        assert!(
+            hasher.is_costly(&at(4 * 19456, 8)),
+            "at the import cap: 16x the work"
+        );
+        assert!(!hasher.is_costly(&at(8, 1)));
+        let bcrypt = |cost: u32| {
+            format!("$2b${cost:02}$abcdefghijklmnopqrstuu5Qp1eQ1V0I2X2kvX6Jt3lH1pJm6fJ0y")
+        };
+        assert!(!hasher.is_costly(&bcrypt(12)));
+        assert!(hasher.is_costly(&bcrypt(13)));
+        assert!(!hasher.is_costly("not a hash"));
+        // Imports stop at 4x the defaults and bcrypt 12.
+        assert!(check_importable(&at(4 * 19456, 8)).is_ok());
+        assert!(check_importable(&at(4 * 19456 + 1, 8)).is_err());
+        assert!(check_importable(&at(4 * 19456, 9)).is_err());
+        assert!(check_importable(&bcrypt(12)).is_ok());
+        assert!(check_importable(&bcrypt(13)).is_err());
+        assert!(check_importable("$2b$xx$abc").is_err());
     }
 
     #[test]

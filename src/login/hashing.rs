@@ -72,7 +72,7 @@ pub fn finish_quick(
 
 /// `hash`, the argon2 part of an `op` request, counted as a hash in progress; a panic in it
 /// is answered "unavailable".
-fn counted<T>(
+pub(super) fn counted<T>(
     op: Op,
     metrics: &Metrics,
     hash: impl FnOnce() -> T,

@@ -15,6 +15,7 @@
 
 mod config;
 mod conn;
+mod costly;
 mod hashing;
 mod health;
 mod io_loop;
@@ -290,6 +291,7 @@ impl LoginServer {
         let (job_tx, job_rx) = crossbeam_channel::bounded(config.queue);
         let queued = Arc::new(AtomicUsize::new(0));
         let (hash_tx, hash_rx) = crossbeam_channel::bounded(config.queue);
+        let (costly_tx, costly_rx) = crossbeam_channel::bounded(costly::QUEUE);
         let stopping = Arc::new(AtomicBool::new(false));
         let health = Health::new(config.workers() + config.hash_threads());
 
@@ -322,6 +324,7 @@ impl LoginServer {
                 jobs: job_rx.clone(),
                 queued: queued.clone(),
                 hash_jobs: hash_tx.clone(),
+                costly_jobs: costly_tx.clone(),
                 service: service.clone(),
                 returns: returns.clone(),
                 metrics: metrics.clone(),
@@ -345,6 +348,21 @@ impl LoginServer {
                 hashing::run_hasher(hash_jobs, permits, service, returns)
             })?);
         }
+        // The costly stage is not joined at shutdown: a verification in it may take far longer
+        // than --shutdown-timeout, and its reply could not be written after the I/O thread
+        // ends anyway. Its threads end when the workers' senders are gone.
+        let stage = Arc::new(costly::CostlyStage {
+            service: service.clone(),
+            returns: returns.clone(),
+            metrics: metrics.clone(),
+            wait: config.db_timeout,
+        });
+        let (verifier_tx, verifier_rx) = crossbeam_channel::bounded(0);
+        let dispatcher = stage.clone();
+        spawn_named("costly-dispatch".into(), move || {
+            dispatcher.dispatch(costly_rx, verifier_tx)
+        })?;
+        spawn_named("costly-verify".into(), move || stage.verify(verifier_rx))?;
         let io_loop = IoLoop {
             poll,
             listener,

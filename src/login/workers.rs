@@ -15,6 +15,7 @@
 //! the connections the worker holds. Either way the thread lives on, so the pool never shrinks.
 
 use super::conn::{Conn, Incoming};
+use super::costly::CostlyJob;
 use super::hashing::{self, HashJob};
 use super::returns::{Back, Returns};
 use crate::auth::password::Memory;
@@ -22,10 +23,11 @@ use crate::logging;
 use crate::metrics::Metrics;
 use crate::protocol::gateway::{Form, Id, Op, Reply};
 use crate::service::{Asking, Begun, Finished, HashTask, Service, Step};
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crossbeam_channel::{Receiver, Sender};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 /// Connections the I/O thread sends in one batch; a worker takes the batches waiting while it
 /// holds fewer (so at most twice as many, less one): the most questions in one round trip.
@@ -70,6 +72,8 @@ pub struct Worker {
     /// Connections sent to the workers and not yet taken by one.
     pub queued: Arc<AtomicUsize>,
     pub hash_jobs: Sender<HashJob>,
+    /// Logins against a costly stored hash: for the costly stage, never a hash thread.
+    pub costly_jobs: Sender<CostlyJob>,
     pub service: Arc<Service>,
     pub returns: Arc<Returns>,
     pub metrics: Metrics,
@@ -319,20 +323,28 @@ impl Worker {
             return None;
         }
         let op = task.op();
+        let costly = self.service.is_costly(&task);
         let job = HashJob {
             conn,
             form,
             id,
             task,
         };
-        match self.hash_jobs.try_send(job) {
-            Ok(()) => None,
-            Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => {
-                let mut conn = job.conn;
-                let busy = Reply::unavailable("server busy, retry later");
-                conn.answer(job.form, Some(op), &busy, job.id.as_ref());
-                Some(conn)
+        let refused = match costly {
+            false => self.hash_jobs.try_send(job).err().map(|e| e.into_inner()),
+            true => {
+                let queued = Instant::now();
+                let costly = CostlyJob { job, queued };
+                self.costly_jobs
+                    .try_send(costly)
+                    .err()
+                    .map(|e| e.into_inner().job)
             }
-        }
+        };
+        let job = refused?;
+        let mut conn = job.conn;
+        let busy = Reply::unavailable("server busy, retry later");
+        conn.answer(job.form, Some(op), &busy, job.id.as_ref());
+        Some(conn)
     }
 }

@@ -576,6 +576,26 @@ impl Store for PostgresStore {
             .collect())
     }
 
+    fn accounts_after(&self, after: u64, limit: u32) -> Result<Vec<Account>, StoreError> {
+        let mut conn = self.conn()?;
+        let mut tx = conn.maintenance()?;
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
+        let rows = tx.query_typed(
+            "SELECT id, username, hash FROM accounts WHERE id > $1 ORDER BY id LIMIT $2",
+            &[(&after, Type::INT8), (&i64::from(limit), Type::INT8)],
+        )?;
+        tx.commit()?;
+        Ok(rows
+            .iter()
+            .map(|row| Account {
+                id: id(row.get(0)),
+                username: row.get(1),
+                hash: row.get(2),
+                ban: None,
+            })
+            .collect())
+    }
+
     fn set_ban(&self, username: &str, ban: Option<&Ban>) -> Result<bool, StoreError> {
         let (until, reason) = ban.map_or((0, ""), |b| (b.until_ms, b.reason.as_str()));
         // A ban voids every session begun before it; lifting one leaves sessions as they are.

@@ -531,6 +531,23 @@ impl Store for SqliteStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    fn accounts_after(&self, after: u64, limit: u32) -> Result<Vec<Account>, StoreError> {
+        let conn = self.reader.lock();
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, username, hash FROM accounts WHERE id > ?1 ORDER BY id LIMIT ?2",
+        )?;
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
+        let rows = stmt.query_map(params![after, limit], |row| {
+            Ok(Account {
+                id: u64::try_from(row.get::<_, i64>(0)?).unwrap_or(0),
+                username: row.get(1)?,
+                hash: row.get(2)?,
+                ban: None,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     fn set_ban(&self, username: &str, ban: Option<&Ban>) -> Result<bool, StoreError> {
         let conn = self.writer.lock();
         let (until, reason) = ban.map_or((0, ""), |b| (b.until_ms, b.reason.as_str()));
