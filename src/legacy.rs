@@ -10,9 +10,9 @@
 //!
 //! It cannot be pooled: at most [`LegacyDb::new`]'s `connections` requests run at once; one
 //! more waits for a turn within its deadline, then is answered [`LegacyError::Busy`]. Only the
-//! hash stage asks it (a migration hashes next), so a slow old server holds at most the hash
-//! threads, never the workers that answer everything else. One deadline bounds each request
-//! whole: a turn, connect, greeting, reply.
+//! old-server stage asks it (`login::legacy_stage`), so a slow old server holds neither the
+//! workers nor the hash threads. One deadline bounds each request whole: a turn, connect,
+//! greeting, reply.
 
 use parking_lot::{Condvar, Mutex};
 use serde_json::Value;

@@ -334,6 +334,8 @@ pub fn register_process(r: &mut Registry) {
 pub struct Gauges {
     pub queue_depth: LiveGauge,
     pub hash_queue_depth: LiveGauge,
+    /// Requests waiting for the old-server stage (`--legacy-db`).
+    pub legacy_queue_depth: LiveGauge,
     /// Pooled account-db connections (open, idle), over all account-dbs, if pooled.
     pub pool: Option<(LiveGauge, LiveGauge)>,
     /// Per account-db (label `db`): whether it is up, its requests, its failed requests, and
@@ -398,6 +400,11 @@ impl Metrics {
             "hash_queue_depth",
             "Requests waiting for a hash thread",
             gauges.hash_queue_depth,
+        );
+        r.register(
+            "legacy_queue_depth",
+            "Requests waiting for the old-server stage",
+            gauges.legacy_queue_depth,
         );
         if let Some((open, idle)) = gauges.pool {
             r.register("db_pool_connections", "Pooled account-db connections", open);
@@ -470,6 +477,7 @@ mod tests {
         let gauges = Gauges {
             queue_depth: LiveGauge::new(|| 4),
             hash_queue_depth: LiveGauge::new(|| 0),
+            legacy_queue_depth: LiveGauge::new(|| 0),
             pool: Some((LiveGauge::new(|| 8), LiveGauge::new(|| 6))),
             instances: [
                 LiveFamily::gauges("db", one),

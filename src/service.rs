@@ -1004,6 +1004,20 @@ impl Service {
         }
     }
 
+    /// Whether `task` asks the old account server (`--legacy-db` is set): for the old-server
+    /// stage, not a hash thread. Without it, a reserved name's login is a hash task as any.
+    pub fn asks_legacy(&self, task: &HashTask) -> bool {
+        self.legacy.is_some()
+            && matches!(
+                task.0,
+                Task::Migrate(_)
+                    | Task::Create {
+                        ask_legacy: true,
+                        ..
+                    }
+            )
+    }
+
     /// Whether `task` verifies against a stored hash that is costly (see
     /// [`Hasher::is_costly`]): for the costly stage, not a hash thread.
     pub fn is_costly(&self, task: &HashTask) -> bool {

@@ -28,6 +28,8 @@ enum Style {
     Garbage,
     /// Accepts, then says nothing for ten seconds.
     Silent,
+    /// Answers, but 1.9 s after the request.
+    Slow,
 }
 
 /// The old database server: one request per connection, as its protocol says.
@@ -140,6 +142,9 @@ fn serve(
     let password = users.lock().unwrap().get(&name).cloned();
     let reply = json!([{ "password": password.as_deref().unwrap_or("None") }]).to_string();
     asked.fetch_add(1, Ordering::SeqCst);
+    if style == Style::Slow {
+        std::thread::sleep(Duration::from_millis(1900));
+    }
     if style == Style::Glued {
         send(&mut stream, format!("Welcome!{reply}").as_bytes(), style);
     } else {
@@ -441,8 +446,8 @@ fn cheap_logins_are_answered_while_the_hash_threads_wait_on_a_silent_old_server(
         c.db_timeout = Duration::from_secs(4);
     });
     assert_eq!(code(tiers.addr(), "register", "Fresh", "fresh-pw-1"), 4);
-    // Names account-db does not know go to the old server from the hash stage: the one hash
-    // thread waits on the first for the whole timeout, and the second waits for it.
+    // Names account-db does not know go to the old server from a stage of their own, which
+    // waits on it for the whole timeout.
     old.set_style(Style::Silent);
     let ghosts: Vec<_> = ["Ghost1", "Ghost2"]
         .into_iter()
@@ -573,5 +578,48 @@ fn look_alike_target(look_alike: &str) -> &'static str {
         "Cafe\u{301}Jo" => "Caf\u{e9}Jo",
         "\u{ff2f}ldFay" => "OldFay",
         _ => "Kelvin",
+    }
+}
+
+#[test]
+fn a_slow_old_server_holds_no_hash_thread() {
+    // Lookups of the old server once ran on the hash threads: an old server answering in
+    // 1.9 s made local logins wait seconds behind them.
+    let old = OldServer::start(&[]);
+    let tiers = legacy_tiers(old.addr, |c| {
+        c.hash_params = "2048,1,1".parse().unwrap(); // not cheap: local logins hash
+        c.hash_threads = Some(2);
+    });
+    let addr = tiers.addr();
+    assert_eq!(code(addr, "register", "Local", "local-pw-1"), 4);
+    let timed = || {
+        let started = std::time::Instant::now();
+        let code = code(addr, "login", "Local", "local-pw-1");
+        (code, started.elapsed())
+    };
+    let (ok, alone) = timed();
+    assert_eq!(ok, 3);
+    old.set_style(Style::Slow);
+    // Unknown names at 10/s, each a 1.9 s question to the old server, and a local login at
+    // 10/s.
+    let (mut unknown, mut local) = (Vec::new(), Vec::new());
+    for i in 0..30 {
+        let name = format!("Unknown{i}");
+        unknown.push(std::thread::spawn(move || {
+            code(addr, "login", &name, "some-pw-1")
+        }));
+        let (code, took) = timed();
+        assert_eq!(code, 3, "a local login is never refused");
+        local.push(took);
+        std::thread::sleep(Duration::from_millis(100).saturating_sub(took));
+    }
+    let worst = local.iter().max().copied().unwrap_or_default();
+    assert!(
+        worst < alone * 3 + Duration::from_millis(50),
+        "local logins held behind the old server: worst {worst:?}, alone {alone:?}"
+    );
+    for lookup in unknown {
+        let code = lookup.join().unwrap();
+        assert!(code == 1 || code == 7, "{code}");
     }
 }

@@ -101,8 +101,9 @@ pub struct LoginServerConfig {
         value_parser = crate::config::socket_addr
     )]
     pub legacy_db: Option<SocketAddr>,
-    /// Requests to --legacy-db at once (one connection each: it cannot be pooled); more wait
-    /// their turn within --db-timeout. Defaults to 4.
+    /// Requests to --legacy-db at once (one connection each: it cannot be pooled), each on a
+    /// thread of the old-server stage, never a hash thread; up to 64 more wait (within
+    /// --db-timeout), further ones are answered 7. Defaults to 4.
     #[arg(
         long,
         value_name = "N",

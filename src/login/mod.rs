@@ -19,6 +19,7 @@ mod costly;
 mod hashing;
 mod health;
 mod io_loop;
+mod legacy_stage;
 mod returns;
 mod workers;
 
@@ -292,6 +293,7 @@ impl LoginServer {
         let queued = Arc::new(AtomicUsize::new(0));
         let (hash_tx, hash_rx) = crossbeam_channel::bounded(config.queue);
         let (costly_tx, costly_rx) = crossbeam_channel::bounded(costly::QUEUE);
+        let (legacy_tx, legacy_rx) = crossbeam_channel::bounded(legacy_stage::QUEUE);
         let stopping = Arc::new(AtomicBool::new(false));
         let health = Health::new(config.workers() + config.hash_threads());
 
@@ -301,9 +303,11 @@ impl LoginServer {
             Some(http) => {
                 let depth = |len: usize| i64::try_from(len).unwrap_or(i64::MAX);
                 let (queued, hash_jobs) = (queued.clone(), hash_rx.clone());
+                let legacy_jobs = legacy_rx.clone();
                 let registry = metrics.registry(Gauges {
                     queue_depth: LiveGauge::new(move || depth(queued.load(Ordering::Relaxed))),
                     hash_queue_depth: LiveGauge::new(move || depth(hash_jobs.len())),
+                    legacy_queue_depth: LiveGauge::new(move || depth(legacy_jobs.len())),
                     pool: pool_gauges(&db_state),
                     instances: instance_families(&db_state),
                 });
@@ -325,6 +329,7 @@ impl LoginServer {
                 queued: queued.clone(),
                 hash_jobs: hash_tx.clone(),
                 costly_jobs: costly_tx.clone(),
+                legacy_jobs: legacy_tx.clone(),
                 service: service.clone(),
                 returns: returns.clone(),
                 metrics: metrics.clone(),
@@ -347,6 +352,15 @@ impl LoginServer {
                 let _running = running;
                 hashing::run_hasher(hash_jobs, permits, service, returns)
             })?);
+        }
+        if config.legacy_db.is_some() {
+            for i in 0..config.legacy_db_connections {
+                let (jobs, service) = (legacy_rx.clone(), service.clone());
+                let (returns, metrics) = (returns.clone(), metrics.clone());
+                threads.push(spawn_named(format!("legacy-{i}"), move || {
+                    legacy_stage::run(jobs, service, returns, metrics)
+                })?);
+            }
         }
         // The costly stage is not joined at shutdown: a verification in it may take far longer
         // than --shutdown-timeout, and its reply could not be written after the I/O thread

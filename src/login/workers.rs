@@ -74,6 +74,8 @@ pub struct Worker {
     pub hash_jobs: Sender<HashJob>,
     /// Logins against a costly stored hash: for the costly stage, never a hash thread.
     pub costly_jobs: Sender<CostlyJob>,
+    /// Requests that ask the old account server: for the old-server stage.
+    pub legacy_jobs: Sender<HashJob>,
     pub service: Arc<Service>,
     pub returns: Arc<Returns>,
     pub metrics: Metrics,
@@ -307,9 +309,11 @@ impl Worker {
         Next::Answered
     }
 
-    /// Send the connection with its task to a hash thread, its replies so far written first.
-    /// If the hash queue is full the request is answered "busy" and the connection is given
-    /// back to the caller, to go on with its next message.
+    /// Send the connection with its task to the stage that finishes it, its replies so far
+    /// written first: the costly stage for a costly stored hash, the old-server stage for a
+    /// request that asks the old server, else a hash thread. If that stage's queue is full the
+    /// request is answered "busy" and the connection is given back to the caller, to go on
+    /// with its next message.
     fn hand_on(
         &self,
         mut conn: Box<Conn>,
@@ -323,23 +327,27 @@ impl Worker {
             return None;
         }
         let op = task.op();
-        let costly = self.service.is_costly(&task);
+        let (costly, legacy) = (
+            self.service.is_costly(&task),
+            self.service.asks_legacy(&task),
+        );
         let job = HashJob {
             conn,
             form,
             id,
             task,
         };
-        let refused = match costly {
-            false => self.hash_jobs.try_send(job).err().map(|e| e.into_inner()),
-            true => {
-                let queued = Instant::now();
-                let costly = CostlyJob { job, queued };
-                self.costly_jobs
-                    .try_send(costly)
-                    .err()
-                    .map(|e| e.into_inner().job)
-            }
+        let refused = if costly {
+            let queued = Instant::now();
+            let costly = CostlyJob { job, queued };
+            self.costly_jobs
+                .try_send(costly)
+                .err()
+                .map(|e| e.into_inner().job)
+        } else if legacy {
+            self.legacy_jobs.try_send(job).err().map(|e| e.into_inner())
+        } else {
+            self.hash_jobs.try_send(job).err().map(|e| e.into_inner())
         };
         let job = refused?;
         let mut conn = job.conn;
