@@ -234,8 +234,9 @@ pub struct Options {
     pub throttle: Policy,
     /// Answer an unknown user "wrong password" (2) after a real verification, and count and
     /// lock unknown names as known ones, so neither the code nor the time tells whether the
-    /// account exists (its limits: docs/protocol.md). Defaults to off: the seed's gateway
-    /// expects "no such user" (1).
+    /// account exists (its limits: docs/protocol.md). With --legacy-db it is weaker: while the
+    /// old server is down, a name unknown here is answered 7 and a known one's wrong password
+    /// 2. Defaults to off: the seed's gateway expects "no such user" (1).
     #[arg(long, env = "LOGIN_SERVER_HIDE_USER_EXISTENCE")]
     pub hide_user_existence: bool,
     /// With --legacy-db, let players register before the store records that the old server's

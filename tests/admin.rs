@@ -41,6 +41,7 @@ fn admin_conformance(store: &dyn Store) {
             prefix: name("ADMIN-"),
             limit: 10,
             costly: false,
+            conflicts: false,
             hash_params: HashParams::default(),
         },
     )
@@ -56,6 +57,7 @@ fn admin_conformance(store: &dyn Store) {
             prefix: name(""),
             limit: 1,
             costly: false,
+            conflicts: false,
             hash_params: HashParams::default(),
         },
     )
@@ -80,6 +82,7 @@ fn admin_conformance(store: &dyn Store) {
                 prefix: name(""),
                 limit,
                 costly: true,
+                conflicts: false,
                 hash_params: HashParams::CHEAPEST,
             },
         )
@@ -94,6 +97,14 @@ fn admin_conformance(store: &dyn Store) {
     assert!(listed.contains("\tBcrypt-Bea\t$2b$13\n"), "{listed}");
     assert_eq!(costly(1).lines().count(), 1);
     assert!(store.delete("costly-carl").unwrap() && store.delete("bcrypt-bea").unwrap());
+    let conflicts = Admin::List {
+        prefix: name(""),
+        limit: 10,
+        costly: false,
+        conflicts: true,
+        hash_params: HashParams::default(),
+    };
+    assert_eq!(admin(store, conflicts).unwrap(), "", "no look-alikes here");
 
     // Locked by failures, shown so, and unlocked for every login-server.
     let t = Policy::default().failures();
@@ -292,4 +303,67 @@ fn the_admin_command_line_works_on_a_running_store() {
     );
     let (ok, _, log) = admin(&["show", "nobody"]);
     assert!(!ok && log.contains("no account named"), "{log}");
+}
+
+#[test]
+fn turkish_dotted_and_dotless_i_look_alike_and_old_pairs_are_listed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).unwrap();
+    use login_server::accountdb::store::Created;
+    assert_eq!(
+        store.create(&Account::new("istanbul", "h"), "a").unwrap(),
+        Created::New
+    );
+    // Folded apart (İ folds to i and a combining dot), but refused as a look-alike.
+    assert_eq!(
+        store
+            .create(&Account::new("\u{130}stanbul", "h"), "b")
+            .unwrap(),
+        Created::Exists
+    );
+    assert_eq!(
+        store
+            .create(&Account::new("\u{131}zmir", "h"), "c")
+            .unwrap(),
+        Created::New
+    );
+    assert_eq!(
+        store.create(&Account::new("Izmir", "h"), "d").unwrap(),
+        Created::Exists,
+        "I is the capital of ı"
+    );
+    // A pair registered before the rule: made here by hand, as an older build left it.
+    assert_eq!(
+        store.create(&Account::new("Ankara", "h"), "e").unwrap(),
+        Created::New
+    );
+    let db = rusqlite::Connection::open(dir.path().join("accounts.sqlite3")).unwrap();
+    db.execute(
+        "UPDATE accounts SET skeleton = (SELECT skeleton FROM accounts WHERE username = 'istanbul')
+         WHERE username = 'Ankara'",
+        [],
+    )
+    .unwrap();
+    let listed = admin(
+        &store,
+        Admin::List {
+            prefix: name(""),
+            limit: 100,
+            costly: false,
+            conflicts: true,
+            hash_params: HashParams::default(),
+        },
+    )
+    .unwrap();
+    let names: Vec<&str> = listed
+        .lines()
+        .filter_map(|l| l.split('\t').nth(1))
+        .collect();
+    assert_eq!(names, ["istanbul", "Ankara"], "{listed}");
+    // Both keep logging in: each is found by its own name.
+    assert_eq!(store.find("ankara").unwrap().unwrap().username, "Ankara");
+    assert_eq!(
+        store.find("ISTANBUL").unwrap().unwrap().username,
+        "istanbul"
+    );
 }

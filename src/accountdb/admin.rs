@@ -59,6 +59,11 @@ pub enum Admin {
         /// re-hashed at the next successful login, or by set-password.
         #[arg(long)]
         costly: bool,
+        /// Only accounts that look like another (the same skeleton), registered before the
+        /// rule that refuses them (Turkish İ and ı): each with its look-alikes, one group a
+        /// paragraph. Both keep logging in; delete or ban one to resolve it.
+        #[arg(long, conflicts_with = "costly")]
+        conflicts: bool,
         /// argon2id parameters costliness is judged against: login-server's --hash-params.
         #[arg(long, value_name = "M,T,P", default_value = "19456,2,1")]
         hash_params: HashParams,
@@ -200,6 +205,22 @@ pub fn run(
             hash_params,
             ..
         } => costly(store, *limit, *hash_params).map(Reply::Done),
+        Admin::List {
+            conflicts: true,
+            limit,
+            ..
+        } => {
+            let mut out = String::new();
+            let mut last: Option<String> = None;
+            for (skeleton, account) in store.look_alikes(*limit)? {
+                if last.as_ref().is_some_and(|l| *l != skeleton) {
+                    out.push('\n');
+                }
+                let _ = writeln!(out, "{}\t{}", account.id, account.username);
+                last = Some(skeleton);
+            }
+            Ok(Reply::Done(out))
+        }
         Admin::List { prefix, limit, .. } => {
             let mut out = String::new();
             for Account { id, username, .. } in store.list(prefix, *limit)? {

@@ -308,6 +308,10 @@ pub trait Store: Send + Sync {
     /// At most `limit` accounts with ids above `after`, in id order: an operator's scan of
     /// every account, a page at a time (`admin list --costly`).
     fn accounts_after(&self, after: u64, limit: u32) -> Result<Vec<Account>, StoreError>;
+    /// At most `limit` accounts that share their skeleton with another (look-alikes registered
+    /// before the recipe that tells them apart: `admin list --conflicts`), ordered by skeleton
+    /// then id, each with its skeleton.
+    fn look_alikes(&self, limit: u32) -> Result<Vec<(String, Account)>, StoreError>;
     /// What a login needs, in one read: [`find`](Store::find) and the records at `keys`
     /// (absent ones as the empty record), in the order of `keys`.
     fn find_for_login(

@@ -23,7 +23,7 @@ use unicode_security::{GeneralSecurityProfile, RestrictionLevel, RestrictionLeve
 /// with another are rebuilt.
 pub const SKELETON_DATA: (u64, u64, u64, u32) = {
     let (major, minor, update) = unicode_security::UNICODE_VERSION;
-    (major, minor, update, 2)
+    (major, minor, update, 3)
 };
 
 /// The limits a registration must meet. Logins are checked against them too, so a request that
@@ -126,8 +126,22 @@ fn fold_unicode(name: &str) -> String {
 /// The UTS #39 confusable skeleton of a name, made case-blind: the skeleton of its NFKC form
 /// (where capital `I` is still a look-alike of `l`), folded, and skeletonised again. Names
 /// whose skeletons match look alike: Cyrillic `аdmin` and Latin `admin`, `aIice` and `alice`.
+///
+/// Turkish pairs its i's apart from other languages: `İ` (dotted capital) is the capital of
+/// `i`, and `I` the capital of `ı` (dotless small). Full case folding knows only the other
+/// languages' pairs: it makes `İstanbul` `i̇stanbul` (an `i` with a combining dot), a name apart
+/// from `istanbul`. So the skeleton takes `İ` as `i` and `ı` as `I` first: `İstanbul` looks
+/// like `istanbul`, `ıstanbul` like `Istanbul`, and a new registration of one is refused while
+/// the other exists. Pairs registered before (recipe 2) both keep logging in; `account-db admin
+/// list --conflicts` lists them.
 pub fn skeleton(name: &str) -> String {
-    let compatible: String = name.nfkc().collect();
+    let turkish_i = |c| match c {
+        '\u{130}' => 'i',
+        '\u{131}' => 'I',
+        c => c,
+    };
+    let dotted: String = name.chars().map(turkish_i).collect();
+    let compatible: String = dotted.nfkc().collect();
     let shapes: String = unicode_security::skeleton(&compatible).collect();
     unicode_security::skeleton(&fold(&shapes)).collect()
 }
@@ -213,6 +227,14 @@ mod tests {
         }
         assert_eq!(skeleton("\u{0430}dmin"), skeleton("admin"), "Cyrillic а");
         assert_eq!(skeleton("aIice"), skeleton("alice"), "capital I");
+        // Turkish dotted capital I and dotless i: look-alikes of i, though they fold apart.
+        assert_ne!(fold("\u{130}stanbul"), fold("istanbul"));
+        assert_eq!(skeleton("\u{130}stanbul"), skeleton("istanbul"), "İ");
+        assert_eq!(skeleton("\u{130}STANBUL"), skeleton("istanbul"));
+        assert_eq!(skeleton("\u{131}stanbul"), skeleton("Istanbul"), "ı");
+        assert_eq!(skeleton("K\u{131}l\u{131}\u{e7}"), skeleton("KILI\u{c7}"));
+        // A dot is no look-alike of its absence: İ and I stay apart, as their folds do.
+        assert_ne!(skeleton("\u{130}stanbul"), skeleton("Istanbul"));
         assert_eq!(skeleton("paypaI"), skeleton("paypal"));
         assert_eq!(
             skeleton("\u{0410}\u{0412}\u{0421}"),

@@ -117,7 +117,8 @@ fn run_import(
     })?;
     eprintln!();
     for (line, why) in &summary.rejected {
-        println!("line {line}: rejected: {why}");
+        // The reason may quote the file: its control characters are escaped.
+        println!("line {line}: rejected: {}", why.escape_debug());
     }
     for (line, holder) in &summary.held {
         println!("line {line}: held here by the account {holder:?} (moved, or registered here)");

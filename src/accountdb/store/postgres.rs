@@ -576,6 +576,30 @@ impl Store for PostgresStore {
             .collect())
     }
 
+    fn look_alikes(&self, limit: u32) -> Result<Vec<(String, Account)>, StoreError> {
+        let mut conn = self.conn()?;
+        let mut tx = conn.maintenance()?;
+        let rows = tx.query_typed(
+            "SELECT skeleton, id, username, hash FROM accounts WHERE skeleton IN
+                 (SELECT skeleton FROM accounts GROUP BY skeleton HAVING count(*) > 1)
+             ORDER BY skeleton COLLATE \"C\", id LIMIT $1",
+            &[(&i64::from(limit), Type::INT8)],
+        )?;
+        tx.commit()?;
+        Ok(rows
+            .iter()
+            .map(|row| {
+                let account = Account {
+                    id: id(row.get(1)),
+                    username: row.get(2),
+                    hash: row.get(3),
+                    ban: None,
+                };
+                (row.get(0), account)
+            })
+            .collect())
+    }
+
     fn accounts_after(&self, after: u64, limit: u32) -> Result<Vec<Account>, StoreError> {
         let mut conn = self.conn()?;
         let mut tx = conn.maintenance()?;

@@ -531,6 +531,25 @@ impl Store for SqliteStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    fn look_alikes(&self, limit: u32) -> Result<Vec<(String, Account)>, StoreError> {
+        let conn = self.reader.lock();
+        let mut stmt = conn.prepare(
+            "SELECT skeleton, id, username, hash FROM accounts WHERE skeleton IN
+                 (SELECT skeleton FROM accounts GROUP BY skeleton HAVING count(*) > 1)
+             ORDER BY skeleton, id LIMIT ?1",
+        )?;
+        let rows = stmt.query_map(params![limit], |row| {
+            let account = Account {
+                id: u64::try_from(row.get::<_, i64>(1)?).unwrap_or(0),
+                username: row.get(2)?,
+                hash: row.get(3)?,
+                ban: None,
+            };
+            Ok((row.get(0)?, account))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     fn accounts_after(&self, after: u64, limit: u32) -> Result<Vec<Account>, StoreError> {
         let conn = self.reader.lock();
         let mut stmt = conn.prepare_cached(
