@@ -65,8 +65,40 @@ fn request_id(username: &str) -> String {
     format!("import:{}", fold(username))
 }
 
+/// The longest line read, in bytes, newline excluded: as long as the account-db protocol's
+/// lines (64 KiB). A longer one is rejected, and read no further than its end.
+const MAX_LINE: usize = 64 * 1024;
+
+/// Read the next line of `input` into `line` (without its newline): `Some(true)` if whole,
+/// `Some(false)` if it was longer than [`MAX_LINE`] (then `line` holds its start, and the rest
+/// was skipped without being kept), `None` at the end.
+fn read_line(input: &mut impl BufRead, line: &mut Vec<u8>) -> std::io::Result<Option<bool>> {
+    line.clear();
+    let (mut seen, mut whole) = (false, true);
+    loop {
+        let available = input.fill_buf()?;
+        if available.is_empty() {
+            return Ok(seen.then_some(whole));
+        }
+        seen = true;
+        let (taken, ends) = match available.iter().position(|&b| b == b'\n') {
+            Some(i) => (i, true),
+            None => (available.len(), false),
+        };
+        let room = MAX_LINE.saturating_sub(line.len());
+        if taken > room {
+            whole = false;
+        }
+        line.extend_from_slice(&available[..taken.min(room)]);
+        input.consume(taken + usize::from(ends));
+        if ends {
+            return Ok(Some(whole));
+        }
+    }
+}
+
 /// Read a line into an account to write, or say why not.
-fn read_line(text: &str) -> Result<(Account, Option<String>), String> {
+fn read_account(text: &str) -> Result<(Account, Option<String>), String> {
     let line: Line = serde_json::from_str(text).map_err(|e| format!("not an account: {e}"))?;
     if line.username.is_empty() || line.username.len() > MAX_NAME {
         return Err(format!("a username is 1 to {MAX_NAME} bytes"));
@@ -105,13 +137,23 @@ pub fn import(
     let mut seen: HashMap<String, u64> = HashMap::new();
     let mut batch = Vec::with_capacity(BATCH);
     let mut number = 0;
-    for text in input.lines() {
-        let text = text.map_err(ImportError::Read)?;
+    let mut input = input;
+    let mut bytes = Vec::new();
+    while let Some(whole) = read_line(&mut input, &mut bytes).map_err(ImportError::Read)? {
         number += 1;
+        if !whole {
+            let why = format!("longer than {MAX_LINE} bytes");
+            summary.rejected.push((number, why));
+            continue;
+        }
+        let Ok(text) = std::str::from_utf8(&bytes) else {
+            summary.rejected.push((number, "not UTF-8".into()));
+            continue;
+        };
         if text.trim().is_empty() {
             continue;
         }
-        let (account, plaintext) = match read_line(&text) {
+        let (account, plaintext) = match read_account(text) {
             Ok(read) => read,
             Err(why) => {
                 summary.rejected.push((number, why));
@@ -246,13 +288,13 @@ mod tests {
 
     #[test]
     fn lines_are_read_or_refused_with_the_reason() {
-        assert!(read_line(r#"{"username":"a","password":"p"}"#)
+        assert!(read_account(r#"{"username":"a","password":"p"}"#)
             .unwrap()
             .1
             .is_some());
-        let (reserved, _) = read_line(r#"{"username":"a"}"#).unwrap();
+        let (reserved, _) = read_account(r#"{"username":"a"}"#).unwrap();
         let longest = format!(r#"{{"username":"{}"}}"#, "n".repeat(255));
-        assert!(read_line(&longest).is_ok());
+        assert!(read_account(&longest).is_ok());
         assert_eq!(reserved.hash, RESERVED_HASH);
         for (line, why) in [
             ("nonsense", "not an account"),
@@ -272,9 +314,51 @@ mod tests {
             ),
             (r#"{"username":"a","pasword":"p"}"#, "not an account"),
         ] {
-            let error = read_line(line).err().unwrap();
+            let error = read_account(line).err().unwrap();
             assert!(error.contains(why), "{line}: {error}");
         }
+    }
+
+    #[test]
+    fn lines_are_capped_and_need_not_be_utf8() {
+        let mut input = Vec::new();
+        input.extend_from_slice(b"{\"username\":\"First\"}\n");
+        input.extend_from_slice(&vec![b'x'; MAX_LINE + 1]);
+        input.extend_from_slice(b"\n\xff\xfe not UTF-8\n");
+        input.extend_from_slice(&vec![b'y'; MAX_LINE]);
+        input.extend_from_slice(b"\nlast, no newline");
+        let mut reader = std::io::BufReader::with_capacity(1000, &input[..]);
+        let mut line = Vec::new();
+        let mut lines = Vec::new();
+        while let Some(whole) = read_line(&mut reader, &mut line).unwrap() {
+            lines.push((whole, line.len()));
+        }
+        assert_eq!(
+            lines,
+            [
+                (true, 20),
+                (false, MAX_LINE),
+                (true, 12),
+                (true, MAX_LINE),
+                (true, 16)
+            ]
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let hasher = Hasher::new(HashParams::CHEAPEST).unwrap();
+        let summary = import(&store, &input[..], &hasher, 1, |_| {}).unwrap();
+        assert_eq!(
+            summary.imported, 1,
+            "the lines after the bad ones are read on"
+        );
+        let rejected: Vec<(u64, &str)> = summary
+            .rejected
+            .iter()
+            .map(|(n, why)| (*n, why.as_str()))
+            .collect();
+        assert_eq!(rejected[0], (2, "longer than 65536 bytes"));
+        assert_eq!(rejected[1], (3, "not UTF-8"));
+        assert_eq!(rejected.len(), 4, "{rejected:?}");
     }
 
     #[test]
