@@ -137,51 +137,50 @@ fn bcrypt_cost(stored: &str) -> Option<u32> {
 /// bcrypt up to [`MAX_IMPORT_BCRYPT_COST`]. A costlier hash would make every login of its
 /// account (right password or wrong) a costly verification.
 pub fn check_importable(stored: &str) -> Result<(), HashError> {
-    check_stored(stored)?;
     let defaults = HashParams::default();
-    let (max_memory, max_passes) = (
+    within(
+        stored,
         defaults.memory_kib * COST_FACTOR,
         defaults.iterations * COST_FACTOR,
-    );
-    if is_bcrypt(stored) {
-        return match bcrypt_cost(stored) {
-            Some(cost) if cost <= MAX_IMPORT_BCRYPT_COST => Ok(()),
-            _ => Err(HashError::TooCostly(format!(
-                "a bcrypt cost above {MAX_IMPORT_BCRYPT_COST}"
-            ))),
-        };
-    }
-    let parsed = PasswordHash::new(stored).map_err(HashError::BadStoredHash)?;
-    let params = Params::try_from(&parsed).map_err(HashError::BadStoredHash)?;
-    if params.m_cost() > max_memory || params.t_cost() > max_passes {
-        return Err(HashError::TooCostly(format!(
-            "m={} KiB, t={}; an import takes at most {max_memory} KiB and {max_passes} passes",
-            params.m_cost(),
-            params.t_cost()
-        )));
-    }
-    Ok(())
+        MAX_IMPORT_BCRYPT_COST,
+    )
 }
 
 /// Check that `stored` (imported from an old system, say) is a hash a login can verify, at a
 /// bounded cost: an argon2 PHC string within [`MAX_STORED_MEMORY_KIB`] and
 /// [`MAX_STORED_ITERATIONS`], or bcrypt up to [`MAX_BCRYPT_COST`].
 pub fn check_stored(stored: &str) -> Result<(), HashError> {
+    within(
+        stored,
+        MAX_STORED_MEMORY_KIB,
+        MAX_STORED_ITERATIONS,
+        MAX_BCRYPT_COST,
+    )
+}
+
+/// Check that `stored` is argon2 asking at most `max_memory` KiB and `max_passes` passes, or
+/// bcrypt of cost at most `max_bcrypt`.
+fn within(
+    stored: &str,
+    max_memory: u32,
+    max_passes: u32,
+    max_bcrypt: u32,
+) -> Result<(), HashError> {
     if is_bcrypt(stored) {
         let cost = bcrypt_cost(stored)
             .ok_or_else(|| HashError::TooCostly("a bcrypt hash without its cost".into()))?;
-        if cost > MAX_BCRYPT_COST {
+        if cost > max_bcrypt {
             return Err(HashError::TooCostly(format!(
-                "bcrypt cost {cost}, at most {MAX_BCRYPT_COST}"
+                "bcrypt cost {cost}, at most {max_bcrypt}"
             )));
         }
         return Ok(());
     }
     let parsed = PasswordHash::new(stored).map_err(HashError::BadStoredHash)?;
     let params = Params::try_from(&parsed).map_err(HashError::BadStoredHash)?;
-    if params.m_cost() > MAX_STORED_MEMORY_KIB || params.t_cost() > MAX_STORED_ITERATIONS {
+    if params.m_cost() > max_memory || params.t_cost() > max_passes {
         return Err(HashError::TooCostly(format!(
-            "m={} KiB, t={}; at most {MAX_STORED_MEMORY_KIB} KiB and {MAX_STORED_ITERATIONS}",
+            "m={} KiB, t={}; at most {max_memory} KiB and {max_passes} passes",
             params.m_cost(),
             params.t_cost()
         )));

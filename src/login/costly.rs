@@ -13,7 +13,7 @@
 //! Two threads: the dispatcher holds the waiting logins and answers those whose wait is over,
 //! even while the verifier is busy; the verifier takes one login at a time from it.
 
-use super::hashing::HashJob;
+use super::hashing::{counted, HashJob};
 use super::returns::Returns;
 use crate::auth::password::Memory;
 use crate::metrics::Metrics;
@@ -48,16 +48,8 @@ pub struct CostlyStage {
 impl CostlyStage {
     /// Answer `job` "unavailable" and give its connection back.
     fn refuse(&self, CostlyJob { job, .. }: CostlyJob) {
-        let HashJob {
-            mut conn,
-            form,
-            id,
-            task,
-        } = job;
-        let busy = Reply::unavailable("server busy, retry later");
-        self.returns.contained(conn.token(), || {
-            conn.answer(form, Some(task.op()), &busy, id.as_ref());
-            self.returns.give_back(conn);
+        job.answer_with(&self.returns, |_| {
+            Reply::unavailable("server busy, retry later")
         });
     }
 
@@ -103,20 +95,13 @@ impl CostlyStage {
     /// The verifier: one costly login at a time, each in fresh memory, freed after.
     pub fn verify(&self, jobs: Receiver<CostlyJob>) {
         for CostlyJob { job, .. } in jobs {
-            let HashJob {
-                mut conn,
-                form,
-                id,
-                task,
-            } = job;
-            self.returns.contained(conn.token(), || {
+            job.answer_with(&self.returns, |task| {
                 let op = task.op();
+                // Fresh scratch, dropped with this closure: a costly hash's memory goes back
+                // to the system at once.
                 let mut memory = Memory::default();
                 let finish = || self.service.finish(task, &mut memory);
-                let reply = super::hashing::counted(op, &self.metrics, finish, |r| r);
-                drop(memory);
-                conn.answer(form, Some(op), &reply, id.as_ref());
-                self.returns.give_back(conn);
+                counted(op, &self.metrics, finish, |r| r)
             });
         }
     }

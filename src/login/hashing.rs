@@ -25,6 +25,25 @@ pub struct HashJob {
     pub task: HashTask,
 }
 
+impl HashJob {
+    /// Answer the job's request with what `reply` makes of its task, and give the connection
+    /// back to the I/O thread; a panic closes the connection instead.
+    pub fn answer_with(self, returns: &Returns, reply: impl FnOnce(HashTask) -> Reply) {
+        let HashJob {
+            mut conn,
+            form,
+            id,
+            task,
+        } = self;
+        returns.contained(conn.token(), || {
+            let op = task.op();
+            let reply = reply(task);
+            conn.answer(form, Some(op), &reply, id.as_ref());
+            returns.give_back(conn);
+        });
+    }
+}
+
 /// Caps the hashes the hash threads compute at once, and holds argon2's scratch memory: one
 /// [`Memory`] per permit, so memory stays at (permits) x (memory cost) however many threads
 /// hash. Hash threads wait for a permit.
@@ -124,18 +143,7 @@ pub fn run_hasher(
     service: Arc<Service>,
     returns: Arc<Returns>,
 ) {
-    for HashJob {
-        mut conn,
-        form,
-        id,
-        task,
-    } in hash_jobs
-    {
-        returns.contained(conn.token(), || {
-            let op = task.op();
-            let reply = permits.permit().finish(&service, task);
-            conn.answer(form, Some(op), &reply, id.as_ref());
-            returns.give_back(conn);
-        });
+    for job in hash_jobs {
+        job.answer_with(&returns, |task| permits.permit().finish(&service, task));
     }
 }

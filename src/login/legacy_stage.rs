@@ -28,19 +28,10 @@ pub fn run(
     metrics: Metrics,
 ) {
     let mut memory = Memory::default();
-    for HashJob {
-        mut conn,
-        form,
-        id,
-        task,
-    } in jobs
-    {
-        returns.contained(conn.token(), || {
+    for job in jobs {
+        job.answer_with(&returns, |task| {
             let op = task.op();
-            let finish = || service.finish(task, &mut memory);
-            let reply = counted(op, &metrics, finish, |r| r);
-            conn.answer(form, Some(op), &reply, id.as_ref());
-            returns.give_back(conn);
+            counted(op, &metrics, || service.finish(task, &mut memory), |r| r)
         });
     }
 }

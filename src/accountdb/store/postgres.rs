@@ -95,6 +95,17 @@ const MIGRATIONS: [&str; 6] = [
      END $$;",
 ];
 
+/// An account as an operator's listing reads it: the columns id, username and hash from
+/// column `at` on (no ban).
+fn listed(row: &postgres::Row, at: usize) -> Account {
+    Account {
+        id: id(row.get(at)),
+        username: row.get(at + 1),
+        hash: row.get(at + 2),
+        ban: None,
+    }
+}
+
 /// The advisory lock key under which migrations run (any constant the application owns).
 const MIGRATION_LOCK: i64 = 0x6c6f_6769_6e5f_6462; // "login_db"
 
@@ -565,15 +576,7 @@ impl Store for PostgresStore {
             &[(&fold(prefix), Type::TEXT), (&i64::from(limit), Type::INT8)],
         )?;
         tx.commit()?;
-        Ok(rows
-            .iter()
-            .map(|row| Account {
-                id: id(row.get(0)),
-                username: row.get(1),
-                hash: row.get(2),
-                ban: None,
-            })
-            .collect())
+        Ok(rows.iter().map(|row| listed(row, 0)).collect())
     }
 
     fn look_alikes(&self, limit: u32) -> Result<Vec<(String, Account)>, StoreError> {
@@ -588,15 +591,7 @@ impl Store for PostgresStore {
         tx.commit()?;
         Ok(rows
             .iter()
-            .map(|row| {
-                let account = Account {
-                    id: id(row.get(1)),
-                    username: row.get(2),
-                    hash: row.get(3),
-                    ban: None,
-                };
-                (row.get(0), account)
-            })
+            .map(|row| (row.get(0), listed(row, 1)))
             .collect())
     }
 
@@ -609,15 +604,7 @@ impl Store for PostgresStore {
             &[(&after, Type::INT8), (&i64::from(limit), Type::INT8)],
         )?;
         tx.commit()?;
-        Ok(rows
-            .iter()
-            .map(|row| Account {
-                id: id(row.get(0)),
-                username: row.get(1),
-                hash: row.get(2),
-                ban: None,
-            })
-            .collect())
+        Ok(rows.iter().map(|row| listed(row, 0)).collect())
     }
 
     fn set_ban(&self, username: &str, ban: Option<&Ban>) -> Result<bool, StoreError> {

@@ -404,6 +404,17 @@ impl SqliteStore {
     }
 }
 
+/// An account as an operator's listing reads it: the columns id, username and hash from
+/// column `at` on (no ban).
+fn listed(row: &rusqlite::Row, at: usize) -> rusqlite::Result<Account> {
+    Ok(Account {
+        id: u64::try_from(row.get::<_, i64>(at)?).unwrap_or(0),
+        username: row.get(at + 1)?,
+        hash: row.get(at + 2)?,
+        ban: None,
+    })
+}
+
 /// The account a name means: the one that folds the same, and among accounts from before v2
 /// that share a folded name, the one spelled exactly so (else the oldest).
 const CHOOSE: &str = "SELECT key, username, hash, id, banned_until, ban_reason FROM accounts
@@ -520,14 +531,7 @@ impl Store for SqliteStore {
              WHERE folded >= ?1 AND folded < ?1 || char(1114111)
              ORDER BY folded, created_at LIMIT ?2",
         )?;
-        let rows = stmt.query_map(params![fold(prefix), limit], |row| {
-            Ok(Account {
-                id: u64::try_from(row.get::<_, i64>(0)?).unwrap_or(0),
-                username: row.get(1)?,
-                hash: row.get(2)?,
-                ban: None,
-            })
-        })?;
+        let rows = stmt.query_map(params![fold(prefix), limit], |row| listed(row, 0))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -538,15 +542,7 @@ impl Store for SqliteStore {
                  (SELECT skeleton FROM accounts GROUP BY skeleton HAVING count(*) > 1)
              ORDER BY skeleton, id LIMIT ?1",
         )?;
-        let rows = stmt.query_map(params![limit], |row| {
-            let account = Account {
-                id: u64::try_from(row.get::<_, i64>(1)?).unwrap_or(0),
-                username: row.get(2)?,
-                hash: row.get(3)?,
-                ban: None,
-            };
-            Ok((row.get(0)?, account))
-        })?;
+        let rows = stmt.query_map(params![limit], |row| Ok((row.get(0)?, listed(row, 1)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -556,14 +552,7 @@ impl Store for SqliteStore {
             "SELECT id, username, hash FROM accounts WHERE id > ?1 ORDER BY id LIMIT ?2",
         )?;
         let after = i64::try_from(after).unwrap_or(i64::MAX);
-        let rows = stmt.query_map(params![after, limit], |row| {
-            Ok(Account {
-                id: u64::try_from(row.get::<_, i64>(0)?).unwrap_or(0),
-                username: row.get(1)?,
-                hash: row.get(2)?,
-                ban: None,
-            })
-        })?;
+        let rows = stmt.query_map(params![after, limit], |row| listed(row, 0))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
