@@ -90,3 +90,43 @@ fn plaintext_bcrypt_and_argon2_accounts_import_once_and_log_in() {
     let bee = store.find("bee").unwrap().unwrap();
     assert!(bee.hash.starts_with("$argon2id$"), "{}", bee.hash);
 }
+
+#[test]
+fn registrations_are_served_while_an_import_writes() {
+    // An import writes in transactions of at most 100 ms: a registration through account-db
+    // meanwhile waits for one at most, well within its deadline, and is never answered 7.
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let db = common::DbProcess::start(&data, "127.0.0.1:0");
+    let server = LoginServer::spawn(db.config()).unwrap();
+    let addr = server.local_addr();
+    let file = dir.path().join("names.jsonl");
+    let lines: Vec<String> = (0..20_000)
+        .map(|i| format!("{{\"username\":\"imported{i}\"}}"))
+        .collect();
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let mut import = Command::new(env!("CARGO_BIN_EXE_account-db"))
+        .arg("--data")
+        .arg(&data)
+        .arg("import")
+        .arg(&file)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut registered = 0;
+    while import.try_wait().unwrap().is_none() {
+        let name = format!("player{registered}");
+        assert_eq!(code(addr, "register", &name, "password1"), 4, "{name}");
+        registered += 1;
+    }
+    let output = import.wait_with_output().unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let out = String::from_utf8_lossy(&output.stdout);
+    assert!(out.contains("imported 20000,"), "{out}");
+    assert!(registered > 0, "the import ended before any registration");
+    drop(server);
+    db.kill();
+    let store = SqliteStore::open(&data).unwrap();
+    assert_eq!(store.count().unwrap(), 20_000 + registered);
+}

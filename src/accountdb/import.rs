@@ -13,15 +13,15 @@
 //! nothing.
 
 use crate::accountdb::store::{Account, Created, Store, StoreError};
-use crate::auth::names::fold;
+use crate::auth::names::{fold, skeleton};
 use crate::auth::password::{check_importable, is_bcrypt, Hasher, Memory};
 use crate::legacy::RESERVED_HASH;
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::io::BufRead;
 
-/// Lines hashed together, on every core, before their accounts are written.
-const BATCH: usize = 256;
+/// Lines hashed together, on every core, and written together, in a few transactions.
+const BATCH: usize = 1024;
 
 /// The longest name imported, in bytes: the longest login-server looks up.
 const MAX_NAME: usize = 255;
@@ -39,6 +39,14 @@ pub struct Summary {
     /// first login, or someone registered it): not imported, but the name is taken, so no
     /// look-alike of it can be. Their number and the account's spelling.
     pub held: Vec<(u64, String)>,
+}
+
+/// How far an import got: lines read and written, and the bytes they took (a skipped long
+/// line counts what was kept of it).
+#[derive(Debug, Clone, Copy)]
+pub struct Progress {
+    pub lines: u64,
+    pub bytes: u64,
 }
 
 #[derive(Deserialize)]
@@ -124,14 +132,14 @@ fn read_account(text: &str) -> Result<(Account, Option<String>), String> {
 }
 
 /// Import the accounts of `input` into `store`, hashing plaintext passwords with `hasher` on
-/// `threads` threads; `progress` hears how many lines are done after each batch. Stops at the
+/// `threads` threads; `progress` hears how far it got after each batch. Stops at the
 /// first store error (what was written stays, and running again resumes).
 pub fn import(
     store: &dyn Store,
     input: impl BufRead,
     hasher: &Hasher,
     threads: usize,
-    mut progress: impl FnMut(u64),
+    mut progress: impl FnMut(Progress),
 ) -> Result<Summary, ImportError> {
     let mut summary = Summary::default();
     let mut seen: HashMap<String, u64> = HashMap::new();
@@ -139,8 +147,10 @@ pub fn import(
     let mut number = 0;
     let mut input = input;
     let mut bytes = Vec::new();
+    let mut read = 0;
     while let Some(whole) = read_line(&mut input, &mut bytes).map_err(ImportError::Read)? {
         number += 1;
+        read += bytes.len() as u64 + 1;
         if !whole {
             let why = format!("longer than {MAX_LINE} bytes");
             summary.rejected.push((number, why));
@@ -174,16 +184,24 @@ pub fn import(
         });
         if batch.len() == BATCH {
             write(store, &mut batch, hasher, threads, &mut summary)?;
-            progress(number);
+            progress(Progress {
+                lines: number,
+                bytes: read,
+            });
         }
     }
     write(store, &mut batch, hasher, threads, &mut summary)?;
-    progress(number);
+    progress(Progress {
+        lines: number,
+        bytes: read,
+    });
     Ok(summary)
 }
 
-/// Hash the batch's plaintext passwords (those not imported already) on `threads` threads,
-/// then write its accounts.
+/// Write a batch: look its names up in one read; hash the plaintext passwords of those not
+/// imported already on `threads` threads; then write the new accounts, and tell this import's
+/// accounts from others' by probing their creates, with [`Store::create_many`] (a few durable
+/// transactions, not one per line).
 fn write(
     store: &dyn Store,
     batch: &mut Vec<Pending>,
@@ -191,35 +209,83 @@ fn write(
     threads: usize,
     summary: &mut Summary,
 ) -> Result<(), ImportError> {
-    let mut fresh = Vec::with_capacity(batch.len());
-    for pending in batch.drain(..) {
-        let Some(found) = store.find(&pending.account.username)? else {
-            fresh.push(pending);
-            continue;
-        };
-        // A name reserved by an earlier import, now with its password or hash: filled in.
-        if found.hash == RESERVED_HASH && pending.account.hash != RESERVED_HASH {
-            fresh.push(Pending {
-                account: Account {
-                    username: found.username,
-                    ..pending.account
-                },
-                reserved: true,
-                ..pending
-            });
-            continue;
+    // Look-alikes within the batch (the store refuses those of earlier batches).
+    let mut shapes: HashMap<String, u64> = HashMap::new();
+    batch.retain(|pending| {
+        match shapes.insert(skeleton(&pending.account.username), pending.number) {
+            Some(first) => {
+                let why = format!("a look-alike of the name on line {first}");
+                summary.rejected.push((pending.number, why));
+                false
+            }
+            None => true,
         }
-        // Ours from an earlier run (the create with this line's id answers `New` again, and
-        // writes nothing), or another account's: a player who moved, or registered the name.
-        let probe = Account::new(&pending.account.username, RESERVED_HASH);
-        match store.create(&probe, &request_id(&probe.username))? {
-            Created::New => summary.present += 1,
-            Created::Exists => summary.held.push((pending.number, found.username)),
+    });
+    let names: Vec<(&str, &[String])> = batch
+        .iter()
+        .map(|p| (p.account.username.as_str(), &[][..]))
+        .collect();
+    let found = store.find_for_logins(&names)?;
+    let (mut fresh, mut probes) = (Vec::new(), Vec::new());
+    for (pending, (found, _)) in batch.drain(..).zip(found) {
+        match found {
+            None => fresh.push(pending),
+            // A name reserved by an earlier import, now with its password or hash: filled in.
+            Some(found) if found.hash == RESERVED_HASH && pending.account.hash != RESERVED_HASH => {
+                fresh.push(Pending {
+                    account: Account {
+                        username: found.username,
+                        ..pending.account
+                    },
+                    reserved: true,
+                    ..pending
+                })
+            }
+            Some(found) => probes.push((pending.number, found.username)),
         }
     }
-    let per_thread = fresh.len().div_ceil(threads.max(1)).max(1);
+    // Ours from an earlier run (the create with this line's id answers `New` again, and writes
+    // nothing), or another account's: a player who moved, or registered the name.
+    let probing: Vec<(Account, String)> = probes
+        .iter()
+        .map(|(_, name)| (Account::new(name, RESERVED_HASH), request_id(name)))
+        .collect();
+    for ((number, holder), created) in probes.into_iter().zip(store.create_many(&probing)?) {
+        match created {
+            Created::New => summary.present += 1,
+            Created::Exists => summary.held.push((number, holder)),
+        }
+    }
+    hash_all(&mut fresh, hasher, threads)?;
+    let (reserved, new): (Vec<Pending>, Vec<Pending>) = fresh.into_iter().partition(|p| p.reserved);
+    for pending in reserved {
+        let name = &pending.account.username;
+        match store.update_hash(name, RESERVED_HASH, &pending.account.hash)? {
+            true => summary.imported += 1,
+            false => summary.present += 1, // filled in meanwhile (its owner moved)
+        }
+    }
+    let creating: Vec<(Account, String)> = new
+        .iter()
+        .map(|p| (p.account.clone(), request_id(&p.account.username)))
+        .collect();
+    for (pending, created) in new.iter().zip(store.create_many(&creating)?) {
+        match created {
+            Created::New => summary.imported += 1,
+            Created::Exists => summary.rejected.push((
+                pending.number,
+                "a look-alike of another account's name".into(),
+            )),
+        }
+    }
+    Ok(())
+}
+
+/// Hash the plaintext passwords of `pending` in place, on `threads` threads.
+fn hash_all(pending: &mut [Pending], hasher: &Hasher, threads: usize) -> Result<(), ImportError> {
+    let per_thread = pending.len().div_ceil(threads.max(1)).max(1);
     std::thread::scope(|scope| {
-        let hashing: Vec<_> = fresh
+        let hashing: Vec<_> = pending
             .chunks_mut(per_thread)
             .map(|chunk| {
                 scope.spawn(move || {
@@ -242,25 +308,7 @@ fn write(
             }
         }
         Ok(())
-    })?;
-    for pending in fresh {
-        if pending.reserved {
-            let name = &pending.account.username;
-            match store.update_hash(name, RESERVED_HASH, &pending.account.hash)? {
-                true => summary.imported += 1,
-                false => summary.present += 1, // filled in meanwhile (its owner moved)
-            }
-            continue;
-        }
-        match store.create(&pending.account, &request_id(&pending.account.username))? {
-            Created::New => summary.imported += 1,
-            Created::Exists => summary.rejected.push((
-                pending.number,
-                "a look-alike of another account's name".into(),
-            )),
-        }
-    }
-    Ok(())
+    })
 }
 
 /// Why an import stopped.

@@ -114,6 +114,10 @@ pub struct Details {
     pub sessions_after: Millis,
 }
 
+/// How long one transaction of [`Store::create_many`] may hold the store's write locks, at
+/// the most it aims for (100 ms): registrations served meanwhile wait for it.
+pub const BATCH_TIME: Duration = Duration::from_millis(100);
+
 /// Revocations an account holds at most; see [`Store::revoke_session`].
 pub const REVOKED_PER_ACCOUNT: i64 = 64;
 
@@ -287,6 +291,16 @@ pub trait Store: Send + Sync {
     /// with the same `request_id`, the answer is `New` again, so a create whose outcome was lost
     /// can be repeated safely.
     fn create(&self, account: &Account, request_id: &str) -> Result<Created, StoreError>;
+    /// [`Store::create`] for each of `accounts` (with its create's request id), in order, in
+    /// as few durable transactions as keep each under [`BATCH_TIME`]: an import's writes.
+    /// Each transaction takes its look-alike locks in key order. Defaults to one create after
+    /// another.
+    fn create_many(&self, accounts: &[(Account, String)]) -> Result<Vec<Created>, StoreError> {
+        accounts
+            .iter()
+            .map(|(account, request_id)| self.create(account, request_id))
+            .collect()
+    }
     /// Replace the hash of the account named `username` (any case) with `hash`, if it is still
     /// `old`; `false` if there is no such account or its hash changed meanwhile (a password
     /// change won: a login's rehash of the old password must not undo it).

@@ -106,14 +106,28 @@ fn run_import(
         )
         .with_context(|| format!("cannot open the account store {url}"))?;
     let hasher = Hasher::new(hash_params)?;
-    let input: Box<dyn BufRead> = match file.to_str() {
-        Some("-") => Box::new(std::io::stdin().lock()),
-        _ => Box::new(std::io::BufReader::new(
-            std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?,
-        )),
+    let (input, size): (Box<dyn BufRead>, Option<u64>) = match file.to_str() {
+        Some("-") => (Box::new(std::io::stdin().lock()), None),
+        _ => {
+            let opened = std::fs::File::open(file)
+                .with_context(|| format!("cannot open {}", file.display()))?;
+            let size = opened.metadata().ok().map(|m| m.len());
+            (Box::new(std::io::BufReader::new(opened)), size)
+        }
     };
-    let summary = import(&*store, input, &hasher, config::cores(), |lines| {
-        eprint!("\rimporting: {lines} lines read");
+    let started = std::time::Instant::now();
+    let summary = import(&*store, input, &hasher, config::cores(), |done| {
+        let seconds = started.elapsed().as_secs_f64().max(0.001);
+        let rate = done.lines as f64 / seconds;
+        // Time left at the rate so far, from the bytes left of a file of known size.
+        let left = size.map(|size| size.saturating_sub(done.bytes) as f64 * seconds);
+        let eta = left.map_or(String::new(), |left| {
+            format!(", about {:.0} s left", left / done.bytes.max(1) as f64)
+        });
+        eprint!(
+            "\rimporting: {} lines read, {rate:.0} lines/s{eta}   ",
+            done.lines
+        );
     })?;
     eprintln!();
     for (line, why) in &summary.rejected {
