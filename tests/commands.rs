@@ -66,6 +66,11 @@ fn admin_and_import_refuse_a_store_that_does_not_exist() {
     assert!(!imported.status.success(), "{imported:?}");
     assert!(text(&imported.stderr).contains("--create"), "{imported:?}");
     assert!(!typo.join("accounts.sqlite3").exists(), "no store was made");
+    // Told to create one, but the file cannot be read: still no store.
+    let missing = dir.path().join("no-such.jsonl");
+    let failed = account_db(&["--data", path(&typo), "import", "--create", path(&missing)]);
+    assert_eq!(failed.status.code(), Some(1), "{failed:?}");
+    assert!(!typo.join("accounts.sqlite3").exists(), "no store was made");
 
     // Told to, they create it; the store flags may come after the subcommand.
     store_with_owner(dir.path());
@@ -124,6 +129,11 @@ fn admin_commands_that_change_nothing_exit_non_zero() {
         "control characters",
     );
     refused(&admin(&["delete", "nobody-here"]), "no account named");
+    refused(
+        &admin(&["ban", "owner", "--reason", "fair \u{202e}gnitaehc"]),
+        "direction marks",
+    );
+    refused(&admin(&["ban", "owner", "--for", "0"]), "more than 0 s");
     let shown = admin(&["show", "owner"]);
     assert!(text(&shown.stdout).contains("banned\tno"), "{shown:?}");
 
@@ -138,6 +148,29 @@ fn admin_commands_that_change_nothing_exit_non_zero() {
     }
     let banned = admin(&["ban", "owner", "--reason", "cheating"]);
     assert!(banned.status.success(), "{banned:?}");
+    // A banned account's password is still the operator's to set (it once said so and kept
+    // the old one).
+    let before = login_server::accountdb::store::SqliteStore::open(&data)
+        .and_then(|s| login_server::accountdb::store::Store::find(&s, "owner"))
+        .unwrap()
+        .unwrap()
+        .hash;
+    let set = admin(&[
+        "set-password",
+        "owner",
+        "--password",
+        "new-pass-9",
+        "--hash-params",
+        "8,1,1",
+    ]);
+    assert!(set.status.success(), "{set:?}");
+    let after = login_server::accountdb::store::SqliteStore::open(&data)
+        .and_then(|s| login_server::accountdb::store::Store::find(&s, "owner"))
+        .unwrap()
+        .unwrap()
+        .hash;
+    assert_ne!(before, after, "the hash changed");
+    assert!(after.starts_with("$argon2id$v=19$m=8,t=1"), "{after}");
     let unbanned = admin(&["unban", "owner"]);
     assert!(
         text(&unbanned.stdout).contains("unbanned Owner"),
@@ -192,6 +225,20 @@ fn import_exit_status_says_whether_every_line_went_in() {
 fn an_address_that_cannot_be_bound_creates_nothing() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let taken = taken.local_addr().unwrap().to_string();
+    // One address for both: refused before anything is made.
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let free = common::free_port().to_string();
+    let both = account_db(&[
+        "--data",
+        path(&data),
+        "--listen",
+        &free,
+        "--metrics-listen",
+        &free,
+    ]);
+    assert!(!both.status.success(), "{both:?}");
+    assert!(!data.exists(), "account-db created {}", data.display());
     for flag in ["--listen", "--metrics-listen"] {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");

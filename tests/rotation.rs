@@ -238,3 +238,45 @@ fn a_secret_given_in_memory_outlives_the_reloads() {
     let conn = login_server::accountdb::client::DbConn::connect(db.local_addr(), PATIENCE, &secret);
     assert!(conn.is_ok());
 }
+
+#[test]
+fn staging_as_root_changes_the_owner_of_no_file_but_its_own() {
+    // stage linked the file into the service user's directory, then changed the owner of
+    // whatever the path named by then: the service user, racing it, swapped in a symlink to
+    // any root file and got it (seen in 2 s of tries).
+    let Some(user) = common::service_user() else {
+        return;
+    };
+    use std::os::unix::fs::MetadataExt;
+    let dir = user.subdir("data");
+    let victim = user.dir.path().join("victim");
+    std::fs::write(&victim, "root's").unwrap();
+    std::os::unix::fs::chown(&victim, Some(0), Some(0)).unwrap();
+    let staged = dir.join("account-db.secret.next");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let racer = {
+        let (staged, victim, stop) = (staged.clone(), victim.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let link = staged.with_extension("swap");
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if std::fs::symlink_metadata(&staged).is_ok_and(|m| m.is_file()) {
+                    let _ = std::fs::remove_file(&link);
+                    let _ = std::os::unix::fs::symlink(&victim, &link);
+                    let _ = std::fs::rename(&link, &staged);
+                }
+            }
+        })
+    };
+    for _ in 0..2000 {
+        let _ = Secret::generate().write_new(&staged);
+        let _ = std::fs::remove_file(&staged);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    racer.join().unwrap();
+    let owner = std::fs::metadata(&victim).unwrap();
+    assert_eq!(
+        (owner.uid(), owner.gid()),
+        (0, 0),
+        "the victim changed hands"
+    );
+}

@@ -209,3 +209,46 @@ fn a_read_only_data_directory_is_named_as_read_only() {
     assert!(log.contains("read-only"), "{log}");
     assert!(log.contains(data.to_str().unwrap()), "names it: {log}");
 }
+
+#[test]
+fn a_silent_postgresql_is_given_up_on_and_a_stop_signal_is_heard() {
+    // Something on PostgreSQL's port that accepts and never answers once held the start for
+    // ever, deaf to SIGTERM: connect_timeout bounds only the TCP connect.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in silent.incoming().map_while(Result::ok) {
+            held.push(stream); // accepted, kept open, never answered
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("postgres://postgres@{addr}/test");
+    let args = ["--store", &store, "--store-start-timeout", "3"];
+    let (took, log) = failed_start(dir.path(), &args);
+    assert!(took < Duration::from_secs(10), "gave up: {took:?}");
+    assert!(log.contains("did not answer"), "{log}");
+    // Waiting for ever, it still stops on SIGTERM.
+    let mut command = account_db(
+        dir.path(),
+        &["--store", &store, "--store-start-timeout", "0"],
+    );
+    command.args(["--listen", "127.0.0.1:0"]);
+    let mut db = Logged::spawn(command);
+    db.wait_for("waiting for the account store");
+    let asked = Instant::now();
+    common::signal(db.child.id(), "TERM");
+    let deadline = asked + Duration::from_secs(8);
+    let status = loop {
+        if let Some(status) = db.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "SIGTERM not heard while waiting");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        status.success(),
+        "a stop asked for is no failure: {status:?}"
+    );
+    assert!(!dir.path().join("account-db.secret").exists());
+}

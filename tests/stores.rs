@@ -395,6 +395,18 @@ fn store_urls_parse_and_hide_passwords() {
         StoreUrl::Sqlite("/var/lib/x".into())
     );
     assert!("mysql://x".parse::<StoreUrl>().is_err());
+    // A password given as a parameter is hidden too, and a mistyped URL is not quoted back.
+    let url: StoreUrl = "postgres://127.0.0.1:1/test?user=postgres&password=s3cret&sslmode=disable"
+        .parse()
+        .unwrap();
+    assert_eq!(
+        url.to_string(),
+        "postgres://127.0.0.1:1/test?user=postgres&password=…&sslmode=disable"
+    );
+    let typo = "postgress://app:s3cret@db/x"
+        .parse::<StoreUrl>()
+        .unwrap_err();
+    assert!(!typo.contains("s3cret"), "{typo}");
 }
 
 #[test]

@@ -98,10 +98,17 @@ pub enum AdminError {
     /// `ban --reason` longer than the player may be sent.
     #[error("a ban reason is at most {MAX_REASON} bytes (this one is {0})")]
     ReasonTooLong(usize),
-    /// `ban --reason` with a control character (a newline, say): it would be sent to the
-    /// player and written into logs as it is.
-    #[error("a ban reason has no control characters (newlines, tabs, escapes)")]
+    /// `ban --reason` with a control character (a newline, say), a line or paragraph
+    /// separator, or a mark that reorders text (U+202E, say): it would be sent to the player
+    /// and written into logs as it is.
+    #[error(
+        "a ban reason has no control characters (newlines, tabs, escapes), line separators or \
+         direction marks"
+    )]
     ReasonControl,
+    /// `ban --for 0`: a ban that ends as it begins.
+    #[error("a ban lasts more than 0 s (leave --for out to ban for good)")]
+    NoTime,
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -145,7 +152,14 @@ pub fn run(
                 .ok_or(AdminError::NoPassword)?;
             let hash = Hasher::new(*hash_params)?
                 .hash(&normalize_password(&password), &mut Memory::default())?;
-            store.void_sessions(account.id, now_ms(), Some(&hash))?;
+            // A banned account refuses a new hash with its sessions voided (a banned player
+            // must not change the password into a session); an operator's is set apart.
+            if !store.void_sessions(account.id, now_ms(), Some(&hash))? {
+                if !store.update_hash(&account.username, &account.hash, &hash)? {
+                    return Err(missing(name)); // deleted, or its password changed, meanwhile
+                }
+                store.void_sessions(account.id, now_ms(), None)?;
+            }
             tracing::info!(user = ?account.username, "admin: password set, sessions revoked");
             Ok(Reply::Done(format!(
                 "set the password of {}; its sessions are revoked\n",
@@ -160,8 +174,11 @@ pub fn run(
             if reason.len() > MAX_REASON {
                 return Err(AdminError::ReasonTooLong(reason.len()));
             }
-            if reason.chars().any(char::is_control) {
+            if reason.chars().any(hidden_or_control) {
                 return Err(AdminError::ReasonControl);
+            }
+            if duration.is_some_and(|d| d.is_zero()) {
+                return Err(AdminError::NoTime);
             }
             let account = store.find(name)?.ok_or_else(|| missing(name))?;
             let until_ms = duration.map_or(FOR_GOOD, |d| {
@@ -244,6 +261,15 @@ pub fn run(
             ))
         }
     }
+}
+
+/// Whether `c` would break or hide text where a ban reason is shown: a control character, a
+/// line or paragraph separator, or a bidirectional mark.
+fn hidden_or_control(c: char) -> bool {
+    c.is_control()
+        || matches!(c,
+            '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}' | '\u{061c}'
+            | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
 /// A stored hash without its salt and digest: `$argon2id$v=19$m=..,t=..,p=..`, or `$2b$12`.

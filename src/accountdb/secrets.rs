@@ -37,9 +37,10 @@ pub struct Proved {
 /// `account-db rotate-secret finish` for the secret file `primary`, as an operator may paste
 /// it whatever their working directory.
 fn finish_command(primary: &Path) -> String {
+    let absolute = std::path::absolute(primary).unwrap_or_else(|_| primary.to_path_buf());
     format!(
         "account-db --secret-file {} rotate-secret finish",
-        primary.display()
+        absolute.display()
     )
 }
 
@@ -197,8 +198,23 @@ impl AcceptedSecrets {
 }
 
 impl SecretFiles {
-    /// The secrets in the files, the current one first.
+    /// The secrets in the files, the current one first: read until two readings agree, so a
+    /// `finish` (a rename) between reading the current file and the staged one is not taken
+    /// for the staged secret's removal.
     fn read(&self) -> Result<Vec<Secret>, SecretError> {
+        let mut last = self.read_once()?;
+        for _ in 0..3 {
+            let again = self.read_once()?;
+            if again == last {
+                break;
+            }
+            last = again;
+        }
+        Ok(last)
+    }
+
+    /// [`SecretFiles::read`], once.
+    fn read_once(&self) -> Result<Vec<Secret>, SecretError> {
         let mut secrets = vec![Secret::read(&self.primary)?];
         let staged = staged_path(&self.primary);
         if staged.exists() {
@@ -221,6 +237,9 @@ pub enum RotationError {
          `account-db rotate-secret finish`, or delete that file to abandon it"
     )]
     AlreadyStaged { path: String, fingerprint: String },
+    /// `stage --from` a file holding the current secret: nothing would be rotated.
+    #[error("that is the current secret ({fingerprint}): nothing to rotate")]
+    SameSecret { fingerprint: String },
     /// `finish` with nothing staged.
     #[error(
         "no rotation is staged: {path} does not exist (run `account-db rotate-secret stage` first)"
@@ -256,10 +275,16 @@ pub fn stage(primary: &Path, from: Option<&Path>) -> Result<String, RotationErro
             fingerprint: Secret::read(&staged)?.fingerprint(),
         });
     }
+    let current = Secret::read(primary)?;
     let next = match from {
         Some(from) => Secret::read(from)?,
         None => Secret::generate(),
     };
+    if next == current {
+        return Err(RotationError::SameSecret {
+            fingerprint: current.fingerprint(),
+        });
+    }
     next.write_new(&staged)?;
     Ok(format!(
         "staged the next secret {} in {}: every account-db reading {} accepts it beside the \
@@ -269,7 +294,7 @@ pub fn stage(primary: &Path, from: Option<&Path>) -> Result<String, RotationErro
         next.fingerprint(),
         staged.display(),
         primary.display(),
-        Secret::read(primary)?.fingerprint(),
+        current.fingerprint(),
         finish_command(primary),
     ))
 }
@@ -438,6 +463,10 @@ mod tests {
         assert!(matches!(
             finish(&primary),
             Err(RotationError::NothingStaged { .. })
+        ));
+        assert!(matches!(
+            stage(&primary, Some(&primary)),
+            Err(RotationError::SameSecret { .. })
         ));
         stage(&primary, None).unwrap();
         assert!(matches!(

@@ -43,7 +43,7 @@ pub enum AccountDbStartError {
     /// The store (`--store`, or `--data`) cannot be opened, checked or migrated.
     #[error("cannot open the account store {store}: {source}")]
     Store { store: String, source: StoreError },
-    /// PostgreSQL did not come up within `--store-start-timeout` (or a stop signal came first).
+    /// PostgreSQL did not come up within `--store-start-timeout`.
     #[error(
         "the account store {store} did not come up within {} s (--store-start-timeout): {source}",
         waited.as_secs()
@@ -53,6 +53,9 @@ pub enum AccountDbStartError {
         waited: Duration,
         source: StoreError,
     },
+    /// A stop signal came while it waited for the store: nothing to serve, nothing wrong.
+    #[error("stopped before the account store came up")]
+    Stopped,
     /// The OS refuses a thread (resource limits).
     #[error("cannot start the accept thread: {0}")]
     Thread(#[from] io::Error),
@@ -286,6 +289,14 @@ impl Listeners {
     fn bind(config: &AccountDbConfig) -> Result<Listeners, AccountDbStartError> {
         use socket2::{Domain, Socket, Type};
         let addr = config.listen;
+        // Port 0 twice is two ports the system picks.
+        if addr.port() != 0 && config.metrics_listen == Some(addr) {
+            let source = io::Error::new(
+                io::ErrorKind::AddrInUse,
+                "--metrics-listen is the same address",
+            );
+            return Err(AccountDbStartError::Listen { addr, source });
+        }
         let error = |source| AccountDbStartError::Listen { addr, source };
         let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None).map_err(error)?;
         socket.set_reuse_address(true).map_err(error)?;
@@ -336,7 +347,10 @@ fn open_store(
             true => pause,
             false => limit.saturating_sub(started.elapsed()),
         };
-        if left.is_zero() || stop() {
+        if stop() {
+            return Err(AccountDbStartError::Stopped);
+        }
+        if left.is_zero() {
             return Err(AccountDbStartError::StoreWait {
                 store: url.to_string(),
                 waited: started.elapsed(),

@@ -36,25 +36,39 @@ impl std::str::FromStr for StoreUrl {
         } else if s.starts_with("postgres://") || s.starts_with("postgresql://") {
             Ok(StoreUrl::Postgres(s.to_string()))
         } else {
-            Err(format!(
-                "{s:?}: a store is sqlite:DIR or postgres://user@host:port/dbname"
-            ))
+            // Not quoted back: a mistyped URL may hold a password.
+            Err("a store is sqlite:DIR or postgres://user@host:port/dbname".into())
         }
     }
 }
 
 impl std::fmt::Display for StoreUrl {
-    /// The URL without a password, for logs.
+    /// The URL without a password, for logs: neither `user:password@` nor a `password=`
+    /// parameter is shown.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             StoreUrl::Sqlite(dir) => write!(f, "sqlite:{}", dir.display()),
-            StoreUrl::Postgres(url) => match (url.find("://"), url.rfind('@')) {
-                (Some(scheme), Some(at)) if at > scheme => {
-                    let user = url[scheme + 3..at].split(':').next().unwrap_or_default();
-                    write!(f, "{}{user}@{}", &url[..scheme + 3], &url[at + 1..])
+            StoreUrl::Postgres(url) => {
+                let (url, query) = url
+                    .split_once('?')
+                    .map_or((url.as_str(), None), |(u, q)| (u, Some(q)));
+                match (url.find("://"), url.rfind('@')) {
+                    (Some(scheme), Some(at)) if at > scheme => {
+                        let user = url[scheme + 3..at].split(':').next().unwrap_or_default();
+                        write!(f, "{}{user}@{}", &url[..scheme + 3], &url[at + 1..])?;
+                    }
+                    _ => f.write_str(url)?,
                 }
-                _ => f.write_str(url),
-            },
+                let Some(query) = query else { return Ok(()) };
+                let shown: Vec<&str> = query
+                    .split('&')
+                    .map(|pair| match pair.split_once('=') {
+                        Some((key, _)) if key.eq_ignore_ascii_case("password") => "password=…",
+                        _ => pair,
+                    })
+                    .collect();
+                write!(f, "?{}", shown.join("&"))
+            }
         }
     }
 }
@@ -225,6 +239,13 @@ pub enum StoreError {
     /// PostgreSQL's SQLSTATE and message, or the OS error.
     #[error("PostgreSQL: {}", postgres::describe(.0))]
     Postgres(#[from] ::postgres::Error),
+    /// PostgreSQL (or something on its port) accepted a connection but did not answer it
+    /// within this long.
+    #[error("PostgreSQL accepted the connection but did not answer within {} ms", waited.as_millis())]
+    Silent { waited: Duration },
+    /// The OS refused a thread (resource limits).
+    #[error("cannot start a thread: {0}")]
+    Thread(std::io::Error),
     /// No PostgreSQL connection could be had from the pool within the deadline.
     #[error("no PostgreSQL connection: {0}")]
     Pool(r2d2::Error),
@@ -271,7 +292,7 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         match self {
             StoreError::Postgres(e) => postgres::is_transient(e),
-            StoreError::Pool(_) => true,
+            StoreError::Pool(_) | StoreError::Silent { .. } => true,
             _ => false,
         }
     }

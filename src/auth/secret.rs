@@ -20,13 +20,17 @@ impl std::fmt::Debug for Secret {
 /// The environment variable that may hold the secret itself (64 hex digits), for both servers.
 pub const SECRET_ENV: &str = "ACCOUNT_DB_SECRET";
 
+/// The largest secret file read, in bytes: 64 hex digits and some white space fit many times.
+pub const MAX_FILE: u64 = 4096;
+
 /// Why a secret could not be had.
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
     /// Text given as a secret (in [`SECRET_ENV`], say) is not 64 hex digits.
     #[error("a secret must be 64 hex digits (32 bytes)")]
     Malformed,
-    /// A secret file holds something other than 64 hex digits.
+    /// A secret file holds something other than 64 hex digits, or is no regular file of at
+    /// most 4 KiB.
     #[error("the secret file {path} does not hold 64 hex digits (32 bytes)")]
     MalformedFile { path: String },
     /// A secret file exists but cannot be read (permissions, say).
@@ -83,6 +87,17 @@ pub fn random_token() -> String {
 /// with `AlreadyExists` if there is one. Atomic: written whole and synced to a temporary file,
 /// then linked into place, so processes that create it at once end up with one whole file.
 pub fn create_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    create_private_owned(path, contents, None)
+}
+
+/// [`create_private`], the file given to `owner` (uid, gid) before it is linked into place:
+/// through the descriptor of the file written, so no path that someone swaps meanwhile (the
+/// directory's owner may) can redirect the change of owner.
+fn create_private_owned(
+    path: &Path,
+    contents: &[u8],
+    owner: Option<(u32, u32)>,
+) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let temporary = path.with_extension(format!("tmp-{}", random_token()));
@@ -93,6 +108,13 @@ pub fn create_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
         .open(&temporary)
         .and_then(|mut file| {
             file.write_all(contents)?;
+            if let Some((uid, gid)) = owner {
+                use std::os::unix::fs::MetadataExt;
+                let made = file.metadata()?;
+                if (made.uid(), made.gid()) != (uid, gid) {
+                    std::os::unix::fs::fchown(&file, Some(uid), Some(gid))?;
+                }
+            }
             file.sync_all()
         })
         .and_then(|()| std::fs::hard_link(&temporary, path));
@@ -106,20 +128,6 @@ pub fn directory_of(path: &Path) -> &Path {
         Some(parent) if !parent.as_os_str().is_empty() => parent,
         _ => Path::new("."),
     }
-}
-
-/// Give the file at `path` the owner and group of its directory, if they differ (which only
-/// root may do: anyone else gets an error).
-fn take_directory_owner(path: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    let (dir, file) = (
-        std::fs::metadata(directory_of(path))?,
-        std::fs::metadata(path)?,
-    );
-    if (dir.uid(), dir.gid()) == (file.uid(), file.gid()) {
-        return Ok(());
-    }
-    std::os::unix::fs::chown(path, Some(dir.uid()), Some(dir.gid()))
 }
 
 impl Secret {
@@ -178,20 +186,31 @@ impl Secret {
             path: path.display().to_string(),
             source,
         };
-        create_private(path, format!("{}\n", hex(&self.0)).as_bytes()).map_err(error)?;
-        if let Err(e) = take_directory_owner(path) {
-            let _ = std::fs::remove_file(path);
-            return Err(error(e));
-        }
-        Ok(())
+        use std::os::unix::fs::MetadataExt;
+        let dir = std::fs::metadata(directory_of(path)).map_err(error)?;
+        let contents = format!("{}\n", hex(&self.0));
+        create_private_owned(path, contents.as_bytes(), Some((dir.uid(), dir.gid()))).map_err(error)
     }
 
-    /// Read a secret file.
+    /// Read a secret file: a regular file of at most [`MAX_FILE`] bytes (a FIFO would block
+    /// the reader, and a huge or endless file would be read whole).
     pub fn read(path: &Path) -> Result<Secret, SecretError> {
-        let text = std::fs::read_to_string(path).map_err(|source| SecretError::Read {
+        use std::io::Read;
+        let malformed = || SecretError::MalformedFile {
+            path: path.display().to_string(),
+        };
+        let unreadable = |source| SecretError::Read {
             path: path.display().to_string(),
             source,
-        })?;
+        };
+        let meta = std::fs::metadata(path).map_err(unreadable)?;
+        if !meta.is_file() || meta.len() > MAX_FILE {
+            return Err(malformed());
+        }
+        let mut text = String::new();
+        std::fs::File::open(path)
+            .and_then(|file| file.take(MAX_FILE).read_to_string(&mut text))
+            .map_err(unreadable)?;
         Secret::from_hex(&text).map_err(|_| SecretError::MalformedFile {
             path: path.display().to_string(),
         })
@@ -297,6 +316,23 @@ mod tests {
         assert!(matches!(
             Secret::from_hex("abc"),
             Err(SecretError::Malformed)
+        ));
+        // No FIFO (it would block), nothing huge (it would be read whole).
+        let fifo = dir.path().join("fifo.secret");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        if made.is_ok_and(|s| s.success()) {
+            assert!(matches!(
+                Secret::read(&fifo),
+                Err(SecretError::MalformedFile { .. })
+            ));
+        }
+        let huge = dir.path().join("huge.secret");
+        let mut text = hex(&created.0);
+        text.push_str(&" ".repeat(5000));
+        std::fs::write(&huge, text).unwrap();
+        assert!(matches!(
+            Secret::read(&huge),
+            Err(SecretError::MalformedFile { .. })
         ));
     }
 }

@@ -5,7 +5,7 @@ use anyhow::Context;
 use login_server::accountdb::admin::{self, Reply};
 use login_server::accountdb::import::import;
 use login_server::accountdb::secrets;
-use login_server::accountdb::server::AccountDb;
+use login_server::accountdb::server::{AccountDb, AccountDbStartError};
 use login_server::accountdb::{AccountDbConfig, Command, RotationStep};
 use login_server::auth::password::Hasher;
 use login_server::{config, logging, signals};
@@ -73,8 +73,14 @@ fn serve(config: AccountDbConfig) -> anyhow::Result<()> {
     let _logs = logging::init(config.log_format);
     let signals = signals::StopSignals::install().context("cannot catch signals")?;
     let data = config.data.clone();
-    let server =
-        AccountDb::open_until(config, &|| signals.received()).context("cannot start account-db")?;
+    let server = match AccountDb::open_until(config, &|| signals.received()) {
+        Ok(server) => server,
+        Err(AccountDbStartError::Stopped) => {
+            tracing::info!("stopped before the account store came up");
+            return Ok(());
+        }
+        Err(e) => return Err(e).context("cannot start account-db"),
+    };
     tracing::info!(addr = %server.local_addr(), data = %data.display(), "account-db listening");
     if let Some(addr) = server.metrics_addr() {
         tracing::info!(metrics = %addr, "serving /metrics, /healthz and /readyz");
@@ -96,6 +102,18 @@ fn run_import(
     create: bool,
     complete: bool,
 ) -> anyhow::Result<ExitCode> {
+    let hasher = Hasher::new(hash_params)?;
+    // The file first: one that cannot be read must not leave a new store behind.
+    let (input, size): (Box<dyn BufRead>, Option<u64>) = match file.to_str() {
+        Some("-") => (Box::new(std::io::stdin().lock()), None),
+        _ => {
+            let opened = std::fs::File::open(file)
+                .with_context(|| format!("cannot open {}", file.display()))?;
+            let meta = opened.metadata()?;
+            anyhow::ensure!(!meta.is_dir(), "{} is a directory", file.display());
+            (Box::new(std::io::BufReader::new(opened)), Some(meta.len()))
+        }
+    };
     let url = config.store_url();
     let store = url
         .open_as(
@@ -105,16 +123,6 @@ fn run_import(
             create,
         )
         .with_context(|| format!("cannot open the account store {url}"))?;
-    let hasher = Hasher::new(hash_params)?;
-    let (input, size): (Box<dyn BufRead>, Option<u64>) = match file.to_str() {
-        Some("-") => (Box::new(std::io::stdin().lock()), None),
-        _ => {
-            let opened = std::fs::File::open(file)
-                .with_context(|| format!("cannot open {}", file.display()))?;
-            let size = opened.metadata().ok().map(|m| m.len());
-            (Box::new(std::io::BufReader::new(opened)), size)
-        }
-    };
     let started = std::time::Instant::now();
     let summary = import(&*store, input, &hasher, config::cores(), |done| {
         let seconds = started.elapsed().as_secs_f64().max(0.001);

@@ -22,7 +22,7 @@ use postgres::types::Type;
 use postgres::{NoTls, Statement};
 use r2d2_postgres::PostgresConnectionManager;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
@@ -209,7 +209,14 @@ pub fn describe(e: &postgres::Error) -> String {
 pub fn is_transient(e: &postgres::Error) -> bool {
     match e.code() {
         Some(code) => code.code() == "57P03" || code.code().starts_with("08"),
-        None => e.as_db_error().is_none(),
+        // Not PostgreSQL's: the connection (refused, reset, timed out), unless the client's
+        // own settings are wrong (a password the server asks for and the URL lacks).
+        None => {
+            let text = e.to_string();
+            e.as_db_error().is_none()
+                && !text.starts_with("invalid configuration")
+                && !text.starts_with("authentication error")
+        }
     }
 }
 
@@ -238,6 +245,46 @@ impl r2d2::HandleError<PgError> for ErrorSummary {
         if let Some(failures) = self.0.hit() {
             tracing::warn!(failures, last_error = %error, "cannot connect to PostgreSQL");
         }
+    }
+}
+
+/// The least time a first connection may take to be answered (2 s): the store timeout is for
+/// requests on a connection, not for PostgreSQL's start-up exchange.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// First connections still waiting for a silent server; more are not made.
+static PROBES: AtomicUsize = AtomicUsize::new(0);
+
+/// Most first connections left waiting for a silent server at once.
+const MAX_PROBES: usize = 4;
+
+/// Make one connection as `config` says, for its error as PostgreSQL or the OS gave it (the pool
+/// keeps only the text), within `patience`: `connect_timeout` bounds only the TCP connect, so a
+/// server that accepts and then says nothing would hold a start (and its stop signal) for
+/// ever. The connection runs on a thread of its own, left to end by itself when it is late
+/// ([`MAX_PROBES`] at most).
+fn probe(config: &postgres::Config, patience: Duration) -> Result<(), StoreError> {
+    let silent = StoreError::Silent { waited: patience };
+    if PROBES.fetch_add(1, Ordering::SeqCst) >= MAX_PROBES {
+        PROBES.fetch_sub(1, Ordering::SeqCst);
+        return Err(silent);
+    }
+    let (done, outcome) = crossbeam_channel::bounded(1);
+    let config = config.clone();
+    let spawned = std::thread::Builder::new()
+        .name("postgres-probe".into())
+        .spawn(move || {
+            let connected = config.connect(NoTls).map(drop);
+            PROBES.fetch_sub(1, Ordering::SeqCst);
+            let _ = done.send(connected);
+        });
+    if let Err(e) = spawned {
+        PROBES.fetch_sub(1, Ordering::SeqCst);
+        return Err(StoreError::Thread(e));
+    }
+    match outcome.recv_timeout(patience) {
+        Ok(connected) => connected.map_err(StoreError::Postgres),
+        Err(_) => Err(silent),
     }
 }
 
@@ -324,10 +371,10 @@ impl PostgresStore {
                  -c idle_in_transaction_session_timeout={}",
                 ms * 2
             ));
-        let manager = PgManager(PostgresConnectionManager::new(config, NoTls));
+        let manager = PgManager(PostgresConnectionManager::new(config.clone(), NoTls));
         // One connection first, for its error as PostgreSQL or the OS gave it (the pool keeps
         // only the text): whether to wait for the server, and what to tell the operator.
-        r2d2::ManageConnection::connect(&manager.0).map_err(StoreError::Postgres)?;
+        probe(&config, (timeout * 4).max(PROBE_TIMEOUT))?;
         let pool = r2d2::Pool::builder()
             .max_size(pool_size.max(1))
             .min_idle(Some(0))
