@@ -150,11 +150,14 @@ fn admin_commands_that_change_nothing_exit_non_zero() {
     assert!(banned.status.success(), "{banned:?}");
     // A banned account's password is still the operator's to set (it once said so and kept
     // the old one).
-    let before = login_server::accountdb::store::SqliteStore::open(&data)
-        .and_then(|s| login_server::accountdb::store::Store::find(&s, "owner"))
-        .unwrap()
-        .unwrap()
-        .hash;
+    let stored_hash = || {
+        login_server::accountdb::store::SqliteStore::open(&data)
+            .and_then(|s| login_server::accountdb::store::Store::find(&s, "owner"))
+            .unwrap()
+            .unwrap()
+            .hash
+    };
+    let before = stored_hash();
     let set = admin(&[
         "set-password",
         "owner",
@@ -164,11 +167,7 @@ fn admin_commands_that_change_nothing_exit_non_zero() {
         "8,1,1",
     ]);
     assert!(set.status.success(), "{set:?}");
-    let after = login_server::accountdb::store::SqliteStore::open(&data)
-        .and_then(|s| login_server::accountdb::store::Store::find(&s, "owner"))
-        .unwrap()
-        .unwrap()
-        .hash;
+    let after = stored_hash();
     assert_ne!(before, after, "the hash changed");
     assert!(after.starts_with("$argon2id$v=19$m=8,t=1"), "{after}");
     let unbanned = admin(&["unban", "owner"]);
