@@ -252,3 +252,43 @@ fn a_silent_postgresql_is_given_up_on_and_a_stop_signal_is_heard() {
     );
     assert!(!dir.path().join("account-db.secret").exists());
 }
+
+#[test]
+fn an_unwritable_database_file_stops_the_start_by_name() {
+    // An immutable throttle.sqlite3 once let account-db start and then fail every failed login;
+    // an unwritable accounts.sqlite3 said "attempt to write a readonly database", no path.
+    for file in ["throttle.sqlite3", "accounts.sqlite3"] {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        drop(login_server::accountdb::store::SqliteStore::open(&data).unwrap());
+        let path = data.join(file);
+        let immutable = Command::new("chattr").arg("+i").arg(&path).status();
+        if !immutable.is_ok_and(|s| s.success()) {
+            common::missing::<()>("REQUIRE_READ_ONLY", "chattr +i is refused here");
+            return;
+        }
+        let (_, log) = failed_start(&data, &[]);
+        let _ = Command::new("chattr").arg("-i").arg(&path).status();
+        assert!(log.contains("read-only"), "{file}: {log}");
+        assert!(log.contains(path.to_str().unwrap()), "{file} named: {log}");
+    }
+}
+
+#[test]
+fn a_migration_lock_held_elsewhere_is_waited_for_within_the_start_timeout() {
+    // Another account-db's migration lock, held for ever, once held this start for ever too,
+    // deaf to --store-start-timeout and SIGTERM.
+    let Some(pg) = common::postgres_database() else {
+        return;
+    };
+    let mut holder = postgres::Client::connect(&pg.url, postgres::NoTls).unwrap();
+    holder
+        .execute("SELECT pg_advisory_lock($1)", &[&0x6c6f_6769_6e5f_6462_i64])
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["--store", pg.url.as_str(), "--store-start-timeout", "3"];
+    let (took, log) = failed_start(dir.path(), &args);
+    assert!(took < Duration::from_secs(12), "gave up: {took:?}");
+    assert!(log.contains("55P03"), "{log}");
+    drop(holder);
+}

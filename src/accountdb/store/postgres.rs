@@ -204,11 +204,12 @@ pub fn describe(e: &postgres::Error) -> String {
 }
 
 /// Whether `e` may pass by itself: PostgreSQL not up yet (refused, timed out, starting or
-/// shutting down: SQLSTATE 57P03, class 08). Not a wrong password, a missing database or role,
+/// shutting down: SQLSTATE 57P03, class 08), or a lock held by another account-db's
+/// migration (55P03). Not a wrong password, a missing database or role,
 /// or a missing privilege: waiting does not mend those.
 pub fn is_transient(e: &postgres::Error) -> bool {
     match e.code() {
-        Some(code) => code.code() == "57P03" || code.code().starts_with("08"),
+        Some(code) => matches!(code.code(), "57P03" | "55P03") || code.code().starts_with("08"),
         // Not PostgreSQL's: the connection (refused, reset, timed out), unless the client's
         // own settings are wrong (a password the server asks for and the URL lacks).
         None => {
@@ -405,13 +406,16 @@ impl PostgresStore {
     pub(super) fn migrate(&self) -> Result<(), StoreError> {
         let mut conn = self.conn()?;
         let mut tx = conn.transaction()?;
-        // A migration may wait for another account-db's and take long on a big table: the
-        // request timeouts do not apply to it.
+        // A migration may take long on a big table: the request timeouts do not apply to it.
+        // Another account-db's is waited for 2 s at a time (55P03 when it lasts longer: a
+        // transient error, so a start retries it within --store-start-timeout and hears a stop
+        // signal meanwhile, instead of waiting on the lock for ever).
         tx.batch_execute(
-            "SET LOCAL lock_timeout = 0; SET LOCAL statement_timeout = 0;
+            "SET LOCAL lock_timeout = '2s'; SET LOCAL statement_timeout = 0;
              SET LOCAL idle_in_transaction_session_timeout = 0;",
         )?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
+        tx.batch_execute("SET LOCAL lock_timeout = 0")?;
         // Created only where missing: CREATE TABLE IF NOT EXISTS would print a NOTICE at
         // every start and admin command.
         let exists: bool = tx

@@ -126,6 +126,9 @@ fn open_records(path: &Path) -> Result<Connection, StoreError> {
          PRAGMA busy_timeout = 5000;",
     )?;
     let layout: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    // A write at open, so a file that cannot be written stops the start (by name) rather than
+    // every failed login later.
+    conn.execute_batch(&format!("PRAGMA user_version = {layout}"))?;
     if layout != RECORDS_LAYOUT {
         conn.execute_batch(&format!(
             "BEGIN IMMEDIATE; DROP TABLE IF EXISTS records; {RECORDS_SCHEMA}
@@ -191,6 +194,26 @@ fn read_only(path: &Path, source: std::io::Error) -> StoreError {
     match source.kind() {
         PermissionDenied | ReadOnlyFilesystem => StoreError::ReadOnly { path, source },
         _ => StoreError::DataFile { path, source },
+    }
+}
+
+/// `e`, a failure to write the database file at `path` at open: SQLite's "attempt to write a
+/// readonly database" becomes [`StoreError::ReadOnly`], naming the file.
+fn named(e: StoreError, path: &Path) -> StoreError {
+    match e {
+        StoreError::Sqlite(rusqlite::Error::SqliteFailure(failure, _))
+            if failure.code == rusqlite::ErrorCode::ReadOnly =>
+        {
+            let source = std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                "attempt to write a readonly database",
+            );
+            StoreError::ReadOnly {
+                path: path.to_path_buf(),
+                source,
+            }
+        }
+        e => e,
     }
 }
 
@@ -392,9 +415,10 @@ impl SqliteStore {
         if integrity_check {
             quick_check(&writer)?;
         }
-        migrate(&mut writer)?;
+        migrate(&mut writer).map_err(|e| named(e, &path))?;
         let reader = open_connection(&path)?;
-        let records = open_records(&dir.join(RECORDS_FILE))?;
+        let records_path = dir.join(RECORDS_FILE);
+        let records = open_records(&records_path).map_err(|e| named(e, &records_path))?;
         Ok(SqliteStore {
             reader: Mutex::new(reader),
             writer: Mutex::new(writer),
