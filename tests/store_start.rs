@@ -68,7 +68,25 @@ fn account_db_waits_for_a_postgresql_that_comes_up_later() {
     );
     assert_eq!(common::http_get(metrics, "/readyz").0, 503);
     assert_eq!(common::http_get(metrics, "/healthz").0, 200);
-    assert!(TcpStream::connect(listen).is_err(), "not listening yet");
+    // A login-server is turned away at once, without a greeting.
+    let mut early = TcpStream::connect(listen).expect("the port is held");
+    early
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut greeting = Vec::new();
+    use std::io::Read;
+    let read = early.read_to_end(&mut greeting);
+    // Closed (end of stream, or reset), not held open (a timeout), and nothing said.
+    let closed = match &read {
+        Ok(0) => true,
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+        Ok(_) => false,
+    };
+    assert!(closed && greeting.is_empty(), "{read:?}");
+    // The port is this process's: a second account-db on it does not start.
+    let other = tempfile::tempdir().unwrap();
+    let (_, log) = failed_start_on(other.path(), &listen.to_string(), &[]);
+    assert!(log.contains(&listen.to_string()), "{log}");
 
     std::thread::sleep(Duration::from_secs(3));
     let _up = Relay::start_on(down, postgres_addr(&pg));
@@ -89,9 +107,14 @@ fn account_db_waits_for_a_postgresql_that_comes_up_later() {
 /// Run account-db with `args` until it exits (it must, well within the patience): how long it
 /// took, and its log.
 fn failed_start(data: &Path, args: &[&str]) -> (Duration, String) {
+    failed_start_on(data, "127.0.0.1:0", args)
+}
+
+/// [`failed_start`] listening on `listen`.
+fn failed_start_on(data: &Path, listen: &str, args: &[&str]) -> (Duration, String) {
     let started = Instant::now();
     let mut command = account_db(data, args);
-    command.args(["--listen", "127.0.0.1:0"]);
+    command.args(["--listen", listen]);
     let mut db = Logged::spawn(command);
     let deadline = started + PATIENCE;
     let status = loop {

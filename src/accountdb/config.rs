@@ -132,8 +132,8 @@ pub struct AccountDbConfig {
     /// Seconds account-db waits at start for a PostgreSQL that is not up yet (connection
     /// refused or timed out, SQLSTATE 57P03 or class 08), retrying with backoff, before it
     /// gives up; 0 waits for ever. A wrong password, a missing database or role, or a missing
-    /// privilege fails at once. While it waits it does not listen on --listen, and /readyz
-    /// answers 503. Defaults to 60.
+    /// privilege fails at once. While it waits, connections to --listen are closed at once,
+    /// and /readyz answers 503. Defaults to 60.
     #[arg(
         long,
         value_name = "SECS",

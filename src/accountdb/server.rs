@@ -278,16 +278,15 @@ impl Drop for Registered<'_> {
 
 /// account-db's sockets, bound before anything is written to disk.
 struct Listeners {
-    /// `--listen`, for login-servers: bound, but accepting connections only once the store is
-    /// open.
-    socket: socket2::Socket,
+    /// `--listen`, for login-servers: listening from the start, so no other process can take
+    /// the port; served once the store is open ([`Refuser`] until then).
+    listener: TcpListener,
     /// `--metrics-listen`, if given.
     metrics: Option<TcpListener>,
 }
 
 impl Listeners {
     fn bind(config: &AccountDbConfig) -> Result<Listeners, AccountDbStartError> {
-        use socket2::{Domain, Socket, Type};
         let addr = config.listen;
         // Port 0 twice is two ports the system picks.
         if addr.port() != 0 && config.metrics_listen == Some(addr) {
@@ -297,10 +296,8 @@ impl Listeners {
             );
             return Err(AccountDbStartError::Listen { addr, source });
         }
-        let error = |source| AccountDbStartError::Listen { addr, source };
-        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None).map_err(error)?;
-        socket.set_reuse_address(true).map_err(error)?;
-        socket.bind(&addr.into()).map_err(error)?;
+        let listener = TcpListener::bind(addr)
+            .map_err(|source| AccountDbStartError::Listen { addr, source })?;
         let metrics = match config.metrics_listen {
             Some(addr) => Some(
                 TcpListener::bind(addr)
@@ -308,7 +305,43 @@ impl Listeners {
             ),
             None => None,
         };
-        Ok(Listeners { socket, metrics })
+        Ok(Listeners { listener, metrics })
+    }
+}
+
+/// Connections to `--listen` while the store is not up yet: accepted and closed at once, so
+/// login-servers see this account-db down without waiting for a greeting (and use the
+/// others), while the port stays this process's.
+struct Refuser {
+    stop: Arc<AtomicBool>,
+    addr: SocketAddr,
+    thread: JoinHandle<()>,
+}
+
+impl Refuser {
+    fn start(listener: &TcpListener) -> io::Result<Refuser> {
+        let (clone, addr) = (listener.try_clone()?, listener.local_addr()?);
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("account-db-refuse".into())
+            .spawn(move || {
+                for stream in clone.incoming() {
+                    drop(stream);
+                    if stopping.load(Ordering::SeqCst) {
+                        break;
+                    }
+                }
+            })?;
+        Ok(Refuser { stop, addr, thread })
+    }
+
+    /// Stop refusing: the listener is the accept loop's from now on.
+    fn stop(self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the blocked accept(); if this fails the listener is already gone.
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+        let _ = self.thread.join();
     }
 }
 
@@ -383,9 +416,9 @@ impl AccountDb {
     }
 
     /// [`AccountDb::open`], waiting up to `--store-start-timeout` for a PostgreSQL that is not
-    /// up yet, unless `stop` says to give up. Meanwhile `--listen` is bound but accepts no
-    /// connection (login-servers see it down and use the others), and `--metrics-listen`
-    /// answers `/readyz` with 503.
+    /// up yet, unless `stop` says to give up. Meanwhile a connection to `--listen` is closed
+    /// at once (login-servers see it down and use the others), and `--metrics-listen` answers
+    /// `/readyz` with 503.
     pub fn open_until(
         config: AccountDbConfig,
         stop: &dyn Fn() -> bool,
@@ -395,9 +428,11 @@ impl AccountDb {
             Some(http) => Some(HttpEndpoint::serve(http.try_clone()?, Routes::waiting())?),
             None => None,
         };
-        let store = open_store(&config, stop)?;
+        let refuser = Refuser::start(&listeners.listener)?;
+        let store = open_store(&config, stop);
+        refuser.stop();
         drop(waiting);
-        AccountDb::serve(config, listeners, store)
+        AccountDb::serve(config, listeners, store?)
     }
 
     /// Bind `config.listen` and start serving `store`.
@@ -415,9 +450,7 @@ impl AccountDb {
         store: Arc<dyn Store>,
     ) -> Result<AccountDb, AccountDbStartError> {
         let secrets = AcceptedSecrets::resolve(&config, || store.count().map_or(true, |n| n > 0))?;
-        let Listeners { socket, metrics } = listeners;
-        socket.listen(1024)?;
-        let listener = TcpListener::from(socket);
+        let Listeners { listener, metrics } = listeners;
         let local_addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             secrets,
