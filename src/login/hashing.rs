@@ -7,8 +7,7 @@
 //! hash job: a worker computes it itself, with [`finish_quick`] in its own memory.
 
 use super::conn::Conn;
-use super::returns::Returns;
-use super::workers::guarded;
+use super::returns::{guarded, Returns};
 use crate::auth::password::Memory;
 use crate::metrics::Metrics;
 use crate::protocol::gateway::{Form, Id, Op, Reply};

@@ -3,6 +3,7 @@
 //! it before its socket's next event, not once per connection.
 
 use super::conn::Conn;
+use crate::protocol::gateway::{Op, Reply};
 use crossbeam_channel::Sender;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -91,4 +92,16 @@ impl Returns {
             self.send(Back::Gone(token));
         }
     }
+}
+
+/// Run the service's part of a request; if it panics, log it and answer "unavailable" (the
+/// request's counterpart of [`Returns::contained`], which closes a connection that panicked).
+pub fn guarded<T>(op: Op, f: impl FnOnce() -> T, on_panic: impl FnOnce(Reply) -> T) -> T {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|_| {
+        tracing::error!(
+            op = op.as_str(),
+            "panic while handling a request; answered unavailable"
+        );
+        on_panic(Reply::unavailable("internal error, retry later"))
+    })
 }

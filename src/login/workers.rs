@@ -17,7 +17,7 @@
 use super::conn::{Conn, Incoming};
 use super::costly::CostlyJob;
 use super::hashing::{self, HashJob};
-use super::returns::{Back, Returns};
+use super::returns::{guarded, Back, Returns};
 use crate::auth::password::Memory;
 use crate::logging;
 use crate::metrics::Metrics;
@@ -54,17 +54,6 @@ const TURN_BYTES: usize = 64 * 1024;
 
 /// Connections for a worker, each holding a whole message.
 pub struct Job(pub Vec<Box<Conn>>);
-
-/// Run the service's part of a request; if it panics, log it and answer "unavailable".
-pub fn guarded<T>(op: Op, f: impl FnOnce() -> T, on_panic: impl FnOnce(Reply) -> T) -> T {
-    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|_| {
-        tracing::error!(
-            op = op.as_str(),
-            "panic while handling a request; answered unavailable"
-        );
-        on_panic(Reply::unavailable("internal error, retry later"))
-    })
-}
 
 /// What a worker thread holds.
 pub struct Worker {
