@@ -24,6 +24,19 @@ fn path(p: &Path) -> &str {
     p.to_str().expect("a UTF-8 path")
 }
 
+/// `account-db --data DATA import --create FILE`, hashing at the cheapest parameters.
+fn import_creating(data: &Path, file: &Path) -> Output {
+    account_db(&[
+        "--data",
+        path(data),
+        "import",
+        "--create",
+        "--hash-params",
+        "8,1,1",
+        path(file),
+    ])
+}
+
 /// A store with one account, `Owner`, made by `import --create`.
 fn store_with_owner(dir: &Path) {
     let file = dir.join("owner.jsonl");
@@ -32,16 +45,7 @@ fn store_with_owner(dir: &Path) {
         "{\"username\":\"Owner\",\"password\":\"password1\"}\n",
     )
     .unwrap();
-    let data = dir.join("data");
-    let made = account_db(&[
-        "--data",
-        path(&data),
-        "import",
-        "--create",
-        "--hash-params",
-        "8,1,1",
-        path(&file),
-    ]);
+    let made = import_creating(&dir.join("data"), &file);
     assert!(made.status.success(), "{made:?}");
 }
 
@@ -189,17 +193,7 @@ fn import_exit_status_says_whether_every_line_went_in() {
         r#"{"username":"Short","password":"1"}"#,
     ];
     std::fs::write(&file, lines.join("\n")).unwrap();
-    let import = |file: &Path| {
-        account_db(&[
-            "--data",
-            path(&data),
-            "import",
-            "--create",
-            "--hash-params",
-            "8,1,1",
-            path(file),
-        ])
-    };
+    let import = |file: &Path| import_creating(&data, file);
     let some_rejected = import(&file);
     assert_eq!(some_rejected.status.code(), Some(3), "{some_rejected:?}");
     let out = text(&some_rejected.stdout);

@@ -130,6 +130,19 @@ fn failed_start_on(data: &Path, listen: &str, args: &[&str]) -> (Duration, Strin
     (started.elapsed(), db.lines().join("\n"))
 }
 
+/// [`failed_start`] on `data` while `immutable` (the directory or a file in it) carries the
+/// immutable attribute, which binds root too: the log. `None`, skipped visibly, where chattr
+/// is refused (not root, or a file system without it).
+fn failed_start_with_immutable(data: &Path, immutable: &Path) -> Option<String> {
+    let set = Command::new("chattr").arg("+i").arg(immutable).status();
+    if !set.is_ok_and(|s| s.success()) {
+        return common::missing("REQUIRE_READ_ONLY", "chattr +i is refused here");
+    }
+    let (_, log) = failed_start(data, &[]);
+    let _ = Command::new("chattr").arg("-i").arg(immutable).status();
+    Some(log)
+}
+
 #[test]
 fn a_missing_database_fails_at_once_with_postgresqls_words() {
     let Some(pg) = common::postgres_database() else {
@@ -221,14 +234,9 @@ fn a_read_only_data_directory_is_named_as_read_only() {
     for name in ["accounts.sqlite3-wal", "accounts.sqlite3-shm"] {
         let _ = std::fs::remove_file(data.join(name));
     }
-    let immutable = Command::new("chattr").arg("+i").arg(&data).status();
-    if !immutable.is_ok_and(|s| s.success()) {
-        let why = "chattr +i is refused here (not root, or the file system lacks it)";
-        common::missing::<()>("REQUIRE_READ_ONLY", why);
+    let Some(log) = failed_start_with_immutable(&data, &data) else {
         return;
-    }
-    let (_, log) = failed_start(&data, &[]);
-    let _ = Command::new("chattr").arg("-i").arg(&data).status();
+    };
     assert!(log.contains("read-only"), "{log}");
     assert!(log.contains(data.to_str().unwrap()), "names it: {log}");
 }
@@ -285,13 +293,9 @@ fn an_unwritable_database_file_stops_the_start_by_name() {
         let data = dir.path().join("data");
         drop(login_server::accountdb::store::SqliteStore::open(&data).unwrap());
         let path = data.join(file);
-        let immutable = Command::new("chattr").arg("+i").arg(&path).status();
-        if !immutable.is_ok_and(|s| s.success()) {
-            common::missing::<()>("REQUIRE_READ_ONLY", "chattr +i is refused here");
+        let Some(log) = failed_start_with_immutable(&data, &path) else {
             return;
-        }
-        let (_, log) = failed_start(&data, &[]);
-        let _ = Command::new("chattr").arg("-i").arg(&path).status();
+        };
         assert!(log.contains("read-only"), "{file}: {log}");
         assert!(log.contains(path.to_str().unwrap()), "{file} named: {log}");
     }

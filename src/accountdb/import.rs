@@ -16,6 +16,9 @@ use crate::accountdb::store::{Account, Created, Store, StoreError};
 use crate::auth::names::{fold, skeleton};
 use crate::auth::password::{check_importable, is_bcrypt, Hasher, Memory};
 use crate::legacy::RESERVED_HASH;
+// The longest line read is the account-db protocol's (64 KiB): a longer one is rejected, and
+// read no further than its end.
+use crate::protocol::accountdb::MAX_LINE;
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::io::BufRead;
@@ -72,10 +75,6 @@ struct Pending {
 fn request_id(username: &str) -> String {
     format!("import:{}", fold(username))
 }
-
-/// The longest line read, in bytes, newline excluded: as long as the account-db protocol's
-/// lines (64 KiB). A longer one is rejected, and read no further than its end.
-const MAX_LINE: usize = 64 * 1024;
 
 /// Read the next line of `input` into `line` (without its newline): `Some(true)` if whole,
 /// `Some(false)` if it was longer than [`MAX_LINE`] (then `line` holds its start, and the rest

@@ -339,10 +339,15 @@ impl Refuser {
     /// Stop refusing: the listener is the accept loop's from now on.
     fn stop(self) {
         self.stop.store(true, Ordering::SeqCst);
-        // Wake the blocked accept(); if this fails the listener is already gone.
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+        wake_accept(self.addr);
         let _ = self.thread.join();
     }
+}
+
+/// Wake a thread blocked in `accept()` on `addr`, by connecting to it, so that it sees its stop
+/// flag; if this fails the listener is already gone.
+fn wake_accept(addr: SocketAddr) {
+    let _ = TcpStream::connect_timeout(&addr, Duration::from_secs(1));
 }
 
 /// The longest pause between two attempts to open a store that is not up yet.
@@ -529,8 +534,7 @@ impl AccountDb {
         };
         self.shared.stopping.store(true, Ordering::SeqCst);
         self.metrics_endpoint.take();
-        // Wake the blocked accept(); if this fails the listener is already gone.
-        let _ = TcpStream::connect_timeout(&self.local_addr, Duration::from_secs(1));
+        wake_accept(self.local_addr);
         let _ = thread.join();
     }
 }
