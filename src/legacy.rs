@@ -14,8 +14,10 @@
 //! workers nor the hash threads. One deadline bounds each request whole: a turn, connect,
 //! greeting, reply.
 
+use crate::throttle::Millis;
 use parking_lot::{Condvar, Mutex};
 use serde_json::Value;
+use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
@@ -39,6 +41,122 @@ pub fn spellings(name: &str) -> Vec<String> {
         }
     }
     spellings
+}
+
+/// Spellings [`SpellingAsks`] holds at most (each at most 255 bytes: about 4 MiB in all). A
+/// spelling more, while every one was asked within the window, is not asked about: its login
+/// is answered as before the check existed (wrong password, counted).
+pub const MAX_SPELLING_ASKS: usize = 10_000;
+
+/// Spellings the old server was asked about because an account here holds the name in another
+/// case (two old players, `Dan` and `dan`, after `Dan` moved): each at most once per window
+/// (`--throttle-window`), so that failed logins cannot be multiplied into old-server requests.
+/// Where the old server confirmed the password, a digest of it keyed by this process's own
+/// random key is kept for the window, so that the player's retries are answered alike without
+/// asking again.
+pub struct SpellingAsks {
+    /// How long a spelling stays asked, in milliseconds.
+    window_ms: Millis,
+    /// Keys the password digests: random per process, never stored.
+    key: String,
+    /// The spellings asked about.
+    table: Mutex<AskTable>,
+}
+
+/// [`SpellingAsks`]' table.
+#[derive(Default)]
+struct AskTable {
+    /// Spelling (exactly as typed) → when it was asked, and what was confirmed.
+    asked: HashMap<String, Asked>,
+    /// While the table is full: when its oldest ask's window passes, so that a full table is
+    /// not scanned again before then.
+    room_at: Millis,
+}
+
+/// One spelling's ask.
+struct Asked {
+    /// When the old server was asked.
+    at: Millis,
+    /// The keyed digest of the password the old server confirmed, if it did.
+    confirmed: Option<[u8; 32]>,
+}
+
+impl SpellingAsks {
+    /// Each spelling asked about at most once per `window`.
+    pub fn new(window: Duration) -> SpellingAsks {
+        SpellingAsks {
+            window_ms: crate::throttle::millis(window),
+            key: crate::auth::secret::random_token(),
+            table: Mutex::default(),
+        }
+    }
+
+    fn digest(&self, password: &str) -> [u8; 32] {
+        use sha2::{Digest, Sha256};
+        let password = crate::auth::names::normalize_password(password);
+        let mut h = Sha256::new();
+        h.update(self.key.as_bytes());
+        h.update([0]);
+        h.update(password.as_bytes());
+        h.finalize().into()
+    }
+
+    /// Whether `spelling` may be asked about at `now`: not asked within the window, and
+    /// there is room to record it. Records nothing: see [`SpellingAsks::claim`].
+    pub fn may_ask(&self, spelling: &str, now: Millis) -> bool {
+        self.may_ask_in(&self.table.lock(), spelling, now)
+    }
+
+    fn may_ask_in(&self, table: &AskTable, spelling: &str, now: Millis) -> bool {
+        match table.asked.get(spelling) {
+            Some(a) => now.saturating_sub(a.at) >= self.window_ms,
+            None => table.asked.len() < MAX_SPELLING_ASKS || now >= table.room_at,
+        }
+    }
+
+    /// Record that `spelling` is asked about at `now`, if it may be ([`SpellingAsks::may_ask`]):
+    /// `true` then, and the caller asks.
+    pub fn claim(&self, spelling: &str, now: Millis) -> bool {
+        let mut table = self.table.lock();
+        if !self.may_ask_in(&table, spelling, now) {
+            return false;
+        }
+        if table.asked.len() >= MAX_SPELLING_ASKS && !table.asked.contains_key(spelling) {
+            let window = self.window_ms;
+            table.asked.retain(|_, a| now.saturating_sub(a.at) < window);
+            if table.asked.len() >= MAX_SPELLING_ASKS {
+                let oldest = table.asked.values().map(|a| a.at).min().unwrap_or(now);
+                table.room_at = oldest.saturating_add(window);
+                return false;
+            }
+        }
+        let fresh = Asked {
+            at: now,
+            confirmed: None,
+        };
+        table.asked.insert(spelling.to_string(), fresh);
+        true
+    }
+
+    /// Record that the old server confirmed `password` for `spelling` (claimed before).
+    pub fn confirm(&self, spelling: &str, password: &str) {
+        let digest = self.digest(password);
+        if let Some(a) = self.table.lock().asked.get_mut(spelling) {
+            a.confirmed = Some(digest);
+        }
+    }
+
+    /// Whether the old server confirmed `password` for `spelling` within the window.
+    pub fn confirmed(&self, spelling: &str, password: &str, now: Millis) -> bool {
+        let confirmed = match self.table.lock().asked.get(spelling) {
+            Some(a) if now.saturating_sub(a.at) < self.window_ms => a.confirmed,
+            _ => None,
+        };
+        confirmed.is_some_and(|digest| {
+            use subtle::ConstantTimeEq;
+            bool::from(digest.ct_eq(&self.digest(password)))
+        })
+    }
 }
 
 /// What the old server greets with.
@@ -230,6 +348,33 @@ pub fn matches(typed: &str, stored: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_spelling_is_asked_about_once_per_window_and_a_full_table_asks_nothing_new() {
+        let asks = SpellingAsks::new(Duration::from_millis(1000));
+        assert!(asks.may_ask("dan", 0));
+        assert!(asks.claim("dan", 0));
+        assert!(!asks.may_ask("dan", 999) && !asks.claim("dan", 999));
+        assert!(asks.may_ask("DAN", 999), "each spelling is its own");
+        assert!(asks.may_ask("dan", 1000) && asks.claim("dan", 1000));
+        // Confirmed: that password (in any normalization) within the window, no other.
+        asks.confirm("dan", "caf\u{e9}-pass");
+        assert!(asks.confirmed("dan", "cafe\u{301}-pass", 1999));
+        assert!(!asks.confirmed("dan", "other-pass", 1999));
+        assert!(!asks.confirmed("DAN", "caf\u{e9}-pass", 1999));
+        assert!(!asks.confirmed("dan", "caf\u{e9}-pass", 2000));
+        // Full: nothing new is asked about until a spelling's window passes.
+        for i in 1..MAX_SPELLING_ASKS {
+            assert!(asks.claim(&format!("n{i}"), 1500));
+        }
+        assert!(!asks.claim("new", 1999) && !asks.may_ask("new", 1999));
+        assert!(asks.may_ask("new", 2000) && asks.claim("new", 2000));
+        assert_eq!(
+            asks.table.lock().asked.len(),
+            MAX_SPELLING_ASKS,
+            "\"dan\" made room"
+        );
+    }
 
     #[test]
     fn a_registration_asks_about_the_composed_and_compatible_spellings() {

@@ -217,9 +217,9 @@ const OPS: [&str; 8] = [
     "change_password",
     "none",
 ];
-/// Codes 1..=12, as label values.
-const CODES: [&str; 12] = [
-    "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12",
+/// Codes 1..=13, as label values.
+const CODES: [&str; 13] = [
+    "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13",
 ];
 
 /// login-server's metrics that the request path records.
@@ -240,6 +240,9 @@ pub struct Metrics {
     legacy_lookups: LabeledCounters,
     /// Accounts moved from the old account server on their first login.
     pub legacy_migrated: Counter,
+    /// Logins the old account server confirmed for a spelling an account here holds in
+    /// another case (answered "contact support", 13): each wants an operator's rename.
+    pub legacy_name_conflicts: Counter,
 }
 
 /// What the old account server answered (`--legacy-db`).
@@ -275,6 +278,7 @@ impl Default for Metrics {
                 ["known", "unknown", "failed"].map(|outcome| vec![("outcome", outcome)]),
             ),
             legacy_migrated: Counter::default(),
+            legacy_name_conflicts: Counter::default(),
         }
     }
 }
@@ -456,6 +460,11 @@ impl Metrics {
             "legacy_migrated",
             "Accounts moved from the old account server on their first login",
             self.legacy_migrated.clone(),
+        );
+        r.register(
+            "legacy_name_conflicts",
+            "Logins the old account server confirmed for a name held here in another case",
+            self.legacy_name_conflicts.clone(),
         );
         register_process(&mut r);
         r

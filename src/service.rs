@@ -17,10 +17,10 @@ use crate::auth::names::fold;
 use crate::auth::names::{normalize_password, Rules};
 use crate::auth::password::{self, is_bcrypt, HashError, Hasher, Memory};
 use crate::auth::secret::random_token;
-use crate::legacy::{self, Known, LegacyDb, RESERVED_HASH};
+use crate::legacy::{self, Known, LegacyDb, SpellingAsks, RESERVED_HASH};
 use crate::metrics::LegacyOutcome;
 use crate::metrics::Metrics;
-use crate::protocol::gateway::{Op, RegisterFailure, Reply, Request};
+use crate::protocol::gateway::{Op, RegisterFailure, Reply, Request, SupportReason};
 use crate::throttle::{
     millis, now_ms, Login, Millis, Origin, Policy, RegisterLimit, Registering, Unknown,
 };
@@ -105,6 +105,12 @@ pub struct HashTask(Task);
 /// A login's account, found, and what it takes to verify the password.
 struct Found {
     account: Account,
+    /// The name as the player typed it: the account's spelling, or another case of it.
+    typed: String,
+    /// Typed in another case than the account's, under `--legacy-db`: a wrong password asks
+    /// the old server about the spelling typed (see [`Service::name_conflict`]), so the task
+    /// runs on the old-server stage.
+    ask_old: bool,
     password: String,
     origin: Option<Origin>,
     /// A success changes nothing the store keeps: it need not be reported.
@@ -169,6 +175,8 @@ struct Migrate {
     /// Spelled as the player typed it, or as the reservation stored it: the old server
     /// compares names exactly.
     username: String,
+    /// The name as the player typed it (another case of a reservation's, perhaps).
+    typed: String,
     password: String,
     origin: Option<Origin>,
     /// `change_password`'s new password: the account moves with it.
@@ -282,6 +290,8 @@ pub struct Service {
     tokens: Tokens,
     /// The old account server (`--legacy-db`), if there is one.
     legacy: Option<LegacyDb>,
+    /// Spellings asked about because an account here holds the name in another case.
+    spelling_asks: SpellingAsks,
     verifying: Arc<Verifying>,
     /// Verified against for unknown users under `hide_user_existence`.
     dummy_hash: String,
@@ -325,7 +335,9 @@ impl Service {
         metrics: Metrics,
     ) -> Result<Self, HashError> {
         let dummy_hash = hasher.hash(&random_token(), &mut Memory::default())?;
+        let spelling_asks = SpellingAsks::new(options.throttle.window);
         Ok(Service {
+            spelling_asks,
             accounts,
             hasher,
             options,
@@ -479,7 +491,8 @@ impl Service {
             Step::Hash(HashTask(Task::Migrate(Migrate {
                 username: reserved
                     .as_ref()
-                    .map_or(pending.username, |a| a.username.clone()),
+                    .map_or_else(|| pending.username.clone(), |a| a.username.clone()),
+                typed: pending.username,
                 password: pending.password,
                 origin: pending.origin,
                 new_password: pending.new_password,
@@ -510,8 +523,14 @@ impl Service {
                 account: Some(account),
                 settled,
             } => {
+                let ask_old = self.legacy.is_some()
+                    && pending.username != account.username
+                    && !self.hasher.is_costly(&account.hash)
+                    && self.spelling_asks.may_ask(&pending.username, now_ms());
                 let found = Found {
                     account,
+                    typed: pending.username,
+                    ask_old,
                     password: pending.password,
                     origin: pending.origin,
                     settled,
@@ -834,6 +853,9 @@ impl Service {
             Ok(Known::Password(plain)) => plain,
         };
         if !legacy::matches(&m.password, &plain) {
+            if let Some(reply) = self.name_conflict(&m.typed, &m.username, &m.password, true) {
+                return reply;
+            }
             if hide {
                 // As long as an unknown name's answer takes.
                 let _ = self.verify(&m.password, &self.dummy_hash, memory);
@@ -898,6 +920,8 @@ impl Service {
     fn check_password(&self, found: &Found, memory: &mut Memory) -> Result<bool, Box<Reply>> {
         let Found {
             account,
+            typed,
+            ask_old,
             password,
             origin,
             settled,
@@ -919,6 +943,11 @@ impl Service {
                 Ok(rehash || self.hasher.is_weaker(stored) || self.hasher.is_costly(stored))
             }
             Ok(None) => {
+                if let Some(reply) =
+                    self.name_conflict(typed, &account.username, password, *ask_old)
+                {
+                    return Err(Box::new(reply));
+                }
                 if self.options.hide_user_existence && self.hasher.is_weaker(&account.hash) {
                     // A cheaper old hash verifies faster than an unknown name's dummy: make
                     // up the difference, so the time does not tell the account exists.
@@ -930,6 +959,47 @@ impl Service {
             }
             Err(e) => Err(Box::new(internal_error(&e))),
         }
+    }
+
+    /// A login that failed against the account spelled `holder`, typed as `typed`: "contact
+    /// support" (13) if the old server holds `typed` exactly, with this `password`: two old
+    /// players whose names differ only in case, one of whom moved here first. Neither the
+    /// failure is counted against the holder nor the player told "wrong password" forever;
+    /// the operator is told (a log line, a metric) and resolves it with `account-db admin
+    /// rename`. The old server is asked only where `may_ask` (on the old-server stage), at
+    /// most once per spelling per `--throttle-window` ([`SpellingAsks`]); within the window a
+    /// password it confirmed is answered alike without asking. `None`: the failure stands.
+    fn name_conflict(
+        &self,
+        typed: &str,
+        holder: &str,
+        password: &str,
+        may_ask: bool,
+    ) -> Option<Reply> {
+        if self.legacy.is_none() || typed == holder {
+            return None;
+        }
+        let (asks, now) = (&self.spelling_asks, now_ms());
+        let confirmed = asks.confirmed(typed, password, now)
+            || (may_ask
+                && asks.claim(typed, now)
+                && match self.ask_legacy(typed) {
+                    Ok(Known::Password(plain)) if legacy::matches(password, &plain) => {
+                        asks.confirm(typed, password);
+                        self.metrics.legacy_name_conflicts.inc();
+                        tracing::warn!(
+                            typed = ?typed,
+                            holder = ?holder,
+                            "name conflict: the old account server holds this spelling with the \
+                             password given, an account here holds the name in another case; \
+                             the player is told to contact support (resolve with `account-db \
+                             admin rename`)"
+                        );
+                        true
+                    }
+                    _ => false,
+                });
+        confirmed.then(|| Reply::contact_support(SupportReason::NameConflict))
     }
 
     /// Count a wrong `password` for `username` from `origin`. A guess that breaks today's rules
@@ -1006,17 +1076,18 @@ impl Service {
     }
 
     /// Whether `task` asks the old account server (`--legacy-db` is set): for the old-server
-    /// stage, not a hash thread. Without it, a reserved name's login is a hash task as any.
+    /// stage, not a hash thread. That is a moved or reserved name's login, a registration, and
+    /// a login typed in another case than its account's that may ask about the spelling typed
+    /// (see [`Service::name_conflict`]). Without it, a reserved name's login is a hash task as
+    /// any.
     pub fn asks_legacy(&self, task: &HashTask) -> bool {
         self.legacy.is_some()
-            && matches!(
-                task.0,
-                Task::Migrate(_)
-                    | Task::Create {
-                        ask_legacy: true,
-                        ..
-                    }
-            )
+            && match &task.0 {
+                Task::Migrate(_) => true,
+                Task::Create { ask_legacy, .. } => *ask_legacy,
+                Task::Verify(found) | Task::ChangePassword { found, .. } => found.ask_old,
+                Task::Pretend { .. } => false,
+            }
     }
 
     /// Whether `task` verifies against a stored hash that is costly (see
@@ -1040,7 +1111,7 @@ impl Service {
         match &task.0 {
             Task::Verify(found) => {
                 let stored = &found.account.hash;
-                password::is_cheap(stored) && !self.hasher.is_weaker(stored)
+                password::is_cheap(stored) && !self.hasher.is_weaker(stored) && !found.ask_old
             }
             Task::Pretend { op, .. } => *op == Op::Login && password::is_cheap(&self.dummy_hash),
             Task::Create { ask_legacy, .. } => !ask_legacy && self.hasher.is_cheap(),

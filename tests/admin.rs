@@ -242,6 +242,81 @@ fn admin_conformance(store: &dyn Store) {
         ),
         Err(AdminError::NoSuchAccount(_))
     ));
+    rename_conformance(store);
+}
+
+/// `admin rename`: the account keeps its id, hash and sessions, its lock moves with it, the old
+/// name is free; a held name, a look-alike, a name against the rules and a missing account are
+/// refused with nothing changed.
+fn rename_conformance(store: &dyn Store) {
+    let rename = |old: &str, new: &str| Admin::Rename {
+        old: name(old),
+        new: name(new),
+        rules: Default::default(),
+    };
+    store
+        .create(&Account::new("Dan", "dan-hash"), "dan")
+        .unwrap();
+    let before = store.find("dan").unwrap().unwrap();
+    store.void_sessions(before.id, 1234, None).unwrap();
+    // Locked under its old name.
+    let failures = Policy::default().failures();
+    for _ in 0..failures.max_failures {
+        throttle::failed(store, Some("Dan"), None, &failures).unwrap();
+    }
+    assert!(throttle::record(store, "Dan")
+        .unwrap()
+        .locked(throttle::now_ms())
+        .is_some());
+    let refused = |new: &str| run(store, &rename("DAN", new), || None);
+    assert!(
+        matches!(refused("Admin-Bob"), Err(AdminError::NameTaken(n, h)) if n == "Admin-Bob" && h == "Admin-Bob")
+    );
+    assert!(matches!(
+        refused("ADMIN-BOB"),
+        Err(AdminError::NameTaken(..))
+    ));
+    // A look-alike (`rn` for `m`) of a held name.
+    assert!(matches!(
+        refused("Adrnin-Bob"),
+        Err(AdminError::NameTaken(..))
+    ));
+    assert!(matches!(refused("a"), Err(AdminError::InvalidName(_))));
+    assert!(matches!(refused("dan\nx"), Err(AdminError::InvalidName(_))));
+    let missing = run(store, &rename("nobody", "someone"), || None);
+    assert!(
+        matches!(missing, Err(AdminError::NoSuchAccount(_))),
+        "{missing:?}"
+    );
+    assert_eq!(store.find("dan").unwrap().unwrap(), before);
+
+    let done = admin(store, rename("dan", "Dan_old")).unwrap();
+    assert_eq!(done, "renamed Dan to Dan_old; the name Dan is free\n");
+    let after = store.find("dan_old").unwrap().unwrap();
+    assert_eq!((after.id, &after.hash), (before.id, &before.hash));
+    assert_eq!(after.username, "Dan_old");
+    let session = store.session(before.id, "any").unwrap().unwrap();
+    assert_eq!(
+        (session.username.as_str(), session.sessions_after),
+        ("Dan_old", 1234)
+    );
+    // The lock went with the account; the old name starts afresh, and is free.
+    let now = throttle::now_ms();
+    assert!(throttle::record(store, "Dan_old")
+        .unwrap()
+        .locked(now)
+        .is_some());
+    assert_eq!(throttle::record(store, "dan").unwrap(), Default::default());
+    assert!(store.find("dan").unwrap().is_none());
+    let created = store
+        .create(&Account::new("dan", "other-hash"), "dan-2")
+        .unwrap();
+    assert_eq!(created, login_server::accountdb::store::Created::New);
+    // Another case of its own name: allowed; the same spelling: nothing to do.
+    admin(store, rename("dan_old", "DAN_OLD")).unwrap();
+    assert_eq!(store.find("dan_old").unwrap().unwrap().username, "DAN_OLD");
+    let same = run(store, &rename("dan_old", "DAN_OLD"), || None).unwrap();
+    assert!(matches!(same, Reply::Already(_)), "{same:?}");
 }
 
 #[test]

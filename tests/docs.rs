@@ -142,3 +142,54 @@ fn protocol_md_lists_every_registration_reason() {
         );
     }
 }
+
+/// The fixed `info` of a reply code, `None` where the text says what went wrong. The match
+/// fails to compile when a code is added, so protocol.md's table cannot fall behind.
+fn fixed_info(code: login_server::protocol::gateway::Code) -> Option<String> {
+    use login_server::protocol::gateway::{Code::*, RegisterFailure, Reply, SupportReason};
+    use login_server::tokens::Invalid;
+    let reply = match code {
+        NoSuchUser => Reply::no_such_user(),
+        WrongPassword => Reply::wrong_password(),
+        LoggedIn => Reply::logged_in("a".into(), 1),
+        Registered => Reply::registered("a".into()),
+        RegisterFailed => Reply::register_failed(RegisterFailure::UsernameTaken),
+        BadRequest | Unavailable => return None,
+        TooManyAttempts => Reply::too_many_attempts(std::time::Duration::from_secs(1)),
+        Valid => Reply::valid("a".into(), 1, 0),
+        InvalidToken => Reply::invalid_token(Invalid::Expired),
+        Done => Reply::done(),
+        Banned => Reply::banned(0, ""),
+        ContactSupport => Reply::contact_support(SupportReason::NameConflict),
+    };
+    assert_eq!(reply.code, code);
+    Some(reply.info)
+}
+
+#[test]
+fn protocol_md_has_a_row_for_every_reply_code_with_its_text_and_reasons() {
+    use login_server::protocol::gateway::{SupportReason, CODES};
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/protocol.md");
+    let protocol = std::fs::read_to_string(path).expect("docs/protocol.md");
+    for code in CODES {
+        let n = code as u8;
+        let row = protocol
+            .lines()
+            .find(|l| l.starts_with(&format!("| {n} |")))
+            .unwrap_or_else(|| panic!("no row for code {n}"));
+        if let Some(info) = fixed_info(code) {
+            assert!(row.contains(&format!("| `{info}` |")), "code {n}: {row}");
+        }
+    }
+    let row = protocol.lines().find(|l| l.starts_with("| 13 |")).unwrap();
+    // Every reason: the match fails to compile when one is added.
+    let reason = SupportReason::NameConflict;
+    match reason {
+        SupportReason::NameConflict => {}
+    }
+    let reason = serde_json::to_string(&reason).unwrap();
+    assert!(
+        row.contains(&format!("`{}`", reason.trim_matches('"'))),
+        "{row}"
+    );
+}

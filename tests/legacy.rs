@@ -623,3 +623,108 @@ fn a_slow_old_server_holds_no_hash_thread() {
         assert!(code == 1 || code == 7, "{code}");
     }
 }
+
+#[test]
+fn two_old_players_who_differ_only_in_case_are_sent_to_support_then_renamed_apart() {
+    let old = OldServer::start(&[("Dan", "big-dan-pass"), ("dan", "small-dan-pw")]);
+    let tiers = legacy_tiers(old.addr, |c| {
+        c.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    });
+    let addr = tiers.addr();
+    let metrics = tiers.server.metrics_addr().unwrap();
+    let conflicts = || {
+        let (_, body) = common::http_get(metrics, "/metrics");
+        body.lines()
+            .find(|l| l.starts_with("login_legacy_name_conflicts"))
+            .map(|l| l.to_string())
+    };
+    let dan = seed(addr, "login", "Dan", "big-dan-pass");
+    assert_eq!(dan["code"], 3, "{dan}");
+    let asked = || old.asked.load(Ordering::SeqCst);
+    let before = asked();
+    // The other old player, with their own password: the old server confirms the spelling
+    // typed, once, and the player is told to contact support.
+    let reply = seed(addr, "login", "dan", "small-dan-pw");
+    assert_eq!(
+        (reply["code"].clone(), reply["reason"].clone()),
+        (json!(13), json!("name_conflict")),
+        "{reply}"
+    );
+    assert_eq!(asked(), before + 1);
+    assert_eq!(
+        conflicts().as_deref(),
+        Some("login_legacy_name_conflicts_total 1")
+    );
+    // Retries within the window: the same answer, the old server not asked again, and never
+    // counted against Dan (5 failures would lock him).
+    for _ in 0..6 {
+        assert_eq!(code(addr, "login", "dan", "small-dan-pw"), 13);
+    }
+    assert_eq!(asked(), before + 1);
+    assert_eq!(code(addr, "login", "Dan", "big-dan-pass"), 3);
+    assert_eq!(
+        conflicts().as_deref(),
+        Some("login_legacy_name_conflicts_total 1")
+    );
+    // A wrong password under that spelling is a wrong password, counted; not asked again.
+    assert_eq!(code(addr, "login", "dan", "not-the-pw-1"), 2);
+    assert_eq!(asked(), before + 1);
+    // Guesses under ever new case spellings cost the old server one request per spelling
+    // (3 failures against Dan in all: under the lock).
+    for (spelling, guess) in [
+        ("DAN", "guess-pass-1"),
+        ("dAN", "guess-pass-2"),
+        ("DAN", "guess-pass-3"),
+    ] {
+        assert_eq!(code(addr, "login", spelling, guess), 2);
+    }
+    assert_eq!(asked(), before + 3);
+
+    // The operator renames Dan; his session stands and carries the new name on refresh.
+    let token = dan["token"].as_str().unwrap().to_string();
+    let (status, out, err) = account_db(tiers.dir.path(), &["admin", "rename", "Dan", "Dan_1"]);
+    assert_eq!(status, Some(0), "{out}{err}");
+    assert_eq!(out, "renamed Dan to Dan_1; the name Dan is free\n");
+    let mut client = StreamClient::new(addr);
+    client.send(format!("{}\n", json!({"OP": "refresh", "token": token})).as_bytes());
+    let refreshed = client.recv();
+    assert_eq!(
+        (refreshed["code"].clone(), refreshed["username"].clone()),
+        (json!(9), json!("Dan_1")),
+        "{refreshed}"
+    );
+    // `dan` moves now, under its own spelling; Dan logs in as Dan_1, not as Dan.
+    let moved = seed(addr, "login", "dan", "small-dan-pw");
+    assert_eq!(
+        (moved["code"].clone(), moved["username"].clone()),
+        (json!(3), json!("dan")),
+        "{moved}"
+    );
+    assert_eq!(code(addr, "login", "Dan_1", "big-dan-pass"), 3);
+    // Dan typing his old name now meets dan's account, and the old server still holds "Dan"
+    // with his password: support tells him his new name.
+    assert_eq!(code(addr, "login", "Dan", "big-dan-pass"), 13);
+}
+
+#[test]
+fn a_case_variant_of_a_reserved_name_is_asked_about_as_typed() {
+    let old = OldServer::start(&[("Eve", "big-eve-pass"), ("eve", "small-eve-pw")]);
+    let tiers = tiers(&old);
+    let store = SqliteStore::open(tiers.dir.path()).unwrap();
+    let hasher = login_server::auth::password::Hasher::new(
+        login_server::auth::password::HashParams::CHEAPEST,
+    )
+    .unwrap();
+    let names = &b"{\"username\":\"Eve\"}\n"[..];
+    let summary =
+        login_server::accountdb::import::import(&store, names, &hasher, 1, |_| {}).unwrap();
+    assert_eq!(summary.imported, 1);
+    // Eve has not moved: her reservation's spelling is asked first, then the one typed.
+    let reply = seed(tiers.addr(), "login", "eve", "small-eve-pw");
+    assert_eq!(
+        (reply["code"].clone(), reply["reason"].clone()),
+        (json!(13), json!("name_conflict")),
+        "{reply}"
+    );
+    assert_eq!(code(tiers.addr(), "login", "Eve", "big-eve-pass"), 3);
+}

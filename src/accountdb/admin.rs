@@ -1,14 +1,14 @@
 //! `account-db admin`: an operator's console over the store (`--data` or `--store`), usable
 //! while account-db serves it. Each change is logged.
 
-use crate::accountdb::store::{Account, Ban, Store, StoreError};
+use crate::accountdb::store::{Account, Ban, Renamed, Store, StoreError};
 
 /// The longest ban reason, in bytes: it goes out in replies.
 const MAX_REASON: usize = 200;
 
 /// The end of a ban for good (year 292 million: never).
 const FOR_GOOD: i64 = i64::MAX / 2;
-use crate::auth::names::normalize_password;
+use crate::auth::names::{normalize_password, Rules};
 use crate::auth::password::{HashError, HashParams, Hasher, Memory};
 use crate::legacy::RESERVED_HASH;
 use crate::throttle::{self, now_ms};
@@ -45,6 +45,18 @@ pub enum Admin {
     },
     /// Lift an account's ban.
     Unban { name: String },
+    /// Rename an account: to resolve a name conflict (two old players whose names differ only
+    /// in case: docs/migration.md), or at a player's request. Its id, password, ban and
+    /// sessions stay (a session's token carries the new name from its next refresh); its
+    /// failed logins, lock and familiar addresses move with it. The old name is free from then
+    /// on: to register, or for its player on the old server to move.
+    Rename {
+        old: String,
+        /// Checked against the name rules (pass login-server's --username-chars).
+        new: String,
+        #[command(flatten)]
+        rules: Rules,
+    },
     /// Delete an account: its name may be registered again, and its sessions are void.
     Delete { name: String },
     /// List accounts whose names begin with --prefix (without regard to case), in order; with
@@ -92,6 +104,12 @@ pub enum AdminError {
     /// No account has that name, in any case.
     #[error("no account named {0:?}")]
     NoSuchAccount(String),
+    /// `rename` to a name a registration could not take (see `--username-chars`).
+    #[error("{0:?} breaks the name rules: letters, ASCII digits, _ - . within --username-chars, one script")]
+    InvalidName(String),
+    /// `rename` to a name another account holds, or a look-alike of it.
+    #[error("{0:?} is held by the account {1:?} (the same name, or one that looks alike)")]
+    NameTaken(String, String),
     /// `set-password` without `--password`, and no terminal to ask on.
     #[error("no password: pass --password (there is no terminal to ask on)")]
     NoPassword,
@@ -207,6 +225,7 @@ pub fn run(
             tracing::info!(user = ?account.username, "admin: unbanned");
             Ok(Reply::Done(format!("unbanned {}\n", account.username)))
         }
+        Admin::Rename { old, new, rules } => rename(store, old, new, rules),
         Admin::Delete { name } => {
             let account = store.find(name)?.ok_or_else(|| missing(name))?;
             store.delete(&account.username)?;
@@ -261,6 +280,37 @@ pub fn run(
             ))
         }
     }
+}
+
+/// `admin rename`: the account, then its throttle record.
+fn rename(store: &dyn Store, old: &str, new: &str, rules: &Rules) -> Result<Reply, AdminError> {
+    if !rules.username_ok(new) {
+        return Err(AdminError::InvalidName(new.to_string()));
+    }
+    let from = match store.rename(old, new)? {
+        Renamed::NoSuchAccount => return Err(AdminError::NoSuchAccount(old.to_string())),
+        Renamed::Taken(holder) => return Err(AdminError::NameTaken(new.to_string(), holder)),
+        Renamed::From(from) if from == new => {
+            return Ok(Reply::Already(format!(
+                "{new} is named so already: nothing to do\n"
+            )));
+        }
+        Renamed::From(from) => from,
+    };
+    // The lock and the failures follow the account, and its old spelling starts afresh. A
+    // failure here leaves the account renamed and its record under the old name.
+    let keys = [throttle::account_key(&from), throttle::account_key(new)];
+    if keys[0] != keys[1] {
+        store.update_records(&keys, now_ms(), &mut |records| {
+            if let [old, new] = records {
+                *new = std::mem::take(old);
+            }
+        })?;
+    }
+    tracing::info!(from = ?from, to = ?new, "admin: renamed");
+    Ok(Reply::Done(format!(
+        "renamed {from} to {new}; the name {from} is free\n"
+    )))
 }
 
 /// Whether `c` would break or hide text where a ban reason is shown: a control character, a

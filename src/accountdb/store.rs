@@ -194,6 +194,17 @@ impl Created {
     }
 }
 
+/// What [`Store::rename`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Renamed {
+    /// Renamed from this spelling.
+    From(String),
+    /// No account has the old name, in any case.
+    NoSuchAccount,
+    /// Another account holds the new name or a look-alike of it: this one.
+    Taken(String),
+}
+
 /// A record's familiar addresses as the stores keep them: space-separated.
 fn familiar_text(record: &Record) -> String {
     let texts: Vec<String> = record.familiar.iter().map(|o| o.to_string()).collect();
@@ -335,6 +346,10 @@ pub trait Store: Send + Sync {
     /// Delete the account named `username` (any case): its name may be registered again, and
     /// its sessions fall with it. `false` if there is none.
     fn delete(&self, username: &str) -> Result<bool, StoreError>;
+    /// Rename the account named `old` (any case) to `new`, unless another account holds
+    /// `new` or a look-alike of it: its id, password, ban and sessions stay; `old` is free
+    /// from then on. Atomic and durable. Its throttle record is the caller's to move.
+    fn rename(&self, old: &str, new: &str) -> Result<Renamed, StoreError>;
     /// Ban the account named `username` (any case) as `ban` says, voiding its sessions, or
     /// with `None` lift its ban; `false` if there is no such account.
     fn set_ban(&self, username: &str, ban: Option<&Ban>) -> Result<bool, StoreError>;

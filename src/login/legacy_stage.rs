@@ -1,6 +1,7 @@
 //! The old-server stage: requests that ask the old account server (`--legacy-db`): a login of
-//! a name account-db does not know (or reserved for its old owner), and a registration, which
-//! asks whether the old server holds the name.
+//! a name account-db does not know (or reserved for its old owner), a registration, which
+//! asks whether the old server holds the name, and a login typed in another case than its
+//! account's, whose wrong password asks whether the old server holds the spelling typed.
 //!
 //! They run on threads of their own, as many as `--legacy-db-connections` (the old server's
 //! requests at once), never on a hash thread: an old server that answers slowly holds these

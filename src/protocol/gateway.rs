@@ -459,10 +459,12 @@ pub enum Code {
     Done = 11,
     /// 12: the account is banned; `until` and `reason` say how long and why.
     Banned = 12,
+    /// 13: the player cannot be served without an operator's help; `reason` says why.
+    ContactSupport = 13,
 }
 
 /// Every code, in order.
-pub const CODES: [Code; 12] = [
+pub const CODES: [Code; 13] = [
     Code::NoSuchUser,
     Code::WrongPassword,
     Code::LoggedIn,
@@ -475,6 +477,7 @@ pub const CODES: [Code; 12] = [
     Code::InvalidToken,
     Code::Done,
     Code::Banned,
+    Code::ContactSupport,
 ];
 
 /// Why a registration (or a new password) was refused ("registration refused", 5).
@@ -489,14 +492,25 @@ pub enum RegisterFailure {
     RegistrationClosed,
 }
 
-/// The `reason` of a reply: why a registration failed (5), why a token is invalid (10), or
-/// why an account is banned (12, an operator's words).
+/// Why a player must contact support ("contact support", 13).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SupportReason {
+    /// The old server (`--legacy-db`) holds the name as typed, with this password, but an
+    /// account here holds the name in another case (two old players who differ only in
+    /// case): an operator renames one (`account-db admin rename`).
+    NameConflict,
+}
+
+/// The `reason` of a reply: why a registration failed (5), why a token is invalid (10), why
+/// an account is banned (12, an operator's words), or why to contact support (13).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
 pub enum Reason {
     Register(RegisterFailure),
     Token(Invalid),
     Ban(String),
+    Support(SupportReason),
 }
 
 /// One reply, before it is given a form and an id.
@@ -593,6 +607,14 @@ impl Reply {
             until: Some(until_ms.div_euclid(1000)),
             reason: Some(Reason::Ban(reason.to_string())),
             ..Reply::new(Code::Banned, "banned")
+        }
+    }
+
+    /// Code 13, and why.
+    pub fn contact_support(reason: SupportReason) -> Self {
+        Reply {
+            reason: Some(Reason::Support(reason)),
+            ..Reply::new(Code::ContactSupport, "contact support")
         }
     }
 

@@ -13,8 +13,8 @@
 //! the disk); PostgreSQL empties the table after a crash, and standbys do not have it.
 
 use super::{
-    familiar_list, familiar_text, unix_now, Account, Ban, Created, Details, Found, Revocation,
-    SessionState, Store, StoreError, LEGACY_NAMES_IMPORTED, REVOKED_PER_ACCOUNT,
+    familiar_list, familiar_text, unix_now, Account, Ban, Created, Details, Found, Renamed,
+    Revocation, SessionState, Store, StoreError, LEGACY_NAMES_IMPORTED, REVOKED_PER_ACCOUNT,
 };
 use crate::auth::names::{fold, skeleton, SKELETON_DATA};
 use crate::throttle::{Millis, Record};
@@ -668,6 +668,37 @@ impl Store for PostgresStore {
             &[(&fold(username), Type::TEXT)],
         )?;
         Ok(deleted == 1)
+    }
+
+    /// Under the new name's look-alike lock, as a create takes it: a registration of a
+    /// look-alike waits, then finds it held.
+    fn rename(&self, old: &str, new: &str) -> Result<Renamed, StoreError> {
+        let (folded, skeleton) = (fold(new), skeleton(new));
+        let mut conn = self.conn()?;
+        let mut tx = conn.transaction()?;
+        tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&skeleton])?;
+        let Some(row) = tx.query_opt(
+            "SELECT id, username FROM accounts WHERE folded = $1 FOR UPDATE",
+            &[&fold(old)],
+        )?
+        else {
+            return Ok(Renamed::NoSuchAccount);
+        };
+        let (id, from): (i64, String) = (row.get(0), row.get(1));
+        let holder = tx.query_opt(
+            "SELECT username FROM accounts
+             WHERE id <> $3 AND (folded = $1 OR skeleton = $2) LIMIT 1",
+            &[&folded, &skeleton, &id],
+        )?;
+        if let Some(holder) = holder {
+            return Ok(Renamed::Taken(holder.get(0)));
+        }
+        tx.execute(
+            "UPDATE accounts SET folded = $1, skeleton = $2, username = $3 WHERE id = $4",
+            &[&folded, &skeleton, &new, &id],
+        )?;
+        tx.commit()?;
+        Ok(Renamed::From(from))
     }
 
     fn list(&self, prefix: &str, limit: u32) -> Result<Vec<Account>, StoreError> {

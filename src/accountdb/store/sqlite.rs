@@ -11,7 +11,7 @@
 //! file from another layout is started afresh.
 
 use super::{
-    familiar_list, familiar_text, unix_now, Account, Ban, Created, Details, Revocation,
+    familiar_list, familiar_text, unix_now, Account, Ban, Created, Details, Renamed, Revocation,
     SessionState, Store, StoreError, LEGACY_NAMES_IMPORTED, REVOKED_PER_ACCOUNT,
 };
 use crate::auth::names::{fold, skeleton, SKELETON_DATA};
@@ -575,6 +575,38 @@ impl Store for SqliteStore {
             ))?
             .execute(params![fold(username), username])?;
         Ok(deleted == 1)
+    }
+
+    fn rename(&self, old: &str, new: &str) -> Result<Renamed, StoreError> {
+        let mut conn = self.writer.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let found: Option<(String, String)> = tx
+            .prepare_cached(&format!("SELECT key, username FROM ({CHOOSE})"))?
+            .query_row(params![fold(old), old], |row| {
+                Ok((row.get(0)?, row.get(1)?))
+            })
+            .optional()?;
+        let Some((key, from)) = found else {
+            return Ok(Renamed::NoSuchAccount);
+        };
+        let (folded, skeleton) = (fold(new), skeleton(new));
+        let holder: Option<String> = tx
+            .prepare_cached(
+                "SELECT username FROM accounts
+                 WHERE key <> ?3 AND (folded = ?1 OR skeleton = ?2 OR key = ?1) LIMIT 1",
+            )?
+            .query_row(params![folded, skeleton, key], |row| row.get(0))
+            .optional()?;
+        if let Some(holder) = holder {
+            return Ok(Renamed::Taken(holder));
+        }
+        tx.prepare_cached(
+            "UPDATE accounts SET key = ?1, folded = ?1, skeleton = ?2, username = ?3
+             WHERE key = ?4",
+        )?
+        .execute(params![folded, skeleton, new, key])?;
+        tx.commit()?;
+        Ok(Renamed::From(from))
     }
 
     fn list(&self, prefix: &str, limit: u32) -> Result<Vec<Account>, StoreError> {
