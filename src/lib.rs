@@ -23,13 +23,16 @@
 //! - [`auth`]: username and password rules; argon2id hashing; the tiers' shared secret; the
 //!   token signing keys and their files.
 //! - [`accountdb::client`]: the r2d2-pooled connections to one or more account-dbs, as
-//!   `Accounts` that fail over between them.
-//! - [`protocol::accountdb`]: the newline-delimited JSON between the two tiers. Pure.
+//!   `Accounts` that fail over between them; `client::connection` is one connection,
+//!   `client::manager` the r2d2 `ManageConnection` that makes and checks them.
+//! - [`protocol::accountdb`]: the newline-delimited JSON between the two tiers, and the words
+//!   both tiers share (accounts, a lookup's answers). Pure; a leaf.
 //! - [`accountdb::import`]: `account-db import`, the old system's players in bulk;
 //!   [`accountdb::admin`]: `account-db admin`, an operator's console.
 //! - [`accountdb::server`]: the account-db server, configured by [`AccountDbConfig`];
 //!   [`accountdb::secrets`]: the secrets it accepts, re-read once a second, and their rotation;
-//!   [`throttle`]: brute-force lockouts, kept as records in the store, which account-db runs;
+//!   [`throttle`]: brute-force lockouts, pure record logic; [`accountdb::throttling`] runs
+//!   it over the records the store keeps;
 //!   [`accountdb::store`]: the `Store` trait, its SQLite and PostgreSQL implementations, and
 //!   `StoreUrl`, which picks one.
 //! - [`metrics`] and [`http`]: Prometheus metrics, `/healthz`, `/readyz` and `/keys`.

@@ -20,10 +20,9 @@ use crate::auth::secret::random_token;
 use crate::legacy::{self, Known, LegacyDb, SpellingAsks, RESERVED_HASH};
 use crate::metrics::LegacyOutcome;
 use crate::metrics::Metrics;
+use crate::protocol::accountdb::{Login, Registering};
 use crate::protocol::gateway::{Op, RegisterFailure, Reply, Request, SupportReason};
-use crate::throttle::{
-    millis, now_ms, Login, Millis, Origin, Policy, RegisterLimit, Registering, Unknown,
-};
+use crate::throttle::{millis, now_ms, Millis, Origin, Policy, RegisterLimit, Unknown};
 use crate::tokens::{Claims, Invalid, Session, Tokens};
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -1078,7 +1077,7 @@ impl Service {
     /// Whether `task` asks the old account server (`--legacy-db` is set): for the old-server
     /// stage, not a hash thread. That is a moved or reserved name's login, a registration, and
     /// a login typed in another case than its account's that may ask about the spelling typed
-    /// (see [`Service::name_conflict`]). Without it, a reserved name's login is a hash task as
+    /// (see `Service::name_conflict`). Without it, a reserved name's login is a hash task as
     /// any.
     pub fn asks_legacy(&self, task: &HashTask) -> bool {
         self.legacy.is_some()

@@ -5,8 +5,10 @@ mod common;
 
 use login_server::accountdb::admin::{run, Admin, AdminError, Reply};
 use login_server::accountdb::store::{Account, PostgresStore, SqliteStore, Store};
+use login_server::accountdb::throttling;
 use login_server::auth::password::{HashParams, Hasher, Memory};
-use login_server::throttle::{self, Login, Policy, Unknown};
+use login_server::protocol::accountdb::Login;
+use login_server::throttle::{self, Policy, Unknown};
 use std::process::Command;
 use std::time::Duration;
 
@@ -109,7 +111,7 @@ fn admin_conformance(store: &dyn Store) {
     // Locked by failures, shown so, and unlocked for every login-server.
     let t = Policy::default().failures();
     for _ in 0..5 {
-        throttle::failed(store, Some("admin-alice"), None, &t).unwrap();
+        throttling::failed(store, Some("admin-alice"), None, &t).unwrap();
     }
     let locked = admin(
         store,
@@ -122,7 +124,7 @@ fn admin_conformance(store: &dyn Store) {
     assert!(locked.contains("locked\tfor "), "{locked}");
     assert!(locked.contains("m=8,t=1,p=1"), "{locked}");
     assert!(matches!(
-        throttle::login(store, "admin-alice", None, &t, Unknown::Address).unwrap(),
+        throttling::login(store, "admin-alice", None, &t, Unknown::Address).unwrap(),
         Login::Locked(_)
     ));
     assert_eq!(
@@ -136,7 +138,7 @@ fn admin_conformance(store: &dyn Store) {
         "unlocked Admin-Alice\n"
     );
     assert!(matches!(
-        throttle::login(store, "admin-alice", None, &t, Unknown::Address).unwrap(),
+        throttling::login(store, "admin-alice", None, &t, Unknown::Address).unwrap(),
         Login::Open { .. }
     ));
     let shown = admin(
@@ -151,7 +153,7 @@ fn admin_conformance(store: &dyn Store) {
         shown.contains("last login\tnone known"),
         "an unlock is no login: {shown}"
     );
-    throttle::succeeded(store, "admin-alice", None, false).unwrap();
+    throttling::succeeded(store, "admin-alice", None, false).unwrap();
     let shown = admin(
         store,
         Admin::Show {
@@ -262,9 +264,9 @@ fn rename_conformance(store: &dyn Store) {
     // Locked under its old name.
     let failures = Policy::default().failures();
     for _ in 0..failures.max_failures {
-        throttle::failed(store, Some("Dan"), None, &failures).unwrap();
+        throttling::failed(store, Some("Dan"), None, &failures).unwrap();
     }
-    assert!(throttle::record(store, "Dan")
+    assert!(throttling::record(store, "Dan")
         .unwrap()
         .locked(throttle::now_ms())
         .is_some());
@@ -302,11 +304,14 @@ fn rename_conformance(store: &dyn Store) {
     );
     // The lock went with the account; the old name starts afresh, and is free.
     let now = throttle::now_ms();
-    assert!(throttle::record(store, "Dan_old")
+    assert!(throttling::record(store, "Dan_old")
         .unwrap()
         .locked(now)
         .is_some());
-    assert_eq!(throttle::record(store, "dan").unwrap(), Default::default());
+    assert_eq!(
+        throttling::record(store, "dan").unwrap(),
+        Default::default()
+    );
     assert!(store.find("dan").unwrap().is_none());
     let created = store
         .create(&Account::new("dan", "other-hash"), "dan-2")

@@ -10,7 +10,8 @@ use login_server::accountdb::accounts::{Accounts, Answer, Question};
 use login_server::accountdb::client::RemoteStore;
 use login_server::accountdb::store::{Account, Created, StoreError};
 use login_server::metrics::Metrics;
-use login_server::throttle::{Login, Policy, Registering, Unknown};
+use login_server::protocol::accountdb::{Login, Registering};
+use login_server::throttle::{Policy, Unknown};
 use std::time::Duration;
 
 fn questions(alice: u64) -> Vec<Question> {

@@ -4,6 +4,7 @@
 
 pub mod attack;
 pub mod report;
+pub mod run;
 pub mod stress;
 
 use login_server::protocol::gateway::Op;

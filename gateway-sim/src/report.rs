@@ -1,7 +1,7 @@
 //! What a stress run measured: [`Recorder`] collects on each load thread, [`Report`] sums up
 //! and prints as a table, as JSON, or as an SVG plot over time.
 
-use crate::stress::{classify, Kind, Live};
+use crate::run::{Kind, Live, GRACE};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -55,7 +55,7 @@ impl Recorder {
     /// A recorder for a run that started at `start`, ends at `end`, and waits `timeout` at
     /// most for one reply.
     pub fn new(start: Instant, end: Instant, timeout: Duration) -> Recorder {
-        let max = timeout + crate::stress::GRACE;
+        let max = timeout + GRACE;
         Recorder {
             start,
             end,
@@ -372,6 +372,19 @@ fn line_chart<DB: plotters::prelude::DrawingBackend>(
         .draw_series(LineSeries::new(points.iter().copied(), color))
         .map_err(|e| err(&e))?;
     Ok(())
+}
+
+/// Classify a transport error for the report.
+pub(crate) fn classify(e: &io::Error, transport: &mut Transport) {
+    match e.kind() {
+        io::ErrorKind::ConnectionRefused => transport.refused += 1,
+        io::ErrorKind::ConnectionReset
+        | io::ErrorKind::ConnectionAborted
+        | io::ErrorKind::BrokenPipe
+        | io::ErrorKind::UnexpectedEof => transport.reset += 1,
+        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => transport.timeout += 1,
+        _ => transport.other += 1,
+    }
 }
 
 #[cfg(test)]

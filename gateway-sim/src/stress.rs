@@ -6,72 +6,16 @@
 //! latency is measured from then, not from when it was sent, so a stalled server cannot hide
 //! its queueing (no coordinated omission).
 
-use crate::report::{Recorder, Report, Transport};
+use crate::report::{Recorder, Report};
+use crate::run::{Kind, Live, GRACE};
 use crossbeam_channel::{bounded, unbounded};
 use login_server::protocol::gateway::Form;
 use serde_json::json;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-/// The kinds of request a run mixes, each with the code it must get.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Kind {
-    /// A registered user, right password: 3.
-    Login,
-    /// A fresh name: 4.
-    Register,
-    /// A wrong password for a registered decoy account: 2, or 8 once failures have locked
-    /// it. Decoys are never the accounts that logins use, so those are never locked.
-    BadPass,
-    /// A valid name nobody registered: 1.
-    Unknown,
-    /// A name that breaks the rules: 1.
-    Invalid,
-    /// An unknown OP: 6.
-    Malformed,
-    /// `verify` of a token from an earlier login of the run: 9 (a login, 3, until the run has
-    /// a token).
-    Verify,
-}
-
-impl Kind {
-    pub const ALL: [Kind; 7] = [
-        Kind::Login,
-        Kind::Register,
-        Kind::BadPass,
-        Kind::Unknown,
-        Kind::Invalid,
-        Kind::Malformed,
-        Kind::Verify,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Kind::Login => "login",
-            Kind::Register => "register",
-            Kind::BadPass => "badpass",
-            Kind::Unknown => "unknown",
-            Kind::Invalid => "invalid",
-            Kind::Malformed => "malformed",
-            Kind::Verify => "verify",
-        }
-    }
-
-    /// Whether a correct server may answer this kind with `code`.
-    pub fn accepts(self, code: u64) -> bool {
-        match self {
-            Kind::Login => code == 3,
-            Kind::Register => code == 4,
-            Kind::BadPass => code == 2 || code == 8,
-            Kind::Unknown | Kind::Invalid => code == 1,
-            Kind::Malformed => code == 6,
-            Kind::Verify => code == 9 || code == 3,
-        }
-    }
-}
 
 /// Tokens from the run's logins, for its `verify` requests: at most [`TokenPool::SIZE`], the
 /// oldest replaced.
@@ -278,21 +222,6 @@ impl Requests {
         };
         (kind, bytes)
     }
-}
-
-/// How long requests still in flight when `--duration` ends may take to be answered; past it
-/// they are reported as unfinished.
-pub const GRACE: Duration = Duration::from_secs(2);
-
-/// Shared between the threads of a run.
-#[derive(Default)]
-pub struct Live {
-    pub completed: AtomicU64,
-    pub errors: AtomicU64,
-    tickets: AtomicU64,
-    stop: AtomicBool,
-    /// Open loop: arrivals due within the run that were never sent (it could not keep up).
-    pub unsent: AtomicU64,
 }
 
 struct Plan {
@@ -679,19 +608,6 @@ impl Run {
         let mut report = total.report(self.start.elapsed());
         report.unsent = self.live.unsent.load(Ordering::Relaxed);
         report
-    }
-}
-
-/// Classify a transport error for the report.
-pub(super) fn classify(e: &io::Error, transport: &mut Transport) {
-    match e.kind() {
-        io::ErrorKind::ConnectionRefused => transport.refused += 1,
-        io::ErrorKind::ConnectionReset
-        | io::ErrorKind::ConnectionAborted
-        | io::ErrorKind::BrokenPipe
-        | io::ErrorKind::UnexpectedEof => transport.reset += 1,
-        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => transport.timeout += 1,
-        _ => transport.other += 1,
     }
 }
 

@@ -142,7 +142,7 @@ fn duration_is_a_hard_limit_and_what_was_cut_is_reported() {
     let ran = started.elapsed() - setup;
     // One second of load and at most the grace after it, not the 2000 requests it was asked.
     assert!(
-        ran < Duration::from_secs(1) + gateway_sim::stress::GRACE + Duration::from_secs(3),
+        ran < Duration::from_secs(1) + gateway_sim::run::GRACE + Duration::from_secs(3),
         "{ran:?}"
     );
     assert!(report.unsent > 1000, "{}", report.table());

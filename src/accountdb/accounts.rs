@@ -3,13 +3,13 @@
 //! second, its create), which a worker asks many at once ([`Accounts::ask_all`]).
 //!
 //! [`RemoteStore`](super::client::RemoteStore) asks account-db over the wire; every [`Store`]
-//! answers the same questions in-process, through the [`throttle`] requests,
+//! answers the same questions in-process, through the [`throttling`] requests,
 //! which is how account-db's server executes them.
 
 use super::store::{Account, Created, Revocation, SessionState, Store, StoreError};
-use crate::throttle::{
-    self, Login, Millis, Origin, RegisterLimit, Registering, Thresholds, Unknown,
-};
+use super::throttling;
+use crate::protocol::accountdb::{Login, Registering};
+use crate::throttle::{Millis, Origin, RegisterLimit, Thresholds, Unknown};
 use std::time::Duration;
 
 /// A gateway request's first question to the account tier: asked for many requests at once by
@@ -83,7 +83,7 @@ pub trait Accounts: Send + Sync {
     }
 
     /// A login's lookup: the account, unless the account or `origin` is locked
-    /// ([`throttle::login`]).
+    /// ([`throttling::login`]).
     fn login(
         &self,
         username: &str,
@@ -91,21 +91,21 @@ pub trait Accounts: Send + Sync {
         failures: &Thresholds,
         unknown: Unknown,
     ) -> Result<Login, StoreError>;
-    /// A login failed ([`throttle::failed`]).
+    /// A login failed ([`throttling::failed`]).
     fn failed(
         &self,
         username: Option<&str>,
         origin: Option<Origin>,
         failures: &Thresholds,
     ) -> Result<Option<Duration>, StoreError>;
-    /// A login succeeded ([`throttle::succeeded`]).
+    /// A login succeeded ([`throttling::succeeded`]).
     fn succeeded(
         &self,
         username: &str,
         origin: Option<Origin>,
         keep_failures: bool,
     ) -> Result<(), StoreError>;
-    /// A registration's lookup ([`throttle::register`]).
+    /// A registration's lookup ([`throttling::register`]).
     fn register(
         &self,
         username: &str,
@@ -141,7 +141,7 @@ impl<S: Store> Accounts for S {
         failures: &Thresholds,
         unknown: Unknown,
     ) -> Result<Login, StoreError> {
-        throttle::login(self, username, origin, failures, unknown)
+        throttling::login(self, username, origin, failures, unknown)
     }
 
     fn failed(
@@ -150,7 +150,7 @@ impl<S: Store> Accounts for S {
         origin: Option<Origin>,
         failures: &Thresholds,
     ) -> Result<Option<Duration>, StoreError> {
-        throttle::failed(self, username, origin, failures)
+        throttling::failed(self, username, origin, failures)
     }
 
     fn succeeded(
@@ -159,7 +159,7 @@ impl<S: Store> Accounts for S {
         origin: Option<Origin>,
         keep_failures: bool,
     ) -> Result<(), StoreError> {
-        throttle::succeeded(self, username, origin, keep_failures)
+        throttling::succeeded(self, username, origin, keep_failures)
     }
 
     fn register(
@@ -168,7 +168,7 @@ impl<S: Store> Accounts for S {
         origin: Option<Origin>,
         limit: &RegisterLimit,
     ) -> Result<Registering, StoreError> {
-        throttle::register(self, username, origin, limit)
+        throttling::register(self, username, origin, limit)
     }
 
     fn find(&self, username: &str) -> Result<Option<Account>, StoreError> {

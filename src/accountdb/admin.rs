@@ -2,6 +2,7 @@
 //! while account-db serves it. Each change is logged.
 
 use crate::accountdb::store::{Account, Ban, Renamed, Store, StoreError};
+use crate::accountdb::throttling;
 
 /// The longest ban reason, in bytes: it goes out in replies.
 const MAX_REASON: usize = 200;
@@ -147,14 +148,14 @@ pub fn run(
         Admin::Show { name } => show(store, name).map(Reply::Done),
         Admin::Unlock { name } => {
             let account = store.find(name)?.ok_or_else(|| missing(name))?;
-            let record = throttle::record(store, &account.username)?;
+            let record = throttling::record(store, &account.username)?;
             if record.locked(now_ms()).is_none() && record.count == 0 {
                 return Ok(Reply::Already(format!(
                     "{} is not locked and has no failed logins: nothing to do\n",
                     account.username
                 )));
             }
-            throttle::unlock(store, &account.username)?;
+            throttling::unlock(store, &account.username)?;
             tracing::info!(user = ?account.username, "admin: unlocked");
             Ok(Reply::Done(format!("unlocked {}\n", account.username)))
         }
@@ -360,7 +361,7 @@ fn show(store: &dyn Store, name: &str) -> Result<String, AdminError> {
         .details(name)?
         .ok_or_else(|| AdminError::NoSuchAccount(name.to_string()))?;
     let account = &details.account;
-    let record = throttle::record(store, &account.username)?;
+    let record = throttling::record(store, &account.username)?;
     let now = now_ms();
     let hash = match account.hash.as_str() {
         RESERVED_HASH => "none: reserved for its owner on the old server".to_string(),

@@ -12,5 +12,6 @@ pub mod import;
 pub mod secrets;
 pub mod server;
 pub mod store;
+pub mod throttling;
 
 pub use config::{AccountDbConfig, Command, RotationStep};

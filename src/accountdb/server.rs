@@ -9,6 +9,7 @@
 use crate::accountdb::config::AccountDbConfig;
 use crate::accountdb::secrets::{AcceptedSecrets, Proved};
 use crate::accountdb::store::{Created, Store, StoreError};
+use crate::accountdb::throttling;
 use crate::auth::secret::{self, SecretError};
 use crate::http::{HttpEndpoint, Routes};
 use crate::logging::RateLimited;
@@ -16,7 +17,8 @@ use crate::metrics::{LabeledCounters, LiveFamily, LiveGauge};
 use crate::protocol::accountdb::{
     decode_line, encode_line, DbRequest, DbResponse, Greeting, MAX_LINE,
 };
-use crate::throttle::{self, Login, Registering};
+use crate::protocol::accountdb::{Login, Registering};
+use crate::throttle;
 use parking_lot::Mutex;
 use prometheus_client::metrics::counter::Counter;
 use std::collections::{HashMap, VecDeque};
@@ -743,7 +745,7 @@ fn write_response(
 /// Run a run of login requests (nothing else) with one read of the store.
 fn execute_logins(store: &dyn Store, logins: Vec<Result<DbRequest, String>>) -> Vec<DbResponse> {
     let requests: Vec<DbRequest> = logins.into_iter().flatten().collect();
-    let lookups: Vec<throttle::Lookup> = requests
+    let lookups: Vec<throttling::Lookup> = requests
         .iter()
         .filter_map(|request| match request {
             DbRequest::Login {
@@ -751,7 +753,7 @@ fn execute_logins(store: &dyn Store, logins: Vec<Result<DbRequest, String>>) -> 
                 origin,
                 failures,
                 unknown,
-            } => Some(throttle::Lookup {
+            } => Some(throttling::Lookup {
                 username,
                 origin: *origin,
                 t: failures,
@@ -763,7 +765,7 @@ fn execute_logins(store: &dyn Store, logins: Vec<Result<DbRequest, String>>) -> 
     let error = |e: StoreError| DbResponse::Error {
         message: e.to_string(),
     };
-    match throttle::login_all(store, &lookups) {
+    match throttling::login_all(store, &lookups) {
         Ok(results) => results
             .into_iter()
             .map(|result| result.map_or_else(error, login_response))
@@ -878,24 +880,24 @@ fn execute(store: &dyn Store, request: DbRequest) -> DbResponse {
             origin,
             failures,
             unknown,
-        } => throttle::login(store, &username, origin, &failures, unknown).map(login_response),
+        } => throttling::login(store, &username, origin, &failures, unknown).map(login_response),
         DbRequest::Failed {
             username,
             origin,
             failures,
-        } => throttle::failed(store, username.as_deref(), origin, &failures)
+        } => throttling::failed(store, username.as_deref(), origin, &failures)
             .map(|lock| lock.map_or(DbResponse::Counted, locked)),
         DbRequest::Succeeded {
             username,
             origin,
             keep_failures,
-        } => throttle::succeeded(store, &username, origin, keep_failures)
+        } => throttling::succeeded(store, &username, origin, keep_failures)
             .map(|()| DbResponse::Updated),
         DbRequest::Register {
             username,
             origin,
             limit,
-        } => throttle::register(store, &username, origin, &limit).map(|r| match r {
+        } => throttling::register(store, &username, origin, &limit).map(|r| match r {
             Registering::Locked(wait) => locked(wait),
             Registering::Taken => DbResponse::Exists,
             Registering::Free => DbResponse::NotFound,

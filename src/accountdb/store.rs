@@ -1,16 +1,17 @@
 //! The [`Store`] trait: what the account store can do, whatever keeps the data.
 //!
 //! account-db serves a [`SqliteStore`] or a [`PostgresStore`] (chosen by [`StoreUrl`]);
-//! login-server reaches it through
-//! [`RemoteStore`](crate::accountdb::client::RemoteStore), which implements the same trait.
+//! login-server reaches it through [`RemoteStore`](crate::accountdb::client::RemoteStore),
+//! which is no `Store`: it implements [`Accounts`](crate::accountdb::accounts::Accounts), what
+//! login-server asks of the account tier, as every `Store` does too.
 //! Names are unique without regard to case ([`fold`](crate::auth::names::fold)); an account
 //! keeps the spelling it registered with.
 
 mod postgres;
 mod sqlite;
 
-use crate::accountdb::client::DbError;
-pub use crate::protocol::accountdb::{Account, Ban};
+use crate::accountdb::client::connection::DbError;
+pub use crate::protocol::accountdb::{Account, Ban, Created, Revocation, SessionState};
 use crate::throttle::{Millis, Origin, Record};
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
@@ -134,65 +135,6 @@ pub const BATCH_TIME: Duration = Duration::from_millis(100);
 
 /// Revocations an account holds at most; see [`Store::revoke_session`].
 pub const REVOKED_PER_ACCOUNT: i64 = 64;
-
-/// A logged-out session.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Revocation {
-    pub account_id: u64,
-    pub sid: String,
-    /// When the session began.
-    pub began_ms: Millis,
-    /// Until when to keep the revocation: no token of the session is valid after it.
-    pub until_ms: Millis,
-}
-
-/// What the store knows of one session of an account.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SessionState {
-    /// The account's spelling as registered.
-    pub username: String,
-    /// Sessions that began before this (milliseconds since the epoch) are void.
-    pub sessions_after: Millis,
-    /// This session was logged out.
-    pub revoked: bool,
-}
-
-impl SessionState {
-    /// Whether a session that began at `auth_ms` still stands.
-    pub fn stands(&self, auth_ms: Millis) -> bool {
-        !self.revoked && auth_ms >= self.sessions_after
-    }
-}
-
-/// What [`Store::create`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Created {
-    /// The account is stored, durably.
-    New,
-    /// The name was taken, in some spelling; nothing changed.
-    Exists,
-}
-
-impl Created {
-    /// The outcome when the name is already held by the create `stored_by`: this very create
-    /// (repeated after its reply was lost) or another.
-    pub fn held_by(stored_by: &str, request_id: &str) -> Created {
-        if stored_by == request_id {
-            Created::New
-        } else {
-            Created::Exists
-        }
-    }
-
-    /// The outcome of an insert that wrote `rows` rows (0: a concurrent create won).
-    pub fn inserted(rows: u64) -> Created {
-        if rows == 1 {
-            Created::New
-        } else {
-            Created::Exists
-        }
-    }
-}
 
 /// What [`Store::rename`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -9,9 +9,9 @@
 //!
 //! The account store only ever sees password hashes, never passwords.
 
-use crate::accountdb::store::Revocation;
-use crate::throttle::{Origin, RegisterLimit, Thresholds, Unknown};
+use crate::throttle::{Millis, Origin, RegisterLimit, Thresholds, Unknown};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use std::time::Duration;
 
 /// The protocol version this build speaks; the greeting carries it.
 pub const VERSION: u32 = 3;
@@ -82,6 +82,92 @@ impl Account {
     }
 }
 
+/// A logged-out session.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Revocation {
+    pub account_id: u64,
+    pub sid: String,
+    /// When the session began.
+    pub began_ms: Millis,
+    /// Until when to keep the revocation: no token of the session is valid after it.
+    pub until_ms: Millis,
+}
+
+/// What the store knows of one session of an account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionState {
+    /// The account's spelling as registered.
+    pub username: String,
+    /// Sessions that began before this (milliseconds since the epoch) are void.
+    pub sessions_after: Millis,
+    /// This session was logged out.
+    pub revoked: bool,
+}
+
+impl SessionState {
+    /// Whether a session that began at `auth_ms` still stands.
+    pub fn stands(&self, auth_ms: Millis) -> bool {
+        !self.revoked && auth_ms >= self.sessions_after
+    }
+}
+
+/// What [`Store::create`](crate::accountdb::store::Store::create) did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Created {
+    /// The account is stored, durably.
+    New,
+    /// The name was taken, in some spelling; nothing changed.
+    Exists,
+}
+
+impl Created {
+    /// The outcome when the name is already held by the create `stored_by`: this very create
+    /// (repeated after its reply was lost) or another.
+    pub fn held_by(stored_by: &str, request_id: &str) -> Created {
+        if stored_by == request_id {
+            Created::New
+        } else {
+            Created::Exists
+        }
+    }
+
+    /// The outcome of an insert that wrote `rows` rows (0: a concurrent create won).
+    pub fn inserted(rows: u64) -> Created {
+        if rows == 1 {
+            Created::New
+        } else {
+            Created::Exists
+        }
+    }
+}
+
+/// What account-db answers a login's lookup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Login {
+    /// The account, or the address, is locked for this long: answer "too many attempts".
+    Locked(Duration),
+    /// The login may go on: the account if there is one; `settled`: a success would change
+    /// nothing, so it need not be reported with [`succeeded`](crate::accountdb::throttling::succeeded).
+    Open {
+        account: Option<Account>,
+        settled: bool,
+    },
+}
+
+/// What account-db answers a registration's lookup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Registering {
+    /// The address used up its registrations: another is allowed after this long.
+    Locked(Duration),
+    /// The name, or a look-alike, is taken.
+    Taken,
+    /// The name is free: go on and hash the password.
+    Free,
+    /// Registration is closed: the old server's names are not imported yet (see
+    /// [`RegisterLimit::legacy_gate`]).
+    Closed,
+}
+
 /// A request from login-server to account-db.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -106,7 +192,7 @@ pub enum DbRequest {
         old: String,
         hash: String,
     },
-    /// A login's lookup ([`crate::throttle::login`]): answered [`DbResponse::Locked`] or
+    /// A login's lookup ([`crate::accountdb::throttling::login`]): answered [`DbResponse::Locked`] or
     /// [`DbResponse::Open`]. An unknown name is counted as a failure, against `origin` and,
     /// with `unknown`, the name.
     Login {
@@ -115,14 +201,14 @@ pub enum DbRequest {
         failures: Thresholds,
         unknown: Unknown,
     },
-    /// A login failed ([`crate::throttle::failed`]): answered [`DbResponse::Counted`], or
+    /// A login failed ([`crate::accountdb::throttling::failed`]): answered [`DbResponse::Counted`], or
     /// [`DbResponse::Locked`] when a key was locked already (then it is not counted).
     Failed {
         username: Option<String>,
         origin: Option<Origin>,
         failures: Thresholds,
     },
-    /// A login succeeded ([`crate::throttle::succeeded`]): answered [`DbResponse::Updated`].
+    /// A login succeeded ([`crate::accountdb::throttling::succeeded`]): answered [`DbResponse::Updated`].
     Succeeded {
         username: String,
         origin: Option<Origin>,
@@ -143,7 +229,7 @@ pub enum DbRequest {
         before_ms: i64,
         hash: Option<String>,
     },
-    /// A registration's lookup ([`crate::throttle::register`]): answered
+    /// A registration's lookup ([`crate::accountdb::throttling::register`]): answered
     /// [`DbResponse::Locked`], [`DbResponse::Exists`] or [`DbResponse::NotFound`].
     Register {
         username: String,

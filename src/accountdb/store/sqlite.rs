@@ -512,7 +512,7 @@ impl Store for SqliteStore {
         Ok(created)
     }
 
-    /// One transaction (one fsync) for as many creates as fit in half of [`BATCH_TIME`], then
+    /// One transaction (one fsync) for as many creates as fit in half of [`BATCH_TIME`](super::BATCH_TIME), then
     /// the next: SQLite has one write lock, so there is no lock order to keep.
     fn create_many(&self, accounts: &[(Account, String)]) -> Result<Vec<Created>, StoreError> {
         let mut created = Vec::with_capacity(accounts.len());

@@ -1,9 +1,14 @@
-//! The account-db client: [`DbConn`], one persistent connection; [`DbManager`], the r2d2
-//! `ManageConnection` that makes and checks them; and [`RemoteStore`], the [`Accounts`] that
-//! login-server uses, pooled or (as the seed did) one connection per request.
-//!
-//! As in r2d2-postgres and r2d2-redis: `is_valid` is a real round trip (a ping), and
-//! `has_broken` never blocks: it reads a flag that any IO error, timeout or bad reply sets.
+//! The account-db client: [`RemoteStore`], the [`Accounts`] that login-server uses, over one
+//! or more account-dbs, pooled or (as the seed did) one connection per request. Its parts:
+//! [`connection`], one persistent connection ([`DbConn`]) and how a call fails ([`DbError`]);
+//! [`manager`], the r2d2 `ManageConnection` that makes and checks them.
+
+pub mod connection;
+pub mod manager;
+
+pub use connection::{DbConn, DbError};
+pub use manager::DbManager;
+use manager::LogErrors;
 
 use crate::accountdb::accounts::{Accounts, Answer, Question};
 use crate::accountdb::store::{Account, Created, Revocation, SessionState, StoreError};
@@ -11,219 +16,11 @@ use crate::auth::secret::Secret;
 use crate::config::Endpoint;
 use crate::logging::RateLimited;
 use crate::metrics::Metrics;
-use crate::protocol::accountdb::{
-    decode_line, encode_line, DbRequest, DbResponse, Greeting, MAX_LINE, SERVICE, VERSION,
-};
-use crate::throttle::{Login, Millis, Origin, RegisterLimit, Registering, Thresholds, Unknown};
-use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use crate::protocol::accountdb::{DbRequest, DbResponse, Login, Registering};
+use crate::throttle::{Millis, Origin, RegisterLimit, Thresholds, Unknown};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// Why a call to account-db failed.
-#[derive(Debug, thiserror::Error)]
-pub enum DbError {
-    /// TCP connect failed or timed out.
-    #[error("cannot connect to account-db at {addr}: {source}")]
-    Connect { addr: SocketAddr, source: io::Error },
-    /// The peer is not an account-db speaking our protocol version, or refused us.
-    #[error("account-db at {addr} did not greet as expected: {detail}")]
-    Handshake { addr: SocketAddr, detail: String },
-    /// Reading or writing failed or timed out mid-request; the connection is broken.
-    #[error("account-db request failed: {0}")]
-    Io(#[from] io::Error),
-    /// The reply was not a line we understand; the connection is broken.
-    #[error("account-db sent an unreadable reply: {0}")]
-    BadReply(String),
-    /// No pooled connection could be had within `--db-timeout`: every one is busy, or none
-    /// can be made (account-db down or refusing us; the pool's log says which).
-    #[error("no account-db connection within the deadline: {0}")]
-    Pool(#[from] r2d2::Error),
-}
-
-impl DbError {
-    /// The same failure again, for each of the requests it failed together.
-    fn again(&self) -> DbError {
-        let kind = match self {
-            DbError::Io(e) => e.kind(),
-            _ => io::ErrorKind::Other,
-        };
-        DbError::Io(io::Error::new(kind, self.to_string()))
-    }
-
-    /// Whether this is a connection found dead (reset, closed), rather than a slow peer: only
-    /// then is trying another connection quick and useful.
-    fn is_dead_connection(&self) -> bool {
-        matches!(self, DbError::Io(e)
-            if !matches!(e.kind(), io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock))
-    }
-}
-
-/// One persistent connection, its greeting checked, to account-db.
-pub struct DbConn {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
-    line: Vec<u8>,
-    broken: bool,
-}
-
-impl DbConn {
-    /// Connect, check the greeting, prove `secret`, and set `timeout` as the deadline of every
-    /// read and write.
-    pub fn connect(
-        addr: SocketAddr,
-        timeout: Duration,
-        secret: &Secret,
-    ) -> Result<DbConn, DbError> {
-        let stream = TcpStream::connect_timeout(&addr, timeout)
-            .map_err(|source| DbError::Connect { addr, source })?;
-        let handshake = |detail: String| DbError::Handshake { addr, detail };
-        stream.set_nodelay(true)?;
-        stream.set_read_timeout(Some(timeout))?;
-        stream.set_write_timeout(Some(timeout))?;
-        let mut conn = DbConn {
-            writer: stream.try_clone()?,
-            reader: BufReader::new(stream),
-            line: Vec::with_capacity(256),
-            broken: false,
-        };
-        conn.read_line()?;
-        let nonce = match decode_line::<Greeting>(&conn.line) {
-            Ok(g) if g.service == SERVICE && g.version == VERSION => g.nonce,
-            Ok(g) => {
-                return Err(handshake(format!(
-                    "it speaks {} version {}, we speak {SERVICE} version {VERSION}",
-                    g.service, g.version
-                )))
-            }
-            Err(_) => return Err(handshake(String::from_utf8_lossy(&conn.line).trim().into())),
-        };
-        let proof = secret.proof(&nonce);
-        match conn.call(&DbRequest::Auth { proof })? {
-            DbResponse::Ok => Ok(conn),
-            DbResponse::Error { message } => Err(handshake(format!("refused us: {message}"))),
-            other => Err(handshake(format!("answered authentication with {other:?}"))),
-        }
-    }
-
-    /// Send one request and read its reply. Any failure marks the connection broken.
-    pub fn call(&mut self, request: &DbRequest) -> Result<DbResponse, DbError> {
-        let result = self.round_trip(request);
-        if result.is_err() {
-            self.broken = true;
-        }
-        result
-    }
-
-    /// Send every request in one write, then read their replies, in order: one round trip
-    /// for all. The replies read, and the failure that stopped the rest, if any (it marks the
-    /// connection broken).
-    pub fn call_all(&mut self, requests: &[DbRequest]) -> (Vec<DbResponse>, Option<DbError>) {
-        let mut responses = Vec::with_capacity(requests.len());
-        let result = self.pipeline(requests, &mut responses);
-        if result.is_err() {
-            self.broken = true;
-        }
-        (responses, result.err())
-    }
-
-    fn pipeline(
-        &mut self,
-        requests: &[DbRequest],
-        responses: &mut Vec<DbResponse>,
-    ) -> Result<(), DbError> {
-        let lines: Vec<u8> = requests.iter().flat_map(encode_line).collect();
-        self.writer.write_all(&lines)?;
-        for _ in requests {
-            self.read_line()?;
-            let response = decode_line(&self.line).map_err(|e| DbError::BadReply(e.to_string()))?;
-            responses.push(response);
-        }
-        Ok(())
-    }
-
-    fn round_trip(&mut self, request: &DbRequest) -> Result<DbResponse, DbError> {
-        self.writer.write_all(&encode_line(request))?;
-        self.read_line()?;
-        decode_line(&self.line).map_err(|e| DbError::BadReply(e.to_string()))
-    }
-
-    fn read_line(&mut self) -> Result<(), DbError> {
-        self.line.clear();
-        (&mut self.reader)
-            .take(MAX_LINE as u64)
-            .read_until(b'\n', &mut self.line)?;
-        if self.line.last() == Some(&b'\n') {
-            Ok(())
-        } else if self.line.len() >= MAX_LINE {
-            Err(DbError::BadReply("reply line too long".into()))
-        } else {
-            Err(io::Error::from(io::ErrorKind::UnexpectedEof).into())
-        }
-    }
-}
-
-/// Makes and checks [`DbConn`]s for an r2d2 pool.
-#[derive(Debug, Clone)]
-pub struct DbManager {
-    endpoint: Endpoint,
-    timeout: Duration,
-    secret: Secret,
-}
-
-impl DbManager {
-    /// Connections to `endpoint` (a host name resolved again for each), with `timeout` as the
-    /// connect and per-request deadline.
-    pub fn new(endpoint: Endpoint, timeout: Duration, secret: Secret) -> Self {
-        DbManager {
-            endpoint,
-            timeout,
-            secret,
-        }
-    }
-}
-
-impl r2d2::ManageConnection for DbManager {
-    type Connection = DbConn;
-    type Error = DbError;
-
-    fn connect(&self) -> Result<DbConn, DbError> {
-        DbConn::connect(self.endpoint.resolve(), self.timeout, &self.secret)
-    }
-
-    fn is_valid(&self, conn: &mut DbConn) -> Result<(), DbError> {
-        match conn.call(&DbRequest::Ping)? {
-            DbResponse::Pong => Ok(()),
-            other => {
-                conn.broken = true;
-                Err(DbError::BadReply(format!("ping answered {other:?}")))
-            }
-        }
-    }
-
-    fn has_broken(&self, conn: &mut DbConn) -> bool {
-        std::thread::panicking() || conn.broken
-    }
-}
-
-/// Reports the pool's failed connection attempts through `tracing`, at most one line per
-/// 10 s with how many failed since: a wrong secret fails every attempt, many a second.
-struct LogErrors(RateLimited);
-
-impl std::fmt::Debug for LogErrors {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("LogErrors")
-    }
-}
-
-impl r2d2::HandleError<DbError> for LogErrors {
-    fn handle_error(&self, error: DbError) {
-        if let Some(failed) = self.0.hit() {
-            tracing::warn!(%error, failed, "account-db connection attempts failed");
-        }
-    }
-}
 
 /// How login-server reaches its account-dbs; made by
 /// [`LoginServerConfig::db_client`](crate::login::LoginServerConfig::db_client).

@@ -1,0 +1,157 @@
+//! One persistent connection to account-db ([`DbConn`]), its greeting checked, and why a call
+//! over it fails ([`DbError`]).
+
+use crate::auth::secret::Secret;
+use crate::protocol::accountdb::{
+    decode_line, encode_line, DbRequest, DbResponse, Greeting, MAX_LINE, SERVICE, VERSION,
+};
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+/// Why a call to account-db failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// TCP connect failed or timed out.
+    #[error("cannot connect to account-db at {addr}: {source}")]
+    Connect { addr: SocketAddr, source: io::Error },
+    /// The peer is not an account-db speaking our protocol version, or refused us.
+    #[error("account-db at {addr} did not greet as expected: {detail}")]
+    Handshake { addr: SocketAddr, detail: String },
+    /// Reading or writing failed or timed out mid-request; the connection is broken.
+    #[error("account-db request failed: {0}")]
+    Io(#[from] io::Error),
+    /// The reply was not a line we understand; the connection is broken.
+    #[error("account-db sent an unreadable reply: {0}")]
+    BadReply(String),
+    /// No pooled connection could be had within `--db-timeout`: every one is busy, or none
+    /// can be made (account-db down or refusing us; the pool's log says which).
+    #[error("no account-db connection within the deadline: {0}")]
+    Pool(#[from] r2d2::Error),
+}
+
+impl DbError {
+    /// The same failure again, for each of the requests it failed together.
+    pub(super) fn again(&self) -> DbError {
+        let kind = match self {
+            DbError::Io(e) => e.kind(),
+            _ => io::ErrorKind::Other,
+        };
+        DbError::Io(io::Error::new(kind, self.to_string()))
+    }
+
+    /// Whether this is a connection found dead (reset, closed), rather than a slow peer: only
+    /// then is trying another connection quick and useful.
+    pub(super) fn is_dead_connection(&self) -> bool {
+        matches!(self, DbError::Io(e)
+            if !matches!(e.kind(), io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock))
+    }
+}
+
+/// One persistent connection, its greeting checked, to account-db.
+pub struct DbConn {
+    /// The read half, buffered: replies are lines.
+    reader: BufReader<TcpStream>,
+    /// The write half.
+    writer: TcpStream,
+    /// The reply line being read.
+    line: Vec<u8>,
+    /// An IO error, a timeout or a bad reply happened: the pool drops it.
+    pub(super) broken: bool,
+}
+
+impl DbConn {
+    /// Connect, check the greeting, prove `secret`, and set `timeout` as the deadline of every
+    /// read and write.
+    pub fn connect(
+        addr: SocketAddr,
+        timeout: Duration,
+        secret: &Secret,
+    ) -> Result<DbConn, DbError> {
+        let stream = TcpStream::connect_timeout(&addr, timeout)
+            .map_err(|source| DbError::Connect { addr, source })?;
+        let handshake = |detail: String| DbError::Handshake { addr, detail };
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        let mut conn = DbConn {
+            writer: stream.try_clone()?,
+            reader: BufReader::new(stream),
+            line: Vec::with_capacity(256),
+            broken: false,
+        };
+        conn.read_line()?;
+        let nonce = match decode_line::<Greeting>(&conn.line) {
+            Ok(g) if g.service == SERVICE && g.version == VERSION => g.nonce,
+            Ok(g) => {
+                return Err(handshake(format!(
+                    "it speaks {} version {}, we speak {SERVICE} version {VERSION}",
+                    g.service, g.version
+                )))
+            }
+            Err(_) => return Err(handshake(String::from_utf8_lossy(&conn.line).trim().into())),
+        };
+        let proof = secret.proof(&nonce);
+        match conn.call(&DbRequest::Auth { proof })? {
+            DbResponse::Ok => Ok(conn),
+            DbResponse::Error { message } => Err(handshake(format!("refused us: {message}"))),
+            other => Err(handshake(format!("answered authentication with {other:?}"))),
+        }
+    }
+
+    /// Send one request and read its reply. Any failure marks the connection broken.
+    pub fn call(&mut self, request: &DbRequest) -> Result<DbResponse, DbError> {
+        let result = self.round_trip(request);
+        if result.is_err() {
+            self.broken = true;
+        }
+        result
+    }
+
+    /// Send every request in one write, then read their replies, in order: one round trip
+    /// for all. The replies read, and the failure that stopped the rest, if any (it marks the
+    /// connection broken).
+    pub fn call_all(&mut self, requests: &[DbRequest]) -> (Vec<DbResponse>, Option<DbError>) {
+        let mut responses = Vec::with_capacity(requests.len());
+        let result = self.pipeline(requests, &mut responses);
+        if result.is_err() {
+            self.broken = true;
+        }
+        (responses, result.err())
+    }
+
+    fn pipeline(
+        &mut self,
+        requests: &[DbRequest],
+        responses: &mut Vec<DbResponse>,
+    ) -> Result<(), DbError> {
+        let lines: Vec<u8> = requests.iter().flat_map(encode_line).collect();
+        self.writer.write_all(&lines)?;
+        for _ in requests {
+            self.read_line()?;
+            let response = decode_line(&self.line).map_err(|e| DbError::BadReply(e.to_string()))?;
+            responses.push(response);
+        }
+        Ok(())
+    }
+
+    fn round_trip(&mut self, request: &DbRequest) -> Result<DbResponse, DbError> {
+        self.writer.write_all(&encode_line(request))?;
+        self.read_line()?;
+        decode_line(&self.line).map_err(|e| DbError::BadReply(e.to_string()))
+    }
+
+    fn read_line(&mut self) -> Result<(), DbError> {
+        self.line.clear();
+        (&mut self.reader)
+            .take(MAX_LINE as u64)
+            .read_until(b'\n', &mut self.line)?;
+        if self.line.last() == Some(&b'\n') {
+            Ok(())
+        } else if self.line.len() >= MAX_LINE {
+            Err(DbError::BadReply("reply line too long".into()))
+        } else {
+            Err(io::Error::from(io::ErrorKind::UnexpectedEof).into())
+        }
+    }
+}
