@@ -22,6 +22,8 @@
 //! - [`legacy`]: the old database server, asked about players who have not moved yet.
 //! - [`auth`]: username and password rules; argon2id hashing; the tiers' shared secret; the
 //!   token signing keys and their files.
+//! - [`accountdb::accounts`]: `Accounts`, the account tier as login-server uses it: requests
+//!   in, responses out; [`accountdb::execute`] runs any request against any `Store`.
 //! - [`accountdb::client`]: the r2d2-pooled connections to one or more account-dbs, as
 //!   `Accounts` that fail over between them; `client::connection` is one connection,
 //!   `client::manager` the r2d2 `ManageConnection` that makes and checks them.

@@ -5,13 +5,13 @@
 //! keep the expensive step off the workers: [`Service::begin`] does what comes before the
 //! request's first store question (parsing a token, validation) and either answers (a name no
 //! account can have, counted against the address; a logout, revoked) or says what to ask the
-//! store (a [`Question`]); [`Service::resume`] takes the answer and either answers or hands
+//! store (a [`DbRequest`]); [`Service::resume`] takes the response and either answers or hands
 //! back a [`HashTask`]; [`Service::finish`] does the argon2 work the task needs, and for a
 //! registration the store write after it. The server runs `finish` on its hash threads unless
 //! the task is quick ([`Service::is_quick`]): then the worker runs [`Service::finish_quick`],
-//! which leaves a registration's store write to ask like a question, with others.
+//! which leaves a registration's store write to ask like a lookup, with others.
 
-use crate::accountdb::accounts::{Accounts, Answer, Question};
+use crate::accountdb::accounts::{unexpected, Accounts};
 use crate::accountdb::store::{Account, Created, Revocation, SessionState, StoreError};
 use crate::auth::names::fold;
 use crate::auth::names::{normalize_password, Rules};
@@ -20,7 +20,7 @@ use crate::auth::secret::random_token;
 use crate::legacy::{self, Known, LegacyDb, SpellingAsks, RESERVED_HASH};
 use crate::metrics::LegacyOutcome;
 use crate::metrics::Metrics;
-use crate::protocol::accountdb::{Login, Registering};
+use crate::protocol::accountdb::{DbRequest, DbResponse, Login, Registering};
 use crate::protocol::gateway::{Op, RegisterFailure, Reply, Request, SupportReason};
 use crate::throttle::{millis, now_ms, Millis, Origin, Policy, RegisterLimit, Unknown};
 use crate::tokens::{Claims, Invalid, Session, Tokens};
@@ -45,13 +45,16 @@ pub enum Begun {
     /// Decided without the store.
     Step(Step),
     /// It needs the store's answer to a question: ask it (with others, see
-    /// [`Accounts::ask_all`]), then [`Service::resume`].
+    /// [`Accounts::call_all`]), then [`Service::resume`].
     Asking(Asking),
 }
 
-/// A request waiting for the answer to its question. Holds a password: it has no `Debug`.
+/// A gateway request waiting for the response to its account-db request. Holds a password:
+/// it has no `Debug`.
 pub struct Asking {
-    pub question: Question,
+    /// What to ask the account tier.
+    pub request: DbRequest,
+    /// What to do with the response.
     then: Then,
 }
 
@@ -94,7 +97,7 @@ pub enum Finished {
     /// The answer.
     Done(Reply),
     /// A registration, hashed: its create is to be asked (with others, see
-    /// [`Accounts::ask_all`]), then [`Service::resume`].
+    /// [`Accounts::call_all`]), then [`Service::resume`].
     Asking(Asking),
 }
 
@@ -375,17 +378,28 @@ impl Service {
         }
     }
 
-    /// The rest of a request's cheap part, given the store's `answer` to its question:
-    /// answers it, or says what hashing it needs.
-    pub fn resume(&self, asking: Asking, answer: Result<Answer, StoreError>) -> Step {
-        let answer = match answer {
-            Ok(answer) => answer,
-            Err(e) => return Step::Done(store_unavailable(&e, &self.metrics)),
-        };
-        match (asking.then, answer) {
-            (Then::Lookup(pending), Answer::Login(login)) => self.looked_up(pending, login),
-            (Then::Register { username, password }, Answer::Register(registering)) => {
-                match registering {
+    /// The rest of a request's cheap part, given the account tier's `response` to its
+    /// request: answers it, or says what hashing it needs.
+    pub fn resume(&self, asking: Asking, response: Result<DbResponse, StoreError>) -> Step {
+        match self.resumed(asking.then, response) {
+            Ok(step) => step,
+            Err(e) => Step::Done(store_unavailable(&e, &self.metrics)),
+        }
+    }
+
+    fn resumed(
+        &self,
+        then: Then,
+        response: Result<DbResponse, StoreError>,
+    ) -> Result<Step, StoreError> {
+        let response = response?;
+        Ok(match then {
+            Then::Lookup(pending) => {
+                let login = response.into_login().map_err(unexpected)?;
+                self.looked_up(pending, login)
+            }
+            Then::Register { username, password } => {
+                match response.into_registering().map_err(unexpected)? {
                     Registering::Locked(wait) => self.throttled(wait),
                     Registering::Taken => {
                         Step::Done(Reply::register_failed(RegisterFailure::UsernameTaken))
@@ -400,22 +414,19 @@ impl Service {
                     })),
                 }
             }
-            (
-                Then::Session {
-                    op,
-                    claims,
-                    account_id,
-                },
-                Answer::Session(state),
-            ) => Step::Done(self.session_read(op, claims, account_id, state)),
-            (Then::Create { username }, Answer::Create(created)) => {
+            Then::Session {
+                op,
+                claims,
+                account_id,
+            } => {
+                let state = response.into_session().map_err(unexpected)?;
+                Step::Done(self.session_read(op, claims, account_id, state))
+            }
+            Then::Create { username } => {
+                let created = response.into_created().map_err(unexpected)?;
                 Step::Done(registered(username, created))
             }
-            (_, other) => {
-                let e = format!("an answer of another kind: {other:?}");
-                Step::Done(store_unavailable(&e, &self.metrics))
-            }
-        }
+        })
     }
 
     /// A login's lookup (also of a password change's old password): what to ask the store, or
@@ -468,7 +479,7 @@ impl Service {
             (None, false) => Unknown::Address,
         };
         Begun::Asking(Asking {
-            question: Question::Login {
+            request: DbRequest::Login {
                 username: username.clone(),
                 origin,
                 failures,
@@ -561,7 +572,7 @@ impl Service {
             return Begun::Step(Step::Done(self.logout(claims, account_id)));
         }
         Begun::Asking(Asking {
-            question: Question::Session {
+            request: DbRequest::Session {
                 account_id,
                 sid: claims.sid.clone(),
             },
@@ -657,7 +668,7 @@ impl Service {
             return Begun::Step(Step::Done(reply));
         }
         Begun::Asking(Asking {
-            question: Question::Register {
+            request: DbRequest::Register {
                 username: username.clone(),
                 origin,
                 limit: RegisterLimit {
@@ -765,7 +776,7 @@ impl Service {
         };
         match self.new_account(&username, &password, ask_legacy, memory) {
             Ok((account, request_id)) => Finished::Asking(Asking {
-                question: Question::Create {
+                request: DbRequest::Create {
                     account,
                     request_id,
                 },
@@ -1064,8 +1075,8 @@ impl Service {
         let step = match self.begin(request) {
             Begun::Step(step) => step,
             Begun::Asking(asking) => {
-                let answer = self.ask(&asking.question);
-                self.resume(asking, answer)
+                let response = self.call(&asking.request);
+                self.resume(asking, response)
             }
         };
         match step {
@@ -1118,14 +1129,15 @@ impl Service {
         }
     }
 
-    /// Ask the store one question.
-    pub fn ask(&self, question: &Question) -> Result<Answer, StoreError> {
-        self.accounts.ask(question)
+    /// Send the account tier one request.
+    pub fn call(&self, request: &DbRequest) -> Result<DbResponse, StoreError> {
+        self.accounts.call(request)
     }
 
-    /// Ask the store every question, at once where it can (see [`Accounts::ask_all`]).
-    pub fn ask_all(&self, questions: &[&Question]) -> Vec<Result<Answer, StoreError>> {
-        self.accounts.ask_all(questions)
+    /// Send the account tier every request, at once where it can (see
+    /// [`Accounts::call_all`]).
+    pub fn call_all(&self, requests: &[&DbRequest]) -> Vec<Result<DbResponse, StoreError>> {
+        self.accounts.call_all(requests)
     }
 }
 
@@ -1217,7 +1229,7 @@ mod tests {
         let Begun::Asking(asking) = svc.begin(request) else {
             panic!("it asks the store first");
         };
-        let answer = svc.ask(&asking.question);
+        let answer = svc.call(&asking.request);
         let Step::Hash(task) = svc.resume(asking, answer) else {
             panic!("it is hashed or verified");
         };
@@ -1238,8 +1250,8 @@ mod tests {
         let Finished::Asking(asking) = svc.finish_quick(task, &mut Memory::default()) else {
             panic!("the create is left to ask");
         };
-        let Question::Create { account, .. } = &asking.question else {
-            panic!("a create: {:?}", asking.question);
+        let DbRequest::Create { account, .. } = &asking.request else {
+            panic!("a create: {:?}", asking.request);
         };
         assert_eq!(account.username, "Dora");
         assert!(account.hash.starts_with("$argon2id$") && !account.hash.contains("dora-pw-1"));
@@ -1248,7 +1260,7 @@ mod tests {
             svc.handle(request(Op::Login, "dora", "dora-pw-1")).code,
             Code::NoSuchUser
         );
-        let answer = svc.ask(&asking.question);
+        let answer = svc.call(&asking.request);
         let Step::Done(reply) = svc.resume(asking, answer) else {
             panic!("a create's answer ends the registration");
         };
@@ -1268,7 +1280,7 @@ mod tests {
                 .code,
             Code::Registered
         );
-        let answer = svc.ask(&asking.question);
+        let answer = svc.call(&asking.request);
         let Step::Done(reply) = svc.resume(asking, answer) else {
             panic!("a create's answer ends the registration");
         };

@@ -193,3 +193,18 @@ fn protocol_md_has_a_row_for_every_reply_code_with_its_text_and_reasons() {
         "{row}"
     );
 }
+
+#[test]
+fn operations_md_lists_every_account_db_request_label() {
+    use login_server::protocol::accountdb::DbRequest;
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/operations.md");
+    let operations = std::fs::read_to_string(path).expect("docs/operations.md");
+    let row = operations
+        .lines()
+        .find(|l| l.starts_with("| `accountdb_requests_total{op}` |"))
+        .expect("the row of accountdb_requests_total");
+    let listed: Vec<&str> = row.split('`').skip(3).step_by(2).collect();
+    let mut labels: Vec<&str> = DbRequest::NAMES.to_vec();
+    labels.push("unreadable");
+    assert_eq!(listed, labels, "{row}");
+}

@@ -6,10 +6,9 @@ mod common;
 use common::{code, seed, DbProcess, StreamClient, PATIENCE};
 use login_server::accountdb::accounts::Accounts;
 use login_server::accountdb::client::RemoteStore;
-use login_server::accountdb::store::{Account, Created, Revocation, SessionState, StoreError};
+use login_server::accountdb::store::StoreError;
 use login_server::metrics::Metrics;
-use login_server::protocol::accountdb::{Login, Registering};
-use login_server::throttle::{Origin, RegisterLimit, Thresholds, Unknown};
+use login_server::protocol::accountdb::{DbRequest, DbResponse};
 use login_server::LoginServer;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -111,65 +110,11 @@ fn account_db_killed_under_load_answers_7_then_resumes_and_loses_nothing() {
 struct PanicButton(RemoteStore);
 
 impl Accounts for PanicButton {
-    fn login(
-        &self,
-        username: &str,
-        origin: Option<Origin>,
-        failures: &Thresholds,
-        unknown: Unknown,
-    ) -> Result<Login, StoreError> {
-        assert_ne!(username, "panic-button", "injected fault");
-        self.0.login(username, origin, failures, unknown)
-    }
-    fn failed(
-        &self,
-        username: Option<&str>,
-        origin: Option<Origin>,
-        failures: &Thresholds,
-    ) -> Result<Option<Duration>, StoreError> {
-        self.0.failed(username, origin, failures)
-    }
-    fn succeeded(
-        &self,
-        username: &str,
-        origin: Option<Origin>,
-        keep_failures: bool,
-    ) -> Result<(), StoreError> {
-        self.0.succeeded(username, origin, keep_failures)
-    }
-    fn register(
-        &self,
-        username: &str,
-        origin: Option<Origin>,
-        limit: &RegisterLimit,
-    ) -> Result<Registering, StoreError> {
-        self.0.register(username, origin, limit)
-    }
-    fn find(&self, username: &str) -> Result<Option<Account>, StoreError> {
-        self.0.find(username)
-    }
-    fn create(&self, account: &Account, request_id: &str) -> Result<Created, StoreError> {
-        self.0.create(account, request_id)
-    }
-    fn update_hash(&self, username: &str, old: &str, hash: &str) -> Result<bool, StoreError> {
-        self.0.update_hash(username, old, hash)
-    }
-    fn ping(&self) -> Result<(), StoreError> {
-        self.0.ping()
-    }
-    fn session(&self, account_id: u64, sid: &str) -> Result<Option<SessionState>, StoreError> {
-        self.0.session(account_id, sid)
-    }
-    fn revoke_session(&self, revocation: &Revocation) -> Result<(), StoreError> {
-        self.0.revoke_session(revocation)
-    }
-    fn void_sessions(
-        &self,
-        account_id: u64,
-        before_ms: i64,
-        hash: Option<&str>,
-    ) -> Result<bool, StoreError> {
-        self.0.void_sessions(account_id, before_ms, hash)
+    fn call(&self, request: &DbRequest) -> Result<DbResponse, StoreError> {
+        if let DbRequest::Login { username, .. } = request {
+            assert_ne!(username, "panic-button", "injected fault");
+        }
+        self.0.call(request)
     }
 }
 

@@ -1,4 +1,4 @@
-//! Questions asked together (a worker's round: one pooled connection, one write) are answered
+//! Requests sent together (a worker's round: one pooled connection, one write) are answered
 //! as each would be alone, in order, also when the pooled connections died with a restart of
 //! account-db, and a create among them is resolved even when the round times out; and
 //! pipelined gateway requests from many connections keep their order.
@@ -6,17 +6,17 @@
 mod common;
 
 use common::DbProcess;
-use login_server::accountdb::accounts::{Accounts, Answer, Question};
+use login_server::accountdb::accounts::Accounts;
 use login_server::accountdb::client::RemoteStore;
-use login_server::accountdb::store::{Account, Created, StoreError};
+use login_server::accountdb::store::{Account, StoreError};
 use login_server::metrics::Metrics;
-use login_server::protocol::accountdb::{Login, Registering};
+use login_server::protocol::accountdb::{DbRequest, DbResponse};
 use login_server::throttle::{Policy, Unknown};
 use std::time::Duration;
 
-fn questions(alice: u64) -> Vec<Question> {
+fn requests(alice: u64) -> Vec<DbRequest> {
     let policy = Policy::default();
-    let register = |name: &str| Question::Register {
+    let register = |name: &str| DbRequest::Register {
         username: name.to_string(),
         origin: None,
         limit: policy.registrations(),
@@ -26,11 +26,11 @@ fn questions(alice: u64) -> Vec<Question> {
         login("nobody"),
         register("alice"),
         register("someone-new"),
-        Question::Session {
+        DbRequest::Session {
             account_id: alice,
             sid: "some-session".into(),
         },
-        Question::Session {
+        DbRequest::Session {
             account_id: alice + 1000,
             sid: "some-session".into(),
         },
@@ -40,55 +40,52 @@ fn questions(alice: u64) -> Vec<Question> {
     ]
 }
 
-fn create(name: &str, request_id: &str) -> Question {
-    Question::Create {
+fn create(name: &str, request_id: &str) -> DbRequest {
+    DbRequest::Create {
         account: Account::new(name, "some-hash"),
         request_id: request_id.into(),
     }
 }
 
-fn ask_together(store: &RemoteStore, questions: &[Question]) -> Vec<Answer> {
-    let asked: Vec<&Question> = questions.iter().collect();
-    let answers = store.ask_all(&asked);
-    assert_eq!(answers.len(), questions.len());
+fn ask_together(store: &RemoteStore, requests: &[DbRequest]) -> Vec<DbResponse> {
+    let asked: Vec<&DbRequest> = requests.iter().collect();
+    let answers = store.call_all(&asked);
+    assert_eq!(answers.len(), requests.len());
     answers.into_iter().map(|a| a.expect("answered")).collect()
 }
 
 #[test]
-fn questions_asked_together_are_answered_as_alone_even_after_a_restart() {
+fn requests_sent_together_are_answered_as_alone_even_after_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let db = DbProcess::start(dir.path(), "127.0.0.1:0");
     let store = RemoteStore::new(&db.client_config(), Metrics::default());
     let created = store.create(&Account::new("Alice", "some-hash"), "create-alice");
     assert!(created.is_ok());
     let alice = store.find("alice").unwrap().unwrap().id;
-    let questions = questions(alice);
+    let requests = requests(alice);
 
-    let alone: Vec<Answer> = questions.iter().map(|q| store.ask(q).unwrap()).collect();
-    let together = ask_together(&store, &questions);
+    let alone: Vec<DbResponse> = requests.iter().map(|r| store.call(r).unwrap()).collect();
+    let together = ask_together(&store, &requests);
     assert_eq!(together, alone);
     // What they are, so that "the same" is not "the same nonsense".
     assert!(
-        matches!(&alone[0], Answer::Login(Login::Open { account: Some(a), .. }) if a.username == "Alice")
+        matches!(&alone[0], DbResponse::Open { account: Some(a), .. } if a.username == "Alice")
     );
-    assert!(matches!(
-        &alone[1],
-        Answer::Login(Login::Open { account: None, .. })
-    ));
-    assert_eq!(alone[2], Answer::Register(Registering::Taken));
-    assert_eq!(alone[3], Answer::Register(Registering::Free));
-    assert!(matches!(&alone[4], Answer::Session(Some(s)) if s.username == "Alice"));
-    assert_eq!(alone[5], Answer::Session(None));
+    assert!(matches!(&alone[1], DbResponse::Open { account: None, .. }));
+    assert_eq!(alone[2], DbResponse::Exists, "register: taken");
+    assert_eq!(alone[3], DbResponse::NotFound, "register: free");
+    assert!(matches!(&alone[4], DbResponse::Session { username, .. } if username == "Alice"));
+    assert_eq!(alone[5], DbResponse::NotFound, "no such session");
     // Asked again, a create learns that its own request stored the account.
-    assert_eq!(alone[7], Answer::Create(Created::New));
-    assert_eq!(alone[8], Answer::Create(Created::Exists));
+    assert_eq!(alone[7], DbResponse::Created);
+    assert_eq!(alone[8], DbResponse::Exists);
 
     // account-db restarts on the same address: every pooled connection is dead. The batch
     // is asked again, and answered the same.
     let addr = db.addr;
     db.kill();
     let db = DbProcess::start(dir.path(), &addr.to_string());
-    assert_eq!(ask_together(&store, &questions), alone);
+    assert_eq!(ask_together(&store, &requests), alone);
     db.kill();
 }
 
@@ -158,8 +155,8 @@ fn pipelined_requests_on_many_connections_are_answered_in_order() {
     }
 }
 
-fn login(name: &str) -> Question {
-    Question::Login {
+fn login(name: &str) -> DbRequest {
+    DbRequest::Login {
         username: name.into(),
         origin: None,
         failures: Policy::default().failures(),
@@ -176,15 +173,15 @@ fn a_create_asked_with_others_is_resolved_though_the_round_times_out() {
     config.timeout = Duration::from_secs(3);
     let store = RemoteStore::new(&config, Metrics::default());
     assert!(store.ping().is_ok());
-    let questions = [login("someone"), create("Frozen", "create-frozen")];
+    let requests = [login("someone"), create("Frozen", "create-frozen")];
     // account-db stops answering: the round's write times out (3 s) and its login is given
     // up. Then it dies, and a new one starts on its address: every attempt meanwhile is
     // refused at once, but a create's outcome must be known, so it is asked again until the
     // new account-db answers (within twice the deadline of the round's start).
     db.signal("STOP");
     let asking = std::thread::spawn(move || {
-        let asked: Vec<&Question> = questions.iter().collect();
-        let answers = store.ask_all(&asked);
+        let asked: Vec<&DbRequest> = requests.iter().collect();
+        let answers = store.call_all(&asked);
         (store, answers)
     });
     std::thread::sleep(Duration::from_millis(3500));
@@ -196,10 +193,7 @@ fn a_create_asked_with_others_is_resolved_though_the_round_times_out() {
         "{:?}",
         answers[0]
     );
-    assert_eq!(
-        answers[1].as_ref().ok(),
-        Some(&Answer::Create(Created::New))
-    );
+    assert_eq!(answers[1].as_ref().ok(), Some(&DbResponse::Created));
     let frozen = store.find("frozen").unwrap().expect("stored");
     assert_eq!(frozen.username, "Frozen");
 }
@@ -212,14 +206,14 @@ fn a_round_of_unknown_creates_ends_within_one_resolve_window() {
     config.timeout = Duration::from_secs(1);
     let store = RemoteStore::new(&config, Metrics::default());
     assert!(store.ping().is_ok());
-    let mut questions = vec![login("someone")];
-    questions.extend((0..8).map(|i| create(&format!("Stuck{i}"), &format!("create-stuck-{i}"))));
+    let mut requests = vec![login("someone")];
+    requests.extend((0..8).map(|i| create(&format!("Stuck{i}"), &format!("create-stuck-{i}"))));
     // account-db never answers again. Each create is unknown, but the round gives up on them
     // together when its window (2 s) closes, not one window after another (17 s).
     db.signal("STOP");
     let started = std::time::Instant::now();
-    let asked: Vec<&Question> = questions.iter().collect();
-    let answers = store.ask_all(&asked);
+    let asked: Vec<&DbRequest> = requests.iter().collect();
+    let answers = store.call_all(&asked);
     let took = started.elapsed();
     assert!(took < Duration::from_secs(8), "{took:?}");
     assert_eq!(answers.len(), 9);

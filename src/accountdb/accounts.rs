@@ -1,139 +1,39 @@
-//! [`Accounts`]: what login-server asks of the account tier, one method per account-db request,
-//! and [`Question`]s, the first request of most gateway requests (and a cheap registration's
-//! second, its create), which a worker asks many at once ([`Accounts::ask_all`]).
+//! [`Accounts`]: the account tier as login-server uses it. Its vocabulary is the account-db
+//! protocol's ([`DbRequest`], [`DbResponse`]): an implementation only sends requests
+//! ([`Accounts::call`], and many at once, [`Accounts::call_all`]: a worker's round); the typed
+//! calls (`login`, `create`, ...) are written once, here, over them.
 //!
-//! [`RemoteStore`](super::client::RemoteStore) asks account-db over the wire; every [`Store`]
-//! answers the same questions in-process, through the [`throttling`] requests,
-//! which is how account-db's server executes them.
+//! [`RemoteStore`](super::client::RemoteStore) sends them to account-db over the wire; every
+//! [`Store`] answers them in-process through [`execute`], which is how account-db's server
+//! answers them too.
 
+use super::execute::execute;
 use super::store::{Account, Created, Revocation, SessionState, Store, StoreError};
-use super::throttling;
-use crate::protocol::accountdb::{Login, Registering};
+use crate::protocol::accountdb::{DbRequest, DbResponse, Login, Registering};
 use crate::throttle::{Millis, Origin, RegisterLimit, Thresholds, Unknown};
 use std::time::Duration;
 
-/// A gateway request's first question to the account tier: asked for many requests at once by
-/// [`Accounts::ask_all`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Question {
-    /// [`Accounts::login`].
-    Login {
-        username: String,
-        origin: Option<Origin>,
-        failures: Thresholds,
-        unknown: Unknown,
-    },
-    /// [`Accounts::register`].
-    Register {
-        username: String,
-        origin: Option<Origin>,
-        limit: RegisterLimit,
-    },
-    /// [`Accounts::session`].
-    Session { account_id: u64, sid: String },
-    /// [`Accounts::create`]: a registration's durable write, its outcome always resolved.
-    Create {
-        account: Account,
-        request_id: String,
-    },
-}
-
-/// The answer to a [`Question`], of its kind.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Answer {
-    Login(Login),
-    Register(Registering),
-    Session(Option<SessionState>),
-    Create(Created),
+/// A response that does not fit its request, as the error it is.
+pub fn unexpected(response: DbResponse) -> StoreError {
+    match response {
+        DbResponse::Error { message } => StoreError::Remote(message),
+        other => StoreError::Remote(format!("unexpected reply {other:?}")),
+    }
 }
 
 /// The account tier as login-server uses it. Shared between threads.
 pub trait Accounts: Send + Sync {
-    /// Answer one question through the method of its kind.
-    fn ask(&self, question: &Question) -> Result<Answer, StoreError> {
-        match question {
-            Question::Login {
-                username,
-                origin,
-                failures,
-                unknown,
-            } => self
-                .login(username, *origin, failures, *unknown)
-                .map(Answer::Login),
-            Question::Register {
-                username,
-                origin,
-                limit,
-            } => self
-                .register(username, *origin, limit)
-                .map(Answer::Register),
-            Question::Session { account_id, sid } => {
-                self.session(*account_id, sid).map(Answer::Session)
-            }
-            Question::Create {
-                account,
-                request_id,
-            } => self.create(account, request_id).map(Answer::Create),
-        }
-    }
-    /// Answer every question, in order. Defaults to one after another;
+    /// Send one request: its response, or why the tier could not answer.
+    fn call(&self, request: &DbRequest) -> Result<DbResponse, StoreError>;
+
+    /// Send every request, the responses in order. Defaults to one after another;
     /// [`RemoteStore`](super::client::RemoteStore) sends them down one connection at once.
-    fn ask_all(&self, questions: &[&Question]) -> Vec<Result<Answer, StoreError>> {
-        questions.iter().map(|q| self.ask(q)).collect()
+    fn call_all(&self, requests: &[&DbRequest]) -> Vec<Result<DbResponse, StoreError>> {
+        requests.iter().map(|r| self.call(r)).collect()
     }
 
     /// A login's lookup: the account, unless the account or `origin` is locked
-    /// ([`throttling::login`]).
-    fn login(
-        &self,
-        username: &str,
-        origin: Option<Origin>,
-        failures: &Thresholds,
-        unknown: Unknown,
-    ) -> Result<Login, StoreError>;
-    /// A login failed ([`throttling::failed`]).
-    fn failed(
-        &self,
-        username: Option<&str>,
-        origin: Option<Origin>,
-        failures: &Thresholds,
-    ) -> Result<Option<Duration>, StoreError>;
-    /// A login succeeded ([`throttling::succeeded`]).
-    fn succeeded(
-        &self,
-        username: &str,
-        origin: Option<Origin>,
-        keep_failures: bool,
-    ) -> Result<(), StoreError>;
-    /// A registration's lookup ([`throttling::register`]).
-    fn register(
-        &self,
-        username: &str,
-        origin: Option<Origin>,
-        limit: &RegisterLimit,
-    ) -> Result<Registering, StoreError>;
-    /// [`Store::find`].
-    fn find(&self, username: &str) -> Result<Option<Account>, StoreError>;
-    /// [`Store::create`].
-    fn create(&self, account: &Account, request_id: &str) -> Result<Created, StoreError>;
-    /// [`Store::update_hash`].
-    fn update_hash(&self, username: &str, old: &str, hash: &str) -> Result<bool, StoreError>;
-    /// [`Store::ping`].
-    fn ping(&self) -> Result<(), StoreError>;
-    /// [`Store::session`].
-    fn session(&self, account_id: u64, sid: &str) -> Result<Option<SessionState>, StoreError>;
-    /// [`Store::revoke_session`].
-    fn revoke_session(&self, revocation: &Revocation) -> Result<(), StoreError>;
-    /// [`Store::void_sessions`].
-    fn void_sessions(
-        &self,
-        account_id: u64,
-        before_ms: Millis,
-        hash: Option<&str>,
-    ) -> Result<bool, StoreError>;
-}
-
-impl<S: Store> Accounts for S {
+    /// ([`throttling::login`](super::throttling::login)).
     fn login(
         &self,
         username: &str,
@@ -141,66 +41,128 @@ impl<S: Store> Accounts for S {
         failures: &Thresholds,
         unknown: Unknown,
     ) -> Result<Login, StoreError> {
-        throttling::login(self, username, origin, failures, unknown)
+        let request = DbRequest::Login {
+            username: username.to_string(),
+            origin,
+            failures: *failures,
+            unknown,
+        };
+        self.call(&request)?.into_login().map_err(unexpected)
     }
 
+    /// A login failed ([`throttling::failed`](super::throttling::failed)): `Some` with the
+    /// longest lock met, if a key was locked already.
     fn failed(
         &self,
         username: Option<&str>,
         origin: Option<Origin>,
         failures: &Thresholds,
     ) -> Result<Option<Duration>, StoreError> {
-        throttling::failed(self, username, origin, failures)
+        let request = DbRequest::Failed {
+            username: username.map(str::to_string),
+            origin,
+            failures: *failures,
+        };
+        self.call(&request)?.into_counted().map_err(unexpected)
     }
 
+    /// A login succeeded ([`throttling::succeeded`](super::throttling::succeeded)).
     fn succeeded(
         &self,
         username: &str,
         origin: Option<Origin>,
         keep_failures: bool,
     ) -> Result<(), StoreError> {
-        throttling::succeeded(self, username, origin, keep_failures)
+        let request = DbRequest::Succeeded {
+            username: username.to_string(),
+            origin,
+            keep_failures,
+        };
+        self.call(&request)?.into_done().map_err(unexpected)
     }
 
+    /// A registration's lookup ([`throttling::register`](super::throttling::register)).
     fn register(
         &self,
         username: &str,
         origin: Option<Origin>,
         limit: &RegisterLimit,
     ) -> Result<Registering, StoreError> {
-        throttling::register(self, username, origin, limit)
+        let request = DbRequest::Register {
+            username: username.to_string(),
+            origin,
+            limit: *limit,
+        };
+        self.call(&request)?.into_registering().map_err(unexpected)
     }
 
+    /// [`Store::find`].
     fn find(&self, username: &str) -> Result<Option<Account>, StoreError> {
-        Store::find(self, username)
+        let request = DbRequest::Find {
+            username: username.to_string(),
+        };
+        self.call(&request)?.into_found().map_err(unexpected)
     }
 
+    /// [`Store::create`].
     fn create(&self, account: &Account, request_id: &str) -> Result<Created, StoreError> {
-        Store::create(self, account, request_id)
+        let request = DbRequest::Create {
+            account: account.clone(),
+            request_id: request_id.to_string(),
+        };
+        self.call(&request)?.into_created().map_err(unexpected)
     }
 
+    /// [`Store::update_hash`].
     fn update_hash(&self, username: &str, old: &str, hash: &str) -> Result<bool, StoreError> {
-        Store::update_hash(self, username, old, hash)
+        let request = DbRequest::UpdateHash {
+            username: username.to_string(),
+            old: old.to_string(),
+            hash: hash.to_string(),
+        };
+        self.call(&request)?.into_updated().map_err(unexpected)
     }
 
+    /// [`Store::ping`].
     fn ping(&self) -> Result<(), StoreError> {
-        Store::ping(self)
+        self.call(&DbRequest::Ping)?.into_done().map_err(unexpected)
     }
 
+    /// [`Store::session`].
     fn session(&self, account_id: u64, sid: &str) -> Result<Option<SessionState>, StoreError> {
-        Store::session(self, account_id, sid)
+        let request = DbRequest::Session {
+            account_id,
+            sid: sid.to_string(),
+        };
+        self.call(&request)?.into_session().map_err(unexpected)
     }
 
+    /// [`Store::revoke_session`].
     fn revoke_session(&self, revocation: &Revocation) -> Result<(), StoreError> {
-        Store::revoke_session(self, revocation)
+        let request = DbRequest::Revoke {
+            revocation: revocation.clone(),
+        };
+        self.call(&request)?.into_done().map_err(unexpected)
     }
 
+    /// [`Store::void_sessions`].
     fn void_sessions(
         &self,
         account_id: u64,
         before_ms: Millis,
         hash: Option<&str>,
     ) -> Result<bool, StoreError> {
-        Store::void_sessions(self, account_id, before_ms, hash)
+        let request = DbRequest::VoidSessions {
+            account_id,
+            before_ms,
+            hash: hash.map(str::to_string),
+        };
+        self.call(&request)?.into_updated().map_err(unexpected)
+    }
+}
+
+impl<S: Store> Accounts for S {
+    fn call(&self, request: &DbRequest) -> Result<DbResponse, StoreError> {
+        execute(self, request)
     }
 }

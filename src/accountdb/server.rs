@@ -7,9 +7,9 @@
 //! of stream. A handler in the middle of a request finishes it and writes its reply first.
 
 use crate::accountdb::config::AccountDbConfig;
+use crate::accountdb::execute;
 use crate::accountdb::secrets::{AcceptedSecrets, Proved};
-use crate::accountdb::store::{Created, Store, StoreError};
-use crate::accountdb::throttling;
+use crate::accountdb::store::{Store, StoreError};
 use crate::auth::secret::{self, SecretError};
 use crate::http::{HttpEndpoint, Routes};
 use crate::logging::RateLimited;
@@ -17,7 +17,6 @@ use crate::metrics::{LabeledCounters, LiveFamily, LiveGauge};
 use crate::protocol::accountdb::{
     decode_line, encode_line, DbRequest, DbResponse, Greeting, MAX_LINE,
 };
-use crate::protocol::accountdb::{Login, Registering};
 use crate::throttle;
 use parking_lot::Mutex;
 use prometheus_client::metrics::counter::Counter;
@@ -87,38 +86,10 @@ struct Shared {
     refused: Counter,
 }
 
-const OPS: [&str; 13] = [
-    "auth",
-    "ping",
-    "find",
-    "create",
-    "update_hash",
-    "login",
-    "failed",
-    "succeeded",
-    "register",
-    "session",
-    "revoke",
-    "void_sessions",
-    "unreadable",
-];
-
+/// Requests counted in `accountdb_requests_total{op}`: by [`DbRequest::NAMES`], and
+/// `unreadable` for lines that are no request.
 fn op_index(request: Option<&DbRequest>) -> usize {
-    match request {
-        Some(DbRequest::Auth { .. }) => 0,
-        Some(DbRequest::Ping) => 1,
-        Some(DbRequest::Find { .. }) => 2,
-        Some(DbRequest::Create { .. }) => 3,
-        Some(DbRequest::UpdateHash { .. }) => 4,
-        Some(DbRequest::Login { .. }) => 5,
-        Some(DbRequest::Failed { .. }) => 6,
-        Some(DbRequest::Succeeded { .. }) => 7,
-        Some(DbRequest::Register { .. }) => 8,
-        Some(DbRequest::Session { .. }) => 9,
-        Some(DbRequest::Revoke { .. }) => 10,
-        Some(DbRequest::VoidSessions { .. }) => 11,
-        None => 12,
-    }
+    request.map_or(DbRequest::NAMES.len(), DbRequest::index)
 }
 
 impl Shared {
@@ -471,7 +442,12 @@ impl AccountDb {
             stopping: AtomicBool::new(false),
             next_id: AtomicU64::new(0),
             open: Mutex::new(HashMap::new()),
-            requests: LabeledCounters::new(OPS.iter().map(|&op| vec![("op", op)])),
+            requests: LabeledCounters::new(
+                DbRequest::NAMES
+                    .iter()
+                    .chain(&["unreadable"])
+                    .map(|&op| vec![("op", op)]),
+            ),
             errors: Counter::default(),
             refused: Counter::default(),
         });
@@ -718,7 +694,7 @@ fn serve(stream: TcpStream, id: u64, store: &dyn Store, shared: &Shared) -> io::
             continue;
         }
         let response = match request {
-            Ok(request) => execute(store, request),
+            Ok(request) => answered(execute::execute(store, &request)),
             Err(message) => DbResponse::Error { message },
         };
         write_response(&mut writer, &response, shared)?;
@@ -745,35 +721,11 @@ fn write_response(
 /// Run a run of login requests (nothing else) with one read of the store.
 fn execute_logins(store: &dyn Store, logins: Vec<Result<DbRequest, String>>) -> Vec<DbResponse> {
     let requests: Vec<DbRequest> = logins.into_iter().flatten().collect();
-    let lookups: Vec<throttling::Lookup> = requests
-        .iter()
-        .filter_map(|request| match request {
-            DbRequest::Login {
-                username,
-                origin,
-                failures,
-                unknown,
-            } => Some(throttling::Lookup {
-                username,
-                origin: *origin,
-                t: failures,
-                unknown: *unknown,
-            }),
-            _ => None,
-        })
-        .collect();
-    let error = |e: StoreError| DbResponse::Error {
-        message: e.to_string(),
-    };
-    match throttling::login_all(store, &lookups) {
-        Ok(results) => results
-            .into_iter()
-            .map(|result| result.map_or_else(error, login_response))
-            .collect(),
+    match execute::execute_logins(store, &requests) {
+        Ok(results) => results.into_iter().map(answered).collect(),
         Err(e) => {
-            let message = e.to_string();
-            let failed = DbResponse::Error { message };
-            vec![failed; lookups.len()]
+            let failed = answered(Err(e));
+            vec![failed; requests.len()]
         }
     }
 }
@@ -831,105 +783,13 @@ fn read_request(
     ))
 }
 
-fn login_response(login: Login) -> DbResponse {
-    match login {
-        Login::Locked(wait) => locked(wait),
-        Login::Open { account, settled } => DbResponse::Open { account, settled },
-    }
-}
-
-fn locked(wait: Duration) -> DbResponse {
-    DbResponse::Locked {
-        wait_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
-    }
-}
-
 /// Requests the store failed are logged as one line per 10 s, with how many and the last
 /// error: an outage fails every request.
 static REQUEST_FAILURES: RateLimited = RateLimited::new(Duration::from_secs(10));
 
-/// Run one request against the store.
-fn execute(store: &dyn Store, request: DbRequest) -> DbResponse {
-    let result = match request {
-        DbRequest::Ping => store.ping().map(|()| DbResponse::Pong),
-        DbRequest::Find { username } => store.find(&username).map(|found| match found {
-            Some(account) => DbResponse::Found { account },
-            None => DbResponse::NotFound,
-        }),
-        DbRequest::Create {
-            account,
-            request_id,
-        } => store
-            .create(&account, &request_id)
-            .map(|created| match created {
-                Created::New => DbResponse::Created,
-                Created::Exists => DbResponse::Exists,
-            }),
-        DbRequest::UpdateHash {
-            username,
-            old,
-            hash,
-        } => store
-            .update_hash(&username, &old, &hash)
-            .map(|updated| match updated {
-                true => DbResponse::Updated,
-                false => DbResponse::NotFound,
-            }),
-        DbRequest::Login {
-            username,
-            origin,
-            failures,
-            unknown,
-        } => throttling::login(store, &username, origin, &failures, unknown).map(login_response),
-        DbRequest::Failed {
-            username,
-            origin,
-            failures,
-        } => throttling::failed(store, username.as_deref(), origin, &failures)
-            .map(|lock| lock.map_or(DbResponse::Counted, locked)),
-        DbRequest::Succeeded {
-            username,
-            origin,
-            keep_failures,
-        } => throttling::succeeded(store, &username, origin, keep_failures)
-            .map(|()| DbResponse::Updated),
-        DbRequest::Register {
-            username,
-            origin,
-            limit,
-        } => throttling::register(store, &username, origin, &limit).map(|r| match r {
-            Registering::Locked(wait) => locked(wait),
-            Registering::Taken => DbResponse::Exists,
-            Registering::Free => DbResponse::NotFound,
-            Registering::Closed => DbResponse::Closed,
-        }),
-        DbRequest::Session { account_id, sid } => {
-            store.session(account_id, &sid).map(|state| match state {
-                Some(state) => DbResponse::Session {
-                    username: state.username,
-                    sessions_after: state.sessions_after,
-                    revoked: state.revoked,
-                },
-                None => DbResponse::NotFound,
-            })
-        }
-        DbRequest::Revoke { revocation } => store
-            .revoke_session(&revocation)
-            .map(|()| DbResponse::Updated),
-        DbRequest::VoidSessions {
-            account_id,
-            before_ms,
-            hash,
-        } => store
-            .void_sessions(account_id, before_ms, hash.as_deref())
-            .map(|updated| match updated {
-                true => DbResponse::Updated,
-                false => DbResponse::NotFound,
-            }),
-        DbRequest::Auth { .. } => Ok(DbResponse::Error {
-            message: "already authenticated".into(),
-        }),
-    };
+/// What to send for a request's outcome: the response, or the store's failure as an error
+/// response (logged, at most one line per 10 s).
+fn answered(result: Result<DbResponse, StoreError>) -> DbResponse {
     result.unwrap_or_else(|e| {
         if let Some(failures) = REQUEST_FAILURES.hit() {
             tracing::error!(failures, last_error = %e, "account store requests failed");

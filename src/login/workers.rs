@@ -1,7 +1,7 @@
 //! The workers. A worker takes every connection waiting on the job channel (each holds at
 //! least one whole message; at most [`MAX_CONNS`] at once) and answers their messages in
 //! order, in rounds: a round takes one request from each connection, asks account-db the
-//! questions of all of them at once ([`Service::ask_all`]: one round trip, one wake-up of the
+//! account-db requests of all of them at once ([`Service::call_all`]: one round trip, one wake-up of the
 //! worker), then finishes each. Under load one wake serves many requests; when idle a round is
 //! the single request it always was. A login whose verification is cheap (a fraction of a
 //! millisecond) is verified here, in the worker's own argon2 memory, and so is a registration
@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 /// Connections the I/O thread sends in one batch; a worker takes the batches waiting while it
-/// holds fewer (so at most twice as many, less one): the most questions in one round trip.
+/// holds fewer (so at most twice as many, less one): the most account-db requests in one round trip.
 pub const MAX_CONNS: usize = 8;
 
 /// Connections per batch: [`MAX_CONNS`], or 1 when every request opens its own account-db
@@ -92,7 +92,7 @@ enum Next {
     Answered,
     /// A hash that is not quick: for a hash thread.
     Hash(HashTask),
-    /// A question to the store (a cheap registration's create).
+    /// A request to the account tier (a cheap registration's create).
     Ask(Asking),
 }
 
@@ -180,9 +180,9 @@ impl Worker {
         }
     }
 
-    /// Ask the store the questions of `waiting` at once (one round trip), then finish each of
-    /// their requests: its reply written, or its connection added to `leaving`. Returns the
-    /// requests that have a question again (a registration's create), to ask next.
+    /// Send the account tier the requests of `waiting` at once (one round trip), then finish
+    /// each of their gateway requests: its reply written, or its connection added to `leaving`.
+    /// Returns those that have a request again (a registration's create), to send next.
     fn ask(
         &mut self,
         conns: &mut [Box<Conn>],
@@ -190,18 +190,18 @@ impl Worker {
         leaving: &mut Vec<Leaving>,
     ) -> Vec<(usize, Waiting)> {
         let service = self.service.clone();
-        let questions: Vec<_> = waiting.iter().map(|(_, w)| &w.asking.question).collect();
-        let asked = catch_unwind(AssertUnwindSafe(|| service.ask_all(&questions)));
-        drop(questions);
-        // After a panic, each question is asked again alone: only the request whose question
-        // panics is answered "unavailable".
+        let requests: Vec<_> = waiting.iter().map(|(_, w)| &w.asking.request).collect();
+        let asked = catch_unwind(AssertUnwindSafe(|| service.call_all(&requests)));
+        drop(requests);
+        // After a panic, each request is sent again alone: only the gateway request whose
+        // account-db request panics is answered "unavailable".
         let mut answers = asked.ok().map(Vec::into_iter);
         let mut again = Vec::new();
         for (i, w) in waiting {
             let resume = || {
                 let answer = match answers.as_mut().and_then(Iterator::next) {
                     Some(answer) => answer,
-                    None => service.ask(&w.asking.question),
+                    None => service.call(&w.asking.request),
                 };
                 service.resume(w.asking, answer)
             };

@@ -238,6 +238,50 @@ pub enum DbRequest {
     },
 }
 
+impl DbRequest {
+    /// Every request's name, in order: its `op` on the wire, and its label in account-db's
+    /// `accountdb_requests_total{op}`.
+    pub const NAMES: [&'static str; 12] = [
+        "auth",
+        "ping",
+        "find",
+        "create",
+        "update_hash",
+        "login",
+        "failed",
+        "succeeded",
+        "register",
+        "session",
+        "revoke",
+        "void_sessions",
+    ];
+
+    /// Where this request's name is in [`DbRequest::NAMES`].
+    pub fn index(&self) -> usize {
+        match self {
+            DbRequest::Auth { .. } => 0,
+            DbRequest::Ping => 1,
+            DbRequest::Find { .. } => 2,
+            DbRequest::Create { .. } => 3,
+            DbRequest::UpdateHash { .. } => 4,
+            DbRequest::Login { .. } => 5,
+            DbRequest::Failed { .. } => 6,
+            DbRequest::Succeeded { .. } => 7,
+            DbRequest::Register { .. } => 8,
+            DbRequest::Session { .. } => 9,
+            DbRequest::Revoke { .. } => 10,
+            DbRequest::VoidSessions { .. } => 11,
+        }
+    }
+
+    /// Whether its outcome must be known, so that a client repeats it after any failure
+    /// (timeouts included) until it learns it: a create, which is idempotent by its request
+    /// id. Any other request that fails is given up after its deadline.
+    pub fn resolves(&self) -> bool {
+        matches!(self, DbRequest::Create { .. })
+    }
+}
+
 /// A reply from account-db.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
@@ -277,6 +321,152 @@ pub enum DbResponse {
     Error {
         message: String,
     },
+}
+
+/// The typed answers to requests, and back: what [`crate::accountdb::execute`] answers, and
+/// what a client makes of the answer. A response that does not fit its request is `Err` with
+/// it.
+impl DbResponse {
+    /// A lock for `wait`, in whole milliseconds.
+    pub fn locked(wait: Duration) -> DbResponse {
+        DbResponse::Locked {
+            wait_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+        }
+    }
+
+    /// `true` for [`DbResponse::Updated`], `false` for [`DbResponse::NotFound`]: whether an
+    /// `update_hash` or `void_sessions` changed the account.
+    pub fn updated(changed: bool) -> DbResponse {
+        match changed {
+            true => DbResponse::Updated,
+            false => DbResponse::NotFound,
+        }
+    }
+
+    /// The answer to `login`.
+    pub fn into_login(self) -> Result<Login, DbResponse> {
+        match self {
+            DbResponse::Locked { wait_ms } => Ok(Login::Locked(Duration::from_millis(wait_ms))),
+            DbResponse::Open { account, settled } => Ok(Login::Open { account, settled }),
+            other => Err(other),
+        }
+    }
+
+    /// The answer to `register`.
+    pub fn into_registering(self) -> Result<Registering, DbResponse> {
+        match self {
+            DbResponse::Locked { wait_ms } => {
+                Ok(Registering::Locked(Duration::from_millis(wait_ms)))
+            }
+            DbResponse::Exists => Ok(Registering::Taken),
+            DbResponse::NotFound => Ok(Registering::Free),
+            DbResponse::Closed => Ok(Registering::Closed),
+            other => Err(other),
+        }
+    }
+
+    /// The answer to `session`.
+    pub fn into_session(self) -> Result<Option<SessionState>, DbResponse> {
+        match self {
+            DbResponse::Session {
+                username,
+                sessions_after,
+                revoked,
+            } => Ok(Some(SessionState {
+                username,
+                sessions_after,
+                revoked,
+            })),
+            DbResponse::NotFound => Ok(None),
+            other => Err(other),
+        }
+    }
+
+    /// The answer to `create`.
+    pub fn into_created(self) -> Result<Created, DbResponse> {
+        match self {
+            DbResponse::Created => Ok(Created::New),
+            DbResponse::Exists => Ok(Created::Exists),
+            other => Err(other),
+        }
+    }
+
+    /// The answer to `find`.
+    pub fn into_found(self) -> Result<Option<Account>, DbResponse> {
+        match self {
+            DbResponse::Found { account } => Ok(Some(account)),
+            DbResponse::NotFound => Ok(None),
+            other => Err(other),
+        }
+    }
+
+    /// The answer to `failed`: the longest lock met, if a key was locked already.
+    pub fn into_counted(self) -> Result<Option<Duration>, DbResponse> {
+        match self {
+            DbResponse::Locked { wait_ms } => Ok(Some(Duration::from_millis(wait_ms))),
+            DbResponse::Counted => Ok(None),
+            other => Err(other),
+        }
+    }
+
+    /// The answer to `update_hash` and `void_sessions`: whether the account changed.
+    pub fn into_updated(self) -> Result<bool, DbResponse> {
+        match self {
+            DbResponse::Updated => Ok(true),
+            DbResponse::NotFound => Ok(false),
+            other => Err(other),
+        }
+    }
+
+    /// The answer to `succeeded`, `revoke` and `ping`: done.
+    pub fn into_done(self) -> Result<(), DbResponse> {
+        match self {
+            DbResponse::Updated | DbResponse::Pong => Ok(()),
+            other => Err(other),
+        }
+    }
+}
+
+impl From<Login> for DbResponse {
+    fn from(login: Login) -> DbResponse {
+        match login {
+            Login::Locked(wait) => DbResponse::locked(wait),
+            Login::Open { account, settled } => DbResponse::Open { account, settled },
+        }
+    }
+}
+
+impl From<Registering> for DbResponse {
+    fn from(registering: Registering) -> DbResponse {
+        match registering {
+            Registering::Locked(wait) => DbResponse::locked(wait),
+            Registering::Taken => DbResponse::Exists,
+            Registering::Free => DbResponse::NotFound,
+            Registering::Closed => DbResponse::Closed,
+        }
+    }
+}
+
+impl From<Created> for DbResponse {
+    fn from(created: Created) -> DbResponse {
+        match created {
+            Created::New => DbResponse::Created,
+            Created::Exists => DbResponse::Exists,
+        }
+    }
+}
+
+impl From<Option<SessionState>> for DbResponse {
+    fn from(state: Option<SessionState>) -> DbResponse {
+        match state {
+            Some(state) => DbResponse::Session {
+                username: state.username,
+                sessions_after: state.sessions_after,
+                revoked: state.revoked,
+            },
+            None => DbResponse::NotFound,
+        }
+    }
 }
 
 /// Serialize `msg` as one line, newline included.
@@ -320,6 +510,70 @@ mod tests {
             let line = encode_line(&request);
             assert_eq!(line.iter().filter(|&&b| b == b'\n').count(), 1);
             assert_eq!(decode_line::<DbRequest>(&line).unwrap(), request);
+        }
+    }
+
+    #[test]
+    fn every_request_is_named_as_the_wire_names_it() {
+        let t = crate::throttle::Policy::default();
+        let revocation = Revocation {
+            account_id: 1,
+            sid: "s".into(),
+            began_ms: 0,
+            until_ms: 1,
+        };
+        let every = [
+            DbRequest::Auth { proof: "p".into() },
+            DbRequest::Ping,
+            DbRequest::Find {
+                username: "u".into(),
+            },
+            DbRequest::Create {
+                account: Account::new("u", "h"),
+                request_id: "r".into(),
+            },
+            DbRequest::UpdateHash {
+                username: "u".into(),
+                old: "o".into(),
+                hash: "h".into(),
+            },
+            DbRequest::Login {
+                username: "u".into(),
+                origin: None,
+                failures: t.failures(),
+                unknown: Unknown::Nothing,
+            },
+            DbRequest::Failed {
+                username: None,
+                origin: None,
+                failures: t.failures(),
+            },
+            DbRequest::Succeeded {
+                username: "u".into(),
+                origin: None,
+                keep_failures: false,
+            },
+            DbRequest::Register {
+                username: "u".into(),
+                origin: None,
+                limit: t.registrations(),
+            },
+            DbRequest::Session {
+                account_id: 1,
+                sid: "s".into(),
+            },
+            DbRequest::Revoke { revocation },
+            DbRequest::VoidSessions {
+                account_id: 1,
+                before_ms: 0,
+                hash: None,
+            },
+        ];
+        assert_eq!(every.len(), DbRequest::NAMES.len());
+        for (i, request) in every.iter().enumerate() {
+            assert_eq!(request.index(), i);
+            let wire: serde_json::Value = serde_json::to_value(request).unwrap();
+            assert_eq!(wire["op"], DbRequest::NAMES[i], "{wire}");
         }
     }
 

@@ -111,7 +111,7 @@ impl DbConn {
     /// Send every request in one write, then read their replies, in order: one round trip
     /// for all. The replies read, and the failure that stopped the rest, if any (it marks the
     /// connection broken).
-    pub fn call_all(&mut self, requests: &[DbRequest]) -> (Vec<DbResponse>, Option<DbError>) {
+    pub fn call_all(&mut self, requests: &[&DbRequest]) -> (Vec<DbResponse>, Option<DbError>) {
         let mut responses = Vec::with_capacity(requests.len());
         let result = self.pipeline(requests, &mut responses);
         if result.is_err() {
@@ -122,7 +122,7 @@ impl DbConn {
 
     fn pipeline(
         &mut self,
-        requests: &[DbRequest],
+        requests: &[&DbRequest],
         responses: &mut Vec<DbResponse>,
     ) -> Result<(), DbError> {
         let lines: Vec<u8> = requests.iter().flat_map(encode_line).collect();

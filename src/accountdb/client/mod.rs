@@ -10,14 +10,13 @@ pub use connection::{DbConn, DbError};
 pub use manager::DbManager;
 use manager::LogErrors;
 
-use crate::accountdb::accounts::{Accounts, Answer, Question};
-use crate::accountdb::store::{Account, Created, Revocation, SessionState, StoreError};
+use crate::accountdb::accounts::Accounts;
+use crate::accountdb::store::StoreError;
 use crate::auth::secret::Secret;
 use crate::config::Endpoint;
 use crate::logging::RateLimited;
 use crate::metrics::Metrics;
-use crate::protocol::accountdb::{DbRequest, DbResponse, Login, Registering};
-use crate::throttle::{Millis, Origin, RegisterLimit, Thresholds, Unknown};
+use crate::protocol::accountdb::{DbRequest, DbResponse};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -144,7 +143,7 @@ impl Instance {
     /// the rest; `None` when not pooled.
     fn attempt_all(
         &self,
-        requests: &[DbRequest],
+        requests: &[&DbRequest],
         metrics: &Metrics,
     ) -> Option<(Vec<DbResponse>, Option<DbError>)> {
         let Connections::Pooled(pool) = &self.connections else {
@@ -257,21 +256,16 @@ impl RemoteStore {
         up.into_iter().chain(down).collect()
     }
 
-    /// One request, retried where that is safe and useful, within the request's deadline.
-    /// Every request is idempotent (a create by its request id), so:
+    /// One request, retried where that is safe and useful, within the request's deadline
+    /// (its window opened at `started`; `last`: it failed already, asked with others: once the
+    /// window has closed, it is not tried again). Every request is idempotent (a create by its
+    /// request id), so:
     /// - a connection found dead (after account-db restarts, every idle pooled one is) is
     ///   followed by another to the same instance at once;
     /// - an instance that cannot be reached or does not answer in time is marked down, and the
     ///   request goes to the next;
     /// - a request whose outcome must be known (`resolve`: a create) is repeated after any
     ///   failure, timeouts included, for up to the resolve window.
-    fn call(&self, request: &DbRequest, resolve: bool) -> Result<DbResponse, StoreError> {
-        self.call_since(request, resolve, Instant::now(), None)
-    }
-
-    /// [`RemoteStore::call`], for a request whose window opened at `started` and that failed
-    /// already (`last`) if it was asked with others: once the window has closed, it is not
-    /// tried again.
     fn call_since(
         &self,
         request: &DbRequest,
@@ -344,94 +338,6 @@ impl RemoteStore {
     }
 }
 
-impl RemoteStore {
-    /// One question, as its own request.
-    fn ask_one(&self, question: &Question) -> Result<Answer, StoreError> {
-        answer_of(
-            question,
-            self.call(&request_of(question), resolves(question))?,
-        )
-    }
-}
-
-/// The request that asks `question`.
-fn request_of(question: &Question) -> DbRequest {
-    match question.clone() {
-        Question::Login {
-            username,
-            origin,
-            failures,
-            unknown,
-        } => DbRequest::Login {
-            username,
-            origin,
-            failures,
-            unknown,
-        },
-        Question::Register {
-            username,
-            origin,
-            limit,
-        } => DbRequest::Register {
-            username,
-            origin,
-            limit,
-        },
-        Question::Session { account_id, sid } => DbRequest::Session { account_id, sid },
-        Question::Create {
-            account,
-            request_id,
-        } => DbRequest::Create {
-            account,
-            request_id,
-        },
-    }
-}
-
-/// Whether `question`'s outcome must be known (a create: see [`RemoteStore::call`]), so it is
-/// repeated after any failure for up to the resolve window, never given up with the round.
-fn resolves(question: &Question) -> bool {
-    matches!(question, Question::Create { .. })
-}
-
-/// The answer to `question` that `response` gives.
-fn answer_of(question: &Question, response: DbResponse) -> Result<Answer, StoreError> {
-    match (question, response) {
-        (Question::Login { .. }, DbResponse::Locked { wait_ms }) => {
-            Ok(Answer::Login(Login::Locked(locked(wait_ms))))
-        }
-        (Question::Login { .. }, DbResponse::Open { account, settled }) => {
-            Ok(Answer::Login(Login::Open { account, settled }))
-        }
-        (Question::Register { .. }, DbResponse::Locked { wait_ms }) => {
-            Ok(Answer::Register(Registering::Locked(locked(wait_ms))))
-        }
-        (Question::Register { .. }, DbResponse::Exists) => Ok(Answer::Register(Registering::Taken)),
-        (Question::Register { .. }, DbResponse::NotFound) => {
-            Ok(Answer::Register(Registering::Free))
-        }
-        (Question::Register { .. }, DbResponse::Closed) => {
-            Ok(Answer::Register(Registering::Closed))
-        }
-        (
-            Question::Session { .. },
-            DbResponse::Session {
-                username,
-                sessions_after,
-                revoked,
-            },
-        ) => Ok(Answer::Session(Some(SessionState {
-            username,
-            sessions_after,
-            revoked,
-        }))),
-        (Question::Session { .. }, DbResponse::NotFound) => Ok(Answer::Session(None)),
-        (Question::Create { .. }, DbResponse::Created) => Ok(Answer::Create(Created::New)),
-        (Question::Create { .. }, DbResponse::Exists) => Ok(Answer::Create(Created::Exists)),
-        (_, other) => Err(unexpected(other)),
-    }
-}
-
 /// Until the store is dropped: probe every instance marked down, and mark it up once it
 /// answers.
 fn probe_down_instances(instances: &std::sync::Weak<Instances>) {
@@ -482,36 +388,29 @@ impl std::ops::DerefMut for Lent {
     }
 }
 
-fn unexpected(response: DbResponse) -> StoreError {
-    StoreError::Remote(format!("unexpected reply {response:?}"))
-}
-
-fn mismatch(answer: Answer) -> StoreError {
-    StoreError::Remote(format!("an answer of another kind: {answer:?}"))
-}
-
-fn locked(wait_ms: u64) -> Duration {
-    Duration::from_millis(wait_ms)
-}
-
 impl Accounts for RemoteStore {
+    /// See [`RemoteStore::call_since`]: retried where that is safe and useful, within the
+    /// request's deadline; a create until its outcome is known.
+    fn call(&self, request: &DbRequest) -> Result<DbResponse, StoreError> {
+        self.call_since(request, request.resolves(), Instant::now(), None)
+    }
+
     /// Pipelined on one pooled connection of the next instance up: one round trip for all.
     /// What that leaves unanswered (no pool, a connection that died or timed out midway, a
     /// store error where another account-db may answer) is asked again one by one, with the
     /// usual retries and failover; the replies already read are kept. The round shares one
     /// deadline: once a question is unreachable (a lone account-db that did not answer in
     /// time, or every account-db failed it), the rest are answered so at once, except the
-    /// creates, which are asked again until their outcome is known, as [`Accounts::create`]
+    /// creates, which are asked again until their outcome is known, as [`Accounts::call`]
     /// does, within one resolve window for the round: however many creates are unknown, the
     /// round ends by then (and one attempt after it).
-    fn ask_all(&self, questions: &[&Question]) -> Vec<Result<Answer, StoreError>> {
+    fn call_all(&self, requests: &[&DbRequest]) -> Vec<Result<DbResponse, StoreError>> {
         let started = Instant::now();
-        let requests: Vec<DbRequest> = questions.iter().map(|q| request_of(q)).collect();
         let single = self.shared.list.len() == 1;
         let first = self.order().first().copied();
         let (responses, failure) = match first {
-            Some(instance) if questions.len() > 1 => {
-                match instance.attempt_all(&requests, &self.metrics) {
+            Some(instance) if requests.len() > 1 => {
+                match instance.attempt_all(requests, &self.metrics) {
                     Some((responses, None)) => {
                         instance.up.store(true, Ordering::Relaxed);
                         (responses, None)
@@ -531,8 +430,8 @@ impl Accounts for RemoteStore {
         let mut create_failed = failure.as_ref().map(DbError::again);
         let mut unreachable = failure.filter(|e| single && !e.is_dead_connection());
         let mut responses = responses.into_iter();
-        let mut answers = Vec::with_capacity(questions.len());
-        for question in questions {
+        let mut answers = Vec::with_capacity(requests.len());
+        for request in requests {
             let answer = match (responses.next(), &unreachable) {
                 // As `call` answers it: with one account-db, its store's error is the answer.
                 (Some(DbResponse::Error { message }), _) if single => {
@@ -542,19 +441,18 @@ impl Accounts for RemoteStore {
                     Err(StoreError::Remote(message))
                 }
                 // A create not answered, or failed by this account-db (another may answer).
-                (Some(DbResponse::Error { .. }) | None, _) if resolves(question) => {
+                (Some(DbResponse::Error { .. }) | None, _) if request.resolves() => {
                     let last = create_failed.as_ref().map(DbError::again);
-                    let request = request_of(question);
-                    let answer = self.call_since(&request, true, started, last);
+                    let answer = self.call_since(request, true, started, last);
                     if let Err(StoreError::Unreachable(e)) = &answer {
                         create_failed = Some(e.again());
                     }
-                    answer.and_then(|response| answer_of(question, response))
+                    answer
                 }
-                (Some(DbResponse::Error { .. }), _) => self.ask_one(question),
-                (Some(response), _) => answer_of(question, response),
+                (Some(DbResponse::Error { .. }), _) => self.call(request),
+                (Some(response), _) => Ok(response),
                 (None, Some(e)) => Err(StoreError::Unreachable(e.again())),
-                (None, None) => self.ask_one(question),
+                (None, None) => self.call(request),
             };
             if let Err(StoreError::Unreachable(e)) = &answer {
                 unreachable = Some(e.again());
@@ -562,157 +460,5 @@ impl Accounts for RemoteStore {
             answers.push(answer);
         }
         answers
-    }
-
-    fn login(
-        &self,
-        username: &str,
-        origin: Option<Origin>,
-        failures: &Thresholds,
-        unknown: Unknown,
-    ) -> Result<Login, StoreError> {
-        let question = Question::Login {
-            username: username.to_string(),
-            origin,
-            failures: *failures,
-            unknown,
-        };
-        match self.ask_one(&question)? {
-            Answer::Login(login) => Ok(login),
-            other => Err(mismatch(other)),
-        }
-    }
-
-    fn failed(
-        &self,
-        username: Option<&str>,
-        origin: Option<Origin>,
-        failures: &Thresholds,
-    ) -> Result<Option<Duration>, StoreError> {
-        let request = DbRequest::Failed {
-            username: username.map(str::to_string),
-            origin,
-            failures: *failures,
-        };
-        match self.call(&request, false)? {
-            DbResponse::Locked { wait_ms } => Ok(Some(locked(wait_ms))),
-            DbResponse::Counted => Ok(None),
-            other => Err(unexpected(other)),
-        }
-    }
-
-    fn succeeded(
-        &self,
-        username: &str,
-        origin: Option<Origin>,
-        keep_failures: bool,
-    ) -> Result<(), StoreError> {
-        let request = DbRequest::Succeeded {
-            username: username.to_string(),
-            origin,
-            keep_failures,
-        };
-        match self.call(&request, false)? {
-            DbResponse::Updated => Ok(()),
-            other => Err(unexpected(other)),
-        }
-    }
-
-    fn register(
-        &self,
-        username: &str,
-        origin: Option<Origin>,
-        limit: &RegisterLimit,
-    ) -> Result<Registering, StoreError> {
-        let question = Question::Register {
-            username: username.to_string(),
-            origin,
-            limit: *limit,
-        };
-        match self.ask_one(&question)? {
-            Answer::Register(registering) => Ok(registering),
-            other => Err(mismatch(other)),
-        }
-    }
-
-    fn session(&self, account_id: u64, sid: &str) -> Result<Option<SessionState>, StoreError> {
-        let question = Question::Session {
-            account_id,
-            sid: sid.to_string(),
-        };
-        match self.ask_one(&question)? {
-            Answer::Session(state) => Ok(state),
-            other => Err(mismatch(other)),
-        }
-    }
-
-    fn revoke_session(&self, revocation: &Revocation) -> Result<(), StoreError> {
-        let request = DbRequest::Revoke {
-            revocation: revocation.clone(),
-        };
-        match self.call(&request, false)? {
-            DbResponse::Updated => Ok(()),
-            other => Err(unexpected(other)),
-        }
-    }
-
-    fn void_sessions(
-        &self,
-        account_id: u64,
-        before_ms: Millis,
-        hash: Option<&str>,
-    ) -> Result<bool, StoreError> {
-        let request = DbRequest::VoidSessions {
-            account_id,
-            before_ms,
-            hash: hash.map(str::to_string),
-        };
-        match self.call(&request, false)? {
-            DbResponse::Updated => Ok(true),
-            DbResponse::NotFound => Ok(false),
-            other => Err(unexpected(other)),
-        }
-    }
-
-    fn find(&self, username: &str) -> Result<Option<Account>, StoreError> {
-        let request = DbRequest::Find {
-            username: username.to_string(),
-        };
-        match self.call(&request, false)? {
-            DbResponse::Found { account } => Ok(Some(account)),
-            DbResponse::NotFound => Ok(None),
-            other => Err(unexpected(other)),
-        }
-    }
-
-    fn create(&self, account: &Account, request_id: &str) -> Result<Created, StoreError> {
-        let question = Question::Create {
-            account: account.clone(),
-            request_id: request_id.to_string(),
-        };
-        match self.ask_one(&question)? {
-            Answer::Create(created) => Ok(created),
-            other => Err(mismatch(other)),
-        }
-    }
-
-    fn update_hash(&self, username: &str, old: &str, hash: &str) -> Result<bool, StoreError> {
-        let request = DbRequest::UpdateHash {
-            username: username.to_string(),
-            old: old.to_string(),
-            hash: hash.to_string(),
-        };
-        match self.call(&request, false)? {
-            DbResponse::Updated => Ok(true),
-            DbResponse::NotFound => Ok(false),
-            other => Err(unexpected(other)),
-        }
-    }
-
-    fn ping(&self) -> Result<(), StoreError> {
-        match self.call(&DbRequest::Ping, false)? {
-            DbResponse::Pong => Ok(()),
-            other => Err(unexpected(other)),
-        }
     }
 }

@@ -1,0 +1,101 @@
+//! One function runs any account-db request against any [`Store`]: account-db's server runs
+//! what it reads off the wire through it, and every `Store` used in-process as
+//! [`Accounts`](super::accounts::Accounts) (login-server's `--data`) runs its requests through
+//! it too, so both answer alike. Adding an operation touches the vocabulary
+//! ([`crate::protocol::accountdb`]), this file, and the [`Store`] backends.
+
+use super::store::{Store, StoreError};
+use super::throttling;
+use crate::protocol::accountdb::{DbRequest, DbResponse};
+
+/// Run `request` against `store`: the response, or why the store could not answer.
+pub fn execute(store: &dyn Store, request: &DbRequest) -> Result<DbResponse, StoreError> {
+    Ok(match request {
+        DbRequest::Ping => {
+            store.ping()?;
+            DbResponse::Pong
+        }
+        DbRequest::Find { username } => match store.find(username)? {
+            Some(account) => DbResponse::Found { account },
+            None => DbResponse::NotFound,
+        },
+        DbRequest::Create {
+            account,
+            request_id,
+        } => store.create(account, request_id)?.into(),
+        DbRequest::UpdateHash {
+            username,
+            old,
+            hash,
+        } => DbResponse::updated(store.update_hash(username, old, hash)?),
+        DbRequest::Login {
+            username,
+            origin,
+            failures,
+            unknown,
+        } => throttling::login(store, username, *origin, failures, *unknown)?.into(),
+        DbRequest::Failed {
+            username,
+            origin,
+            failures,
+        } => throttling::failed(store, username.as_deref(), *origin, failures)?
+            .map_or(DbResponse::Counted, DbResponse::locked),
+        DbRequest::Succeeded {
+            username,
+            origin,
+            keep_failures,
+        } => {
+            throttling::succeeded(store, username, *origin, *keep_failures)?;
+            DbResponse::Updated
+        }
+        DbRequest::Register {
+            username,
+            origin,
+            limit,
+        } => throttling::register(store, username, *origin, limit)?.into(),
+        DbRequest::Session { account_id, sid } => store.session(*account_id, sid)?.into(),
+        DbRequest::Revoke { revocation } => {
+            store.revoke_session(revocation)?;
+            DbResponse::Updated
+        }
+        DbRequest::VoidSessions {
+            account_id,
+            before_ms,
+            hash,
+        } => DbResponse::updated(store.void_sessions(*account_id, *before_ms, hash.as_deref())?),
+        DbRequest::Auth { .. } => DbResponse::Error {
+            message: "already authenticated".into(),
+        },
+    })
+}
+
+/// [`execute`] for a run of `login` requests, with one read of the store
+/// ([`throttling::login_all`]): their responses in order, or the error of that read, for
+/// them all. Requests of other kinds in `requests` are skipped.
+pub fn execute_logins(
+    store: &dyn Store,
+    requests: &[DbRequest],
+) -> Result<Vec<Result<DbResponse, StoreError>>, StoreError> {
+    let lookups: Vec<throttling::Lookup> = requests
+        .iter()
+        .filter_map(|request| match request {
+            DbRequest::Login {
+                username,
+                origin,
+                failures,
+                unknown,
+            } => Some(throttling::Lookup {
+                username,
+                origin: *origin,
+                t: failures,
+                unknown: *unknown,
+            }),
+            _ => None,
+        })
+        .collect();
+    let logins = throttling::login_all(store, &lookups)?;
+    Ok(logins
+        .into_iter()
+        .map(|login| login.map(DbResponse::from))
+        .collect())
+}
