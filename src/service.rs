@@ -13,8 +13,7 @@
 
 use crate::accountdb::accounts::{unexpected, Accounts};
 use crate::accountdb::store::{Account, Created, Revocation, SessionState, StoreError};
-use crate::auth::names::fold;
-use crate::auth::names::{normalize_password, Rules};
+use crate::auth::names::{self, fold, normalize_password, Rules};
 use crate::auth::password::{self, is_bcrypt, HashError, Hasher, Memory};
 use crate::auth::secret::random_token;
 use crate::legacy::{self, Known, LegacyDb, SpellingAsks, RESERVED_HASH};
@@ -28,11 +27,6 @@ use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
-
-/// The longest name looked up, in bytes: today's name rules bind registrations only, so an
-/// account from the old system may have any name up to this (`account-db import` takes none
-/// longer).
-const MAX_NAME: usize = 255;
 
 /// The account's ban, if it is in force now. Told only to whoever proved the password: to
 /// anyone else a banned account is like any other.
@@ -444,10 +438,7 @@ impl Service {
         // So only a name no account can have (longer than any, or with control characters) is
         // answered without a lookup; it costs the address, never an account: one round trip
         // with an address, none without.
-        let could_exist = !username.is_empty()
-            && username.len() <= MAX_NAME
-            && !username.chars().any(char::is_control);
-        if !could_exist {
+        if !names::could_name_an_account(&username) {
             if origin.is_some() {
                 match self.accounts.failed(None, origin, &failures) {
                     Ok(Some(wait)) => return Begun::Step(self.throttled(wait)),

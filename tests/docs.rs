@@ -208,3 +208,58 @@ fn operations_md_lists_every_account_db_request_label() {
     labels.push("unreadable");
     assert_eq!(listed, labels, "{row}");
 }
+
+/// The backticked JSON objects of a markdown table row, in order.
+fn json_in(row: &str) -> Vec<&str> {
+    row.split('`')
+        .skip(1)
+        .step_by(2)
+        .filter(|s| s.starts_with('{'))
+        .collect()
+}
+
+#[test]
+fn protocol_md_account_db_examples_are_the_wire_byte_for_byte() {
+    use login_server::protocol::accountdb::{decode_line, encode_line, DbRequest, DbResponse};
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/protocol.md");
+    let protocol = std::fs::read_to_string(path).expect("docs/protocol.md");
+    let rows: Vec<&str> = protocol
+        .lines()
+        .skip_while(|l| !l.starts_with("| request | replies |"))
+        .skip(2)
+        .take_while(|l| l.starts_with('|'))
+        .collect();
+    let mut named = Vec::new();
+    for row in &rows {
+        let cells: Vec<&str> = row.split(" | ").collect();
+        let (request, replies) = (json_in(cells[0]), json_in(cells[1]));
+        let text = request
+            .first()
+            .unwrap_or_else(|| panic!("no request in {row}"));
+        let parsed: DbRequest =
+            decode_line(text.as_bytes()).unwrap_or_else(|e| panic!("{text}: {e}"));
+        assert_eq!(
+            encode_line(&parsed),
+            format!("{text}\n").into_bytes(),
+            "{text}"
+        );
+        named.push(DbRequest::NAMES[parsed.index()]);
+        assert!(!replies.is_empty(), "no reply in {row}");
+        for text in replies {
+            let parsed: DbResponse =
+                decode_line(text.as_bytes()).unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!(
+                encode_line(&parsed),
+                format!("{text}\n").into_bytes(),
+                "{text}"
+            );
+        }
+    }
+    // Every request but `auth` (the handshake's, described above the table) has its row.
+    let every: Vec<&str> = DbRequest::NAMES
+        .iter()
+        .copied()
+        .filter(|n| *n != "auth")
+        .collect();
+    assert_eq!(named, every);
+}

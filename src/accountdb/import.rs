@@ -13,7 +13,7 @@
 //! nothing.
 
 use crate::accountdb::store::{Account, Created, Store, StoreError};
-use crate::auth::names::{fold, skeleton};
+use crate::auth::names::{fold, skeleton, MAX_NAME};
 use crate::auth::password::{check_importable, is_bcrypt, Hasher, Memory};
 use crate::legacy::RESERVED_HASH;
 // The longest line read is the account-db protocol's (64 KiB): a longer one is rejected, and
@@ -25,9 +25,6 @@ use std::io::BufRead;
 
 /// Lines hashed together, on every core, and written together, in a few transactions.
 const BATCH: usize = 1024;
-
-/// The longest name imported, in bytes: the longest login-server looks up.
-const MAX_NAME: usize = 255;
 
 /// What an import did.
 #[derive(Debug, Default, PartialEq, Eq)]

@@ -13,8 +13,9 @@
 //!   its own index, not the key: it changes with Unicode's confusables data ([`SKELETON_DATA`]),
 //!   and the store rebuilds it when that changes.
 //!
-//! Names that registered under older rules still log in: logins are checked only against
-//! [`Rules::could_exist`], the rules names were ever registered under.
+//! Names that registered under older rules, were imported, or moved from the old server
+//! still log in, whatever today's rules say: a login is refused without a lookup only when
+//! [`could_name_an_account`] says no account can have its name.
 
 use unicode_normalization::UnicodeNormalization;
 use unicode_security::{GeneralSecurityProfile, RestrictionLevel, RestrictionLevelDetection};
@@ -26,8 +27,8 @@ pub const SKELETON_DATA: (u64, u64, u64, u32) = {
     (major, minor, update, 3)
 };
 
-/// The limits a registration must meet. Logins are checked against them too, so a request that
-/// cannot name an account is answered without touching the store.
+/// The limits a registration (and a new password) must meet. Logins are not checked against
+/// them: see [`could_name_an_account`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Args)]
 pub struct Rules {
     /// Username length in characters (not bytes), inclusive: MIN,MAX. Defaults to 3,32.
@@ -72,25 +73,6 @@ impl Rules {
         }
         count >= min
             && normalized.as_str().detect_restriction_level() <= RestrictionLevel::HighlyRestrictive
-    }
-
-    /// Whether `name` could belong to an account at all: it, or its NFKC form (what a
-    /// registration is checked in), meets the rules names were ever registered under (letters,
-    /// ASCII digits, `_`, `-`, `.`, within the length limits), which are looser than today's.
-    /// A login under any other name is answered without a lookup.
-    pub fn could_exist(&self, name: &str) -> bool {
-        let (min, max) = self.username_chars;
-        let shaped = |chars: &mut dyn Iterator<Item = char>| {
-            let mut count = 0;
-            for c in chars {
-                count += 1;
-                if count > max || !(c.is_alphabetic() || c.is_ascii_digit() || "_-.".contains(c)) {
-                    return false;
-                }
-            }
-            count >= min
-        };
-        shaped(&mut name.chars()) || shaped(&mut name.nfkc())
     }
 
     /// Any UTF-8 within the length limits, counted in its NFC form (what is hashed), so that
@@ -144,6 +126,17 @@ pub fn skeleton(name: &str) -> String {
     let compatible: String = dotted.nfkc().collect();
     let shapes: String = unicode_security::skeleton(&compatible).collect();
     unicode_security::skeleton(&fold(&shapes)).collect()
+}
+
+/// The longest name any account can have, in bytes (import refuses longer ones).
+pub const MAX_NAME: usize = 255;
+
+/// Whether some account could be named `name`: not empty, at most [`MAX_NAME`] bytes, no
+/// control characters. Looser than any rule registrations were ever checked against, since
+/// imported and old-server names log in too; a login under any other name is answered without
+/// a lookup.
+pub fn could_name_an_account(name: &str) -> bool {
+    !name.is_empty() && name.len() <= MAX_NAME && !name.chars().any(char::is_control)
 }
 
 /// A password as it is hashed and verified: NFC, so that the same password typed on another
@@ -274,19 +267,27 @@ mod tests {
             assert!(rules.username_ok(ok), "{ok:?}");
         }
         // Refused now, but such a name may have registered before: logins still look it up.
-        assert!(rules.could_exist("\u{0430}dmin"));
-        assert!(!rules.could_exist("a b"));
+        assert!(!rules.username_ok("\u{0430}dmin") && could_name_an_account("\u{0430}dmin"));
+        assert!(
+            could_name_an_account("a b"),
+            "imported names may have spaces"
+        );
         // Whatever registers can log in with the same spelling.
         for registered in ["bob²x", "carol１", &"e\u{301}".repeat(20), "ﬀabc"] {
             assert!(rules.username_ok(registered), "{registered:?}");
-            assert!(rules.could_exist(registered), "{registered:?}");
+            assert!(could_name_an_account(registered), "{registered:?}");
         }
+        // No account can have these: answered without a lookup.
+        for never in ["", "a\nb", "tab\there", &"x".repeat(MAX_NAME + 1)] {
+            assert!(!could_name_an_account(never), "{never:?}");
+        }
+        assert!(could_name_an_account(&"x".repeat(MAX_NAME)));
     }
 
     #[test]
     fn every_allowed_shape_and_both_length_bounds() {
         let rules = Rules::default(); // 3 to 32 characters
-        for check in [Rules::username_ok, Rules::could_exist] {
+        for check in [Rules::username_ok] {
             for ok in [
                 "abc",
                 "a_1",
@@ -302,16 +303,15 @@ mod tests {
                 assert!(!check(&rules, bad), "{bad:?}");
             }
         }
-        // Either spelling of a name may be what it was registered under.
+        // Counted in NFKC, what a registration is checked in.
         assert!(
-            rules.could_exist(&"e\u{301}".repeat(20)),
+            rules.username_ok(&"e\u{301}".repeat(20)),
             "40 characters, 20 in NFKC"
         );
         assert!(
-            !rules.could_exist(&"e\u{301}".repeat(40)),
+            !rules.username_ok(&"e\u{301}".repeat(40)),
             "80 characters, 40 in NFKC"
         );
-        assert!(rules.could_exist("x\u{00B2}y"), "² is 2 in NFKC");
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Password hashing: argon2id, PHC strings with a random salt per user.
 //!
-//! How many hashes run at once is not decided here: the server computes them only on its hash
-//! threads, whose number is the cap (see `server`).
+//! How many hashes run at once is not decided here: login-server's workers verify cheap hashes
+//! themselves, in their own memory; everything else runs under the hash threads' permits, the
+//! costly stage's one permit, or the old-server stage's threads (see `crate::login`).
 
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{Output, ParamsString, PasswordHash, SaltString};

@@ -36,13 +36,17 @@ const READ_CHUNK: usize = 16 * 1024;
 pub struct Limits {
     /// Peers allowed to connect; empty: everyone.
     pub allow_from: Vec<Cidr>,
+    /// Connections open at most (`--max-connections`); one more is closed at accept.
     pub max_connections: usize,
+    /// The longest message, in bytes (`--max-message`).
     pub max_message: usize,
     /// Connections waiting for a worker at most (`--queue`).
     pub queue: usize,
     /// Connections per batch handed to a worker ([`batch_size`](super::workers::batch_size)).
     pub batch: usize,
+    /// How long a message, a client that does not read, and an idle connection may take.
     pub deadlines: Deadlines,
+    /// How long a shutdown waits for requests in progress.
     pub shutdown_timeout: Duration,
 }
 
@@ -56,16 +60,25 @@ enum Slot {
 
 /// The I/O thread's state. [`IoLoop::run`] consumes it.
 pub struct IoLoop {
+    /// The readiness events of the listener, the connections and the waker.
     pub poll: Poll,
+    /// The gateway listener (`--listen`).
     pub listener: TcpListener,
+    /// Batches of connections with whole messages, for the workers.
     pub jobs: Sender<Job>,
     /// Connections sent to the workers and not yet taken by one.
     pub queued: Arc<AtomicUsize>,
+    /// Connections coming back from the other threads (or reported gone).
     pub back: Receiver<Back>,
+    /// The other end of `back`, with the waker that rouses this thread.
     pub returns: Arc<Returns>,
+    /// Set by a shutdown: stop accepting, drain, return.
     pub stopping: Arc<AtomicBool>,
+    /// Its heartbeat, beaten each turn, for `/healthz`.
     pub health: Arc<Health>,
+    /// The limits it enforces.
     pub limits: Limits,
+    /// Connections counted and refused.
     pub metrics: Metrics,
 }
 

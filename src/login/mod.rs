@@ -3,10 +3,21 @@
 //!
 //! ```text
 //! gateway ── io_loop (1 thread, mio) ──job channel──▶ workers (--workers)
-//!                ▲                                      │ cheap part: validate, look up
-//!                │                                      ▼
-//!                └──────── returns ◀──── hash threads (hashing: a cap on hashes at once)
+//!                ▲                                      │ cheap part: validate, look up,
+//!                │                                      │ cheap hashes; then either
+//!                ├──────────── returns ◀────────────────┤ (answered: straight back)
+//!                │                ▲                     ▼ (a hash or an old-server ask)
+//!                │                ├──── hash threads (hashing: a cap on hashes at once)
+//!                │                ├──── costly (one stored hash far costlier, at a time)
+//!                │                └──── legacy_stage (--legacy-db: the old server's asks)
+//!                └─ returns wake the I/O thread (mio Waker) when it may be asleep
 //! ```
+//!
+//! These loops are long-lived threads of their own, not a `threadpool`: each owns state for
+//! its whole life (a worker its argon2 memory and batch, a hash thread its channel end), none
+//! ever finishes a job and goes back to a shared queue the way a pool's tasks do, and a panic
+//! is caught inside the loop so the thread lives on. account-db's per-connection handlers,
+//! which do come and go, run on a bounded `threadpool`.
 
 // A connection is boxed once, at accept, and the box travels between the threads (job batches,
 // hash jobs, returns) without the connection's buffers being copied: lists of them are lists

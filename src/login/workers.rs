@@ -57,19 +57,25 @@ pub struct Job(pub Vec<Box<Conn>>);
 
 /// What a worker thread holds.
 pub struct Worker {
+    /// Batches of connections from the I/O thread.
     pub jobs: Receiver<Job>,
     /// Connections sent to the workers and not yet taken by one.
     pub queued: Arc<AtomicUsize>,
+    /// Requests that need a hash that is not quick: for the hash threads.
     pub hash_jobs: Sender<HashJob>,
     /// Logins against a costly stored hash: for the costly stage, never a hash thread.
     pub costly_jobs: Sender<CostlyJob>,
     /// Requests that ask the old account server: for the old-server stage.
     pub legacy_jobs: Sender<HashJob>,
+    /// What requests are answered with.
     pub service: Arc<Service>,
+    /// Where connections go back to the I/O thread.
     pub returns: Arc<Returns>,
+    /// Replies and latencies counted.
     pub metrics: Metrics,
     /// Read buffer, for taking pipelined requests that arrived while answering.
     pub scratch: Vec<u8>,
+    /// The longest message a connection may send (`--max-message`).
     pub max_message: usize,
     /// Most connections it takes at once: [`batch_size`].
     pub batch: usize,

@@ -389,7 +389,7 @@ impl std::ops::DerefMut for Lent {
 }
 
 impl Accounts for RemoteStore {
-    /// See [`RemoteStore::call_since`]: retried where that is safe and useful, within the
+    /// See `RemoteStore::call_since`: retried where that is safe and useful, within the
     /// request's deadline; a create until its outcome is known.
     fn call(&self, request: &DbRequest) -> Result<DbResponse, StoreError> {
         self.call_since(request, request.resolves(), Instant::now(), None)
