@@ -132,6 +132,55 @@ pub fn range(s: &str) -> Result<(usize, usize), String> {
     Ok((min, max))
 }
 
+/// Every deadline login-server derives from `--db-timeout`, each computed here once: what the
+/// account tier, the old server and the costly stage may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DbDeadlines {
+    /// A whole request to the account tier, retries on other account-dbs included:
+    /// `--db-timeout`.
+    pub request: Duration,
+    /// One attempt at one account-db: connecting, waiting for a pooled connection, or one round
+    /// trip. The whole request with one account-db; a third of it with several, so that a
+    /// retry on another fits in the request.
+    pub attempt: Duration,
+    /// How long a create whose outcome is unknown is repeated to learn it: twice the request,
+    /// since a registration that was stored must not be answered as failed.
+    pub resolve_window: Duration,
+    /// One question to the old account server (`--legacy-db`): its turn, connect, greeting and
+    /// reply: `--db-timeout`.
+    pub legacy: Duration,
+    /// How long a login against a costly stored hash waits for the costly stage before it is
+    /// answered "unavailable": `--db-timeout`.
+    pub costly_wait: Duration,
+}
+
+impl DbDeadlines {
+    /// The deadlines of `db_timeout` with `account_dbs` account-dbs to fail over between.
+    pub fn new(db_timeout: Duration, account_dbs: usize) -> DbDeadlines {
+        DbDeadlines {
+            request: db_timeout,
+            attempt: match account_dbs {
+                0 | 1 => db_timeout,
+                _ => db_timeout / 3,
+            },
+            resolve_window: 2 * db_timeout,
+            legacy: db_timeout,
+            costly_wait: db_timeout,
+        }
+    }
+}
+
+/// How long login-server keeps an idle pooled account-db connection: 5 minutes, below
+/// account-db's default `--idle-timeout` ([`ACCOUNT_DB_IDLE_TIMEOUT`]), so that the pool
+/// retires a connection before account-db drops it under it.
+pub const POOL_IDLE: Duration = Duration::from_secs(5 * 60);
+
+/// account-db's default `--idle-timeout`: 15 minutes.
+pub const ACCOUNT_DB_IDLE_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+
+// Checked at build: a pool that kept connections longer would meet dead ones after quiet hours.
+const _: () = assert!(POOL_IDLE.as_secs() < ACCOUNT_DB_IDLE_TIMEOUT.as_secs());
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,5 +215,33 @@ mod tests {
         assert_eq!(range("3,32"), Ok((3, 32)));
         assert!(range("5,4").is_err());
         assert!(range("5").is_err());
+    }
+
+    #[test]
+    fn the_deadlines_of_one_account_db_and_of_several() {
+        let one = DbDeadlines::new(Duration::from_secs(3), 1);
+        assert_eq!(
+            (one.request, one.attempt),
+            (Duration::from_secs(3), Duration::from_secs(3))
+        );
+        assert_eq!(one.resolve_window, Duration::from_secs(6));
+        assert_eq!((one.legacy, one.costly_wait), (one.request, one.request));
+        let three = DbDeadlines::new(Duration::from_secs(3), 3);
+        assert_eq!(three.attempt, Duration::from_secs(1), "a retry fits");
+        assert_eq!(
+            DbDeadlines::new(Duration::from_secs(3), 0).attempt,
+            one.attempt,
+            "embedded"
+        );
+    }
+
+    #[test]
+    fn the_pool_retires_idle_connections_before_account_db_drops_them() {
+        let account_db = crate::accountdb::AccountDbConfig::default();
+        assert_eq!(
+            account_db.idle_timeout, ACCOUNT_DB_IDLE_TIMEOUT,
+            "the documented default"
+        );
+        assert!(POOL_IDLE < account_db.idle_timeout);
     }
 }

@@ -54,10 +54,14 @@ fn slowloris_trickles_are_cut_off_while_others_are_served() {
         }
         sent += 1;
         if sent == 5 {
-            // Mid-trickle, a normal client is answered at once.
+            // Mid-trickle, a normal client is answered at once (a lookup: well under 1 s).
             let served = Instant::now();
             assert_eq!(code(tiers.addr(), "login", "nobody", "password1"), 1);
-            assert!(served.elapsed() < PATIENCE);
+            assert!(
+                served.elapsed() < Duration::from_secs(1),
+                "{:?}",
+                served.elapsed()
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -118,17 +122,12 @@ fn connections_past_the_limit_are_closed_at_once() {
     assert!(eleventh.closed());
     drop(held);
     // Room again once they are gone.
-    let deadline = Instant::now() + PATIENCE;
-    loop {
+    common::eventually(PATIENCE, "room after the others closed", || {
         let mut stream = common::connect(tiers.addr());
         stream
             .write_all(br#"[{"OP":"login","username":"nobody","password":"password1"}]"#)
             .unwrap();
         let mut reply = String::new();
-        if stream.read_to_string(&mut reply).is_ok() && reply.contains("\"code\":1") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no room after the others closed");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+        stream.read_to_string(&mut reply).is_ok() && reply.contains("\"code\":1")
+    });
 }

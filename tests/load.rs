@@ -51,14 +51,17 @@ fn a_stalled_account_db_is_answered_7_within_the_deadline() {
     let started = Instant::now();
     let reply = seed(server.local_addr(), "login", "patient", "password1");
     assert_eq!(reply["code"], 7, "{reply}");
-    assert!(started.elapsed() < common::PATIENCE);
+    // After the 300 ms deadline, not long after it.
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(300) && waited < Duration::from_millis(1500),
+        "{waited:?}"
+    );
     // Back: the broken connection was thrown away and service resumes.
     db.signal("CONT");
-    let deadline = Instant::now() + common::PATIENCE;
-    while code(server.local_addr(), "login", "patient", "password1") != 3 {
-        assert!(Instant::now() < deadline, "service did not resume");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    common::eventually(common::PATIENCE, "service resumed", || {
+        code(server.local_addr(), "login", "patient", "password1") == 3
+    });
 }
 
 #[test]
@@ -69,7 +72,7 @@ fn a_full_queue_is_shed_with_code_7_at_once() {
     config.workers = Some(1);
     config.queue = 1;
     config.db_pool = Some(1);
-    config.db_timeout = Duration::from_secs(3);
+    config.db_timeout = Duration::from_secs(1);
     let server = LoginServer::spawn(config).unwrap();
     // The worker takes the first request and waits on account-db; the second fills the queue.
     let mut held = Vec::new();

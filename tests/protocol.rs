@@ -234,11 +234,13 @@ fn account_db_unreachable_is_answered_7_within_the_bound() {
     let mut config = common::config(db_addr, &login_server::auth::secret::Secret::generate());
     config.db_timeout = Duration::from_millis(500);
     let server = login_server::LoginServer::spawn(config).unwrap();
-    let started = std::time::Instant::now();
     for op in ["login", "register"] {
+        // Within the 500 ms deadline, give or take scheduling.
+        let started = std::time::Instant::now();
         let reply = seed(server.local_addr(), op, "someone", "password1");
         assert_eq!(reply["code"], 7, "{reply}");
         assert!(reply["info"].as_str().unwrap().contains("unavailable"));
+        let waited = started.elapsed();
+        assert!(waited < Duration::from_millis(1500), "{op}: {waited:?}");
     }
-    assert!(started.elapsed() < common::PATIENCE);
 }

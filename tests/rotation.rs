@@ -3,13 +3,13 @@
 
 mod common;
 
-use common::{code, free_port, Logged, ServiceUser, PATIENCE};
+use common::{code, eventually, free_port, Logged, ServiceUser, PATIENCE};
 use login_server::auth::secret::Secret;
 use login_server::LoginServer;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const ACCOUNT_DB: &str = env!("CARGO_BIN_EXE_account-db");
 
@@ -66,15 +66,6 @@ impl Runner<'_> {
             process,
             metrics: metrics.parse().expect("an address"),
         }
-    }
-}
-
-/// Wait until `check` holds, for at most the patience.
-fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + PATIENCE;
-    while !check() {
-        assert!(Instant::now() < deadline, "never: {what}");
-        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -139,7 +130,7 @@ fn rotate(user: Option<&ServiceUser>, data: PathBuf) {
 
     // 2. The login-servers move to the next secret; the old one still serves meanwhile.
     let after = login_server(runner.listen, &next);
-    eventually("the staged secret is accepted", || {
+    eventually(PATIENCE, "the staged secret is accepted", || {
         code(after.local_addr(), "login", "rotor", "password1") == 3
     });
     assert_eq!(code(before.local_addr(), "login", "rotor", "password1"), 3);
@@ -166,7 +157,7 @@ fn rotate(user: Option<&ServiceUser>, data: PathBuf) {
     assert!(finishing.status.success(), "{finishing:?}");
     assert!(!staged.exists());
     assert_eq!(Secret::read(&primary).unwrap(), next);
-    eventually("the old secret is refused", || {
+    eventually(PATIENCE, "the old secret is refused", || {
         code(before.local_addr(), "login", "rotor", "password1") == 7
     });
     assert_eq!(
@@ -183,7 +174,7 @@ fn rotate(user: Option<&ServiceUser>, data: PathBuf) {
     // 4. A plain restart with the defaults (a reboot) keeps the new secret.
     drop(db);
     let _db = runner.serve();
-    eventually("logins after a plain restart", || {
+    eventually(PATIENCE, "logins after a plain restart", || {
         code(after.local_addr(), "login", "rotor", "password1") == 3
     });
     assert_eq!(code(before.local_addr(), "login", "rotor", "password1"), 7);

@@ -6,7 +6,7 @@ use crate::auth::password::HashParams;
 use crate::auth::secret::{Secret, SecretError};
 use crate::auth::token_key::{read_verify_key, KeyError, SigningKey};
 use crate::cidr::Cidr;
-use crate::config::{at_least_one, cores, seconds, Endpoint};
+use crate::config::{at_least_one, cores, seconds, DbDeadlines, Endpoint};
 use crate::legacy::LegacyDb;
 use crate::logging::LogFormat;
 use crate::service::Options as ServiceOptions;
@@ -297,10 +297,15 @@ impl LoginServerConfig {
         }
     }
 
+    /// The deadlines `--db-timeout` makes, over the `--db` account-dbs (one embedded without).
+    pub fn db_deadlines(&self) -> DbDeadlines {
+        DbDeadlines::new(self.db_timeout, self.db.len())
+    }
+
     /// The old database server, if `--legacy-db` names one.
     pub fn legacy(&self) -> Option<LegacyDb> {
         self.legacy_db
-            .map(|addr| LegacyDb::new(addr, self.legacy_db_connections, self.db_timeout))
+            .map(|addr| LegacyDb::new(addr, self.legacy_db_connections, self.db_deadlines().legacy))
     }
 
     /// How to reach the account-dbs at `addrs` that ask for `secret`, as these flags say.

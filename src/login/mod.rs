@@ -380,7 +380,7 @@ impl LoginServer {
             service: service.clone(),
             returns: returns.clone(),
             metrics: metrics.clone(),
-            wait: config.db_timeout,
+            wait: config.db_deadlines().costly_wait,
         });
         let (verifier_tx, verifier_rx) = crossbeam_channel::bounded(0);
         let dispatcher = stage.clone();

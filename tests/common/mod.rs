@@ -19,6 +19,19 @@ use tempfile::TempDir;
 /// Long enough that only a hang trips it.
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
+/// Wait until `check` holds, asking every 20 ms, for at most `limit`; fails naming `what`
+/// otherwise. For conditions the test cannot be told of, only observe.
+pub fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + limit;
+    while !check() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not within {limit:?}: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// An account-db and a login-server, in this process.
 pub struct Tiers {
     pub server: LoginServer,

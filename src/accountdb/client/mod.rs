@@ -13,7 +13,7 @@ use manager::LogErrors;
 use crate::accountdb::accounts::Accounts;
 use crate::accountdb::store::StoreError;
 use crate::auth::secret::Secret;
-use crate::config::Endpoint;
+use crate::config::{DbDeadlines, Endpoint, POOL_IDLE};
 use crate::logging::RateLimited;
 use crate::metrics::Metrics;
 use crate::protocol::accountdb::{DbRequest, DbResponse};
@@ -37,14 +37,9 @@ pub struct ClientConfig {
 }
 
 impl ClientConfig {
-    /// The deadline of one attempt: the whole `timeout` with one account-db, a third of it with
-    /// several, so that a retry on another fits in the request's deadline.
-    fn attempt_timeout(&self) -> Duration {
-        if self.addrs.len() > 1 {
-            self.timeout / 3
-        } else {
-            self.timeout
-        }
+    /// The deadlines its `timeout` makes.
+    pub fn deadlines(&self) -> DbDeadlines {
+        DbDeadlines::new(self.timeout, self.addrs.len())
     }
 }
 
@@ -87,7 +82,7 @@ pub struct InstanceState {
 
 impl Instance {
     fn new(addr: Endpoint, config: &ClientConfig) -> Instance {
-        let timeout = config.attempt_timeout();
+        let timeout = config.deadlines().attempt;
         let manager = DbManager::new(addr.clone(), timeout, config.secret.clone());
         let connections = match config.pool_size {
             0 => Connections::PerRequest,
@@ -99,11 +94,11 @@ impl Instance {
                     // the round trips.
                     .test_on_check_out(false)
                     // No churn while idle: connections are made when needed, kept while used,
-                    // and an idle one is retired after 5 minutes (before account-db's idle
-                    // timeout drops it) without being replaced.
+                    // and an idle one is retired (before account-db's idle timeout drops it)
+                    // without being replaced.
                     .min_idle(Some(0))
                     .max_lifetime(None)
-                    .idle_timeout(Some(Duration::from_secs(5 * 60)))
+                    .idle_timeout(Some(POOL_IDLE))
                     .error_handler(Box::new(LogErrors(RateLimited::new(Duration::from_secs(
                         10,
                     )))))
@@ -234,8 +229,8 @@ impl RemoteStore {
         }
         RemoteStore {
             shared,
-            resolve_window: 2 * config.timeout,
-            timeout: config.timeout,
+            resolve_window: config.deadlines().resolve_window,
+            timeout: config.deadlines().request,
             metrics,
         }
     }
