@@ -75,7 +75,7 @@ struct Pending {
     origin: Option<Origin>,
     /// `change_password`'s new password.
     new_password: Option<String>,
-    turn: Turn,
+    turn: NameTurn,
 }
 
 /// What [`Service::resume`] decided.
@@ -99,7 +99,7 @@ pub enum Finished {
 pub struct HashTask(Task);
 
 /// A login's account, found, and what it takes to verify the password.
-struct Found {
+struct Verification {
     account: Account,
     /// The name as the player typed it: the account's spelling, or another case of it.
     typed: String,
@@ -114,7 +114,7 @@ struct Found {
     /// When the account was read: a session it leads to begins then.
     looked_up: Millis,
     /// This name's turn on this login-server, until the password is verified.
-    _turn: Turn,
+    _turn: NameTurn,
 }
 
 /// Logins (or password changes) of one name checked at once on one login-server, at most. A
@@ -132,7 +132,7 @@ struct Verifying(Mutex<HashMap<String, u8>>);
 
 impl Verifying {
     /// A turn of `username` (in any case), unless [`TURNS_PER_NAME`] are taken.
-    fn take(self: &Arc<Self>, username: &str) -> Option<Turn> {
+    fn take(self: &Arc<Self>, username: &str) -> Option<NameTurn> {
         let name = fold(username);
         let mut names = self.0.lock();
         let taken = names.entry(name.clone()).or_insert(0);
@@ -140,7 +140,7 @@ impl Verifying {
             return None;
         }
         *taken += 1;
-        Some(Turn {
+        Some(NameTurn {
             verifying: self.clone(),
             name,
         })
@@ -148,12 +148,12 @@ impl Verifying {
 }
 
 /// A turn of one name; given back when dropped, however its request ends (a panic included).
-struct Turn {
+struct NameTurn {
     verifying: Arc<Verifying>,
     name: String,
 }
 
-impl Drop for Turn {
+impl Drop for NameTurn {
     fn drop(&mut self) {
         let mut names = self.verifying.0.lock();
         if let Some(taken) = names.get_mut(&self.name) {
@@ -180,16 +180,16 @@ struct Migrate {
     /// The reservation to replace, else a new account is made.
     reserved: Option<Account>,
     looked_up: Millis,
-    _turn: Turn,
+    _turn: NameTurn,
 }
 
 enum Task {
-    Verify(Found),
+    Verify(Verification),
     /// Ask the old account server, and move the account here if the password is right.
     Migrate(Migrate),
     /// `change_password`: verify the old password as a login does, then hash the new one.
     ChangePassword {
-        found: Found,
+        found: Verification,
         new_password: String,
     },
     /// An unknown user under `--hide-user-existence`: verify against a dummy hash, count the
@@ -202,7 +202,7 @@ enum Task {
         /// can have, whose address was counted already.
         failure: Option<(String, Option<Origin>)>,
         /// Held as a real account's would be.
-        _turn: Option<Turn>,
+        _turn: Option<NameTurn>,
     },
     Create {
         username: String,
@@ -528,7 +528,7 @@ impl Service {
                     && pending.username != account.username
                     && !self.hasher.is_costly(&account.hash)
                     && self.spelling_asks.may_ask(&pending.username, now_ms());
-                let found = Found {
+                let found = Verification {
                     account,
                     typed: pending.username,
                     ask_old,
@@ -680,77 +680,109 @@ impl Service {
     /// argon2's scratch space.
     pub fn finish(&self, task: HashTask, memory: &mut Memory) -> Reply {
         match task.0 {
-            Task::Verify(found) => {
-                let rehash = match self.check_password(&found, memory) {
-                    Ok(rehash) => rehash,
-                    Err(reply) => return *reply,
-                };
-                if let Some(ban) = banned(&found.account) {
-                    return Reply::banned(ban.until_ms, &ban.reason);
-                }
-                if rehash {
-                    self.upgrade(&found.account, &found.password, memory);
-                }
-                // The session began when the password was looked up: a password change
-                // committed while it was being verified voids it.
-                let (token, exp) = self.new_session(&found.account, found.looked_up, now_ms());
-                let Found { account, .. } = found;
-                Reply::logged_in(account.username, account.id).with_token(token, exp)
-            }
+            Task::Verify(found) => self.log_in(found, memory),
             Task::ChangePassword {
                 found,
                 new_password,
-            } => {
-                if let Err(reply) = self.check_password(&found, memory) {
-                    return *reply;
-                }
-                if let Some(ban) = banned(&found.account) {
-                    return Reply::banned(ban.until_ms, &ban.reason);
-                }
-                let hash = match self.hasher.hash(&normalize_password(&new_password), memory) {
-                    Ok(hash) => hash,
-                    Err(e) => return internal_error(&e),
-                };
-                // Every session begun before now is void, this one's begins now: one instant,
-                // so the new session stands and every older one falls.
-                let now = now_ms();
-                match self
-                    .accounts
-                    .void_sessions(found.account.id, now, Some(&hash))
-                {
-                    Ok(true) => {
-                        let (token, exp) = self.new_session(&found.account, now, now);
-                        Reply::done().with_token(token, exp)
-                    }
-                    // Deleted, or banned, since it was looked up: the next attempt is told.
-                    Ok(false) => Reply::unavailable("the account changed meanwhile, retry"),
-                    Err(e) => store_unavailable(&e, &self.metrics),
-                }
-            }
+            } => self.change_password(found, &new_password, memory),
             Task::Pretend {
                 password, failure, ..
-            } => {
-                // The result is always "no"; the work is what makes it indistinguishable (the
-                // same verifications and store requests as a wrong password for a real
-                // account).
-                let _ = self.verify(&password, &self.dummy_hash, memory);
-                if let Some((username, origin)) = failure {
-                    self.count_failure(&username, origin, &password, false);
-                }
-                Reply::wrong_password()
-            }
+            } => self.pretend(&password, failure, memory),
             Task::Migrate(migrate) => self.migrate(migrate, memory),
             Task::Create {
                 username,
                 password,
                 ask_legacy,
-            } => match self.new_account(&username, &password, ask_legacy, memory) {
-                Ok((account, request_id)) => match self.accounts.create(&account, &request_id) {
-                    Ok(created) => registered(username, created),
-                    Err(e) => store_unavailable(&e, &self.metrics),
-                },
-                Err(reply) => *reply,
+            } => self.create(username, &password, ask_legacy, memory),
+        }
+    }
+
+    /// A login's verification, and the session it leads to.
+    fn log_in(&self, found: Verification, memory: &mut Memory) -> Reply {
+        let rehash = match self.check_password(&found, memory) {
+            Ok(rehash) => rehash,
+            Err(reply) => return *reply,
+        };
+        if let Some(ban) = banned(&found.account) {
+            return Reply::banned(ban.until_ms, &ban.reason);
+        }
+        if rehash {
+            self.upgrade(&found.account, &found.password, memory);
+        }
+        // The session began when the password was looked up: a password change
+        // committed while it was being verified voids it.
+        let (token, exp) = self.new_session(&found.account, found.looked_up, now_ms());
+        let Verification { account, .. } = found;
+        Reply::logged_in(account.username, account.id).with_token(token, exp)
+    }
+
+    /// A password change: the old password verified as a login's, then the new one hashed and
+    /// stored with every older session voided.
+    fn change_password(
+        &self,
+        found: Verification,
+        new_password: &str,
+        memory: &mut Memory,
+    ) -> Reply {
+        if let Err(reply) = self.check_password(&found, memory) {
+            return *reply;
+        }
+        if let Some(ban) = banned(&found.account) {
+            return Reply::banned(ban.until_ms, &ban.reason);
+        }
+        let hash = match self.hasher.hash(&normalize_password(new_password), memory) {
+            Ok(hash) => hash,
+            Err(e) => return internal_error(&e),
+        };
+        // Every session begun before now is void, this one's begins now: one instant,
+        // so the new session stands and every older one falls.
+        let now = now_ms();
+        match self
+            .accounts
+            .void_sessions(found.account.id, now, Some(&hash))
+        {
+            Ok(true) => {
+                let (token, exp) = self.new_session(&found.account, now, now);
+                Reply::done().with_token(token, exp)
+            }
+            // Deleted, or banned, since it was looked up: the next attempt is told.
+            Ok(false) => Reply::unavailable("the account changed meanwhile, retry"),
+            Err(e) => store_unavailable(&e, &self.metrics),
+        }
+    }
+
+    /// An unknown user under `--hide-user-existence`: a real verification against the dummy
+    /// hash, the failure counted, "wrong password".
+    fn pretend(
+        &self,
+        password: &str,
+        failure: Option<(String, Option<Origin>)>,
+        memory: &mut Memory,
+    ) -> Reply {
+        // The result is always "no"; the work is what makes it indistinguishable (the
+        // same verifications and store requests as a wrong password for a real
+        // account).
+        let _ = self.verify(password, &self.dummy_hash, memory);
+        if let Some((username, origin)) = failure {
+            self.count_failure(&username, origin, password, false);
+        }
+        Reply::wrong_password()
+    }
+
+    /// A registration: its hash, then its create.
+    fn create(
+        &self,
+        username: String,
+        password: &str,
+        ask_legacy: bool,
+        memory: &mut Memory,
+    ) -> Reply {
+        match self.new_account(&username, password, ask_legacy, memory) {
+            Ok((account, request_id)) => match self.accounts.create(&account, &request_id) {
+                Ok(created) => registered(username, created),
+                Err(e) => store_unavailable(&e, &self.metrics),
             },
+            Err(reply) => *reply,
         }
     }
 
@@ -918,8 +950,12 @@ impl Service {
 
     /// Verify a login's password, and tell throttling how it went: `Ok(rehash)` when it
     /// matches (`rehash`: its hash should be made again), else the reply.
-    fn check_password(&self, found: &Found, memory: &mut Memory) -> Result<bool, Box<Reply>> {
-        let Found {
+    fn check_password(
+        &self,
+        found: &Verification,
+        memory: &mut Memory,
+    ) -> Result<bool, Box<Reply>> {
+        let Verification {
             account,
             typed,
             ask_old,

@@ -402,15 +402,15 @@ fn turkish_dotted_and_dotless_i_look_alike_and_old_pairs_are_listed() {
         Created::Exists
     );
     assert_eq!(
-        store
-            .create(&Account::new("\u{131}zmir", "h"), "c")
-            .unwrap(),
+        store.create(&Account::new("admin", "h"), "c").unwrap(),
         Created::New
     );
     assert_eq!(
-        store.create(&Account::new("Izmir", "h"), "d").unwrap(),
+        store
+            .create(&Account::new("adm\u{131}n", "h"), "d")
+            .unwrap(),
         Created::Exists,
-        "I is the capital of ı"
+        "a dotless ı looks like i"
     );
     // A pair registered before the rule: made here by hand, as an older build left it.
     assert_eq!(

@@ -137,6 +137,11 @@ fn admin_commands_that_change_nothing_exit_non_zero() {
         &admin(&["ban", "owner", "--reason", "fair \u{202e}gnitaehc"]),
         "direction marks",
     );
+    // Shown as nothing to the player: a zero-width space, a BOM, a word joiner, a tag.
+    for hidden in ["\u{200b}", "\u{feff}", "\u{2060}", "\u{e0041}"] {
+        let reason = format!("spam{hidden}ming");
+        refused(&admin(&["ban", "owner", "--reason", &reason]), "invisible");
+    }
     refused(&admin(&["ban", "owner", "--for", "0"]), "more than 0 s");
     let shown = admin(&["show", "owner"]);
     assert!(text(&shown.stdout).contains("banned\tno"), "{shown:?}");
@@ -200,7 +205,7 @@ fn import_exit_status_says_whether_every_line_went_in() {
     assert!(out.contains("line 2: rejected: an empty"), "{out}");
     assert!(out.contains("line 3: rejected: an empty"), "{out}");
     assert!(
-        out.contains("imported 2, already present 0, held here 0, rejected 2"),
+        out.contains("imported 2, already present 0, held here 0, duplicates 0, rejected 2"),
         "{out}"
     );
     // Every line in or present: 0.

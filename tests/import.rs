@@ -50,16 +50,16 @@ fn plaintext_bcrypt_and_argon2_accounts_import_once_and_log_in() {
         "{first}"
     );
     assert!(
-        first.contains("line 7: rejected: the same name as line 1"),
+        first.contains("line 7: the same name as line 1, in some case: not imported"),
         "{first}"
     );
     assert!(
-        first.contains("imported 5, already present 0, held here 0, rejected 2"),
+        first.contains("imported 5, already present 0, held here 0, duplicates 1, rejected 1"),
         "{first}"
     );
     let again = import(&data, &file);
     assert!(
-        again.contains("imported 0, already present 5, held here 0, rejected 2"),
+        again.contains("imported 0, already present 5, held here 0, duplicates 1, rejected 1"),
         "{again}"
     );
     {

@@ -512,14 +512,22 @@ fn registration_stays_closed_until_every_old_name_is_imported() {
     assert_eq!(status, Some(3), "{out}");
     assert!(out.contains("not recorded as complete"), "{out}");
     assert_eq!(register_reply(tiers.addr(), "newcomer"), closed);
-    // Every name read, none rejected: recorded, and registration opens.
+    // Nothing read (an empty or failed export) is no complete import either.
+    std::fs::write(&names, "").unwrap();
+    let (status, out, _) = account_db(dir, &["import", "--complete", names_arg]);
+    assert_eq!(status, Some(3), "{out}");
+    assert!(out.contains("no name was read"), "{out}");
+    assert_eq!(register_reply(tiers.addr(), "newcomer"), closed);
+    // Every name read, none rejected: recorded, and registration opens. Two old players who
+    // differ only in case are one name here: the second is reported, not rejected.
     std::fs::write(
         &names,
-        "{\"username\":\"OldBob\"}\n{\"username\":\"Anna\"}\n",
+        "{\"username\":\"OldBob\"}\n{\"username\":\"Anna\"}\n{\"username\":\"anna\"}\n",
     )
     .unwrap();
     let (status, out, err) = account_db(dir, &["import", "--complete", names_arg]);
     assert_eq!(status, Some(0), "{out} {err}");
+    assert!(out.contains("line 3: the same name as line 2"), "{out}");
     assert!(
         out.contains("registration under --legacy-db is open"),
         "{out}"

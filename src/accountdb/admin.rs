@@ -121,8 +121,8 @@ pub enum AdminError {
     /// separator, or a mark that reorders text (U+202E, say): it would be sent to the player
     /// and written into logs as it is.
     #[error(
-        "a ban reason has no control characters (newlines, tabs, escapes), line separators or \
-         direction marks"
+        "a ban reason has no control characters (newlines, tabs, escapes), line separators, \
+         direction marks or other invisible characters"
     )]
     ReasonControl,
     /// `ban --for 0`: a ban that ends as it begins.
@@ -315,12 +315,19 @@ fn rename(store: &dyn Store, old: &str, new: &str, rules: &Rules) -> Result<Repl
 }
 
 /// Whether `c` would break or hide text where a ban reason is shown: a control character, a
-/// line or paragraph separator, or a bidirectional mark.
+/// line or paragraph separator, a bidirectional mark, or any other default-ignorable code
+/// point (shown as nothing: a zero-width space, a byte order mark, a word joiner, a tag).
 fn hidden_or_control(c: char) -> bool {
     c.is_control()
         || matches!(c,
-            '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}' | '\u{061c}'
-            | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+            '\u{2028}' | '\u{2029}'
+            // Unicode's Default_Ignorable_Code_Point, whole.
+            | '\u{00ad}' | '\u{034f}' | '\u{061c}' | '\u{115f}' | '\u{1160}'
+            | '\u{17b4}' | '\u{17b5}' | '\u{180b}'..='\u{180f}' | '\u{200b}'..='\u{200f}'
+            | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{206f}' | '\u{3164}'
+            | '\u{fe00}'..='\u{fe0f}' | '\u{feff}' | '\u{ffa0}' | '\u{fff0}'..='\u{fff8}'
+            | '\u{1bca0}'..='\u{1bca3}' | '\u{1d173}'..='\u{1d17a}'
+            | '\u{e0000}'..='\u{e0fff}')
 }
 
 /// A stored hash without its salt and digest: `$argon2id$v=19$m=..,t=..,p=..`, or `$2b$12`.

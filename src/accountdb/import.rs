@@ -39,6 +39,20 @@ pub struct Summary {
     /// first login, or someone registered it): not imported, but the name is taken, so no
     /// look-alike of it can be. Their number and the account's spelling.
     pub held: Vec<(u64, String)>,
+    /// Lines whose name an earlier line of the input has, in some case (the old server compared
+    /// names exactly: `Dan` and `dan` were two players): not imported, the name stays the
+    /// first's. Their number and the first's. The other player meets "contact support" (13)
+    /// at login (docs/migration.md).
+    pub duplicates: Vec<(u64, u64)>,
+}
+
+impl Summary {
+    /// How many name lines were read: imported, present, held or duplicates. A complete import
+    /// of none is no import.
+    pub fn names(&self) -> u64 {
+        let others = self.held.len() + self.duplicates.len();
+        self.imported + self.present + others as u64
+    }
 }
 
 /// How far an import got: lines read and written, and the bytes they took (a skipped long
@@ -166,12 +180,11 @@ pub fn import(
                 continue;
             }
         };
-        if let Some(first) = seen.insert(fold(&account.username), number) {
-            summary
-                .rejected
-                .push((number, format!("the same name as line {first}")));
+        if let Some(&first) = seen.get(&fold(&account.username)) {
+            summary.duplicates.push((number, first));
             continue;
         }
+        seen.insert(fold(&account.username), number);
         batch.push(Pending {
             number,
             account,
@@ -415,11 +428,10 @@ mod tests {
         let run = || import(&store, input.as_bytes(), &hasher, 2, |_| {}).unwrap();
         let first = run();
         assert_eq!((first.imported, first.present), (2, 0));
-        assert_eq!(
-            first.rejected.iter().map(|r| r.0).collect::<Vec<_>>(),
-            [3, 4]
-        );
+        assert_eq!(first.rejected.iter().map(|r| r.0).collect::<Vec<_>>(), [3]);
+        assert_eq!(first.duplicates, [(4, 1)], "ANN is line 1's Ann");
         assert_eq!(first.held, [(6, "Taken".to_string())]);
+        assert_eq!(first.names(), 4);
         let second = run();
         assert_eq!((second.imported, second.present), (0, 2));
         // The reserved name, imported again with its password, is filled in.

@@ -252,7 +252,7 @@ impl StoreError {
 }
 
 /// What a login's read finds: the account, if any, and the records asked for, in order.
-pub type Found = (Option<Account>, Vec<Record>);
+pub type LoginRead = (Option<Account>, Vec<Record>);
 
 /// An account store, and the throttle [`Record`]s beside the accounts. Implementations are
 /// shared between threads.
@@ -313,7 +313,7 @@ pub trait Store: Send + Sync {
     ) -> Result<(Option<Account>, Vec<Record>), StoreError>;
     /// [`find_for_login`](Store::find_for_login) for many logins (name, keys), in order.
     /// Defaults to one after another; PostgreSQL reads them all in one statement.
-    fn find_for_logins(&self, logins: &[(&str, &[String])]) -> Result<Vec<Found>, StoreError> {
+    fn find_for_logins(&self, logins: &[(&str, &[String])]) -> Result<Vec<LoginRead>, StoreError> {
         logins
             .iter()
             .map(|(username, keys)| self.find_for_login(username, keys))

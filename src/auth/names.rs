@@ -24,7 +24,7 @@ use unicode_security::{GeneralSecurityProfile, RestrictionLevel, RestrictionLeve
 /// with another are rebuilt.
 pub const SKELETON_DATA: (u64, u64, u64, u32) = {
     let (major, minor, update) = unicode_security::UNICODE_VERSION;
-    (major, minor, update, 3)
+    (major, minor, update, 4)
 };
 
 /// The limits a registration (and a new password) must meet. Logins are not checked against
@@ -112,14 +112,15 @@ fn fold_unicode(name: &str) -> String {
 /// Turkish pairs its i's apart from other languages: `İ` (dotted capital) is the capital of
 /// `i`, and `I` the capital of `ı` (dotless small). Full case folding knows only the other
 /// languages' pairs: it makes `İstanbul` `i̇stanbul` (an `i` with a combining dot), a name apart
-/// from `istanbul`. So the skeleton takes `İ` as `i` and `ı` as `I` first: `İstanbul` looks
-/// like `istanbul`, `ıstanbul` like `Istanbul`, and a new registration of one is refused while
-/// the other exists. Pairs registered before (recipe 2) both keep logging in; `account-db admin
-/// list --conflicts` lists them.
+/// from `istanbul`. So the skeleton takes `İ` as `i` first: `İstanbul` looks like `istanbul`,
+/// and a new registration of one is refused while the other exists. `ı` stays what the
+/// confusables data makes it, `i`: `admın` looks like `admin`. One skeleton per name must
+/// choose, and it chooses the eye over Turkish case: `ızmir` is refused beside `izmir`, not
+/// beside `Izmir` (recipe 3 took `ı` as `I` and let `admın` register beside `admin`). Pairs
+/// registered before both keep logging in; `account-db admin list --conflicts` lists them.
 pub fn skeleton(name: &str) -> String {
     let turkish_i = |c| match c {
         '\u{130}' => 'i',
-        '\u{131}' => 'I',
         c => c,
     };
     let dotted: String = name.chars().map(turkish_i).collect();
@@ -224,8 +225,14 @@ mod tests {
         assert_ne!(fold("\u{130}stanbul"), fold("istanbul"));
         assert_eq!(skeleton("\u{130}stanbul"), skeleton("istanbul"), "İ");
         assert_eq!(skeleton("\u{130}STANBUL"), skeleton("istanbul"));
-        assert_eq!(skeleton("\u{131}stanbul"), skeleton("Istanbul"), "ı");
-        assert_eq!(skeleton("K\u{131}l\u{131}\u{e7}"), skeleton("KILI\u{c7}"));
+        assert_eq!(skeleton("\u{131}stanbul"), skeleton("istanbul"), "ı");
+        assert_eq!(skeleton("adm\u{131}n"), skeleton("admin"), "ı");
+        assert_eq!(skeleton("P\u{131}NNY"), skeleton("pinny"));
+        assert_ne!(
+            skeleton("\u{131}zmir"),
+            skeleton("Izmir"),
+            "the eye over Turkish case"
+        );
         // A dot is no look-alike of its absence: İ and I stay apart, as their folds do.
         assert_ne!(skeleton("\u{130}stanbul"), skeleton("Istanbul"));
         assert_eq!(skeleton("paypaI"), skeleton("paypal"));

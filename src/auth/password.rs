@@ -130,7 +130,18 @@ pub const MAX_IMPORT_BCRYPT_COST: u32 = 12;
 
 /// The bcrypt cost written in `stored`, if it is a bcrypt hash that says one.
 fn bcrypt_cost(stored: &str) -> Option<u32> {
-    is_bcrypt(stored).then(|| stored.get(4..6)?.parse().ok())?
+    // Only the canonical form: 60 bytes, `$2b$` (or a, x, y), two digits, `$`, then 22 salt
+    // and 31 hash characters of bcrypt's alphabet. The bcrypt crate reads a cost of any
+    // length (`$2b$0031$...` is cost 31), so anything else must not pass a check that reads
+    // two digits.
+    let bytes = stored.as_bytes();
+    let alphabet = |b: &u8| b.is_ascii_alphanumeric() || *b == b'.' || *b == b'/';
+    let canonical = is_bcrypt(stored)
+        && bytes.len() == 60
+        && bytes[4..6].iter().all(u8::is_ascii_digit)
+        && bytes[6] == b'$'
+        && bytes[7..].iter().all(alphabet);
+    canonical.then(|| stored[4..6].parse().ok())?
 }
 
 /// Check that `stored`, an old system's hash, may be imported: argon2 within
@@ -168,8 +179,9 @@ fn within(
     max_bcrypt: u32,
 ) -> Result<(), HashError> {
     if is_bcrypt(stored) {
-        let cost = bcrypt_cost(stored)
-            .ok_or_else(|| HashError::TooCostly("a bcrypt hash without its cost".into()))?;
+        let cost = bcrypt_cost(stored).ok_or_else(|| {
+            HashError::TooCostly("a bcrypt hash not in its 60-character form".into())
+        })?;
         if cost > max_bcrypt {
             return Err(HashError::TooCostly(format!(
                 "bcrypt cost {cost}, at most {max_bcrypt}"
@@ -267,8 +279,9 @@ impl Hasher {
     /// verification goes to the costly stage (one at a time, its memory given back after), so
     /// it cannot hold the hash threads that serve everyone else.
     pub fn is_costly(&self, stored: &str) -> bool {
-        if let Some(cost) = bcrypt_cost(stored) {
-            return cost > MAX_IMPORT_BCRYPT_COST;
+        if is_bcrypt(stored) {
+            // One not in its canonical form is refused by `verify`, on the costly stage.
+            return bcrypt_cost(stored).map_or(true, |cost| cost > MAX_IMPORT_BCRYPT_COST);
         }
         let Ok(parsed) = PasswordHash::new(stored) else {
             return false;
@@ -341,6 +354,33 @@ impl Hasher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bcrypt_cost_is_read_only_from_the_canonical_form() {
+        let tail = "abcdefghijklmnopqrstuuABCDEFGHIJKLMNOPQRSTUVWXYZ01234";
+        assert_eq!(tail.len(), 53);
+        let at = |cost: &str| format!("$2b${cost}${tail}");
+        assert_eq!(bcrypt_cost(&at("12")), Some(12));
+        assert!(check_importable(&at("12")).is_ok());
+        // The bcrypt crate reads `0031` as 31: never as 0 here, and never verified.
+        for bad in [
+            at("0031"),
+            at("031"),
+            at("1"),
+            format!("{}x", at("12")),
+            at("12").replace('a', "!"),
+        ] {
+            assert_eq!(bcrypt_cost(&bad), None, "{bad}");
+            assert!(check_importable(&bad).is_err(), "{bad}");
+            assert!(check_stored(&bad).is_err(), "{bad}");
+            let hasher = Hasher::new(HashParams::CHEAPEST).unwrap();
+            assert!(hasher.is_costly(&bad), "{bad}");
+            assert!(
+                hasher.verify("x", &bad, &mut Memory::default()).is_err(),
+                "{bad}"
+            );
+        }
+    }
 
     #[test]
     fn only_small_argon2_work_is_cheap() {

@@ -145,11 +145,18 @@ fn run_import(
     for (line, holder) in &summary.held {
         println!("line {line}: held here by the account {holder:?} (moved, or registered here)");
     }
+    for (line, first) in &summary.duplicates {
+        println!(
+            "line {line}: the same name as line {first}, in some case: not imported, the name \
+             is line {first}'s (this player is told to contact support: docs/migration.md)"
+        );
+    }
     println!(
-        "imported {}, already present {}, held here {}, rejected {}",
+        "imported {}, already present {}, held here {}, duplicates {}, rejected {}",
         summary.imported,
         summary.present,
         summary.held.len(),
+        summary.duplicates.len(),
         summary.rejected.len()
     );
     if !summary.rejected.is_empty() {
@@ -159,6 +166,13 @@ fn run_import(
                  (registration under --legacy-db stays closed)"
             );
         }
+        return Ok(ExitCode::from(SOME_REJECTED));
+    }
+    if complete && summary.names() == 0 {
+        println!(
+            "not recorded as complete: no name was read (an empty or failed export?); \
+             registration under --legacy-db stays closed"
+        );
         return Ok(ExitCode::from(SOME_REJECTED));
     }
     if complete {

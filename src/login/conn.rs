@@ -8,7 +8,7 @@
 //! A connection is in one [`Phase`]: open, closing (its last reply queued), or lingering
 //! (half-closed after a refusal, draining the peer's input so that closing cannot reset our
 //! reply away). [`Conn::on_event`] and [`Conn::on_tick`] decide what happens next, as a
-//! [`Next`] for the I/O thread; every change of phase is a method here.
+//! [`Verdict`] for the I/O thread; every change of phase is a method here.
 
 use crate::metrics::Metrics;
 use crate::protocol::gateway::{self, BadRequest, Form, Id, Op, Reply, Request, Scan, Scanner};
@@ -40,7 +40,7 @@ pub enum Incoming {
 
 /// What the I/O thread should do with a connection after looking at it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Next {
+pub enum Verdict {
     /// Keep watching it.
     Keep,
     /// It holds a whole message: hand it to a worker.
@@ -353,42 +353,42 @@ impl Conn {
     }
 
     /// Write what can be written; close if that was the last thing to say.
-    pub fn settle(&mut self) -> Next {
+    pub fn settle(&mut self) -> Verdict {
         match self.flush() {
-            Ok(true) if !self.is_open() => Next::Close,
-            Ok(_) => Next::Keep,
-            Err(_) => Next::Drop,
+            Ok(true) if !self.is_open() => Verdict::Close,
+            Ok(_) => Verdict::Keep,
+            Err(_) => Verdict::Drop,
         }
     }
 
     /// The socket is ready (or the connection came back from a worker): write, read, and say
     /// whether it holds a whole message or should be closed.
-    pub fn on_event(&mut self, scratch: &mut [u8], max_message: usize) -> Next {
+    pub fn on_event(&mut self, scratch: &mut [u8], max_message: usize) -> Verdict {
         if let Phase::Lingering { .. } = self.phase {
             return if self.drain(scratch) {
-                Next::Drop
+                Verdict::Drop
             } else {
-                Next::Keep
+                Verdict::Keep
             };
         }
         match self.flush() {
-            Err(_) => return Next::Drop,
-            Ok(false) => return Next::Keep, // produce no more replies until these are taken
+            Err(_) => return Verdict::Drop,
+            Ok(false) => return Verdict::Keep, // produce no more replies until these are taken
             Ok(true) => {}
         }
         if !self.is_open() {
-            return Next::Close;
+            return Verdict::Close;
         }
         if let Err(e) = self.fill(scratch, max_message) {
             tracing::debug!(peer = %self.peer, error = %e, "read failed");
-            return Next::Close;
+            return Verdict::Close;
         }
         match self.scan() {
             Scan::Complete { .. } => {
                 self.ready_at = Instant::now();
                 self.turn_bytes = 0;
                 self.turn_messages = 0;
-                Next::Dispatch
+                Verdict::Dispatch
             }
             Scan::Invalid(error) => {
                 self.refuse(error);
@@ -398,20 +398,20 @@ impl Conn {
                 self.refuse("connection closed in the middle of a message");
                 self.settle()
             }
-            Scan::Empty if self.eof => Next::Close,
-            Scan::Partial | Scan::Empty => Next::Keep,
+            Scan::Empty if self.eof => Verdict::Close,
+            Scan::Partial | Scan::Empty => Verdict::Keep,
         }
     }
 
     /// The periodic check of the deadlines; `stopping`: the server is shutting down, and an
     /// idle connection is closed.
-    pub fn on_tick(&mut self, now: Instant, deadlines: Deadlines, stopping: bool) -> Next {
+    pub fn on_tick(&mut self, now: Instant, deadlines: Deadlines, stopping: bool) -> Verdict {
         let since = |t: Instant| now.saturating_duration_since(t);
         if let Phase::Lingering { since: began } = self.phase {
             return if since(began) > LINGER {
-                Next::Drop
+                Verdict::Drop
             } else {
-                Next::Keep
+                Verdict::Keep
             };
         }
         let quiet = since(self.last_activity);
@@ -425,10 +425,10 @@ impl Conn {
                 self.settle()
             }
             // A peer that does not read its replies is dropped like a silent one.
-            _ if has_output && quiet > deadlines.message => Next::Close,
-            _ if quiet > deadlines.idle => Next::Close,
-            _ if stopping && !has_output => Next::Close,
-            _ => Next::Keep,
+            _ if has_output && quiet > deadlines.message => Verdict::Close,
+            _ if quiet > deadlines.idle => Verdict::Close,
+            _ if stopping && !has_output => Verdict::Close,
+            _ => Verdict::Keep,
         }
     }
 

@@ -6,7 +6,7 @@
 //! serves them all. Beyond `--queue` connections waiting, the request is answered
 //! "unavailable" (7) at once: load is shed, never queued without bound.
 
-use super::conn::{Conn, Deadlines, Incoming, Next};
+use super::conn::{Conn, Deadlines, Incoming, Verdict};
 use super::health::Health;
 use super::returns::{Back, Returns};
 use super::workers::Job;
@@ -50,7 +50,7 @@ pub struct Limits {
     pub shutdown_timeout: Duration,
 }
 
-enum Slot {
+enum Place {
     /// Watched by the I/O thread.
     Here(Box<Conn>),
     /// With a worker or a hash thread; it comes back through [`Returns`]. The flag is its
@@ -83,7 +83,7 @@ pub struct IoLoop {
 }
 
 struct State {
-    slots: Slab<Slot>,
+    slots: Slab<Place>,
     /// Found holding a whole message in this poll: they go to the workers at its end.
     ready: Vec<Box<Conn>>,
     scratch: Vec<u8>,
@@ -139,7 +139,7 @@ impl IoLoop {
                     Back::Conn(conn) => {
                         let token = conn.token();
                         conn.wanted().store(false, Ordering::SeqCst);
-                        state.slots[token] = Slot::Here(conn);
+                        state.slots[token] = Place::Here(conn);
                         self.drive(&mut state, token);
                     }
                     Back::Gone(token) => {
@@ -210,7 +210,7 @@ impl IoLoop {
                 Ok(()) => {
                     let metrics = self.metrics.clone();
                     let conn = Conn::new(token, stream, peer, self.limits.max_message, metrics);
-                    entry.insert(Slot::Here(Box::new(conn)));
+                    entry.insert(Place::Here(Box::new(conn)));
                 }
                 Err(e) => tracing::warn!(%peer, error = %e, "cannot watch a connection"),
             }
@@ -220,8 +220,8 @@ impl IoLoop {
     /// Move a connection on after an event: write, read, and dispatch or close it.
     fn drive(&self, state: &mut State, token: usize) {
         let conn = match state.slots.get_mut(token) {
-            Some(Slot::Here(conn)) => conn,
-            Some(Slot::Away(wanted)) => {
+            Some(Place::Here(conn)) => conn,
+            Some(Place::Away(wanted)) => {
                 // Looked at when it is back; its worker wakes us if it is back too late.
                 wanted.store(true, Ordering::SeqCst);
                 return;
@@ -229,14 +229,14 @@ impl IoLoop {
             None => return, // already closed
         };
         match conn.on_event(&mut state.scratch, self.limits.max_message) {
-            Next::Keep => {}
-            Next::Close => close(state, token),
-            Next::Drop => {
+            Verdict::Keep => {}
+            Verdict::Close => close(state, token),
+            Verdict::Drop => {
                 state.slots.remove(token);
             }
-            Next::Dispatch => {
-                let away = Slot::Away(conn.wanted());
-                if let Slot::Here(conn) = std::mem::replace(&mut state.slots[token], away) {
+            Verdict::Dispatch => {
+                let away = Place::Away(conn.wanted());
+                if let Place::Here(conn) = std::mem::replace(&mut state.slots[token], away) {
                     state.ready.push(conn);
                 }
             }
@@ -266,8 +266,8 @@ impl IoLoop {
         for mut conn in std::mem::take(&mut state.ready) {
             let token = conn.token();
             let next = shed(&mut conn);
-            state.slots[token] = Slot::Here(conn);
-            if next == Next::Close {
+            state.slots[token] = Place::Here(conn);
+            if next == Verdict::Close {
                 close(state, token);
             }
         }
@@ -281,11 +281,11 @@ impl IoLoop {
         let stopping = !state.listening;
         let (mut close, mut drop) = (Vec::new(), Vec::new());
         for (token, slot) in state.slots.iter_mut() {
-            let Slot::Here(conn) = slot else { continue };
+            let Place::Here(conn) = slot else { continue };
             match conn.on_tick(now, self.limits.deadlines, stopping) {
-                Next::Close => close.push(token),
-                Next::Drop => drop.push(token),
-                Next::Keep | Next::Dispatch => {}
+                Verdict::Close => close.push(token),
+                Verdict::Drop => drop.push(token),
+                Verdict::Keep | Verdict::Dispatch => {}
             }
         }
         for token in close {
@@ -299,7 +299,7 @@ impl IoLoop {
 
 /// Close a connection, or let it linger if it must (see [`Conn::close`]).
 fn close(state: &mut State, token: usize) {
-    if let Some(Slot::Here(conn)) = state.slots.get_mut(token) {
+    if let Some(Place::Here(conn)) = state.slots.get_mut(token) {
         if !conn.close() {
             return;
         }
@@ -309,7 +309,7 @@ fn close(state: &mut State, token: usize) {
 
 /// The job channel is full: answer the connection's whole messages "unavailable" right here,
 /// until its unsent replies reach their bound (the rest wait until the peer reads).
-fn shed(conn: &mut Conn) -> Next {
+fn shed(conn: &mut Conn) -> Verdict {
     let busy = Reply::unavailable("server busy, retry later");
     while conn.is_open() && !conn.output_full() {
         match conn.next_message() {

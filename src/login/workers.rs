@@ -93,7 +93,7 @@ struct Waiting {
 }
 
 /// What is left of a request once a step of it is done.
-enum Next {
+enum Remains {
     /// Nothing: its reply is written.
     Answered,
     /// A hash that is not quick: for a hash thread.
@@ -106,7 +106,7 @@ enum Next {
 type Leaving = (usize, Form, Option<Id>, HashTask);
 
 /// What a connection has for this round.
-enum Turn {
+enum RoundPart {
     /// A request waiting for the store.
     Asking(Waiting),
     /// A request to hash that is not quick: the connection goes to a hash thread.
@@ -155,15 +155,15 @@ impl Worker {
             let mut i = 0;
             while i < conns.len() {
                 match self.next_turn(&mut conns[i]) {
-                    Turn::Asking(w) => {
+                    RoundPart::Asking(w) => {
                         waiting.push((i, w));
                         i += 1;
                     }
-                    Turn::Hash(form, id, task) => {
+                    RoundPart::Hash(form, id, task) => {
                         let conn = conns.swap_remove(i);
                         conns.extend(self.hand_on(conn, form, id, task));
                     }
-                    Turn::Over => self.returns.give_back(conns.swap_remove(i)),
+                    RoundPart::Over => self.returns.give_back(conns.swap_remove(i)),
                 }
             }
             if waiting.is_empty() {
@@ -217,9 +217,9 @@ impl Worker {
                 // Out now, not at the end of the round: the client's next request may then be
                 // here for the next round, and the connection need not go back to the I/O
                 // thread in between. A write that fails is seen when it is given back.
-                Next::Answered => drop(conn.flush()),
-                Next::Hash(task) => leaving.push((i, w.form, w.id, task)),
-                Next::Ask(asking) => again.push((
+                Remains::Answered => drop(conn.flush()),
+                Remains::Hash(task) => leaving.push((i, w.form, w.id, task)),
+                Remains::Ask(asking) => again.push((
                     i,
                     Waiting {
                         form: w.form,
@@ -234,24 +234,24 @@ impl Worker {
     }
 
     /// Answer the connection's messages that need no store, up to the next that does.
-    fn next_turn(&mut self, conn: &mut Conn) -> Turn {
+    fn next_turn(&mut self, conn: &mut Conn) -> RoundPart {
         let service = self.service.clone();
         loop {
             // A peer that does not read its replies gets no more until it does.
             if !conn.is_open() || (conn.output_full() && !matches!(conn.flush(), Ok(true))) {
-                return Turn::Over;
+                return RoundPart::Over;
             }
             if conn.turn_bytes() >= TURN_BYTES || conn.turn_messages() >= TURN_MESSAGES {
-                return Turn::Over;
+                return RoundPart::Over;
             }
             let Some(incoming) = conn.next_message_reading(&mut self.scratch, self.max_message)
             else {
-                return Turn::Over;
+                return RoundPart::Over;
             };
             let (form, request, id) = match incoming {
                 Incoming::Broken(error) => {
                     conn.refuse(error);
-                    return Turn::Over;
+                    return RoundPart::Over;
                 }
                 Incoming::Bad { form, bad } => {
                     conn.answer_bad(form, bad);
@@ -263,7 +263,7 @@ impl Worker {
             let on_panic = |reply| Begun::Step(Step::Done(reply));
             let step = match guarded(op, || service.begin(request), on_panic) {
                 Begun::Asking(asking) => {
-                    return Turn::Asking(Waiting {
+                    return RoundPart::Asking(Waiting {
                         form,
                         op,
                         id,
@@ -273,35 +273,42 @@ impl Worker {
                 Begun::Step(step) => step,
             };
             match self.step(conn, form, op, id.as_ref(), step) {
-                Next::Answered => {}
-                Next::Hash(task) => return Turn::Hash(form, id, task),
-                Next::Ask(asking) => {
+                Remains::Answered => {}
+                Remains::Hash(task) => return RoundPart::Hash(form, id, task),
+                Remains::Ask(asking) => {
                     let w = Waiting {
                         form,
                         op,
                         id,
                         asking,
                     };
-                    return Turn::Asking(w);
+                    return RoundPart::Asking(w);
                 }
             }
         }
     }
 
     /// Answer `step`, hashing here if the task is quick (see [`Service::is_quick`]).
-    fn step(&mut self, conn: &mut Conn, form: Form, op: Op, id: Option<&Id>, step: Step) -> Next {
+    fn step(
+        &mut self,
+        conn: &mut Conn,
+        form: Form,
+        op: Op,
+        id: Option<&Id>,
+        step: Step,
+    ) -> Remains {
         let reply = match step {
             Step::Done(reply) => reply,
-            Step::Hash(task) if !self.service.is_quick(&task) => return Next::Hash(task),
+            Step::Hash(task) if !self.service.is_quick(&task) => return Remains::Hash(task),
             Step::Hash(task) => {
                 match hashing::finish_quick(&self.service, task, &mut self.memory, &self.metrics) {
                     Finished::Done(reply) => reply,
-                    Finished::Asking(asking) => return Next::Ask(asking),
+                    Finished::Asking(asking) => return Remains::Ask(asking),
                 }
             }
         };
         conn.answer(form, Some(op), &reply, id);
-        Next::Answered
+        Remains::Answered
     }
 
     /// Send the connection with its task to the stage that finishes it, its replies so far

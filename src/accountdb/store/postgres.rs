@@ -13,7 +13,7 @@
 //! the disk); PostgreSQL empties the table after a crash, and standbys do not have it.
 
 use super::{
-    familiar_list, familiar_text, unix_now, Account, Ban, Created, Details, Found, Renamed,
+    familiar_list, familiar_text, unix_now, Account, Ban, Created, Details, LoginRead, Renamed,
     Revocation, SessionState, Store, StoreError, LEGACY_NAMES_IMPORTED, REVOKED_PER_ACCOUNT,
 };
 use crate::auth::names::{fold, skeleton, SKELETON_DATA};
@@ -496,7 +496,7 @@ const RECORD_COLUMNS: &str =
     "count, window_start, lockouts, locked_until, familiar, familiar_until, expires";
 
 /// A login's read from its rows (see `find_for_login`): the account, the records of `keys`.
-fn found(keys: &[String], rows: &[postgres::Row]) -> Found {
+fn found(keys: &[String], rows: &[postgres::Row]) -> LoginRead {
     let account = rows.first().and_then(|row| {
         let id_at = 8; // after the key and the record's seven columns
         row.get::<_, Option<i64>>(id_at).map(|account_id| Account {
@@ -875,7 +875,7 @@ impl Store for PostgresStore {
         Ok(found(keys, &rows))
     }
 
-    fn find_for_logins(&self, logins: &[(&str, &[String])]) -> Result<Vec<Found>, StoreError> {
+    fn find_for_logins(&self, logins: &[(&str, &[String])]) -> Result<Vec<LoginRead>, StoreError> {
         if logins.iter().any(|(_, keys)| keys.len() > 2) {
             let one = |(username, keys): &(&str, &[String])| self.find_for_login(username, keys);
             return logins.iter().map(one).collect();

@@ -28,15 +28,15 @@ pub const FILE_NAME: &str = "accounts.sqlite3";
 type Fill = fn(&Connection) -> Result<(), StoreError>;
 
 /// One step of the schema: SQL, then (if any) Rust that fills in what the SQL added.
-struct Step {
+struct Migration {
     sql: &'static str,
     fill: Option<Fill>,
 }
 
 /// The schema, one step per version; step N brings version N-1 to N.
-const MIGRATIONS: [Step; 5] = [
+const MIGRATIONS: [Migration; 5] = [
     // 1: accounts keyed by the lower-cased name.
-    Step {
+    Migration {
         sql: "CREATE TABLE IF NOT EXISTS accounts (
             key        TEXT PRIMARY KEY,   -- unique; the folded name for accounts made since v2
             username   TEXT NOT NULL,      -- the spelling it registered with
@@ -49,7 +49,7 @@ const MIGRATIONS: [Step; 5] = [
     // 2: names folded by NFKC and full case folding, and confusable skeletons, each indexed.
     // Not unique: accounts from before may share a folded name, and each keeps logging in by
     // its own spelling.
-    Step {
+    Migration {
         sql: "ALTER TABLE accounts ADD COLUMN folded TEXT NOT NULL DEFAULT '';
             ALTER TABLE accounts ADD COLUMN skeleton TEXT NOT NULL DEFAULT '';
             CREATE INDEX accounts_folded ON accounts (folded);
@@ -57,13 +57,13 @@ const MIGRATIONS: [Step; 5] = [
         fill: Some(fill_folded),
     },
     // 3: a stable id per account, never reused: the last one given out is kept in `meta`.
-    Step {
+    Migration {
         sql: "ALTER TABLE accounts ADD COLUMN id INTEGER NOT NULL DEFAULT 0;",
         fill: Some(fill_ids),
     },
     // 4: sessions: per account, when the sessions that still stand began (milliseconds);
     // per session, a revocation kept until the session could no longer be used.
-    Step {
+    Migration {
         sql: "ALTER TABLE accounts ADD COLUMN sessions_after INTEGER NOT NULL DEFAULT 0;
             CREATE TABLE revoked_sessions (
                 sid        TEXT PRIMARY KEY,
@@ -75,7 +75,7 @@ const MIGRATIONS: [Step; 5] = [
         fill: None,
     },
     // 5: bans: until when (milliseconds; 0: none) and why.
-    Step {
+    Migration {
         sql: "ALTER TABLE accounts ADD COLUMN banned_until INTEGER NOT NULL DEFAULT 0;
             ALTER TABLE accounts ADD COLUMN ban_reason TEXT NOT NULL DEFAULT '';",
         fill: None,
