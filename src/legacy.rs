@@ -43,31 +43,36 @@ pub fn spellings(name: &str) -> Vec<String> {
     spellings
 }
 
-/// Spellings [`SpellingAsks`] holds at most (each at most 255 bytes: about 4 MiB in all). A
-/// spelling more, while every one was asked within the window, is not asked about: its login
-/// is answered as before the check existed (wrong password, counted).
-pub const MAX_SPELLING_ASKS: usize = 10_000;
+/// Names [`SpellingAsks`] holds spellings of at most (each spelling at most 255 bytes, at
+/// most [`SPELLINGS_PER_NAME`] a name: about 10 MiB in all). A name more, while every one was
+/// asked about within the window, is not asked about: its login is answered as before the
+/// check existed (wrong password, counted).
+pub const MAX_SPELLING_NAMES: usize = 10_000;
+
+/// Spellings of one name (its case variants) asked about within a window, at most: real
+/// conflicts are two or three old players; more are guesses, answered as wrong passwords.
+pub const SPELLINGS_PER_NAME: usize = 4;
 
 /// Spellings the old server was asked about because an account here holds the name in another
 /// case (two old players, `Dan` and `dan`, after `Dan` moved): each at most once per window
-/// (`--throttle-window`), so that failed logins cannot be multiplied into old-server requests.
-/// Where the old server confirmed the password, a digest of it keyed by this process's own
-/// random key is kept for the window, so that the player's retries are answered alike without
-/// asking again.
+/// (`--throttle-window`), at most [`SPELLINGS_PER_NAME`] per name, so that failed logins cannot
+/// be multiplied into old-server requests or fill the table through one account. Where the
+/// old server confirmed the password, a digest of it keyed by this process's own random key is
+/// kept for the window, so that the player's retries are answered alike without asking again.
 pub struct SpellingAsks {
     /// How long a spelling stays asked, in milliseconds.
     window_ms: Millis,
     /// Keys the password digests: random per process, never stored.
     key: String,
-    /// The spellings asked about.
+    /// The spellings asked about, by name.
     table: Mutex<AskTable>,
 }
 
 /// [`SpellingAsks`]' table.
 #[derive(Default)]
 struct AskTable {
-    /// Spelling (exactly as typed) → when it was asked, and what was confirmed.
-    asked: HashMap<String, Asked>,
+    /// Folded name → its spellings asked about.
+    names: HashMap<String, Vec<Asked>>,
     /// While the table is full: when its oldest ask's window passes, so that a full table is
     /// not scanned again before then.
     room_at: Millis,
@@ -75,6 +80,8 @@ struct AskTable {
 
 /// One spelling's ask.
 struct Asked {
+    /// Exactly as typed.
+    spelling: String,
     /// When the old server was asked.
     at: Millis,
     /// The keyed digest of the password the old server confirmed, if it did.
@@ -101,16 +108,21 @@ impl SpellingAsks {
         h.finalize().into()
     }
 
-    /// Whether `spelling` may be asked about at `now`: not asked within the window, and
-    /// there is room to record it. Records nothing: see [`SpellingAsks::claim`].
+    /// Whether `spelling` may be asked about at `now`: not asked within the window, fewer than
+    /// [`SPELLINGS_PER_NAME`] spellings of its name asked, and room to record it. Records
+    /// nothing: see [`SpellingAsks::claim`].
     pub fn may_ask(&self, spelling: &str, now: Millis) -> bool {
         self.may_ask_in(&self.table.lock(), spelling, now)
     }
 
     fn may_ask_in(&self, table: &AskTable, spelling: &str, now: Millis) -> bool {
-        match table.asked.get(spelling) {
-            Some(a) => now.saturating_sub(a.at) >= self.window_ms,
-            None => table.asked.len() < MAX_SPELLING_ASKS || now >= table.room_at,
+        let fresh = |a: &&Asked| now.saturating_sub(a.at) < self.window_ms;
+        match table.names.get(&crate::auth::names::fold(spelling)) {
+            Some(asked) => {
+                let recent: Vec<&Asked> = asked.iter().filter(fresh).collect();
+                !recent.iter().any(|a| a.spelling == spelling) && recent.len() < SPELLINGS_PER_NAME
+            }
+            None => table.names.len() < MAX_SPELLING_NAMES || now >= table.room_at,
         }
     }
 
@@ -121,37 +133,57 @@ impl SpellingAsks {
         if !self.may_ask_in(&table, spelling, now) {
             return false;
         }
-        if table.asked.len() >= MAX_SPELLING_ASKS && !table.asked.contains_key(spelling) {
-            let window = self.window_ms;
-            table.asked.retain(|_, a| now.saturating_sub(a.at) < window);
-            if table.asked.len() >= MAX_SPELLING_ASKS {
-                let oldest = table.asked.values().map(|a| a.at).min().unwrap_or(now);
-                table.room_at = oldest.saturating_add(window);
+        let window = self.window_ms;
+        let name = crate::auth::names::fold(spelling);
+        if table.names.len() >= MAX_SPELLING_NAMES && !table.names.contains_key(&name) {
+            table.names.retain(|_, asked| {
+                asked.retain(|a| now.saturating_sub(a.at) < window);
+                !asked.is_empty()
+            });
+            if table.names.len() >= MAX_SPELLING_NAMES {
+                let oldest = table.names.values().flatten().map(|a| a.at).min();
+                table.room_at = oldest.unwrap_or(now).saturating_add(window);
                 return false;
             }
         }
-        let fresh = Asked {
+        let asked = table.names.entry(name).or_default();
+        asked.retain(|a| now.saturating_sub(a.at) < window);
+        asked.push(Asked {
+            spelling: spelling.to_string(),
             at: now,
             confirmed: None,
-        };
-        table.asked.insert(spelling.to_string(), fresh);
+        });
         true
     }
 
+    /// The ask of `spelling` within the window, if there is one.
+    fn find<'a>(
+        &self,
+        table: &'a mut AskTable,
+        spelling: &str,
+        now: Millis,
+    ) -> Option<&'a mut Asked> {
+        let window = self.window_ms;
+        table
+            .names
+            .get_mut(&crate::auth::names::fold(spelling))?
+            .iter_mut()
+            .find(|a| a.spelling == spelling && now.saturating_sub(a.at) < window)
+    }
+
     /// Record that the old server confirmed `password` for `spelling` (claimed before).
-    pub fn confirm(&self, spelling: &str, password: &str) {
+    pub fn confirm(&self, spelling: &str, password: &str, now: Millis) {
         let digest = self.digest(password);
-        if let Some(a) = self.table.lock().asked.get_mut(spelling) {
+        if let Some(a) = self.find(&mut self.table.lock(), spelling, now) {
             a.confirmed = Some(digest);
         }
     }
 
     /// Whether the old server confirmed `password` for `spelling` within the window.
     pub fn confirmed(&self, spelling: &str, password: &str, now: Millis) -> bool {
-        let confirmed = match self.table.lock().asked.get(spelling) {
-            Some(a) if now.saturating_sub(a.at) < self.window_ms => a.confirmed,
-            _ => None,
-        };
+        let confirmed = self
+            .find(&mut self.table.lock(), spelling, now)
+            .and_then(|a| a.confirmed);
         confirmed.is_some_and(|digest| {
             use subtle::ConstantTimeEq;
             bool::from(digest.ct_eq(&self.digest(password)))
@@ -358,22 +390,25 @@ mod tests {
         assert!(asks.may_ask("DAN", 999), "each spelling is its own");
         assert!(asks.may_ask("dan", 1000) && asks.claim("dan", 1000));
         // Confirmed: that password (in any normalization) within the window, no other.
-        asks.confirm("dan", "caf\u{e9}-pass");
+        asks.confirm("dan", "caf\u{e9}-pass", 1000);
         assert!(asks.confirmed("dan", "cafe\u{301}-pass", 1999));
         assert!(!asks.confirmed("dan", "other-pass", 1999));
         assert!(!asks.confirmed("DAN", "caf\u{e9}-pass", 1999));
         assert!(!asks.confirmed("dan", "caf\u{e9}-pass", 2000));
-        // Full: nothing new is asked about until a spelling's window passes.
-        for i in 1..MAX_SPELLING_ASKS {
+        // At most four spellings of one name in a window: a fifth is a guess.
+        for spelling in ["Dan", "DAN", "dAn"] {
+            assert!(asks.claim(spelling, 1500), "{spelling}");
+        }
+        assert!(!asks.may_ask("daN", 1500) && !asks.claim("daN", 1500));
+        assert!(asks.claim("daN", 2000), "dan's window passed");
+        // Full: no new name is asked about until a name's window passes.
+        for i in 1..MAX_SPELLING_NAMES {
             assert!(asks.claim(&format!("n{i}"), 1500));
         }
         assert!(!asks.claim("new", 1999) && !asks.may_ask("new", 1999));
-        assert!(asks.may_ask("new", 2000) && asks.claim("new", 2000));
-        assert_eq!(
-            asks.table.lock().asked.len(),
-            MAX_SPELLING_ASKS,
-            "\"dan\" made room"
-        );
+        assert!(asks.may_ask("new", 2500) && asks.claim("new", 2500));
+        // Room was made by the windows that passed: only dan (its daN) and new are left.
+        assert_eq!(asks.table.lock().names.len(), 2);
     }
 
     #[test]

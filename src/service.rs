@@ -14,7 +14,7 @@
 use crate::accountdb::accounts::{unexpected, Accounts};
 use crate::accountdb::store::{Account, Created, Revocation, SessionState, StoreError};
 use crate::auth::names::{self, fold, normalize_password, Rules};
-use crate::auth::password::{self, is_bcrypt, HashError, Hasher, Memory};
+use crate::auth::password::{self, HashError, Hasher, Memory};
 use crate::auth::secret::random_token;
 use crate::legacy::{self, Known, LegacyDb, SpellingAsks, RESERVED_HASH};
 use crate::metrics::LegacyOutcome;
@@ -93,6 +93,36 @@ pub enum Finished {
     /// A registration, hashed: its create is to be asked (with others, see
     /// [`Accounts::call_all`]), then [`Service::resume`].
     Asking(Asking),
+    /// A wrong password to ask the old server about (see [`Finish::AskOld`]).
+    AskOld(HashTask),
+}
+
+/// What [`Service::finish`] came to.
+pub enum Finish {
+    /// The reply.
+    Reply(Reply),
+    /// A wrong password typed in another case than its account's, under `--legacy-db`: the
+    /// old server is to be asked about the spelling typed, on the old-server stage, before the
+    /// failure is counted ([`Service::asks_legacy`] says so of this task).
+    AskOld(HashTask),
+}
+
+/// Why a password check did not let a login on.
+enum Refused {
+    /// The reply: a wrong password (counted), a name conflict, an error.
+    Reply(Box<Reply>),
+    /// Not counted yet: ask the old server first (see [`Finish::AskOld`]).
+    AskOld,
+}
+
+impl Refused {
+    /// What `found`'s `op` (a login or a password change) finishes with.
+    fn finish(self, found: Verification, op: Op) -> Finish {
+        match self {
+            Refused::Reply(reply) => Finish::Reply(*reply),
+            Refused::AskOld => Finish::AskOld(HashTask(Task::Conflict { found, op })),
+        }
+    }
 }
 
 /// Argon2 work still to do for one request. Holds a password: it has no `Debug`.
@@ -103,10 +133,6 @@ struct Verification {
     account: Account,
     /// The name as the player typed it: the account's spelling, or another case of it.
     typed: String,
-    /// Typed in another case than the account's, under `--legacy-db`: a wrong password asks
-    /// the old server about the spelling typed (see [`Service::name_conflict`]), so the task
-    /// runs on the old-server stage.
-    ask_old: bool,
     password: String,
     origin: Option<Origin>,
     /// A success changes nothing the store keeps: it need not be reported.
@@ -185,6 +211,13 @@ struct Migrate {
 
 enum Task {
     Verify(Verification),
+    /// A login's (or `op`: a password change's) password failed against an account that holds
+    /// the name in another case than typed: ask the old server about the spelling typed, then
+    /// answer 13 or count the failure (see [`Service::name_conflict`]).
+    Conflict {
+        found: Verification,
+        op: Op,
+    },
     /// Ask the old account server, and move the account here if the password is right.
     Migrate(Migrate),
     /// `change_password`: verify the old password as a login does, then hash the new one.
@@ -220,7 +253,7 @@ impl HashTask {
                 new_password: Some(_),
                 ..
             }) => Op::ChangePassword,
-            Task::Pretend { op, .. } => op,
+            Task::Pretend { op, .. } | Task::Conflict { op, .. } => op,
             Task::Verify { .. } | Task::Migrate(_) => Op::Login,
             Task::ChangePassword { .. } => Op::ChangePassword,
             Task::Create { .. } => Op::Register,
@@ -524,14 +557,9 @@ impl Service {
                 account: Some(account),
                 settled,
             } => {
-                let ask_old = self.legacy.is_some()
-                    && pending.username != account.username
-                    && !self.hasher.is_costly(&account.hash)
-                    && self.spelling_asks.may_ask(&pending.username, now_ms());
                 let found = Verification {
                     account,
                     typed: pending.username,
-                    ask_old,
                     password: pending.password,
                     origin: pending.origin,
                     settled,
@@ -678,13 +706,14 @@ impl Service {
 
     /// The argon2 part of a request, and for a registration the store write. `memory` is
     /// argon2's scratch space.
-    pub fn finish(&self, task: HashTask, memory: &mut Memory) -> Reply {
-        match task.0 {
-            Task::Verify(found) => self.log_in(found, memory),
+    pub fn finish(&self, task: HashTask, memory: &mut Memory) -> Finish {
+        Finish::Reply(match task.0 {
+            Task::Verify(found) => return self.log_in(found, memory),
             Task::ChangePassword {
                 found,
                 new_password,
-            } => self.change_password(found, &new_password, memory),
+            } => return self.change_password(found, &new_password, memory),
+            Task::Conflict { found, .. } => self.conflict(found),
             Task::Pretend {
                 password, failure, ..
             } => self.pretend(&password, failure, memory),
@@ -694,17 +723,17 @@ impl Service {
                 password,
                 ask_legacy,
             } => self.create(username, &password, ask_legacy, memory),
-        }
+        })
     }
 
     /// A login's verification, and the session it leads to.
-    fn log_in(&self, found: Verification, memory: &mut Memory) -> Reply {
+    fn log_in(&self, found: Verification, memory: &mut Memory) -> Finish {
         let rehash = match self.check_password(&found, memory) {
             Ok(rehash) => rehash,
-            Err(reply) => return *reply,
+            Err(refused) => return refused.finish(found, Op::Login),
         };
         if let Some(ban) = banned(&found.account) {
-            return Reply::banned(ban.until_ms, &ban.reason);
+            return Finish::Reply(Reply::banned(ban.until_ms, &ban.reason));
         }
         if rehash {
             self.upgrade(&found.account, &found.password, memory);
@@ -713,7 +742,7 @@ impl Service {
         // committed while it was being verified voids it.
         let (token, exp) = self.new_session(&found.account, found.looked_up, now_ms());
         let Verification { account, .. } = found;
-        Reply::logged_in(account.username, account.id).with_token(token, exp)
+        Finish::Reply(Reply::logged_in(account.username, account.id).with_token(token, exp))
     }
 
     /// A password change: the old password verified as a login's, then the new one hashed and
@@ -723,14 +752,20 @@ impl Service {
         found: Verification,
         new_password: &str,
         memory: &mut Memory,
-    ) -> Reply {
-        if let Err(reply) = self.check_password(&found, memory) {
-            return *reply;
+    ) -> Finish {
+        if let Err(refused) = self.check_password(&found, memory) {
+            return refused.finish(found, Op::ChangePassword);
         }
+        Finish::Reply(self.set_password(&found, new_password, memory))
+    }
+
+    /// A password change's new password, once the old one is verified: hashed and stored, every
+    /// older session voided, a new one begun.
+    fn set_password(&self, found: &Verification, new_password: &str, memory: &mut Memory) -> Reply {
         if let Some(ban) = banned(&found.account) {
             return Reply::banned(ban.until_ms, &ban.reason);
         }
-        let hash = match self.hasher.hash(&normalize_password(new_password), memory) {
+        let hash = match self.hash_password(new_password, memory) {
             Ok(hash) => hash,
             Err(e) => return internal_error(&e),
         };
@@ -795,7 +830,10 @@ impl Service {
             ask_legacy,
         } = task.0
         else {
-            return Finished::Done(self.finish(task, memory));
+            return match self.finish(task, memory) {
+                Finish::Reply(reply) => Finished::Done(reply),
+                Finish::AskOld(task) => Finished::AskOld(task),
+            };
         };
         match self.new_account(&username, &password, ask_legacy, memory) {
             Ok((account, request_id)) => Finished::Asking(Asking {
@@ -830,8 +868,7 @@ impl Service {
             }
         }
         let hash = self
-            .hasher
-            .hash(&normalize_password(password), memory)
+            .hash_password(password, memory)
             .map_err(|e| Box::new(internal_error(&e)))?;
         // One id per registration: if the store's reply is lost, repeating the create with it
         // tells whether this registration was stored.
@@ -898,7 +935,7 @@ impl Service {
             return Reply::wrong_password();
         }
         let new = m.new_password.as_deref().unwrap_or(&m.password);
-        let hash = match self.hasher.hash(&normalize_password(new), memory) {
+        let hash = match self.hash_password(new, memory) {
             Ok(hash) => hash,
             Err(e) => return internal_error(&e),
         };
@@ -950,15 +987,10 @@ impl Service {
 
     /// Verify a login's password, and tell throttling how it went: `Ok(rehash)` when it
     /// matches (`rehash`: its hash should be made again), else the reply.
-    fn check_password(
-        &self,
-        found: &Verification,
-        memory: &mut Memory,
-    ) -> Result<bool, Box<Reply>> {
+    fn check_password(&self, found: &Verification, memory: &mut Memory) -> Result<bool, Refused> {
         let Verification {
             account,
             typed,
-            ask_old,
             password,
             origin,
             settled,
@@ -980,21 +1012,51 @@ impl Service {
                 Ok(rehash || self.hasher.is_weaker(stored) || self.hasher.is_costly(stored))
             }
             Ok(None) => {
-                if let Some(reply) =
-                    self.name_conflict(typed, &account.username, password, *ask_old)
-                {
-                    return Err(Box::new(reply));
+                if let Some(reply) = self.name_conflict(typed, &account.username, password, false) {
+                    return Err(Refused::Reply(Box::new(reply)));
+                }
+                // Typed in another case than the account's, under --legacy-db: the old server
+                // may hold the spelling typed. It is asked on its own stage, before the
+                // failure is counted: the task goes on there.
+                let other_case = self.legacy.is_some() && *typed != account.username;
+                if other_case && self.spelling_asks.may_ask(typed, now_ms()) {
+                    return Err(Refused::AskOld);
                 }
                 if self.options.hide_user_existence && self.hasher.is_weaker(&account.hash) {
                     // A cheaper old hash verifies faster than an unknown name's dummy: make
                     // up the difference, so the time does not tell the account exists.
                     let _ = self.hasher.verify(password, &self.dummy_hash, memory);
                 }
-                let bcrypt = is_bcrypt(&account.hash);
-                self.count_failure(&account.username, *origin, password, bcrypt);
-                Err(Box::new(Reply::wrong_password()))
+                self.count_wrong(found);
+                Err(Refused::Reply(Box::new(Reply::wrong_password())))
             }
-            Err(e) => Err(Box::new(internal_error(&e))),
+            Err(e) => Err(Refused::Reply(Box::new(internal_error(&e)))),
+        }
+    }
+
+    /// Count a wrong password for the account `found` names.
+    fn count_wrong(&self, found: &Verification) {
+        let Verification {
+            account,
+            password,
+            origin,
+            ..
+        } = found;
+        let weak = password::is_marked_weak(&account.hash);
+        self.count_failure(&account.username, *origin, password, weak);
+    }
+
+    /// A login (or password change) whose password failed against an account holding the name
+    /// in another case than typed: "contact support" if the old server holds the spelling
+    /// typed with this password, else a wrong password, counted as it would have been.
+    fn conflict(&self, found: Verification) -> Reply {
+        let holder = &found.account.username;
+        match self.name_conflict(&found.typed, holder, &found.password, true) {
+            Some(reply) => reply,
+            None => {
+                self.count_wrong(&found);
+                Reply::wrong_password()
+            }
         }
     }
 
@@ -1022,7 +1084,7 @@ impl Service {
                 && asks.claim(typed, now)
                 && match self.ask_legacy(typed) {
                     Ok(Known::Password(plain)) if legacy::matches(password, &plain) => {
-                        asks.confirm(typed, password);
+                        asks.confirm(typed, password, now);
                         self.metrics.legacy_name_conflicts.inc();
                         tracing::warn!(
                             typed = ?typed,
@@ -1041,9 +1103,9 @@ impl Service {
 
     /// Count a wrong `password` for `username` from `origin`. A guess that breaks today's rules
     /// cannot be the password of an account made under them: it costs the address only, so
-    /// short guesses cannot lock a victim out. An account from the old system (`weak`: bcrypt,
-    /// or a password from the old server that breaks the rules itself) may have such a
-    /// password: there every guess counts against it. Under `--hide-user-existence` every
+    /// short guesses cannot lock a victim out. An account from the old system (`weak`: its hash
+    /// is bcrypt or marked weak, or the old server's password breaks the rules itself) may
+    /// have such a password: there every guess counts against it. Under `--hide-user-existence` every
     /// guess counts against every name: a rule that depends on the account would tell that
     /// it exists.
     fn count_failure(&self, username: &str, origin: Option<Origin>, password: &str, weak: bool) {
@@ -1075,6 +1137,16 @@ impl Service {
         Ok(None)
     }
 
+    /// `password`'s hash (of its NFC form), marked weak when it breaks today's rules (an old
+    /// account's password, moved or re-hashed: see [`password::is_marked_weak`]).
+    fn hash_password(&self, password: &str, memory: &mut Memory) -> Result<String, HashError> {
+        let normalized = normalize_password(password);
+        match self.options.rules.password_ok(password) {
+            true => self.hasher.hash(&normalized, memory),
+            false => self.hasher.hash_weak(&normalized, memory),
+        }
+    }
+
     /// Re-hash a password (normalized) whose stored hash is weaker than the current parameters
     /// or was made from the password as typed. A failure only means the upgrade waits for the
     /// next login.
@@ -1082,8 +1154,7 @@ impl Service {
     fn upgrade(&self, account: &Account, password: &str, memory: &mut Memory) {
         let username = &account.username;
         let result = self
-            .hasher
-            .hash(&normalize_password(password), memory)
+            .hash_password(password, memory)
             .map_err(|e| e.to_string())
             .and_then(|hash| {
                 self.accounts
@@ -1108,7 +1179,25 @@ impl Service {
         };
         match step {
             Step::Done(reply) => reply,
-            Step::Hash(task) => self.finish(task, &mut Memory::default()),
+            Step::Hash(mut task) => loop {
+                match self.finish(task, &mut Memory::default()) {
+                    Finish::Reply(reply) => return reply,
+                    Finish::AskOld(next) => task = next,
+                }
+            },
+        }
+    }
+
+    /// The reply to a task that was to ask the old server ([`Finish::AskOld`]) when it cannot
+    /// be asked (its stage's queue is full): a wrong password, counted as if the old server
+    /// had not confirmed the spelling, so that a full queue gives no uncounted guesses.
+    pub fn not_asked(&self, task: HashTask) -> Reply {
+        match task.0 {
+            Task::Conflict { found, .. } => {
+                self.count_wrong(&found);
+                Reply::wrong_password()
+            }
+            _ => Reply::unavailable("server busy, retry later"),
         }
     }
 
@@ -1122,7 +1211,8 @@ impl Service {
             && match &task.0 {
                 Task::Migrate(_) => true,
                 Task::Create { ask_legacy, .. } => *ask_legacy,
-                Task::Verify(found) | Task::ChangePassword { found, .. } => found.ask_old,
+                Task::Conflict { .. } => true,
+                Task::Verify(_) | Task::ChangePassword { .. } => false,
                 Task::Pretend { .. } => false,
             }
     }
@@ -1148,7 +1238,7 @@ impl Service {
         match &task.0 {
             Task::Verify(found) => {
                 let stored = &found.account.hash;
-                password::is_cheap(stored) && !self.hasher.is_weaker(stored) && !found.ask_old
+                password::is_cheap(stored) && !self.hasher.is_weaker(stored)
             }
             Task::Pretend { op, .. } => *op == Op::Login && password::is_cheap(&self.dummy_hash),
             Task::Create { ask_legacy, .. } => !ask_legacy && self.hasher.is_cheap(),

@@ -438,6 +438,36 @@ fn short_guesses_lock_an_old_account_whose_password_is_short() {
 }
 
 #[test]
+fn short_guesses_lock_a_moved_account_whose_password_is_short() {
+    let old = OldServer::start(&[("pinny", "1234")]);
+    let tiers = tiers(&old);
+    assert_eq!(code(tiers.addr(), "login", "pinny", "1234"), 3, "moved");
+    old.stop();
+    // Moved, its hash is argon2's, marked: short guesses count against it as before (they
+    // counted against nothing, with or without an address: 300 guesses found it).
+    let mut client = StreamClient::new(tiers.addr());
+    let mut guess = |password: &str, ip: Option<&str>| {
+        let line = json!({"OP": "login", "username": "pinny", "password": password, "ip": ip});
+        client.send(format!("{line}\n").as_bytes());
+        client.recv()["code"].clone()
+    };
+    for i in 0..5 {
+        assert_eq!(guess(&format!("{i}{i}{i}{i}"), None), 2);
+    }
+    assert_eq!(
+        guess("1234", Some("203.0.113.77")),
+        8,
+        "locked by short guesses"
+    );
+    let store = SqliteStore::open(tiers.dir.path()).unwrap();
+    let hash = store.find("pinny").unwrap().unwrap().hash;
+    assert!(
+        login_server::auth::password::is_marked_weak(&hash),
+        "{hash}"
+    );
+}
+
+#[test]
 fn cheap_logins_are_answered_while_the_hash_threads_wait_on_a_silent_old_server() {
     let old = OldServer::start(&[]);
     let addr = old.addr;
@@ -735,4 +765,26 @@ fn a_case_variant_of_a_reserved_name_is_asked_about_as_typed() {
         "{reply}"
     );
     assert_eq!(code(tiers.addr(), "login", "Eve", "big-eve-pass"), 3);
+}
+
+#[test]
+fn a_right_password_typed_in_another_case_never_waits_for_the_old_server() {
+    let old = OldServer::start(&[]);
+    let tiers = legacy_tiers(old.addr, |c| {
+        c.legacy_db_connections = 1;
+        c.db_timeout = Duration::from_secs(3);
+    });
+    assert_eq!(code(tiers.addr(), "register", "LocalUser", "local-pw-1"), 4);
+    // The old-server stage's one thread waits on a silent old server.
+    old.set_style(Style::Silent);
+    let server = tiers.addr();
+    let ghost = std::thread::spawn(move || code(server, "login", "Ghost", "ghost-pw-1"));
+    std::thread::sleep(Duration::from_millis(300));
+    // Typed in another case, with the right password: verified on the hash path, never queued
+    // behind the old server (it was, for as long as the stage was busy).
+    let started = std::time::Instant::now();
+    assert_eq!(code(tiers.addr(), "login", "localuser", "local-pw-1"), 3);
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    assert_eq!(ghost.join().unwrap(), 7, "the old server did not answer");
 }

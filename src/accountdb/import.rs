@@ -13,7 +13,7 @@
 //! nothing.
 
 use crate::accountdb::store::{Account, Created, Store, StoreError};
-use crate::auth::names::{fold, skeleton, MAX_NAME};
+use crate::auth::names::{fold, skeleton, Rules, MAX_NAME};
 use crate::auth::password::{check_importable, is_bcrypt, Hasher, Memory};
 use crate::legacy::RESERVED_HASH;
 // The longest line read is the account-db protocol's (64 KiB): a longer one is rejected, and
@@ -302,7 +302,12 @@ fn hash_all(pending: &mut [Pending], hasher: &Hasher, threads: usize) -> Result<
                     for pending in chunk.iter_mut() {
                         if let Some(password) = pending.plaintext.take() {
                             let normalized = crate::auth::names::normalize_password(&password);
-                            pending.account.hash = hasher.hash(&normalized, memory)?;
+                            // A password today's (default) rules refuse is marked so: a
+                            // short guess may be it, and counts against the account.
+                            pending.account.hash = match Rules::default().password_ok(&password) {
+                                true => hasher.hash(&normalized, memory)?,
+                                false => hasher.hash_weak(&normalized, memory)?,
+                            };
                         }
                     }
                     Ok::<(), crate::auth::password::HashError>(())

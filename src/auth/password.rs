@@ -218,6 +218,24 @@ fn cheap(params: &Params) -> bool {
     u64::from(params.m_cost()) * u64::from(params.t_cost()) <= CHEAP_WORK
 }
 
+/// The associated data that marks a hash of a password that breaks today's rules
+/// ([`Hasher::hash_weak`]): `data=d2Vhaw` among its PHC parameters.
+pub const WEAK: &[u8] = b"weak";
+
+/// Whether a wrong guess at the password `stored` hashes must count against its account even
+/// when the guess breaks today's rules: the password may break them too. So for an old
+/// system's hash kept as it is (bcrypt), and for an argon2 hash marked [`WEAK`] (an old
+/// account's password, moved or imported, hashed here).
+pub fn is_marked_weak(stored: &str) -> bool {
+    if is_bcrypt(stored) {
+        return true;
+    }
+    let Ok(parsed) = PasswordHash::new(stored) else {
+        return false;
+    };
+    Params::try_from(&parsed).is_ok_and(|p| p.data() == WEAK)
+}
+
 /// Whether `stored` is a bcrypt hash (`$2a$`, `$2b$`, `$2x$` or `$2y$`).
 pub fn is_bcrypt(stored: &str) -> bool {
     ["$2a$", "$2b$", "$2x$", "$2y$"]
@@ -249,6 +267,30 @@ impl Hasher {
 
     /// A PHC string for `password` with a fresh random salt.
     pub fn hash(&self, password: &str, memory: &mut Memory) -> Result<String, HashError> {
+        self.hash_with(&self.params, password, memory)
+    }
+
+    /// [`Hasher::hash`] of a password that breaks today's rules (an old account's, moved or
+    /// imported), marked so in the hash itself with argon2's associated data [`WEAK`]: the mark
+    /// travels with the hash through every store and tier, and says that a short guess may be
+    /// this password (see [`is_marked_weak`]).
+    pub fn hash_weak(&self, password: &str, memory: &mut Memory) -> Result<String, HashError> {
+        let mut builder = argon2::ParamsBuilder::new();
+        builder
+            .m_cost(self.params.m_cost())
+            .t_cost(self.params.t_cost())
+            .p_cost(self.params.p_cost())
+            .data(argon2::AssociatedData::new(WEAK).map_err(|e| HashError::Hashing(e.into()))?);
+        let params = builder.build().map_err(|e| HashError::Hashing(e.into()))?;
+        self.hash_with(&params, password, memory)
+    }
+
+    fn hash_with(
+        &self,
+        params: &Params,
+        password: &str,
+        memory: &mut Memory,
+    ) -> Result<String, HashError> {
         let salt = SaltString::generate(&mut OsRng);
         let mut salt_bytes = [0u8; 64];
         let raw_salt = salt
@@ -256,18 +298,18 @@ impl Hasher {
             .decode_b64(&mut salt_bytes)
             .map_err(HashError::Hashing)?;
         let mut out = [0u8; Params::DEFAULT_OUTPUT_LEN];
-        Argon2::new(Algorithm::Argon2id, Version::V0x13, self.params.clone())
+        Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone())
             .hash_password_into_with_memory(
                 password.as_bytes(),
                 raw_salt,
                 &mut out,
-                memory.blocks(self.params.block_count()),
+                memory.blocks(params.block_count()),
             )
             .map_err(|e| HashError::Hashing(e.into()))?;
         let phc = PasswordHash {
             algorithm: Algorithm::Argon2id.ident(),
             version: Some(Version::V0x13.into()),
-            params: ParamsString::try_from(&self.params).map_err(HashError::Hashing)?,
+            params: ParamsString::try_from(params).map_err(HashError::Hashing)?,
             salt: Some(salt.as_salt()),
             hash: Some(Output::new(&out).map_err(HashError::Hashing)?),
         };
@@ -354,6 +396,26 @@ impl Hasher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_weak_password_is_marked_in_its_hash_and_verifies_only_with_the_mark() {
+        let hasher = Hasher::new(HashParams::CHEAPEST).unwrap();
+        let memory = &mut Memory::default();
+        let weak = hasher.hash_weak("1234", memory).unwrap();
+        assert!(weak.contains(",data=d2Vhaw$"), "{weak}");
+        assert!(is_marked_weak(&weak));
+        assert!(hasher.verify("1234", &weak, memory).unwrap());
+        assert!(!hasher.verify("1235", &weak, memory).unwrap());
+        // The mark is part of what is hashed: taken off, the hash no longer verifies.
+        let unmarked = weak.replace(",data=d2Vhaw", "");
+        assert!(!is_marked_weak(&unmarked));
+        assert!(!hasher.verify("1234", &unmarked, memory).unwrap());
+        let strong = hasher.hash("a-long-password", memory).unwrap();
+        assert!(!is_marked_weak(&strong));
+        assert!(is_marked_weak(&bcrypt::hash("1234", 4).unwrap()));
+        // Its parameters are the hasher's: not weaker, not costly, cheap as any.
+        assert!(!hasher.is_weaker(&weak) && !hasher.is_costly(&weak) && is_cheap(&weak));
+    }
 
     #[test]
     fn a_bcrypt_cost_is_read_only_from_the_canonical_form() {

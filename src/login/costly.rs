@@ -18,7 +18,7 @@ use super::returns::Returns;
 use crate::auth::password::Memory;
 use crate::metrics::Metrics;
 use crate::protocol::gateway::Reply;
-use crate::service::Service;
+use crate::service::{Finish, Service};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -100,7 +100,13 @@ impl CostlyStage {
                 // Fresh scratch, dropped with this closure: a costly hash's memory goes back
                 // to the system at once.
                 let mut memory = Memory::default();
-                let finish = || self.service.finish(task, &mut memory);
+                // The old server is not asked from here (this stage holds no sender to its
+                // stage, so that a long verification cannot hold up a shutdown there): a
+                // costly account's wrong password typed in another case is answered as any.
+                let finish = || match self.service.finish(task, &mut memory) {
+                    Finish::Reply(reply) => reply,
+                    Finish::AskOld(task) => self.service.not_asked(task),
+                };
                 counted(op, &self.metrics, finish, |r| r)
             });
         }

@@ -11,8 +11,8 @@ use super::returns::{guarded, Returns};
 use crate::auth::password::Memory;
 use crate::metrics::Metrics;
 use crate::protocol::gateway::{Form, Id, Op, Reply};
-use crate::service::{Finished, HashTask, Service};
-use crossbeam_channel::Receiver;
+use crate::service::{Finish, Finished, HashTask, Service};
+use crossbeam_channel::{Receiver, Sender};
 use parking_lot::{Condvar, Mutex};
 use std::sync::Arc;
 
@@ -25,6 +25,49 @@ pub struct HashJob {
 }
 
 impl HashJob {
+    /// Finish the job's request with `finish`: answer it and give the connection back to the
+    /// I/O thread, or, where it must ask the old server ([`Finish::AskOld`]), send it on to
+    /// `old_server` (the old-server stage). When that stage's queue is full the service
+    /// answers the task without asking ([`Service::not_asked`]). A panic closes the
+    /// connection.
+    pub fn finish_with(
+        self,
+        returns: &Returns,
+        old_server: &Sender<HashJob>,
+        service: &Service,
+        finish: impl FnOnce(HashTask) -> Finish,
+    ) {
+        let HashJob {
+            conn,
+            form,
+            id,
+            task,
+        } = self;
+        returns.contained(conn.token(), || {
+            let op = task.op();
+            let (mut conn, form, id, reply) = match finish(task) {
+                Finish::Reply(reply) => (conn, form, id, reply),
+                Finish::AskOld(task) => {
+                    match old_server.try_send(HashJob {
+                        conn,
+                        form,
+                        id,
+                        task,
+                    }) {
+                        Ok(()) => return,
+                        Err(full) => {
+                            let job = full.into_inner();
+                            let reply = service.not_asked(job.task);
+                            (job.conn, job.form, job.id, reply)
+                        }
+                    }
+                }
+            };
+            conn.answer(form, Some(op), &reply, id.as_ref());
+            returns.give_back(conn);
+        });
+    }
+
     /// Answer the job's request with what `reply` makes of its task, and give the connection
     /// back to the I/O thread; a panic closes the connection instead.
     pub fn answer_with(self, returns: &Returns, reply: impl FnOnce(HashTask) -> Reply) {
@@ -60,14 +103,14 @@ pub struct Permit<'a> {
 
 impl Permit<'_> {
     /// The argon2 part of a request, in this permit's memory.
-    pub fn finish(&mut self, service: &Service, task: HashTask) -> Reply {
+    pub fn finish(&mut self, service: &Service, task: HashTask) -> Finish {
         let memory = &mut self.memory;
         let op = task.op();
         counted(
             op,
             &self.permits.metrics,
             || service.finish(task, memory),
-            |r| r,
+            Finish::Reply,
         )
     }
 }
@@ -138,11 +181,14 @@ impl Permits {
 /// The hash thread loop: until the hash channel closes.
 pub fn run_hasher(
     hash_jobs: Receiver<HashJob>,
+    old_server: Sender<HashJob>,
     permits: Arc<Permits>,
     service: Arc<Service>,
     returns: Arc<Returns>,
 ) {
     for job in hash_jobs {
-        job.answer_with(&returns, |task| permits.permit().finish(&service, task));
+        job.finish_with(&returns, &old_server, &service, |task| {
+            permits.permit().finish(&service, task)
+        });
     }
 }

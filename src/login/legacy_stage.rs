@@ -14,7 +14,7 @@ use super::hashing::{counted, HashJob};
 use super::returns::Returns;
 use crate::auth::password::Memory;
 use crate::metrics::Metrics;
-use crate::service::Service;
+use crate::service::{Finish, Service};
 use crossbeam_channel::Receiver;
 use std::sync::Arc;
 
@@ -32,7 +32,12 @@ pub fn run(
     for job in jobs {
         job.answer_with(&returns, |task| {
             let op = task.op();
-            counted(op, &metrics, || service.finish(task, &mut memory), |r| r)
+            let finish = || match service.finish(task, &mut memory) {
+                Finish::Reply(reply) => reply,
+                // Here the old server is asked at once: a task asks only once.
+                Finish::AskOld(task) => service.not_asked(task),
+            };
+            counted(op, &metrics, finish, |r| r)
         });
     }
 }

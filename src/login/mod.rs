@@ -358,10 +358,11 @@ impl LoginServer {
         for i in 0..config.hash_threads() {
             let (hash_jobs, permits) = (hash_rx.clone(), permits.clone());
             let (service, returns) = (service.clone(), returns.clone());
+            let old_server = legacy_tx.clone();
             let running = health.running();
             threads.push(spawn_named(format!("hash-{i}"), move || {
                 let _running = running;
-                hashing::run_hasher(hash_jobs, permits, service, returns)
+                hashing::run_hasher(hash_jobs, old_server, permits, service, returns)
             })?);
         }
         if config.legacy_db.is_some() {

@@ -304,6 +304,8 @@ impl Worker {
                 match hashing::finish_quick(&self.service, task, &mut self.memory, &self.metrics) {
                     Finished::Done(reply) => reply,
                     Finished::Asking(asking) => return Remains::Ask(asking),
+                    // On to the old-server stage, as a hash job is handed on.
+                    Finished::AskOld(task) => return Remains::Hash(task),
                 }
             }
         };
