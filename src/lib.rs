@@ -17,7 +17,9 @@
 //!   `legacy_stage` runs the requests that ask the old server, on threads of their own;
 //!   `returns` hands connections back to the I/O thread.
 //! - [`service`]: login, register and session logic over
-//!   [`Accounts`](accountdb::accounts::Accounts), what login-server asks of the account tier;
+//!   [`Accounts`](accountdb::accounts::Accounts), what login-server asks of the account tier,
+//!   a file per operation (`login`, `register`, `sessions`, `migration`), the step types a
+//!   request passes through in `steps`, the per-name turns in `turns`;
 //!   [`tokens`]: session JWTs, signed with Ed25519 and checked, and the JWKS.
 //! - [`legacy`]: the old database server, asked about players who have not moved yet.
 //! - [`auth`]: username and password rules; argon2id hashing; the tiers' shared secret; the
