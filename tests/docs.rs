@@ -263,3 +263,51 @@ fn protocol_md_account_db_examples_are_the_wire_byte_for_byte() {
         .collect();
     assert_eq!(named, every);
 }
+
+#[test]
+fn architecture_md_traces_a_login_through_functions_that_exist() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let doc = std::fs::read_to_string(format!("{root}/docs/architecture.md")).expect("doc");
+    let section: String = doc
+        .split("### A login, file by file")
+        .nth(1)
+        .and_then(|rest| rest.split("\n## ").next())
+        .expect("the section")
+        .to_string();
+    // Every `src/...rs` `name` pair, and the short `file.rs` `name` pairs after one, name a
+    // function that the file defines.
+    let ticks: Vec<&str> = section.split('`').skip(1).step_by(2).collect();
+    let mut checked = 0;
+    let mut last_dir = String::new();
+    for pair in ticks.windows(2) {
+        let (file, name) = (pair[0], pair[1]);
+        if !file.ends_with(".rs") || name.ends_with(".rs") {
+            continue;
+        }
+        let path = if file.starts_with("src/") {
+            last_dir = file.rsplit_once('/').map_or("", |(d, _)| d).to_string();
+            file.to_string()
+        } else if file.contains('/') {
+            format!("src/{file}")
+        } else {
+            let candidates = [
+                format!("{last_dir}/{file}"),
+                format!("src/login/{file}"),
+                format!("src/protocol/{file}"),
+                format!("src/service/{file}"),
+            ];
+            candidates
+                .into_iter()
+                .find(|p| std::path::Path::new(&format!("{root}/{p}")).exists())
+                .unwrap_or_else(|| panic!("{file}: no such file"))
+        };
+        let text = std::fs::read_to_string(format!("{root}/{path}"))
+            .unwrap_or_else(|e| panic!("{path}: {e}"));
+        assert!(
+            text.contains(&format!("fn {name}(")) || text.contains(&format!("fn {name}<")),
+            "{path} has no fn {name}"
+        );
+        checked += 1;
+    }
+    assert!(checked >= 20, "only {checked} functions named");
+}
