@@ -57,8 +57,9 @@ pub const SPELLINGS_PER_NAME: usize = 4;
 /// case (two old players, `Dan` and `dan`, after `Dan` moved): each at most once per window
 /// (`--throttle-window`), at most [`SPELLINGS_PER_NAME`] per name, so that failed logins cannot
 /// be multiplied into old-server requests or fill the table through one account. Where the
-/// old server confirmed the password, a digest of it keyed by this process's own random key is
-/// kept for the window, so that the player's retries are answered alike without asking again.
+/// old server knows the spelling, a digest of its password keyed by this process's own random
+/// key is kept for the window, so that the player's later logins are answered without asking
+/// again, and a stranger's wrong guess cannot hide the conflict from the player.
 pub struct SpellingAsks {
     /// How long a spelling stays asked, in milliseconds.
     window_ms: Millis,
@@ -84,8 +85,10 @@ struct Asked {
     spelling: String,
     /// When the old server was asked.
     at: Millis,
-    /// The keyed digest of the password the old server confirmed, if it did.
+    /// The keyed digest of the password the old server holds for it, if it knows it.
     confirmed: Option<[u8; 32]>,
+    /// The conflict was reported (a log line, a metric).
+    reported: bool,
 }
 
 impl SpellingAsks {
@@ -152,6 +155,7 @@ impl SpellingAsks {
             spelling: spelling.to_string(),
             at: now,
             confirmed: None,
+            reported: false,
         });
         true
     }
@@ -171,7 +175,7 @@ impl SpellingAsks {
             .find(|a| a.spelling == spelling && now.saturating_sub(a.at) < window)
     }
 
-    /// Record that the old server confirmed `password` for `spelling` (claimed before).
+    /// Record the password the old server holds for `spelling` (claimed before).
     pub fn confirm(&self, spelling: &str, password: &str, now: Millis) {
         let digest = self.digest(password);
         if let Some(a) = self.find(&mut self.table.lock(), spelling, now) {
@@ -179,7 +183,19 @@ impl SpellingAsks {
         }
     }
 
-    /// Whether the old server confirmed `password` for `spelling` within the window.
+    /// Whether `spelling` is a conflict not reported yet in its window: `true` once.
+    pub fn first_report(&self, spelling: &str, now: Millis) -> bool {
+        match self.find(&mut self.table.lock(), spelling, now) {
+            Some(a) if !a.reported => {
+                a.reported = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether `password` is what the old server holds for `spelling`, asked within the
+    /// window.
     pub fn confirmed(&self, spelling: &str, password: &str, now: Millis) -> bool {
         let confirmed = self
             .find(&mut self.table.lock(), spelling, now)
@@ -395,6 +411,9 @@ mod tests {
         assert!(!asks.confirmed("dan", "other-pass", 1999));
         assert!(!asks.confirmed("DAN", "caf\u{e9}-pass", 1999));
         assert!(!asks.confirmed("dan", "caf\u{e9}-pass", 2000));
+        // A conflict is reported once per window.
+        assert!(asks.first_report("dan", 1500) && !asks.first_report("dan", 1600));
+        assert!(!asks.first_report("never-asked", 1500));
         // At most four spellings of one name in a window: a fifth is a guess.
         for spelling in ["Dan", "DAN", "dAn"] {
             assert!(asks.claim(spelling, 1500), "{spelling}");

@@ -138,7 +138,14 @@ fn admin_commands_that_change_nothing_exit_non_zero() {
         "direction marks",
     );
     // Shown as nothing to the player: a zero-width space, a BOM, a word joiner, a tag.
-    for hidden in ["\u{200b}", "\u{feff}", "\u{2060}", "\u{e0041}"] {
+    for hidden in [
+        "\u{200b}",
+        "\u{feff}",
+        "\u{2060}",
+        "\u{e0041}",
+        "\u{fff9}",
+        "\u{e000}",
+    ] {
         let reason = format!("spam{hidden}ming");
         refused(&admin(&["ban", "owner", "--reason", &reason]), "invisible");
     }

@@ -542,11 +542,18 @@ fn registration_stays_closed_until_every_old_name_is_imported() {
     assert_eq!(status, Some(3), "{out}");
     assert!(out.contains("not recorded as complete"), "{out}");
     assert_eq!(register_reply(tiers.addr(), "newcomer"), closed);
-    // Nothing read (an empty or failed export) is no complete import either.
-    std::fs::write(&names, "").unwrap();
-    let (status, out, _) = account_db(dir, &["import", "--complete", names_arg]);
-    assert_eq!(status, Some(3), "{out}");
-    assert!(out.contains("no name was read"), "{out}");
+    // Nothing read (an empty or failed export) is no complete import either, nor a name of
+    // nothing visible.
+    for nothing in [
+        "",
+        "{\"username\":\"   \"}\n",
+        "{\"username\":\"\u{200b}\"}\n",
+    ] {
+        std::fs::write(&names, nothing).unwrap();
+        let (status, out, _) = account_db(dir, &["import", "--complete", names_arg]);
+        assert_eq!(status, Some(3), "{nothing:?}: {out}");
+        assert!(out.contains("not recorded as complete"), "{out}");
+    }
     assert_eq!(register_reply(tiers.addr(), "newcomer"), closed);
     // Every name read, none rejected: recorded, and registration opens. Two old players who
     // differ only in case are one name here: the second is reported, not rejected.
@@ -680,8 +687,17 @@ fn two_old_players_who_differ_only_in_case_are_sent_to_support_then_renamed_apar
     assert_eq!(dan["code"], 3, "{dan}");
     let asked = || old.asked.load(Ordering::SeqCst);
     let before = asked();
-    // The other old player, with their own password: the old server confirms the spelling
-    // typed, once, and the player is told to contact support.
+    // A stranger's wrong guess typed `dan` first: a wrong password for Dan, counted. The old
+    // server is asked about `dan` then, once, and what it holds is remembered for the window,
+    // so the guess cannot hide the conflict from the real player.
+    assert_eq!(code(addr, "login", "dan", "strangers-guess"), 2);
+    assert_eq!(asked(), before + 1);
+    assert_eq!(
+        conflicts().as_deref(),
+        Some("login_legacy_name_conflicts_total 0")
+    );
+    // The other old player, with their own password: told to contact support, without the
+    // old server being asked again.
     let reply = seed(addr, "login", "dan", "small-dan-pw");
     assert_eq!(
         (reply["code"].clone(), reply["reason"].clone()),

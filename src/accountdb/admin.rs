@@ -9,7 +9,7 @@ const MAX_REASON: usize = 200;
 
 /// The end of a ban for good (year 292 million: never).
 const FOR_GOOD: i64 = i64::MAX / 2;
-use crate::auth::names::{normalize_password, Rules};
+use crate::auth::names::{is_invisible, normalize_password, Rules};
 use crate::auth::password::{HashError, HashParams, Hasher, Memory};
 use crate::legacy::RESERVED_HASH;
 use crate::throttle::{self, now_ms};
@@ -198,7 +198,7 @@ pub fn run(
             if reason.len() > MAX_REASON {
                 return Err(AdminError::ReasonTooLong(reason.len()));
             }
-            if reason.chars().any(hidden_or_control) {
+            if reason.chars().any(is_invisible) {
                 return Err(AdminError::ReasonControl);
             }
             if duration.is_some_and(|d| d.is_zero()) {
@@ -317,22 +317,6 @@ fn rename(store: &dyn Store, old: &str, new: &str, rules: &Rules) -> Result<Repl
     Ok(Reply::Done(format!(
         "renamed {from} to {new}; the name {from} is free\n"
     )))
-}
-
-/// Whether `c` would break or hide text where a ban reason is shown: a control character, a
-/// line or paragraph separator, a bidirectional mark, or any other default-ignorable code
-/// point (shown as nothing: a zero-width space, a byte order mark, a word joiner, a tag).
-fn hidden_or_control(c: char) -> bool {
-    c.is_control()
-        || matches!(c,
-            '\u{2028}' | '\u{2029}'
-            // Unicode's Default_Ignorable_Code_Point, whole.
-            | '\u{00ad}' | '\u{034f}' | '\u{061c}' | '\u{115f}' | '\u{1160}'
-            | '\u{17b4}' | '\u{17b5}' | '\u{180b}'..='\u{180f}' | '\u{200b}'..='\u{200f}'
-            | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{206f}' | '\u{3164}'
-            | '\u{fe00}'..='\u{fe0f}' | '\u{feff}' | '\u{ffa0}' | '\u{fff0}'..='\u{fff8}'
-            | '\u{1bca0}'..='\u{1bca3}' | '\u{1d173}'..='\u{1d17a}'
-            | '\u{e0000}'..='\u{e0fff}')
 }
 
 /// A stored hash without its salt and digest: `$argon2id$v=19$m=..,t=..,p=..`, or `$2b$12`.

@@ -13,7 +13,7 @@
 //! nothing.
 
 use crate::accountdb::store::{Account, Created, Store, StoreError};
-use crate::auth::names::{fold, skeleton, Rules, MAX_NAME};
+use crate::auth::names::{fold, is_invisible, skeleton, Rules, MAX_NAME};
 use crate::auth::password::{check_importable, is_bcrypt, Hasher, Memory};
 use crate::legacy::RESERVED_HASH;
 // The longest line read is the account-db protocol's (64 KiB): a longer one is rejected, and
@@ -123,6 +123,13 @@ fn read_account(text: &str) -> Result<(Account, Option<String>), String> {
     }
     if line.username.chars().any(char::is_control) {
         return Err("a username has no control characters".into());
+    }
+    if line
+        .username
+        .chars()
+        .all(|c| c.is_whitespace() || is_invisible(c))
+    {
+        return Err("a username of nothing visible (white space, zero-width characters)".into());
     }
     match (line.password, line.hash) {
         (Some(_), Some(_)) => Err("a password or a hash, not both".into()),

@@ -129,6 +129,24 @@ pub fn skeleton(name: &str) -> String {
     unicode_security::skeleton(&fold(&shapes)).collect()
 }
 
+/// Whether `c` shows as nothing, or breaks or reorders the text around it: a control
+/// character, a line or paragraph separator, a format character Unicode says to ignore
+/// (Default_Ignorable_Code_Point: zero-width spaces, a byte order mark, joiners, direction
+/// marks, tags), an interlinear annotation mark, a noncharacter, or a private-use character.
+pub fn is_invisible(c: char) -> bool {
+    c.is_control()
+        || matches!(c,
+            '\u{2028}' | '\u{2029}'
+            | '\u{00ad}' | '\u{034f}' | '\u{061c}' | '\u{115f}' | '\u{1160}'
+            | '\u{17b4}' | '\u{17b5}' | '\u{180b}'..='\u{180f}' | '\u{200b}'..='\u{200f}'
+            | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{206f}' | '\u{3164}'
+            | '\u{fe00}'..='\u{fe0f}' | '\u{feff}' | '\u{ffa0}' | '\u{fff0}'..='\u{fffb}'
+            | '\u{fdd0}'..='\u{fdef}' | '\u{e000}'..='\u{f8ff}'
+            | '\u{1bca0}'..='\u{1bca3}' | '\u{1d173}'..='\u{1d17a}'
+            | '\u{e0000}'..='\u{e0fff}' | '\u{f0000}'..='\u{10ffff}')
+        || (c as u32 & 0xfffe) == 0xfffe
+}
+
 /// The longest name any account can have, in bytes (import refuses longer ones).
 pub const MAX_NAME: usize = 255;
 

@@ -7,7 +7,7 @@ use super::*;
 use crate::accountdb::store::Account;
 use crate::auth::names::{self, normalize_password};
 use crate::auth::password::{self, HashError, Memory};
-use crate::legacy::{self, Known, RESERVED_HASH};
+use crate::legacy::{Known, RESERVED_HASH};
 use crate::protocol::accountdb::{DbRequest, Login};
 use crate::protocol::gateway::{Op, Reply, SupportReason};
 use crate::throttle::{now_ms, Origin, Unknown};
@@ -320,21 +320,25 @@ impl Service {
             || (may_ask
                 && asks.claim(typed, now)
                 && match self.ask_legacy(typed) {
-                    Ok(Known::Password(plain)) if legacy::matches(password, &plain) => {
-                        asks.confirm(typed, password, now);
-                        self.metrics.legacy_name_conflicts.inc();
-                        tracing::warn!(
-                            typed = ?typed,
-                            holder = ?holder,
-                            "name conflict: the old account server holds this spelling with the \
-                             password given, an account here holds the name in another case; \
-                             the player is told to contact support (resolve with `account-db \
-                             admin rename`)"
-                        );
-                        true
+                    // Its password is remembered (as a keyed digest) whatever was typed, so
+                    // that one wrong guess in the window cannot hide the conflict from the
+                    // real player, who is then answered without asking again.
+                    Ok(Known::Password(plain)) => {
+                        asks.confirm(typed, &plain, now);
+                        asks.confirmed(typed, password, now)
                     }
                     _ => false,
                 });
+        if confirmed && asks.first_report(typed, now) {
+            self.metrics.legacy_name_conflicts.inc();
+            tracing::warn!(
+                typed = ?typed,
+                holder = ?holder,
+                "name conflict: the old account server holds this spelling with the password \
+                 given, an account here holds the name in another case; the player is told to \
+                 contact support (resolve with `account-db admin rename`)"
+            );
+        }
         confirmed.then(|| Reply::contact_support(SupportReason::NameConflict))
     }
 
