@@ -304,7 +304,7 @@ pub fn register_process(r: &mut Registry) {
                 .ok()
                 .and_then(|s| s.split_whitespace().nth(1)?.parse::<i64>().ok())
                 .unwrap_or(0);
-            pages.saturating_mul(4096)
+            pages.saturating_mul(system().page_bytes)
         }),
     );
     r.register(
@@ -320,7 +320,7 @@ pub fn register_process(r: &mut Registry) {
         "CPU time of the process, user and system, in whole seconds",
         Unit::Seconds,
         LiveGauge::new(|| {
-            // stat: fields 14 and 15 are user and system time in clock ticks (100 a second).
+            // stat: fields 14 and 15 are user and system time in clock ticks.
             let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
             let after_name = stat.rsplit(')').next().unwrap_or_default();
             let ticks: i64 = after_name
@@ -329,9 +329,36 @@ pub fn register_process(r: &mut Registry) {
                 .take(2)
                 .filter_map(|t| t.parse::<i64>().ok())
                 .sum();
-            ticks / 100
+            ticks / system().ticks_per_second
         }),
     );
+}
+
+/// What the process metrics read `/proc` in: the page size and the clock's ticks per second,
+/// as the OS says (`sysconf`), not assumed (pages are 16 or 64 KiB on some arm64 kernels).
+struct System {
+    /// Bytes in a memory page.
+    page_bytes: i64,
+    /// Clock ticks in a second (`/proc/self/stat`'s CPU times).
+    ticks_per_second: i64,
+}
+
+/// [`System`], asked of the OS once.
+fn system() -> &'static System {
+    static SYSTEM: std::sync::OnceLock<System> = std::sync::OnceLock::new();
+    SYSTEM.get_or_init(|| {
+        // SAFETY: sysconf takes a constant and touches no memory of ours; -1 means unknown.
+        let (page, ticks) = unsafe {
+            (
+                libc::sysconf(libc::_SC_PAGESIZE),
+                libc::sysconf(libc::_SC_CLK_TCK),
+            )
+        };
+        System {
+            page_bytes: if page > 0 { page } else { 4096 },
+            ticks_per_second: if ticks > 0 { ticks } else { 100 },
+        }
+    })
 }
 
 /// Values read at scrape time from the parts of login-server that own them.
@@ -474,6 +501,28 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resident_memory_is_read_in_the_os_page_size() {
+        let sys = system();
+        assert!(sys.page_bytes >= 4096 && sys.page_bytes.count_ones() == 1);
+        assert!(sys.ticks_per_second > 0);
+        // statm's resident pages times the page size is VmRSS, give or take the pages that
+        // came and went between the two reads.
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let vm_rss_kib: i64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap();
+        let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+        let pages: i64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+        let bytes = pages * sys.page_bytes;
+        assert!(
+            (bytes / 1024 - vm_rss_kib).abs() < 4096,
+            "{bytes} B vs {vm_rss_kib} KiB"
+        );
+    }
 
     #[test]
     fn encodes_counters_histograms_and_gauges() {
