@@ -74,8 +74,9 @@ pub struct SpellingAsks {
 struct AskTable {
     /// Folded name → its spellings asked about.
     names: HashMap<String, Vec<Asked>>,
-    /// While the table is full: when its oldest ask's window passes, so that a full table is
-    /// not scanned again before then.
+    /// When the oldest ask's window passes, set when a claim finds the table full (0 before):
+    /// no name can be pruned before then, so a full table is not scanned again until then,
+    /// and a table with room has it already (only a prune makes room).
     room_at: Millis,
 }
 
@@ -125,7 +126,7 @@ impl SpellingAsks {
                 let recent: Vec<&Asked> = asked.iter().filter(fresh).collect();
                 !recent.iter().any(|a| a.spelling == spelling) && recent.len() < SPELLINGS_PER_NAME
             }
-            None => table.names.len() < MAX_SPELLING_NAMES || now >= table.room_at,
+            None => now >= table.room_at,
         }
     }
 
@@ -405,6 +406,11 @@ mod tests {
         assert!(!asks.may_ask("dan", 999) && !asks.claim("dan", 999));
         assert!(asks.may_ask("DAN", 999), "each spelling is its own");
         assert!(asks.may_ask("dan", 1000) && asks.claim("dan", 1000));
+        assert_eq!(
+            asks.table.lock().names["dan"].len(),
+            1,
+            "the ask of 0 is gone at 1000"
+        );
         // Confirmed: that password (in any normalization) within the window, no other.
         asks.confirm("dan", "caf\u{e9}-pass", 1000);
         assert!(asks.confirmed("dan", "cafe\u{301}-pass", 1999));
@@ -425,9 +431,12 @@ mod tests {
             assert!(asks.claim(&format!("n{i}"), 1500));
         }
         assert!(!asks.claim("new", 1999) && !asks.may_ask("new", 1999));
+        // A full table still takes another spelling of a name it holds.
+        assert!(asks.claim("N1", 1999));
         assert!(asks.may_ask("new", 2500) && asks.claim("new", 2500));
-        // Room was made by the windows that passed: only dan (its daN) and new are left.
-        assert_eq!(asks.table.lock().names.len(), 2);
+        // Room was made by the windows that passed: only dan (its daN), n1 (its N1) and new
+        // are left.
+        assert_eq!(asks.table.lock().names.len(), 3);
     }
 
     #[test]

@@ -169,6 +169,47 @@ mod tests {
     use super::*;
 
     #[test]
+    fn invisible_characters_are_told_from_visible_ones() {
+        for c in [
+            '\n',
+            '\u{7f}',
+            '\u{85}',
+            '\u{2028}',
+            '\u{200b}',
+            '\u{202e}',
+            '\u{2066}',
+            '\u{feff}',
+            '\u{2060}',
+            '\u{ad}',
+            '\u{fff9}',
+            '\u{fdd0}',
+            '\u{fffe}',
+            '\u{1fffe}',
+            '\u{e000}',
+            '\u{e0041}',
+            '\u{10ffff}',
+            '\u{3164}',
+            '\u{fe0f}',
+        ] {
+            assert!(is_invisible(c), "{:04x}", c as u32);
+        }
+        for c in [
+            'a',
+            'Z',
+            '0',
+            ' ',
+            '\u{a0}',
+            '\u{131}',
+            '\u{e9}',
+            '\u{65e5}',
+            '\u{fffc}',
+            '\u{1f600}',
+        ] {
+            assert!(!is_invisible(c), "{:04x}", c as u32);
+        }
+    }
+
+    #[test]
     fn ascii_names_fold_as_in_full() {
         let ascii: Vec<char> = (0u8..128).map(char::from).collect();
         for a in &ascii {
