@@ -85,4 +85,48 @@ mod tests {
             assert!(bad.parse::<Cidr>().is_err(), "{bad}");
         }
     }
+    /// Today's results, pinned before the parser is replaced by a crate's (issue 24): single
+    /// addresses, host bits set, IPv4-mapped IPv6 on either side, prefixes at their ends.
+    #[test]
+    fn results_pinned_for_every_edge() {
+        let table: &[(&str, &str, bool)] = &[
+            ("192.0.2.7", "192.0.2.7", true),
+            ("192.0.2.7", "::ffff:192.0.2.7", true),
+            ("192.0.2.7", "192.0.2.6", false),
+            ("2001:db8::1", "2001:db8::1", true),
+            ("2001:db8::1", "2001:db8::2", false),
+            // Host bits set: the block is what the prefix says, the rest ignored.
+            ("10.1.2.3/8", "10.200.0.1", true),
+            ("10.1.2.3/8", "11.0.0.1", false),
+            ("2001:db8::1/32", "2001:db8:ffff::9", true),
+            // An IPv6 block of the mapped range covers IPv4 peers too.
+            ("::ffff:10.0.0.0/104", "10.1.2.3", true),
+            ("::ffff:10.0.0.0/104", "11.1.2.3", false),
+            ("::ffff:0:0/96", "203.0.113.9", true),
+            // IPv4 blocks never contain IPv6 outside the mapped range, nor the other way.
+            ("0.0.0.0/0", "::1", false),
+            ("::/0", "127.0.0.1", true),
+            ("127.0.0.0/8", "::ffff:127.0.0.1", true),
+            ("127.0.0.1/32", "::1", false),
+            (" 10.0.0.0/8 ", "10.0.0.1", true),
+            ("10.0.0.0/0", "8.8.8.8", true),
+            ("10.0.0.0/32", "10.0.0.0", true),
+            ("10.0.0.0/32", "10.0.0.1", false),
+        ];
+        for &(block, peer, inside) in table {
+            let cidr: Cidr = block.parse().unwrap_or_else(|e| panic!("{block}: {e}"));
+            assert_eq!(cidr.contains(ip(peer)), inside, "{block} contains {peer}");
+        }
+        for bad in [
+            "",
+            "/8",
+            "10.0.0.0/",
+            "10.0.0.0/-1",
+            "10.0.0/8",
+            "10.0.0.0/8/8",
+            "[::1]",
+        ] {
+            assert!(bad.parse::<Cidr>().is_err(), "{bad:?}");
+        }
+    }
 }
