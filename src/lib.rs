@@ -37,8 +37,8 @@
 //!   [`accountdb::secrets`]: the secrets it accepts, re-read once a second, and their rotation;
 //!   [`throttle`]: brute-force lockouts, pure record logic; [`accountdb::throttling`] runs
 //!   it over the records the store keeps;
-//!   [`accountdb::store`]: the `Store` trait, its SQLite and PostgreSQL implementations, and
-//!   `StoreUrl`, which picks one.
+//!   [`accountdb::store`]: `StoreUrl`, which picks a store; its `contract` (the `Store` trait,
+//!   its values and errors), and the SQLite and PostgreSQL implementations of it.
 //! - [`metrics`] and [`http`]: Prometheus metrics, `/healthz`, `/readyz` and `/keys`.
 //! - [`config`]: what the configuration structs share (parsing, defaults, value parsers);
 //!   [`cidr`]: address blocks for `--allow-from`;

@@ -138,8 +138,9 @@ fn arrows(modules: &BTreeMap<Module, String>) -> BTreeMap<Module, BTreeSet<Modul
                         (module.clone(), &path[..])
                     }
                 };
-                // The longest prefix that is a file.
-                let mut target = None;
+                // The longest prefix that is a file: the base itself for an item of it
+                // (`super::Item`).
+                let mut target = modules.contains_key(&base).then(|| base.clone());
                 for segment in rest {
                     base.push(segment.clone());
                     if modules.contains_key(&base) {
@@ -234,6 +235,10 @@ fn the_check_finds_a_circle_through_braces_super_and_children() {
     // Without e's import there is none.
     std::fs::write(src.join("e.rs"), "use crate::d::D;\n").unwrap();
     assert_eq!(circle(&arrows_of(src)), None);
+    // A child that takes an item of its parent, whose parent imports from the child.
+    std::fs::write(src.join("a/b.rs"), "use super::Item;\n").unwrap();
+    let found = circle(&arrows_of(src)).expect("a -> a::b -> a");
+    assert_eq!(found.len(), 2, "{found:?}");
 }
 
 fn arrows_of(src: &Path) -> BTreeMap<Module, BTreeSet<Module>> {

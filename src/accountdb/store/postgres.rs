@@ -12,11 +12,12 @@
 //! durable write (a transaction that writes only unlogged tables commits without waiting for
 //! the disk); PostgreSQL empties the table after a crash, and standbys do not have it.
 
-use super::{
-    familiar_list, familiar_text, unix_now, Account, Ban, Created, Details, LoginRead, Renamed,
-    Revocation, SessionState, Store, StoreError, LEGACY_NAMES_IMPORTED, REVOKED_PER_ACCOUNT,
+use super::contract::{
+    describe, familiar_list, familiar_text, unix_now, Details, LoginRead, Renamed, Store,
+    StoreError, LEGACY_NAMES_IMPORTED, REVOKED_PER_ACCOUNT,
 };
 use crate::auth::names::{fold, skeleton, SKELETON_DATA};
+use crate::protocol::accountdb::{Account, Ban, Created, Revocation, SessionState};
 use crate::throttle::{Millis, Record};
 use postgres::types::Type;
 use postgres::{NoTls, Statement};
@@ -178,48 +179,6 @@ const MAINTENANCE: &str = "SET LOCAL plan_cache_mode = auto; SET LOCAL enable_se
 
 /// How long a pooled connection that came back open is taken as good without a round trip.
 const TRUSTED_FOR: Duration = Duration::from_millis(500);
-
-/// PostgreSQL's own words for an error: its severity, SQLSTATE, message, detail and hint; for
-/// an error that is not PostgreSQL's (a refused port, a timeout), the error and every cause
-/// beneath it, down to the OS error. `postgres::Error`'s own text says only "db error" or
-/// "error connecting to server".
-pub fn describe(e: &postgres::Error) -> String {
-    if let Some(db) = e.as_db_error() {
-        let mut text = format!("{} {}: {}", db.severity(), db.code().code(), db.message());
-        if let Some(detail) = db.detail() {
-            text.push_str(&format!(" ({detail})"));
-        }
-        if let Some(hint) = db.hint() {
-            text.push_str(&format!(" (hint: {hint})"));
-        }
-        return text;
-    }
-    let mut text = e.to_string();
-    let mut cause = std::error::Error::source(e);
-    while let Some(error) = cause {
-        text.push_str(&format!(": {error}"));
-        cause = error.source();
-    }
-    text
-}
-
-/// Whether `e` may pass by itself: PostgreSQL not up yet (refused, timed out, starting or
-/// shutting down: SQLSTATE 57P03, class 08), or a lock held by another account-db's
-/// migration (55P03). Not a wrong password, a missing database or role,
-/// or a missing privilege: waiting does not mend those.
-pub fn is_transient(e: &postgres::Error) -> bool {
-    match e.code() {
-        Some(code) => matches!(code.code(), "57P03" | "55P03") || code.code().starts_with("08"),
-        // Not PostgreSQL's: the connection (refused, reset, timed out), unless the client's
-        // own settings are wrong (a password the server asks for and the URL lacks).
-        None => {
-            let text = e.to_string();
-            e.as_db_error().is_none()
-                && !text.starts_with("invalid configuration")
-                && !text.starts_with("authentication error")
-        }
-    }
-}
 
 /// A connection failure as [`describe`] words it, for r2d2 (which keeps only an error's text).
 #[derive(Debug)]
@@ -576,7 +535,7 @@ impl Store for PostgresStore {
     /// Chunks of creates, each one transaction: first every look-alike lock of the chunk in
     /// key order (so two imports cannot deadlock, and a registration waits for at most one
     /// chunk), then every create in one statement. A chunk that took longer than
-    /// [`BATCH_TIME`](super::BATCH_TIME) halves the next; a quick one doubles it.
+    /// [`BATCH_TIME`](super::contract::BATCH_TIME) halves the next; a quick one doubles it.
     fn create_many(&self, accounts: &[(Account, String)]) -> Result<Vec<Created>, StoreError> {
         let mut created = Vec::with_capacity(accounts.len());
         let mut size = 256;
@@ -618,8 +577,8 @@ impl Store for PostgresStore {
                 });
             }
             size = match started.elapsed() {
-                took if took > super::BATCH_TIME => (size / 2).max(1),
-                took if took < super::BATCH_TIME / 4 => (size * 2).min(4096),
+                took if took > super::contract::BATCH_TIME => (size / 2).max(1),
+                took if took < super::contract::BATCH_TIME / 4 => (size * 2).min(4096),
                 _ => size,
             };
         }

@@ -10,11 +10,12 @@
 //! counting a failed login is not a durable write, and a crash may forget recent counts. A side
 //! file from another layout is started afresh.
 
-use super::{
-    familiar_list, familiar_text, unix_now, Account, Ban, Created, Details, Renamed, Revocation,
-    SessionState, Store, StoreError, LEGACY_NAMES_IMPORTED, REVOKED_PER_ACCOUNT,
+use super::contract::{
+    familiar_list, familiar_text, unix_now, Details, Renamed, Store, StoreError,
+    LEGACY_NAMES_IMPORTED, REVOKED_PER_ACCOUNT,
 };
 use crate::auth::names::{fold, skeleton, SKELETON_DATA};
+use crate::protocol::accountdb::{Account, Ban, Created, Revocation, SessionState};
 use crate::throttle::{Millis, Record};
 use parking_lot::Mutex;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
@@ -512,7 +513,7 @@ impl Store for SqliteStore {
         Ok(created)
     }
 
-    /// One transaction (one fsync) for as many creates as fit in half of [`BATCH_TIME`](super::BATCH_TIME), then
+    /// One transaction (one fsync) for as many creates as fit in half of [`BATCH_TIME`](super::contract::BATCH_TIME), then
     /// the next: SQLite has one write lock, so there is no lock order to keep.
     fn create_many(&self, accounts: &[(Account, String)]) -> Result<Vec<Created>, StoreError> {
         let mut created = Vec::with_capacity(accounts.len());
@@ -522,7 +523,7 @@ impl Store for SqliteStore {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             for (account, request_id) in &accounts[created.len()..] {
                 created.push(create_in(&tx, account, request_id)?);
-                if started.elapsed() >= super::BATCH_TIME / 2 {
+                if started.elapsed() >= super::contract::BATCH_TIME / 2 {
                     break;
                 }
             }
