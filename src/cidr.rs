@@ -1,34 +1,29 @@
-//! [`Cidr`]: an address block such as `10.0.0.0/8` or `2001:db8::/32`, for `--allow-from`.
+//! [`Cidr`]: an address block such as `10.0.0.0/8` or `2001:db8::/32`, for `--allow-from`:
+//! `ipnet`'s blocks, with a bare address taken as a block of one and IPv4-mapped IPv6 taken
+//! as the IPv4 address it maps.
 
+use ipnet::IpNet;
 use std::net::IpAddr;
 use std::str::FromStr;
 
-/// An IPv4 or IPv6 address block. A bare address is a block of one.
+/// An IPv4 or IPv6 address block. A bare address is a block of one; host bits set after the
+/// prefix are ignored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
-    /// The block's address, as 128 bits (IPv4 as its IPv4-mapped IPv6 form).
-    net: u128,
-    /// Leading bits that must match, counted in the 128-bit form.
-    prefix: u32,
-}
-
-/// IPv4 addresses as IPv4-mapped IPv6, so that one comparison serves both.
-fn bits(ip: IpAddr) -> u128 {
-    match ip {
-        IpAddr::V4(v4) => u128::from(v4.to_ipv6_mapped()),
-        IpAddr::V6(v6) => u128::from(v6),
-    }
-}
+pub struct Cidr(IpNet);
 
 impl Cidr {
-    /// Whether `ip` lies in this block (an IPv4-mapped IPv6 address counts as IPv4).
+    /// Whether `ip` lies in this block. An IPv4-mapped IPv6 address counts as the IPv4 address
+    /// it maps, and an IPv6 block holds the IPv4 addresses whose mapped form it holds
+    /// (`::/0` holds every peer).
     pub fn contains(&self, ip: IpAddr) -> bool {
         let ip = match ip {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
             IpAddr::V4(_) => ip,
         };
-        let mask = u128::MAX.checked_shl(128 - self.prefix).unwrap_or(0);
-        bits(ip) & mask == self.net & mask
+        match (self.0, ip) {
+            (IpNet::V6(net), IpAddr::V4(v4)) => net.contains(&v4.to_ipv6_mapped()),
+            (net, ip) => net.contains(&ip),
+        }
     }
 }
 
@@ -36,26 +31,18 @@ impl FromStr for Cidr {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        let (addr, len) = match s.trim().split_once('/') {
-            Some((addr, len)) => (addr, Some(len)),
-            None => (s.trim(), None),
-        };
+        let text = s.trim();
+        let addr = text.split_once('/').map_or(text, |(addr, _)| addr);
         let ip: IpAddr = addr
             .parse()
             .map_err(|_| format!("{s:?} is not an address or ADDRESS/PREFIX"))?;
+        if addr == text {
+            return Ok(Cidr(IpNet::from(ip)));
+        }
         let max = if ip.is_ipv4() { 32 } else { 128 };
-        let len = match len {
-            None => max,
-            Some(len) => len
-                .parse::<u32>()
-                .ok()
-                .filter(|&len| len <= max)
-                .ok_or_else(|| format!("{s:?}: the prefix must be 0 to {max}"))?,
-        };
-        Ok(Cidr {
-            net: bits(ip),
-            prefix: len + (128 - max),
-        })
+        text.parse::<IpNet>()
+            .map(|net| Cidr(net.trunc()))
+            .map_err(|_| format!("{s:?}: the prefix must be 0 to {max}"))
     }
 }
 
@@ -125,6 +112,9 @@ mod tests {
             "10.0.0/8",
             "10.0.0.0/8/8",
             "[::1]",
+            "10.0.0.0/+8",
+            "10.0.0.0/ 8",
+            "10.0.0.0 /8",
         ] {
             assert!(bad.parse::<Cidr>().is_err(), "{bad:?}");
         }

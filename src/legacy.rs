@@ -14,7 +14,7 @@
 //! workers nor the hash threads. One deadline bounds each request whole: a turn, connect,
 //! greeting, reply.
 
-use crate::throttle::Millis;
+use crate::clock::Millis;
 use parking_lot::{Condvar, Mutex};
 use serde_json::Value;
 use std::collections::HashMap;
@@ -96,7 +96,7 @@ impl SpellingAsks {
     /// Each spelling asked about at most once per `window`.
     pub fn new(window: Duration) -> SpellingAsks {
         SpellingAsks {
-            window_ms: crate::throttle::millis(window),
+            window_ms: crate::clock::millis(window),
             key: crate::auth::secret::random_token(),
             table: Mutex::default(),
         }

@@ -28,7 +28,8 @@
 //!   in, responses out; [`accountdb::execute`] runs any request against any `Store`.
 //! - [`accountdb::client`]: the r2d2-pooled connections to one or more account-dbs, as
 //!   `Accounts` that fail over between them; `client::connection` is one connection,
-//!   `client::manager` the r2d2 `ManageConnection` that makes and checks them.
+//!   `client::manager` the r2d2 `ManageConnection` that makes and checks them,
+//!   `client::failover` which account-db a request goes to and what is done when it fails.
 //! - [`protocol::accountdb`]: the newline-delimited JSON between the two tiers, and the words
 //!   both tiers share (accounts, a lookup's answers). Pure; a leaf.
 //! - [`accountdb::import`]: `account-db import`, the old system's players in bulk;
@@ -41,7 +42,8 @@
 //!   its values and errors), and the SQLite and PostgreSQL implementations of it.
 //! - [`metrics`] and [`http`]: Prometheus metrics, `/healthz`, `/readyz` and `/keys`.
 //! - [`config`]: what the configuration structs share (parsing, defaults, value parsers);
-//!   [`cidr`]: address blocks for `--allow-from`;
+//!   [`cidr`]: address blocks for `--allow-from`; [`clock`]: the time the rules judge by,
+//!   which tests move forward;
 //!   [`signals`] and [`logging`]: process plumbing for the binaries.
 //!
 //! The binaries in `src/bin/` only parse flags, start these, and wait for a signal (or run one
@@ -51,6 +53,7 @@
 pub mod accountdb;
 pub mod auth;
 pub mod cidr;
+pub mod clock;
 pub mod config;
 pub mod http;
 pub mod legacy;

@@ -25,6 +25,7 @@
 //! [`crate::accountdb::store::Store::prune_records`] for the order in which they are evicted.
 
 use crate::auth::names::fold;
+use crate::clock::{millis, Millis};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
@@ -40,21 +41,6 @@ pub const FAMILIAR_DAYS: i64 = 30;
 pub const LAST_LOGIN_RESOLUTION_MS: Millis = 60_000;
 
 pub(crate) const FAMILIAR_MS: Millis = FAMILIAR_DAYS * 86_400_000;
-
-/// Milliseconds since the Unix epoch: when records were written, windows began, locks end.
-pub type Millis = i64;
-
-/// Now, in [`Millis`].
-pub fn now_ms() -> Millis {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, millis)
-}
-
-/// `d` in [`Millis`] (saturating).
-pub fn millis(d: Duration) -> Millis {
-    Millis::try_from(d.as_millis()).unwrap_or(Millis::MAX)
-}
 
 /// The throttling thresholds: login-server's `--throttle-*` flags. The defaults are OWASP- and
 /// Keycloak-like: 5 failures in 15 minutes lock for 1 minute, doubling up to 15.

@@ -105,6 +105,8 @@ impl Tokens {
             .collect();
         let mut validation = Validation::new(Algorithm::EdDSA);
         validation.leeway = 0;
+        // Expiry is checked against the service's clock, in `check`.
+        validation.validate_exp = false;
         validation.set_required_spec_claims(&["exp", "sub"]);
         Tokens {
             pair,
@@ -138,8 +140,9 @@ impl Tokens {
         (token, exp)
     }
 
-    /// The claims of `token` if one of our keys signed it and it has not expired.
-    pub fn check(&self, token: &str) -> Result<Claims, Invalid> {
+    /// The claims of `token` if one of our keys signed it and it has not expired at `now_ms`
+    /// (its `exp`, in seconds, is not before now's second).
+    pub fn check(&self, token: &str, now_ms: i64) -> Result<Claims, Invalid> {
         if token.len() > MAX_TOKEN {
             return Err(Invalid::Malformed);
         }
@@ -152,9 +155,9 @@ impl Tokens {
             .and_then(|kid| self.decoding.get(&kid))
             .ok_or(Invalid::BadSignature)?;
         match jsonwebtoken::decode::<Claims>(token, key, &self.validation) {
+            Ok(data) if data.claims.exp < now_ms.div_euclid(1000) => Err(Invalid::Expired),
             Ok(data) => Ok(data.claims),
             Err(e) => Err(match e.kind() {
-                ErrorKind::ExpiredSignature => Invalid::Expired,
                 ErrorKind::InvalidSignature
                 | ErrorKind::InvalidAlgorithm
                 | ErrorKind::InvalidKeyFormat
@@ -177,7 +180,7 @@ mod tests {
     use jsonwebtoken::EncodingKey;
 
     fn now_ms() -> i64 {
-        crate::throttle::now_ms()
+        crate::clock::now_ms()
     }
 
     fn session() -> Session {
@@ -197,7 +200,7 @@ mod tests {
         let session = session();
         let (token, exp) = tokens.issue(&session, now);
         assert_eq!(exp, now / 1000 + 3600);
-        let claims = tokens.check(&token).unwrap();
+        let claims = tokens.check(&token, now_ms()).unwrap();
         assert_eq!(claims.account_id(), Some(42));
         assert_eq!((claims.name.as_str(), claims.sid.as_str()), ("Alice", "s1"));
         assert_eq!(claims.auth_ms, session.auth_ms);
@@ -220,11 +223,14 @@ mod tests {
             Duration::from_secs(60),
         );
         let (theirs, _) = stranger.issue(&session(), now_ms());
-        assert_eq!(tokens.check(&theirs), Err(Invalid::BadSignature));
+        assert_eq!(tokens.check(&theirs, now_ms()), Err(Invalid::BadSignature));
         let mut parts: Vec<String> = token.split('.').map(str::to_string).collect();
         let their_signature = theirs.rsplit('.').next().unwrap().to_string();
         parts[2] = their_signature;
-        assert_eq!(tokens.check(&parts.join(".")), Err(Invalid::BadSignature));
+        assert_eq!(
+            tokens.check(&parts.join("."), now_ms()),
+            Err(Invalid::BadSignature)
+        );
         // Tampered claims.
         let mut claims: serde_json::Value = serde_json::from_slice(
             &URL_SAFE_NO_PAD
@@ -239,11 +245,25 @@ mod tests {
             URL_SAFE_NO_PAD.encode(claims.to_string()),
             token.rsplit('.').next().unwrap()
         );
-        assert_eq!(tokens.check(&forged), Err(Invalid::BadSignature));
+        assert_eq!(tokens.check(&forged, now_ms()), Err(Invalid::BadSignature));
         // Expired (iat and exp an hour ago).
         let (old, _) = Tokens::new(&key, Vec::new(), Duration::from_secs(1))
             .issue(&session(), now_ms() - 3_600_000);
-        assert_eq!(tokens.check(&old), Err(Invalid::Expired));
+        assert_eq!(tokens.check(&old, now_ms()), Err(Invalid::Expired));
+        // Valid through the second of its `exp`, expired from the next; an expired forgery
+        // is told as a bad signature, not as expired.
+        let issued = 1_700_000_000_000;
+        let (token, exp) = tokens.issue(&session(), issued);
+        assert_eq!(exp, 1_700_000_000 + 3600);
+        assert!(tokens.check(&token, exp * 1000 + 999).is_ok());
+        assert_eq!(
+            tokens.check(&token, (exp + 1) * 1000),
+            Err(Invalid::Expired)
+        );
+        assert_eq!(
+            tokens.check(&forged, (exp + 1) * 1000),
+            Err(Invalid::BadSignature)
+        );
         // Not a token; too long; alg none; HS256 with the public key as the secret.
         for garbage in [
             "",
@@ -253,7 +273,7 @@ mod tests {
             &"A".repeat(MAX_TOKEN + 1),
         ] {
             assert_eq!(
-                tokens.check(garbage),
+                tokens.check(garbage, now_ms()),
                 Err(Invalid::Malformed),
                 "{garbage:.20}"
             );
@@ -263,7 +283,7 @@ mod tests {
             "{}.{body}.",
             URL_SAFE_NO_PAD.encode(r#"{"alg":"none","typ":"JWT"}"#)
         );
-        assert_eq!(tokens.check(&none), Err(Invalid::Malformed));
+        assert_eq!(tokens.check(&none, now_ms()), Err(Invalid::Malformed));
         let mut hs = Header::new(Algorithm::HS256);
         hs.kid = Some(key.verify_key().kid.clone());
         let claims: Claims = serde_json::from_value(claims).unwrap();
@@ -273,7 +293,10 @@ mod tests {
             &EncodingKey::from_secret(&key.verify_key().public),
         )
         .unwrap();
-        assert_eq!(tokens.check(&confused), Err(Invalid::BadSignature));
+        assert_eq!(
+            tokens.check(&confused, now_ms()),
+            Err(Invalid::BadSignature)
+        );
     }
 
     #[test]
@@ -291,11 +314,11 @@ mod tests {
             })
         };
         let fits = sized(MAX_TOKEN).expect("a token of MAX_TOKEN bytes");
-        assert!(tokens.check(&fits).is_ok());
+        assert!(tokens.check(&fits, now_ms()).is_ok());
         let over = sized(MAX_TOKEN + 1)
             .or_else(|| sized(MAX_TOKEN + 2))
             .unwrap();
-        assert_eq!(tokens.check(&over), Err(Invalid::Malformed));
+        assert_eq!(tokens.check(&over, now_ms()), Err(Invalid::Malformed));
     }
 
     #[test]
@@ -309,9 +332,9 @@ mod tests {
             vec![old.verify_key().clone()],
             Duration::from_secs(3600),
         );
-        assert!(after.check(&token).is_ok());
+        assert!(after.check(&token, now_ms()).is_ok());
         let (fresh, _) = after.issue(&session(), now_ms());
-        assert_eq!(before.check(&fresh), Err(Invalid::BadSignature));
+        assert_eq!(before.check(&fresh, now_ms()), Err(Invalid::BadSignature));
         let jwks: serde_json::Value = serde_json::from_str(&after.jwks()).unwrap();
         let kids: Vec<&str> = jwks["keys"]
             .as_array()

@@ -8,7 +8,7 @@ use login_server::accountdb::store::{Account, PostgresStore, SqliteStore, Store}
 use login_server::accountdb::throttling;
 use login_server::auth::password::{HashParams, Hasher, Memory};
 use login_server::protocol::accountdb::Login;
-use login_server::throttle::{self, Policy, Unknown};
+use login_server::throttle::{Policy, Unknown};
 use std::process::Command;
 use std::time::Duration;
 
@@ -111,7 +111,14 @@ fn admin_conformance(store: &dyn Store) {
     // Locked by failures, shown so, and unlocked for every login-server.
     let t = Policy::default().failures();
     for _ in 0..5 {
-        throttling::failed(store, Some("admin-alice"), None, &t).unwrap();
+        throttling::failed(
+            store,
+            Some("admin-alice"),
+            None,
+            &t,
+            login_server::clock::now_ms(),
+        )
+        .unwrap();
     }
     let locked = admin(
         store,
@@ -124,7 +131,15 @@ fn admin_conformance(store: &dyn Store) {
     assert!(locked.contains("locked\tfor "), "{locked}");
     assert!(locked.contains("m=8,t=1,p=1"), "{locked}");
     assert!(matches!(
-        throttling::login(store, "admin-alice", None, &t, Unknown::Address).unwrap(),
+        throttling::login(
+            store,
+            "admin-alice",
+            None,
+            &t,
+            Unknown::Address,
+            login_server::clock::now_ms()
+        )
+        .unwrap(),
         Login::Locked(_)
     ));
     assert_eq!(
@@ -138,7 +153,15 @@ fn admin_conformance(store: &dyn Store) {
         "unlocked Admin-Alice\n"
     );
     assert!(matches!(
-        throttling::login(store, "admin-alice", None, &t, Unknown::Address).unwrap(),
+        throttling::login(
+            store,
+            "admin-alice",
+            None,
+            &t,
+            Unknown::Address,
+            login_server::clock::now_ms()
+        )
+        .unwrap(),
         Login::Open { .. }
     ));
     let shown = admin(
@@ -153,7 +176,14 @@ fn admin_conformance(store: &dyn Store) {
         shown.contains("last login\tnone known"),
         "an unlock is no login: {shown}"
     );
-    throttling::succeeded(store, "admin-alice", None, false).unwrap();
+    throttling::succeeded(
+        store,
+        "admin-alice",
+        None,
+        false,
+        login_server::clock::now_ms(),
+    )
+    .unwrap();
     let shown = admin(
         store,
         Admin::Show {
@@ -199,7 +229,10 @@ fn admin_conformance(store: &dyn Store) {
     let alice = store.find("admin-alice").unwrap().unwrap();
     let until = alice.ban.as_ref().unwrap().until_ms;
     assert_eq!(alice.ban.unwrap().reason, "cheating");
-    assert!(until > throttle::now_ms() + 3_500_000 && until <= throttle::now_ms() + 3_600_000);
+    assert!(
+        until > login_server::clock::now_ms() + 3_500_000
+            && until <= login_server::clock::now_ms() + 3_600_000
+    );
     let shown = admin(
         store,
         Admin::Show {
@@ -264,11 +297,18 @@ fn rename_conformance(store: &dyn Store) {
     // Locked under its old name.
     let failures = Policy::default().failures();
     for _ in 0..failures.max_failures {
-        throttling::failed(store, Some("Dan"), None, &failures).unwrap();
+        throttling::failed(
+            store,
+            Some("Dan"),
+            None,
+            &failures,
+            login_server::clock::now_ms(),
+        )
+        .unwrap();
     }
     assert!(throttling::record(store, "Dan")
         .unwrap()
-        .locked(throttle::now_ms())
+        .locked(login_server::clock::now_ms())
         .is_some());
     let refused = |new: &str| run(store, &rename("DAN", new), || None);
     assert!(
@@ -303,7 +343,7 @@ fn rename_conformance(store: &dyn Store) {
         ("Dan_old", 1234)
     );
     // The lock went with the account; the old name starts afresh, and is free.
-    let now = throttle::now_ms();
+    let now = login_server::clock::now_ms();
     assert!(throttling::record(store, "Dan_old")
         .unwrap()
         .locked(now)

@@ -219,19 +219,28 @@ fn a_connection_gets_at_most_a_turn_of_messages_while_another_waits() {
         dir.path().join("account-db.secret").as_os_str(),
         "--token-key-file".as_ref(),
         key.as_os_str(),
+        "--metrics-listen".as_ref(),
+        "127.0.0.1:0".as_ref(),
     ]);
-    let (mut child, addr, lines) = common::spawn_json_logging(command);
+    let (mut child, addr, metrics, lines) = common::spawn_json_logging(command);
+    let metrics = metrics.expect("the metrics address");
     // Read as it comes: a full pipe would hold up the server's log writer.
     let log = std::thread::spawn(move || lines.map(Result::unwrap).collect::<Vec<String>>());
     db.signal("STOP");
     let mut held = StreamClient::new(addr);
     held.send(b"{\"OP\":\"login\",\"username\":\"someone\",\"password\":\"password1\"}\n");
-    std::thread::sleep(Duration::from_millis(300));
+    common::eventually(common::PATIENCE, "the worker holds the lookup", || {
+        common::metric(metrics, "login_busy_workers") == Some(1.0)
+    });
     let mut clients: Vec<StreamClient> = (0..2).map(|_| StreamClient::new(addr)).collect();
     for client in &mut clients {
         client.send(&b"{\"OP\":\"bogus\"}\n".repeat(300));
     }
-    std::thread::sleep(Duration::from_millis(300));
+    common::eventually(
+        common::PATIENCE,
+        "both connections wait for the worker",
+        || common::metric(metrics, "login_queue_depth") == Some(2.0),
+    );
     db.signal("CONT");
     assert_eq!(held.recv()["code"], 1);
     for client in &mut clients {
@@ -365,7 +374,8 @@ fn a_seed_form_connection_answers_one_message() {
 
 #[test]
 fn registrations_are_limited_per_player_address() {
-    let tiers = start_with(|c| c.service.throttle.register_limit = 3);
+    let clock = login_server::clock::Clock::adjustable();
+    let tiers = common::start_on_clock(&clock, |c| c.service.throttle.register_limit = 3);
     let mut client = StreamClient::new(tiers.addr());
     let mut register = |name: &str, ip: &str| {
         let line = json!({"OP": "register", "username": name, "password": "password1", "ip": ip});
@@ -377,12 +387,18 @@ fn registrations_are_limited_per_player_address() {
     }
     let refused = register("bot3", "203.0.113.1");
     assert_eq!(refused["code"], 8, "{refused}");
-    assert!(refused["retry_after"].as_u64().unwrap() > 3000, "{refused}");
+    let retry_after = refused["retry_after"].as_u64().unwrap();
+    assert!(retry_after > 3000, "{refused}");
     assert_eq!(
         register("bot4", "203.0.113.2")["code"],
         4,
         "another address"
     );
+    // Still refused just before the window ends; served again once it has.
+    clock.advance(Duration::from_secs(retry_after - 2));
+    assert_eq!(register("bot5", "203.0.113.1")["code"], 8);
+    clock.advance(Duration::from_secs(3));
+    assert_eq!(register("bot5", "203.0.113.1")["code"], 4);
     // The gateway's own requests (no "ip") are never limited.
     for i in 0..5 {
         assert_eq!(

@@ -317,7 +317,7 @@ fn a_reserved_name_moves_with_its_stored_spelling_and_is_never_registered() {
     assert_eq!(code(tiers.addr(), "register", "MCOLD", "password1"), 5);
     // Banned before it moved: moving does not lift the ban.
     let ban = login_server::accountdb::store::Ban {
-        until_ms: login_server::throttle::now_ms() + 60_000,
+        until_ms: login_server::clock::now_ms() + 60_000,
         reason: "spam".into(),
     };
     let banning = |ban| login_server::accountdb::store::Store::set_ban(&store, "McOld", ban);

@@ -73,16 +73,26 @@ fn a_full_queue_is_shed_with_code_7_at_once() {
     config.queue = 1;
     config.db_pool = Some(1);
     config.db_timeout = Duration::from_secs(1);
+    config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
     let server = LoginServer::spawn(config).unwrap();
+    let metrics = server.metrics_addr().unwrap();
     // The worker takes the first request and waits on account-db; the second fills the queue.
     let mut held = Vec::new();
-    for i in 0..2 {
+    for (i, (gauge, what)) in [
+        ("login_busy_workers", "the worker holds the first request"),
+        ("login_queue_depth", "the second fills the queue"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
         let mut client = StreamClient::new(server.local_addr());
         client.send(
             format!(r#"{{"OP":"login","username":"held{i}","password":"password1"}}"#).as_bytes(),
         );
         held.push(client);
-        std::thread::sleep(Duration::from_millis(100));
+        common::eventually(Duration::from_millis(900), what, || {
+            common::metric(metrics, gauge) == Some(1.0)
+        });
     }
     // Every further request is answered busy at once: before the held ones, which wait for
     // account-db's deadline, have been answered at all.

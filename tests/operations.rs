@@ -187,7 +187,7 @@ fn json_logs_have_one_line_per_request_and_never_a_password() {
         "--data".as_ref(),
         dir.path().as_os_str(),
     ]);
-    let (mut child, addr, lines) = common::spawn_json_logging(command);
+    let (mut child, addr, _, lines) = common::spawn_json_logging(command);
     let secret = "correct-horse-battery-staple";
     assert_eq!(code(addr, "register", "logged", secret), 4);
     assert_eq!(code(addr, "login", "logged", secret), 3);

@@ -6,6 +6,7 @@ mod common;
 use common::{code, seed, start, start_with, DbProcess, StreamClient};
 use login_server::accountdb::client::DbConn;
 use login_server::auth::secret::Secret;
+use login_server::clock::Clock;
 use login_server::LoginServer;
 use serde_json::json;
 use std::io::{BufRead, BufReader, Write};
@@ -295,9 +296,10 @@ fn login(client: &mut StreamClient, user: &str, password: &str, ip: &str) -> ser
 
 #[test]
 fn failed_logins_lock_the_account_then_the_lock_ends() {
-    let tiers = start_with(|c| {
+    let clock = Clock::adjustable();
+    let tiers = common::start_on_clock(&clock, |c| {
         c.service.throttle.max_failures = 3;
-        c.service.throttle.lockout = Duration::from_millis(800);
+        c.service.throttle.lockout = Duration::from_secs(60);
     });
     assert_eq!(code(tiers.addr(), "register", "target", "password1"), 4);
     let mut client = StreamClient::new(tiers.addr());
@@ -311,7 +313,8 @@ fn failed_logins_lock_the_account_then_the_lock_ends() {
     let locked = login(&mut client, "TARGET", "password1", "10.9.9.9");
     assert_eq!(locked["code"], 8, "{locked}");
     assert_eq!(locked["info"], "too many attempts");
-    assert!(locked["retry_after"].as_u64().unwrap() >= 1);
+    let retry_after = locked["retry_after"].as_u64().unwrap();
+    assert!((59..=60).contains(&retry_after), "{locked}");
     // The seed form gets the same.
     assert_eq!(
         seed(tiers.addr(), "login", "target", "password1")["code"],
@@ -320,8 +323,13 @@ fn failed_logins_lock_the_account_then_the_lock_ends() {
     // Other accounts are not affected.
     assert_eq!(code(tiers.addr(), "register", "bystander", "password1"), 4);
     assert_eq!(code(tiers.addr(), "login", "bystander", "password1"), 3);
-    // The lock ends; success resets the count.
-    std::thread::sleep(Duration::from_millis(900));
+    // Not a second before the lock ends; after it, success resets the count.
+    clock.advance(Duration::from_secs(58));
+    assert_eq!(
+        login(&mut client, "target", "password1", "10.9.9.9")["code"],
+        8
+    );
+    clock.advance(Duration::from_secs(3));
     assert_eq!(
         login(&mut client, "target", "password1", "10.9.9.9")["code"],
         3

@@ -7,6 +7,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use common::{code, http_get, start_with, StreamClient};
 use login_server::auth::token_key::SigningKey;
+use login_server::clock::Clock;
 use login_server::{LoginServer, LoginServerConfig};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
@@ -98,7 +99,8 @@ fn a_token_from_one_login_server_verifies_on_another() {
 
 #[test]
 fn tokens_that_are_not_ours_are_refused_with_the_reason() {
-    let tiers = start_with(|c| c.service.session_ttl = Duration::from_secs(1));
+    let clock = Clock::adjustable();
+    let tiers = common::start_on_clock(&clock, |c| c.service.session_ttl = Duration::from_secs(1));
     assert_eq!(code(tiers.addr(), "register", "target", "password1"), 4);
     let token = token_of(&login(tiers.addr(), "target", "password1"));
     // Tampered: another name in the claims, the signature kept.
@@ -147,8 +149,9 @@ fn tokens_that_are_not_ours_are_refused_with_the_reason() {
         outcome(&with_token(tiers.addr(), "verify", &confused)),
         (10, "bad_signature")
     );
-    // Expired: the ttl is one second.
-    std::thread::sleep(Duration::from_millis(2100));
+    // Still valid; expired once the one-second ttl has passed.
+    assert_eq!(with_token(tiers.addr(), "verify", &token)["code"], 9);
+    clock.advance(Duration::from_millis(2100));
     assert_eq!(
         outcome(&with_token(tiers.addr(), "verify", &token)),
         (10, "expired")
@@ -314,10 +317,13 @@ fn change_password_voids_older_sessions_and_swaps_the_password() {
 
 #[test]
 fn refresh_keeps_the_session_until_its_max_age() {
-    let tiers = start_with(|c| c.service.session_max_age = Duration::from_millis(1500));
+    let clock = Clock::adjustable();
+    let tiers = common::start_on_clock(&clock, |c| {
+        c.service.session_max_age = Duration::from_millis(1500)
+    });
     assert_eq!(code(tiers.addr(), "register", "stayer", "password1"), 4);
     let token = token_of(&login(tiers.addr(), "stayer", "password1"));
-    std::thread::sleep(Duration::from_millis(1100)); // a later iat
+    clock.advance(Duration::from_millis(1100)); // a later iat
     let refreshed = with_token(tiers.addr(), "refresh", &token);
     assert_eq!(refreshed["code"], 9, "{refreshed}");
     assert_eq!(refreshed["username"], "stayer");
@@ -329,8 +335,8 @@ fn refresh_keeps_the_session_until_its_max_age() {
     assert!(after["iat"].as_i64() > before["iat"].as_i64());
     assert!(after["exp"].as_i64() > before["exp"].as_i64());
     assert_eq!(with_token(tiers.addr(), "verify", &new)["code"], 9);
-    // Logging out the refreshed token ends the session, old token included.
-    std::thread::sleep(Duration::from_millis(500));
+    // Past the max age, a refresh is refused; logging out still ends the session.
+    clock.advance(Duration::from_millis(500));
     assert_eq!(
         outcome(&with_token(tiers.addr(), "refresh", &new)),
         (10, "expired"),

@@ -9,7 +9,8 @@ use login_server::accountdb::store::{
     REVOKED_PER_ACCOUNT,
 };
 use login_server::auth::names;
-use login_server::throttle::{now_ms, Millis, Record};
+use login_server::clock::{now_ms, Millis};
+use login_server::throttle::Record;
 use std::collections::HashSet;
 use std::sync::{Arc, Barrier};
 use std::time::Duration;

@@ -9,8 +9,9 @@
 
 use super::execute::execute;
 use super::store::{Account, Created, Revocation, SessionState, Store, StoreError};
+use crate::clock::Millis;
 use crate::protocol::accountdb::{DbRequest, DbResponse, Login, Registering};
-use crate::throttle::{Millis, Origin, RegisterLimit, Thresholds, Unknown};
+use crate::throttle::{Origin, RegisterLimit, Thresholds, Unknown};
 use std::time::Duration;
 
 /// A response that does not fit its request, as the error it is.
@@ -161,8 +162,9 @@ pub trait Accounts: Send + Sync {
     }
 }
 
+/// A store used in-process, its throttle records judged by the system's clock.
 impl<S: Store> Accounts for S {
     fn call(&self, request: &DbRequest) -> Result<DbResponse, StoreError> {
-        execute(self, request)
+        execute(self, request, crate::clock::now_ms())
     }
 }

@@ -11,8 +11,9 @@ const MAX_REASON: usize = 200;
 const FOR_GOOD: i64 = i64::MAX / 2;
 use crate::auth::names::{is_invisible, normalize_password, Rules};
 use crate::auth::password::{HashError, HashParams, Hasher, Memory};
+use crate::clock::now_ms;
 use crate::legacy::RESERVED_HASH;
-use crate::throttle::{self, now_ms};
+use crate::throttle;
 use std::fmt::Write;
 
 /// What an admin command can be asked.

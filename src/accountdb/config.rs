@@ -240,6 +240,10 @@ pub struct AccountDbConfig {
         default_value = "text"
     )]
     pub log_format: LogFormat,
+    /// What throttle records are judged by: the system's clock, which tests replace with one
+    /// they move forward ([`crate::clock::Clock::adjustable`]).
+    #[arg(skip)]
+    pub clock: crate::clock::Clock,
 }
 
 impl Default for AccountDbConfig {

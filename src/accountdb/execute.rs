@@ -6,10 +6,16 @@
 
 use super::store::{Store, StoreError};
 use super::throttling;
+use crate::clock::Millis;
 use crate::protocol::accountdb::{DbRequest, DbResponse};
 
-/// Run `request` against `store`: the response, or why the store could not answer.
-pub fn execute(store: &dyn Store, request: &DbRequest) -> Result<DbResponse, StoreError> {
+/// Run `request` against `store` at `now` (the time its throttle records are judged by): the
+/// response, or why the store could not answer.
+pub fn execute(
+    store: &dyn Store,
+    request: &DbRequest,
+    now: Millis,
+) -> Result<DbResponse, StoreError> {
     Ok(match request {
         DbRequest::Ping => {
             store.ping()?;
@@ -33,26 +39,26 @@ pub fn execute(store: &dyn Store, request: &DbRequest) -> Result<DbResponse, Sto
             origin,
             failures,
             unknown,
-        } => throttling::login(store, username, *origin, failures, *unknown)?.into(),
+        } => throttling::login(store, username, *origin, failures, *unknown, now)?.into(),
         DbRequest::Failed {
             username,
             origin,
             failures,
-        } => throttling::failed(store, username.as_deref(), *origin, failures)?
+        } => throttling::failed(store, username.as_deref(), *origin, failures, now)?
             .map_or(DbResponse::Counted, DbResponse::locked),
         DbRequest::Succeeded {
             username,
             origin,
             keep_failures,
         } => {
-            throttling::succeeded(store, username, *origin, *keep_failures)?;
+            throttling::succeeded(store, username, *origin, *keep_failures, now)?;
             DbResponse::Updated
         }
         DbRequest::Register {
             username,
             origin,
             limit,
-        } => throttling::register(store, username, *origin, limit)?.into(),
+        } => throttling::register(store, username, *origin, limit, now)?.into(),
         DbRequest::Session { account_id, sid } => store.session(*account_id, sid)?.into(),
         DbRequest::Revoke { revocation } => {
             store.revoke_session(revocation)?;
@@ -75,6 +81,7 @@ pub fn execute(store: &dyn Store, request: &DbRequest) -> Result<DbResponse, Sto
 pub fn execute_logins(
     store: &dyn Store,
     requests: &[DbRequest],
+    now: Millis,
 ) -> Result<Vec<Result<DbResponse, StoreError>>, StoreError> {
     let lookups: Vec<throttling::Lookup> = requests
         .iter()
@@ -93,7 +100,7 @@ pub fn execute_logins(
             _ => None,
         })
         .collect();
-    let logins = throttling::login_all(store, &lookups)?;
+    let logins = throttling::login_all(store, &lookups, now)?;
     Ok(logins
         .into_iter()
         .map(|login| login.map(DbResponse::from))

@@ -11,13 +11,13 @@ use crate::accountdb::execute;
 use crate::accountdb::secrets::{AcceptedSecrets, Proved};
 use crate::accountdb::store::{Store, StoreError};
 use crate::auth::secret::{self, SecretError};
+use crate::clock::{Clock, Millis};
 use crate::http::{HttpEndpoint, Routes};
 use crate::logging::RateLimited;
 use crate::metrics::{LabeledCounters, LiveFamily, LiveGauge};
 use crate::protocol::accountdb::{
     decode_line, encode_line, DbRequest, DbResponse, Greeting, MAX_LINE,
 };
-use crate::throttle;
 use parking_lot::Mutex;
 use prometheus_client::metrics::counter::Counter;
 use std::collections::{HashMap, VecDeque};
@@ -84,6 +84,8 @@ struct Shared {
     requests: LabeledCounters,
     errors: Counter,
     refused: Counter,
+    /// What throttle records and their pruning are judged by.
+    clock: Clock,
 }
 
 /// Requests counted in `accountdb_requests_total{op}`: by [`DbRequest::NAMES`], and
@@ -450,6 +452,7 @@ impl AccountDb {
             ),
             errors: Counter::default(),
             refused: Counter::default(),
+            clock: config.clock.clone(),
         });
         let metrics_endpoint = match metrics {
             Some(listener) => {
@@ -537,7 +540,7 @@ fn every_second(
         stop.recv_timeout(Duration::from_secs(1))
     {
         shared.reload_secrets(&secrets_log);
-        let now = throttle::now_ms();
+        let now = shared.clock.now_ms();
         // Each on its own: one failing does not stop the other.
         for pruned in [store.prune_records(now, cap), store.prune_revoked(now)] {
             match pruned {
@@ -688,13 +691,13 @@ fn serve(stream: TcpStream, id: u64, store: &dyn Store, shared: &Shared) -> io::
                     }
                 }
             }
-            for response in execute_logins(store, logins) {
+            for response in execute_logins(store, logins, shared.clock.now_ms()) {
                 write_response(&mut writer, &response, shared)?;
             }
             continue;
         }
         let response = match request {
-            Ok(request) => answered(execute::execute(store, &request)),
+            Ok(request) => answered(execute::execute(store, &request, shared.clock.now_ms())),
             Err(message) => DbResponse::Error { message },
         };
         write_response(&mut writer, &response, shared)?;
@@ -719,9 +722,13 @@ fn write_response(
 }
 
 /// Run a run of login requests (nothing else) with one read of the store.
-fn execute_logins(store: &dyn Store, logins: Vec<Result<DbRequest, String>>) -> Vec<DbResponse> {
+fn execute_logins(
+    store: &dyn Store,
+    logins: Vec<Result<DbRequest, String>>,
+    now: Millis,
+) -> Vec<DbResponse> {
     let requests: Vec<DbRequest> = logins.into_iter().flatten().collect();
-    match execute::execute_logins(store, &requests) {
+    match execute::execute_logins(store, &requests, now) {
         Ok(results) => results.into_iter().map(answered).collect(),
         Err(e) => {
             let failed = answered(Err(e));

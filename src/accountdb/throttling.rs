@@ -3,10 +3,10 @@
 //! what it means, is [`crate::throttle`].
 
 use crate::accountdb::store::{Account, Store, StoreError};
+use crate::clock::{now_ms, Millis};
 use crate::protocol::accountdb::{Login, Registering};
 use crate::throttle::{
-    account_key, address_key, now_ms, registrations_key, Millis, Origin, Record, RegisterLimit,
-    Thresholds, Unknown,
+    account_key, address_key, registrations_key, Origin, Record, RegisterLimit, Thresholds, Unknown,
 };
 use std::time::Duration;
 
@@ -19,6 +19,7 @@ pub fn login(
     origin: Option<Origin>,
     t: &Thresholds,
     unknown: Unknown,
+    now: Millis,
 ) -> Result<Login, StoreError> {
     let lookup = Lookup {
         username,
@@ -28,7 +29,7 @@ pub fn login(
     };
     let keys = lookup.keys();
     let found = store.find_for_login(username, &keys)?;
-    lookup.decide(store, found, now_ms())
+    lookup.decide(store, found, now)
 }
 
 /// [`login`] for many lookups, read in one go ([`Store::find_for_logins`]): the answers in
@@ -37,6 +38,7 @@ pub fn login(
 pub fn login_all(
     store: &dyn Store,
     lookups: &[Lookup],
+    now: Millis,
 ) -> Result<Vec<Result<Login, StoreError>>, StoreError> {
     let keys: Vec<Vec<String>> = lookups.iter().map(Lookup::keys).collect();
     let reads: Vec<(&str, &[String])> = lookups
@@ -45,7 +47,6 @@ pub fn login_all(
         .map(|(lookup, keys)| (lookup.username, keys.as_slice()))
         .collect();
     let found = store.find_for_logins(&reads)?;
-    let now = now_ms();
     // An unknown name's lookup counts a failure against its address (and name): a later
     // lookup of the run from that address (or of that name) reads afresh, so that a lock the
     // run itself set holds for the rest of it.
@@ -62,6 +63,7 @@ pub fn login_all(
                 lookup.origin,
                 lookup.t,
                 lookup.unknown,
+                now,
             ),
             false => lookup.decide(store, found, now),
         });
@@ -113,8 +115,8 @@ impl Lookup<'_> {
         if account.is_none() {
             let counted = match unknown {
                 Unknown::Nothing => None,
-                Unknown::Address => Some(failed(store, None, origin, t)?),
-                Unknown::AddressAndName => Some(failed(store, Some(username), origin, t)?),
+                Unknown::Address => Some(failed(store, None, origin, t, now)?),
+                Unknown::AddressAndName => Some(failed(store, Some(username), origin, t, now)?),
             };
             if let Some(Some(wait)) = counted {
                 return Ok(Login::Locked(wait));
@@ -132,8 +134,8 @@ pub fn failed(
     username: Option<&str>,
     origin: Option<Origin>,
     t: &Thresholds,
+    now: Millis,
 ) -> Result<Option<Duration>, StoreError> {
-    let now = now_ms();
     let keys: Vec<String> = username
         .map(account_key)
         .into_iter()
@@ -161,8 +163,8 @@ pub fn succeeded(
     username: &str,
     origin: Option<Origin>,
     keep_failures: bool,
+    now: Millis,
 ) -> Result<(), StoreError> {
-    let now = now_ms();
     store.update_records(&[account_key(username)], now, &mut |records| {
         for record in records.iter_mut() {
             record.succeed(origin, now, keep_failures);
@@ -195,12 +197,12 @@ pub fn register(
     username: &str,
     origin: Option<Origin>,
     limit: &RegisterLimit,
+    now: Millis,
 ) -> Result<Registering, StoreError> {
     if limit.legacy_gate && !store.legacy_names_imported()? {
         return Ok(Registering::Closed);
     }
     if let Some(origin) = origin {
-        let now = now_ms();
         let mut verdict = Ok(());
         store.update_records(&[registrations_key(origin)], now, &mut |records| {
             for record in records.iter_mut() {
@@ -259,7 +261,7 @@ mod tests {
         let t = thresholds();
         create(&store, "dora");
         for _ in 0..3 {
-            failed(&store, Some("locked-out"), None, &t).unwrap();
+            failed(&store, Some("locked-out"), None, &t, now_ms()).unwrap();
         }
         let lookup = |username, origin| Lookup {
             username,
@@ -273,14 +275,14 @@ mod tests {
             lookup("locked-out", None),
             lookup("dora", ip("192.0.2.2")),
         ];
-        let together: Vec<Login> = login_all(&store, &lookups)
+        let together: Vec<Login> = login_all(&store, &lookups, now_ms())
             .unwrap()
             .into_iter()
             .map(Result::unwrap)
             .collect();
         let alone: Vec<Login> = lookups
             .iter()
-            .map(|l| login(&store, l.username, l.origin, l.t, l.unknown).unwrap())
+            .map(|l| login(&store, l.username, l.origin, l.t, l.unknown, now_ms()).unwrap())
             .collect();
         // Lock times count down between the two reads: compared whole seconds up.
         let seconds = |logins: Vec<Login>| -> Vec<Login> {
@@ -311,7 +313,7 @@ mod tests {
             unknown: Unknown::Address,
         };
         let run = [guess("no-1"), guess("no-2"), guess("no-3"), guess("dora")];
-        let answers = login_all(&store, &run).unwrap();
+        let answers = login_all(&store, &run, now_ms()).unwrap();
         assert!(
             matches!(answers[3], Ok(Login::Locked(_))),
             "{:?}",
@@ -319,7 +321,7 @@ mod tests {
         );
         // An operator's unlock opens it for every lookup.
         unlock(&store, "LOCKED-OUT").unwrap();
-        let open = login(&store, "locked-out", None, &t, Unknown::Nothing).unwrap();
+        let open = login(&store, "locked-out", None, &t, Unknown::Nothing, now_ms()).unwrap();
         assert!(matches!(open, Login::Open { account: None, .. }));
     }
 
@@ -337,20 +339,39 @@ mod tests {
         create(&store, "alice");
         for _ in 0..3 {
             assert_eq!(
-                failed(&store, Some("alice"), ip("10.0.0.1"), &t).unwrap(),
+                failed(&store, Some("alice"), ip("10.0.0.1"), &t, now_ms()).unwrap(),
                 None
             );
         }
         assert!(matches!(
-            login(&store, "ALICE", None, &t, Unknown::Address).unwrap(),
+            login(&store, "ALICE", None, &t, Unknown::Address, now_ms()).unwrap(),
             Login::Locked(_)
         ));
         assert!(matches!(
-            login(&store, "bob", ip("10.0.0.1"), &t, Unknown::Address).unwrap(),
+            login(
+                &store,
+                "bob",
+                ip("10.0.0.1"),
+                &t,
+                Unknown::Address,
+                now_ms()
+            )
+            .unwrap(),
             Login::Locked(_)
         ));
         assert_eq!(
-            open(login(&store, "bob", ip("10.0.0.2"), &t, Unknown::Address).unwrap()).0,
+            open(
+                login(
+                    &store,
+                    "bob",
+                    ip("10.0.0.2"),
+                    &t,
+                    Unknown::Address,
+                    now_ms()
+                )
+                .unwrap()
+            )
+            .0,
             None
         );
         // Refused while locked, and not counted: the address's record is as it was.
@@ -358,7 +379,9 @@ mod tests {
             .find_for_login("x", &[address_key(ip("10.0.0.1").unwrap())])
             .unwrap()
             .1;
-        let wait = failed(&store, None, ip("10.0.0.1"), &t).unwrap().unwrap();
+        let wait = failed(&store, None, ip("10.0.0.1"), &t, now_ms())
+            .unwrap()
+            .unwrap();
         assert!(
             wait > Duration::from_secs(9) && wait <= Duration::from_secs(10),
             "{wait:?}"
@@ -376,12 +399,21 @@ mod tests {
             .as_millis() as i64;
         assert!((wall - started).abs() < 60_000, "{started}");
         // Success clears the account, not the address.
-        succeeded(&store, "Alice", None, false).unwrap();
-        let (account, settled) = open(login(&store, "alice", None, &t, Unknown::Address).unwrap());
+        succeeded(&store, "Alice", None, false, now_ms()).unwrap();
+        let (account, settled) =
+            open(login(&store, "alice", None, &t, Unknown::Address, now_ms()).unwrap());
         assert_eq!(account.map(|a| a.username).as_deref(), Some("alice"));
         assert!(settled);
         assert!(matches!(
-            login(&store, "alice", ip("10.0.0.1"), &t, Unknown::Address).unwrap(),
+            login(
+                &store,
+                "alice",
+                ip("10.0.0.1"),
+                &t,
+                Unknown::Address,
+                now_ms()
+            )
+            .unwrap(),
             Login::Locked(_)
         ));
     }
@@ -391,27 +423,73 @@ mod tests {
         let (_dir, store) = store();
         let t = thresholds();
         create(&store, "carol");
-        let (_, settled) =
-            open(login(&store, "carol", ip("198.51.100.1"), &t, Unknown::Address).unwrap());
+        let (_, settled) = open(
+            login(
+                &store,
+                "carol",
+                ip("198.51.100.1"),
+                &t,
+                Unknown::Address,
+                now_ms(),
+            )
+            .unwrap(),
+        );
         assert!(!settled, "a new address is news");
-        succeeded(&store, "carol", ip("198.51.100.1"), false).unwrap();
-        assert!(open(login(&store, "carol", ip("198.51.100.1"), &t, Unknown::Address).unwrap()).1);
+        succeeded(&store, "carol", ip("198.51.100.1"), false, now_ms()).unwrap();
+        assert!(
+            open(
+                login(
+                    &store,
+                    "carol",
+                    ip("198.51.100.1"),
+                    &t,
+                    Unknown::Address,
+                    now_ms()
+                )
+                .unwrap()
+            )
+            .1
+        );
         for i in 0..3 {
-            failed(&store, Some("carol"), ip(&format!("203.0.113.{i}")), &t).unwrap();
+            failed(
+                &store,
+                Some("carol"),
+                ip(&format!("203.0.113.{i}")),
+                &t,
+                now_ms(),
+            )
+            .unwrap();
         }
         assert!(matches!(
-            login(&store, "carol", ip("203.0.113.10"), &t, Unknown::Address).unwrap(),
+            login(
+                &store,
+                "carol",
+                ip("203.0.113.10"),
+                &t,
+                Unknown::Address,
+                now_ms()
+            )
+            .unwrap(),
             Login::Locked(_)
         ));
         assert!(
             matches!(
-                login(&store, "carol", None, &t, Unknown::Address).unwrap(),
+                login(&store, "carol", None, &t, Unknown::Address, now_ms()).unwrap(),
                 Login::Locked(_)
             ),
             "no address is never familiar"
         );
-        let (account, settled) =
-            open(login(&store, "carol", ip("198.51.100.1"), &t, Unknown::Address).unwrap());
+        let (account, settled) = open(
+            login(
+                &store,
+                "carol",
+                ip("198.51.100.1"),
+                &t,
+                Unknown::Address,
+                now_ms(),
+            )
+            .unwrap(),
+        );
         assert!(account.is_some());
         assert!(!settled, "its success must clear the lock");
     }
@@ -422,12 +500,31 @@ mod tests {
         let t = thresholds();
         for _ in 0..3 {
             assert_eq!(
-                open(login(&store, "ghost", ip("10.0.0.9"), &t, Unknown::Address).unwrap()).0,
+                open(
+                    login(
+                        &store,
+                        "ghost",
+                        ip("10.0.0.9"),
+                        &t,
+                        Unknown::Address,
+                        now_ms()
+                    )
+                    .unwrap()
+                )
+                .0,
                 None
             );
         }
         assert!(matches!(
-            login(&store, "other", ip("10.0.0.9"), &t, Unknown::Address).unwrap(),
+            login(
+                &store,
+                "other",
+                ip("10.0.0.9"),
+                &t,
+                Unknown::Address,
+                now_ms()
+            )
+            .unwrap(),
             Login::Locked(_)
         ));
         for i in 0..3 {
@@ -438,6 +535,7 @@ mod tests {
                     ip(&format!("10.1.0.{i}")),
                     &t,
                     Unknown::AddressAndName,
+                    now_ms(),
                 )
                 .unwrap(),
             );
@@ -448,14 +546,15 @@ mod tests {
                 "PHANTOM",
                 ip("10.2.0.1"),
                 &t,
-                Unknown::AddressAndName
+                Unknown::AddressAndName,
+                now_ms()
             )
             .unwrap(),
             Login::Locked(_)
         ));
         // Without an address and without hiding, nothing is written.
         for _ in 0..5 {
-            open(login(&store, "nobody", None, &t, Unknown::Address).unwrap());
+            open(login(&store, "nobody", None, &t, Unknown::Address, now_ms()).unwrap());
         }
         assert_eq!(store.prune_records(now_ms(), u64::MAX).unwrap(), 0);
         let keys = [account_key("nobody")];
@@ -475,25 +574,26 @@ mod tests {
         };
         create(&store, "taken");
         assert_eq!(
-            register(&store, "Taken", ip("192.0.2.1"), &limit).unwrap(),
+            register(&store, "Taken", ip("192.0.2.1"), &limit, now_ms()).unwrap(),
             Registering::Taken
         );
         assert_eq!(
-            register(&store, "free", ip("192.0.2.1"), &limit).unwrap(),
+            register(&store, "free", ip("192.0.2.1"), &limit, now_ms()).unwrap(),
             Registering::Free
         );
-        let Registering::Locked(wait) = register(&store, "free", ip("192.0.2.1"), &limit).unwrap()
+        let Registering::Locked(wait) =
+            register(&store, "free", ip("192.0.2.1"), &limit, now_ms()).unwrap()
         else {
             panic!("not limited");
         };
         assert!(wait > Duration::from_secs(55) && wait <= Duration::from_secs(60));
         assert_eq!(
-            register(&store, "free", ip("192.0.2.2"), &limit).unwrap(),
+            register(&store, "free", ip("192.0.2.2"), &limit, now_ms()).unwrap(),
             Registering::Free
         );
         for _ in 0..5 {
             assert_eq!(
-                register(&store, "free", None, &limit).unwrap(),
+                register(&store, "free", None, &limit, now_ms()).unwrap(),
                 Registering::Free,
                 "no address, no limit"
             );

@@ -6,6 +6,7 @@
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use ring::signature::{Ed25519KeyPair, KeyPair};
+use rustls_pki_types::pem::{self, PemObject, SectionKind};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
@@ -122,14 +123,15 @@ impl SigningKey {
 
     /// Read a `PRIVATE KEY` PEM file.
     pub fn read(path: &Path) -> Result<SigningKey, KeyError> {
-        let (label, der) = read_pem(path)?;
+        let (kind, der) = read_pem(path)?;
         let malformed = |detail: String| KeyError::Malformed {
             path: path.to_path_buf(),
             detail,
         };
-        if label != "PRIVATE KEY" {
+        if kind != SectionKind::PrivateKey {
             return Err(malformed(format!(
-                "a signing key is a PRIVATE KEY, not {label}"
+                "a signing key is a PRIVATE KEY, not {}",
+                label(kind)
             )));
         }
         SigningKey::from_pkcs8(der).map_err(malformed)
@@ -149,10 +151,10 @@ impl SigningKey {
 
 /// Read the public key of a `PUBLIC KEY` PEM file, or of a `PRIVATE KEY` one.
 pub fn read_verify_key(path: &Path) -> Result<VerifyKey, KeyError> {
-    let (label, der) = read_pem(path)?;
-    match label.as_str() {
-        "PRIVATE KEY" => SigningKey::read(path).map(|key| key.verify),
-        "PUBLIC KEY" => match der.strip_prefix(&SPKI_PREFIX[..]) {
+    let (kind, der) = read_pem(path)?;
+    match kind {
+        SectionKind::PrivateKey => SigningKey::read(path).map(|key| key.verify),
+        SectionKind::PublicKey => match der.strip_prefix(&SPKI_PREFIX[..]) {
             Some(public) => public
                 .try_into()
                 .map(VerifyKey::new)
@@ -165,7 +167,7 @@ pub fn read_verify_key(path: &Path) -> Result<VerifyKey, KeyError> {
         }),
         other => Err(KeyError::Malformed {
             path: path.to_path_buf(),
-            detail: format!("a PUBLIC KEY or PRIVATE KEY, not {other}"),
+            detail: format!("a PUBLIC KEY or PRIVATE KEY, not {}", label(other)),
         }),
     }
 }
@@ -184,8 +186,8 @@ fn pem(label: &str, der: &[u8]) -> String {
     )
 }
 
-/// The label and DER of the first PEM block in the file at `path`.
-fn read_pem(path: &Path) -> Result<(String, Vec<u8>), KeyError> {
+/// The kind and DER of the first PEM block in the file at `path`.
+fn read_pem(path: &Path) -> Result<(SectionKind, Vec<u8>), KeyError> {
     // A key file is a few hundred bytes: refuse to read a huge one whole.
     let text = std::fs::metadata(path)
         .and_then(|meta| match meta.len() {
@@ -205,22 +207,33 @@ fn read_pem(path: &Path) -> Result<(String, Vec<u8>), KeyError> {
     })
 }
 
-fn parse_pem(text: &str) -> Result<(String, Vec<u8>), String> {
-    let mut lines = text.lines().map(str::trim);
-    let label = lines
-        .find_map(|l| l.strip_prefix("-----BEGIN ")?.strip_suffix("-----"))
-        .ok_or("no PEM block")?
-        .to_string();
-    let end = format!("-----END {label}-----");
-    let mut body = String::new();
-    for line in lines.by_ref() {
-        if line == end {
-            let der = STANDARD.decode(&body).map_err(|e| e.to_string())?;
-            return Ok((label, der));
+/// The kind and DER of the first PEM block of a kind `rustls-pki-types` knows in `text`.
+fn parse_pem(text: &str) -> Result<(SectionKind, Vec<u8>), String> {
+    <(SectionKind, Vec<u8>)>::from_pem_slice(text.as_bytes()).map_err(|e| match e {
+        pem::Error::NoItemsFound => "no PEM block".to_string(),
+        pem::Error::MissingSectionEnd { end_marker } => {
+            format!(
+                "no -----END {}----- line",
+                String::from_utf8_lossy(&end_marker)
+            )
         }
-        body.push_str(line);
+        other => other.to_string(),
+    })
+}
+
+/// The label a PEM block of `kind` begins with.
+fn label(kind: SectionKind) -> &'static str {
+    match kind {
+        SectionKind::Certificate => "CERTIFICATE",
+        SectionKind::PublicKey => "PUBLIC KEY",
+        SectionKind::RsaPrivateKey => "RSA PRIVATE KEY",
+        SectionKind::PrivateKey => "PRIVATE KEY",
+        SectionKind::EcPrivateKey => "EC PRIVATE KEY",
+        SectionKind::Crl => "X509 CRL",
+        SectionKind::Csr => "CERTIFICATE REQUEST",
+        SectionKind::EchConfigList => "ECHCONFIG",
+        _ => "an unknown kind",
     }
-    Err(format!("no {end} line"))
 }
 
 #[cfg(test)]
@@ -275,9 +288,17 @@ mod tests {
             ("", "no PEM block"),
             (
                 "-----BEGIN PRIVATE KEY-----\n!!!\n-----END PRIVATE KEY-----\n",
-                "Invalid",
+                "base64",
             ),
-            ("-----BEGIN PRIVATE KEY-----\nAAAA\n", "no -----END"),
+            (
+                "-----BEGIN PRIVATE KEY-----\nAAAA\n",
+                "no -----END PRIVATE KEY----- line",
+            ),
+            // A kind no key is: told as what it is, or as no block at all.
+            (
+                "-----BEGIN FOO-----\nAAAA\n-----END FOO-----\n",
+                "no PEM block",
+            ),
             (
                 "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
                 "CERTIFICATE",
@@ -300,5 +321,56 @@ mod tests {
             read_verify_key(&dir.path().join("missing")),
             Err(KeyError::Read { .. })
         ));
+    }
+
+    /// Keys made by openssl (with text before the block, with CRLF line ends) and by
+    /// `login-server gen-token-key` load, and each pair's halves agree.
+    #[test]
+    fn key_files_made_by_openssl_and_by_gen_token_key_load() {
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        let kid = |file: &str| read_verify_key(&fixtures.join(file)).unwrap().kid.clone();
+        let openssl = SigningKey::read(&fixtures.join("openssl-ed25519.key")).unwrap();
+        let ours = SigningKey::read(&fixtures.join("gen-token-key.key")).unwrap();
+        assert_eq!(openssl.verify_key().kid, kid("openssl-ed25519.pub"));
+        assert_eq!(openssl.verify_key().kid, kid("openssl-ed25519-crlf.pub"));
+        assert_eq!(
+            openssl.verify_key().kid,
+            kid("openssl-ed25519-with-text.key")
+        );
+        // The kid gen-token-key printed when it made the file.
+        assert_eq!(
+            ours.verify_key().kid,
+            "0_Gz8p3qQMIBN8aBYfsn7Gz94S8R4GPk5Rzpi2ParfY"
+        );
+        assert_eq!(ours.verify_key().kid, kid("gen-token-key.pub"));
+        assert_eq!(ours.verify_key().kid, kid("gen-token-key.key"));
+    }
+
+    /// A block of another kind is named for what it is, whichever reader it reaches.
+    #[test]
+    fn blocks_of_other_kinds_are_named_by_their_label() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("other");
+        let block = |label: &str| format!("-----BEGIN {label}-----\nAAAA\n-----END {label}-----\n");
+        for label in [
+            "CERTIFICATE",
+            "RSA PRIVATE KEY",
+            "EC PRIVATE KEY",
+            "X509 CRL",
+            "CERTIFICATE REQUEST",
+            "ECHCONFIG",
+        ] {
+            std::fs::write(&path, block(label)).unwrap();
+            let error = read_verify_key(&path).unwrap_err().to_string();
+            assert!(error.ends_with(&format!("not {label}")), "{label}: {error}");
+            let error = SigningKey::read(&path).err().unwrap().to_string();
+            assert!(error.ends_with(&format!("not {label}")), "{label}: {error}");
+        }
+        std::fs::write(&path, block("PUBLIC KEY")).unwrap();
+        let error = SigningKey::read(&path).err().unwrap().to_string();
+        assert!(
+            error.ends_with("a signing key is a PRIVATE KEY, not PUBLIC KEY"),
+            "{error}"
+        );
     }
 }

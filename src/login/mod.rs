@@ -222,6 +222,7 @@ impl LoginServer {
                 let listen = SocketAddr::from(([127, 0, 0, 1], 0));
                 let db = AccountDb::open(AccountDbConfig {
                     data: config.data.clone(),
+                    clock: config.service.clock.clone(),
                     ..AccountDbConfig::embedded(listen, secret.clone())
                 })?;
                 tracing::info!(addr = %db.local_addr(), data = %config.data.display(), "embedded account-db started");
@@ -415,6 +416,9 @@ impl LoginServer {
         threads.push(spawn_named("io".into(), move || io_loop.run())?);
         tracing::info!(
             addr = %local_addr,
+            metrics = metrics_endpoint
+                .as_ref()
+                .map(|e| tracing::field::display(e.local_addr())),
             workers = config.workers(),
             hash_threads = config.hash_threads(),
             hash_params = %config.hash_params,

@@ -9,7 +9,9 @@
 //!
 //! The account store only ever sees password hashes, never passwords.
 
-use crate::throttle::{Millis, Origin, RegisterLimit, Thresholds, Unknown};
+use crate::throttle::{Origin, RegisterLimit, Thresholds, Unknown};
+
+use crate::clock::Millis;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::time::Duration;
 

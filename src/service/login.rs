@@ -10,7 +10,7 @@ use crate::auth::password::{self, HashError, Memory};
 use crate::legacy::{Known, RESERVED_HASH};
 use crate::protocol::accountdb::{DbRequest, Login};
 use crate::protocol::gateway::{Op, Reply, SupportReason};
-use crate::throttle::{now_ms, Origin, Unknown};
+use crate::throttle::{Origin, Unknown};
 use std::time::Duration;
 
 impl Service {
@@ -89,7 +89,7 @@ impl Service {
                 origin: pending.origin,
                 new_password: pending.new_password,
                 reserved,
-                looked_up: now_ms(),
+                looked_up: self.options.clock.now_ms(),
                 _turn: pending.turn,
             })))
         };
@@ -121,7 +121,7 @@ impl Service {
                     password: pending.password,
                     origin: pending.origin,
                     settled,
-                    looked_up: now_ms(),
+                    looked_up: self.options.clock.now_ms(),
                     _turn: pending.turn,
                 };
                 Step::Hash(HashTask(match pending.new_password {
@@ -141,7 +141,7 @@ impl Service {
             Ok(rehash) => rehash,
             Err(refused) => return refused.finish(found, Op::Login),
         };
-        if let Some(ban) = banned(&found.account) {
+        if let Some(ban) = banned(&found.account, self.options.clock.now_ms()) {
             return Finish::Reply(Reply::banned(ban.until_ms, &ban.reason));
         }
         if rehash {
@@ -149,7 +149,8 @@ impl Service {
         }
         // The session began when the password was looked up: a password change
         // committed while it was being verified voids it.
-        let (token, exp) = self.new_session(&found.account, found.looked_up, now_ms());
+        let (token, exp) =
+            self.new_session(&found.account, found.looked_up, self.options.clock.now_ms());
         let Verification { account, .. } = found;
         Finish::Reply(Reply::logged_in(account.username, account.id).with_token(token, exp))
     }
@@ -176,7 +177,7 @@ impl Service {
         new_password: &str,
         memory: &mut Memory,
     ) -> Reply {
-        if let Some(ban) = banned(&found.account) {
+        if let Some(ban) = banned(&found.account, self.options.clock.now_ms()) {
             return Reply::banned(ban.until_ms, &ban.reason);
         }
         let hash = match self.hash_password(new_password, memory) {
@@ -185,7 +186,7 @@ impl Service {
         };
         // Every session begun before now is void, this one's begins now: one instant,
         // so the new session stands and every older one falls.
-        let now = now_ms();
+        let now = self.options.clock.now_ms();
         match self
             .accounts
             .void_sessions(found.account.id, now, Some(&hash))
@@ -256,7 +257,11 @@ impl Service {
                 // may hold the spelling typed. It is asked on its own stage, before the
                 // failure is counted: the task goes on there.
                 let other_case = self.legacy.is_some() && *typed != account.username;
-                if other_case && self.spelling_asks.may_ask(typed, now_ms()) {
+                if other_case
+                    && self
+                        .spelling_asks
+                        .may_ask(typed, self.options.clock.now_ms())
+                {
                     return Err(Refused::AskOld);
                 }
                 if self.options.hide_user_existence && self.hasher.is_weaker(&account.hash) {
@@ -315,7 +320,7 @@ impl Service {
         if self.legacy.is_none() || typed == holder {
             return None;
         }
-        let (asks, now) = (&self.spelling_asks, now_ms());
+        let (asks, now) = (&self.spelling_asks, self.options.clock.now_ms());
         let confirmed = asks.confirmed(typed, password, now)
             || (may_ask
                 && asks.claim(typed, now)

@@ -9,7 +9,6 @@ use crate::auth::secret::random_token;
 use crate::legacy::{self, Known, RESERVED_HASH};
 use crate::metrics::LegacyOutcome;
 use crate::protocol::gateway::Reply;
-use crate::throttle::now_ms;
 
 impl Service {
     /// What the old account server knows of `username`, counted in the metrics; its failure
@@ -112,10 +111,10 @@ impl Service {
         ) {
             tracing::warn!(user = %account.username, error = %e, "cannot record a successful login");
         }
-        if let Some(ban) = banned(&account) {
+        if let Some(ban) = banned(&account, self.options.clock.now_ms()) {
             return Reply::banned(ban.until_ms, &ban.reason);
         }
-        let (token, exp) = self.new_session(&account, m.looked_up, now_ms());
+        let (token, exp) = self.new_session(&account, m.looked_up, self.options.clock.now_ms());
         match m.new_password {
             Some(_) => Reply::done().with_token(token, exp),
             None => Reply::logged_in(account.username, account.id).with_token(token, exp),

@@ -23,11 +23,12 @@ use crate::accountdb::store::{Account, Created, StoreError};
 use crate::auth::names::Rules;
 use crate::auth::password::{self, HashError, Hasher, Memory};
 use crate::auth::secret::random_token;
+use crate::clock::{Clock, Millis};
 use crate::legacy::{LegacyDb, SpellingAsks};
 use crate::metrics::Metrics;
 use crate::protocol::accountdb::{DbRequest, DbResponse, Registering};
 use crate::protocol::gateway::{Op, RegisterFailure, Reply, Request};
-use crate::throttle::{now_ms, Origin, Policy};
+use crate::throttle::{Origin, Policy};
 use crate::tokens::Tokens;
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,8 +39,8 @@ use turns::*;
 
 /// The account's ban, if it is in force now. Told only to whoever proved the password: to
 /// anyone else a banned account is like any other.
-fn banned(account: &Account) -> Option<&crate::accountdb::store::Ban> {
-    account.ban.as_ref().filter(|ban| ban.until_ms > now_ms())
+fn banned(account: &Account, now: Millis) -> Option<&crate::accountdb::store::Ban> {
+    account.ban.as_ref().filter(|ban| ban.until_ms > now)
 }
 
 /// Behaviour switches of the service: name and password rules, throttling, and whether an
@@ -84,6 +85,10 @@ pub struct Options {
         value_parser = crate::config::seconds
     )]
     pub session_max_age: Duration,
+    /// What the service reads the time from: the system's clock, which tests replace with one
+    /// they move forward ([`Clock::adjustable`]).
+    #[arg(skip)]
+    pub clock: Clock,
 }
 
 impl Default for Options {

@@ -5,16 +5,16 @@ use super::steps::*;
 use super::*;
 use crate::accountdb::store::{Account, Revocation, SessionState};
 use crate::auth::secret::random_token;
+use crate::clock::{millis, Millis};
 use crate::protocol::accountdb::DbRequest;
 use crate::protocol::gateway::{Op, Reply};
-use crate::throttle::{millis, now_ms, Millis};
 use crate::tokens::{Claims, Invalid, Session};
 
 impl Service {
     /// `verify`, `refresh`, `logout` and `logout_all`: no argon2, at most two store round
     /// trips (the session's state, then a revocation). A logout is answered here.
     pub(super) fn begin_session(&self, op: Op, token: &str) -> Begun {
-        let claims = match self.tokens.check(token) {
+        let claims = match self.tokens.check(token, self.options.clock.now_ms()) {
             Ok(claims) => claims,
             Err(reason) => return Begun::Step(Step::Done(Reply::invalid_token(reason))),
         };
@@ -75,7 +75,7 @@ impl Service {
             _ => return Reply::invalid_token(Invalid::Revoked),
         };
         let max_age = millis(self.options.session_max_age);
-        let now = now_ms();
+        let now = self.options.clock.now_ms();
         match op {
             Op::Refresh if now.saturating_sub(claims.auth_ms) >= max_age => {
                 Reply::invalid_token(Invalid::Expired)

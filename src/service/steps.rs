@@ -4,9 +4,10 @@
 
 use super::turns::NameTurn;
 use crate::accountdb::store::Account;
+use crate::clock::Millis;
 use crate::protocol::accountdb::DbRequest;
 use crate::protocol::gateway::{Op, Reply};
-use crate::throttle::{Millis, Origin};
+use crate::throttle::Origin;
 use crate::tokens::Claims;
 
 /// What [`Service::begin`](super::Service::begin) decided.

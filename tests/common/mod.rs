@@ -111,6 +111,21 @@ pub fn start_tiers(
     }
 }
 
+/// Both tiers on one clock that the test moves forward (`clock.advance`) instead of sleeping,
+/// with `tweak` applied to login-server's configuration.
+pub fn start_on_clock(
+    clock: &login_server::clock::Clock,
+    tweak: impl FnOnce(&mut LoginServerConfig),
+) -> Tiers {
+    start_tiers(
+        |db| db.clock = clock.clone(),
+        |c| {
+            c.service.clock = clock.clone();
+            tweak(c)
+        },
+    )
+}
+
 pub fn start() -> Tiers {
     start_with(|_| {})
 }
@@ -144,6 +159,13 @@ pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let status = response[9..12].parse().expect("status code");
     let body = response.split_once("\r\n\r\n").expect("head").1.to_string();
     (status, body)
+}
+
+/// The value of the unlabelled metric `name` at the `/metrics` of `addr`; `None` when absent.
+pub fn metric(addr: SocketAddr, name: &str) -> Option<f64> {
+    let (_, body) = http_get(addr, "/metrics");
+    body.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }
 
 /// A seed-form request; returns the reply's one object.
@@ -329,11 +351,14 @@ pub fn login_server_command<S: AsRef<std::ffi::OsStr>>(
 
 /// Spawn `command` (from [`login_server_command`], with `--log-format json`) and read its log
 /// until it says where it listens: the child, that address, and the rest of its log.
+/// Spawn `command` (from [`login_server_command`]) with JSON logs: the child, the address it
+/// listens on, its metrics address (with `--metrics-listen`), and the log lines after that.
 pub fn spawn_json_logging(
     mut command: Command,
 ) -> (
     Child,
     SocketAddr,
+    Option<SocketAddr>,
     std::io::Lines<BufReader<std::process::ChildStderr>>,
 ) {
     let mut child = command
@@ -341,15 +366,19 @@ pub fn spawn_json_logging(
         .spawn()
         .expect("spawn login-server");
     let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-    let addr = loop {
+    let (addr, metrics) = loop {
         let line = lines.next().expect("a log line").expect("read log");
         let event: Value = serde_json::from_str(&line).expect("JSON log line");
-        if event["fields"]["message"] == "login-server listening" {
-            let addr = event["fields"]["addr"].as_str().expect("addr");
-            break addr.parse().expect("an address");
+        let fields = &event["fields"];
+        if fields["message"] == "login-server listening" {
+            let addr = fields["addr"].as_str().expect("addr");
+            let metrics = fields["metrics"]
+                .as_str()
+                .map(|m| m.parse().expect("an address"));
+            break (addr.parse().expect("an address"), metrics);
         }
     };
-    (child, addr, lines)
+    (child, addr, metrics, lines)
 }
 
 /// Spawn `command` (from [`login_server_command`]) and wait for the address it listens on.

@@ -3,8 +3,9 @@
 //! picks one ([`StoreUrl`](super::StoreUrl)) hands out what they made.
 
 use crate::accountdb::client::connection::DbError;
+use crate::clock::Millis;
 use crate::protocol::accountdb::{Account, Ban, Created, Revocation, SessionState};
-use crate::throttle::{Millis, Origin, Record};
+use crate::throttle::{Origin, Record};
 use std::time::Duration;
 
 /// An account as an operator sees it (`account-db admin show`).

@@ -17,8 +17,9 @@ use super::contract::{
     StoreError, LEGACY_NAMES_IMPORTED, REVOKED_PER_ACCOUNT,
 };
 use crate::auth::names::{fold, skeleton, SKELETON_DATA};
+use crate::clock::Millis;
 use crate::protocol::accountdb::{Account, Ban, Created, Revocation, SessionState};
-use crate::throttle::{Millis, Record};
+use crate::throttle::Record;
 use postgres::types::Type;
 use postgres::{NoTls, Statement};
 use r2d2_postgres::PostgresConnectionManager;
@@ -705,7 +706,7 @@ impl Store for PostgresStore {
         let (until, reason) = ban.map_or((0, ""), |b| (b.until_ms, b.reason.as_str()));
         // A ban voids every session begun before it; lifting one leaves sessions as they are.
         let void = if ban.is_some() {
-            crate::throttle::now_ms()
+            crate::clock::now_ms()
         } else {
             0
         };

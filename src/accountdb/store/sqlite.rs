@@ -15,8 +15,9 @@ use super::contract::{
     LEGACY_NAMES_IMPORTED, REVOKED_PER_ACCOUNT,
 };
 use crate::auth::names::{fold, skeleton, SKELETON_DATA};
+use crate::clock::Millis;
 use crate::protocol::accountdb::{Account, Ban, Created, Revocation, SessionState};
-use crate::throttle::{Millis, Record};
+use crate::throttle::Record;
 use parking_lot::Mutex;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::path::Path;
@@ -647,7 +648,7 @@ impl Store for SqliteStore {
         let (until, reason) = ban.map_or((0, ""), |b| (b.until_ms, b.reason.as_str()));
         // A ban voids every session begun before it; lifting one leaves sessions as they are.
         let void = if ban.is_some() {
-            crate::throttle::now_ms()
+            crate::clock::now_ms()
         } else {
             0
         };
