@@ -9,11 +9,12 @@ PostgreSQL process's (a PostgreSQL there is otherwise idle, or the column is noi
 gateway-sim's (from this script's rusage of its ended children).
 
     cargo build --release --workspace --bins --example two_tier_floor
-    python3 benches/hot_path.py [--duration SECS] [--repeat N] [--postgres URL] [--before DIR] > target/hot-path.md
+    python3 benches/hot_path.py [--duration SECS] [--repeat N] [--postgres URL] [--before DIR] [--tls] > target/hot-path.md
 
 --before DIR names another build's target/release (an older commit built in a worktree, say):
 its login-server and account-db run each load right before this build's, for a before/after
-table. --repeat N runs everything N times, builds alternating, and reports each figure's
+table. --tls adds, for this build, TLS between the tiers against plaintext (the cheap path, and
+logins at the default hash parameters). --repeat N runs everything N times, builds alternating, and reports each figure's
 median run (by throughput): the machine is shared and noisy. Everything runs on loopback; every load is bounded by --duration and stops by itself.
 """
 
@@ -23,6 +24,7 @@ import glob
 import os
 import resource
 import shutil
+import subprocess
 import tempfile
 
 from stress_matrix import BIN, builds as measured_builds, log, need, start, stop, token_key_flags
@@ -121,14 +123,23 @@ def servers(bin_dir, postgres, duration, loads):
     return rows
 
 
-def pair(bin_dir, store_flags, server_flags, duration, load_flags):
-    """One load against a fresh login-server and account-db."""
+def pair(bin_dir, store_flags, server_flags, duration, load_flags, tls=False, hashing=CHEAP):
+    """One load against a fresh login-server and account-db, with TLS between them if `tls`
+    (certificates from this build's `account-db gen-tls`), at --hash-params `hashing` (None:
+    the default)."""
     data = tempfile.mkdtemp(prefix="hot-path-")
+    db_tls, server_tls = [], []
+    if tls:
+        subprocess.run([f"{BIN}/account-db", "gen-tls", f"{data}/tls", "--name", "127.0.0.1"],
+                       check=True, stdout=subprocess.DEVNULL)
+        db_tls = ["--tls-cert", f"{data}/tls/server.pem", "--tls-key", f"{data}/tls/server.key"]
+        server_tls = ["--db-tls-ca", f"{data}/tls/ca.pem"]
+    hash_flags = ["--hash-params", hashing] if hashing else []
     db, db_addr = start([f"{bin_dir}/account-db", "--listen", "127.0.0.1:0", "--data", data,
-                         *store_flags])
+                         *store_flags, *db_tls])
     server, addr = start([f"{bin_dir}/login-server", "--listen", "127.0.0.1:0",
                           "--db", db_addr, "--db-secret-file", f"{data}/account-db.secret",
-                          *token_key_flags(bin_dir, data), "--hash-params", CHEAP,
+                          *token_key_flags(bin_dir, data), *hash_flags, *server_tls,
                           *server_flags])
     report = run(addr, [db.pid, server.pid], duration, *load_flags)
     stop(server)
@@ -137,7 +148,7 @@ def pair(bin_dir, store_flags, server_flags, duration, load_flags):
     return report
 
 
-def measure(bin_dir, postgres, duration):
+def measure(bin_dir, postgres, duration, tls):
     sqlite = servers(bin_dir, None, duration, [
         ("SQLite, seed form", [], ["--form", "seed"]),
         ("SQLite, stream form", [], ["--form", "stream"]),
@@ -147,7 +158,20 @@ def measure(bin_dir, postgres, duration):
         ("PostgreSQL, seed form", [], ["--form", "seed"]),
         ("PostgreSQL, stream form", [], ["--form", "stream"]),
     ])
-    return {**sqlite, **postgres}
+    with_tls = {}
+    if tls:
+        # TLS between the tiers against plaintext, the cheap path and logins at the default
+        # hash parameters (every request a login of a known player).
+        logins = ["--form", "stream", "--mix", "login=1"]
+        for label, hashing, load in [
+            ("SQLite, stream form", CHEAP, ["--form", "stream"]),
+            ("SQLite, stream form, default hash, logins", None, logins),
+        ]:
+            for mode in ["plaintext", "TLS"]:
+                row = f"{label}, {mode}"
+                with_tls[row] = pair(bin_dir, [], [], duration, load, mode == "TLS", hashing)
+                log(bin_dir, row, round(with_tls[row]["throughput"]))
+    return {**sqlite, **postgres, **with_tls}
 
 
 def median(reports):
@@ -162,6 +186,8 @@ def main():
     parser.add_argument("--postgres", default="postgres://postgres@127.0.0.1:5432/test")
     parser.add_argument("--before", help="target/release of another build to compare")
     parser.add_argument("--repeat", type=int, default=1, help="runs of everything; medians")
+    parser.add_argument("--tls", action="store_true",
+                        help="this build also with TLS between the tiers, against plaintext")
     args = parser.parse_args()
     for name in ["login-server", "account-db", "gateway-sim", "examples/two_tier_floor"]:
         need(f"{BIN}/{name}")
@@ -170,7 +196,8 @@ def main():
     for _ in range(max(args.repeat, 1)):
         log("two-tier floor")
         run_floors = floor(args.duration)
-        run_results = {build: measure(bin_dir, args.postgres, args.duration)
+        run_results = {build: measure(bin_dir, args.postgres, args.duration,
+                                      args.tls and build == "after")
                        for build, bin_dir in builds}
         runs.append((run_floors, run_results))
     floors = {form: median([f[form] for f, _ in runs]) for form in runs[0][0]}
@@ -191,8 +218,9 @@ def main():
     for label in results["after"]:
         form = "seed" if "seed" in label else "stream"
         for build, _ in builds:
-            r = results[build][label]
-            row(label, build, r, r["throughput"] / floors[form]["throughput"])
+            r = results[build].get(label)
+            if r:
+                row(label, build, r, r["throughput"] / floors[form]["throughput"])
     after = results["after"]
     pooled = after["SQLite, stream form"]["throughput"]
     print(f"\n- pooled / --db-pool 0, stream form: "
@@ -201,6 +229,17 @@ def main():
         pg = after[f"PostgreSQL, {form} form"]["throughput"]
         print(f"- PostgreSQL / SQLite, {form} form: "
               f"{pg / after[f'SQLite, {form} form']['throughput']:.0%}")
+
+
+    for label in ["SQLite, stream form", "SQLite, stream form, default hash, logins"]:
+        plain, tls = after.get(f"{label}, plaintext"), after.get(f"{label}, TLS")
+        if plain and tls:
+            print(f"- TLS / plaintext, {label}: {tls['throughput'] / plain['throughput']:.0%} "
+                  f"of the throughput, p99 {tls['latency_ms']['p99'] - plain['latency_ms']['p99']:+.2f} ms")
+    for build, _ in builds:
+        print(f"- {build}: every run's req/s: " + "; ".join(
+            f"{label}: " + " / ".join(f"{r[build][label]['throughput']:.0f}" for _, r in runs)
+            for label in runs[0][1][build]))
 
 
 if __name__ == "__main__":

@@ -100,6 +100,16 @@ impl Endpoint {
             false => self.first,
         }
     }
+
+    /// The host as given (a name, or an IP address without its brackets): what a TLS
+    /// certificate is checked against.
+    pub fn host(&self) -> &str {
+        let host = self
+            .text
+            .rsplit_once(':')
+            .map_or(&*self.text, |(host, _)| host);
+        host.trim_start_matches('[').trim_end_matches(']')
+    }
 }
 
 /// A duration given in (fractional) seconds.
@@ -195,6 +205,10 @@ mod tests {
         assert!(named.resolve().ip().is_loopback());
         assert_eq!(named.resolve().port(), 9999);
         assert!("no-such-host.invalid:1".parse::<Endpoint>().is_err());
+        assert_eq!(ip.host(), "127.0.0.1");
+        assert_eq!(named.host(), "localhost");
+        let v6: Endpoint = "[::1]:9999".parse().unwrap();
+        assert_eq!(v6.host(), "::1");
         assert!("localhost".parse::<Endpoint>().is_err(), "a port is needed");
         // A name that stops resolving keeps its address from the start.
         let gone = Endpoint {

@@ -42,6 +42,8 @@
 //!   its values and errors), and the SQLite and PostgreSQL implementations of it.
 //! - [`metrics`] and [`http`]: Prometheus metrics, `/healthz`, `/readyz` and `/keys`.
 //! - [`config`]: what the configuration structs share (parsing, defaults, value parsers);
+//!   [`tls`]: TLS 1.3 between the tiers (rustls): configurations from PEM files, a handshake
+//!   under one deadline, a stream with or without TLS, and `tls::generate` for `gen-tls`;
 //!   [`cidr`]: address blocks for `--allow-from`; [`clock`]: the time the rules judge by,
 //!   which tests move forward;
 //!   [`signals`] and [`logging`]: process plumbing for the binaries.
@@ -64,6 +66,7 @@ pub mod protocol;
 pub mod service;
 pub mod signals;
 pub mod throttle;
+pub mod tls;
 pub mod tokens;
 
 pub use accountdb::server::AccountDb;

@@ -372,6 +372,9 @@ pub struct Gauges {
     /// Per account-db (label `db`): whether it is up, its requests, its failed requests, and
     /// requests retried on it after a failure.
     pub instances: [LiveFamily; 4],
+    /// When the first certificate of `--db-tls-ca` and `--db-tls-cert` expires (seconds since
+    /// the epoch), with TLS to account-db.
+    pub db_tls_expiry: Option<LiveGauge>,
 }
 
 impl Metrics {
@@ -440,6 +443,13 @@ impl Metrics {
         if let Some((open, idle)) = gauges.pool {
             r.register("db_pool_connections", "Pooled account-db connections", open);
             r.register("db_pool_idle", "Idle pooled account-db connections", idle);
+        }
+        if let Some(expiry) = gauges.db_tls_expiry {
+            r.register(
+                "db_tls_cert_expiry_seconds",
+                "When the first certificate of --db-tls-ca and --db-tls-cert expires, in seconds since the epoch",
+                expiry,
+            );
         }
         let [up, requests, errors, retries] = gauges.instances;
         r.register(
@@ -543,11 +553,13 @@ mod tests {
                 LiveFamily::counters("db", one),
                 LiveFamily::counters("db", one),
             ],
+            db_tls_expiry: Some(LiveGauge::new(|| 1_800_000_000)),
         };
         let text = encode(&m.registry(gauges));
         for line in [
             "login_requests_total{op=\"login\",code=\"3\"} 2",
             "login_requests_total{op=\"none\",code=\"6\"} 1",
+            "login_db_tls_cert_expiry_seconds 1800000000",
             "login_request_duration_seconds_bucket{le=\"0.005\"} 2",
             "login_request_duration_seconds_bucket{le=\"+Inf\"} 3",
             "login_request_duration_seconds_count 3",

@@ -1,8 +1,9 @@
-//! The signals that stop a server, shared by the binaries.
+//! The signals a server acts on, shared by the binaries.
 //!
-//! SIGINT and SIGTERM ask for a graceful stop. SIGHUP does not stop anything: a server started
-//! under `nohup` or from a terminal that closes keeps serving, and the hang-up is logged.
-//! (Logs go to stderr, which the service manager owns, so there is nothing to reopen.)
+//! SIGINT and SIGTERM ask for a graceful stop. SIGHUP never stops anything (a server started
+//! under `nohup` or from a terminal that closes keeps serving): it asks the server to read its
+//! TLS files again, and a reload that fails keeps what was in force. (Logs go to stderr, which
+//! the service manager owns, so there is nothing to reopen.)
 
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
@@ -34,11 +35,12 @@ impl StopSignals {
         self.stopped.load(Ordering::SeqCst)
     }
 
-    /// Block until SIGINT or SIGTERM arrives; SIGHUP is logged and ignored.
-    pub fn wait(mut self) {
+    /// Block until SIGINT or SIGTERM arrives; on each SIGHUP, run `reload` and go on waiting.
+    pub fn wait(mut self, mut reload: impl FnMut()) {
         for signal in self.signals.forever() {
             if signal == SIGHUP {
-                tracing::info!("SIGHUP received: ignored (SIGTERM or SIGINT stops the server)");
+                tracing::info!("SIGHUP received: reloading (SIGTERM or SIGINT stops the server)");
+                reload();
                 continue;
             }
             return;

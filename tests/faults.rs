@@ -127,7 +127,9 @@ fn a_panic_answers_7_and_the_worker_pool_keeps_its_size() {
     config.workers = Some(1); // a lost worker would leave none
     let metrics = Metrics::default();
     let store = Arc::new(PanicButton(RemoteStore::new(
-        &config.db_client(vec![db.local_addr().into()], secret.clone()),
+        &config
+            .db_client(vec![db.local_addr().into()], secret.clone())
+            .expect("no TLS files to load"),
         metrics.clone(),
     )));
     let server = LoginServer::spawn_with_store(config, store, Arc::new(Vec::new), metrics).unwrap();

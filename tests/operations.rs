@@ -117,6 +117,7 @@ fn account_db_serves_its_own_metrics() {
         db.local_addr(),
         common::PATIENCE,
         &Secret::generate(),
+        None,
     );
     assert!(bad.is_err());
     let metrics = db.metrics_addr().unwrap();
@@ -251,10 +252,18 @@ fn documented_names() -> std::collections::BTreeSet<String> {
 
 #[test]
 fn every_documented_metric_is_exported_and_nothing_else() {
-    let dir = tempfile::tempdir().unwrap();
+    // With TLS between the tiers, whose metrics exist only then.
+    let (dir, tls) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let names = ["127.0.0.1".to_string()];
+    login_server::tls::generate::write(tls.path(), &names, false, 30).unwrap();
     let secret = Secret::generate();
-    let db = db_with_metrics(dir.path(), &secret);
+    let mut db_config = AccountDbConfig::embedded("127.0.0.1:0".parse().unwrap(), secret.clone());
+    db_config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    db_config.tls_cert = Some(tls.path().join("server.pem"));
+    db_config.tls_key = Some(tls.path().join("server.key"));
+    let db = AccountDb::spawn(db_config, Arc::new(SqliteStore::open(dir.path()).unwrap())).unwrap();
     let mut config = common::config(db.local_addr(), &secret);
+    config.db_tls_ca = Some(tls.path().join("ca.pem"));
     config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
     let server = LoginServer::spawn(config).unwrap();
     let mut exposed = exposed_names(&get(server.metrics_addr().unwrap(), "/metrics").1);

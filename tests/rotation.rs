@@ -226,7 +226,8 @@ fn a_secret_given_in_memory_outlives_the_reloads() {
     let secret = Secret::generate();
     let db = common::start_db(dir.path(), &secret);
     std::thread::sleep(Duration::from_millis(2500));
-    let conn = login_server::accountdb::client::DbConn::connect(db.local_addr(), PATIENCE, &secret);
+    let conn =
+        login_server::accountdb::client::DbConn::connect(db.local_addr(), PATIENCE, &secret, None);
     assert!(conn.is_ok());
 }
 

@@ -19,8 +19,8 @@ fn account_db_refuses_a_wrong_or_missing_secret() {
     let dir = tempfile::tempdir().unwrap();
     let db = DbProcess::start(dir.path(), "127.0.0.1:0");
     let timeout = Duration::from_secs(5);
-    assert!(DbConn::connect(db.addr, timeout, &db.secret).is_ok());
-    let err = DbConn::connect(db.addr, timeout, &Secret::generate())
+    assert!(DbConn::connect(db.addr, timeout, &db.secret, None).is_ok());
+    let err = DbConn::connect(db.addr, timeout, &Secret::generate(), None)
         .err()
         .expect("a wrong secret is refused");
     assert!(err.to_string().contains("authentication failed"), "{err}");
@@ -192,15 +192,15 @@ fn a_rotation_accepts_the_old_and_the_next_secret_at_once() {
     let files = format!("{},{}", old.display(), next.display());
     let db = DbProcess::start_with(dir.path(), "127.0.0.1:0", &["--secret-file", &files]);
     for secret in [&old_secret, &next_secret] {
-        assert!(DbConn::connect(db.addr, common::PATIENCE, secret).is_ok());
+        assert!(DbConn::connect(db.addr, common::PATIENCE, secret, None).is_ok());
     }
-    assert!(DbConn::connect(db.addr, common::PATIENCE, &Secret::generate()).is_err());
+    assert!(DbConn::connect(db.addr, common::PATIENCE, &Secret::generate(), None).is_err());
     drop(db);
     // The rotation done: the old one is refused.
     let only_next = next.display().to_string();
     let db = DbProcess::start_with(dir.path(), "127.0.0.1:0", &["--secret-file", &only_next]);
-    assert!(DbConn::connect(db.addr, common::PATIENCE, &next_secret).is_ok());
-    assert!(DbConn::connect(db.addr, common::PATIENCE, &old_secret).is_err());
+    assert!(DbConn::connect(db.addr, common::PATIENCE, &next_secret, None).is_ok());
+    assert!(DbConn::connect(db.addr, common::PATIENCE, &old_secret, None).is_err());
 }
 
 #[test]

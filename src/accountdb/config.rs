@@ -53,6 +53,30 @@ pub enum Command {
         /// Where to write it.
         path: PathBuf,
     },
+    /// Write a small CA and a server certificate for trying TLS between the tiers: DIR/ca.pem
+    /// and ca.key, DIR/server.pem and server.key (for --tls-cert and --tls-key; login-server's
+    /// --db-tls-ca takes ca.pem), and with --client DIR/client.pem and client.key (for
+    /// login-server's --db-tls-cert and --db-tls-key; account-db's --tls-client-ca takes
+    /// ca.pem). Keys are mode 0600. Nothing is overwritten: it fails if any of them exists.
+    GenTls {
+        /// Where to write them (created if missing).
+        dir: PathBuf,
+        /// The names the server certificate holds: DNS names or IP addresses, as login-servers
+        /// write them in --db (or their --db-tls-name).
+        #[arg(
+            long,
+            value_name = "NAME[,NAME]",
+            value_delimiter = ',',
+            required = true
+        )]
+        name: Vec<String>,
+        /// Write a client certificate too.
+        #[arg(long)]
+        client: bool,
+        /// Days the certificates are valid (the CA: 3650).
+        #[arg(long, value_name = "N", default_value = "365", value_parser = clap::value_parser!(i64).range(1..=3650))]
+        days: i64,
+    },
     /// Rotate the secret login-servers prove, without a restart: `stage`, move every
     /// login-server to the staged secret, `finish` (see docs/operations.md). Works on the
     /// current secret file: the first --secret-file, else DATA/account-db.secret.
@@ -103,9 +127,21 @@ pub struct AccountDbConfig {
     )]
     pub data: PathBuf,
     /// Where the accounts live: sqlite:DIR, or postgres://user@host:port/dbname (several
-    /// account-dbs may serve one PostgreSQL database). Defaults to sqlite:DATA.
+    /// account-dbs may serve one PostgreSQL database). Its sslmode (disable, prefer, require,
+    /// verify-ca, verify-full: libpq's meanings; default prefer) and sslrootcert (the CA of the
+    /// verify modes) are honoured. Defaults to sqlite:DATA.
     #[arg(global = true, long, value_name = "URL", env = "ACCOUNT_DB_STORE")]
     pub store: Option<StoreUrl>,
+    /// File holding the PostgreSQL password (its whole text, less a final newline; mode 0600),
+    /// used when --store's URL has none; without it, a pgpass file (PGPASSFILE, else
+    /// ~/.pgpass) is read as libpq reads one. Defaults to none.
+    #[arg(
+        global = true,
+        long,
+        value_name = "FILE",
+        env = "ACCOUNT_DB_STORE_PASSWORD_FILE"
+    )]
+    pub store_password_file: Option<PathBuf>,
     /// PostgreSQL connections pooled by this account-db (unused with SQLite). Defaults to 16.
     #[arg(
         global = true,
@@ -219,6 +255,39 @@ pub struct AccountDbConfig {
         value_parser = seconds
     )]
     pub auth_timeout: Duration,
+    /// PEM certificate chain (this server's first) for TLS on --listen; with --tls-key,
+    /// account-db accepts TLS 1.3 only (see --tls-optional). Defaults to none: plaintext.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "ACCOUNT_DB_TLS_CERT",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert; refused at start if group or others may read it.
+    /// Defaults to none.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "ACCOUNT_DB_TLS_KEY",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+    /// With --tls-cert, accept plaintext login-servers too (told apart by their first byte),
+    /// for a rollout only: a plaintext link can be read and rewritten on its way. Logged as a
+    /// warning at start. Defaults to off: TLS only.
+    #[arg(long, env = "ACCOUNT_DB_TLS_OPTIONAL", requires = "tls_cert")]
+    pub tls_optional: bool,
+    /// PEM CA certificates: with --tls-cert, every login-server must present a certificate
+    /// from one of them (login-server's --db-tls-cert). Defaults to none: no client
+    /// certificate asked for.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "ACCOUNT_DB_TLS_CLIENT_CA",
+        requires = "tls_cert"
+    )]
+    pub tls_client_ca: Option<PathBuf>,
     /// Serve Prometheus /metrics, /healthz and /readyz on this address. Defaults to none.
     #[arg(
         long,
@@ -260,6 +329,15 @@ impl AccountDbConfig {
             secret: Some(secret),
             ..AccountDbConfig::default()
         }
+    }
+
+    /// The TLS files `--tls-cert`, `--tls-key` and `--tls-client-ca` name; `None` without TLS.
+    pub fn tls_files(&self) -> Option<crate::tls::ServerFiles> {
+        Some(crate::tls::ServerFiles {
+            cert: self.tls_cert.clone()?,
+            key: self.tls_key.clone()?,
+            client_ca: self.tls_client_ca.clone(),
+        })
     }
 
     /// The store `--store` names, or the SQLite one in `--data`.

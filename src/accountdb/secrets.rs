@@ -112,12 +112,15 @@ impl AcceptedSecrets {
             .collect()
     }
 
-    /// Which secret, if any, `proof` proves for `nonce`. Counts it, and warns (at most every
+    /// Which secret, if any, `proof` proves for `nonce` on a connection with `binding` (its TLS
+    /// session's, see [`Secret::proof`]). Counts it, and warns (at most every
     /// 10 minutes) when it is not the current one: a rotation is under way.
-    pub fn verify(&self, nonce: &str, proof: &str) -> Option<Proved> {
+    pub fn verify(&self, nonce: &str, binding: Option<&[u8]>, proof: &str) -> Option<Proved> {
         let (index, fingerprint) = {
             let secrets = self.secrets.read();
-            let index = secrets.iter().position(|s| s.verify(nonce, proof))?;
+            let index = secrets
+                .iter()
+                .position(|s| s.verify(nonce, binding, proof))?;
             (index, secrets[index].fingerprint())
         };
         let proved = Proved {
@@ -371,7 +374,7 @@ mod tests {
             })
         };
         assert_eq!(
-            accepted.verify(nonce, &current.proof(nonce)),
+            accepted.verify(nonce, None, &current.proof(nonce, None)),
             proved(current.fingerprint(), true)
         );
         assert!(accepted.reload(&log).is_empty(), "nothing changed");
@@ -379,7 +382,7 @@ mod tests {
         stage(&primary, None).unwrap();
         let next = Secret::read(&staged_path(&primary)).unwrap();
         assert_eq!(
-            accepted.verify(nonce, &next.proof(nonce)),
+            accepted.verify(nonce, None, &next.proof(nonce, None)),
             None,
             "not yet read"
         );
@@ -389,10 +392,13 @@ mod tests {
             [current.fingerprint(), next.fingerprint()]
         );
         assert_eq!(
-            accepted.verify(nonce, &next.proof(nonce)),
+            accepted.verify(nonce, None, &next.proof(nonce, None)),
             proved(next.fingerprint(), false)
         );
-        assert_eq!(accepted.verify(nonce, &next.proof("other")), None);
+        assert_eq!(
+            accepted.verify(nonce, None, &next.proof("other", None)),
+            None
+        );
         let counts = accepted.proofs();
         assert_eq!(
             counts,
@@ -402,7 +408,10 @@ mod tests {
         finish(&primary).unwrap();
         assert_eq!(accepted.reload(&log), [current.fingerprint()]);
         assert_eq!(accepted.fingerprints(), [next.fingerprint()]);
-        assert_eq!(accepted.verify(nonce, &current.proof(nonce)), None);
+        assert_eq!(
+            accepted.verify(nonce, None, &current.proof(nonce, None)),
+            None
+        );
         // Counters only grow: the old secret's count stays listed.
         assert_eq!(accepted.proofs().len(), 2);
     }

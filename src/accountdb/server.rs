@@ -18,6 +18,7 @@ use crate::metrics::{LabeledCounters, LiveFamily, LiveGauge};
 use crate::protocol::accountdb::{
     decode_line, encode_line, DbRequest, DbResponse, Greeting, MAX_LINE,
 };
+use crate::tls::{Material, ServerFiles, Stream, TlsError};
 use parking_lot::Mutex;
 use prometheus_client::metrics::counter::Counter;
 use std::collections::{HashMap, VecDeque};
@@ -60,6 +61,9 @@ pub enum AccountDbStartError {
     /// The OS refuses a thread (resource limits).
     #[error("cannot start the accept thread: {0}")]
     Thread(#[from] io::Error),
+    /// `--tls-cert`, `--tls-key` or `--tls-client-ca` cannot be loaded.
+    #[error("cannot set up TLS: {0}")]
+    Tls(#[from] TlsError),
 }
 
 /// What the handlers share: the settings they need, open connections (so shutdown can wake
@@ -69,14 +73,16 @@ struct Shared {
     secrets: AcceptedSecrets,
     max_connections: usize,
     max_handshakes: usize,
-    /// Connections in their handshake, oldest first (ids into `open`); capped apart from the
-    /// authenticated ones.
-    handshaking: Mutex<VecDeque<u64>>,
+    /// Connections in their handshake, oldest first (ids into `open`, and when each began);
+    /// capped apart from the authenticated ones.
+    handshaking: Mutex<VecDeque<(u64, Instant)>>,
     authenticated: AtomicUsize,
     /// Refusals are logged as a summary at most once per 10 s.
     refusal_log: RateLimited,
     idle_timeout: Duration,
     auth_timeout: Duration,
+    /// TLS on --listen, if served.
+    tls: Option<ServedTls>,
     stopping: AtomicBool,
     next_id: AtomicU64,
     open: Mutex<HashMap<u64, Open>>,
@@ -127,6 +133,18 @@ impl Shared {
             "Authenticated connections open, by the fingerprint of the secret they proved",
             by_secret,
         );
+        if self.tls.is_some() {
+            let shared = self.clone();
+            let expiry = LiveGauge::new(move || {
+                let tls = shared.tls.as_ref();
+                tls.and_then(|tls| tls.material.expiry()).unwrap_or(0)
+            });
+            r.register(
+                "tls_cert_expiry_seconds",
+                "When the first certificate of --tls-cert and --tls-client-ca expires, in seconds since the epoch",
+                expiry,
+            );
+        }
         crate::metrics::register_process(&mut r);
         r
     }
@@ -186,7 +204,7 @@ struct Handshaking<'a>(&'a Shared, u64);
 
 impl Drop for Handshaking<'_> {
     fn drop(&mut self) {
-        self.0.handshaking.lock().retain(|&id| id != self.1);
+        self.0.handshaking.lock().retain(|&(id, _)| id != self.1);
     }
 }
 
@@ -206,12 +224,12 @@ impl Shared {
     fn begin_handshake(&self, id: u64, peer: &str) {
         let oldest = {
             let mut handshaking = self.handshaking.lock();
-            handshaking.push_back(id);
+            handshaking.push_back((id, Instant::now()));
             (handshaking.len() > self.max_handshakes)
                 .then(|| handshaking.pop_front())
                 .flatten()
         };
-        if let Some(oldest) = oldest {
+        if let Some((oldest, _)) = oldest {
             if let Some(open) = self.open.lock().get(&oldest) {
                 let _ = open.stream.shutdown(Shutdown::Both);
             }
@@ -226,16 +244,44 @@ impl Shared {
         }
     }
 
-    /// Refuse a connection: answer why, count it, and log it (rate-limited).
-    fn refuse(&self, stream: &mut TcpStream, peer: &str, why: &str) {
-        self.refused.inc();
-        if let Some(n) = self.refusal_log.hit() {
-            tracing::warn!(last_peer = %peer, last_reason = why, refused = n, "account-db refused connections");
+    /// Cut off every handshake begun more than `--auth-timeout` ago. Each read of a handshake
+    /// waits at most what is left of its deadline, but a TLS record trickled in a byte at a
+    /// time is read whole by rustls, one wait per byte: this catches those, within a second
+    /// of the deadline. Returns how many were cut off.
+    fn cut_late_handshakes(&self) -> usize {
+        let late: Vec<u64> = self
+            .handshaking
+            .lock()
+            .iter()
+            .take_while(|(_, began)| began.elapsed() > self.auth_timeout)
+            .map(|&(id, _)| id)
+            .collect();
+        let open = self.open.lock();
+        for id in &late {
+            if let Some(open) = open.get(id) {
+                let _ = open.stream.shutdown(Shutdown::Both);
+            }
         }
+        late.len()
+    }
+
+    /// Refuse a connection: answer why, count it, and log it (rate-limited).
+    fn refuse(&self, stream: &mut Stream, peer: &str, why: &str) {
+        self.refused(peer, why);
         let refusal = DbResponse::Error {
             message: why.into(),
         };
         let _ = stream.write_all(&encode_line(&refusal));
+        let _ = stream.flush();
+    }
+
+    /// Count a refused connection and log it (rate-limited: one line per 10 s, with how many
+    /// and the last peer and reason).
+    fn refused(&self, peer: &str, why: &str) {
+        self.refused.inc();
+        if let Some(n) = self.refusal_log.hit() {
+            tracing::warn!(last_peer = %peer, last_reason = why, refused = n, "account-db refused connections");
+        }
     }
 }
 
@@ -249,6 +295,33 @@ impl Drop for Registered<'_> {
     fn drop(&mut self) {
         self.registry.open.lock().remove(&self.id);
     }
+}
+
+/// account-db's TLS on --listen.
+struct ServedTls {
+    /// The certificate, key and client CA in force.
+    material: Material<ServerFiles>,
+    /// Plaintext peers are served too (`--tls-optional`, for a rollout).
+    optional: bool,
+}
+
+/// The TLS `config` asks for, loaded (before anything is written to disk); a warning when
+/// plaintext is accepted too.
+fn served_tls(config: &AccountDbConfig) -> Result<Option<ServedTls>, TlsError> {
+    let Some(files) = config.tls_files() else {
+        return Ok(None);
+    };
+    let tls = ServedTls {
+        material: Material::load(files)?,
+        optional: config.tls_optional,
+    };
+    if tls.optional {
+        tracing::warn!(
+            "--tls-optional: plaintext login-servers are served too, and their link can be read \
+             and rewritten; drop it once every login-server has --db-tls-ca"
+        );
+    }
+    Ok(Some(tls))
 }
 
 /// account-db's sockets, bound before anything is written to disk.
@@ -345,6 +418,7 @@ fn open_store(
             config.store_pool,
             config.store_timeout,
             !config.skip_integrity_check,
+            config.store_password_file.as_deref(),
         );
         let error = match open {
             Ok(store) => return Ok(store),
@@ -404,6 +478,7 @@ impl AccountDb {
         stop: &dyn Fn() -> bool,
     ) -> Result<AccountDb, AccountDbStartError> {
         let listeners = Listeners::bind(&config)?;
+        let tls = served_tls(&config)?;
         let waiting = match &listeners.metrics {
             Some(http) => Some(HttpEndpoint::serve(http.try_clone()?, Routes::waiting())?),
             None => None,
@@ -412,7 +487,7 @@ impl AccountDb {
         let store = open_store(&config, stop);
         refuser.stop();
         drop(waiting);
-        AccountDb::serve(config, listeners, store?)
+        AccountDb::serve(config, listeners, store?, tls)
     }
 
     /// Bind `config.listen` and start serving `store`.
@@ -421,13 +496,15 @@ impl AccountDb {
         store: Arc<dyn Store>,
     ) -> Result<AccountDb, AccountDbStartError> {
         let listeners = Listeners::bind(&config)?;
-        AccountDb::serve(config, listeners, store)
+        let tls = served_tls(&config)?;
+        AccountDb::serve(config, listeners, store, tls)
     }
 
     fn serve(
         config: AccountDbConfig,
         listeners: Listeners,
         store: Arc<dyn Store>,
+        tls: Option<ServedTls>,
     ) -> Result<AccountDb, AccountDbStartError> {
         let secrets = AcceptedSecrets::resolve(&config, || store.count().map_or(true, |n| n > 0))?;
         let Listeners { listener, metrics } = listeners;
@@ -441,6 +518,7 @@ impl AccountDb {
             refusal_log: RateLimited::new(Duration::from_secs(10)),
             idle_timeout: config.idle_timeout,
             auth_timeout: config.auth_timeout,
+            tls,
             stopping: AtomicBool::new(false),
             next_id: AtomicU64::new(0),
             open: Mutex::new(HashMap::new()),
@@ -491,6 +569,26 @@ impl AccountDb {
     }
 
     /// The address it listens on (useful after binding port 0).
+    /// Read the TLS files again (SIGHUP): new connections get the new material, connections
+    /// made already keep theirs. A file that fails to load keeps the material in force, and
+    /// the log says why. Returns whether new material is in force.
+    pub fn reload(&self) -> bool {
+        let Some(tls) = &self.shared.tls else {
+            tracing::info!("nothing to reload: no --tls-cert");
+            return false;
+        };
+        match tls.material.reload() {
+            Ok(()) => {
+                tracing::info!("TLS certificate and key reloaded");
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "TLS reload failed: the certificate in force stays");
+                false
+            }
+        }
+    }
+
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
     }
@@ -540,6 +638,10 @@ fn every_second(
         stop.recv_timeout(Duration::from_secs(1))
     {
         shared.reload_secrets(&secrets_log);
+        let late = shared.cut_late_handshakes();
+        if late > 0 {
+            tracing::debug!(late, "handshakes past --auth-timeout cut off");
+        }
         let now = shared.clock.now_ms();
         // Each on its own: one failing does not stop the other.
         for pruned in [store.prune_records(now, cap), store.prune_revoked(now)] {
@@ -609,21 +711,26 @@ fn accept_loop(listener: TcpListener, store: Arc<dyn Store>, shared: &Arc<Shared
 }
 
 /// Serve one connection until the peer closes it, it idles out, or IO fails.
-fn serve(stream: TcpStream, id: u64, store: &dyn Store, shared: &Shared) -> io::Result<()> {
+fn serve(tcp: TcpStream, id: u64, store: &dyn Store, shared: &Shared) -> io::Result<()> {
     // Counted by the accept loop before this handler started; given back however it ends.
     let handshaking = Handshaking(shared, id);
-    let peer = stream
+    let peer = tcp
         .peer_addr()
         .map_or_else(|_| "unknown".to_string(), |a| a.to_string());
-    stream.set_nodelay(true)?;
-    stream.set_write_timeout(Some(Duration::from_secs(10)))?;
-    let mut writer = stream.try_clone()?;
-    let mut reader = BufReader::new(stream);
-    let nonce = secret::random_token();
-    writer.write_all(&encode_line(&Greeting::current(nonce.clone())))?;
-    let mut line = Vec::with_capacity(256);
-    // The whole handshake has one deadline, however the bytes trickle in.
+    tcp.set_nodelay(true)?;
+    // The whole handshake, TLS's included, has one deadline, however the bytes trickle in.
     let deadline = Instant::now() + shared.auth_timeout;
+    let Some(mut stream) = secure(tcp, &peer, deadline, shared)? else {
+        return Ok(());
+    };
+    stream
+        .tcp()
+        .set_write_timeout(Some(Duration::from_secs(10)))?;
+    let nonce = secret::random_token();
+    stream.write_all(&encode_line(&Greeting::current(nonce.clone())))?;
+    let binding = stream.binding();
+    let mut reader = BufReader::new(stream);
+    let mut line = Vec::with_capacity(256);
     let proof = match read_line_by(&mut reader, &mut line, deadline) {
         Ok(true) => match decode_line::<DbRequest>(&line) {
             Ok(DbRequest::Auth { proof }) => proof,
@@ -634,13 +741,14 @@ fn serve(stream: TcpStream, id: u64, store: &dyn Store, shared: &Shared) -> io::
     };
     drop(handshaking);
     shared.requests.inc(0);
-    let Some(Proved { fingerprint, .. }) = shared.secrets.verify(&nonce, &proof) else {
-        shared.refuse(&mut writer, &peer, "authentication failed");
+    let binding = binding.as_ref().map(|b| &b[..]);
+    let Some(Proved { fingerprint, .. }) = shared.secrets.verify(&nonce, binding, &proof) else {
+        shared.refuse(reader.get_mut(), &peer, "authentication failed");
         return Ok(());
     };
     if shared.authenticated.fetch_add(1, Ordering::SeqCst) >= shared.max_connections {
         shared.authenticated.fetch_sub(1, Ordering::SeqCst);
-        shared.refuse(&mut writer, &peer, "too many connections");
+        shared.refuse(reader.get_mut(), &peer, "too many connections");
         return Ok(());
     }
     let _authenticated = Held(&shared.authenticated);
@@ -649,22 +757,24 @@ fn serve(stream: TcpStream, id: u64, store: &dyn Store, shared: &Shared) -> io::
     }
     // A reload between the proof and the line above would have missed this connection.
     if !shared.secrets.fingerprints().contains(&fingerprint) {
-        shared.refuse(&mut writer, &peer, "authentication failed");
+        shared.refuse(reader.get_mut(), &peer, "authentication failed");
         return Ok(());
     }
-    writer.write_all(&encode_line(&DbResponse::Ok))?;
+    reader.get_mut().write_all(&encode_line(&DbResponse::Ok))?;
     reader
         .get_ref()
+        .tcp()
         .set_read_timeout(Some(shared.idle_timeout))?;
-    let mut writer = io::BufWriter::new(writer);
+    // Replies not sent yet.
+    let mut out = Vec::with_capacity(4096);
     // A request read ahead while gathering a run of logins.
     let mut next = None;
     loop {
         // The replies to lines that came together go out together: one write once no whole
-        // line is left to read without waiting.
-        let ready = |reader: &BufReader<TcpStream>| reader.buffer().contains(&b'\n');
-        if next.is_none() && !ready(&reader) {
-            writer.flush()?;
+        // line is left to read without waiting (or once they fill a buffer).
+        let ready = |reader: &BufReader<Stream>| reader.buffer().contains(&b'\n');
+        if (next.is_none() && !ready(&reader)) || out.len() >= SEND_AT {
+            send(&mut reader, &mut out)?;
         }
         let request = match next.take() {
             Some(request) => request,
@@ -692,7 +802,7 @@ fn serve(stream: TcpStream, id: u64, store: &dyn Store, shared: &Shared) -> io::
                 }
             }
             for response in execute_logins(store, logins, shared.clock.now_ms()) {
-                write_response(&mut writer, &response, shared)?;
+                write_response(&mut out, &response, shared)?;
             }
             continue;
         }
@@ -700,7 +810,7 @@ fn serve(stream: TcpStream, id: u64, store: &dyn Store, shared: &Shared) -> io::
             Ok(request) => answered(execute::execute(store, &request, shared.clock.now_ms())),
             Err(message) => DbResponse::Error { message },
         };
-        write_response(&mut writer, &response, shared)?;
+        write_response(&mut out, &response, shared)?;
         if line.len() >= MAX_LINE {
             return Ok(()); // an overlong line cannot be resynchronised
         }
@@ -709,6 +819,87 @@ fn serve(stream: TcpStream, id: u64, store: &dyn Store, shared: &Shared) -> io::
 
 /// Most logins looked up in one read.
 const MAX_RUN: usize = 64;
+
+/// Replies held back to go out together are sent once they reach this many bytes.
+const SEND_AT: usize = 8192;
+
+/// Send the replies in `out` in one write (over TLS, as few records), and empty it.
+fn send(reader: &mut BufReader<Stream>, out: &mut Vec<u8>) -> io::Result<()> {
+    if !out.is_empty() {
+        let stream = reader.get_mut();
+        stream.write_all(out)?;
+        stream.flush()?;
+        out.clear();
+    }
+    Ok(())
+}
+
+/// How long account-db waits for a TLS client's first byte (its ClientHello, sent as soon as
+/// it connects) before taking the peer for a plaintext one, which waits for the greeting.
+pub const TLS_SNIFF: Duration = Duration::from_millis(250);
+
+/// The first byte of a TLS record carrying a handshake message (a ClientHello).
+const TLS_HANDSHAKE: u8 = 0x16;
+
+/// The connection as it will be spoken: TLS when account-db serves it (the handshake done
+/// within `deadline`), plaintext otherwise. `None` when it was refused (counted, logged, and a
+/// plaintext peer told why): a plaintext peer where TLS is required, a failed TLS handshake, or
+/// a peer that closed.
+fn secure(
+    tcp: TcpStream,
+    peer: &str,
+    deadline: Instant,
+    shared: &Shared,
+) -> io::Result<Option<Stream>> {
+    let Some(tls) = &shared.tls else {
+        return Ok(Some(Stream::Plain(tcp)));
+    };
+    let sniff = (Instant::now() + TLS_SNIFF).min(deadline);
+    tcp.set_read_timeout(Some(
+        sniff
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1)),
+    ))?;
+    let mut first = [0u8; 1];
+    let speaks_tls = match tcp.peek(&mut first) {
+        Ok(0) => return Ok(None),
+        Ok(_) => first[0] == TLS_HANDSHAKE,
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) =>
+        {
+            false
+        }
+        Err(e) => return Err(e),
+    };
+    if !speaks_tls {
+        if tls.optional {
+            return Ok(Some(Stream::Plain(tcp)));
+        }
+        shared.refuse(
+            &mut Stream::Plain(tcp),
+            peer,
+            "TLS required: this account-db accepts TLS only (login-server --db-tls-ca)",
+        );
+        return Ok(None);
+    }
+    let mut conn = match rustls::ServerConnection::new(tls.material.current()) {
+        Ok(conn) => conn,
+        Err(e) => return Err(io::Error::other(e)),
+    };
+    let mut tcp = tcp;
+    match crate::tls::handshake(&mut conn, &mut tcp, deadline) {
+        Ok(()) => Ok(Some(Stream::Server(Box::new(rustls::StreamOwned::new(
+            conn, tcp,
+        ))))),
+        Err(e) => {
+            shared.refused(peer, &format!("TLS: {e}"));
+            Ok(None)
+        }
+    }
+}
 
 fn write_response(
     writer: &mut impl Write,
@@ -740,7 +931,7 @@ fn execute_logins(
 /// Read one line (at most [`MAX_LINE`] bytes) into `line` by `deadline`. `Ok(false)` if the
 /// peer closed first or the line is too long; `Err` (timed out) if the deadline passes.
 fn read_line_by(
-    reader: &mut BufReader<TcpStream>,
+    reader: &mut BufReader<Stream>,
     line: &mut Vec<u8>,
     deadline: Instant,
 ) -> io::Result<bool> {
@@ -750,7 +941,7 @@ fn read_line_by(
         if left.is_zero() {
             return Err(io::ErrorKind::TimedOut.into());
         }
-        reader.get_ref().set_read_timeout(Some(left))?;
+        reader.get_ref().tcp().set_read_timeout(Some(left))?;
         let available = reader.fill_buf()?;
         if available.is_empty() {
             return Ok(false);
@@ -773,7 +964,7 @@ fn read_line_by(
 /// Read one request line. `None` at end of stream (or a line cut off by it); `Err` with what to
 /// answer when the line is not a request.
 fn read_request(
-    reader: &mut BufReader<TcpStream>,
+    reader: &mut BufReader<Stream>,
     line: &mut Vec<u8>,
 ) -> io::Result<Option<Result<DbRequest, String>>> {
     line.clear();

@@ -8,6 +8,7 @@
 //! keeps the spelling it registered with.
 
 mod contract;
+pub mod pg_link;
 mod postgres;
 mod sqlite;
 
@@ -17,7 +18,7 @@ pub use contract::{
 };
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -78,15 +79,17 @@ impl std::fmt::Display for StoreUrl {
 
 impl StoreUrl {
     /// Open the store, creating it if it does not exist yet: for PostgreSQL with a pool of
-    /// `pool` connections and `timeout` to connect; for SQLite checking the file's integrity
-    /// first if `integrity_check`.
+    /// `pool` connections, `timeout` to connect, and the password in `password_file` if the
+    /// URL has none (`--store-password-file`); for SQLite checking the file's integrity first
+    /// if `integrity_check`.
     pub fn open(
         &self,
         pool: u32,
         timeout: Duration,
         integrity_check: bool,
+        password_file: Option<&Path>,
     ) -> Result<Arc<dyn Store>, StoreError> {
-        self.open_as(pool, timeout, integrity_check, true)
+        self.open_as(pool, timeout, integrity_check, password_file, true)
     }
 
     /// [`StoreUrl::open`], but a store that does not exist yet is [`StoreError::NoStore`]
@@ -97,6 +100,7 @@ impl StoreUrl {
         pool: u32,
         timeout: Duration,
         integrity_check: bool,
+        password_file: Option<&Path>,
         create: bool,
     ) -> Result<Arc<dyn Store>, StoreError> {
         let missing = || StoreError::NoStore {
@@ -110,7 +114,7 @@ impl StoreUrl {
                 Arc::new(SqliteStore::open_with(dir, integrity_check)?)
             }
             StoreUrl::Postgres(url) => {
-                let store = PostgresStore::connect(url, pool, timeout)?;
+                let store = PostgresStore::connect(url, pool, timeout, password_file)?;
                 if !create && !store.has_schema()? {
                     return Err(missing());
                 }

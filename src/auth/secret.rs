@@ -243,22 +243,29 @@ impl Secret {
         hex(&Sha256::digest(self.0)[..4])
     }
 
-    fn mac(&self, nonce: &str) -> Hmac<Sha256> {
+    fn mac(&self, nonce: &str, binding: Option<&[u8]>) -> Hmac<Sha256> {
         // HMAC takes a key of any length: this cannot fail.
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.0)
             .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
         mac.update(nonce.as_bytes());
+        if let Some(binding) = binding {
+            mac.update(binding);
+        }
         mac
     }
 
-    /// The answer to a greeting's `nonce`.
-    pub fn proof(&self, nonce: &str) -> String {
-        hex(&self.mac(nonce).finalize().into_bytes())
+    /// The answer to a greeting's `nonce`: HMAC-SHA256(secret, nonce), or over TLS
+    /// HMAC-SHA256(secret, nonce || binding), `binding` being the keying material exported
+    /// from the connection's TLS session ([`crate::tls::Stream::binding`]), so that a proof
+    /// seen on one connection proves nothing on another.
+    pub fn proof(&self, nonce: &str, binding: Option<&[u8]>) -> String {
+        hex(&self.mac(nonce, binding).finalize().into_bytes())
     }
 
-    /// Whether `proof` answers `nonce` (compared in constant time).
-    pub fn verify(&self, nonce: &str, proof: &str) -> bool {
-        unhex(proof).is_some_and(|bytes| self.mac(nonce).verify_slice(&bytes).is_ok())
+    /// Whether `proof` answers `nonce` on a connection with `binding` (compared in constant
+    /// time).
+    pub fn verify(&self, nonce: &str, binding: Option<&[u8]>, proof: &str) -> bool {
+        unhex(proof).is_some_and(|bytes| self.mac(nonce, binding).verify_slice(&bytes).is_ok())
     }
 }
 
@@ -270,11 +277,23 @@ mod tests {
     fn proofs_verify_only_with_the_same_secret_and_nonce() {
         let secret = Secret::generate();
         let n = random_token();
-        let proof = secret.proof(&n);
-        assert!(secret.verify(&n, &proof));
-        assert!(!secret.verify(&random_token(), &proof));
-        assert!(!Secret::generate().verify(&n, &proof));
-        assert!(!secret.verify(&n, "zz"));
+        let proof = secret.proof(&n, None);
+        assert!(secret.verify(&n, None, &proof));
+        assert!(!secret.verify(&random_token(), None, &proof));
+        assert!(!Secret::generate().verify(&n, None, &proof));
+        assert!(!secret.verify(&n, None, "zz"));
+        // Bound to a TLS session: only with that session's material.
+        let (one, other) = ([1u8; 32], [2u8; 32]);
+        let bound = secret.proof(&n, Some(&one));
+        assert!(secret.verify(&n, Some(&one), &bound));
+        assert!(!secret.verify(&n, Some(&other), &bound));
+        assert!(!secret.verify(&n, None, &bound));
+        assert!(!secret.verify(&n, Some(&one), &proof));
+        // HMAC(secret, nonce || binding), as protocol.md says.
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&secret.0).unwrap();
+        mac.update(n.as_bytes());
+        mac.update(&one);
+        assert_eq!(bound, hex(&mac.finalize().into_bytes()));
         assert!(!format!("{secret:?}").contains(&hex(&secret.0)));
     }
 

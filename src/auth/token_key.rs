@@ -6,7 +6,7 @@
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use ring::signature::{Ed25519KeyPair, KeyPair};
-use rustls_pki_types::pem::{self, PemObject, SectionKind};
+use rustls_pki_types::pem::{PemObject, SectionKind};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
@@ -209,16 +209,8 @@ fn read_pem(path: &Path) -> Result<(SectionKind, Vec<u8>), KeyError> {
 
 /// The kind and DER of the first PEM block of a kind `rustls-pki-types` knows in `text`.
 fn parse_pem(text: &str) -> Result<(SectionKind, Vec<u8>), String> {
-    <(SectionKind, Vec<u8>)>::from_pem_slice(text.as_bytes()).map_err(|e| match e {
-        pem::Error::NoItemsFound => "no PEM block".to_string(),
-        pem::Error::MissingSectionEnd { end_marker } => {
-            format!(
-                "no -----END {}----- line",
-                String::from_utf8_lossy(&end_marker)
-            )
-        }
-        other => other.to_string(),
-    })
+    <(SectionKind, Vec<u8>)>::from_pem_slice(text.as_bytes())
+        .map_err(|e| crate::tls::pem_detail(e, "PEM"))
 }
 
 /// The label a PEM block of `kind` begins with.

@@ -38,7 +38,13 @@ fn run() -> anyhow::Result<ExitCode> {
             let _logs = logging::init(config.log_format);
             let url = config.store_url();
             let store = url
-                .open_as(1, config.store_timeout, false, *create)
+                .open_as(
+                    1,
+                    config.store_timeout,
+                    false,
+                    config.store_password_file.as_deref(),
+                    *create,
+                )
                 .with_context(|| format!("cannot open the account store {url}"))?;
             let ask = || {
                 use std::io::IsTerminal;
@@ -59,6 +65,16 @@ fn run() -> anyhow::Result<ExitCode> {
                 RotationStep::Finish => secrets::finish(&primary),
             };
             print!("{}", done?);
+        }
+        Some(Command::GenTls {
+            dir,
+            name,
+            client,
+            days,
+        }) => {
+            for path in login_server::tls::generate::write(dir, name, *client, *days)? {
+                println!("wrote {}", path.display());
+            }
         }
         Some(Command::GenSecret { path }) => {
             login_server::auth::secret::Secret::create(path)?;
@@ -85,7 +101,9 @@ fn serve(config: AccountDbConfig) -> anyhow::Result<()> {
     if let Some(addr) = server.metrics_addr() {
         tracing::info!(metrics = %addr, "serving /metrics, /healthz and /readyz");
     }
-    signals.wait();
+    signals.wait(|| {
+        server.reload();
+    });
     tracing::info!("signal received: shutting down");
     server.shutdown();
     tracing::info!("stopped");
@@ -120,6 +138,7 @@ fn run_import(
             config.store_pool,
             config.store_timeout,
             !config.skip_integrity_check,
+            config.store_password_file.as_deref(),
             create,
         )
         .with_context(|| format!("cannot open the account store {url}"))?;

@@ -22,7 +22,9 @@ fn main() -> anyhow::Result<()> {
     if let Some(addr) = server.metrics_addr() {
         tracing::info!(metrics = %addr, "serving /metrics, /healthz, /readyz and /keys");
     }
-    signals.wait();
+    signals.wait(|| {
+        server.reload();
+    });
     tracing::info!("signal received: shutting down");
     server.shutdown();
     tracing::info!("stopped");

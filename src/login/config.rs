@@ -1,7 +1,7 @@
 //! [`LoginServerConfig`]: every setting of login-server, with its flag, environment variable
 //! and default in one place.
 
-use crate::accountdb::client::ClientConfig;
+use crate::accountdb::client::{ClientConfig, DbTrust};
 use crate::auth::password::HashParams;
 use crate::auth::secret::{Secret, SecretError};
 use crate::auth::token_key::{read_verify_key, KeyError, SigningKey};
@@ -10,6 +10,7 @@ use crate::config::{at_least_one, cores, seconds, DbDeadlines, Endpoint};
 use crate::legacy::LegacyDb;
 use crate::logging::LogFormat;
 use crate::service::Options as ServiceOptions;
+use crate::tls::{ClientFiles, Material, TlsError};
 use crate::tokens::Tokens;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -92,8 +93,48 @@ pub struct LoginServerConfig {
     /// The secret itself, for embedding: it wins over the file and the environment.
     #[arg(skip)]
     pub db_secret: Option<Secret>,
+    /// PEM CA certificates: with it, every --db connection is TLS 1.3 and the account-db's
+    /// certificate must come from one of them and hold the host of its --db address (an IP
+    /// address as an IP SAN); nothing falls back to plaintext. Defaults to none: plaintext.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "LOGIN_SERVER_DB_TLS_CA",
+        requires = "db"
+    )]
+    pub db_tls_ca: Option<PathBuf>,
+    /// The name every account-db's certificate must hold, instead of each --db host. Defaults
+    /// to none: each --db host.
+    #[arg(
+        long,
+        value_name = "NAME",
+        env = "LOGIN_SERVER_DB_TLS_NAME",
+        requires = "db_tls_ca",
+        value_parser = crate::tls::server_name
+    )]
+    pub db_tls_name: Option<rustls::pki_types::ServerName<'static>>,
+    /// PEM certificate chain presented to account-dbs that require one (their
+    /// --tls-client-ca). Defaults to none.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "LOGIN_SERVER_DB_TLS_CERT",
+        requires_all = ["db_tls_ca", "db_tls_key"]
+    )]
+    pub db_tls_cert: Option<PathBuf>,
+    /// PEM private key of --db-tls-cert; refused at start if group or others may read it.
+    /// Defaults to none.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "LOGIN_SERVER_DB_TLS_KEY",
+        requires = "db_tls_cert"
+    )]
+    pub db_tls_key: Option<PathBuf>,
     /// The old database server whose players move here on their first login (ADDR): asked
-    /// about names account-db does not know, never written to. Defaults to none.
+    /// about names account-db does not know, never written to. Its protocol carries passwords
+    /// in plaintext and has no TLS: keep it on this host or tunnel it (a warning at start when
+    /// it is not a loopback address). Defaults to none.
     #[arg(
         long,
         value_name = "ADDR",
@@ -160,6 +201,17 @@ pub struct LoginServerConfig {
     /// to 2.
     #[arg(long, value_name = "SECS", env = "LOGIN_SERVER_DB_TIMEOUT", default_value = "2", value_parser = seconds)]
     pub db_timeout: Duration,
+    /// Seconds a pooled account-db connection lives at most, jittered by up to 10% per
+    /// account-db so that pools do not reconnect together: a TLS reload (SIGHUP) or a moved
+    /// account-db reaches every connection within it. 0 keeps them for ever. Defaults to 3600.
+    #[arg(
+        long,
+        value_name = "SECS",
+        env = "LOGIN_SERVER_DB_MAX_LIFETIME",
+        default_value = "3600",
+        value_parser = seconds
+    )]
+    pub db_max_lifetime: Duration,
     /// argon2id parameters for new hashes: memory KiB, iterations, lanes. Defaults to
     /// 19456,2,1 (OWASP's).
     #[arg(
@@ -308,13 +360,33 @@ impl LoginServerConfig {
             .map(|addr| LegacyDb::new(addr, self.legacy_db_connections, self.db_deadlines().legacy))
     }
 
-    /// How to reach the account-dbs at `addrs` that ask for `secret`, as these flags say.
-    pub fn db_client(&self, addrs: Vec<Endpoint>, secret: Secret) -> ClientConfig {
-        ClientConfig {
+    /// How to reach the account-dbs at `addrs` that ask for `secret`, as these flags say,
+    /// the TLS material (`--db-tls-*`) loaded.
+    pub fn db_client(
+        &self,
+        addrs: Vec<Endpoint>,
+        secret: Secret,
+    ) -> Result<ClientConfig, TlsError> {
+        let tls = match &self.db_tls_ca {
+            None => None,
+            Some(ca) => {
+                let files = ClientFiles {
+                    ca: ca.clone(),
+                    identity: self.db_tls_cert.clone().zip(self.db_tls_key.clone()),
+                };
+                Some(DbTrust {
+                    material: Arc::new(Material::load(files)?),
+                    name: self.db_tls_name.clone(),
+                })
+            }
+        };
+        Ok(ClientConfig {
             addrs,
             secret,
             pool_size: self.db_pool(),
             timeout: self.db_timeout,
-        }
+            max_lifetime: self.db_max_lifetime,
+            tls,
+        })
     }
 }

@@ -45,6 +45,7 @@ use crate::auth::secret::{Secret, SecretError};
 use crate::http::{HttpEndpoint, Routes};
 use crate::metrics::{Gauges, LiveFamily, LiveGauge, Metrics};
 use crate::service::Service;
+use crate::tls::{ClientFiles, Material};
 use conn::Deadlines;
 use hashing::Permits;
 use health::Health;
@@ -100,6 +101,9 @@ pub enum StartError {
     /// The token signing key (or a verify key) cannot be had.
     #[error(transparent)]
     TokenKey(#[from] TokenKeyError),
+    /// `--db-tls-ca`, `--db-tls-cert` or `--db-tls-key` cannot be loaded.
+    #[error("cannot set up TLS to account-db: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// A running login-server. Dropping it shuts it down.
@@ -111,6 +115,8 @@ pub struct LoginServer {
     threads: Vec<JoinHandle<()>>,
     /// The account-db it runs in-process, without `--db`; stopped after the login-server.
     embedded: Option<AccountDb>,
+    /// The TLS material of its account-db connections (`--db-tls-*`), reloaded on SIGHUP.
+    db_tls: Option<Arc<Material<ClientFiles>>>,
 }
 
 /// Pooled connections (open, idle) over every account-db, if pooled.
@@ -230,13 +236,16 @@ impl LoginServer {
             }
         };
         let metrics = Metrics::default();
-        let remote = Arc::new(RemoteStore::new(
-            &config.db_client(addrs, secret),
-            metrics.clone(),
-        ));
+        let mut client = config.db_client(addrs, secret)?;
+        if embedded.is_some() {
+            // In-process, on loopback: the --db-tls-* flags are for --db.
+            client.tls = None;
+        }
+        let db_tls = client.tls.as_ref().map(|t| t.material.clone());
+        let remote = Arc::new(RemoteStore::new(&client, metrics.clone()));
         let instances = remote.clone();
         let db_state: DbState = Arc::new(move || instances.instances());
-        let mut server = LoginServer::start(config, listeners, remote, db_state, metrics)?;
+        let mut server = LoginServer::start(config, listeners, remote, db_state, metrics, db_tls)?;
         server.embedded = embedded;
         Ok(server)
     }
@@ -250,7 +259,7 @@ impl LoginServer {
         metrics: Metrics,
     ) -> Result<LoginServer, StartError> {
         let listeners = Listeners::bind(&config)?;
-        LoginServer::start(config, listeners, store, db_state, metrics)
+        LoginServer::start(config, listeners, store, db_state, metrics, None)
     }
 
     fn start(
@@ -259,6 +268,7 @@ impl LoginServer {
         store: Arc<dyn Accounts>,
         db_state: DbState,
         metrics: Metrics,
+        db_tls: Option<Arc<Material<ClientFiles>>>,
     ) -> Result<LoginServer, StartError> {
         let hasher = Hasher::new(config.hash_params)?;
         let (memory_kib, threads) = (
@@ -284,6 +294,13 @@ impl LoginServer {
                 addr = %local_addr,
                 "listening on a non-loopback address without --allow-from: anyone who can reach \
                  the port can connect; pass the gateways' addresses"
+            );
+        }
+        if let Some(legacy) = config.legacy_db.filter(|addr| !addr.ip().is_loopback()) {
+            tracing::warn!(
+                legacy_db = %legacy,
+                "--legacy-db is not a loopback address: the old server's protocol carries \
+                 passwords in plaintext and cannot speak TLS; keep it on this host or tunnel it"
             );
         }
         let tokens = config.tokens()?;
@@ -322,6 +339,9 @@ impl LoginServer {
                     legacy_queue_depth: LiveGauge::new(move || depth(legacy_jobs.len())),
                     pool: pool_gauges(&db_state),
                     instances: instance_families(&db_state),
+                    db_tls_expiry: db_tls
+                        .clone()
+                        .map(|material| LiveGauge::new(move || material.expiry().unwrap_or(0))),
                 });
                 let alive = health.clone();
                 let routes = Routes {
@@ -431,10 +451,32 @@ impl LoginServer {
             returns,
             threads,
             embedded: None,
+            db_tls,
         })
     }
 
     /// The address it listens on (useful after binding port 0).
+    /// Read the TLS files of its account-db connections again (SIGHUP): connections made from
+    /// now on use them, pooled ones finish their lifetime (`--db-max-lifetime`). A file that
+    /// fails to load keeps the material in force, and the log says why. Returns whether new
+    /// material is in force.
+    pub fn reload(&self) -> bool {
+        let Some(material) = &self.db_tls else {
+            tracing::info!("nothing to reload: no --db-tls-ca");
+            return false;
+        };
+        match material.reload() {
+            Ok(()) => {
+                tracing::info!("account-db TLS material reloaded");
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "TLS reload failed: the material in force stays");
+                false
+            }
+        }
+    }
+
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
     }

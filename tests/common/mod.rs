@@ -281,6 +281,7 @@ impl DbProcess {
     pub fn client_config(&self) -> ClientConfig {
         self.config()
             .db_client(vec![self.addr.into()], self.secret.clone())
+            .expect("no TLS files to load")
     }
 
     /// Send a signal by name (KILL, STOP, CONT, TERM, INT).

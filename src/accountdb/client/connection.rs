@@ -5,9 +5,12 @@ use crate::auth::secret::Secret;
 use crate::protocol::accountdb::{
     decode_line, encode_line, DbRequest, DbResponse, Greeting, MAX_LINE, SERVICE, VERSION,
 };
+use crate::tls::{ClientFiles, Material, Stream};
+use rustls::pki_types::ServerName;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Why a call to account-db failed.
 #[derive(Debug, thiserror::Error)]
@@ -15,6 +18,10 @@ pub enum DbError {
     /// TCP connect failed or timed out.
     #[error("cannot connect to account-db at {addr}: {source}")]
     Connect { addr: SocketAddr, source: io::Error },
+    /// The TLS handshake failed: the certificate is not trusted, not for the name checked or
+    /// expired, account-db wants a client certificate we lack, or it does not speak TLS.
+    #[error("TLS with account-db at {addr} failed: {detail}")]
+    Tls { addr: SocketAddr, detail: String },
     /// The peer is not an account-db speaking our protocol version, or refused us.
     #[error("account-db at {addr} did not greet as expected: {detail}")]
     Handshake { addr: SocketAddr, detail: String },
@@ -48,12 +55,27 @@ impl DbError {
     }
 }
 
+/// How a connection to account-db is secured: the client configuration, and the name the
+/// account-db's certificate must hold.
+#[derive(Clone)]
+pub struct DbTls {
+    /// Trust anchors, and the client certificate if account-db asks for one: the material
+    /// in force when the connection is made.
+    pub material: Arc<Material<ClientFiles>>,
+    /// The host of `--db` (or `--db-tls-name`).
+    pub name: ServerName<'static>,
+}
+
+impl std::fmt::Debug for DbTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DbTls").field("name", &self.name).finish()
+    }
+}
+
 /// One persistent connection, its greeting checked, to account-db.
 pub struct DbConn {
-    /// The read half, buffered: replies are lines.
-    reader: BufReader<TcpStream>,
-    /// The write half.
-    writer: TcpStream,
+    /// The stream, buffered for reading (replies are lines); requests are written to it whole.
+    reader: BufReader<Stream>,
     /// The reply line being read.
     line: Vec<u8>,
     /// An IO error, a timeout or a bad reply happened: the pool drops it.
@@ -61,21 +83,41 @@ pub struct DbConn {
 }
 
 impl DbConn {
-    /// Connect, check the greeting, prove `secret`, and set `timeout` as the deadline of every
-    /// read and write.
+    /// Connect (over TLS with `tls`: the handshake and the greeting within `timeout`), check
+    /// the greeting, prove `secret` (bound to the TLS session), and set `timeout` as the
+    /// deadline of every read and write.
     pub fn connect(
         addr: SocketAddr,
         timeout: Duration,
         secret: &Secret,
+        tls: Option<&DbTls>,
     ) -> Result<DbConn, DbError> {
-        let stream = TcpStream::connect_timeout(&addr, timeout)
+        let mut tcp = TcpStream::connect_timeout(&addr, timeout)
             .map_err(|source| DbError::Connect { addr, source })?;
         let handshake = |detail: String| DbError::Handshake { addr, detail };
-        stream.set_nodelay(true)?;
-        stream.set_read_timeout(Some(timeout))?;
-        stream.set_write_timeout(Some(timeout))?;
+        tcp.set_nodelay(true)?;
+        let stream = match tls {
+            None => Stream::Plain(tcp),
+            Some(tls) => {
+                let mut conn =
+                    rustls::ClientConnection::new(tls.material.current(), tls.name.clone())
+                        .map_err(|e| DbError::Tls {
+                            addr,
+                            detail: e.to_string(),
+                        })?;
+                crate::tls::handshake(&mut conn, &mut tcp, Instant::now() + timeout).map_err(
+                    |e| DbError::Tls {
+                        addr,
+                        detail: e.to_string(),
+                    },
+                )?;
+                Stream::Client(Box::new(rustls::StreamOwned::new(conn, tcp)))
+            }
+        };
+        stream.tcp().set_read_timeout(Some(timeout))?;
+        stream.tcp().set_write_timeout(Some(timeout))?;
+        let binding = stream.binding();
         let mut conn = DbConn {
-            writer: stream.try_clone()?,
             reader: BufReader::new(stream),
             line: Vec::with_capacity(256),
             broken: false,
@@ -91,7 +133,7 @@ impl DbConn {
             }
             Err(_) => return Err(handshake(String::from_utf8_lossy(&conn.line).trim().into())),
         };
-        let proof = secret.proof(&nonce);
+        let proof = secret.proof(&nonce, binding.as_ref().map(|b| &b[..]));
         match conn.call(&DbRequest::Auth { proof })? {
             DbResponse::Ok => Ok(conn),
             DbResponse::Error { message } => Err(handshake(format!("refused us: {message}"))),
@@ -126,7 +168,7 @@ impl DbConn {
         responses: &mut Vec<DbResponse>,
     ) -> Result<(), DbError> {
         let lines: Vec<u8> = requests.iter().flat_map(encode_line).collect();
-        self.writer.write_all(&lines)?;
+        self.send(&lines)?;
         for _ in requests {
             self.read_line()?;
             let response = decode_line(&self.line).map_err(|e| DbError::BadReply(e.to_string()))?;
@@ -136,9 +178,16 @@ impl DbConn {
     }
 
     fn round_trip(&mut self, request: &DbRequest) -> Result<DbResponse, DbError> {
-        self.writer.write_all(&encode_line(request))?;
+        self.send(&encode_line(request))?;
         self.read_line()?;
         decode_line(&self.line).map_err(|e| DbError::BadReply(e.to_string()))
+    }
+
+    /// Write `bytes` whole (over TLS, as few records) and flush them.
+    fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let stream = self.reader.get_mut();
+        stream.write_all(bytes)?;
+        stream.flush()
     }
 
     fn read_line(&mut self) -> Result<(), DbError> {

@@ -4,7 +4,7 @@
 //! As in r2d2-postgres and r2d2-redis: `is_valid` is a real round trip (a ping), and
 //! `has_broken` never blocks: it reads a flag that any IO error, timeout or bad reply sets.
 
-use super::connection::{DbConn, DbError};
+use super::connection::{DbConn, DbError, DbTls};
 use crate::auth::secret::Secret;
 use crate::config::Endpoint;
 use crate::logging::RateLimited;
@@ -14,19 +14,25 @@ use std::time::Duration;
 /// Makes and checks [`DbConn`]s for an r2d2 pool.
 #[derive(Debug, Clone)]
 pub struct DbManager {
+    /// The account-db, resolved again for each connection.
     endpoint: Endpoint,
+    /// The connect (TLS handshake and greeting included) and per-request deadline.
     timeout: Duration,
+    /// What each connection proves.
     secret: Secret,
+    /// TLS for each connection; `None`: plaintext.
+    tls: Option<DbTls>,
 }
 
 impl DbManager {
     /// Connections to `endpoint` (a host name resolved again for each), with `timeout` as the
-    /// connect and per-request deadline.
-    pub fn new(endpoint: Endpoint, timeout: Duration, secret: Secret) -> Self {
+    /// connect and per-request deadline, over TLS with `tls`.
+    pub fn new(endpoint: Endpoint, timeout: Duration, secret: Secret, tls: Option<DbTls>) -> Self {
         DbManager {
             endpoint,
             timeout,
             secret,
+            tls,
         }
     }
 }
@@ -36,7 +42,12 @@ impl r2d2::ManageConnection for DbManager {
     type Error = DbError;
 
     fn connect(&self) -> Result<DbConn, DbError> {
-        DbConn::connect(self.endpoint.resolve(), self.timeout, &self.secret)
+        DbConn::connect(
+            self.endpoint.resolve(),
+            self.timeout,
+            &self.secret,
+            self.tls.as_ref(),
+        )
     }
 
     fn is_valid(&self, conn: &mut DbConn) -> Result<(), DbError> {

@@ -8,7 +8,7 @@ pub mod connection;
 mod failover;
 pub mod manager;
 
-pub use connection::{DbConn, DbError};
+pub use connection::{DbConn, DbError, DbTls};
 pub use manager::DbManager;
 use manager::LogErrors;
 
@@ -19,7 +19,9 @@ use crate::config::{DbDeadlines, Endpoint, POOL_IDLE};
 use crate::logging::RateLimited;
 use crate::metrics::Metrics;
 use crate::protocol::accountdb::{DbRequest, DbResponse};
+use crate::tls::{ClientFiles, Material};
 use failover::{Attempt, Failover, Health, Target};
+use rustls::pki_types::ServerName;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -37,6 +39,62 @@ pub struct ClientConfig {
     pub pool_size: u32,
     /// Deadline of a whole request, retries on other account-dbs included.
     pub timeout: Duration,
+    /// How long a pooled connection lives at most (jittered, see [`jittered`]); zero: for ever.
+    pub max_lifetime: Duration,
+    /// TLS to every account-db; `None`: plaintext.
+    pub tls: Option<DbTrust>,
+}
+
+/// `lifetime` made 90% to 110% as long, at random, so that pools made together do not
+/// reconnect together; `None` (for ever) for zero.
+pub fn jittered(lifetime: Duration) -> Option<Duration> {
+    use ring::rand::SecureRandom;
+    if lifetime.is_zero() {
+        return None;
+    }
+    let mut bytes = [0u8; 2];
+    // No randomness to be had: no jitter, the lifetime as given.
+    let spread = match ring::rand::SystemRandom::new().fill(&mut bytes) {
+        Ok(()) => f64::from(u16::from_le_bytes(bytes)) / f64::from(u16::MAX),
+        Err(_) => 0.5,
+    };
+    Some(
+        lifetime
+            .mul_f64(0.9 + 0.2 * spread)
+            .max(Duration::from_millis(1)),
+    )
+}
+
+/// How login-server checks the account-dbs it reaches over TLS.
+#[derive(Clone)]
+pub struct DbTrust {
+    /// The CA, and the client certificate, in force (`--db-tls-*`, re-read on SIGHUP).
+    pub material: Arc<Material<ClientFiles>>,
+    /// The name every account-db's certificate must hold (`--db-tls-name`); `None`: the host
+    /// of its `--db` address.
+    pub name: Option<ServerName<'static>>,
+}
+
+impl std::fmt::Debug for DbTrust {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DbTrust").field("name", &self.name).finish()
+    }
+}
+
+impl DbTrust {
+    /// What a connection to `addr` checks: this material, and the name (`--db-tls-name`, or
+    /// the host of `addr`; a host that is no DNS name, which resolving it at start makes
+    /// unlikely, is checked as the IP address it resolves to).
+    fn for_endpoint(&self, addr: &Endpoint) -> DbTls {
+        let name = self.name.clone().unwrap_or_else(|| {
+            crate::tls::server_name(addr.host())
+                .unwrap_or_else(|_| ServerName::IpAddress(addr.resolve().ip().into()))
+        });
+        DbTls {
+            material: self.material.clone(),
+            name,
+        }
+    }
 }
 
 impl ClientConfig {
@@ -87,7 +145,8 @@ pub struct InstanceState {
 impl Instance {
     fn new(addr: Endpoint, config: &ClientConfig, metrics: Metrics) -> Instance {
         let timeout = config.deadlines().attempt;
-        let manager = DbManager::new(addr.clone(), timeout, config.secret.clone());
+        let tls = config.tls.as_ref().map(|trust| trust.for_endpoint(&addr));
+        let manager = DbManager::new(addr.clone(), timeout, config.secret.clone(), tls);
         let connections = match config.pool_size {
             0 => Connections::PerRequest,
             size => Connections::Pooled(
@@ -97,11 +156,11 @@ impl Instance {
                     // has_broken catches failed connections; a ping per checkout would double
                     // the round trips.
                     .test_on_check_out(false)
-                    // No churn while idle: connections are made when needed, kept while used,
-                    // and an idle one is retired (before account-db's idle timeout drops it)
-                    // without being replaced.
+                    // No churn while idle: connections are made when needed, kept while used
+                    // (up to their lifetime), and an idle one is retired (before account-db's
+                    // idle timeout drops it) without being replaced.
                     .min_idle(Some(0))
-                    .max_lifetime(None)
+                    .max_lifetime(jittered(config.max_lifetime))
                     .idle_timeout(Some(POOL_IDLE))
                     .error_handler(Box::new(LogErrors(RateLimited::new(Duration::from_secs(
                         10,
@@ -284,5 +343,24 @@ impl Accounts for RemoteStore {
     /// unanswered asked again one by one (`failover`).
     fn call_all(&self, requests: &[&DbRequest]) -> Vec<Result<DbResponse, StoreError>> {
         self.instances.call_all(requests)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lifetimes_are_jittered_by_up_to_a_tenth() {
+        assert_eq!(jittered(Duration::ZERO), None);
+        let hour = Duration::from_secs(3600);
+        let seen: Vec<Duration> = (0..200).filter_map(|_| jittered(hour)).collect();
+        assert_eq!(seen.len(), 200);
+        assert!(seen
+            .iter()
+            .all(|d| (hour.mul_f64(0.9)..=hour.mul_f64(1.1)).contains(d)));
+        // Spread, not one value: some below 97% and some above 103%.
+        assert!(seen.iter().any(|d| *d < hour.mul_f64(0.97)));
+        assert!(seen.iter().any(|d| *d > hour.mul_f64(1.03)));
     }
 }

@@ -16,17 +16,19 @@ use super::contract::{
     describe, familiar_list, familiar_text, unix_now, Details, LoginRead, Renamed, Store,
     StoreError, LEGACY_NAMES_IMPORTED, REVOKED_PER_ACCOUNT,
 };
+use super::pg_link::{self, SslMode};
 use crate::auth::names::{fold, skeleton, SKELETON_DATA};
 use crate::clock::Millis;
 use crate::protocol::accountdb::{Account, Ban, Created, Revocation, SessionState};
 use crate::throttle::Record;
 use postgres::types::Type;
-use postgres::{NoTls, Statement};
+use postgres::Statement;
 use r2d2_postgres::PostgresConnectionManager;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::LazyLock;
 use std::time::{Duration, Instant};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 /// The schema, one step per version; step N brings version N-1 to N.
 const MIGRATIONS: [&str; 6] = [
@@ -224,18 +226,22 @@ const MAX_PROBES: usize = 4;
 /// server that accepts and then says nothing would hold a start (and its stop signal) for
 /// ever. The connection runs on a thread of its own, left to end by itself when it is late
 /// ([`MAX_PROBES`] at most).
-fn probe(config: &postgres::Config, patience: Duration) -> Result<(), StoreError> {
+fn probe(
+    config: &postgres::Config,
+    tls: &MakeRustlsConnect,
+    patience: Duration,
+) -> Result<(), StoreError> {
     let silent = StoreError::Silent { waited: patience };
     if PROBES.fetch_add(1, Ordering::SeqCst) >= MAX_PROBES {
         PROBES.fetch_sub(1, Ordering::SeqCst);
         return Err(silent);
     }
     let (done, outcome) = crossbeam_channel::bounded(1);
-    let config = config.clone();
+    let (config, tls) = (config.clone(), tls.clone());
     let spawned = std::thread::Builder::new()
         .name("postgres-probe".into())
         .spawn(move || {
-            let connected = config.connect(NoTls).map(drop);
+            let connected = config.connect(tls).map(drop);
             PROBES.fetch_sub(1, Ordering::SeqCst);
             let _ = done.send(connected);
         });
@@ -249,9 +255,24 @@ fn probe(config: &postgres::Config, patience: Duration) -> Result<(), StoreError
     }
 }
 
+/// Whether `host` names this machine: `localhost` or a loopback address.
+fn is_loopback(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// r2d2-postgres's manager, its connections holding their prepared statements.
-#[derive(Debug)]
-pub struct PgManager(PostgresConnectionManager<NoTls>);
+pub struct PgManager(PostgresConnectionManager<MakeRustlsConnect>);
+
+impl std::fmt::Debug for PgManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PgManager")
+    }
+}
 
 impl r2d2::ManageConnection for PgManager {
     type Connection = PgConn;
@@ -298,20 +319,35 @@ impl PostgresStore {
     /// went silent (TCP user timeout, keepalives). Keep it below login-server's per-attempt
     /// deadline, so that a stuck store is answered as an error and not waited out.
     pub fn open(url: &str, pool_size: u32, timeout: Duration) -> Result<Self, StoreError> {
-        let store = PostgresStore::connect(url, pool_size, timeout)?;
+        let store = PostgresStore::connect(url, pool_size, timeout, None)?;
         store.migrate()?;
         Ok(store)
     }
 
-    /// [`PostgresStore::open`] without touching the schema (call [`PostgresStore::migrate`]).
+    /// [`PostgresStore::open`] without touching the schema (call [`PostgresStore::migrate`]),
+    /// with the password in `password_file` when the URL has none ([`pg_link::link`]).
     pub(super) fn connect(
         url: &str,
         pool_size: u32,
         timeout: Duration,
+        password_file: Option<&std::path::Path>,
     ) -> Result<Self, StoreError> {
-        let mut config: postgres::Config = url
-            .parse()
-            .map_err(|e: postgres::Error| StoreError::BadUrl(e.to_string()))?;
+        let pg_link::PgLink {
+            mut config,
+            tls,
+            mode,
+        } = pg_link::link(url, password_file)?;
+        let remote = config.get_hosts().iter().any(|host| match host {
+            postgres::config::Host::Tcp(name) => !is_loopback(name),
+            _ => false,
+        });
+        if remote && mode < SslMode::VerifyFull {
+            tracing::warn!(
+                ?mode,
+                "PostgreSQL is not on this host and sslmode is below verify-full: whoever is on \
+                 the path can read or pose as it; add sslmode=verify-full&sslrootcert=CA to --store"
+            );
+        }
         let ms = timeout.as_millis().max(1);
         config
             .connect_timeout(timeout)
@@ -332,10 +368,10 @@ impl PostgresStore {
                  -c idle_in_transaction_session_timeout={}",
                 ms * 2
             ));
-        let manager = PgManager(PostgresConnectionManager::new(config.clone(), NoTls));
+        let manager = PgManager(PostgresConnectionManager::new(config.clone(), tls.clone()));
         // One connection first, for its error as PostgreSQL or the OS gave it (the pool keeps
         // only the text): whether to wait for the server, and what to tell the operator.
-        probe(&config, (timeout * 4).max(PROBE_TIMEOUT))?;
+        probe(&config, &tls, (timeout * 4).max(PROBE_TIMEOUT))?;
         let pool = r2d2::Pool::builder()
             .max_size(pool_size.max(1))
             .min_idle(Some(0))

@@ -1,0 +1,407 @@
+//! How account-db reaches PostgreSQL: TLS as `--store`'s `sslmode` says (libpq's meanings,
+//! with rustls: the `postgres` crate knows only disable, prefer and require), trust anchors from
+//! its `sslrootcert`, and the password from `--store-password-file` or a pgpass file read as
+//! libpq reads one. No password ever reaches a log line or an error.
+
+use super::contract::StoreError;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+/// libpq's `sslmode`, as `--store` gives it (default `prefer`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum SslMode {
+    /// No TLS.
+    Disable,
+    /// TLS if the server offers it, the certificate not checked; plaintext otherwise.
+    Prefer,
+    /// TLS, the certificate not checked: encrypted, but anyone on the path may pose as the
+    /// server.
+    Require,
+    /// TLS, the chain checked against `sslrootcert`, not the name.
+    VerifyCa,
+    /// TLS, the chain and the host name (of every host) checked.
+    VerifyFull,
+}
+
+impl std::str::FromStr for SslMode {
+    type Err = StoreError;
+
+    fn from_str(s: &str) -> Result<SslMode, StoreError> {
+        Ok(match s {
+            "disable" => SslMode::Disable,
+            "prefer" => SslMode::Prefer,
+            "require" => SslMode::Require,
+            "verify-ca" => SslMode::VerifyCa,
+            "verify-full" => SslMode::VerifyFull,
+            other => {
+                return Err(StoreError::BadUrl(format!(
+                    "sslmode={other}: one of disable, prefer, require, verify-ca, verify-full"
+                )))
+            }
+        })
+    }
+}
+
+/// A PostgreSQL connection as `--store` describes it: the `postgres` crate's configuration,
+/// the TLS connector, and the mode.
+pub struct PgLink {
+    /// Hosts, database, user, password; `sslmode` mapped to the crate's three.
+    pub config: postgres::Config,
+    /// Makes each connection's TLS, checking what `mode` asks.
+    pub tls: MakeRustlsConnect,
+    /// As `--store` says.
+    pub mode: SslMode,
+}
+
+/// Read `url`: `sslmode` and `sslrootcert` taken out of its query (the crate refuses the first's
+/// verify modes and knows nothing of the second), the rest parsed by the `postgres` crate. The
+/// password: the URL's, else `password_file`'s (its whole text less a final newline), else a
+/// pgpass file's entry (`PGPASSFILE`, else `~/.pgpass`).
+pub fn link(url: &str, password_file: Option<&Path>) -> Result<PgLink, StoreError> {
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let mut mode = SslMode::Prefer;
+    let mut root = None;
+    let mut kept = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("sslmode", value)) => mode = value.parse()?,
+            Some(("sslrootcert", value)) => root = Some(PathBuf::from(value)),
+            _ => kept.push(pair),
+        }
+    }
+    let crate_mode = match mode {
+        SslMode::Disable => "disable",
+        SslMode::Prefer => "prefer",
+        _ => "require",
+    };
+    kept.push(match crate_mode {
+        "disable" => "sslmode=disable",
+        "prefer" => "sslmode=prefer",
+        _ => "sslmode=require",
+    });
+    let rebuilt = format!("{base}?{}", kept.join("&"));
+    let mut config: postgres::Config = rebuilt
+        .parse()
+        .map_err(|e: postgres::Error| StoreError::BadUrl(e.to_string()))?;
+    if config.get_password().is_none() {
+        let password = match password_file {
+            Some(file) => Some(read_password_file(file)?),
+            None => pgpass(&config),
+        };
+        if let Some(password) = password {
+            config.password(password);
+        }
+    }
+    let tls = MakeRustlsConnect::new(client_config(mode, root.as_deref())?);
+    Ok(PgLink { config, tls, mode })
+}
+
+/// The rustls configuration for `mode`: for the verify modes, trust anchors from `root`
+/// (libpq's default `~/.postgresql/root.crt`).
+fn client_config(mode: SslMode, root: Option<&Path>) -> Result<rustls::ClientConfig, StoreError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| StoreError::BadUrl(e.to_string()))?;
+    let verifier: Arc<dyn ServerCertVerifier> = match mode {
+        SslMode::Disable | SslMode::Prefer | SslMode::Require => {
+            Arc::new(Unchecked(provider.clone()))
+        }
+        SslMode::VerifyCa | SslMode::VerifyFull => {
+            let root = match root {
+                Some(root) => root.to_path_buf(),
+                None => home().join(".postgresql/root.crt"),
+            };
+            let roots = crate::tls::read_roots(&root).map_err(|e| {
+                StoreError::BadUrl(format!("sslmode=verify-*: the CA (sslrootcert): {e}"))
+            })?;
+            let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .map_err(|e| StoreError::BadUrl(format!("sslrootcert: {e}")))?;
+            match mode {
+                SslMode::VerifyCa => Arc::new(ChainOnly(webpki)),
+                _ => webpki,
+            }
+        }
+    };
+    Ok(builder
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth())
+}
+
+/// The home directory, as libpq finds it.
+fn home() -> PathBuf {
+    std::env::var_os("HOME").map_or_else(|| PathBuf::from("/"), PathBuf::from)
+}
+
+/// `--store-password-file`: its text, less one final newline; refused if group or others may
+/// read it.
+fn read_password_file(path: &Path) -> Result<String, StoreError> {
+    use std::os::unix::fs::PermissionsExt;
+    let unreadable = |detail: String| {
+        StoreError::BadUrl(format!(
+            "--store-password-file {}: {detail}",
+            path.display()
+        ))
+    };
+    let meta = std::fs::metadata(path).map_err(|e| unreadable(e.to_string()))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(unreadable(
+            "readable by group or others: chmod 600 it".into(),
+        ));
+    }
+    if meta.len() > 4096 {
+        return Err(unreadable("larger than 4 KiB: not a password".into()));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| unreadable(e.to_string()))?;
+    let text = text.strip_suffix('\n').unwrap_or(&text);
+    Ok(text.strip_suffix('\r').unwrap_or(text).to_string())
+}
+
+/// The password a pgpass file holds for `config`'s first host, port, database and user, as libpq
+/// reads it: `PGPASSFILE` or `~/.pgpass`, ignored (with a warning) unless only its owner may
+/// read it; lines `host:port:database:user:password`, `*` matching anything, `\:` and `\\`
+/// escaped, `#` comments.
+fn pgpass(config: &postgres::Config) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PGPASSFILE").map_or_else(|| home().join(".pgpass"), PathBuf::from);
+    let meta = std::fs::metadata(&path).ok()?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        tracing::warn!(file = %path.display(), "password file ignored: readable by group or others (chmod 600 it)");
+        return None;
+    }
+    let text = std::fs::read_to_string(&path).ok()?;
+    let host = match config.get_hosts().first() {
+        Some(postgres::config::Host::Tcp(host)) => host.clone(),
+        _ => "localhost".to_string(),
+    };
+    let port = config
+        .get_ports()
+        .first()
+        .copied()
+        .unwrap_or(5432)
+        .to_string();
+    let user = config.get_user().unwrap_or_default();
+    let database = config.get_dbname().unwrap_or(user);
+    pgpass_lookup(&text, [&host, &port, database, user])
+}
+
+/// The password of the first line of `text` whose fields match `wanted` (host, port,
+/// database, user).
+fn pgpass_lookup(text: &str, wanted: [&str; 4]) -> Option<String> {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(split_pgpass_line)
+        .find(|fields| {
+            fields[..4]
+                .iter()
+                .zip(wanted)
+                .all(|(f, w)| f == "*" || f == w)
+        })
+        .map(|mut fields| fields.swap_remove(4))
+}
+
+/// A pgpass line's five fields, unescaped; `None` when it has fewer.
+fn split_pgpass_line(line: &str) -> Option<Vec<String>> {
+    let mut fields = vec![String::new()];
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                let next = chars.next()?;
+                fields.last_mut()?.push(next);
+            }
+            ':' if fields.len() < 5 => fields.push(String::new()),
+            c => fields.last_mut()?.push(c),
+        }
+    }
+    (fields.len() == 5).then_some(fields)
+}
+
+/// Checks nothing of the certificate (libpq's `prefer` and `require`), but the handshake's
+/// signatures still: the link is encrypted to whoever answered.
+#[derive(Debug)]
+struct Unchecked(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for Unchecked {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// libpq's `verify-ca`: the chain checked against the trust anchors, whatever name the
+/// certificate holds.
+#[derive(Debug)]
+struct ChainOnly(Arc<rustls::client::WebPkiServerVerifier>);
+
+impl ServerCertVerifier for ChainOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        use rustls::CertificateError as C;
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        {
+            // webpki checks the name after the chain: a name error means the chain held.
+            Err(rustls::Error::InvalidCertificate(
+                C::NotValidForName | C::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sslmode_and_sslrootcert_are_taken_out_and_the_rest_kept() {
+        let link = link(
+            "postgres://app@db1:5433,db2:5434/accounts?sslmode=require&application_name=x",
+            None,
+        )
+        .unwrap();
+        assert_eq!(link.mode, SslMode::Require);
+        assert_eq!(
+            link.config.get_ssl_mode(),
+            postgres::config::SslMode::Require
+        );
+        assert_eq!(link.config.get_application_name(), Some("x"));
+        assert_eq!(link.config.get_ports(), &[5433, 5434]);
+        let plain = super::link("postgres://app@db/accounts", None).unwrap();
+        assert_eq!(plain.mode, SslMode::Prefer);
+        let off = super::link("postgres://app@db/accounts?sslmode=disable", None).unwrap();
+        assert_eq!(
+            off.config.get_ssl_mode(),
+            postgres::config::SslMode::Disable
+        );
+        assert!(super::link("postgres://app@db/a?sslmode=verify-all", None).is_err());
+        // The verify modes need their CA, and say so.
+        let error = super::link(
+            "postgres://app@db/a?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem",
+            None,
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(
+            error.contains("sslrootcert") && error.contains("/nonexistent/ca.pem"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn pgpass_lines_are_read_as_libpq_reads_them() {
+        let text = "# a comment\n\
+                    other:5432:accounts:app:wrong\n\
+                    db\\:1:*:accounts:app:first\\:one\n\
+                    *:*:*:app:fallback\\\\\n";
+        let wanted = |host| pgpass_lookup(text, [host, "5432", "accounts", "app"]);
+        assert_eq!(wanted("db:1").as_deref(), Some("first:one"));
+        assert_eq!(wanted("elsewhere").as_deref(), Some("fallback\\"));
+        assert_eq!(pgpass_lookup(text, ["x", "1", "y", "nobody"]), None);
+        assert_eq!(split_pgpass_line("a:b:c:d"), None);
+        assert_eq!(
+            split_pgpass_line("a:b:c:d:pass:with:colons").unwrap()[4],
+            "pass:with:colons"
+        );
+    }
+
+    #[test]
+    fn a_password_file_others_may_read_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("password");
+        std::fs::write(&file, "s3cret\n").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(read_password_file(&file).unwrap(), "s3cret");
+        let link = link("postgres://app@db/accounts", Some(&file)).unwrap();
+        assert_eq!(link.config.get_password(), Some(&b"s3cret"[..]));
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let error = read_password_file(&file).unwrap_err().to_string();
+        assert!(
+            error.contains("chmod 600") && !error.contains("s3cret"),
+            "{error}"
+        );
+        // A password in the URL wins.
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let link = super::link("postgres://app:inurl@db/accounts", Some(&file)).unwrap();
+        assert_eq!(link.config.get_password(), Some(&b"inurl"[..]));
+    }
+}
