@@ -255,7 +255,7 @@ fn every_documented_metric_is_exported_and_nothing_else() {
     // With TLS between the tiers, whose metrics exist only then.
     let (dir, tls) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let names = ["127.0.0.1".to_string()];
-    login_server::tls::generate::write(tls.path(), &names, false, 30).unwrap();
+    login_server::tls::generate::write(tls.path(), &names, false, 30, None).unwrap();
     let secret = Secret::generate();
     let mut db_config = AccountDbConfig::embedded("127.0.0.1:0".parse().unwrap(), secret.clone());
     db_config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());

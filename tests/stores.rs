@@ -408,6 +408,31 @@ fn store_urls_parse_and_hide_passwords() {
         .parse::<StoreUrl>()
         .unwrap_err();
     assert!(!typo.contains("s3cret"), "{typo}");
+    // A `?` in the password, and a percent-encoded parameter name: hidden all the same.
+    for (given, shown) in [
+        (
+            "postgres://app:s3?cret@db/x?sslmode=require",
+            "postgres://app@db/x?sslmode=require",
+        ),
+        (
+            "postgres://app@db/x?pass%77ord=s3cret",
+            "postgres://app@db/x?password=…",
+        ),
+    ] {
+        assert_eq!(given.parse::<StoreUrl>().unwrap().to_string(), shown);
+    }
+    // Nor does the command line quote a mistyped one back (clap would, by default).
+    for flag in [
+        "--store=postgress://app:s3cret@db/x",
+        "--store=postgresql:/app:s3cret@db",
+    ] {
+        let error =
+            <login_server::AccountDbConfig as clap::Parser>::try_parse_from(["account-db", flag])
+                .unwrap_err()
+                .to_string();
+        assert!(!error.contains("s3cret"), "{error}");
+        assert!(error.contains("sqlite:DIR or postgres://"), "{error}");
+    }
 }
 
 #[test]

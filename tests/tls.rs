@@ -33,7 +33,8 @@ impl Pki {
         let dir = tempfile::tempdir().unwrap();
         let ca = Authority::new("test CA").unwrap();
         let names = ["localhost".to_string(), "127.0.0.1".to_string()];
-        generate::write_with(&ca, dir.path(), &names, true, 30).unwrap();
+        let files = vec![("ca.pem", ca.cert_pem(), false)];
+        generate::write_with(&ca, files, dir.path(), &names, true, 30).unwrap();
         Pki { dir, ca }
     }
 
@@ -68,6 +69,22 @@ impl Pki {
             name: login_server::tls::server_name(name).unwrap(),
         }
     }
+}
+
+/// An account-db serving TLS with a fresh CA's certificate, in this process (`client_ca`:
+/// `--tls-client-ca` too), `tweak` applied after the TLS flags: its directory, the CA, the
+/// secret and the server, in the order that stops the server first when they are dropped as
+/// `let` bindings.
+fn tls_db(
+    client_ca: bool,
+    tweak: impl FnOnce(&mut login_server::AccountDbConfig),
+) -> (tempfile::TempDir, Pki, Secret, AccountDb) {
+    let (pki, data, secret) = (Pki::new(), tempfile::tempdir().unwrap(), Secret::generate());
+    let db = start_db(data.path(), &secret, |c| {
+        pki.serve(c, client_ca);
+        tweak(c);
+    });
+    (data, pki, secret, db)
 }
 
 /// An account-db in this process, TLS as `tweak` sets it.
@@ -291,9 +308,7 @@ fn with_token(addr: SocketAddr, op: &str, token: &str) -> serde_json::Value {
 
 #[test]
 fn an_on_path_relay_sees_no_name_hash_sid_or_token() {
-    let (pki, data) = (Pki::new(), tempfile::tempdir().unwrap());
-    let secret = Secret::generate();
-    let db = start_db(data.path(), &secret, |c| pki.serve(c, false));
+    let (_data, pki, secret, db) = tls_db(false, |_| {});
     let relay = Relay::start(db.local_addr(), Tamper::Nothing);
     let server = start_server(relay.addr, &secret, |c| pki.trust(c, false));
     let name = "unmistakable-player-name";
@@ -369,9 +384,7 @@ fn a_relay_that_rewrites_a_login_reply_logs_nobody_in() {
 
 #[test]
 fn a_relay_that_corrupts_replies_gets_7_never_3() {
-    let (pki, data) = (Pki::new(), tempfile::tempdir().unwrap());
-    let secret = Secret::generate();
-    let db = start_db(data.path(), &secret, |c| pki.serve(c, false));
+    let (_data, pki, secret, db) = tls_db(false, |_| {});
     // Registered directly: the relay corrupts every reply.
     let direct = start_server(db.local_addr(), &secret, |c| pki.trust(c, false));
     assert_eq!(
@@ -395,7 +408,7 @@ fn a_relay_that_corrupts_replies_gets_7_never_3() {
 
 #[test]
 fn certificates_that_must_not_be_trusted_are_refused_with_the_cause() {
-    let (pki, data) = (Pki::new(), tempfile::tempdir().unwrap());
+    let pki = Pki::new();
     let secret = Secret::generate();
     let other_ca = Authority::new("someone else's CA").unwrap();
     let names = ["localhost".to_string(), "127.0.0.1".to_string()];
@@ -432,10 +445,8 @@ fn certificates_that_must_not_be_trusted_are_refused_with_the_cause() {
         ),
     ];
     for (what, cert, key, name, cause) in cases {
-        let db = start_db(data.path(), &secret, |c| {
-            c.tls_cert = Some(cert.clone());
-            c.tls_key = Some(key.clone());
-        });
+        // account-db refuses to serve an expired certificate: a bare TLS server presents these.
+        let db = BareTls::start(&cert, &key);
         let error = DbConn::connect(
             db.local_addr(),
             PATIENCE,
@@ -466,8 +477,64 @@ fn certificates_that_must_not_be_trusted_are_refused_with_the_cause() {
             "{what}: plaintext passed"
         );
         drop(server);
-        db.shutdown();
     }
+}
+
+/// A TLS server presenting any certificate (none of account-db's checks), that completes each
+/// handshake it can and closes: a peer for the client's checks.
+struct BareTls(SocketAddr);
+
+impl BareTls {
+    fn start(cert: &Path, key: &Path) -> BareTls {
+        use rustls::pki_types::pem::PemObject;
+        let chain = rustls::pki_types::CertificateDer::pem_file_iter(cert)
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_file(key).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = Arc::new(
+            rustls::ServerConfig::builder_with_provider(provider)
+                .with_protocol_versions(&[&rustls::version::TLS13])
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(chain, key)
+                .unwrap(),
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for tcp in listener.incoming() {
+                let Ok(mut tcp) = tcp else { return };
+                let mut conn = rustls::ServerConnection::new(config.clone()).unwrap();
+                let deadline = Instant::now() + Duration::from_secs(2);
+                let _ = login_server::tls::handshake(&mut conn, &mut tcp, deadline);
+            }
+        });
+        BareTls(addr)
+    }
+
+    fn local_addr(&self) -> SocketAddr {
+        self.0
+    }
+}
+
+#[test]
+fn account_db_refuses_to_serve_a_certificate_that_is_not_valid_now() {
+    let pki = Pki::new();
+    let names = ["localhost".to_string()];
+    let expired = pki_with(&pki, "expired", |ca| {
+        ca.issue(&names, false, -time::Duration::days(30), 1)
+            .unwrap()
+    });
+    let data = tempfile::tempdir().unwrap();
+    let mut config =
+        login_server::AccountDbConfig::embedded("127.0.0.1:0".parse().unwrap(), Secret::generate());
+    config.data = data.path().to_path_buf();
+    config.tls_cert = Some(expired.0);
+    config.tls_key = Some(expired.1);
+    let error = AccountDb::open(config).err().unwrap().to_string();
+    assert!(error.contains("expired at"), "{error}");
 }
 
 /// `(cert, key)` files of what `issue` makes with `pki`'s CA, written into `pki`'s directory.
@@ -488,9 +555,7 @@ fn pki_with(
 
 #[test]
 fn a_plaintext_client_is_refused_by_a_tls_only_account_db_at_once() {
-    let (pki, data) = (Pki::new(), tempfile::tempdir().unwrap());
-    let secret = Secret::generate();
-    let db = start_db(data.path(), &secret, |c| pki.serve(c, false));
+    let (_data, pki, secret, db) = tls_db(false, |_| {});
     let started = Instant::now();
     let error = DbConn::connect(db.local_addr(), PATIENCE, &secret, None)
         .err()
@@ -498,7 +563,17 @@ fn a_plaintext_client_is_refused_by_a_tls_only_account_db_at_once() {
         .to_string();
     assert!(error.contains("TLS required"), "{error}");
     let waited = started.elapsed();
-    assert!(waited < Duration::from_millis(1500), "{waited:?}");
+    let sniff = login_server::accountdb::server::TLS_SNIFF;
+    assert!(
+        waited >= sniff && waited < sniff + Duration::from_millis(1500),
+        "{waited:?}"
+    );
+    // A ClientHello that comes late (a lost first segment sent again) is still served.
+    let tls = pki.client("localhost", false);
+    let mut tcp = TcpStream::connect(db.local_addr()).unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    let mut conn = rustls::ClientConnection::new(tls.material.current(), tls.name.clone()).unwrap();
+    login_server::tls::handshake(&mut conn, &mut tcp, Instant::now() + PATIENCE).unwrap();
     // With TLS it is served.
     assert!(DbConn::connect(
         db.local_addr(),
@@ -524,9 +599,7 @@ fn a_plaintext_client_is_refused_by_a_tls_only_account_db_at_once() {
 
 #[test]
 fn a_client_certificate_is_required_under_tls_client_ca() {
-    let (pki, data) = (Pki::new(), tempfile::tempdir().unwrap());
-    let secret = Secret::generate();
-    let db = start_db(data.path(), &secret, |c| pki.serve(c, true));
+    let (_data, pki, secret, db) = tls_db(true, |_| {});
     let without = DbConn::connect(
         db.local_addr(),
         PATIENCE,
@@ -578,9 +651,7 @@ fn prove(reader: &mut BufReader<Stream>, proof: &str) -> serde_json::Value {
 
 #[test]
 fn a_proof_made_for_another_connection_is_refused() {
-    let (pki, data) = (Pki::new(), tempfile::tempdir().unwrap());
-    let secret = Secret::generate();
-    let db = start_db(data.path(), &secret, |c| pki.serve(c, false));
+    let (_data, pki, secret, db) = tls_db(false, |_| {});
     let tls = pki.client("localhost", false);
     let (other, _) = tls_greeted(db.local_addr(), &tls);
     let elsewhere = other.get_ref().binding().unwrap();
@@ -621,10 +692,7 @@ fn raise_open_files(to: u64) {
 #[test]
 fn silent_peers_hold_no_slot_and_a_login_server_still_gets_in() {
     raise_open_files(8192);
-    let (pki, data) = (Pki::new(), tempfile::tempdir().unwrap());
-    let secret = Secret::generate();
-    let db = start_db(data.path(), &secret, |c| {
-        pki.serve(c, false);
+    let (_data, pki, secret, db) = tls_db(false, |c| {
         c.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
     });
     // 2,000 peers that open TCP and never send a ClientHello.
@@ -672,9 +740,7 @@ fn openssl_s_client_negotiates_tls_1_3_and_verifies_the_chain() {
     else {
         return common::missing::<()>("REQUIRE_OPENSSL", "no openssl command").unwrap_or(());
     };
-    let (pki, data) = (Pki::new(), tempfile::tempdir().unwrap());
-    let secret = Secret::generate();
-    let db = start_db(data.path(), &secret, |c| pki.serve(c, false));
+    let (_data, pki, _, db) = tls_db(false, |_| {});
     let output = std::process::Command::new("openssl")
         .args(["s_client", "-brief", "-verify_return_error", "-connect"])
         .arg(db.local_addr().to_string())
@@ -703,9 +769,7 @@ fn openssl_s_client_negotiates_tls_1_3_and_verifies_the_chain() {
 
 #[test]
 fn sighup_reloads_certificates_and_keeps_what_works() {
-    let (pki, data) = (Pki::new(), tempfile::tempdir().unwrap());
-    let secret = Secret::generate();
-    let db = start_db(data.path(), &secret, |c| pki.serve(c, false));
+    let (_data, pki, secret, db) = tls_db(false, |_| {});
     let server = start_server(db.local_addr(), &secret, |c| {
         pki.trust(c, false);
         c.workers = Some(1);
@@ -762,10 +826,7 @@ fn sighup_reloads_certificates_and_keeps_what_works() {
 
 #[test]
 fn the_certificates_expiry_is_a_metric() {
-    let (pki, data) = (Pki::new(), tempfile::tempdir().unwrap());
-    let secret = Secret::generate();
-    let db = start_db(data.path(), &secret, |c| {
-        pki.serve(c, false);
+    let (_data, pki, secret, db) = tls_db(false, |c| {
         c.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
     });
     let server = start_server(db.local_addr(), &secret, |c| {
@@ -1023,10 +1084,7 @@ fn postgres_verify_full_with_a_scram_password_and_clear_errors() {
 /// time must still be cut off at the handshake's deadline, not when the record ends.
 #[test]
 fn a_proof_trickled_inside_tls_is_cut_off_at_the_deadline() {
-    let (pki, data) = (Pki::new(), tempfile::tempdir().unwrap());
-    let secret = Secret::generate();
-    let db = start_db(data.path(), &secret, |c| {
-        pki.serve(c, false);
+    let (_data, pki, _, db) = tls_db(false, |c| {
         c.auth_timeout = Duration::from_secs(1);
     });
     let tls = pki.client("localhost", false);

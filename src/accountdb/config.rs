@@ -61,8 +61,8 @@ pub enum Command {
     GenTls {
         /// Where to write them (created if missing).
         dir: PathBuf,
-        /// The names the server certificate holds: DNS names or IP addresses, as login-servers
-        /// write them in --db (or their --db-tls-name).
+        /// The names the server certificate holds: DNS names or IP addresses, the host part of
+        /// the address login-servers write in --db (without its port), or their --db-tls-name.
         #[arg(
             long,
             value_name = "NAME[,NAME]",
@@ -73,6 +73,11 @@ pub enum Command {
         /// Write a client certificate too.
         #[arg(long)]
         client: bool,
+        /// Sign with the CA an earlier gen-tls wrote to this directory (its ca.pem is copied
+        /// to DIR; its ca.key stays there): another account-db's certificate, or a renewed
+        /// one, that login-servers already trust. Defaults to none: a new CA.
+        #[arg(long, value_name = "CA_DIR")]
+        ca: Option<PathBuf>,
         /// Days the certificates are valid (the CA: 3650).
         #[arg(long, value_name = "N", default_value = "365", value_parser = clap::value_parser!(i64).range(1..=3650))]
         days: i64,
@@ -130,7 +135,13 @@ pub struct AccountDbConfig {
     /// account-dbs may serve one PostgreSQL database). Its sslmode (disable, prefer, require,
     /// verify-ca, verify-full: libpq's meanings; default prefer) and sslrootcert (the CA of the
     /// verify modes) are honoured. Defaults to sqlite:DATA.
-    #[arg(global = true, long, value_name = "URL", env = "ACCOUNT_DB_STORE")]
+    #[arg(
+        global = true,
+        long,
+        value_name = "URL",
+        env = "ACCOUNT_DB_STORE",
+        value_parser = crate::accountdb::store::StoreUrlParser
+    )]
     pub store: Option<StoreUrl>,
     /// File holding the PostgreSQL password (its whole text, less a final newline; mode 0600),
     /// used when --store's URL has none; without it, a pgpass file (PGPASSFILE, else

@@ -79,6 +79,8 @@ struct Shared {
     authenticated: AtomicUsize,
     /// Refusals are logged as a summary at most once per 10 s.
     refusal_log: RateLimited,
+    /// Handshakes cut off at `--max-handshakes` likewise, apart.
+    cutoff_log: RateLimited,
     idle_timeout: Duration,
     auth_timeout: Duration,
     /// TLS on --listen, if served.
@@ -112,7 +114,7 @@ impl Shared {
         );
         r.register(
             "refused",
-            "Connections refused: bad secret or too many",
+            "Connections refused, each once: bad secret, too many, TLS required or failed, handshake not done",
             self.refused.clone(),
         );
         let shared = self.clone();
@@ -233,8 +235,8 @@ impl Shared {
             if let Some(open) = self.open.lock().get(&oldest) {
                 let _ = open.stream.shutdown(Shutdown::Both);
             }
-            self.refused.inc();
-            if let Some(n) = self.refusal_log.hit() {
+            // Counted once, by its handler, which sees its connection end.
+            if let Some(n) = self.cutoff_log.hit() {
                 tracing::warn!(
                     last_peer = %peer,
                     refused = n,
@@ -516,6 +518,7 @@ impl AccountDb {
             handshaking: Mutex::new(VecDeque::new()),
             authenticated: AtomicUsize::new(0),
             refusal_log: RateLimited::new(Duration::from_secs(10)),
+            cutoff_log: RateLimited::new(Duration::from_secs(10)),
             idle_timeout: config.idle_timeout,
             auth_timeout: config.auth_timeout,
             tls,
@@ -834,9 +837,15 @@ fn send(reader: &mut BufReader<Stream>, out: &mut Vec<u8>) -> io::Result<()> {
     Ok(())
 }
 
-/// How long account-db waits for a TLS client's first byte (its ClientHello, sent as soon as
-/// it connects) before taking the peer for a plaintext one, which waits for the greeting.
-pub const TLS_SNIFF: Duration = Duration::from_millis(250);
+/// How long a TLS-only account-db waits for a client's first byte (a TLS client sends its
+/// ClientHello as soon as it connects) before it answers "TLS required" in plaintext: long
+/// enough for a ClientHello whose first segment was lost and sent again, short enough that a
+/// plaintext login-server (which waits for the greeting) hears why at once.
+pub const TLS_SNIFF: Duration = Duration::from_secs(1);
+
+/// The same wait under `--tls-optional`, after which the peer is greeted in plaintext: every
+/// plaintext connection waits this long, so it is short.
+pub const TLS_SNIFF_OPTIONAL: Duration = Duration::from_millis(250);
 
 /// The first byte of a TLS record carrying a handshake message (a ClientHello).
 const TLS_HANDSHAKE: u8 = 0x16;
@@ -854,7 +863,12 @@ fn secure(
     let Some(tls) = &shared.tls else {
         return Ok(Some(Stream::Plain(tcp)));
     };
-    let sniff = (Instant::now() + TLS_SNIFF).min(deadline);
+    let wait = if tls.optional {
+        TLS_SNIFF_OPTIONAL
+    } else {
+        TLS_SNIFF
+    };
+    let sniff = (Instant::now() + wait).min(deadline);
     tcp.set_read_timeout(Some(
         sniff
             .saturating_duration_since(Instant::now())
@@ -862,7 +876,13 @@ fn secure(
     ))?;
     let mut first = [0u8; 1];
     let speaks_tls = match tcp.peek(&mut first) {
-        Ok(0) => return Ok(None),
+        Ok(0) => {
+            shared.refused(
+                peer,
+                "closed before it spoke (or cut off at --max-handshakes)",
+            );
+            return Ok(None);
+        }
         Ok(_) => first[0] == TLS_HANDSHAKE,
         Err(e)
             if matches!(
@@ -895,7 +915,19 @@ fn secure(
             conn, tcp,
         ))))),
         Err(e) => {
-            shared.refused(peer, &format!("TLS: {e}"));
+            let why = match e.kind() {
+                io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => {
+                    "TLS handshake not done within --auth-timeout".to_string()
+                }
+                io::ErrorKind::UnexpectedEof
+                | io::ErrorKind::ConnectionReset
+                | io::ErrorKind::NotConnected
+                | io::ErrorKind::BrokenPipe => {
+                    "closed during the TLS handshake (or cut off at --max-handshakes)".to_string()
+                }
+                _ => format!("TLS: {e}"),
+            };
+            shared.refused(peer, &why);
             Ok(None)
         }
     }

@@ -46,6 +46,33 @@ impl std::str::FromStr for StoreUrl {
     }
 }
 
+/// Parses `--store` for clap without quoting a value it refuses back (clap's own errors do):
+/// a mistyped URL may hold a password.
+#[derive(Debug, Clone, Copy)]
+pub struct StoreUrlParser;
+
+impl clap::builder::TypedValueParser for StoreUrlParser {
+    type Value = StoreUrl;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<StoreUrl, clap::Error> {
+        let flag = arg.map_or_else(|| "--store".to_string(), |a| format!("--{}", a.get_id()));
+        let refused = |why: &str| {
+            clap::Error::raw(
+                clap::error::ErrorKind::InvalidValue,
+                format!("{flag}: {why} (the value is not shown: it may hold a password)\n"),
+            )
+            .with_cmd(cmd)
+        };
+        let text = value.to_str().ok_or_else(|| refused("not UTF-8"))?;
+        text.parse().map_err(|why: String| refused(&why))
+    }
+}
+
 impl std::fmt::Display for StoreUrl {
     /// The URL without a password, for logs: neither `user:password@` nor a `password=`
     /// parameter is shown.
@@ -53,21 +80,21 @@ impl std::fmt::Display for StoreUrl {
         match self {
             StoreUrl::Sqlite(dir) => write!(f, "sqlite:{}", dir.display()),
             StoreUrl::Postgres(url) => {
-                let (url, query) = url
-                    .split_once('?')
-                    .map_or((url.as_str(), None), |(u, q)| (u, Some(q)));
-                match (url.find("://"), url.rfind('@')) {
-                    (Some(scheme), Some(at)) if at > scheme => {
-                        let user = url[scheme + 3..at].split(':').next().unwrap_or_default();
-                        write!(f, "{}{user}@{}", &url[..scheme + 3], &url[at + 1..])?;
+                let (url, query) = pg_link::split_url(url);
+                let start = url.find("://").map_or(0, |scheme| scheme + 3);
+                match url[start..].find('@') {
+                    Some(at) => {
+                        let at = start + at;
+                        let user = url[start..at].split(':').next().unwrap_or_default();
+                        write!(f, "{}{user}@{}", &url[..start], &url[at + 1..])?;
                     }
-                    _ => f.write_str(url)?,
+                    None => f.write_str(url)?,
                 }
                 let Some(query) = query else { return Ok(()) };
                 let shown: Vec<&str> = query
                     .split('&')
                     .map(|pair| match pair.split_once('=') {
-                        Some((key, _)) if key.eq_ignore_ascii_case("password") => "password=…",
+                        Some((key, _)) if pg_link::is_password_key(key) => "password=…",
                         _ => pair,
                     })
                     .collect();

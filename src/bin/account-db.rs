@@ -70,9 +70,12 @@ fn run() -> anyhow::Result<ExitCode> {
             dir,
             name,
             client,
+            ca,
             days,
         }) => {
-            for path in login_server::tls::generate::write(dir, name, *client, *days)? {
+            let written =
+                login_server::tls::generate::write(dir, name, *client, *days, ca.as_deref());
+            for path in written? {
                 println!("wrote {}", path.display());
             }
         }

@@ -201,9 +201,10 @@ pub struct LoginServerConfig {
     /// to 2.
     #[arg(long, value_name = "SECS", env = "LOGIN_SERVER_DB_TIMEOUT", default_value = "2", value_parser = seconds)]
     pub db_timeout: Duration,
-    /// Seconds a pooled account-db connection lives at most, jittered by up to 10% per
-    /// account-db so that pools do not reconnect together: a TLS reload (SIGHUP) or a moved
-    /// account-db reaches every connection within it. 0 keeps them for ever. Defaults to 3600.
+    /// Seconds a pooled account-db connection lives at most (and up to 30 s more: the pool
+    /// retires expired connections every 30 s), jittered by up to 10% per account-db so that
+    /// pools do not reconnect together: a TLS reload (SIGHUP) or a moved account-db reaches
+    /// every connection within it. 0 keeps them for ever. Defaults to 3600.
     #[arg(
         long,
         value_name = "SECS",

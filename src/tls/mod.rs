@@ -61,7 +61,22 @@ fn read_small(path: &Path) -> Result<Vec<u8>, TlsError> {
         path: path.to_path_buf(),
         source,
     };
-    let file = std::fs::File::open(path).map_err(read)?;
+    // Opened without blocking, so that a FIFO put at the path (whose open waits for a writer)
+    // cannot hang a reload, and the signal thread with it; only a regular file is read.
+    let file = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+            .map_err(read)?
+    };
+    if !file.metadata().map_err(read)?.is_file() {
+        return Err(read(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file",
+        )));
+    }
     let mut bytes = Vec::new();
     file.take(MAX_PEM + 1)
         .read_to_end(&mut bytes)
@@ -162,6 +177,7 @@ impl ServerFiles {
     /// A TLS 1.3 server configuration from these files, without early data.
     pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, TlsError> {
         let chain = read_certificates(&self.cert)?;
+        check_validity(&self.cert, &chain)?;
         let key = read_key(&self.key)?;
         let builder = rustls::ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
@@ -286,6 +302,48 @@ impl<F: Files> Material<F> {
 /// [0] version OPTIONAL, serialNumber, signature, issuer, validity SEQUENCE { notBefore,
 /// notAfter }, ... }, ... }`.
 pub fn not_after(cert: &[u8]) -> Option<i64> {
+    validity(cert).map(|(_, end)| end)
+}
+
+/// When `cert` becomes valid and when it ends (notBefore, notAfter), in seconds since the
+/// epoch; `None` when the DER cannot be read that far.
+pub fn validity(cert: &[u8]) -> Option<(i64, i64)> {
+    let [_, _, _, validity, _] = tbs_fields(cert)?;
+    let (start, rest) = der(validity.body)?;
+    let (end, _) = der(rest)?;
+    Some((
+        asn1_time(start.tag, start.body)?,
+        asn1_time(end.tag, end.body)?,
+    ))
+}
+
+/// `chain`'s first certificate (the one presented), refused when it is not valid now: a server
+/// that presents it is trusted by nobody, so it is refused at start and on reload.
+fn check_validity(path: &Path, chain: &[CertificateDer<'_>]) -> Result<(), TlsError> {
+    let Some((start, end)) = chain.first().and_then(|cert| validity(cert)) else {
+        return Ok(()); // rustls says what is wrong with a certificate that cannot be read
+    };
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let when = |at: i64| {
+        time::OffsetDateTime::from_unix_timestamp(at)
+            .map_or_else(|_| at.to_string(), |t| t.to_string())
+    };
+    let detail = if now > end {
+        format!("the certificate expired at {}", when(end))
+    } else if now < start {
+        format!("the certificate is not valid before {}", when(start))
+    } else {
+        return Ok(());
+    };
+    Err(TlsError::Pem {
+        path: path.to_path_buf(),
+        detail,
+    })
+}
+
+/// The first fields of `cert`'s tbsCertificate after its version: serialNumber, signature,
+/// issuer, validity, subject (tags checked where they are fixed).
+fn tbs_fields(cert: &[u8]) -> Option<[Item<'_>; 5]> {
     let (certificate, _) = der(cert)?;
     let (tbs, _) = der(certificate.body)?;
     let mut fields = tbs.body;
@@ -294,17 +352,39 @@ pub fn not_after(cert: &[u8]) -> Option<i64> {
         fields = rest;
         Some(item)
     };
-    let mut field = next()?;
-    if field.tag == 0xa0 {
-        field = next()?; // the version was there; this is the serial number
+    let mut serial = next()?;
+    if serial.tag == 0xa0 {
+        serial = next()?; // the version was there; this is the serial number
     }
-    let (_signature, _issuer, validity) = (next()?, next()?, next()?);
-    if (certificate.tag, tbs.tag, field.tag, validity.tag) != (0x30, 0x30, 0x02, 0x30) {
+    let (signature, issuer, validity, subject) = (next()?, next()?, next()?, next()?);
+    let tags = (
+        certificate.tag,
+        tbs.tag,
+        serial.tag,
+        validity.tag,
+        subject.tag,
+    );
+    if tags != (0x30, 0x30, 0x02, 0x30, 0x30) {
         return None;
     }
-    let (_not_before, rest) = der(validity.body)?;
-    let (end, _) = der(rest)?;
-    asn1_time(end.tag, end.body)
+    Some([serial, signature, issuer, validity, subject])
+}
+
+/// The common name (CN) of `cert`'s subject, if it has one in a string form.
+pub fn subject_common_name(cert: &[u8]) -> Option<String> {
+    const COMMON_NAME: &[u8] = &[0x55, 0x04, 0x03]; // 2.5.4.3
+    let [_, _, _, _, subject] = tbs_fields(cert)?;
+    let mut names = subject.body;
+    while let Some((set, rest)) = der(names) {
+        names = rest;
+        let (pair, _) = der(set.body)?;
+        let (oid, value) = der(pair.body)?;
+        let (value, _) = der(value)?;
+        if oid.tag == 0x06 && oid.body == COMMON_NAME && matches!(value.tag, 0x0c | 0x13 | 0x16) {
+            return String::from_utf8(value.body.to_vec()).ok();
+        }
+    }
+    None
 }
 
 /// One DER item: its tag and its contents.
@@ -386,7 +466,14 @@ impl ClientFiles {
         let mut config = match &self.identity {
             None => builder.with_no_client_auth(),
             Some((cert, key)) => builder
-                .with_client_auth_cert(read_certificates(cert)?, read_key(key)?)
+                .with_client_auth_cert(
+                    {
+                        let chain = read_certificates(cert)?;
+                        check_validity(cert, &chain)?;
+                        chain
+                    },
+                    read_key(key)?,
+                )
                 .map_err(|source| TlsError::Rustls {
                     what: "the client certificate and key",
                     source,
@@ -560,7 +647,7 @@ mod tests {
     fn pki() -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
         let names = ["localhost".to_string(), "127.0.0.1".to_string()];
-        generate::write(dir.path(), &names, true, 30).unwrap();
+        generate::write(dir.path(), &names, true, 30, None).unwrap();
         dir
     }
 
@@ -599,6 +686,8 @@ mod tests {
         assert!(read(b"").contains("no CERTIFICATE block"));
         assert!(read(b"-----BEGIN CERTIFICATE-----\nAAAA\n").contains("END"));
         assert!(read(&vec![b'A'; 300 * 1024]).contains("256 KiB"));
+        assert!(read(&vec![b'A'; 256 * 1024 + 1]).contains("256 KiB"));
+        assert!(read(&vec![b'A'; 256 * 1024]).contains("no CERTIFICATE block"));
         // A key where a certificate should be, and a certificate where a key should be.
         let key_as_cert = read_certificates(&dir.path().join("server.key"));
         assert!(key_as_cert
@@ -623,6 +712,43 @@ mod tests {
             read_certificates(&dir.path().join("missing.pem")),
             Err(TlsError::Read { .. })
         ));
+        // A FIFO (whose open would wait for a writer) and a directory: refused at once.
+        let fifo = dir.path().join("fifo.pem");
+        let c_path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo reads the NUL-terminated path given and creates a FIFO there.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+        for path in [fifo, dir.path().to_path_buf()] {
+            let error = read_certificates(&path).unwrap_err().to_string();
+            assert!(
+                error.contains("not a regular file") || error.contains("directory"),
+                "{error}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_certificate_not_valid_now_is_refused() {
+        let dir = pki();
+        let ca = generate::Authority::new("test").unwrap();
+        let names = ["localhost".to_string()];
+        for (from_days, days, said) in [(-30, 1, "expired at"), (2, 30, "not valid before")] {
+            let issued = ca
+                .issue(&names, false, time::Duration::days(from_days), days)
+                .unwrap();
+            std::fs::write(dir.path().join("server.pem"), &issued.cert).unwrap();
+            std::fs::write(dir.path().join("server.key"), &issued.key).unwrap();
+            let error = server_files(dir.path())
+                .server_config()
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(said), "{error}");
+        }
+        let issued = ca
+            .issue(&names, false, -time::Duration::hours(1), 1)
+            .unwrap();
+        std::fs::write(dir.path().join("server.pem"), &issued.cert).unwrap();
+        std::fs::write(dir.path().join("server.key"), &issued.key).unwrap();
+        assert!(server_files(dir.path()).server_config().is_ok());
     }
 
     #[test]

@@ -62,7 +62,8 @@ pub struct PgLink {
 /// password: the URL's, else `password_file`'s (its whole text less a final newline), else a
 /// pgpass file's entry (`PGPASSFILE`, else `~/.pgpass`).
 pub fn link(url: &str, password_file: Option<&Path>) -> Result<PgLink, StoreError> {
-    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let (base, query) = split_url(url);
+    let query = query.unwrap_or_default();
     let mut mode = SslMode::Prefer;
     let mut root = None;
     let mut kept = Vec::new();
@@ -100,6 +101,47 @@ pub fn link(url: &str, password_file: Option<&Path>) -> Result<PgLink, StoreErro
     Ok(PgLink { config, tls, mode })
 }
 
+/// `url` cut where the `postgres` crate's parser starts its query: at the first `?` after the
+/// credentials, which end at the first `@` (a password may hold a `?`).
+pub fn split_url(url: &str) -> (&str, Option<&str>) {
+    let after_scheme = url.find("://").map_or(0, |at| at + 3);
+    let hosts = url[after_scheme..]
+        .find('@')
+        .map_or(after_scheme, |at| after_scheme + at + 1);
+    match url[hosts..].find('?') {
+        Some(at) => (&url[..hosts + at], Some(&url[hosts + at + 1..])),
+        None => (url, None),
+    }
+}
+
+/// Whether the query key `key` (percent-encoded or not, in any case) names the password.
+pub fn is_password_key(key: &str) -> bool {
+    percent_decode(key).eq_ignore_ascii_case("password")
+}
+
+/// `text` with `%XX` escapes decoded (bytes that are not UTF-8 replaced).
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok());
+        match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// The rustls configuration for `mode`: for the verify modes, trust anchors from `root`
 /// (libpq's default `~/.postgresql/root.crt`).
 fn client_config(mode: SslMode, root: Option<&Path>) -> Result<rustls::ClientConfig, StoreError> {
@@ -108,9 +150,10 @@ fn client_config(mode: SslMode, root: Option<&Path>) -> Result<rustls::ClientCon
         .with_safe_default_protocol_versions()
         .map_err(|e| StoreError::BadUrl(e.to_string()))?;
     let verifier: Arc<dyn ServerCertVerifier> = match mode {
-        SslMode::Disable | SslMode::Prefer | SslMode::Require => {
-            Arc::new(Unchecked(provider.clone()))
-        }
+        SslMode::Disable | SslMode::Prefer | SslMode::Require => Arc::new(Lenient {
+            provider,
+            chain: None,
+        }),
         SslMode::VerifyCa | SslMode::VerifyFull => {
             let root = match root {
                 Some(root) => root.to_path_buf(),
@@ -121,12 +164,15 @@ fn client_config(mode: SslMode, root: Option<&Path>) -> Result<rustls::ClientCon
             })?;
             let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(
                 Arc::new(roots),
-                provider,
+                provider.clone(),
             )
             .build()
             .map_err(|e| StoreError::BadUrl(format!("sslrootcert: {e}")))?;
             match mode {
-                SslMode::VerifyCa => Arc::new(ChainOnly(webpki)),
+                SslMode::VerifyCa => Arc::new(Lenient {
+                    provider,
+                    chain: Some(webpki),
+                }),
                 _ => webpki,
             }
         }
@@ -226,62 +272,19 @@ fn split_pgpass_line(line: &str) -> Option<Vec<String>> {
     (fields.len() == 5).then_some(fields)
 }
 
-/// Checks nothing of the certificate (libpq's `prefer` and `require`), but the handshake's
-/// signatures still: the link is encrypted to whoever answered.
+/// libpq's lenient modes: `prefer` and `require` check nothing of the certificate (the link
+/// is encrypted to whoever answered), `verify-ca` (with `chain`) checks the chain against the
+/// trust anchors whatever name the certificate holds. The handshake's signatures are checked
+/// always.
 #[derive(Debug)]
-struct Unchecked(Arc<rustls::crypto::CryptoProvider>);
-
-impl ServerCertVerifier for Unchecked {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
+struct Lenient {
+    /// Whose signature algorithms check the handshake.
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    /// The chain's verifier, for `verify-ca`.
+    chain: Option<Arc<rustls::client::WebPkiServerVerifier>>,
 }
 
-/// libpq's `verify-ca`: the chain checked against the trust anchors, whatever name the
-/// certificate holds.
-#[derive(Debug)]
-struct ChainOnly(Arc<rustls::client::WebPkiServerVerifier>);
-
-impl ServerCertVerifier for ChainOnly {
+impl ServerCertVerifier for Lenient {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -291,10 +294,10 @@ impl ServerCertVerifier for ChainOnly {
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         use rustls::CertificateError as C;
-        match self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-        {
+        let Some(chain) = &self.chain else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
             // webpki checks the name after the chain: a name error means the chain held.
             Err(rustls::Error::InvalidCertificate(
                 C::NotValidForName | C::NotValidForNameContext { .. },
@@ -309,7 +312,8 @@ impl ServerCertVerifier for ChainOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
+        let algorithms = &self.provider.signature_verification_algorithms;
+        rustls::crypto::verify_tls12_signature(message, cert, dss, algorithms)
     }
 
     fn verify_tls13_signature(
@@ -318,11 +322,14 @@ impl ServerCertVerifier for ChainOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
+        let algorithms = &self.provider.signature_verification_algorithms;
+        rustls::crypto::verify_tls13_signature(message, cert, dss, algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -364,6 +371,40 @@ mod tests {
             error.contains("sslrootcert") && error.contains("/nonexistent/ca.pem"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn the_query_starts_after_the_credentials() {
+        let cases = [
+            (
+                "postgres://app:pa?ss@h/db?sslmode=require",
+                "postgres://app:pa?ss@h/db",
+                Some("sslmode=require"),
+            ),
+            ("postgres://app@h/db", "postgres://app@h/db", None),
+            (
+                "postgres://h:5432/db?a=b",
+                "postgres://h:5432/db",
+                Some("a=b"),
+            ),
+            ("postgres://app:p@h?x=1", "postgres://app:p@h", Some("x=1")),
+        ];
+        for (url, base, query) in cases {
+            assert_eq!(split_url(url), (base, query), "{url}");
+        }
+        // A `?` in the password does not hide sslmode=require.
+        let link = super::link("postgres://app:pa?ss@db/accounts?sslmode=require", None).unwrap();
+        assert_eq!(link.mode, SslMode::Require);
+        assert_eq!(link.config.get_password(), Some(&b"pa?ss"[..]));
+        for key in [
+            "password",
+            "PASSWORD",
+            "pass%77ord",
+            "%70%61%73%73%77%6f%72%64",
+        ] {
+            assert!(is_password_key(key), "{key}");
+        }
+        assert!(!is_password_key("passwd") && !is_password_key("pass%7"));
     }
 
     #[test]
