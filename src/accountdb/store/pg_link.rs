@@ -74,14 +74,10 @@ pub fn link(url: &str, password_file: Option<&Path>) -> Result<PgLink, StoreErro
             _ => kept.push(pair),
         }
     }
-    let crate_mode = match mode {
-        SslMode::Disable => "disable",
-        SslMode::Prefer => "prefer",
-        _ => "require",
-    };
-    kept.push(match crate_mode {
-        "disable" => "sslmode=disable",
-        "prefer" => "sslmode=prefer",
+    // The crate's three: the verify modes are require plus our verifier.
+    kept.push(match mode {
+        SslMode::Disable => "sslmode=disable",
+        SslMode::Prefer => "sslmode=prefer",
         _ => "sslmode=require",
     });
     let rebuilt = format!("{base}?{}", kept.join("&"));
@@ -104,10 +100,8 @@ pub fn link(url: &str, password_file: Option<&Path>) -> Result<PgLink, StoreErro
 /// `url` cut where the `postgres` crate's parser starts its query: at the first `?` after the
 /// credentials, which end at the first `@` (a password may hold a `?`).
 pub fn split_url(url: &str) -> (&str, Option<&str>) {
-    let after_scheme = url.find("://").map_or(0, |at| at + 3);
-    let hosts = url[after_scheme..]
-        .find('@')
-        .map_or(after_scheme, |at| after_scheme + at + 1);
+    // The scheme (`postgres://`) holds neither `@` nor `?`.
+    let hosts = url.find('@').map_or(0, |at| at + 1);
     match url[hosts..].find('?') {
         Some(at) => (&url[..hosts + at], Some(&url[hosts + at + 1..])),
         None => (url, None),
@@ -353,6 +347,15 @@ mod tests {
         assert_eq!(link.config.get_ports(), &[5433, 5434]);
         let plain = super::link("postgres://app@db/accounts", None).unwrap();
         assert_eq!(plain.mode, SslMode::Prefer);
+        assert_eq!(
+            plain.config.get_ssl_mode(),
+            postgres::config::SslMode::Prefer
+        );
+        for verify in ["verify-ca", "verify-full"] {
+            let url = format!("postgres://app@db/a?sslmode={verify}&sslrootcert=/dev/null");
+            // /dev/null holds no CA: refused, not taken for plaintext or unchecked TLS.
+            assert!(super::link(&url, None).is_err(), "{verify}");
+        }
         let off = super::link("postgres://app@db/accounts?sslmode=disable", None).unwrap();
         assert_eq!(
             off.config.get_ssl_mode(),
@@ -388,6 +391,12 @@ mod tests {
                 Some("a=b"),
             ),
             ("postgres://app:p@h?x=1", "postgres://app:p@h", Some("x=1")),
+            (
+                "postgres://app:pa?@h/db?y=2",
+                "postgres://app:pa?@h/db",
+                Some("y=2"),
+            ),
+            ("postgres://h/db?", "postgres://h/db", Some("")),
         ];
         for (url, base, query) in cases {
             assert_eq!(split_url(url), (base, query), "{url}");
