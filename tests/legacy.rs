@@ -658,9 +658,11 @@ fn a_slow_old_server_holds_no_hash_thread() {
         local.push(took);
         std::thread::sleep(Duration::from_millis(100).saturating_sub(took));
     }
+    // Held behind a lookup, a local login would wait for the old server's 1.9 s answer; half
+    // of it bounds what this test claims, whatever else shares the machine.
     let worst = local.iter().max().copied().unwrap_or_default();
     assert!(
-        worst < alone * 3 + Duration::from_millis(50),
+        worst < Duration::from_millis(950),
         "local logins held behind the old server: worst {worst:?}, alone {alone:?}"
     );
     for lookup in unknown {
