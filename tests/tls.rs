@@ -1079,3 +1079,33 @@ fn a_proof_trickled_inside_tls_is_cut_off_at_the_deadline() {
     // The deadline (1 s), the once-a-second watch, and margin.
     assert!(took < Duration::from_secs(4), "{took:?}");
 }
+
+/// Past `--max-handshakes`, the handshake cut off is the oldest of the address holding the
+/// most: a flood from one address no longer cuts off a login-server's handshake from another,
+/// even the oldest one (it cut 1-6% of logins at 2,000 connections a second before).
+#[test]
+fn a_handshake_flood_from_one_address_does_not_cut_off_anothers() {
+    let (_data, pki, secret, db) = tls_db(false, |c| c.max_handshakes = 8);
+    // The login-server's connection, from 127.0.0.1, slow to send its ClientHello.
+    let tls = pki.client("localhost", false);
+    let mut tcp = TcpStream::connect(db.local_addr()).unwrap();
+    // Then a flood of silent peers from 127.0.0.2, many times the cap.
+    let flood: Vec<TcpStream> = (0..64)
+        .map(|_| {
+            let socket =
+                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+            socket
+                .bind(&"127.0.0.2:0".parse::<SocketAddr>().unwrap().into())
+                .unwrap();
+            socket.connect(&db.local_addr().into()).unwrap();
+            socket.into()
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut conn = rustls::ClientConnection::new(tls.material.current(), tls.name.clone()).unwrap();
+    login_server::tls::handshake(&mut conn, &mut tcp, Instant::now() + PATIENCE)
+        .expect("the oldest handshake, but the only one from its address: not cut off");
+    drop(flood);
+    // The secret proved over it as usual.
+    assert!(connect_tls(db.local_addr(), &secret, &pki, "localhost", false).is_ok());
+}

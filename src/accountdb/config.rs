@@ -200,7 +200,8 @@ pub struct AccountDbConfig {
     pub max_connections: usize,
     /// Connections still in their handshake (not yet authenticated) at most; they are counted
     /// apart from --max-connections, so unauthenticated peers can never take an authenticated
-    /// login-server's place. Defaults to 64.
+    /// login-server's place. Past it, the oldest handshake of the address holding the most is
+    /// cut off. Defaults to 64.
     #[arg(
         long,
         value_name = "N",

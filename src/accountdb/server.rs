@@ -23,7 +23,7 @@ use parking_lot::Mutex;
 use prometheus_client::metrics::counter::Counter;
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -73,9 +73,8 @@ struct Shared {
     secrets: AcceptedSecrets,
     max_connections: usize,
     max_handshakes: usize,
-    /// Connections in their handshake, oldest first (ids into `open`, and when each began);
-    /// capped apart from the authenticated ones.
-    handshaking: Mutex<VecDeque<(u64, Instant)>>,
+    /// Connections in their handshake, oldest first; capped apart from the authenticated ones.
+    handshaking: Mutex<VecDeque<Handshake>>,
     authenticated: AtomicUsize,
     /// Refusals are logged as a summary at most once per 10 s.
     refusal_log: RateLimited,
@@ -204,9 +203,19 @@ impl Shared {
 /// A connection in its handshake, until dropped, however the handler ends.
 struct Handshaking<'a>(&'a Shared, u64);
 
+/// A connection in its handshake.
+struct Handshake {
+    /// Its id in `open`.
+    id: u64,
+    /// When it was accepted.
+    began: Instant,
+    /// The peer's address, if the OS told it.
+    from: Option<IpAddr>,
+}
+
 impl Drop for Handshaking<'_> {
     fn drop(&mut self) {
-        self.0.handshaking.lock().retain(|&(id, _)| id != self.1);
+        self.0.handshaking.lock().retain(|h| h.id != self.1);
     }
 }
 
@@ -220,18 +229,26 @@ impl Drop for Held<'_> {
 }
 
 impl Shared {
-    /// Count connection `id` as in its handshake. At `max_handshakes`, the oldest handshake is
-    /// cut off instead: it has had the longest to finish, and a login-server's handshake takes
-    /// one round trip, so peers that never authenticate cannot keep one from starting.
-    fn begin_handshake(&self, id: u64, peer: &str) {
-        let oldest = {
+    /// Count connection `id`, from `from`, as in its handshake. Past `max_handshakes`, one is
+    /// cut off instead: the oldest of the address that holds the most (it has had the longest
+    /// to finish, and a login-server's handshake takes a round trip or two), so that peers that
+    /// never authenticate, from however few addresses, cannot cut off a login-server's.
+    fn begin_handshake(&self, id: u64, from: Option<IpAddr>, peer: &str) {
+        let cut = {
             let mut handshaking = self.handshaking.lock();
-            handshaking.push_back((id, Instant::now()));
+            handshaking.push_back(Handshake {
+                id,
+                began: Instant::now(),
+                from,
+            });
             (handshaking.len() > self.max_handshakes)
-                .then(|| handshaking.pop_front())
+                .then(|| {
+                    let at = busiest_oldest(&handshaking);
+                    handshaking.remove(at)
+                })
                 .flatten()
         };
-        if let Some((oldest, _)) = oldest {
+        if let Some(Handshake { id: oldest, .. }) = cut {
             if let Some(open) = self.open.lock().get(&oldest) {
                 let _ = open.stream.shutdown(Shutdown::Both);
             }
@@ -255,8 +272,8 @@ impl Shared {
             .handshaking
             .lock()
             .iter()
-            .take_while(|(_, began)| began.elapsed() > self.auth_timeout)
-            .map(|&(id, _)| id)
+            .take_while(|h| h.began.elapsed() > self.auth_timeout)
+            .map(|h| h.id)
             .collect();
         let open = self.open.lock();
         for id in &late {
@@ -285,6 +302,20 @@ impl Shared {
             tracing::warn!(last_peer = %peer, last_reason = why, refused = n, "account-db refused connections");
         }
     }
+}
+
+/// Where in `handshaking` (oldest first) the handshake to cut off is: the oldest of the address
+/// with the most handshakes in progress (the oldest of all when they tie).
+fn busiest_oldest(handshaking: &VecDeque<Handshake>) -> usize {
+    let mut counts: HashMap<Option<IpAddr>, usize> = HashMap::new();
+    for h in handshaking {
+        *counts.entry(h.from).or_default() += 1;
+    }
+    let most = counts.values().copied().max().unwrap_or(0);
+    handshaking
+        .iter()
+        .position(|h| counts.get(&h.from) == Some(&most))
+        .unwrap_or(0)
 }
 
 /// Removes a connection from the registry when its handler ends, however it ends.
@@ -694,7 +725,8 @@ fn accept_loop(listener: TcpListener, store: Arc<dyn Store>, shared: &Arc<Shared
                 continue;
             }
         };
-        shared.begin_handshake(id, &peer);
+        let from = stream.peer_addr().ok().map(|a| a.ip());
+        shared.begin_handshake(id, from, &peer);
         let (store, shared) = (store.clone(), shared.clone());
         pool.execute(move || {
             let _registered = Registered {
