@@ -211,14 +211,19 @@ fn read_password_file(path: &Path) -> Result<String, StoreError> {
 /// read it; lines `host:port:database:user:password`, `*` matching anything, `\:` and `\\`
 /// escaped, `#` comments.
 fn pgpass(config: &postgres::Config) -> Option<String> {
-    use std::os::unix::fs::PermissionsExt;
     let path = std::env::var_os("PGPASSFILE").map_or_else(|| home().join(".pgpass"), PathBuf::from);
-    let meta = std::fs::metadata(&path).ok()?;
+    pgpass_from(&path, config)
+}
+
+/// [`pgpass`] from the file at `path`.
+fn pgpass_from(path: &Path, config: &postgres::Config) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).ok()?;
     if meta.permissions().mode() & 0o077 != 0 {
         tracing::warn!(file = %path.display(), "password file ignored: readable by group or others (chmod 600 it)");
         return None;
     }
-    let text = std::fs::read_to_string(&path).ok()?;
+    let text = std::fs::read_to_string(path).ok()?;
     let host = match config.get_hosts().first() {
         Some(postgres::config::Host::Tcp(host)) => host.clone(),
         _ => "localhost".to_string(),
@@ -434,6 +439,23 @@ mod tests {
     }
 
     #[test]
+    fn a_pgpass_file_is_read_only_when_its_owner_alone_may() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pgpass");
+        std::fs::write(&file, "db:5433:accounts:app:from-pgpass\n").unwrap();
+        let config: postgres::Config = "postgres://app@db:5433/accounts".parse().unwrap();
+        for (mode, found) in [(0o600, Some("from-pgpass")), (0o640, None), (0o604, None)] {
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
+            assert_eq!(pgpass_from(&file, &config).as_deref(), found, "{mode:o}");
+        }
+        let other: postgres::Config = "postgres://app@elsewhere:5433/accounts".parse().unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(pgpass_from(&file, &other), None);
+        assert_eq!(pgpass_from(&dir.path().join("missing"), &config), None);
+    }
+
+    #[test]
     fn a_password_file_others_may_read_is_refused() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
@@ -441,6 +463,15 @@ mod tests {
         std::fs::write(&file, "s3cret\n").unwrap();
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert_eq!(read_password_file(&file).unwrap(), "s3cret");
+        // At most 4 KiB.
+        std::fs::write(&file, "x".repeat(4096)).unwrap();
+        assert_eq!(read_password_file(&file).unwrap().len(), 4096);
+        std::fs::write(&file, "x".repeat(4097)).unwrap();
+        assert!(read_password_file(&file)
+            .unwrap_err()
+            .to_string()
+            .contains("4 KiB"));
+        std::fs::write(&file, "s3cret\n").unwrap();
         let link = link("postgres://app@db/accounts", Some(&file)).unwrap();
         assert_eq!(link.config.get_password(), Some(&b"s3cret"[..]));
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
