@@ -39,7 +39,9 @@
 //!   [`throttle`]: brute-force lockouts, pure record logic; [`accountdb::throttling`] runs
 //!   it over the records the store keeps;
 //!   [`accountdb::store`]: `StoreUrl`, which picks a store; its `contract` (the `Store` trait,
-//!   its values and errors), and the SQLite and PostgreSQL implementations of it.
+//!   its values and errors), and the SQLite and PostgreSQL implementations of it (`pg_link`
+//!   reads `--store`; `pg_nodes` finds the writable node of its hosts; `pg_watchdog` bounds
+//!   every call, COMMIT included).
 //! - [`metrics`] and [`http`]: Prometheus metrics, `/healthz`, `/readyz` and `/keys`.
 //! - [`config`]: what the configuration structs share (parsing, defaults, value parsers);
 //!   [`tls`]: TLS 1.3 between the tiers (rustls): configurations from PEM files, a handshake

@@ -252,6 +252,10 @@ fn documented_names() -> std::collections::BTreeSet<String> {
 
 #[test]
 fn every_documented_metric_is_exported_and_nothing_else() {
+    // And an account-db on PostgreSQL, whose store's metrics exist only there.
+    let Some(pg) = common::postgres_database() else {
+        return;
+    };
     // With TLS between the tiers, whose metrics exist only then.
     let (dir, tls) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let names = ["127.0.0.1".to_string()];
@@ -269,6 +273,18 @@ fn every_documented_metric_is_exported_and_nothing_else() {
     let mut exposed = exposed_names(&get(server.metrics_addr().unwrap(), "/metrics").1);
     exposed.extend(exposed_names(
         &get(db.metrics_addr().unwrap(), "/metrics").1,
+    ));
+    let store = pg
+        .url
+        .parse::<login_server::accountdb::store::StoreUrl>()
+        .unwrap()
+        .open(2, std::time::Duration::from_secs(2), false, None)
+        .unwrap();
+    let mut pg_config = AccountDbConfig::embedded("127.0.0.1:0".parse().unwrap(), secret.clone());
+    pg_config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    let on_pg = AccountDb::spawn(pg_config, store).unwrap();
+    exposed.extend(exposed_names(
+        &get(on_pg.metrics_addr().unwrap(), "/metrics").1,
     ));
     let documented = documented_names();
     assert!(

@@ -15,7 +15,6 @@ use login_server::{AccountDb, LoginServer, LoginServerConfig};
 use parking_lot::Mutex;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -851,129 +850,38 @@ fn postgres_sslmode_require_encrypts_the_link_to_the_machines_postgresql() {
     store.ping().unwrap();
 }
 
-/// A PostgreSQL of the test's own (run as the `postgres` OS user: PostgreSQL refuses root) on a
-/// free loopback port, with a certificate from `pki` and only `hostssl ... scram-sha-256`
-/// connections over TCP; the role `postgres` has the password `PG_PASSWORD`.
-struct OwnPostgres {
-    dir: tempfile::TempDir,
-    port: u16,
-}
+/// A PostgreSQL of the test's own with a certificate from `pki` and only `hostssl ...
+/// scram-sha-256` connections over TCP; the role `postgres` has the password `PG_PASSWORD`.
+struct OwnPostgres(common::pg::OwnPostgres);
 
 const PG_PASSWORD: &str = "correct horse battery staple";
-const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 
 impl OwnPostgres {
     fn start(pki: &Pki) -> Option<OwnPostgres> {
-        let missing = |why: String| common::missing::<OwnPostgres>("REQUIRE_POSTGRES", why);
-        if !Path::new(&format!("{PG_BIN}/initdb")).exists() {
-            return missing(format!("no {PG_BIN}/initdb"));
-        }
-        // SAFETY: geteuid reads the process's effective uid and cannot fail.
-        if unsafe { libc::geteuid() } != 0 {
-            return missing("not root: cannot run PostgreSQL as the postgres user".into());
-        }
-        let id = |flag: &str| -> Option<u32> {
-            let out = std::process::Command::new("id")
-                .args([flag, "postgres"])
-                .output()
-                .ok()?;
-            String::from_utf8(out.stdout).ok()?.trim().parse().ok()
-        };
-        let (Some(uid), Some(gid)) = (id("-u"), id("-g")) else {
-            return missing("no postgres OS user".into());
-        };
-        let dir = tempfile::tempdir().unwrap();
-        std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).unwrap();
-        let data = dir.path().join("data");
-        let as_postgres = |program: &str, args: &[&str]| {
-            let out = std::process::Command::new("runuser")
-                .args(["-u", "postgres", "--"])
-                .arg(format!("{PG_BIN}/{program}"))
-                .args(args)
-                .output()
-                .unwrap();
-            assert!(out.status.success(), "{program}: {out:?}");
-        };
-        as_postgres(
-            "initdb",
-            &[
-                "-D",
-                data.to_str().unwrap(),
-                "-U",
-                "postgres",
-                "-A",
-                "trust",
-            ],
-        );
-        for (file, from, mode) in [
-            ("server.crt", "server.pem", 0o644),
-            ("server.key", "server.key", 0o600),
-        ] {
-            let to = data.join(file);
-            std::fs::copy(pki.path(from), &to).unwrap();
-            std::os::unix::fs::chown(&to, Some(uid), Some(gid)).unwrap();
-            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(mode)).unwrap();
-        }
-        let port = common::free_port().port();
-        let mut conf = std::fs::OpenOptions::new()
-            .append(true)
-            .open(data.join("postgresql.conf"))
-            .unwrap();
-        writeln!(
-            conf,
-            "port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n\
-             ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n\
-             password_encryption = 'scram-sha-256'\nfsync = off",
-            dir.path().display()
-        )
-        .unwrap();
-        std::fs::write(
-            data.join("pg_hba.conf"),
+        let pg = common::pg::OwnPostgres::init(
+            "ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n\
+             password_encryption = 'scram-sha-256'",
             "local all all trust\nhostssl all all 127.0.0.1/32 scram-sha-256\n",
-        )
-        .unwrap();
-        let log = dir.path().join("log");
-        as_postgres(
-            "pg_ctl",
             &[
-                "-D",
-                data.to_str().unwrap(),
-                "-l",
-                log.to_str().unwrap(),
-                "-w",
-                "start",
+                ("server.crt", &pki.path("server.pem"), 0o644),
+                ("server.key", &pki.path("server.key"), 0o600),
             ],
-        );
-        let own = OwnPostgres { dir, port };
-        let socket = format!(
-            "host={} port={port} user=postgres dbname=postgres",
-            own.dir.path().display()
-        );
-        let mut admin = postgres::Client::connect(&socket, postgres::NoTls).unwrap();
+        )?;
+        pg.start();
+        let mut admin = pg.admin("postgres");
         admin
             .batch_execute(&format!("ALTER USER postgres PASSWORD '{PG_PASSWORD}'"))
             .unwrap();
         admin.batch_execute("CREATE DATABASE accounts").unwrap();
-        Some(own)
+        Some(OwnPostgres(pg))
     }
 
     /// The URL of its `accounts` database over TCP, with `query`.
     fn url(&self, query: &str) -> String {
         format!(
             "postgres://postgres@127.0.0.1:{}/accounts?{query}",
-            self.port
+            self.0.port
         )
-    }
-}
-
-impl Drop for OwnPostgres {
-    fn drop(&mut self) {
-        let data = self.dir.path().join("data");
-        let _ = std::process::Command::new("runuser")
-            .args(["-u", "postgres", "--"])
-            .arg(format!("{PG_BIN}/pg_ctl"))
-            .args(["-D", data.to_str().unwrap(), "-m", "immediate", "stop"])
-            .output();
     }
 }
 

@@ -132,9 +132,11 @@ pub struct AccountDbConfig {
     )]
     pub data: PathBuf,
     /// Where the accounts live: sqlite:DIR, or postgres://user@host:port/dbname (several
-    /// account-dbs may serve one PostgreSQL database). Its sslmode (disable, prefer, require,
-    /// verify-ca, verify-full: libpq's meanings; default prefer) and sslrootcert (the CA of the
-    /// verify modes) are honoured. Defaults to sqlite:DATA.
+    /// account-dbs may serve one PostgreSQL database). Several hosts (h1:5432,h2:5432: a
+    /// primary and its standbys) are tried for the writable node, as libpq's
+    /// target_session_attrs=read-write does. Its sslmode (disable, prefer, require, verify-ca,
+    /// verify-full: libpq's meanings; default prefer) and sslrootcert (the CA of the verify
+    /// modes) are honoured. Defaults to sqlite:DATA.
     #[arg(
         global = true,
         long,
@@ -163,8 +165,9 @@ pub struct AccountDbConfig {
         value_parser = clap::value_parser!(u32).range(1..)
     )]
     pub store_pool: u32,
-    /// Seconds a PostgreSQL request may wait, for a connection, a statement or a lock, before
-    /// it is answered with an error (unused with SQLite). Keep it below login-server's
+    /// Seconds a PostgreSQL request may wait, for a connection (over every host of --store),
+    /// a statement, a lock or a synchronous standby's confirmation, before it is answered with
+    /// an error (unused with SQLite). Keep it below login-server's
     /// per-attempt deadline (--db-timeout, or a third of it with several account-dbs), so that
     /// login-server hears an error, not silence. Defaults to 0.5.
     #[arg(

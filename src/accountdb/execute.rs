@@ -10,12 +10,22 @@ use crate::clock::Millis;
 use crate::protocol::accountdb::{DbRequest, DbResponse};
 
 /// Run `request` against `store` at `now` (the time its throttle records are judged by): the
-/// response, or why the store could not answer.
+/// response, or why the store could not answer. A [repeatable](DbRequest::repeatable) request
+/// whose call lost its connection or node ([`StoreError::lost_node`]: PostgreSQL failed over,
+/// say) is run once more, on a fresh connection; any other is answered with the error.
 pub fn execute(
     store: &dyn Store,
     request: &DbRequest,
     now: Millis,
 ) -> Result<DbResponse, StoreError> {
+    match run(store, request, now) {
+        Err(e) if request.repeatable() && e.lost_node() => run(store, request, now),
+        done => done,
+    }
+}
+
+/// [`execute`], once.
+fn run(store: &dyn Store, request: &DbRequest, now: Millis) -> Result<DbResponse, StoreError> {
     Ok(match request {
         DbRequest::Ping => {
             store.ping()?;
@@ -77,7 +87,8 @@ pub fn execute(
 
 /// [`execute`] for a run of `login` requests, with one read of the store
 /// ([`throttling::login_all`]): their responses in order, or the error of that read, for
-/// them all. Requests of other kinds in `requests` are skipped.
+/// them all (run once more if it lost its node). Requests of other kinds in `requests` are
+/// skipped.
 pub fn execute_logins(
     store: &dyn Store,
     requests: &[DbRequest],
@@ -100,7 +111,11 @@ pub fn execute_logins(
             _ => None,
         })
         .collect();
-    let logins = throttling::login_all(store, &lookups, now)?;
+    // Reads: run once more when the first lost its node, as `execute` does.
+    let logins = match throttling::login_all(store, &lookups, now) {
+        Err(e) if e.lost_node() => throttling::login_all(store, &lookups, now)?,
+        done => done?,
+    };
     Ok(logins
         .into_iter()
         .map(|login| login.map(DbResponse::from))

@@ -102,9 +102,10 @@ fn op_index(request: Option<&DbRequest>) -> usize {
 }
 
 impl Shared {
-    /// The metrics registry, named as docs/operations.md lists them.
-    fn registry(self: &Arc<Self>) -> prometheus_client::registry::Registry {
+    /// The metrics registry, named as docs/operations.md lists them, with what `store` exports.
+    fn registry(self: &Arc<Self>, store: &dyn Store) -> prometheus_client::registry::Registry {
         let mut r = prometheus_client::registry::Registry::with_prefix("accountdb");
+        store.register_metrics(&mut r);
         r.register("requests", "Requests served, by op", self.requests.clone());
         r.register(
             "errors",
@@ -570,7 +571,7 @@ impl AccountDb {
             Some(listener) => {
                 let (ready, alive) = (store.clone(), shared.clone());
                 let routes = Routes {
-                    registry: shared.registry(),
+                    registry: shared.registry(store.as_ref()),
                     alive: Box::new(move || !alive.stopping.load(Ordering::SeqCst)),
                     ready: Box::new(move || ready.ping().is_ok()),
                     keys: None,

@@ -9,6 +9,8 @@
 
 mod contract;
 pub mod pg_link;
+mod pg_nodes;
+mod pg_watchdog;
 mod postgres;
 mod sqlite;
 

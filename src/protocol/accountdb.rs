@@ -282,6 +282,21 @@ impl DbRequest {
     pub fn resolves(&self) -> bool {
         matches!(self, DbRequest::Create { .. })
     }
+
+    /// Whether asking it again after a failure whose outcome is unknown changes nothing twice:
+    /// the reads, and a create (by its request id). The other writes (a failure or success
+    /// counted, a registration counted, a hash, a revocation, a void) are not asked again: a
+    /// missed count is preferable to a double one.
+    pub fn repeatable(&self) -> bool {
+        matches!(
+            self,
+            DbRequest::Ping
+                | DbRequest::Find { .. }
+                | DbRequest::Login { .. }
+                | DbRequest::Session { .. }
+                | DbRequest::Create { .. }
+        )
+    }
 }
 
 /// A reply from account-db.

@@ -213,10 +213,10 @@ impl Service {
         // same verifications and store requests as a wrong password for a real
         // account).
         let _ = self.verify(password, &self.dummy_hash, memory);
-        if let Some((username, origin)) = failure {
-            self.count_failure(&username, origin, password, false);
+        match failure {
+            Some((username, origin)) => self.count_failure(&username, origin, password, false),
+            None => Reply::wrong_password(),
         }
-        Reply::wrong_password()
     }
 
     /// Verify a login's password, and tell throttling how it went: `Ok(rehash)` when it
@@ -269,15 +269,15 @@ impl Service {
                     // up the difference, so the time does not tell the account exists.
                     let _ = self.hasher.verify(password, &self.dummy_hash, memory);
                 }
-                self.count_wrong(found);
-                Err(Refused::Reply(Box::new(Reply::wrong_password())))
+                Err(Refused::Reply(Box::new(self.count_wrong(found))))
             }
             Err(e) => Err(Refused::Reply(Box::new(internal_error(&e)))),
         }
     }
 
-    /// Count a wrong password for the account `found` names.
-    pub(super) fn count_wrong(&self, found: &Verification) {
+    /// Count a wrong password for the account `found` names: the reply, as
+    /// [`count_failure`](Self::count_failure) gives it.
+    pub(super) fn count_wrong(&self, found: &Verification) -> Reply {
         let Verification {
             account,
             password,
@@ -285,7 +285,7 @@ impl Service {
             ..
         } = found;
         let weak = password::is_marked_weak(&account.hash);
-        self.count_failure(&account.username, *origin, password, weak);
+        self.count_failure(&account.username, *origin, password, weak)
     }
 
     /// A login (or password change) whose password failed against an account holding the name
@@ -295,10 +295,7 @@ impl Service {
         let holder = &found.account.username;
         match self.name_conflict(&found.typed, holder, &found.password, true) {
             Some(reply) => reply,
-            None => {
-                self.count_wrong(&found);
-                Reply::wrong_password()
-            }
+            None => self.count_wrong(&found),
         }
     }
 
@@ -353,20 +350,23 @@ impl Service {
     /// is bcrypt or marked weak, or the old server's password breaks the rules itself) may
     /// have such a password: there every guess counts against it. Under `--hide-user-existence` every
     /// guess counts against every name: a rule that depends on the account would tell that
-    /// it exists.
+    /// it exists. The reply: a wrong password once counted; when the failure cannot be counted
+    /// (the store failed, or failed over, and the count's outcome is unknown), code 7: a
+    /// verdict the throttle did not see would be a free guess.
     pub(super) fn count_failure(
         &self,
         username: &str,
         origin: Option<Origin>,
         password: &str,
         weak: bool,
-    ) {
+    ) -> Reply {
         let failures = self.options.throttle.failures();
         let counts =
             self.options.hide_user_existence || weak || self.options.rules.password_ok(password);
         let name = counts.then_some(username);
-        if let Err(e) = self.accounts.failed(name, origin, &failures) {
-            tracing::warn!(user = %username, error = %e, "cannot count a failed login");
+        match self.accounts.failed(name, origin, &failures) {
+            Ok(_) => Reply::wrong_password(),
+            Err(e) => store_unavailable(&e, &self.metrics),
         }
     }
 

@@ -45,16 +45,15 @@ impl Service {
             // Unknown in both: hidden, a wrong password for a name with no account.
             Ok(Known::Unknown) if hide => {
                 let _ = self.verify(&m.password, &self.dummy_hash, memory);
-                self.count_failure(&m.username, m.origin, &m.password, false);
-                return Reply::wrong_password();
+                return self.count_failure(&m.username, m.origin, &m.password, false);
             }
             Ok(Known::Unknown) => {
                 // Counted as account-db would have counted it: the address only.
                 let failures = self.options.throttle.failures();
-                if let Err(e) = self.accounts.failed(None, m.origin, &failures) {
-                    tracing::warn!(error = %e, "cannot count a failed login");
-                }
-                return Reply::no_such_user();
+                return match self.accounts.failed(None, m.origin, &failures) {
+                    Ok(_) => Reply::no_such_user(),
+                    Err(e) => store_unavailable(&e, &self.metrics),
+                };
             }
             Ok(Known::Password(plain)) => plain,
         };
@@ -67,8 +66,7 @@ impl Service {
                 let _ = self.verify(&m.password, &self.dummy_hash, memory);
             }
             let weak = !self.options.rules.password_ok(&plain);
-            self.count_failure(&m.username, m.origin, &m.password, weak);
-            return Reply::wrong_password();
+            return self.count_failure(&m.username, m.origin, &m.password, weak);
         }
         let new = m.new_password.as_deref().unwrap_or(&m.password);
         let hash = match self.hash_password(new, memory) {

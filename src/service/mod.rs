@@ -294,10 +294,7 @@ impl Service {
     /// had not confirmed the spelling, so that a full queue gives no uncounted guesses.
     pub fn not_asked(&self, task: HashTask) -> Reply {
         match task.0 {
-            Task::Conflict { found, .. } => {
-                self.count_wrong(&found);
-                Reply::wrong_password()
-            }
+            Task::Conflict { found, .. } => self.count_wrong(&found),
             _ => Reply::unavailable("server busy, retry later"),
         }
     }

@@ -16,6 +16,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tempfile::TempDir;
 
+pub mod pg;
+
 /// Long enough that only a hang trips it.
 pub const PATIENCE: Duration = Duration::from_secs(20);
 

@@ -139,6 +139,9 @@ impl<T: Target> Failover<T> {
     ///   request goes to the next;
     /// - a store error (account-db's PostgreSQL unreachable from it, say) is the answer when
     ///   there is one target; with several, that target is marked down and the next asked;
+    /// - a request that is not [repeatable](DbRequest::repeatable) (a write other than a
+    ///   create) is asked of no other target once it may have been done (a store error, no
+    ///   answer in time): a missed count is preferable to a double one;
     /// - a request whose outcome must be known (`resolve`: a create) is repeated after any
     ///   failure, timeouts included, for up to the resolve window.
     fn call_since(
@@ -170,7 +173,7 @@ impl<T: Target> Failover<T> {
                     health.requests.fetch_add(1, Ordering::Relaxed);
                     match target.attempt(request) {
                         Ok(DbResponse::Error { message }) => {
-                            if self.targets.len() == 1 {
+                            if self.targets.len() == 1 || !request.repeatable() {
                                 health.errors.fetch_add(1, Ordering::Relaxed);
                                 return Err(StoreError::Remote(message));
                             }
@@ -186,6 +189,11 @@ impl<T: Target> Failover<T> {
                             dead -= 1;
                             tracing::debug!(db = %health.name, error = %e, "dead account-db connection; trying another");
                             last = Some(e);
+                        }
+                        // It may have been done: not asked of another account-db.
+                        Err(Attempt::Failed(e)) if !request.repeatable() => {
+                            health.failed(&e);
+                            return Err(StoreError::Unreachable(e));
                         }
                         Err(Attempt::NotSent(e) | Attempt::Failed(e)) => {
                             health.failed(&e);
@@ -243,6 +251,11 @@ impl<T: Target> Failover<T> {
         };
         // What last failed a create of this round (or the round itself).
         let mut create_failed = failure.as_ref().map(DbError::again);
+        // The round stopped where what was sent may have been done (not a dead connection).
+        let midway = failure
+            .as_ref()
+            .filter(|e| !e.is_dead_connection())
+            .map(DbError::again);
         let mut unreachable = failure.filter(|e| single && !e.is_dead_connection());
         let mut responses = responses.into_iter();
         let mut answers = Vec::with_capacity(requests.len());
@@ -264,13 +277,25 @@ impl<T: Target> Failover<T> {
                     }
                     answer
                 }
+                // Not repeatable: not asked of another account-db once it may have been done.
+                (Some(DbResponse::Error { message }), _) if !request.repeatable() => {
+                    Err(StoreError::Remote(message))
+                }
                 (Some(DbResponse::Error { .. }), _) => self.call(request),
                 (Some(response), _) => Ok(response),
                 (None, Some(e)) => Err(StoreError::Unreachable(e.again())),
-                (None, None) => self.call(request),
+                (None, None) => match &midway {
+                    Some(e) if !request.repeatable() => Err(StoreError::Unreachable(e.again())),
+                    _ => self.call(request),
+                },
             };
-            if let Err(StoreError::Unreachable(e)) = &answer {
-                unreachable = Some(e.again());
+            // Every account-db failed it: the rest are answered so. (A write that was not
+            // asked again says nothing of the others.)
+            match &answer {
+                Err(StoreError::Unreachable(e)) if request.repeatable() => {
+                    unreachable = Some(e.again());
+                }
+                _ => {}
             }
             answers.push(answer);
         }
@@ -532,6 +557,63 @@ mod tests {
             Scripted::new("b", &[], Does::StoreDown),
         ]);
         assert!(matches!(f.call(&ping()), Err(StoreError::Remote(_))));
+    }
+
+    /// A write that is not repeatable.
+    fn update_hash() -> DbRequest {
+        DbRequest::UpdateHash {
+            username: "u".into(),
+            old: "h".into(),
+            hash: "h2".into(),
+        }
+    }
+
+    #[test]
+    fn a_write_that_may_have_been_done_is_asked_of_no_other_instance() {
+        for (does, expected_remote) in [(Does::StoreDown, true), (Does::Slow, false)] {
+            let f = failover(vec![
+                Scripted::new("a", &[does], Does::Answer),
+                Scripted::new("b", &[], Does::Answer),
+            ]);
+            match f.call(&update_hash()) {
+                Err(StoreError::Remote(_)) => assert!(expected_remote, "{does:?}"),
+                Err(StoreError::Unreachable(_)) => assert!(!expected_remote, "{does:?}"),
+                other => panic!("{does:?}: {other:?}"),
+            }
+            assert_eq!((f.targets()[0].asked(), f.targets()[1].asked()), (1, 0));
+        }
+        // Not sent, or on a connection found dead: asked again, as any request is.
+        for does in [Does::Refuse, Does::Dead] {
+            let f = failover(vec![
+                Scripted::new("a", &[does], Does::Answer),
+                Scripted::new("b", &[], Does::Answer),
+            ]);
+            assert!(f.call(&update_hash()).is_ok(), "{does:?}");
+        }
+    }
+
+    #[test]
+    fn a_round_s_writes_that_may_have_been_done_are_asked_of_no_other_instance() {
+        // A store error for the write: the answer, b never asked.
+        let f = failover(vec![
+            Scripted::new("a", &[Does::Answer, Does::StoreDown], Does::Answer),
+            Scripted::new("b", &[], Does::Answer),
+        ]);
+        let answers = f.call_all(&[&ping(), &update_hash()]);
+        assert!(answers[0].is_ok());
+        assert!(matches!(answers[1], Err(StoreError::Remote(_))));
+        assert_eq!(f.targets()[1].asked(), 0);
+        // A round cut short by a timeout: its unanswered writes are unreachable, its
+        // unanswered reads asked again.
+        let f = failover(vec![
+            Scripted::new("a", &[Does::Answer, Does::Slow], Does::Answer),
+            Scripted::new("b", &[], Does::Answer),
+        ]);
+        let answers = f.call_all(&[&ping(), &update_hash(), &ping(), &update_hash()]);
+        assert!(answers[0].is_ok() && answers[2].is_ok());
+        assert!(matches!(answers[1], Err(StoreError::Unreachable(_))));
+        assert!(matches!(answers[3], Err(StoreError::Unreachable(_))));
+        assert_eq!(f.targets()[1].asked(), 1);
     }
 
     #[test]

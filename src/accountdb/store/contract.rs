@@ -85,6 +85,21 @@ pub enum StoreError {
     /// within this long.
     #[error("PostgreSQL accepted the connection but did not answer within {} ms", waited.as_millis())]
     Silent { waited: Duration },
+    /// A commit's wait for a synchronous standby outlasted `--store-timeout` and was
+    /// cancelled: PostgreSQL kept the change, but a standby may not have it, so it is not
+    /// acknowledged (a create asked again by its request id is answered once a standby has it).
+    #[error(
+        "PostgreSQL committed locally but no synchronous standby confirmed it within \
+         --store-timeout: not acknowledged"
+    )]
+    Unreplicated,
+    /// A write that must reach a synchronous standby was refused without being tried: a commit
+    /// went unconfirmed within the last second, and another write is finding out whether the
+    /// standby is back.
+    #[error(
+        "PostgreSQL's synchronous standby is not confirming commits: write refused, retry later"
+    )]
+    NoStandby,
     /// The OS refused a thread (resource limits).
     #[error("cannot start a thread: {0}")]
     Thread(std::io::Error),
@@ -136,6 +151,29 @@ impl StoreError {
             StoreError::Postgres(e) => is_transient(e),
             StoreError::Pool(_) | StoreError::Silent { .. } => true,
             _ => false,
+        }
+    }
+}
+
+impl StoreError {
+    /// Whether the call lost its connection or its node: PostgreSQL closed the connection,
+    /// shut down, restarted or is gone (class 08, 57P01 to 57P03, the link closed), or the
+    /// node is a standby now (25006). A repeatable request asked again on a fresh connection
+    /// reaches the node that is writable now.
+    pub fn lost_node(&self) -> bool {
+        let StoreError::Postgres(e) = self else {
+            return false;
+        };
+        match e.code() {
+            Some(code) => {
+                let code = code.code();
+                code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03" | "25006")
+            }
+            // The connection closed, or its socket failed (reset, timed out).
+            None => {
+                e.is_closed()
+                    || std::error::Error::source(e).is_some_and(|c| c.is::<std::io::Error>())
+            }
         }
     }
 }
@@ -240,6 +278,11 @@ pub trait Store: Send + Sync {
     /// Delete the records that expired by `now`; then, while more than `cap` are left, those of
     /// lowest [`rank`](Record::rank). Returns how many went. Run once a second by account-db.
     fn prune_records(&self, now: Millis, cap: u64) -> Result<u64, StoreError>;
+    /// Export what this store knows of itself into `registry` (PostgreSQL: which host is the
+    /// writable node). Defaults to nothing.
+    fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        let _ = registry;
+    }
     /// Whether the store records that the old server's names were all imported (`account-db
     /// import --complete`, or `account-db admin legacy-names-imported`).
     fn legacy_names_imported(&self) -> Result<bool, StoreError>;

@@ -51,6 +51,9 @@ impl std::str::FromStr for SslMode {
 pub struct PgLink {
     /// Hosts, database, user, password; `sslmode` mapped to the crate's three.
     pub config: postgres::Config,
+    /// One configuration per host of `--store`, in its order (libpq's multi-host form
+    /// `h1:5432,h2:5433`), each asking for a writable node; named `host:port`.
+    pub hosts: Vec<(String, postgres::Config)>,
     /// Makes each connection's TLS, checking what `mode` asks.
     pub tls: MakeRustlsConnect,
     /// As `--store` says.
@@ -60,7 +63,9 @@ pub struct PgLink {
 /// Read `url`: `sslmode` and `sslrootcert` taken out of its query (the crate refuses the first's
 /// verify modes and knows nothing of the second), the rest parsed by the `postgres` crate. The
 /// password: the URL's, else `password_file`'s (its whole text less a final newline), else a
-/// pgpass file's entry (`PGPASSFILE`, else `~/.pgpass`).
+/// pgpass file's entry (`PGPASSFILE`, else `~/.pgpass`), looked up per host.
+/// `target_session_attrs` may only be `read-write`, which account-db asks of every host anyway:
+/// it writes.
 pub fn link(url: &str, password_file: Option<&Path>) -> Result<PgLink, StoreError> {
     let (base, query) = split_url(url);
     let query = query.unwrap_or_default();
@@ -71,6 +76,13 @@ pub fn link(url: &str, password_file: Option<&Path>) -> Result<PgLink, StoreErro
         match pair.split_once('=') {
             Some(("sslmode", value)) => mode = value.parse()?,
             Some(("sslrootcert", value)) => root = Some(PathBuf::from(value)),
+            Some(("target_session_attrs", "read-write")) => {}
+            Some(("target_session_attrs", other)) => {
+                return Err(StoreError::BadUrl(format!(
+                    "target_session_attrs={other}: account-db writes, so it connects only to a \
+                     writable node (read-write, the default here)"
+                )))
+            }
             _ => kept.push(pair),
         }
     }
@@ -80,21 +92,63 @@ pub fn link(url: &str, password_file: Option<&Path>) -> Result<PgLink, StoreErro
         SslMode::Prefer => "sslmode=prefer",
         _ => "sslmode=require",
     });
-    let rebuilt = format!("{base}?{}", kept.join("&"));
-    let mut config: postgres::Config = rebuilt
-        .parse()
-        .map_err(|e: postgres::Error| StoreError::BadUrl(e.to_string()))?;
-    if config.get_password().is_none() {
-        let password = match password_file {
-            Some(file) => Some(read_password_file(file)?),
-            None => pgpass(&config),
-        };
-        if let Some(password) = password {
-            config.password(password);
+    kept.push("target_session_attrs=read-write");
+    let query = kept.join("&");
+    let password = password_file.map(read_password_file).transpose()?;
+    let parse = |base: &str| -> Result<postgres::Config, StoreError> {
+        let mut config: postgres::Config = format!("{base}?{query}")
+            .parse()
+            .map_err(|e: postgres::Error| StoreError::BadUrl(e.to_string()))?;
+        if config.get_password().is_none() {
+            if let Some(password) = password.clone().or_else(|| pgpass(&config)) {
+                config.password(password);
+            }
         }
-    }
+        Ok(config)
+    };
+    let config = parse(base)?;
+    let (before, hosts, after) = split_hosts(base);
+    let hosts = hosts
+        .split(',')
+        .map(|host| {
+            let one = parse(&format!("{before}{host}{after}"))?;
+            Ok((host_name(&one), one))
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
     let tls = MakeRustlsConnect::new(client_config(mode, root.as_deref())?);
-    Ok(PgLink { config, tls, mode })
+    Ok(PgLink {
+        config,
+        hosts,
+        tls,
+        mode,
+    })
+}
+
+/// `base` (a URL without its query) cut around its host list: what comes before it (scheme and
+/// credentials), the list (`h1:5432,h2:5433`), and what follows (the database's path).
+fn split_hosts(base: &str) -> (&str, &str, &str) {
+    let start = match base.find('@') {
+        Some(at) => at + 1,
+        None => base.find("://").map_or(0, |scheme| scheme + 3),
+    };
+    let end = base[start..]
+        .find('/')
+        .map_or(base.len(), |slash| start + slash);
+    (&base[..start], &base[start..end], &base[end..])
+}
+
+/// A one-host configuration's name in logs and metrics: `host:port`.
+fn host_name(config: &postgres::Config) -> String {
+    let host = match config.get_hosts().first() {
+        Some(postgres::config::Host::Tcp(host)) => host.clone(),
+        Some(postgres::config::Host::Unix(path)) => path.display().to_string(),
+        None => "localhost".into(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    match host.contains(':') {
+        true => format!("[{host}]:{port}"),
+        false => format!("{host}:{port}"),
+    }
 }
 
 /// `url` cut where the `postgres` crate's parser starts its query: at the first `?` after the
@@ -378,6 +432,47 @@ mod tests {
         assert!(
             error.contains("sslrootcert") && error.contains("/nonexistent/ca.pem"),
             "{error}"
+        );
+    }
+
+    #[test]
+    fn every_host_of_a_multi_host_url_is_one_writable_node() {
+        let link = link(
+            "postgres://app:pw@h1:5433,h2,[::1]:5435/accounts?sslmode=disable&target_session_attrs=read-write",
+            None,
+        )
+        .unwrap();
+        let names: Vec<&str> = link.hosts.iter().map(|(name, _)| name.as_str()).collect();
+        assert_eq!(names, ["h1:5433", "h2:5432", "[::1]:5435"]);
+        for (name, config) in &link.hosts {
+            assert_eq!(config.get_hosts().len(), 1, "{name}");
+            assert_eq!(config.get_password(), Some(&b"pw"[..]), "{name}");
+            assert_eq!(config.get_dbname(), Some("accounts"), "{name}");
+            assert_eq!(
+                config.get_ssl_mode(),
+                postgres::config::SslMode::Disable,
+                "{name}"
+            );
+            assert_eq!(
+                config.get_target_session_attrs(),
+                postgres::config::TargetSessionAttrs::ReadWrite,
+                "{name}"
+            );
+        }
+        // A single host is asked for a writable node too; anything else is refused.
+        let one = super::link("postgres://app@db/accounts", None).unwrap();
+        assert_eq!(one.hosts.len(), 1);
+        assert_eq!(
+            one.hosts[0].1.get_target_session_attrs(),
+            postgres::config::TargetSessionAttrs::ReadWrite
+        );
+        let any = super::link("postgres://app@a,b/x?target_session_attrs=any", None);
+        let error = any.err().unwrap().to_string();
+        assert!(error.contains("read-write"), "{error}");
+        assert_eq!(split_hosts("postgres://h/db"), ("postgres://", "h", "/db"));
+        assert_eq!(
+            split_hosts("postgres://u@h1,h2"),
+            ("postgres://u@", "h1,h2", "")
         );
     }
 

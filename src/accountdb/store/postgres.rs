@@ -8,30 +8,31 @@
 //! commit is synchronous (`synchronous_commit = on` on every connection): `create` answers
 //! only once the account is durable.
 //!
-//! Throttle records are kept in an `UNLOGGED` table: no WAL, so counting a failed login is no
-//! durable write (a transaction that writes only unlogged tables commits without waiting for
-//! the disk); PostgreSQL empties the table after a crash, and standbys do not have it.
+//! Throttle records are written with `synchronous_commit = off` (no wait for the disk or a
+//! standby: counting a failed login is no acknowledged write) to a logged table, so standbys
+//! have them within a fraction of a second and lockouts survive a failover. It was `UNLOGGED`
+//! until schema 7; BENCHMARKS.md has what the WAL costs (within the runs' spread).
 
 use super::contract::{
-    describe, familiar_list, familiar_text, unix_now, Details, LoginRead, Renamed, Store,
-    StoreError, LEGACY_NAMES_IMPORTED, REVOKED_PER_ACCOUNT,
+    familiar_list, familiar_text, unix_now, Details, LoginRead, Renamed, Store, StoreError,
+    LEGACY_NAMES_IMPORTED, REVOKED_PER_ACCOUNT,
 };
 use super::pg_link::{self, SslMode};
+use super::pg_nodes::Nodes;
+use super::pg_watchdog::{self, Cancel, Watchdog};
 use crate::auth::names::{fold, skeleton, SKELETON_DATA};
 use crate::clock::Millis;
 use crate::protocol::accountdb::{Account, Ban, Created, Revocation, SessionState};
 use crate::throttle::Record;
 use postgres::types::Type;
 use postgres::Statement;
-use r2d2_postgres::PostgresConnectionManager;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::LazyLock;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
-use tokio_postgres_rustls::MakeRustlsConnect;
 
 /// The schema, one step per version; step N brings version N-1 to N.
-const MIGRATIONS: [&str; 6] = [
+const MIGRATIONS: [&str; 7] = [
     // 1: accounts with stable ids, folded names (unique) and skeletons (indexed).
     "CREATE TABLE accounts (
         id         BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -97,6 +98,9 @@ const MIGRATIONS: [&str; 6] = [
          ON CONFLICT (folded) DO NOTHING;
          GET DIAGNOSTICS inserted = ROW_COUNT;
      END $$;",
+    // 7: throttle records logged, so that streaming standbys have them and lockouts survive a
+    // failover; written unsynced (see UPSERT_RECORDS), so no login waits for the WAL.
+    "ALTER TABLE throttle SET LOGGED;",
 ];
 
 /// An account as an operator's listing reads it: the columns id, username and hash from
@@ -117,9 +121,13 @@ const MIGRATION_LOCK: i64 = 0x6c6f_6769_6e5f_6462; // "login_db"
 const PRUNE_LOCK: i64 = 0x7072_756e_655f_7468; // "prune_th"
 
 /// Make each key's throttle row (the empty record where there was none), lock it, and read it.
+/// Its transaction commits without waiting for the disk or a standby (`synchronous_commit` off
+/// for it alone, set in the same statement: no extra round trip): a throttle record is no
+/// acknowledged write.
 static UPSERT_RECORDS: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "INSERT INTO throttle (key) SELECT k FROM unnest($1::text[]) AS k ORDER BY k
+        "INSERT INTO throttle (key) SELECT k FROM unnest($1::text[]) AS k
+         WHERE set_config('synchronous_commit', 'off', true) IS NOT NULL ORDER BY k
          ON CONFLICT (key) DO UPDATE SET key = EXCLUDED.key
          RETURNING key, {RECORD_COLUMNS}"
     )
@@ -130,7 +138,20 @@ pub struct PostgresStore {
     pool: r2d2::Pool<PgManager>,
     /// The old server's names were found imported: never read again (it is kept for good).
     legacy_names: AtomicBool,
+    /// `--store`'s hosts, and which is the writable node.
+    nodes: Arc<Nodes>,
+    /// Cancels calls still running at their deadline.
+    watchdog: Watchdog,
+    /// `--store-timeout`: what one request may take.
+    timeout: Duration,
+    /// Until when durable writes are refused without being tried: a commit went unconfirmed
+    /// by the synchronous standby ([`PostgresStore::durably`]).
+    unconfirmed: parking_lot::Mutex<Option<Instant>>,
 }
+
+/// How long durable writes are refused at once after a commit went unconfirmed (1 s), before
+/// one is tried again.
+const UNCONFIRMED_HOLD: Duration = Duration::from_secs(1);
 
 /// A pooled connection, and the statements prepared on it: the hot ones are parsed and planned
 /// once per connection, not once per request.
@@ -139,6 +160,11 @@ pub struct PgConn {
     prepared: HashMap<&'static str, Statement>,
     /// When it last came back to the pool still open, or was last checked.
     known_good: Instant,
+    /// The pool's [`PgManager::lost`] then: a connection found broken since makes every older
+    /// one prove itself with a round trip before its next use.
+    checked_in: u64,
+    /// How a call running on it is cancelled.
+    cancel: Arc<Cancel>,
 }
 
 impl PgConn {
@@ -177,23 +203,21 @@ impl std::ops::DerefMut for PgConn {
 /// `count`), within their transaction: the connection's own are for the hot path's index probes
 /// (plans made once, no sequential scans, the store timeout). Ten seconds is what an operator
 /// waits for a list of millions of accounts, and a full count of the throttle table at its cap.
+/// Their writes (prunes of what expired) need no standby's confirmation: lost in a failover,
+/// they are made again by the next prune.
 const MAINTENANCE: &str = "SET LOCAL plan_cache_mode = auto; SET LOCAL enable_seqscan = on;
-     SET LOCAL statement_timeout = '10s'";
+     SET LOCAL statement_timeout = '10s'; SET LOCAL synchronous_commit = off";
+
+/// What a call with [`MAINTENANCE`] settings may take before it is cancelled (11 s: their
+/// statement timeout, and a second for the rest).
+const MAINTENANCE_TIME: Duration = Duration::from_secs(11);
+
+/// What one chunk of an import's creates may take before it is cancelled (10 s; each aims at
+/// [`BATCH_TIME`](super::contract::BATCH_TIME)).
+const CHUNK_TIME: Duration = Duration::from_secs(10);
 
 /// How long a pooled connection that came back open is taken as good without a round trip.
 const TRUSTED_FOR: Duration = Duration::from_millis(500);
-
-/// A connection failure as [`describe`] words it, for r2d2 (which keeps only an error's text).
-#[derive(Debug)]
-pub struct PgError(postgres::Error);
-
-impl std::fmt::Display for PgError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&describe(&self.0))
-    }
-}
-
-impl std::error::Error for PgError {}
 
 /// Logs the pool's failures to connect as one line per [`ERROR_SUMMARY_EVERY`], with how many
 /// and the last cause: an outage would otherwise log several lines a second.
@@ -203,8 +227,8 @@ struct ErrorSummary(crate::logging::RateLimited);
 /// How often an outage's connection failures are summed up in the log (10 s).
 const ERROR_SUMMARY_EVERY: Duration = Duration::from_secs(10);
 
-impl r2d2::HandleError<PgError> for ErrorSummary {
-    fn handle_error(&self, error: PgError) {
+impl r2d2::HandleError<StoreError> for ErrorSummary {
+    fn handle_error(&self, error: StoreError) {
         if let Some(failures) = self.0.hit() {
             tracing::warn!(failures, last_error = %error, "cannot connect to PostgreSQL");
         }
@@ -214,46 +238,6 @@ impl r2d2::HandleError<PgError> for ErrorSummary {
 /// The least time a first connection may take to be answered (2 s): the store timeout is for
 /// requests on a connection, not for PostgreSQL's start-up exchange.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// First connections still waiting for a silent server; more are not made.
-static PROBES: AtomicUsize = AtomicUsize::new(0);
-
-/// Most first connections left waiting for a silent server at once.
-const MAX_PROBES: usize = 4;
-
-/// Make one connection as `config` says, for its error as PostgreSQL or the OS gave it (the pool
-/// keeps only the text), within `patience`: `connect_timeout` bounds only the TCP connect, so a
-/// server that accepts and then says nothing would hold a start (and its stop signal) for
-/// ever. The connection runs on a thread of its own, left to end by itself when it is late
-/// ([`MAX_PROBES`] at most).
-fn probe(
-    config: &postgres::Config,
-    tls: &MakeRustlsConnect,
-    patience: Duration,
-) -> Result<(), StoreError> {
-    let silent = StoreError::Silent { waited: patience };
-    if PROBES.fetch_add(1, Ordering::SeqCst) >= MAX_PROBES {
-        PROBES.fetch_sub(1, Ordering::SeqCst);
-        return Err(silent);
-    }
-    let (done, outcome) = crossbeam_channel::bounded(1);
-    let (config, tls) = (config.clone(), tls.clone());
-    let spawned = std::thread::Builder::new()
-        .name("postgres-probe".into())
-        .spawn(move || {
-            let connected = config.connect(tls).map(drop);
-            PROBES.fetch_sub(1, Ordering::SeqCst);
-            let _ = done.send(connected);
-        });
-    if let Err(e) = spawned {
-        PROBES.fetch_sub(1, Ordering::SeqCst);
-        return Err(StoreError::Thread(e));
-    }
-    match outcome.recv_timeout(patience) {
-        Ok(connected) => connected.map_err(StoreError::Postgres),
-        Err(_) => Err(silent),
-    }
-}
 
 /// Whether `host` names this machine: `localhost` or a loopback address.
 fn is_loopback(host: &str) -> bool {
@@ -265,8 +249,16 @@ fn is_loopback(host: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
-/// r2d2-postgres's manager, its connections holding their prepared statements.
-pub struct PgManager(PostgresConnectionManager<MakeRustlsConnect>);
+/// Makes the pool's connections (to the writable node, within the store timeout) and checks
+/// them.
+pub struct PgManager {
+    nodes: Arc<Nodes>,
+    watchdog: Watchdog,
+    timeout: Duration,
+    /// Connections found broken so far (their node died, restarted or was demoted, or a call on
+    /// them was cancelled).
+    lost: AtomicU64,
+}
 
 impl std::fmt::Debug for PgManager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -276,35 +268,40 @@ impl std::fmt::Debug for PgManager {
 
 impl r2d2::ManageConnection for PgManager {
     type Connection = PgConn;
-    type Error = PgError;
+    type Error = StoreError;
 
-    fn connect(&self) -> Result<PgConn, PgError> {
-        let client = self.0.connect().map_err(PgError)?;
-        let prepared = HashMap::new();
-        let known_good = Instant::now();
+    fn connect(&self) -> Result<PgConn, StoreError> {
+        let client = self.nodes.connect(self.timeout)?;
         Ok(PgConn {
+            cancel: Cancel::of(&client),
             client,
-            prepared,
-            known_good,
+            prepared: HashMap::new(),
+            known_good: Instant::now(),
+            checked_in: self.lost.load(Ordering::Relaxed),
         })
     }
 
     /// A round trip to the server, unless the connection came back to the pool open within
-    /// [`TRUSTED_FOR`]: under load a checkout then costs no extra trip (HikariCP's
-    /// `aliveBypassWindowMs`). A server restart within that window fails the request that
-    /// meets the dead connection, as one in flight during the restart would.
-    fn is_valid(&self, conn: &mut PgConn) -> Result<(), PgError> {
-        if conn.known_good.elapsed() < TRUSTED_FOR {
+    /// [`TRUSTED_FOR`] and none was found broken since: under load a checkout then costs no
+    /// extra trip (HikariCP's `aliveBypassWindowMs`), and once one connection is found dead
+    /// (its node died, or failed over) every other proves itself before it is used again.
+    fn is_valid(&self, conn: &mut PgConn) -> Result<(), StoreError> {
+        let lost = self.lost.load(Ordering::Relaxed);
+        if conn.checked_in == lost && conn.known_good.elapsed() < TRUSTED_FOR {
             return Ok(());
         }
-        self.0.is_valid(&mut conn.client).map_err(PgError)?;
+        let _watch = self.watchdog.watch(&conn.cancel, self.timeout);
+        conn.client.simple_query("")?;
         conn.known_good = Instant::now();
+        conn.checked_in = lost;
         Ok(())
     }
 
     fn has_broken(&self, conn: &mut PgConn) -> bool {
-        let broken = self.0.has_broken(&mut conn.client);
-        if !broken {
+        let broken = conn.client.is_closed() || conn.cancel.was_sent();
+        if broken {
+            self.lost.fetch_add(1, Ordering::Relaxed);
+        } else {
             conn.known_good = Instant::now();
         }
         broken
@@ -312,12 +309,14 @@ impl r2d2::ManageConnection for PgManager {
 }
 
 impl PostgresStore {
-    /// Connect to `url` (`postgres://user@host:port/dbname`) with a pool of `pool_size`
-    /// connections, and bring the schema up to date. `timeout` bounds everything one request
-    /// may wait for: connecting, a connection from the pool, a statement, a lock (a look-alike
-    /// create held by a hung account-db), a transaction left idle (by one), and a link that
-    /// went silent (TCP user timeout, keepalives). Keep it below login-server's per-attempt
-    /// deadline, so that a stuck store is answered as an error and not waited out.
+    /// Connect to `url` (`postgres://user@host:port/dbname`, or several hosts
+    /// `h1:5432,h2:5433`: the writable one is used) with a pool of `pool_size` connections, and
+    /// bring the schema up to date. `timeout` bounds everything one request may wait for:
+    /// connecting (over every host), a connection from the pool, a statement, a lock (a
+    /// look-alike create held by a hung account-db), a commit waiting for a synchronous
+    /// standby (cancelled), a transaction left idle (by one), and a link that went silent (TCP
+    /// user timeout, keepalives). Keep it below login-server's per-attempt deadline, so that a
+    /// stuck store is answered as an error and not waited out.
     pub fn open(url: &str, pool_size: u32, timeout: Duration) -> Result<Self, StoreError> {
         let store = PostgresStore::connect(url, pool_size, timeout, None)?;
         store.migrate()?;
@@ -333,7 +332,8 @@ impl PostgresStore {
         password_file: Option<&std::path::Path>,
     ) -> Result<Self, StoreError> {
         let pg_link::PgLink {
-            mut config,
+            config,
+            hosts,
             tls,
             mode,
         } = pg_link::link(url, password_file)?;
@@ -349,29 +349,42 @@ impl PostgresStore {
             );
         }
         let ms = timeout.as_millis().max(1);
-        config
-            .connect_timeout(timeout)
-            .tcp_user_timeout(timeout * 2)
-            .keepalives(true)
-            .keepalives_idle(Duration::from_secs(5))
-            .keepalives_interval(Duration::from_secs(1))
-            .keepalives_retries(3)
-            // A prepared statement is planned once, not at every execution: PostgreSQL's
-            // default planned the batched login lookup afresh each time (its custom plans
-            // looked cheaper than the generic one), which cost more than running it. Every
-            // statement here reads by an index, and keeps doing so: a plan made while a table
-            // was small (a new deployment) would otherwise scan it whole at every lookup as it
-            // grows, until ANALYZE replans it.
-            .options(&format!(
-                "-c synchronous_commit=on -c plan_cache_mode=force_generic_plan -c enable_seqscan=off \
-                 -c statement_timeout={ms} -c lock_timeout={ms} \
-                 -c idle_in_transaction_session_timeout={}",
-                ms * 2
-            ));
-        let manager = PgManager(PostgresConnectionManager::new(config.clone(), tls.clone()));
+        // A prepared statement is planned once, not at every execution: PostgreSQL's default
+        // planned the batched login lookup afresh each time (its custom plans looked cheaper
+        // than the generic one), which cost more than running it. Every statement here reads by
+        // an index, and keeps doing so: a plan made while a table was small (a new deployment)
+        // would otherwise scan it whole at every lookup as it grows, until ANALYZE replans it.
+        let options = format!(
+            "-c synchronous_commit=on -c plan_cache_mode=force_generic_plan -c enable_seqscan=off \
+             -c statement_timeout={ms} -c lock_timeout={ms} \
+             -c idle_in_transaction_session_timeout={}",
+            ms * 2
+        );
+        let hosts = hosts
+            .into_iter()
+            .map(|(name, mut config)| {
+                config
+                    .tcp_user_timeout(timeout * 2)
+                    .keepalives(true)
+                    .keepalives_idle(Duration::from_secs(5))
+                    .keepalives_interval(Duration::from_secs(1))
+                    .keepalives_retries(3)
+                    .options(&options)
+                    .notice_callback(pg_watchdog::notice);
+                (name, config)
+            })
+            .collect();
+        let nodes = Arc::new(Nodes::new(hosts, tls.clone()));
+        let watchdog = Watchdog::start(tls).map_err(StoreError::Thread)?;
         // One connection first, for its error as PostgreSQL or the OS gave it (the pool keeps
         // only the text): whether to wait for the server, and what to tell the operator.
-        probe(&config, &tls, (timeout * 4).max(PROBE_TIMEOUT))?;
+        drop(nodes.connect((timeout * 4).max(PROBE_TIMEOUT))?);
+        let manager = PgManager {
+            nodes: nodes.clone(),
+            watchdog: watchdog.clone(),
+            timeout,
+            lost: AtomicU64::new(0),
+        };
         let pool = r2d2::Pool::builder()
             .max_size(pool_size.max(1))
             .min_idle(Some(0))
@@ -383,19 +396,80 @@ impl PostgresStore {
         Ok(PostgresStore {
             pool,
             legacy_names: AtomicBool::new(false),
+            nodes,
+            watchdog,
+            timeout,
+            unconfirmed: parking_lot::Mutex::new(None),
         })
     }
 
     /// Whether the database holds a store: its `schema_version` table.
     pub(super) fn has_schema(&self) -> Result<bool, StoreError> {
-        let row = self
-            .conn()?
-            .query_one("SELECT to_regclass('schema_version') IS NOT NULL", &[])?;
-        Ok(row.get(0))
+        self.with(self.timeout, |conn| {
+            let row = conn.query_one("SELECT to_regclass('schema_version') IS NOT NULL", &[])?;
+            Ok(row.get(0))
+        })
     }
 
+    /// A pooled connection, its calls not watched: for work whose length has no bound known
+    /// in advance (a migration), or that watches each of its parts ([`Store::create_many`]).
     fn conn(&self) -> Result<r2d2::PooledConnection<PgManager>, StoreError> {
         self.pool.get().map_err(StoreError::Pool)
+    }
+
+    /// `call` on a pooled connection, cancelled if it still runs after `patience`; a commit
+    /// in it whose wait for a synchronous standby was cancelled is
+    /// [`StoreError::Unreplicated`], whatever `call` made of it.
+    fn with<T>(
+        &self,
+        patience: Duration,
+        call: impl FnOnce(&mut PgConn) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.conn()?;
+        let _watch = self.watchdog.watch(&conn.cancel, patience);
+        pg_watchdog::take_unreplicated();
+        let result = call(&mut conn);
+        match pg_watchdog::take_unreplicated() {
+            true => Err(StoreError::Unreplicated),
+            false => result,
+        }
+    }
+
+    /// [`with`](Self::with) for a write that must reach a synchronous standby before it is
+    /// acknowledged: while commits go unconfirmed (one did within the last
+    /// [`UNCONFIRMED_HOLD`]), refused at once with [`StoreError::NoStandby`], not tried, but
+    /// for one at a time that finds out whether the standby is back. A standby lost for long
+    /// then costs each write nothing, where waiting the store timeout for every one would
+    /// queue them all, and commits nothing only the primary has.
+    fn durably<T>(
+        &self,
+        call: impl FnOnce(&mut PgConn) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        {
+            let mut until = self.unconfirmed.lock();
+            if let Some(at) = *until {
+                let now = Instant::now();
+                if now < at {
+                    return Err(StoreError::NoStandby);
+                }
+                // This one finds out; the others are refused meanwhile.
+                *until = Some(now + self.timeout + UNCONFIRMED_HOLD);
+            }
+        }
+        let result = self.with(self.timeout, call);
+        match &result {
+            Err(StoreError::Unreplicated) => {
+                *self.unconfirmed.lock() = Some(Instant::now() + UNCONFIRMED_HOLD);
+            }
+            Ok(_) => *self.unconfirmed.lock() = None,
+            Err(_) => {}
+        }
+        result
+    }
+
+    /// The host new connections last reached (`host:port`).
+    pub fn primary(&self) -> Option<String> {
+        self.nodes.primary()
     }
 
     /// Bring the schema to the latest version, one account-db at a time.
@@ -519,53 +593,66 @@ fn in_order(keys: &[String], rows: &[postgres::Row]) -> Vec<Record> {
 
 impl Store for PostgresStore {
     fn find(&self, username: &str) -> Result<Option<Account>, StoreError> {
-        let mut conn = self.conn()?;
-        // Prepared once per connection (see `PgConn`); the statements used less often are
-        // typed: parse, bind and execute go in one round trip (an untyped query prepares
-        // first, which is a second one).
-        let statement = conn.prepared(
-            "SELECT id, username, hash, banned_until, ban_reason FROM accounts WHERE folded = $1",
-            &[Type::TEXT],
-        )?;
-        let row = conn.query_opt(&statement, &[&fold(username)])?;
-        Ok(row.map(|row| Account {
-            id: id(row.get(0)),
-            username: row.get(1),
-            hash: row.get(2),
-            ban: Ban::from_columns(row.get(3), row.get(4)),
-        }))
+        self.with(self.timeout, |conn| {
+            // Prepared once per connection (see `PgConn`); the statements used less often are
+            // typed: parse, bind and execute go in one round trip (an untyped query prepares
+            // first, which is a second one).
+            let statement = conn.prepared(
+                "SELECT id, username, hash, banned_until, ban_reason FROM accounts WHERE folded = $1",
+                &[Type::TEXT],
+            )?;
+            let row = conn.query_opt(&statement, &[&fold(username)])?;
+            Ok(row.map(|row| Account {
+                id: id(row.get(0)),
+                username: row.get(1),
+                hash: row.get(2),
+                ban: Ban::from_columns(row.get(3), row.get(4)),
+            }))
+        })
     }
 
     fn create(&self, account: &Account, request_id: &str) -> Result<Created, StoreError> {
         let (folded, skeleton) = (fold(&account.username), skeleton(&account.username));
-        let mut conn = self.conn()?;
-        let create = conn.prepared(
-            "SELECT inserted, held_by FROM create_account($1, $2, $3, $4, $5, $6)",
-            &[
-                Type::TEXT,
-                Type::TEXT,
-                Type::TEXT,
-                Type::TEXT,
-                Type::INT8,
-                Type::TEXT,
-            ],
-        )?;
-        let row = conn.query_one(
-            &create,
-            &[
-                &folded,
-                &skeleton,
-                &account.username,
-                &account.hash,
-                &unix_now(),
-                &request_id,
-            ],
-        )?;
-        // Committed when the statement ends: it runs in a transaction of its own.
-        let (inserted, held_by): (i32, Option<String>) = (row.get(0), row.get(1));
-        Ok(match held_by {
-            Some(stored_by) => Created::held_by(&stored_by, request_id),
-            None => Created::inserted(u64::try_from(inserted).unwrap_or(0)),
+        self.durably(|conn| {
+            let create = conn.prepared(
+                "SELECT inserted, held_by FROM create_account($1, $2, $3, $4, $5, $6)",
+                &[
+                    Type::TEXT,
+                    Type::TEXT,
+                    Type::TEXT,
+                    Type::TEXT,
+                    Type::INT8,
+                    Type::TEXT,
+                ],
+            )?;
+            let row = conn.query_one(
+                &create,
+                &[
+                    &folded,
+                    &skeleton,
+                    &account.username,
+                    &account.hash,
+                    &unix_now(),
+                    &request_id,
+                ],
+            )?;
+            // Committed when the statement ends: it runs in a transaction of its own.
+            let (inserted, held_by): (i32, Option<String>) = (row.get(0), row.get(1));
+            let Some(stored_by) = held_by else {
+                return Ok(Created::inserted(u64::try_from(inserted).unwrap_or(0)));
+            };
+            let created = Created::held_by(&stored_by, request_id);
+            if created == Created::New {
+                // This create, asked again: the first may have committed only locally (its
+                // wait for a synchronous standby cancelled). A write of the row waits for the
+                // standby like any commit, and WAL is in order: once it is confirmed, so is
+                // the row.
+                conn.execute_typed(
+                    "UPDATE accounts SET request_id = request_id WHERE folded = $1",
+                    &[(&folded, Type::TEXT)],
+                )?;
+            }
+            Ok(created)
         })
     }
 
@@ -589,6 +676,8 @@ impl Store for PostgresStore {
             let usernames = column(&|(a, _)| a.username.clone());
             let hashes = column(&|(a, _)| a.hash.clone());
             let ids = column(&|(_, id)| id.clone());
+            let watch = self.watchdog.watch(&conn.cancel, CHUNK_TIME);
+            pg_watchdog::take_unreplicated();
             let mut tx = conn.transaction()?;
             tx.execute(
                 "SELECT pg_advisory_xact_lock(k) FROM
@@ -605,6 +694,10 @@ impl Store for PostgresStore {
                 &[&folded, &skeletons, &usernames, &hashes, &ids, &unix_now()],
             )?;
             tx.commit()?;
+            drop(watch);
+            if pg_watchdog::take_unreplicated() {
+                return Err(StoreError::Unreplicated);
+            }
             for row in &rows {
                 let (inserted, held_by, request_id): (i32, Option<String>, String) =
                     (row.get(0), row.get(1), row.get(2));
@@ -623,29 +716,34 @@ impl Store for PostgresStore {
     }
 
     fn update_hash(&self, username: &str, old: &str, hash: &str) -> Result<bool, StoreError> {
-        let mut conn = self.conn()?;
-        let updated = conn.execute_typed(
-            "UPDATE accounts SET hash = $2 WHERE folded = $1 AND hash = $3",
-            &[
-                (&fold(username), Type::TEXT),
-                (&hash, Type::TEXT),
-                (&old, Type::TEXT),
-            ],
-        )?;
-        Ok(updated == 1)
+        self.durably(|conn| {
+            let updated = conn.execute_typed(
+                "UPDATE accounts SET hash = $2 WHERE folded = $1 AND hash = $3",
+                &[
+                    (&fold(username), Type::TEXT),
+                    (&hash, Type::TEXT),
+                    (&old, Type::TEXT),
+                ],
+            )?;
+            Ok(updated == 1)
+        })
     }
 
     fn ping(&self) -> Result<(), StoreError> {
-        self.conn()?.simple_query("SELECT 1")?;
-        Ok(())
+        self.with(self.timeout, |conn| {
+            conn.simple_query("SELECT 1")?;
+            Ok(())
+        })
     }
 
     fn details(&self, username: &str) -> Result<Option<Details>, StoreError> {
-        let row = self.conn()?.query_typed_opt(
-            "SELECT id, username, hash, created_at, sessions_after, banned_until, ban_reason
-             FROM accounts WHERE folded = $1",
-            &[(&fold(username), Type::TEXT)],
-        )?;
+        let row = self.with(self.timeout, |conn| {
+            Ok(conn.query_typed_opt(
+                "SELECT id, username, hash, created_at, sessions_after, banned_until, ban_reason
+                 FROM accounts WHERE folded = $1",
+                &[(&fold(username), Type::TEXT)],
+            )?)
+        })?;
         Ok(row.map(|row| Details {
             account: Account {
                 id: id(row.get(0)),
@@ -659,10 +757,12 @@ impl Store for PostgresStore {
     }
 
     fn delete(&self, username: &str) -> Result<bool, StoreError> {
-        let deleted = self.conn()?.execute_typed(
-            "DELETE FROM accounts WHERE folded = $1",
-            &[(&fold(username), Type::TEXT)],
-        )?;
+        let deleted = self.durably(|conn| {
+            Ok(conn.execute_typed(
+                "DELETE FROM accounts WHERE folded = $1",
+                &[(&fold(username), Type::TEXT)],
+            )?)
+        })?;
         Ok(deleted == 1)
     }
 
@@ -670,72 +770,76 @@ impl Store for PostgresStore {
     /// look-alike waits, then finds it held.
     fn rename(&self, old: &str, new: &str) -> Result<Renamed, StoreError> {
         let (folded, skeleton) = (fold(new), skeleton(new));
-        let mut conn = self.conn()?;
-        let mut tx = conn.transaction()?;
-        tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&skeleton])?;
-        let Some(row) = tx.query_opt(
-            "SELECT id, username FROM accounts WHERE folded = $1 FOR UPDATE",
-            &[&fold(old)],
-        )?
-        else {
-            return Ok(Renamed::NoSuchAccount);
-        };
-        let (id, from): (i64, String) = (row.get(0), row.get(1));
-        let holder = tx.query_opt(
-            "SELECT username FROM accounts
-             WHERE id <> $3 AND (folded = $1 OR skeleton = $2) LIMIT 1",
-            &[&folded, &skeleton, &id],
-        )?;
-        if let Some(holder) = holder {
-            return Ok(Renamed::Taken(holder.get(0)));
-        }
-        tx.execute(
-            "UPDATE accounts SET folded = $1, skeleton = $2, username = $3 WHERE id = $4",
-            &[&folded, &skeleton, &new, &id],
-        )?;
-        tx.commit()?;
-        Ok(Renamed::From(from))
+        self.durably(|conn| {
+            let mut tx = conn.transaction()?;
+            tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&skeleton])?;
+            let Some(row) = tx.query_opt(
+                "SELECT id, username FROM accounts WHERE folded = $1 FOR UPDATE",
+                &[&fold(old)],
+            )?
+            else {
+                return Ok(Renamed::NoSuchAccount);
+            };
+            let (id, from): (i64, String) = (row.get(0), row.get(1));
+            let holder = tx.query_opt(
+                "SELECT username FROM accounts
+                 WHERE id <> $3 AND (folded = $1 OR skeleton = $2) LIMIT 1",
+                &[&folded, &skeleton, &id],
+            )?;
+            if let Some(holder) = holder {
+                return Ok(Renamed::Taken(holder.get(0)));
+            }
+            tx.execute(
+                "UPDATE accounts SET folded = $1, skeleton = $2, username = $3 WHERE id = $4",
+                &[&folded, &skeleton, &new, &id],
+            )?;
+            tx.commit()?;
+            Ok(Renamed::From(from))
+        })
     }
 
     fn list(&self, prefix: &str, limit: u32) -> Result<Vec<Account>, StoreError> {
-        let mut conn = self.conn()?;
-        // It reads the whole table: planned for its parameters, free to scan, given time.
-        let mut tx = conn.maintenance()?;
-        let rows = tx.query_typed(
-            "SELECT id, username, hash FROM accounts WHERE starts_with(folded, $1)
-             ORDER BY folded COLLATE \"C\" LIMIT $2",
-            &[(&fold(prefix), Type::TEXT), (&i64::from(limit), Type::INT8)],
-        )?;
-        tx.commit()?;
-        Ok(rows.iter().map(|row| listed(row, 0)).collect())
+        self.with(MAINTENANCE_TIME, |conn| {
+            // It reads the whole table: planned for its parameters, free to scan, given time.
+            let mut tx = conn.maintenance()?;
+            let rows = tx.query_typed(
+                "SELECT id, username, hash FROM accounts WHERE starts_with(folded, $1)
+                 ORDER BY folded COLLATE \"C\" LIMIT $2",
+                &[(&fold(prefix), Type::TEXT), (&i64::from(limit), Type::INT8)],
+            )?;
+            tx.commit()?;
+            Ok(rows.iter().map(|row| listed(row, 0)).collect())
+        })
     }
 
     fn look_alikes(&self, limit: u32) -> Result<Vec<(String, Account)>, StoreError> {
-        let mut conn = self.conn()?;
-        let mut tx = conn.maintenance()?;
-        let rows = tx.query_typed(
-            "SELECT skeleton, id, username, hash FROM accounts WHERE skeleton IN
-                 (SELECT skeleton FROM accounts GROUP BY skeleton HAVING count(*) > 1)
-             ORDER BY skeleton COLLATE \"C\", id LIMIT $1",
-            &[(&i64::from(limit), Type::INT8)],
-        )?;
-        tx.commit()?;
-        Ok(rows
-            .iter()
-            .map(|row| (row.get(0), listed(row, 1)))
-            .collect())
+        self.with(MAINTENANCE_TIME, |conn| {
+            let mut tx = conn.maintenance()?;
+            let rows = tx.query_typed(
+                "SELECT skeleton, id, username, hash FROM accounts WHERE skeleton IN
+                     (SELECT skeleton FROM accounts GROUP BY skeleton HAVING count(*) > 1)
+                 ORDER BY skeleton COLLATE \"C\", id LIMIT $1",
+                &[(&i64::from(limit), Type::INT8)],
+            )?;
+            tx.commit()?;
+            Ok(rows
+                .iter()
+                .map(|row| (row.get(0), listed(row, 1)))
+                .collect())
+        })
     }
 
     fn accounts_after(&self, after: u64, limit: u32) -> Result<Vec<Account>, StoreError> {
-        let mut conn = self.conn()?;
-        let mut tx = conn.maintenance()?;
-        let after = i64::try_from(after).unwrap_or(i64::MAX);
-        let rows = tx.query_typed(
-            "SELECT id, username, hash FROM accounts WHERE id > $1 ORDER BY id LIMIT $2",
-            &[(&after, Type::INT8), (&i64::from(limit), Type::INT8)],
-        )?;
-        tx.commit()?;
-        Ok(rows.iter().map(|row| listed(row, 0)).collect())
+        self.with(MAINTENANCE_TIME, |conn| {
+            let mut tx = conn.maintenance()?;
+            let after = i64::try_from(after).unwrap_or(i64::MAX);
+            let rows = tx.query_typed(
+                "SELECT id, username, hash FROM accounts WHERE id > $1 ORDER BY id LIMIT $2",
+                &[(&after, Type::INT8), (&i64::from(limit), Type::INT8)],
+            )?;
+            tx.commit()?;
+            Ok(rows.iter().map(|row| listed(row, 0)).collect())
+        })
     }
 
     fn set_ban(&self, username: &str, ban: Option<&Ban>) -> Result<bool, StoreError> {
@@ -746,82 +850,87 @@ impl Store for PostgresStore {
         } else {
             0
         };
-        let updated = self.conn()?.execute_typed(
-            "UPDATE accounts SET banned_until = $2, ban_reason = $3,
-                 sessions_after = GREATEST(sessions_after, $4)
-             WHERE folded = $1",
-            &[
-                (&fold(username), Type::TEXT),
-                (&until, Type::INT8),
-                (&reason, Type::TEXT),
-                (&void, Type::INT8),
-            ],
-        )?;
+        let updated = self.durably(|conn| {
+            Ok(conn.execute_typed(
+                "UPDATE accounts SET banned_until = $2, ban_reason = $3,
+                     sessions_after = GREATEST(sessions_after, $4)
+                 WHERE folded = $1",
+                &[
+                    (&fold(username), Type::TEXT),
+                    (&until, Type::INT8),
+                    (&reason, Type::TEXT),
+                    (&void, Type::INT8),
+                ],
+            )?)
+        })?;
         Ok(updated == 1)
     }
 
     fn count(&self) -> Result<u64, StoreError> {
-        let mut conn = self.conn()?;
-        let mut tx = conn.maintenance()?;
-        let n: i64 = tx.query_one("SELECT count(*) FROM accounts", &[])?.get(0);
-        tx.commit()?;
-        Ok(u64::try_from(n).unwrap_or(0))
+        self.with(MAINTENANCE_TIME, |conn| {
+            let mut tx = conn.maintenance()?;
+            let n: i64 = tx.query_one("SELECT count(*) FROM accounts", &[])?.get(0);
+            tx.commit()?;
+            Ok(u64::try_from(n).unwrap_or(0))
+        })
     }
 
     fn session(&self, account_id: u64, sid: &str) -> Result<Option<SessionState>, StoreError> {
-        let mut conn = self.conn()?;
-        let id = i64::try_from(account_id).unwrap_or(-1);
-        let statement = conn.prepared(
-            "SELECT username, sessions_after,
-                 EXISTS (SELECT 1 FROM revoked_sessions WHERE sid = $2)
-             FROM accounts WHERE id = $1",
-            &[Type::INT8, Type::TEXT],
-        )?;
-        let row = conn.query_opt(&statement, &[&id, &sid])?;
-        Ok(row.map(|row| SessionState {
-            username: row.get(0),
-            sessions_after: row.get(1),
-            revoked: row.get(2),
-        }))
+        self.with(self.timeout, |conn| {
+            let id = i64::try_from(account_id).unwrap_or(-1);
+            let statement = conn.prepared(
+                "SELECT username, sessions_after,
+                     EXISTS (SELECT 1 FROM revoked_sessions WHERE sid = $2)
+                 FROM accounts WHERE id = $1",
+                &[Type::INT8, Type::TEXT],
+            )?;
+            let row = conn.query_opt(&statement, &[&id, &sid])?;
+            Ok(row.map(|row| SessionState {
+                username: row.get(0),
+                sessions_after: row.get(1),
+                revoked: row.get(2),
+            }))
+        })
     }
 
     fn revoke_session(&self, r: &Revocation) -> Result<(), StoreError> {
         let id = i64::try_from(r.account_id).unwrap_or(-1);
-        let mut conn = self.conn()?;
-        let mut tx = conn.transaction()?;
-        // Logouts of one account take turns, so the cap holds across account-dbs.
-        tx.execute_typed(
-            "SELECT id FROM accounts WHERE id = $1 FOR UPDATE",
-            &[(&id, Type::INT8)],
-        )?;
-        let held: i64 = tx
-            .query_typed_one(
-                "SELECT count(*) FROM revoked_sessions WHERE account_id = $1",
+        self.durably(|conn| {
+            let mut tx = conn.transaction()?;
+            // Logouts of one account take turns, so the cap holds across account-dbs.
+            tx.execute_typed(
+                "SELECT id FROM accounts WHERE id = $1 FOR UPDATE",
                 &[(&id, Type::INT8)],
-            )?
-            .get(0);
-        if held >= REVOKED_PER_ACCOUNT {
-            tx.execute_typed(
-                "UPDATE accounts SET sessions_after = GREATEST(sessions_after, $2) WHERE id = $1",
-                &[
-                    (&id, Type::INT8),
-                    (&r.began_ms.saturating_add(1), Type::INT8),
-                ],
             )?;
-        } else {
-            tx.execute_typed(
-                "INSERT INTO revoked_sessions (sid, account_id, until_ms) VALUES ($1, $2, $3)
-                 ON CONFLICT (sid) DO UPDATE
-                     SET until_ms = GREATEST(revoked_sessions.until_ms, EXCLUDED.until_ms)",
-                &[
-                    (&r.sid, Type::TEXT),
-                    (&id, Type::INT8),
-                    (&r.until_ms, Type::INT8),
-                ],
-            )?;
-        }
-        tx.commit()?;
-        Ok(())
+            let held: i64 = tx
+                .query_typed_one(
+                    "SELECT count(*) FROM revoked_sessions WHERE account_id = $1",
+                    &[(&id, Type::INT8)],
+                )?
+                .get(0);
+            if held >= REVOKED_PER_ACCOUNT {
+                tx.execute_typed(
+                    "UPDATE accounts SET sessions_after = GREATEST(sessions_after, $2) WHERE id = $1",
+                    &[
+                        (&id, Type::INT8),
+                        (&r.began_ms.saturating_add(1), Type::INT8),
+                    ],
+                )?;
+            } else {
+                tx.execute_typed(
+                    "INSERT INTO revoked_sessions (sid, account_id, until_ms) VALUES ($1, $2, $3)
+                     ON CONFLICT (sid) DO UPDATE
+                         SET until_ms = GREATEST(revoked_sessions.until_ms, EXCLUDED.until_ms)",
+                    &[
+                        (&r.sid, Type::TEXT),
+                        (&id, Type::INT8),
+                        (&r.until_ms, Type::INT8),
+                    ],
+                )?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
     }
 
     fn void_sessions(
@@ -831,24 +940,29 @@ impl Store for PostgresStore {
         hash: Option<&str>,
     ) -> Result<bool, StoreError> {
         let id = i64::try_from(account_id).unwrap_or(-1);
-        let updated = self.conn()?.execute_typed(
-            "UPDATE accounts SET sessions_after = GREATEST(sessions_after, $2),
-                 hash = COALESCE($3, hash)
-             WHERE id = $1 AND ($3 IS NULL OR banned_until <= $2)",
-            &[
-                (&id, Type::INT8),
-                (&before_ms, Type::INT8),
-                (&hash, Type::TEXT),
-            ],
-        )?;
+        let updated = self.durably(|conn| {
+            Ok(conn.execute_typed(
+                "UPDATE accounts SET sessions_after = GREATEST(sessions_after, $2),
+                     hash = COALESCE($3, hash)
+                 WHERE id = $1 AND ($3 IS NULL OR banned_until <= $2)",
+                &[
+                    (&id, Type::INT8),
+                    (&before_ms, Type::INT8),
+                    (&hash, Type::TEXT),
+                ],
+            )?)
+        })?;
         Ok(updated == 1)
     }
 
     fn prune_revoked(&self, now: Millis) -> Result<u64, StoreError> {
-        let pruned = self
-            .conn()?
-            .execute("DELETE FROM revoked_sessions WHERE until_ms <= $1", &[&now])?;
-        Ok(pruned)
+        self.with(MAINTENANCE_TIME, |conn| {
+            let mut tx = conn.maintenance()?;
+            let pruned =
+                tx.execute("DELETE FROM revoked_sessions WHERE until_ms <= $1", &[&now])?;
+            tx.commit()?;
+            Ok(pruned)
+        })
     }
 
     fn find_for_login(
@@ -856,19 +970,20 @@ impl Store for PostgresStore {
         username: &str,
         keys: &[String],
     ) -> Result<(Option<Account>, Vec<Record>), StoreError> {
-        let mut conn = self.conn()?;
-        // One statement, one round trip: the account (if any) beside each record found.
-        let statement = conn.prepared(
-            "SELECT t.key, t.count, t.window_start, t.lockouts, t.locked_until, t.familiar,
-                 t.familiar_until, t.expires, a.id, a.username, a.hash, a.banned_until,
-                 a.ban_reason
-             FROM (SELECT 1) AS one
-             LEFT JOIN accounts a ON a.folded = $1
-             LEFT JOIN throttle t ON t.key = ANY($2)",
-            &[Type::TEXT, Type::TEXT_ARRAY],
-        )?;
-        let rows = conn.query(&statement, &[&fold(username), &keys])?;
-        Ok(found(keys, &rows))
+        self.with(self.timeout, |conn| {
+            // One statement, one round trip: the account (if any) beside each record found.
+            let statement = conn.prepared(
+                "SELECT t.key, t.count, t.window_start, t.lockouts, t.locked_until, t.familiar,
+                     t.familiar_until, t.expires, a.id, a.username, a.hash, a.banned_until,
+                     a.ban_reason
+                 FROM (SELECT 1) AS one
+                 LEFT JOIN accounts a ON a.folded = $1
+                 LEFT JOIN throttle t ON t.key = ANY($2)",
+                &[Type::TEXT, Type::TEXT_ARRAY],
+            )?;
+            let rows = conn.query(&statement, &[&fold(username), &keys])?;
+            Ok(found(keys, &rows))
+        })
     }
 
     fn find_for_logins(&self, logins: &[(&str, &[String])]) -> Result<Vec<LoginRead>, StoreError> {
@@ -883,35 +998,36 @@ impl Store for PostgresStore {
                 .map(|(_, keys)| keys.get(i).map(String::as_str))
                 .collect()
         };
-        let mut conn = self.conn()?;
-        // One statement for them all: each login's account beside each of its records found,
-        // tagged with its place (the last column, so the row reads as find_for_login's). The
-        // lateral joins make it an index lookup per login whatever the planner guesses of
-        // the arrays' length.
-        let statement = conn.prepared(
-            "SELECT t.key, t.count, t.window_start, t.lockouts, t.locked_until, t.familiar,
-                 t.familiar_until, t.expires, a.id, a.username, a.hash, a.banned_until,
-                 a.ban_reason, q.i
-             FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS q(folded, k1, k2, i)
-             LEFT JOIN LATERAL (SELECT id, username, hash, banned_until, ban_reason
-                                FROM accounts WHERE folded = q.folded) a ON true
-             LEFT JOIN LATERAL (SELECT * FROM throttle
-                                WHERE key = ANY(ARRAY[q.k1, q.k2])) t ON true",
-            &[Type::TEXT_ARRAY, Type::TEXT_ARRAY, Type::TEXT_ARRAY],
-        )?;
-        let rows = conn.query(&statement, &[&folded, &key(0), &key(1)])?;
-        let mut by_login: Vec<Vec<postgres::Row>> = logins.iter().map(|_| Vec::new()).collect();
-        for row in rows {
-            let place = usize::try_from(row.get::<_, i64>(13) - 1).ok();
-            if let Some(rows) = place.and_then(|i| by_login.get_mut(i)) {
-                rows.push(row);
+        self.with(self.timeout, |conn| {
+            // One statement for them all: each login's account beside each of its records found,
+            // tagged with its place (the last column, so the row reads as find_for_login's). The
+            // lateral joins make it an index lookup per login whatever the planner guesses of
+            // the arrays' length.
+            let statement = conn.prepared(
+                "SELECT t.key, t.count, t.window_start, t.lockouts, t.locked_until, t.familiar,
+                     t.familiar_until, t.expires, a.id, a.username, a.hash, a.banned_until,
+                     a.ban_reason, q.i
+                 FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS q(folded, k1, k2, i)
+                 LEFT JOIN LATERAL (SELECT id, username, hash, banned_until, ban_reason
+                                    FROM accounts WHERE folded = q.folded) a ON true
+                 LEFT JOIN LATERAL (SELECT * FROM throttle
+                                    WHERE key = ANY(ARRAY[q.k1, q.k2])) t ON true",
+                &[Type::TEXT_ARRAY, Type::TEXT_ARRAY, Type::TEXT_ARRAY],
+            )?;
+            let rows = conn.query(&statement, &[&folded, &key(0), &key(1)])?;
+            let mut by_login: Vec<Vec<postgres::Row>> = logins.iter().map(|_| Vec::new()).collect();
+            for row in rows {
+                let place = usize::try_from(row.get::<_, i64>(13) - 1).ok();
+                if let Some(rows) = place.and_then(|i| by_login.get_mut(i)) {
+                    rows.push(row);
+                }
             }
-        }
-        Ok(logins
-            .iter()
-            .zip(&by_login)
-            .map(|((_, keys), rows)| found(keys, rows))
-            .collect())
+            Ok(logins
+                .iter()
+                .zip(&by_login)
+                .map(|((_, keys), rows)| found(keys, rows))
+                .collect())
+        })
     }
 
     fn update_records(
@@ -920,144 +1036,152 @@ impl Store for PostgresStore {
         now: Millis,
         change: &mut dyn FnMut(&mut [Record]),
     ) -> Result<(), StoreError> {
-        let mut conn = self.conn()?;
-        let upsert = conn.prepared(&UPSERT_RECORDS, &[Type::TEXT_ARRAY])?;
-        let write = conn.prepared(
-            "UPDATE throttle t SET count = v.count, window_start = v.window_start,
-                 lockouts = v.lockouts, locked_until = v.locked_until, familiar = v.familiar,
-                 familiar_until = v.familiar_until, expires = v.expires, rank = v.rank
-             FROM unnest($1::text[], $2::int[], $3::bigint[], $4::int[], $5::bigint[],
-                         $6::text[], $7::bigint[], $8::bigint[], $9::bigint[])
-                 AS v(key, count, window_start, lockouts, locked_until, familiar,
-                      familiar_until, expires, rank)
-             WHERE t.key = v.key",
-            &[
-                Type::TEXT_ARRAY,
-                Type::INT4_ARRAY,
-                Type::INT8_ARRAY,
-                Type::INT4_ARRAY,
-                Type::INT8_ARRAY,
-                Type::TEXT_ARRAY,
-                Type::INT8_ARRAY,
-                Type::INT8_ARRAY,
-                Type::INT8_ARRAY,
-            ],
-        )?;
-        let mut tx = conn.transaction()?;
-        // Make every key's row (the empty record where there was none) and lock it, in key
-        // order across transactions, so concurrent changes take turns and cannot deadlock.
-        let rows = tx.query(&upsert, &[&keys])?;
-        let mut records = in_order(keys, &rows);
-        change(&mut records);
-        // Written back in one statement; expired ones are left to the next prune.
-        let column = |f: &dyn Fn(&Record) -> i64| records.iter().map(f).collect::<Vec<i64>>();
-        let counts: Vec<i32> = records
-            .iter()
-            .map(|r| i32::try_from(r.count).unwrap_or(i32::MAX))
-            .collect();
-        let lockouts: Vec<i32> = records
-            .iter()
-            .map(|r| i32::try_from(r.lockouts).unwrap_or(i32::MAX))
-            .collect();
-        let familiar: Vec<String> = records.iter().map(familiar_text).collect();
-        tx.execute(
-            &write,
-            &[
-                &keys,
-                &counts,
-                &column(&|r| r.window_start),
-                &lockouts,
-                &column(&|r| r.locked_until),
-                &familiar,
-                &column(&|r| r.familiar_until),
-                &column(&|r| r.expires),
-                &column(&|r| r.rank(now)),
-            ],
-        )?;
-        tx.commit()?;
-        Ok(())
+        self.with(self.timeout, |conn| {
+            let upsert = conn.prepared(&UPSERT_RECORDS, &[Type::TEXT_ARRAY])?;
+            let write = conn.prepared(
+                "UPDATE throttle t SET count = v.count, window_start = v.window_start,
+                     lockouts = v.lockouts, locked_until = v.locked_until, familiar = v.familiar,
+                     familiar_until = v.familiar_until, expires = v.expires, rank = v.rank
+                 FROM unnest($1::text[], $2::int[], $3::bigint[], $4::int[], $5::bigint[],
+                             $6::text[], $7::bigint[], $8::bigint[], $9::bigint[])
+                     AS v(key, count, window_start, lockouts, locked_until, familiar,
+                          familiar_until, expires, rank)
+                 WHERE t.key = v.key",
+                &[
+                    Type::TEXT_ARRAY,
+                    Type::INT4_ARRAY,
+                    Type::INT8_ARRAY,
+                    Type::INT4_ARRAY,
+                    Type::INT8_ARRAY,
+                    Type::TEXT_ARRAY,
+                    Type::INT8_ARRAY,
+                    Type::INT8_ARRAY,
+                    Type::INT8_ARRAY,
+                ],
+            )?;
+            let mut tx = conn.transaction()?;
+            // Make every key's row (the empty record where there was none) and lock it, in key
+            // order across transactions, so concurrent changes take turns and cannot deadlock.
+            let rows = tx.query(&upsert, &[&keys])?;
+            let mut records = in_order(keys, &rows);
+            change(&mut records);
+            // Written back in one statement; expired ones are left to the next prune.
+            let column = |f: &dyn Fn(&Record) -> i64| records.iter().map(f).collect::<Vec<i64>>();
+            let counts: Vec<i32> = records
+                .iter()
+                .map(|r| i32::try_from(r.count).unwrap_or(i32::MAX))
+                .collect();
+            let lockouts: Vec<i32> = records
+                .iter()
+                .map(|r| i32::try_from(r.lockouts).unwrap_or(i32::MAX))
+                .collect();
+            let familiar: Vec<String> = records.iter().map(familiar_text).collect();
+            tx.execute(
+                &write,
+                &[
+                    &keys,
+                    &counts,
+                    &column(&|r| r.window_start),
+                    &lockouts,
+                    &column(&|r| r.locked_until),
+                    &familiar,
+                    &column(&|r| r.familiar_until),
+                    &column(&|r| r.expires),
+                    &column(&|r| r.rank(now)),
+                ],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        self.nodes.register_metrics(registry);
     }
 
     fn legacy_names_imported(&self) -> Result<bool, StoreError> {
         if self.legacy_names.load(Ordering::Relaxed) {
             return Ok(true);
         }
-        let found = self
-            .conn()?
-            .query_opt(
+        let found = self.with(self.timeout, |conn| {
+            let row = conn.query_opt(
                 "SELECT 1 FROM meta WHERE key = $1",
                 &[&LEGACY_NAMES_IMPORTED],
-            )?
-            .is_some();
+            )?;
+            Ok(row.is_some())
+        })?;
         self.legacy_names.store(found, Ordering::Relaxed);
         Ok(found)
     }
 
     fn mark_legacy_names_imported(&self, how: &str) -> Result<bool, StoreError> {
-        let inserted = self.conn()?.execute(
-            "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
-            &[&LEGACY_NAMES_IMPORTED, &how],
-        )?;
+        let inserted = self.durably(|conn| {
+            Ok(conn.execute(
+                "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+                &[&LEGACY_NAMES_IMPORTED, &how],
+            )?)
+        })?;
         Ok(inserted == 1)
     }
 
     fn prune_records(&self, now: Millis, cap: u64) -> Result<u64, StoreError> {
-        let mut conn = self.conn()?;
-        // Not the hot path: planned for its parameters, free to scan, and given time to count.
-        let mut tx = conn.maintenance()?;
-        // One account-db prunes at a time (the others skip this second), so the excess is
-        // evicted once, not once per account-db.
-        let ours: bool = tx
-            .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&PRUNE_LOCK])?
-            .get(0);
-        if !ours {
-            return Ok(0);
-        }
-        // Rows a request is changing right now are skipped, never waited for.
-        let expired = tx.execute(
-            "DELETE FROM throttle WHERE key IN
-             (SELECT key FROM throttle WHERE expires <= $1 FOR UPDATE SKIP LOCKED)",
-            &[&now],
-        )?;
-        let cap = i64::try_from(cap).unwrap_or(i64::MAX);
-        // Counting a full table (a million rows: 50 to 120 ms here) every second would cost
-        // PostgreSQL a tenth of a core. Two estimates say whether it may be near its cap, and
-        // only then is it counted: the statistics' live rows (they follow inserts and deletes
-        // within seconds, without ANALYZE) and the planner's (rows per page at the last
-        // ANALYZE times today's pages: it follows growth of the file at once). Never
-        // analyzed: counted.
-        let estimate: Option<f64> = tx
-            .query_one(
-                "SELECT CASE WHEN c.reltuples < 0 OR c.relpages = 0 THEN NULL
-                        ELSE greatest(coalesce(s.n_live_tup, 0),
-                                      c.reltuples / c.relpages
-                                      * (pg_relation_size(c.oid)
-                                         / current_setting('block_size')::int))
-                        END
-                 FROM pg_class c LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid
-                 WHERE c.oid = 'throttle'::regclass",
-                &[],
-            )?
-            .get(0);
-        let near_cap = estimate.map_or(true, |rows| rows >= cap as f64 / 2.0);
-        let left: i64 = match near_cap {
-            true => tx.query_one("SELECT count(*) FROM throttle", &[])?.get(0),
-            false => 0,
-        };
-        let excess = left.saturating_sub(cap);
-        // The victims are chosen once (MATERIALIZED): as a subquery of the DELETE, a plan that
-        // ran it again for each row (a nested loop) found the rows it had just deleted gone and
-        // chose the next ones, deleting the whole table.
-        let evicted = match excess > 0 {
-            true => tx.execute(
-                "WITH victims AS MATERIALIZED (
-                     SELECT key FROM throttle ORDER BY rank LIMIT $1 FOR UPDATE SKIP LOCKED)
-                 DELETE FROM throttle t USING victims v WHERE t.key = v.key",
-                &[&excess],
-            )?,
-            false => 0,
-        };
-        tx.commit()?;
-        Ok(expired + evicted)
+        self.with(MAINTENANCE_TIME, |conn| {
+            // Not the hot path: planned for its parameters, free to scan, and given time to count.
+            let mut tx = conn.maintenance()?;
+            // One account-db prunes at a time (the others skip this second), so the excess is
+            // evicted once, not once per account-db.
+            let ours: bool = tx
+                .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&PRUNE_LOCK])?
+                .get(0);
+            if !ours {
+                return Ok(0);
+            }
+            // Rows a request is changing right now are skipped, never waited for.
+            let expired = tx.execute(
+                "DELETE FROM throttle WHERE key IN
+                 (SELECT key FROM throttle WHERE expires <= $1 FOR UPDATE SKIP LOCKED)",
+                &[&now],
+            )?;
+            let cap = i64::try_from(cap).unwrap_or(i64::MAX);
+            // Counting a full table (a million rows: 50 to 120 ms here) every second would cost
+            // PostgreSQL a tenth of a core. Two estimates say whether it may be near its cap, and
+            // only then is it counted: the statistics' live rows (they follow inserts and deletes
+            // within seconds, without ANALYZE) and the planner's (rows per page at the last
+            // ANALYZE times today's pages: it follows growth of the file at once). Never
+            // analyzed: counted.
+            let estimate: Option<f64> = tx
+                .query_one(
+                    "SELECT CASE WHEN c.reltuples < 0 OR c.relpages = 0 THEN NULL
+                            ELSE greatest(coalesce(s.n_live_tup, 0),
+                                          c.reltuples / c.relpages
+                                          * (pg_relation_size(c.oid)
+                                             / current_setting('block_size')::int))
+                            END
+                     FROM pg_class c LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid
+                     WHERE c.oid = 'throttle'::regclass",
+                    &[],
+                )?
+                .get(0);
+            let near_cap = estimate.map_or(true, |rows| rows >= cap as f64 / 2.0);
+            let left: i64 = match near_cap {
+                true => tx.query_one("SELECT count(*) FROM throttle", &[])?.get(0),
+                false => 0,
+            };
+            let excess = left.saturating_sub(cap);
+            // The victims are chosen once (MATERIALIZED): as a subquery of the DELETE, a plan that
+            // ran it again for each row (a nested loop) found the rows it had just deleted gone and
+            // chose the next ones, deleting the whole table.
+            let evicted = match excess > 0 {
+                true => tx.execute(
+                    "WITH victims AS MATERIALIZED (
+                         SELECT key FROM throttle ORDER BY rank LIMIT $1 FOR UPDATE SKIP LOCKED)
+                     DELETE FROM throttle t USING victims v WHERE t.key = v.key",
+                    &[&excess],
+                )?,
+                false => 0,
+            };
+            tx.commit()?;
+            Ok(expired + evicted)
+        })
     }
 }
