@@ -7,12 +7,12 @@
 
 mod common;
 
+use common::load::{ask, missing_from, registered, Load};
 use common::pg::OwnPostgres;
 use login_server::accountdb::store::StoreUrl;
 use login_server::auth::secret::Secret;
 use login_server::{AccountDb, AccountDbConfig, LoginServer};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -90,61 +90,6 @@ fn tiers(url: &str) -> Tiers {
     Tiers { server, db }
 }
 
-/// One stream-form request on `client`: its reply code.
-fn ask(client: &mut common::StreamClient, op: &str, user: &str, password: &str) -> u64 {
-    let line = serde_json::json!({"OP": op, "username": user, "password": password});
-    client.send(format!("{line}\n").as_bytes());
-    client.recv()["code"].as_u64().unwrap_or(0)
-}
-
-/// What one request got, and when it was sent and answered.
-#[derive(Debug, Clone)]
-struct Outcome {
-    op: &'static str,
-    user: String,
-    code: u64,
-    sent: Instant,
-    answered: Instant,
-}
-
-/// Logins of `players` (registered before) and registrations of new names, from `threads`
-/// connections, until `stop`; every outcome.
-fn load(
-    addr: SocketAddr,
-    players: &[String],
-    threads: usize,
-    stop: &Arc<AtomicBool>,
-) -> Vec<std::thread::JoinHandle<Vec<Outcome>>> {
-    let next = Arc::new(AtomicUsize::new(0));
-    (0..threads)
-        .map(|t| {
-            let (players, stop, next) = (players.to_vec(), stop.clone(), next.clone());
-            std::thread::spawn(move || {
-                let mut client = common::StreamClient::new(addr);
-                let mut outcomes = Vec::new();
-                while !stop.load(Ordering::SeqCst) {
-                    let n = next.fetch_add(1, Ordering::SeqCst);
-                    let (op, user) = match n % 2 {
-                        0 => ("login", players[n / 2 % players.len()].clone()),
-                        _ => ("register", format!("new{t}x{n}")),
-                    };
-                    let sent = Instant::now();
-                    let code = ask(&mut client, op, &user, "password1");
-                    outcomes.push(Outcome {
-                        op,
-                        user,
-                        code,
-                        sent,
-                        answered: Instant::now(),
-                    });
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                outcomes
-            })
-        })
-        .collect()
-}
-
 /// The failover test, with the primary stopped by `kill`.
 fn failover_under_load(how: &str, kill: impl FnOnce(&OwnPostgres)) {
     let Some((primary, standby)) = pair() else {
@@ -174,8 +119,7 @@ fn failover_under_load(how: &str, kill: impl FnOnce(&OwnPostgres)) {
     }
     let lockout = || common::code_from(addr, "login", "locked", "password1", "10.2.2.2");
     assert_eq!(lockout(), 8, "{how}: locked before");
-    let stop = Arc::new(AtomicBool::new(false));
-    let loaders = load(addr, &players, 4, &stop);
+    let load = Load::start(&[addr], &players, 4, "new");
     std::thread::sleep(Duration::from_millis(1000));
     let killed = Instant::now();
     kill(&primary);
@@ -184,11 +128,7 @@ fn failover_under_load(how: &str, kill: impl FnOnce(&OwnPostgres)) {
     standby.promote();
     let promoted = Instant::now();
     std::thread::sleep(Duration::from_millis(3000));
-    stop.store(true, Ordering::SeqCst);
-    let outcomes: Vec<Outcome> = loaders
-        .into_iter()
-        .flat_map(|h| h.join().expect("a load thread"))
-        .collect();
+    let outcomes = load.stop();
     let gaps = outcomes.iter().filter(|o| o.code == 7).count();
     let _ = std::io::Write::write_all(
         &mut std::io::stderr(),
@@ -198,8 +138,7 @@ fn failover_under_load(how: &str, kill: impl FnOnce(&OwnPostgres)) {
     // refused; 7 only in the gap.
     let resumed = promoted + STORE_TIMEOUT + Duration::from_secs(1);
     for o in &outcomes {
-        let expected = if o.op == "login" { 3 } else { 4 };
-        assert!(o.code == expected || o.code == 7, "{how}: {o:?}");
+        assert!(o.succeeded() || o.code == 7, "{how}: {o:?}");
         if o.code == 7 {
             assert!(
                 o.answered >= killed && o.sent <= resumed,
@@ -218,18 +157,9 @@ fn failover_under_load(how: &str, kill: impl FnOnce(&OwnPostgres)) {
         "{how}: success before"
     );
     // Every registration answered 4 is on the new primary.
-    let registered: Vec<String> = outcomes
-        .iter()
-        .filter(|o| o.op == "register" && o.code == 4)
-        .map(|o| o.user.to_lowercase())
-        .collect();
+    let registered = registered(&outcomes);
     assert!(!registered.is_empty());
-    let rows = standby
-        .admin("accounts")
-        .query("SELECT folded FROM accounts", &[])
-        .expect("read the new primary");
-    let stored: std::collections::HashSet<String> = rows.iter().map(|r| r.get(0)).collect();
-    let lost: Vec<&String> = registered.iter().filter(|u| !stored.contains(*u)).collect();
+    let lost = missing_from(&mut standby.admin("accounts"), &registered);
     assert!(lost.is_empty(), "{how}: acknowledged but lost: {lost:?}");
     // The throttle's records are on the new primary: the lockout holds.
     assert_eq!(lockout(), 8, "{how}: still locked after the failover");
@@ -267,6 +197,18 @@ fn a_commit_no_standby_confirms_is_answered_7_and_logins_go_on() {
         assert_eq!(common::code(addr, "register", player, "password1"), 4);
     }
     standby.stop("fast");
+    // An account-db started now (its schema current) comes up: a start writes nothing a
+    // standby must confirm.
+    let (done, started) = std::sync::mpsc::channel();
+    let url: StoreUrl = store_url(&[primary.port]).parse().unwrap();
+    std::thread::spawn(move || {
+        let _ = done.send(url.open(2, STORE_TIMEOUT, false, None).map(drop));
+    });
+    let opened = started.recv_timeout(Duration::from_secs(10));
+    assert!(
+        matches!(opened, Ok(Ok(()))),
+        "a start with the standby down: {opened:?}"
+    );
     // 50 registrations from 10 connections: each answered 7 within --db-timeout, none 4.
     let db_timeout = login_server::LoginServerConfig::default().db_timeout;
     let answers = Arc::new(Mutex::new(Vec::new()));

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tempfile::TempDir;
 
+pub mod load;
 pub mod pg;
 
 /// Long enough that only a hang trips it.

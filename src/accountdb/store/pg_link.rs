@@ -108,6 +108,11 @@ pub fn link(url: &str, password_file: Option<&Path>) -> Result<PgLink, StoreErro
     };
     let config = parse(base)?;
     let (before, hosts, after) = split_hosts(base);
+    if hosts.split(',').any(str::is_empty) && hosts.contains(',') {
+        return Err(StoreError::BadUrl(
+            "an empty host in the host list (h1:5432,,h2): remove the extra comma".into(),
+        ));
+    }
     let hosts = hosts
         .split(',')
         .map(|host| {
@@ -466,6 +471,14 @@ mod tests {
             one.hosts[0].1.get_target_session_attrs(),
             postgres::config::TargetSessionAttrs::ReadWrite
         );
+        for empty in [
+            "postgres://app@a,,b/x",
+            "postgres://app@,a/x",
+            "postgres://app@a,/x",
+        ] {
+            let error = super::link(empty, None).err().unwrap().to_string();
+            assert!(error.contains("empty host"), "{empty}: {error}");
+        }
         let any = super::link("postgres://app@a,b/x?target_session_attrs=any", None);
         let error = any.err().unwrap().to_string();
         assert!(error.contains("read-write"), "{error}");

@@ -480,9 +480,14 @@ impl PostgresStore {
         // Another account-db's is waited for 2 s at a time (55P03 when it lasts longer: a
         // transient error, so a start retries it within --store-start-timeout and hears a stop
         // signal meanwhile, instead of waiting on the lock for ever).
+        // It commits without waiting for a synchronous standby (`local`): a start must not hang
+        // on a lost standby, and what it writes is made again by the next start if a failover
+        // loses it (every step is judged by the version found). A start that finds the schema
+        // current writes nothing at all.
         tx.batch_execute(
             "SET LOCAL lock_timeout = '2s'; SET LOCAL statement_timeout = 0;
-             SET LOCAL idle_in_transaction_session_timeout = 0;",
+             SET LOCAL idle_in_transaction_session_timeout = 0;
+             SET LOCAL synchronous_commit = local;",
         )?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
         tx.batch_execute("SET LOCAL lock_timeout = 0")?;
@@ -508,12 +513,14 @@ impl PostgresStore {
             tx.batch_execute(step)?;
             tracing::info!(version = i + 1, "account store migrated");
         }
-        let latest = i32::try_from(MIGRATIONS.len()).unwrap_or(i32::MAX);
-        tx.execute("DELETE FROM schema_version", &[])?;
-        tx.execute(
-            "INSERT INTO schema_version (version) VALUES ($1)",
-            &[&latest],
-        )?;
+        if version < MIGRATIONS.len() {
+            let latest = i32::try_from(MIGRATIONS.len()).unwrap_or(i32::MAX);
+            tx.execute("DELETE FROM schema_version", &[])?;
+            tx.execute(
+                "INSERT INTO schema_version (version) VALUES ($1)",
+                &[&latest],
+            )?;
+        }
         // Skeletons made with other confusables data (or another recipe) are made again.
         let data = format!("{SKELETON_DATA:?}");
         let made_with: Option<String> = tx
