@@ -6,7 +6,7 @@ stream-form connections: gateway-sim's default mix (mostly logins: reads) and re
 only (each a commit the synchronous standby must confirm on the cluster).
 
     cargo build --release --workspace --bins
-    sudo python3 benches/ha_cheap_path.py [--duration SECS] [--repeat N]
+    python3 benches/ha_cheap_path.py [--duration SECS] [--repeat N]
 
 The cluster is deploy/ha/local-cluster.sh's (needs root, patroni and etcd-server), started in
 a temporary directory and stopped at the end; the single PostgreSQL is --postgres. Loopback

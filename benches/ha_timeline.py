@@ -4,7 +4,7 @@
 account-dbs, its outcomes bucketed per 100 ms from the kill: answered as asked (3 or 4), 7, or
 anything else. Prints the table (runs of identical empty buckets merged) and draws an SVG.
 
-    sudo HA_TIMELINE=target/ha-timeline.csv cargo test --release --test ha
+    HA_TIMELINE=target/ha-timeline.csv cargo test --release --test ha
     python3 benches/ha_timeline.py target/ha-timeline.csv --plot docs/ha-failover.svg
 
 (The test needs root, patroni and etcd-server: deploy/ha/local-cluster.sh's cluster.)
