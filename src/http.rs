@@ -3,12 +3,14 @@
 //! login-server `/keys` (the JWKS that verifies its session tokens).
 //!
 //! A minimal HTTP/1.x server: one request per connection, each on a thread of its own, at most
-//! [`MAX_CONCURRENT`] at once, each with one deadline for reading the request ([`DEADLINE`]),
-//! however slowly its bytes come. At the limit, a new connection cuts off the oldest one still
+//! [`MAX_CONCURRENT`] at once, each with one deadline for its TLS handshake (when served over
+//! TLS: `--metrics-tls-cert`) and reading the request ([`DEADLINE`]), however slowly its bytes
+//! come. At the limit, a new connection cuts off the oldest one still
 //! in flight: a probe takes a millisecond, so slow or hostile clients cannot hold up a probe
 //! by holding every slot.
 
 use crate::metrics::{encode, CONTENT_TYPE};
+use crate::tls::{Material, ServerFiles, Stream};
 use parking_lot::Mutex;
 use prometheus_client::registry::Registry;
 use std::collections::VecDeque;
@@ -71,13 +73,18 @@ impl Drop for Slot {
 }
 
 impl HttpEndpoint {
-    /// Bind `listen` and serve `routes` on it.
+    /// Bind `listen` and serve `routes` on it, in plaintext.
     pub fn spawn(listen: SocketAddr, routes: Routes) -> io::Result<HttpEndpoint> {
-        HttpEndpoint::serve(TcpListener::bind(listen)?, routes)
+        HttpEndpoint::serve(TcpListener::bind(listen)?, routes, None)
     }
 
-    /// Serve `routes` on a listener bound already.
-    pub fn serve(listener: TcpListener, routes: Routes) -> io::Result<HttpEndpoint> {
+    /// Serve `routes` on a listener bound already, over TLS with `tls`'s material in force at
+    /// each connection (it reloads on SIGHUP), or in plaintext.
+    pub fn serve(
+        listener: TcpListener,
+        routes: Routes,
+        tls: Option<Arc<Material<ServerFiles>>>,
+    ) -> io::Result<HttpEndpoint> {
         let local_addr = listener.local_addr()?;
         let stopping = Arc::new(AtomicBool::new(false));
         let stop = stopping.clone();
@@ -104,11 +111,15 @@ impl HttpEndpoint {
                         in_flight.push_back((id, handle));
                     }
                     let (slot, routes) = (Slot(in_flight.clone(), id), routes.clone());
+                    let tls = tls.clone();
                     let spawned = std::thread::Builder::new()
                         .name("metrics-http-request".into())
                         .spawn(move || {
                             let _slot = slot;
-                            if let Err(e) = serve(stream, &routes) {
+                            let deadline = Instant::now() + DEADLINE;
+                            let served = accept(stream, tls.as_deref(), deadline)
+                                .and_then(|stream| serve(stream, &routes, deadline));
+                            if let Err(e) = served {
                                 tracing::debug!(error = %e, "metrics request failed");
                             }
                         });
@@ -157,12 +168,29 @@ fn response(status: &str, content_type: &str, body: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-fn serve(mut stream: TcpStream, routes: &Routes) -> io::Result<()> {
-    let deadline = Instant::now() + DEADLINE;
+/// The connection as the request is read from it: over TLS (the handshake done by
+/// `deadline`), or as it is.
+fn accept(
+    tcp: TcpStream,
+    tls: Option<&Material<ServerFiles>>,
+    deadline: Instant,
+) -> io::Result<Stream> {
+    let Some(material) = tls else {
+        return Ok(Stream::Plain(tcp));
+    };
+    let mut conn = rustls::ServerConnection::new(material.current()).map_err(io::Error::other)?;
+    let mut tcp = tcp;
+    crate::tls::handshake(&mut conn, &mut tcp, deadline)?;
+    Ok(Stream::Server(Box::new(rustls::StreamOwned::new(
+        conn, tcp,
+    ))))
+}
+
+fn serve(mut stream: Stream, routes: &Routes, deadline: Instant) -> io::Result<()> {
     let mut head = Vec::with_capacity(512);
     let mut buf = [0u8; 512];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_HEAD {
-        stream.set_read_timeout(Some(left(deadline)?))?;
+        stream.tcp().set_read_timeout(Some(left(deadline)?))?;
         let n = stream.read(&mut buf)?;
         if n == 0 {
             break;
@@ -197,6 +225,10 @@ fn serve(mut stream: TcpStream, routes: &Routes) -> io::Result<()> {
     };
     // Answering may have taken a while (/readyz waits for the store): the response gets its
     // own deadline.
-    stream.set_write_timeout(Some(DEADLINE))?;
-    stream.write_all(&response(status, content_type, &body))
+    stream.tcp().set_write_timeout(Some(DEADLINE))?;
+    stream.write_all(&response(status, content_type, &body))?;
+    if let Stream::Server(tls) = &mut stream {
+        tls.conn.send_close_notify();
+    }
+    stream.flush()
 }

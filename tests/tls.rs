@@ -1017,3 +1017,82 @@ fn a_handshake_flood_from_one_address_does_not_cut_off_anothers() {
     // The secret proved over it as usual.
     assert!(connect_tls(db.local_addr(), &secret, &pki, "localhost", false).is_ok());
 }
+
+/// `curl` with `ca` as its only CA: the HTTP status of `url`, or `None` when the TLS
+/// connection fails.
+fn curl(ca: &Path, url: &str) -> Option<(u16, String)> {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "5", "--cacert"])
+        .arg(ca)
+        .args(["-w", "\n%{http_code}", url])
+        .output()
+        .expect("curl");
+    if !out.status.success() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n')?;
+    Some((code.parse().ok()?, body.to_string()))
+}
+
+#[test]
+fn the_http_endpoints_over_tls_serve_keys_and_metrics_to_a_client_with_the_ca() {
+    let pki = Pki::new();
+    let tiers = common::start_tiers(
+        |db| {
+            db.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+            db.metrics_tls_cert = Some(pki.path("server.pem"));
+            db.metrics_tls_key = Some(pki.path("server.key"));
+        },
+        |c| {
+            c.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+            c.metrics_tls_cert = Some(pki.path("server.pem"));
+            c.metrics_tls_key = Some(pki.path("server.key"));
+        },
+    );
+    let login = tiers.server.metrics_addr().unwrap();
+    let db = tiers.db.metrics_addr().unwrap();
+    let ca = pki.path("ca.pem");
+    // The JWKS that game servers verify tokens with, and the metrics, over TLS.
+    let (status, keys) = curl(&ca, &format!("https://127.0.0.1:{}/keys", login.port())).unwrap();
+    assert_eq!(status, 200);
+    let jwks: serde_json::Value = serde_json::from_str(&keys).unwrap();
+    assert!(jwks["keys"][0]["x"].is_string(), "{jwks}");
+    for (addr, metric) in [
+        (login, "login_build_info"),
+        (db, "accountdb_open_connections"),
+    ] {
+        let (status, body) =
+            curl(&ca, &format!("https://127.0.0.1:{}/metrics", addr.port())).unwrap();
+        assert_eq!(status, 200);
+        assert!(body.contains(metric), "{addr}");
+        let (status, _) = curl(&ca, &format!("https://localhost:{}/healthz", addr.port())).unwrap();
+        assert_eq!(status, 200);
+    }
+    // Plaintext gets no page; a client that trusts another CA gets no connection.
+    let mut plain = common::connect(login);
+    plain
+        .write_all(b"GET /keys HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut reply = Vec::new();
+    let _ = plain.read_to_end(&mut reply);
+    assert!(!String::from_utf8_lossy(&reply).contains("\"keys\""));
+    let other = Pki::new();
+    assert_eq!(
+        curl(
+            &other.path("ca.pem"),
+            &format!("https://127.0.0.1:{}/keys", login.port())
+        ),
+        None
+    );
+    // SIGHUP: a certificate from another CA is in force for the next connection.
+    for file in ["server.pem", "server.key"] {
+        std::fs::copy(other.path(file), pki.path(file)).unwrap();
+    }
+    assert!(tiers.server.reload() && tiers.db.reload());
+    for addr in [login, db] {
+        let url = format!("https://127.0.0.1:{}/healthz", addr.port());
+        assert_eq!(curl(&other.path("ca.pem"), &url).map(|r| r.0), Some(200));
+        assert_eq!(curl(&ca, &url), None);
+    }
+}

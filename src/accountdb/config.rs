@@ -311,6 +311,26 @@ pub struct AccountDbConfig {
         value_parser = crate::config::socket_addr
     )]
     pub metrics_listen: Option<SocketAddr>,
+    /// Serve the metrics endpoint (--metrics-listen) over TLS with this PEM certificate chain
+    /// (with --metrics-tls-key; TLS 1.3). Fetch /keys over TLS, or pin the key: whoever can
+    /// change the JWKS on its way can mint tokens game servers accept. Re-read on SIGHUP.
+    /// Defaults to none: plaintext.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "ACCOUNT_DB_METRICS_TLS_CERT",
+        requires = "metrics_tls_key",
+        requires = "metrics_listen"
+    )]
+    pub metrics_tls_cert: Option<PathBuf>,
+    /// The private key of --metrics-tls-cert (PEM, mode 0600). Defaults to none.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "ACCOUNT_DB_METRICS_TLS_KEY",
+        requires = "metrics_tls_cert"
+    )]
+    pub metrics_tls_key: Option<PathBuf>,
     /// What to do instead of serving.
     #[command(subcommand)]
     pub command: Option<Command>,

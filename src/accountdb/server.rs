@@ -18,7 +18,7 @@ use crate::metrics::{LabeledCounters, LiveFamily, LiveGauge};
 use crate::protocol::accountdb::{
     decode_line, encode_line, DbRequest, DbResponse, Greeting, MAX_LINE,
 };
-use crate::tls::{Material, ServerFiles, Stream, TlsError};
+use crate::tls::{Material, Reloadable, ServerFiles, Stream, TlsError};
 use parking_lot::Mutex;
 use prometheus_client::metrics::counter::Counter;
 use std::collections::{HashMap, VecDeque};
@@ -365,6 +365,8 @@ struct Listeners {
     listener: TcpListener,
     /// `--metrics-listen`, if given.
     metrics: Option<TcpListener>,
+    /// Its TLS material (`--metrics-tls-cert`), if served over TLS.
+    metrics_tls: Option<Arc<Material<ServerFiles>>>,
 }
 
 impl Listeners {
@@ -387,7 +389,15 @@ impl Listeners {
             ),
             None => None,
         };
-        Ok(Listeners { listener, metrics })
+        let metrics_tls = crate::tls::served(
+            config.metrics_tls_cert.as_deref(),
+            config.metrics_tls_key.as_deref(),
+        )?;
+        Ok(Listeners {
+            listener,
+            metrics,
+            metrics_tls,
+        })
     }
 }
 
@@ -490,6 +500,8 @@ fn open_store(
 pub struct AccountDb {
     local_addr: SocketAddr,
     metrics_endpoint: Option<HttpEndpoint>,
+    /// The metrics endpoint's TLS material, reloaded with the rest.
+    metrics_tls: Option<Arc<Material<ServerFiles>>>,
     shared: Arc<Shared>,
     accept_thread: Option<JoinHandle<()>>,
     /// Dropped to stop the pruner.
@@ -514,7 +526,11 @@ impl AccountDb {
         let listeners = Listeners::bind(&config)?;
         let tls = served_tls(&config)?;
         let waiting = match &listeners.metrics {
-            Some(http) => Some(HttpEndpoint::serve(http.try_clone()?, Routes::waiting())?),
+            Some(http) => Some(HttpEndpoint::serve(
+                http.try_clone()?,
+                Routes::waiting(),
+                listeners.metrics_tls.clone(),
+            )?),
             None => None,
         };
         let refuser = Refuser::start(&listeners.listener)?;
@@ -541,7 +557,11 @@ impl AccountDb {
         tls: Option<ServedTls>,
     ) -> Result<AccountDb, AccountDbStartError> {
         let secrets = AcceptedSecrets::resolve(&config, || store.count().map_or(true, |n| n > 0))?;
-        let Listeners { listener, metrics } = listeners;
+        let Listeners {
+            listener,
+            metrics,
+            metrics_tls,
+        } = listeners;
         let local_addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             secrets,
@@ -576,7 +596,7 @@ impl AccountDb {
                     ready: Box::new(move || ready.ping().is_ok()),
                     keys: None,
                 };
-                Some(HttpEndpoint::serve(listener, routes)?)
+                Some(HttpEndpoint::serve(listener, routes, metrics_tls.clone())?)
             }
             None => None,
         };
@@ -597,6 +617,7 @@ impl AccountDb {
         Ok(AccountDb {
             local_addr,
             metrics_endpoint,
+            metrics_tls,
             shared,
             accept_thread: Some(accept_thread),
             pruner: Some((stop_pruner, pruner)),
@@ -604,24 +625,18 @@ impl AccountDb {
     }
 
     /// The address it listens on (useful after binding port 0).
-    /// Read the TLS files again (SIGHUP): new connections get the new material, connections
-    /// made already keep theirs. A file that fails to load keeps the material in force, and
+    /// Read the TLS files again (SIGHUP), of --listen and of the metrics endpoint: new
+    /// connections get the new material, connections made already keep theirs. A file that fails to load keeps the material in force, and
     /// the log says why. Returns whether new material is in force.
     pub fn reload(&self) -> bool {
-        let Some(tls) = &self.shared.tls else {
-            tracing::info!("nothing to reload: no --tls-cert");
-            return false;
-        };
-        match tls.material.reload() {
-            Ok(()) => {
-                tracing::info!("TLS certificate and key reloaded");
-                true
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "TLS reload failed: the certificate in force stays");
-                false
-            }
-        }
+        let listen = self.shared.tls.as_ref().map(|tls| &tls.material);
+        crate::tls::reload_all(&[
+            ("--tls-cert", listen.map(|m| m as &dyn Reloadable)),
+            (
+                "--metrics-tls-cert",
+                self.metrics_tls.as_deref().map(|m| m as &dyn Reloadable),
+            ),
+        ])
     }
 
     pub fn local_addr(&self) -> SocketAddr {

@@ -45,7 +45,7 @@ use crate::auth::secret::{Secret, SecretError};
 use crate::http::{HttpEndpoint, Routes};
 use crate::metrics::{Gauges, LiveFamily, LiveGauge, Metrics};
 use crate::service::Service;
-use crate::tls::{ClientFiles, Material};
+use crate::tls::{ClientFiles, Material, Reloadable, ServerFiles};
 use conn::Deadlines;
 use hashing::Permits;
 use health::Health;
@@ -117,6 +117,8 @@ pub struct LoginServer {
     embedded: Option<AccountDb>,
     /// The TLS material of its account-db connections (`--db-tls-*`), reloaded on SIGHUP.
     db_tls: Option<Arc<Material<ClientFiles>>>,
+    /// The metrics endpoint's TLS material, reloaded with the rest.
+    metrics_tls: Option<Arc<Material<ServerFiles>>>,
 }
 
 /// Pooled connections (open, idle) over every account-db, if pooled.
@@ -168,6 +170,8 @@ struct Listeners {
     gateway: TcpListener,
     /// `--metrics-listen`, if given.
     metrics: Option<std::net::TcpListener>,
+    /// Its TLS material (`--metrics-tls-cert`), if served over TLS.
+    metrics_tls: Option<Arc<Material<ServerFiles>>>,
 }
 
 impl Listeners {
@@ -181,7 +185,15 @@ impl Listeners {
             ),
             None => None,
         };
-        Ok(Listeners { gateway, metrics })
+        let metrics_tls = crate::tls::served(
+            config.metrics_tls_cert.as_deref(),
+            config.metrics_tls_key.as_deref(),
+        )?;
+        Ok(Listeners {
+            gateway,
+            metrics,
+            metrics_tls,
+        })
     }
 }
 
@@ -287,6 +299,7 @@ impl LoginServer {
         let Listeners {
             gateway: listener,
             metrics: metrics_listener,
+            metrics_tls,
         } = listeners;
         let local_addr = listener.local_addr()?;
         if config.allow_from.is_empty() && !local_addr.ip().is_loopback() {
@@ -350,7 +363,7 @@ impl LoginServer {
                     ready: Box::new(move || store.ping().is_ok()),
                     keys: Some(service.jwks()),
                 };
-                Some(HttpEndpoint::serve(http, routes)?)
+                Some(HttpEndpoint::serve(http, routes, metrics_tls.clone())?)
             }
         };
 
@@ -452,29 +465,27 @@ impl LoginServer {
             threads,
             embedded: None,
             db_tls,
+            metrics_tls,
         })
     }
 
     /// The address it listens on (useful after binding port 0).
-    /// Read the TLS files of its account-db connections again (SIGHUP): connections made from
-    /// now on use them, pooled ones finish their lifetime (`--db-max-lifetime`). A file that
+    /// Read the TLS files again (SIGHUP), of its account-db connections and of the metrics
+    /// endpoint: connections made from now on use them, pooled ones finish their lifetime
+    /// (`--db-max-lifetime`). A file that
     /// fails to load keeps the material in force, and the log says why. Returns whether new
     /// material is in force.
     pub fn reload(&self) -> bool {
-        let Some(material) = &self.db_tls else {
-            tracing::info!("nothing to reload: no --db-tls-ca");
-            return false;
-        };
-        match material.reload() {
-            Ok(()) => {
-                tracing::info!("account-db TLS material reloaded");
-                true
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "TLS reload failed: the material in force stays");
-                false
-            }
-        }
+        crate::tls::reload_all(&[
+            (
+                "--db-tls-ca",
+                self.db_tls.as_deref().map(|m| m as &dyn Reloadable),
+            ),
+            (
+                "--metrics-tls-cert",
+                self.metrics_tls.as_deref().map(|m| m as &dyn Reloadable),
+            ),
+        ])
     }
 
     pub fn local_addr(&self) -> SocketAddr {

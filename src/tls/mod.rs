@@ -212,6 +212,58 @@ impl ServerFiles {
     }
 }
 
+/// The material of an endpoint served over TLS, loaded, when `cert` and `key` are given (the
+/// HTTP endpoint's `--metrics-tls-cert` and `--metrics-tls-key`); `None` without them.
+pub fn served(
+    cert: Option<&Path>,
+    key: Option<&Path>,
+) -> Result<Option<Arc<Material<ServerFiles>>>, TlsError> {
+    let (Some(cert), Some(key)) = (cert, key) else {
+        return Ok(None);
+    };
+    let files = ServerFiles {
+        cert: cert.to_path_buf(),
+        key: key.to_path_buf(),
+        client_ca: None,
+    };
+    Ok(Some(Arc::new(Material::load(files)?)))
+}
+
+/// TLS material that SIGHUP reloads: a [`Material`] of any files.
+pub trait Reloadable {
+    /// Read the files again; on failure the material in force stays.
+    fn reload(&self) -> Result<(), TlsError>;
+}
+
+impl<F: Files> Reloadable for Material<F> {
+    fn reload(&self) -> Result<(), TlsError> {
+        Material::reload(self)
+    }
+}
+
+/// Reload each of `materials` (named by their flag; `None`: not configured), as SIGHUP asks:
+/// a file that fails to load keeps the material in force, and the log says which and why.
+/// Returns whether new material is in force for at least one.
+pub fn reload_all(materials: &[(&str, Option<&dyn Reloadable>)]) -> bool {
+    let mut reloaded = false;
+    for (flag, material) in materials {
+        let Some(material) = material else { continue };
+        match material.reload() {
+            Ok(()) => {
+                tracing::info!(files = flag, "TLS material reloaded");
+                reloaded = true;
+            }
+            Err(e) => {
+                tracing::error!(files = flag, error = %e, "TLS reload failed: the material in force stays");
+            }
+        }
+    }
+    if materials.iter().all(|(_, m)| m.is_none()) {
+        tracing::info!("nothing to reload: no TLS configured");
+    }
+    reloaded
+}
+
 /// TLS files that make a rustls configuration.
 pub trait Files {
     /// The configuration they make.
@@ -570,7 +622,7 @@ pub fn describe(e: &rustls::Error) -> String {
 pub enum Stream {
     /// Plaintext (no TLS configured, or `--tls-optional` and a plaintext peer).
     Plain(TcpStream),
-    /// account-db's side of a TLS connection.
+    /// A server's side of a TLS connection (account-db's listener, the HTTP endpoint).
     Server(Box<StreamOwned<ServerConnection, TcpStream>>),
     /// login-server's side of a TLS connection.
     Client(Box<StreamOwned<ClientConnection, TcpStream>>),
