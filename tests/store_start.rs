@@ -319,3 +319,25 @@ fn a_migration_lock_held_elsewhere_is_waited_for_within_the_start_timeout() {
     assert!(log.contains("55P03"), "{log}");
     drop(holder);
 }
+
+#[test]
+fn on_postgresql_a_missing_data_directory_is_made_for_the_secret() {
+    let Some(pg) = common::postgres_database() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("not/yet");
+    let mut config = login_server::AccountDbConfig::embedded(
+        "127.0.0.1:0".parse().unwrap(),
+        login_server::auth::secret::Secret::generate(),
+    );
+    config.secret = None;
+    config.data = data.clone();
+    config.store = Some(pg.url.parse().unwrap());
+    let db = login_server::AccountDb::open(config).expect("a start with --data missing");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&data).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700);
+    assert!(data.join("account-db.secret").exists());
+    db.shutdown();
+}

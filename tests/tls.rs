@@ -33,7 +33,16 @@ impl Pki {
         let ca = Authority::new("test CA").unwrap();
         let names = ["localhost".to_string(), "127.0.0.1".to_string()];
         let files = vec![("ca.pem", ca.cert_pem(), false)];
-        generate::write_with(&ca, files, dir.path(), &names, true, 30).unwrap();
+        generate::write_with(
+            &ca,
+            files,
+            dir.path(),
+            &names,
+            generate::Usage::Server,
+            true,
+            30,
+        )
+        .unwrap();
         Pki { dir, ca }
     }
 

@@ -4,7 +4,8 @@
 # root). The tests' cluster (tests/ha.rs); docs/operations.md, "High availability", has the
 # same layout across three hosts.
 #
-#   deploy/ha/local-cluster.sh start DIR    # prints the --store URL on its last line
+#   deploy/ha/local-cluster.sh start DIR    # prints the --store URL on its last line; starts
+#                                           # again whatever stopped (a killed node, say)
 #   deploy/ha/local-cluster.sh status DIR   # patronictl list; exit 1 if it is not running
 #   deploy/ha/local-cluster.sh stop DIR     # exit 1 if nothing was running
 #
@@ -45,9 +46,16 @@ need() {
 
 # Every process this cluster runs, by pid file.
 pids() { cat "$dir"/*.pid 2>/dev/null || true; }
+# Whether process $1 runs: a zombie does not (where nothing reaps orphans, a container's
+# init, a killed process stays one).
+live() {
+  local state
+  state=$(awk '{ print $3 }' "/proc/$1/stat" 2>/dev/null) || return 1
+  [ -n "$state" ] && [ "$state" != Z ]
+}
 running() {
   local pid
-  for pid in $(pids); do kill -0 "$pid" 2>/dev/null && return 0; done
+  for pid in $(pids); do live "$pid" && return 0; done
   return 1
 }
 
@@ -93,35 +101,69 @@ sync_standby() { # whether a node's REST API says it is the synchronous standby
   return 1
 }
 
+alive() { # whether the process in pid file $1 runs
+  local pid
+  pid=$(cat "$dir/$1" 2>/dev/null) || return 1
+  live "$pid"
+}
+
+start_etcd() {
+  as_postgres bash -c "nohup etcd --config-file '$dir/etcd.yml' >>'$dir/etcd.log' 2>&1 &
+                       echo \$! > '$dir/etcd.pid'"
+}
+
+start_node() {
+  as_postgres bash -c "nohup patroni '$dir/node$1.yml' >>'$dir/node$1.log' 2>&1 &
+                       echo \$! > '$dir/node$1.pid'"
+}
+
+fail() { # stop what runs, and say why
+  echo "$1" >&2
+  stop_all >/dev/null 2>&1 || true
+  exit 1
+}
+
 start() {
   need
-  if [ -d "$dir" ] && running; then
-    echo "already running in $dir" >&2
-    exit 1
-  fi
   mkdir -p "$dir"
   [ -f "$dir/base-port" ] || echo "${HA_PORT:-25000}" > "$dir/base-port"
   ports
-  chown postgres: "$dir" 2>/dev/null || true
-  chmod 0700 "$dir"
-  name=etcd pg_port= rest_port= fill "$here/etcd.yml.in" "$dir/etcd.yml"
-  for i in 1 2 3; do
-    name=node$i pg_port=$((base + 10 + i)) rest_port=$((base + 20 + i))
-    fill "$here/patroni.yml.in" "$dir/node$i.yml"
-  done
-  chown postgres: "$dir"/*.yml "$dir/base-port" 2>/dev/null || true
-  as_postgres bash -c "nohup etcd --config-file '$dir/etcd.yml' >>'$dir/etcd.log' 2>&1 &
-                       echo \$! > '$dir/etcd.pid'"
+  local fresh=1 started=0 i
+  if running; then
+    fresh=0
+  else
+    chown postgres: "$dir" 2>/dev/null || true
+    chmod 0700 "$dir"
+    name=etcd pg_port= rest_port= fill "$here/etcd.yml.in" "$dir/etcd.yml"
+    for i in 1 2 3; do
+      name=node$i pg_port=$((base + 10 + i)) rest_port=$((base + 20 + i))
+      fill "$here/patroni.yml.in" "$dir/node$i.yml"
+    done
+    chown postgres: "$dir"/*.yml "$dir/base-port" 2>/dev/null || true
+  fi
+  # Whatever is not running is started: all of it, or the nodes that died (one killed, say).
+  if ! alive etcd.pid; then
+    start_etcd
+    started=1
+  fi
   wait_for 30 curl -sf "http://127.0.0.1:$etcd_port/health" ||
-    { echo "etcd did not start: see $dir/etcd.log" >&2; exit 1; }
+    fail "etcd did not start: see $dir/etcd.log"
   for i in 1 2 3; do
-    as_postgres bash -c "nohup patroni '$dir/node$i.yml' >>'$dir/node$i.log' 2>&1 &
-                         echo \$! > '$dir/node$i.pid'"
-    if [ "$i" -eq 1 ]; then
-      # The first bootstraps the cluster; the others copy it.
-      wait_for 90 leader_port || { echo "no leader: see $dir/node1.log" >&2; exit 1; }
+    if ! alive "node$i.pid"; then
+      start_node "$i"
+      started=1
     fi
   done
+  if [ "$started" -eq 0 ]; then
+    echo "already running in $dir" >&2
+    exit 1
+  fi
+  # All together: after a stop, only the last leader or its synchronous standby may lead.
+  wait_for 120 leader_port || {
+    [ "$fresh" -eq 1 ] && fail "no leader: see $dir/node*.log"
+    echo "no leader: see $dir/node*.log" >&2
+    exit 1
+  }
   for i in 1 2 3; do
     wait_for 120 curl -sf "http://127.0.0.1:$((base + 20 + i))/health" ||
       { echo "node$i is not running: see $dir/node$i.log" >&2; exit 1; }
@@ -137,28 +179,45 @@ start() {
   echo "postgres://postgres@127.0.0.1:$((base + 11)),127.0.0.1:$((base + 12)),127.0.0.1:$((base + 13))/accounts?target_session_attrs=read-write&sslmode=disable"
 }
 
-stop() {
-  ports
-  if ! running; then
-    echo "nothing running in $dir" >&2
-    exit 1
-  fi
-  local pid
-  # Patroni first (each stops its PostgreSQL), then etcd.
-  for f in "$dir"/node*.pid "$dir/etcd.pid"; do
-    [ -f "$f" ] || continue
-    pid=$(cat "$f")
-    kill -CONT "$pid" 2>/dev/null || true
-    kill -TERM "$pid" 2>/dev/null || true
-    wait_for 60 bash -c "! kill -0 $pid" || kill -KILL "$pid" 2>/dev/null || true
-    rm -f "$f"
+stop_one() { # stop the process in pid file $1 (its PostgreSQL with it, for a node)
+  local f=$dir/$1 pid
+  [ -f "$f" ] || return 0
+  pid=$(cat "$f")
+  kill -CONT "$pid" 2>/dev/null || true
+  kill -TERM "$pid" 2>/dev/null || true
+  local i
+  for ((i = 0; i < 300; i++)); do live "$pid" || break; sleep 0.2; done
+  live "$pid" && kill -KILL "$pid" 2>/dev/null || true
+  rm -f "$f"
+}
+
+stop_all() {
+  local i leader=0
+  for i in 1 2 3; do
+    curl -sf -o /dev/null "http://127.0.0.1:$((base + 20 + i))/primary" && leader=$i
   done
+  # The standbys first, the leader last: a leader stopped first hands its role to a standby,
+  # and the next start would have to wait for that one.
+  for i in 1 2 3; do
+    [ "$i" -eq "$leader" ] || stop_one "node$i.pid"
+  done
+  [ "$leader" -eq 0 ] || stop_one "node$leader.pid"
+  stop_one etcd.pid
   # A PostgreSQL whose Patroni was killed is stopped by hand.
   for i in 1 2 3; do
     if [ -f "$dir/node$i/postmaster.pid" ]; then
       as_postgres "$pg_bin/pg_ctl" -D "$dir/node$i" -m fast stop >/dev/null 2>&1 || true
     fi
   done
+}
+
+stop() {
+  ports
+  if ! running; then
+    echo "nothing running in $dir" >&2
+    exit 1
+  fi
+  stop_all
   echo "stopped" >&2
 }
 

@@ -73,6 +73,11 @@ pub enum Command {
         /// Write a client certificate too.
         #[arg(long)]
         client: bool,
+        /// Make the server certificate a client's too (both TLS Web Server and Client
+        /// Authentication): for an etcd member, which presents it on its peer links, or a
+        /// Patroni node that calls the others.
+        #[arg(long)]
+        peer: bool,
         /// Sign with the CA an earlier gen-tls wrote to this directory (its ca.pem is copied
         /// to DIR; its ca.key stays there): another account-db's certificate, or a renewed
         /// one, that login-servers already trust. Defaults to none: a new CA.

@@ -84,6 +84,18 @@ impl AcceptedSecrets {
                     path: primary.display().to_string(),
                 });
             }
+            if config.secret_file.is_empty() {
+                // With a PostgreSQL store nothing else makes --data: the secret lives there.
+                use std::os::unix::fs::DirBuilderExt;
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(&config.data)
+                    .map_err(|source| SecretError::Create {
+                        path: config.data.display().to_string(),
+                        source,
+                    })?;
+            }
             Secret::read_or_create(&primary)?;
             tracing::info!(path = %primary.display(), "created the secret login-servers must prove; give it to each of them");
         }

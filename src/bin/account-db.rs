@@ -70,11 +70,13 @@ fn run() -> anyhow::Result<ExitCode> {
             dir,
             name,
             client,
+            peer,
             ca,
             days,
         }) => {
-            let written =
-                login_server::tls::generate::write(dir, name, *client, *days, ca.as_deref());
+            use login_server::tls::generate::{write_as, Usage};
+            let usage = if *peer { Usage::Peer } else { Usage::Server };
+            let written = write_as(dir, name, usage, *client, *days, ca.as_deref());
             for path in written? {
                 println!("wrote {}", path.display());
             }

@@ -115,15 +115,34 @@ impl Authority {
         from: Duration,
         days: i64,
     ) -> Result<Issued, GenError> {
+        let usage = match client {
+            true => Usage::Client,
+            false => Usage::Server,
+        };
+        self.issue_for(names, usage, from, days)
+    }
+
+    /// [`Authority::issue`] for `usage`.
+    pub fn issue_for(
+        &self,
+        names: &[String],
+        usage: Usage,
+        from: Duration,
+        days: i64,
+    ) -> Result<Issued, GenError> {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::new(names.to_vec())?;
         let common = names.first().map_or("login-server", String::as_str);
         params.distinguished_name.push(DnType::CommonName, common);
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![match client {
-            true => ExtendedKeyUsagePurpose::ClientAuth,
-            false => ExtendedKeyUsagePurpose::ServerAuth,
-        }];
+        params.extended_key_usages = match usage {
+            Usage::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
+            Usage::Server => vec![ExtendedKeyUsagePurpose::ServerAuth],
+            Usage::Peer => vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+        };
         let start = OffsetDateTime::now_utc() + from;
         params.not_before = start;
         params.not_after = start + Duration::days(days);
@@ -135,6 +154,18 @@ impl Authority {
     }
 }
 
+/// What a certificate may prove.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Usage {
+    /// A server's identity (TLS Web Server Authentication).
+    Server,
+    /// A client's (TLS Web Client Authentication).
+    Client,
+    /// Both: a peer that presents one certificate to serve and to connect (an etcd member on
+    /// its peer links, a Patroni node calling the others).
+    Peer,
+}
+
 /// Write to `dir` a CA and certificates: with `ca_dir`, the CA written there before (`ca.pem`
 /// copied; its key stays where it is), else a fresh one (`ca.pem`, `ca.key`); a server
 /// certificate for `names` (`server.pem`, `server.key`) and with `client` a client
@@ -144,6 +175,18 @@ impl Authority {
 pub fn write(
     dir: &Path,
     names: &[String],
+    client: bool,
+    days: i64,
+    ca_dir: Option<&Path>,
+) -> Result<Vec<PathBuf>, GenError> {
+    write_as(dir, names, Usage::Server, client, days, ca_dir)
+}
+
+/// [`write()`], the server certificate for `usage` ([`Usage::Peer`]: `gen-tls --peer`).
+pub fn write_as(
+    dir: &Path,
+    names: &[String],
+    usage: Usage,
     client: bool,
     days: i64,
     ca_dir: Option<&Path>,
@@ -178,7 +221,7 @@ pub fn write(
             (ca, files)
         }
     };
-    write_with(&ca, ca_files, dir, &names, client, days)
+    write_with(&ca, ca_files, dir, &names, usage, client, days)
 }
 
 /// [`write()`] with `ca` signing, and `files` (the CA's) written first.
@@ -187,10 +230,11 @@ pub fn write_with(
     mut files: Vec<(&'static str, String, bool)>,
     dir: &Path,
     names: &[String],
+    usage: Usage,
     client: bool,
     days: i64,
 ) -> Result<Vec<PathBuf>, GenError> {
-    let server = ca.issue(names, false, -Duration::hours(1), days)?;
+    let server = ca.issue_for(names, usage, -Duration::hours(1), days)?;
     files.push(("server.pem", server.cert, false));
     files.push(("server.key", server.key, true));
     if client {
@@ -350,6 +394,34 @@ mod tests {
         };
         assert_ne!(cn(&a), cn(&b));
         assert!(cn(&a).starts_with("login-server tiers CA "));
+    }
+
+    /// Whether `dir`'s server certificate is accepted as a client's under its own CA.
+    fn accepted_as_client(dir: &Path) -> bool {
+        let roots = crate::tls::read_roots(&dir.join("ca.pem")).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .unwrap();
+        let cert = CertificateDer::from_pem_file(dir.join("server.pem")).unwrap();
+        verifier
+            .verify_client_cert(&cert, &[], UnixTime::now())
+            .is_ok()
+    }
+
+    #[test]
+    fn a_peer_certificate_serves_and_connects_a_server_one_only_serves() {
+        let names = ["127.0.0.1".to_string()];
+        let (peer, server) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        write_as(peer.path(), &names, Usage::Peer, false, 30, None).unwrap();
+        write_as(server.path(), &names, Usage::Server, false, 30, None).unwrap();
+        for dir in [peer.path(), server.path()] {
+            trusted(dir, dir, "127.0.0.1").unwrap();
+        }
+        assert!(accepted_as_client(peer.path()));
+        // What etcd refused on its peer links: "incompatible key usage".
+        assert!(!accepted_as_client(server.path()));
     }
 
     #[test]
