@@ -148,6 +148,15 @@ impl Cluster {
         found.unwrap()
     }
 
+    /// Wait until a node other than `leader` is the synchronous standby: in synchronous mode
+    /// only it may take over, so a failover before Patroni named one (some seconds after a
+    /// switchover) has no candidate, by design.
+    fn await_sync_standby(&self, leader: usize) {
+        common::eventually(Duration::from_secs(60), "a synchronous standby", || {
+            (1..=3).any(|n| n != leader && self.rest(n, "/sync") == 200)
+        });
+    }
+
     /// An administrator's connection to node `node`'s `accounts` database.
     fn admin(&self, node: usize) -> postgres::Client {
         let url = format!(
@@ -379,6 +388,8 @@ fn a_patroni_cluster_fails_over_and_nothing_acknowledged_is_lost() {
     assert!(gap <= Duration::from_secs(5), "switchover: 7s for {gap:?}");
     none_lost("switchover", &cluster, leader, &outcomes);
 
+    cluster.await_sync_standby(leader);
+
     // 2. A revocation and a ban just before the primary is killed; kill -9 its postmaster
     // and its Patroni under load: back within ttl + loop_wait + 10 s, nothing lost.
     let token = common::seed(addrs[0], "login", "player0", "password1")["token"]
@@ -494,6 +505,7 @@ fn a_patroni_cluster_fails_over_and_nothing_acknowledged_is_lost() {
 
     // 5. The primary's Patroni frozen (a partitioned old primary): whatever it accepts alone
     // is never acknowledged; the new leader has every acknowledged registration.
+    cluster.await_sync_standby(leader);
     let frozen = leader;
     let patroni = cluster.pid(&format!("node{frozen}.pid"));
     let load = Load::start(&addrs, &players[2..], 4, "frozen");
