@@ -197,7 +197,10 @@ fn percent_decode(text: &str) -> String {
 
 /// The rustls configuration for `mode`: for the verify modes, trust anchors from `root`
 /// (libpq's default `~/.postgresql/root.crt`).
-fn client_config(mode: SslMode, root: Option<&Path>) -> Result<rustls::ClientConfig, StoreError> {
+pub(super) fn client_config(
+    mode: SslMode,
+    root: Option<&Path>,
+) -> Result<rustls::ClientConfig, StoreError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()

@@ -204,14 +204,9 @@ mod tests {
                 (format!("h{i}:5432"), config)
             })
             .collect();
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(rustls::RootCertStore::empty())
-        .with_no_client_auth();
-        Nodes::new(hosts, MakeRustlsConnect::new(tls))
+        let tls =
+            super::super::pg_link::client_config(super::super::pg_link::SslMode::Prefer, None);
+        Nodes::new(hosts, MakeRustlsConnect::new(tls.unwrap()))
     }
 
     #[test]

@@ -244,15 +244,11 @@ mod tests {
         }
     }
 
+    /// What the store's connections use, for `sslmode=prefer` (the cancels here go in
+    /// plaintext: the test's connection has `sslmode=disable`).
     fn tls() -> MakeRustlsConnect {
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(rustls::RootCertStore::empty())
-        .with_no_client_auth();
-        MakeRustlsConnect::new(config)
+        use super::super::pg_link::{client_config, SslMode};
+        MakeRustlsConnect::new(client_config(SslMode::Prefer, None).unwrap())
     }
 
     #[test]
