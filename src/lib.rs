@@ -10,7 +10,9 @@
 //!
 //! - [`protocol::gateway`]: gateway messages, framing, the reply codes. Pure, no IO.
 //! - [`login`]: [`LoginServer`] and [`LoginServerConfig`]. `conn` owns a socket, its buffers
-//!   and its lifecycle (one enum of phases); `io_loop` accepts and frames without blocking; a
+//!   and its lifecycle (one enum of phases), plaintext or TLS (`gateway_tls`: the
+//!   `--gateway-tls` modes, session-ticket keys, TLS record framing); `io_loop` accepts and
+//!   frames without blocking; a
 //!   bounded channel feeds batches of connections to a fixed pool of `workers`, which ask the
 //!   store for a round of requests at once; `hashing` runs the argon2 that is not quick under a cap of permits;
 //!   `costly` verifies stored hashes far costlier than the configured ones, one at a time;

@@ -243,6 +243,20 @@ pub struct Metrics {
     /// Logins the old account server confirmed for a spelling an account here holds in
     /// another case (answered "contact support", 13): each wants an operator's rename.
     pub legacy_name_conflicts: Counter,
+    /// Gateway TLS handshakes, by [`TlsOutcome`].
+    tls_handshakes: LabeledCounters,
+}
+
+/// How a gateway's TLS handshake ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsOutcome {
+    /// A full handshake: a key exchange and a signature by the server's key.
+    Full = 0,
+    /// Resumed from a session ticket this process issued: no signature.
+    Resumed = 1,
+    /// Refused or abandoned: a bad or missing client certificate, broken or too slow, not TLS
+    /// where TLS is required.
+    Failed = 2,
 }
 
 /// What the old account server answered (`--legacy-db`).
@@ -279,6 +293,9 @@ impl Default for Metrics {
             ),
             legacy_migrated: Counter::default(),
             legacy_name_conflicts: Counter::default(),
+            tls_handshakes: LabeledCounters::new(
+                ["full", "resumed", "failed"].map(|outcome| vec![("outcome", outcome)]),
+            ),
         }
     }
 }
@@ -375,12 +392,20 @@ pub struct Gauges {
     /// When the first certificate of `--db-tls-ca` and `--db-tls-cert` expires (seconds since
     /// the epoch), with TLS to account-db.
     pub db_tls_expiry: Option<LiveGauge>,
+    /// When the first certificate of `--tls-cert` and `--gateway-tls-client-ca` expires
+    /// (seconds since the epoch), with gateway TLS.
+    pub gateway_tls_expiry: Option<LiveGauge>,
 }
 
 impl Metrics {
     /// One question to the old account server, answered so.
     pub fn legacy_lookup(&self, outcome: LegacyOutcome) {
         self.legacy_lookups.inc(outcome as usize);
+    }
+
+    /// One gateway TLS handshake ended so.
+    pub fn tls_handshake(&self, outcome: TlsOutcome) {
+        self.tls_handshakes.inc(outcome as usize);
     }
 
     /// One reply sent, `latency` after its message was whole.
@@ -503,6 +528,18 @@ impl Metrics {
             "Logins the old account server confirmed for a name held here in another case",
             self.legacy_name_conflicts.clone(),
         );
+        r.register(
+            "tls_handshakes",
+            "Gateway TLS handshakes, by outcome (full, resumed from a ticket, failed)",
+            self.tls_handshakes.clone(),
+        );
+        if let Some(expiry) = gauges.gateway_tls_expiry {
+            r.register(
+                "tls_cert_expiry_seconds",
+                "When the first certificate of --tls-cert and --gateway-tls-client-ca expires, in seconds since the epoch",
+                expiry,
+            );
+        }
         register_process(&mut r);
         r
     }
@@ -554,6 +591,7 @@ mod tests {
                 LiveFamily::counters("db", one),
             ],
             db_tls_expiry: Some(LiveGauge::new(|| 1_800_000_000)),
+            gateway_tls_expiry: None,
         };
         let text = encode(&m.registry(gauges));
         for line in [

@@ -256,7 +256,7 @@ fn every_documented_metric_is_exported_and_nothing_else() {
     let Some(pg) = common::postgres_database() else {
         return;
     };
-    // With TLS between the tiers, whose metrics exist only then.
+    // With TLS between the tiers and for gateways, whose metrics exist only then.
     let (dir, tls) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let names = ["127.0.0.1".to_string()];
     login_server::tls::generate::write(tls.path(), &names, false, 30, None).unwrap();
@@ -269,6 +269,9 @@ fn every_documented_metric_is_exported_and_nothing_else() {
     let mut config = common::config(db.local_addr(), &secret);
     config.db_tls_ca = Some(tls.path().join("ca.pem"));
     config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    config.gateway_tls = login_server::login::GatewayTlsMode::Required;
+    config.tls_cert = Some(tls.path().join("server.pem"));
+    config.tls_key = Some(tls.path().join("server.key"));
     let server = LoginServer::spawn(config).unwrap();
     let mut exposed = exposed_names(&get(server.metrics_addr().unwrap(), "/metrics").1);
     exposed.extend(exposed_names(

@@ -2,9 +2,11 @@
 //! "hostile load"). Each [`Kind`] is one attack a hardening fix is about. Every attack is
 //! bounded in time and stops by itself; the caller keeps it on loopback.
 
+use crate::secure::Tls;
 use serde_json::json;
 use std::io::{self, BufRead, BufReader, ErrorKind, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// What to attack with.
@@ -21,6 +23,11 @@ pub enum Kind {
     Whitespace,
     /// Connections to account-db that trickle their handshake a byte every 4 s.
     Handshake,
+    /// Connections to a TLS login-server that send half a ClientHello and stall.
+    TlsHalfHello,
+    /// Connections to a TLS login-server that complete the handshake (with --tls-ca) and then
+    /// never send.
+    TlsSilent,
 }
 
 /// What an attack did.
@@ -35,18 +42,42 @@ pub struct Outcome {
 }
 
 /// Run `kind` against `target` with `connections` connections (the pipelining kinds use one)
-/// for `duration`.
+/// for `duration`; `tls`: how to complete a handshake (`tls-silent`).
 pub fn run(
     target: SocketAddr,
     kind: Kind,
     connections: usize,
     duration: Duration,
+    tls: Option<&Tls>,
 ) -> io::Result<Outcome> {
     let end = Instant::now() + duration;
     match kind {
         Kind::ThrottleFill | Kind::IpBloat => pipeline(target, kind, end),
-        Kind::NoRead | Kind::Whitespace | Kind::Handshake => hold(target, kind, connections, end),
+        Kind::TlsSilent if tls.is_none() => Err(io::Error::new(
+            ErrorKind::InvalidInput,
+            "tls-silent completes handshakes: pass --tls-ca",
+        )),
+        _ => hold(target, kind, connections, end, tls),
     }
+}
+
+/// The first half of a TLS 1.3 ClientHello, as a real client would begin it.
+fn half_hello() -> io::Result<Vec<u8>> {
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .map_err(io::Error::other)?
+    .with_root_certificates(rustls::RootCertStore::empty())
+    .with_no_client_auth();
+    let name =
+        rustls::pki_types::ServerName::try_from("login.invalid").map_err(io::Error::other)?;
+    let mut client =
+        rustls::ClientConnection::new(Arc::new(config), name).map_err(io::Error::other)?;
+    let mut hello = Vec::new();
+    client.write_tls(&mut hello)?;
+    hello.truncate(hello.len() / 2);
+    Ok(hello)
 }
 
 /// One connection, requests written as fast as the server takes them and replies drained by a
@@ -107,14 +138,26 @@ fn pipeline(target: SocketAddr, kind: Kind, end: Instant) -> io::Result<Outcome>
 }
 
 /// Many connections, each given its payload without blocking and held open until the end.
-fn hold(target: SocketAddr, kind: Kind, connections: usize, end: Instant) -> io::Result<Outcome> {
+/// The TLS kinds say their part once, at connect: half a ClientHello, or a whole handshake.
+fn hold(
+    target: SocketAddr,
+    kind: Kind,
+    connections: usize,
+    end: Instant,
+    tls: Option<&Tls>,
+) -> io::Result<Outcome> {
     let payload: Vec<u8> = match kind {
         Kind::NoRead => {
             let op = "A".repeat(60_000);
             format!("{{\"OP\":\"{op}\",\"username\":\"u\",\"password\":\"p\"}}\n").into_bytes()
         }
         Kind::Whitespace => vec![b' '; 80 * 1024],
+        Kind::TlsHalfHello | Kind::TlsSilent => Vec::new(),
         _ => b"{".to_vec(), // a handshake that never ends: one byte per round
+    };
+    let hello = match kind {
+        Kind::TlsHalfHello => half_hello()?,
+        _ => Vec::new(),
     };
     let round = if kind == Kind::Handshake {
         Duration::from_secs(4)
@@ -127,9 +170,23 @@ fn hold(target: SocketAddr, kind: Kind, connections: usize, end: Instant) -> io:
         if Instant::now() >= end {
             break;
         }
-        match TcpStream::connect_timeout(&target, Duration::from_secs(2)) {
-            Ok(stream) => {
+        let stream =
+            TcpStream::connect_timeout(&target, Duration::from_secs(2)).and_then(|mut stream| {
+                match (kind, tls) {
+                    (Kind::TlsHalfHello, _) => stream.write_all(&hello)?,
+                    (Kind::TlsSilent, Some(tls)) => {
+                        let mut client = tls.client()?;
+                        let deadline = Instant::now() + Duration::from_secs(5);
+                        login_server::tls::handshake(&mut client, &mut stream, deadline)?;
+                        // Its session is kept in `client`, dropped here: the peer only sees silence.
+                    }
+                    _ => {}
+                }
                 stream.set_nonblocking(true)?;
+                Ok(stream)
+            });
+        match stream {
+            Ok(stream) => {
                 outcome.connected += 1;
                 open.push(Some(stream));
             }
@@ -150,6 +207,7 @@ fn hold(target: SocketAddr, kind: Kind, connections: usize, end: Instant) -> io:
                 },
             };
             let written = match stream.write(&payload) {
+                Ok(_) if payload.is_empty() => false,
                 Ok(_) => true,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => false,
                 Err(_) => {

@@ -5,12 +5,14 @@
 pub mod attack;
 pub mod report;
 pub mod run;
+pub mod secure;
 pub mod stress;
 
 use login_server::protocol::gateway::Op;
+use secure::Tls;
 use serde_json::{json, Value};
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 /// The request object of `op`: `subject` is the username, or for the token ops the token;
@@ -30,11 +32,14 @@ pub fn request(op: Op, subject: &str, password: &str, new_password: &str) -> Val
 
 /// Send one `request` in the seed form as the seed's gateway does (one connection, one write
 /// of `[request]`, no newline) and return the reply: everything the server sends before it
-/// closes. A server that closes without a word is an error.
-pub fn send_seed(target: SocketAddr, request: &Value, timeout: Duration) -> io::Result<String> {
-    let mut stream = TcpStream::connect_timeout(&target, timeout)?;
-    stream.set_read_timeout(Some(timeout))?;
-    stream.set_write_timeout(Some(timeout))?;
+/// closes. A server that closes without a word is an error. With `tls`, over TLS.
+pub fn send_seed(
+    target: SocketAddr,
+    tls: Option<&Tls>,
+    request: &Value,
+    timeout: Duration,
+) -> io::Result<String> {
+    let mut stream = secure::connect(target, tls, timeout)?;
     stream.write_all(json!([request]).to_string().as_bytes())?;
     let mut reply = String::new();
     stream.read_to_string(&mut reply)?;

@@ -2,6 +2,7 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
+use gateway_sim::secure::TlsArgs;
 use gateway_sim::stress::{Mix, Options, Run};
 use login_server::protocol::gateway::{Form, Op};
 use std::net::SocketAddr;
@@ -38,6 +39,8 @@ enum Command {
         /// Seconds to wait for the reply.
         #[arg(long, default_value_t = 10)]
         timeout: u64,
+        #[command(flatten)]
+        tls: TlsArgs,
     },
     /// A bounded load run; prints a table (or JSON), exits non-zero on unexpected codes.
     Stress(StressArgs),
@@ -54,6 +57,9 @@ enum Command {
         /// Seconds to attack.
         #[arg(long, default_value_t = 10.0)]
         duration: f64,
+        /// For the TLS kinds (`tls-silent` needs --tls-ca).
+        #[command(flatten)]
+        tls: TlsArgs,
     },
 }
 
@@ -100,6 +106,8 @@ struct StressArgs {
     /// Allow a target that is not a loopback address.
     #[arg(long)]
     allow_remote: bool,
+    #[command(flatten)]
+    tls: TlsArgs,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -158,7 +166,9 @@ fn main() -> anyhow::Result<()> {
             password,
             new_password,
             timeout,
+            tls,
         } => {
+            let tls = tls.load(target)?;
             let op = op.op();
             let (password, new_password) = match op {
                 Op::Login | Op::Register => (secret(password, "password: ")?, String::new()),
@@ -169,8 +179,13 @@ fn main() -> anyhow::Result<()> {
                 _ => (String::new(), String::new()),
             };
             let request = gateway_sim::request(op, &subject, &password, &new_password);
-            let reply = gateway_sim::send_seed(target, &request, Duration::from_secs(timeout))
-                .with_context(|| format!("request to {target} failed"))?;
+            let reply = gateway_sim::send_seed(
+                target,
+                tls.as_deref(),
+                &request,
+                Duration::from_secs(timeout),
+            )
+            .with_context(|| format!("request to {target} failed"))?;
             println!("{reply}");
         }
         Command::Stress(args) => return stress(args),
@@ -179,14 +194,17 @@ fn main() -> anyhow::Result<()> {
             kind,
             connections,
             duration,
+            tls,
         } => {
+            let tls = tls.load(target)?;
             anyhow::ensure!(
                 target.ip().is_loopback(),
                 "{target} is not a loopback address: attacks stay on this machine"
             );
             let duration = Duration::try_from_secs_f64(duration).context("seconds must be >= 0")?;
-            let outcome = gateway_sim::attack::run(target, kind, connections, duration)
-                .with_context(|| format!("cannot attack {target}"))?;
+            let outcome =
+                gateway_sim::attack::run(target, kind, connections, duration, tls.as_deref())
+                    .with_context(|| format!("cannot attack {target}"))?;
             println!("{}", serde_json::to_string(&outcome)?);
         }
     }
@@ -214,6 +232,7 @@ fn stress(args: StressArgs) -> anyhow::Result<()> {
         users: args.users,
         rate: args.rate.filter(|r| *r > 0.0),
         timeout: seconds(args.timeout)?,
+        tls: args.tls.load(args.target)?,
     };
     let total = options.duration;
     let run = Run::start(options)?;

@@ -8,11 +8,13 @@
 
 use crate::report::{Recorder, Report};
 use crate::run::{Kind, Live, GRACE};
+use crate::secure::{self, Tls};
 use crossbeam_channel::{bounded, unbounded};
 use login_server::protocol::gateway::Form;
+use login_server::tls::Stream;
 use serde_json::json;
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -151,6 +153,8 @@ pub struct Options {
     pub rate: Option<f64>,
     /// How long one request may take before it counts as a timeout.
     pub timeout: Duration,
+    /// TLS toward the target (`--tls-ca`); `None`: plaintext.
+    pub tls: Option<Arc<Tls>>,
 }
 
 /// The name and password of stress account `i`.
@@ -300,17 +304,14 @@ impl Plan {
     }
 }
 
-fn connect(plan: &Plan) -> io::Result<TcpStream> {
-    connect_within(plan.options.target, plan.patience())
+fn connect(plan: &Plan) -> io::Result<Stream> {
+    connect_within(&plan.options, plan.patience())
 }
 
-/// A connection to `target`, each step of it, and of what follows, within `patience`.
-fn connect_within(target: SocketAddr, patience: Duration) -> io::Result<TcpStream> {
-    let stream = TcpStream::connect_timeout(&target, patience)?;
-    stream.set_read_timeout(Some(patience))?;
-    stream.set_write_timeout(Some(patience))?;
-    stream.set_nodelay(true)?;
-    Ok(stream)
+/// A connection to the run's target (over TLS if the run says so), each step of it, and of
+/// what follows, within `patience`.
+fn connect_within(options: &Options, patience: Duration) -> io::Result<Stream> {
+    secure::connect(options.target, options.tls.as_deref(), patience)
 }
 
 /// What the load tool reads of a reply: its code, and a login's token. Read without building
@@ -374,7 +375,16 @@ fn stream_connection(plan: &Plan, thread: usize) -> Recorder {
             std::thread::sleep(Duration::from_millis(10));
         }
         let stream = match connect(plan) {
-            Ok(stream) => stream,
+            Ok(Stream::Plain(stream)) => stream,
+            Ok(tls) => {
+                let (part, error) = tls_stream_connection(plan, &mut requests, tls);
+                recorder.merge(part);
+                pending_error = error;
+                if pending_error.is_none() {
+                    return recorder;
+                }
+                continue;
+            }
             Err(e) if Instant::now() < plan.end && !plan.live.stop.load(Ordering::Relaxed) => {
                 pending_error = Some(e);
                 continue;
@@ -446,6 +456,52 @@ fn stream_connection(plan: &Plan, thread: usize) -> Recorder {
     }
 }
 
+/// The stream form over TLS: one thread writes and reads (a TLS connection has one state for
+/// both directions), keeping up to `pipeline` requests in flight: it sends while it may, then
+/// reads one reply. Returns with the error that ended the connection, or `None` once the run
+/// is out of tickets.
+fn tls_stream_connection(
+    plan: &Plan,
+    requests: &mut Requests,
+    stream: Stream,
+) -> (Recorder, Option<io::Error>) {
+    let mut recorder = plan.recorder();
+    let mut reader = BufReader::new(stream);
+    let mut in_flight = std::collections::VecDeque::new();
+    let mut line = Vec::with_capacity(128);
+    let depth = plan.options.pipeline.max(1);
+    let mut out_of_tickets = false;
+    loop {
+        while !out_of_tickets && in_flight.len() < depth {
+            let Some(due) = plan.ticket() else {
+                out_of_tickets = true;
+                break;
+            };
+            let kind = plan.options.mix.pick(&mut requests.rng);
+            let (kind, message) = requests.message(kind, Form::Stream, &plan.tokens);
+            if let Err(e) = reader.get_mut().write_all(&message) {
+                return (recorder, Some(e));
+            }
+            in_flight.push_back((kind, due));
+        }
+        let Some((kind, due)) = in_flight.pop_front() else {
+            return (recorder, None);
+        };
+        line.clear();
+        let _ = reader
+            .get_ref()
+            .tcp()
+            .set_read_timeout(Some(plan.patience()));
+        match reader.read_until(b'\n', &mut line) {
+            Ok(n) if n > 0 && line.ends_with(b"\n") => {
+                recorder.reply(kind, due, plan.reply(kind, &line), &plan.live);
+            }
+            Ok(_) => return (recorder, Some(io::ErrorKind::UnexpectedEof.into())),
+            Err(e) => return (recorder, Some(e)),
+        }
+    }
+}
+
 /// Tries per account at registering the run's accounts while the server answers "busy" (7),
 /// 100 ms apart.
 const REGISTER_ATTEMPTS: usize = 50;
@@ -481,16 +537,16 @@ fn register_users(options: &Options) -> io::Result<()> {
                         for attempt in 1..=REGISTER_ATTEMPTS {
                             reply.clear();
                             if options.form == Form::Seed {
-                                let mut conn = connect_within(options.target, options.timeout)?;
+                                let mut conn = connect_within(options, options.timeout)?;
                                 conn.write_all(json!([body]).to_string().as_bytes())?;
                                 conn.read_to_end(&mut reply)?;
                             } else {
                                 if stream.is_none() {
-                                    let conn = connect_within(options.target, options.timeout)?;
-                                    stream = Some((conn.try_clone()?, BufReader::new(conn)));
+                                    let conn = connect_within(options, options.timeout)?;
+                                    stream = Some(BufReader::new(conn));
                                 }
-                                if let Some((writer, reader)) = stream.as_mut() {
-                                    writer.write_all(format!("{body}\n").as_bytes())?;
+                                if let Some(reader) = stream.as_mut() {
+                                    reader.get_mut().write_all(format!("{body}\n").as_bytes())?;
                                     reader.read_until(b'\n', &mut reply)?;
                                 }
                             }
@@ -645,6 +701,7 @@ mod tests {
             users: 1,
             rate: None,
             timeout: Duration::from_secs(5),
+            tls: None,
         };
         register_users(&options).unwrap();
         assert_eq!(

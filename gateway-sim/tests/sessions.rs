@@ -22,7 +22,7 @@ fn server(dir: &std::path::Path) -> LoginServer {
 
 fn send(server: &LoginServer, op: Op, subject: &str, password: &str, new: &str) -> Value {
     let request = gateway_sim::request(op, subject, password, new);
-    let reply = gateway_sim::send_seed(server.local_addr(), &request, PATIENCE).unwrap();
+    let reply = gateway_sim::send_seed(server.local_addr(), None, &request, PATIENCE).unwrap();
     serde_json::from_str::<Value>(&reply).unwrap()[0].clone()
 }
 
@@ -81,7 +81,7 @@ fn a_server_that_closes_without_a_reply_is_an_error() {
         }
     });
     let request = gateway_sim::request(Op::Login, "u", "password1", "");
-    let error = gateway_sim::send_seed(addr, &request, PATIENCE).unwrap_err();
+    let error = gateway_sim::send_seed(addr, None, &request, PATIENCE).unwrap_err();
     assert!(error.to_string().contains("without a reply"), "{error}");
     closer.join().unwrap();
 }
@@ -102,6 +102,7 @@ fn stress_verifies_the_tokens_of_its_own_logins() {
             users: 50,
             rate: None,
             timeout: PATIENCE,
+            tls: None,
         })
         .unwrap();
         let report = run.finish();
@@ -135,6 +136,7 @@ fn duration_is_a_hard_limit_and_what_was_cut_is_reported() {
         users: 2,
         rate: Some(2000.0),
         timeout: Duration::from_secs(30),
+        tls: None,
     })
     .unwrap();
     let setup = started.elapsed();

@@ -895,9 +895,6 @@ pub const TLS_SNIFF: Duration = Duration::from_secs(1);
 /// plaintext connection waits this long, so it is short.
 pub const TLS_SNIFF_OPTIONAL: Duration = Duration::from_millis(250);
 
-/// The first byte of a TLS record carrying a handshake message (a ClientHello).
-const TLS_HANDSHAKE: u8 = 0x16;
-
 /// The connection as it will be spoken: TLS when account-db serves it (the handshake done
 /// within `deadline`), plaintext otherwise. `None` when it was refused (counted, logged, and a
 /// plaintext peer told why): a plaintext peer where TLS is required, a failed TLS handshake, or
@@ -931,7 +928,7 @@ fn secure(
             );
             return Ok(None);
         }
-        Ok(_) => first[0] == TLS_HANDSHAKE,
+        Ok(_) => first[0] == crate::tls::TLS_HANDSHAKE,
         Err(e)
             if matches!(
                 e.kind(),

@@ -1,6 +1,8 @@
 //! [`LoginServerConfig`]: every setting of login-server, with its flag, environment variable
 //! and default in one place.
 
+use super::gateway_tls::GatewayFiles;
+pub use super::gateway_tls::Mode as GatewayTlsMode;
 use crate::accountdb::client::{ClientConfig, DbTrust};
 use crate::auth::password::HashParams;
 use crate::auth::secret::{Secret, SecretError};
@@ -10,7 +12,7 @@ use crate::config::{at_least_one, cores, seconds, DbDeadlines, Endpoint};
 use crate::legacy::LegacyDb;
 use crate::logging::LogFormat;
 use crate::service::Options as ServiceOptions;
-use crate::tls::{ClientFiles, Material, TlsError};
+use crate::tls::{ClientFiles, Material, ServerFiles, TlsError};
 use crate::tokens::Tokens;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -42,6 +44,24 @@ pub enum TokenKeyError {
     Key(#[from] KeyError),
 }
 
+/// Why the gateway listener's TLS cannot be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayTlsError {
+    /// `--gateway-tls optional` or `required` without `--tls-cert` and `--tls-key`.
+    #[error("--gateway-tls {0} needs --tls-cert and --tls-key")]
+    NoCertificate(&'static str),
+    /// `--tls-cert` given with `--gateway-tls off`: the certificate would go unused, and the
+    /// gateways' passwords would cross in plaintext.
+    #[error(
+        "--tls-cert is given but --gateway-tls is off: pass --gateway-tls required \
+         (or optional, during a migration from plaintext)"
+    )]
+    Unused,
+    /// The files cannot be loaded.
+    #[error(transparent)]
+    Files(#[from] TlsError),
+}
+
 /// Login and registration for game gateways: seed-compatible JSON over TCP.
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "login-server", version, args_conflicts_with_subcommands = true)]
@@ -66,6 +86,46 @@ pub struct LoginServerConfig {
         value_delimiter = ','
     )]
     pub allow_from: Vec<Cidr>,
+    /// Whether gateways speak TLS 1.3 on --listen: off, optional (TLS and plaintext on one
+    /// port, told apart by the first byte: for a migration), or required (a plaintext gateway
+    /// is answered a bad request saying so). Needs --tls-cert and --tls-key. Defaults to off.
+    #[arg(
+        long,
+        value_name = "MODE",
+        env = "LOGIN_SERVER_GATEWAY_TLS",
+        value_enum,
+        default_value = "off"
+    )]
+    pub gateway_tls: GatewayTlsMode,
+    /// PEM certificate chain (this server's first) for --gateway-tls; an Ed25519 or ECDSA
+    /// P-256 key costs a gateway's full handshake a fraction of an RSA key's. Re-read on
+    /// SIGHUP. Defaults to none.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "LOGIN_SERVER_TLS_CERT",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert; refused at start if group or others may read it.
+    /// Defaults to none.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "LOGIN_SERVER_TLS_KEY",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificates: with --gateway-tls, every TLS gateway must present a certificate
+    /// from one of them, or its handshake is refused (a stronger --allow-from). Defaults to
+    /// none: no client certificate asked for.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "LOGIN_SERVER_GATEWAY_TLS_CLIENT_CA",
+        requires = "tls_cert"
+    )]
+    pub gateway_tls_client_ca: Option<PathBuf>,
     /// Addresses of running account-dbs serving the same accounts (ADDR,ADDR,...; a host name
     /// is resolved again for every new connection): requests go to those that answer, and one
     /// that fails is retried on another. Defaults to none:
@@ -379,6 +439,27 @@ impl LoginServerConfig {
     pub fn legacy(&self) -> Option<LegacyDb> {
         self.legacy_db
             .map(|addr| LegacyDb::new(addr, self.legacy_db_connections, self.db_deadlines().legacy))
+    }
+
+    /// The gateway listener's TLS material (`--tls-cert`, `--tls-key`,
+    /// `--gateway-tls-client-ca`), loaded with fresh session-ticket keys; `None` with
+    /// `--gateway-tls off`.
+    pub fn gateway_tls_files(&self) -> Result<Option<Material<GatewayFiles>>, GatewayTlsError> {
+        let mode = match self.gateway_tls {
+            GatewayTlsMode::Off if self.tls_cert.is_some() => return Err(GatewayTlsError::Unused),
+            GatewayTlsMode::Off => return Ok(None),
+            GatewayTlsMode::Optional => "optional",
+            GatewayTlsMode::Required => "required",
+        };
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
+            return Err(GatewayTlsError::NoCertificate(mode));
+        };
+        let files = GatewayFiles::new(ServerFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: self.gateway_tls_client_ca.clone(),
+        })?;
+        Ok(Some(Material::load(files)?))
     }
 
     /// How to reach the account-dbs at `addrs` that ask for `secret`, as these flags say,

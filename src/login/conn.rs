@@ -9,9 +9,17 @@
 //! (half-closed after a refusal, draining the peer's input so that closing cannot reset our
 //! reply away). [`Conn::on_event`] and [`Conn::on_tick`] decide what happens next, as a
 //! [`Verdict`] for the I/O thread; every change of phase is a method here.
+//!
+//! Its [`Wire`] is plaintext or TLS (`--gateway-tls`). While a TLS handshake runs, the input
+//! buffer holds the raw records received; a worker processes them ([`Conn::handshake`]), since
+//! that is where the key exchange and the signature are computed. Once the handshake is done,
+//! whoever reads the socket decrypts what it reads into the input buffer, and whoever flushes
+//! encrypts the output: the rest of the server sees plaintext messages either way.
 
+use super::gateway_tls::{self, GatewayTls, Mode, Records, HANDSHAKE_VISITS};
 use crate::metrics::Metrics;
 use crate::protocol::gateway::{self, BadRequest, Form, Id, Op, Reply, Request, Scan, Scanner};
+use rustls::ServerConnection;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::AtomicBool;
@@ -45,6 +53,8 @@ pub enum Verdict {
     Keep,
     /// It holds a whole message: hand it to a worker.
     Dispatch,
+    /// It holds a whole TLS handshake record: hand it to a worker ([`Conn::handshake`]).
+    Handshake,
     /// Close it: call [`Conn::close`], which may half-close and linger first.
     Close,
     /// Drop it now.
@@ -74,6 +84,23 @@ enum Phase {
     Lingering { since: Instant },
 }
 
+/// How a connection's bytes are spoken.
+enum Wire {
+    /// Plaintext.
+    Plain,
+    /// `--gateway-tls optional` or `required`, before the first byte: a TLS handshake record
+    /// makes it TLS; anything else plaintext (optional) or refused (required).
+    Undecided(Arc<GatewayTls>),
+    /// Plaintext where TLS is required: it is answered why, and closed.
+    NotTls,
+    /// TLS; `visits`: the worker visits its handshake has taken.
+    Tls {
+        tls: Box<ServerConnection>,
+        gateway: Arc<GatewayTls>,
+        visits: u8,
+    },
+}
+
 /// A gateway connection and what is buffered on it.
 pub struct Conn {
     /// Where the I/O thread keeps it; travels with it so it can find its way back.
@@ -81,13 +108,17 @@ pub struct Conn {
     peer: SocketAddr,
     metrics: Metrics,
     stream: TcpStream,
+    /// Plaintext or TLS.
+    wire: Wire,
     phase: Phase,
     /// The peer has closed its sending side.
     eof: bool,
+    /// Plaintext received and not yet taken (while a TLS handshake runs: the raw records).
     input: Vec<u8>,
     /// Bytes of `input` already taken as messages.
     consumed: usize,
     scanner: Scanner,
+    /// Replies not yet written (with TLS: not yet encrypted).
     output: Vec<u8>,
     /// When the message being received began: it must end within the message deadline. A
     /// new connection's first message counts from the accept, and whitespace counts too.
@@ -110,12 +141,14 @@ pub struct Conn {
 }
 
 impl Conn {
+    /// A connection just accepted; `tls`: the listener's TLS, with `--gateway-tls` on.
     pub fn new(
         token: usize,
         stream: TcpStream,
         peer: SocketAddr,
         max_message: usize,
         metrics: Metrics,
+        tls: Option<Arc<GatewayTls>>,
     ) -> Conn {
         let now = Instant::now();
         Conn {
@@ -123,6 +156,7 @@ impl Conn {
             peer,
             metrics,
             stream,
+            wire: tls.map_or(Wire::Plain, Wire::Undecided),
             phase: Phase::Open,
             eof: false,
             input: Vec::new(),
@@ -153,7 +187,17 @@ impl Conn {
             && self.drained
             && !self.eof
             && rest.iter().all(u8::is_ascii_whitespace)
-            && self.output.is_empty()
+            && self.all_sent()
+    }
+
+    /// Whether every reply is written to the socket (with TLS: encrypted and written).
+    fn all_sent(&self) -> bool {
+        self.output.is_empty() && !matches!(&self.wire, Wire::Tls { tls, .. } if tls.wants_write())
+    }
+
+    /// Whether its TLS handshake is still running: its input is raw records, not messages.
+    pub fn handshaking(&self) -> bool {
+        matches!(&self.wire, Wire::Tls { tls, .. } if tls.is_handshaking())
     }
 
     /// Its slot in the I/O thread.
@@ -189,16 +233,9 @@ impl Conn {
             match self.stream.read(scratch) {
                 Ok(0) => self.eof = true,
                 Ok(n) => {
-                    // Grow by doubling, but never past the cap: a buffer holds at most one
-                    // message and one read, not the next power of two above that.
-                    let len = self.input.len();
-                    if len + n > self.input.capacity() {
-                        let want = (len + n).next_power_of_two().min(cap.max(len + n));
-                        self.input.reserve_exact(want - len);
-                    }
                     // Read on until WouldBlock even after a short read: edge-triggered polling
                     // would not report an end of stream that arrived with the data.
-                    self.input.extend_from_slice(&scratch[..n]);
+                    self.receive(&scratch[..n], cap)?;
                     self.last_activity = Instant::now();
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -212,6 +249,75 @@ impl Conn {
         Ok(())
     }
 
+    /// Take `bytes` read from the socket: plaintext (or a handshake's raw records) into the
+    /// input buffer, TLS records after the handshake decrypted into it. The first byte decides
+    /// an undecided wire.
+    fn receive(&mut self, bytes: &[u8], cap: usize) -> io::Result<()> {
+        if let Wire::Undecided(gateway) = &self.wire {
+            self.wire = if bytes.first() == Some(&crate::tls::TLS_HANDSHAKE) {
+                let tls = gateway.accept().map_err(io::Error::other)?;
+                Wire::Tls {
+                    tls: Box::new(tls),
+                    gateway: gateway.clone(),
+                    visits: 0,
+                }
+            } else if gateway.mode == Mode::Optional {
+                Wire::Plain
+            } else {
+                gateway.failed();
+                Wire::NotTls
+            };
+        }
+        match &mut self.wire {
+            Wire::Tls { tls, .. } if !tls.is_handshaking() => {
+                self.eof |= decrypt(tls, bytes, &mut self.input)?;
+            }
+            _ => append(&mut self.input, bytes, cap),
+        }
+        Ok(())
+    }
+
+    /// A worker's part of a TLS handshake: process the records received (the key exchange, the
+    /// signature, the client's certificate), and write the reply flight. What follows the
+    /// handshake in them is decrypted into the input. `false`: the handshake failed or took
+    /// too many visits (the alert sent if the socket takes it): drop the connection.
+    pub fn handshake(&mut self) -> bool {
+        let Wire::Tls {
+            tls,
+            gateway,
+            visits,
+        } = &mut self.wire
+        else {
+            return true;
+        };
+        *visits = visits.saturating_add(1);
+        let raw = std::mem::take(&mut self.input);
+        self.consumed = 0;
+        let processed = decrypt(tls, &raw, &mut self.input);
+        let ok = match processed {
+            Ok(eof) => {
+                self.eof |= eof;
+                !(tls.is_handshaking() && *visits >= HANDSHAKE_VISITS)
+            }
+            Err(e) => {
+                tracing::debug!(peer = %self.peer, error = %e, "gateway TLS handshake failed");
+                false
+            }
+        };
+        if !ok {
+            gateway.failed();
+            // The alert rustls queued, if the socket takes it now.
+            let _ = tls.write_tls(&mut self.stream);
+            return false;
+        }
+        if !tls.is_handshaking() {
+            gateway.completed(tls.handshake_kind());
+            // The first message's deadline counts from here, as a plaintext one's from the accept.
+            self.message_started = Some(Instant::now());
+        }
+        self.flush().is_ok()
+    }
+
     /// Look at the unprocessed input without taking anything. A message that has begun starts
     /// the message deadline. Whitespace after a message (the `\n` that ends a stream-form
     /// request, say) does not: it is bounded ([`gateway::MAX_GAP`]), and the connection is then
@@ -222,6 +328,18 @@ impl Conn {
             self.message_started = Some(Instant::now());
         }
         scan
+    }
+
+    /// Whether a whole message (or input that cannot be framed) waits to be taken.
+    pub fn has_message(&mut self) -> bool {
+        !self.handshaking() && matches!(self.scan(), Scan::Complete { .. } | Scan::Invalid(_))
+    }
+
+    /// Start a worker's turn on it: its whole messages were found now.
+    pub fn begin_turn(&mut self) {
+        self.ready_at = Instant::now();
+        self.turn_bytes = 0;
+        self.turn_messages = 0;
     }
 
     /// Bytes of messages taken in this worker's turn.
@@ -241,6 +359,9 @@ impl Conn {
 
     /// Take the next whole message, if one has arrived.
     pub fn next_message(&mut self) -> Option<Incoming> {
+        if self.handshaking() {
+            return None;
+        }
         match self.scan() {
             Scan::Empty | Scan::Partial => None,
             Scan::Invalid(e) => Some(Incoming::Broken(e)),
@@ -311,8 +432,17 @@ impl Conn {
         self.message_started = None;
     }
 
-    /// Write as much output as the socket takes now. `Ok(true)` when all is written.
+    /// Write as much output as the socket takes now (with TLS: encrypted, and followed by a
+    /// close_notify once the last reply is in). `Ok(true)` when all is written.
     pub fn flush(&mut self) -> io::Result<bool> {
+        if let Wire::Tls { tls, .. } = &mut self.wire {
+            let closing = self.phase != Phase::Open;
+            let moved = send(tls, &mut self.output, closing, &mut self.stream)?;
+            if moved {
+                self.last_activity = Instant::now();
+            }
+            return Ok(self.output.is_empty() && !tls.wants_write());
+        }
         let mut written = 0;
         while written < self.output.len() {
             match self.stream.write(&self.output[written..]) {
@@ -332,7 +462,7 @@ impl Conn {
 
     /// Whether it can be dropped now: its last reply is written, and closing cannot reset it.
     pub fn done(&self) -> bool {
-        self.phase == Phase::Closing { refused: false } && self.output.is_empty()
+        self.phase == Phase::Closing { refused: false } && self.all_sent()
     }
 
     /// Begin closing: `true` if it can be dropped at once. Closing a socket with unread input
@@ -383,11 +513,25 @@ impl Conn {
             tracing::debug!(peer = %self.peer, error = %e, "read failed");
             return Verdict::Close;
         }
+        if let Wire::Tls { visits, .. } = &self.wire {
+            if self.handshaking() {
+                return match gateway_tls::records(&self.input) {
+                    Records::Whole if *visits < HANDSHAKE_VISITS => Verdict::Handshake,
+                    Records::Partial if !self.eof => Verdict::Keep,
+                    _ => {
+                        self.handshake_failed();
+                        Verdict::Drop
+                    }
+                };
+            }
+        }
+        if matches!(self.wire, Wire::NotTls) {
+            self.refuse("this port speaks TLS only (--gateway-tls required)");
+            return self.settle();
+        }
         match self.scan() {
             Scan::Complete { .. } => {
-                self.ready_at = Instant::now();
-                self.turn_bytes = 0;
-                self.turn_messages = 0;
+                self.begin_turn();
                 Verdict::Dispatch
             }
             Scan::Invalid(error) => {
@@ -415,8 +559,13 @@ impl Conn {
             };
         }
         let quiet = since(self.last_activity);
-        let has_output = !self.output.is_empty();
+        let has_output = !self.all_sent();
         match self.message_started {
+            // A handshake too slow has nobody to tell in plaintext.
+            Some(started) if self.handshaking() && since(started) > deadlines.message => {
+                self.handshake_failed();
+                Verdict::Drop
+            }
             Some(started) if self.is_open() && since(started) > deadlines.message => {
                 self.refuse(format!(
                     "message not completed within {} s",
@@ -432,6 +581,13 @@ impl Conn {
         }
     }
 
+    /// Count a handshake abandoned (broken, too slow, or the peer gone).
+    fn handshake_failed(&self) {
+        if let Wire::Tls { gateway, .. } = &self.wire {
+            gateway.failed();
+        }
+    }
+
     /// While lingering: read and drop input. `true` once the peer has closed too.
     fn drain(&mut self, scratch: &mut [u8]) -> bool {
         loop {
@@ -441,6 +597,71 @@ impl Conn {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return e.kind() != io::ErrorKind::WouldBlock,
             }
+        }
+    }
+}
+
+/// Append `bytes` to `input`, growing it by doubling but never past `cap`: a buffer holds at
+/// most one message and one read, not the next power of two above that.
+fn append(input: &mut Vec<u8>, bytes: &[u8], cap: usize) {
+    let (len, n) = (input.len(), bytes.len());
+    if len + n > input.capacity() {
+        let want = (len + n).next_power_of_two().min(cap.max(len + n));
+        input.reserve_exact(want - len);
+    }
+    input.extend_from_slice(bytes);
+}
+
+/// Feed TLS records to `tls` and move the plaintext they carry into `input`. `Ok(true)`: the
+/// peer sent close_notify. Records received whole are processed; the rest waits in `tls`.
+fn decrypt(tls: &mut ServerConnection, mut bytes: &[u8], input: &mut Vec<u8>) -> io::Result<bool> {
+    let mut closed = false;
+    while !bytes.is_empty() {
+        // 0: nothing more is read after a close_notify.
+        if tls.read_tls(&mut bytes)? == 0 {
+            break;
+        }
+        let state = tls
+            .process_new_packets()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, crate::tls::describe(&e)))?;
+        let n = state.plaintext_bytes_to_read();
+        if n > 0 {
+            let start = input.len();
+            input.resize(start + n, 0);
+            tls.reader().read_exact(&mut input[start..])?;
+        }
+        closed |= state.peer_has_closed();
+    }
+    Ok(closed)
+}
+
+/// Encrypt what `output` holds (as much as rustls takes) and write what the socket takes,
+/// until the socket would block or all is written; a close_notify follows the last reply when
+/// `closing`. Whether any bytes were written.
+fn send(
+    tls: &mut ServerConnection,
+    output: &mut Vec<u8>,
+    closing: bool,
+    stream: &mut TcpStream,
+) -> io::Result<bool> {
+    let mut moved = false;
+    loop {
+        if !output.is_empty() && !tls.is_handshaking() {
+            let n = tls.writer().write(output)?;
+            output.drain(..n);
+        }
+        if output.is_empty() && closing {
+            tls.send_close_notify();
+        }
+        if !tls.wants_write() {
+            return Ok(moved);
+        }
+        match tls.write_tls(stream) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(_) => moved = true,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(moved),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
     }
 }
@@ -458,7 +679,7 @@ mod tests {
         let (server, peer) = listener.accept().unwrap();
         server.set_nonblocking(true).unwrap();
         let (max_message, mut scratch) = (1024, vec![0; 1024]);
-        let mut conn = Conn::new(0, server, peer, max_message, Metrics::default());
+        let mut conn = Conn::new(0, server, peer, max_message, Metrics::default(), None);
         // Messages of 64 bytes: the cap (a message and a read, 2048) ends on a boundary.
         let line = br#"{"OP":"login","username":"user-0123456789abcd","password":"pw"}"#;
         let line = [&line[..], b"\n"].concat();

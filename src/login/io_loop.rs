@@ -5,15 +5,21 @@
 //! finds ready go to the workers together, a batch per send, so one wake-up of one worker
 //! serves them all. Beyond `--queue` connections waiting, the request is answered
 //! "unavailable" (7) at once: load is shed, never queued without bound.
+//!
+//! With gateway TLS, a connection whose handshake has a whole record to process goes to the
+//! workers on the same channel, as a job of its own kind that takes none of `--queue`'s
+//! slots: at most [`Limits::handshakes`] are with the workers at once (the channel has room
+//! for them besides `--queue`), and the rest wait here for room, within their deadline.
 
 use super::conn::{Conn, Deadlines, Incoming, Verdict};
+use super::gateway_tls::GatewayTls;
 use super::health::Health;
 use super::returns::{Back, Returns};
 use super::workers::Job;
 use crate::cidr::Cidr;
 use crate::metrics::Metrics;
 use crate::protocol::gateway::Reply;
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crossbeam_channel::{Receiver, Sender};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
@@ -44,6 +50,9 @@ pub struct Limits {
     pub queue: usize,
     /// Connections per batch handed to a worker ([`batch_size`](super::workers::batch_size)).
     pub batch: usize,
+    /// Connections with a handshake to process that are with the workers at most
+    /// ([`handshake_limit`](super::workers::handshake_limit)).
+    pub handshakes: usize,
     /// How long a message, a client that does not read, and an idle connection may take.
     pub deadlines: Deadlines,
     /// How long a shutdown waits for requests in progress.
@@ -68,6 +77,10 @@ pub struct IoLoop {
     pub jobs: Sender<Job>,
     /// Connections sent to the workers and not yet taken by one.
     pub queued: Arc<AtomicUsize>,
+    /// Connections sent to the workers for their handshake and not yet processed.
+    pub handshaking: Arc<AtomicUsize>,
+    /// The listener's TLS (`--gateway-tls` on).
+    pub tls: Option<Arc<GatewayTls>>,
     /// Connections coming back from the other threads (or reported gone).
     pub back: Receiver<Back>,
     /// The other end of `back`, with the waker that rouses this thread.
@@ -86,6 +99,8 @@ struct State {
     slots: Slab<Place>,
     /// Found holding a whole message in this poll: they go to the workers at its end.
     ready: Vec<Box<Conn>>,
+    /// Holding a whole handshake record: they go to the workers when there is room.
+    handshakes: Vec<Box<Conn>>,
     scratch: Vec<u8>,
     listening: bool,
 }
@@ -97,6 +112,7 @@ impl IoLoop {
         let mut state = State {
             slots: Slab::new(),
             ready: Vec::new(),
+            handshakes: Vec::new(),
             scratch: vec![0; READ_CHUNK],
             listening: true,
         };
@@ -209,7 +225,9 @@ impl IoLoop {
             match registered {
                 Ok(()) => {
                     let metrics = self.metrics.clone();
-                    let conn = Conn::new(token, stream, peer, self.limits.max_message, metrics);
+                    let max_message = self.limits.max_message;
+                    let tls = self.tls.clone();
+                    let conn = Conn::new(token, stream, peer, max_message, metrics, tls);
                     entry.insert(Place::Here(Box::new(conn)));
                 }
                 Err(e) => tracing::warn!(%peer, error = %e, "cannot watch a connection"),
@@ -234,11 +252,41 @@ impl IoLoop {
             Verdict::Drop => {
                 state.slots.remove(token);
             }
-            Verdict::Dispatch => {
+            verdict @ (Verdict::Dispatch | Verdict::Handshake) => {
                 let away = Place::Away(conn.wanted());
                 if let Place::Here(conn) = std::mem::replace(&mut state.slots[token], away) {
-                    state.ready.push(conn);
+                    match verdict {
+                        Verdict::Dispatch => state.ready.push(conn),
+                        _ => state.handshakes.push(conn),
+                    }
                 }
+            }
+        }
+    }
+
+    /// Hand the connections with handshake records to the workers, while fewer than
+    /// `limits.handshakes` are there; the rest wait for the next turn (a worker that frees
+    /// room at the limit wakes this thread).
+    fn dispatch_handshakes(&self, state: &mut State) {
+        while !state.handshakes.is_empty() {
+            let away = self.handshaking.load(Ordering::Relaxed);
+            let room = self.limits.handshakes.saturating_sub(away);
+            let n = state.handshakes.len().min(self.limits.batch).min(room);
+            if n == 0 {
+                return;
+            }
+            let batch: Vec<Box<Conn>> = state.handshakes.drain(..n).collect();
+            self.handshaking.fetch_add(n, Ordering::Relaxed);
+            // The channel has room for `limits.handshakes` besides --queue: only a
+            // disconnected channel (shutdown) refuses.
+            if let Err(e) = self.jobs.try_send(Job::Handshakes(batch)) {
+                self.handshaking.fetch_sub(n, Ordering::Relaxed);
+                if let Job::Handshakes(batch) = e.into_inner() {
+                    for conn in batch {
+                        state.slots.remove(conn.token());
+                    }
+                }
+                return;
             }
         }
     }
@@ -246,6 +294,7 @@ impl IoLoop {
     /// Hand the connections found ready to the workers, in batches of at most `limits.batch`;
     /// those beyond `--queue` waiting are answered "unavailable" here.
     fn dispatch(&self, state: &mut State) {
+        self.dispatch_handshakes(state);
         while !state.ready.is_empty() {
             let waiting = self.queued.load(Ordering::Relaxed);
             let room = self.limits.queue.saturating_sub(waiting);
@@ -255,10 +304,9 @@ impl IoLoop {
             }
             let batch: Vec<Box<Conn>> = state.ready.drain(..n).collect();
             self.queued.fetch_add(n, Ordering::Relaxed);
-            if let Err(TrySendError::Full(Job(batch)) | TrySendError::Disconnected(Job(batch))) =
-                self.jobs.try_send(Job(batch))
-            {
+            if let Err(e) = self.jobs.try_send(Job::Messages(batch)) {
                 self.queued.fetch_sub(n, Ordering::Relaxed);
+                let (Job::Messages(batch) | Job::Handshakes(batch)) = e.into_inner();
                 state.ready.extend(batch);
                 break;
             }
@@ -279,13 +327,24 @@ impl IoLoop {
             self.accept(state);
         }
         let stopping = !state.listening;
+        // Handshakes waiting for room are held to their deadline too.
+        let deadlines = self.limits.deadlines;
+        let mut waiting = std::mem::take(&mut state.handshakes);
+        waiting.retain_mut(|conn| {
+            let keep = conn.on_tick(now, deadlines, stopping) == Verdict::Keep;
+            if !keep {
+                state.slots.remove(conn.token());
+            }
+            keep
+        });
+        state.handshakes = waiting;
         let (mut close, mut drop) = (Vec::new(), Vec::new());
         for (token, slot) in state.slots.iter_mut() {
             let Place::Here(conn) = slot else { continue };
             match conn.on_tick(now, self.limits.deadlines, stopping) {
                 Verdict::Close => close.push(token),
                 Verdict::Drop => drop.push(token),
-                Verdict::Keep | Verdict::Dispatch => {}
+                Verdict::Keep | Verdict::Dispatch | Verdict::Handshake => {}
             }
         }
         for token in close {

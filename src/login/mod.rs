@@ -27,6 +27,7 @@
 mod config;
 mod conn;
 mod costly;
+mod gateway_tls;
 mod hashing;
 mod health;
 mod io_loop;
@@ -34,7 +35,7 @@ mod legacy_stage;
 mod returns;
 mod workers;
 
-pub use config::{Command, LoginServerConfig, TokenKeyError};
+pub use config::{Command, GatewayTlsError, GatewayTlsMode, LoginServerConfig, TokenKeyError};
 
 use crate::accountdb::accounts::Accounts;
 use crate::accountdb::client::{InstanceState, RemoteStore};
@@ -47,6 +48,7 @@ use crate::metrics::{Gauges, LiveFamily, LiveGauge, Metrics};
 use crate::service::Service;
 use crate::tls::{ClientFiles, Material, Reloadable, ServerFiles};
 use conn::Deadlines;
+use gateway_tls::{GatewayFiles, GatewayTls};
 use hashing::Permits;
 use health::Health;
 use io_loop::{IoLoop, Limits, WAKER};
@@ -104,6 +106,9 @@ pub enum StartError {
     /// `--db-tls-ca`, `--db-tls-cert` or `--db-tls-key` cannot be loaded.
     #[error("cannot set up TLS to account-db: {0}")]
     Tls(#[from] crate::tls::TlsError),
+    /// `--gateway-tls` and its files do not make a TLS listener.
+    #[error("cannot set up TLS for gateways: {0}")]
+    GatewayTls(#[from] GatewayTlsError),
 }
 
 /// A running login-server. Dropping it shuts it down.
@@ -119,6 +124,8 @@ pub struct LoginServer {
     db_tls: Option<Arc<Material<ClientFiles>>>,
     /// The metrics endpoint's TLS material, reloaded with the rest.
     metrics_tls: Option<Arc<Material<ServerFiles>>>,
+    /// The gateway listener's TLS material (`--tls-cert`), reloaded with the rest.
+    gateway_tls: Option<Arc<Material<GatewayFiles>>>,
 }
 
 /// Pooled connections (open, idle) over every account-db, if pooled.
@@ -172,6 +179,8 @@ struct Listeners {
     metrics: Option<std::net::TcpListener>,
     /// Its TLS material (`--metrics-tls-cert`), if served over TLS.
     metrics_tls: Option<Arc<Material<ServerFiles>>>,
+    /// `--listen`'s TLS material (`--tls-cert`), with `--gateway-tls` on.
+    gateway_tls: Option<Arc<Material<GatewayFiles>>>,
 }
 
 impl Listeners {
@@ -189,10 +198,12 @@ impl Listeners {
             config.metrics_tls_cert.as_deref(),
             config.metrics_tls_key.as_deref(),
         )?;
+        let gateway_tls = config.gateway_tls_files()?.map(Arc::new);
         Ok(Listeners {
             gateway,
             metrics,
             metrics_tls,
+            gateway_tls,
         })
     }
 }
@@ -300,7 +311,14 @@ impl LoginServer {
             gateway: listener,
             metrics: metrics_listener,
             metrics_tls,
+            gateway_tls,
         } = listeners;
+        if config.gateway_tls == GatewayTlsMode::Optional {
+            tracing::warn!(
+                "--gateway-tls optional: plaintext gateways are still served, and their players' \
+                 passwords cross the network readable; require TLS once every gateway speaks it"
+            );
+        }
         let local_addr = listener.local_addr()?;
         if config.allow_from.is_empty() && !local_addr.ip().is_loopback() {
             tracing::warn!(
@@ -331,8 +349,12 @@ impl LoginServer {
         let waker = mio::Waker::new(poll.registry(), WAKER)?;
         let (back_tx, back_rx) = crossbeam_channel::unbounded();
         let returns = Arc::new(Returns::new(back_tx, waker));
-        let (job_tx, job_rx) = crossbeam_channel::bounded(config.queue);
+        let batch = workers::batch_size(config.db_pool() > 0);
+        let handshake_limit = workers::handshake_limit(config.workers(), batch);
+        // Room for --queue connections with messages, and for the handshakes besides them.
+        let (job_tx, job_rx) = crossbeam_channel::bounded(config.queue + handshake_limit);
         let queued = Arc::new(AtomicUsize::new(0));
+        let handshaking = Arc::new(AtomicUsize::new(0));
         let (hash_tx, hash_rx) = crossbeam_channel::bounded(config.queue);
         let (costly_tx, costly_rx) = crossbeam_channel::bounded(costly::QUEUE);
         let (legacy_tx, legacy_rx) = crossbeam_channel::bounded(legacy_stage::QUEUE);
@@ -355,6 +377,9 @@ impl LoginServer {
                     db_tls_expiry: db_tls
                         .clone()
                         .map(|material| LiveGauge::new(move || material.expiry().unwrap_or(0))),
+                    gateway_tls_expiry: gateway_tls
+                        .clone()
+                        .map(|material| LiveGauge::new(move || material.expiry().unwrap_or(0))),
                 });
                 let alive = health.clone();
                 let routes = Routes {
@@ -372,6 +397,8 @@ impl LoginServer {
             let worker = Worker {
                 jobs: job_rx.clone(),
                 queued: queued.clone(),
+                handshaking: handshaking.clone(),
+                handshake_limit,
                 hash_jobs: hash_tx.clone(),
                 costly_jobs: costly_tx.clone(),
                 legacy_jobs: legacy_tx.clone(),
@@ -380,7 +407,7 @@ impl LoginServer {
                 metrics: metrics.clone(),
                 scratch: vec![0; 16 * 1024],
                 max_message: config.max_message,
-                batch: workers::batch_size(config.db_pool() > 0),
+                batch,
                 memory: Memory::default(),
             };
             let running = health.running();
@@ -428,6 +455,14 @@ impl LoginServer {
             listener,
             jobs: job_tx,
             queued,
+            handshaking,
+            tls: gateway_tls.clone().map(|material| {
+                Arc::new(GatewayTls {
+                    mode: config.gateway_tls,
+                    material,
+                    metrics: metrics.clone(),
+                })
+            }),
             back: back_rx,
             returns: returns.clone(),
             stopping: stopping.clone(),
@@ -437,7 +472,8 @@ impl LoginServer {
                 max_connections: config.max_connections,
                 max_message: config.max_message,
                 queue: config.queue,
-                batch: workers::batch_size(config.db_pool() > 0),
+                batch,
+                handshakes: handshake_limit,
                 deadlines: Deadlines {
                     message: config.message_timeout,
                     idle: config.idle_timeout,
@@ -466,17 +502,21 @@ impl LoginServer {
             embedded: None,
             db_tls,
             metrics_tls,
+            gateway_tls,
         })
     }
 
-    /// The address it listens on (useful after binding port 0).
-    /// Read the TLS files again (SIGHUP), of its account-db connections and of the metrics
-    /// endpoint: connections made from now on use them, pooled ones finish their lifetime
+    /// Read the TLS files again (SIGHUP), of its gateway listener, of its account-db
+    /// connections and of the metrics endpoint: connections made from now on use them, pooled ones finish their lifetime
     /// (`--db-max-lifetime`). A file that
     /// fails to load keeps the material in force, and the log says why. Returns whether new
     /// material is in force.
     pub fn reload(&self) -> bool {
         crate::tls::reload_all(&[
+            (
+                "--tls-cert",
+                self.gateway_tls.as_deref().map(|m| m as &dyn Reloadable),
+            ),
             (
                 "--db-tls-ca",
                 self.db_tls.as_deref().map(|m| m as &dyn Reloadable),
@@ -488,6 +528,7 @@ impl LoginServer {
         ])
     }
 
+    /// The address it listens on (useful after binding port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
     }

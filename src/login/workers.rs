@@ -11,6 +11,10 @@
 //! [`super::hashing`]), so that nothing slow holds up the rest of the round. A connection with
 //! nothing more to answer goes back to the I/O thread at once.
 //!
+//! A worker also runs the TLS handshakes of gateway connections (their key exchange and
+//! signature): a connection whose handshake leaves a whole message behind it (a seed-form
+//! gateway sends its request with its Finished) is answered in the same turn.
+//!
 //! A panic in the service answers that request "unavailable" (7); a panic anywhere else loses
 //! the connections the worker holds. Either way the thread lives on, so the pool never shrinks.
 
@@ -52,8 +56,20 @@ const TURN_MESSAGES: usize = 64;
 /// messages gets a turn as long as a client of small ones, not 64 times its share.
 const TURN_BYTES: usize = 64 * 1024;
 
-/// Connections for a worker, each holding a whole message.
-pub struct Job(pub Vec<Box<Conn>>);
+/// Handshakes with the workers at most, per worker: enough to keep every worker busy with
+/// them (a batch each, and one more waiting), never enough to fill the job channel, whose
+/// room for them comes on top of `--queue`.
+pub fn handshake_limit(workers: usize, batch: usize) -> usize {
+    workers * batch * 2
+}
+
+/// Connections for a worker.
+pub enum Job {
+    /// Each holds a whole message; counted in `queued`.
+    Messages(Vec<Box<Conn>>),
+    /// Each holds whole TLS handshake records; counted in `handshaking`.
+    Handshakes(Vec<Box<Conn>>),
+}
 
 /// What a worker thread holds.
 pub struct Worker {
@@ -61,6 +77,10 @@ pub struct Worker {
     pub jobs: Receiver<Job>,
     /// Connections sent to the workers and not yet taken by one.
     pub queued: Arc<AtomicUsize>,
+    /// Connections sent to the workers for their handshake and not yet processed.
+    pub handshaking: Arc<AtomicUsize>,
+    /// `handshaking` at most ([`handshake_limit`]): at it, the I/O thread waits for a wake-up.
+    pub handshake_limit: usize,
     /// Requests that need a hash that is not quick: for the hash threads.
     pub hash_jobs: Sender<HashJob>,
     /// Logins against a costly stored hash: for the costly stage, never a hash thread.
@@ -119,15 +139,16 @@ impl Worker {
     /// The worker loop: until the job channel closes.
     pub fn run(mut self) {
         let mut conns: Vec<Box<Conn>> = Vec::with_capacity(self.batch);
-        while let Ok(Job(batch)) = self.jobs.recv() {
-            self.queued.fetch_sub(batch.len(), Ordering::Relaxed);
-            conns.extend(batch);
+        while let Ok(job) = self.jobs.recv() {
+            self.take(job, &mut conns);
             while conns.len() < self.batch {
-                let Ok(Job(batch)) = self.jobs.try_recv() else {
+                let Ok(job) = self.jobs.try_recv() else {
                     break;
                 };
-                self.queued.fetch_sub(batch.len(), Ordering::Relaxed);
-                conns.extend(batch);
+                self.take(job, &mut conns);
+            }
+            if conns.is_empty() {
+                continue;
             }
             self.metrics.busy_workers.inc();
             // The batch's log lines go to the log writer together.
@@ -144,6 +165,42 @@ impl Worker {
             }
             self.metrics.busy_workers.dec();
         }
+    }
+
+    /// Add a job's connections with messages to `conns`; run a job of handshakes first.
+    fn take(&mut self, job: Job, conns: &mut Vec<Box<Conn>>) {
+        match job {
+            Job::Messages(batch) => {
+                self.queued.fetch_sub(batch.len(), Ordering::Relaxed);
+                conns.extend(batch);
+            }
+            Job::Handshakes(batch) => {
+                let n = batch.len();
+                for conn in batch {
+                    self.handshake(conn, conns);
+                }
+                // At the limit, the I/O thread holds handshakes back until woken.
+                if self.handshaking.fetch_sub(n, Ordering::Relaxed) >= self.handshake_limit {
+                    self.returns.wake();
+                }
+            }
+        }
+    }
+
+    /// Run a connection's part of its TLS handshake; it joins `conns` when a whole message
+    /// follows it, and goes back to the I/O thread otherwise (or is dropped, if it failed).
+    fn handshake(&self, mut conn: Box<Conn>, conns: &mut Vec<Box<Conn>>) {
+        let token = conn.token();
+        self.returns.contained(token, || {
+            if !conn.handshake() {
+                self.returns.send(Back::Gone(token));
+            } else if conn.has_message() {
+                conn.begin_turn();
+                conns.push(conn);
+            } else {
+                self.returns.give_back(conn);
+            }
+        });
     }
 
     /// Answer the connections' messages in rounds, until each has gone back to the I/O thread

@@ -50,9 +50,25 @@ pub enum TlsError {
     Verifier { path: PathBuf, detail: String },
 }
 
+/// The first byte of a TLS record carrying a handshake message (a ClientHello): how a server
+/// that serves TLS and plaintext on one port tells them apart.
+pub const TLS_HANDSHAKE: u8 = 0x16;
+
 /// The rustls crypto provider: ring, which the token signatures already use.
+/// Its TLS 1.3 suites in this order: AES-128-GCM with SHA-256 first (TLS 1.3's mandatory suite;
+/// SHA-256 runs in hardware on most servers, where SHA-384 does not, and the handshake's key
+/// schedule is a score of HMACs), then AES-256-GCM-SHA384 and ChaCha20-Poly1305. A server
+/// picks by this order, not the client's.
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    use rustls::crypto::ring::cipher_suite;
+    Arc::new(rustls::crypto::CryptoProvider {
+        cipher_suites: vec![
+            cipher_suite::TLS13_AES_128_GCM_SHA256,
+            cipher_suite::TLS13_AES_256_GCM_SHA384,
+            cipher_suite::TLS13_CHACHA20_POLY1305_SHA256,
+        ],
+        ..rustls::crypto::ring::default_provider()
+    })
 }
 
 /// The text of the file at `path`, refused past [`MAX_PEM`].
@@ -208,6 +224,7 @@ impl ServerFiles {
                 })?;
         // Early data is replayable: never accepted (0 is rustls's default; said here).
         config.max_early_data_size = 0;
+        config.ignore_client_order = true;
         Ok(Arc::new(config))
     }
 }

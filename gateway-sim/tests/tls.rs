@@ -1,0 +1,395 @@
+//! Gateway TLS (`--gateway-tls`) against a real login-server (embedded account-db,
+//! 127.0.0.1:0), spoken by gateway-sim's TLS client: both forms, one port for TLS and
+//! plaintext, session resumption, client certificates, and peers that stall or trickle their
+//! handshake.
+
+use gateway_sim::attack::{self, Kind};
+use gateway_sim::secure::{self, Tls, TlsArgs};
+use gateway_sim::stress::{Options, Run};
+use login_server::auth::password::HashParams;
+use login_server::login::GatewayTlsMode;
+use login_server::protocol::gateway::{Form, Op};
+use login_server::{LoginServer, LoginServerConfig};
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const PATIENCE: Duration = Duration::from_secs(20);
+
+/// A CA, the server's certificate for 127.0.0.1 and a client certificate, in `dir`.
+fn pki(dir: &Path) -> PathBuf {
+    let pki = dir.join("pki");
+    let names = ["127.0.0.1".to_string()];
+    login_server::tls::generate::write(&pki, &names, true, 30, None).unwrap();
+    pki
+}
+
+/// A login-server in `dir` with gateway TLS in `mode`, a metrics endpoint, and `tweak`.
+fn server(
+    dir: &Path,
+    mode: GatewayTlsMode,
+    tweak: impl FnOnce(&mut LoginServerConfig),
+) -> LoginServer {
+    let pki = dir.join("pki");
+    let mut config = LoginServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data: dir.join("data"),
+        hash_params: HashParams::CHEAPEST,
+        metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
+        gateway_tls: mode,
+        tls_cert: Some(pki.join("server.pem")),
+        tls_key: Some(pki.join("server.key")),
+        ..LoginServerConfig::default()
+    };
+    tweak(&mut config);
+    LoginServer::spawn(config).unwrap()
+}
+
+/// gateway-sim's TLS toward `server`, trusting `dir`'s CA; `identity`: with the client
+/// certificate; `resume`: keeping session tickets.
+fn client(dir: &Path, server: &LoginServer, identity: bool, resume: bool) -> Arc<Tls> {
+    let pki = dir.join("pki");
+    let args = TlsArgs {
+        tls_ca: Some(pki.join("ca.pem")),
+        tls_cert: identity.then(|| pki.join("client.pem")),
+        tls_key: identity.then(|| pki.join("client.key")),
+        tls_resume: resume,
+        tls_name: None,
+    };
+    args.load(server.local_addr()).unwrap().unwrap()
+}
+
+/// One seed-form request, over TLS when `tls` is given.
+fn send(server: &LoginServer, tls: Option<&Tls>, op: Op, user: &str, password: &str) -> Value {
+    let request = gateway_sim::request(op, user, password, "");
+    let reply = gateway_sim::send_seed(server.local_addr(), tls, &request, PATIENCE).unwrap();
+    serde_json::from_str::<Value>(&reply).unwrap()[0].clone()
+}
+
+/// The value of the metric line starting `name` (labels included) on `server`'s endpoint.
+fn metric(server: &LoginServer, name: &str) -> f64 {
+    let addr = server.metrics_addr().unwrap();
+    let mut stream = TcpStream::connect(addr).unwrap();
+    write!(stream, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+    let mut body = String::new();
+    stream.read_to_string(&mut body).unwrap();
+    body.lines()
+        .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// A stress run of `requests` requests against `server`, over `tls`.
+fn stress(server: &LoginServer, tls: &Arc<Tls>, form: Form, pipeline: usize, requests: u64) {
+    let options = Options {
+        target: server.local_addr(),
+        connections: 4,
+        duration: Duration::from_secs(30),
+        requests: Some(requests),
+        form,
+        pipeline,
+        mix: "login=8,register=1,badpass=1".parse().unwrap(),
+        users: 8,
+        rate: None,
+        timeout: PATIENCE,
+        tls: Some(tls.clone()),
+    };
+    let report = Run::start(options).unwrap().finish();
+    assert!(report.clean(), "{}", report.table());
+    assert_eq!(report.requests, requests, "{}", report.table());
+}
+
+#[test]
+fn both_forms_are_served_over_tls_and_plaintext_is_told_why_it_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    pki(dir.path());
+    let server = server(dir.path(), GatewayTlsMode::Required, |_| {});
+    let tls = client(dir.path(), &server, false, false);
+    assert_eq!(
+        send(&server, Some(&tls), Op::Register, "Secure", "password1")["code"],
+        4
+    );
+    let login = send(&server, Some(&tls), Op::Login, "secure", "password1");
+    assert_eq!(login["code"], 3, "{login}");
+    stress(&server, &tls, Form::Seed, 1, 200);
+    stress(&server, &tls, Form::Stream, 8, 2000);
+    // A plaintext gateway hears why, in plaintext, and is closed.
+    let reply = gateway_sim::send_seed(
+        server.local_addr(),
+        None,
+        &gateway_sim::request(Op::Login, "secure", "password1", ""),
+        PATIENCE,
+    )
+    .unwrap();
+    assert!(reply.contains("\"code\":6"), "{reply}");
+    assert!(reply.contains("TLS only"), "{reply}");
+    assert!(metric(&server, "login_tls_handshakes_total{outcome=\"failed\"}") >= 1.0);
+}
+
+#[test]
+fn optional_serves_tls_and_plaintext_on_one_port() {
+    let dir = tempfile::tempdir().unwrap();
+    pki(dir.path());
+    let server = server(dir.path(), GatewayTlsMode::Optional, |_| {});
+    let tls = client(dir.path(), &server, false, false);
+    assert_eq!(
+        send(&server, None, Op::Register, "plain", "password1")["code"],
+        4
+    );
+    assert_eq!(
+        send(&server, Some(&tls), Op::Login, "plain", "password1")["code"],
+        3
+    );
+    assert_eq!(
+        send(&server, None, Op::Login, "plain", "password1")["code"],
+        3
+    );
+    assert_eq!(
+        metric(&server, "login_tls_handshakes_total{outcome=\"full\"}"),
+        1.0
+    );
+}
+
+#[test]
+fn a_reconnecting_gateway_resumes_from_a_ticket_and_skips_the_full_handshake() {
+    let dir = tempfile::tempdir().unwrap();
+    pki(dir.path());
+    let server = server(dir.path(), GatewayTlsMode::Required, |_| {});
+    let full = "login_tls_handshakes_total{outcome=\"full\"}";
+    let resumed = "login_tls_handshakes_total{outcome=\"resumed\"}";
+    // Without tickets kept, every seed-form request is a full handshake.
+    let fresh = client(dir.path(), &server, false, false);
+    for _ in 0..5 {
+        send(&server, Some(&fresh), Op::Login, "nobody", "password1");
+    }
+    assert_eq!(
+        (metric(&server, full), metric(&server, resumed)),
+        (5.0, 0.0)
+    );
+    // With them, only the first is.
+    let resuming = client(dir.path(), &server, false, true);
+    for _ in 0..20 {
+        send(&server, Some(&resuming), Op::Login, "nobody", "password1");
+    }
+    assert_eq!(
+        (metric(&server, full), metric(&server, resumed)),
+        (6.0, 19.0)
+    );
+    // A reload of the certificate keeps the ticket keys: still resumed.
+    assert!(server.reload());
+    send(&server, Some(&resuming), Op::Login, "nobody", "password1");
+    assert_eq!(metric(&server, resumed), 20.0);
+    // Another login-server (other ticket keys) makes the same gateway pay a full handshake.
+    let other_dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(other_dir.path().join("data")).unwrap();
+    let other = server_with_pki(other_dir.path(), dir.path());
+    let before = metric(&other, full);
+    let request = gateway_sim::request(Op::Login, "nobody", "password1", "");
+    gateway_sim::send_seed(other.local_addr(), Some(&resuming), &request, PATIENCE).unwrap();
+    assert_eq!(metric(&other, full), before + 1.0);
+    assert_eq!(metric(&other, resumed), 0.0);
+}
+
+/// A second login-server in `dir` using the certificate of `pki_dir`.
+fn server_with_pki(dir: &Path, pki_dir: &Path) -> LoginServer {
+    let pki = pki_dir.join("pki");
+    server(dir, GatewayTlsMode::Required, |c| {
+        c.tls_cert = Some(pki.join("server.pem"));
+        c.tls_key = Some(pki.join("server.key"));
+    })
+}
+
+#[test]
+fn a_gateway_without_a_certificate_from_the_client_ca_is_refused_at_the_handshake() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = pki(dir.path());
+    let server = server(dir.path(), GatewayTlsMode::Required, |c| {
+        c.gateway_tls_client_ca = Some(ca.join("ca.pem"));
+    });
+    let with = client(dir.path(), &server, true, false);
+    assert_eq!(
+        send(&server, Some(&with), Op::Register, "certified", "password1")["code"],
+        4
+    );
+    let without = client(dir.path(), &server, false, false);
+    let request = gateway_sim::request(Op::Login, "certified", "password1", "");
+    let refused = gateway_sim::send_seed(server.local_addr(), Some(&without), &request, PATIENCE);
+    let error = refused.unwrap_err().to_string();
+    assert!(error.contains("CertificateRequired"), "{error}");
+    assert_eq!(
+        metric(&server, "login_tls_handshakes_total{outcome=\"failed\"}"),
+        1.0
+    );
+    // A certificate from another CA is refused too.
+    let stranger_dir = tempfile::tempdir().unwrap();
+    pki(stranger_dir.path());
+    let stranger = TlsArgs {
+        tls_ca: Some(ca.join("ca.pem")),
+        tls_cert: Some(stranger_dir.path().join("pki/client.pem")),
+        tls_key: Some(stranger_dir.path().join("pki/client.key")),
+        ..TlsArgs::default()
+    };
+    let stranger = stranger.load(server.local_addr()).unwrap().unwrap();
+    let refused = gateway_sim::send_seed(server.local_addr(), Some(&stranger), &request, PATIENCE);
+    assert!(refused.is_err());
+    assert_eq!(
+        metric(&server, "login_tls_handshakes_total{outcome=\"failed\"}"),
+        2.0
+    );
+}
+
+#[test]
+fn the_flags_must_agree() {
+    let dir = tempfile::tempdir().unwrap();
+    pki(dir.path());
+    let start = |mode, cert: bool| {
+        let pki = dir.path().join("pki");
+        LoginServer::spawn(LoginServerConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            data: dir.path().join("data"),
+            gateway_tls: mode,
+            tls_cert: cert.then(|| pki.join("server.pem")),
+            tls_key: cert.then(|| pki.join("server.key")),
+            ..LoginServerConfig::default()
+        })
+        .err()
+        .map(|e| e.to_string())
+    };
+    let unused = start(GatewayTlsMode::Off, true).unwrap();
+    assert!(unused.contains("--gateway-tls is off"), "{unused}");
+    let missing = start(GatewayTlsMode::Required, false).unwrap();
+    assert!(missing.contains("needs --tls-cert"), "{missing}");
+    assert!(start(GatewayTlsMode::Optional, true).is_none());
+}
+
+/// Handshakes that stall halfway and handshakes that complete and fall silent: each closed at
+/// the message deadline, none holding a worker, while a normal gateway is served.
+#[test]
+fn stalled_and_silent_handshakes_are_closed_at_the_deadline_and_others_served() {
+    let dir = tempfile::tempdir().unwrap();
+    pki(dir.path());
+    let server = server(dir.path(), GatewayTlsMode::Required, |c| {
+        c.message_timeout = Duration::from_secs(1);
+        c.workers = Some(2);
+    });
+    let tls = client(dir.path(), &server, false, false);
+    assert_eq!(
+        send(&server, Some(&tls), Op::Register, "normal", "password1")["code"],
+        4
+    );
+    let target = server.local_addr();
+    let attackers: Vec<_> = [Kind::TlsHalfHello, Kind::TlsSilent]
+        .into_iter()
+        .map(|kind| {
+            let tls = tls.clone();
+            std::thread::spawn(move || {
+                attack::run(target, kind, 200, Duration::from_secs(4), Some(&tls)).unwrap()
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    let login = send(&server, Some(&tls), Op::Login, "normal", "password1");
+    assert_eq!(login["code"], 3);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    for attacker in attackers {
+        let outcome = attacker.join().unwrap();
+        assert_eq!(outcome.connected, 200);
+        assert_eq!(
+            outcome.closed_by_server, 200,
+            "every attacking connection closed by the server: {outcome:?}"
+        );
+    }
+    assert_eq!(metric(&server, "login_busy_workers"), 0.0);
+    assert!(metric(&server, "login_tls_handshakes_total{outcome=\"failed\"}") >= 200.0);
+}
+
+/// A ClientHello split into one-byte records, trickled: each whole record would cost a worker
+/// a visit, so the handshake is dropped after a few, long before its deadline.
+#[test]
+fn a_hello_in_one_byte_records_is_dropped_after_a_few_worker_visits() {
+    let dir = tempfile::tempdir().unwrap();
+    pki(dir.path());
+    let server = server(dir.path(), GatewayTlsMode::Required, |c| {
+        c.message_timeout = Duration::from_secs(30);
+    });
+    let tls = client(dir.path(), &server, false, false);
+    let mut hello = Vec::new();
+    tls.client().unwrap().write_tls(&mut hello).unwrap();
+    let body = &hello[5..];
+    let mut stream = TcpStream::connect(server.local_addr()).unwrap();
+    stream.set_nodelay(true).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let started = Instant::now();
+    let mut closed = false;
+    for byte in body.iter().take(40) {
+        if stream.write_all(&[22, 3, 1, 0, 1, *byte]).is_err() {
+            closed = true;
+            break;
+        }
+        let mut buf = [0u8; 64];
+        match stream.read(&mut buf) {
+            Ok(0) => {
+                closed = true;
+                break;
+            }
+            Err(e)
+                if e.kind() != std::io::ErrorKind::WouldBlock
+                    && e.kind() != std::io::ErrorKind::TimedOut =>
+            {
+                closed = true;
+                break;
+            }
+            _ => {}
+        }
+    }
+    assert!(closed, "still open after 40 one-byte records");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    // A client that sends its hello whole is served.
+    assert!(secure::connect(server.local_addr(), Some(&tls), PATIENCE).is_ok());
+}
+
+#[test]
+fn a_trickled_hello_is_closed_at_the_message_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    pki(dir.path());
+    let server = server(dir.path(), GatewayTlsMode::Required, |c| {
+        c.message_timeout = Duration::from_secs(1);
+    });
+    let tls = client(dir.path(), &server, false, false);
+    let mut hello = Vec::new();
+    tls.client().unwrap().write_tls(&mut hello).unwrap();
+    let mut stream = TcpStream::connect(server.local_addr()).unwrap();
+    let started = Instant::now();
+    let mut sent = 0;
+    // A byte every 100 ms: a whole hello would take most of a minute.
+    while sent < hello.len() && stream.write_all(&hello[sent..sent + 1]).is_ok() {
+        sent += 1;
+        std::thread::sleep(Duration::from_millis(100));
+        if started.elapsed() > Duration::from_secs(5) {
+            break;
+        }
+        let mut buf = [0u8; 16];
+        stream.set_nonblocking(true).unwrap();
+        let read = stream.read(&mut buf);
+        stream.set_nonblocking(false).unwrap();
+        if matches!(read, Ok(0))
+            || matches!(&read, Err(e) if e.kind() != std::io::ErrorKind::WouldBlock)
+        {
+            break;
+        }
+    }
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(900) && elapsed < Duration::from_secs(3),
+        "closed after {elapsed:?} and {sent} bytes"
+    );
+}
