@@ -4,9 +4,9 @@
 
 mod common;
 
-use common::{code, DbProcess, Relay, TestDatabase};
+use common::{code, seed, DbProcess, Relay, TestDatabase};
 use login_server::{LoginServer, LoginServerConfig};
-use serde_json::json;
+use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -83,31 +83,41 @@ fn sessions_hold_across_login_servers_and_account_dbs() {
     assert_eq!(verify(b.local_addr(), &other)["reason"], "revoked");
 }
 
-/// Run `clients` threads of registrations and logins through `servers` until `stop`; every
-/// reply code, and the names whose registration was acknowledged.
+/// Each request asked ("register NAME") and its reply.
+type Replies = Vec<(String, Value)>;
+
+/// Run 4 threads of registrations and logins through `servers` until `stop`; every reply
+/// (what was asked, and the reply's JSON), and the names whose registration was acknowledged.
 fn load(
     servers: Vec<std::net::SocketAddr>,
     stop: Arc<AtomicBool>,
-) -> std::thread::JoinHandle<(Vec<u64>, Vec<String>)> {
+) -> std::thread::JoinHandle<(Replies, Vec<String>)> {
     std::thread::spawn(move || {
-        let codes = Arc::new(Mutex::new(Vec::new()));
+        let replies = Arc::new(Mutex::new(Vec::new()));
         let registered = Arc::new(Mutex::new(Vec::new()));
         let threads: Vec<_> = (0..4)
             .map(|t| {
                 let (servers, stop) = (servers.clone(), stop.clone());
-                let (codes, registered) = (codes.clone(), registered.clone());
+                let (replies, registered) = (replies.clone(), registered.clone());
                 std::thread::spawn(move || {
                     let mut i = 0;
                     while !stop.load(Ordering::SeqCst) {
                         let server = servers[i % servers.len()];
                         let name = format!("load{t}x{i}");
-                        let c = code(server, "register", &name, "password1");
-                        if c == 4 {
-                            registered.lock().unwrap().push(name.clone());
-                            let c = code(server, "login", &name, "password1");
-                            codes.lock().unwrap().push(c);
+                        for op in ["register", "login"] {
+                            let reply = seed(server, op, &name, "password1");
+                            let acknowledged = reply["code"] == 4;
+                            replies
+                                .lock()
+                                .unwrap()
+                                .push((format!("{op} {name}"), reply));
+                            if op == "register" && !acknowledged {
+                                break;
+                            }
+                            if acknowledged {
+                                registered.lock().unwrap().push(name.clone());
+                            }
                         }
-                        codes.lock().unwrap().push(c);
                         i += 1;
                     }
                 })
@@ -116,9 +126,9 @@ fn load(
         for thread in threads {
             thread.join().unwrap();
         }
-        let codes = codes.lock().unwrap().clone();
+        let replies = replies.lock().unwrap().clone();
         let registered = registered.lock().unwrap().clone();
-        (codes, registered)
+        (replies, registered)
     })
 }
 
@@ -135,9 +145,12 @@ fn killing_one_account_db_under_load_costs_no_player_anything() {
     first.kill();
     std::thread::sleep(Duration::from_millis(2000));
     stop.store(true, Ordering::SeqCst);
-    let (codes, registered) = running.join().unwrap();
-    assert!(codes.len() > 20, "too little load: {}", codes.len());
-    let others: Vec<&u64> = codes.iter().filter(|c| !matches!(c, 3 | 4)).collect();
+    let (replies, registered) = running.join().unwrap();
+    assert!(replies.len() > 20, "too little load: {}", replies.len());
+    let others: Vec<_> = replies
+        .iter()
+        .filter(|(_, reply)| !matches!(reply["code"].as_u64(), Some(3 | 4)))
+        .collect();
     assert!(others.is_empty(), "codes other than 3 and 4: {others:?}");
     for name in &registered {
         assert_eq!(
