@@ -10,8 +10,9 @@ use login_server::auth::password::HashParams;
 use login_server::login::GatewayTlsMode;
 use login_server::protocol::gateway::{Form, Op};
 use login_server::{LoginServer, LoginServerConfig};
+use rustls::ClientConnection;
 use serde_json::Value;
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -126,6 +127,14 @@ fn both_forms_are_served_over_tls_and_plaintext_is_told_why_it_is_refused() {
     assert!(reply.contains("\"code\":6"), "{reply}");
     assert!(reply.contains("TLS only"), "{reply}");
     assert!(metric(&server, "login_tls_handshakes_total{outcome=\"failed\"}") >= 1.0);
+    // pki()'s certificate: 30 days from an hour ago (its CA lives 3650 days).
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let expected = now - 3600.0 + 30.0 * 86400.0;
+    let expiry = metric(&server, "login_tls_cert_expiry_seconds");
+    assert!((expiry - expected).abs() < 120.0, "{expiry} vs {expected}");
 }
 
 #[test]
@@ -392,4 +401,242 @@ fn a_trickled_hello_is_closed_at_the_message_deadline() {
         elapsed >= Duration::from_millis(900) && elapsed < Duration::from_secs(3),
         "closed after {elapsed:?} and {sent} bytes"
     );
+}
+
+/// A rustls client on a blocking socket to `server`, its handshake done; `rcvbuf`: the socket's
+/// receive buffer in bytes, when it is to be small.
+fn handshaken(
+    server: &LoginServer,
+    tls: &Tls,
+    rcvbuf: Option<usize>,
+) -> (ClientConnection, TcpStream) {
+    let addr = server.local_addr();
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    if let Some(bytes) = rcvbuf {
+        socket.set_recv_buffer_size(bytes).unwrap();
+    }
+    socket.connect(&addr.into()).unwrap();
+    let mut stream = TcpStream::from(socket);
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut conn = tls.client().unwrap();
+    while conn.is_handshaking() {
+        conn.complete_io(&mut stream).unwrap();
+    }
+    (conn, stream)
+}
+
+/// The TLS records carrying `plaintext` from `conn`, followed by its close_notify when `close`.
+fn seal(conn: &mut ClientConnection, mut plaintext: &[u8], close: bool) -> Vec<u8> {
+    let mut records = Vec::new();
+    loop {
+        let n = conn.writer().write(plaintext).unwrap();
+        plaintext = &plaintext[n..];
+        if plaintext.is_empty() && close {
+            conn.send_close_notify();
+        }
+        while conn.wants_write() {
+            conn.write_tls(&mut records).unwrap();
+        }
+        if plaintext.is_empty() {
+            return records;
+        }
+    }
+}
+
+/// What the server sent within `patience`, until `lines` replies are in or the server closes:
+/// the plaintext, and whether the server sent close_notify and then closed the TCP connection.
+fn receive(
+    conn: &mut ClientConnection,
+    stream: &mut TcpStream,
+    lines: usize,
+    patience: Duration,
+) -> (String, bool) {
+    stream
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let until = Instant::now() + patience;
+    let mut text = Vec::new();
+    let (mut notified, mut seen) = (false, 0);
+    while Instant::now() < until && seen < lines {
+        if notified {
+            let mut rest = [0u8; 64];
+            match stream.read(&mut rest) {
+                Ok(0) => return (String::from_utf8(text).unwrap(), true),
+                Ok(_) => panic!("bytes after close_notify"),
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                Err(e) => panic!("{e}"),
+            }
+            continue;
+        }
+        match conn.read_tls(stream) {
+            Ok(_) => {
+                let state = conn.process_new_packets().unwrap();
+                let start = text.len();
+                text.resize(start + state.plaintext_bytes_to_read(), 0);
+                conn.reader().read_exact(&mut text[start..]).unwrap();
+                seen += text[start..].iter().filter(|&&b| b == b'\n').count();
+                notified = state.peer_has_closed();
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    (String::from_utf8(text).unwrap(), false)
+}
+
+const LOGIN: &[u8] = br#"{"OP":"login","username":"reader","password":"password1"}"#;
+
+/// The seed form's close and a gateway's close_notify, wherever it arrives, end the
+/// connection: the server answers what it read, sends its own close_notify and closes.
+#[test]
+fn the_seed_form_and_a_close_notify_end_the_connection_once_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    pki(dir.path());
+    let server = server(dir.path(), GatewayTlsMode::Required, |c| {
+        c.message_timeout = Duration::from_secs(30);
+    });
+    let tls = client(dir.path(), &server, false, false);
+    assert_eq!(
+        send(&server, Some(&tls), Op::Register, "reader", "password1")["code"],
+        4
+    );
+    let patience = Duration::from_secs(3);
+    // The seed form, no close_notify: the server closes after its reply.
+    let (mut conn, mut stream) = handshaken(&server, &tls, None);
+    let seed = [b"[".as_slice(), LOGIN, b"]"].concat();
+    stream.write_all(&seal(&mut conn, &seed, false)).unwrap();
+    let (reply, closed) = receive(&mut conn, &mut stream, usize::MAX, patience);
+    assert!(reply.contains(r#""code":3"#), "{reply}");
+    assert!(closed, "the seed form closes after its reply");
+    // The stream form, with close_notify after the request, after the handshake.
+    let line = [LOGIN, b"\n"].concat();
+    let (mut conn, mut stream) = handshaken(&server, &tls, None);
+    stream.write_all(&seal(&mut conn, &line, true)).unwrap();
+    let (reply, closed) = receive(&mut conn, &mut stream, usize::MAX, patience);
+    assert!(reply.contains(r#""code":3"#), "{reply}");
+    assert!(
+        closed,
+        "close_notify after the handshake: answered, then closed"
+    );
+    // The same in one write with the client's Finished: the worker's handshake visit reads it.
+    let mut conn = tls.client().unwrap();
+    let mut stream = TcpStream::connect(server.local_addr()).unwrap();
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    conn.write_tls(&mut stream).unwrap();
+    while conn.is_handshaking() {
+        conn.read_tls(&mut stream).unwrap();
+        conn.process_new_packets().unwrap();
+    }
+    stream.write_all(&seal(&mut conn, &line, true)).unwrap();
+    let (reply, closed) = receive(&mut conn, &mut stream, usize::MAX, patience);
+    assert!(reply.contains(r#""code":3"#), "{reply}");
+    assert!(
+        closed,
+        "close_notify with the Finished: answered, then closed"
+    );
+}
+
+/// A peer that closes in the middle of its handshake is closed at once, not at the deadline,
+/// and its handshake is counted failed, never completed.
+#[test]
+fn a_handshake_cut_short_is_closed_at_once_and_counted_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    pki(dir.path());
+    let server = server(dir.path(), GatewayTlsMode::Required, |c| {
+        c.message_timeout = Duration::from_secs(30);
+    });
+    let tls = client(dir.path(), &server, false, false);
+    let mut hello = Vec::new();
+    tls.client().unwrap().write_tls(&mut hello).unwrap();
+    for sent in [&hello[..10], &hello[..]] {
+        let mut stream = TcpStream::connect(server.local_addr()).unwrap();
+        stream.write_all(sent).unwrap();
+        stream.shutdown(std::net::Shutdown::Write).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(3)))
+            .unwrap();
+        let mut flight = Vec::new();
+        let read = stream.read_to_end(&mut flight);
+        assert!(
+            read.is_ok(),
+            "closed at once, not at the deadline: {read:?}"
+        );
+    }
+    let count = |outcome: &str| {
+        metric(
+            &server,
+            &format!("login_tls_handshakes_total{{outcome=\"{outcome}\"}}"),
+        )
+    };
+    assert_eq!((count("full"), count("failed")), (0.0, 2.0));
+}
+
+/// A TLS gateway that stops reading while its replies pile up gets every one of them once it
+/// reads again (the encrypted bytes rustls holds are written when the socket takes them), and
+/// one that resets its connection with replies pending costs nobody anything.
+#[test]
+fn a_gateway_that_reads_late_gets_every_reply_and_one_that_resets_costs_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    pki(dir.path());
+    let server = server(dir.path(), GatewayTlsMode::Required, |c| {
+        // One worker: a worker stuck on a broken socket would leave nobody to serve.
+        c.workers = Some(1);
+    });
+    let tls = client(dir.path(), &server, false, false);
+    assert_eq!(
+        send(&server, Some(&tls), Op::Register, "reader", "password1")["code"],
+        4
+    );
+    // More replies than the socket buffers hold (the server's grows to 4 MiB here), so rustls
+    // holds some: bad requests, cheap to answer, each reply some 230 bytes.
+    let requests = 30_000;
+    let bad = format!("{{\"OP\":\"nope\",\"id\":\"{}\"}}\n", "x".repeat(60));
+    let lines = bad.repeat(requests).into_bytes();
+    // The requests written by a thread of their own, for at most `patience`.
+    let pipelined = |patience| {
+        let (mut conn, stream) = handshaken(&server, &tls, Some(4096));
+        let records = seal(&mut conn, &lines, false);
+        let mut writer = stream.try_clone().unwrap();
+        writer.set_write_timeout(Some(patience)).unwrap();
+        let writing = std::thread::spawn(move || writer.write_all(&records).is_ok());
+        (conn, stream, writing)
+    };
+    let (mut conn, mut stream, writing) = pipelined(PATIENCE);
+    // Until the server stops answering: its socket buffer and rustls's are full.
+    let answered = || metric(&server, "login_requests_total{op=\"none\",code=\"6\"}");
+    let (until, mut last) = (Instant::now() + PATIENCE, -1.0);
+    while answered() != last && Instant::now() < until {
+        last = answered();
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(
+        last < requests as f64,
+        "the server waited for the gateway to read"
+    );
+    let (replies, _) = receive(&mut conn, &mut stream, requests, PATIENCE);
+    assert!(writing.join().unwrap(), "every request was taken");
+    let answered = replies
+        .lines()
+        .filter(|r| r.starts_with(r#"{"code":6,"#))
+        .count();
+    assert_eq!(
+        answered, requests,
+        "every reply arrives once the gateway reads"
+    );
+    // Pipelined, never read, then reset (closed with replies unread).
+    let (_conn, stream, writing) = pipelined(Duration::from_secs(2));
+    let _ = writing.join();
+    let linger = socket2::SockRef::from(&stream);
+    linger.set_linger(Some(Duration::ZERO)).unwrap();
+    drop(stream);
+    let started = Instant::now();
+    let login = send(&server, Some(&tls), Op::Login, "reader", "password1");
+    assert_eq!(login["code"], 3);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(metric(&server, "login_busy_workers"), 0.0);
 }

@@ -468,7 +468,8 @@ impl Conn {
     /// Begin closing: `true` if it can be dropped at once. Closing a socket with unread input
     /// sends RST, which discards what the peer has not read yet; so a refused connection whose
     /// peer may still be sending is half-closed (our replies are followed by FIN) and lingers,
-    /// reading and dropping input, until the peer closes or [`LINGER`] passes.
+    /// reading and dropping input, until the peer closes or [`LINGER`] passes. A TLS peer is
+    /// sent close_notify before the close, if the socket takes it.
     pub fn close(&mut self) -> bool {
         match self.phase {
             Phase::Closing { refused: true } if !self.eof => {
@@ -478,7 +479,16 @@ impl Conn {
                 };
                 false
             }
-            _ => true,
+            _ => {
+                // A TLS peer hears close_notify first (sent once: rustls ignores a second).
+                if let Wire::Tls { tls, .. } = &mut self.wire {
+                    if !tls.is_handshaking() {
+                        tls.send_close_notify();
+                        let _ = tls.write_tls(&mut self.stream);
+                    }
+                }
+                true
+            }
         }
     }
 
@@ -513,17 +523,16 @@ impl Conn {
             tracing::debug!(peer = %self.peer, error = %e, "read failed");
             return Verdict::Close;
         }
-        if let Wire::Tls { visits, .. } = &self.wire {
-            if self.handshaking() {
-                return match gateway_tls::records(&self.input) {
-                    Records::Whole if *visits < HANDSHAKE_VISITS => Verdict::Handshake,
-                    Records::Partial if !self.eof => Verdict::Keep,
-                    _ => {
-                        self.handshake_failed();
-                        Verdict::Drop
-                    }
-                };
-            }
+        if self.handshaking() {
+            // The worker counts the visits ([`Conn::handshake`]).
+            return match gateway_tls::records(&self.input) {
+                Records::Whole => Verdict::Handshake,
+                Records::Partial if !self.eof => Verdict::Keep,
+                _ => {
+                    self.handshake_failed();
+                    Verdict::Drop
+                }
+            };
         }
         if matches!(self.wire, Wire::NotTls) {
             self.refuse("this port speaks TLS only (--gateway-tls required)");
@@ -624,12 +633,9 @@ fn decrypt(tls: &mut ServerConnection, mut bytes: &[u8], input: &mut Vec<u8>) ->
         let state = tls
             .process_new_packets()
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, crate::tls::describe(&e)))?;
-        let n = state.plaintext_bytes_to_read();
-        if n > 0 {
-            let start = input.len();
-            input.resize(start + n, 0);
-            tls.reader().read_exact(&mut input[start..])?;
-        }
+        let start = input.len();
+        input.resize(start + state.plaintext_bytes_to_read(), 0);
+        tls.reader().read_exact(&mut input[start..])?;
         closed |= state.peer_has_closed();
     }
     Ok(closed)
@@ -646,7 +652,8 @@ fn send(
 ) -> io::Result<bool> {
     let mut moved = false;
     loop {
-        if !output.is_empty() && !tls.is_handshaking() {
+        // (During a handshake there is no output: replies follow requests, which follow it.)
+        if !output.is_empty() {
             let n = tls.writer().write(output)?;
             output.drain(..n);
         }
@@ -669,6 +676,20 @@ fn send(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The input buffer doubles as it grows, never past its cap.
+    #[test]
+    fn the_input_grows_by_doubling_up_to_its_cap() {
+        let mut input = Vec::new();
+        append(&mut input, &[1; 100], 1000);
+        assert_eq!(input.capacity(), 128);
+        append(&mut input, &[2; 100], 1000);
+        assert_eq!(input.capacity(), 256);
+        append(&mut input, &[3; 600], 1000);
+        assert_eq!(input.capacity(), 1000, "the cap, not 1024");
+        assert_eq!(input.len(), 800);
+        assert_eq!(input[150], 2);
+    }
 
     /// A connection whose reads stopped at the input cap is not quiet though every message it
     /// read is answered: the rest waits in the socket, and no new event will say so.

@@ -170,11 +170,12 @@ mod tests {
         let mut version = record(22, 10);
         version[1] = 2;
         assert_eq!(records(&version), Records::Invalid);
-        let longest = record(22, MAX_RECORD);
+        // RFC 8446, 5.2: 2^14 bytes of plaintext plus 256 of expansion, written out here.
+        let longest = record(22, 16_640);
         assert_eq!(records(&longest), Records::Whole);
         assert_eq!(records(&longest[..HEADER]), Records::Partial);
         let mut too_long = longest[..HEADER].to_vec();
-        too_long[3..5].copy_from_slice(&u16::try_from(MAX_RECORD + 1).unwrap().to_be_bytes());
+        too_long[3..5].copy_from_slice(&u16::try_from(16_641).unwrap().to_be_bytes());
         assert_eq!(records(&too_long), Records::Invalid);
         let bad_second = [record(22, 10), record(99, 1)].concat();
         assert_eq!(

@@ -264,52 +264,21 @@ impl IoLoop {
         }
     }
 
-    /// Hand the connections with handshake records to the workers, while fewer than
-    /// `limits.handshakes` are there; the rest wait for the next turn (a worker that frees
-    /// room at the limit wakes this thread).
-    fn dispatch_handshakes(&self, state: &mut State) {
-        while !state.handshakes.is_empty() {
-            let away = self.handshaking.load(Ordering::Relaxed);
-            let room = self.limits.handshakes.saturating_sub(away);
-            let n = state.handshakes.len().min(self.limits.batch).min(room);
-            if n == 0 {
-                return;
-            }
-            let batch: Vec<Box<Conn>> = state.handshakes.drain(..n).collect();
-            self.handshaking.fetch_add(n, Ordering::Relaxed);
-            // The channel has room for `limits.handshakes` besides --queue: only a
-            // disconnected channel (shutdown) refuses.
-            if let Err(e) = self.jobs.try_send(Job::Handshakes(batch)) {
-                self.handshaking.fetch_sub(n, Ordering::Relaxed);
-                if let Job::Handshakes(batch) = e.into_inner() {
-                    for conn in batch {
-                        state.slots.remove(conn.token());
-                    }
-                }
-                return;
+    /// Hand the connections found ready to the workers: handshakes while fewer than
+    /// `limits.handshakes` are there (the rest wait for the next turn; a worker that frees room
+    /// at the limit wakes this thread), messages while fewer than `--queue` wait (those beyond
+    /// are answered "unavailable" here).
+    fn dispatch(&self, state: &mut State) {
+        let handshakes = &mut state.handshakes;
+        let (counter, limit) = (&self.handshaking, self.limits.handshakes);
+        if let Some(refused) = self.send(handshakes, counter, limit, Job::Handshakes) {
+            for conn in refused {
+                state.slots.remove(conn.token());
             }
         }
-    }
-
-    /// Hand the connections found ready to the workers, in batches of at most `limits.batch`;
-    /// those beyond `--queue` waiting are answered "unavailable" here.
-    fn dispatch(&self, state: &mut State) {
-        self.dispatch_handshakes(state);
-        while !state.ready.is_empty() {
-            let waiting = self.queued.load(Ordering::Relaxed);
-            let room = self.limits.queue.saturating_sub(waiting);
-            let n = state.ready.len().min(self.limits.batch).min(room);
-            if n == 0 {
-                break;
-            }
-            let batch: Vec<Box<Conn>> = state.ready.drain(..n).collect();
-            self.queued.fetch_add(n, Ordering::Relaxed);
-            if let Err(e) = self.jobs.try_send(Job::Messages(batch)) {
-                self.queued.fetch_sub(n, Ordering::Relaxed);
-                let (Job::Messages(batch) | Job::Handshakes(batch)) = e.into_inner();
-                state.ready.extend(batch);
-                break;
-            }
+        let (counter, limit) = (&self.queued, self.limits.queue);
+        if let Some(refused) = self.send(&mut state.ready, counter, limit, Job::Messages) {
+            state.ready.extend(refused);
         }
         for mut conn in std::mem::take(&mut state.ready) {
             let token = conn.token();
@@ -317,6 +286,32 @@ impl IoLoop {
             state.slots[token] = Place::Here(conn);
             if next == Verdict::Close {
                 close(state, token);
+            }
+        }
+    }
+
+    /// Send `pending` to the workers in batches of at most `limits.batch`, while `counter`
+    /// (connections of this kind away) stays within `limit`. The channel has room for both
+    /// kinds' limits, so only a disconnected channel (shutdown) refuses a batch: it is returned.
+    fn send(
+        &self,
+        pending: &mut Vec<Box<Conn>>,
+        counter: &AtomicUsize,
+        limit: usize,
+        job: fn(Vec<Box<Conn>>) -> Job,
+    ) -> Option<Vec<Box<Conn>>> {
+        loop {
+            let room = limit.saturating_sub(counter.load(Ordering::Relaxed));
+            let n = pending.len().min(self.limits.batch).min(room);
+            if n == 0 {
+                return None;
+            }
+            let batch: Vec<Box<Conn>> = pending.drain(..n).collect();
+            counter.fetch_add(n, Ordering::Relaxed);
+            if let Err(e) = self.jobs.try_send(job(batch)) {
+                counter.fetch_sub(n, Ordering::Relaxed);
+                let (Job::Messages(batch) | Job::Handshakes(batch)) = e.into_inner();
+                return Some(batch);
             }
         }
     }
