@@ -245,6 +245,9 @@ pub struct Metrics {
     pub legacy_name_conflicts: Counter,
     /// Gateway TLS handshakes, by [`TlsOutcome`].
     tls_handshakes: LabeledCounters,
+    /// Gateway connections that spoke plaintext on a `--gateway-tls optional` port: what a
+    /// migration to TLS watches fall to zero.
+    pub plaintext_gateways: Counter,
 }
 
 /// How a gateway's TLS handshake ended.
@@ -296,6 +299,7 @@ impl Default for Metrics {
             tls_handshakes: LabeledCounters::new(
                 ["full", "resumed", "failed"].map(|outcome| vec![("outcome", outcome)]),
             ),
+            plaintext_gateways: Counter::default(),
         }
     }
 }
@@ -532,6 +536,11 @@ impl Metrics {
             "tls_handshakes",
             "Gateway TLS handshakes, by outcome (full, resumed from a ticket, failed)",
             self.tls_handshakes.clone(),
+        );
+        r.register(
+            "plaintext_gateway_connections",
+            "Gateway connections that spoke plaintext on a --gateway-tls optional port",
+            self.plaintext_gateways.clone(),
         );
         if let Some(expiry) = gauges.gateway_tls_expiry {
             r.register(

@@ -159,6 +159,11 @@ fn optional_serves_tls_and_plaintext_on_one_port() {
         metric(&server, "login_tls_handshakes_total{outcome=\"full\"}"),
         1.0
     );
+    assert_eq!(
+        metric(&server, "login_plaintext_gateway_connections_total"),
+        2.0,
+        "the plaintext register and login"
+    );
 }
 
 #[test]
@@ -524,7 +529,10 @@ fn the_seed_form_and_a_close_notify_end_the_connection_once_answered() {
     stream.set_read_timeout(Some(PATIENCE)).unwrap();
     conn.write_tls(&mut stream).unwrap();
     while conn.is_handshaking() {
-        conn.read_tls(&mut stream).unwrap();
+        assert!(
+            conn.read_tls(&mut stream).unwrap() > 0,
+            "closed by the server"
+        );
         conn.process_new_packets().unwrap();
     }
     stream.write_all(&seal(&mut conn, &line, true)).unwrap();
@@ -639,4 +647,65 @@ fn a_gateway_that_reads_late_gets_every_reply_and_one_that_resets_costs_nothing(
     );
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(metric(&server, "login_busy_workers"), 0.0);
+}
+
+/// A gateway's flights arrive in whatever pieces the network makes of them: a record split
+/// across two reads (a ClientHello, or the client's Finished, cut in the middle) is put back
+/// together, not taken for a bad record header.
+#[test]
+fn handshake_records_split_across_reads_are_reassembled() {
+    let dir = tempfile::tempdir().unwrap();
+    pki(dir.path());
+    let server = server(dir.path(), GatewayTlsMode::Required, |_| {});
+    let tls = client(dir.path(), &server, false, false);
+    assert_eq!(
+        send(&server, Some(&tls), Op::Register, "reader", "password1")["code"],
+        4
+    );
+    // Write `bytes` in two pieces, cut `from_end` bytes before their end, 200 ms apart.
+    let split = |stream: &mut TcpStream, bytes: &[u8], from_end: usize| {
+        let cut = bytes.len() - from_end;
+        stream.write_all(&bytes[..cut]).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        stream.write_all(&bytes[cut..]).unwrap();
+    };
+    for cut_hello in [true, false] {
+        let mut conn = tls.client().unwrap();
+        let mut stream = TcpStream::connect(server.local_addr()).unwrap();
+        stream.set_nodelay(true).unwrap();
+        stream.set_read_timeout(Some(PATIENCE)).unwrap();
+        let mut hello = Vec::new();
+        conn.write_tls(&mut hello).unwrap();
+        if cut_hello {
+            // Two records, the second cut in its middle.
+            let body = &hello[5..];
+            let (a, b) = body.split_at(body.len() / 2);
+            let mut records = Vec::new();
+            for part in [a, b] {
+                records.extend_from_slice(&[22, 3, 1]);
+                records.extend_from_slice(&u16::try_from(part.len()).unwrap().to_be_bytes());
+                records.extend_from_slice(part);
+            }
+            split(&mut stream, &records, 10);
+        } else {
+            stream.write_all(&hello).unwrap();
+        }
+        while conn.is_handshaking() {
+            let read = conn.read_tls(&mut stream).unwrap();
+            assert!(read > 0, "cut hello {cut_hello}: closed by the server");
+            conn.process_new_packets().unwrap();
+        }
+        let mut finished = Vec::new();
+        while conn.wants_write() {
+            conn.write_tls(&mut finished).unwrap();
+        }
+        split(&mut stream, &finished, 10);
+        let line = [LOGIN, b"\n"].concat();
+        stream.write_all(&seal(&mut conn, &line, true)).unwrap();
+        let (reply, _) = receive(&mut conn, &mut stream, 1, PATIENCE);
+        assert!(
+            reply.contains(r#""code":3"#),
+            "cut hello {cut_hello}: {reply:?}"
+        );
+    }
 }

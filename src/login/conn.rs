@@ -262,6 +262,7 @@ impl Conn {
                     visits: 0,
                 }
             } else if gateway.mode == Mode::Optional {
+                gateway.metrics.plaintext_gateways.inc();
                 Wire::Plain
             } else {
                 gateway.failed();
@@ -293,7 +294,13 @@ impl Conn {
         *visits = visits.saturating_add(1);
         let raw = std::mem::take(&mut self.input);
         self.consumed = 0;
-        let processed = decrypt(tls, &raw, &mut self.input);
+        // Whole records only: the I/O thread frames what follows by its headers, so a record
+        // begun must stay here until its rest arrives.
+        let whole = match gateway_tls::records(&raw) {
+            Records::Whole { len } => len,
+            Records::Partial | Records::Invalid => 0,
+        };
+        let processed = decrypt(tls, &raw[..whole], &mut self.input);
         let ok = match processed {
             Ok(eof) => {
                 self.eof |= eof;
@@ -310,10 +317,18 @@ impl Conn {
             let _ = tls.write_tls(&mut self.stream);
             return false;
         }
-        if !tls.is_handshaking() {
+        let rest = &raw[whole..];
+        if tls.is_handshaking() {
+            self.input.extend_from_slice(rest);
+        } else {
             gateway.completed(tls.handshake_kind());
             // The first message's deadline counts from here, as a plaintext one's from the accept.
             self.message_started = Some(Instant::now());
+            // After the handshake rustls takes records in any pieces.
+            match decrypt(tls, rest, &mut self.input) {
+                Ok(eof) => self.eof |= eof,
+                Err(_) => return false,
+            }
         }
         self.flush().is_ok()
     }
@@ -526,7 +541,7 @@ impl Conn {
         if self.handshaking() {
             // The worker counts the visits ([`Conn::handshake`]).
             return match gateway_tls::records(&self.input) {
-                Records::Whole => Verdict::Handshake,
+                Records::Whole { .. } => Verdict::Handshake,
                 Records::Partial if !self.eof => Verdict::Keep,
                 _ => {
                     self.handshake_failed();

@@ -102,8 +102,9 @@ impl Files for GatewayFiles {
 pub enum Records {
     /// No whole record yet.
     Partial,
-    /// At least one whole record: work for a worker.
-    Whole,
+    /// Whole records, `len` bytes of them from the start: work for a worker. What follows
+    /// them is the beginning of a record whose rest has not arrived.
+    Whole { len: usize },
     /// Not TLS records (an unknown content type or version, or a record longer than TLS
     /// allows): the connection is dropped.
     Invalid,
@@ -112,7 +113,6 @@ pub enum Records {
 /// Frame `raw` as TLS records by their headers, without looking inside them.
 pub fn records(raw: &[u8]) -> Records {
     let mut at = 0;
-    let mut whole = false;
     while let Some(header) = raw.get(at..at + HEADER) {
         let content_type = header[0];
         let len = usize::from(u16::from_be_bytes([header[3], header[4]]));
@@ -124,10 +124,9 @@ pub fn records(raw: &[u8]) -> Records {
             break;
         }
         at += HEADER + len;
-        whole = true;
     }
-    if whole {
-        Records::Whole
+    if at > 0 {
+        Records::Whole { len: at }
     } else {
         Records::Partial
     }
@@ -151,11 +150,21 @@ mod tests {
         assert_eq!(records(&hello[..4]), Records::Partial, "half a header");
         assert_eq!(records(&hello[..HEADER]), Records::Partial, "a header");
         assert_eq!(records(&hello[..hello.len() - 1]), Records::Partial);
-        assert_eq!(records(&hello), Records::Whole);
+        assert_eq!(records(&hello), Records::Whole { len: 305 });
         let two = [hello.clone(), record(20, 1)[..3].to_vec()].concat();
-        assert_eq!(records(&two), Records::Whole, "one whole, one begun");
+        assert_eq!(
+            records(&two),
+            Records::Whole { len: 305 },
+            "one whole, one begun: the whole one's length"
+        );
+        let both = [hello.clone(), record(20, 1)].concat();
+        assert_eq!(records(&both), Records::Whole { len: 311 });
         let empty = record(23, 0);
-        assert_eq!(records(&empty), Records::Whole, "a record may be empty");
+        assert_eq!(
+            records(&empty),
+            Records::Whole { len: 5 },
+            "a record may be empty"
+        );
     }
 
     #[test]
@@ -165,14 +174,14 @@ mod tests {
             assert_eq!(records(&record(content_type, 10)), Records::Invalid);
         }
         for good in 20..=23 {
-            assert_eq!(records(&record(good, 10)), Records::Whole);
+            assert_eq!(records(&record(good, 10)), Records::Whole { len: 15 });
         }
         let mut version = record(22, 10);
         version[1] = 2;
         assert_eq!(records(&version), Records::Invalid);
         // RFC 8446, 5.2: 2^14 bytes of plaintext plus 256 of expansion, written out here.
         let longest = record(22, 16_640);
-        assert_eq!(records(&longest), Records::Whole);
+        assert_eq!(records(&longest), Records::Whole { len: 16_645 });
         assert_eq!(records(&longest[..HEADER]), Records::Partial);
         let mut too_long = longest[..HEADER].to_vec();
         too_long[3..5].copy_from_slice(&u16::try_from(16_641).unwrap().to_be_bytes());
