@@ -34,8 +34,8 @@ pub struct Routes {
     pub registry: Registry,
     /// Whether `/healthz` says alive: the server's threads are running.
     pub alive: Box<dyn Fn() -> bool + Send + Sync>,
-    /// Whether `/readyz` says ready: the account store answers.
-    pub ready: Box<dyn Fn() -> bool + Send + Sync>,
+    /// Whether `/readyz` says ready (the account store answers), or why not.
+    pub ready: Box<dyn Fn() -> Result<(), String> + Send + Sync>,
     /// What `/keys` shows: the JWKS of the session tokens (login-server only).
     pub keys: Option<String>,
 }
@@ -47,7 +47,7 @@ impl Routes {
         Routes {
             registry: Registry::default(),
             alive: Box::new(|| true),
-            ready: Box::new(|| false),
+            ready: Box::new(|| Err("starting: the account store is not open yet".into())),
             keys: None,
         }
     }
@@ -209,12 +209,14 @@ fn serve(mut stream: Stream, routes: &Routes, deadline: Instant) -> io::Result<(
             text,
             "a server thread has stopped or stalled\n".into(),
         ),
-        (Some(b"GET"), Some(b"/readyz")) if (routes.ready)() => ("200 OK", text, "ready\n".into()),
-        (Some(b"GET"), Some(b"/readyz")) => (
-            "503 Service Unavailable",
-            text,
-            "account store not answering\n".into(),
-        ),
+        (Some(b"GET"), Some(b"/readyz")) => match (routes.ready)() {
+            Ok(()) => ("200 OK", text, "ready\n".into()),
+            Err(why) => (
+                "503 Service Unavailable",
+                text,
+                format!("account store not answering: {why}\n"),
+            ),
+        },
         (Some(b"GET"), Some(b"/keys")) if routes.keys.is_some() => (
             "200 OK",
             "application/jwk-set+json",

@@ -32,8 +32,9 @@
 //!   `Accounts` that fail over between them; `client::connection` is one connection,
 //!   `client::manager` the r2d2 `ManageConnection` that makes and checks them,
 //!   `client::failover` which account-db a request goes to and what is done when it fails.
-//! - [`protocol::accountdb`]: the newline-delimited JSON between the two tiers, and the words
-//!   both tiers share (accounts, a lookup's answers). Pure; a leaf.
+//! - [`protocol::accountdb`]: the newline-delimited JSON between the two tiers, the versions
+//!   it has and how a connection agrees on one, and the words both tiers share (accounts, a
+//!   lookup's answers). Pure; a leaf.
 //! - [`accountdb::import`]: `account-db import`, the old system's players in bulk;
 //!   [`accountdb::admin`]: `account-db admin`, an operator's console.
 //! - [`accountdb::server`]: the account-db server, configured by [`AccountDbConfig`];

@@ -16,7 +16,7 @@ use crate::http::{HttpEndpoint, Routes};
 use crate::logging::RateLimited;
 use crate::metrics::{LabeledCounters, LiveFamily, LiveGauge};
 use crate::protocol::accountdb::{
-    decode_line, encode_line, DbRequest, DbResponse, Greeting, MAX_LINE,
+    decode_line, encode_line, range, DbRequest, DbResponse, Greeting, MAX_LINE, VERSION, VERSIONS,
 };
 use crate::tls::{Material, Reloadable, ServerFiles, Stream, TlsError};
 use parking_lot::Mutex;
@@ -82,6 +82,8 @@ struct Shared {
     cutoff_log: RateLimited,
     idle_timeout: Duration,
     auth_timeout: Duration,
+    /// `--store-timeout`, told to clients in the greeting.
+    store_timeout: Duration,
     /// TLS on --listen, if served.
     tls: Option<ServedTls>,
     stopping: AtomicBool,
@@ -573,6 +575,7 @@ impl AccountDb {
             cutoff_log: RateLimited::new(Duration::from_secs(10)),
             idle_timeout: config.idle_timeout,
             auth_timeout: config.auth_timeout,
+            store_timeout: config.store_timeout,
             tls,
             stopping: AtomicBool::new(false),
             next_id: AtomicU64::new(0),
@@ -593,7 +596,7 @@ impl AccountDb {
                 let routes = Routes {
                     registry: shared.registry(store.as_ref()),
                     alive: Box::new(move || !alive.stopping.load(Ordering::SeqCst)),
-                    ready: Box::new(move || ready.ping().is_ok()),
+                    ready: Box::new(move || ready.ping().map_err(|e| e.to_string())),
                     keys: None,
                 };
                 Some(HttpEndpoint::serve(listener, routes, metrics_tls.clone())?)
@@ -778,17 +781,19 @@ fn serve(tcp: TcpStream, id: u64, store: &dyn Store, shared: &Shared) -> io::Res
         .tcp()
         .set_write_timeout(Some(Duration::from_secs(10)))?;
     let nonce = secret::random_token();
-    stream.write_all(&encode_line(&Greeting::current(nonce.clone())))?;
+    let greeting = Greeting::current(nonce.clone(), shared.store_timeout);
+    stream.write_all(&encode_line(&greeting))?;
     let binding = stream.binding();
     let mut reader = BufReader::new(stream);
     let mut line = Vec::with_capacity(256);
-    let proof = match read_line_by(&mut reader, &mut line, deadline) {
+    let (proof, version) = match read_line_by(&mut reader, &mut line, deadline) {
         Ok(true) => match decode_line::<DbRequest>(&line) {
-            Ok(DbRequest::Auth { proof }) => proof,
-            _ => String::new(),
+            // A client from before negotiation names no version: it speaks 3.
+            Ok(DbRequest::Auth { proof, version }) => (proof, version.unwrap_or(VERSION)),
+            _ => (String::new(), VERSION),
         },
         // Silent, too slow, or gone: refused like a wrong proof.
-        Ok(false) | Err(_) => String::new(),
+        Ok(false) | Err(_) => (String::new(), VERSION),
     };
     drop(handshaking);
     shared.requests.inc(0);
@@ -797,6 +802,14 @@ fn serve(tcp: TcpStream, id: u64, store: &dyn Store, shared: &Shared) -> io::Res
         shared.refuse(reader.get_mut(), &peer, "authentication failed");
         return Ok(());
     };
+    if !VERSIONS.contains(&version) {
+        let why = format!(
+            "version {version} asked for, this account-db speaks versions {}",
+            range(&VERSIONS)
+        );
+        shared.refuse(reader.get_mut(), &peer, &why);
+        return Ok(());
+    }
     if shared.authenticated.fetch_add(1, Ordering::SeqCst) >= shared.max_connections {
         shared.authenticated.fetch_sub(1, Ordering::SeqCst);
         shared.refuse(reader.get_mut(), &peer, "too many connections");

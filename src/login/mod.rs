@@ -385,7 +385,7 @@ impl LoginServer {
                 let routes = Routes {
                     registry,
                     alive: Box::new(move || alive.alive()),
-                    ready: Box::new(move || store.ping().is_ok()),
+                    ready: Box::new(move || store.ping().map_err(|e| e.to_string())),
                     keys: Some(service.jwks()),
                 };
                 Some(HttpEndpoint::serve(http, routes, metrics_tls.clone())?)

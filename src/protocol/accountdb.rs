@@ -15,8 +15,14 @@ use crate::clock::Millis;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::time::Duration;
 
-/// The protocol version this build speaks; the greeting carries it.
+/// The greeting's `version`: 3, which clients from before negotiation check exactly, so it
+/// stays 3 while [`VERSIONS`] holds it.
 pub const VERSION: u32 = 3;
+
+/// The protocol versions this build speaks, as client and as server, oldest first: its own and
+/// the previous release's. 4 has the requests of 3; it names the link of a build that
+/// negotiates, so the next release's requests can be sent only where 4 or later was agreed.
+pub const VERSIONS: [u32; 2] = [3, 4];
 
 /// The name in the greeting, so a client that reached the wrong service says so.
 pub const SERVICE: &str = "account-db";
@@ -27,20 +33,82 @@ pub const MAX_LINE: usize = 64 * 1024;
 /// The first line the server sends on every connection.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Greeting {
+    /// [`SERVICE`].
     pub service: String,
+    /// [`VERSION`]: what a client from before negotiation checks.
     pub version: u32,
+    /// The versions the server speaks ([`VERSIONS`]); absent from a server from before
+    /// negotiation, which speaks `version` only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub versions: Vec<u32>,
+    /// The server's `--store-timeout` in milliseconds, when it says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store_timeout_ms: Option<u64>,
     /// Random, fresh for every connection: the client proves the secret against it.
     pub nonce: String,
 }
 
 impl Greeting {
-    /// This build's greeting, with `nonce`.
-    pub fn current(nonce: String) -> Self {
+    /// This build's greeting, with `nonce` and its store's deadline.
+    pub fn current(nonce: String, store_timeout: Duration) -> Self {
         Greeting {
             service: SERVICE.to_string(),
             version: VERSION,
+            versions: VERSIONS.to_vec(),
+            store_timeout_ms: Some(u64::try_from(store_timeout.as_millis()).unwrap_or(u64::MAX)),
             nonce,
         }
+    }
+
+    /// The version a client of this build speaks with the server that sent this greeting: the
+    /// highest both speak, and whether the `auth` line names it (a server from before
+    /// negotiation is sent today's `auth` line unchanged). Err: no version in common, both
+    /// ranges named.
+    pub fn negotiate(&self) -> Result<Agreed, String> {
+        let (ours, theirs) = (&VERSIONS[..], &self.versions[..]);
+        let found = if theirs.is_empty() {
+            ours.contains(&self.version).then_some(Agreed {
+                version: self.version,
+                named: false,
+            })
+        } else {
+            let shared = ours.iter().filter(|v| theirs.contains(v)).max();
+            shared.map(|&version| Agreed {
+                version,
+                named: true,
+            })
+        };
+        found.ok_or_else(|| {
+            let theirs = if theirs.is_empty() {
+                vec![self.version]
+            } else {
+                theirs.to_vec()
+            };
+            format!(
+                "it speaks {} versions {}, we speak {SERVICE} versions {}",
+                self.service,
+                range(&theirs),
+                range(ours)
+            )
+        })
+    }
+}
+
+/// What a client and a server agreed on at connect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Agreed {
+    /// The protocol version spoken on the connection.
+    pub version: u32,
+    /// Whether the `auth` line names it (the server announced `versions`).
+    pub named: bool,
+}
+
+/// Versions as a reader wants them: `3`, `3 to 4`.
+pub fn range(versions: &[u32]) -> String {
+    match (versions.iter().min(), versions.iter().max()) {
+        (Some(lo), Some(hi)) if lo != hi => format!("{lo} to {hi}"),
+        (Some(v), _) => v.to_string(),
+        _ => "none".to_string(),
     }
 }
 
@@ -174,8 +242,14 @@ pub enum Registering {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum DbRequest {
-    /// The first request on a connection: HMAC-SHA256(secret, nonce) as hex.
-    Auth { proof: String },
+    /// The first request on a connection: HMAC-SHA256(secret, nonce) as hex, and the version
+    /// the client chose from the greeting's `versions` (absent: 3, a client from before
+    /// negotiation or a server that announced none).
+    Auth {
+        proof: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        version: Option<u32>,
+    },
     /// Liveness round trip; answered [`DbResponse::Pong`].
     Ping,
     /// Look an account up by name, without regard to case.
@@ -516,6 +590,7 @@ mod tests {
             },
             DbRequest::Auth {
                 proof: "00ff".into(),
+                version: None,
             },
             DbRequest::Failed {
                 username: None,
@@ -540,7 +615,10 @@ mod tests {
             until_ms: 1,
         };
         let every = [
-            DbRequest::Auth { proof: "p".into() },
+            DbRequest::Auth {
+                proof: "p".into(),
+                version: Some(4),
+            },
             DbRequest::Ping,
             DbRequest::Find {
                 username: "u".into(),
@@ -602,8 +680,29 @@ mod tests {
             b"{\"status\":\"not_found\"}\n"
         );
         assert_eq!(
-            encode_line(&Greeting::current("ab12".into())),
-            b"{\"service\":\"account-db\",\"version\":3,\"nonce\":\"ab12\"}\n"
+            String::from_utf8(encode_line(&Greeting::current(
+                "ab12".into(),
+                Duration::from_secs(5)
+            )))
+            .unwrap(),
+            "{\"service\":\"account-db\",\"version\":3,\"versions\":[3,4],\
+             \"store_timeout_ms\":5000,\"nonce\":\"ab12\"}\n"
+        );
+        // From a login-server that predates negotiation: no version named, 3.
+        assert_eq!(
+            decode_line::<DbRequest>(br#"{"op":"auth","proof":"00"}"#).unwrap(),
+            DbRequest::Auth {
+                proof: "00".into(),
+                version: None
+            }
+        );
+        assert_eq!(
+            encode_line(&DbRequest::Auth {
+                proof: "00".into(),
+                version: None
+            }),
+            b"{\"op\":\"auth\",\"proof\":\"00\"}\n",
+            "the auth line toward an account-db that announced no versions is unchanged"
         );
         assert!(decode_line::<DbRequest>(b"{\"op\":\"drop_table\"}").is_err());
         // From a login-server that predates keep_failures: a success as it always was.
@@ -616,5 +715,37 @@ mod tests {
                 keep_failures: false,
             }
         );
+    }
+
+    fn greeting(version: u32, versions: &[u32]) -> Greeting {
+        Greeting {
+            service: SERVICE.into(),
+            version,
+            versions: versions.to_vec(),
+            store_timeout_ms: None,
+            nonce: "n".into(),
+        }
+    }
+
+    #[test]
+    fn the_highest_version_both_speak_is_agreed_and_named_only_to_a_server_that_announced() {
+        let agreed = |version, named| Ok(Agreed { version, named });
+        // An account-db from before negotiation: 3, today's auth line.
+        assert_eq!(greeting(3, &[]).negotiate(), agreed(3, false));
+        assert_eq!(greeting(3, &[3, 4]).negotiate(), agreed(4, true));
+        assert_eq!(greeting(3, &[3]).negotiate(), agreed(3, true));
+        // The next release, which speaks 4 and 5.
+        assert_eq!(greeting(4, &[4, 5]).negotiate(), agreed(4, true));
+        let newer = greeting(5, &[5, 6]).negotiate().unwrap_err();
+        assert!(
+            newer.contains("versions 5 to 6") && newer.contains("versions 3 to 4"),
+            "{newer}"
+        );
+        let older = greeting(2, &[]).negotiate().unwrap_err();
+        assert!(
+            older.contains("versions 2,") && older.contains("3 to 4"),
+            "{older}"
+        );
+        assert_eq!(range(&[]), "none");
     }
 }

@@ -3,14 +3,19 @@
 
 use crate::auth::secret::Secret;
 use crate::protocol::accountdb::{
-    decode_line, encode_line, DbRequest, DbResponse, Greeting, MAX_LINE, SERVICE, VERSION,
+    decode_line, encode_line, DbRequest, DbResponse, Greeting, MAX_LINE, SERVICE,
 };
 use crate::tls::{ClientFiles, Material, Stream};
 use rustls::pki_types::ServerName;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// Whether an account-db's `--store-timeout` not below our deadline was warned of (once a
+/// process: every connection would say the same).
+static WARNED_STORE_TIMEOUT: AtomicBool = AtomicBool::new(false);
 
 /// Why a call to account-db failed.
 #[derive(Debug, thiserror::Error)]
@@ -22,7 +27,8 @@ pub enum DbError {
     /// expired, account-db wants a client certificate we lack, or it does not speak TLS.
     #[error("TLS with account-db at {addr} failed: {detail}")]
     Tls { addr: SocketAddr, detail: String },
-    /// The peer is not an account-db speaking our protocol version, or refused us.
+    /// The peer is not an account-db, speaks no protocol version we speak (both ranges named),
+    /// or refused us.
     #[error("account-db at {addr} did not greet as expected: {detail}")]
     Handshake { addr: SocketAddr, detail: String },
     /// Reading or writing failed or timed out mid-request; the connection is broken.
@@ -80,6 +86,8 @@ pub struct DbConn {
     line: Vec<u8>,
     /// An IO error, a timeout or a bad reply happened: the pool drops it.
     pub(super) broken: bool,
+    /// The protocol version agreed at connect.
+    version: u32,
 }
 
 impl DbConn {
@@ -121,24 +129,40 @@ impl DbConn {
             reader: BufReader::new(stream),
             line: Vec::with_capacity(256),
             broken: false,
+            version: 0,
         };
         conn.read_line()?;
-        let nonce = match decode_line::<Greeting>(&conn.line) {
-            Ok(g) if g.service == SERVICE && g.version == VERSION => g.nonce,
-            Ok(g) => {
-                return Err(handshake(format!(
-                    "it speaks {} version {}, we speak {SERVICE} version {VERSION}",
-                    g.service, g.version
-                )))
-            }
+        let greeting = match decode_line::<Greeting>(&conn.line) {
+            Ok(g) if g.service == SERVICE => g,
+            Ok(g) => return Err(handshake(format!("it is {}, not {SERVICE}", g.service))),
             Err(_) => return Err(handshake(String::from_utf8_lossy(&conn.line).trim().into())),
         };
-        let proof = secret.proof(&nonce, binding.as_ref().map(|b| &b[..]));
-        match conn.call(&DbRequest::Auth { proof })? {
+        let agreed = greeting.negotiate().map_err(handshake)?;
+        conn.version = agreed.version;
+        let store_timeout = greeting.store_timeout_ms.map(Duration::from_millis);
+        if store_timeout.is_some_and(|t| t >= timeout)
+            && !WARNED_STORE_TIMEOUT.swap(true, Ordering::Relaxed)
+        {
+            tracing::warn!(
+                %addr,
+                store_timeout_ms = greeting.store_timeout_ms,
+                db_timeout_ms = timeout.as_millis(),
+                "account-db's --store-timeout is not below this login-server's per-attempt deadline (from --db-timeout): a slow store \
+                 answers after we gave up, and a retry may find the first attempt's write done"
+            );
+        }
+        let proof = secret.proof(&greeting.nonce, binding.as_ref().map(|b| &b[..]));
+        let version = agreed.named.then_some(agreed.version);
+        match conn.call(&DbRequest::Auth { proof, version })? {
             DbResponse::Ok => Ok(conn),
             DbResponse::Error { message } => Err(handshake(format!("refused us: {message}"))),
             other => Err(handshake(format!("answered authentication with {other:?}"))),
         }
+    }
+
+    /// The protocol version agreed with this account-db at connect.
+    pub fn version(&self) -> u32 {
+        self.version
     }
 
     /// Send one request and read its reply. Any failure marks the connection broken.
