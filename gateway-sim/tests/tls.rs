@@ -63,6 +63,27 @@ fn client(dir: &Path, server: &LoginServer, identity: bool, resume: bool) -> Arc
     args.load(server.local_addr()).unwrap().unwrap()
 }
 
+/// A login-server with gateway TLS in `mode` and `tweak`, in a fresh directory with its PKI,
+/// and gateway-sim's TLS toward it: the directory (the server's files live as long as it), the
+/// server, the client.
+fn tls_server(
+    mode: GatewayTlsMode,
+    tweak: impl FnOnce(&mut LoginServerConfig),
+) -> (tempfile::TempDir, LoginServer, Arc<Tls>) {
+    let dir = tempfile::tempdir().unwrap();
+    pki(dir.path());
+    let server = server(dir.path(), mode, tweak);
+    let tls = client(dir.path(), &server, false, false);
+    (dir, server, tls)
+}
+
+/// A ClientHello from `tls`, as the bytes of its first flight.
+fn client_hello(tls: &Tls) -> Vec<u8> {
+    let mut hello = Vec::new();
+    tls.client().unwrap().write_tls(&mut hello).unwrap();
+    hello
+}
+
 /// One seed-form request, over TLS when `tls` is given.
 fn send(server: &LoginServer, tls: Option<&Tls>, op: Op, user: &str, password: &str) -> Value {
     let request = gateway_sim::request(op, user, password, "");
@@ -104,10 +125,7 @@ fn stress(server: &LoginServer, tls: &Arc<Tls>, form: Form, pipeline: usize, req
 
 #[test]
 fn both_forms_are_served_over_tls_and_plaintext_is_told_why_it_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    pki(dir.path());
-    let server = server(dir.path(), GatewayTlsMode::Required, |_| {});
-    let tls = client(dir.path(), &server, false, false);
+    let (_dir, server, tls) = tls_server(GatewayTlsMode::Required, |_| {});
     assert_eq!(
         send(&server, Some(&tls), Op::Register, "Secure", "password1")["code"],
         4
@@ -139,10 +157,7 @@ fn both_forms_are_served_over_tls_and_plaintext_is_told_why_it_is_refused() {
 
 #[test]
 fn optional_serves_tls_and_plaintext_on_one_port() {
-    let dir = tempfile::tempdir().unwrap();
-    pki(dir.path());
-    let server = server(dir.path(), GatewayTlsMode::Optional, |_| {});
-    let tls = client(dir.path(), &server, false, false);
+    let (_dir, server, tls) = tls_server(GatewayTlsMode::Optional, |_| {});
     assert_eq!(
         send(&server, None, Op::Register, "plain", "password1")["code"],
         4
@@ -282,13 +297,10 @@ fn the_flags_must_agree() {
 /// the message deadline, none holding a worker, while a normal gateway is served.
 #[test]
 fn stalled_and_silent_handshakes_are_closed_at_the_deadline_and_others_served() {
-    let dir = tempfile::tempdir().unwrap();
-    pki(dir.path());
-    let server = server(dir.path(), GatewayTlsMode::Required, |c| {
+    let (_dir, server, tls) = tls_server(GatewayTlsMode::Required, |c| {
         c.message_timeout = Duration::from_secs(1);
         c.workers = Some(2);
     });
-    let tls = client(dir.path(), &server, false, false);
     assert_eq!(
         send(&server, Some(&tls), Op::Register, "normal", "password1")["code"],
         4
@@ -328,14 +340,10 @@ fn stalled_and_silent_handshakes_are_closed_at_the_deadline_and_others_served() 
 /// a visit, so the handshake is dropped after a few, long before its deadline.
 #[test]
 fn a_hello_in_one_byte_records_is_dropped_after_a_few_worker_visits() {
-    let dir = tempfile::tempdir().unwrap();
-    pki(dir.path());
-    let server = server(dir.path(), GatewayTlsMode::Required, |c| {
+    let (_dir, server, tls) = tls_server(GatewayTlsMode::Required, |c| {
         c.message_timeout = Duration::from_secs(30);
     });
-    let tls = client(dir.path(), &server, false, false);
-    let mut hello = Vec::new();
-    tls.client().unwrap().write_tls(&mut hello).unwrap();
+    let hello = client_hello(&tls);
     let body = &hello[5..];
     let mut stream = TcpStream::connect(server.local_addr()).unwrap();
     stream.set_nodelay(true).unwrap();
@@ -373,14 +381,10 @@ fn a_hello_in_one_byte_records_is_dropped_after_a_few_worker_visits() {
 
 #[test]
 fn a_trickled_hello_is_closed_at_the_message_deadline() {
-    let dir = tempfile::tempdir().unwrap();
-    pki(dir.path());
-    let server = server(dir.path(), GatewayTlsMode::Required, |c| {
+    let (_dir, server, tls) = tls_server(GatewayTlsMode::Required, |c| {
         c.message_timeout = Duration::from_secs(1);
     });
-    let tls = client(dir.path(), &server, false, false);
-    let mut hello = Vec::new();
-    tls.client().unwrap().write_tls(&mut hello).unwrap();
+    let hello = client_hello(&tls);
     let mut stream = TcpStream::connect(server.local_addr()).unwrap();
     let started = Instant::now();
     let mut sent = 0;
@@ -495,12 +499,9 @@ const LOGIN: &[u8] = br#"{"OP":"login","username":"reader","password":"password1
 /// connection: the server answers what it read, sends its own close_notify and closes.
 #[test]
 fn the_seed_form_and_a_close_notify_end_the_connection_once_answered() {
-    let dir = tempfile::tempdir().unwrap();
-    pki(dir.path());
-    let server = server(dir.path(), GatewayTlsMode::Required, |c| {
+    let (_dir, server, tls) = tls_server(GatewayTlsMode::Required, |c| {
         c.message_timeout = Duration::from_secs(30);
     });
-    let tls = client(dir.path(), &server, false, false);
     assert_eq!(
         send(&server, Some(&tls), Op::Register, "reader", "password1")["code"],
         4
@@ -548,14 +549,10 @@ fn the_seed_form_and_a_close_notify_end_the_connection_once_answered() {
 /// and its handshake is counted failed, never completed.
 #[test]
 fn a_handshake_cut_short_is_closed_at_once_and_counted_failed() {
-    let dir = tempfile::tempdir().unwrap();
-    pki(dir.path());
-    let server = server(dir.path(), GatewayTlsMode::Required, |c| {
+    let (_dir, server, tls) = tls_server(GatewayTlsMode::Required, |c| {
         c.message_timeout = Duration::from_secs(30);
     });
-    let tls = client(dir.path(), &server, false, false);
-    let mut hello = Vec::new();
-    tls.client().unwrap().write_tls(&mut hello).unwrap();
+    let hello = client_hello(&tls);
     for sent in [&hello[..10], &hello[..]] {
         let mut stream = TcpStream::connect(server.local_addr()).unwrap();
         stream.write_all(sent).unwrap();
@@ -584,13 +581,10 @@ fn a_handshake_cut_short_is_closed_at_once_and_counted_failed() {
 /// one that resets its connection with replies pending costs nobody anything.
 #[test]
 fn a_gateway_that_reads_late_gets_every_reply_and_one_that_resets_costs_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    pki(dir.path());
-    let server = server(dir.path(), GatewayTlsMode::Required, |c| {
+    let (_dir, server, tls) = tls_server(GatewayTlsMode::Required, |c| {
         // One worker: a worker stuck on a broken socket would leave nobody to serve.
         c.workers = Some(1);
     });
-    let tls = client(dir.path(), &server, false, false);
     assert_eq!(
         send(&server, Some(&tls), Op::Register, "reader", "password1")["code"],
         4
@@ -654,10 +648,7 @@ fn a_gateway_that_reads_late_gets_every_reply_and_one_that_resets_costs_nothing(
 /// together, not taken for a bad record header.
 #[test]
 fn handshake_records_split_across_reads_are_reassembled() {
-    let dir = tempfile::tempdir().unwrap();
-    pki(dir.path());
-    let server = server(dir.path(), GatewayTlsMode::Required, |_| {});
-    let tls = client(dir.path(), &server, false, false);
+    let (_dir, server, tls) = tls_server(GatewayTlsMode::Required, |_| {});
     assert_eq!(
         send(&server, Some(&tls), Op::Register, "reader", "password1")["code"],
         4
