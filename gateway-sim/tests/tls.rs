@@ -700,3 +700,24 @@ fn handshake_records_split_across_reads_are_reassembled() {
         );
     }
 }
+
+/// A peer that sends nothing to a TLS-only port is closed at the deadline without a word: a
+/// plaintext reply would be noise to a TLS client. It counts as a failed handshake.
+#[test]
+fn a_silent_peer_on_a_tls_only_port_is_closed_without_a_reply() {
+    let (_dir, server, _tls) = tls_server(GatewayTlsMode::Required, |c| {
+        c.message_timeout = Duration::from_secs(1);
+    });
+    let mut stream = TcpStream::connect(server.local_addr()).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut heard = Vec::new();
+    let read = stream.read_to_end(&mut heard);
+    assert!(read.is_ok(), "closed by the server: {read:?}");
+    assert!(heard.is_empty(), "{}", String::from_utf8_lossy(&heard));
+    assert_eq!(
+        metric(&server, "login_tls_handshakes_total{outcome=\"failed\"}"),
+        1.0
+    );
+}

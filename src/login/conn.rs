@@ -200,6 +200,13 @@ impl Conn {
         matches!(&self.wire, Wire::Tls { tls, .. } if tls.is_handshaking())
     }
 
+    /// Whether only TLS can come next: its handshake runs, or nothing has arrived yet on a
+    /// `--gateway-tls required` port.
+    fn awaiting_tls(&self) -> bool {
+        self.handshaking()
+            || matches!(&self.wire, Wire::Undecided(gateway) if gateway.mode == Mode::Required)
+    }
+
     /// Its slot in the I/O thread.
     pub fn token(&self) -> usize {
         self.token
@@ -585,8 +592,9 @@ impl Conn {
         let quiet = since(self.last_activity);
         let has_output = !self.all_sent();
         match self.message_started {
-            // A handshake too slow has nobody to tell in plaintext.
-            Some(started) if self.handshaking() && since(started) > deadlines.message => {
+            // A handshake too slow has nobody to tell in plaintext; nor has a silent peer on a
+            // TLS-only port.
+            Some(started) if self.awaiting_tls() && since(started) > deadlines.message => {
                 self.handshake_failed();
                 Verdict::Drop
             }
@@ -607,7 +615,7 @@ impl Conn {
 
     /// Count a handshake abandoned (broken, too slow, or the peer gone).
     fn handshake_failed(&self) {
-        if let Wire::Tls { gateway, .. } = &self.wire {
+        if let Wire::Tls { gateway, .. } | Wire::Undecided(gateway) = &self.wire {
             gateway.failed();
         }
     }
