@@ -44,7 +44,8 @@
 //!   [`accountdb::store`]: `StoreUrl`, which picks a store; its `contract` (the `Store` trait,
 //!   its values and errors), and the SQLite and PostgreSQL implementations of it (`pg_link`
 //!   reads `--store`; `pg_nodes` finds the writable node of its hosts; `pg_watchdog` bounds
-//!   every call, COMMIT included).
+//!   every call, COMMIT included); its `schema`: how the schema changes across releases
+//!   (expansions at start, contractions on request, the peers that hold them back).
 //! - [`metrics`] and [`http`]: Prometheus metrics, `/healthz`, `/readyz` and `/keys`.
 //! - [`config`]: what the configuration structs share (parsing, defaults, value parsers);
 //!   [`tls`]: TLS 1.3 between the tiers (rustls): configurations from PEM files, a handshake

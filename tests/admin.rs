@@ -4,7 +4,7 @@
 mod common;
 
 use login_server::accountdb::admin::{run, Admin, AdminError, Reply};
-use login_server::accountdb::store::{Account, PostgresStore, SqliteStore, Store};
+use login_server::accountdb::store::{schema, Account, PostgresStore, SqliteStore, Store};
 use login_server::accountdb::throttling;
 use login_server::auth::password::{HashParams, Hasher, Memory};
 use login_server::protocol::accountdb::Login;
@@ -423,6 +423,65 @@ fn the_admin_command_line_works_on_a_running_store() {
     );
     let (ok, _, log) = admin(&["show", "nobody"]);
     assert!(!ok && log.contains("no account named"), "{log}");
+}
+
+#[test]
+fn the_schema_is_contracted_only_on_request_and_once_no_older_account_db_was_seen() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = common::DbProcess::start(dir.path(), "127.0.0.1:0");
+    let admin = |args: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_account-db"))
+            .arg("--data")
+            .arg(dir.path())
+            .args(["admin", "schema"])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    // The running account-db records itself at start.
+    let me = format!(":{} {}", db.addr.port(), schema::CODE_VERSION);
+    common::eventually(common::PATIENCE, "the account-db in peers", || {
+        admin(&["show"]).1.contains(&me)
+    });
+    let (ok, shown, _) = admin(&["show"]);
+    assert!(ok && shown.contains("contractions done 0 of 1"), "{shown}");
+    assert!(
+        shown.contains("pending contraction 1 (needs 0.3.0)"),
+        "{shown}"
+    );
+    // An older account-db seen 59 s ago holds the contraction back.
+    let file = rusqlite::Connection::open(dir.path().join("accounts.sqlite3")).unwrap();
+    let seen = |ago_ms: i64| {
+        file.execute(
+            "INSERT OR REPLACE INTO peers VALUES ('old-host:7000', '0.2.9', ?1)",
+            [login_server::clock::now_ms() - ago_ms],
+        )
+        .unwrap();
+    };
+    seen(59_000);
+    let (ok, _, said) = admin(&["contract"]);
+    assert!(!ok, "refused: {said}");
+    assert!(
+        said.contains("old-host:7000 (0.2.9)") && said.contains("at 0.3.0 or later"),
+        "{said}"
+    );
+    assert!(admin(&["show"]).1.contains("contractions done 0 of 1"));
+    // Not seen for 61 s: gone.
+    seen(61_000);
+    let (ok, done, said) = admin(&["contract"]);
+    assert!(ok && done.contains("contraction 1 done"), "{done} {said}");
+    let (ok, _, said) = admin(&["contract"]);
+    assert!(!ok && said.contains("no contraction is pending"), "{said}");
+    let (_, shown, _) = admin(&["show"]);
+    assert!(
+        shown.contains("contractions done 1 of 1") && shown.contains("min code version 0.3.0"),
+        "{shown}"
+    );
 }
 
 #[test]

@@ -5,8 +5,8 @@
 mod common;
 
 use login_server::accountdb::store::{
-    Account, Created, PostgresStore, Revocation, SessionState, SqliteStore, Store, StoreUrl,
-    REVOKED_PER_ACCOUNT,
+    schema, Account, Created, PostgresStore, Revocation, SessionState, SqliteStore, Store,
+    StoreError, StoreUrl, REVOKED_PER_ACCOUNT,
 };
 use login_server::auth::names;
 use login_server::clock::{now_ms, Millis};
@@ -326,6 +326,91 @@ fn sessions_conformance(store: Arc<dyn Store>) {
     assert!(!state.revoked);
     assert_eq!(state.sessions_after, 20_001);
     assert!(!state.stands(20_000) && state.stands(20_001));
+}
+
+/// The schema's two steps on a store `open` opens, with `sql` run on its database directly
+/// (standing in for a newer build's steps): expansions at start, a contraction only when asked,
+/// a newer schema started on only where its floor allows, and the peers table.
+fn schema_conformance(open: impl Fn() -> Result<Arc<dyn Store>, StoreError>, sql: impl Fn(&str)) {
+    let store = open().unwrap();
+    let state = store.schema_state().unwrap();
+    assert_eq!(
+        (state.contracted, state.expanded, state.min_code_version),
+        (0, schema::EXPANSIONS, None),
+        "a new store is expanded, never contracted by itself"
+    );
+    let now = now_ms();
+    let week = 8 * 24 * 3600 * 1000;
+    store.record_peer("gone:1", now - week).unwrap();
+    store.record_peer("here:2", now - 5).unwrap();
+    store.record_peer("here:2", now).unwrap();
+    let peers = store.peers().unwrap();
+    assert_eq!(
+        peers.len(),
+        1,
+        "one row per instance, the week-old one pruned: {peers:?}"
+    );
+    assert_eq!(
+        (
+            peers[0].instance.as_str(),
+            peers[0].code_version.as_str(),
+            peers[0].last_seen_ms
+        ),
+        ("here:2", schema::CODE_VERSION, now)
+    );
+    assert!(!store.contract(1).unwrap(), "not before the one it needs");
+    assert!(store.contract(0).unwrap());
+    assert!(!store.contract(0).unwrap(), "done once");
+    let state = store.schema_state().unwrap();
+    assert_eq!(
+        (state.contracted, state.min_code_version.as_deref()),
+        (1, Some("0.3.0"))
+    );
+    drop(store);
+    // A newer build's contraction and expansions, whose floor this build meets: it starts, and
+    // leaves what the newer build recorded.
+    sql("UPDATE schema_version SET version = version + 1;
+         UPDATE meta SET value = '9' WHERE key = 'expanded';");
+    let state = open().unwrap().schema_state().unwrap();
+    assert_eq!((state.contracted, state.expanded), (2, 9));
+    // One whose floor is above this build: refused, saying what it needs.
+    sql("UPDATE meta SET value = '99.0.0' WHERE key = 'min_code_version'");
+    let refused = open().err().expect("refused").to_string();
+    assert!(
+        refused.contains("needs code version 99.0.0") && refused.contains(schema::CODE_VERSION),
+        "{refused}"
+    );
+}
+
+#[test]
+fn sqlite_schema_changes_in_two_steps() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    schema_conformance(
+        || Ok(Arc::new(SqliteStore::open(&path)?) as Arc<dyn Store>),
+        |sql| {
+            rusqlite::Connection::open(dir.path().join("accounts.sqlite3"))
+                .unwrap()
+                .execute_batch(sql)
+                .unwrap()
+        },
+    );
+}
+
+#[test]
+fn postgres_schema_changes_in_two_steps() {
+    let Some(db) = common::postgres_database() else {
+        return;
+    };
+    schema_conformance(
+        || Ok(Arc::new(PostgresStore::open(&db.url, 2, Duration::from_secs(5))?) as Arc<dyn Store>),
+        |sql| {
+            postgres::Client::connect(&db.url, postgres::NoTls)
+                .unwrap()
+                .batch_execute(sql)
+                .unwrap()
+        },
+    );
 }
 
 #[test]

@@ -133,3 +133,84 @@ fn a_login_server_says_why_an_account_db_it_shares_no_version_with_is_not_ready(
     assert_eq!(status, 503);
     assert!(body.contains("6 to 7") && body.contains("3 to 4"), "{body}");
 }
+
+/// `value` with every time in it (an integer past 10^12: milliseconds since the epoch) moved
+/// by `shift`, and `wait_ms` masked: a transcript recorded once replays today.
+fn replayable(value: &Value, shift: i64) -> Value {
+    match value {
+        Value::Object(fields) => Value::Object(
+            fields
+                .iter()
+                .map(|(key, v)| match key.as_str() {
+                    "wait_ms" => (key.clone(), json!("<masked>")),
+                    _ => (key.clone(), replayable(v, shift)),
+                })
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.iter().map(|v| replayable(v, shift)).collect()),
+        Value::Number(n) => match n.as_i64() {
+            Some(t) if t > 1_000_000_000_000 => json!(t + shift),
+            _ => value.clone(),
+        },
+        other => other.clone(),
+    }
+}
+
+/// The first time in `value`, if any.
+fn first_time(value: &Value) -> Option<i64> {
+    match value {
+        Value::Object(fields) => fields.values().find_map(first_time),
+        Value::Array(items) => items.iter().find_map(first_time),
+        Value::Number(n) => n.as_i64().filter(|&t| t > 1_000_000_000_000),
+        _ => None,
+    }
+}
+
+/// Replay the previous release's transcript (tests/fixtures/protocol-v3.jsonl) after a live
+/// handshake as that release makes it (no version named) against this build's account-db on
+/// a fresh store: the same replies, times moved to today and waits masked.
+fn replay_transcript(db: std::net::SocketAddr, secret: &Secret) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(common::TRANSCRIPT);
+    let pairs: Vec<Value> = std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(pairs.len() > 20, "a transcript worth replaying");
+    let base = pairs.iter().find_map(first_time).expect("a time in it");
+    let shift = login_server::clock::now_ms() - base;
+    let (mut reader, greeting) = greeted(db);
+    let proof = secret.proof(greeting["nonce"].as_str().unwrap(), None);
+    assert_eq!(
+        ask(&mut reader, &json!({"op":"auth","proof":proof})),
+        json!({"status":"ok"})
+    );
+    for pair in &pairs {
+        let request = replayable(&pair["request"], shift);
+        let reply = ask(&mut reader, &request);
+        assert_eq!(
+            replayable(&reply, 0),
+            replayable(&pair["reply"], shift),
+            "to {request}"
+        );
+    }
+}
+
+#[test]
+fn the_previous_release_s_transcript_replays_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = Secret::generate();
+    let db = common::start_db(dir.path(), &secret);
+    replay_transcript(db.local_addr(), &secret);
+}
+
+#[test]
+fn the_previous_release_s_transcript_replays_on_postgres() {
+    let Some(pg) = common::postgres_database() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let db = common::DbProcess::start_with(dir.path(), "127.0.0.1:0", &["--store", &pg.url]);
+    replay_transcript(db.addr, &db.secret);
+}

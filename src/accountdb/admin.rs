@@ -1,6 +1,7 @@
 //! `account-db admin`: an operator's console over the store (`--data` or `--store`), usable
 //! while account-db serves it. Each change is logged.
 
+use crate::accountdb::store::schema::{self, CodeVersion, CODE_VERSION, CONTRACTIONS};
 use crate::accountdb::store::{Account, Ban, Renamed, Store, StoreError};
 use crate::accountdb::throttling;
 
@@ -88,6 +89,24 @@ pub enum Admin {
     /// before this build recorded it (`import --complete` records it itself): registration
     /// under --legacy-db opens. Run it only once they all are.
     LegacyNamesImported,
+    /// The schema across releases (docs/operations.md, "Upgrades"): `show` where it stands
+    /// and which account-dbs run on it; `contract` removes what older releases still read.
+    Schema {
+        #[command(subcommand)]
+        step: SchemaStep,
+    },
+}
+
+/// What `admin schema` does.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum SchemaStep {
+    /// Where the schema stands, what contraction is pending, and the account-dbs that
+    /// recorded themselves (code version, seconds since last seen).
+    Show,
+    /// Run the pending contractions, in order. Each is refused while an account-db older
+    /// than the code version it needs recorded itself in the last 60 s; afterwards builds
+    /// older than that no longer start on the store. Fails when none is pending.
+    Contract,
 }
 
 /// What an admin command did.
@@ -129,6 +148,20 @@ pub enum AdminError {
     /// `ban --for 0`: a ban that ends as it begins.
     #[error("a ban lasts more than 0 s (leave --for out to ban for good)")]
     NoTime,
+    /// `schema contract` while account-dbs older than the contraction needs were seen in the
+    /// last 60 s (named here): they still read what it would remove.
+    #[error(
+        "contraction {step} needs every account-db at {needs} or later, and these older ones \
+         recorded themselves in the last 60 s: {peers}; upgrade them first"
+    )]
+    OlderPeers {
+        step: usize,
+        needs: String,
+        peers: String,
+    },
+    /// `schema contract` with no contraction pending: nothing was changed.
+    #[error("no contraction is pending: the schema is contracted as far as this build knows")]
+    NothingToContract,
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -147,6 +180,12 @@ pub fn run(
     let missing = |name: &str| AdminError::NoSuchAccount(name.to_string());
     match admin {
         Admin::Show { name } => show(store, name).map(Reply::Done),
+        Admin::Schema {
+            step: SchemaStep::Show,
+        } => show_schema(store).map(Reply::Done),
+        Admin::Schema {
+            step: SchemaStep::Contract,
+        } => contract(store).map(Reply::Done),
         Admin::Unlock { name } => {
             let account = store.find(name)?.ok_or_else(|| missing(name))?;
             let record = throttling::record(store, &account.username)?;
@@ -393,5 +432,84 @@ fn show(store: &dyn Store, name: &str) -> Result<String, AdminError> {
         ),
         None => writeln!(out, "banned\tno"),
     };
+    Ok(out)
+}
+
+/// `admin schema show`.
+fn show_schema(store: &dyn Store) -> Result<String, AdminError> {
+    let state = store.schema_state()?;
+    let mut out = format!(
+        "code version {CODE_VERSION}\nexpansions done {}\ncontractions done {} of {} known\n\
+         min code version {}\n",
+        state.expanded,
+        state.contracted,
+        CONTRACTIONS.len(),
+        state.min_code_version.as_deref().unwrap_or("none"),
+    );
+    for (i, step) in CONTRACTIONS.iter().enumerate().skip(state.contracted) {
+        let _ = writeln!(
+            out,
+            "pending contraction {} (needs {}): {}",
+            i + 1,
+            step.min_code_version,
+            step.what
+        );
+    }
+    let now = now_ms();
+    for peer in store.peers()? {
+        let _ = writeln!(
+            out,
+            "peer {} {} seen {} s ago",
+            peer.instance,
+            peer.code_version,
+            (now - peer.last_seen_ms).max(0) / 1000
+        );
+    }
+    Ok(out)
+}
+
+/// `admin schema contract`: each pending contraction, in order, once no account-db older
+/// than it needs was seen within [`PEER_WINDOW`](schema::PEER_WINDOW).
+fn contract(store: &dyn Store) -> Result<String, AdminError> {
+    let state = store.schema_state()?;
+    if state.contracted >= CONTRACTIONS.len() {
+        return Err(AdminError::NothingToContract);
+    }
+    let mut out = String::new();
+    for (i, step) in CONTRACTIONS.iter().enumerate().skip(state.contracted) {
+        let needs: CodeVersion = step
+            .min_code_version
+            .parse()
+            .unwrap_or(CodeVersion(0, 0, 0));
+        let older = schema::older_peers(&store.peers()?, needs, now_ms());
+        if !older.is_empty() {
+            let peers: Vec<String> = older
+                .iter()
+                .map(|p| format!("{} ({})", p.instance, p.code_version))
+                .collect();
+            return Err(AdminError::OlderPeers {
+                step: i + 1,
+                needs: step.min_code_version.into(),
+                peers: peers.join(", "),
+            });
+        }
+        if store.contract(i)? {
+            tracing::info!(
+                contraction = i + 1,
+                min_code_version = step.min_code_version,
+                "admin: schema contracted"
+            );
+            let _ = writeln!(
+                out,
+                "contraction {} done: {}; min code version {}",
+                i + 1,
+                step.what,
+                step.min_code_version
+            );
+        }
+    }
+    if out.is_empty() {
+        return Err(AdminError::NothingToContract);
+    }
     Ok(out)
 }

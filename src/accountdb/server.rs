@@ -9,7 +9,7 @@
 use crate::accountdb::config::AccountDbConfig;
 use crate::accountdb::execute;
 use crate::accountdb::secrets::{AcceptedSecrets, Proved};
-use crate::accountdb::store::{Store, StoreError};
+use crate::accountdb::store::{schema, Store, StoreError};
 use crate::auth::secret::{self, SecretError};
 use crate::clock::{Clock, Millis};
 use crate::http::{HttpEndpoint, Routes};
@@ -609,7 +609,8 @@ impl AccountDb {
             .spawn({
                 let (store, cap) = (store.clone(), config.throttle_table_size);
                 let shared = shared.clone();
-                move || every_second(&*store, cap, &shared, &stopped)
+                let instance = schema::instance_name(local_addr.port());
+                move || every_second(&*store, cap, &instance, &shared, &stopped)
             })?;
         let accept_thread = std::thread::Builder::new()
             .name("account-db-accept".into())
@@ -678,18 +679,35 @@ impl Drop for AccountDb {
 }
 
 /// Once a second until `stop` is dropped: drop expired throttle records (and the lowest ranked
-/// beyond `cap`) and revocations of sessions that expired, and read the secret files again.
+/// beyond `cap`) and revocations of sessions that expired, and read the secret files again;
+/// at once and every [`PEER_INTERVAL`](schema::PEER_INTERVAL), record this account-db as
+/// `instance` in the store's peers.
 fn every_second(
     store: &dyn Store,
     cap: u64,
+    instance: &str,
     shared: &Shared,
     stop: &crossbeam_channel::Receiver<()>,
 ) {
     let log = RateLimited::new(Duration::from_secs(60));
     let secrets_log = RateLimited::new(Duration::from_secs(60));
-    while let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
-        stop.recv_timeout(Duration::from_secs(1))
-    {
+    let peer_log = RateLimited::new(Duration::from_secs(60));
+    let mut recorded: Option<Instant> = None;
+    loop {
+        if recorded.map_or(true, |at| at.elapsed() >= schema::PEER_INTERVAL) {
+            recorded = Some(Instant::now());
+            if let Err(e) = store.record_peer(instance, crate::clock::now_ms()) {
+                if let Some(times) = peer_log.hit() {
+                    tracing::warn!(error = %e, times, "cannot record this account-db in peers");
+                }
+            }
+        }
+        if !matches!(
+            stop.recv_timeout(Duration::from_secs(1)),
+            Err(crossbeam_channel::RecvTimeoutError::Timeout)
+        ) {
+            break;
+        }
         shared.reload_secrets(&secrets_log);
         let late = shared.cut_late_handshakes();
         if late > 0 {

@@ -12,6 +12,7 @@ pub mod pg_link;
 mod pg_nodes;
 mod pg_watchdog;
 mod postgres;
+pub mod schema;
 mod sqlite;
 
 pub use crate::protocol::accountdb::{Account, Ban, Created, Revocation, SessionState};

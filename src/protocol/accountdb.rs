@@ -605,8 +605,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn every_request_is_named_as_the_wire_names_it() {
+    /// One request of every kind.
+    fn every_request() -> Vec<DbRequest> {
         let t = crate::throttle::Policy::default();
         let revocation = Revocation {
             account_id: 1,
@@ -614,7 +614,7 @@ mod tests {
             began_ms: 0,
             until_ms: 1,
         };
-        let every = [
+        vec![
             DbRequest::Auth {
                 proof: "p".into(),
                 version: Some(4),
@@ -663,12 +663,38 @@ mod tests {
                 before_ms: 0,
                 hash: None,
             },
-        ];
+        ]
+    }
+
+    #[test]
+    fn every_request_is_named_as_the_wire_names_it() {
+        let every = every_request();
         assert_eq!(every.len(), DbRequest::NAMES.len());
         for (i, request) in every.iter().enumerate() {
             assert_eq!(request.index(), i);
             let wire: serde_json::Value = serde_json::to_value(request).unwrap();
             assert_eq!(wire["op"], DbRequest::NAMES[i], "{wire}");
+        }
+    }
+
+    #[test]
+    fn a_field_from_a_newer_release_is_ignored_in_every_request_and_reply() {
+        let mut every: Vec<serde_json::Value> = every_request()
+            .iter()
+            .map(|r| serde_json::to_value(r).unwrap())
+            .collect();
+        every.push(serde_json::to_value(DbResponse::NotFound).unwrap());
+        for wire in every {
+            let mut newer = wire.clone();
+            newer["added_by_a_newer_release"] = serde_json::json!({"any": [1, "shape"]});
+            let line = format!("{newer}\n");
+            let decoded = match wire.get("op") {
+                Some(_) => decode_line::<DbRequest>(line.as_bytes())
+                    .map(|r| serde_json::to_value(r).unwrap()),
+                None => decode_line::<DbResponse>(line.as_bytes())
+                    .map(|r| serde_json::to_value(r).unwrap()),
+            };
+            assert_eq!(decoded.ok(), Some(wire.clone()), "{newer}");
         }
     }
 

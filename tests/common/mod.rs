@@ -19,6 +19,10 @@ use tempfile::TempDir;
 pub mod load;
 pub mod pg;
 
+/// The recorded transcript of the previous release's account-db protocol (tests/upgrade.rs
+/// records it, tests/versions.rs replays it), from the package's root.
+pub const TRANSCRIPT: &str = "tests/fixtures/protocol-v3.jsonl";
+
 /// Long enough that only a hang trips it.
 pub const PATIENCE: Duration = Duration::from_secs(20);
 

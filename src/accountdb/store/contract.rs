@@ -2,6 +2,7 @@
 //! it fails. A leaf below the store module: the backends implement it, and the module that
 //! picks one ([`StoreUrl`](super::StoreUrl)) hands out what they made.
 
+use super::schema::{Peer, SchemaState};
 use crate::accountdb::client::connection::DbError;
 use crate::clock::Millis;
 use crate::protocol::accountdb::{Account, Ban, Created, Revocation, SessionState};
@@ -74,9 +75,19 @@ pub enum StoreError {
     /// The database file is damaged: `PRAGMA quick_check` found these problems at start.
     #[error("the account database is damaged: {0}")]
     Damaged(String),
-    /// The database's schema is newer than this build knows: it was opened by a newer version.
-    #[error("the account database has schema version {found}, newer than this build's {known}")]
-    TooNew { found: usize, known: usize },
+    /// The database's schema is newer than this build knows, and a contraction made it
+    /// unfit for builds as old as this one (see [`schema`](super::schema)).
+    #[error(
+        "the account database has schema version {found}, newer than this build's {known}, \
+         and needs code version {needs} (this is {})",
+        super::schema::CODE_VERSION
+    )]
+    TooNew {
+        found: usize,
+        known: usize,
+        /// The store's `min_code_version`, or "a newer release" where none is recorded.
+        needs: String,
+    },
     /// PostgreSQL failed: unreachable, restarting, or it refused a statement. Shown with
     /// PostgreSQL's SQLSTATE and message, or the OS error.
     #[error("PostgreSQL: {}", describe(.0))]
@@ -285,6 +296,18 @@ pub trait Store: Send + Sync {
     }
     /// Whether the store records that the old server's names were all imported (`account-db
     /// import --complete`, or `account-db admin legacy-names-imported`).
+    /// Where the schema stands: contractions and expansions done, and the oldest code version
+    /// that may run on it.
+    fn schema_state(&self) -> Result<SchemaState, StoreError>;
+    /// Do contraction `step` (an index into [`CONTRACTIONS`](super::schema::CONTRACTIONS)), in
+    /// one transaction, if the store has done exactly the ones before it; `false` if it has
+    /// not (another operator did it meanwhile): nothing changed.
+    fn contract(&self, step: usize) -> Result<bool, StoreError>;
+    /// Record that the account-db `instance` runs this build, seen at `now`; forget the peers
+    /// not seen for [`PEER_KEPT`](super::schema::PEER_KEPT).
+    fn record_peer(&self, instance: &str, now: Millis) -> Result<(), StoreError>;
+    /// The account-dbs that recorded themselves, most recently seen first.
+    fn peers(&self) -> Result<Vec<Peer>, StoreError>;
     fn legacy_names_imported(&self) -> Result<bool, StoreError>;
     /// Record that the old server's names were all imported, with `how` (which command, when):
     /// registration under `--legacy-db` opens. Kept for good; `false` if it was recorded

@@ -20,6 +20,7 @@ use super::contract::{
 use super::pg_link::{self, SslMode};
 use super::pg_nodes::Nodes;
 use super::pg_watchdog::{self, Cancel, Watchdog};
+use super::schema::{self, Peer, SchemaState, CONTRACTIONS};
 use crate::auth::names::{fold, skeleton, SKELETON_DATA};
 use crate::clock::Millis;
 use crate::protocol::accountdb::{Account, Ban, Created, Revocation, SessionState};
@@ -101,6 +102,18 @@ const MIGRATIONS: [&str; 7] = [
     // 7: throttle records logged, so that streaming standbys have them and lockouts survive a
     // failover; written unsynced (see UPSERT_RECORDS), so no login waits for the WAL.
     "ALTER TABLE throttle SET LOGGED;",
+];
+
+/// The expansions, one per step, each recorded in `meta` (see [`schema`]): only what older
+/// builds ignore; an index on a big table is built `CONCURRENTLY`, outside the migration's
+/// transaction.
+const EXPANSIONS: [&str; schema::EXPANSIONS] = [
+    // 1 (0.3.0): the account-dbs that run on the store, and their code versions.
+    "CREATE TABLE peers (
+        instance     TEXT PRIMARY KEY,
+        code_version TEXT NOT NULL,
+        last_seen_ms BIGINT NOT NULL
+    );",
 ];
 
 /// An account as an operator's listing reads it: the columns id, username and hash from
@@ -503,12 +516,24 @@ impl PostgresStore {
             .query_opt("SELECT version FROM schema_version", &[])?
             .map_or(0, |row| row.get(0));
         let version = usize::try_from(version).unwrap_or(usize::MAX);
-        if version > MIGRATIONS.len() {
-            return Err(StoreError::TooNew {
-                found: version,
-                known: MIGRATIONS.len(),
-            });
-        }
+        let meta =
+            |tx: &mut postgres::Transaction, key: &str| -> Result<Option<String>, StoreError> {
+                // `meta` is made by step 2: absent from an empty database.
+                let exists: bool = tx
+                    .query_one("SELECT to_regclass('meta') IS NOT NULL", &[])?
+                    .get(0);
+                if !exists {
+                    return Ok(None);
+                }
+                let row = tx.query_opt("SELECT value FROM meta WHERE key = $1", &[&key])?;
+                Ok(row.map(|row| row.get(0)))
+            };
+        let min_code_version = meta(&mut tx, schema::MIN_CODE_VERSION)?;
+        schema::may_run(
+            version,
+            MIGRATIONS.len() + CONTRACTIONS.len(),
+            min_code_version.as_deref(),
+        )?;
         for (i, step) in MIGRATIONS.iter().enumerate().skip(version) {
             tx.batch_execute(step)?;
             tracing::info!(version = i + 1, "account store migrated");
@@ -519,6 +544,19 @@ impl PostgresStore {
             tx.execute(
                 "INSERT INTO schema_version (version) VALUES ($1)",
                 &[&latest],
+            )?;
+        }
+        let expanded = meta(&mut tx, schema::EXPANDED)?.and_then(|n| n.parse::<usize>().ok());
+        let expanded = expanded.unwrap_or(0);
+        for (i, sql) in EXPANSIONS.iter().enumerate().skip(expanded) {
+            tx.batch_execute(sql)?;
+            tracing::info!(expansion = i + 1, "account store expanded");
+        }
+        if expanded < EXPANSIONS.len() {
+            tx.execute(
+                "INSERT INTO meta (key, value) VALUES ($1, $2)
+                 ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                &[&schema::EXPANDED, &EXPANSIONS.len().to_string()],
             )?;
         }
         // Skeletons made with other confusables data (or another recipe) are made again.
@@ -1129,6 +1167,96 @@ impl Store for PostgresStore {
             )?)
         })?;
         Ok(inserted == 1)
+    }
+
+    fn schema_state(&self) -> Result<SchemaState, StoreError> {
+        self.with(self.timeout, |conn| {
+            let version: i32 = conn
+                .query_one("SELECT version FROM schema_version", &[])?
+                .get(0);
+            let meta = |conn: &mut PgConn, key: &str| -> Result<Option<String>, StoreError> {
+                let row = conn.query_opt("SELECT value FROM meta WHERE key = $1", &[&key])?;
+                Ok(row.map(|row| row.get(0)))
+            };
+            Ok(SchemaState {
+                contracted: usize::try_from(version)
+                    .unwrap_or(0)
+                    .saturating_sub(MIGRATIONS.len()),
+                expanded: meta(conn, schema::EXPANDED)?
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0),
+                min_code_version: meta(conn, schema::MIN_CODE_VERSION)?,
+            })
+        })
+    }
+
+    fn contract(&self, step: usize) -> Result<bool, StoreError> {
+        let Some(contraction) = CONTRACTIONS.get(step) else {
+            return Ok(false);
+        };
+        self.with(MAINTENANCE_TIME, |conn| {
+            let mut tx = conn.client.transaction()?;
+            // Under the migrations' lock: no account-db starts on a half-contracted schema.
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
+            let version: i32 = tx
+                .query_one("SELECT version FROM schema_version", &[])?
+                .get(0);
+            let done = usize::try_from(version)
+                .unwrap_or(0)
+                .saturating_sub(MIGRATIONS.len());
+            if done != step {
+                return Ok(false);
+            }
+            tx.batch_execute(contraction.postgres)?;
+            let next = i32::try_from(MIGRATIONS.len() + step + 1).unwrap_or(i32::MAX);
+            tx.execute("UPDATE schema_version SET version = $1", &[&next])?;
+            tx.execute(
+                "INSERT INTO meta (key, value) VALUES ($1, $2)
+                 ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                &[&schema::MIN_CODE_VERSION, &contraction.min_code_version],
+            )?;
+            tx.commit()?;
+            Ok(true)
+        })
+    }
+
+    fn record_peer(&self, instance: &str, now: Millis) -> Result<(), StoreError> {
+        let kept = Millis::try_from(schema::PEER_KEPT.as_millis()).unwrap_or(Millis::MAX);
+        self.with(self.timeout, |conn| {
+            // Unsynced: a lost record is made again 10 s later.
+            let mut tx = conn.client.transaction()?;
+            tx.batch_execute("SET LOCAL synchronous_commit = off")?;
+            tx.execute(
+                "INSERT INTO peers (instance, code_version, last_seen_ms) VALUES ($1, $2, $3)
+                 ON CONFLICT (instance) DO UPDATE
+                 SET code_version = EXCLUDED.code_version, last_seen_ms = EXCLUDED.last_seen_ms",
+                &[&instance, &schema::CODE_VERSION, &now],
+            )?;
+            tx.execute(
+                "DELETE FROM peers WHERE last_seen_ms < $1",
+                &[&now.saturating_sub(kept)],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    fn peers(&self) -> Result<Vec<Peer>, StoreError> {
+        self.with(self.timeout, |conn| {
+            let rows = conn.query(
+                "SELECT instance, code_version, last_seen_ms FROM peers
+                 ORDER BY last_seen_ms DESC",
+                &[],
+            )?;
+            Ok(rows
+                .iter()
+                .map(|row| Peer {
+                    instance: row.get(0),
+                    code_version: row.get(1),
+                    last_seen_ms: row.get(2),
+                })
+                .collect())
+        })
     }
 
     fn prune_records(&self, now: Millis, cap: u64) -> Result<u64, StoreError> {

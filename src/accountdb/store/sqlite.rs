@@ -14,6 +14,7 @@ use super::contract::{
     familiar_list, familiar_text, unix_now, Details, Renamed, Store, StoreError,
     LEGACY_NAMES_IMPORTED, REVOKED_PER_ACCOUNT,
 };
+use super::schema::{self, Peer, SchemaState, CONTRACTIONS};
 use crate::auth::names::{fold, skeleton, SKELETON_DATA};
 use crate::clock::Millis;
 use crate::protocol::accountdb::{Account, Ban, Created, Revocation, SessionState};
@@ -82,6 +83,17 @@ const MIGRATIONS: [Migration; 5] = [
             ALTER TABLE accounts ADD COLUMN ban_reason TEXT NOT NULL DEFAULT '';",
         fill: None,
     },
+];
+
+/// The expansions, one per step, each recorded in `meta` (see [`schema`]): only what older
+/// builds ignore.
+const EXPANSIONS: [&str; schema::EXPANSIONS] = [
+    // 1 (0.3.0): the account-dbs that run on the store, and their code versions.
+    "CREATE TABLE IF NOT EXISTS peers (
+        instance     TEXT PRIMARY KEY,
+        code_version TEXT NOT NULL,
+        last_seen_ms INTEGER NOT NULL
+    ) WITHOUT ROWID;",
 ];
 
 /// The side file of throttle records, beside [`FILE_NAME`].
@@ -292,12 +304,16 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     // A store from before versions were recorded is at version 1.
     let version = recorded.unwrap_or(if has_accounts { 1 } else { 0 });
     let version = usize::try_from(version).unwrap_or(usize::MAX);
-    if version > MIGRATIONS.len() {
-        return Err(StoreError::TooNew {
-            found: version,
-            known: MIGRATIONS.len(),
-        });
-    }
+    let meta = |key: &str| -> Result<Option<String>, StoreError> {
+        Ok(tx
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()?)
+    };
+    schema::may_run(
+        version,
+        MIGRATIONS.len() + CONTRACTIONS.len(),
+        meta(schema::MIN_CODE_VERSION)?.as_deref(),
+    )?;
     for (i, step) in MIGRATIONS.iter().enumerate().skip(version) {
         tx.execute_batch(step.sql)?;
         if let Some(fill) = step.fill {
@@ -305,11 +321,25 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         }
         tracing::info!(version = i + 1, "account store migrated");
     }
-    tx.execute("DELETE FROM schema_version", [])?;
-    tx.execute(
-        "INSERT INTO schema_version (version) VALUES (?1)",
-        params![MIGRATIONS.len() as i64],
-    )?;
+    if version < MIGRATIONS.len() {
+        tx.execute("DELETE FROM schema_version", [])?;
+        tx.execute(
+            "INSERT INTO schema_version (version) VALUES (?1)",
+            params![MIGRATIONS.len() as i64],
+        )?;
+    }
+    let expanded = meta(schema::EXPANDED)?.and_then(|n| n.parse::<usize>().ok());
+    let expanded = expanded.unwrap_or(0);
+    for (i, sql) in EXPANSIONS.iter().enumerate().skip(expanded) {
+        tx.execute_batch(sql)?;
+        tracing::info!(expansion = i + 1, "account store expanded");
+    }
+    if expanded < EXPANSIONS.len() {
+        tx.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)",
+            params![schema::EXPANDED, EXPANSIONS.len().to_string()],
+        )?;
+    }
     let data = format!("{SKELETON_DATA:?}");
     let made_with: Option<String> = tx
         .query_row(
@@ -809,6 +839,82 @@ impl Store for SqliteStore {
             params![LEGACY_NAMES_IMPORTED, how],
         )?;
         Ok(inserted == 1)
+    }
+
+    fn schema_state(&self) -> Result<SchemaState, StoreError> {
+        let conn = self.reader.lock();
+        let version: i64 =
+            conn.query_row("SELECT version FROM schema_version", [], |r| r.get(0))?;
+        let meta = |key: &str| -> Result<Option<String>, StoreError> {
+            Ok(conn
+                .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+                .optional()?)
+        };
+        Ok(SchemaState {
+            contracted: usize::try_from(version)
+                .unwrap_or(0)
+                .saturating_sub(MIGRATIONS.len()),
+            expanded: meta(schema::EXPANDED)?
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0),
+            min_code_version: meta(schema::MIN_CODE_VERSION)?,
+        })
+    }
+
+    fn contract(&self, step: usize) -> Result<bool, StoreError> {
+        let Some(contraction) = CONTRACTIONS.get(step) else {
+            return Ok(false);
+        };
+        let mut conn = self.writer.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let version: i64 = tx.query_row("SELECT version FROM schema_version", [], |r| r.get(0))?;
+        let done = usize::try_from(version)
+            .unwrap_or(0)
+            .saturating_sub(MIGRATIONS.len());
+        if done != step {
+            return Ok(false);
+        }
+        tx.execute_batch(contraction.sqlite)?;
+        tx.execute(
+            "UPDATE schema_version SET version = ?1",
+            params![(MIGRATIONS.len() + step + 1) as i64],
+        )?;
+        tx.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)",
+            params![schema::MIN_CODE_VERSION, contraction.min_code_version],
+        )?;
+        tx.commit()?;
+        Ok(true)
+    }
+
+    fn record_peer(&self, instance: &str, now: Millis) -> Result<(), StoreError> {
+        let kept = Millis::try_from(schema::PEER_KEPT.as_millis()).unwrap_or(Millis::MAX);
+        let conn = self.writer.lock();
+        conn.prepare_cached(
+            "INSERT OR REPLACE INTO peers (instance, code_version, last_seen_ms)
+             VALUES (?1, ?2, ?3)",
+        )?
+        .execute(params![instance, schema::CODE_VERSION, now])?;
+        conn.prepare_cached("DELETE FROM peers WHERE last_seen_ms < ?1")?
+            .execute(params![now.saturating_sub(kept)])?;
+        Ok(())
+    }
+
+    fn peers(&self) -> Result<Vec<Peer>, StoreError> {
+        let conn = self.reader.lock();
+        let mut stmt = conn.prepare(
+            "SELECT instance, code_version, last_seen_ms FROM peers ORDER BY last_seen_ms DESC",
+        )?;
+        let peers = stmt
+            .query_map([], |r| {
+                Ok(Peer {
+                    instance: r.get(0)?,
+                    code_version: r.get(1)?,
+                    last_seen_ms: r.get(2)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(peers)
     }
 
     fn prune_records(&self, now: Millis, cap: u64) -> Result<u64, StoreError> {
