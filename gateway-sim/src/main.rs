@@ -65,9 +65,13 @@ enum Command {
 
 #[derive(clap::Args, Debug)]
 struct StressArgs {
-    /// login-server address.
-    #[arg(long, default_value = "127.0.0.1:6999")]
-    target: SocketAddr,
+    /// login-server addresses (A,B,...): connections are spread over them, and one whose
+    /// login-server refuses or closes it goes on with the next. With several, a request left
+    /// without a reply by a closed connection is sent again, once, on the next (counted as
+    /// `retried`; lost again, a transport error): a rolling restart measured as a gateway
+    /// that retries sees it.
+    #[arg(long, default_value = "127.0.0.1:6999", value_delimiter = ',', num_args = 1..)]
+    target: Vec<SocketAddr>,
     /// Concurrent connections (client threads).
     #[arg(long, default_value_t = 32)]
     connections: usize,
@@ -212,14 +216,16 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn stress(args: StressArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        args.allow_remote || args.target.ip().is_loopback(),
-        "{} is not a loopback address: pass --allow-remote to load another host",
-        args.target
-    );
+    for target in &args.target {
+        anyhow::ensure!(
+            args.allow_remote || target.ip().is_loopback(),
+            "{target} is not a loopback address: pass --allow-remote to load another host",
+        );
+    }
+    let first = *args.target.first().context("--target names no address")?;
     let seconds = |s: f64| Duration::try_from_secs_f64(s).context("seconds must be >= 0");
     let options = Options {
-        target: args.target,
+        targets: args.target.clone(),
         connections: args.connections,
         duration: seconds(args.duration)?,
         requests: args.requests,
@@ -232,7 +238,7 @@ fn stress(args: StressArgs) -> anyhow::Result<()> {
         users: args.users,
         rate: args.rate.filter(|r| *r > 0.0),
         timeout: seconds(args.timeout)?,
-        tls: args.tls.load(args.target)?,
+        tls: args.tls.load(first)?,
     };
     let total = options.duration;
     let run = Run::start(options)?;

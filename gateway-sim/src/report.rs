@@ -44,6 +44,8 @@ pub struct Recorder {
     max_micros: u64,
     capped: u64,
     unfinished: u64,
+    /// Requests sent again on another target after their connection ended unanswered.
+    retried: u64,
     latency: BTreeMap<Kind, Histogram<u64>>,
     per_second: Vec<Histogram<u64>>,
     codes: BTreeMap<u64, u64>,
@@ -62,6 +64,7 @@ impl Recorder {
             max_micros: u64::try_from(max.as_micros()).unwrap_or(u64::MAX),
             capped: 0,
             unfinished: 0,
+            retried: 0,
             latency: BTreeMap::new(),
             per_second: Vec::new(),
             codes: BTreeMap::new(),
@@ -119,10 +122,16 @@ impl Recorder {
         live.errors.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A request whose connection ended unanswered is sent again on another target.
+    pub fn retried(&mut self) {
+        self.retried += 1;
+    }
+
     pub fn merge(&mut self, other: Recorder) {
         let max = self.max_micros.max(other.max_micros);
         self.capped += other.capped;
         self.unfinished += other.unfinished;
+        self.retried += other.retried;
         for (kind, h) in other.latency {
             let _ = self
                 .latency
@@ -191,6 +200,7 @@ impl Recorder {
             transport: self.transport,
             capped: self.capped,
             unfinished: self.unfinished,
+            retried: self.retried,
             unsent: 0,
             per_second,
         }
@@ -266,6 +276,10 @@ pub struct Report {
     pub capped: u64,
     /// Requests still unanswered when the grace after `--duration` ran out.
     pub unfinished: u64,
+    /// With several targets: requests sent again, once, on another target after their
+    /// connection ended without a reply (a login-server stopping); each also answered is in
+    /// `requests`, each lost again is a transport error.
+    pub retried: u64,
     /// Open loop: arrivals due within the run that were never sent (it could not keep up).
     pub unsent: u64,
     pub per_second: Vec<Second>,
@@ -319,6 +333,13 @@ impl Report {
             "cut off    unfinished at the end: {}  never sent: {}  latencies capped at the timeout: {}",
             self.unfinished, self.unsent, self.capped
         );
+        if self.retried > 0 {
+            let _ = writeln!(
+                out,
+                "retried    on another target after no reply: {}",
+                self.retried
+            );
+        }
         out
     }
 

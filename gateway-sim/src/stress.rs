@@ -137,7 +137,10 @@ impl Rng {
 /// What a run does.
 #[derive(Debug, Clone)]
 pub struct Options {
-    pub target: SocketAddr,
+    /// login-servers: connection `i` begins on target `i` (modulo their number) and, when its
+    /// target refuses or closes it, goes on with the next. With several, a request whose
+    /// connection ended without a reply is sent again, once, on the next.
+    pub targets: Vec<SocketAddr>,
     pub connections: usize,
     /// Stop after this long (at most).
     pub duration: Duration,
@@ -304,14 +307,74 @@ impl Plan {
     }
 }
 
-fn connect(plan: &Plan) -> io::Result<Stream> {
-    connect_within(&plan.options, plan.patience())
+fn connect(plan: &Plan, at: &mut usize) -> io::Result<Stream> {
+    connect_within(&plan.options, at, plan.patience())
 }
 
-/// A connection to the run's target (over TLS if the run says so), each step of it, and of
-/// what follows, within `patience`.
-fn connect_within(options: &Options, patience: Duration) -> io::Result<Stream> {
-    secure::connect(options.target, options.tls.as_deref(), patience)
+/// A connection to the run's target `at` (over TLS if the run says so), each step of it, and
+/// of what follows, within `patience`; where it fails, to the next target, and so on once
+/// round: `at` is left on the one reached (or the last tried).
+fn connect_within(options: &Options, at: &mut usize, patience: Duration) -> io::Result<Stream> {
+    let targets = options.targets.len().max(1);
+    let mut failed = None;
+    for _ in 0..targets {
+        let target = options.targets[*at % targets];
+        match secure::connect(target, options.tls.as_deref(), patience) {
+            Ok(stream) => return Ok(stream),
+            Err(e) => failed = Some(e),
+        }
+        *at += 1;
+    }
+    Err(failed.unwrap_or_else(|| io::Error::other("no target")))
+}
+
+/// A request sent and not yet answered: its kind, when it was due, and (with several targets,
+/// to send it again) its bytes and whether it was sent again already.
+struct Sent {
+    kind: Kind,
+    due: Instant,
+    again: Option<(Vec<u8>, bool)>,
+}
+
+impl Sent {
+    fn new(plan: &Plan, kind: Kind, due: Instant, message: &[u8]) -> Sent {
+        let again = (plan.options.targets.len() > 1).then(|| (message.to_vec(), false));
+        Sent { kind, due, again }
+    }
+}
+
+/// The requests a connection that ended with `error` left unanswered: those that may go
+/// once more to the next target are returned marked so (and counted); the rest are
+/// transport errors, one per request (one for the connection when it left none to resend).
+fn unanswered(
+    recorder: &mut Recorder,
+    live: &Live,
+    error: &io::Error,
+    lost: impl IntoIterator<Item = Sent>,
+) -> Vec<Sent> {
+    let timed_out = matches!(
+        error.kind(),
+        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+    );
+    let mut again = Vec::new();
+    let mut errors = 0;
+    for sent in lost {
+        match sent.again {
+            Some((bytes, false)) if !timed_out => {
+                recorder.retried();
+                again.push(Sent {
+                    again: Some((bytes, true)),
+                    ..sent
+                });
+            }
+            Some(_) => errors += 1,
+            None => {}
+        }
+    }
+    for _ in 0..errors.max(usize::from(again.is_empty())) {
+        recorder.error(error, live);
+    }
+    again
 }
 
 /// What the load tool reads of a reply: its code, and a login's token. Read without building
@@ -347,51 +410,73 @@ fn seed_connection(plan: &Plan, thread: usize) -> Recorder {
     let mut recorder = plan.recorder();
     let mut requests = Requests::new(thread, plan.run, plan.options.users);
     let mut reply = Vec::with_capacity(128);
+    let mut at = thread;
     while let Some(due) = plan.ticket() {
         let kind = plan.options.mix.pick(&mut requests.rng);
         let (kind, message) = requests.message(kind, Form::Seed, &plan.tokens);
-        reply.clear();
-        let result = connect(plan).and_then(|mut stream| {
-            stream.write_all(&message)?;
-            stream.read_to_end(&mut reply)
-        });
-        match result {
-            Ok(_) => recorder.reply(kind, due, plan.reply(kind, &reply), &plan.live),
-            Err(e) => recorder.error(&e, &plan.live),
+        let mut sent = vec![Sent::new(plan, kind, due, &message)];
+        while let Some(request) = sent.pop() {
+            reply.clear();
+            let result = connect(plan, &mut at).and_then(|mut stream| {
+                stream.write_all(&message)?;
+                stream.read_to_end(&mut reply)
+            });
+            match result {
+                // A close without a reply is no reply (a login-server stopping).
+                Ok(0) if request.again.is_some() => {
+                    at += 1;
+                    let eof = io::ErrorKind::UnexpectedEof.into();
+                    sent = unanswered(&mut recorder, &plan.live, &eof, [request]);
+                }
+                Ok(_) => recorder.reply(kind, due, plan.reply(kind, &reply), &plan.live),
+                Err(e) => {
+                    at += 1;
+                    sent = unanswered(&mut recorder, &plan.live, &e, [request]);
+                }
+            }
         }
     }
     recorder
 }
 
 /// Stream form: one connection with up to `pipeline` requests in flight; reconnects after a
-/// transport error while the run lasts.
+/// transport error while the run lasts (to the next target), sending first what the lost
+/// connection left unanswered when that may be sent again.
 fn stream_connection(plan: &Plan, thread: usize) -> Recorder {
     let mut recorder = plan.recorder();
     let mut requests = Requests::new(thread, plan.run, plan.options.users);
-    let mut pending_error: Option<io::Error> = None;
+    let mut at = thread;
+    // What goes first on the next connection.
+    let mut again: Vec<Sent> = Vec::new();
     loop {
-        if let Some(e) = pending_error.take() {
-            recorder.error(&e, &plan.live);
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let stream = match connect(plan) {
+        let running = Instant::now() < plan.end && !plan.live.stop.load(Ordering::Relaxed);
+        let stream = match connect(plan, &mut at) {
             Ok(Stream::Plain(stream)) => stream,
             Ok(tls) => {
-                let (part, error) = tls_stream_connection(plan, &mut requests, tls);
+                let resend = std::mem::take(&mut again);
+                let (part, error, lost) = tls_stream_connection(plan, &mut requests, tls, resend);
                 recorder.merge(part);
-                pending_error = error;
-                if pending_error.is_none() {
+                let Some(e) = error else {
                     return recorder;
+                };
+                at += 1;
+                again = unanswered(&mut recorder, &plan.live, &e, lost);
+                if again.is_empty() {
+                    std::thread::sleep(Duration::from_millis(10));
                 }
                 continue;
             }
-            Err(e) if Instant::now() < plan.end && !plan.live.stop.load(Ordering::Relaxed) => {
-                pending_error = Some(e);
-                continue;
-            }
             Err(e) => {
-                recorder.error(&e, &plan.live);
-                return recorder;
+                let lost = std::mem::take(&mut again).into_iter().map(|sent| Sent {
+                    again: sent.again.map(|(bytes, _)| (bytes, true)),
+                    ..sent
+                });
+                unanswered(&mut recorder, &plan.live, &e, lost);
+                if !running {
+                    return recorder;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
             }
         };
         let Ok(mut writer) = stream.try_clone() else {
@@ -406,99 +491,152 @@ fn stream_connection(plan: &Plan, thread: usize) -> Recorder {
         for _ in 0..depth {
             let _ = free_tx.send(());
         }
-        let (in_flight, replies) = unbounded::<(Kind, Instant)>();
-        let finished = std::thread::scope(|scope| {
+        let (in_flight, replies) = unbounded::<Sent>();
+        // What the reader left in the channel when the connection ended.
+        let left = replies.clone();
+        let resend = std::mem::take(&mut again);
+        let (finished, error, lost) = std::thread::scope(|scope| {
             let reader = scope.spawn(move || {
                 let mut reader = BufReader::new(stream);
                 let mut line = Vec::with_capacity(128);
                 let mut recorder = plan.recorder();
-                for (kind, due) in replies {
+                for sent in replies {
                     line.clear();
                     let _ = reader.get_ref().set_read_timeout(Some(plan.patience()));
                     match reader.read_until(b'\n', &mut line) {
                         Ok(n) if n > 0 && line.ends_with(b"\n") => {
-                            recorder.reply(kind, due, plan.reply(kind, &line), &plan.live);
+                            let code = plan.reply(sent.kind, &line);
+                            recorder.reply(sent.kind, sent.due, code, &plan.live);
                             let _ = free_tx.send(());
                         }
-                        Ok(_) => return (recorder, Some(io::ErrorKind::UnexpectedEof.into())),
-                        Err(e) => return (recorder, Some(e)),
+                        Ok(_) => {
+                            let eof = io::ErrorKind::UnexpectedEof.into();
+                            return (recorder, Some(eof), Some(sent));
+                        }
+                        Err(e) => return (recorder, Some(e), Some(sent)),
                     }
                 }
-                (recorder, None)
+                (recorder, None, None)
             });
             let mut out_of_tickets = false;
+            let mut resend = resend.into_iter();
             // Taking a token fails once the reader has ended: the connection is dead.
             while free_rx.recv().is_ok() {
-                let Some(due) = plan.ticket() else {
-                    out_of_tickets = true;
-                    break;
+                let (sent, message) = match resend.next() {
+                    Some(sent) => {
+                        let message = sent.again.as_ref().map(|a| a.0.clone());
+                        (sent, message.unwrap_or_default())
+                    }
+                    None => {
+                        let Some(due) = plan.ticket() else {
+                            out_of_tickets = true;
+                            break;
+                        };
+                        let kind = plan.options.mix.pick(&mut requests.rng);
+                        let (kind, message) = requests.message(kind, Form::Stream, &plan.tokens);
+                        (Sent::new(plan, kind, due, &message), message)
+                    }
                 };
-                let kind = plan.options.mix.pick(&mut requests.rng);
-                let (kind, message) = requests.message(kind, Form::Stream, &plan.tokens);
-                if in_flight.send((kind, due)).is_err() || writer.write_all(&message).is_err() {
+                if in_flight.send(sent).is_err() || writer.write_all(&message).is_err() {
                     break;
                 }
             }
+            let unsent: Vec<Sent> = resend.collect();
             drop(in_flight);
-            let (part, error) = reader
-                .join()
-                .unwrap_or_else(|_| (plan.recorder(), Some(io::Error::other("reader panicked"))));
+            let (part, error, current) = reader.join().unwrap_or_else(|_| {
+                (
+                    plan.recorder(),
+                    Some(io::Error::other("reader panicked")),
+                    None,
+                )
+            });
             recorder.merge(part);
-            pending_error = error;
-            out_of_tickets
+            let lost: Vec<Sent> = current
+                .into_iter()
+                .chain(left.try_iter())
+                .chain(unsent)
+                .collect();
+            (out_of_tickets, error, lost)
         });
-        if finished {
-            if let Some(e) = pending_error.take() {
-                recorder.error(&e, &plan.live);
+        if let Some(e) = error {
+            at += 1;
+            again = unanswered(&mut recorder, &plan.live, &e, lost);
+            if again.is_empty() && !finished {
+                std::thread::sleep(Duration::from_millis(10));
             }
+        }
+        if finished && again.is_empty() {
             return recorder;
         }
     }
 }
 
 /// The stream form over TLS: one thread writes and reads (a TLS connection has one state for
-/// both directions), keeping up to `pipeline` requests in flight: it sends while it may, then
-/// reads one reply. Returns with the error that ended the connection, or `None` once the run
-/// is out of tickets.
+/// both directions), keeping up to `pipeline` requests in flight: it sends `resend` first,
+/// then while it may, then reads one reply. Returns with the error that ended the connection
+/// and what it left unanswered, or `None` once the run is out of tickets.
 fn tls_stream_connection(
     plan: &Plan,
     requests: &mut Requests,
     stream: Stream,
-) -> (Recorder, Option<io::Error>) {
+    resend: Vec<Sent>,
+) -> (Recorder, Option<io::Error>, Vec<Sent>) {
     let mut recorder = plan.recorder();
     let mut reader = BufReader::new(stream);
     let mut in_flight = std::collections::VecDeque::new();
+    let mut resend = std::collections::VecDeque::from(resend);
     let mut line = Vec::with_capacity(128);
     let depth = plan.options.pipeline.max(1);
     let mut out_of_tickets = false;
+    let lost = |in_flight: std::collections::VecDeque<Sent>, resend| {
+        in_flight.into_iter().chain(resend).collect::<Vec<Sent>>()
+    };
     loop {
-        while !out_of_tickets && in_flight.len() < depth {
-            let Some(due) = plan.ticket() else {
-                out_of_tickets = true;
-                break;
+        while in_flight.len() < depth {
+            let (sent, message) = match resend.pop_front() {
+                Some(sent) => {
+                    let message = sent.again.as_ref().map(|a: &(Vec<u8>, bool)| a.0.clone());
+                    (sent, message.unwrap_or_default())
+                }
+                None if out_of_tickets => break,
+                None => {
+                    let Some(due) = plan.ticket() else {
+                        out_of_tickets = true;
+                        break;
+                    };
+                    let kind = plan.options.mix.pick(&mut requests.rng);
+                    let (kind, message) = requests.message(kind, Form::Stream, &plan.tokens);
+                    (Sent::new(plan, kind, due, &message), message)
+                }
             };
-            let kind = plan.options.mix.pick(&mut requests.rng);
-            let (kind, message) = requests.message(kind, Form::Stream, &plan.tokens);
+            in_flight.push_back(sent);
             if let Err(e) = reader.get_mut().write_all(&message) {
-                return (recorder, Some(e));
+                return (recorder, Some(e), lost(in_flight, resend));
             }
-            in_flight.push_back((kind, due));
         }
-        let Some((kind, due)) = in_flight.pop_front() else {
-            return (recorder, None);
+        let Some(sent) = in_flight.pop_front() else {
+            return (recorder, None, Vec::new());
         };
         line.clear();
         let _ = reader
             .get_ref()
             .tcp()
             .set_read_timeout(Some(plan.patience()));
-        match reader.read_until(b'\n', &mut line) {
+        let error = match reader.read_until(b'\n', &mut line) {
             Ok(n) if n > 0 && line.ends_with(b"\n") => {
-                recorder.reply(kind, due, plan.reply(kind, &line), &plan.live);
+                recorder.reply(
+                    sent.kind,
+                    sent.due,
+                    plan.reply(sent.kind, &line),
+                    &plan.live,
+                );
+                continue;
             }
-            Ok(_) => return (recorder, Some(io::ErrorKind::UnexpectedEof.into())),
-            Err(e) => return (recorder, Some(e)),
-        }
+            Ok(_) => io::ErrorKind::UnexpectedEof.into(),
+            Err(e) => e,
+        };
+        in_flight.push_front(sent);
+        return (recorder, Some(error), lost(in_flight, resend));
     }
 }
 
@@ -529,6 +667,7 @@ fn register_users(options: &Options) -> io::Result<()> {
                     let mine = accounts.iter().skip(t * per_thread).take(per_thread);
                     let mut reply = Vec::new();
                     let mut stream = None;
+                    let mut at = 0;
                     for (username, password) in mine {
                         let body =
                             json!({"OP": "register", "username": username, "password": password});
@@ -537,12 +676,12 @@ fn register_users(options: &Options) -> io::Result<()> {
                         for attempt in 1..=REGISTER_ATTEMPTS {
                             reply.clear();
                             if options.form == Form::Seed {
-                                let mut conn = connect_within(options, options.timeout)?;
+                                let mut conn = connect_within(options, &mut at, options.timeout)?;
                                 conn.write_all(json!([body]).to_string().as_bytes())?;
                                 conn.read_to_end(&mut reply)?;
                             } else {
                                 if stream.is_none() {
-                                    let conn = connect_within(options, options.timeout)?;
+                                    let conn = connect_within(options, &mut at, options.timeout)?;
                                     stream = Some(BufReader::new(conn));
                                 }
                                 if let Some(reader) = stream.as_mut() {
@@ -573,9 +712,9 @@ fn register_users(options: &Options) -> io::Result<()> {
 pub enum StressError {
     /// Registering the accounts that logins pick from failed: the target is not listening,
     /// or does not answer as a login-server.
-    #[error("cannot register the stress accounts on {target}: {source}")]
+    #[error("cannot register the stress accounts on {}: {source}", .target.map_or("no target".into(), |t| t.to_string()))]
     Setup {
-        target: SocketAddr,
+        target: Option<SocketAddr>,
         source: io::Error,
     },
     /// The OS refused a client thread (resource limits).
@@ -597,7 +736,7 @@ impl Run {
     pub fn start(options: Options) -> Result<Run, StressError> {
         if options.users > 0 {
             register_users(&options).map_err(|source| StressError::Setup {
-                target: options.target,
+                target: options.targets.first().copied(),
                 source,
             })?;
         }
@@ -691,7 +830,7 @@ mod tests {
             answered
         });
         let options = Options {
-            target,
+            targets: vec![target],
             connections: 1,
             duration: Duration::from_secs(1),
             requests: None,

@@ -92,7 +92,7 @@ fn stress_verifies_the_tokens_of_its_own_logins() {
     let server = server(dir.path());
     for form in [Form::Stream, Form::Seed] {
         let run = Run::start(Options {
-            target: server.local_addr(),
+            targets: vec![server.local_addr()],
             connections: 4,
             duration: Duration::from_secs(2),
             requests: Some(400),
@@ -126,7 +126,7 @@ fn duration_is_a_hard_limit_and_what_was_cut_is_reported() {
     .unwrap();
     let started = std::time::Instant::now();
     let run = Run::start(Options {
-        target: server.local_addr(),
+        targets: vec![server.local_addr()],
         connections: 4,
         duration: Duration::from_secs(1),
         requests: None,
@@ -154,4 +154,38 @@ fn duration_is_a_hard_limit_and_what_was_cut_is_reported() {
         report.table()
     );
     assert_eq!(report.transport.timeout, 0, "{}", report.table());
+}
+
+#[test]
+fn a_run_over_two_targets_rides_out_one_stopping() {
+    for form in [Form::Stream, Form::Seed] {
+        let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (stopping, staying) = (server(dirs.0.path()), server(dirs.1.path()));
+        let run = Run::start(Options {
+            targets: vec![stopping.local_addr(), staying.local_addr()],
+            connections: 4,
+            duration: Duration::from_secs(3),
+            requests: None,
+            form,
+            pipeline: 4,
+            // Unknown names (1): nothing the two stores must share.
+            mix: "unknown=1".parse().unwrap(),
+            users: 0,
+            rate: None,
+            timeout: PATIENCE,
+            tls: None,
+        })
+        .unwrap();
+        std::thread::sleep(Duration::from_secs(1));
+        // Stopped as SIGTERM stops it: what it received whole is answered, the rest closed.
+        stopping.shutdown();
+        let report = run.finish();
+        assert!(report.clean(), "{form:?}: {}", report.table());
+        assert!(
+            report.codes.get("1").copied().unwrap_or(0) > 100,
+            "{form:?}: {}",
+            report.table()
+        );
+        drop(staying);
+    }
 }

@@ -106,7 +106,7 @@ fn metric(server: &LoginServer, name: &str) -> f64 {
 /// A stress run of `requests` requests against `server`, over `tls`.
 fn stress(server: &LoginServer, tls: &Arc<Tls>, form: Form, pipeline: usize, requests: u64) {
     let options = Options {
-        target: server.local_addr(),
+        targets: vec![server.local_addr()],
         connections: 4,
         duration: Duration::from_secs(30),
         requests: Some(requests),

@@ -17,7 +17,8 @@ mod sqlite;
 
 pub use crate::protocol::accountdb::{Account, Ban, Created, Revocation, SessionState};
 pub use contract::{
-    Details, LoginRead, Renamed, Store, StoreError, BATCH_TIME, REVOKED_PER_ACCOUNT,
+    Details, LoginRead, Peer, Renamed, SchemaState, Store, StoreError, BATCH_TIME,
+    REVOKED_PER_ACCOUNT,
 };
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;

@@ -2,7 +2,6 @@
 //! it fails. A leaf below the store module: the backends implement it, and the module that
 //! picks one ([`StoreUrl`](super::StoreUrl)) hands out what they made.
 
-use super::schema::{Peer, SchemaState};
 use crate::accountdb::client::connection::DbError;
 use crate::clock::Millis;
 use crate::protocol::accountdb::{Account, Ban, Created, Revocation, SessionState};
@@ -57,6 +56,28 @@ pub(super) fn unix_now() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
+/// Where a store's schema stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SchemaState {
+    /// Contractions done (those this build knows and any a newer build did).
+    pub contracted: usize,
+    /// Expansions done.
+    pub expanded: usize,
+    /// The oldest code version that may run on it, if a contraction set one.
+    pub min_code_version: Option<String>,
+}
+
+/// An account-db as it last recorded itself in `peers`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    /// Its host name and listening port.
+    pub instance: String,
+    /// Its code version.
+    pub code_version: String,
+    /// When it last recorded itself (unix milliseconds).
+    pub last_seen_ms: Millis,
+}
+
 /// Why the store could not answer. Never "no such account": that is `Ok(None)`.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -76,17 +97,18 @@ pub enum StoreError {
     #[error("the account database is damaged: {0}")]
     Damaged(String),
     /// The database's schema is newer than this build knows, and a contraction made it
-    /// unfit for builds as old as this one (see [`schema`](super::schema)).
+    /// unfit for builds as old as this one (the store's `schema` module says when).
     #[error(
         "the account database has schema version {found}, newer than this build's {known}, \
-         and needs code version {needs} (this is {})",
-        super::schema::CODE_VERSION
+         and needs code version {needs} (this is {this})"
     )]
     TooNew {
         found: usize,
         known: usize,
         /// The store's `min_code_version`, or "a newer release" where none is recorded.
         needs: String,
+        /// This build's code version.
+        this: &'static str,
     },
     /// PostgreSQL failed: unreachable, restarting, or it refused a statement. Shown with
     /// PostgreSQL's SQLSTATE and message, or the OS error.
@@ -299,12 +321,12 @@ pub trait Store: Send + Sync {
     /// Where the schema stands: contractions and expansions done, and the oldest code version
     /// that may run on it.
     fn schema_state(&self) -> Result<SchemaState, StoreError>;
-    /// Do contraction `step` (an index into [`CONTRACTIONS`](super::schema::CONTRACTIONS)), in
+    /// Do contraction `step` (an index into the schema module's `CONTRACTIONS`), in
     /// one transaction, if the store has done exactly the ones before it; `false` if it has
     /// not (another operator did it meanwhile): nothing changed.
     fn contract(&self, step: usize) -> Result<bool, StoreError>;
     /// Record that the account-db `instance` runs this build, seen at `now`; forget the peers
-    /// not seen for [`PEER_KEPT`](super::schema::PEER_KEPT).
+    /// not seen for the schema module's `PEER_KEPT` (7 days).
     fn record_peer(&self, instance: &str, now: Millis) -> Result<(), StoreError>;
     /// The account-dbs that recorded themselves, most recently seen first.
     fn peers(&self) -> Result<Vec<Peer>, StoreError>;

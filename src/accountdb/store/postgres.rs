@@ -17,10 +17,11 @@ use super::contract::{
     familiar_list, familiar_text, unix_now, Details, LoginRead, Renamed, Store, StoreError,
     LEGACY_NAMES_IMPORTED, REVOKED_PER_ACCOUNT,
 };
+use super::contract::{Peer, SchemaState};
 use super::pg_link::{self, SslMode};
 use super::pg_nodes::Nodes;
 use super::pg_watchdog::{self, Cancel, Watchdog};
-use super::schema::{self, Peer, SchemaState, CONTRACTIONS};
+use super::schema::{self, CONTRACTIONS};
 use crate::auth::names::{fold, skeleton, SKELETON_DATA};
 use crate::clock::Millis;
 use crate::protocol::accountdb::{Account, Ban, Created, Revocation, SessionState};

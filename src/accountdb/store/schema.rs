@@ -11,7 +11,7 @@
 //! knows when its own code version is at least that. docs/architecture.md, "How to change the
 //! schema", says how to add a step.
 
-use super::contract::StoreError;
+use super::contract::{Peer, StoreError};
 use crate::clock::Millis;
 use std::fmt;
 use std::str::FromStr;
@@ -102,28 +102,6 @@ impl fmt::Display for CodeVersion {
     }
 }
 
-/// Where a store's schema stands.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SchemaState {
-    /// Contractions done (those of [`CONTRACTIONS`] and any a newer build knows).
-    pub contracted: usize,
-    /// Expansions done.
-    pub expanded: usize,
-    /// The oldest code version that may run on it, if a contraction set one.
-    pub min_code_version: Option<String>,
-}
-
-/// An account-db as it last recorded itself in `peers`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Peer {
-    /// Its host name and listening port.
-    pub instance: String,
-    /// Its code version.
-    pub code_version: String,
-    /// When it last recorded itself (unix milliseconds).
-    pub last_seen_ms: Millis,
-}
-
 /// Whether this build may run on a store whose `schema_version` is `found` when it knows
 /// `known`: yes up to `known`; beyond, only if the store's `min_code_version` is at most this
 /// build's. Otherwise [`StoreError::TooNew`].
@@ -152,6 +130,7 @@ pub fn may_run(
         found,
         known,
         needs: needs.to_string(),
+        this: CODE_VERSION,
     })
 }
 

@@ -14,7 +14,8 @@ use super::contract::{
     familiar_list, familiar_text, unix_now, Details, Renamed, Store, StoreError,
     LEGACY_NAMES_IMPORTED, REVOKED_PER_ACCOUNT,
 };
-use super::schema::{self, Peer, SchemaState, CONTRACTIONS};
+use super::contract::{Peer, SchemaState};
+use super::schema::{self, CONTRACTIONS};
 use crate::auth::names::{fold, skeleton, SKELETON_DATA};
 use crate::clock::Millis;
 use crate::protocol::accountdb::{Account, Ban, Created, Revocation, SessionState};
