@@ -50,7 +50,8 @@
 //! - [`config`]: what the configuration structs share (parsing, defaults, value parsers);
 //!   [`tls`]: TLS 1.3 between the tiers (rustls): configurations from PEM files, a handshake
 //!   under one deadline, a stream with or without TLS, and `tls::generate` for `gen-tls`;
-//!   [`cidr`]: address blocks for `--allow-from`; [`clock`]: the time the rules judge by,
+//!   [`cidr`]: address blocks for `--allow-from`; [`limits`]: the open-files limit raised
+//!   at start and the connection cap fitted under it; [`clock`]: the time the rules judge by,
 //!   which tests move forward;
 //!   [`signals`] and [`logging`]: process plumbing for the binaries.
 //!
@@ -65,6 +66,7 @@ pub mod clock;
 pub mod config;
 pub mod http;
 pub mod legacy;
+pub mod limits;
 pub mod logging;
 pub mod login;
 pub mod metrics;

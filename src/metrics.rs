@@ -236,6 +236,12 @@ pub struct Metrics {
     pub throttled: Counter,
     pub refused_connections: Counter,
     pub disallowed_connections: Counter,
+    /// The connection cap in force: `--max-connections`, or lower where the open-files limit
+    /// cannot hold it.
+    pub max_connections: Gauge,
+    /// Accepts that failed for want of descriptors (EMFILE, ENFILE); accepting then pauses
+    /// for 100 ms.
+    pub accept_out_of_files: Counter,
     /// Questions to the old account server, by [`LegacyOutcome`].
     legacy_lookups: LabeledCounters,
     /// Accounts moved from the old account server on their first login.
@@ -291,6 +297,8 @@ impl Default for Metrics {
             throttled: Counter::default(),
             refused_connections: Counter::default(),
             disallowed_connections: Counter::default(),
+            max_connections: Gauge::default(),
+            accept_out_of_files: Counter::default(),
             legacy_lookups: LabeledCounters::new(
                 ["known", "unknown", "failed"].map(|outcome| vec![("outcome", outcome)]),
             ),
@@ -516,6 +524,16 @@ impl Metrics {
             "disallowed_connections",
             "Connections closed at accept: the peer is not in --allow-from",
             self.disallowed_connections.clone(),
+        );
+        r.register(
+            "max_connections",
+            "The connection cap in force: --max-connections, or lower where the open-files limit cannot hold it",
+            self.max_connections.clone(),
+        );
+        r.register(
+            "accept_out_of_files",
+            "Accepts that failed for want of file descriptors (EMFILE, ENFILE); accepting pauses 100 ms",
+            self.accept_out_of_files.clone(),
         );
         r.register(
             "legacy_lookups",

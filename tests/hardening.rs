@@ -7,6 +7,7 @@ use common::{code, exchange, http_get as get, seed, start, start_tiers, start_wi
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// A stream-form login, with the player's address.
@@ -845,4 +846,104 @@ fn values_that_cannot_work_are_refused_with_the_allowed_range() {
         dir.path().to_str().unwrap(),
     ]);
     assert!(said.contains("more than this machine's"), "{said}");
+}
+
+#[test]
+fn at_a_low_open_files_limit_the_excess_is_refused_and_logins_and_health_go_on() {
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let db = common::DbProcess::start(dir.path(), "127.0.0.1:0");
+    let key = dir.path().join("token.key");
+    common::gen_token_key(&key);
+    let mut command = common::login_server_command([
+        "--hash-params".as_ref(),
+        "8,1,1".as_ref(),
+        "--db".as_ref(),
+        db.addr.to_string().as_ref(),
+        "--db-secret-file".as_ref(),
+        dir.path().join("account-db.secret").as_os_str(),
+        "--token-key-file".as_ref(),
+        key.as_os_str(),
+        "--metrics-listen".as_ref(),
+        "127.0.0.1:0".as_ref(),
+    ]);
+    // The server alone gets 256 open files, soft and hard (the common default outside systemd
+    // is 1024, with --max-connections at 10000). setrlimit is async-signal-safe, and the
+    // closure touches nothing else: fit for pre_exec.
+    fn limit_to_256() -> std::io::Result<()> {
+        let limit = libc::rlimit {
+            rlim_cur: 256,
+            rlim_max: 256,
+        };
+        // SAFETY: setrlimit reads the struct it is given, which lives across the call.
+        match unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } {
+            0 => Ok(()),
+            _ => Err(std::io::Error::last_os_error()),
+        }
+    }
+    // --strict-limits refuses to start, naming the numbers.
+    let mut strict = Command::new(command.get_program());
+    strict.args(command.get_args()).arg("--strict-limits");
+    // SAFETY: as below.
+    unsafe { strict.pre_exec(limit_to_256) };
+    let refused = strict.output().unwrap();
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{said}");
+    assert!(
+        said.contains("--max-connections 10000") && said.contains("hard limit 256"),
+        "{said}"
+    );
+    // SAFETY: as below.
+    unsafe { command.pre_exec(limit_to_256) };
+    let mut server = common::Logged::spawn(command);
+    let warning = server.wait_for("open-files limit cannot hold --max-connections");
+    let field = |name: &str| -> u64 {
+        let prefix = format!("{name}=");
+        let word = warning
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(&prefix));
+        word.and_then(|w| w.parse().ok())
+            .unwrap_or_else(|| panic!("{name} in {warning}"))
+    };
+    let effective = field("effective");
+    assert!(field("wanted") == 10_000 && effective < 256, "{warning}");
+    assert_eq!(field("limit"), 256, "{warning}");
+    let addr: std::net::SocketAddr = server
+        .field("login-server listening", "addr")
+        .parse()
+        .unwrap();
+    let metrics: std::net::SocketAddr = server
+        .field("login-server listening", "metrics")
+        .parse()
+        .unwrap();
+    assert_eq!(
+        common::metric(metrics, "login_max_connections"),
+        Some(effective as f64)
+    );
+    // A gateway connected first, then 300 idle connections: the excess is refused at accept.
+    let mut gateway = StreamClient::new(addr);
+    let idle: Vec<TcpStream> = (0..300)
+        .map(|_| TcpStream::connect(addr).unwrap())
+        .collect();
+    let refused = 300 + 1 - effective as usize;
+    common::eventually(common::PATIENCE, "the excess refused and counted", || {
+        common::metric(metrics, "login_refused_connections_total") == Some(refused as f64)
+    });
+    gateway.send(b"{\"OP\":\"register\",\"username\":\"Crowded\",\"password\":\"password1\"}\n");
+    assert_eq!(gateway.recv()["code"], 4);
+    gateway.send(b"{\"OP\":\"login\",\"username\":\"crowded\",\"password\":\"password1\"}\n");
+    assert_eq!(gateway.recv()["code"], 3);
+    assert_eq!(get(metrics, "/healthz").0, 200);
+    assert_eq!(get(metrics, "/readyz").0, 200);
+    assert_eq!(
+        common::metric(metrics, "login_accept_out_of_files_total"),
+        Some(0.0)
+    );
+    let failures = server
+        .lines()
+        .iter()
+        .filter(|l| l.contains("accept failed"))
+        .count();
+    assert_eq!(failures, 0, "no accept ran out of descriptors");
+    drop(idle);
 }

@@ -252,6 +252,11 @@ pub struct LoginServerConfig {
         value_parser = at_least_one
     )]
     pub max_connections: usize,
+    /// Refuse to start when the open-files limit cannot cover --max-connections beside the
+    /// descriptors the rest of the process needs, instead of lowering the cap to fit (and
+    /// saying so). Defaults to off: the cap is lowered.
+    #[arg(long, env = "LOGIN_SERVER_STRICT_LIMITS")]
+    pub strict_limits: bool,
     /// Pooled account-db connections; 0 opens one per request, as the seed did (and workers
     /// take one gateway connection at a time: there is no round trip to share). Defaults to
     /// workers + hash threads: one for each thread that asks account-db.
@@ -368,6 +373,25 @@ impl LoginServerConfig {
     /// Hash threads, the default resolved.
     pub fn hash_threads(&self) -> usize {
         self.hash_threads.unwrap_or_else(cores)
+    }
+
+    /// Descriptors the process holds whatever its gateway connections, before
+    /// [`limits::RESERVE`](crate::limits::RESERVE): stdio, the listener, the poller and its
+    /// waker, the metrics endpoint and its 16 connections, the account-db pools (each `--db`'s;
+    /// embedded: both ends, its listener and the SQLite files), the old server's connections.
+    pub fn descriptors_needed(&self) -> u64 {
+        let metrics = if self.metrics_listen.is_some() { 17 } else { 0 };
+        let pool = u64::from(self.db_pool()).max(1);
+        let account_dbs = match self.db.len() {
+            0 => 2 * pool + 1 + 8,
+            n => pool * n as u64,
+        };
+        let legacy = if self.legacy_db.is_some() {
+            self.legacy_db_connections as u64
+        } else {
+            0
+        };
+        3 + 3 + metrics + account_dbs + legacy
     }
 
     /// Pooled account-db connections, the default resolved.

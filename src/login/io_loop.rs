@@ -17,6 +17,7 @@ use super::health::Health;
 use super::returns::{Back, Returns};
 use super::workers::Job;
 use crate::cidr::Cidr;
+use crate::logging::RateLimited;
 use crate::metrics::Metrics;
 use crate::protocol::gateway::Reply;
 use crossbeam_channel::{Receiver, Sender};
@@ -95,6 +96,9 @@ pub struct IoLoop {
     pub metrics: Metrics,
 }
 
+/// How long accepting pauses after it failed for want of descriptors: 100 ms.
+const OUT_OF_FILES_PAUSE: Duration = Duration::from_millis(100);
+
 struct State {
     slots: Slab<Place>,
     /// Found holding a whole message in this poll: they go to the workers at its end.
@@ -103,6 +107,10 @@ struct State {
     handshakes: Vec<Box<Conn>>,
     scratch: Vec<u8>,
     listening: bool,
+    /// Out of descriptors at the last accept: none is tried before this.
+    accept_after: Option<Instant>,
+    /// The log of accepts that failed for want of descriptors: a line per 10 s at most.
+    out_of_files_log: RateLimited,
 }
 
 impl IoLoop {
@@ -115,6 +123,8 @@ impl IoLoop {
             handshakes: Vec::new(),
             scratch: vec![0; READ_CHUNK],
             listening: true,
+            accept_after: None,
+            out_of_files_log: RateLimited::new(Duration::from_secs(10)),
         };
         let listener_fd = self.listener.as_raw_fd();
         if let Err(e) =
@@ -192,12 +202,28 @@ impl IoLoop {
     }
 
     fn accept(&self, state: &mut State) {
+        if let Some(after) = state.accept_after {
+            if Instant::now() < after {
+                return;
+            }
+            state.accept_after = None;
+        }
         while state.listening {
             let (stream, peer) = match self.listener.accept() {
                 Ok(accepted) => accepted,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) if crate::limits::out_of_descriptors(&e) => {
+                    // Counted, logged once per 10 s, and not tried again for 100 ms (the
+                    // connection waits in the backlog; the sweep tries again).
+                    self.metrics.accept_out_of_files.inc();
+                    state.accept_after = Some(Instant::now() + OUT_OF_FILES_PAUSE);
+                    if let Some(times) = state.out_of_files_log.hit() {
+                        tracing::warn!(error = %e, times, "accept failed: out of file descriptors");
+                    }
+                    return;
+                }
                 Err(e) => {
-                    // Out of descriptors, say: the sweep tries again next tick.
+                    // The sweep tries again next tick.
                     tracing::warn!(error = %e, "accept failed");
                     return;
                 }

@@ -90,6 +90,20 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    /// `--strict-limits`, and the open-files limit (raised as far as the hard limit allows)
+    /// cannot hold `--max-connections` beside what the process needs.
+    #[error(
+        "--max-connections {wanted} needs {needed} open files with what the process holds \
+         besides, and the limit reaches {limit} (hard limit {hard}): raise LimitNOFILE or \
+         ulimit -n, or lower --max-connections (without --strict-limits it is lowered to {fits})"
+    )]
+    Descriptors {
+        wanted: usize,
+        needed: u64,
+        limit: u64,
+        hard: u64,
+        fits: usize,
+    },
     /// `--hash-params` memory times `--hash-threads` is more than the machine has.
     #[error(
         "--hash-params memory ({memory_kib} KiB) times --hash-threads ({threads}) is more than \
@@ -319,6 +333,29 @@ impl LoginServer {
                  passwords cross the network readable; require TLS once every gateway speaks it"
             );
         }
+        let fit = crate::limits::fit(config.max_connections, config.descriptors_needed())?;
+        if fit.lowered() {
+            let needed = fit.fixed + fit.wanted as u64;
+            if config.strict_limits {
+                return Err(StartError::Descriptors {
+                    wanted: fit.wanted,
+                    needed,
+                    limit: fit.limit,
+                    hard: fit.hard,
+                    fits: fit.effective,
+                });
+            }
+            tracing::warn!(
+                wanted = fit.wanted,
+                effective = fit.effective,
+                needed,
+                limit = fit.limit,
+                hard = fit.hard,
+                "the open-files limit cannot hold --max-connections: connections capped at the \
+                 effective number (raise LimitNOFILE or ulimit -n; --strict-limits refuses instead)"
+            );
+        }
+        metrics.max_connections.set(fit.effective as i64);
         let local_addr = listener.local_addr()?;
         if config.allow_from.is_empty() && !local_addr.ip().is_loopback() {
             tracing::warn!(
@@ -469,7 +506,7 @@ impl LoginServer {
             health,
             limits: Limits {
                 allow_from: config.allow_from.clone(),
-                max_connections: config.max_connections,
+                max_connections: fit.effective,
                 max_message: config.max_message,
                 queue: config.queue,
                 batch,
