@@ -311,3 +311,37 @@ fn architecture_md_traces_a_login_through_functions_that_exist() {
     }
     assert!(checked >= 20, "only {checked} functions named");
 }
+
+#[test]
+fn keys_and_backups_the_docs_make_stay_private() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let read = |path: &str| std::fs::read_to_string(format!("{root}/{path}")).expect(path);
+    // The README's own command writes the key into the project: one `git add .` from a commit.
+    let (readme, ignored) = (read("README.md"), read(".gitignore"));
+    assert!(readme.contains("gen-token-key ./token.key"));
+    for key in ["/token.key", "/token.pub"] {
+        assert!(ignored.lines().any(|l| l == key), "{key} in .gitignore");
+    }
+    // Every backup command of the runbook makes its file 0600.
+    let operations = read("docs/operations.md");
+    let runbook = operations
+        .lines()
+        .skip_while(|l| !l.starts_with("**Backup and restore.**"))
+        .take_while(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    for tool in ["sqlite3", "pg_dump"] {
+        assert!(
+            runbook.contains(&format!("(umask 077 && {tool}")),
+            "{tool}: {runbook}"
+        );
+    }
+    // And the public half is named as the file it is.
+    let mut help = Vec::new();
+    LoginServerConfig::command()
+        .find_subcommand_mut("gen-token-key")
+        .expect("gen-token-key")
+        .write_long_help(&mut help)
+        .unwrap();
+    assert!(String::from_utf8(help).unwrap().contains("token.pub"));
+}

@@ -848,6 +848,49 @@ fn values_that_cannot_work_are_refused_with_the_allowed_range() {
     assert!(said.contains("more than this machine's"), "{said}");
 }
 
+/// A spawned server alone gets 256 open files, soft and hard (the common default outside
+/// systemd is 1024). setrlimit is async-signal-safe, and this touches nothing else: fit for
+/// `pre_exec`.
+fn limit_to_256() -> std::io::Result<()> {
+    let limit = libc::rlimit {
+        rlim_cur: 256,
+        rlim_max: 256,
+    };
+    // SAFETY: setrlimit reads the struct it is given, which lives across the call.
+    match unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
+    }
+}
+
+#[test]
+fn an_account_db_at_a_low_open_files_limit_caps_its_connections_and_serves() {
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_account-db"));
+    command
+        .args(["--listen", "127.0.0.1:0", "--data"])
+        .arg(dir.path());
+    // SAFETY: see limit_to_256.
+    unsafe { command.pre_exec(limit_to_256) };
+    let mut db = common::Logged::spawn(command);
+    let warning = db.wait_for("open-files limit cannot hold --max-connections");
+    assert!(
+        warning.contains("wanted=256") && warning.contains("hard=256"),
+        "{warning}"
+    );
+    let addr = db.field("account-db listening", "addr");
+    let secret =
+        login_server::auth::secret::Secret::read(&dir.path().join("account-db.secret")).unwrap();
+    let server =
+        login_server::LoginServer::spawn(common::config(addr.parse().unwrap(), &secret)).unwrap();
+    assert_eq!(
+        code(server.local_addr(), "register", "Capped", "password1"),
+        4
+    );
+    assert_eq!(code(server.local_addr(), "login", "capped", "password1"), 3);
+}
+
 #[test]
 fn at_a_low_open_files_limit_the_excess_is_refused_and_logins_and_health_go_on() {
     use std::os::unix::process::CommandExt;
@@ -867,20 +910,6 @@ fn at_a_low_open_files_limit_the_excess_is_refused_and_logins_and_health_go_on()
         "--metrics-listen".as_ref(),
         "127.0.0.1:0".as_ref(),
     ]);
-    // The server alone gets 256 open files, soft and hard (the common default outside systemd
-    // is 1024, with --max-connections at 10000). setrlimit is async-signal-safe, and the
-    // closure touches nothing else: fit for pre_exec.
-    fn limit_to_256() -> std::io::Result<()> {
-        let limit = libc::rlimit {
-            rlim_cur: 256,
-            rlim_max: 256,
-        };
-        // SAFETY: setrlimit reads the struct it is given, which lives across the call.
-        match unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } {
-            0 => Ok(()),
-            _ => Err(std::io::Error::last_os_error()),
-        }
-    }
     // --strict-limits refuses to start, naming the numbers.
     let mut strict = Command::new(command.get_program());
     strict.args(command.get_args()).arg("--strict-limits");

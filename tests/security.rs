@@ -24,6 +24,10 @@ fn account_db_refuses_a_wrong_or_missing_secret() {
         .err()
         .expect("a wrong secret is refused");
     assert!(err.to_string().contains("authentication failed"), "{err}");
+    assert!(
+        err.to_string().contains("--db-secret-file"),
+        "names where our secret came from: {err}"
+    );
 
     // A peer that skips the handshake gets nothing but a refusal, then the connection closes.
     let stream = TcpStream::connect(db.addr).unwrap();

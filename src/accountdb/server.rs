@@ -80,6 +80,8 @@ struct Shared {
     refusal_log: RateLimited,
     /// Handshakes cut off at `--max-handshakes` likewise, apart.
     cutoff_log: RateLimited,
+    /// Failed accepts (out of descriptors, say) likewise.
+    accept_log: RateLimited,
     idle_timeout: Duration,
     auth_timeout: Duration,
     /// `--store-timeout`, told to clients in the greeting.
@@ -565,14 +567,16 @@ impl AccountDb {
             metrics_tls,
         } = listeners;
         let local_addr = listener.local_addr()?;
+        let max_connections = fit_connections(&config)?;
         let shared = Arc::new(Shared {
             secrets,
-            max_connections: config.max_connections,
+            max_connections,
             max_handshakes: config.max_handshakes,
             handshaking: Mutex::new(VecDeque::new()),
             authenticated: AtomicUsize::new(0),
             refusal_log: RateLimited::new(Duration::from_secs(10)),
             cutoff_log: RateLimited::new(Duration::from_secs(10)),
+            accept_log: RateLimited::new(Duration::from_secs(10)),
             idle_timeout: config.idle_timeout,
             auth_timeout: config.auth_timeout,
             store_timeout: config.store_timeout,
@@ -729,6 +733,35 @@ fn every_second(
     }
 }
 
+/// `--max-connections`, or fewer where the open-files limit (raised as far as needed, never
+/// past the hard limit) cannot hold them: each connection holds two descriptors (its socket
+/// and the clone kept to close it at shutdown), and so does each of `--max-handshakes`; the
+/// store's (`--store-pool`, or SQLite's files), the listeners, the metrics endpoint's 16
+/// connections and stdio are counted beside them, with the reserve. A lowered cap is said once
+/// at start, with the numbers.
+fn fit_connections(config: &AccountDbConfig) -> std::io::Result<usize> {
+    let per_connection = 2;
+    let wanted = config.max_connections + config.max_handshakes;
+    let store = u64::from(config.store_pool).max(8);
+    let needed = 3 + 2 + 17 + store;
+    let fit = crate::limits::fit(wanted * per_connection, needed)?;
+    let effective = (fit.effective / per_connection)
+        .saturating_sub(config.max_handshakes)
+        .max(1)
+        .min(config.max_connections);
+    if effective < config.max_connections {
+        tracing::warn!(
+            wanted = config.max_connections,
+            effective,
+            limit = fit.limit,
+            hard = fit.hard,
+            "the open-files limit cannot hold --max-connections and --max-handshakes: \
+             connections capped at the effective number (raise LimitNOFILE or ulimit -n)"
+        );
+    }
+    Ok(effective)
+}
+
 fn accept_loop(listener: TcpListener, store: Arc<dyn Store>, shared: &Arc<Shared>) {
     let threads = shared.max_connections + shared.max_handshakes;
     let pool = ThreadPool::with_name("account-db-conn".into(), threads.max(1));
@@ -739,8 +772,10 @@ fn accept_loop(listener: TcpListener, store: Arc<dyn Store>, shared: &Arc<Shared
         let stream = match stream {
             Ok(stream) => stream,
             Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
-                tracing::warn!(error = %e, "account-db accept failed");
+                // EMFILE and friends: back off instead of spinning, and say so once per 10 s.
+                if let Some(times) = shared.accept_log.hit() {
+                    tracing::warn!(error = %e, times, "account-db accept failed");
+                }
                 std::thread::sleep(Duration::from_millis(50));
                 continue;
             }

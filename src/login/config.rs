@@ -23,7 +23,7 @@ use std::time::Duration;
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum Command {
     /// Write a new token signing key to PATH (mode 0600; it must not exist) and its public
-    /// half to PATH.pub, and print its kid.
+    /// half beside it with the extension .pub (token.key: token.pub), and print its kid.
     GenTokenKey {
         /// Where to write the key.
         path: PathBuf,

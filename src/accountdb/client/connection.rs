@@ -155,6 +155,14 @@ impl DbConn {
         let version = agreed.named.then_some(agreed.version);
         match conn.call(&DbRequest::Auth { proof, version })? {
             DbResponse::Ok => Ok(conn),
+            // The server says nothing more, on purpose; the likely cause is ours to name.
+            DbResponse::Error { message } if message == "authentication failed" => {
+                Err(handshake(format!(
+                    "refused us: {message} (the secret this login-server holds, from \
+                     --db-secret-file or ACCOUNT_DB_SECRET, is not one that account-db accepts: \
+                     compare it with account-db's secret file)"
+                )))
+            }
             DbResponse::Error { message } => Err(handshake(format!("refused us: {message}"))),
             other => Err(handshake(format!("answered authentication with {other:?}"))),
         }
