@@ -41,6 +41,29 @@ pub fn init(format: LogFormat) -> WorkerGuard {
     guard
 }
 
+/// Say on stderr why a binary stops, as one line in `format`: `Error: ...` as text, or a JSON
+/// object shaped as the log's own (`timestamp`, `level` `ERROR`, `fields.message`, `target`),
+/// so that a log collector reading JSON lines reads this one too. `message` is the error with
+/// its causes (`{:#}` of an `anyhow::Error`): never a backtrace, which is for panics.
+pub fn fatal(format: LogFormat, target: &str, message: &str) {
+    let line = match format {
+        LogFormat::Text => format!("Error: {message}"),
+        LogFormat::Json => {
+            let timestamp = time::OffsetDateTime::now_utc()
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default();
+            serde_json::json!({
+                "timestamp": timestamp,
+                "level": "ERROR",
+                "fields": {"message": message},
+                "target": target,
+            })
+            .to_string()
+        }
+    };
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
 thread_local! {
     /// This thread's lines held by [`held`], if it is inside it.
     static HELD: RefCell<Option<Vec<u8>>> = const { RefCell::new(None) };

@@ -130,6 +130,13 @@ fn admin_conformance(store: &dyn Store) {
     assert!(locked.contains("name\tAdmin-Alice"), "{locked}");
     assert!(locked.contains("locked\tfor "), "{locked}");
     assert!(locked.contains("m=8,t=1,p=1"), "{locked}");
+    // Times in UTC, and a state never reached said as such, not as the epoch.
+    let year = |text: &str| text.contains("\tcreated") || text.contains(" UTC");
+    assert!(
+        year(&locked) && locked.contains("sessions\tnever voided"),
+        "{locked}"
+    );
+    assert!(!locked.contains("unix"), "{locked}");
     assert!(matches!(
         throttling::login(
             store,
@@ -191,7 +198,10 @@ fn admin_conformance(store: &dyn Store) {
         },
     )
     .unwrap();
-    assert!(shown.contains("last login\tat "), "{shown}");
+    assert!(
+        shown.contains("last login\t20") && shown.contains(" UTC (to the minute)"),
+        "{shown}"
+    );
 
     // A new password, and every session before it void.
     let id = store.find("admin-bob").unwrap().unwrap().id;

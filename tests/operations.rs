@@ -296,3 +296,47 @@ fn every_documented_metric_is_exported_and_nothing_else() {
     );
     assert_eq!(exposed, documented, "exported vs docs/operations.md");
 }
+
+#[test]
+fn a_fatal_error_is_one_line_in_the_log_format_without_a_backtrace() {
+    let login_server = env!("CARGO_BIN_EXE_login-server");
+    let account_db = env!("CARGO_BIN_EXE_account-db");
+    // --db without its secret; an admin command on a store that does not exist.
+    let runs: [(&str, &[&str]); 2] = [
+        (
+            login_server,
+            &["--listen", "127.0.0.1:0", "--db", "127.0.0.1:1"],
+        ),
+        (
+            account_db,
+            &["--data", "/nonexistent/store", "admin", "count"],
+        ),
+    ];
+    for (program, args) in runs {
+        for format in ["json", "text"] {
+            let output = std::process::Command::new(program)
+                .args(args)
+                .args(["--log-format", format])
+                .env("RUST_BACKTRACE", "1")
+                .env_remove("ACCOUNT_DB_SECRET")
+                .env_remove("LOGIN_SERVER_DB_SECRET_FILE")
+                .output()
+                .unwrap();
+            let said = String::from_utf8_lossy(&output.stderr);
+            assert!(!output.status.success(), "{said}");
+            assert!(!said.to_lowercase().contains("backtrace"), "{said}");
+            let last = said.lines().last().unwrap_or_default();
+            assert_eq!(said.lines().filter(|l| !l.is_empty()).count(), 1, "{said}");
+            if format == "json" {
+                let line: serde_json::Value = serde_json::from_str(last).expect(last);
+                assert_eq!(line["level"], "ERROR", "{last}");
+                assert!(
+                    line["fields"]["message"].as_str().unwrap().len() > 10,
+                    "{last}"
+                );
+            } else {
+                assert!(last.starts_with("Error: "), "{last}");
+            }
+        }
+    }
+}

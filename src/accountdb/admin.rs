@@ -8,8 +8,8 @@ use crate::accountdb::throttling;
 /// The longest ban reason, in bytes: it goes out in replies.
 const MAX_REASON: usize = 200;
 
-/// The end of a ban for good (year 292 million: never).
-const FOR_GOOD: i64 = i64::MAX / 2;
+/// The end of a ban for good.
+const FOR_GOOD: i64 = Ban::FOR_GOOD;
 use crate::auth::names::{is_invisible, normalize_password, Rules};
 use crate::auth::password::{HashError, HashParams, Hasher, Memory};
 use crate::clock::now_ms;
@@ -406,33 +406,52 @@ fn show(store: &dyn Store, name: &str) -> Result<String, AdminError> {
     let mut out = String::new();
     let _ = writeln!(out, "name\t{}", account.username);
     let _ = writeln!(out, "id\t{}", account.id);
-    let _ = writeln!(out, "created\t{} (unix seconds)", details.created_at);
+    let _ = writeln!(
+        out,
+        "created\t{}",
+        utc(details.created_at.saturating_mul(1000))
+    );
     let _ = writeln!(out, "hash\t{hash}");
     let _ = match record.locked(now) {
         Some(wait) => writeln!(out, "locked\tfor {} s more", wait.as_secs().max(1)),
         None => writeln!(out, "locked\tno ({} recent failures)", record.count),
     };
     let _ = match record.last_login() {
-        Some(at) => writeln!(out, "last login\tat {at} (unix ms, to the minute)"),
+        Some(at) => writeln!(out, "last login\t{} (to the minute)", utc(at)),
         None => writeln!(out, "last login\tnone known"),
     };
     if let Some(last) = record.familiar.first() {
         let _ = writeln!(out, "last address\t{last}");
     }
-    let _ = writeln!(
-        out,
-        "sessions\tthose begun before {} (unix ms) are void",
-        details.sessions_after
-    );
+    let _ = match details.sessions_after {
+        0 => writeln!(out, "sessions\tnever voided"),
+        after => writeln!(out, "sessions\tthose begun before {} are void", utc(after)),
+    };
     let _ = match account.ban.as_ref().filter(|b| b.until_ms > now) {
-        Some(ban) => writeln!(
-            out,
-            "banned\tuntil {} (unix ms): {}",
-            ban.until_ms, ban.reason
-        ),
+        Some(ban) if ban.permanent() => {
+            writeln!(out, "banned\tfor good: {}", ban.reason)
+        }
+        Some(ban) => writeln!(out, "banned\tuntil {}: {}", utc(ban.until_ms), ban.reason),
         None => writeln!(out, "banned\tno"),
     };
     Ok(out)
+}
+
+/// A time (unix milliseconds) as every admin output writes it: UTC, to the second
+/// (`2026-12-04 20:57:58 UTC`); one past what a calendar holds as its milliseconds.
+fn utc(ms: i64) -> String {
+    match time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000) {
+        Ok(at) => format!(
+            "{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
+            at.year(),
+            u8::from(at.month()),
+            at.day(),
+            at.hour(),
+            at.minute(),
+            at.second()
+        ),
+        Err(_) => format!("{ms} (unix ms)"),
+    }
 }
 
 /// `admin schema show`.

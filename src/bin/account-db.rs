@@ -16,17 +16,18 @@ use std::process::ExitCode;
 const SOME_REJECTED: u8 = 3;
 
 fn main() -> ExitCode {
-    match run() {
+    let config: AccountDbConfig = config::parse();
+    let format = config.log_format;
+    match run(config) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("Error: {e:?}");
+            logging::fatal(format, "account_db", &format!("{e:#}"));
             ExitCode::FAILURE
         }
     }
 }
 
-fn run() -> anyhow::Result<ExitCode> {
-    let config: AccountDbConfig = config::parse();
+fn run(config: AccountDbConfig) -> anyhow::Result<ExitCode> {
     match &config.command {
         Some(Command::Import {
             file,

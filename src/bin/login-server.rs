@@ -6,8 +6,19 @@ use login_server::auth::token_key::SigningKey;
 use login_server::login::{Command, LoginServer, LoginServerConfig};
 use login_server::{config, logging, signals};
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     let config: LoginServerConfig = config::parse();
+    let format = config.log_format;
+    match run(config) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            logging::fatal(format, "login_server", &format!("{e:#}"));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(config: LoginServerConfig) -> anyhow::Result<()> {
     if let Some(Command::GenTokenKey { path }) = &config.command {
         let key = SigningKey::create(path)?;
         let public = path.with_extension("pub");

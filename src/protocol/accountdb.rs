@@ -134,6 +134,15 @@ pub struct Ban {
 }
 
 impl Ban {
+    /// The end of a ban for good (`account-db admin ban` without `--for`): year 292 million,
+    /// never; any end from it on is for good.
+    pub const FOR_GOOD: i64 = i64::MAX / 2;
+
+    /// Whether it never ends.
+    pub fn permanent(&self) -> bool {
+        self.until_ms >= Ban::FOR_GOOD
+    }
+
     /// The ban the store's columns hold: none when `until_ms` is 0.
     pub fn from_columns(until_ms: i64, reason: String) -> Option<Ban> {
         (until_ms != 0).then_some(Ban { until_ms, reason })

@@ -529,8 +529,10 @@ pub struct Reply {
     pub account_id: Option<u64>,
     /// When the token expires (seconds since the epoch), with `token` or on `verify`'s 9.
     pub exp: Option<i64>,
-    /// When a ban ends (seconds since the epoch), on code 12.
+    /// When a ban ends (seconds since the epoch), on code 12 unless it never does.
     pub until: Option<i64>,
+    /// `true` on code 12 for a ban that never ends (then without `until`).
+    pub permanent: Option<bool>,
 }
 
 impl Reply {
@@ -545,6 +547,7 @@ impl Reply {
             account_id: None,
             exp: None,
             until: None,
+            permanent: None,
         }
     }
 
@@ -601,10 +604,13 @@ impl Reply {
         }
     }
 
-    /// Code 12: banned until `until_ms`, for `reason`.
+    /// Code 12: banned until `until_ms` (from [`Ban::FOR_GOOD`](crate::protocol::accountdb::Ban::FOR_GOOD)
+    /// on: for good, said as `permanent`), for `reason`.
     pub fn banned(until_ms: i64, reason: &str) -> Self {
+        let permanent = until_ms >= crate::protocol::accountdb::Ban::FOR_GOOD;
         Reply {
-            until: Some(until_ms.div_euclid(1000)),
+            until: (!permanent).then(|| until_ms.div_euclid(1000)),
+            permanent: permanent.then_some(true),
             reason: Some(Reason::Ban(reason.to_string())),
             ..Reply::new(Code::Banned, "banned")
         }
@@ -674,6 +680,8 @@ struct WireReply<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     until: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    permanent: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     id: Option<&'a RawValue>,
 }
 
@@ -689,6 +697,7 @@ pub fn encode(out: &mut Vec<u8>, form: Form, reply: &Reply, id: Option<&Id>) {
         token: reply.token.as_deref(),
         exp: reply.exp,
         until: reply.until,
+        permanent: reply.permanent,
         id: id.map(|id| &**id),
     };
     if form == Form::Seed {
@@ -991,6 +1000,24 @@ mod tests {
         assert_eq!(
             out,
             b"{\"code\":5,\"info\":\"fail\",\"reason\":\"username_taken\",\"id\":\"r1\"}\n"
+        );
+    }
+
+    #[test]
+    fn a_ban_for_good_says_permanent_instead_of_a_year_near_146_million() {
+        let wire = |reply: &Reply| {
+            let mut out = Vec::new();
+            encode(&mut out, Form::Stream, reply, None);
+            String::from_utf8(out).unwrap()
+        };
+        let for_good = crate::protocol::accountdb::Ban::FOR_GOOD;
+        assert_eq!(
+            wire(&Reply::banned(for_good, "cheating")),
+            "{\"code\":12,\"info\":\"banned\",\"reason\":\"cheating\",\"permanent\":true}\n"
+        );
+        assert_eq!(
+            wire(&Reply::banned(1_800_000_000_999, "spam")),
+            "{\"code\":12,\"info\":\"banned\",\"reason\":\"spam\",\"until\":1800000000}\n"
         );
     }
 }
