@@ -27,6 +27,13 @@ impl Cidr {
     }
 }
 
+impl std::fmt::Display for Cidr {
+    /// `10.0.0.0/8`: the block, its host bits cleared.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0.trunc())
+    }
+}
+
 impl FromStr for Cidr {
     type Err = String;
 

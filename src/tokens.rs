@@ -168,6 +168,11 @@ impl Tokens {
     }
 
     /// The public keys, as a JWKS (`{"keys":[...]}`), the signing key first.
+    /// The kids of the keys tokens are checked with, the signing key's first.
+    pub fn kids(&self) -> Vec<&str> {
+        self.keys.iter().map(|k| k.kid.as_str()).collect()
+    }
+
     pub fn jwks(&self) -> String {
         let keys: Vec<serde_json::Value> = self.keys.iter().map(VerifyKey::jwk).collect();
         serde_json::json!({ "keys": keys }).to_string()

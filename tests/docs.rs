@@ -345,3 +345,28 @@ fn keys_and_backups_the_docs_make_stay_private() {
         .unwrap();
     assert!(String::from_utf8(help).unwrap().contains("token.pub"));
 }
+
+#[test]
+fn help_texts_say_what_they_serve_and_describe_every_flag() {
+    let login = LoginServerConfig::command();
+    let metrics = login
+        .get_arguments()
+        .find(|a| a.get_id() == "metrics_listen")
+        .map(|a| a.get_help().map(|h| h.to_string()).unwrap_or_default())
+        .expect("--metrics-listen");
+    assert!(metrics.contains("/keys"), "{metrics}");
+    let mut db = AccountDbConfig::command();
+    let about = db.get_about().map(|a| a.to_string()).unwrap_or_default();
+    assert!(about.contains("SQLite or PostgreSQL"), "{about}");
+    let list = db
+        .find_subcommand_mut("admin")
+        .and_then(|a| a.find_subcommand_mut("list"))
+        .expect("admin list");
+    for flag in list.get_arguments().filter(|a| !a.is_global_set()) {
+        assert!(
+            flag.get_help().is_some(),
+            "admin list --{} has no help",
+            flag.get_id()
+        );
+    }
+}

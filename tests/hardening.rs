@@ -897,7 +897,7 @@ fn at_a_low_open_files_limit_the_excess_is_refused_and_logins_and_health_go_on()
     let dir = tempfile::tempdir().unwrap();
     let db = common::DbProcess::start(dir.path(), "127.0.0.1:0");
     let key = dir.path().join("token.key");
-    common::gen_token_key(&key);
+    let kid = common::gen_token_key(&key);
     let mut command = common::login_server_command([
         "--hash-params".as_ref(),
         "8,1,1".as_ref(),
@@ -926,6 +926,14 @@ fn at_a_low_open_files_limit_the_excess_is_refused_and_logins_and_health_go_on()
     unsafe { command.pre_exec(limit_to_256) };
     let mut server = common::Logged::spawn(command);
     let warning = server.wait_for("open-files limit cannot hold --max-connections");
+    // The start says which keys sign and verify tokens, and who may connect.
+    let keys = server.wait_for("token keys and gateways allowed");
+    assert!(
+        keys.contains(&format!("signing_kid={kid}"))
+            && keys.contains("verify_kids=none")
+            && keys.contains("allow_from=anyone"),
+        "{keys}"
+    );
     let field = |name: &str| -> u64 {
         let prefix = format!("{name}=");
         let word = warning

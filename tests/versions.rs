@@ -214,3 +214,26 @@ fn the_previous_release_s_transcript_replays_on_postgres() {
     let db = common::DbProcess::start_with(dir.path(), "127.0.0.1:0", &["--store", &pg.url]);
     replay_transcript(db.addr, &db.secret);
 }
+
+#[test]
+fn a_peer_that_never_greets_is_said_to_be_no_account_db() {
+    // PostgreSQL's port, say: it waits for its client to speak first.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let held = std::thread::spawn(move || listener.accept().map(|(tcp, _)| tcp));
+    let error = DbConn::connect(
+        addr,
+        std::time::Duration::from_millis(300),
+        &Secret::generate(),
+        None,
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(
+        error.contains(&addr.to_string()) && error.contains("no greeting within 300 ms"),
+        "{error}"
+    );
+    assert!(!error.contains("os error"), "{error}");
+    drop(held.join());
+}

@@ -42,7 +42,16 @@ pub fn send_seed(
     let mut stream = secure::connect(target, tls, timeout)?;
     stream.write_all(json!([request]).to_string().as_bytes())?;
     let mut reply = String::new();
-    stream.read_to_string(&mut reply)?;
+    if let Err(e) = stream.read_to_string(&mut reply) {
+        // A read timeout is told as what it is, not as the socket's EAGAIN.
+        return Err(match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no reply within {} s", timeout.as_secs_f64()),
+            ),
+            _ => e,
+        });
+    }
     if reply.is_empty() {
         return Err(io::Error::new(
             io::ErrorKind::UnexpectedEof,

@@ -84,6 +84,15 @@ fn a_server_that_closes_without_a_reply_is_an_error() {
     let error = gateway_sim::send_seed(addr, None, &request, PATIENCE).unwrap_err();
     assert!(error.to_string().contains("without a reply"), "{error}");
     closer.join().unwrap();
+    // One that says nothing at all: the timeout, told as one.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let silent = std::thread::spawn(move || listener.accept().map(|(tcp, _)| tcp));
+    let error = gateway_sim::send_seed(addr, None, &request, Duration::from_millis(500))
+        .unwrap_err()
+        .to_string();
+    assert_eq!(error, "no reply within 0.5 s");
+    drop(silent.join());
 }
 
 #[test]

@@ -66,8 +66,11 @@ pub enum Admin {
     /// --costly, every account whose stored hash is costly at --hash-params (more than 4x
     /// their memory or work, or bcrypt above cost 12), in id order, with its parameters.
     List {
+        /// The beginning of the names listed, without regard to case. Defaults to none: every
+        /// account.
         #[arg(long, default_value = "")]
         prefix: String,
+        /// Accounts listed at most.
         #[arg(long, default_value_t = 100)]
         limit: u32,
         /// Only accounts whose logins go to the costly stage (see docs/operations.md); they are

@@ -114,7 +114,7 @@ pub enum RotationStep {
     Finish,
 }
 
-/// The account store: accounts in SQLite, served to login-servers over TCP.
+/// The account store: accounts in SQLite or PostgreSQL, served to login-servers over TCP.
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "account-db", version)]
 pub struct AccountDbConfig {

@@ -319,7 +319,8 @@ pub struct LoginServerConfig {
     pub shutdown_timeout: Duration,
     #[command(flatten)]
     pub service: ServiceOptions,
-    /// Serve Prometheus /metrics, /healthz and /readyz on this address. Defaults to none.
+    /// Serve Prometheus /metrics, /healthz, /readyz and /keys (the token keys' JWKS) on this
+    /// address. Defaults to none.
     #[arg(
         long,
         value_name = "ADDR",

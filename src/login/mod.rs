@@ -372,6 +372,20 @@ impl LoginServer {
             );
         }
         let tokens = config.tokens()?;
+        let kids = tokens.kids();
+        let allowed: Vec<String> = config.allow_from.iter().map(|c| c.to_string()).collect();
+        tracing::info!(
+            signing_kid = %kids.first().copied().unwrap_or_default(),
+            verify_kids = %match kids.len() {
+                0 | 1 => "none".to_string(),
+                _ => kids[1..].join(","),
+            },
+            allow_from = %match allowed.is_empty() {
+                true => "anyone".to_string(),
+                false => allowed.join(","),
+            },
+            "token keys and gateways allowed"
+        );
         let service = Service::new(
             store.clone(),
             hasher,

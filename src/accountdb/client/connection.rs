@@ -131,7 +131,23 @@ impl DbConn {
             broken: false,
             version: 0,
         };
-        conn.read_line()?;
+        // Silence (PostgreSQL's port, say, waits for its client to speak first) or a close
+        // is no greeting: said so, not as the socket's error.
+        match conn.read_line() {
+            Ok(()) => {}
+            Err(DbError::Io(e))
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(handshake(format!(
+                    "no greeting within {} ms: it is not an account-db, or it is stuck",
+                    timeout.as_millis()
+                )));
+            }
+            Err(e) => return Err(e),
+        }
         let greeting = match decode_line::<Greeting>(&conn.line) {
             Ok(g) if g.service == SERVICE => g,
             Ok(g) => return Err(handshake(format!("it is {}, not {SERVICE}", g.service))),
