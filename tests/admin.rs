@@ -388,6 +388,22 @@ fn postgres_store_can_be_administered() {
     admin_conformance(&PostgresStore::open(&db.url, 4, Duration::from_secs(5)).unwrap());
 }
 
+/// `account-db --data DIR admin ARGS`: whether it succeeded, its stdout and its stderr.
+fn admin_cli(dir: &std::path::Path, args: &[&str]) -> (bool, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_account-db"))
+        .arg("--data")
+        .arg(dir)
+        .arg("admin")
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
 #[test]
 fn the_admin_command_line_works_on_a_running_store() {
     let dir = tempfile::tempdir().unwrap();
@@ -397,20 +413,7 @@ fn the_admin_command_line_works_on_a_running_store() {
         common::code(server.local_addr(), "register", "Cli-User", "password1"),
         4
     );
-    let admin = |args: &[&str]| {
-        let output = Command::new(env!("CARGO_BIN_EXE_account-db"))
-            .arg("--data")
-            .arg(dir.path())
-            .arg("admin")
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            output.status.success(),
-            String::from_utf8_lossy(&output.stdout).into_owned(),
-            String::from_utf8_lossy(&output.stderr).into_owned(),
-        )
-    };
+    let admin = |args: &[&str]| admin_cli(dir.path(), args);
     assert_eq!(admin(&["count"]).1, "1\n");
     let (ok, shown, _) = admin(&["show", "cli-user"]);
     assert!(ok && shown.contains("name\tCli-User"), "{shown}");
@@ -439,20 +442,7 @@ fn the_admin_command_line_works_on_a_running_store() {
 fn the_schema_is_contracted_only_on_request_and_once_no_older_account_db_was_seen() {
     let dir = tempfile::tempdir().unwrap();
     let db = common::DbProcess::start(dir.path(), "127.0.0.1:0");
-    let admin = |args: &[&str]| {
-        let output = Command::new(env!("CARGO_BIN_EXE_account-db"))
-            .arg("--data")
-            .arg(dir.path())
-            .args(["admin", "schema"])
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            output.status.success(),
-            String::from_utf8_lossy(&output.stdout).into_owned(),
-            String::from_utf8_lossy(&output.stderr).into_owned(),
-        )
-    };
+    let admin = |args: &[&str]| admin_cli(dir.path(), &[&["schema"], args].concat());
     // The running account-db records itself at start.
     let me = format!(":{} {}", db.addr.port(), schema::CODE_VERSION);
     common::eventually(common::PATIENCE, "the account-db in peers", || {

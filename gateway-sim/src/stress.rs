@@ -341,6 +341,21 @@ impl Sent {
         let again = (plan.options.targets.len() > 1).then(|| (message.to_vec(), false));
         Sent { kind, due, again }
     }
+
+    /// Its bytes, to send again.
+    fn message(&self) -> Vec<u8> {
+        self.again.as_ref().map(|a| a.0.clone()).unwrap_or_default()
+    }
+}
+
+/// The run's next stream-form request, its ticket drawn: its bytes and what is kept of it
+/// until its reply; `None` once the run is out of tickets.
+fn next_request(plan: &Plan, requests: &mut Requests) -> Option<(Vec<u8>, Sent)> {
+    let due = plan.ticket()?;
+    let kind = plan.options.mix.pick(&mut requests.rng);
+    let (kind, message) = requests.message(kind, Form::Stream, &plan.tokens);
+    let sent = Sent::new(plan, kind, due, &message);
+    Some((message, sent))
 }
 
 /// The requests a connection that ended with `error` left unanswered: those that may go
@@ -522,20 +537,13 @@ fn stream_connection(plan: &Plan, thread: usize) -> Recorder {
             let mut resend = resend.into_iter();
             // Taking a token fails once the reader has ended: the connection is dead.
             while free_rx.recv().is_ok() {
-                let (sent, message) = match resend.next() {
-                    Some(sent) => {
-                        let message = sent.again.as_ref().map(|a| a.0.clone());
-                        (sent, message.unwrap_or_default())
-                    }
-                    None => {
-                        let Some(due) = plan.ticket() else {
-                            out_of_tickets = true;
-                            break;
-                        };
-                        let kind = plan.options.mix.pick(&mut requests.rng);
-                        let (kind, message) = requests.message(kind, Form::Stream, &plan.tokens);
-                        (Sent::new(plan, kind, due, &message), message)
-                    }
+                let next = match resend.next() {
+                    Some(sent) => Some((sent.message(), sent)),
+                    None => next_request(plan, &mut requests),
+                };
+                let Some((message, sent)) = next else {
+                    out_of_tickets = true;
+                    break;
                 };
                 if in_flight.send(sent).is_err() || writer.write_all(&message).is_err() {
                     break;
@@ -593,21 +601,16 @@ fn tls_stream_connection(
     };
     loop {
         while in_flight.len() < depth {
-            let (sent, message) = match resend.pop_front() {
-                Some(sent) => {
-                    let message = sent.again.as_ref().map(|a: &(Vec<u8>, bool)| a.0.clone());
-                    (sent, message.unwrap_or_default())
-                }
+            let (message, sent) = match resend.pop_front() {
+                Some(sent) => (sent.message(), sent),
                 None if out_of_tickets => break,
-                None => {
-                    let Some(due) = plan.ticket() else {
+                None => match next_request(plan, requests) {
+                    Some(next) => next,
+                    None => {
                         out_of_tickets = true;
                         break;
-                    };
-                    let kind = plan.options.mix.pick(&mut requests.rng);
-                    let (kind, message) = requests.message(kind, Form::Stream, &plan.tokens);
-                    (Sent::new(plan, kind, due, &message), message)
-                }
+                    }
+                },
             };
             in_flight.push_back(sent);
             if let Err(e) = reader.get_mut().write_all(&message) {
