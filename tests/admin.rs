@@ -473,6 +473,22 @@ fn the_schema_is_contracted_only_on_request_and_once_no_older_account_db_was_see
     assert!(admin(&["show"]).1.contains("contractions done 0 of 1"));
     // Not seen for 61 s: gone.
     seen(61_000);
+    // And with no account-db of this release seen either (only releases too old to record
+    // themselves may be serving): refused too.
+    file.execute(
+        "UPDATE peers SET last_seen_ms = 0 WHERE instance != 'old-host:7000'",
+        [],
+    )
+    .unwrap();
+    drop(db);
+    let (ok, _, said) = admin(&["contract"]);
+    assert!(!ok && said.contains("none recorded itself"), "{said}");
+    let db = common::DbProcess::start(dir.path(), "127.0.0.1:0");
+    common::eventually(common::PATIENCE, "the account-db in peers again", || {
+        admin(&["show"])
+            .1
+            .contains(&format!(":{} {}", db.addr.port(), schema::CODE_VERSION))
+    });
     let (ok, done, said) = admin(&["contract"]);
     assert!(ok && done.contains("contraction 1 done"), "{done} {said}");
     let (ok, _, said) = admin(&["contract"]);

@@ -272,9 +272,10 @@ fn stress(args: StressArgs) -> anyhow::Result<()> {
     }
     anyhow::ensure!(
         report.clean(),
-        "{} unexpected replies, {} transport errors",
+        "{} unexpected replies, {} transport errors, {} answered",
         report.unexpected,
-        report.transport.total()
+        report.transport.total(),
+        report.requests
     );
     Ok(())
 }

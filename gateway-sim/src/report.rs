@@ -286,9 +286,10 @@ pub struct Report {
 }
 
 impl Report {
-    /// Whether every request got the code it should, without transport errors.
+    /// Whether every request got the code it should, without transport errors, and at least
+    /// one was answered (a target that never answers is no clean run).
     pub fn clean(&self) -> bool {
-        self.unexpected == 0 && self.transport.total() == 0
+        self.unexpected == 0 && self.transport.total() == 0 && self.requests > 0
     }
 
     /// A human-readable table.

@@ -432,10 +432,18 @@ fn seed_connection(plan: &Plan, thread: usize) -> Recorder {
         let mut sent = vec![Sent::new(plan, kind, due, &message)];
         while let Some(request) = sent.pop() {
             reply.clear();
-            let result = connect(plan, &mut at).and_then(|mut stream| {
-                stream.write_all(&message)?;
-                stream.read_to_end(&mut reply)
-            });
+            // No target took the connection (each was tried): nothing was sent, nothing to
+            // send again.
+            let mut stream = match connect(plan, &mut at) {
+                Ok(stream) => stream,
+                Err(e) => {
+                    recorder.error(&e, &plan.live);
+                    break;
+                }
+            };
+            let result = stream
+                .write_all(&message)
+                .and_then(|()| stream.read_to_end(&mut reply));
             match result {
                 // A close without a reply is no reply (a login-server stopping).
                 Ok(0) if request.again.is_some() => {
@@ -676,21 +684,45 @@ fn register_users(options: &Options) -> io::Result<()> {
                             json!({"OP": "register", "username": username, "password": password});
                         // "Busy, retry later" (7) is retried, as a gateway would: a server
                         // shedding load under an attack still gets the run's accounts.
+                        // A target that fails (closes, resets, stays silent) hands the
+                        // account to the next, once round the targets.
+                        let mut failures = 0;
                         for attempt in 1..=REGISTER_ATTEMPTS {
                             reply.clear();
-                            if options.form == Form::Seed {
-                                let mut conn = connect_within(options, &mut at, options.timeout)?;
-                                conn.write_all(json!([body]).to_string().as_bytes())?;
-                                conn.read_to_end(&mut reply)?;
-                            } else {
-                                if stream.is_none() {
-                                    let conn = connect_within(options, &mut at, options.timeout)?;
-                                    stream = Some(BufReader::new(conn));
+                            let mut ask = || -> io::Result<()> {
+                                if options.form == Form::Seed {
+                                    let mut conn =
+                                        connect_within(options, &mut at, options.timeout)?;
+                                    conn.write_all(json!([body]).to_string().as_bytes())?;
+                                    conn.read_to_end(&mut reply)?;
+                                } else {
+                                    if stream.is_none() {
+                                        let conn =
+                                            connect_within(options, &mut at, options.timeout)?;
+                                        stream = Some(BufReader::new(conn));
+                                    }
+                                    if let Some(reader) = stream.as_mut() {
+                                        let line = format!("{body}\n");
+                                        reader.get_mut().write_all(line.as_bytes())?;
+                                        reader.read_until(b'\n', &mut reply)?;
+                                    }
                                 }
-                                if let Some(reader) = stream.as_mut() {
-                                    reader.get_mut().write_all(format!("{body}\n").as_bytes())?;
-                                    reader.read_until(b'\n', &mut reply)?;
+                                Ok(())
+                            };
+                            if let Err(e) = ask() {
+                                failures += 1;
+                                if failures >= options.targets.len() {
+                                    return Err(e);
                                 }
+                                stream = None;
+                                at += 1;
+                                continue;
+                            }
+                            if reply.is_empty() && options.targets.len() > failures + 1 {
+                                failures += 1;
+                                stream = None;
+                                at += 1;
+                                continue;
                             }
                             if reply_code(&reply) != Some(7) || attempt == REGISTER_ATTEMPTS {
                                 break;

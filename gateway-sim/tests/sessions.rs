@@ -198,3 +198,36 @@ fn a_run_over_two_targets_rides_out_one_stopping() {
         drop(staying);
     }
 }
+
+#[test]
+fn a_target_that_closes_every_connection_hands_its_work_to_the_next() {
+    // Accepts, then closes without a word: registration and load both go on with the next.
+    let closer = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closer_addr = closer.local_addr().unwrap();
+    std::thread::spawn(move || closer.incoming().for_each(drop));
+    let dir = tempfile::tempdir().unwrap();
+    let staying = server(dir.path());
+    for form in [Form::Stream, Form::Seed] {
+        let run = Run::start(Options {
+            targets: vec![closer_addr, staying.local_addr()],
+            connections: 2,
+            duration: Duration::from_secs(1),
+            requests: Some(200),
+            form,
+            pipeline: 2,
+            mix: "login=1".parse().unwrap(),
+            users: 5,
+            rate: None,
+            timeout: PATIENCE,
+            tls: None,
+        })
+        .unwrap();
+        let report = run.finish();
+        assert!(report.clean(), "{form:?}: {}", report.table());
+        assert!(
+            report.codes.get("3").copied().unwrap_or(0) > 50,
+            "{form:?}: {}",
+            report.table()
+        );
+    }
+}

@@ -162,6 +162,14 @@ pub enum AdminError {
         needs: String,
         peers: String,
     },
+    /// `schema contract` while no account-db at the contraction's code version recorded itself
+    /// in the last 60 s: the store may be served by releases too old to record themselves.
+    #[error(
+        "contraction {step} needs an account-db at {needs} or later serving the store, and none \
+         recorded itself in the last 60 s: releases before 0.3.0 record nothing, so old ones may \
+         still serve it; upgrade every account-db first"
+    )]
+    NoNewPeer { step: usize, needs: String },
     /// `schema contract` with no contraction pending: nothing was changed.
     #[error("no contraction is pending: the schema is contracted as far as this build knows")]
     NothingToContract,
@@ -503,7 +511,16 @@ fn contract(store: &dyn Store) -> Result<String, AdminError> {
             .min_code_version
             .parse()
             .unwrap_or(CodeVersion(0, 0, 0));
-        let older = schema::older_peers(&store.peers()?, needs, now_ms());
+        let peers = store.peers()?;
+        // Releases before 0.3.0 record nothing: a store no new account-db serves is most
+        // likely served by old ones still, which the contraction would stop from restarting.
+        if schema::recent_peers_at_least(&peers, needs, now_ms()) == 0 {
+            return Err(AdminError::NoNewPeer {
+                step: i + 1,
+                needs: step.min_code_version.into(),
+            });
+        }
+        let older = schema::older_peers(&peers, needs, now_ms());
         if !older.is_empty() {
             let peers: Vec<String> = older
                 .iter()

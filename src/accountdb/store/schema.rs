@@ -159,6 +159,20 @@ pub fn older_peers(peers: &[Peer], min: CodeVersion, now: Millis) -> Vec<Peer> {
         .collect()
 }
 
+/// How many peers seen within [`PEER_WINDOW`] of `now` run code at `min` or later.
+pub fn recent_peers_at_least(peers: &[Peer], min: CodeVersion, now: Millis) -> usize {
+    let window = Millis::try_from(PEER_WINDOW.as_millis()).unwrap_or(Millis::MAX);
+    peers
+        .iter()
+        .filter(|p| p.last_seen_ms > now - window)
+        .filter(|p| {
+            p.code_version
+                .parse::<CodeVersion>()
+                .is_ok_and(|v| v >= min)
+        })
+        .count()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
