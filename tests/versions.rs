@@ -237,3 +237,25 @@ fn a_peer_that_never_greets_is_said_to_be_no_account_db() {
     assert!(!error.contains("os error"), "{error}");
     drop(held.join());
 }
+
+#[test]
+fn what_a_stranger_greets_with_is_quoted_short_and_on_one_line() {
+    let secret = Secret::generate();
+    let forged = "x\n2026-12-04T20:00:00Z ERROR login_server: FORGED \u{1b}[31m".to_string()
+        + &"y".repeat(60_000);
+    for greeting in [
+        json!({"service": forged, "version": 3, "nonce": "n"}),
+        json!(forged),
+    ] {
+        let (addr, _auth) = fake_account_db(greeting);
+        let error = DbConn::connect(addr, PATIENCE, &secret, None)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            !error.contains('\n') && !error.contains('\u{1b}'),
+            "{error:?}"
+        );
+        assert!(error.len() < 400, "{} bytes", error.len());
+    }
+}

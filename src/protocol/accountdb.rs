@@ -67,9 +67,11 @@ impl Greeting {
     pub fn negotiate(&self) -> Result<Agreed, String> {
         let (ours, theirs) = (&VERSIONS[..], &self.versions[..]);
         let found = if theirs.is_empty() {
+            // Only 3 goes unnamed: a server that takes an unnamed auth line as 3 and greets
+            // with another version alone is told which one we speak.
             ours.contains(&self.version).then_some(Agreed {
                 version: self.version,
-                named: false,
+                named: self.version != VERSION,
             })
         } else {
             let shared = ours.iter().filter(|v| theirs.contains(v)).max();
@@ -782,5 +784,7 @@ mod tests {
             "{older}"
         );
         assert_eq!(range(&[]), "none");
+        // A greeting of 4 without a range: 4, named, so that both sides speak the same.
+        assert_eq!(greeting(4, &[]).negotiate(), agreed(4, true));
     }
 }

@@ -17,6 +17,14 @@ use std::time::{Duration, Instant};
 /// process: every connection would say the same).
 static WARNED_STORE_TIMEOUT: AtomicBool = AtomicBool::new(false);
 
+/// What a peer sent, for a log line or `/readyz`: at most 160 bytes of it, quoted, with control
+/// characters escaped, so that a peer cannot forge log lines or flood the log.
+fn quoted(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&bytes[..bytes.len().min(160)]);
+    let more = if bytes.len() > 160 { "..." } else { "" };
+    format!("{:?}{more}", text.trim_end())
+}
+
 /// Why a call to account-db failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -150,8 +158,11 @@ impl DbConn {
         }
         let greeting = match decode_line::<Greeting>(&conn.line) {
             Ok(g) if g.service == SERVICE => g,
-            Ok(g) => return Err(handshake(format!("it is {}, not {SERVICE}", g.service))),
-            Err(_) => return Err(handshake(String::from_utf8_lossy(&conn.line).trim().into())),
+            Ok(g) => {
+                let service = quoted(g.service.as_bytes());
+                return Err(handshake(format!("it is {service}, not {SERVICE}")));
+            }
+            Err(_) => return Err(handshake(format!("it said {}", quoted(&conn.line)))),
         };
         let agreed = greeting.negotiate().map_err(handshake)?;
         conn.version = agreed.version;
