@@ -12,13 +12,59 @@ use std::time::Duration;
 /// Parse the process's arguments and environment into `T`. Defaults are stated by each flag's
 /// doc comment ("Defaults to X"), so clap's own `[default: X]` is not repeated in `--help`.
 pub fn parse<T: Parser>() -> T {
-    let matches = T::command()
-        .mut_args(|arg| {
-            let takes_value = arg.get_action().takes_values();
-            arg.hide_default_value(takes_value)
-        })
-        .get_matches();
+    let command = T::command().mut_args(|arg| {
+        let takes_value = arg.get_action().takes_values();
+        arg.hide_default_value(takes_value)
+    });
+    let matches = match command.clone().try_get_matches() {
+        Ok(matches) => matches,
+        Err(e) => match from_environment(&command, &e, std::env::args().collect()) {
+            Some(said) => {
+                eprint!("{said}");
+                std::process::exit(e.exit_code());
+            }
+            None => e.exit(),
+        },
+    };
     T::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
+/// When `e` rejects a value that came from an environment variable rather than the command line
+/// (`args`), `e`'s message naming that variable too: the operator looks in an env file, not at
+/// a command line they never typed. `None` for every other error.
+fn from_environment(command: &clap::Command, e: &clap::Error, args: Vec<String>) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if !matches!(
+        e.kind(),
+        ErrorKind::ValueValidation | ErrorKind::InvalidValue
+    ) {
+        return None;
+    }
+    let Some(ContextValue::String(flag)) = e.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    let mut commands = vec![command];
+    while let Some(command) = commands.pop() {
+        commands.extend(command.get_subcommands());
+        for arg in command.get_arguments() {
+            let (Some(long), Some(var)) = (arg.get_long(), arg.get_env()) else {
+                continue;
+            };
+            let given =
+                |a: &String| a == &format!("--{long}") || a.starts_with(&format!("--{long}="));
+            let named = flag == &format!("--{long}") || flag.starts_with(&format!("--{long} "));
+            if named && std::env::var_os(var).is_some() && !args.iter().any(given) {
+                let var = var.to_string_lossy();
+                let said = e.to_string();
+                return Some(said.replacen(
+                    &format!("'{flag}'"),
+                    &format!("'{flag}' (from the environment variable {var})"),
+                    1,
+                ));
+            }
+        }
+    }
+    None
 }
 
 /// `T` as it is with no flags and no environment variables: every field at its default.

@@ -41,10 +41,25 @@ pub fn init(format: LogFormat) -> WorkerGuard {
     guard
 }
 
+/// `error` and its causes on one line, `a: b: c`, each cause said once: a cause whose text the
+/// message before it already ends with (an error that prints its source itself) is skipped.
+pub fn causes(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut said = error.to_string();
+    let mut next = error.source();
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !said.ends_with(&text) {
+            said = format!("{said}: {text}");
+        }
+        next = cause.source();
+    }
+    said
+}
+
 /// Say on stderr why a binary stops, as one line in `format`: `Error: ...` as text, or a JSON
 /// object shaped as the log's own (`timestamp`, `level` `ERROR`, `fields.message`, `target`),
 /// so that a log collector reading JSON lines reads this one too. `message` is the error with
-/// its causes (`{:#}` of an `anyhow::Error`): never a backtrace, which is for panics.
+/// its causes ([`causes`]): never a backtrace, which is for panics.
 pub fn fatal(format: LogFormat, target: &str, message: &str) {
     let line = match format {
         LogFormat::Text => format!("Error: {message}"),
@@ -193,6 +208,26 @@ mod tests {
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
         }
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("{0}")]
+    struct Said(String, #[source] Option<Box<Said>>);
+
+    #[test]
+    fn each_cause_is_said_once() {
+        let io = || Some(Box::new(Said("in use".into(), None)));
+        // A message that prints its source itself, and one that leaves it to the chain.
+        let repeats = Said(
+            "cannot start".into(),
+            Some(Box::new(Said("bind: in use".into(), io()))),
+        );
+        assert_eq!(causes(&repeats), "cannot start: bind: in use");
+        let apart = Said(
+            "cannot start".into(),
+            Some(Box::new(Said("bind".into(), io()))),
+        );
+        assert_eq!(causes(&apart), "cannot start: bind: in use");
     }
 
     fn held_bytes() -> usize {

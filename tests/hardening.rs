@@ -869,8 +869,21 @@ fn an_account_db_at_a_low_open_files_limit_caps_its_connections_and_serves() {
     let dir = tempfile::tempdir().unwrap();
     let mut command = Command::new(env!("CARGO_BIN_EXE_account-db"));
     command
-        .args(["--listen", "127.0.0.1:0", "--data"])
+        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+        .arg("--data")
         .arg(dir.path());
+    // --strict-limits refuses to start, naming the numbers.
+    let mut strict = Command::new(command.get_program());
+    strict.args(command.get_args()).arg("--strict-limits");
+    // SAFETY: see limit_to_256.
+    unsafe { strict.pre_exec(limit_to_256) };
+    let refused = strict.output().unwrap();
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{said}");
+    assert!(
+        said.contains("--max-connections 256") && said.contains("hard limit 256"),
+        "{said}"
+    );
     // SAFETY: see limit_to_256.
     unsafe { command.pre_exec(limit_to_256) };
     let mut db = common::Logged::spawn(command);
@@ -878,6 +891,17 @@ fn an_account_db_at_a_low_open_files_limit_caps_its_connections_and_serves() {
     assert!(
         warning.contains("wanted=256") && warning.contains("hard=256"),
         "{warning}"
+    );
+    let effective: f64 = warning
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("effective="))
+        .and_then(|w| w.parse().ok())
+        .unwrap_or_else(|| panic!("effective in {warning}"));
+    assert!(effective > 0.0 && effective < 256.0, "{warning}");
+    let metrics: std::net::SocketAddr = db.field("serving /metrics", "metrics").parse().unwrap();
+    assert_eq!(
+        common::metric(metrics, "accountdb_max_connections"),
+        Some(effective)
     );
     let addr = db.field("account-db listening", "addr");
     let secret =

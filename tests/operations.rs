@@ -340,3 +340,91 @@ fn a_fatal_error_is_one_line_in_the_log_format_without_a_backtrace() {
         }
     }
 }
+
+#[test]
+fn an_invalid_value_from_the_environment_names_the_variable() {
+    let login_server = env!("CARGO_BIN_EXE_login-server");
+    let account_db = env!("CARGO_BIN_EXE_account-db");
+    let runs = [
+        (login_server, "LOGIN_SERVER_WORKERS", "--workers"),
+        (account_db, "ACCOUNT_DB_LISTEN", "--listen"),
+    ];
+    for (program, var, flag) in runs {
+        let from_env = std::process::Command::new(program)
+            .env(var, "not-a-value")
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&from_env.stderr);
+        assert_eq!(from_env.status.code(), Some(2), "{said}");
+        assert!(said.contains(flag), "{said}");
+        assert!(
+            said.contains(&format!("environment variable {var}")),
+            "{said}"
+        );
+        // Given on the command line, the same value is the flag's alone.
+        let from_flag = std::process::Command::new(program)
+            .env(var, "not-a-value")
+            .args([flag, "not-a-value"])
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&from_flag.stderr);
+        assert_eq!(from_flag.status.code(), Some(2), "{said}");
+        assert!(!said.contains("environment variable"), "{said}");
+    }
+}
+
+#[test]
+fn a_taken_port_stops_the_start_at_once_naming_the_flag_and_the_port_once() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let runs: [(&str, Vec<&str>, &str); 4] = [
+        (
+            env!("CARGO_BIN_EXE_account-db"),
+            vec!["--listen", &port, "--data", data],
+            "--listen",
+        ),
+        (
+            env!("CARGO_BIN_EXE_account-db"),
+            vec![
+                "--listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                &port,
+                "--data",
+                data,
+            ],
+            "--metrics-listen",
+        ),
+        (
+            env!("CARGO_BIN_EXE_login-server"),
+            vec!["--listen", &port, "--data", data],
+            "--listen",
+        ),
+        (
+            env!("CARGO_BIN_EXE_login-server"),
+            vec![
+                "--listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                &port,
+                "--data",
+                data,
+            ],
+            "--metrics-listen",
+        ),
+    ];
+    for (program, args, flag) in runs {
+        let began = std::time::Instant::now();
+        let output = std::process::Command::new(program)
+            .args(&args)
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{said}");
+        assert!(began.elapsed() < common::PATIENCE, "{said}");
+        assert!(said.contains(&port) && said.contains(flag), "{said}");
+        assert_eq!(said.matches("in use").count(), 1, "{said}");
+    }
+}

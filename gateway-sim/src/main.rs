@@ -3,7 +3,8 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use gateway_sim::secure::TlsArgs;
-use gateway_sim::stress::{Mix, Options, Run};
+use gateway_sim::stress::{check_prefix, setup_accounts, Mix, Options, Run, StressError};
+use login_server::config::{at_least_one, socket_addr};
 use login_server::protocol::gateway::{Form, Op};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -23,8 +24,8 @@ enum Command {
     /// Send one request in the seed form and print the reply: `login|register|change_password
     /// USERNAME`, or `verify|refresh|logout|logout_all TOKEN`.
     Send {
-        /// login-server address.
-        #[arg(long, default_value = "127.0.0.1:6999")]
+        /// login-server address, HOST:PORT.
+        #[arg(long, default_value = "127.0.0.1:6999", value_parser = socket_addr)]
         target: SocketAddr,
         op: OpArg,
         /// The username, or for the token ops the token.
@@ -46,13 +47,14 @@ enum Command {
     Stress(StressArgs),
     /// A bounded hostile load (loopback only): prints what it did as JSON.
     Attack {
-        /// The server to attack: login-server, or account-db for `handshake`.
-        #[arg(long, default_value = "127.0.0.1:6999")]
+        /// The server to attack, HOST:PORT (loopback only): login-server, or account-db for
+        /// `handshake`.
+        #[arg(long, default_value = "127.0.0.1:6999", value_parser = socket_addr)]
         target: SocketAddr,
         #[arg(long, value_enum)]
         kind: gateway_sim::attack::Kind,
         /// Attacking connections (the pipelining kinds use one).
-        #[arg(long, default_value_t = 2000)]
+        #[arg(long, default_value_t = 2000, value_parser = at_least_one)]
         connections: usize,
         /// Seconds to attack.
         #[arg(long, default_value_t = 10.0)]
@@ -65,15 +67,21 @@ enum Command {
 
 #[derive(clap::Args, Debug)]
 struct StressArgs {
-    /// login-server addresses (A,B,...): connections are spread over them, and one whose
+    /// login-server addresses, HOST:PORT (A,B,...): connections are spread over them, and one whose
     /// login-server refuses or closes it goes on with the next. With several, a request left
     /// without a reply by a closed connection is sent again, once, on the next (counted as
     /// `retried`; lost again, a transport error): a rolling restart measured as a gateway
     /// that retries sees it.
-    #[arg(long, default_value = "127.0.0.1:6999", value_delimiter = ',', num_args = 1..)]
+    #[arg(
+        long,
+        default_value = "127.0.0.1:6999",
+        value_delimiter = ',',
+        num_args = 1..,
+        value_parser = socket_addr
+    )]
     target: Vec<SocketAddr>,
-    /// Concurrent connections (client threads).
-    #[arg(long, default_value_t = 32)]
+    /// Concurrent connections (client threads), at least 1.
+    #[arg(long, default_value_t = 32, value_parser = at_least_one)]
     connections: usize,
     /// Seconds to run, at most.
     #[arg(long, default_value_t = 10.0)]
@@ -91,17 +99,30 @@ struct StressArgs {
     /// (of a token from one of the run's logins).
     #[arg(long, default_value = "login=90,register=5,badpass=5")]
     mix: Mix,
-    /// Accounts that logins pick from, registered first (reused when they exist); 0 skips
-    /// registering.
+    /// Accounts that logins pick from, registered before the measured run (reused when they
+    /// exist); 0 skips registering.
     #[arg(long, default_value_t = 100)]
     users: usize,
-    /// Open-loop arrivals per second; latency counts from each request's intended start.
-    #[arg(long)]
+    /// The run's accounts are named gwsim-PREFIX-N (1 to 8 of a-z0-9): a run with the same
+    /// prefix reuses them; `account-db admin list --prefix gwsim-` lists every run's.
+    #[arg(long, default_value = "load", value_parser = check_prefix)]
+    prefix: String,
+    /// Seconds registering the accounts may take, before the measured run (never counted in
+    /// --duration); past it the run exits 2, having measured nothing.
+    #[arg(long, default_value_t = 60.0)]
+    setup_timeout: f64,
+    /// Open-loop arrivals per second (more than 0); latency counts from each request's
+    /// intended start. Without it: a closed loop, each connection as fast as it is answered.
+    #[arg(long, value_parser = positive_rate)]
     rate: Option<f64>,
+    /// Open loop: exit non-zero when more than this percentage of the planned arrivals was
+    /// never sent (the load tool could not keep up: the run did not offer the rate asked).
+    #[arg(long, default_value_t = 1.0)]
+    max_unsent: f64,
     /// Seconds one request may take before it counts as a timeout.
     #[arg(long, default_value_t = 10.0)]
     timeout: f64,
-    /// Print the result as one JSON object instead of a table.
+    /// Print the result as one JSON object instead of a table (with the run's parameters).
     #[arg(long)]
     json: bool,
     /// Draw throughput and p99 latency over the run into this SVG file.
@@ -146,6 +167,16 @@ impl OpArg {
     }
 }
 
+/// A rate of arrivals per second: a number above 0 (0 would be no rate at all).
+fn positive_rate(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(rate) if rate > 0.0 && rate.is_finite() => Ok(rate),
+        _ => Err(format!(
+            "{s:?} is not a rate above 0 (leave --rate out for a closed loop)"
+        )),
+    }
+}
+
 /// `given`, or asked for without echo.
 fn secret(given: Option<String>, prompt: &str) -> anyhow::Result<String> {
     match given {
@@ -161,7 +192,22 @@ fn secret(given: Option<String>, prompt: &str) -> anyhow::Result<String> {
     }
 }
 
-fn main() -> anyhow::Result<()> {
+/// What `stress` ended with: exit 2 when it measured nothing (the setup did not finish in
+/// time), 1 for any other failure.
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            match e.downcast_ref::<StressError>() {
+                Some(StressError::SetupTimeout { .. }) => std::process::ExitCode::from(2),
+                _ => std::process::ExitCode::FAILURE,
+            }
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     match Args::parse().command {
         Command::Send {
             target,
@@ -236,12 +282,14 @@ fn stress(args: StressArgs) -> anyhow::Result<()> {
         pipeline: args.pipeline,
         mix: args.mix,
         users: args.users,
-        rate: args.rate.filter(|r| *r > 0.0),
+        prefix: args.prefix.clone(),
+        setup_timeout: seconds(args.setup_timeout)?,
+        rate: args.rate,
         timeout: seconds(args.timeout)?,
         tls: args.tls.load(first)?,
     };
     let total = options.duration;
-    let run = Run::start(options)?;
+    let run = set_up(options)?;
     let bar = indicatif::ProgressBar::new(total.as_millis() as u64);
     bar.set_style(
         indicatif::ProgressStyle::with_template("{bar:30} {elapsed:>4} {msg}")
@@ -277,5 +325,42 @@ fn stress(args: StressArgs) -> anyhow::Result<()> {
         report.transport.total(),
         report.requests
     );
+    anyhow::ensure!(
+        report.unsent_percent() <= args.max_unsent,
+        "{} of the {} planned arrivals ({:.1}%) were never sent, more than --max-unsent {}%: \
+         the run did not offer --rate {} (fewer --connections cannot keep up, or the machine \
+         is too busy)",
+        report.unsent,
+        report.planned,
+        report.unsent_percent(),
+        args.max_unsent,
+        report.params.rate.unwrap_or_default(),
+    );
     Ok(())
+}
+
+/// Register the run's accounts with a progress bar (on a terminal), then start the run.
+fn set_up(options: Options) -> anyhow::Result<Run> {
+    let total = setup_accounts(&options);
+    let registered = std::sync::atomic::AtomicU64::new(0);
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "setting up {bar:30} {pos}/{len} accounts {elapsed}",
+        )
+        .context("progress template")?,
+    );
+    let run = std::thread::scope(|scope| {
+        let starting = scope.spawn(|| Run::start_counting(options, &registered));
+        while !starting.is_finished() {
+            bar.set_position(registered.load(Ordering::Relaxed));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        starting.join()
+    });
+    bar.finish_and_clear();
+    match run {
+        Ok(run) => Ok(run?),
+        Err(_) => anyhow::bail!("the setup panicked"),
+    }
 }

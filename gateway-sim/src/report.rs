@@ -202,7 +202,10 @@ impl Recorder {
             unfinished: self.unfinished,
             retried: self.retried,
             unsent: 0,
+            planned: 0,
             per_second,
+            params: Params::default(),
+            setup_s: 0.0,
         }
     }
 }
@@ -256,9 +259,68 @@ pub struct Second {
     pub p99_ms: f64,
 }
 
+/// What a run was asked: its report carries them, so a result read later says what made it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Params {
+    /// The login-servers, `HOST:PORT` as resolved.
+    pub targets: Vec<String>,
+    /// `seed` or `stream`.
+    pub form: &'static str,
+    pub connections: usize,
+    /// Requests in flight on each stream-form connection.
+    pub pipeline: usize,
+    pub duration_s: f64,
+    /// The cap on requests, if any.
+    pub requests: Option<u64>,
+    /// Open-loop arrivals per second; `None`: closed loop, as fast as answered.
+    pub rate: Option<f64>,
+    /// The weights of request kinds, `login=90,register=5,badpass=5`.
+    pub mix: String,
+    pub users: usize,
+    /// The accounts' names begin `gwsim-PREFIX-`.
+    pub prefix: String,
+    pub timeout_s: f64,
+    pub tls: bool,
+}
+
+impl Params {
+    /// Open loop: the arrivals planned within the run (`rate` x `duration`, at most
+    /// `requests`); 0 for a closed loop.
+    pub fn planned(&self) -> u64 {
+        let Some(rate) = self.rate else { return 0 };
+        let planned = (rate * self.duration_s).ceil() as u64;
+        self.requests.map_or(planned, |max| planned.min(max))
+    }
+
+    /// One line for a plot's title.
+    fn title(&self) -> String {
+        let rate = self
+            .rate
+            .map_or("closed loop".into(), |r| format!("{r} req/s offered"));
+        let pipeline = match self.form {
+            "stream" => format!(" x{}", self.pipeline),
+            _ => String::new(),
+        };
+        format!(
+            "{} {}{pipeline}, {} connections, {rate}, {} s, {}",
+            self.targets.join(","),
+            self.form,
+            self.connections,
+            self.duration_s,
+            self.mix
+        )
+    }
+}
+
 /// The result of a stress run.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
+    /// What the run was asked.
+    pub params: Params,
+    /// Seconds registering the run's accounts took, before the measured run (not in
+    /// `elapsed_s`).
+    pub setup_s: f64,
+    /// Seconds from the first request to the last reply (the measured run).
     pub elapsed_s: f64,
     /// Requests answered (with any code).
     pub requests: u64,
@@ -280,6 +342,9 @@ pub struct Report {
     /// connection ended without a reply (a login-server stopping); each also answered is in
     /// `requests`, each lost again is a transport error.
     pub retried: u64,
+    /// Open loop: arrivals planned within the run (see [`Params::planned`]); 0 for a closed
+    /// loop.
+    pub planned: u64,
     /// Open loop: arrivals due within the run that were never sent (it could not keep up).
     pub unsent: u64,
     pub per_second: Vec<Second>,
@@ -292,14 +357,23 @@ impl Report {
         self.unexpected == 0 && self.transport.total() == 0 && self.requests > 0
     }
 
+    /// Open loop: the share of the planned arrivals never sent, in percent (0 for a closed
+    /// loop).
+    pub fn unsent_percent(&self) -> f64 {
+        match self.planned {
+            0 => 0.0,
+            planned => self.unsent as f64 * 100.0 / planned as f64,
+        }
+    }
+
     /// A human-readable table.
     pub fn table(&self) -> String {
         let mut out = String::new();
         let l = &self.latency_ms;
         let _ = writeln!(
             out,
-            "requests {}  in {:.2} s  = {:.0} req/s",
-            self.requests, self.elapsed_s, self.throughput
+            "requests {}  in {:.2} s  = {:.0} req/s  (accounts set up in {:.2} s before)",
+            self.requests, self.elapsed_s, self.throughput, self.setup_s
         );
         let _ = writeln!(
             out,
@@ -331,8 +405,8 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "cut off    unfinished at the end: {}  never sent: {}  latencies capped at the timeout: {}",
-            self.unfinished, self.unsent, self.capped
+            "cut off    unfinished at the end: {}  never sent: {} ({:.1}% of {} planned)  latencies capped at the timeout: {}",
+            self.unfinished, self.unsent, self.unsent_percent(), self.planned, self.capped
         );
         if self.retried > 0 {
             let _ = writeln!(
@@ -344,54 +418,103 @@ impl Report {
         out
     }
 
-    /// Throughput and p99 latency, second by second, as an SVG file.
+    /// Throughput (with the offered rate of an open loop) and p99 latency, second by second,
+    /// as an SVG file: titled with the run's parameters, the end of `--duration` marked, and
+    /// the arrivals never sent said beside the throughput.
     pub fn plot(&self, path: &std::path::Path) -> Result<(), String> {
         use plotters::prelude::*;
-        let root = SVGBackend::new(path, (900, 600)).into_drawing_area();
+        let root = SVGBackend::new(path, (900, 640)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| e.to_string())?;
+        let root = root
+            .titled(&self.params.title(), ("sans-serif", 15))
+            .map_err(|e| e.to_string())?;
         let (top, bottom) = root.split_vertically(300);
-        let per_second = |value: fn(&Second) -> f64| -> Vec<(u64, f64)> {
+        let per_second = |value: fn(&Second) -> f64| -> Vec<(f64, f64)> {
             self.per_second
                 .iter()
-                .map(|s| (s.second, value(s)))
+                .map(|s| (s.second as f64 + 0.5, value(s)))
                 .collect()
         };
-        line_chart(
-            &top,
-            "throughput (requests/s)",
-            &per_second(|s| s.rate),
-            &BLUE,
-        )?;
-        line_chart(&bottom, "p99 latency (ms)", &per_second(|s| s.p99_ms), &RED)?;
+        let end = self.params.duration_s;
+        let mut throughput = vec![Line {
+            label: "answered".into(),
+            points: per_second(|s| s.rate),
+            color: BLUE,
+        }];
+        if let Some(rate) = self.params.rate {
+            throughput.push(Line {
+                label: format!("offered; never sent: {} of {}", self.unsent, self.planned),
+                points: vec![(0.0, rate), (end, rate)],
+                color: GREEN,
+            });
+        }
+        line_chart(&top, "throughput (requests/s)", &throughput, end)?;
+        let p99 = [Line {
+            label: "p99".into(),
+            points: per_second(|s| s.p99_ms),
+            color: RED,
+        }];
+        line_chart(&bottom, "p99 latency (ms)", &p99, end)?;
         root.present().map_err(|e| e.to_string())
     }
 }
 
-/// One line over seconds, its y axis from 0 to a little above the highest point.
+/// One named line of a chart.
+struct Line {
+    label: String,
+    /// (second, value)
+    points: Vec<(f64, f64)>,
+    color: plotters::style::RGBColor,
+}
+
+/// Lines over seconds, the y axis from 0 to a little above the highest point, and a dashed
+/// mark where `--duration` ended (`end`, in seconds).
 fn line_chart<DB: plotters::prelude::DrawingBackend>(
     area: &plotters::prelude::DrawingArea<DB, plotters::coord::Shift>,
     caption: &str,
-    points: &[(u64, f64)],
-    color: &plotters::style::RGBColor,
+    lines: &[Line],
+    end: f64,
 ) -> Result<(), String> {
     use plotters::prelude::*;
     let err = |e: &dyn std::fmt::Display| e.to_string();
-    let seconds = points.len().max(1) as u64;
-    let top = points.iter().map(|p| p.1).fold(0.0, f64::max).max(1e-3) * 1.1;
+    let points = lines.iter().flat_map(|l| &l.points);
+    let right = points.clone().map(|p| p.0).fold(end, f64::max).max(1.0) + 0.5;
+    let top = points.map(|p| p.1).fold(0.0, f64::max).max(1e-3) * 1.15;
     let mut chart = ChartBuilder::on(area)
-        .caption(caption, ("sans-serif", 18))
+        .caption(caption, ("sans-serif", 16))
         .margin(10)
         .x_label_area_size(30)
         .y_label_area_size(70)
-        .build_cartesian_2d(0..seconds, 0.0..top)
+        .build_cartesian_2d(0.0..right, 0.0..top)
         .map_err(|e| err(&e))?;
     chart
         .configure_mesh()
         .x_desc("second")
         .draw()
         .map_err(|e| err(&e))?;
+    for line in lines {
+        let color = line.color;
+        chart
+            .draw_series(LineSeries::new(line.points.iter().copied(), color))
+            .map_err(|e| err(&e))?
+            .label(line.label.as_str())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+    }
+    let dashes = (0..20).map(|i| {
+        let (from, to) = (top * f64::from(i) / 20.0, top * (f64::from(i) + 0.5) / 20.0);
+        PathElement::new(vec![(end, from), (end, to)], BLACK)
+    });
     chart
-        .draw_series(LineSeries::new(points.iter().copied(), color))
+        .draw_series(dashes)
+        .map_err(|e| err(&e))?
+        .label(format!("end of --duration ({end} s)"))
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK));
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::LowerRight)
+        .draw()
         .map_err(|e| err(&e))?;
     Ok(())
 }

@@ -6,7 +6,7 @@
 //! latency is measured from then, not from when it was sent, so a stalled server cannot hide
 //! its queueing (no coordinated omission).
 
-use crate::report::{Recorder, Report};
+use crate::report::{Params, Recorder, Report};
 use crate::run::{Kind, Live, GRACE};
 use crate::secure::{self, Tls};
 use crossbeam_channel::{bounded, unbounded};
@@ -15,7 +15,7 @@ use login_server::tls::Stream;
 use serde_json::json;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -82,6 +82,17 @@ impl std::str::FromStr for Mix {
     }
 }
 
+impl std::fmt::Display for Mix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let parts: Vec<String> = self
+            .0
+            .iter()
+            .map(|&(kind, weight)| format!("{}={weight}", kind.name()))
+            .collect();
+        f.write_str(&parts.join(","))
+    }
+}
+
 impl Mix {
     fn pick(&self, rng: &mut Rng) -> Kind {
         let total: u32 = self.0.iter().map(|&(_, w)| w).sum();
@@ -104,14 +115,14 @@ impl Mix {
     }
 
     /// The accounts the run needs registered first: logins' and decoys'.
-    fn accounts(&self, users: usize) -> Vec<(String, String)> {
+    fn accounts(&self, users: usize, prefix: &str) -> Vec<(String, String)> {
         let mut accounts = Vec::new();
         for i in 0..users as u64 {
             if self.weight(Kind::Login) > 0 || self.weight(Kind::Verify) > 0 {
-                accounts.push(user(i));
+                accounts.push(user(prefix, i));
             }
             if self.weight(Kind::BadPass) > 0 {
-                accounts.push(decoy(i));
+                accounts.push(decoy(prefix, i));
             }
         }
         accounts
@@ -152,6 +163,13 @@ pub struct Options {
     pub mix: Mix,
     /// Accounts that logins pick from; registered first unless 0.
     pub users: usize,
+    /// Names the run's accounts (see [`check_prefix`]): `gwsim-PREFIX-N` for the users,
+    /// `gwsim-PREFIX-dN` for the decoys, `gwsim-PREFIX-` and a run-unique part for the mix's
+    /// registrations. A later run with the same prefix reuses the users and decoys, and
+    /// `account-db admin list --prefix gwsim-` finds them all.
+    pub prefix: String,
+    /// How long registering the accounts may take, before the measured run begins.
+    pub setup_timeout: Duration,
     /// Open-loop arrivals per second, all connections together.
     pub rate: Option<f64>,
     /// How long one request may take before it counts as a timeout.
@@ -160,31 +178,80 @@ pub struct Options {
     pub tls: Option<Arc<Tls>>,
 }
 
-/// The name and password of stress account `i`.
-fn user(i: u64) -> (String, String) {
-    (format!("stress-user-{i}"), format!("stress-password-{i}"))
+impl Default for Options {
+    /// `gateway-sim stress`'s defaults.
+    fn default() -> Options {
+        Options {
+            targets: vec![SocketAddr::from(([127, 0, 0, 1], 6999))],
+            connections: 32,
+            duration: Duration::from_secs(10),
+            requests: None,
+            form: Form::Seed,
+            pipeline: 1,
+            mix: Mix(vec![
+                (Kind::Login, 90),
+                (Kind::Register, 5),
+                (Kind::BadPass, 5),
+            ]),
+            users: 100,
+            prefix: "load".into(),
+            setup_timeout: Duration::from_secs(60),
+            rate: None,
+            timeout: Duration::from_secs(10),
+            tls: None,
+        }
+    }
+}
+
+/// Whether `prefix` may name a run's accounts: 1 to 8 of `a-z0-9`, so that every name the
+/// run makes fits login-server's default 32 characters.
+pub fn check_prefix(prefix: &str) -> Result<String, String> {
+    let fits = (1..=8).contains(&prefix.len())
+        && prefix
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    match fits {
+        true => Ok(prefix.to_string()),
+        false => Err(format!("{prefix:?}: 1 to 8 of a-z and 0-9")),
+    }
+}
+
+/// The name and password of the run's account `i`.
+fn user(prefix: &str, i: u64) -> (String, String) {
+    (
+        format!("gwsim-{prefix}-{i}"),
+        format!("stress-password-{i}"),
+    )
 }
 
 /// The name and password of decoy account `i`, which only wrong passwords are tried on.
-fn decoy(i: u64) -> (String, String) {
-    (format!("stress-decoy-{i}"), format!("stress-password-{i}"))
+fn decoy(prefix: &str, i: u64) -> (String, String) {
+    (
+        format!("gwsim-{prefix}-d{i}"),
+        format!("stress-password-{i}"),
+    )
 }
 
 /// Builds request messages for one thread.
 struct Requests {
     rng: Rng,
     users: u64,
-    /// Makes registered names unique across threads and runs.
+    /// The run's prefix, for the accounts logins and wrong passwords pick.
+    accounts: String,
+    /// Makes registered names unique across threads and runs: `gwsim-PREFIX-`, 24 bits of
+    /// the run, the thread, then `x` and the serial, all in hex (32 characters at most).
     prefix: String,
     serial: u64,
 }
 
 impl Requests {
-    fn new(thread: usize, run: u64, users: usize) -> Requests {
+    fn new(thread: usize, plan: &Plan) -> Requests {
+        let (run, accounts) = (plan.run, plan.options.prefix.clone());
         Requests {
             rng: Rng::new(run ^ (thread as u64 + 1) << 32),
-            users: users.max(1) as u64,
-            prefix: format!("r{:x}t{thread}n", run & 0xffff_ffff),
+            users: plan.options.users.max(1) as u64,
+            prefix: format!("gwsim-{accounts}-{:06x}{thread:x}x", run & 0xff_ffff),
+            accounts,
             serial: 0,
         }
     }
@@ -194,7 +261,7 @@ impl Requests {
     fn message(&mut self, kind: Kind, form: Form, tokens: &TokenPool) -> (Kind, Vec<u8>) {
         self.serial += 1;
         let pick = self.rng.next() % self.users;
-        let (name, password) = user(pick);
+        let (name, password) = user(&self.accounts, pick);
         let token = match kind {
             Kind::Verify => tokens.pick(&mut self.rng),
             _ => None,
@@ -207,11 +274,11 @@ impl Requests {
             Kind::Login => json!({"OP": "login", "username": name, "password": password}),
             Kind::Verify => json!({"OP": "verify", "token": token}),
             Kind::BadPass => {
-                let (decoy, _) = decoy(pick);
+                let (decoy, _) = decoy(&self.accounts, pick);
                 json!({"OP": "login", "username": decoy, "password": "not-the-password"})
             }
             Kind::Register => json!({"OP": "register",
-                "username": format!("{}{}", self.prefix, self.serial), "password": password}),
+                "username": format!("{}{:x}", self.prefix, self.serial), "password": password}),
             Kind::Unknown => json!({"OP": "login",
                 "username": format!("nobody-{}", self.rng.next() % 1_000_000), "password": password}),
             Kind::Invalid => {
@@ -423,7 +490,7 @@ fn reply_code(reply: &[u8]) -> Option<u64> {
 /// Seed form: a new connection per request, one write, read until the server closes.
 fn seed_connection(plan: &Plan, thread: usize) -> Recorder {
     let mut recorder = plan.recorder();
-    let mut requests = Requests::new(thread, plan.run, plan.options.users);
+    let mut requests = Requests::new(thread, plan);
     let mut reply = Vec::with_capacity(128);
     let mut at = thread;
     while let Some(due) = plan.ticket() {
@@ -467,7 +534,7 @@ fn seed_connection(plan: &Plan, thread: usize) -> Recorder {
 /// connection left unanswered when that may be sent again.
 fn stream_connection(plan: &Plan, thread: usize) -> Recorder {
     let mut recorder = plan.recorder();
-    let mut requests = Requests::new(thread, plan.run, plan.options.users);
+    let mut requests = Requests::new(thread, plan);
     let mut at = thread;
     // What goes first on the next connection.
     let mut again: Vec<Sent> = Vec::new();
@@ -655,13 +722,29 @@ fn tls_stream_connection(
 /// 100 ms apart.
 const REGISTER_ATTEMPTS: usize = 50;
 
-/// Register the accounts the run uses, in the run's form; ones that exist already are fine.
-fn register_users(options: &Options) -> io::Result<()> {
-    let accounts = options.mix.accounts(options.users);
+/// How many accounts [`Run::start`] registers before the run: its users and decoys.
+pub fn setup_accounts(options: &Options) -> u64 {
+    options.mix.accounts(options.users, &options.prefix).len() as u64
+}
+
+/// Register the accounts the run uses, in the run's form, by `deadline`, counting each in
+/// `done`; ones that exist already are fine. Past the deadline it stops, and says
+/// [`SetupError::Late`].
+fn register_users(
+    options: &Options,
+    done: &AtomicU64,
+    deadline: Instant,
+) -> Result<(), SetupError> {
+    let accounts = options.mix.accounts(options.users, &options.prefix);
     let threads = 8.min(accounts.len());
     if threads == 0 {
         return Ok(());
     }
+    let late = || Instant::now() >= deadline;
+    let patience = || {
+        let left = deadline.saturating_duration_since(Instant::now());
+        options.timeout.min(left).max(Duration::from_millis(1))
+    };
     let per_thread = accounts.len().div_ceil(threads);
     let accounts = &accounts;
     let check = |username: &str, reply: &[u8]| match reply_code(reply) {
@@ -674,7 +757,7 @@ fn register_users(options: &Options) -> io::Result<()> {
     std::thread::scope(|scope| {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
-                scope.spawn(move || -> io::Result<()> {
+                scope.spawn(move || -> Result<(), SetupError> {
                     let mine = accounts.iter().skip(t * per_thread).take(per_thread);
                     let mut reply = Vec::new();
                     let mut stream = None;
@@ -688,17 +771,18 @@ fn register_users(options: &Options) -> io::Result<()> {
                         // account to the next, once round the targets.
                         let mut failures = 0;
                         for attempt in 1..=REGISTER_ATTEMPTS {
+                            if late() {
+                                return Err(SetupError::Late);
+                            }
                             reply.clear();
                             let mut ask = || -> io::Result<()> {
                                 if options.form == Form::Seed {
-                                    let mut conn =
-                                        connect_within(options, &mut at, options.timeout)?;
+                                    let mut conn = connect_within(options, &mut at, patience())?;
                                     conn.write_all(json!([body]).to_string().as_bytes())?;
                                     conn.read_to_end(&mut reply)?;
                                 } else {
                                     if stream.is_none() {
-                                        let conn =
-                                            connect_within(options, &mut at, options.timeout)?;
+                                        let conn = connect_within(options, &mut at, patience())?;
                                         stream = Some(BufReader::new(conn));
                                     }
                                     if let Some(reader) = stream.as_mut() {
@@ -710,9 +794,12 @@ fn register_users(options: &Options) -> io::Result<()> {
                                 Ok(())
                             };
                             if let Err(e) = ask() {
+                                if late() {
+                                    return Err(SetupError::Late);
+                                }
                                 failures += 1;
                                 if failures >= options.targets.len() {
-                                    return Err(e);
+                                    return Err(SetupError::Failed(e));
                                 }
                                 stream = None;
                                 at += 1;
@@ -729,7 +816,8 @@ fn register_users(options: &Options) -> io::Result<()> {
                             }
                             std::thread::sleep(Duration::from_millis(100));
                         }
-                        check(username, &reply)?;
+                        check(username, &reply).map_err(SetupError::Failed)?;
+                        done.fetch_add(1, Ordering::Relaxed);
                     }
                     Ok(())
                 })
@@ -737,9 +825,18 @@ fn register_users(options: &Options) -> io::Result<()> {
             .collect();
         handles.into_iter().try_for_each(|h| {
             h.join()
-                .unwrap_or_else(|_| Err(io::Error::other("panicked")))
+                .unwrap_or_else(|_| Err(SetupError::Failed(io::Error::other("panicked"))))
         })
     })
+}
+
+/// Why registering a run's accounts stopped.
+#[derive(Debug)]
+enum SetupError {
+    /// The target failed or refused a registration.
+    Failed(io::Error),
+    /// `setup_timeout` ran out.
+    Late,
 }
 
 /// Why a run could not be made.
@@ -752,6 +849,18 @@ pub enum StressError {
         target: Option<SocketAddr>,
         source: io::Error,
     },
+    /// Registering the accounts took longer than `setup_timeout` (`--setup-timeout`): nothing
+    /// was measured.
+    #[error(
+        "registered {done} of the {total} stress accounts within {} s (--setup-timeout): \
+         nothing measured",
+        waited.as_secs_f64()
+    )]
+    SetupTimeout {
+        done: u64,
+        total: u64,
+        waited: Duration,
+    },
     /// The OS refused a client thread (resource limits).
     #[error("cannot start a load thread: {0}")]
     Threads(io::Error),
@@ -760,6 +869,10 @@ pub enum StressError {
 /// A run in progress: poll [`Run::live`] for progress, then [`Run::finish`].
 pub struct Run {
     live: Arc<Live>,
+    /// What the run was asked, for its report.
+    params: Params,
+    /// How long registering its accounts took, before `start`.
+    setup: Duration,
     start: Instant,
     end: Instant,
     timeout: Duration,
@@ -767,14 +880,50 @@ pub struct Run {
 }
 
 impl Run {
-    /// Register the accounts, then start the load threads.
+    /// Register the accounts (within `setup_timeout`), then start the load threads.
     pub fn start(options: Options) -> Result<Run, StressError> {
-        if options.users > 0 {
-            register_users(&options).map_err(|source| StressError::Setup {
-                target: options.targets.first().copied(),
-                source,
-            })?;
+        Run::start_counting(options, &AtomicU64::new(0))
+    }
+
+    /// [`Run::start`], counting the accounts registered in `registered` as it goes (of
+    /// [`setup_accounts`]), for a progress bar.
+    pub fn start_counting(options: Options, registered: &AtomicU64) -> Result<Run, StressError> {
+        let began = Instant::now();
+        let deadline = began + options.setup_timeout;
+        match register_users(&options, registered, deadline) {
+            Ok(()) => {}
+            Err(SetupError::Failed(source)) => {
+                return Err(StressError::Setup {
+                    target: options.targets.first().copied(),
+                    source,
+                })
+            }
+            Err(SetupError::Late) => {
+                return Err(StressError::SetupTimeout {
+                    done: registered.load(Ordering::Relaxed),
+                    total: setup_accounts(&options),
+                    waited: options.setup_timeout,
+                })
+            }
         }
+        let setup = began.elapsed();
+        let params = Params {
+            targets: options.targets.iter().map(ToString::to_string).collect(),
+            form: match options.form {
+                Form::Seed => "seed",
+                Form::Stream => "stream",
+            },
+            connections: options.connections,
+            pipeline: options.pipeline,
+            duration_s: options.duration.as_secs_f64(),
+            requests: options.requests,
+            rate: options.rate,
+            mix: options.mix.to_string(),
+            users: options.users,
+            prefix: options.prefix.clone(),
+            timeout_s: options.timeout.as_secs_f64(),
+            tls: options.tls.is_some(),
+        };
         let live = Arc::new(Live::default());
         let timeout = options.timeout;
         let start = Instant::now();
@@ -807,6 +956,8 @@ impl Run {
         let end = plan.end;
         Ok(Run {
             live,
+            params,
+            setup,
             start,
             end,
             timeout,
@@ -837,6 +988,9 @@ impl Run {
         }
         let mut report = total.report(self.start.elapsed());
         report.unsent = self.live.unsent.load(Ordering::Relaxed);
+        report.planned = self.params.planned();
+        report.setup_s = self.setup.as_secs_f64();
+        report.params = self.params;
         report
     }
 }
@@ -866,23 +1020,107 @@ mod tests {
         });
         let options = Options {
             targets: vec![target],
-            connections: 1,
-            duration: Duration::from_secs(1),
-            requests: None,
             form: Form::Stream,
-            pipeline: 1,
             mix: "login=1".parse().unwrap(),
             users: 1,
-            rate: None,
             timeout: Duration::from_secs(5),
-            tls: None,
+            ..Options::default()
         };
-        register_users(&options).unwrap();
+        let done = AtomicU64::new(0);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        register_users(&options, &done, deadline).unwrap();
         assert_eq!(
             served.join().unwrap(),
             4,
             "three busy answers, then registered"
         );
+        assert_eq!(done.load(Ordering::Relaxed), 1);
+    }
+
+    /// A plan of `options` for run `run`, started and ended now.
+    fn plan(options: Options, run: u64) -> Plan {
+        Plan {
+            options,
+            start: Instant::now(),
+            end: Instant::now(),
+            live: Arc::new(Live::default()),
+            run,
+            tokens: TokenPool::default(),
+        }
+    }
+
+    #[test]
+    fn setup_stops_at_its_timeout_and_nothing_is_measured() {
+        // A server that is busy (7) for ever, and one that never answers.
+        for busy in [true, false] {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let target = listener.local_addr().unwrap();
+            std::thread::spawn(move || {
+                for conn in listener.incoming() {
+                    let Ok(conn) = conn else { return };
+                    std::thread::spawn(move || {
+                        let mut reader = BufReader::new(conn.try_clone().unwrap());
+                        let mut writer = conn;
+                        let mut line = String::new();
+                        while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
+                            if busy {
+                                let _ = writeln!(writer, r#"{{"code":7,"info":"x"}}"#);
+                            }
+                            line.clear();
+                        }
+                    });
+                }
+            });
+            let options = Options {
+                targets: vec![target],
+                form: Form::Stream,
+                users: 3,
+                setup_timeout: Duration::from_millis(500),
+                ..Options::default()
+            };
+            let began = Instant::now();
+            let error = Run::start(options).err().expect("a late setup is an error");
+            assert!(
+                began.elapsed() < Duration::from_secs(3),
+                "{:?}",
+                began.elapsed()
+            );
+            assert!(
+                matches!(
+                    error,
+                    StressError::SetupTimeout {
+                        done: 0,
+                        total: 6,
+                        ..
+                    }
+                ),
+                "{error}"
+            );
+            assert!(error.to_string().contains("--setup-timeout"), "{error}");
+        }
+    }
+
+    #[test]
+    fn every_name_a_run_makes_fits_32_characters_and_begins_gwsim() {
+        assert!(check_prefix("").is_err() && check_prefix("abcdefghi").is_err());
+        assert!(check_prefix("Load").is_err() && check_prefix("a-b").is_err());
+        let options = Options {
+            prefix: check_prefix("abcdefgh").unwrap(),
+            ..Options::default()
+        };
+        let plan = plan(options, u64::MAX);
+        let mut requests = Requests::new(0xffff, &plan);
+        requests.serial = 0xff_fffe;
+        let (_, message) = requests.message(Kind::Register, Form::Stream, &plan.tokens);
+        let body: serde_json::Value = serde_json::from_slice(&message).unwrap();
+        let name = body["username"].as_str().unwrap();
+        assert!(
+            name.starts_with("gwsim-abcdefgh-") && name.len() <= 32,
+            "{name}"
+        );
+        let (user, _) = user("abcdefgh", 99_999_999);
+        let (decoy, _) = decoy("abcdefgh", 99_999_999);
+        assert!(user.len() <= 32 && decoy.len() <= 32, "{user} {decoy}");
     }
 
     #[test]
@@ -895,14 +1133,19 @@ mod tests {
         assert!((8_500..9_500).contains(&logins), "{logins}");
         assert!("login=0".parse::<Mix>().is_err());
         assert!("fly=1".parse::<Mix>().unwrap_err().contains("kinds are"));
-        assert_eq!(mix.accounts(3).len(), 6, "3 users and 3 decoys");
-        assert!("unknown=1".parse::<Mix>().unwrap().accounts(3).is_empty());
+        assert_eq!(mix.accounts(3, "t").len(), 6, "3 users and 3 decoys");
+        assert!("unknown=1"
+            .parse::<Mix>()
+            .unwrap()
+            .accounts(3, "t")
+            .is_empty());
         assert!(Kind::BadPass.accepts(8) && !Kind::Login.accepts(8));
     }
 
     #[test]
     fn messages_have_the_wire_forms() {
-        let mut requests = Requests::new(3, 0xabc, 10);
+        let plan = plan(Options::default(), 0xabc);
+        let mut requests = Requests::new(3, &plan);
         let tokens = TokenPool::default();
         let (_, seed) = requests.message(Kind::Register, Form::Seed, &tokens);
         assert!(seed.starts_with(b"[{") && seed.ends_with(b"}]"));

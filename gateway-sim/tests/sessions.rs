@@ -112,6 +112,7 @@ fn stress_verifies_the_tokens_of_its_own_logins() {
             rate: None,
             timeout: PATIENCE,
             tls: None,
+            ..Options::default()
         })
         .unwrap();
         let report = run.finish();
@@ -146,6 +147,7 @@ fn duration_is_a_hard_limit_and_what_was_cut_is_reported() {
         rate: Some(2000.0),
         timeout: Duration::from_secs(30),
         tls: None,
+        ..Options::default()
     })
     .unwrap();
     let setup = started.elapsed();
@@ -183,6 +185,7 @@ fn a_run_over_two_targets_rides_out_one_stopping() {
             rate: None,
             timeout: PATIENCE,
             tls: None,
+            ..Options::default()
         })
         .unwrap();
         std::thread::sleep(Duration::from_secs(1));
@@ -220,6 +223,7 @@ fn a_target_that_closes_every_connection_hands_its_work_to_the_next() {
             rate: None,
             timeout: PATIENCE,
             tls: None,
+            ..Options::default()
         })
         .unwrap();
         let report = run.finish();

@@ -117,6 +117,7 @@ fn stress(server: &LoginServer, tls: &Arc<Tls>, form: Form, pipeline: usize, req
         rate: None,
         timeout: PATIENCE,
         tls: Some(tls.clone()),
+        ..Options::default()
     };
     let report = Run::start(options).unwrap().finish();
     assert!(report.clean(), "{}", report.table());

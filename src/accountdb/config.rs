@@ -218,6 +218,11 @@ pub struct AccountDbConfig {
         value_parser = at_least_one
     )]
     pub max_handshakes: usize,
+    /// Refuse to start when the open-files limit cannot cover --max-connections and
+    /// --max-handshakes beside the descriptors the rest of the process needs, instead of
+    /// lowering the cap to fit (and saying so). Defaults to off: the cap is lowered.
+    #[arg(long, env = "ACCOUNT_DB_STRICT_LIMITS")]
+    pub strict_limits: bool,
     /// Throttle records (failed-login counts and locks per account and per address,
     /// registration counts, familiar addresses) the store keeps at most, for every
     /// login-server it serves. Checked once a second: between checks a flood may add what

@@ -34,10 +34,10 @@ use threadpool::ThreadPool;
 #[derive(Debug, thiserror::Error)]
 pub enum AccountDbStartError {
     /// `--listen` cannot be bound: in use, or not an address of this host.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr} (--listen): {source}")]
     Listen { addr: SocketAddr, source: io::Error },
     /// `--metrics-listen` cannot be bound.
-    #[error("cannot serve metrics on {addr}: {source}")]
+    #[error("cannot serve metrics on {addr} (--metrics-listen): {source}")]
     Metrics { addr: SocketAddr, source: io::Error },
     /// The secret cannot be read, parsed or created.
     #[error(transparent)]
@@ -58,6 +58,21 @@ pub enum AccountDbStartError {
     /// A stop signal came while it waited for the store: nothing to serve, nothing wrong.
     #[error("stopped before the account store came up")]
     Stopped,
+    /// `--strict-limits`, and the open-files limit (raised as far as the hard limit allows)
+    /// cannot hold `--max-connections` and `--max-handshakes` beside what the process needs.
+    #[error(
+        "--max-connections {wanted} needs {needed} open files with --max-handshakes and what \
+         the process holds besides, and the limit reaches {limit} (hard limit {hard}): raise \
+         LimitNOFILE or ulimit -n, or lower --max-connections (without --strict-limits it is \
+         lowered to {fits})"
+    )]
+    Descriptors {
+        wanted: usize,
+        needed: u64,
+        limit: u64,
+        hard: u64,
+        fits: usize,
+    },
     /// The OS refuses a thread (resource limits).
     #[error("cannot start the accept thread: {0}")]
     Thread(#[from] io::Error),
@@ -95,6 +110,8 @@ struct Shared {
     requests: LabeledCounters,
     errors: Counter,
     refused: Counter,
+    /// Accepts that failed because the process or system ran out of open files.
+    accept_out_of_files: Counter,
     /// What throttle records and their pruning are judged by.
     clock: Clock,
 }
@@ -120,6 +137,17 @@ impl Shared {
             "refused",
             "Connections refused, each once: bad secret, too many, TLS required or failed, handshake not done",
             self.refused.clone(),
+        );
+        let cap = i64::try_from(self.max_connections).unwrap_or(i64::MAX);
+        r.register(
+            "max_connections",
+            "Authenticated connections served at once: --max-connections, or fewer where the open-files limit cannot hold them",
+            LiveGauge::new(move || cap),
+        );
+        r.register(
+            "accept_out_of_files",
+            "Accepts that failed because the process or the system ran out of open files",
+            self.accept_out_of_files.clone(),
         );
         let shared = self.clone();
         let open =
@@ -592,6 +620,7 @@ impl AccountDb {
             ),
             errors: Counter::default(),
             refused: Counter::default(),
+            accept_out_of_files: Counter::default(),
             clock: config.clock.clone(),
         });
         let metrics_endpoint = match metrics {
@@ -739,7 +768,7 @@ fn every_second(
 /// store's (`--store-pool`, or SQLite's files), the listeners, the metrics endpoint's 16
 /// connections and stdio are counted beside them, with the reserve. A lowered cap is said once
 /// at start, with the numbers.
-fn fit_connections(config: &AccountDbConfig) -> std::io::Result<usize> {
+fn fit_connections(config: &AccountDbConfig) -> Result<usize, AccountDbStartError> {
     let per_connection = 2;
     let wanted = config.max_connections + config.max_handshakes;
     let store = u64::from(config.store_pool).max(8);
@@ -750,13 +779,23 @@ fn fit_connections(config: &AccountDbConfig) -> std::io::Result<usize> {
         .max(1)
         .min(config.max_connections);
     if effective < config.max_connections {
+        if config.strict_limits {
+            return Err(AccountDbStartError::Descriptors {
+                wanted: config.max_connections,
+                needed: fit.fixed + fit.wanted as u64,
+                limit: fit.limit,
+                hard: fit.hard,
+                fits: effective,
+            });
+        }
         tracing::warn!(
             wanted = config.max_connections,
             effective,
             limit = fit.limit,
             hard = fit.hard,
             "the open-files limit cannot hold --max-connections and --max-handshakes: \
-             connections capped at the effective number (raise LimitNOFILE or ulimit -n)"
+             connections capped at the effective number (raise LimitNOFILE or ulimit -n; \
+             --strict-limits refuses instead)"
         );
     }
     Ok(effective)
@@ -773,6 +812,9 @@ fn accept_loop(listener: TcpListener, store: Arc<dyn Store>, shared: &Arc<Shared
             Ok(stream) => stream,
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning, and say so once per 10 s.
+                if crate::limits::out_of_descriptors(&e) {
+                    shared.accept_out_of_files.inc();
+                }
                 if let Some(times) = shared.accept_log.hit() {
                     tracing::warn!(error = %e, times, "account-db accept failed");
                 }

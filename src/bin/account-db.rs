@@ -21,7 +21,7 @@ fn main() -> ExitCode {
     match run(config) {
         Ok(code) => code,
         Err(e) => {
-            logging::fatal(format, "account_db", &format!("{e:#}"));
+            logging::fatal(format, "account_db", &logging::causes(e.as_ref()));
             ExitCode::FAILURE
         }
     }

@@ -12,7 +12,7 @@ fn main() -> std::process::ExitCode {
     match run(config) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            logging::fatal(format, "login_server", &format!("{e:#}"));
+            logging::fatal(format, "login_server", &logging::causes(e.as_ref()));
             std::process::ExitCode::FAILURE
         }
     }

@@ -66,7 +66,7 @@ pub type DbState = Arc<dyn Fn() -> Vec<InstanceState> + Send + Sync>;
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// `--listen` cannot be bound: in use, or not an address of this host.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr} (--listen): {source}")]
     Listen {
         addr: SocketAddr,
         source: std::io::Error,
@@ -85,7 +85,7 @@ pub enum StartError {
     #[error("cannot start the I/O thread or workers: {0}")]
     Threads(#[from] std::io::Error),
     /// `--metrics-listen` cannot be bound.
-    #[error("cannot serve metrics on {addr}: {source}")]
+    #[error("cannot serve metrics on {addr} (--metrics-listen): {source}")]
     Metrics {
         addr: SocketAddr,
         source: std::io::Error,
