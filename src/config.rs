@@ -18,7 +18,7 @@ pub fn parse<T: Parser>() -> T {
     });
     let matches = match command.clone().try_get_matches() {
         Ok(matches) => matches,
-        Err(e) => match from_environment(&command, &e, std::env::args().collect()) {
+        Err(e) => match from_environment(&command, &e, std::env::args_os().collect()) {
             Some(said) => {
                 eprint!("{said}");
                 std::process::exit(e.exit_code());
@@ -32,7 +32,11 @@ pub fn parse<T: Parser>() -> T {
 /// When `e` rejects a value that came from an environment variable rather than the command line
 /// (`args`), `e`'s message naming that variable too: the operator looks in an env file, not at
 /// a command line they never typed. `None` for every other error.
-fn from_environment(command: &clap::Command, e: &clap::Error, args: Vec<String>) -> Option<String> {
+fn from_environment(
+    command: &clap::Command,
+    e: &clap::Error,
+    args: Vec<std::ffi::OsString>,
+) -> Option<String> {
     use clap::error::{ContextKind, ContextValue, ErrorKind};
     if !matches!(
         e.kind(),
@@ -43,6 +47,13 @@ fn from_environment(command: &clap::Command, e: &clap::Error, args: Vec<String>)
     let Some(ContextValue::String(flag)) = e.get(ContextKind::InvalidArg) else {
         return None;
     };
+    let Some(ContextValue::String(value)) = e.get(ContextKind::InvalidValue) else {
+        return None;
+    };
+    let args: Vec<String> = args
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
     let mut commands = vec![command];
     while let Some(command) = commands.pop() {
         commands.extend(command.get_subcommands());
@@ -54,11 +65,13 @@ fn from_environment(command: &clap::Command, e: &clap::Error, args: Vec<String>)
                 |a: &String| a == &format!("--{long}") || a.starts_with(&format!("--{long}="));
             let named = flag == &format!("--{long}") || flag.starts_with(&format!("--{long} "));
             if named && std::env::var_os(var).is_some() && !args.iter().any(given) {
+                // Exactly clap's own words, so that a value that holds them is not touched.
                 let var = var.to_string_lossy();
+                let words = format!("invalid value '{value}' for '{flag}'");
                 let said = e.to_string();
                 return Some(said.replacen(
-                    &format!("'{flag}'"),
-                    &format!("'{flag}' (from the environment variable {var})"),
+                    &words,
+                    &format!("{words} (from the environment variable {var})"),
                     1,
                 ));
             }

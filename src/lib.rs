@@ -14,7 +14,8 @@
 //!   `--gateway-tls` modes, session-ticket keys, TLS record framing); `io_loop` accepts and
 //!   frames without blocking; a
 //!   bounded channel feeds batches of connections to a fixed pool of `workers`, which ask the
-//!   store for a round of requests at once; `hashing` runs the argon2 that is not quick under a cap of permits;
+//!   store for a round of requests at once, and shed first, under overload, the players who
+//!   ask most (`fairness`); `hashing` runs the argon2 that is not quick under a cap of permits;
 //!   `costly` verifies stored hashes far costlier than the configured ones, one at a time;
 //!   `legacy_stage` runs the requests that ask the old server, on threads of their own;
 //!   `returns` hands connections back to the I/O thread.

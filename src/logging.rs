@@ -42,13 +42,13 @@ pub fn init(format: LogFormat) -> WorkerGuard {
 }
 
 /// `error` and its causes on one line, `a: b: c`, each cause said once: a cause whose text the
-/// message before it already ends with (an error that prints its source itself) is skipped.
+/// message before it already holds (an error that prints its source itself) is skipped.
 pub fn causes(error: &(dyn std::error::Error + 'static)) -> String {
     let mut said = error.to_string();
     let mut next = error.source();
     while let Some(cause) = next {
         let text = cause.to_string();
-        if !said.ends_with(&text) {
+        if !said.contains(&text) {
             said = format!("{said}: {text}");
         }
         next = cause.source();

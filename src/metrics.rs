@@ -251,6 +251,8 @@ pub struct Metrics {
     pub legacy_name_conflicts: Counter,
     /// Gateway TLS handshakes, by [`TlsOutcome`].
     tls_handshakes: LabeledCounters,
+    /// Requests shed (answered "unavailable" at once), by [`Shed`].
+    shed: LabeledCounters,
     /// Gateway connections that spoke plaintext on a `--gateway-tls optional` port: what a
     /// migration to TLS watches fall to zero.
     pub plaintext_gateways: Counter,
@@ -266,6 +268,17 @@ pub enum TlsOutcome {
     /// Refused or abandoned: a bad or missing client certificate, broken or too slow, not TLS
     /// where TLS is required.
     Failed = 2,
+}
+
+/// Why a request was shed: answered "unavailable" (7) at once, without being served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shed {
+    /// A queue was full (the worker queue, or a hash or old-server stage's): whoever came
+    /// next was shed.
+    QueueFull = 0,
+    /// Under overload, its player (or connection) already had a request waiting, or asked more
+    /// than `--fair-share` (see `login/fairness.rs`).
+    Share = 1,
 }
 
 /// What the old account server answered (`--legacy-db`).
@@ -308,6 +321,9 @@ impl Default for Metrics {
                 ["full", "resumed", "failed"].map(|outcome| vec![("outcome", outcome)]),
             ),
             plaintext_gateways: Counter::default(),
+            shed: LabeledCounters::new(
+                ["queue_full", "share"].map(|reason| vec![("reason", reason)]),
+            ),
         }
     }
 }
@@ -418,6 +434,11 @@ impl Metrics {
     /// One gateway TLS handshake ended so.
     pub fn tls_handshake(&self, outcome: TlsOutcome) {
         self.tls_handshakes.inc(outcome as usize);
+    }
+
+    /// A request shed, for `reason`.
+    pub fn shed(&self, reason: Shed) {
+        self.shed.inc(reason as usize);
     }
 
     /// One reply sent, `latency` after its message was whole.
@@ -554,6 +575,11 @@ impl Metrics {
             "tls_handshakes",
             "Gateway TLS handshakes, by outcome (full, resumed from a ticket, failed)",
             self.tls_handshakes.clone(),
+        );
+        r.register(
+            "shed",
+            "Requests answered unavailable (7) at once, by reason: a queue was full, or under overload the player (or connection) already had a request waiting or asked more than --fair-share",
+            self.shed.clone(),
         );
         r.register(
             "plaintext_gateway_connections",

@@ -428,3 +428,30 @@ fn a_taken_port_stops_the_start_at_once_naming_the_flag_and_the_port_once() {
         assert_eq!(said.matches("in use").count(), 1, "{said}");
     }
 }
+
+#[test]
+fn an_odd_environment_value_or_argument_gets_clap_s_error_not_a_panic() {
+    use std::os::unix::ffi::OsStrExt;
+    let login_server = env!("CARGO_BIN_EXE_login-server");
+    // A value that holds clap's own words: the note goes after the real ones, once.
+    let value = "x' for '--listen <ADDR>'";
+    let output = std::process::Command::new(login_server)
+        .env("LOGIN_SERVER_LISTEN", value)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{said}");
+    let whole = format!("'{value}' for '--listen <ADDR>' (from the environment variable");
+    assert!(said.contains(&whole), "{said}");
+    assert_eq!(said.matches("environment variable").count(), 1, "{said}");
+    // An argument that is not UTF-8, beside a flag clap refuses: its error, exit 2.
+    let output = std::process::Command::new(login_server)
+        .arg("--data")
+        .arg(std::ffi::OsStr::from_bytes(b"/tmp/\xff"))
+        .arg("--bogus")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{said}");
+    assert!(!said.contains("panicked"), "{said}");
+}

@@ -28,6 +28,10 @@ pub enum Kind {
     /// Connections to a TLS login-server that complete the handshake (with --tls-ca) and then
     /// never send.
     TlsSilent,
+    /// One gateway connection carrying a bot's logins (right password: a hash each, never
+    /// throttled) from --addresses rotating addresses, pipelined, beside a player logging in
+    /// at --player-rate a second: prints what the player got and how late (see `shared.rs`).
+    SharedGateway,
 }
 
 /// What an attack did.
@@ -56,6 +60,10 @@ pub fn run(
         Kind::TlsSilent if tls.is_none() => Err(io::Error::new(
             ErrorKind::InvalidInput,
             "tls-silent completes handshakes: pass --tls-ca",
+        )),
+        Kind::SharedGateway => Err(io::Error::new(
+            ErrorKind::InvalidInput,
+            "shared-gateway is run by shared::run",
         )),
         _ => hold(target, kind, connections, end, tls),
     }

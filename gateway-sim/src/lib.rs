@@ -6,6 +6,7 @@ pub mod attack;
 pub mod report;
 pub mod run;
 pub mod secure;
+pub mod shared;
 pub mod stress;
 
 use login_server::protocol::gateway::Op;

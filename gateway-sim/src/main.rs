@@ -56,9 +56,15 @@ enum Command {
         /// Attacking connections (the pipelining kinds use one).
         #[arg(long, default_value_t = 2000, value_parser = at_least_one)]
         connections: usize,
-        /// Seconds to attack.
-        #[arg(long, default_value_t = 10.0)]
+        /// Seconds to attack (at most a day).
+        #[arg(long, default_value_t = 10.0, value_parser = run_seconds)]
         duration: f64,
+        /// shared-gateway: the flood's rotating player addresses.
+        #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+        addresses: u32,
+        /// shared-gateway: the player's logins a second.
+        #[arg(long, default_value_t = 20.0, value_parser = positive_rate)]
+        player_rate: f64,
         /// For the TLS kinds (`tls-silent` needs --tls-ca).
         #[command(flatten)]
         tls: TlsArgs,
@@ -83,8 +89,8 @@ struct StressArgs {
     /// Concurrent connections (client threads), at least 1.
     #[arg(long, default_value_t = 32, value_parser = at_least_one)]
     connections: usize,
-    /// Seconds to run, at most.
-    #[arg(long, default_value_t = 10.0)]
+    /// Seconds to run, at most (above 0, at most a day).
+    #[arg(long, default_value_t = 10.0, value_parser = run_seconds)]
     duration: f64,
     /// Requests to send, at most.
     #[arg(long)]
@@ -109,7 +115,7 @@ struct StressArgs {
     prefix: String,
     /// Seconds registering the accounts may take, before the measured run (never counted in
     /// --duration); past it the run exits 2, having measured nothing.
-    #[arg(long, default_value_t = 60.0)]
+    #[arg(long, default_value_t = 60.0, value_parser = run_seconds)]
     setup_timeout: f64,
     /// Open-loop arrivals per second (more than 0); latency counts from each request's
     /// intended start. Without it: a closed loop, each connection as fast as it is answered.
@@ -117,10 +123,10 @@ struct StressArgs {
     rate: Option<f64>,
     /// Open loop: exit non-zero when more than this percentage of the planned arrivals was
     /// never sent (the load tool could not keep up: the run did not offer the rate asked).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = percent)]
     max_unsent: f64,
     /// Seconds one request may take before it counts as a timeout.
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, default_value_t = 10.0, value_parser = run_seconds)]
     timeout: f64,
     /// Print the result as one JSON object instead of a table (with the run's parameters).
     #[arg(long)]
@@ -167,13 +173,31 @@ impl OpArg {
     }
 }
 
-/// A rate of arrivals per second: a number above 0 (0 would be no rate at all).
+/// A rate of arrivals per second: above 0 (0 would be no rate at all), at most 10 million.
 fn positive_rate(s: &str) -> Result<f64, String> {
     match s.trim().parse::<f64>() {
-        Ok(rate) if rate > 0.0 && rate.is_finite() => Ok(rate),
+        Ok(rate) if rate > 0.0 && rate <= 1e7 => Ok(rate),
         _ => Err(format!(
-            "{s:?} is not a rate above 0 (leave --rate out for a closed loop)"
+            "{s:?} is not a rate above 0 and at most 10000000 (leave --rate out for a closed loop)"
         )),
+    }
+}
+
+/// Seconds a run or a wait may take: above 0, at most a day.
+fn run_seconds(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(secs) if secs > 0.0 && secs <= 86_400.0 => Ok(secs),
+        _ => Err(format!(
+            "{s:?} is not a number of seconds above 0 and at most 86400"
+        )),
+    }
+}
+
+/// A percentage: 0 to 100.
+fn percent(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(p) if (0.0..=100.0).contains(&p) => Ok(p),
+        _ => Err(format!("{s:?} is not a percentage from 0 to 100")),
     }
 }
 
@@ -198,7 +222,7 @@ fn main() -> std::process::ExitCode {
     match run() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("Error: {e:#}");
+            eprintln!("Error: {}", login_server::logging::causes(e.as_ref()));
             match e.downcast_ref::<StressError>() {
                 Some(StressError::SetupTimeout { .. }) => std::process::ExitCode::from(2),
                 _ => std::process::ExitCode::FAILURE,
@@ -244,6 +268,8 @@ fn run() -> anyhow::Result<()> {
             kind,
             connections,
             duration,
+            addresses,
+            player_rate,
             tls,
         } => {
             let tls = tls.load(target)?;
@@ -252,10 +278,20 @@ fn run() -> anyhow::Result<()> {
                 "{target} is not a loopback address: attacks stay on this machine"
             );
             let duration = Duration::try_from_secs_f64(duration).context("seconds must be >= 0")?;
+            if kind == gateway_sim::attack::Kind::SharedGateway {
+                let outcome = gateway_sim::shared::run(target, addresses, player_rate, duration)
+                    .with_context(|| format!("cannot attack {target}"))?;
+                println!("{}", serde_json::to_string(&outcome)?);
+                return Ok(());
+            }
             let outcome =
                 gateway_sim::attack::run(target, kind, connections, duration, tls.as_deref())
                     .with_context(|| format!("cannot attack {target}"))?;
             println!("{}", serde_json::to_string(&outcome)?);
+            anyhow::ensure!(
+                outcome.connected > 0,
+                "no connection to {target} was made: nothing was attacked"
+            );
         }
     }
     Ok(())
@@ -326,7 +362,7 @@ fn stress(args: StressArgs) -> anyhow::Result<()> {
         report.requests
     );
     anyhow::ensure!(
-        report.unsent_percent() <= args.max_unsent,
+        report.planned == 0 || report.unsent_percent() <= args.max_unsent,
         "{} of the {} planned arrivals ({:.1}%) were never sent, more than --max-unsent {}%: \
          the run did not offer --rate {} (fewer --connections cannot keep up, or the machine \
          is too busy)",

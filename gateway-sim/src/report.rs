@@ -280,6 +280,8 @@ pub struct Params {
     /// The accounts' names begin `gwsim-PREFIX-`.
     pub prefix: String,
     pub timeout_s: f64,
+    /// How long the accounts' setup might take.
+    pub setup_timeout_s: f64,
     pub tls: bool,
 }
 

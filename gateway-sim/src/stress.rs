@@ -749,9 +749,11 @@ fn register_users(
     let accounts = &accounts;
     let check = |username: &str, reply: &[u8]| match reply_code(reply) {
         Some(4 | 5) => Ok(()),
+        // What a stranger answered: 200 bytes at most, escaped, on one line.
         _ => Err(io::Error::other(format!(
-            "registering {username}: {}",
-            String::from_utf8_lossy(reply).trim()
+            "registering {username}: the reply was {:?}{}",
+            String::from_utf8_lossy(&reply[..reply.len().min(200)]),
+            if reply.len() > 200 { "..." } else { "" }
         ))),
     };
     std::thread::scope(|scope| {
@@ -922,6 +924,7 @@ impl Run {
             users: options.users,
             prefix: options.prefix.clone(),
             timeout_s: options.timeout.as_secs_f64(),
+            setup_timeout_s: options.setup_timeout.as_secs_f64(),
             tls: options.tls.is_some(),
         };
         let live = Arc::new(Live::default());

@@ -38,6 +38,10 @@ fn no_rate_and_no_connections_are_refused() {
         ["--rate=-5", "--duration=1"],
         ["--connections", "0"],
         ["--prefix", "Has-Caps"],
+        ["--duration", "0"],
+        ["--setup-timeout", "1e19"],
+        ["--max-unsent", "NaN"],
+        ["--rate", "1e300"],
     ] {
         let output = stress(&args);
         assert_eq!(output.status.code(), Some(2), "{args:?}: {}", said(&output));

@@ -86,7 +86,9 @@ impl std::fmt::Display for StoreUrl {
             StoreUrl::Postgres(url) => {
                 let (url, query) = pg_link::split_url(url);
                 let start = url.find("://").map_or(0, |scheme| scheme + 3);
-                match url[start..].find('@') {
+                // The last `@`: a password may hold a raw `@` (not percent-encoded), and none
+                // of it may show.
+                match url[start..].rfind('@') {
                     Some(at) => {
                         let at = start + at;
                         let user = url[start..at].split(':').next().unwrap_or_default();
@@ -153,5 +155,22 @@ impl StoreUrl {
                 Arc::new(store)
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StoreUrl;
+
+    #[test]
+    fn no_part_of_a_password_is_shown() {
+        let shown = |url: &str| url.parse::<StoreUrl>().unwrap().to_string();
+        let plain = shown("postgres://postgres:hunter2@127.0.0.1:5432/x");
+        assert_eq!(plain, "postgres://postgres@127.0.0.1:5432/x");
+        // A raw `@` in the password (not percent-encoded): none of it shows.
+        let raw = shown("postgres://postgres:hun@ter2@127.0.0.1:5432/x");
+        assert_eq!(raw, "postgres://postgres@127.0.0.1:5432/x");
+        let query = shown("postgres://u@h:5432/x?password=hunter2&sslmode=require");
+        assert!(!query.contains("hunter2"), "{query}");
     }
 }

@@ -244,6 +244,18 @@ pub struct LoginServerConfig {
     /// a hash thread) before new ones are answered "unavailable" (7) at once. Defaults to 1024.
     #[arg(long, value_name = "N", env = "LOGIN_SERVER_QUEUE", default_value = "1024", value_parser = at_least_one)]
     pub queue: usize,
+    /// Requests a second one player may ask while the server is overloaded (the worker queue
+    /// half full, four requests per hash thread waiting for one, or 16 messages behind one on
+    /// its connection); past it, and past 8 of the player's requests within about 10 ms, the
+    /// player's requests are shed (7) first. A player is the `ip` a gateway forwards (IPv6 by
+    /// its /64), or the connection for a request without one. Defaults to 50.
+    #[arg(
+        long, value_name = "N",
+        env = "LOGIN_SERVER_FAIR_SHARE",
+        default_value = "50",
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub fair_share: u32,
     /// Open gateway connections at most; further ones are closed at accept. Defaults to 10000.
     #[arg(
         long, value_name = "N",

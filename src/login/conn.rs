@@ -101,6 +101,10 @@ enum Wire {
     },
 }
 
+/// Reads a connection dates its buffered input by; past it, the two oldest are merged (their
+/// messages dated evenly over both): coarser, never bunched.
+const ARRIVALS: usize = 64;
+
 /// A gateway connection and what is buffered on it.
 pub struct Conn {
     /// Where the I/O thread keeps it; travels with it so it can find its way back.
@@ -132,6 +136,25 @@ pub struct Conn {
     turn_bytes: usize,
     /// Messages taken since it was last handed to a worker.
     turn_messages: usize,
+    /// The length of the last message taken: what the input left behind it is counted in.
+    last_len: usize,
+    /// When a worker last found a backlog behind a message of it (see
+    /// [`Conn::backlogged`]).
+    backlogged_at: Option<Instant>,
+    /// Bytes of input received so far, and taken as messages so far (counted from the start
+    /// of the connection: the buffer is compacted, these are not).
+    received: u64,
+    taken: u64,
+    /// When input arrived: (bytes received by then, when), one per read of the socket until it
+    /// was empty, oldest first, at most [`ARRIVALS`]; and the one before the oldest (at first,
+    /// or when nothing was buffered: the read itself). A message is dated within the read that
+    /// brought its last byte, by where its end falls in it, evenly between that read and the
+    /// one before: what a connection with a backlog delivers at once was sent while its
+    /// backlog was served, not all at its end; what an idle one delivers was sent together.
+    arrivals: std::collections::VecDeque<(u64, Instant)>,
+    before_arrivals: (u64, Instant),
+    /// When the last message taken arrived (see [`Conn::arrived`]).
+    arrived: Instant,
     /// The last read found the socket empty (it stopped at WouldBlock, not at the input cap):
     /// only then does more input bring an event.
     drained: bool,
@@ -168,6 +191,13 @@ impl Conn {
             ready_at: now,
             turn_bytes: 0,
             turn_messages: 0,
+            last_len: 0,
+            backlogged_at: None,
+            received: 0,
+            taken: 0,
+            arrivals: std::collections::VecDeque::new(),
+            before_arrivals: (0, now),
+            arrived: now,
             drained: false,
             wanted: Arc::default(),
         }
@@ -236,14 +266,23 @@ impl Conn {
         }
         let cap = max_message + scratch.len();
         self.drained = false;
+        let received = self.received;
+        if self.input.is_empty() {
+            // Nothing was waiting: what comes now was sent now (the I/O thread reads an idle
+            // connection as soon as it has input), however long ago the last read was.
+            self.arrivals.clear();
+            self.before_arrivals = (self.received, Instant::now());
+        }
         while !self.eof && self.input.len() < cap {
             match self.stream.read(scratch) {
                 Ok(0) => self.eof = true,
                 Ok(n) => {
                     // Read on until WouldBlock even after a short read: edge-triggered polling
                     // would not report an end of stream that arrived with the data.
+                    let before = self.input.len();
                     self.receive(&scratch[..n], cap)?;
                     self.last_activity = Instant::now();
+                    self.received += self.input.len().saturating_sub(before) as u64;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.drained = true;
@@ -252,6 +291,14 @@ impl Conn {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
+        }
+        if self.received > received {
+            // Full: the oldest read is merged into the next (the messages it brought are then
+            // dated evenly over both), never dropped.
+            if self.arrivals.len() == ARRIVALS {
+                self.arrivals.pop_front();
+            }
+            self.arrivals.push_back((self.received, self.last_activity));
         }
         Ok(())
     }
@@ -357,6 +404,17 @@ impl Conn {
         !self.handshaking() && matches!(self.scan(), Scan::Complete { .. } | Scan::Invalid(_))
     }
 
+    /// Whether more than one whole message's worth of input waits: the client pipelines (its
+    /// first message whole, and more bytes than whitespace behind it).
+    pub fn pipelining(&mut self) -> bool {
+        match self.scan() {
+            Scan::Complete { end, .. } => self.input[self.consumed + end..]
+                .iter()
+                .any(|b| !b.is_ascii_whitespace()),
+            _ => false,
+        }
+    }
+
     /// Start a worker's turn on it: its whole messages were found now.
     pub fn begin_turn(&mut self) {
         self.ready_at = Instant::now();
@@ -372,6 +430,52 @@ impl Conn {
     /// Messages taken in this worker's turn.
     pub fn turn_messages(&self) -> usize {
         self.turn_messages
+    }
+
+    /// About how many messages wait in the input behind the last one taken, up to `most`:
+    /// the bytes left over counted in messages as long as the last (0 when less than one is
+    /// left). Cheap: it frames nothing.
+    pub fn messages_behind(&self, most: usize) -> usize {
+        let left = self.input.len().saturating_sub(self.consumed);
+        (left / self.last_len.max(1)).min(most)
+    }
+
+    /// Whether the connection counts as backlogged: `now_behind` (a backlog found now), or
+    /// one found within `memory`.
+    pub fn backlogged(&mut self, now_behind: bool, memory: Duration) -> bool {
+        if now_behind {
+            self.backlogged_at = Some(Instant::now());
+            return true;
+        }
+        self.backlogged_at.is_some_and(|at| at.elapsed() < memory)
+    }
+
+    /// Date the message just taken (ending at `taken`): see [`Conn::arrivals`].
+    fn date_taken(&mut self) {
+        while self.arrivals.len() > 1 && self.arrivals[0].0 < self.taken {
+            if let Some(read) = self.arrivals.pop_front() {
+                self.before_arrivals = read;
+            }
+        }
+        let Some(&(end, at)) = self.arrivals.front() else {
+            return;
+        };
+        let (start, since) = self.before_arrivals;
+        let span = end.saturating_sub(start).max(1);
+        let into = self.taken.saturating_sub(start).min(span);
+        let stall = at.saturating_duration_since(since);
+        self.arrived = since + stall.mul_f64(into as f64 / span as f64);
+    }
+
+    /// When the last message taken arrived: read from the socket (its last byte), not found
+    /// by the I/O thread or a worker, which may be much later.
+    pub fn arrived(&self) -> Instant {
+        self.arrived
+    }
+
+    /// The metrics its replies are counted in.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// Whether enough replies wait unsent that no more messages should be taken for now.
@@ -393,6 +497,9 @@ impl Conn {
                 self.consumed += end;
                 self.turn_bytes += end;
                 self.turn_messages += 1;
+                self.last_len = end;
+                self.taken += end as u64;
+                self.date_taken();
                 self.scanner.reset();
                 self.message_started = None;
                 Some(match parsed {

@@ -18,7 +18,7 @@ use super::returns::{Back, Returns};
 use super::workers::Job;
 use crate::cidr::Cidr;
 use crate::logging::RateLimited;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Shed};
 use crate::protocol::gateway::Reply;
 use crossbeam_channel::{Receiver, Sender};
 use mio::unix::SourceFd;
@@ -74,8 +74,11 @@ pub struct IoLoop {
     pub poll: Poll,
     /// The gateway listener (`--listen`).
     pub listener: TcpListener,
-    /// Batches of connections with whole messages, for the workers.
+    /// Batches of connections with whole messages, for the workers: those pipelining several,
+    /// and handshakes.
     pub jobs: Sender<Job>,
+    /// Batches of connections holding one whole message, which the workers take first.
+    pub first: Sender<Job>,
     /// Connections sent to the workers and not yet taken by one.
     pub queued: Arc<AtomicUsize>,
     /// Connections sent to the workers for their handshake and not yet processed.
@@ -292,23 +295,38 @@ impl IoLoop {
 
     /// Hand the connections found ready to the workers: handshakes while fewer than
     /// `limits.handshakes` are there (the rest wait for the next turn; a worker that frees room
-    /// at the limit wakes this thread), messages while fewer than `--queue` wait (those beyond
-    /// are answered "unavailable" here).
+    /// at the limit wakes this thread); connections holding one message (on `first`, which the
+    /// workers take first) while fewer than `--queue` wait; connections pipelining several
+    /// while fewer than half of `--queue` wait: past that, a client that already has requests
+    /// waiting is shed before one that has none. What is refused is answered "unavailable"
+    /// here.
     fn dispatch(&self, state: &mut State) {
         let handshakes = &mut state.handshakes;
         let (counter, limit) = (&self.handshaking, self.limits.handshakes);
-        if let Some(refused) = self.send(handshakes, counter, limit, Job::Handshakes) {
+        if let Some(refused) = self.send(&self.jobs, handshakes, counter, limit, Job::Handshakes) {
             for conn in refused {
                 state.slots.remove(conn.token());
             }
         }
-        let (counter, limit) = (&self.queued, self.limits.queue);
-        if let Some(refused) = self.send(&mut state.ready, counter, limit, Job::Messages) {
-            state.ready.extend(refused);
-        }
+        let (mut single, mut several) = (Vec::new(), Vec::new());
         for mut conn in std::mem::take(&mut state.ready) {
+            match conn.pipelining() {
+                false => single.push(conn),
+                true => several.push(conn),
+            }
+        }
+        let (counter, limit) = (&self.queued, self.limits.queue);
+        if let Some(refused) = self.send(&self.first, &mut single, counter, limit, Job::Messages) {
+            single.extend(refused);
+        }
+        let half = (limit / 2).max(1);
+        if let Some(refused) = self.send(&self.jobs, &mut several, counter, half, Job::Messages) {
+            several.extend(refused);
+        }
+        let refused = single.into_iter().map(|c| (c, Shed::QueueFull));
+        for (mut conn, reason) in refused.chain(several.into_iter().map(|c| (c, Shed::Share))) {
             let token = conn.token();
-            let next = shed(&mut conn);
+            let next = shed(&mut conn, reason);
             state.slots[token] = Place::Here(conn);
             if next == Verdict::Close {
                 close(state, token);
@@ -321,6 +339,7 @@ impl IoLoop {
     /// kinds' limits, so only a disconnected channel (shutdown) refuses a batch: it is returned.
     fn send(
         &self,
+        channel: &Sender<Job>,
         pending: &mut Vec<Box<Conn>>,
         counter: &AtomicUsize,
         limit: usize,
@@ -334,7 +353,7 @@ impl IoLoop {
             }
             let batch: Vec<Box<Conn>> = pending.drain(..n).collect();
             counter.fetch_add(n, Ordering::Relaxed);
-            if let Err(e) = self.jobs.try_send(job(batch)) {
+            if let Err(e) = channel.try_send(job(batch)) {
                 counter.fetch_sub(n, Ordering::Relaxed);
                 let (Job::Messages(batch) | Job::Handshakes(batch)) = e.into_inner();
                 return Some(batch);
@@ -387,14 +406,16 @@ fn close(state: &mut State, token: usize) {
     state.slots.remove(token);
 }
 
-/// The job channel is full: answer the connection's whole messages "unavailable" right here,
-/// until its unsent replies reach their bound (the rest wait until the peer reads).
-fn shed(conn: &mut Conn) -> Verdict {
+/// No room with the workers: answer the connection's whole messages "unavailable" right here,
+/// counted for `reason`, until its unsent replies reach their bound (the rest wait until the
+/// peer reads).
+fn shed(conn: &mut Conn, reason: Shed) -> Verdict {
     let busy = Reply::unavailable("server busy, retry later");
     while conn.is_open() && !conn.output_full() {
         match conn.next_message() {
             None => break,
             Some(Incoming::Request { form, id, request }) => {
+                conn.metrics().shed(reason);
                 conn.answer(form, Some(request.op), &busy, id.as_ref())
             }
             Some(Incoming::Bad { form, bad }) => conn.answer_bad(form, bad),

@@ -27,6 +27,7 @@
 mod config;
 mod conn;
 mod costly;
+mod fairness;
 mod gateway_tls;
 mod hashing;
 mod health;
@@ -234,17 +235,18 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     Ok(socket.into())
 }
 
-/// The machine's memory in KiB (`MemTotal` of /proc/meminfo), if it can be read.
+/// The machine's memory in KiB (physical pages times the page size), if it can be told.
 fn machine_memory_kib() -> Option<u64> {
-    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
-    meminfo
-        .lines()
-        .find_map(|line| line.strip_prefix("MemTotal:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()
+    // sysconf, not /proc/meminfo: the shipped units' sandbox (ProcSubset=pid) hides the latter.
+    // SAFETY: sysconf only reads the name it is given.
+    let (pages, size) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    let (pages, size) = (u64::try_from(pages).ok()?, u64::try_from(size).ok()?);
+    Some(pages.checked_mul(size)? / 1024).filter(|&kib| kib > 0)
 }
 
 fn spawn_named(name: String, f: impl FnOnce() + Send + 'static) -> std::io::Result<JoinHandle<()>> {
@@ -404,9 +406,12 @@ impl LoginServer {
         let handshake_limit = workers::handshake_limit(config.workers(), batch);
         // Room for --queue connections with messages, and for the handshakes besides them.
         let (job_tx, job_rx) = crossbeam_channel::bounded(config.queue + handshake_limit);
+        // Connections holding one message, which the workers take first (fairness.rs).
+        let (first_tx, first_rx) = crossbeam_channel::bounded(config.queue);
         let queued = Arc::new(AtomicUsize::new(0));
         let handshaking = Arc::new(AtomicUsize::new(0));
         let (hash_tx, hash_rx) = crossbeam_channel::bounded(config.queue);
+        let fairness = Arc::new(fairness::Fairness::new(config.fair_share));
         let (costly_tx, costly_rx) = crossbeam_channel::bounded(costly::QUEUE);
         let (legacy_tx, legacy_rx) = crossbeam_channel::bounded(legacy_stage::QUEUE);
         let stopping = Arc::new(AtomicBool::new(false));
@@ -447,6 +452,7 @@ impl LoginServer {
         for i in 0..config.workers() {
             let worker = Worker {
                 jobs: job_rx.clone(),
+                first: first_rx.clone(),
                 queued: queued.clone(),
                 handshaking: handshaking.clone(),
                 handshake_limit,
@@ -460,6 +466,9 @@ impl LoginServer {
                 max_message: config.max_message,
                 batch,
                 memory: Memory::default(),
+                fairness: fairness.clone(),
+                queue: config.queue,
+                hash_threads: config.hash_threads(),
             };
             let running = health.running();
             threads.push(spawn_named(format!("worker-{i}"), move || {
@@ -505,6 +514,7 @@ impl LoginServer {
             poll,
             listener,
             jobs: job_tx,
+            first: first_tx,
             queued,
             handshaking,
             tls: gateway_tls.clone().map(|material| {
@@ -610,5 +620,24 @@ impl LoginServer {
 impl Drop for LoginServer {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_machines_memory_is_what_meminfo_says() {
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
+        let total: u64 = meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .unwrap()
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .unwrap();
+        let told = super::machine_memory_kib().unwrap();
+        assert!(told.abs_diff(total) * 100 < total, "{told} vs {total}");
     }
 }

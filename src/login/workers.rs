@@ -20,6 +20,7 @@
 
 use super::conn::{Conn, Incoming};
 use super::costly::CostlyJob;
+use super::fairness::{Fairness, Key, Load, Shed, BACKLOG, BACKLOG_MEMORY};
 use super::hashing::{self, HashJob};
 use super::returns::{guarded, Back, Returns};
 use crate::auth::password::Memory;
@@ -73,8 +74,11 @@ pub enum Job {
 
 /// What a worker thread holds.
 pub struct Worker {
-    /// Batches of connections from the I/O thread.
+    /// Batches of connections from the I/O thread: those pipelining several messages, and
+    /// handshakes.
     pub jobs: Receiver<Job>,
+    /// Batches of connections holding one message: taken before `jobs`.
+    pub first: Receiver<Job>,
     /// Connections sent to the workers and not yet taken by one.
     pub queued: Arc<AtomicUsize>,
     /// Connections sent to the workers for their handshake and not yet processed.
@@ -102,6 +106,12 @@ pub struct Worker {
     /// argon2's scratch memory for the quick hashes it computes itself: at most
     /// [`CHEAP_WORK`](crate::auth::password::CHEAP_WORK) KiB, reused.
     pub memory: Memory,
+    /// Who is shed first under overload.
+    pub fairness: Arc<Fairness>,
+    /// `--queue`: connections waiting for a worker at most.
+    pub queue: usize,
+    /// Hash threads (the hash queue's overload is counted per thread).
+    pub hash_threads: usize,
 }
 
 /// A request of this round, waiting for the store's answer.
@@ -139,10 +149,10 @@ impl Worker {
     /// The worker loop: until the job channel closes.
     pub fn run(mut self) {
         let mut conns: Vec<Box<Conn>> = Vec::with_capacity(self.batch);
-        while let Ok(job) = self.jobs.recv() {
+        while let Some(job) = self.next_job(true) {
             self.take(job, &mut conns);
             while conns.len() < self.batch {
-                let Ok(job) = self.jobs.try_recv() else {
+                let Some(job) = self.next_job(false) else {
                     break;
                 };
                 self.take(job, &mut conns);
@@ -164,6 +174,24 @@ impl Worker {
                 }
             }
             self.metrics.busy_workers.dec();
+        }
+    }
+
+    /// The next job, from `first` before `jobs`; `wait`: block until one comes. `None` once
+    /// both channels are closed (shutdown), or, without `wait`, when neither has one.
+    fn next_job(&self, wait: bool) -> Option<Job> {
+        if let Ok(job) = self.first.try_recv() {
+            return Some(job);
+        }
+        if let Ok(job) = self.jobs.try_recv() {
+            return Some(job);
+        }
+        if !wait {
+            return None;
+        }
+        crossbeam_channel::select! {
+            recv(self.first) -> job => job.ok().or_else(|| self.jobs.recv().ok()),
+            recv(self.jobs) -> job => job.ok().or_else(|| self.first.recv().ok()),
         }
     }
 
@@ -317,6 +345,12 @@ impl Worker {
                 Incoming::Request { form, request, id } => (form, request, id),
             };
             let op = request.op;
+            if let Err(why) = self.admit(conn, &request) {
+                self.metrics.shed(why);
+                let busy = Reply::unavailable("server busy, retry later");
+                conn.answer(form, Some(op), &busy, id.as_ref());
+                continue;
+            }
             let on_panic = |reply| Begun::Step(Step::Done(reply));
             let step = match guarded(op, || service.begin(request), on_panic) {
                 Begun::Asking(asking) => {
@@ -343,6 +377,24 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// Whether `request`, just taken from `conn`, may be served now (see [`Fairness`]).
+    fn admit(
+        &self,
+        conn: &mut Conn,
+        request: &crate::protocol::gateway::Request,
+    ) -> Result<(), Shed> {
+        let behind = conn.messages_behind(BACKLOG);
+        let load = Load {
+            queued: (self.queued.load(Ordering::Relaxed), self.queue),
+            hashing: (self.hash_jobs.len(), self.hash_threads),
+            behind,
+            backlogged: conn.backlogged(behind >= BACKLOG, BACKLOG_MEMORY),
+            turn: conn.turn_messages(),
+        };
+        self.fairness
+            .admit(Key::of(request, conn.peer()), load, conn.arrived())
     }
 
     /// Answer `step`, hashing here if the task is quick (see [`Service::is_quick`]).
@@ -411,6 +463,7 @@ impl Worker {
             self.hash_jobs.try_send(job).err().map(|e| e.into_inner())
         };
         let job = refused?;
+        self.metrics.shed(Shed::QueueFull);
         let mut conn = job.conn;
         let busy = Reply::unavailable("server busy, retry later");
         conn.answer(job.form, Some(op), &busy, job.id.as_ref());

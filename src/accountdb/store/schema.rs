@@ -136,12 +136,23 @@ pub fn may_run(
 
 /// This account-db's name in `peers`: the machine's host name and the port it listens on.
 pub fn instance_name(port: u16) -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".into());
-    format!("{host}:{port}")
+    format!(
+        "{}:{port}",
+        host_name().unwrap_or_else(|| "localhost".into())
+    )
+}
+
+/// This host's name, from gethostname(2): it needs no file (a sandbox may hide /proc/sys).
+fn host_name() -> Option<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most `buf.len()` bytes into the buffer it is given, which
+    // lives across the call.
+    if unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } != 0 {
+        return None;
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    let name = String::from_utf8_lossy(&buf[..end]).trim().to_string();
+    (!name.is_empty()).then_some(name)
 }
 
 /// The peers seen within [`PEER_WINDOW`] of `now` that run code older than `min`.
@@ -176,6 +187,12 @@ pub fn recent_peers_at_least(peers: &[Peer], min: CodeVersion, now: Millis) -> u
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_instance_is_named_by_the_host_as_the_kernel_says_it() {
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+        assert_eq!(instance_name(9999), format!("{}:9999", kernel.trim()));
+    }
 
     #[test]
     fn versions_compare_as_numbers() {
