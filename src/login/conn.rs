@@ -138,9 +138,11 @@ pub struct Conn {
     turn_messages: usize,
     /// The length of the last message taken: what the input left behind it is counted in.
     last_len: usize,
-    /// When a worker last found a backlog behind a message of it (see
-    /// [`Conn::backlogged`]).
+    /// When a worker last found a backlog behind a message of it while it waited for hashes
+    /// (see [`Conn::backlogged`]).
     backlogged_at: Option<Instant>,
+    /// When one of its requests last went to a hash thread (or the costly or old-server stage).
+    hashed_at: Option<Instant>,
     /// Bytes of input received so far, and taken as messages so far (counted from the start
     /// of the connection: the buffer is compacted, these are not).
     received: u64,
@@ -193,6 +195,7 @@ impl Conn {
             turn_messages: 0,
             last_len: 0,
             backlogged_at: None,
+            hashed_at: None,
             received: 0,
             taken: 0,
             arrivals: std::collections::VecDeque::new(),
@@ -440,14 +443,21 @@ impl Conn {
         (left / self.last_len.max(1)).min(most)
     }
 
-    /// Whether the connection counts as backlogged: `now_behind` (a backlog found now), or
-    /// one found within `memory`.
-    pub fn backlogged(&mut self, now_behind: bool, memory: Duration) -> bool {
-        if now_behind {
+    /// Whether the connection counts as backlogged behind its hashes: `behind` messages wait
+    /// (at least `most`) while one of its requests went to a hash thread within `memory`, now
+    /// or within `memory` before.
+    pub fn backlogged(&mut self, behind: usize, most: usize, memory: Duration) -> bool {
+        let hashing = self.hashed_at.is_some_and(|at| at.elapsed() < memory);
+        if behind >= most && hashing {
             self.backlogged_at = Some(Instant::now());
             return true;
         }
         self.backlogged_at.is_some_and(|at| at.elapsed() < memory)
+    }
+
+    /// One of its requests goes to a hash thread (or another slow stage) now.
+    pub fn hashing(&mut self) {
+        self.hashed_at = Some(Instant::now());
     }
 
     /// Date the message just taken (ending at `taken`): see [`Conn::arrivals`].

@@ -8,7 +8,8 @@
 //! together). A worker asks [`Fairness::admit`] before it begins a request. Without overload
 //! every request is admitted. Under overload (the worker queue half full, [`HASH_BACKLOG`]
 //! requests per hash thread waiting for one, or [`BACKLOG`] whole messages waiting behind this
-//! one on its connection, now or within [`BACKLOG_MEMORY`]), a request is shed, answered
+//! one on a connection that waits for hashes, now or within [`BACKLOG_MEMORY`]: a client that
+//! pipelines cheap requests is served as fast as it asks), a request is shed, answered
 //! "unavailable" (7) at once, when its key already has requests waiting (more than
 //! [`BURST_ALLOWANCE`] came together; for a connection's key, more than one, or another of its
 //! messages waits behind it or came before it in the worker's turn) or asks more than its share (`--fair-share` requests a second). Everyone else
@@ -85,7 +86,10 @@ pub struct Load {
     pub hashing: (usize, usize),
     /// Whole messages waiting behind this one on its connection (counted up to [`BACKLOG`]).
     pub behind: usize,
-    /// The connection had [`BACKLOG`] messages behind one within [`BACKLOG_MEMORY`].
+    /// The connection had [`BACKLOG`] messages behind one while it was waiting for hashes
+    /// (one of its requests went to a hash thread within [`BACKLOG_MEMORY`]), now or within
+    /// [`BACKLOG_MEMORY`]: it asks faster than it is served. A backlog of requests that need
+    /// no hash is a client pipelining, served as fast as it asks, and is no overload.
     pub backlogged: bool,
     /// Messages taken from the connection in this worker's turn, this one included: past the
     /// first, its client sent them without waiting for a reply.
@@ -94,14 +98,11 @@ pub struct Load {
 
 impl Load {
     /// Whether requests must be shed by key: the worker queue half full, the hash queue
-    /// [`HASH_BACKLOG`] deep per thread, or the connection's backlog.
+    /// [`HASH_BACKLOG`] deep per thread, or the connection backlogged behind its hashes.
     pub fn overloaded(&self) -> bool {
         let (queued, queue) = self.queued;
         let (hashing, threads) = self.hashing;
-        queued * 2 >= queue.max(1)
-            || hashing >= HASH_BACKLOG * threads.max(1)
-            || self.behind >= BACKLOG
-            || self.backlogged
+        queued * 2 >= queue.max(1) || hashing >= HASH_BACKLOG * threads.max(1) || self.backlogged
     }
 }
 
@@ -302,12 +303,18 @@ mod tests {
             Err(Shed::Share)
         );
         assert_eq!(fair.admit_at(key(9), second, much_later), Ok(()));
-        // A connection's backlog is overload by itself.
+        // A connection backlogged behind its hashes is overload by itself; messages behind
+        // alone (a client pipelining cheap requests) are not.
         let backlog = Load {
+            backlogged: true,
+            ..CALM
+        };
+        let pipelining = Load {
             behind: BACKLOG,
             ..CALM
         };
-        assert!(backlog.overloaded() && !CALM.overloaded() && BUSY.overloaded());
+        assert!(backlog.overloaded() && !pipelining.overloaded());
+        assert!(!CALM.overloaded() && BUSY.overloaded());
         let half_queue = Load {
             queued: (512, 1024),
             ..CALM
@@ -317,16 +324,11 @@ mod tests {
             ..CALM
         };
         assert!(half_queue.overloaded() && !under_half.overloaded());
-        let one_short = Load {
-            behind: BACKLOG - 1,
+        let hash_short = Load {
+            hashing: (7, 2),
             ..CALM
         };
-        assert!(!one_short.overloaded());
-        let lately = Load {
-            backlogged: true,
-            ..CALM
-        };
-        assert!(lately.overloaded());
+        assert!(!hash_short.overloaded());
     }
 
     #[test]

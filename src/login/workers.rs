@@ -390,7 +390,7 @@ impl Worker {
             queued: (self.queued.load(Ordering::Relaxed), self.queue),
             hashing: (self.hash_jobs.len(), self.hash_threads),
             behind,
-            backlogged: conn.backlogged(behind >= BACKLOG, BACKLOG_MEMORY),
+            backlogged: conn.backlogged(behind, BACKLOG, BACKLOG_MEMORY),
             turn: conn.turn_messages(),
         };
         self.fairness
@@ -439,6 +439,7 @@ impl Worker {
             self.returns.send(Back::Gone(conn.token()));
             return None;
         }
+        conn.hashing();
         let op = task.op();
         let (costly, legacy) = (
             self.service.is_costly(&task),
