@@ -863,6 +863,23 @@ fn limit_to_256() -> std::io::Result<()> {
     }
 }
 
+/// `command` with `--strict-limits`, at 256 open files, refuses to start, saying `wanted` and
+/// the hard limit.
+fn refused_under_strict_limits(command: &Command, wanted: &str) {
+    use std::os::unix::process::CommandExt;
+    let mut strict = Command::new(command.get_program());
+    strict.args(command.get_args()).arg("--strict-limits");
+    // SAFETY: see limit_to_256.
+    unsafe { strict.pre_exec(limit_to_256) };
+    let refused = strict.output().unwrap();
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{said}");
+    assert!(
+        said.contains(wanted) && said.contains("hard limit 256"),
+        "{said}"
+    );
+}
+
 #[test]
 fn an_account_db_at_a_low_open_files_limit_caps_its_connections_and_serves() {
     use std::os::unix::process::CommandExt;
@@ -872,18 +889,7 @@ fn an_account_db_at_a_low_open_files_limit_caps_its_connections_and_serves() {
         .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
         .arg("--data")
         .arg(dir.path());
-    // --strict-limits refuses to start, naming the numbers.
-    let mut strict = Command::new(command.get_program());
-    strict.args(command.get_args()).arg("--strict-limits");
-    // SAFETY: see limit_to_256.
-    unsafe { strict.pre_exec(limit_to_256) };
-    let refused = strict.output().unwrap();
-    let said = String::from_utf8_lossy(&refused.stderr);
-    assert!(!refused.status.success(), "{said}");
-    assert!(
-        said.contains("--max-connections 256") && said.contains("hard limit 256"),
-        "{said}"
-    );
+    refused_under_strict_limits(&command, "--max-connections 256");
     // SAFETY: see limit_to_256.
     unsafe { command.pre_exec(limit_to_256) };
     let mut db = common::Logged::spawn(command);
@@ -934,18 +940,7 @@ fn at_a_low_open_files_limit_the_excess_is_refused_and_logins_and_health_go_on()
         "--metrics-listen".as_ref(),
         "127.0.0.1:0".as_ref(),
     ]);
-    // --strict-limits refuses to start, naming the numbers.
-    let mut strict = Command::new(command.get_program());
-    strict.args(command.get_args()).arg("--strict-limits");
-    // SAFETY: as below.
-    unsafe { strict.pre_exec(limit_to_256) };
-    let refused = strict.output().unwrap();
-    let said = String::from_utf8_lossy(&refused.stderr);
-    assert!(!refused.status.success(), "{said}");
-    assert!(
-        said.contains("--max-connections 10000") && said.contains("hard limit 256"),
-        "{said}"
-    );
+    refused_under_strict_limits(&command, "--max-connections 10000");
     // SAFETY: as below.
     unsafe { command.pre_exec(limit_to_256) };
     let mut server = common::Logged::spawn(command);

@@ -379,42 +379,25 @@ fn a_taken_port_stops_the_start_at_once_naming_the_flag_and_the_port_once() {
     let port = taken.local_addr().unwrap().to_string();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().to_str().unwrap();
-    let runs: [(&str, Vec<&str>, &str); 4] = [
-        (
-            env!("CARGO_BIN_EXE_account-db"),
-            vec!["--listen", &port, "--data", data],
-            "--listen",
-        ),
-        (
-            env!("CARGO_BIN_EXE_account-db"),
-            vec![
-                "--listen",
-                "127.0.0.1:0",
-                "--metrics-listen",
-                &port,
-                "--data",
-                data,
-            ],
-            "--metrics-listen",
-        ),
-        (
-            env!("CARGO_BIN_EXE_login-server"),
-            vec!["--listen", &port, "--data", data],
-            "--listen",
-        ),
-        (
-            env!("CARGO_BIN_EXE_login-server"),
-            vec![
-                "--listen",
-                "127.0.0.1:0",
-                "--metrics-listen",
-                &port,
-                "--data",
-                data,
-            ],
-            "--metrics-listen",
-        ),
+    let programs = [
+        env!("CARGO_BIN_EXE_account-db"),
+        env!("CARGO_BIN_EXE_login-server"),
     ];
+    let listen = vec!["--listen", &port, "--data", data];
+    let metrics = vec![
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics-listen",
+        &port,
+        "--data",
+        data,
+    ];
+    let runs = programs.into_iter().flat_map(|program| {
+        [
+            (program, listen.clone(), "--listen"),
+            (program, metrics.clone(), "--metrics-listen"),
+        ]
+    });
     for (program, args, flag) in runs {
         let began = std::time::Instant::now();
         let output = std::process::Command::new(program)

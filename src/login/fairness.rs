@@ -46,11 +46,11 @@ pub const BACKLOG: usize = 16;
 /// what a worker sees is only what was read so far, and a flood that the kernel holds back
 /// for a moment is no less a flood.
 pub const BACKLOG_MEMORY: Duration = Duration::from_secs(1);
-/// Requests waiting per hash thread that count as overload: about four hash times of waiting
-/// (70 ms at the default parameters here), where half of the hash queue would be seconds.
-pub const HASH_BACKLOG: usize = 4;
-/// The time constant of a key's count: about its requests in the last second.
-const DECAY: f32 = 1.0;
+/// Requests waiting per hash thread that count as overload: about half a second of hashing at
+/// the default parameters here (17 ms a hash), where the hash queue's own bound (`--queue`)
+/// would be many seconds; fewer would shed a pipelining client's requests at ordinary load (16
+/// connections each changing a password).
+pub const HASH_BACKLOG: usize = 32;
 
 /// Whom a request is counted against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -97,12 +97,17 @@ pub struct Load {
 }
 
 impl Load {
-    /// Whether requests must be shed by key: the worker queue half full, the hash queue
-    /// [`HASH_BACKLOG`] deep per thread, or the connection backlogged behind its hashes.
-    pub fn overloaded(&self) -> bool {
+    /// Whether requests of `key` must be shed by key: the worker queue half full, the hash
+    /// queue [`HASH_BACKLOG`] deep per thread, or, for a player behind a gateway, his
+    /// connection backlogged behind its hashes (the players on it wait for each other; a
+    /// client of its own, without `ip`, only waits for itself).
+    pub fn overloaded(&self, key: Key) -> bool {
         let (queued, queue) = self.queued;
         let (hashing, threads) = self.hashing;
-        queued * 2 >= queue.max(1) || hashing >= HASH_BACKLOG * threads.max(1) || self.backlogged
+        let shared = !matches!(key, Key::Conn(_));
+        queued * 2 >= queue.max(1)
+            || hashing >= HASH_BACKLOG * threads.max(1)
+            || (self.backlogged && shared)
     }
 }
 
@@ -111,7 +116,7 @@ impl Load {
 struct Slot {
     /// The key's hash; 0: empty.
     tag: u64,
-    /// Its requests, decayed by [`DECAY`] to `at`.
+    /// Its requests, decayed with a time constant of one second to `at`.
     count: f32,
     /// Its requests, decayed by [`BURST`] to `at`.
     burst: f32,
@@ -181,12 +186,12 @@ impl Fairness {
                 gap => gap,
             };
             let seconds = gap_ms as f32 / 1000.0;
-            slot.count = slot.count * (-seconds / DECAY).exp() + 1.0;
+            slot.count = slot.count * (-seconds).exp() + 1.0;
             slot.burst = slot.burst * (-seconds / BURST.as_secs_f32()).exp() + 1.0;
             slot.at = slot.at.wrapping_add(gap_ms);
             (slot.count, slot.burst)
         };
-        if !load.overloaded() {
+        if !load.overloaded(key) {
             return Ok(());
         }
         // A connection (no `ip`) is one client: any two of its requests together, or one
@@ -195,7 +200,7 @@ impl Fairness {
             Key::Conn(_) => load.behind > 0 || load.turn > 1 || burst >= 2.0,
             Key::V4(_) | Key::V6(_) => burst > BURST_ALLOWANCE,
         };
-        if waiting || count > self.share * DECAY {
+        if waiting || count > self.share {
             return Err(Shed::Share);
         }
         Ok(())
@@ -212,14 +217,14 @@ mod tests {
 
     const CALM: Load = Load {
         queued: (0, 1024),
-        hashing: (7, 2),
+        hashing: (63, 2),
         behind: 0,
         backlogged: false,
         turn: 1,
     };
     const BUSY: Load = Load {
         queued: (0, 1024),
-        hashing: (8, 2),
+        hashing: (64, 2),
         behind: 0,
         backlogged: false,
         turn: 1,
@@ -313,8 +318,10 @@ mod tests {
             behind: BACKLOG,
             ..CALM
         };
-        assert!(backlog.overloaded() && !pipelining.overloaded());
-        assert!(!CALM.overloaded() && BUSY.overloaded());
+        assert!(backlog.overloaded(key(9)) && !pipelining.overloaded(key(9)));
+        assert!(!CALM.overloaded(key(9)) && BUSY.overloaded(key(9)));
+        // A client without `ip` backlogged behind its own hashes only waits for itself.
+        assert!(!backlog.overloaded(Key::Conn(peer)) && BUSY.overloaded(Key::Conn(peer)));
         let half_queue = Load {
             queued: (512, 1024),
             ..CALM
@@ -323,12 +330,12 @@ mod tests {
             queued: (511, 1024),
             ..CALM
         };
-        assert!(half_queue.overloaded() && !under_half.overloaded());
+        assert!(half_queue.overloaded(key(9)) && !under_half.overloaded(key(9)));
         let hash_short = Load {
-            hashing: (7, 2),
+            hashing: (63, 2),
             ..CALM
         };
-        assert!(!hash_short.overloaded());
+        assert!(!hash_short.overloaded(key(9)));
     }
 
     #[test]
