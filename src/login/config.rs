@@ -245,7 +245,7 @@ pub struct LoginServerConfig {
     #[arg(long, value_name = "N", env = "LOGIN_SERVER_QUEUE", default_value = "1024", value_parser = at_least_one)]
     pub queue: usize,
     /// Requests a second one player may ask while the server is overloaded (the worker queue
-    /// half full, 32 requests per hash thread waiting for one, or 16 messages behind one on
+    /// half full, four requests per hash thread waiting for one, or 16 messages behind one on
     /// a connection waiting for hashes); past it, and past 8 of the player's requests within about 10 ms, the
     /// player's requests are shed (7) first. A player is the `ip` a gateway forwards (IPv6 by
     /// its /64), or the connection for a request without one. Defaults to 50.

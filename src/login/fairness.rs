@@ -46,11 +46,10 @@ pub const BACKLOG: usize = 16;
 /// what a worker sees is only what was read so far, and a flood that the kernel holds back
 /// for a moment is no less a flood.
 pub const BACKLOG_MEMORY: Duration = Duration::from_secs(1);
-/// Requests waiting per hash thread that count as overload: about half a second of hashing at
-/// the default parameters here (17 ms a hash), where the hash queue's own bound (`--queue`)
-/// would be many seconds; fewer would shed a pipelining client's requests at ordinary load (16
-/// connections each changing a password).
-pub const HASH_BACKLOG: usize = 32;
+/// Requests waiting per hash thread that count as overload: about four hash times of waiting
+/// (70 ms at the default parameters here), where the hash queue's own bound (`--queue`) would
+/// be seconds.
+pub const HASH_BACKLOG: usize = 4;
 
 /// Whom a request is counted against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -137,8 +136,13 @@ pub struct Fairness {
 impl Fairness {
     /// A table that lets a key ask `share` requests a second under overload.
     pub fn new(share: u32) -> Fairness {
+        Fairness::with_slots(share, SLOTS)
+    }
+
+    /// A table of `slots` slots (tests make collisions with a small one).
+    fn with_slots(share: u32, slots: usize) -> Fairness {
         Fairness {
-            slots: Mutex::new(vec![Slot::default(); SLOTS].into_boxed_slice()),
+            slots: Mutex::new(vec![Slot::default(); slots.max(1)].into_boxed_slice()),
             hasher: std::collections::hash_map::RandomState::new(),
             epoch: Instant::now(),
             share: share as f32,
@@ -157,7 +161,8 @@ impl Fairness {
         let now_ms = now.saturating_duration_since(self.epoch).as_millis() as u32;
         let (count, burst) = {
             let mut slots = self.slots.lock();
-            let (a, b) = (tag as usize % SLOTS, (tag >> 32) as usize % SLOTS);
+            let n = slots.len();
+            let (a, b) = (tag as usize % n, (tag >> 32) as usize % n);
             let i = if slots[a].tag == tag {
                 a
             } else if slots[b].tag == tag {
@@ -217,18 +222,27 @@ mod tests {
 
     const CALM: Load = Load {
         queued: (0, 1024),
-        hashing: (63, 2),
+        hashing: (7, 2),
         behind: 0,
         backlogged: false,
         turn: 1,
     };
     const BUSY: Load = Load {
         queued: (0, 1024),
-        hashing: (64, 2),
+        hashing: (8, 2),
         behind: 0,
         backlogged: false,
         turn: 1,
     };
+
+    #[test]
+    fn admit_counts_by_the_time_a_request_arrived() {
+        let fair = Fairness::new(50);
+        let arrived = Instant::now();
+        let peer: SocketAddr = "127.0.0.1:4002".parse().unwrap();
+        assert_eq!(fair.admit(Key::Conn(peer), BUSY, arrived), Ok(()));
+        assert_eq!(fair.admit(Key::Conn(peer), BUSY, arrived), Err(Shed::Share));
+    }
 
     #[test]
     fn without_overload_everyone_is_admitted() {
@@ -275,6 +289,12 @@ mod tests {
         assert!(fair.admit_at(key(3), BUSY, at(9_990)).is_err());
         // A quiet moment later, admitted again.
         assert_eq!(fair.admit_at(key(3), BUSY, at(10_200)), Ok(()));
+        // A big asker that stops is forgotten within seconds, not counted for ever.
+        for i in 0..100 {
+            let _ = fair.admit_at(key(5), BUSY, at(30_000 + i * 5));
+        }
+        assert!(fair.admit_at(key(5), BUSY, at(30_600)).is_err());
+        assert_eq!(fair.admit_at(key(5), BUSY, at(34_000)), Ok(()));
         // Asking just above the share, evenly: shed once the count passes it.
         let steady: Vec<_> = (0..200)
             .map(|i| fair.admit_at(key(4), BUSY, at(20_000 + i * 16)))
@@ -332,7 +352,7 @@ mod tests {
         };
         assert!(half_queue.overloaded(key(9)) && !under_half.overloaded(key(9)));
         let hash_short = Load {
-            hashing: (63, 2),
+            hashing: (7, 2),
             ..CALM
         };
         assert!(!hash_short.overloaded(key(9)));
@@ -359,6 +379,22 @@ mod tests {
             Key::of(&with("2001:db8:1:3::1"), peer)
         );
         assert_eq!(Key::of(&Request::default(), peer), Key::Conn(peer));
+    }
+
+    #[test]
+    fn keys_that_meet_in_a_small_table_never_share_a_count() {
+        // 64 slots for 200 keys asking in turn, and a player among them at 20 a second: some
+        // keys lose their slots to others (and start again as fresh keys), but none counts
+        // another's requests, so the player is never shed for asking too much.
+        let fair = Fairness::with_slots(50, 64);
+        let start = Instant::now();
+        for tick in 0..100u32 {
+            let at = start + Duration::from_millis(u64::from(tick) * 50);
+            for other in 1..=200 {
+                let _ = fair.admit_at(key(other), BUSY, at);
+            }
+            assert_eq!(fair.admit_at(key(1000), BUSY, at), Ok(()), "tick {tick}");
+        }
     }
 
     #[test]
