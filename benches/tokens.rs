@@ -18,6 +18,7 @@ fn tokens(c: &mut Criterion) {
         name: "player_one".into(),
         sid: "a007628513d94ae4c1754178221281fa".into(),
         auth_ms: now,
+        link: None,
     };
     let (token, _) = tokens.issue(&session, now);
     let hasher = Hasher::new(HashParams::default()).expect("params");

@@ -21,7 +21,8 @@
 //!   `returns` hands connections back to the I/O thread.
 //! - [`service`]: login, register and session logic over
 //!   [`Accounts`](accountdb::accounts::Accounts), what login-server asks of the account tier,
-//!   a file per operation (`login`, `register`, `sessions`, `migration`), the step types a
+//!   a file per operation (`login`, `register`, `sessions`, `migration`, `devices`: device
+//!   logins, guests and their claims, linked devices), the step types a
 //!   request passes through in `steps`, the per-name turns in `turns`;
 //!   [`tokens`]: session JWTs, signed with Ed25519 and checked, and the JWKS.
 //! - [`legacy`]: the old database server, asked about players who have not moved yet.
@@ -41,7 +42,8 @@
 //! - [`accountdb::server`]: the account-db server, configured by [`AccountDbConfig`];
 //!   [`accountdb::secrets`]: the secrets it accepts, re-read once a second, and their rotation;
 //!   [`throttle`]: brute-force lockouts, pure record logic; [`accountdb::throttling`] runs
-//!   it over the records the store keeps;
+//!   it over the records the store keeps; [`accountdb::devices`]: a device's login, a
+//!   guest's create, and what a session does to its own account (claim, link, unlink, list);
 //!   [`accountdb::store`]: `StoreUrl`, which picks a store; its `contract` (the `Store` trait,
 //!   its values and errors), and the SQLite and PostgreSQL implementations of it (`pg_link`
 //!   reads `--store`; `pg_nodes` finds the writable node of its hosts; `pg_watchdog` bounds

@@ -207,7 +207,7 @@ impl EncodeMetric for LiveFamily {
 
 /// The ops a reply is counted under; `none` for a message that is not a request.
 /// The `op` label values: every op, then "none" (a message that is not a request).
-const OPS: [&str; 8] = [
+const OPS: [&str; Op::ALL.len() + 1] = [
     "login",
     "register",
     "verify",
@@ -215,6 +215,11 @@ const OPS: [&str; 8] = [
     "logout",
     "logout_all",
     "change_password",
+    "device",
+    "claim",
+    "link_device",
+    "unlink_device",
+    "devices",
     "none",
 ];
 /// Codes 1..=13, as label values.

@@ -101,6 +101,25 @@ pub struct Policy {
         value_parser = crate::config::seconds
     )]
     pub register_window: Duration,
+    /// Guests (first logins of new devices) per player address (IPv6: per /64) within
+    /// --guest-window; more are answered "too many attempts" (8). Requests without an address
+    /// are bounded by --guest-rate only. Defaults to 10.
+    #[arg(
+        long,
+        value_name = "N",
+        env = "LOGIN_SERVER_GUEST_LIMIT",
+        default_value_t = 10
+    )]
+    pub guest_limit: u32,
+    /// Seconds over which --guest-limit counts. Defaults to 3600.
+    #[arg(
+        long,
+        value_name = "SECS",
+        env = "LOGIN_SERVER_GUEST_WINDOW",
+        default_value = "3600",
+        value_parser = crate::config::seconds
+    )]
+    pub guest_window: Duration,
 }
 
 impl Default for Policy {
@@ -125,6 +144,15 @@ impl Policy {
         RegisterLimit {
             limit: self.register_limit,
             window_ms: millis(self.register_window),
+            legacy_gate: false,
+        }
+    }
+
+    /// The limit on guests created per address, as account-db's requests carry it.
+    pub fn guests(&self) -> RegisterLimit {
+        RegisterLimit {
+            limit: self.guest_limit,
+            window_ms: millis(self.guest_window),
             legacy_gate: false,
         }
     }
@@ -222,6 +250,16 @@ pub fn address_key(origin: Origin) -> String {
 /// The record key of registrations from `origin`.
 pub fn registrations_key(origin: Origin) -> String {
     format!("reg:{origin}")
+}
+
+/// The record key of the device `device_id` (its failed logins and familiar addresses).
+pub fn device_key(device_id: &str) -> String {
+    format!("dev:{device_id}")
+}
+
+/// The record key of guests created from `origin`.
+pub fn guests_key(origin: Origin) -> String {
+    format!("guest:{origin}")
 }
 
 /// What the store keeps per key: a count in a window and the locks it led to; for an account,

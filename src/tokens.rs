@@ -4,10 +4,11 @@
 //! make, at less than half the cost). Issuing and checking a signature is pure: whether
 //! a session was revoked is the store's to say ([`crate::service`] asks it).
 //!
-//! Claims: `sub` (the account's stable id, decimal), `name` (its registered spelling), `sid`
-//! (the session, random), `auth_time` (when the session began, kept across refreshes), its
-//! millisecond form `auth_ms` (revocations compare with it), `iat`, `exp`; `kid` in the header
-//! names the key.
+//! Claims: `sub` (the account's stable id, decimal), `name` (its registered spelling; absent
+//! for a guest, which carries `guest: true` instead), `sid` (the session, random), `auth_time`
+//! (when the session began, kept across refreshes), its millisecond form `auth_ms`
+//! (revocations compare with it), `dl` (the device link a device's login began it from, which
+//! unlinking the device revokes), `iat`, `exp`; `kid` in the header names the key.
 
 use crate::auth::token_key::{SigningKey, VerifyKey};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -27,10 +28,17 @@ pub const MAX_TOKEN: usize = 4096;
 pub struct Claims {
     /// The account's id, in decimal.
     pub sub: String,
-    /// The account's spelling as registered.
+    /// The account's spelling as registered; empty (and absent from the token) for a guest.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub name: String,
+    /// `true` for a guest: an account with no name yet.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub guest: bool,
     /// The session id: random, kept across refreshes.
     pub sid: String,
+    /// The device link the session began from (a device's login), kept across refreshes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dl: Option<String>,
     /// When the session began, in seconds since the epoch.
     pub auth_time: i64,
     /// When the session began, in milliseconds since the epoch.
@@ -65,9 +73,12 @@ pub enum Invalid {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Session {
     pub account_id: u64,
+    /// Empty for a guest.
     pub name: String,
     pub sid: String,
     pub auth_ms: i64,
+    /// The device link it began from, if a device's login began it.
+    pub link: Option<String>,
 }
 
 /// Signs tokens with one key; checks them with it and any older keys still trusted.
@@ -125,7 +136,9 @@ impl Tokens {
         let claims = Claims {
             sub: session.account_id.to_string(),
             name: session.name.clone(),
+            guest: session.name.is_empty(),
             sid: session.sid.clone(),
+            dl: session.link.clone(),
             auth_time: session.auth_ms.div_euclid(1000),
             auth_ms: session.auth_ms,
             iat,
@@ -194,6 +207,7 @@ mod tests {
             name: "Alice".into(),
             sid: "s1".into(),
             auth_ms: now_ms() - 1500,
+            link: None,
         }
     }
 

@@ -214,7 +214,14 @@ fn admin_conformance(store: &dyn Store) {
     let bob = store.find("admin-bob").unwrap().unwrap();
     assert!(hasher.verify("brand-new-pass", &bob.hash, memory).unwrap());
     assert!(!hasher.verify("bob-pass1", &bob.hash, memory).unwrap());
-    assert!(store.session(id, "any").unwrap().unwrap().sessions_after > 0);
+    assert!(
+        store
+            .session(id, "any", None)
+            .unwrap()
+            .unwrap()
+            .sessions_after
+            > 0
+    );
     // Without a password and without a terminal: an error that says so; nothing changed.
     let asked = run(
         store,
@@ -347,7 +354,7 @@ fn rename_conformance(store: &dyn Store) {
     let after = store.find("dan_old").unwrap().unwrap();
     assert_eq!((after.id, &after.hash), (before.id, &before.hash));
     assert_eq!(after.username, "Dan_old");
-    let session = store.session(before.id, "any").unwrap().unwrap();
+    let session = store.session(before.id, "any", None).unwrap().unwrap();
     assert_eq!(
         (session.username.as_str(), session.sessions_after),
         ("Dan_old", 1234)

@@ -4,6 +4,8 @@
 //!
 //! After changing a flag, regenerate the tables with `UPDATE_README=1 cargo test --test docs`.
 
+mod common;
+
 use clap::CommandFactory;
 use login_server::{AccountDbConfig, LoginServerConfig};
 
@@ -115,10 +117,16 @@ fn register_reasons() -> Vec<String> {
         InvalidUsername,
         InvalidPassword,
         RegistrationClosed,
+        AlreadyClaimed,
+        DeviceTaken,
+        LastCredential,
+        UnknownDevice,
+        TooManyDevices,
     ];
     for reason in all {
         match reason {
-            UsernameTaken | InvalidUsername | InvalidPassword | RegistrationClosed => {}
+            UsernameTaken | InvalidUsername | InvalidPassword | RegistrationClosed
+            | AlreadyClaimed | DeviceTaken | LastCredential | UnknownDevice | TooManyDevices => {}
         }
     }
     all.iter()
@@ -367,6 +375,82 @@ fn help_texts_say_what_they_serve_and_describe_every_flag() {
             flag.get_help().is_some(),
             "admin list --{} has no help",
             flag.get_id()
+        );
+    }
+}
+
+/// `text` with the value of every `"key":` among `keys` replaced by the value `like` has there
+/// (a string's whole, a number's digits): what differs from run to run.
+fn as_documented(text: &str, like: &str, keys: &[&str]) -> String {
+    let value_at = |s: &str, at: usize| -> usize {
+        let rest = &s[at..];
+        let end = match rest.strip_prefix('"') {
+            Some(inner) => inner.find('"').map_or(rest.len(), |i| i + 2),
+            None => rest.find([',', '}', ']']).unwrap_or(rest.len()),
+        };
+        at + end
+    };
+    let mut out = text.to_string();
+    for key in keys {
+        let pattern = format!("\"{key}\":");
+        let mut from = 0;
+        let mut nth = 0;
+        while let Some(found) = out[from..].find(&pattern) {
+            let start = from + found + pattern.len();
+            let end = value_at(&out, start);
+            // The documented value at the same occurrence, if there is one.
+            let documented = like.match_indices(&pattern).nth(nth).map(|(i, _)| {
+                let s = i + pattern.len();
+                like[s..value_at(like, s)].to_string()
+            });
+            if let Some(value) = documented {
+                out.replace_range(start..end, &value);
+                from = start + value.len();
+            } else {
+                from = end;
+            }
+            nth += 1;
+        }
+    }
+    out
+}
+
+#[test]
+fn protocol_md_device_session_is_what_a_live_server_answers() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/protocol.md");
+    let protocol = std::fs::read_to_string(path).expect("docs/protocol.md");
+    let block: Vec<&str> = protocol
+        .lines()
+        .skip_while(|l| !l.starts_with("### Devices and guests"))
+        .skip_while(|l| !l.starts_with("→ "))
+        .take_while(|l| l.starts_with("→ ") || l.starts_with("← "))
+        .collect();
+    assert!(
+        block.len() >= 18,
+        "the device session in protocol.md: {block:?}"
+    );
+    let tiers = common::start();
+    let mut client = common::StreamClient::new(tiers.addr());
+    let mut token = String::new();
+    for pair in block.chunks(2) {
+        let (request, reply) = (
+            pair[0].trim_start_matches("→ "),
+            pair[1].trim_start_matches("← "),
+        );
+        let sent = request.replace("\"token\":\"eyJ0eXAi…\"", &format!("\"token\":\"{token}\""));
+        client.send(format!("{sent}\n").as_bytes());
+        let got = client.recv_raw();
+        let got = got.trim_end();
+        if let Some(t) =
+            serde_json::from_str::<serde_json::Value>(got).expect("JSON")["token"].as_str()
+        {
+            token = t.to_string();
+        }
+        let keys = ["token", "exp", "linked_at", "last_used"];
+        assert_eq!(
+            as_documented(got, reply, &keys),
+            reply,
+            "the reply to {request}"
         );
     }
 }

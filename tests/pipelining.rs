@@ -29,10 +29,12 @@ fn requests(alice: u64) -> Vec<DbRequest> {
         DbRequest::Session {
             account_id: alice,
             sid: "some-session".into(),
+            link: None,
         },
         DbRequest::Session {
             account_id: alice + 1000,
             sid: "some-session".into(),
+            link: None,
         },
         login("alice"),
         create("Carol", "create-carol"),
@@ -223,4 +225,79 @@ fn a_round_of_unknown_creates_ends_within_one_resolve_window() {
             "{answer:?}"
         );
     }
+}
+
+/// A device's login, as login-server asks it.
+fn device(id: &str, secret_hash: &str, ip: &str) -> DbRequest {
+    DbRequest::Device {
+        device_id: id.to_string(),
+        secret_hash: secret_hash.to_string(),
+        origin: Some(ip.parse().unwrap()),
+        failures: Policy::default().failures(),
+    }
+}
+
+/// Device logins sent together are read in one go (one statement on PostgreSQL), and a lock
+/// one of them sets holds for the rest of the run, as it would one by one.
+fn device_logins_together(db: &DbProcess) {
+    let store = RemoteStore::new(&db.client_config(), Metrics::default());
+    let guest = |id: &str| DbRequest::CreateGuest {
+        device_id: id.to_string(),
+        secret_hash: "right".into(),
+        origin: None,
+        limit: Policy::default().guests(),
+        request_id: format!("create-{id}"),
+    };
+    let (a, b) = ("device-a-0123456789", "device-b-0123456789");
+    for id in [a, b] {
+        let created = store.call(&guest(id)).unwrap();
+        assert!(
+            matches!(created, DbResponse::Device { created: true, .. }),
+            "{created:?}"
+        );
+    }
+    let mut run = vec![device(a, "right", "192.0.2.1")];
+    run.extend((0..6).map(|_| device(b, "wrong", "192.0.2.2")));
+    run.push(device(b, "right", "192.0.2.3"));
+    run.push(device("device-unknown-0123", "right", "192.0.2.4"));
+    run.push(device(a, "right", "192.0.2.1"));
+    let answers = ask_together(&store, &run);
+    assert!(
+        matches!(&answers[0], DbResponse::Device { created: false, .. }),
+        "{answers:?}"
+    );
+    assert!(
+        answers[1..6].iter().all(|r| *r == DbResponse::Counted),
+        "{answers:?}"
+    );
+    // The fifth wrong secret locked the device: the sixth, and the right one from a stranger's
+    // address, are locked within the same run.
+    assert!(
+        matches!(answers[6], DbResponse::Locked { .. }),
+        "{answers:?}"
+    );
+    assert!(
+        matches!(answers[7], DbResponse::Locked { .. }),
+        "{answers:?}"
+    );
+    assert_eq!(answers[8], DbResponse::NotFound);
+    assert!(
+        matches!(&answers[9], DbResponse::Device { .. }),
+        "{answers:?}"
+    );
+}
+
+#[test]
+fn device_logins_sent_together_are_read_at_once_on_both_stores() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = DbProcess::start(dir.path(), "127.0.0.1:0");
+    device_logins_together(&db);
+    db.kill();
+    let Some(pg) = common::postgres_database() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let db = DbProcess::start_with(dir.path(), "127.0.0.1:0", &["--store", &pg.url]);
+    device_logins_together(&db);
+    db.kill();
 }

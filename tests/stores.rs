@@ -265,7 +265,7 @@ fn sessions_conformance(store: Arc<dyn Store>) {
         Created::New
     );
     let id = store.find("sess").unwrap().unwrap().id;
-    let state = store.session(id, "s1").unwrap().unwrap();
+    let state = store.session(id, "s1", None).unwrap().unwrap();
     assert_eq!(
         state,
         SessionState {
@@ -275,7 +275,7 @@ fn sessions_conformance(store: Arc<dyn Store>) {
         }
     );
     assert!(
-        store.session(id + 1000, "s1").unwrap().is_none(),
+        store.session(id + 1000, "s1", None).unwrap().is_none(),
         "no such account"
     );
     // Revoked until a time; the revocation is pruned only after it.
@@ -290,22 +290,26 @@ fn sessions_conformance(store: Arc<dyn Store>) {
     };
     revoke("s1", 100, 5_000);
     revoke("s1", 100, 4_000); // never shortened
-    assert!(store.session(id, "s1").unwrap().unwrap().revoked);
-    assert!(!store.session(id, "s2").unwrap().unwrap().revoked);
+    assert!(store.session(id, "s1", None).unwrap().unwrap().revoked);
+    assert!(!store.session(id, "s2", None).unwrap().unwrap().revoked);
     assert_eq!(store.prune_revoked(4_999).unwrap(), 0);
-    assert!(store.session(id, "s1").unwrap().unwrap().revoked);
+    assert!(store.session(id, "s1", None).unwrap().unwrap().revoked);
     assert_eq!(store.prune_revoked(5_000).unwrap(), 1);
-    assert!(!store.session(id, "s1").unwrap().unwrap().revoked);
+    assert!(!store.session(id, "s1", None).unwrap().unwrap().revoked);
     // Void: never moved back; with a hash, the password changes in the same write.
     assert!(store.void_sessions(id, 2_000, None).unwrap());
     assert!(store.void_sessions(id, 1_000, None).unwrap());
-    let state = store.session(id, "s2").unwrap().unwrap();
+    let state = store.session(id, "s2", None).unwrap().unwrap();
     assert_eq!(state.sessions_after, 2_000);
     assert!(state.stands(2_000) && !state.stands(1_999));
     assert!(store.void_sessions(id, 3_000, Some("new-hash")).unwrap());
     assert_eq!(store.find("SESS").unwrap().unwrap().hash, "new-hash");
     assert_eq!(
-        store.session(id, "s2").unwrap().unwrap().sessions_after,
+        store
+            .session(id, "s2", None)
+            .unwrap()
+            .unwrap()
+            .sessions_after,
         3_000
     );
     assert!(!store.void_sessions(id + 1000, 3_000, Some("x")).unwrap());
@@ -315,14 +319,14 @@ fn sessions_conformance(store: Arc<dyn Store>) {
         revoke(&format!("many-{i}"), 10_000 + i, 99_000);
         assert!(
             store
-                .session(id, &format!("many-{i}"))
+                .session(id, &format!("many-{i}"), None)
                 .unwrap()
                 .unwrap()
                 .revoked
         );
     }
     revoke("one-more", 20_000, 99_000);
-    let state = store.session(id, "one-more").unwrap().unwrap();
+    let state = store.session(id, "one-more", None).unwrap().unwrap();
     assert!(!state.revoked);
     assert_eq!(state.sessions_after, 20_001);
     assert!(!state.stands(20_000) && state.stands(20_001));

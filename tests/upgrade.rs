@@ -206,6 +206,41 @@ fn every_operation(a: SocketAddr, b: SocketAddr, name: &str) {
     );
 }
 
+/// The device ops of protocol version 4 through the previous release's login-server `old_ls`
+/// (it does not know them: 6) and this build's `new_ls`: served where the account-db is this
+/// build's (`new_db`), answered 7 "not available during an upgrade" where it is the previous
+/// release's. The guests earlier rounds made log in again once a new account-db serves.
+fn devices_across_releases(old_ls: SocketAddr, new_ls: SocketAddr, new_db: bool, round: u32) {
+    let device = |n: u32| {
+        json!({"OP": "device", "device_id": format!("upgrade-device-{n:04}"),
+               "device_secret": "upgrade-secret-0123456789abcdef"})
+    };
+    let unknown = ask(old_ls, device(round));
+    assert_eq!(
+        unknown["code"], 6,
+        "the previous release knows no device op: {unknown}"
+    );
+    let reply = ask(new_ls, device(round));
+    if new_db {
+        assert_eq!(
+            (&reply["code"], &reply["created"]),
+            (&json!(3), &json!(true)),
+            "{reply}"
+        );
+        for earlier in (1..round).filter(|r| r % 2 == 1) {
+            assert_eq!(
+                ask(new_ls, device(earlier))["code"],
+                3,
+                "the guest of round {earlier}"
+            );
+        }
+    } else {
+        assert_eq!(reply["code"], 7, "{reply}");
+        let info = reply["info"].as_str().unwrap_or_default();
+        assert!(info.contains("during an upgrade"), "{info}");
+    }
+}
+
 /// Both pairings on one store: an account-db of each release in turn, each with a
 /// login-server of each release in front; then the older account-db again on what the newer
 /// one left (the rollback of a store).
@@ -220,6 +255,7 @@ fn releases_talk_both_ways(site: &Site, old: &Release) {
         println!("round {round}: account-db of {}", db_release.name);
         every_operation(a, b, &format!("Old-first-{round}"));
         every_operation(b, a, &format!("New-first-{round}"));
+        devices_across_releases(a, b, db_release.name == new.name, round);
         // Accounts every earlier round made still log in.
         for earlier in 1..round {
             for who in ["Old-first", "New-first"] {

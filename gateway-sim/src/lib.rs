@@ -17,17 +17,64 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 /// The request object of `op`: `subject` is the username, or for the token ops the token;
-/// `new_password` is used by `change_password` only.
+/// `new_password` is used by `change_password` only. The device ops: [`request_with`].
 pub fn request(op: Op, subject: &str, password: &str, new_password: &str) -> Value {
+    request_with(
+        op,
+        &Fields {
+            subject,
+            password,
+            new_password,
+            ..Fields::default()
+        },
+    )
+}
+
+/// What a request may carry besides its op.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Fields<'a> {
+    /// The username (login, register, change_password), the device id (device), or the token
+    /// (the other ops).
+    pub subject: &'a str,
+    /// The password (login, register, claim; change_password: the current one).
+    pub password: &'a str,
+    /// change_password's new password.
+    pub new_password: &'a str,
+    /// claim's username.
+    pub username: &'a str,
+    /// link_device's and unlink_device's device.
+    pub device_id: &'a str,
+    /// device's and link_device's secret.
+    pub device_secret: &'a str,
+}
+
+/// The request object of `op`, with `fields`.
+pub fn request_with(op: Op, fields: &Fields) -> Value {
+    let Fields {
+        subject,
+        password,
+        new_password,
+        username,
+        device_id,
+        device_secret,
+    } = *fields;
+    let name = op.as_str();
     match op {
         Op::Login | Op::Register => {
-            json!({ "OP": op.as_str(), "username": subject, "password": password })
+            json!({ "OP": name, "username": subject, "password": password })
         }
-        Op::Verify | Op::Refresh | Op::Logout | Op::LogoutAll => {
-            json!({ "OP": op.as_str(), "token": subject })
+        Op::Verify | Op::Refresh | Op::Logout | Op::LogoutAll | Op::Devices => {
+            json!({ "OP": name, "token": subject })
         }
-        Op::ChangePassword => json!({ "OP": op.as_str(), "username": subject,
+        Op::ChangePassword => json!({ "OP": name, "username": subject,
             "password": password, "new_password": new_password }),
+        Op::Device => json!({ "OP": name, "device_id": subject, "device_secret": device_secret }),
+        Op::Claim => {
+            json!({ "OP": name, "token": subject, "username": username, "password": password })
+        }
+        Op::LinkDevice => json!({ "OP": name, "token": subject, "device_id": device_id,
+            "device_secret": device_secret }),
+        Op::UnlinkDevice => json!({ "OP": name, "token": subject, "device_id": device_id }),
     }
 }
 

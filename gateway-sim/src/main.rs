@@ -22,18 +22,28 @@ struct Args {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Send one request in the seed form and print the reply: `login|register|change_password
-    /// USERNAME`, or `verify|refresh|logout|logout_all TOKEN`.
+    /// USERNAME`, `device DEVICE_ID`, or `verify|refresh|logout|logout_all|claim|link_device|
+    /// unlink_device|devices TOKEN`.
     Send {
         /// login-server address, HOST:PORT.
         #[arg(long, default_value = "127.0.0.1:6999", value_parser = socket_addr)]
         target: SocketAddr,
         op: OpArg,
-        /// The username, or for the token ops the token.
+        /// The username; device: the device id; the token ops: the token.
         subject: String,
-        /// The password (change_password: the current one); without it, it is asked for
-        /// without echo.
+        /// The password (change_password: the current one; claim: the new account's); without
+        /// it, it is asked for without echo.
         #[arg(long)]
         password: Option<String>,
+        /// claim: the name the guest takes.
+        #[arg(long, required_if_eq("op", "claim"))]
+        username: Option<String>,
+        /// link_device, unlink_device: the device.
+        #[arg(long, required_if_eq_any([("op", "link_device"), ("op", "unlink_device")]))]
+        device_id: Option<String>,
+        /// device, link_device: the device's secret; without it, it is asked for without echo.
+        #[arg(long)]
+        device_secret: Option<String>,
         /// change_password's new password; without it, it is asked for without echo.
         #[arg(long)]
         new_password: Option<String>,
@@ -102,7 +112,8 @@ struct StressArgs {
     #[arg(long, default_value_t = 1)]
     pipeline: usize,
     /// Weights of request kinds: login, register, badpass, unknown, invalid, malformed, verify
-    /// (of a token from one of the run's logins).
+    /// (of a token from one of the run's logins), device (a login of one of --users devices,
+    /// their guests made before the run).
     #[arg(long, default_value = "login=90,register=5,badpass=5")]
     mix: Mix,
     /// Accounts that logins pick from, registered before the measured run (reused when they
@@ -157,6 +168,11 @@ enum OpArg {
     Logout,
     LogoutAll,
     ChangePassword,
+    Device,
+    Claim,
+    LinkDevice,
+    UnlinkDevice,
+    Devices,
 }
 
 impl OpArg {
@@ -169,6 +185,11 @@ impl OpArg {
             OpArg::Logout => Op::Logout,
             OpArg::LogoutAll => Op::LogoutAll,
             OpArg::ChangePassword => Op::ChangePassword,
+            OpArg::Device => Op::Device,
+            OpArg::Claim => Op::Claim,
+            OpArg::LinkDevice => Op::LinkDevice,
+            OpArg::UnlinkDevice => Op::UnlinkDevice,
+            OpArg::Devices => Op::Devices,
         }
     }
 }
@@ -201,19 +222,24 @@ fn percent(s: &str) -> Result<f64, String> {
     }
 }
 
-/// `given`, or asked for without echo.
-fn secret(given: Option<String>, prompt: &str) -> anyhow::Result<String> {
+/// `given`, or asked for without echo (`flag`: the flag that gives it, for the error).
+fn secret_of(given: Option<String>, prompt: &str, flag: &str) -> anyhow::Result<String> {
     match given {
         Some(p) => Ok(p),
         None => {
             use std::io::IsTerminal;
             anyhow::ensure!(
                 std::io::stdin().is_terminal(),
-                "no terminal to ask the password on: pass --password"
+                "no terminal to ask on: pass {flag}"
             );
-            rpassword::prompt_password(prompt).context("cannot read the password")
+            rpassword::prompt_password(prompt).with_context(|| format!("cannot read {flag}"))
         }
     }
+}
+
+/// A password `given`, or asked for without echo.
+fn secret(given: Option<String>, prompt: &str) -> anyhow::Result<String> {
+    secret_of(given, prompt, "--password")
 }
 
 /// What `stress` ended with: exit 2 when it measured nothing (the setup did not finish in
@@ -239,20 +265,39 @@ fn run() -> anyhow::Result<()> {
             subject,
             password,
             new_password,
+            username,
+            device_id,
+            device_secret,
             timeout,
             tls,
         } => {
             let tls = tls.load(target)?;
             let op = op.op();
             let (password, new_password) = match op {
-                Op::Login | Op::Register => (secret(password, "password: ")?, String::new()),
+                Op::Login | Op::Register | Op::Claim => {
+                    (secret(password, "password: ")?, String::new())
+                }
                 Op::ChangePassword => (
                     secret(password, "current password: ")?,
                     secret(new_password, "new password: ")?,
                 ),
                 _ => (String::new(), String::new()),
             };
-            let request = gateway_sim::request(op, &subject, &password, &new_password);
+            let device_secret = match op {
+                Op::Device | Op::LinkDevice => {
+                    secret_of(device_secret, "device secret: ", "--device-secret")?
+                }
+                _ => String::new(),
+            };
+            let fields = gateway_sim::Fields {
+                subject: &subject,
+                password: &password,
+                new_password: &new_password,
+                username: username.as_deref().unwrap_or_default(),
+                device_id: device_id.as_deref().unwrap_or_default(),
+                device_secret: &device_secret,
+            };
+            let request = gateway_sim::request_with(op, &fields);
             let reply = gateway_sim::send_seed(
                 target,
                 tls.as_deref(),

@@ -24,10 +24,12 @@ pub enum Kind {
     /// `verify` of a token from an earlier login of the run: 9 (a login, 3, until the run has
     /// a token).
     Verify,
+    /// A device's login, of a guest made before the run: 3.
+    Device,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 8] = [
         Kind::Login,
         Kind::Register,
         Kind::BadPass,
@@ -35,6 +37,7 @@ impl Kind {
         Kind::Invalid,
         Kind::Malformed,
         Kind::Verify,
+        Kind::Device,
     ];
 
     pub fn name(self) -> &'static str {
@@ -46,13 +49,14 @@ impl Kind {
             Kind::Invalid => "invalid",
             Kind::Malformed => "malformed",
             Kind::Verify => "verify",
+            Kind::Device => "device",
         }
     }
 
     /// Whether a correct server may answer this kind with `code`.
     pub fn accepts(self, code: u64) -> bool {
         match self {
-            Kind::Login => code == 3,
+            Kind::Login | Kind::Device => code == 3,
             Kind::Register => code == 4,
             Kind::BadPass => code == 2 || code == 8,
             Kind::Unknown | Kind::Invalid => code == 1,

@@ -12,7 +12,7 @@ use crate::secure::{self, Tls};
 use crossbeam_channel::{bounded, unbounded};
 use login_server::protocol::gateway::Form;
 use login_server::tls::Stream;
-use serde_json::json;
+use serde_json::{json, Value};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -114,15 +114,24 @@ impl Mix {
             .sum()
     }
 
-    /// The accounts the run needs registered first: logins' and decoys'.
-    fn accounts(&self, users: usize, prefix: &str) -> Vec<(String, String)> {
+    /// The accounts the run needs made first, each as what names it and the request that
+    /// makes it (or finds it made): logins' and decoys' registrations, devices' first logins.
+    fn accounts(&self, users: usize, prefix: &str) -> Vec<(String, Value)> {
+        let register = |(username, password): (String, String)| {
+            let body = json!({"OP": "register", "username": username, "password": password});
+            (username, body)
+        };
         let mut accounts = Vec::new();
         for i in 0..users as u64 {
             if self.weight(Kind::Login) > 0 || self.weight(Kind::Verify) > 0 {
-                accounts.push(user(prefix, i));
+                accounts.push(register(user(prefix, i)));
             }
             if self.weight(Kind::BadPass) > 0 {
-                accounts.push(decoy(prefix, i));
+                accounts.push(register(decoy(prefix, i)));
+            }
+            if self.weight(Kind::Device) > 0 {
+                let body = device(prefix, i);
+                accounts.push((format!("the device of gwsim-{prefix}-{i}"), body));
             }
         }
         accounts
@@ -232,6 +241,13 @@ fn decoy(prefix: &str, i: u64) -> (String, String) {
     )
 }
 
+/// The login of device `i`: a guest of the run's, made by its first login. Its id and secret
+/// follow from the prefix and `i`, so a later run with the prefix logs into the same guest.
+fn device(prefix: &str, i: u64) -> Value {
+    json!({"OP": "device", "device_id": format!("gwsim-{prefix}-device-{i:08}"),
+           "device_secret": format!("gwsim-stress-device-secret-{prefix}-{i}")})
+}
+
 /// Builds request messages for one thread.
 struct Requests {
     rng: Rng,
@@ -285,6 +301,7 @@ impl Requests {
                 json!({"OP": "login", "username": "no spaces allowed!", "password": password})
             }
             Kind::Malformed => json!({"OP": "fly", "username": name, "password": password}),
+            Kind::Device => device(&self.accounts, pick),
         };
         let bytes = match form {
             Form::Seed => json!([body]).to_string().into_bytes(),
@@ -747,8 +764,9 @@ fn register_users(
     };
     let per_thread = accounts.len().div_ceil(threads);
     let accounts = &accounts;
-    let check = |username: &str, reply: &[u8]| match reply_code(reply) {
-        Some(4 | 5) => Ok(()),
+    let check = |username: &str, body: &Value, reply: &[u8]| match reply_code(reply) {
+        Some(4 | 5) if body["OP"] == "register" => Ok(()),
+        Some(3) if body["OP"] == "device" => Ok(()),
         // What a stranger answered: 200 bytes at most, escaped, on one line.
         _ => Err(io::Error::other(format!(
             "registering {username}: the reply was {:?}{}",
@@ -764,9 +782,7 @@ fn register_users(
                     let mut reply = Vec::new();
                     let mut stream = None;
                     let mut at = 0;
-                    for (username, password) in mine {
-                        let body =
-                            json!({"OP": "register", "username": username, "password": password});
+                    for (username, body) in mine {
                         // "Busy, retry later" (7) is retried, as a gateway would: a server
                         // shedding load under an attack still gets the run's accounts.
                         // A target that fails (closes, resets, stays silent) hands the
@@ -813,12 +829,14 @@ fn register_users(
                                 at += 1;
                                 continue;
                             }
-                            if reply_code(&reply) != Some(7) || attempt == REGISTER_ATTEMPTS {
+                            // 8: too many guests this second (--guest-rate): wait as for 7.
+                            let again = matches!(reply_code(&reply), Some(7 | 8));
+                            if !again || attempt == REGISTER_ATTEMPTS {
                                 break;
                             }
                             std::thread::sleep(Duration::from_millis(100));
                         }
-                        check(username, &reply).map_err(SetupError::Failed)?;
+                        check(username, body, &reply).map_err(SetupError::Failed)?;
                         done.fetch_add(1, Ordering::Relaxed);
                     }
                     Ok(())

@@ -235,3 +235,112 @@ fn a_target_that_closes_every_connection_hands_its_work_to_the_next() {
         );
     }
 }
+
+/// `gateway-sim send`, the binary, with `args`: its stdout parsed (the seed form's reply).
+fn send_cli(server: &LoginServer, args: &[&str]) -> Value {
+    let target = server.local_addr().to_string();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_gateway-sim"))
+        .args(["send", "--target", &target])
+        .args(args)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{args:?}: {said}");
+    let out = String::from_utf8_lossy(&output.stdout);
+    serde_json::from_str::<Value>(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"))[0].clone()
+}
+
+#[test]
+fn send_speaks_the_device_ops() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(dir.path());
+    let (phone, tablet) = ("phone-0123456789abcdef", "tablet-0123456789abcdef");
+    let secret = "0123456789abcdefghijklmnop";
+    let guest = send_cli(&server, &["device", phone, "--device-secret", secret]);
+    assert_eq!(
+        (&guest["code"], &guest["created"]),
+        (&3.into(), &true.into())
+    );
+    let token = guest["token"].as_str().unwrap().to_string();
+    let link = [
+        "link_device",
+        &token,
+        "--device-id",
+        tablet,
+        "--device-secret",
+        secret,
+    ];
+    assert_eq!(send_cli(&server, &link)["code"], 11);
+    let listed = send_cli(&server, &["devices", &token]);
+    assert_eq!(listed["devices"].as_array().unwrap().len(), 2, "{listed}");
+    let unlink = ["unlink_device", &token, "--device-id", tablet];
+    assert_eq!(send_cli(&server, &unlink)["code"], 11);
+    let claim = [
+        "claim",
+        &token,
+        "--username",
+        "Claimer",
+        "--password",
+        "password1",
+    ];
+    let claimed = send_cli(&server, &claim);
+    assert_eq!(
+        (&claimed["code"], &claimed["username"]),
+        (&4.into(), &"Claimer".into())
+    );
+    // Without a terminal, a missing secret is named, not waited for.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_gateway-sim"))
+        .args([
+            "send",
+            "--target",
+            &server.local_addr().to_string(),
+            "device",
+            phone,
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--device-secret"));
+    // claim without --username is refused by the parser.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_gateway-sim"))
+        .args([
+            "send",
+            "--target",
+            &server.local_addr().to_string(),
+            "claim",
+            &token,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--username"));
+}
+
+#[test]
+fn stress_logs_devices_into_the_guests_it_made() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(dir.path());
+    for _ in 0..2 {
+        // The second run logs into the guests the first made.
+        let run = Run::start(Options {
+            targets: vec![server.local_addr()],
+            connections: 4,
+            duration: Duration::from_secs(2),
+            requests: Some(400),
+            form: Form::Stream,
+            pipeline: 2,
+            mix: "device=80,login=20".parse().unwrap(),
+            users: 60,
+            rate: None,
+            timeout: PATIENCE,
+            tls: None,
+            ..Options::default()
+        })
+        .unwrap();
+        let report = run.finish();
+        assert!(report.clean(), "{}", report.table());
+        let logged_in = report.codes.get("3").copied().unwrap_or(0);
+        assert!(logged_in >= 400, "{:?}", report.codes);
+    }
+}

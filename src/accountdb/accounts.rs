@@ -134,6 +134,7 @@ pub trait Accounts: Send + Sync {
         let request = DbRequest::Session {
             account_id,
             sid: sid.to_string(),
+            link: None,
         };
         self.call(&request)?.into_session().map_err(unexpected)
     }

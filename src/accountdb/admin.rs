@@ -17,10 +17,12 @@ use crate::legacy::RESERVED_HASH;
 use crate::throttle;
 use std::fmt::Write;
 
-/// What an admin command can be asked.
+/// What an admin command can be asked. Wherever a command takes a NAME, `#ID` names the
+/// account with that id (a guest, which has no name, is named so only).
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum Admin {
-    /// Show an account: spelling, id, created, hash parameters, lock, last successful login.
+    /// Show an account: spelling, id, created, hash parameters, lock, last successful login,
+    /// devices.
     Show { name: String },
     /// Clear an account's failed logins and lock, for every login-server.
     Unlock { name: String },
@@ -88,6 +90,16 @@ pub enum Admin {
     },
     /// Count accounts.
     Count,
+    /// Delete the guests (accounts made by a device's first login, never claimed) none of
+    /// whose devices logged in for --idle days, with their devices; their sessions end.
+    PruneGuests {
+        /// Days without a login of any of its devices.
+        #[arg(long, value_name = "DAYS", value_parser = clap::value_parser!(u32).range(1..=36500))]
+        idle: u32,
+        /// Only count them.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Record that every name of the old server (--legacy-db) is in the store, imported
     /// before this build recorded it (`import --complete` records it itself): registration
     /// under --legacy-db opens. Run it only once they all are.
@@ -134,6 +146,10 @@ pub enum AdminError {
     /// `rename` to a name another account holds, or a look-alike of it.
     #[error("{0:?} is held by the account {1:?} (the same name, or one that looks alike)")]
     NameTaken(String, String),
+    /// `set-password` or `rename` of a guest (`#ID`): it has no name nor password to change;
+    /// the player claims one (the gateway's `claim`).
+    #[error("#{0} is a guest: it has no name or password to change (its player claims one)")]
+    Guest(u64),
     /// `set-password` without `--password`, and no terminal to ask on.
     #[error("no password: pass --password (there is no terminal to ask on)")]
     NoPassword,
@@ -181,6 +197,24 @@ pub enum AdminError {
     Hash(#[from] HashError),
 }
 
+/// The account `name` names: `#ID` by its id (a guest too), else by name in any case.
+fn resolve(store: &dyn Store, name: &str) -> Result<Account, AdminError> {
+    let by_id = name.strip_prefix('#').and_then(|id| id.parse::<u64>().ok());
+    let found = match by_id {
+        Some(id) => store.details_by_id(id)?.map(|d| d.account),
+        None => store.find(name)?,
+    };
+    found.ok_or_else(|| AdminError::NoSuchAccount(name.to_string()))
+}
+
+/// How the store's calls by name name `account`: its name, or `#ID` for a guest.
+fn key(account: &Account) -> String {
+    match account.is_guest() {
+        true => format!("#{}", account.id),
+        false => account.username.clone(),
+    }
+}
+
 /// Run `admin` against `store`; what to print. `password` is the new password of
 /// `set-password` when it was not given as a flag.
 pub fn run(
@@ -189,6 +223,13 @@ pub fn run(
     password: impl FnOnce() -> Option<String>,
 ) -> Result<Reply, AdminError> {
     let missing = |name: &str| AdminError::NoSuchAccount(name.to_string());
+    let named = |name: &str| -> Result<Account, AdminError> {
+        let account = resolve(store, name)?;
+        match account.is_guest() {
+            true => Err(AdminError::Guest(account.id)),
+            false => Ok(account),
+        }
+    };
     match admin {
         Admin::Show { name } => show(store, name).map(Reply::Done),
         Admin::Schema {
@@ -198,7 +239,7 @@ pub fn run(
             step: SchemaStep::Contract,
         } => contract(store).map(Reply::Done),
         Admin::Unlock { name } => {
-            let account = store.find(name)?.ok_or_else(|| missing(name))?;
+            let account = named(name)?;
             let record = throttling::record(store, &account.username)?;
             if record.locked(now_ms()).is_none() && record.count == 0 {
                 return Ok(Reply::Already(format!(
@@ -215,7 +256,7 @@ pub fn run(
             password: given,
             hash_params,
         } => {
-            let account = store.find(name)?.ok_or_else(|| missing(name))?;
+            let account = named(name)?;
             let password = given
                 .clone()
                 .or_else(password)
@@ -255,7 +296,7 @@ pub fn run(
             if duration.is_some_and(|d| d.is_zero()) {
                 return Err(AdminError::NoTime);
             }
-            let account = store.find(name)?.ok_or_else(|| missing(name))?;
+            let account = resolve(store, name)?;
             let until_ms = duration.map_or(FOR_GOOD, |d| {
                 now_ms().saturating_add(i64::try_from(d.as_millis()).unwrap_or(FOR_GOOD))
             });
@@ -263,33 +304,57 @@ pub fn run(
                 until_ms,
                 reason: reason.clone(),
             };
-            store.set_ban(&account.username, Some(&ban))?;
-            tracing::info!(user = ?account.username, until_ms, ?reason, "admin: banned, sessions revoked");
+            store.set_ban(&key(&account), Some(&ban))?;
+            tracing::info!(user = ?account.username, id = account.id, until_ms, ?reason, "admin: banned, sessions revoked");
             Ok(Reply::Done(format!(
                 "banned {} until {until_ms} (unix ms)\n",
-                account.username
+                key(&account)
             )))
         }
         Admin::Unban { name } => {
-            let account = store.find(name)?.ok_or_else(|| missing(name))?;
+            let account = resolve(store, name)?;
             if !account.ban.as_ref().is_some_and(|b| b.until_ms > now_ms()) {
                 return Ok(Reply::Already(format!(
                     "{} is not banned: nothing to do\n",
-                    account.username
+                    key(&account)
                 )));
             }
-            store.set_ban(&account.username, None)?;
-            tracing::info!(user = ?account.username, "admin: unbanned");
-            Ok(Reply::Done(format!("unbanned {}\n", account.username)))
+            store.set_ban(&key(&account), None)?;
+            tracing::info!(user = ?account.username, id = account.id, "admin: unbanned");
+            Ok(Reply::Done(format!("unbanned {}\n", key(&account))))
         }
-        Admin::Rename { old, new, rules } => rename(store, old, new, rules),
+        Admin::Rename { old, new, rules } => {
+            let account = named(old)?;
+            rename(store, &account.username, new, rules)
+        }
         Admin::Delete { name } => {
-            let account = store.find(name)?.ok_or_else(|| missing(name))?;
-            store.delete(&account.username)?;
+            let account = resolve(store, name)?;
+            if !store.delete(&key(&account))? {
+                return Err(missing(name)); // deleted meanwhile
+            }
             tracing::info!(user = ?account.username, id = account.id, "admin: deleted");
             Ok(Reply::Done(format!(
                 "deleted {} (id {})\n",
-                account.username, account.id
+                key(&account),
+                account.id
+            )))
+        }
+        Admin::PruneGuests { idle, dry_run } => {
+            let before = now_ms().saturating_sub(i64::from(*idle).saturating_mul(86_400_000));
+            let n = store.prune_guests(before, *dry_run)?;
+            if *dry_run {
+                return Ok(Reply::Done(format!(
+                    "{n} guests idle for {idle} days or more would be deleted\n"
+                )));
+            }
+            if n == 0 {
+                return Ok(Reply::Already(format!(
+                    "no guest is idle for {idle} days or more: nothing to do\n"
+                )));
+            }
+            tracing::info!(guests = n, idle_days = idle, "admin: idle guests deleted");
+            Ok(Reply::Done(format!(
+                "deleted {n} guests idle for {idle} days or more, with their devices\n"
             )))
         }
         Admin::List {
@@ -404,18 +469,28 @@ fn costly(store: &dyn Store, limit: u32, params: HashParams) -> Result<String, A
 }
 
 fn show(store: &dyn Store, name: &str) -> Result<String, AdminError> {
-    let details = store
-        .details(name)?
-        .ok_or_else(|| AdminError::NoSuchAccount(name.to_string()))?;
+    let by_id = name.strip_prefix('#').and_then(|id| id.parse::<u64>().ok());
+    let details = match by_id {
+        Some(id) => store.details_by_id(id)?,
+        None => store.details(name)?,
+    };
+    let details = details.ok_or_else(|| AdminError::NoSuchAccount(name.to_string()))?;
     let account = &details.account;
-    let record = throttling::record(store, &account.username)?;
+    let record = match account.is_guest() {
+        true => throttle::Record::default(),
+        false => throttling::record(store, &account.username)?,
+    };
     let now = now_ms();
     let hash = match account.hash.as_str() {
         RESERVED_HASH => "none: reserved for its owner on the old server".to_string(),
+        "" => "none".to_string(),
         hash => parameters(hash).to_string(),
     };
     let mut out = String::new();
-    let _ = writeln!(out, "name\t{}", account.username);
+    let _ = match account.is_guest() {
+        true => writeln!(out, "name\tnone: a guest (its devices log in)"),
+        false => writeln!(out, "name\t{}", account.username),
+    };
     let _ = writeln!(out, "id\t{}", account.id);
     let _ = writeln!(
         out,
@@ -445,6 +520,17 @@ fn show(store: &dyn Store, name: &str) -> Result<String, AdminError> {
         Some(ban) => writeln!(out, "banned\tuntil {}: {}", utc(ban.until_ms), ban.reason),
         None => writeln!(out, "banned\tno"),
     };
+    let devices = store.devices(account.id)?;
+    let _ = writeln!(out, "devices\t{}", devices.len());
+    for device in devices {
+        let _ = writeln!(
+            out,
+            "device\t{}\tlinked {}\tlast used {} (to the hour)",
+            device.device_id,
+            utc(device.linked_ms),
+            utc(device.last_used_ms)
+        );
+    }
     Ok(out)
 }
 

@@ -237,6 +237,17 @@ pub struct AccountDbConfig {
         default_value_t = 1_000_000
     )]
     pub throttle_table_size: u64,
+    /// Delete, once an hour, the guests (accounts made by a device's first login, never
+    /// claimed) none of whose devices logged in for this many days, with their devices, as
+    /// `account-db admin prune-guests --idle DAYS` does. Defaults to 0: never.
+    #[arg(
+        long,
+        value_name = "DAYS",
+        env = "ACCOUNT_DB_GUEST_IDLE_DAYS",
+        default_value_t = 0,
+        value_parser = clap::value_parser!(u32).range(0..=36500)
+    )]
+    pub guest_idle_days: u32,
     /// Skip the integrity check (`PRAGMA quick_check`) of the database at start; it reads the
     /// whole file, which takes long for huge stores. Defaults to off: the check runs.
     #[arg(global = true, long, env = "ACCOUNT_DB_SKIP_INTEGRITY_CHECK")]

@@ -5,9 +5,9 @@
 //! ([`crate::protocol::accountdb`]), this file, and the [`Store`] backends.
 
 use super::store::{Store, StoreError};
-use super::throttling;
+use super::{devices, throttling};
 use crate::clock::Millis;
-use crate::protocol::accountdb::{DbRequest, DbResponse};
+use crate::protocol::accountdb::{Acted, DbRequest, DbResponse};
 
 /// Run `request` against `store` at `now` (the time its throttle records are judged by): the
 /// response, or why the store could not answer. A [repeatable](DbRequest::repeatable) request
@@ -69,7 +69,64 @@ fn run(store: &dyn Store, request: &DbRequest, now: Millis) -> Result<DbResponse
             origin,
             limit,
         } => throttling::register(store, username, *origin, limit, now)?.into(),
-        DbRequest::Session { account_id, sid } => store.session(*account_id, sid)?.into(),
+        DbRequest::Session {
+            account_id,
+            sid,
+            link,
+        } => store.session(*account_id, sid, link.as_deref())?.into(),
+        DbRequest::Device {
+            device_id,
+            secret_hash,
+            origin,
+            failures,
+        } => {
+            let lookup = devices::DeviceLookup {
+                device_id,
+                secret_hash,
+                origin: *origin,
+                t: failures,
+            };
+            devices::login(store, &lookup, now)?.into()
+        }
+        DbRequest::CreateGuest {
+            device_id,
+            secret_hash,
+            origin,
+            limit,
+            request_id,
+        } => devices::create_guest(
+            store,
+            device_id,
+            secret_hash,
+            *origin,
+            limit,
+            request_id,
+            now,
+        )?
+        .into(),
+        DbRequest::Claim {
+            session,
+            username,
+            hash,
+            request_id,
+        } => match devices::claim(store, session, username, hash, request_id)? {
+            Acted::Done => DbResponse::Created,
+            acted => acted.into(),
+        },
+        DbRequest::LinkDevice {
+            session,
+            device_id,
+            secret_hash,
+        } => devices::link(store, session, device_id, secret_hash, now)?.into(),
+        DbRequest::UnlinkDevice {
+            session,
+            device_id,
+            until_ms,
+        } => devices::unlink(store, session, device_id, now, *until_ms)?.into(),
+        DbRequest::Devices { session } => match devices::list(store, session)? {
+            Some(devices) => DbResponse::Devices { devices },
+            None => DbResponse::Revoked,
+        },
         DbRequest::Revoke { revocation } => {
             store.revoke_session(revocation)?;
             DbResponse::Updated
@@ -83,6 +140,41 @@ fn run(store: &dyn Store, request: &DbRequest, now: Millis) -> Result<DbResponse
             message: "already authenticated".into(),
         },
     })
+}
+
+/// [`execute`] for a run of `device` requests, with one read of the store
+/// ([`devices::login_all`]): their responses in order, or the error of that read, for them all
+/// (run once more if it lost its node). Requests of other kinds in `requests` are skipped.
+pub fn execute_devices(
+    store: &dyn Store,
+    requests: &[DbRequest],
+    now: Millis,
+) -> Result<Vec<Result<DbResponse, StoreError>>, StoreError> {
+    let lookups: Vec<devices::DeviceLookup> = requests
+        .iter()
+        .filter_map(|request| match request {
+            DbRequest::Device {
+                device_id,
+                secret_hash,
+                origin,
+                failures,
+            } => Some(devices::DeviceLookup {
+                device_id,
+                secret_hash,
+                origin: *origin,
+                t: failures,
+            }),
+            _ => None,
+        })
+        .collect();
+    let found = match devices::login_all(store, &lookups, now) {
+        Err(e) if e.lost_node() => devices::login_all(store, &lookups, now)?,
+        done => done?,
+    };
+    Ok(found
+        .into_iter()
+        .map(|login| login.map(DbResponse::from))
+        .collect())
 }
 
 /// [`execute`] for a run of `login` requests, with one read of the store

@@ -8,6 +8,7 @@ pub mod accounts;
 pub mod admin;
 pub mod client;
 mod config;
+pub mod devices;
 pub mod execute;
 pub mod import;
 pub mod secrets;

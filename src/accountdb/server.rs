@@ -643,7 +643,8 @@ impl AccountDb {
                 let (store, cap) = (store.clone(), config.throttle_table_size);
                 let shared = shared.clone();
                 let instance = schema::instance_name(local_addr.port());
-                move || every_second(&*store, cap, &instance, &shared, &stopped)
+                let idle = config.guest_idle_days;
+                move || every_second(&*store, cap, idle, &instance, &shared, &stopped)
             })?;
         let accept_thread = std::thread::Builder::new()
             .name("account-db-accept".into())
@@ -711,13 +712,18 @@ impl Drop for AccountDb {
     }
 }
 
+/// How often `--guest-idle-days` deletes idle guests: an hour.
+const GUEST_PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
+
 /// Once a second until `stop` is dropped: drop expired throttle records (and the lowest ranked
 /// beyond `cap`) and revocations of sessions that expired, and read the secret files again;
 /// at once and every [`PEER_INTERVAL`](schema::PEER_INTERVAL), record this account-db as
-/// `instance` in the store's peers.
+/// `instance` in the store's peers; with `guest_idle_days`, at once and every
+/// [`GUEST_PRUNE_INTERVAL`], delete the guests idle that long.
 fn every_second(
     store: &dyn Store,
     cap: u64,
+    guest_idle_days: u32,
     instance: &str,
     shared: &Shared,
     stop: &crossbeam_channel::Receiver<()>,
@@ -726,7 +732,18 @@ fn every_second(
     let secrets_log = RateLimited::new(Duration::from_secs(60));
     let peer_log = RateLimited::new(Duration::from_secs(60));
     let mut recorded: Option<Instant> = None;
+    let mut guests_pruned: Option<Instant> = None;
     loop {
+        let due = guests_pruned.map_or(true, |at| at.elapsed() >= GUEST_PRUNE_INTERVAL);
+        if guest_idle_days > 0 && due {
+            guests_pruned = Some(Instant::now());
+            let idle_ms = i64::from(guest_idle_days) * 86_400_000;
+            match store.prune_guests(shared.clock.now_ms().saturating_sub(idle_ms), false) {
+                Ok(0) => {}
+                Ok(guests) => tracing::info!(guests, guest_idle_days, "idle guests deleted"),
+                Err(e) => tracing::warn!(error = %e, "cannot delete idle guests"),
+            }
+        }
         if recorded.map_or(true, |at| at.elapsed() >= schema::PEER_INTERVAL) {
             recorded = Some(Instant::now());
             if let Err(e) = store.record_peer(instance, crate::clock::now_ms()) {
@@ -943,16 +960,17 @@ fn serve(tcp: TcpStream, id: u64, store: &dyn Store, shared: &Shared) -> io::Res
             },
         };
         shared.requests.inc(op_index(request.as_ref().ok()));
-        // Logins that came together are looked up in one read of the store (one statement
-        // on PostgreSQL). A line already buffered is whole and short: reading it cannot
-        // block, nor be overlong.
-        if let Ok(DbRequest::Login { .. }) = request {
-            let mut logins = vec![request];
-            while logins.len() < MAX_RUN && ready(&reader) {
+        // Logins (and device logins) that came together are looked up in one read of the
+        // store (one statement on PostgreSQL). A line already buffered is whole and short:
+        // reading it cannot block, nor be overlong.
+        let kind = request.as_ref().ok().and_then(Run::of);
+        if let Some(kind) = kind {
+            let mut run = vec![request];
+            while run.len() < MAX_RUN && ready(&reader) {
                 match read_request(&mut reader, &mut line)? {
-                    Some(login @ Ok(DbRequest::Login { .. })) => {
-                        shared.requests.inc(op_index(login.as_ref().ok()));
-                        logins.push(login);
+                    Some(Ok(more)) if Run::of(&more) == Some(kind) => {
+                        shared.requests.inc(op_index(Some(&more)));
+                        run.push(Ok(more));
                     }
                     other => {
                         next = other;
@@ -960,7 +978,7 @@ fn serve(tcp: TcpStream, id: u64, store: &dyn Store, shared: &Shared) -> io::Res
                     }
                 }
             }
-            for response in execute_logins(store, logins, shared.clock.now_ms()) {
+            for response in execute_run(store, kind, run, shared.clock.now_ms()) {
                 write_response(&mut out, &response, shared)?;
             }
             continue;
@@ -976,8 +994,26 @@ fn serve(tcp: TcpStream, id: u64, store: &dyn Store, shared: &Shared) -> io::Res
     }
 }
 
-/// Most logins looked up in one read.
+/// Most logins (or device logins) looked up in one read.
 const MAX_RUN: usize = 64;
+
+/// The requests that are read for many in one go when they come together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Run {
+    Logins,
+    Devices,
+}
+
+impl Run {
+    /// The run `request` may join, if any.
+    fn of(request: &DbRequest) -> Option<Run> {
+        match request {
+            DbRequest::Login { .. } => Some(Run::Logins),
+            DbRequest::Device { .. } => Some(Run::Devices),
+            _ => None,
+        }
+    }
+}
 
 /// Replies held back to go out together are sent once they reach this many bytes.
 const SEND_AT: usize = 8192;
@@ -1097,14 +1133,19 @@ fn write_response(
     writer.write_all(&encode_line(response))
 }
 
-/// Run a run of login requests (nothing else) with one read of the store.
-fn execute_logins(
+/// Run a run of requests of one `kind` (nothing else) with one read of the store.
+fn execute_run(
     store: &dyn Store,
-    logins: Vec<Result<DbRequest, String>>,
+    kind: Run,
+    run: Vec<Result<DbRequest, String>>,
     now: Millis,
 ) -> Vec<DbResponse> {
-    let requests: Vec<DbRequest> = logins.into_iter().flatten().collect();
-    match execute::execute_logins(store, &requests, now) {
+    let requests: Vec<DbRequest> = run.into_iter().flatten().collect();
+    let results = match kind {
+        Run::Logins => execute::execute_logins(store, &requests, now),
+        Run::Devices => execute::execute_devices(store, &requests, now),
+    };
+    match results {
         Ok(results) => results.into_iter().map(answered).collect(),
         Err(e) => {
             let failed = answered(Err(e));

@@ -15,10 +15,10 @@ mod postgres;
 pub mod schema;
 mod sqlite;
 
-pub use crate::protocol::accountdb::{Account, Ban, Created, Revocation, SessionState};
+pub use crate::protocol::accountdb::{Account, Ban, Created, Device, Revocation, SessionState};
 pub use contract::{
-    Details, LoginRead, Peer, Renamed, SchemaState, Store, StoreError, BATCH_TIME,
-    REVOKED_PER_ACCOUNT,
+    Claimed, Details, DeviceRead, Linked, LoginRead, Peer, Renamed, SchemaState, Store, StoreError,
+    Unlinked, BATCH_TIME, DEVICES_PER_ACCOUNT, REVOKED_PER_ACCOUNT,
 };
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;

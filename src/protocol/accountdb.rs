@@ -120,7 +120,12 @@ pub struct Account {
     /// Stable, never reused, given by the store (0 in a `create` request: not yet given).
     #[serde(default)]
     pub id: u64,
+    /// Empty for a guest (an account made by a device's first login, not claimed yet): the
+    /// stores keep no name for it (NULL), and replies and tokens omit it.
+    #[serde(default)]
     pub username: String,
+    /// Empty for a guest: no password logs into it.
+    #[serde(default)]
     pub hash: String,
     /// Set by an operator (`account-db admin ban`): its logins are refused until then.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -152,6 +157,11 @@ impl Ban {
 }
 
 impl Account {
+    /// Whether it is a guest: no name, no password, only its devices log into it.
+    pub fn is_guest(&self) -> bool {
+        self.username.is_empty()
+    }
+
     /// An account to create: `username` with `hash`, its id still to be given.
     pub fn new(username: &str, hash: &str) -> Account {
         Account {
@@ -161,6 +171,72 @@ impl Account {
             ban: None,
         }
     }
+}
+
+/// A device linked to an account: what the store keeps of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Device {
+    /// As the client chose it.
+    pub device_id: String,
+    /// The account it logs into.
+    pub account_id: u64,
+    /// SHA-256 of its secret, lower-case hex.
+    pub secret_hash: String,
+    /// Random, new at every link: the sessions the device begins carry it, and unlinking
+    /// revokes them by it.
+    pub link: String,
+    /// When it was linked, in milliseconds since the epoch.
+    pub linked_ms: Millis,
+    /// When it last logged in (milliseconds; written at most once per
+    /// [`LAST_USED_RESOLUTION_MS`]).
+    pub last_used_ms: Millis,
+}
+
+/// How stale a device's `last_used_ms` may grow before a login writes it again: an hour. A
+/// device's login otherwise writes nothing.
+pub const LAST_USED_RESOLUTION_MS: Millis = 3_600_000;
+
+/// The session a request acts for (`claim` and the device requests): account-db acts only
+/// while it stands ([`SessionState::stands`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRef {
+    pub account_id: u64,
+    pub sid: String,
+    /// When it began (the token's `auth_ms`).
+    pub auth_ms: Millis,
+    /// The device link it began from, if a device's login began it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<String>,
+}
+
+/// What a device's login found ([`DbRequest::Device`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceLogin {
+    /// The device, or the address, is locked (or, creating a guest, the address made too many).
+    Locked(Duration),
+    /// No such device: a guest may be created for it.
+    Unknown,
+    /// The secret is wrong: counted.
+    Wrong,
+    /// In: the account, the device's link; `created` by this very request.
+    In {
+        account: Account,
+        link: String,
+        created: bool,
+    },
+    /// Creating a guest: another request linked the device first.
+    Taken,
+}
+
+/// What a token's session may do to its account ([`DbRequest::Claim`], the device requests).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Acted {
+    /// Done.
+    Done,
+    /// The session no longer stands (logged out, voided, the account deleted).
+    Revoked,
+    /// Refused, for this reason (the gateway's code 5).
+    Refused(crate::protocol::gateway::RegisterFailure),
 }
 
 /// A logged-out session.
@@ -305,8 +381,14 @@ pub enum DbRequest {
         keep_failures: bool,
     },
     /// The state of session `sid` of the account with `account_id`: answered
-    /// [`DbResponse::Session`], or [`DbResponse::NotFound`] without such an account.
-    Session { account_id: u64, sid: String },
+    /// [`DbResponse::Session`], or [`DbResponse::NotFound`] without such an account. `link`
+    /// (version 4): the device link it began from; revoked when that link was unlinked.
+    Session {
+        account_id: u64,
+        sid: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        link: Option<String>,
+    },
     /// Revoke a session: answered [`DbResponse::Updated`].
     Revoke { revocation: Revocation },
     /// Void the account's sessions that began before `before_ms`, and with `hash` replace its
@@ -323,12 +405,62 @@ pub enum DbRequest {
         origin: Option<Origin>,
         limit: RegisterLimit,
     },
+    /// Version 4. A device's login ([`crate::accountdb::devices::login`]): the device's
+    /// account if `secret_hash` is its, the secret compared in constant time; a wrong one is
+    /// counted against the device and `origin` as a wrong password is. Answered
+    /// [`DbResponse::Device`], [`DbResponse::Locked`], [`DbResponse::NotFound`] (no such
+    /// device) or [`DbResponse::Counted`] (wrong secret).
+    Device {
+        device_id: String,
+        secret_hash: String,
+        origin: Option<Origin>,
+        failures: Thresholds,
+    },
+    /// Version 4. A guest for a device's first login, counted against `origin` by `limit`;
+    /// idempotent by `request_id`. Answered [`DbResponse::Device`], [`DbResponse::Locked`] or
+    /// [`DbResponse::Exists`] (the device was linked meanwhile).
+    CreateGuest {
+        device_id: String,
+        secret_hash: String,
+        origin: Option<Origin>,
+        limit: RegisterLimit,
+        request_id: String,
+    },
+    /// Version 4. The session's guest takes `username` and the password `hash`, under the
+    /// rules of a create (the name and its look-alikes free); idempotent by `request_id`.
+    /// Answered [`DbResponse::Created`], [`DbResponse::Exists`] (the name is taken),
+    /// [`DbResponse::Refused`] (`already_claimed`) or [`DbResponse::Revoked`].
+    Claim {
+        session: SessionRef,
+        username: String,
+        hash: String,
+        request_id: String,
+    },
+    /// Version 4. Link a device to the session's account (again: its secret replaced).
+    /// Answered [`DbResponse::Updated`], [`DbResponse::Refused`] (`device_taken`) or
+    /// [`DbResponse::Revoked`].
+    LinkDevice {
+        session: SessionRef,
+        device_id: String,
+        secret_hash: String,
+    },
+    /// Version 4. Unlink a device of the session's account, revoking the sessions it began
+    /// until `until_ms`. Answered [`DbResponse::Updated`], [`DbResponse::Refused`]
+    /// (`last_credential`, `unknown_device`) or [`DbResponse::Revoked`].
+    UnlinkDevice {
+        session: SessionRef,
+        device_id: String,
+        until_ms: Millis,
+    },
+    /// Version 4. The session's account's devices: answered [`DbResponse::Devices`] or
+    /// [`DbResponse::Revoked`].
+    Devices { session: SessionRef },
 }
 
 impl DbRequest {
     /// Every request's name, in order: its `op` on the wire, and its label in account-db's
     /// `accountdb_requests_total{op}`.
-    pub const NAMES: [&'static str; 12] = [
+    pub const NAMES: [&'static str; 18] = [
         "auth",
         "ping",
         "find",
@@ -341,6 +473,12 @@ impl DbRequest {
         "session",
         "revoke",
         "void_sessions",
+        "device",
+        "create_guest",
+        "claim",
+        "link_device",
+        "unlink_device",
+        "devices",
     ];
 
     /// Where this request's name is in [`DbRequest::NAMES`].
@@ -358,14 +496,39 @@ impl DbRequest {
             DbRequest::Session { .. } => 9,
             DbRequest::Revoke { .. } => 10,
             DbRequest::VoidSessions { .. } => 11,
+            DbRequest::Device { .. } => 12,
+            DbRequest::CreateGuest { .. } => 13,
+            DbRequest::Claim { .. } => 14,
+            DbRequest::LinkDevice { .. } => 15,
+            DbRequest::UnlinkDevice { .. } => 16,
+            DbRequest::Devices { .. } => 17,
+        }
+    }
+
+    /// The oldest protocol version that has this request as it stands: it is sent only on
+    /// connections that agreed on it or later (docs/protocol.md, "Fields across versions").
+    pub fn min_version(&self) -> u32 {
+        match self {
+            DbRequest::Device { .. }
+            | DbRequest::CreateGuest { .. }
+            | DbRequest::Claim { .. }
+            | DbRequest::LinkDevice { .. }
+            | DbRequest::UnlinkDevice { .. }
+            | DbRequest::Devices { .. } => 4,
+            DbRequest::Session { link: Some(_), .. } => 4,
+            _ => 3,
         }
     }
 
     /// Whether its outcome must be known, so that a client repeats it after any failure
     /// (timeouts included) until it learns it: a create, which is idempotent by its request
-    /// id. Any other request that fails is given up after its deadline.
+    /// id (a guest's create and a claim, likewise). Any other request that fails is given up
+    /// after its deadline.
     pub fn resolves(&self) -> bool {
-        matches!(self, DbRequest::Create { .. })
+        matches!(
+            self,
+            DbRequest::Create { .. } | DbRequest::CreateGuest { .. } | DbRequest::Claim { .. }
+        )
     }
 
     /// Whether asking it again after a failure whose outcome is unknown changes nothing twice:
@@ -380,6 +543,9 @@ impl DbRequest {
                 | DbRequest::Login { .. }
                 | DbRequest::Session { .. }
                 | DbRequest::Create { .. }
+                | DbRequest::CreateGuest { .. }
+                | DbRequest::Claim { .. }
+                | DbRequest::Devices { .. }
         )
     }
 }
@@ -418,6 +584,23 @@ pub enum DbResponse {
         username: String,
         sessions_after: i64,
         revoked: bool,
+    },
+    /// A device's login is in ([`DbRequest::Device`], [`DbRequest::CreateGuest`]).
+    Device {
+        account: Account,
+        link: String,
+        #[serde(default)]
+        created: bool,
+    },
+    /// The session a request acted for no longer stands.
+    Revoked,
+    /// Refused, for this reason (a gateway `reason` of code 5).
+    Refused {
+        reason: crate::protocol::gateway::RegisterFailure,
+    },
+    /// An account's devices.
+    Devices {
+        devices: Vec<Device>,
     },
     /// The request could not be served; the connection is still usable.
     Error {
@@ -520,6 +703,47 @@ impl DbResponse {
         }
     }
 
+    /// The answer to `device` and `create_guest`.
+    pub fn into_device_login(self) -> Result<DeviceLogin, DbResponse> {
+        match self {
+            DbResponse::Locked { wait_ms } => {
+                Ok(DeviceLogin::Locked(Duration::from_millis(wait_ms)))
+            }
+            DbResponse::NotFound => Ok(DeviceLogin::Unknown),
+            DbResponse::Counted => Ok(DeviceLogin::Wrong),
+            DbResponse::Exists => Ok(DeviceLogin::Taken),
+            DbResponse::Device {
+                account,
+                link,
+                created,
+            } => Ok(DeviceLogin::In {
+                account,
+                link,
+                created,
+            }),
+            other => Err(other),
+        }
+    }
+    /// The answer to `claim`, `link_device` and `unlink_device` (a claim's taken name is
+    /// `Refused(UsernameTaken)`).
+    pub fn into_acted(self) -> Result<Acted, DbResponse> {
+        use crate::protocol::gateway::RegisterFailure;
+        match self {
+            DbResponse::Updated | DbResponse::Created => Ok(Acted::Done),
+            DbResponse::Revoked => Ok(Acted::Revoked),
+            DbResponse::Exists => Ok(Acted::Refused(RegisterFailure::UsernameTaken)),
+            DbResponse::Refused { reason } => Ok(Acted::Refused(reason)),
+            other => Err(other),
+        }
+    }
+    /// The answer to `devices`: `None` when the session no longer stands.
+    pub fn into_devices(self) -> Result<Option<Vec<Device>>, DbResponse> {
+        match self {
+            DbResponse::Devices { devices } => Ok(Some(devices)),
+            DbResponse::Revoked => Ok(None),
+            other => Err(other),
+        }
+    }
     /// The answer to `succeeded`, `revoke` and `ping`: done.
     pub fn into_done(self) -> Result<(), DbResponse> {
         match self {
@@ -529,6 +753,34 @@ impl DbResponse {
     }
 }
 
+impl From<DeviceLogin> for DbResponse {
+    fn from(login: DeviceLogin) -> DbResponse {
+        match login {
+            DeviceLogin::Locked(wait) => DbResponse::locked(wait),
+            DeviceLogin::Unknown => DbResponse::NotFound,
+            DeviceLogin::Wrong => DbResponse::Counted,
+            DeviceLogin::Taken => DbResponse::Exists,
+            DeviceLogin::In {
+                account,
+                link,
+                created,
+            } => DbResponse::Device {
+                account,
+                link,
+                created,
+            },
+        }
+    }
+}
+impl From<Acted> for DbResponse {
+    fn from(acted: Acted) -> DbResponse {
+        match acted {
+            Acted::Done => DbResponse::Updated,
+            Acted::Revoked => DbResponse::Revoked,
+            Acted::Refused(reason) => DbResponse::Refused { reason },
+        }
+    }
+}
 impl From<Login> for DbResponse {
     fn from(login: Login) -> DbResponse {
         match login {
@@ -667,12 +919,65 @@ mod tests {
             DbRequest::Session {
                 account_id: 1,
                 sid: "s".into(),
+                link: None,
             },
             DbRequest::Revoke { revocation },
             DbRequest::VoidSessions {
                 account_id: 1,
                 before_ms: 0,
                 hash: None,
+            },
+            DbRequest::Device {
+                device_id: "d".into(),
+                secret_hash: "h".into(),
+                origin: None,
+                failures: t.failures(),
+            },
+            DbRequest::CreateGuest {
+                device_id: "d".into(),
+                secret_hash: "h".into(),
+                origin: None,
+                limit: t.guests(),
+                request_id: "r".into(),
+            },
+            DbRequest::Claim {
+                session: crate::protocol::accountdb::SessionRef {
+                    account_id: 1,
+                    sid: "s".into(),
+                    auth_ms: 0,
+                    link: Some("l".into()),
+                },
+                username: "u".into(),
+                hash: "h".into(),
+                request_id: "r".into(),
+            },
+            DbRequest::LinkDevice {
+                session: crate::protocol::accountdb::SessionRef {
+                    account_id: 1,
+                    sid: "s".into(),
+                    auth_ms: 0,
+                    link: Some("l".into()),
+                },
+                device_id: "d".into(),
+                secret_hash: "h".into(),
+            },
+            DbRequest::UnlinkDevice {
+                session: crate::protocol::accountdb::SessionRef {
+                    account_id: 1,
+                    sid: "s".into(),
+                    auth_ms: 0,
+                    link: Some("l".into()),
+                },
+                device_id: "d".into(),
+                until_ms: 1,
+            },
+            DbRequest::Devices {
+                session: crate::protocol::accountdb::SessionRef {
+                    account_id: 1,
+                    sid: "s".into(),
+                    auth_ms: 0,
+                    link: Some("l".into()),
+                },
             },
         ]
     }

@@ -186,11 +186,19 @@ pub enum Op {
     Logout,
     LogoutAll,
     ChangePassword,
+    /// A device's (guest's) login, creating the guest on its first use.
+    Device,
+    /// A guest becomes a full account: a username and password for the token's account.
+    Claim,
+    LinkDevice,
+    UnlinkDevice,
+    /// The token's account's devices.
+    Devices,
 }
 
 impl Op {
     /// Every op, in the order of [`Op::index`].
-    pub const ALL: [Op; 7] = [
+    pub const ALL: [Op; 12] = [
         Op::Login,
         Op::Register,
         Op::Verify,
@@ -198,6 +206,11 @@ impl Op {
         Op::Logout,
         Op::LogoutAll,
         Op::ChangePassword,
+        Op::Device,
+        Op::Claim,
+        Op::LinkDevice,
+        Op::UnlinkDevice,
+        Op::Devices,
     ];
 
     /// The name the wire uses.
@@ -210,6 +223,11 @@ impl Op {
             Op::Logout => "logout",
             Op::LogoutAll => "logout_all",
             Op::ChangePassword => "change_password",
+            Op::Device => "device",
+            Op::Claim => "claim",
+            Op::LinkDevice => "link_device",
+            Op::UnlinkDevice => "unlink_device",
+            Op::Devices => "devices",
         }
     }
 
@@ -222,8 +240,12 @@ impl Op {
     fn required(self) -> &'static [&'static str] {
         match self {
             Op::Login | Op::Register => &["username", "password"],
-            Op::Verify | Op::Refresh | Op::Logout | Op::LogoutAll => &["token"],
+            Op::Verify | Op::Refresh | Op::Logout | Op::LogoutAll | Op::Devices => &["token"],
             Op::ChangePassword => &["username", "password", "new_password"],
+            Op::Device => &["device_id", "device_secret"],
+            Op::Claim => &["token", "username", "password"],
+            Op::LinkDevice => &["token", "device_id", "device_secret"],
+            Op::UnlinkDevice => &["token", "device_id"],
         }
     }
 }
@@ -237,8 +259,13 @@ pub struct Request {
     pub password: String,
     /// `change_password`'s new password.
     pub new_password: String,
-    /// The session token of `verify`, `refresh`, `logout` and `logout_all`.
+    /// The session token of `verify`, `refresh`, `logout`, `logout_all`, `claim` and the
+    /// device operations but `device`.
     pub token: String,
+    /// The device of `device`, `link_device` and `unlink_device`: checked by [`device_id_ok`].
+    pub device_id: String,
+    /// The device's secret (`device`, `link_device`): checked by [`device_secret_ok`].
+    pub device_secret: String,
     /// The player's address, as the gateway forwards it (optional): for throttling.
     pub ip: Option<IpAddr>,
 }
@@ -249,6 +276,7 @@ impl std::fmt::Debug for Request {
             .field("op", &self.op)
             .field("username", &self.username)
             .field("password", &"<hidden>")
+            .field("device_id", &self.device_id)
             .field("ip", &self.ip)
             .finish()
     }
@@ -280,6 +308,10 @@ struct Wire {
     new_password: Option<String>,
     #[serde(default)]
     token: Option<String>,
+    #[serde(default)]
+    device_id: Option<String>,
+    #[serde(default)]
+    device_secret: Option<String>,
     #[serde(default)]
     ip: Option<String>,
     #[serde(default)]
@@ -322,6 +354,8 @@ impl Wire {
             password,
             new_password,
             token,
+            device_id,
+            device_secret,
             ip,
             id,
         } = self;
@@ -329,10 +363,28 @@ impl Wire {
             "username" => username.is_some(),
             "password" => password.is_some(),
             "new_password" => new_password.is_some(),
+            "device_id" => device_id.is_some(),
+            "device_secret" => device_secret.is_some(),
             _ => token.is_some(),
         };
         if let Some(missing) = op.required().iter().find(|&&field| !given(field)) {
             return Err(format!("missing field `{missing}`"));
+        }
+        if let Some(device_id) = &device_id {
+            if op.required().contains(&"device_id") && !device_id_ok(device_id) {
+                return Err(format!(
+                    "\"device_id\" must be {MIN_DEVICE_ID} to {MAX_DEVICE_ID} characters of \
+                     A-Z, a-z, 0-9, _ and -, random per install"
+                ));
+            }
+        }
+        if let Some(secret) = &device_secret {
+            if op.required().contains(&"device_secret") && !device_secret_ok(secret) {
+                return Err(format!(
+                    "\"device_secret\" must be {MIN_DEVICE_SECRET} to {MAX_DEVICE_SECRET} \
+                     base64url characters (at least 128 random bits)"
+                ));
+            }
         }
         let ip = match ip {
             None => None,
@@ -353,6 +405,8 @@ impl Wire {
                 password: password.unwrap_or_default(),
                 new_password: new_password.unwrap_or_default(),
                 token: token.unwrap_or_default(),
+                device_id: device_id.unwrap_or_default(),
+                device_secret: device_secret.unwrap_or_default(),
                 ip,
             },
             id,
@@ -360,8 +414,47 @@ impl Wire {
     }
 }
 
+/// Shortest `device_id`, in bytes.
+pub const MIN_DEVICE_ID: usize = 16;
+/// Longest `device_id`, in bytes.
+pub const MAX_DEVICE_ID: usize = 128;
+/// Shortest `device_secret`: 22 base64url characters hold 128 bits.
+pub const MIN_DEVICE_SECRET: usize = 22;
+/// Longest `device_secret`, in bytes: it is hashed, so its length costs little, but it is
+/// bounded like every field.
+pub const MAX_DEVICE_SECRET: usize = 256;
+
+/// Whether `c` is a base64url character (`A-Z a-z 0-9 _ -`).
+fn base64url(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || c == b'_' || c == b'-'
+}
+
+/// Whether `id` may name a device: [`MIN_DEVICE_ID`] to [`MAX_DEVICE_ID`] base64url
+/// characters.
+pub fn device_id_ok(id: &str) -> bool {
+    (MIN_DEVICE_ID..=MAX_DEVICE_ID).contains(&id.len()) && id.bytes().all(base64url)
+}
+
+/// Whether `secret` may be a device's secret: [`MIN_DEVICE_SECRET`] to [`MAX_DEVICE_SECRET`]
+/// base64url characters (`=` padding allowed at the end, not counted).
+pub fn device_secret_ok(secret: &str) -> bool {
+    let unpadded = secret.trim_end_matches('=');
+    secret.len() - unpadded.len() <= 2
+        && (MIN_DEVICE_SECRET..=MAX_DEVICE_SECRET).contains(&unpadded.len())
+        && unpadded.bytes().all(base64url)
+}
+
 /// The request fields that must be strings when present (`ip` may also be null).
-const STRING_FIELDS: [&str; 6] = ["OP", "username", "password", "new_password", "token", "ip"];
+const STRING_FIELDS: [&str; 8] = [
+    "OP",
+    "username",
+    "password",
+    "new_password",
+    "token",
+    "device_id",
+    "device_secret",
+    "ip",
+];
 
 /// On the error path only: a request field of the wrong type, named, without quoting its value
 /// (a password sent as a number must not come back in the reply).
@@ -481,7 +574,7 @@ pub const CODES: [Code; 13] = [
 ];
 
 /// Why a registration (or a new password) was refused ("registration refused", 5).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RegisterFailure {
     UsernameTaken,
@@ -490,6 +583,16 @@ pub enum RegisterFailure {
     /// Registration is closed: under `--legacy-db`, until the old server's names are
     /// imported.
     RegistrationClosed,
+    /// `claim` of an account that has a name already.
+    AlreadyClaimed,
+    /// `link_device` of a device linked to another account.
+    DeviceTaken,
+    /// `unlink_device` of an account's last way to log in: a guest's only device.
+    LastCredential,
+    /// `unlink_device` of a device not linked to the token's account.
+    UnknownDevice,
+    /// `link_device` to an account that holds the most devices an account may (32).
+    TooManyDevices,
 }
 
 /// Why a player must contact support ("contact support", 13).
@@ -533,6 +636,23 @@ pub struct Reply {
     pub until: Option<i64>,
     /// `true` on code 12 for a ban that never ends (then without `until`).
     pub permanent: Option<bool>,
+    /// `true` with a guest's token (an account without a name; then without `username`).
+    pub guest: Option<bool>,
+    /// `true` on the `device` login that created its guest.
+    pub created: Option<bool>,
+    /// `devices`' answer: the account's devices, most recently linked first.
+    pub devices: Option<Vec<DeviceInfo>>,
+}
+
+/// One device of an account, as `devices` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeviceInfo {
+    pub device_id: String,
+    /// When it was linked (the guest created), in seconds since the epoch.
+    pub linked_at: i64,
+    /// When it last logged in, in seconds since the epoch (to the hour: see
+    /// docs/protocol.md).
+    pub last_used: i64,
 }
 
 impl Reply {
@@ -548,6 +668,9 @@ impl Reply {
             exp: None,
             until: None,
             permanent: None,
+            guest: None,
+            created: None,
+            devices: None,
         }
     }
 
@@ -569,6 +692,33 @@ impl Reply {
             ..Reply::new(Code::LoggedIn, "success!")
         }
     }
+    /// Code 3 for a device's login into the account `account_id`, named `username` (empty:
+    /// a guest, said as `guest`); `created`: this login created the guest.
+    pub fn device_logged_in(username: String, account_id: u64, created: bool) -> Self {
+        let guest = username.is_empty();
+        Reply {
+            username: (!guest).then_some(username),
+            guest: guest.then_some(true),
+            created: created.then_some(true),
+            account_id: Some(account_id),
+            ..Reply::new(Code::LoggedIn, "success!")
+        }
+    }
+    /// Code 4 for a claimed guest: its new name, its id.
+    pub fn claimed(username: String, account_id: u64) -> Self {
+        Reply {
+            username: Some(username),
+            account_id: Some(account_id),
+            ..Reply::new(Code::Registered, "success")
+        }
+    }
+    /// Code 11 with the account's devices.
+    pub fn devices(devices: Vec<DeviceInfo>) -> Self {
+        Reply {
+            devices: Some(devices),
+            ..Reply::new(Code::Done, "done")
+        }
+    }
 
     /// Code 4, the seed's text.
     pub fn registered(username: String) -> Self {
@@ -586,10 +736,13 @@ impl Reply {
         }
     }
 
-    /// Code 9: the token of `account_id` (spelled `username`) is valid until `exp`.
+    /// Code 9: the token of `account_id` (spelled `username`; empty: a guest, said as
+    /// `guest`) is valid until `exp`.
     pub fn valid(username: String, account_id: u64, exp: i64) -> Self {
+        let guest = username.is_empty();
         Reply {
-            username: Some(username),
+            guest: guest.then_some(true),
+            username: (!guest).then_some(username),
             account_id: Some(account_id),
             exp: Some(exp),
             ..Reply::new(Code::Valid, "valid")
@@ -682,6 +835,12 @@ struct WireReply<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     permanent: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    guest: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    created: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    devices: Option<&'a [DeviceInfo]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     id: Option<&'a RawValue>,
 }
 
@@ -698,6 +857,9 @@ pub fn encode(out: &mut Vec<u8>, form: Form, reply: &Reply, id: Option<&Id>) {
         exp: reply.exp,
         until: reply.until,
         permanent: reply.permanent,
+        guest: reply.guest,
+        created: reply.created,
+        devices: reply.devices.as_deref(),
         id: id.map(|id| &**id),
     };
     if form == Form::Seed {

@@ -11,6 +11,7 @@
 //! the task is quick ([`Service::is_quick`]): then the worker runs [`Service::finish_quick`],
 //! which leaves a registration's store write to ask like a lookup, with others.
 
+mod devices;
 mod login;
 mod migration;
 mod register;
@@ -85,6 +86,16 @@ pub struct Options {
         value_parser = crate::config::seconds
     )]
     pub session_max_age: Duration,
+    /// Guests this login-server creates per second at most, whatever their address (a
+    /// burst of as many is allowed); more are answered "too many attempts" (8). Defaults to 50.
+    #[arg(
+        long,
+        value_name = "N",
+        env = "LOGIN_SERVER_GUEST_RATE",
+        default_value_t = 50,
+        value_parser = clap::value_parser!(u32).range(1..=1_000_000)
+    )]
+    pub guest_rate: u32,
     /// What the service reads the time from: the system's clock, which tests replace with one
     /// they move forward ([`Clock::adjustable`]).
     #[arg(skip)]
@@ -110,10 +121,18 @@ pub struct Service {
     verifying: Arc<Verifying>,
     /// Verified against for unknown users under `hide_user_existence`.
     dummy_hash: String,
+    /// `--guest-rate`'s budget.
+    guest_budget: parking_lot::Mutex<devices::Budget>,
     metrics: Metrics,
 }
 
-fn store_unavailable(e: &dyn std::fmt::Display, metrics: &Metrics) -> Reply {
+fn store_unavailable(e: &StoreError, metrics: &Metrics) -> Reply {
+    if let StoreError::Unsupported { .. } = e {
+        return Reply::unavailable(
+            "this operation is not available during an upgrade (no account-db of this release is \
+             reachable yet): retry later",
+        );
+    }
     tracing::warn!(error = %e, "account store unavailable");
     metrics.db_errors.inc();
     Reply::unavailable("account store unavailable, retry later")
@@ -151,7 +170,9 @@ impl Service {
     ) -> Result<Self, HashError> {
         let dummy_hash = hasher.hash(&random_token(), &mut Memory::default())?;
         let spelling_asks = SpellingAsks::new(options.throttle.window);
+        let guest_budget = parking_lot::Mutex::new(devices::Budget::new(options.guest_rate));
         Ok(Service {
+            guest_budget,
             spelling_asks,
             accounts,
             hasher,
@@ -177,6 +198,8 @@ impl Service {
             password,
             new_password,
             token,
+            device_id,
+            device_secret,
             ip,
         } = request;
         let origin = ip.map(Origin::from);
@@ -188,6 +211,11 @@ impl Service {
             ),
             Op::ChangePassword => self.begin_lookup(username, password, origin, Some(new_password)),
             Op::Verify | Op::Refresh | Op::Logout | Op::LogoutAll => self.begin_session(op, &token),
+            Op::Device => self.begin_device(device_id, &device_secret, origin),
+            Op::Claim => self.begin_claim(&token, username, password, origin),
+            Op::LinkDevice | Op::UnlinkDevice | Op::Devices => {
+                self.begin_device_op(op, &token, device_id, &device_secret)
+            }
         }
     }
 
@@ -239,6 +267,31 @@ impl Service {
                 let created = response.into_created().map_err(unexpected)?;
                 Step::Done(registered(username, created))
             }
+            Then::Device(pending) => {
+                let login = response.into_device_login().map_err(unexpected)?;
+                self.device_answered(pending, login)
+            }
+            Then::Claim(pending) => match response.into_registering().map_err(unexpected)? {
+                Registering::Locked(wait) => self.throttled(wait),
+                Registering::Taken => {
+                    Step::Done(Reply::register_failed(RegisterFailure::UsernameTaken))
+                }
+                Registering::Closed => {
+                    Step::Done(Reply::register_failed(RegisterFailure::RegistrationClosed))
+                }
+                Registering::Free => Step::Hash(HashTask(Task::Claim {
+                    ask_legacy: self.legacy.is_some(),
+                    claim: pending,
+                })),
+            },
+            Then::Claimed { session, username } => {
+                let acted = response.into_acted().map_err(unexpected)?;
+                Step::Done(self.claimed(session, username, acted))
+            }
+            Then::Acted => Step::Done(devices::acted(response.into_acted().map_err(unexpected)?)),
+            Then::Devices => Step::Done(devices::listed(
+                response.into_devices().map_err(unexpected)?,
+            )),
         })
     }
 
@@ -266,6 +319,16 @@ impl Service {
                 password,
                 ask_legacy,
             } => self.create(username, &password, ask_legacy, memory),
+            Task::Claim { claim, ask_legacy } => self.claim(claim, ask_legacy, memory),
+            Task::CreateGuest(pending) => {
+                let asking = self.guest_asking(pending);
+                let response = self.call(&asking.request);
+                match self.resume(asking, response) {
+                    Step::Done(reply) => reply,
+                    // A guest's create answers without hashing.
+                    Step::Hash(_) => Reply::unavailable("internal error, retry later"),
+                }
+            }
         })
     }
 
@@ -308,8 +371,9 @@ impl Service {
         self.legacy.is_some()
             && match &task.0 {
                 Task::Migrate(_) => true,
-                Task::Create { ask_legacy, .. } => *ask_legacy,
+                Task::Create { ask_legacy, .. } | Task::Claim { ask_legacy, .. } => *ask_legacy,
                 Task::Conflict { .. } => true,
+                Task::CreateGuest(_) => false,
                 Task::Verify(_) | Task::ChangePassword { .. } => false,
                 Task::Pretend { .. } => false,
             }
@@ -339,7 +403,10 @@ impl Service {
                 password::is_cheap(stored) && !self.hasher.is_weaker(stored)
             }
             Task::Pretend { op, .. } => *op == Op::Login && password::is_cheap(&self.dummy_hash),
-            Task::Create { ask_legacy, .. } => !ask_legacy && self.hasher.is_cheap(),
+            Task::Create { ask_legacy, .. } | Task::Claim { ask_legacy, .. } => {
+                !ask_legacy && self.hasher.is_cheap()
+            }
+            Task::CreateGuest(_) => true,
             _ => false,
         }
     }

@@ -60,16 +60,25 @@ impl Service {
     /// [`Service::finish`] of a quick task (see [`Service::is_quick`]), but a registration's
     /// create is left to ask, with the questions of other requests.
     pub fn finish_quick(&self, task: HashTask, memory: &mut Memory) -> Finished {
-        let Task::Create {
-            username,
-            password,
-            ask_legacy,
-        } = task.0
-        else {
-            return match self.finish(task, memory) {
-                Finish::Reply(reply) => Finished::Done(reply),
-                Finish::AskOld(task) => Finished::AskOld(task),
-            };
+        let (username, password, ask_legacy) = match task.0 {
+            Task::Create {
+                username,
+                password,
+                ask_legacy,
+            } => (username, password, ask_legacy),
+            Task::Claim { claim, ask_legacy } => {
+                return match self.claim_asking(claim, ask_legacy, memory) {
+                    Ok(asking) => Finished::Asking(asking),
+                    Err(reply) => Finished::Done(*reply),
+                }
+            }
+            Task::CreateGuest(pending) => return Finished::Asking(self.guest_asking(pending)),
+            task => {
+                return match self.finish(HashTask(task), memory) {
+                    Finish::Reply(reply) => Finished::Done(reply),
+                    Finish::AskOld(task) => Finished::AskOld(task),
+                }
+            }
         };
         match self.new_account(&username, &password, ask_legacy, memory) {
             Ok((account, request_id)) => Finished::Asking(Asking {

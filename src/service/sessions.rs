@@ -28,6 +28,7 @@ impl Service {
             request: DbRequest::Session {
                 account_id,
                 sid: claims.sid.clone(),
+                link: claims.dl.clone(),
             },
             then: Then::Session {
                 op,
@@ -40,16 +41,8 @@ impl Service {
     /// Revoke the session of `claims`. Idempotent: no need to ask first.
     pub(super) fn logout(&self, claims: Claims, account_id: u64) -> Reply {
         // Kept until no token of the session could be valid any more: the last refresh is
-        // before its max age, and the token that gives lasts a ttl more (and its last second,
-        // as `exp` is checked in whole seconds).
-        let max_age = millis(self.options.session_max_age);
-        let ttl = millis(self.options.session_ttl);
-        let until = claims
-            .auth_ms
-            .saturating_add(max_age)
-            .saturating_add(ttl)
-            .max(claims.exp.saturating_mul(1000))
-            .saturating_add(1000);
+        // before its max age, and the token that gives lasts a ttl more.
+        let until = self.revoked_until(claims.auth_ms, claims.exp);
         let revocation = Revocation {
             account_id,
             sid: claims.sid,
@@ -81,11 +74,13 @@ impl Service {
                 Reply::invalid_token(Invalid::Expired)
             }
             Op::Refresh => {
+                // A guest claimed since: the new token is the full account's.
                 let session = Session {
                     account_id,
                     name: state.username.clone(),
                     sid: claims.sid,
                     auth_ms: claims.auth_ms,
+                    link: claims.dl,
                 };
                 let (token, exp) = self.tokens.issue(&session, now);
                 Reply::valid(state.username, account_id, exp).with_token(token, exp)
@@ -106,12 +101,37 @@ impl Service {
         began: Millis,
         now: Millis,
     ) -> (String, i64) {
+        self.new_session_from(account, None, began, now)
+    }
+
+    /// [`Service::new_session`], begun by a device's login from its `link`, if it was.
+    pub(super) fn new_session_from(
+        &self,
+        account: &Account,
+        link: Option<String>,
+        began: Millis,
+        now: Millis,
+    ) -> (String, i64) {
         let session = Session {
             account_id: account.id,
             name: account.username.clone(),
             sid: random_token(),
             auth_ms: began,
+            link,
         };
         self.tokens.issue(&session, now)
+    }
+
+    /// Until when to keep the revocation of a session that may be refreshed until
+    /// `session_max_age` after `began`: no token of it is valid after (its last second
+    /// included, as `exp` is checked in whole seconds).
+    pub(super) fn revoked_until(&self, began: Millis, exp_s: i64) -> Millis {
+        let max_age = millis(self.options.session_max_age);
+        let ttl = millis(self.options.session_ttl);
+        began
+            .saturating_add(max_age)
+            .saturating_add(ttl)
+            .max(exp_s.saturating_mul(1000))
+            .saturating_add(1000)
     }
 }

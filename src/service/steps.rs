@@ -5,7 +5,7 @@
 use super::turns::NameTurn;
 use crate::accountdb::store::Account;
 use crate::clock::Millis;
-use crate::protocol::accountdb::DbRequest;
+use crate::protocol::accountdb::{DbRequest, SessionRef};
 use crate::protocol::gateway::{Op, Reply};
 use crate::throttle::Origin;
 use crate::tokens::Claims;
@@ -42,6 +42,36 @@ pub(super) enum Then {
         claims: Claims,
         account_id: u64,
     },
+    /// A device's login (its lookup, or its guest's create).
+    Device(DevicePending),
+    /// A claim's check of the name, as a registration's.
+    Claim(ClaimPending),
+    /// A claim's write: its session, for the new token, and the name taken.
+    Claimed {
+        session: SessionRef,
+        username: String,
+    },
+    /// `link_device` or `unlink_device`.
+    Acted,
+    /// `devices`.
+    Devices,
+}
+
+/// A device's login waiting for the store.
+pub(super) struct DevicePending {
+    pub(super) device_id: String,
+    /// SHA-256 of the secret, hex.
+    pub(super) secret_hash: String,
+    pub(super) origin: Option<Origin>,
+    /// When the device was looked up: a session it leads to begins then.
+    pub(super) looked_up: Millis,
+}
+
+/// A claim waiting for its name's check, then its hash. Holds a password.
+pub(super) struct ClaimPending {
+    pub(super) session: SessionRef,
+    pub(super) username: String,
+    pub(super) password: String,
 }
 
 /// A login (or password change) waiting for its lookup.
@@ -171,6 +201,13 @@ pub(super) enum Task {
         /// Ask the old account server first whether the name is taken there.
         ask_legacy: bool,
     },
+    /// A guest takes a name and a password: hashed as a registration's, then written.
+    Claim {
+        claim: ClaimPending,
+        ask_legacy: bool,
+    },
+    /// A device's first login: its guest to create (no hashing; quick).
+    CreateGuest(DevicePending),
 }
 
 impl HashTask {
@@ -185,6 +222,8 @@ impl HashTask {
             Task::Verify { .. } | Task::Migrate(_) => Op::Login,
             Task::ChangePassword { .. } => Op::ChangePassword,
             Task::Create { .. } => Op::Register,
+            Task::Claim { .. } => Op::Claim,
+            Task::CreateGuest(_) => Op::Device,
         }
     }
 }

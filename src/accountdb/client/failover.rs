@@ -33,6 +33,9 @@ pub(super) enum Attempt {
     NotSent(DbError),
     /// The request may or may not have reached account-db.
     Failed(DbError),
+    /// Not sent: the connection agreed on an older protocol version than the request needs
+    /// (this one), with an account-db of the previous release during an upgrade.
+    Unsupported(u32),
 }
 
 /// An account-db's health and counters.
@@ -157,6 +160,8 @@ impl<T: Target> Failover<T> {
             self.timeout
         };
         let mut failed_remote = None;
+        // The version a target lacked: the answer when no target could be asked.
+        let mut unsupported = None;
         loop {
             for target in self.order() {
                 let health = target.health();
@@ -172,6 +177,10 @@ impl<T: Target> Failover<T> {
                     }
                     health.requests.fetch_add(1, Ordering::Relaxed);
                     match target.attempt(request) {
+                        Err(Attempt::Unsupported(needs)) => {
+                            unsupported = Some(needs);
+                            break;
+                        }
                         Ok(DbResponse::Error { message }) => {
                             if self.targets.len() == 1 || !request.repeatable() {
                                 health.errors.fetch_add(1, Ordering::Relaxed);
@@ -204,16 +213,21 @@ impl<T: Target> Failover<T> {
                 }
             }
             // Every target failed once: only a create whose outcome is unknown goes round
-            // again, until its window closes.
-            if !resolve || started.elapsed() >= window {
+            // again, until its window closes (one no target could be sent is not unknown).
+            let never_sent = unsupported.is_some() && last.is_none() && failed_remote.is_none();
+            if !resolve || never_sent || started.elapsed() >= window {
                 break;
             }
             std::thread::sleep(RESOLVE_PAUSE);
         }
-        Err(match (last, failed_remote) {
-            (Some(e), _) => StoreError::Unreachable(e),
-            (None, Some(message)) => StoreError::Remote(message),
-            (None, None) => StoreError::Remote("no account-db configured".into()),
+        Err(match (last, failed_remote, unsupported) {
+            (Some(e), _, _) => StoreError::Unreachable(e),
+            (None, Some(message), _) => StoreError::Remote(message),
+            (None, None, Some(needs)) => StoreError::Unsupported {
+                op: DbRequest::NAMES[request.index()],
+                needs,
+            },
+            (None, None, None) => StoreError::Remote("no account-db configured".into()),
         })
     }
 
@@ -335,6 +349,8 @@ mod tests {
         pooled: bool,
         /// Requests it was asked, one by one or pipelined.
         asked: Mutex<Vec<DbRequest>>,
+        /// The protocol version its connections agree on.
+        version: u32,
     }
 
     impl Scripted {
@@ -345,6 +361,7 @@ mod tests {
                 then,
                 pooled: true,
                 asked: Mutex::new(Vec::new()),
+                version: 4,
             }
         }
 
@@ -371,6 +388,9 @@ mod tests {
 
     impl Target for Scripted {
         fn attempt(&self, request: &DbRequest) -> Result<DbResponse, Attempt> {
+            if request.min_version() > self.version {
+                return Err(Attempt::Unsupported(request.min_version()));
+            }
             match self.next(request) {
                 Does::Answer => Ok(answer_to(request)),
                 Does::Dead => Err(Attempt::Failed(io(io::ErrorKind::ConnectionReset))),
@@ -396,6 +416,8 @@ mod tests {
                     Err(Attempt::NotSent(e) | Attempt::Failed(e)) => {
                         return Some((replies, Some(e)))
                     }
+                    // As a real connection does: the rest are asked one by one.
+                    Err(Attempt::Unsupported(_)) => return Some((replies, None)),
                 }
             }
             Some((replies, None))
@@ -440,6 +462,72 @@ mod tests {
             h.errors.load(Ordering::Relaxed),
             h.retries.load(Ordering::Relaxed),
         )
+    }
+
+    /// A request of version 4: a device's devices.
+    fn devices() -> DbRequest {
+        DbRequest::Devices {
+            session: crate::protocol::accountdb::SessionRef {
+                account_id: 1,
+                sid: "s".into(),
+                auth_ms: 0,
+                link: None,
+            },
+        }
+    }
+
+    #[test]
+    fn a_request_of_a_newer_version_goes_only_where_it_was_agreed() {
+        let old = || Scripted {
+            version: 3,
+            ..Scripted::new("old", &[], Does::Answer)
+        };
+        let f = failover(vec![old(), Scripted::new("new", &[], Does::Answer)]);
+        for _ in 0..4 {
+            assert!(f.call(&devices()).is_ok());
+            assert!(f.call(&ping()).is_ok());
+        }
+        let [old_one, new_one] = f.targets() else {
+            panic!("two targets");
+        };
+        assert!(old_one.asked.lock().iter().all(|r| r == &ping()));
+        let sent_new = new_one
+            .asked
+            .lock()
+            .iter()
+            .filter(|&r| r == &devices())
+            .count();
+        assert_eq!(sent_new, 4);
+        assert!(old_one.health.is_up(), "not marked down for its version");
+        // Pipelined with others: asked on its own where it can be.
+        let answers = f.call_all(&[&ping(), &devices(), &ping()]);
+        assert!(answers.iter().all(Result::is_ok), "{answers:?}");
+        // No account-db of this release: said so, at once, even for a request that resolves.
+        let f = failover(vec![old(), old()]);
+        match f.call(&devices()) {
+            Err(StoreError::Unsupported {
+                op: "devices",
+                needs: 4,
+            }) => {}
+            other => panic!("{other:?}"),
+        }
+        let guest = DbRequest::CreateGuest {
+            device_id: "d".repeat(16),
+            secret_hash: "h".into(),
+            origin: None,
+            limit: crate::throttle::Policy::default().guests(),
+            request_id: "r".into(),
+        };
+        let started = Instant::now();
+        assert!(matches!(
+            f.call(&guest),
+            Err(StoreError::Unsupported { .. })
+        ));
+        assert!(
+            started.elapsed() < Duration::from_millis(150),
+            "not resolved for 200 ms"
+        );
+        assert!(f.targets().iter().all(|t| t.asked.lock().is_empty()));
     }
 
     #[test]

@@ -226,6 +226,11 @@ impl Target for Instance {
                 Lent::Pooled(self.pooled(pool).map_err(|e| Attempt::NotSent(e.into()))?)
             }
         };
+        // An account-db of an older release (during an upgrade) does not know the request.
+        let needs = request.min_version();
+        if conn.version() < needs {
+            return Err(Attempt::Unsupported(needs));
+        }
         conn.call(request).map_err(Attempt::Failed)
     }
 
@@ -234,7 +239,16 @@ impl Target for Instance {
             return None;
         };
         Some(match self.pooled(pool) {
-            Ok(mut conn) => conn.call_all(requests),
+            // Only as far as the first request it does not speak: the rest are asked one by
+            // one, where they can be.
+            Ok(mut conn) => {
+                let version = conn.version();
+                let spoken = requests
+                    .iter()
+                    .position(|r| r.min_version() > version)
+                    .unwrap_or(requests.len());
+                conn.call_all(&requests[..spoken])
+            }
             Err(e) => (Vec::new(), Some(e.into())),
         })
     }

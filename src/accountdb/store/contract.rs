@@ -4,7 +4,7 @@
 
 use crate::accountdb::client::connection::DbError;
 use crate::clock::Millis;
-use crate::protocol::accountdb::{Account, Ban, Created, Revocation, SessionState};
+use crate::protocol::accountdb::{Account, Ban, Created, Device, Revocation, SessionState};
 use crate::throttle::{Origin, Record};
 use std::time::Duration;
 
@@ -35,6 +35,48 @@ pub enum Renamed {
     /// Another account holds the new name or a look-alike of it: this one.
     Taken(String),
 }
+
+/// What [`Store::claim`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claimed {
+    /// The guest has the name and the password now (or had them from this very claim).
+    Done,
+    /// The name, or a look-alike, is another account's.
+    Taken,
+    /// The account has a name already.
+    AlreadyClaimed,
+    /// No such account.
+    NoAccount,
+}
+
+/// Devices an account holds at most: 32. A link past it is refused (`too_many_devices`).
+pub const DEVICES_PER_ACCOUNT: i64 = 32;
+
+/// What [`Store::link_device`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Linked {
+    /// Linked (again: its secret replaced).
+    Done,
+    /// The device is another account's.
+    Taken,
+    /// The account holds [`DEVICES_PER_ACCOUNT`] devices already.
+    TooMany,
+}
+
+/// What [`Store::unlink_device`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unlinked {
+    /// Unlinked; the sessions it began are revoked.
+    Done,
+    /// The device is not linked to this account.
+    NotLinked,
+    /// It is the account's last way to log in (a guest's only device): kept.
+    LastCredential,
+}
+
+/// What a device's login reads: the device and its account, if linked, and the records asked
+/// for, in order.
+pub type DeviceRead = (Option<(Device, Account)>, Vec<Record>);
 
 /// A record's familiar addresses as the stores keep them: space-separated.
 pub(super) fn familiar_text(record: &Record) -> String {
@@ -85,6 +127,10 @@ pub enum StoreError {
     /// `--db-timeout` (see the source for which).
     #[error("account store unreachable: {0}")]
     Unreachable(#[source] DbError),
+    /// No account-db reachable agreed on protocol version `needs`, which the request needs:
+    /// during a rolling upgrade, before an account-db of this release serves.
+    #[error("no account-db reached speaks protocol version {needs}, which `{op}` needs")]
+    Unsupported { op: &'static str, needs: u32 },
     /// account-db answered with an error: its own store failed (the text is its message), or
     /// its reply did not fit the request.
     #[error("account store failed: {0}")]
@@ -245,15 +291,17 @@ pub trait Store: Send + Sync {
     fn count(&self) -> Result<u64, StoreError>;
     /// What an operator sees of the account named `username` (any case).
     fn details(&self, username: &str) -> Result<Option<Details>, StoreError>;
-    /// Delete the account named `username` (any case): its name may be registered again, and
-    /// its sessions fall with it. `false` if there is none.
+    /// Delete the account named `username` (any case), or `#ID` the account with that id (a
+    /// guest, say), with its devices: its name may be registered again, and its sessions fall
+    /// with it. `false` if there is none.
     fn delete(&self, username: &str) -> Result<bool, StoreError>;
     /// Rename the account named `old` (any case) to `new`, unless another account holds
     /// `new` or a look-alike of it: its id, password, ban and sessions stay; `old` is free
     /// from then on. Atomic and durable. Its throttle record is the caller's to move.
     fn rename(&self, old: &str, new: &str) -> Result<Renamed, StoreError>;
-    /// Ban the account named `username` (any case) as `ban` says, voiding its sessions, or
-    /// with `None` lift its ban; `false` if there is no such account.
+    /// Ban the account named `username` (any case; `#ID`: the guest with that id) as `ban`
+    /// says, voiding its sessions, or with `None` lift its ban; `false` if there is no such
+    /// account.
     fn set_ban(&self, username: &str, ban: Option<&Ban>) -> Result<bool, StoreError>;
     /// At most `limit` accounts whose folded names begin with the folded `prefix`, in order.
     fn list(&self, prefix: &str, limit: u32) -> Result<Vec<Account>, StoreError>;
@@ -290,8 +338,68 @@ pub trait Store: Send + Sync {
         change: &mut dyn FnMut(&mut [Record]),
     ) -> Result<(), StoreError>;
     /// What `verify` needs of session `sid` of the account with `account_id`, in one read;
-    /// `None` if there is no such account.
-    fn session(&self, account_id: u64, sid: &str) -> Result<Option<SessionState>, StoreError>;
+    /// `None` if there is no such account. With `link`, the session is revoked also when that
+    /// device link was unlinked.
+    fn session(
+        &self,
+        account_id: u64,
+        sid: &str,
+        link: Option<&str>,
+    ) -> Result<Option<SessionState>, StoreError>;
+    /// The device `device_id`, with its account, and the records at `keys` (absent ones as the
+    /// empty record), in one read.
+    fn find_device(&self, device_id: &str, keys: &[String]) -> Result<DeviceRead, StoreError>;
+    /// [`find_device`](Store::find_device) for many devices (id, keys), in order. Defaults to
+    /// one after another; PostgreSQL reads them all in one statement.
+    fn find_devices(&self, devices: &[(&str, &[String])]) -> Result<Vec<DeviceRead>, StoreError> {
+        devices
+            .iter()
+            .map(|(device_id, keys)| self.find_device(device_id, keys))
+            .collect()
+    }
+    /// A guest account for `device` (its `account_id` is ignored), made with the device in one
+    /// durable transaction: the account and the device as stored. `None` if the device is
+    /// linked already, unless to a guest this same `request_id` made (a create repeated after
+    /// its reply was lost): then that guest again.
+    fn create_guest(
+        &self,
+        device: &Device,
+        request_id: &str,
+    ) -> Result<Option<(Account, Device)>, StoreError>;
+    /// Record that `device_id` logged in at `now`. Not durable, like a throttle record.
+    fn touch_device(&self, device_id: &str, now: Millis) -> Result<(), StoreError>;
+    /// Give the guest `account_id` the name `username` and the password `hash`, unless the
+    /// name or a look-alike is taken; idempotent by `request_id`. Atomic and durable: of two
+    /// claims of one guest, one wins.
+    fn claim(
+        &self,
+        account_id: u64,
+        username: &str,
+        hash: &str,
+        request_id: &str,
+    ) -> Result<Claimed, StoreError>;
+    /// Link `device` to its `account_id` (linked to it already: its secret replaced, its link
+    /// kept), unless it is another account's or the account holds [`DEVICES_PER_ACCOUNT`].
+    /// Durable.
+    fn link_device(&self, device: &Device) -> Result<Linked, StoreError>;
+    /// Unlink `device_id` from `account_id` at `now`, revoking the sessions its link began
+    /// until `until_ms`, in one durable transaction; not a guest's last device. Past
+    /// [`REVOKED_PER_ACCOUNT`] revocations of the account (a player linking and unlinking
+    /// without end), every session of the account that began before `now` is voided instead.
+    fn unlink_device(
+        &self,
+        account_id: u64,
+        device_id: &str,
+        now: Millis,
+        until_ms: Millis,
+    ) -> Result<Unlinked, StoreError>;
+    /// The devices linked to `account_id`, most recently linked first.
+    fn devices(&self, account_id: u64) -> Result<Vec<Device>, StoreError>;
+    /// The account with id `id` (a guest's name empty), as an operator sees it.
+    fn details_by_id(&self, id: u64) -> Result<Option<Details>, StoreError>;
+    /// Delete the guests (accounts without a name) none of whose devices logged in since
+    /// `idle_before_ms`, with their devices; with `dry_run`, only count them. How many.
+    fn prune_guests(&self, idle_before_ms: Millis, dry_run: bool) -> Result<u64, StoreError>;
     /// Revoke a session until it could no longer be used anyway. Durable. An account holds at
     /// most [`REVOKED_PER_ACCOUNT`] revocations: past that, every session of the account that
     /// began no later than this one is voided instead.

@@ -17,14 +17,16 @@ use super::contract::{
     familiar_list, familiar_text, unix_now, Details, LoginRead, Renamed, Store, StoreError,
     LEGACY_NAMES_IMPORTED, REVOKED_PER_ACCOUNT,
 };
-use super::contract::{Peer, SchemaState};
+use super::contract::{
+    Claimed, DeviceRead, Linked, Peer, SchemaState, Unlinked, DEVICES_PER_ACCOUNT,
+};
 use super::pg_link::{self, SslMode};
 use super::pg_nodes::Nodes;
 use super::pg_watchdog::{self, Cancel, Watchdog};
 use super::schema::{self, CONTRACTIONS};
 use crate::auth::names::{fold, skeleton, SKELETON_DATA};
 use crate::clock::Millis;
-use crate::protocol::accountdb::{Account, Ban, Created, Revocation, SessionState};
+use crate::protocol::accountdb::{Account, Ban, Created, Device, Revocation, SessionState};
 use crate::throttle::Record;
 use postgres::types::Type;
 use postgres::Statement;
@@ -115,6 +117,21 @@ const EXPANSIONS: [&str; schema::EXPANSIONS] = [
         code_version TEXT NOT NULL,
         last_seen_ms BIGINT NOT NULL
     );",
+    // 2 (0.3.0): guests and devices. A guest has no name: `username`, `folded` and
+    // `skeleton` become nullable (a catalog change: no rewrite; `folded` stays unique, and
+    // NULLs are distinct); devices, keyed by the id the client chose.
+    "ALTER TABLE accounts ALTER COLUMN username DROP NOT NULL,
+                         ALTER COLUMN folded DROP NOT NULL,
+                         ALTER COLUMN skeleton DROP NOT NULL;
+    CREATE TABLE devices (
+        device_id    TEXT PRIMARY KEY,
+        account_id   BIGINT NOT NULL,
+        secret_hash  TEXT NOT NULL,
+        link         TEXT NOT NULL,
+        linked_ms    BIGINT NOT NULL,
+        last_used_ms BIGINT NOT NULL
+    );
+    CREATE INDEX devices_account ON devices (account_id);",
 ];
 
 /// An account as an operator's listing reads it: the columns id, username and hash from
@@ -566,7 +583,10 @@ impl PostgresStore {
             .query_opt("SELECT value FROM meta WHERE key = 'skeleton_data'", &[])?
             .map(|row| row.get(0));
         if made_with.as_deref() != Some(data.as_str()) {
-            let rows = tx.query("SELECT id, username FROM accounts", &[])?;
+            let rows = tx.query(
+                "SELECT id, username FROM accounts WHERE username IS NOT NULL",
+                &[],
+            )?;
             for row in &rows {
                 let (id, username): (i64, String) = (row.get(0), row.get(1));
                 tx.execute(
@@ -635,6 +655,133 @@ fn in_order(keys: &[String], rows: &[postgres::Row]) -> Vec<Record> {
                 .unwrap_or_default()
         })
         .collect()
+}
+
+/// What an operator sees of an account, from the columns id, username, hash, created_at,
+/// sessions_after, banned_until and ban_reason.
+fn details_row(row: &postgres::Row) -> Details {
+    Details {
+        account: Account {
+            id: id(row.get(0)),
+            username: row.get(1),
+            hash: row.get(2),
+            ban: Ban::from_columns(row.get(5), row.get(6)),
+        },
+        created_at: row.get(3),
+        sessions_after: row.get(4),
+    }
+}
+
+/// A device from the columns `at..` (device_id, account_id, secret_hash, link, linked_ms,
+/// last_used_ms); `None` where they are NULL (an outer join that matched nothing).
+fn device_row(row: &postgres::Row, at: usize) -> Option<Device> {
+    Some(Device {
+        device_id: row.get::<_, Option<String>>(at)?,
+        account_id: id(row.get::<_, Option<i64>>(at + 1)?),
+        secret_hash: row.get::<_, Option<String>>(at + 2)?,
+        link: row.get::<_, Option<String>>(at + 3)?,
+        linked_ms: row.get::<_, Option<i64>>(at + 4)?,
+        last_used_ms: row.get::<_, Option<i64>>(at + 5)?,
+    })
+}
+
+/// The `i`th key of each read of a run (`None` where it has fewer): one array of the
+/// statements that read a run at once.
+fn key_column<'a>(reads: &[(&str, &'a [String])], i: usize) -> Vec<Option<&'a str>> {
+    reads
+        .iter()
+        .map(|(_, keys)| keys.get(i).map(String::as_str))
+        .collect()
+}
+
+/// `rows` grouped by the read of a run they answer: its place (from 1) is column `place`.
+fn by_place(rows: Vec<postgres::Row>, reads: usize, place: usize) -> Vec<Vec<postgres::Row>> {
+    let mut grouped: Vec<Vec<postgres::Row>> = (0..reads).map(|_| Vec::new()).collect();
+    for row in rows {
+        let at = usize::try_from(row.get::<_, i64>(place) - 1).ok();
+        if let Some(rows) = at.and_then(|i| grouped.get_mut(i)) {
+            rows.push(row);
+        }
+    }
+    grouped
+}
+
+/// Revoke session `sid` of account `id` (its row locked by the caller, so that the cap holds
+/// across account-dbs) until `until_ms` inside `tx`; past [`REVOKED_PER_ACCOUNT`] revocations
+/// of the account, void its sessions begun before `void_before` instead.
+fn revoke_in(
+    tx: &mut postgres::Transaction,
+    id: i64,
+    sid: &str,
+    until_ms: Millis,
+    void_before: Millis,
+) -> Result<(), StoreError> {
+    let held: i64 = tx
+        .query_typed_one(
+            "SELECT count(*) FROM revoked_sessions WHERE account_id = $1",
+            &[(&id, Type::INT8)],
+        )?
+        .get(0);
+    if held >= REVOKED_PER_ACCOUNT {
+        tx.execute_typed(
+            "UPDATE accounts SET sessions_after = GREATEST(sessions_after, $2) WHERE id = $1",
+            &[(&id, Type::INT8), (&void_before, Type::INT8)],
+        )?;
+    } else {
+        tx.execute_typed(
+            "INSERT INTO revoked_sessions (sid, account_id, until_ms) VALUES ($1, $2, $3)
+             ON CONFLICT (sid) DO UPDATE
+                 SET until_ms = GREATEST(revoked_sessions.until_ms, EXCLUDED.until_ms)",
+            &[
+                (&sid, Type::TEXT),
+                (&id, Type::INT8),
+                (&until_ms, Type::INT8),
+            ],
+        )?;
+    }
+    Ok(())
+}
+
+/// A device's read from its rows (see `find_device`): the device and its account, the records
+/// of `keys`.
+fn device_read(keys: &[String], rows: &[postgres::Row]) -> DeviceRead {
+    let device = rows.first().and_then(|row| {
+        let device = device_row(row, 8)?;
+        let account = Account {
+            id: device.account_id,
+            username: row.get(14),
+            hash: row.get(15),
+            ban: Ban::from_columns(row.get(16), row.get(17)),
+        };
+        Some((device, account))
+    });
+    (device, in_order(keys, rows))
+}
+
+/// A guest with id `account_id`, as a device's login reports it.
+fn guest(account_id: u64) -> Account {
+    Account {
+        id: account_id,
+        username: String::new(),
+        hash: String::new(),
+        ban: None,
+    }
+}
+
+/// Store `device` unless its id is taken: the rows inserted (0 or 1).
+fn insert_device(tx: &mut postgres::Transaction, device: &Device) -> Result<u64, StoreError> {
+    Ok(tx.execute_typed(
+        "INSERT INTO devices (device_id, account_id, secret_hash, link, linked_ms, last_used_ms)
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (device_id) DO NOTHING",
+        &[
+            (&device.device_id, Type::TEXT),
+            (&i64::try_from(device.account_id).unwrap_or(-1), Type::INT8),
+            (&device.secret_hash, Type::TEXT),
+            (&device.link, Type::TEXT),
+            (&device.linked_ms, Type::INT8),
+            (&device.last_used_ms, Type::INT8),
+        ],
+    )?)
 }
 
 impl Store for PostgresStore {
@@ -790,26 +937,37 @@ impl Store for PostgresStore {
                 &[(&fold(username), Type::TEXT)],
             )?)
         })?;
-        Ok(row.map(|row| Details {
-            account: Account {
-                id: id(row.get(0)),
-                username: row.get(1),
-                hash: row.get(2),
-                ban: Ban::from_columns(row.get(5), row.get(6)),
-            },
-            created_at: row.get(3),
-            sessions_after: row.get(4),
-        }))
+        Ok(row.as_ref().map(details_row))
     }
 
     fn delete(&self, username: &str) -> Result<bool, StoreError> {
+        let by_id = username
+            .strip_prefix('#')
+            .and_then(|id| id.parse::<i64>().ok());
         let deleted = self.durably(|conn| {
-            Ok(conn.execute_typed(
-                "DELETE FROM accounts WHERE folded = $1",
-                &[(&fold(username), Type::TEXT)],
-            )?)
+            let mut tx = conn.transaction()?;
+            let row = match by_id {
+                Some(id) => tx.query_typed_opt(
+                    "DELETE FROM accounts WHERE id = $1 RETURNING id",
+                    &[(&id, Type::INT8)],
+                )?,
+                None => tx.query_typed_opt(
+                    "DELETE FROM accounts WHERE folded = $1 RETURNING id",
+                    &[(&fold(username), Type::TEXT)],
+                )?,
+            };
+            let Some(row) = row else {
+                return Ok(false);
+            };
+            let id: i64 = row.get(0);
+            tx.execute_typed(
+                "DELETE FROM devices WHERE account_id = $1",
+                &[(&id, Type::INT8)],
+            )?;
+            tx.commit()?;
+            Ok(true)
         })?;
-        Ok(deleted == 1)
+        Ok(deleted)
     }
 
     /// Under the new name's look-alike lock, as a create takes it: a registration of a
@@ -863,7 +1021,8 @@ impl Store for PostgresStore {
             let mut tx = conn.maintenance()?;
             let rows = tx.query_typed(
                 "SELECT skeleton, id, username, hash FROM accounts WHERE skeleton IN
-                     (SELECT skeleton FROM accounts GROUP BY skeleton HAVING count(*) > 1)
+                     (SELECT skeleton FROM accounts WHERE skeleton IS NOT NULL
+                      GROUP BY skeleton HAVING count(*) > 1)
                  ORDER BY skeleton COLLATE \"C\", id LIMIT $1",
                 &[(&i64::from(limit), Type::INT8)],
             )?;
@@ -880,7 +1039,8 @@ impl Store for PostgresStore {
             let mut tx = conn.maintenance()?;
             let after = i64::try_from(after).unwrap_or(i64::MAX);
             let rows = tx.query_typed(
-                "SELECT id, username, hash FROM accounts WHERE id > $1 ORDER BY id LIMIT $2",
+                "SELECT id, COALESCE(username, ''), hash FROM accounts WHERE id > $1
+                 ORDER BY id LIMIT $2",
                 &[(&after, Type::INT8), (&i64::from(limit), Type::INT8)],
             )?;
             tx.commit()?;
@@ -896,16 +1056,21 @@ impl Store for PostgresStore {
         } else {
             0
         };
+        // `#ID`: by id (a guest has no name).
+        let by_id = username
+            .strip_prefix('#')
+            .and_then(|id| id.parse::<i64>().ok());
         let updated = self.durably(|conn| {
             Ok(conn.execute_typed(
                 "UPDATE accounts SET banned_until = $2, ban_reason = $3,
                      sessions_after = GREATEST(sessions_after, $4)
-                 WHERE folded = $1",
+                 WHERE CASE WHEN $5::bigint IS NULL THEN folded = $1 ELSE id = $5 END",
                 &[
                     (&fold(username), Type::TEXT),
                     (&until, Type::INT8),
                     (&reason, Type::TEXT),
                     (&void, Type::INT8),
+                    (&by_id, Type::INT8),
                 ],
             )?)
         })?;
@@ -921,16 +1086,21 @@ impl Store for PostgresStore {
         })
     }
 
-    fn session(&self, account_id: u64, sid: &str) -> Result<Option<SessionState>, StoreError> {
+    fn session(
+        &self,
+        account_id: u64,
+        sid: &str,
+        link: Option<&str>,
+    ) -> Result<Option<SessionState>, StoreError> {
         self.with(self.timeout, |conn| {
             let id = i64::try_from(account_id).unwrap_or(-1);
             let statement = conn.prepared(
-                "SELECT username, sessions_after,
-                     EXISTS (SELECT 1 FROM revoked_sessions WHERE sid = $2)
+                "SELECT COALESCE(username, ''), sessions_after,
+                     EXISTS (SELECT 1 FROM revoked_sessions WHERE sid = $2 OR sid = 'link:' || $3)
                  FROM accounts WHERE id = $1",
-                &[Type::INT8, Type::TEXT],
+                &[Type::INT8, Type::TEXT, Type::TEXT],
             )?;
-            let row = conn.query_opt(&statement, &[&id, &sid])?;
+            let row = conn.query_opt(&statement, &[&id, &sid, &link])?;
             Ok(row.map(|row| SessionState {
                 username: row.get(0),
                 sessions_after: row.get(1),
@@ -948,32 +1118,13 @@ impl Store for PostgresStore {
                 "SELECT id FROM accounts WHERE id = $1 FOR UPDATE",
                 &[(&id, Type::INT8)],
             )?;
-            let held: i64 = tx
-                .query_typed_one(
-                    "SELECT count(*) FROM revoked_sessions WHERE account_id = $1",
-                    &[(&id, Type::INT8)],
-                )?
-                .get(0);
-            if held >= REVOKED_PER_ACCOUNT {
-                tx.execute_typed(
-                    "UPDATE accounts SET sessions_after = GREATEST(sessions_after, $2) WHERE id = $1",
-                    &[
-                        (&id, Type::INT8),
-                        (&r.began_ms.saturating_add(1), Type::INT8),
-                    ],
-                )?;
-            } else {
-                tx.execute_typed(
-                    "INSERT INTO revoked_sessions (sid, account_id, until_ms) VALUES ($1, $2, $3)
-                     ON CONFLICT (sid) DO UPDATE
-                         SET until_ms = GREATEST(revoked_sessions.until_ms, EXCLUDED.until_ms)",
-                    &[
-                        (&r.sid, Type::TEXT),
-                        (&id, Type::INT8),
-                        (&r.until_ms, Type::INT8),
-                    ],
-                )?;
-            }
+            revoke_in(
+                &mut tx,
+                id,
+                &r.sid,
+                r.until_ms,
+                r.began_ms.saturating_add(1),
+            )?;
             tx.commit()?;
             Ok(())
         })
@@ -1038,12 +1189,7 @@ impl Store for PostgresStore {
             return logins.iter().map(one).collect();
         }
         let folded: Vec<String> = logins.iter().map(|(username, _)| fold(username)).collect();
-        let key = |i: usize| -> Vec<Option<&str>> {
-            logins
-                .iter()
-                .map(|(_, keys)| keys.get(i).map(String::as_str))
-                .collect()
-        };
+        let key = |i: usize| key_column(logins, i);
         self.with(self.timeout, |conn| {
             // One statement for them all: each login's account beside each of its records found,
             // tagged with its place (the last column, so the row reads as find_for_login's). The
@@ -1061,13 +1207,7 @@ impl Store for PostgresStore {
                 &[Type::TEXT_ARRAY, Type::TEXT_ARRAY, Type::TEXT_ARRAY],
             )?;
             let rows = conn.query(&statement, &[&folded, &key(0), &key(1)])?;
-            let mut by_login: Vec<Vec<postgres::Row>> = logins.iter().map(|_| Vec::new()).collect();
-            for row in rows {
-                let place = usize::try_from(row.get::<_, i64>(13) - 1).ok();
-                if let Some(rows) = place.and_then(|i| by_login.get_mut(i)) {
-                    rows.push(row);
-                }
-            }
+            let by_login = by_place(rows, logins.len(), 13);
             Ok(logins
                 .iter()
                 .zip(&by_login)
@@ -1143,6 +1283,312 @@ impl Store for PostgresStore {
 
     fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
         self.nodes.register_metrics(registry);
+    }
+
+    fn find_device(&self, device_id: &str, keys: &[String]) -> Result<DeviceRead, StoreError> {
+        self.with(self.timeout, |conn| {
+            // One statement, one round trip: the device and its account (if any) beside each
+            // record found.
+            let statement = conn.prepared(
+                "SELECT t.key, t.count, t.window_start, t.lockouts, t.locked_until, t.familiar,
+                     t.familiar_until, t.expires, d.device_id, d.account_id, d.secret_hash,
+                     d.link, d.linked_ms, d.last_used_ms, COALESCE(a.username, ''), a.hash,
+                     a.banned_until, a.ban_reason
+                 FROM (SELECT 1) AS one
+                 LEFT JOIN (devices d JOIN accounts a ON a.id = d.account_id)
+                     ON d.device_id = $1
+                 LEFT JOIN throttle t ON t.key = ANY($2)",
+                &[Type::TEXT, Type::TEXT_ARRAY],
+            )?;
+            let rows = conn.query(&statement, &[&device_id, &keys])?;
+            Ok(device_read(keys, &rows))
+        })
+    }
+
+    fn find_devices(&self, devices: &[(&str, &[String])]) -> Result<Vec<DeviceRead>, StoreError> {
+        if devices.iter().any(|(_, keys)| keys.len() > 2) {
+            let one = |(id, keys): &(&str, &[String])| self.find_device(id, keys);
+            return devices.iter().map(one).collect();
+        }
+        let ids: Vec<&str> = devices.iter().map(|(id, _)| *id).collect();
+        let key = |i: usize| key_column(devices, i);
+        self.with(self.timeout, |conn| {
+            // One statement for them all, as `find_for_logins` reads logins: each device beside
+            // each of its records found, tagged with its place in the last column.
+            let statement = conn.prepared(
+                "SELECT t.key, t.count, t.window_start, t.lockouts, t.locked_until, t.familiar,
+                     t.familiar_until, t.expires, x.device_id, x.account_id, x.secret_hash,
+                     x.link, x.linked_ms, x.last_used_ms, COALESCE(x.username, ''), x.hash,
+                     x.banned_until, x.ban_reason, q.i
+                 FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS q(id, k1, k2, i)
+                 LEFT JOIN LATERAL (SELECT d.device_id, d.account_id, d.secret_hash, d.link,
+                                           d.linked_ms, d.last_used_ms, a.username, a.hash,
+                                           a.banned_until, a.ban_reason
+                                    FROM devices d JOIN accounts a ON a.id = d.account_id
+                                    WHERE d.device_id = q.id) x ON true
+                 LEFT JOIN LATERAL (SELECT * FROM throttle
+                                    WHERE key = ANY(ARRAY[q.k1, q.k2])) t ON true",
+                &[Type::TEXT_ARRAY, Type::TEXT_ARRAY, Type::TEXT_ARRAY],
+            )?;
+            let rows = conn.query(&statement, &[&ids, &key(0), &key(1)])?;
+            let mut by_device: Vec<Vec<postgres::Row>> =
+                devices.iter().map(|_| Vec::new()).collect();
+            for row in rows {
+                let place = usize::try_from(row.get::<_, i64>(18) - 1).ok();
+                if let Some(rows) = place.and_then(|i| by_device.get_mut(i)) {
+                    rows.push(row);
+                }
+            }
+            Ok(devices
+                .iter()
+                .zip(&by_device)
+                .map(|((_, keys), rows)| device_read(keys, rows))
+                .collect())
+        })
+    }
+
+    fn create_guest(
+        &self,
+        device: &Device,
+        request_id: &str,
+    ) -> Result<Option<(Account, Device)>, StoreError> {
+        self.durably(|conn| {
+            let mut tx = conn.transaction()?;
+            let held = tx.query_typed_opt(
+                "SELECT d.device_id, d.account_id, d.secret_hash, d.link, d.linked_ms,
+                     d.last_used_ms, a.username, a.request_id
+                 FROM devices d JOIN accounts a ON a.id = d.account_id WHERE d.device_id = $1",
+                &[(&device.device_id, Type::TEXT)],
+            )?;
+            if let Some(row) = held {
+                let (name, stored_by): (Option<String>, String) = (row.get(6), row.get(7));
+                let repeated = name.is_none() && stored_by == request_id;
+                return Ok(device_row(&row, 0)
+                    .filter(|_| repeated)
+                    .map(|stored| (guest(stored.account_id), stored)));
+            }
+            let id: i64 = tx
+                .query_typed_one(
+                    "INSERT INTO accounts (folded, skeleton, username, hash, created_at, request_id)
+                     VALUES (NULL, NULL, NULL, '', $1, $2) RETURNING id",
+                    &[(&unix_now(), Type::INT8), (&request_id, Type::TEXT)],
+                )?
+                .get(0);
+            let stored = Device {
+                account_id: u64::try_from(id).unwrap_or(0),
+                ..device.clone()
+            };
+            // A concurrent first use of the device that committed first wins: nothing here.
+            if insert_device(&mut tx, &stored)? == 0 {
+                return Ok(None);
+            }
+            tx.commit()?;
+            Ok(Some((guest(stored.account_id), stored)))
+        })
+    }
+
+    fn touch_device(&self, device_id: &str, now: Millis) -> Result<(), StoreError> {
+        self.with(self.timeout, |conn| {
+            // Unsynced, as a throttle record: a last use lost in a crash costs nothing.
+            conn.execute_typed(
+                "UPDATE devices SET last_used_ms = $2
+                 WHERE device_id = $1
+                   AND set_config('synchronous_commit', 'off', true) IS NOT NULL",
+                &[(&device_id, Type::TEXT), (&now, Type::INT8)],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Under the name's look-alike lock, as a create takes it.
+    fn claim(
+        &self,
+        account_id: u64,
+        username: &str,
+        hash: &str,
+        request_id: &str,
+    ) -> Result<Claimed, StoreError> {
+        let (folded, skeleton) = (fold(username), skeleton(username));
+        let id = i64::try_from(account_id).unwrap_or(-1);
+        self.durably(|conn| {
+            let mut tx = conn.transaction()?;
+            tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&skeleton])?;
+            let Some(row) = tx.query_typed_opt(
+                "SELECT username, request_id FROM accounts WHERE id = $1 FOR UPDATE",
+                &[(&id, Type::INT8)],
+            )?
+            else {
+                return Ok(Claimed::NoAccount);
+            };
+            let (name, stored_by): (Option<String>, String) = (row.get(0), row.get(1));
+            match name {
+                Some(_) if stored_by == request_id => return Ok(Claimed::Done),
+                Some(_) => return Ok(Claimed::AlreadyClaimed),
+                None => {}
+            }
+            let taken = tx.query_typed_opt(
+                "SELECT 1 FROM accounts WHERE folded = $1 OR skeleton = $2 LIMIT 1",
+                &[(&folded, Type::TEXT), (&skeleton, Type::TEXT)],
+            )?;
+            if taken.is_some() {
+                return Ok(Claimed::Taken);
+            }
+            tx.execute_typed(
+                "UPDATE accounts SET folded = $2, skeleton = $3, username = $4, hash = $5,
+                     request_id = $6
+                 WHERE id = $1",
+                &[
+                    (&id, Type::INT8),
+                    (&folded, Type::TEXT),
+                    (&skeleton, Type::TEXT),
+                    (&username, Type::TEXT),
+                    (&hash, Type::TEXT),
+                    (&request_id, Type::TEXT),
+                ],
+            )?;
+            tx.commit()?;
+            Ok(Claimed::Done)
+        })
+    }
+
+    /// Under the account's row lock, so the bound holds across account-dbs.
+    fn link_device(&self, device: &Device) -> Result<Linked, StoreError> {
+        let id = i64::try_from(device.account_id).unwrap_or(-1);
+        self.durably(|conn| {
+            let mut tx = conn.transaction()?;
+            tx.execute_typed(
+                "SELECT id FROM accounts WHERE id = $1 FOR UPDATE",
+                &[(&id, Type::INT8)],
+            )?;
+            let holder = tx.query_typed_opt(
+                "SELECT account_id FROM devices WHERE device_id = $1 FOR UPDATE",
+                &[(&device.device_id, Type::TEXT)],
+            )?;
+            match holder.map(|row| row.get::<_, i64>(0)) {
+                Some(other) if other != id => return Ok(Linked::Taken),
+                Some(_) => {
+                    tx.execute_typed(
+                        "UPDATE devices SET secret_hash = $2 WHERE device_id = $1",
+                        &[
+                            (&device.device_id, Type::TEXT),
+                            (&device.secret_hash, Type::TEXT),
+                        ],
+                    )?;
+                }
+                None => {
+                    let held: i64 = tx
+                        .query_typed_one(
+                            "SELECT count(*) FROM devices WHERE account_id = $1",
+                            &[(&id, Type::INT8)],
+                        )?
+                        .get(0);
+                    if held >= DEVICES_PER_ACCOUNT {
+                        return Ok(Linked::TooMany);
+                    }
+                    // Another account's link of the device that committed first wins.
+                    if insert_device(&mut tx, device)? == 0 {
+                        return Ok(Linked::Taken);
+                    }
+                }
+            }
+            tx.commit()?;
+            Ok(Linked::Done)
+        })
+    }
+
+    /// Under the account's row lock: of two unlinks of a guest's last two devices, one waits
+    /// and then finds the other's device the last.
+    fn unlink_device(
+        &self,
+        account_id: u64,
+        device_id: &str,
+        now: Millis,
+        until_ms: Millis,
+    ) -> Result<Unlinked, StoreError> {
+        let id = i64::try_from(account_id).unwrap_or(-1);
+        self.durably(|conn| {
+            let mut tx = conn.transaction()?;
+            let Some(account) = tx.query_typed_opt(
+                "SELECT username IS NULL FROM accounts WHERE id = $1 FOR UPDATE",
+                &[(&id, Type::INT8)],
+            )?
+            else {
+                return Ok(Unlinked::NotLinked);
+            };
+            let guest: bool = account.get(0);
+            let Some(link) = tx.query_typed_opt(
+                "SELECT link FROM devices WHERE device_id = $1 AND account_id = $2",
+                &[(&device_id, Type::TEXT), (&id, Type::INT8)],
+            )?
+            else {
+                return Ok(Unlinked::NotLinked);
+            };
+            let link: String = link.get(0);
+            let held: i64 = tx
+                .query_typed_one(
+                    "SELECT count(*) FROM devices WHERE account_id = $1",
+                    &[(&id, Type::INT8)],
+                )?
+                .get(0);
+            if guest && held <= 1 {
+                return Ok(Unlinked::LastCredential);
+            }
+            tx.execute_typed(
+                "DELETE FROM devices WHERE device_id = $1",
+                &[(&device_id, Type::TEXT)],
+            )?;
+            revoke_in(&mut tx, id, &format!("link:{link}"), until_ms, now)?;
+            tx.commit()?;
+            Ok(Unlinked::Done)
+        })
+    }
+
+    fn devices(&self, account_id: u64) -> Result<Vec<Device>, StoreError> {
+        let id = i64::try_from(account_id).unwrap_or(-1);
+        self.with(self.timeout, |conn| {
+            let rows = conn.query_typed(
+                "SELECT device_id, account_id, secret_hash, link, linked_ms, last_used_ms
+                 FROM devices WHERE account_id = $1 ORDER BY linked_ms DESC, device_id",
+                &[(&id, Type::INT8)],
+            )?;
+            Ok(rows.iter().filter_map(|row| device_row(row, 0)).collect())
+        })
+    }
+
+    fn details_by_id(&self, id: u64) -> Result<Option<Details>, StoreError> {
+        let id = i64::try_from(id).unwrap_or(-1);
+        let row = self.with(self.timeout, |conn| {
+            Ok(conn.query_typed_opt(
+                "SELECT id, COALESCE(username, ''), hash, created_at, sessions_after,
+                     banned_until, ban_reason
+                 FROM accounts WHERE id = $1",
+                &[(&id, Type::INT8)],
+            )?)
+        })?;
+        Ok(row.as_ref().map(details_row))
+    }
+
+    fn prune_guests(&self, idle_before_ms: Millis, dry_run: bool) -> Result<u64, StoreError> {
+        self.with(MAINTENANCE_TIME, |conn| {
+            let mut tx = conn.maintenance()?;
+            let idle = "SELECT id FROM accounts a WHERE a.username IS NULL AND NOT EXISTS
+                (SELECT 1 FROM devices d WHERE d.account_id = a.id AND d.last_used_ms >= $1)";
+            let sql = if dry_run {
+                format!("SELECT count(*) FROM ({idle}) g")
+            } else {
+                format!(
+                    "WITH gone AS (DELETE FROM accounts WHERE username IS NULL AND id IN ({idle})
+                                   RETURNING id),
+                          devices_gone AS (DELETE FROM devices
+                                           WHERE account_id IN (SELECT id FROM gone))
+                     SELECT count(*) FROM gone"
+                )
+            };
+            let n: i64 = tx.query_one(&sql, &[&idle_before_ms])?.get(0);
+            let n = u64::try_from(n).unwrap_or(0);
+            tx.commit()?;
+            Ok(n)
+        })
     }
 
     fn legacy_names_imported(&self) -> Result<bool, StoreError> {

@@ -27,7 +27,7 @@ pub const EXPANDED: &str = "expanded";
 pub const MIN_CODE_VERSION: &str = "min_code_version";
 
 /// How many expansions this build knows (the same for both backends).
-pub const EXPANSIONS: usize = 1;
+pub const EXPANSIONS: usize = 2;
 
 /// How often a serving account-db records itself in `peers`: 10 s.
 pub const PEER_INTERVAL: Duration = Duration::from_secs(10);

@@ -14,11 +14,13 @@ use super::contract::{
     familiar_list, familiar_text, unix_now, Details, Renamed, Store, StoreError,
     LEGACY_NAMES_IMPORTED, REVOKED_PER_ACCOUNT,
 };
-use super::contract::{Peer, SchemaState};
+use super::contract::{
+    Claimed, DeviceRead, Linked, Peer, SchemaState, Unlinked, DEVICES_PER_ACCOUNT,
+};
 use super::schema::{self, CONTRACTIONS};
 use crate::auth::names::{fold, skeleton, SKELETON_DATA};
 use crate::clock::Millis;
-use crate::protocol::accountdb::{Account, Ban, Created, Revocation, SessionState};
+use crate::protocol::accountdb::{Account, Ban, Created, Device, Revocation, SessionState};
 use crate::throttle::Record;
 use parking_lot::Mutex;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
@@ -95,6 +97,41 @@ const EXPANSIONS: [&str; schema::EXPANSIONS] = [
         code_version TEXT NOT NULL,
         last_seen_ms INTEGER NOT NULL
     ) WITHOUT ROWID;",
+    // 2 (0.3.0): guests and devices. A guest has no name: `username`, `folded` and `skeleton`
+    // become nullable (SQLite changes a column's constraints only by copying the table), a
+    // guest's `key` is `#` and its id (no name folds to `#`); devices, keyed by the id the
+    // client chose.
+    "CREATE TABLE accounts_v2 (
+        key            TEXT PRIMARY KEY,
+        username       TEXT,
+        hash           TEXT NOT NULL,
+        created_at     INTEGER NOT NULL,
+        request_id     TEXT NOT NULL,
+        folded         TEXT,
+        skeleton       TEXT,
+        id             INTEGER NOT NULL DEFAULT 0,
+        sessions_after INTEGER NOT NULL DEFAULT 0,
+        banned_until   INTEGER NOT NULL DEFAULT 0,
+        ban_reason     TEXT NOT NULL DEFAULT ''
+    ) WITHOUT ROWID;
+    INSERT INTO accounts_v2 (key, username, hash, created_at, request_id, folded, skeleton, id,
+                             sessions_after, banned_until, ban_reason)
+        SELECT key, username, hash, created_at, request_id, folded, skeleton, id,
+               sessions_after, banned_until, ban_reason FROM accounts;
+    DROP TABLE accounts;
+    ALTER TABLE accounts_v2 RENAME TO accounts;
+    CREATE INDEX accounts_folded ON accounts (folded);
+    CREATE INDEX accounts_skeleton ON accounts (skeleton);
+    CREATE UNIQUE INDEX accounts_id ON accounts (id);
+    CREATE TABLE devices (
+        device_id    TEXT PRIMARY KEY,
+        account_id   INTEGER NOT NULL,
+        secret_hash  TEXT NOT NULL,
+        link         TEXT NOT NULL,
+        linked_ms    INTEGER NOT NULL,
+        last_used_ms INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX devices_account ON devices (account_id);",
 ];
 
 /// The side file of throttle records, beside [`FILE_NAME`].
@@ -392,7 +429,7 @@ fn fill_ids(conn: &Connection) -> Result<(), StoreError> {
 /// name that more than one account now shares, once.
 fn backfill_names(conn: &Connection, folded: bool) -> Result<(), StoreError> {
     let rows: Vec<(String, String)> = conn
-        .prepare("SELECT key, username FROM accounts")?
+        .prepare("SELECT key, username FROM accounts WHERE username IS NOT NULL")?
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<Result<_, _>>()?;
     for (key, username) in &rows {
@@ -406,7 +443,7 @@ fn backfill_names(conn: &Connection, folded: bool) -> Result<(), StoreError> {
     }
     if folded {
         let mut shared = conn.prepare(
-            "SELECT folded, group_concat(username, ', ') FROM accounts
+            "SELECT folded, group_concat(username, ', ') FROM accounts WHERE folded IS NOT NULL
              GROUP BY folded HAVING count(*) > 1",
         )?;
         let collisions =
@@ -477,6 +514,82 @@ fn listed(row: &rusqlite::Row, at: usize) -> rusqlite::Result<Account> {
 const CHOOSE: &str = "SELECT key, username, hash, id, banned_until, ban_reason FROM accounts
      WHERE folded = ?1
      ORDER BY (username = ?2) DESC, created_at, key LIMIT 1";
+
+/// What an operator sees of an account, from the columns id, username, hash, created_at,
+/// sessions_after, banned_until and ban_reason.
+fn details_row(row: &rusqlite::Row) -> rusqlite::Result<Details> {
+    Ok(Details {
+        account: Account {
+            id: u64::try_from(row.get::<_, i64>(0)?).unwrap_or(0),
+            username: row.get(1)?,
+            hash: row.get(2)?,
+            ban: Ban::from_columns(row.get(5)?, row.get(6)?),
+        },
+        created_at: row.get(3)?,
+        sessions_after: row.get(4)?,
+    })
+}
+
+/// Revoke session `sid` of account `id` until `until_ms` inside `tx`; past
+/// [`REVOKED_PER_ACCOUNT`] revocations of the account, void its sessions begun before
+/// `void_before` instead.
+fn revoke_in(
+    tx: &rusqlite::Transaction,
+    id: i64,
+    sid: &str,
+    until_ms: Millis,
+    void_before: Millis,
+) -> Result<(), StoreError> {
+    let held: i64 = tx
+        .prepare_cached("SELECT count(*) FROM revoked_sessions WHERE account_id = ?1")?
+        .query_row(params![id], |row| row.get(0))?;
+    if held >= REVOKED_PER_ACCOUNT {
+        tx.prepare_cached(
+            "UPDATE accounts SET sessions_after = max(sessions_after, ?2) WHERE id = ?1",
+        )?
+        .execute(params![id, void_before])?;
+    } else {
+        tx.prepare_cached(
+            "INSERT INTO revoked_sessions (sid, account_id, until_ms) VALUES (?1, ?2, ?3)
+             ON CONFLICT (sid) DO UPDATE SET until_ms = max(until_ms, excluded.until_ms)",
+        )?
+        .execute(params![sid, id, until_ms])?;
+    }
+    Ok(())
+}
+
+/// A device's columns, as [`device_row`] reads them (the table named `d`).
+const DEVICE_COLUMNS: &str =
+    "d.device_id, d.account_id, d.secret_hash, d.link, d.linked_ms, d.last_used_ms";
+
+/// A device, from the columns [`DEVICE_COLUMNS`] names, from column 0 on.
+fn device_row(row: &rusqlite::Row) -> rusqlite::Result<Device> {
+    Ok(Device {
+        device_id: row.get(0)?,
+        account_id: u64::try_from(row.get::<_, i64>(1)?).unwrap_or(0),
+        secret_hash: row.get(2)?,
+        link: row.get(3)?,
+        linked_ms: row.get(4)?,
+        last_used_ms: row.get(5)?,
+    })
+}
+
+/// Store `device` as it is.
+fn insert_device(tx: &rusqlite::Transaction, device: &Device) -> Result<(), StoreError> {
+    tx.prepare_cached(
+        "INSERT INTO devices (device_id, account_id, secret_hash, link, linked_ms, last_used_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![
+        device.device_id,
+        i64::try_from(device.account_id).unwrap_or(-1),
+        device.secret_hash,
+        device.link,
+        device.linked_ms,
+        device.last_used_ms
+    ])?;
+    Ok(())
+}
 
 /// [`Store::create`]'s work inside `tx`: the account, unless its name or a look-alike is held.
 fn create_in(
@@ -584,30 +697,34 @@ impl Store for SqliteStore {
             "SELECT id, username, hash, created_at, sessions_after, banned_until, ban_reason
                  FROM accounts WHERE key = (SELECT key FROM ({CHOOSE}))"
         ))?;
-        stmt.query_row(params![fold(username), username], |row| {
-            Ok(Details {
-                account: Account {
-                    id: u64::try_from(row.get::<_, i64>(0)?).unwrap_or(0),
-                    username: row.get(1)?,
-                    hash: row.get(2)?,
-                    ban: Ban::from_columns(row.get(5)?, row.get(6)?),
-                },
-                created_at: row.get(3)?,
-                sessions_after: row.get(4)?,
-            })
-        })
-        .optional()
-        .map_err(StoreError::from)
+        stmt.query_row(params![fold(username), username], details_row)
+            .optional()
+            .map_err(StoreError::from)
     }
 
     fn delete(&self, username: &str) -> Result<bool, StoreError> {
-        let conn = self.writer.lock();
-        let deleted = conn
-            .prepare_cached(&format!(
-                "DELETE FROM accounts WHERE key = (SELECT key FROM ({CHOOSE}))"
-            ))?
-            .execute(params![fold(username), username])?;
-        Ok(deleted == 1)
+        let mut conn = self.writer.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let key = username.strip_prefix('#');
+        let id: Option<i64> = match key.and_then(|id| id.parse::<i64>().ok()) {
+            Some(id) => tx
+                .prepare_cached("SELECT id FROM accounts WHERE id = ?1")?
+                .query_row(params![id], |row| row.get(0))
+                .optional()?,
+            None => tx
+                .prepare_cached(&format!("SELECT id FROM ({CHOOSE})"))?
+                .query_row(params![fold(username), username], |row| row.get(0))
+                .optional()?,
+        };
+        let Some(id) = id else {
+            return Ok(false);
+        };
+        tx.prepare_cached("DELETE FROM devices WHERE account_id = ?1")?
+            .execute(params![id])?;
+        tx.prepare_cached("DELETE FROM accounts WHERE id = ?1")?
+            .execute(params![id])?;
+        tx.commit()?;
+        Ok(true)
     }
 
     fn rename(&self, old: &str, new: &str) -> Result<Renamed, StoreError> {
@@ -657,7 +774,8 @@ impl Store for SqliteStore {
         let conn = self.reader.lock();
         let mut stmt = conn.prepare(
             "SELECT skeleton, id, username, hash FROM accounts WHERE skeleton IN
-                 (SELECT skeleton FROM accounts GROUP BY skeleton HAVING count(*) > 1)
+                 (SELECT skeleton FROM accounts WHERE skeleton IS NOT NULL
+                  GROUP BY skeleton HAVING count(*) > 1)
              ORDER BY skeleton, id LIMIT ?1",
         )?;
         let rows = stmt.query_map(params![limit], |row| Ok((row.get(0)?, listed(row, 1)?)))?;
@@ -667,7 +785,8 @@ impl Store for SqliteStore {
     fn accounts_after(&self, after: u64, limit: u32) -> Result<Vec<Account>, StoreError> {
         let conn = self.reader.lock();
         let mut stmt = conn.prepare_cached(
-            "SELECT id, username, hash FROM accounts WHERE id > ?1 ORDER BY id LIMIT ?2",
+            "SELECT id, coalesce(username, ''), hash FROM accounts WHERE id > ?1
+             ORDER BY id LIMIT ?2",
         )?;
         let after = i64::try_from(after).unwrap_or(i64::MAX);
         let rows = stmt.query_map(params![after, limit], |row| listed(row, 0))?;
@@ -683,11 +802,17 @@ impl Store for SqliteStore {
         } else {
             0
         };
+        // `#ID`: a guest, whose key it is.
+        let key_of = match username.starts_with('#') {
+            true => "?2",
+            false => "(SELECT key FROM (CHOOSE))",
+        };
         let updated = conn
             .prepare_cached(&format!(
                 "UPDATE accounts SET banned_until = ?3, ban_reason = ?4,
                      sessions_after = max(sessions_after, ?5)
-                 WHERE key = (SELECT key FROM ({CHOOSE}))"
+                 WHERE key = {}",
+                key_of.replace("CHOOSE", CHOOSE)
             ))?
             .execute(params![fold(username), username, until, reason, void])?;
         Ok(updated == 1)
@@ -699,15 +824,20 @@ impl Store for SqliteStore {
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
-    fn session(&self, account_id: u64, sid: &str) -> Result<Option<SessionState>, StoreError> {
+    fn session(
+        &self,
+        account_id: u64,
+        sid: &str,
+        link: Option<&str>,
+    ) -> Result<Option<SessionState>, StoreError> {
         let conn = self.reader.lock();
         let mut stmt = conn.prepare_cached(
-            "SELECT username, sessions_after,
-                 EXISTS (SELECT 1 FROM revoked_sessions WHERE sid = ?2)
+            "SELECT coalesce(username, ''), sessions_after,
+                 EXISTS (SELECT 1 FROM revoked_sessions WHERE sid = ?2 OR sid = 'link:' || ?3)
              FROM accounts WHERE id = ?1",
         )?;
         let id = i64::try_from(account_id).unwrap_or(-1);
-        stmt.query_row(params![id, sid], |row| {
+        stmt.query_row(params![id, sid, link], |row| {
             Ok(SessionState {
                 username: row.get(0)?,
                 sessions_after: row.get(1)?,
@@ -722,21 +852,7 @@ impl Store for SqliteStore {
         let mut conn = self.writer.lock();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let id = i64::try_from(r.account_id).unwrap_or(-1);
-        let held: i64 = tx
-            .prepare_cached("SELECT count(*) FROM revoked_sessions WHERE account_id = ?1")?
-            .query_row(params![id], |row| row.get(0))?;
-        if held >= REVOKED_PER_ACCOUNT {
-            tx.prepare_cached(
-                "UPDATE accounts SET sessions_after = max(sessions_after, ?2) WHERE id = ?1",
-            )?
-            .execute(params![id, r.began_ms.saturating_add(1)])?;
-        } else {
-            tx.prepare_cached(
-                "INSERT INTO revoked_sessions (sid, account_id, until_ms) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (sid) DO UPDATE SET until_ms = max(until_ms, excluded.until_ms)",
-            )?
-            .execute(params![r.sid, id, r.until_ms])?;
-        }
+        revoke_in(&tx, id, &r.sid, r.until_ms, r.began_ms.saturating_add(1))?;
         tx.commit()?;
         Ok(())
     }
@@ -819,6 +935,241 @@ impl Store for SqliteStore {
         }
         tx.commit()?;
         Ok(())
+    }
+
+    fn find_device(&self, device_id: &str, keys: &[String]) -> Result<DeviceRead, StoreError> {
+        let found = {
+            let conn = self.reader.lock();
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {DEVICE_COLUMNS}, coalesce(a.username, ''), a.hash, a.banned_until,
+                        a.ban_reason
+                 FROM devices d JOIN accounts a ON a.id = d.account_id WHERE d.device_id = ?1"
+            ))?;
+            stmt.query_row(params![device_id], |row| {
+                let device = device_row(row)?;
+                let account = Account {
+                    id: device.account_id,
+                    username: row.get(6)?,
+                    hash: row.get(7)?,
+                    ban: Ban::from_columns(row.get(8)?, row.get(9)?),
+                };
+                Ok((device, account))
+            })
+            .optional()?
+        };
+        let conn = self.records.lock();
+        let records = keys
+            .iter()
+            .map(|key| read_record(&conn, key))
+            .collect::<Result<_, _>>()?;
+        Ok((found, records))
+    }
+
+    fn create_guest(
+        &self,
+        device: &Device,
+        request_id: &str,
+    ) -> Result<Option<(Account, Device)>, StoreError> {
+        let mut conn = self.writer.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let held: Option<(Device, Option<String>, String)> = tx
+            .prepare_cached(&format!(
+                "SELECT {DEVICE_COLUMNS}, a.username, a.request_id
+                 FROM devices d JOIN accounts a ON a.id = d.account_id WHERE d.device_id = ?1"
+            ))?
+            .query_row(params![device.device_id], |row| {
+                Ok((device_row(row)?, row.get(6)?, row.get(7)?))
+            })
+            .optional()?;
+        if let Some((stored, name, stored_by)) = held {
+            // This very create, repeated: its guest again.
+            return Ok((name.is_none() && stored_by == request_id).then(|| {
+                let account = Account {
+                    id: stored.account_id,
+                    username: String::new(),
+                    hash: String::new(),
+                    ban: None,
+                };
+                (account, stored)
+            }));
+        }
+        let id: i64 = tx
+            .prepare_cached(
+                "UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'last_id'
+                 RETURNING CAST(value AS INTEGER)",
+            )?
+            .query_row([], |row| row.get(0))?;
+        tx.prepare_cached(
+            "INSERT INTO accounts (key, username, hash, created_at, request_id, folded, skeleton, id)
+             VALUES ('#' || ?1, NULL, '', ?2, ?3, NULL, NULL, ?1)",
+        )?
+        .execute(params![id, unix_now(), request_id])?;
+        let stored = Device {
+            account_id: u64::try_from(id).unwrap_or(0),
+            ..device.clone()
+        };
+        insert_device(&tx, &stored)?;
+        tx.commit()?;
+        let account = Account {
+            id: stored.account_id,
+            username: String::new(),
+            hash: String::new(),
+            ban: None,
+        };
+        Ok(Some((account, stored)))
+    }
+
+    fn touch_device(&self, device_id: &str, now: Millis) -> Result<(), StoreError> {
+        let conn = self.writer.lock();
+        conn.prepare_cached("UPDATE devices SET last_used_ms = ?2 WHERE device_id = ?1")?
+            .execute(params![device_id, now])?;
+        Ok(())
+    }
+
+    fn claim(
+        &self,
+        account_id: u64,
+        username: &str,
+        hash: &str,
+        request_id: &str,
+    ) -> Result<Claimed, StoreError> {
+        let mut conn = self.writer.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let id = i64::try_from(account_id).unwrap_or(-1);
+        let found: Option<(Option<String>, String)> = tx
+            .prepare_cached("SELECT username, request_id FROM accounts WHERE id = ?1")?
+            .query_row(params![id], |row| Ok((row.get(0)?, row.get(1)?)))
+            .optional()?;
+        match found {
+            None => return Ok(Claimed::NoAccount),
+            Some((Some(_), stored_by)) if stored_by == request_id => return Ok(Claimed::Done),
+            Some((Some(_), _)) => return Ok(Claimed::AlreadyClaimed),
+            Some((None, _)) => {}
+        }
+        let (folded, skeleton) = (fold(username), skeleton(username));
+        let taken = tx
+            .prepare_cached(
+                "SELECT 1 FROM accounts WHERE folded = ?1 OR skeleton = ?2 OR key = ?1",
+            )?
+            .exists(params![folded, skeleton])?;
+        if taken {
+            return Ok(Claimed::Taken);
+        }
+        tx.prepare_cached(
+            "UPDATE accounts SET key = ?2, folded = ?2, skeleton = ?3, username = ?4, hash = ?5,
+                 request_id = ?6
+             WHERE id = ?1 AND username IS NULL",
+        )?
+        .execute(params![id, folded, skeleton, username, hash, request_id])?;
+        tx.commit()?;
+        Ok(Claimed::Done)
+    }
+
+    fn link_device(&self, device: &Device) -> Result<Linked, StoreError> {
+        let mut conn = self.writer.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let holder: Option<i64> = tx
+            .prepare_cached("SELECT account_id FROM devices WHERE device_id = ?1")?
+            .query_row(params![device.device_id], |row| row.get(0))
+            .optional()?;
+        let id = i64::try_from(device.account_id).unwrap_or(-1);
+        match holder {
+            Some(other) if other != id => return Ok(Linked::Taken),
+            Some(_) => {
+                tx.prepare_cached("UPDATE devices SET secret_hash = ?2 WHERE device_id = ?1")?
+                    .execute(params![device.device_id, device.secret_hash])?;
+            }
+            None => {
+                let held: i64 = tx
+                    .prepare_cached("SELECT count(*) FROM devices WHERE account_id = ?1")?
+                    .query_row(params![id], |row| row.get(0))?;
+                if held >= DEVICES_PER_ACCOUNT {
+                    return Ok(Linked::TooMany);
+                }
+                insert_device(&tx, device)?;
+            }
+        }
+        tx.commit()?;
+        Ok(Linked::Done)
+    }
+
+    fn unlink_device(
+        &self,
+        account_id: u64,
+        device_id: &str,
+        now: Millis,
+        until_ms: Millis,
+    ) -> Result<Unlinked, StoreError> {
+        let mut conn = self.writer.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let id = i64::try_from(account_id).unwrap_or(-1);
+        let link: Option<String> = tx
+            .prepare_cached("SELECT link FROM devices WHERE device_id = ?1 AND account_id = ?2")?
+            .query_row(params![device_id, id], |row| row.get(0))
+            .optional()?;
+        let Some(link) = link else {
+            return Ok(Unlinked::NotLinked);
+        };
+        let last: bool = tx
+            .prepare_cached(
+                "SELECT (SELECT username IS NULL FROM accounts WHERE id = ?1)
+                    AND (SELECT count(*) FROM devices WHERE account_id = ?1) <= 1",
+            )?
+            .query_row(params![id], |row| row.get(0))?;
+        if last {
+            return Ok(Unlinked::LastCredential);
+        }
+        tx.prepare_cached("DELETE FROM devices WHERE device_id = ?1")?
+            .execute(params![device_id])?;
+        revoke_in(&tx, id, &format!("link:{link}"), until_ms, now)?;
+        tx.commit()?;
+        Ok(Unlinked::Done)
+    }
+
+    fn devices(&self, account_id: u64) -> Result<Vec<Device>, StoreError> {
+        let conn = self.reader.lock();
+        let id = i64::try_from(account_id).unwrap_or(-1);
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {DEVICE_COLUMNS} FROM devices d WHERE d.account_id = ?1
+             ORDER BY d.linked_ms DESC, d.device_id"
+        ))?;
+        let rows = stmt.query_map(params![id], device_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn details_by_id(&self, id: u64) -> Result<Option<Details>, StoreError> {
+        let conn = self.reader.lock();
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, coalesce(username, ''), hash, created_at, sessions_after, banned_until,
+                    ban_reason
+             FROM accounts WHERE id = ?1",
+        )?;
+        let id = i64::try_from(id).unwrap_or(-1);
+        stmt.query_row(params![id], details_row)
+            .optional()
+            .map_err(StoreError::from)
+    }
+
+    fn prune_guests(&self, idle_before_ms: Millis, dry_run: bool) -> Result<u64, StoreError> {
+        let mut conn = self.writer.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let idle: Vec<i64> = tx
+            .prepare_cached(
+                "SELECT id FROM accounts a WHERE a.username IS NULL AND NOT EXISTS
+                     (SELECT 1 FROM devices d WHERE d.account_id = a.id AND d.last_used_ms >= ?1)",
+            )?
+            .query_map(params![idle_before_ms], |row| row.get(0))?
+            .collect::<Result<_, _>>()?;
+        if !dry_run {
+            for id in &idle {
+                tx.prepare_cached("DELETE FROM devices WHERE account_id = ?1")?
+                    .execute(params![id])?;
+                tx.prepare_cached("DELETE FROM accounts WHERE id = ?1 AND username IS NULL")?
+                    .execute(params![id])?;
+            }
+            tx.commit()?;
+        }
+        Ok(idle.len() as u64)
     }
 
     fn legacy_names_imported(&self) -> Result<bool, StoreError> {
