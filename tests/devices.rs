@@ -500,31 +500,36 @@ fn guests_are_limited_per_address_and_in_all() {
 
 #[test]
 fn usernames_stay_hidden_under_hide_user_existence() {
-    let on = common::start_with(|c| c.service.hide_user_existence = true);
-    let addr = on.addr();
-    let guest = device_login(addr, "h", IP);
-    assert_eq!(guest["code"], 3);
-    let claimed = with_token(
-        addr,
-        "claim",
-        &guest["token"],
-        json!({"username": "Hidden", "password": "hidden-pw-1"}),
-    );
-    assert_eq!(claimed["code"], 4);
-    // A wrong password of the claimed name and an unknown name answer alike.
-    let wrong = ask(
-        addr,
-        json!({"OP": "login", "username": "hidden", "password": "wrong-pw-1"}),
-    );
-    let unknown = ask(
-        addr,
-        json!({"OP": "login", "username": "nobody-here", "password": "wrong-pw-1"}),
-    );
-    assert_eq!(
-        (wrong["code"].clone(), unknown["code"].clone()),
-        (json!(2), json!(2))
-    );
-    assert_eq!(wrong["info"], unknown["info"]);
+    let hide = |c: &mut LoginServerConfig| c.service.hide_user_existence = true;
+    on_both(&hide, &|on| {
+        let addr = on.addr();
+        let guest = device_login(addr, "h", IP);
+        assert_eq!(guest["code"], 3);
+        let claimed = with_token(
+            addr,
+            "claim",
+            &guest["token"],
+            json!({"username": "Hidden", "password": "hidden-pw-1"}),
+        );
+        assert_eq!(claimed["code"], 4);
+        // A wrong password of the claimed name and an unknown name answer alike.
+        let wrong = ask(
+            addr,
+            json!({"OP": "login", "username": "hidden", "password": "wrong-pw-1"}),
+        );
+        let unknown = ask(
+            addr,
+            json!({"OP": "login", "username": "nobody-here", "password": "wrong-pw-1"}),
+        );
+        assert_eq!(
+            (wrong["code"].clone(), unknown["code"].clone()),
+            (json!(2), json!(2))
+        );
+        assert_eq!(wrong["info"], unknown["info"]);
+        // No device reply names an account a player did not prove.
+        let stranger = device_login(addr, "h2", IP);
+        assert!(stranger.get("username").is_none(), "{stranger}");
+    });
 }
 
 #[test]
@@ -732,5 +737,63 @@ fn linking_and_unlinking_without_end_keeps_the_revocations_bounded() {
         }
         // Past the bound, an unlink voids the account's sessions instead of adding a row.
         assert_eq!(voided(), now);
+    });
+}
+
+/// Delete account `id`'s row and nothing else, as a release that knows no devices does.
+fn delete_row_only(on: &On, id: u64) {
+    let id = i64::try_from(id).unwrap();
+    match &on._pg {
+        Some(pg) => {
+            let mut client = postgres::Client::connect(&pg.url, postgres::NoTls).unwrap();
+            client
+                .execute("DELETE FROM accounts WHERE id = $1", &[&id])
+                .unwrap();
+        }
+        None => {
+            let file = on._dir.path().join("accounts.sqlite3");
+            let conn = rusqlite::Connection::open(file).unwrap();
+            conn.busy_timeout(Duration::from_secs(5)).unwrap();
+            conn.execute("DELETE FROM accounts WHERE id = ?1", [id])
+                .unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_device_whose_account_is_gone_is_free_again() {
+    on_both(&|_| {}, &|on| {
+        let addr = on.addr();
+        let first = device_login(addr, "orphan", IP);
+        let gone = first["account_id"].as_u64().unwrap();
+        delete_row_only(on, gone);
+        // Its next login makes a new guest, rather than failing for good.
+        let again = device_login(addr, "orphan", IP);
+        assert_eq!(
+            (&again["code"], &again["created"]),
+            (&json!(3), &json!(true)),
+            "{again}"
+        );
+        assert_ne!(again["account_id"], gone);
+        // And it may be linked elsewhere once its new guest lets it go.
+        let taken = on
+            .store
+            .devices(again["account_id"].as_u64().unwrap())
+            .unwrap();
+        assert_eq!(taken.len(), 1);
+        delete_row_only(on, again["account_id"].as_u64().unwrap());
+        assert_eq!(common::code(addr, "register", "Adopter", "adopter-pw-1"), 4);
+        let login = ask(
+            addr,
+            json!({"OP": "login", "username": "adopter", "password": "adopter-pw-1"}),
+        );
+        let (id, secret) = device("orphan");
+        let linked = with_token(
+            addr,
+            "link_device",
+            &login["token"],
+            json!({"device_id": id, "device_secret": secret}),
+        );
+        assert_eq!(linked["code"], 11, "{linked}");
     });
 }

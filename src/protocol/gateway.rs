@@ -947,6 +947,55 @@ mod tests {
     }
 
     #[test]
+    fn device_ids_and_secrets_are_held_to_their_shapes_and_bounds() {
+        let id = |n: usize| "a".repeat(n);
+        assert!(!device_id_ok(&id(MIN_DEVICE_ID - 1)));
+        assert!(device_id_ok(&id(MIN_DEVICE_ID)));
+        assert!(device_id_ok(&id(MAX_DEVICE_ID)));
+        assert!(!device_id_ok(&id(MAX_DEVICE_ID + 1)));
+        assert!(
+            device_id_ok("AZaz09_-AZaz09_-"),
+            "every base64url character"
+        );
+        for bad in [
+            "AZaz09_-AZaz09_+",
+            "AZaz09_-AZaz09_=",
+            "AZaz09_-AZaz09_é",
+            "AZaz09_ AZaz09__",
+        ] {
+            assert!(!device_id_ok(bad), "{bad}");
+        }
+        let secret = |n: usize| "s".repeat(n);
+        assert!(!device_secret_ok(&secret(MIN_DEVICE_SECRET - 1)));
+        assert!(device_secret_ok(&secret(MIN_DEVICE_SECRET)));
+        assert!(device_secret_ok(&secret(MAX_DEVICE_SECRET)));
+        assert!(!device_secret_ok(&secret(MAX_DEVICE_SECRET + 1)));
+        // Padding: at most two `=`, not counted toward the length.
+        assert!(device_secret_ok(&format!(
+            "{}==",
+            secret(MIN_DEVICE_SECRET)
+        )));
+        assert!(!device_secret_ok(&format!(
+            "{}===",
+            secret(MIN_DEVICE_SECRET)
+        )));
+        assert!(!device_secret_ok(&format!(
+            "{}=",
+            secret(MIN_DEVICE_SECRET - 1)
+        )));
+        assert!(!device_secret_ok(&format!(
+            "{}=",
+            secret(MAX_DEVICE_SECRET + 1)
+        )));
+        assert!(device_secret_ok("_-_-_-_-_-_-_-_-_-_-_-"));
+        assert!(!device_secret_ok("_-_-_-_-_-_-_-_-_-_-_+"));
+        assert!(
+            !device_secret_ok("=_-_-_-_-_-_-_-_-_-_-_-"),
+            "padding only at the end"
+        );
+    }
+
+    #[test]
     fn descriptions_are_cut_at_the_bound_on_a_character_boundary() {
         let exact = "x".repeat(MAX_INFO);
         assert_eq!(bounded(exact.clone()), exact);

@@ -768,6 +768,17 @@ fn guest(account_id: u64) -> Account {
     }
 }
 
+/// Delete the device `device_id` if its account is gone (deleted by a release that did not
+/// know devices, during a rollback): the id is free again, not held for good.
+fn drop_orphan(tx: &mut postgres::Transaction, device_id: &str) -> Result<(), StoreError> {
+    tx.execute_typed(
+        "DELETE FROM devices WHERE device_id = $1
+             AND NOT EXISTS (SELECT 1 FROM accounts a WHERE a.id = devices.account_id)",
+        &[(&device_id, Type::TEXT)],
+    )?;
+    Ok(())
+}
+
 /// Store `device` unless its id is taken: the rows inserted (0 or 1).
 fn insert_device(tx: &mut postgres::Transaction, device: &Device) -> Result<u64, StoreError> {
     Ok(tx.execute_typed(
@@ -1354,6 +1365,7 @@ impl Store for PostgresStore {
     ) -> Result<Option<(Account, Device)>, StoreError> {
         self.durably(|conn| {
             let mut tx = conn.transaction()?;
+            drop_orphan(&mut tx, &device.device_id)?;
             let held = tx.query_typed_opt(
                 "SELECT d.device_id, d.account_id, d.secret_hash, d.link, d.linked_ms,
                      d.last_used_ms, a.username, a.request_id
@@ -1460,6 +1472,7 @@ impl Store for PostgresStore {
                 "SELECT id FROM accounts WHERE id = $1 FOR UPDATE",
                 &[(&id, Type::INT8)],
             )?;
+            drop_orphan(&mut tx, &device.device_id)?;
             let holder = tx.query_typed_opt(
                 "SELECT account_id FROM devices WHERE device_id = $1 FOR UPDATE",
                 &[(&device.device_id, Type::TEXT)],

@@ -574,6 +574,17 @@ fn device_row(row: &rusqlite::Row) -> rusqlite::Result<Device> {
     })
 }
 
+/// Delete the device `device_id` if its account is gone (deleted by a release that did not
+/// know devices, during a rollback): the id is free again, not held for good.
+fn drop_orphan(tx: &rusqlite::Transaction, device_id: &str) -> Result<(), StoreError> {
+    tx.prepare_cached(
+        "DELETE FROM devices WHERE device_id = ?1
+             AND NOT EXISTS (SELECT 1 FROM accounts a WHERE a.id = devices.account_id)",
+    )?
+    .execute(params![device_id])?;
+    Ok(())
+}
+
 /// Store `device` as it is.
 fn insert_device(tx: &rusqlite::Transaction, device: &Device) -> Result<(), StoreError> {
     tx.prepare_cached(
@@ -972,6 +983,7 @@ impl Store for SqliteStore {
     ) -> Result<Option<(Account, Device)>, StoreError> {
         let mut conn = self.writer.lock();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        drop_orphan(&tx, &device.device_id)?;
         let held: Option<(Device, Option<String>, String)> = tx
             .prepare_cached(&format!(
                 "SELECT {DEVICE_COLUMNS}, a.username, a.request_id
@@ -1068,6 +1080,7 @@ impl Store for SqliteStore {
     fn link_device(&self, device: &Device) -> Result<Linked, StoreError> {
         let mut conn = self.writer.lock();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        drop_orphan(&tx, &device.device_id)?;
         let holder: Option<i64> = tx
             .prepare_cached("SELECT account_id FROM devices WHERE device_id = ?1")?
             .query_row(params![device.device_id], |row| row.get(0))
