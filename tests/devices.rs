@@ -797,3 +797,30 @@ fn a_device_whose_account_is_gone_is_free_again() {
         assert_eq!(linked["code"], 11, "{linked}");
     });
 }
+
+#[test]
+fn the_address_that_made_a_guest_passes_its_lock_and_padding_is_one_secret() {
+    on_both(&|_| {}, &|on| {
+        let addr = on.addr();
+        let (id, secret) = ("fresh-device-0123456789", "abcdefghijklmnopqrstuvw");
+        let login = |secret: &str, ip: Option<&str>| {
+            let mut request = json!({"OP": "device", "device_id": id, "device_secret": secret});
+            if let Some(ip) = ip {
+                request["ip"] = ip.into();
+            }
+            ask(addr, request)
+        };
+        assert_eq!(login(secret, Some(IP))["created"], true);
+        // A stranger who knows the id locks the device...
+        for _ in 0..5 {
+            assert_eq!(login("wrong-wrong-wrong-wrong-1", None)["code"], 2);
+        }
+        assert_eq!(login(secret, Some("203.0.113.9"))["code"], 8);
+        // ...but not for the player at the address that made the guest (found by a hostile
+        // review: only a second login made it familiar).
+        assert_eq!(login(secret, Some(IP))["code"], 3);
+        // `=` padding, added or not, is the same secret, and never a wrong one.
+        assert_eq!(login(&format!("{secret}="), Some(IP))["code"], 3);
+        assert_eq!(login(&format!("{secret}=="), Some(IP))["code"], 3);
+    });
+}

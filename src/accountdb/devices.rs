@@ -159,13 +159,22 @@ pub fn create_guest(
             return Ok(DeviceLogin::Locked(wait));
         }
     }
-    Ok(match store.create_guest(&device, request_id)? {
-        Some((account, stored)) => DeviceLogin::In {
-            account,
-            link: stored.link,
-            created: true,
-        },
-        None => DeviceLogin::Taken,
+    let Some((account, stored)) = store.create_guest(&device, request_id)? else {
+        return Ok(DeviceLogin::Taken);
+    };
+    // The address that made the guest is its first familiar one, as a first successful login
+    // makes it: a stranger's wrong secrets cannot lock the player out from there.
+    if let (None, Some(_)) = (&known, origin) {
+        store.update_records(&[device_key(device_id)], now, &mut |records| {
+            for record in records.iter_mut() {
+                record.succeed(origin, now, false);
+            }
+        })?;
+    }
+    Ok(DeviceLogin::In {
+        account,
+        link: stored.link,
+        created: true,
     })
 }
 

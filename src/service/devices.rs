@@ -47,11 +47,11 @@ impl Budget {
     }
 }
 
-/// SHA-256 of a device's secret, lower-case hex: what the store keeps and compares. The secret
-/// is random and long (at least 128 bits, see
+/// SHA-256 of a device's secret without its `=` padding (with or without it, one secret),
+/// lower-case hex: what the store keeps and compares. The secret is random and long (at least 128 bits, see
 /// [`device_secret_ok`](crate::protocol::gateway::device_secret_ok)), so no slow hash is needed.
 pub fn secret_hash(secret: &str) -> String {
-    let digest = Sha256::digest(secret.as_bytes());
+    let digest = Sha256::digest(secret.trim_end_matches('=').as_bytes());
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
