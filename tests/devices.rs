@@ -811,6 +811,9 @@ fn the_address_that_made_a_guest_passes_its_lock_and_padding_is_one_secret() {
             ask(addr, request)
         };
         assert_eq!(login(secret, Some(IP))["created"], true);
+        // A second address the player logs in from becomes familiar too.
+        let second = Some("198.51.100.99");
+        assert_eq!(login(secret, second)["code"], 3);
         // A stranger who knows the id locks the device...
         for _ in 0..5 {
             assert_eq!(login("wrong-wrong-wrong-wrong-1", None)["code"], 2);
@@ -819,8 +822,35 @@ fn the_address_that_made_a_guest_passes_its_lock_and_padding_is_one_secret() {
         // ...but not for the player at the address that made the guest (found by a hostile
         // review: only a second login made it familiar).
         assert_eq!(login(secret, Some(IP))["code"], 3);
+        assert_eq!(login(secret, second)["code"], 3);
         // `=` padding, added or not, is the same secret, and never a wrong one.
         assert_eq!(login(&format!("{secret}="), Some(IP))["code"], 3);
         assert_eq!(login(&format!("{secret}=="), Some(IP))["code"], 3);
+    });
+}
+
+#[test]
+fn a_devices_last_use_is_written_once_an_hour_at_most() {
+    on_both(&|_| {}, &|on| {
+        let id = device_login(on.addr(), "hourly", IP)["account_id"]
+            .as_u64()
+            .unwrap();
+        let last_used = || on.store.devices(id).unwrap()[0].last_used_ms;
+        let created = last_used();
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(device_login(on.addr(), "hourly", IP)["code"], 3);
+        assert_eq!(
+            last_used(),
+            created,
+            "a login within the hour writes nothing"
+        );
+        // Two hours old: the next login writes it.
+        let before = login_server::clock::now_ms();
+        on.store
+            .touch_device(&device("hourly").0, before - 2 * 3_600_000)
+            .unwrap();
+        assert_eq!(device_login(on.addr(), "hourly", IP)["code"], 3);
+        let touched = last_used();
+        assert!(touched >= before, "{touched} < {before}");
     });
 }
